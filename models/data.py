@@ -1,0 +1,209 @@
+"""Data sets as numpy arrays: Fashion-MNIST (IDX files), scikit-learn's 8x8 digits, NPZ.
+
+Every loader returns ``(x, y)``: ``x`` float32 images shaped ``(N, C, H, W)`` with values in
+[0, 1] (see ``NORMALISATION``), ``y`` int64 class labels. torch is not imported here except
+inside ``to_tensor_dataset``, so the compiler and simulator can load data without torch.
+
+>>> x, y = load_fashion_mnist(split="test")          # (10000, 1, 28, 28), (10000,)
+>>> (xtr, ytr), (xte, yte) = load_splits("digits")     # 8x8 digits placed in 28x28
+"""
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import DataError
+
+#: Folder of Debian's ``dataset-fashion-mnist`` package.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: The one input normalisation used by loaders, training and the shipped model.
+NORMALISATION = "x = pixel / 255 (float32 in [0, 1]); no mean or std shift"
+_MISSING_HINT = "apt-get install dataset-fashion-mnist, or pass a folder of IDX files"
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+               0x0E: ">f8"}
+
+
+def normalise(images: np.ndarray, max_value: float = 255.0) -> np.ndarray:
+    """Map raw pixels (0..``max_value``) to float32 in [0, 1]: the ``NORMALISATION``."""
+    return (np.asarray(images, dtype=np.float32) / np.float32(max_value)).astype(np.float32)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or raw) into an array of its stored shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path} ({_MISSING_HINT})")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(f"cannot read {path}: truncated or corrupt gzip ({e})") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file: wrong magic number {raw[:4].hex()}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: IDX header truncated or has {ndim} dimensions")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    need = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != need:
+        raise DataError(f"{path}: header says {dims} ({need} bytes of data), "
+                        f"file holds {len(raw) - header} bytes (truncated?)")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    # Accept both the gzip files Debian ships and files a user has unpacked.
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"missing {folder / (stem + '.gz')} ({_MISSING_HINT})")
+
+
+def load_idx_pair(folder: str | os.PathLike, split: str = "train",
+                  limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` from an MNIST-style folder."""
+    if split not in _IDX_PREFIX:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"missing data folder {folder} ({_MISSING_HINT})")
+    prefix = _IDX_PREFIX[split]
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"{folder}: expected 3-d images and 1-d labels, got "
+                        f"{images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels ({split})")
+    images, labels = images[:limit], labels[:limit]
+    return normalise(images)[:, None], labels.astype(np.int64)
+
+
+def load_fashion_mnist(folder: str | os.PathLike | None = None, split: str = "train",
+                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST (Xiao et al. 2017, MIT licence): 60000 train / 10000 test 1x28x28.
+
+    ``folder`` defaults to ``FASHION_MNIST_DIR``; ``limit`` keeps the first N examples.
+    """
+    return load_idx_pair(FASHION_MNIST_DIR if folder is None else folder, split, limit)
+
+
+def digits_to_28(images: np.ndarray) -> np.ndarray:
+    """Place 8x8 digit images in a 28x28 frame: each pixel becomes 3x3 (24x24), padded by 2.
+
+    The same layout as MNIST's centred digit box, so 28x28 models (LeNet-5) take them as is.
+    """
+    big = images.repeat(3, axis=-1).repeat(3, axis=-2)
+    pad = [(0, 0)] * (big.ndim - 2) + [(2, 2), (2, 2)]
+    return np.pad(big, pad)
+
+
+def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.25,
+                seed: int = 0, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1797 images, pixel values 0..16).
+
+    ``size`` 28 (default) upsamples to 28x28 with ``digits_to_28``; 8 keeps them 8x8. The
+    train/test split is a fixed permutation from ``seed`` (test = ``test_fraction``).
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    if split not in _IDX_PREFIX:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    if size not in (8, 28):
+        raise DataError(f"digits size must be 8 or 28, got {size}")
+    bunch = sk_digits()
+    images = normalise(bunch.images, 16.0)
+    if size == 28:
+        images = digits_to_28(images)
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_test = int(round(len(images) * test_fraction))
+    idx = order[:n_test] if split == "test" else order[n_test:]
+    idx = idx[:limit]
+    return images[idx][:, None].astype(np.float32), bunch.target[idx].astype(np.int64)
+
+
+def _as_images(x: np.ndarray, where: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{where}: images must be (N,H,W) or (N,C,H,W), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return normalise(x)
+    x = x.astype(np.float32)
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise DataError(f"{where}: float images must lie in [0, 1] ({NORMALISATION}), "
+                        f"got range [{x.min():.3g}, {x.max():.3g}]")
+    return x
+
+
+def load_npz(path: str | os.PathLike, limit: int | None = None,
+             keys: tuple[str, str] = ("x", "y")) -> tuple[np.ndarray, np.ndarray]:
+    """Load images and labels from an ``.npz`` (arrays under ``keys``, default ``x``, ``y``).
+
+    Images may be uint8 (scaled by 1/255) or float in [0, 1], shaped (N,H,W) or (N,C,H,W).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise DataError(f"{path} lacks array(s) {', '.join(missing)}; "
+                                f"it has {', '.join(z.files) or 'none'}")
+            x, y = z[keys[0]], z[keys[1]]
+    except (OSError, ValueError, zlib.error) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read {path}: {e}") from e
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    return _as_images(x[:limit], str(path)), y[:limit].astype(np.int64)
+
+
+def load(spec: str | os.PathLike, split: str = "train",
+         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split of a data set named by ``spec``.
+
+    ``spec`` is ``"fashion-mnist"`` (alias ``"fmnist"``), ``"digits"``, a folder of IDX
+    files (MNIST naming), a folder with ``train.npz`` / ``test.npz``, or an ``.npz`` file
+    with ``x_train, y_train, x_test, y_test``.
+    """
+    if split not in _IDX_PREFIX:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    name = str(spec)
+    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return load_fashion_mnist(split=split, limit=limit)
+    if name.lower() == "digits":
+        return load_digits(split, limit=limit)
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".npz":
+        return load_npz(path, limit, keys=(f"x_{split}", f"y_{split}"))
+    if path.is_dir() and (path / f"{split}.npz").is_file():
+        return load_npz(path / f"{split}.npz", limit)
+    if path.is_dir():
+        return load_idx_pair(path, split, limit)
+    raise DataError(f"unknown data set {name!r}: use fashion-mnist, digits, a folder of IDX "
+                    f"or train/test .npz files, or an .npz file")
+
+
+def load_splits(spec: str | os.PathLike, limit: int | None = None):
+    """``((x_train, y_train), (x_test, y_test))`` for ``spec`` (see ``load``)."""
+    return load(spec, "train", limit), load(spec, "test", limit)
+
+
+def to_tensor_dataset(x: np.ndarray, y: np.ndarray):
+    """A ``torch.utils.data.TensorDataset`` over (float32 images, int64 labels)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                         torch.from_numpy(np.ascontiguousarray(y, np.int64)))

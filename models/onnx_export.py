@@ -1,0 +1,137 @@
+"""ONNX export of zoo models (or any module) with a fixed opset and static shapes.
+
+Uses torch's TorchScript-based exporter (``dynamo=False``): it needs no ``onnxscript`` and
+works offline in torch 2.2-2.13. The graph has one input named ``input`` and one output
+named ``logits``; the batch dimension is 1 unless asked otherwise.
+
+>>> from models import export
+>>> export("lenet5", "lenet5.onnx")                                  # random weights
+>>> export("lenet5", "lenet5.onnx", weights="lenet5.pt", verify=True)
+"""
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from models.errors import ModelError
+from models.zoo import build
+
+#: Opset used unless the caller names another.
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:
+    buf = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript;
+        # its LSTM batch-size warning does not apply (h0/c0 are built from the input's shape).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes=axes, do_constant_folding=True)
+    return buf.getvalue()
+
+
+def _inline_identity_initializers(graph: onnx.GraphProto) -> None:
+    """Replace ``Identity(initializer)`` nodes by initializers of their own.
+
+    The exporter de-duplicates equal tensors (e.g. the zero biases of freshly folded
+    BatchNorms) and re-creates them with Identity nodes; a compiler wants every Conv/Gemm
+    weight to be an initializer.
+    """
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    used = {name for node in keep for name in node.input}
+    used |= {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(keep)
+    alive = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(alive)
+
+
+def run_onnxruntime(path: str | os.PathLike, x: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Run an exported model on ``x`` with onnxruntime (CPU) and return its logits."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+
+
+def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+           *, batch: int = 1, dynamic_batch: bool = False,
+           input_shape: tuple[int, ...] | None = None, weights: str | os.PathLike | None = None,
+           verify: bool = False, atol: float = 1e-4, seed: int | None = 0, **kw) -> Path:
+    """Export a zoo model (by name, built with options ``kw``) or a module to ONNX at ``path``.
+
+    ``input_shape`` is the per-sample shape (no batch); zoo modules carry it as
+    ``sample_shape``. ``weights`` loads a state dict first. ``batch`` fixes the batch size of
+    the static input; ``dynamic_batch`` makes it symbolic (``batch``). The model is checked
+    with ``onnx.checker``; ``verify`` also compares onnxruntime with PyTorch (``atol``).
+    Returns the path written.
+    """
+    if isinstance(name_or_module, str):
+        model, name = build(name_or_module, seed=seed, **kw), name_or_module
+    elif isinstance(name_or_module, nn.Module):
+        if kw:
+            raise ModelError(f"builder options {sorted(kw)} only apply to zoo names")
+        model, name = name_or_module, getattr(name_or_module, "zoo_name", "")
+    else:
+        raise ModelError(f"export takes a zoo name or a torch module, got {type(name_or_module)}")
+    shape = tuple(input_shape or getattr(model, "sample_shape", ()))
+    if not shape:
+        raise ModelError("module has no sample_shape; pass input_shape=(C, H, W) or similar")
+    if batch < 1:
+        raise ModelError(f"batch must be >= 1, got {batch}")
+    if weights is not None:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as e:
+            raise ModelError(f"cannot load weights {weights} into {name or 'model'}: "
+                             f"{str(e).splitlines()[0]}") from e
+
+    was_training = model.training
+    model.eval()
+    sample = torch.rand((batch, *shape), generator=torch.Generator().manual_seed(0))
+    try:
+        proto = onnx.load_from_string(_to_onnx(model, sample, opset, dynamic_batch))
+    finally:
+        model.train(was_training)
+    _inline_identity_initializers(proto.graph)
+    onnx.helper.set_model_props(proto, {"xbarsim.model": name or type(model).__name__,
+                                        "xbarsim.opset": str(opset)})
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, path)
+
+    if verify:
+        with torch.no_grad():
+            expected = model.eval()(sample).numpy()
+        model.train(was_training)
+        got = run_onnxruntime(path, sample.numpy())
+        err = float(np.max(np.abs(got - expected)))
+        if err > atol:
+            raise ModelError(f"onnxruntime differs from PyTorch by {err:.3g} > {atol} ({path})")
+    return path
