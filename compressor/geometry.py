@@ -1,0 +1,160 @@
+"""How a layer's weight lies on crossbars: the geometry every constraint is stated in.
+
+Convention shared with the compiler (``compiler/`` partitions weights the same way):
+
+* The *crossbar matrix* of a weight is its transpose view. Crossbar rows (word lines) are the
+  layer's inputs, crossbar columns (bit lines) its outputs. For ``nn.Linear`` (``out × in``)
+  that is ``W.T`` (``in × out``); for a convolution (``C_out × C_in × k_h × k_w``) it is
+  ``W.reshape(C_out, -1).T``: ``C_in·k_h·k_w`` rows flattened in ``(c_in, ky, kx)`` order
+  (im2col order) by ``C_out`` columns.
+* The crossbar matrix is tiled into *row-blocks* of ``rows`` rows and *column-blocks* of
+  ``cols`` columns; block ``(r, c)`` is one logical crossbar (all its bit slices). The last
+  row-/column-block may be partial; the missing part counts as zero.
+* A *crossbar row* is one matrix row inside one column-block (one word line of one crossbar);
+  a *column segment* is one matrix column inside one row-block (one bit line: what one ADC
+  conversion sees).
+
+Integer weight levels (see :func:`level_range`): a logical weight is a signed integer ``q`` of
+``weight_bits`` bits times a per-layer scale, stored over ``slices = ceil(weight_bits /
+cell_bits)`` crossbars of ``2**cell_bits`` conductance levels each. ``differential`` mapping
+stores ``max(q, 0)`` and ``max(-q, 0)`` on a positive and a negative array, so the level set is
+symmetric: ``|q| <= 2**(weight_bits-1) - 1``. ``offset`` mapping stores ``q + 2**(weight_bits-1)``
+unsigned and subtracts a reference column, so the full two's-complement range
+``-2**(weight_bits-1) <= q <= 2**(weight_bits-1) - 1`` is available. In both, conductance
+``g_min`` is level 0 and ``g_max`` the top level of a cell; the linear map from level to
+conductance does not change the weight lattice, only the scale.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import CompressionError
+
+MAPPINGS = ("differential", "offset")
+
+
+def level_range(bits: int, mapping: str = "differential") -> tuple[int, int]:
+    """Smallest and largest integer level of a signed ``bits``-bit weight under ``mapping``.
+
+    ``differential``: ``(-(2**(bits-1) - 1), 2**(bits-1) - 1)`` (symmetric);
+    ``offset``: ``(-2**(bits-1), 2**(bits-1) - 1)`` (two's complement).
+    """
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or bits < 1:
+        raise CompressionError(f"bits={bits!r}: must be an integer >= 1")
+    if mapping not in MAPPINGS:
+        raise CompressionError(f"mapping={mapping!r}: must be one of {', '.join(MAPPINGS)}")
+    half = 1 << (int(bits) - 1)
+    return (-(half - 1) if mapping == "differential" else -half), half - 1
+
+
+@dataclass(frozen=True, slots=True)
+class CrossbarGeometry:
+    """The crossbar a weight is mapped onto, as far as compression needs to know it."""
+
+    rows: int = 128
+    """Word lines per crossbar (inputs per block), count."""
+    cols: int = 128
+    """Bit lines per crossbar (outputs per block), count."""
+    cell_bits: int = 2
+    """Bits stored per cell (``2**cell_bits`` conductance levels), bits."""
+    weight_bits: int = 8
+    """Width of the signed integer weight, bits; stored over ``slices`` crossbars."""
+    mapping: str = "differential"
+    """Signed-weight encoding: ``differential`` (two arrays) or ``offset`` (reference column)."""
+    g_min: float = 1e-6
+    """Conductance of cell level 0, siemens."""
+    g_max: float = 1e-4
+    """Conductance of the top cell level, siemens."""
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cols", "cell_bits", "weight_bits"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise CompressionError(f"geometry.{name}={v!r}: must be an integer >= 1")
+        if self.weight_bits < 2 or self.weight_bits > 32:
+            raise CompressionError(
+                f"geometry.weight_bits={self.weight_bits}: must be in 2..32 (a signed weight)")
+        if self.cell_bits > self.weight_bits:
+            raise CompressionError(
+                f"geometry.cell_bits={self.cell_bits}: must be <= weight_bits={self.weight_bits}")
+        if self.mapping not in MAPPINGS:
+            raise CompressionError(
+                f"geometry.mapping={self.mapping!r}: must be one of {', '.join(MAPPINGS)}")
+        if not self.g_min >= 0.0:
+            raise CompressionError(f"geometry.g_min={self.g_min}: must be >= 0 siemens")
+        if not self.g_max > self.g_min:
+            raise CompressionError(
+                f"geometry.g_max={self.g_max}: must be > g_min={self.g_min} siemens")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> CrossbarGeometry:
+        """Read a machine config (duck-typed): ``cfg.xbar.{rows, cols, cell_bits, mapping}``,
+        ``cfg.weight_bits``, and ``cfg.xbar.g_min/g_max`` when present."""
+        x = cfg.xbar
+        extra = {k: getattr(x, k) for k in ("g_min", "g_max") if getattr(x, k, None) is not None}
+        return cls(rows=x.rows, cols=x.cols, cell_bits=x.cell_bits,
+                   weight_bits=cfg.weight_bits, mapping=x.mapping, **extra)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "geometry") -> CrossbarGeometry:
+        """Build from a mapping (a recipe's ``geometry:`` section); unknown keys are an error."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CompressionError(
+                f"{where}.{min(unknown)}: unknown field; allowed: "
+                f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def slices(self) -> int:
+        """Crossbars (bit slices) one logical weight occupies: ``ceil(weight_bits/cell_bits)``."""
+        return math.ceil(self.weight_bits / self.cell_bits)
+
+    @property
+    def levels(self) -> tuple[int, int]:
+        """Integer weight range ``(qmin, qmax)`` this geometry can store (see module doc)."""
+        return level_range(self.weight_bits, self.mapping)
+
+    def grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """``(row_blocks, col_blocks)`` of a weight of ``shape`` (torch layout, ``C_out`` first)."""
+        k, n = matrix_shape(shape)
+        return -(-k // self.rows), -(-n // self.cols)
+
+    def blocks(self, m: np.ndarray) -> np.ndarray:
+        """Zero-padded crossbar matrix ``m`` (``K × N``) as a ``(rb, rows, cb, cols)`` array."""
+        rb, cb = -(-m.shape[0] // self.rows), -(-m.shape[1] // self.cols)
+        p = np.zeros((rb * self.rows, cb * self.cols), dtype=m.dtype)
+        p[: m.shape[0], : m.shape[1]] = m
+        return p.reshape(rb, self.rows, cb, self.cols)
+
+    def unblock(self, b: np.ndarray, k: int, n: int) -> np.ndarray:
+        """Inverse of :meth:`blocks`: the ``k × n`` crossbar matrix."""
+        rb, r, cb, c = b.shape
+        return b.reshape(rb * r, cb * c)[:k, :n]
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(K, N)`` of the crossbar matrix of a weight of torch ``shape`` (``N = C_out``)."""
+    if len(shape) < 2:
+        raise CompressionError(f"weight shape {tuple(shape)}: need at least 2 dimensions")
+    return int(np.prod(shape[1:])), int(shape[0])
+
+
+def to_crossbar(w):
+    """Crossbar matrix (``K × C_out``) of a torch-layout weight; numpy array or torch tensor.
+
+    Returns a view where the input allows it.
+    """
+    return w.reshape(w.shape[0], -1).T
+
+
+def from_crossbar(m, shape: tuple[int, ...]):
+    """Inverse of :func:`to_crossbar`: the torch-layout weight of ``shape``."""
+    return m.T.reshape(tuple(shape))

@@ -1,0 +1,329 @@
+"""Euclidean projections onto the crossbar constraint sets.
+
+Each ``project_*`` function takes a weight in torch layout (numpy array or torch tensor; the
+result has the same type, dtype and device) and returns the point of the constraint set
+nearest to it in Euclidean (Frobenius) distance. All structure is stated on the crossbar
+matrix of :mod:`compressor.geometry` (rows = inputs, columns = outputs, tiled by the
+crossbar). Ties are broken towards the lower index, so every projection is deterministic.
+
+Structured sparsity (``STRUCTURES``), each "keep the best groups":
+
+``rows``          crossbar rows: one matrix row within one column-block (a word line of one
+                  crossbar); keep the fraction ``keep`` of them with the largest L2 norm.
+``columns``       column segments: one matrix column within one row-block (one ADC's bit
+                  line); keep the fraction ``keep`` by L2 norm.
+``blocks``        whole crossbars (``rows × cols`` tiles); keep the fraction ``keep`` by L2.
+``aligned_rows``  crossbar-aligned (after Huai et al. 2023): whole row-blocks, i.e. strips of
+                  ``rows`` inputs across every output. A pruned strip frees every crossbar in
+                  it and its inputs need not be fetched; nothing is re-indexed, so no
+                  data-alignment hardware is needed.
+``aligned_cols``  crossbar-aligned: whole column-blocks (``cols`` outputs across all inputs).
+``tinyadc``       TinyADC (Yuan et al., DATE 2021): at most ``n`` nonzeros in every column
+                  segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
+                  of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
+
+The group-sparsity sets are "at most k groups nonzero" with ``k = round(keep · groups)``
+(at least 1), ``groups`` counting only groups that hold at least one real (unpadded) weight.
+For them the nearest point keeps the k groups of largest squared norm unchanged and zeroes the
+rest, which is what is returned; likewise per segment for ``tinyadc``.
+
+Quantization: the set ``{s·q : q integer, qmin <= q <= qmax}`` with ``(qmin, qmax)`` from
+:func:`compressor.geometry.level_range`. Given the scale ``s`` the projection is exact (round to
+nearest, clip). Without a given scale, ``s`` is searched to minimise the distance (see
+:func:`best_scale`): that search is not guaranteed globally optimal for a free real scale, but
+it is exact over power-of-two scales (``pow2=True``) and it recovers the scale of a point that
+already lies on a lattice (so projections are idempotent).
+
+Joint sparse + quantized (:func:`project_sparse_quantized`): nearest point of the intersection.
+For a given scale it is exact: a kept weight goes to its nearest level, a pruned one to 0, so
+keeping a group reduces the distance by ``gain = Σ w² − Σ (w − Q(w))²``; the groups (or, for
+``tinyadc``, the entries of each segment) with the largest gains are kept. Note this support
+can differ from the magnitude-ranked one (a weight that rounds to 0 gains nothing).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import CompressionError
+from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
+
+STRUCTURES = ("rows", "columns", "blocks", "aligned_rows", "aligned_cols", "tinyadc")
+
+# Axes of the (row_blocks, rows, col_blocks, cols) block view summed into one group.
+_GROUP_AXES = {
+    "rows": (3,),
+    "columns": (1,),
+    "blocks": (1, 3),
+    "aligned_rows": (1, 2, 3),
+    "aligned_cols": (0, 1, 3),
+}
+_SEARCH_SAMPLE = 1 << 16  # entries the coarse scale search looks at (plus the largest one)
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def project_rows(w, geom: CrossbarGeometry, keep: float):
+    """Keep the fraction ``keep`` (0, 1] of crossbar rows with the largest L2 norm."""
+    return _apply(w, geom, "rows", keep, None)
+
+
+def project_columns(w, geom: CrossbarGeometry, keep: float):
+    """Keep the fraction ``keep`` (0, 1] of column segments with the largest L2 norm."""
+    return _apply(w, geom, "columns", keep, None)
+
+
+def project_blocks(w, geom: CrossbarGeometry, keep: float):
+    """Keep the fraction ``keep`` (0, 1] of whole crossbar blocks with the largest L2 norm."""
+    return _apply(w, geom, "blocks", keep, None)
+
+
+def project_crossbar_aligned(w, geom: CrossbarGeometry, keep: float, axis: str = "rows"):
+    """Keep the fraction ``keep`` of whole row-blocks (``axis='rows'``) or column-blocks
+    (``axis='cols'``) with the largest L2 norm."""
+    if axis not in ("rows", "cols"):
+        raise CompressionError(f"axis={axis!r}: must be 'rows' or 'cols'")
+    return _apply(w, geom, f"aligned_{axis}", keep, None)
+
+
+def project_tinyadc(w, geom: CrossbarGeometry, n: int):
+    """At most ``n`` nonzeros per column segment: keep the ``n`` largest ``|w|`` of each."""
+    return _apply(w, geom, "tinyadc", n, None)
+
+
+def project_structured(w, geom: CrossbarGeometry, structure: str, amount: float):
+    """Any of ``STRUCTURES``; ``amount`` is ``keep`` (a fraction) or, for ``tinyadc``, ``n``."""
+    return _apply(w, geom, structure, amount, None)
+
+
+def project_levels(w, bits: int, mapping: str = "differential", scale: float | None = None,
+                   pow2: bool = False):
+    """Nearest point of ``{s·q}``, ``q`` a ``bits``-bit level under ``mapping``.
+
+    ``scale`` (weight units per level) is searched when None (:func:`best_scale`); with
+    ``pow2`` the search is restricted to ``2**k`` (integer-only hardware: a shift, no
+    multiplier). ``mapping='differential'`` is uniform symmetric quantization.
+    """
+    return _apply(w, None, None, None, (bits, mapping, scale, pow2))
+
+
+def project_conductance(w, geom: CrossbarGeometry, scale: float | None = None,
+                        pow2: bool = False):
+    """Nearest point whose levels the geometry's cells can store (``geom.levels``)."""
+    return project_levels(w, geom.weight_bits, geom.mapping, scale, pow2)
+
+
+def project_sparse_quantized(w, geom: CrossbarGeometry, structure: str, amount: float,
+                             bits: int, mapping: str = "differential",
+                             scale: float | None = None, pow2: bool = False):
+    """Nearest point that is both ``structure``-sparse and on the ``bits``-bit level set."""
+    return _apply(w, geom, structure, amount, (bits, mapping, scale, pow2))
+
+
+def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str | None,
+                   amount, quant: tuple | None) -> tuple[np.ndarray, float | None]:
+    """The workhorse on a float64 crossbar matrix ``m`` (``K × N``).
+
+    ``quant`` is None or ``(bits, mapping, scale, pow2)``. Returns the projected matrix and
+    the scale used (None without quantization). The scale is a float32-representable number,
+    so ``float32(q) * float32(scale)`` reproduces the result exactly.
+    """
+    if structure is not None and structure not in STRUCTURES:
+        raise CompressionError(
+            f"structure={structure!r}: must be one of {', '.join(STRUCTURES)}")
+    if quant is None:
+        if structure is None:
+            return m.copy(), None
+        return m * keep_mask(m * m, geom, structure, amount), None
+    bits, mapping, scale, pow2 = quant
+    qmin, qmax = level_range(bits, mapping)
+    if scale is not None:
+        if not (scale > 0 and math.isfinite(scale)):
+            raise CompressionError(f"scale={scale!r}: must be a finite number > 0")
+        if pow2 and 2.0 ** round(math.log2(scale)) != scale:
+            raise CompressionError(f"scale={scale!r}: pow2 requires a power of two")
+        scale = float(_f32(scale))
+    if structure is None:
+        s = scale if scale is not None else best_scale(m, qmin, qmax, pow2)
+        return _snap(m, s, qmin, qmax), float(s)
+    if scale is not None:
+        return _joint(m, geom, structure, amount, scale, qmin, qmax)
+    # Free scale: candidates from the weights a magnitude projection keeps (the pruned ones
+    # would drag the scale down), each then judged by the exact joint distance.
+    support = m[keep_mask(m * m, geom, structure, amount)]
+    best = None
+    for s in scale_candidates(support, qmin, qmax, pow2):
+        out, _ = _joint(m, geom, structure, amount, s, qmin, qmax)
+        d = float(np.sum((out - m) ** 2))
+        if best is None or d < best[0]:
+            best = (d, out, s)
+    return best[1], best[2]
+
+
+def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount) -> np.ndarray:
+    """Boolean ``K × N`` mask of the entries a ``structure`` constraint keeps, ranking groups
+    by the sum of ``score`` (>= 0) over each group (per entry within segments for
+    ``tinyadc``). The exact maximiser of the kept score subject to the constraint."""
+    k_rows, n_cols = score.shape
+    blocks = geom.blocks(score.astype(np.float64))
+    real = geom.blocks(np.ones(score.shape, dtype=bool))
+    if structure == "tinyadc":
+        n = _check_n(amount, geom)
+        # Segments are (row_block, col_block, col); rank within axis 1 (the rows).
+        s = np.where(real, blocks, -np.inf)
+        order = np.argsort(-s, axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(geom.rows)[None, :, None, None], axis=1)
+        keep = (ranks < n) & real
+        return geom.unblock(keep, k_rows, n_cols)
+    axes = _GROUP_AXES[structure]
+    gscore = blocks.sum(axis=axes, keepdims=True)
+    greal = real.any(axis=axes, keepdims=True)
+    n_groups = int(greal.sum())
+    k = keep_count(amount, n_groups)
+    flat = np.where(greal, gscore, -np.inf).ravel()
+    chosen = np.zeros(flat.shape, dtype=bool)
+    chosen[np.argsort(-flat, kind="stable")[:k]] = True
+    keep = np.broadcast_to(chosen.reshape(gscore.shape), blocks.shape)
+    return geom.unblock(keep & real, k_rows, n_cols)
+
+
+def keep_count(keep: float, n_groups: int) -> int:
+    """Groups kept out of ``n_groups`` for the fraction ``keep``: ``round(keep·n)``, >= 1."""
+    if not (isinstance(keep, (int, float)) and 0.0 < keep <= 1.0):
+        raise CompressionError(f"keep={keep!r}: must be a fraction in (0, 1]")
+    return max(1, min(n_groups, math.floor(keep * n_groups + 0.5)))
+
+
+def best_scale(x: np.ndarray, qmin: int, qmax: int, pow2: bool = False) -> float:
+    """Scale (weight units per level) minimising ``‖x − s·clip(round(x/s))‖``.
+
+    ``pow2``: exact minimiser over ``s = 2**k``, ``k`` from 8 octaves below the finest useful
+    scale (``max|x| / 2**bits``) up to where every weight rounds to 0. Otherwise candidates:
+    the no-clipping scale and 255 finer ones down to a quarter of it (clipping the tails), and
+    ``max|x| / m`` for every integer ``m`` in ``1..max(|qmin|, qmax)`` (up to 256 of them, then
+    geometric), which holds the exact scale of any point already on a lattice of up to 256
+    levels a side. They are ranked on (a 65536-entry stride sample of) ``x``; the best few are
+    refined by Lloyd iterations (``s = <x,q>/<q,q>``) on all of ``x``. Measured within 1 % of a
+    4000-point dense search for Gaussian weights up to 8 bits. Returns 1.0 for an all-zero
+    ``x``.
+    """
+    return scale_candidates(x, qmin, qmax, pow2)[0]
+
+
+def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
+                     top: int = 4) -> list[float]:
+    """The ``top`` best scales of :func:`best_scale`'s search, best first (float32 values)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    a = float(np.abs(x).max()) if x.size else 0.0
+    if a == 0.0:
+        return [1.0]
+    qm = max(-qmin, qmax)
+    if pow2:
+        hi = math.ceil(math.log2(2.0 * a)) + 1
+        lo = math.floor(math.log2(a / qm)) - 8
+        scales = 2.0 ** np.arange(lo, hi + 1, dtype=np.float64)
+        d = _distances(x, scales, qmin, qmax)
+        order = np.argsort(d, kind="stable")[:top]
+        return [float(scales[i]) for i in order]
+    # No-clipping scale (the two sides differ under offset mapping), then finer ones that
+    # clip, then coarse a/m ones that recover a lattice of up to 256 levels exactly.
+    no_clip = max(x.max() / qmax if qmax > 0 else 0.0, x.min() / qmin if qmin < 0 else 0.0)
+    ms = np.arange(1, min(qm, 256) + 1, dtype=np.float64)
+    if qm > 256:
+        ms = np.concatenate([ms, np.round(np.geomspace(256, qm, 256))])
+    scales = np.concatenate([a / ms, no_clip / np.geomspace(1.0, 4.0, 256)])
+    scales = np.unique(_f32(scales[scales > 0]))  # ascending: finest first, wins ties
+    sample = x
+    if x.size > _SEARCH_SAMPLE:  # deterministic stride, plus the extreme entry
+        idx = np.linspace(0, x.size - 1, _SEARCH_SAMPLE).astype(np.int64)
+        sample = np.concatenate([x[idx], x[[int(np.argmax(np.abs(x)))]]])
+    d = _distances(sample, scales, qmin, qmax)
+    found: dict[float, float] = {}
+    for i in np.argsort(d, kind="stable")[:top]:
+        s = float(scales[i])
+        found.setdefault(s, _distances(x, np.array([s]), qmin, qmax)[0])
+        ref = _lloyd(x, s, qmin, qmax)
+        found.setdefault(ref, _distances(x, np.array([ref]), qmin, qmax)[0])
+    return sorted(found, key=lambda s: (found[s], s))[:top]
+
+
+def quantize(m: np.ndarray, scale: float, qmin: int, qmax: int) -> np.ndarray:
+    """Integer levels ``clip(round(m / scale), qmin, qmax)`` (int64)."""
+    return np.clip(np.rint(np.asarray(m, dtype=np.float64) / scale), qmin, qmax).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def _apply(w, geom, structure, amount, quant):
+    if structure is not None and geom is None:
+        raise CompressionError("a structured constraint needs a CrossbarGeometry")
+    arr, back = _to_numpy(w)
+    m = np.asarray(to_crossbar(arr), dtype=np.float64)
+    out, _ = project_matrix(m, geom, structure, amount, quant)
+    return back(from_crossbar(out, arr.shape))
+
+
+def _to_numpy(w):
+    """``(float array, inverse)``; the inverse restores the type/dtype/device of ``w``."""
+    if hasattr(w, "detach"):  # a torch tensor; torch itself is not imported here
+        src = w
+        arr = w.detach().cpu().double().numpy()
+
+        def back(a):
+            import torch
+            return torch.as_tensor(a, dtype=src.dtype, device=src.device)
+        return arr, back
+    arr = np.asarray(w)
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+    return arr, lambda a: np.asarray(a, dtype=dtype)
+
+
+def _joint(m, geom, structure, amount, s, qmin, qmax):
+    qv = _snap(m, s, qmin, qmax)
+    gain = m * m - (m - qv) ** 2  # >= 0: level 0 is always available
+    return qv * keep_mask(gain, geom, structure, amount), float(s)
+
+
+def _snap(m, s, qmin, qmax):
+    return np.clip(np.rint(m / s), qmin, qmax) * s
+
+
+def _distances(x, scales, qmin, qmax):
+    out = np.empty(len(scales))
+    for i, s in enumerate(scales):
+        r = x - np.clip(np.rint(x / s), qmin, qmax) * s
+        out[i] = r @ r
+    return out
+
+
+def _lloyd(x, s, qmin, qmax, iters: int = 10) -> float:
+    """Alternate optimal levels and optimal scale from ``s``; never returns a worse scale."""
+    best_d = _distances(x, np.array([s]), qmin, qmax)[0]
+    best = s
+    for _ in range(iters):
+        q = np.clip(np.rint(x / s), qmin, qmax)
+        qq = q @ q
+        if qq == 0:
+            break
+        s = float(_f32(np.array([(x @ q) / qq]))[0])
+        d = _distances(x, np.array([s]), qmin, qmax)[0]
+        if d >= best_d:
+            break
+        best, best_d = s, d
+    return best
+
+
+def _f32(a):
+    """Round to float32-representable values (kept as float64)."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def _check_n(n, geom):
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= geom.rows):
+        raise CompressionError(
+            f"n={n!r}: nonzeros per column segment must be an integer in 1..rows={geom.rows}")
+    return int(n)

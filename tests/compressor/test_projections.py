@@ -1,0 +1,218 @@
+"""Projections: feasible, idempotent, and nearest (brute force on tiny cases).
+
+The feasibility checker and the brute-force searches below are written independently of
+the implementation (plain loops over entries), so they test the definitions, not the code.
+"""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from compressor import projections as P
+from compressor.errors import CompressionError
+from compressor.geometry import CrossbarGeometry, level_range, to_crossbar
+
+SHAPES = [(3, 5), (7, 4), (6, 2, 3, 3), (10, 4, 1, 1)]
+XBARS = [(1, 1), (2, 3), (4, 4), (5, 2), (128, 128)]
+AMOUNTS = {s: (2 if s == "tinyadc" else 0.4) for s in P.STRUCTURES}
+
+
+def group_of(structure, i, j, g):
+    """Group id of crossbar-matrix entry (i, j); for tinyadc, its column segment."""
+    rb, cb = i // g.rows, j // g.cols
+    return {"rows": (i, cb), "columns": (rb, j), "blocks": (rb, cb), "aligned_rows": rb,
+            "aligned_cols": cb, "tinyadc": (rb, j)}[structure]
+
+
+def feasible(m, g, structure, amount):
+    k_rows, n_cols = m.shape
+    groups = {group_of(structure, i, j, g) for i in range(k_rows) for j in range(n_cols)}
+    nz = [(i, j) for i in range(k_rows) for j in range(n_cols) if m[i, j] != 0]
+    if structure == "tinyadc":
+        counts = {}
+        for i, j in nz:
+            key = group_of(structure, i, j, g)
+            counts[key] = counts.get(key, 0) + 1
+        return max(counts.values(), default=0) <= amount
+    k = max(1, min(len(groups), math.floor(amount * len(groups) + 0.5)))
+    return len({group_of(structure, i, j, g) for i, j in nz}) <= k
+
+
+def on_levels(m, scale, bits, mapping="differential"):
+    qmin, qmax = level_range(bits, mapping)
+    q = m / scale
+    return np.allclose(q, np.rint(q), atol=1e-4) and q.min() >= qmin - 1e-4 and q.max() <= qmax + 1e-4
+
+
+def dist(a, b):
+    return float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+@pytest.mark.parametrize("shape,xbar,structure",
+                         list(itertools.product(SHAPES, XBARS, P.STRUCTURES)))
+def test_sparsity_feasible_idempotent_and_no_random_feasible_point_closer(shape, xbar, structure):
+    g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
+    amount = min(AMOUNTS[structure], g.rows) if structure == "tinyadc" else AMOUNTS[structure]
+    rng = np.random.default_rng(hash((shape, xbar, structure)) % 2**32)
+    w = rng.normal(size=shape).astype(np.float32)
+    p = P.project_structured(w, g, structure, amount)
+    assert p.dtype == w.dtype and p.shape == w.shape
+    m = to_crossbar(p)
+    assert feasible(m, g, structure, amount)
+    assert np.array_equal(P.project_structured(p, g, structure, amount), p)
+    kept = p != 0
+    assert np.array_equal(p[kept], w[kept]), "kept weights must be unchanged"
+    # Any feasible point is at least as far: zeroing random entries of p keeps it feasible,
+    # and random masks drawn from the structure's groups give other feasible supports.
+    d = dist(p, w)
+    for _ in range(20):
+        other = P.project_structured(w * rng.random(shape), g, structure, amount)
+        other_w = np.where(other != 0, w, 0)
+        assert feasible(to_crossbar(other_w), g, structure, amount)
+        assert dist(other_w, w) >= d - 1e-9
+
+
+TINY = [((2, 4), (2, 2)), ((3, 4), (1, 2)), ((2, 2, 1, 3), (4, 1)), ((3, 3), (3, 3))]
+
+
+@pytest.mark.parametrize("case,structure", list(itertools.product(TINY, P.STRUCTURES)))
+def test_sparsity_is_nearest_by_brute_force_over_all_supports(case, structure):
+    shape, xbar = case
+    g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
+    amount = 1 if structure == "tinyadc" else 0.5
+    w = np.random.default_rng(7).normal(size=shape)
+    m = to_crossbar(w)
+    best = min(dist(m * mask, m)
+               for bits in itertools.product((0, 1), repeat=m.size)
+               for mask in [np.array(bits).reshape(m.shape)]
+               if feasible(m * mask, g, structure, amount))
+    assert dist(P.project_structured(w, g, structure, amount), w) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("bits,mapping", list(itertools.product((2, 3, 4), ("differential", "offset"))))
+def test_levels_fixed_scale_nearest_by_brute_force(bits, mapping):
+    rng = np.random.default_rng(bits)
+    w = rng.normal(size=(2, 5)) * 2
+    scale = 0.37
+    p = P.project_levels(w, bits, mapping, scale=np.float32(scale).item())
+    assert on_levels(p, np.float32(scale), bits, mapping)
+    qmin, qmax = level_range(bits, mapping)
+    lo = np.clip(np.floor(w / scale), qmin, qmax)
+    hi = np.clip(np.ceil(w / scale), qmin, qmax)
+    best = min(dist(np.where(np.array(c).reshape(w.shape), hi, lo) * np.float32(scale), w)
+               for c in itertools.product((0, 1), repeat=w.size))
+    assert dist(p, w) == pytest.approx(best, rel=1e-9)
+    assert np.array_equal(P.project_levels(p, bits, mapping, scale=np.float32(scale).item()), p)
+
+
+@pytest.mark.parametrize("bits,seed", list(itertools.product((2, 4, 8), range(4))))
+def test_pow2_scale_is_exact_minimiser_over_powers_of_two(bits, seed):
+    w = np.random.default_rng(seed).standard_t(3, size=200) * 10.0 ** (seed - 2)
+    p = P.project_levels(w, bits, pow2=True)
+    qmin, qmax = level_range(bits)
+    s = P.best_scale(w, qmin, qmax, pow2=True)
+    assert math.log2(s).is_integer() and on_levels(p, s, bits)
+    best = min(dist(np.clip(np.rint(w / 2.0**k), qmin, qmax) * 2.0**k, w) for k in range(-60, 40))
+    assert dist(p, w) == pytest.approx(best, rel=1e-12)
+    assert np.array_equal(P.project_levels(p, bits, pow2=True), p)
+
+
+@pytest.mark.parametrize("bits,mapping,seed",
+                         list(itertools.product((2, 3, 8, 12), ("differential", "offset"), range(3))))
+def test_free_scale_beats_naive_and_dense_grid_and_is_idempotent(bits, mapping, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(64, 30)).astype(np.float32)
+    qmin, qmax = level_range(bits, mapping)
+    p = P.project_levels(w, bits, mapping)
+    s = P.best_scale(w.astype(np.float64), qmin, qmax)
+    assert s == float(np.float32(s)) and on_levels(p, s, bits, mapping)
+    naive = np.abs(w).max() / qmax
+    assert dist(p, w) <= dist(P.project_levels(w, bits, mapping, scale=float(naive)), w) + 1e-9
+    if bits <= 8:  # wider lattices: the landscape is rugged at 1e-4 relative steps of s
+        grid = [dist(np.clip(np.rint(w / t), qmin, qmax) * t, w)
+                for t in np.geomspace(naive / 8, naive * 2, 4000)]
+        assert dist(p, w) <= min(grid) * 1.01
+    assert np.array_equal(P.project_levels(p, bits, mapping), p)
+
+
+def test_free_scale_recovers_lattice_of_any_scale():
+    rng = np.random.default_rng(3)
+    for bits, mapping in itertools.product((3, 5, 8), ("differential", "offset")):
+        qmin, qmax = level_range(bits, mapping)
+        q = rng.integers(qmin, qmax + 1, size=300)
+        s = float(np.float32(rng.uniform(1e-3, 10)))
+        w = q * s
+        assert dist(P.project_levels(w, bits, mapping), w) == pytest.approx(0, abs=1e-20)
+
+
+JOINT = [((2, 4), (2, 2)), ((2, 4), (1, 4)), ((4, 2), (2, 1)), ((2, 2, 1, 2), (2, 2))]
+
+
+@pytest.mark.parametrize("case,structure,bits",
+                         list(itertools.product(JOINT, P.STRUCTURES, (2, 3))))
+def test_joint_fixed_scale_is_nearest_by_brute_force_over_levels_and_supports(case, structure, bits):
+    shape, xbar = case
+    g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
+    amount = 1 if structure == "tinyadc" else 0.5
+    scale = 0.5
+    w = np.random.default_rng(bits).normal(size=shape)
+    m = to_crossbar(w)
+    qmin, qmax = level_range(bits)
+    lo = np.clip(np.floor(m / scale), qmin, qmax).ravel()
+    hi = np.clip(np.ceil(m / scale), qmin, qmax).ravel()
+    best = math.inf
+    for choice in itertools.product((0, 1, 2), repeat=m.size):  # 0, floor or ceil per entry
+        q = np.choose(np.array(choice), [np.zeros(m.size), lo, hi]).reshape(m.shape)
+        if feasible(q, g, structure, amount):
+            best = min(best, dist(q * scale, m))
+    p = P.project_sparse_quantized(w, g, structure, amount, bits, scale=scale)
+    assert feasible(to_crossbar(p), g, structure, amount) and on_levels(p, scale, bits)
+    assert dist(p, w) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape,xbar,structure",
+                         list(itertools.product(SHAPES[1:3], XBARS[1:4], P.STRUCTURES)))
+def test_joint_free_scale_feasible_idempotent(shape, xbar, structure):
+    g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
+    amount = 2 if structure == "tinyadc" else 0.4
+    w = np.random.default_rng(1).normal(size=shape)
+    for pow2 in (False, True):
+        p = P.project_sparse_quantized(w, g, structure, amount, 4, pow2=pow2)
+        assert feasible(to_crossbar(p), g, structure, amount)
+        assert np.array_equal(P.project_sparse_quantized(p, g, structure, amount, 4, pow2=pow2), p)
+        # No worse than pruning by magnitude first and quantizing the survivors.
+        two_step = P.project_levels(P.project_structured(w, g, structure, amount), 4, pow2=pow2)
+        if feasible(to_crossbar(two_step), g, structure, amount):
+            assert dist(p, w) <= dist(two_step, w) + 1e-9
+
+
+def test_joint_support_ranks_by_gain_not_magnitude():
+    # Column segment 0 holds four 0.45s (norm² 0.81, all round to 0); segment 1 one 0.8.
+    m = np.array([[0.45, 0.8], [0.45, 0], [0.45, 0], [0.45, 0]])
+    g = CrossbarGeometry(rows=4, cols=1)
+    assert np.array_equal(P.project_columns(m.T, g, 0.5).T[:, 0], m[:, 0])
+    p = P.project_sparse_quantized(m.T, g, "columns", 0.5, bits=4, scale=1.0).T
+    assert np.array_equal(p, [[0, 1], [0, 0], [0, 0], [0, 0]])
+
+
+def test_torch_tensors_round_trip():
+    torch = pytest.importorskip("torch")
+    w = torch.randn(6, 3, 3, 3, dtype=torch.float32)
+    p = P.project_blocks(w, CrossbarGeometry(rows=8, cols=2), 0.5)
+    assert isinstance(p, torch.Tensor) and p.dtype == torch.float32
+    assert np.array_equal(p.numpy(), P.project_blocks(w.numpy(), CrossbarGeometry(rows=8, cols=2), 0.5))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda g: P.project_blocks(np.ones((2, 2)), g, 0.0), "keep=0.0"),
+    (lambda g: P.project_blocks(np.ones((2, 2)), g, 1.5), "keep=1.5"),
+    (lambda g: P.project_tinyadc(np.ones((2, 2)), g, 5), "n=5.*rows=4"),
+    (lambda g: P.project_levels(np.ones((2, 2)), 0), "bits=0"),
+    (lambda g: P.project_levels(np.ones((2, 2)), 4, scale=-1.0), "scale=-1.0"),
+    (lambda g: P.project_levels(np.ones((2, 2)), 4, scale=0.3, pow2=True), "power of two"),
+    (lambda g: P.project_structured(np.ones((2, 2)), g, "diagonal", 0.5), "structure='diagonal'"),
+])
+def test_impossible_targets_raise(call, match):
+    with pytest.raises(CompressionError, match=match):
+        call(CrossbarGeometry(rows=4, cols=4))
