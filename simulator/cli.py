@@ -1,0 +1,187 @@
+"""The ``xbarsim`` command line.
+
+    xbarsim compile MODEL.onnx -o PROGRAM_DIR [--preset NAME|FILE.yaml] [--set KEY=VALUE ...]
+    xbarsim simulate PROGRAM_DIR [--input IN.npz] [--outputs OUT.npz] [--json REPORT.json]
+                     [--trace TRACE.json]
+    xbarsim run [MODEL.onnx] [--preset ...] [--set ...] [--input IN.npz | --random N]
+                [--outputs OUT.npz] [--json REPORT.json] [--trace TRACE.json] [--plots DIR]
+    xbarsim presets
+
+Every user mistake ends with one line ``error: ...`` on stderr and exit code 2; nothing
+already written is removed. The compiler, models and compressor are imported lazily.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XbarsimError
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(XbarsimError):
+    """A command-line mistake (missing file, bad argument)."""
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _add_machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="puma",
+                   help="machine preset name (puma, isaac, small) or a YAML file [puma]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set adc.bits=6 --set xbar.rows=256 "
+                        "(adc.bits=none: ideal ADC)")
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"input file {path!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable .npz of arrays ({e})") from e
+
+
+def _write_outputs(report, args) -> None:
+    if getattr(args, "json", None):
+        report.to_json(args.json)
+        print(f"report   -> {args.json}")
+    if getattr(args, "trace", None):
+        n = report.save_trace(args.trace)
+        print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)")
+    if getattr(args, "outputs", None) and report.outputs:
+        np.savez(args.outputs, **{k: v for k, v in report.outputs.items()
+                                  if not k.endswith(":int")})
+        print(f"outputs  -> {args.outputs}")
+    if getattr(args, "plots", None):
+        for p in report.plot(args.plots):
+            print(f"plot     -> {p}")
+
+
+def cmd_presets(args) -> int:
+    from .config import load_config, preset_names
+    for name in preset_names():
+        c = load_config(name)
+        print(f"{name:8s} {c.xbar.rows}x{c.xbar.cols} xbar, {c.xbar.cell_bits}-bit cells, "
+              f"{c.weight_bits}-bit weights, {c.dac.bits}-bit DAC, {c.adc.bits}-bit ADC "
+              f"({c.adc.model}), {c.core.mvmus} MVMUs x {c.tile.cores} cores x "
+              f"{c.node.tiles} tiles  [{c.source}]")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from compiler import compile_model
+    from .config import load_config
+    cfg = load_config(args.preset, args.overrides)
+    prog = compile_model(args.model, cfg, progress=not args.quiet)
+    prog.save(args.output)
+    m = prog.mapping
+    print(f"compiled {args.model} -> {args.output}: {m.get('crossbars', '?')} crossbars, "
+          f"{m.get('cores', '?')} cores, {prog.n_tiles} tiles, {prog.n_instructions} "
+          f"instructions")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .program import Program
+    from .simulate import simulate
+    prog = Program.load(args.program)
+    inputs = _load_npz(args.input) if args.input else None
+    rep = simulate(prog, inputs, trace=bool(args.trace))
+    print(rep.summary())
+    _write_outputs(rep, args)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from compiler.run import run_model
+    run_model(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="xbarsim", description="Compile, simulate and compress DNNs for ReRAM crossbar "
+                                    "accelerators.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("presets", help="list the shipped machine presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("compile", help="compile an ONNX model to a program folder")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="program folder to write")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_machine_args(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("simulate", help="simulate a compiled program")
+    p.add_argument("program", help="program folder (from xbarsim compile)")
+    p.add_argument("--input", help=".npz with one array per graph input, batch first")
+    p.add_argument("--outputs", help="write the simulated outputs to this .npz")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("run", help="compile + simulate + compare with onnxruntime "
+                                   "(no model: the bundled LeNet-5 demo)")
+    p.add_argument("model", nargs="?", help="ONNX model file [bundled LeNet-5]")
+    _add_machine_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--input", help=".npz with one array per graph input, batch first")
+    g.add_argument("--random", type=int, metavar="N", help="N random inputs")
+    p.add_argument("--limit", type=int, help="demo: use only the first N bundled images")
+    p.add_argument("--outputs", help="write the simulated outputs to this .npz")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
+    p.add_argument("--plots", help="write plots (PNG) into this folder")
+    p.add_argument("--out", help="demo: folder for report, trace and plots [xbarsim-out]")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_run)
+
+    for mod in ("models.cli", "compressor.cli", "compiler.sweep"):
+        _register_optional(mod, sub)
+    return ap
+
+
+def _register_optional(module: str, sub) -> None:
+    """Sub-commands from packages that need extra dependencies (torch, dask) register
+    themselves; if the package cannot be imported, its commands are simply absent."""
+    import importlib
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except XbarsimError as e:
+        return _fail(str(e))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        return _fail(f"{e.strerror}: {e.filename}")
+    except ValueError as e:   # errors of models/compressor (DataError, CompressionError...)
+        if type(e).__module__.split(".")[0] in ("models", "compressor", "compiler"):
+            return _fail(str(e))
+        raise
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

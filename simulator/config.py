@@ -1,0 +1,407 @@
+"""The machine description: one frozen, validated configuration object.
+
+Hierarchy after PUMA (Ankit et al., ASPLOS 2019): node -> tile -> core -> MVMU -> crossbar.
+Every block is a frozen dataclass; every field is checked on construction and a bad value
+raises :class:`ConfigError` naming its dotted key (``adc.bits``), the value and what is
+allowed. Presets ship as YAML files in ``simulator/presets`` and cite their sources.
+
+Resolution convention: ``bits: int | None`` where ``None`` means ideal (never "0 means ideal").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).with_name("presets")
+ADC_MODELS = ("puma", "isaac", "survey", "sar")
+ADC_MODES = ("clip", "scale")
+MAPPINGS = ("differential", "offset")
+VARIATION_KINDS = ("normal", "lognormal")
+
+
+def _check_int(section: str, name: str, value: Any, lo: int, hi: int | None = None,
+               optional: bool = False) -> None:
+    key = f"{section}.{name}" if section else name
+    if value is None and optional:
+        return
+    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    if optional:
+        allowed += ", or none for ideal"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+            hi is not None and value > hi):
+        raise ConfigError(f"{key} = {value!r}: must be {allowed}")
+
+
+def _check_float(section: str, name: str, value: Any, lo: float, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    key = f"{section}.{name}" if section else name
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ConfigError(f"{key} = {value!r}: must be a number {rng}")
+
+
+def _check_choice(section: str, name: str, value: Any, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} = {value!r}: must be one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True, slots=True)
+class XbarConfig:
+    """One crossbar array."""
+
+    rows: int = 128
+    """Word lines (inputs) per crossbar."""
+    cols: int = 128
+    """Bit lines (outputs) per crossbar."""
+    cell_bits: int = 2
+    """Bits stored per cell; a cell has ``2**cell_bits`` conductance levels."""
+    mapping: str = "differential"
+    """Signed weights: ``differential`` (positive and negative arrays) or ``offset``
+    (unsigned weight + 2**(weight_bits-1); the bias is removed digitally by counting input
+    ones, as in ISAAC)."""
+    g_min_us: float = 1.0
+    """Lowest programmable conductance, microsiemens (level 0)."""
+    g_max_us: float = 100.0
+    """Highest programmable conductance, microsiemens (top level)."""
+
+    def __post_init__(self):
+        _check_int("xbar", "rows", self.rows, 1, 65536)
+        _check_int("xbar", "cols", self.cols, 1, 65536)
+        _check_int("xbar", "cell_bits", self.cell_bits, 1, 16)
+        _check_choice("xbar", "mapping", self.mapping, MAPPINGS)
+        _check_float("xbar", "g_min_us", self.g_min_us, 0.0)
+        _check_float("xbar", "g_max_us", self.g_max_us, 0.0, lo_open=True)
+        if self.g_max_us <= self.g_min_us:
+            raise ConfigError(f"xbar.g_max_us = {self.g_max_us!r}: must exceed "
+                              f"xbar.g_min_us = {self.g_min_us!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class DacConfig:
+    """Digital-to-analog converters on the word lines."""
+
+    bits: int = 1
+    """Input bits applied per step (bit-serial input: 1)."""
+
+    def __post_init__(self):
+        _check_int("dac", "bits", self.bits, 1, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class AdcConfig:
+    """Analog-to-digital converters on the bit lines, shared by an MVMU's columns."""
+
+    bits: int | None = 8
+    """Resolution in bits; ``None`` = ideal (every column sum converted exactly)."""
+    model: str = "puma"
+    """Cost model: ``puma`` (linear in bits), ``isaac`` (table), ``survey`` (Murmann survey
+    fit, as Accelergy) or ``sar`` (NeuroSim SAR)."""
+    per_mvmu: int = 8
+    """ADCs per MVMU, time-shared across all its columns and slices."""
+    mode: str = "clip"
+    """Out-of-range behaviour: ``clip`` (saturate at the top code) or ``scale`` (keep the
+    column's top bits: drop LSBs so the column's full range fits)."""
+    adaptive: bool = False
+    """Use per crossbar the bits its weights need to be lossless (TinyADC / ISAAC formula)
+    instead of ``bits``."""
+
+    def __post_init__(self):
+        _check_int("adc", "bits", self.bits, 1, 32, optional=True)
+        _check_choice("adc", "model", self.model, ADC_MODELS)
+        _check_int("adc", "per_mvmu", self.per_mvmu, 1, 65536)
+        _check_choice("adc", "mode", self.mode, ADC_MODES)
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError(f"adc.adaptive = {self.adaptive!r}: must be true or false")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """A core: MVMUs, a vector functional unit and a register file."""
+
+    mvmus: int = 6
+    """Matrix-vector multiply units (one logical matrix each, all its bit slices)."""
+    vfu_lanes: int = 4
+    """Vector functional unit lanes (elements per cycle)."""
+    registers: int = 2048
+    """General-purpose data registers (words) besides the MVMU input/output registers."""
+    int_registers: int = 16
+    """Scalar integer registers for loop counters and register-indirect addresses."""
+
+    def __post_init__(self):
+        _check_int("core", "mvmus", self.mvmus, 1, 63)  # mvm mask is one int64
+        _check_int("core", "vfu_lanes", self.vfu_lanes, 1, 65536)
+        _check_int("core", "registers", self.registers, 1, 1 << 26)
+        _check_int("core", "int_registers", self.int_registers, 1, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class TileConfig:
+    """A tile: cores sharing an eDRAM with valid/count words, a receive buffer, a router."""
+
+    cores: int = 8
+    """Cores per tile."""
+    edram_kb: int = 64
+    """Shared memory size, KiB (words are ``input_bits`` wide, rounded up to bytes)."""
+    mem_ports: int = 1
+    """Memory ports; each serves one request per cycle."""
+    port_words: int = 16
+    """Words one port moves per cycle (PUMA: 256-bit eDRAM access = 16 x 16-bit words)."""
+    mem_latency: int = 2
+    """Cycles from a port accepting a request to its first data (PUMA eDRAM: 2 ns)."""
+    recv_buffer: int = 64
+    """Messages a tile can hold per sender before the sender stalls."""
+
+    def __post_init__(self):
+        _check_int("tile", "cores", self.cores, 1, 4096)
+        _check_int("tile", "edram_kb", self.edram_kb, 1, 1 << 24)
+        _check_int("tile", "mem_ports", self.mem_ports, 1, 64)
+        _check_int("tile", "port_words", self.port_words, 1, 65536)
+        _check_int("tile", "mem_latency", self.mem_latency, 0, 1 << 20)
+        _check_int("tile", "recv_buffer", self.recv_buffer, 1, 1 << 20)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """A node: tiles on a 2-D mesh network-on-chip."""
+
+    tiles: int = 16
+    """Tiles on the node."""
+    mesh_cols: int | None = None
+    """Mesh width in tiles; ``None`` = the smallest square that holds ``tiles``."""
+    hop_cycles: int = 1
+    """Cycles a flit takes per router hop."""
+    router_cycles: int = 31
+    """Cycles a router spends per packet (PUMA 4-port router)."""
+    flit_words: int = 16
+    """Words per flit; a link carries one flit per cycle."""
+
+    def __post_init__(self):
+        _check_int("node", "tiles", self.tiles, 1, 1 << 20)
+        _check_int("node", "mesh_cols", self.mesh_cols, 1, 1 << 20, optional=True)
+        _check_int("node", "hop_cycles", self.hop_cycles, 0, 1 << 20)
+        _check_int("node", "router_cycles", self.router_cycles, 0, 1 << 20)
+        _check_int("node", "flit_words", self.flit_words, 1, 65536)
+
+    @property
+    def mesh_width(self) -> int:
+        return self.mesh_cols or math.ceil(math.sqrt(self.tiles))
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseConfig:
+    """Device non-idealities, each off by default, each with its own seeded random stream."""
+
+    program_sigma: float = 0.0
+    """Relative conductance programming variation (std of the multiplicative factor)."""
+    program_dist: str = "normal"
+    """Variation distribution: ``normal`` (g * (1 + s*N)) or ``lognormal`` (g * exp(s*N))."""
+    read_sigma: float = 0.0
+    """Output-referred read noise: std of a column sum is read_sigma * ||x|| * top level."""
+    stuck_on: float = 0.0
+    """Fraction of cells stuck at the top conductance level."""
+    stuck_off: float = 0.0
+    """Fraction of cells stuck at level 0."""
+    seed: int = 0
+    """Seed; each non-ideality draws from its own stream spawned from it."""
+
+    def __post_init__(self):
+        _check_float("noise", "program_sigma", self.program_sigma, 0.0)
+        _check_choice("noise", "program_dist", self.program_dist, VARIATION_KINDS)
+        _check_float("noise", "read_sigma", self.read_sigma, 0.0)
+        _check_float("noise", "stuck_on", self.stuck_on, 0.0, 1.0)
+        _check_float("noise", "stuck_off", self.stuck_off, 0.0, 1.0)
+        if self.stuck_on + self.stuck_off > 1.0:
+            raise ConfigError(f"noise.stuck_on + noise.stuck_off = "
+                              f"{self.stuck_on + self.stuck_off!r}: must be <= 1")
+        _check_int("noise", "seed", self.seed, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.program_sigma or self.read_sigma or self.stuck_on or self.stuck_off)
+
+
+@dataclass(frozen=True, slots=True)
+class MachineConfig:
+    """The whole chip. Build with :func:`load_config`, change with :func:`with_overrides`."""
+
+    name: str = "custom"
+    """Preset name or a label for this configuration."""
+    source: str = ""
+    """Where the numbers come from."""
+    weight_bits: int = 16
+    """Fixed-point weight precision (signed)."""
+    input_bits: int = 16
+    """Fixed-point activation precision (signed); also the tile memory word width."""
+    clock_ghz: float = 1.0
+    """Core clock, GHz (1 cycle = 1/clock_ghz ns)."""
+    xbar: XbarConfig = field(default_factory=XbarConfig)
+    dac: DacConfig = field(default_factory=DacConfig)
+    adc: AdcConfig = field(default_factory=AdcConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    tile: TileConfig = field(default_factory=TileConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+    def __post_init__(self):
+        _check_int("", "weight_bits", self.weight_bits, 1, 32)
+        _check_int("", "input_bits", self.input_bits, 2, 32)
+        _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
+        if self.xbar.cell_bits > self.weight_bits:
+            raise ConfigError(f"xbar.cell_bits = {self.xbar.cell_bits}: must be <= weight_bits "
+                              f"= {self.weight_bits}")
+        if self.dac.bits > self.input_bits:
+            raise ConfigError(f"dac.bits = {self.dac.bits}: must be <= input_bits "
+                              f"= {self.input_bits}")
+        if self.node.mesh_cols is not None and self.node.mesh_cols > self.node.tiles:
+            raise ConfigError(f"node.mesh_cols = {self.node.mesh_cols}: must be <= node.tiles "
+                              f"= {self.node.tiles}")
+
+    # Derived quantities used by compiler, simulator and cost model alike.
+    @property
+    def slices(self) -> int:
+        """Crossbars (bit slices) per logical weight: ceil(weight_bits / cell_bits)."""
+        return -(-self.weight_bits // self.xbar.cell_bits)
+
+    @property
+    def arrays(self) -> int:
+        """Physical arrays per slice: 2 for differential mapping, 1 for offset."""
+        return 2 if self.xbar.mapping == "differential" else 1
+
+    @property
+    def input_steps(self) -> int:
+        """DAC steps per MVM. The sign bit always gets a 1-bit step of its own (it is
+        subtracted); the other input_bits-1 bits go dac.bits at a time. For dac.bits = 1
+        this is input_bits, the usual bit-serial count."""
+        return 1 + -(-(self.input_bits - 1) // self.dac.bits)
+
+    @property
+    def cycle_ns(self) -> float:
+        return 1.0 / self.clock_ghz
+
+    @property
+    def edram_words(self) -> int:
+        return self.tile.edram_kb * 1024 // ((self.input_bits + 7) // 8)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in fields(MachineConfig)}
+_SECTION_CLASSES = {
+    "xbar": XbarConfig, "dac": DacConfig, "adc": AdcConfig, "core": CoreConfig,
+    "tile": TileConfig, "node": NodeConfig, "noise": NoiseConfig,
+}
+
+
+def _allowed_keys(cls) -> str:
+    return ", ".join(f.name for f in fields(cls))
+
+
+def from_dict(data: dict) -> MachineConfig:
+    """Build a config from nested plain data (as read from YAML); unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(data).__name__}")
+    top = {}
+    for key, value in data.items():
+        if key in _SECTION_CLASSES:
+            cls = _SECTION_CLASSES[key]
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: must be a mapping with keys {_allowed_keys(cls)}")
+            unknown = set(value) - {f.name for f in fields(cls)}
+            if unknown:
+                bad = sorted(unknown)[0]
+                raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
+            top[key] = cls(**value)
+        elif key in _SECTIONS:
+            top[key] = value
+        else:
+            raise ConfigError(f"{key}: unknown key; allowed: {_allowed_keys(MachineConfig)}")
+    return MachineConfig(**top)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | Path | MachineConfig | None = "puma",
+                overrides: Iterable[str] = ()) -> MachineConfig:
+    """Load a preset by name (``puma``, ``isaac``, ``small``) or a YAML file, then apply
+    ``KEY=VALUE`` overrides such as ``adc.bits=6`` or ``adc.bits=none``."""
+    if isinstance(preset, MachineConfig):
+        cfg = preset
+    else:
+        preset = "puma" if preset is None else preset
+        path = Path(preset)
+        if path.suffix not in (".yaml", ".yml"):
+            path = PRESET_DIR / f"{preset}.yaml"
+            if not path.exists():
+                raise ConfigError(f"preset {str(preset)!r} not found; available: "
+                                  f"{', '.join(preset_names())} (or a path to a .yaml file)")
+        elif not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        cfg = from_dict(data or {})
+    return with_overrides(cfg, overrides)
+
+
+def _parse_value(text: str) -> Any:
+    if text.strip().lower() in ("none", "null", "ideal", "~"):
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> MachineConfig:
+    """A new config with dotted-key overrides applied (``xbar.rows=256``)."""
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. adc.bits=6")
+            key, text = item.split("=", 1)
+            parsed.append((key.strip(), _parse_value(text)))
+        items = parsed
+    data = cfg.to_dict()
+    for key, value in items:
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in _SECTIONS and parts[0] not in _SECTION_CLASSES:
+            data[parts[0]] = value
+        elif len(parts) == 2 and parts[0] in _SECTION_CLASSES:
+            cls = _SECTION_CLASSES[parts[0]]
+            if parts[1] not in {f.name for f in fields(cls)}:
+                raise ConfigError(f"{key}: unknown key; allowed in {parts[0]}: "
+                                  f"{_allowed_keys(cls)}")
+            data[parts[0]][parts[1]] = value
+        else:
+            sections = ", ".join(_SECTION_CLASSES)
+            raise ConfigError(f"{key}: unknown key; use a top-level key "
+                              f"(weight_bits, input_bits, clock_ghz) or SECTION.KEY with "
+                              f"SECTION one of {sections}")
+    return from_dict(data)
+
+
+def config_hash(cfg: MachineConfig) -> str:
+    """A stable short hash of the resolved config (for caching sweep points)."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

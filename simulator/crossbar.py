@@ -1,0 +1,173 @@
+"""Bit-exact functional model of one MVMU: bit-sliced weights, bit-serial inputs, per-column
+ADCs, shift-and-add.
+
+Weights are signed ``weight_bits`` integers stored as cell levels (0 .. 2**cell_bits - 1)
+in ``slices = ceil(weight_bits / cell_bits)`` crossbars, slice k holding bits
+[k*cell_bits, (k+1)*cell_bits):
+
+* ``differential``: a positive and a negative array, w = pos - neg;
+* ``offset``: one array holding w + 2**(weight_bits-1); the bias times the sum of the
+  inputs is removed digitally (ISAAC counts the ones of each input step).
+
+Inputs are two's-complement ``input_bits`` integers fed bit-serially: first the sign bit as
+a 1-bit step whose result is *subtracted* (weight -2**(input_bits-1)), then the remaining
+bits ``dac_bits`` at a time, unsigned. Each step, each array of each slice yields per column
+``v = sum_rows digit * level``; the ADC turns v into a code; shift-and-add combines steps
+and slices. With an ideal ADC the result is exactly ``x @ W``.
+
+Speed: all steps and all vectors of a batch go through one matrix product (float32 is
+exact while every column sum stays below 2**24); only the ADC needs per-step sums.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def step_plan(input_bits: int, dac_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per input step: bit offset, width and signed weight. The sign step comes first."""
+    shifts, widths, weights = [input_bits - 1], [1], [-(1 << (input_bits - 1))]
+    s = 0
+    while s < input_bits - 1:
+        w = min(dac_bits, input_bits - 1 - s)
+        shifts.append(s)
+        widths.append(w)
+        weights.append(1 << s)
+        s += w
+    return (np.array(shifts, np.int64), np.array(widths, np.int64),
+            np.array(weights, np.int64))
+
+
+def encode_levels(weights: np.ndarray, weight_bits: int, cell_bits: int,
+                  mapping: str) -> np.ndarray:
+    """Signed integer weights (R, C) -> cell levels (arrays*slices, R, C) uint8."""
+    w = np.asarray(weights, dtype=np.int64)
+    lo, hi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
+    if w.size and (w.min() < lo or w.max() > hi):
+        raise ValueError(f"weights outside the signed {weight_bits}-bit range [{lo}, {hi}]: "
+                         f"min {w.min()}, max {w.max()}")
+    slices = -(-weight_bits // cell_bits)
+    if mapping == "differential":
+        parts = [np.maximum(w, 0), np.maximum(-w, 0)]
+    elif mapping == "offset":
+        parts = [w + (1 << (weight_bits - 1))]
+    else:
+        raise ValueError(f"unknown mapping {mapping!r}; allowed: differential, offset")
+    mask = (1 << cell_bits) - 1
+    out = np.empty((len(parts) * slices,) + w.shape, dtype=np.uint8)
+    for a, p in enumerate(parts):
+        for k in range(slices):
+            out[a * slices + k] = (p >> (k * cell_bits)) & mask
+    return out
+
+
+def decode_levels(levels: np.ndarray, weight_bits: int, cell_bits: int,
+                  mapping: str) -> np.ndarray:
+    """Cell levels (arrays*slices, R, C) -> signed integer weights (R, C)."""
+    slices = -(-weight_bits // cell_bits)
+    lv = levels.astype(np.int64)
+    scale = (1 << (cell_bits * np.arange(slices, dtype=np.int64)))[:, None, None]
+    pos = (lv[:slices] * scale).sum(0)
+    if mapping == "differential":
+        return pos - (lv[slices:2 * slices] * scale).sum(0)
+    return pos - (1 << (weight_bits - 1))
+
+
+def column_max_sums(levels: np.ndarray, dac_bits: int) -> np.ndarray:
+    """Largest possible ADC input per (array*slice, column): (2**dac_bits - 1) * sum of levels."""
+    return ((1 << dac_bits) - 1) * levels.astype(np.int64).sum(axis=1)
+
+
+def lossless_adc_bits(levels: np.ndarray, dac_bits: int) -> int:
+    """ADC bits that convert every column of these crossbars without loss:
+    ceil(log2(max column sum + 1)) (ISAAC; the basis of TinyADC). At least 1."""
+    m = int(column_max_sums(levels, dac_bits).max(initial=0))
+    return max(1, math.ceil(math.log2(m + 1)))
+
+
+def adc_convert(v: np.ndarray, bits: int | None, mode: str,
+                col_max: np.ndarray | None = None) -> np.ndarray:
+    """ADC on column sums ``v`` (..., n_columns). ``bits`` None = ideal.
+
+    ``clip``: saturate at 2**bits - 1. ``scale``: each column's ADC spans that column's
+    largest possible sum ``col_max``; keep the top ``bits`` bits (drop, i.e. truncate, the
+    LSBs the range does not fit)."""
+    if bits is None:
+        return v
+    if mode == "clip":
+        return np.minimum(v, (1 << bits) - 1)
+    if mode == "scale":
+        need = np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64)
+        drop = np.maximum(need - bits, 0)
+        return (v >> drop) << drop
+    raise ValueError(f"unknown ADC mode {mode!r}; allowed: clip, scale")
+
+
+class MVMUModel:
+    """One MVMU's crossbars, prepared for fast repeated bit-exact MVMs.
+
+    ``levels``: (arrays*slices, R, C) uint8. ``conductance``: optional float levels after
+    programming variation / stuck cells (same shape); then column sums are analog and the
+    ADC rounds them to the nearest code.
+    """
+
+    def __init__(self, levels: np.ndarray, *, weight_bits: int, input_bits: int,
+                 cell_bits: int, dac_bits: int, mapping: str, adc_bits: int | None,
+                 adc_mode: str, conductance: np.ndarray | None = None,
+                 read_sigma: float = 0.0, read_rng: np.random.Generator | None = None):
+        self.n_arr, self.rows, self.cols = levels.shape
+        self.slices = -(-weight_bits // cell_bits)
+        self.arrays = self.n_arr // self.slices
+        self.weight_bits, self.input_bits = weight_bits, input_bits
+        self.cell_bits, self.dac_bits, self.mapping = cell_bits, dac_bits, mapping
+        self.adc_bits, self.adc_mode = adc_bits, adc_mode
+        self.read_sigma, self.read_rng = read_sigma, read_rng
+        self.shifts, self.widths, self.step_w = step_plan(input_bits, dac_bits)
+        self.analog = conductance is not None or read_sigma > 0
+        g = conductance if conductance is not None else levels
+        # (R, arrays*slices*C): one matrix for every array and slice.
+        big = int(column_max_sums(levels, dac_bits).max(initial=0))
+        self.dtype = np.float32 if big < (1 << 24) and not self.analog else np.float64
+        self.matrix = np.ascontiguousarray(
+            np.transpose(g, (1, 0, 2)).reshape(self.rows, -1).astype(self.dtype))
+        self.col_max = column_max_sums(levels, dac_bits).reshape(-1)
+        sign = np.array([1, -1][: self.arrays], np.int64)
+        slice_w = 1 << (cell_bits * np.arange(self.slices, dtype=np.int64))
+        # Combined digital weight of each (array, slice) output.
+        self.arr_slice_w = (sign[:, None] * slice_w[None, :]).reshape(-1)
+        self.top_level = (1 << cell_bits) - 1
+
+    def digits(self, x: np.ndarray) -> np.ndarray:
+        """Bit planes of two's-complement inputs: (steps, B, R) small non-negative ints."""
+        u = np.asarray(x, dtype=np.int64) & ((1 << self.input_bits) - 1)
+        masks = (1 << self.widths) - 1
+        return (u[None, :, :] >> self.shifts[:, None, None]) & masks[:, None, None]
+
+    def column_sums(self, x: np.ndarray) -> np.ndarray:
+        """ADC inputs: (steps, B, arrays*slices, C); integers unless analog effects are on."""
+        d = self.digits(x)
+        s, b, r = d.shape
+        v = (d.reshape(s * b, r).astype(self.dtype) @ self.matrix)
+        v = v.reshape(s, b, self.n_arr, self.cols)
+        if self.read_sigma > 0:
+            # Output-referred read noise (aihwkit style): std = sigma * ||digits|| * top level.
+            norm = np.sqrt((d.astype(np.float64) ** 2).sum(-1))[:, :, None, None]
+            v = v + self.read_rng.standard_normal(v.shape) * (
+                self.read_sigma * self.top_level * norm)
+        if self.analog:
+            return np.maximum(np.rint(v), 0).astype(np.int64)
+        return v.astype(np.int64)
+
+    def mvm(self, x: np.ndarray) -> np.ndarray:
+        """Bit-exact MVM of a batch of input vectors ``x`` (B, R) -> (B, C) int64."""
+        x = np.asarray(x, dtype=np.int64)
+        v = self.column_sums(x)
+        codes = adc_convert(v.reshape(v.shape[0], v.shape[1], -1), self.adc_bits,
+                            self.adc_mode, self.col_max)
+        codes = codes.reshape(v.shape)
+        # Shift-and-add over steps (signed step weights) and over arrays/slices.
+        y = np.einsum("sbkc,s,k->bc", codes, self.step_w, self.arr_slice_w, optimize=True)
+        if self.mapping == "offset":
+            y = y - (1 << (self.weight_bits - 1)) * x.sum(axis=1, keepdims=True)
+        return y

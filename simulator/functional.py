@@ -1,0 +1,315 @@
+"""The value engine: executes a Program's instruction streams on integer data, bit-exact.
+
+This is the executable definition of the ISA's semantics (see :mod:`simulator.isa`). It
+is batched: every register and memory word holds one value per input in the batch, so a
+batch of B images costs one pass over the instructions, and each ``mvm`` is one matrix
+product for the whole batch and all input bit planes (:class:`~simulator.crossbar.MVMUModel`).
+
+Values do not depend on timing: cores run round-robin, each until it blocks on the memory
+synchronisation (valid/count words, messages); the timing engine
+(:mod:`simulator.timing`) replays the same streams with the same sync rules to get time.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .crossbar import MVMUModel
+from .errors import DeadlockError, SimulationError
+from .isa import PERSISTENT, Fn, Op
+from .noise import conductances, read_noise_rng
+from .program import Program
+
+_BLOCKED, _HALTED, _PROGRESS = 0, 1, 2
+
+
+def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
+    x = a.astype(np.float64) / (1 << frac)
+    y = {Fn.SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), Fn.TANH: np.tanh,
+         Fn.EXP: lambda v: np.exp(np.minimum(v, 40.0))}[fn](x)
+    return np.rint(y * (1 << frac)).astype(np.int64)
+
+
+def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
+    """Vector functional unit: one function on int64 operands (``b`` array or scalar)."""
+    fn = Fn(fn)
+    if fn == Fn.ADD:
+        return a + b
+    if fn == Fn.SUB:
+        return a - b
+    if fn == Fn.MUL:
+        return a * b
+    if fn == Fn.SHR:
+        b = np.asarray(b, np.int64)
+        half = np.where(b > 0, np.left_shift(1, np.maximum(b - 1, 0)), 0)
+        return (a + half) >> b
+    if fn == Fn.SHL:
+        return a << np.asarray(b, np.int64)
+    if fn == Fn.MAX:
+        return np.maximum(a, b)
+    if fn == Fn.MIN:
+        return np.minimum(a, b)
+    if fn == Fn.RELU:
+        return np.maximum(a, 0)
+    if fn == Fn.CLIP:
+        lim = 1 << (imm - 1)
+        return np.clip(a, -lim, lim - 1)
+    if fn in (Fn.SIGMOID, Fn.TANH, Fn.EXP):
+        return _fixed_point(fn, a, imm)
+    if fn == Fn.DIV:
+        b = np.broadcast_to(np.asarray(b, np.int64), a.shape)
+        out = np.zeros_like(a)
+        nz = b != 0
+        out[nz] = np.floor_divide(a[nz], b[nz])
+        return out
+    raise SimulationError(f"unknown ALU function {fn}")
+
+
+class ValueEngine:
+    """Runs a program on a batch of integer inputs. Use :func:`run_values`."""
+
+    def __init__(self, prog: Program, batch: int, max_instructions: int = 500_000_000):
+        cfg = prog.config
+        self.prog, self.cfg, self.B = prog, cfg, batch
+        self.lay = prog.layout
+        self.cores = cfg.tile.cores
+        self.n_core_agents = prog.n_tiles * self.cores
+        words = cfg.edram_words
+        self.mem = [np.zeros((batch, words), np.int64) for _ in range(prog.n_tiles)]
+        self.count = [np.zeros(words, np.int64) for _ in range(prog.n_tiles)]
+        self.valid = [np.zeros(words, bool) for _ in range(prog.n_tiles)]
+        self.regs = [np.zeros((batch, self.lay.size), np.int64)
+                     for _ in range(self.n_core_agents)]
+        n_agents = self.n_core_agents + prog.n_tiles
+        self.iregs = np.zeros((n_agents, cfg.core.int_registers), np.int64)
+        self.pc = np.zeros(n_agents, np.int64)
+        self.halted = np.zeros(n_agents, bool)
+        self.waiting: list[dict | None] = [None] * n_agents
+        self.queues: dict[tuple[int, int], deque] = {}
+        self.budget = max_instructions
+        self.executed = 0
+        self.mvmus: dict[tuple[int, int, int], MVMUModel] = {}
+        for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
+            levels = prog.mvmu_levels[i]
+            self.mvmus[(t, c, m)] = MVMUModel(
+                levels, weight_bits=cfg.weight_bits, input_bits=cfg.input_bits,
+                cell_bits=cfg.xbar.cell_bits, dac_bits=cfg.dac.bits, mapping=cfg.xbar.mapping,
+                adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
+                conductance=conductances(levels, cfg, i),
+                read_sigma=cfg.noise.read_sigma, read_rng=read_noise_rng(cfg, i))
+        for t, addr, vals, cnt in prog.mem_init:
+            self._write(t, addr, np.broadcast_to(np.asarray(vals, np.int64),
+                                                 (batch, len(vals))), cnt)
+
+    # ---- memory sync ------------------------------------------------------------------
+    def _write(self, t, addr, vals, cnt):
+        sl = slice(addr, addr + vals.shape[1])
+        self.mem[t][:, sl] = vals
+        self.count[t][sl] = cnt
+        self.valid[t][sl] = True
+
+    def _can_read(self, t, addr, vec) -> bool:
+        return bool(self.valid[t][addr:addr + vec].all())
+
+    def _can_write(self, t, addr, vec) -> bool:
+        return not self.valid[t][addr:addr + vec].any()
+
+    def _read(self, t, addr, vec) -> np.ndarray:
+        sl = slice(addr, addr + vec)
+        out = self.mem[t][:, sl].copy()
+        cnt = self.count[t][sl]
+        counted = cnt != PERSISTENT
+        cnt[counted] -= 1
+        self.valid[t][sl] &= ~(counted & (cnt == 0))
+        return out
+
+    def _addr(self, agent, r) -> int:
+        return int(r["imm"]) + (int(self.iregs[agent, r["ra"]]) if r["ra"] >= 0 else 0)
+
+    # ---- execution --------------------------------------------------------------------
+    def run(self) -> None:
+        n_agents = len(self.pc)
+        while not self.halted.all():
+            progress = False
+            for a in range(n_agents):
+                if not self.halted[a]:
+                    progress |= self._run_agent(a)
+            if not progress:
+                self._deadlock()
+
+    def _run_agent(self, a: int) -> bool:
+        """Run agent ``a`` until it blocks or halts; True if it executed anything."""
+        code = (self.prog.core_code[a] if a < self.n_core_agents
+                else self.prog.tile_code[a - self.n_core_agents])
+        ran = False
+        while True:
+            pc = int(self.pc[a])
+            if pc >= len(code):
+                self.halted[a] = True
+                return True
+            status = self._step(a, code[pc])
+            if status == _BLOCKED:
+                return ran
+            ran = True
+            self.waiting[a] = None
+            self.executed += 1
+            if self.executed > self.budget:
+                raise SimulationError(f"program exceeded {self.budget} executed instructions "
+                                      f"(runaway loop?) at {self._name(a)} pc {pc}")
+            if status == _HALTED:
+                self.halted[a] = True
+                return True
+
+    def _name(self, a: int) -> str:
+        if a < self.n_core_agents:
+            t, c = divmod(a, self.cores)
+            return f"tile {t} core {c}"
+        return f"tile {a - self.n_core_agents} control"
+
+    def _step(self, a: int, r) -> int:
+        op = Op(int(r["op"]))
+        vec = int(r["vec"])
+        nxt = int(self.pc[a]) + 1
+        ireg = self.iregs[a]
+        tile = a // self.cores if a < self.n_core_agents else a - self.n_core_agents
+        if op == Op.HLT:
+            return _HALTED
+        if op == Op.NOP:
+            pass
+        elif op == Op.ISET:
+            ireg[r["dst"]] = r["imm"]
+        elif op == Op.IADD:
+            ireg[r["dst"]] = ireg[r["src1"]] + r["imm"]
+        elif op == Op.JMP:
+            nxt = int(r["imm"])
+        elif op == Op.BEQ:
+            if ireg[r["src1"]] == ireg[r["src2"]]:
+                nxt = int(r["imm"])
+        elif op == Op.BNE:
+            if ireg[r["src1"]] != ireg[r["src2"]]:
+                nxt = int(r["imm"])
+        elif op == Op.LOAD:
+            addr = self._addr(a, r)
+            if not self._can_read(tile, addr, vec):
+                self.waiting[a] = {"wait": "load", "tile": tile, "addr": addr, "vec": vec}
+                return _BLOCKED
+            dst = int(r["dst"]) + (int(ireg[r["rr"]]) if r["rr"] >= 0 else 0)
+            self._check_reg(a, dst, vec)
+            self.regs[a][:, dst:dst + vec] = self._read(tile, addr, vec)
+        elif op == Op.STORE:
+            addr = self._addr(a, r)
+            if not self._can_write(tile, addr, vec):
+                self.waiting[a] = {"wait": "store", "tile": tile, "addr": addr, "vec": vec}
+                return _BLOCKED
+            src = int(r["src1"]) + (int(ireg[r["rr"]]) if r["rr"] >= 0 else 0)
+            self._check_reg(a, src, vec)
+            self._write(tile, addr, self.regs[a][:, src:src + vec], int(r["count"]))
+        elif op == Op.COPY:
+            regs = self.regs[a]
+            regs[:, r["dst"]:r["dst"] + vec] = regs[:, r["src1"]:r["src1"] + vec]
+        elif op == Op.SET:
+            self.regs[a][:, r["dst"]:r["dst"] + vec] = r["imm"]
+        elif op in (Op.ALU, Op.ALUI):
+            regs = self.regs[a]
+            x = regs[:, r["src1"]:r["src1"] + vec]
+            y = int(r["imm"]) if op == Op.ALUI else regs[:, r["src2"]:r["src2"] + vec]
+            regs[:, r["dst"]:r["dst"] + vec] = alu(int(r["fn"]), x, y, int(r["imm"]))
+        elif op == Op.MVM:
+            self._mvm(a, tile, int(r["mask"]))
+        elif op == Op.SEND:
+            addr = self._addr(a, r)
+            q = self.queues.setdefault((tile, int(r["peer"])), deque())
+            if len(q) >= self.cfg.tile.recv_buffer or not self._can_read(tile, addr, vec):
+                why = "send (receive buffer full)" if self._can_read(tile, addr, vec) else "send"
+                self.waiting[a] = {"wait": why, "tile": tile, "addr": addr, "vec": vec}
+                return _BLOCKED
+            q.append(self._read(tile, addr, vec))
+        elif op == Op.RECV:
+            addr = self._addr(a, r)
+            q = self.queues.setdefault((int(r["peer"]), tile), deque())
+            if not q or not self._can_write(tile, addr, vec):
+                self.waiting[a] = {"wait": "recv", "tile": tile, "addr": addr, "vec": vec,
+                                   "from_tile": int(r["peer"])}
+                return _BLOCKED
+            if q[0].shape[1] != vec:
+                raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: recv of {vec} words "
+                                      f"got a message of {q[0].shape[1]} from tile {r['peer']}")
+            self._write(tile, addr, q.popleft(), int(r["count"]))
+        else:
+            raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: opcode {op.name} cannot "
+                                  f"run here")
+        self.pc[a] = nxt
+        return _PROGRESS
+
+    def _check_reg(self, a, reg, vec):
+        if reg < 0 or reg + vec > self.lay.size:
+            raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: register {reg} (+{vec}) "
+                                  f"outside the core's {self.lay.size} registers")
+
+    def _mvm(self, a: int, tile: int, mask: int) -> None:
+        core = a % self.cores
+        regs = self.regs[a]
+        lay = self.lay
+        for m in range(self.cfg.core.mvmus):
+            if mask >> m & 1:
+                model = self.mvmus[(tile, core, m)]
+                x = regs[:, lay.xin_of(m):lay.xin_of(m) + lay.rows]
+                regs[:, lay.xout_of(m):lay.xout_of(m) + lay.cols] = model.mvm(x)
+
+    def _deadlock(self):
+        stuck = []
+        for a in range(len(self.pc)):
+            if not self.halted[a]:
+                w = dict(self.waiting[a] or {"wait": "?"})
+                w.update(agent=self._name(a), pc=int(self.pc[a]))
+                stuck.append(w)
+        desc = "; ".join(f"{s['agent']} pc {s['pc']} waits to {s['wait']} tile {s.get('tile')} "
+                         f"addr {s.get('addr')}" for s in stuck[:8])
+        more = f" (+{len(stuck) - 8} more)" if len(stuck) > 8 else ""
+        raise DeadlockError(f"deadlock: {len(stuck)} unfinished agents can never proceed: "
+                            f"{desc}{more}", stuck)
+
+
+def quantize_input(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
+    """Real values -> signed ``bits``-bit integers of step ``scale`` (round half to even)."""
+    lim = 1 << (bits - 1)
+    return np.clip(np.rint(np.asarray(x, np.float64) / scale), -lim, lim - 1).astype(np.int64)
+
+
+def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
+               batch: int | None = None) -> dict[str, np.ndarray]:
+    """Run ``prog`` on real-valued inputs (one array per program input, batch first).
+
+    Returns the outputs as real values (integer words times each output's scale) plus,
+    under ``name + ':int'``, the raw integers."""
+    inputs = inputs or {}
+    names = [p.name for p in prog.inputs]
+    unknown = set(inputs) - set(names)
+    if unknown:
+        raise SimulationError(f"unknown input {sorted(unknown)[0]!r}; the program's inputs are "
+                              f"{', '.join(names) or 'none'}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise SimulationError(f"missing input {missing[0]!r} (inputs: {', '.join(names)})")
+    if batch is None:
+        batch = len(next(iter(inputs.values()))) if inputs else 1
+    eng = ValueEngine(prog, batch)
+    for port in prog.inputs:
+        x = np.asarray(inputs[port.name])
+        if x.shape[1:] != tuple(port.shape) or len(x) != batch:
+            raise SimulationError(f"input {port.name!r} has shape {x.shape}; expected "
+                                  f"({batch}, {', '.join(map(str, port.shape))})")
+        q = quantize_input(x.reshape(batch, -1), port.scale, prog.config.input_bits)
+        eng._write(port.tile, port.addr, q, port.count)
+    eng.run()
+    out = {}
+    for port in prog.outputs:
+        sl = slice(port.addr, port.addr + port.size)
+        if not eng.valid[port.tile][sl].all():
+            raise SimulationError(f"output {port.name!r} was never (fully) written: tile "
+                                  f"{port.tile} addr {port.addr} (+{port.size})")
+        q = eng.mem[port.tile][:, sl].reshape((batch,) + tuple(port.shape))
+        out[port.name + ":int"] = q
+        out[port.name] = q.astype(np.float64) * port.scale
+    return out

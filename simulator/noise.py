@@ -1,0 +1,41 @@
+"""Device non-idealities, each off by default and each drawing from its own seeded stream.
+
+Streams are keyed by (seed, purpose, MVMU index), so turning one effect on never changes
+the random numbers another effect sees, and results do not depend on execution order
+across MVMUs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_VARIATION, _STUCK, _READ = 1, 2, 3
+
+
+def _rng(cfg, purpose: int, mvmu: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.noise.seed, purpose, mvmu])
+
+
+def conductances(levels: np.ndarray, cfg, mvmu: int) -> np.ndarray | None:
+    """Effective (float) cell levels of one MVMU after stuck-at faults and programming
+    variation, or None when both are off (then the integer levels are exact)."""
+    nz = cfg.noise
+    if not (nz.program_sigma or nz.stuck_on or nz.stuck_off):
+        return None
+    g = levels.astype(np.float64)
+    top = (1 << cfg.xbar.cell_bits) - 1
+    if nz.stuck_on or nz.stuck_off:
+        u = _rng(cfg, _STUCK, mvmu).random(levels.shape)
+        g[u < nz.stuck_off] = 0.0
+        g[(u >= nz.stuck_off) & (u < nz.stuck_off + nz.stuck_on)] = top
+    if nz.program_sigma:
+        z = _rng(cfg, _VARIATION, mvmu).standard_normal(levels.shape)
+        if nz.program_dist == "normal":
+            g = g * np.maximum(1.0 + nz.program_sigma * z, 0.0)
+        else:
+            g = g * np.exp(nz.program_sigma * z)
+    return g
+
+
+def read_noise_rng(cfg, mvmu: int) -> np.random.Generator | None:
+    """The read-noise stream of one MVMU (advances with each MVM it performs)."""
+    return _rng(cfg, _READ, mvmu) if cfg.noise.read_sigma else None

@@ -1,0 +1,336 @@
+"""A compiled program: instruction streams, crossbar contents, memory image, I/O and mapping.
+
+Saved as a folder: ``program.npz`` (arrays only, loaded with ``allow_pickle=False``) and
+``manifest.json`` (config, I/O descriptions, layers, mapping summary). No pickle anywhere.
+A program is validated when built and when loaded: a reference to a missing tile, core,
+MVMU, register, address or integer register is refused with a message naming it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import MachineConfig, from_dict
+from .errors import ProgramError
+from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, Fn, Op, RegisterLayout
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TensorPort:
+    """Where a graph input or output lives in tile memory and how it is quantized.
+
+    Real value = integer word * ``scale``. Words are laid out in C order of ``shape``
+    (no batch dimension) starting at ``addr`` of tile ``tile``."""
+
+    name: str
+    tile: int
+    addr: int
+    shape: tuple[int, ...]
+    scale: float
+    count: int = 0  # consumer count the host stores inputs with (0 = persistent)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "tile": self.tile, "addr": self.addr,
+                "shape": list(self.shape), "scale": self.scale, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorPort":
+        return cls(d["name"], int(d["tile"]), int(d["addr"]), tuple(d["shape"]),
+                   float(d["scale"]), int(d.get("count", 0)))
+
+
+@dataclass
+class Program:
+    """Everything the simulator needs to run a model on one node."""
+
+    config: MachineConfig
+    n_tiles: int
+    core_code: list[np.ndarray]
+    """Instruction stream per core, index ``tile * tile.cores + core``."""
+    tile_code: list[np.ndarray]
+    """Tile control stream (send/recv) per tile."""
+    mvmu_loc: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
+    """(n, 3): tile, core, MVMU index of each programmed MVMU."""
+    mvmu_levels: np.ndarray | None = None
+    """(n, arrays*slices, rows, cols) uint8 cell levels."""
+    mvmu_rows_used: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    mvmu_cols_used: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    mvmu_adc_bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    """Per MVMU ADC bits; -1 = the config's ``adc.bits``; 0 = ideal."""
+    mvmu_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    mem_init: list[tuple[int, int, np.ndarray, int]] = field(default_factory=list)
+    """Preloaded memory segments: (tile, addr, int64 values, consumer count)."""
+    inputs: list[TensorPort] = field(default_factory=list)
+    outputs: list[TensorPort] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    """Layer table: at least ``name`` and ``op`` per layer; index = instruction ``layer``."""
+    mapping: dict = field(default_factory=dict)
+    """Summary: layer -> crossbars/cores/tiles, utilization (free-form, JSON-able)."""
+
+    def __post_init__(self):
+        self.mvmu_loc = np.asarray(self.mvmu_loc, np.int32).reshape(-1, 3)
+        n = len(self.mvmu_loc)
+        cfg = self.config
+        if self.mvmu_levels is None:
+            self.mvmu_levels = np.zeros((n, cfg.arrays * cfg.slices, cfg.xbar.rows,
+                                         cfg.xbar.cols), np.uint8)
+        for name, default in (("mvmu_rows_used", cfg.xbar.rows),
+                              ("mvmu_cols_used", cfg.xbar.cols),
+                              ("mvmu_adc_bits", -1), ("mvmu_layer", -1)):
+            arr = np.asarray(getattr(self, name), np.int32)
+            if arr.size == 0 and n:
+                arr = np.full(n, default, np.int32)
+            setattr(self, name, arr)
+        self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
+        self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
+        validate(self)
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def layout(self) -> RegisterLayout:
+        return RegisterLayout.of(self.config)
+
+    def mvmu_index(self) -> dict[tuple[int, int, int], int]:
+        return {tuple(int(v) for v in loc): i for i, loc in enumerate(self.mvmu_loc)}
+
+    def adc_bits_of(self, i: int) -> int | None:
+        """Resolved ADC bits of MVMU ``i`` (None = ideal)."""
+        b = int(self.mvmu_adc_bits[i])
+        if b == -1:
+            return self.config.adc.bits
+        return None if b == 0 else b
+
+    @property
+    def n_instructions(self) -> int:
+        return sum(len(c) for c in self.core_code) + sum(len(c) for c in self.tile_code)
+
+    # ---- persistence ------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``program.npz`` + ``manifest.json`` into ``folder`` (created)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "core_code": _concat(self.core_code), "core_start": _starts(self.core_code),
+            "tile_code": _concat(self.tile_code), "tile_start": _starts(self.tile_code),
+            "mvmu_loc": self.mvmu_loc, "mvmu_levels": self.mvmu_levels,
+            "mvmu_rows_used": self.mvmu_rows_used, "mvmu_cols_used": self.mvmu_cols_used,
+            "mvmu_adc_bits": self.mvmu_adc_bits, "mvmu_layer": self.mvmu_layer,
+            "init_tile": np.array([s[0] for s in self.mem_init], np.int64),
+            "init_addr": np.array([s[1] for s in self.mem_init], np.int64),
+            "init_count": np.array([s[3] for s in self.mem_init], np.int64),
+            "init_start": _starts([s[2] for s in self.mem_init]),
+            "init_values": (np.concatenate([np.asarray(s[2], np.int64) for s in self.mem_init])
+                            if self.mem_init else np.zeros(0, np.int64)),
+        }
+        np.savez_compressed(folder / "program.npz", **arrays)
+        manifest = {
+            "format": "xbarsim-program", "version": FORMAT_VERSION,
+            "config": self.config.to_dict(), "n_tiles": self.n_tiles,
+            "inputs": [p.to_dict() for p in self.inputs],
+            "outputs": [p.to_dict() for p in self.outputs],
+            "layers": self.layers, "mapping": self.mapping,
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_jsonable))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Program":
+        """Read a program saved by :meth:`save`; refuses malformed or inconsistent ones."""
+        folder = Path(folder)
+        mpath, apath = folder / "manifest.json", folder / "program.npz"
+        for p in (mpath, apath):
+            if not p.exists():
+                raise ProgramError(f"{folder}: not a program folder (missing {p.name}); "
+                                   f"make one with `xbarsim compile MODEL.onnx -o {folder}`")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ProgramError(f"{mpath}: not valid JSON ({e})") from e
+        if manifest.get("format") != "xbarsim-program":
+            raise ProgramError(f"{mpath}: not an xbarsim program manifest")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise ProgramError(f"{mpath}: format version {manifest.get('version')!r}, "
+                               f"this xbarsim reads version {FORMAT_VERSION}")
+        try:
+            with np.load(apath, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            raise ProgramError(f"{apath}: unreadable ({e})") from e
+        required = ("core_code", "core_start", "tile_code", "tile_start", "mvmu_loc",
+                    "mvmu_levels", "init_tile", "init_addr", "init_count", "init_start",
+                    "init_values")
+        missing = [k for k in required if k not in a]
+        if missing:
+            raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}")
+        if a["core_code"].dtype != INSTR_DTYPE or a["tile_code"].dtype != INSTR_DTYPE:
+            raise ProgramError(f"{apath}: instruction arrays do not have the ISA's dtype")
+        cfg = from_dict(manifest["config"])
+        init = [(int(t), int(ad), a["init_values"][s:e].copy(), int(c)) for t, ad, c, s, e in
+                zip(a["init_tile"], a["init_addr"], a["init_count"], a["init_start"][:-1],
+                    a["init_start"][1:])]
+        return cls(
+            config=cfg, n_tiles=int(manifest["n_tiles"]),
+            core_code=_split(a["core_code"], a["core_start"]),
+            tile_code=_split(a["tile_code"], a["tile_start"]),
+            mvmu_loc=a["mvmu_loc"], mvmu_levels=a["mvmu_levels"],
+            mvmu_rows_used=a.get("mvmu_rows_used", np.zeros(0)),
+            mvmu_cols_used=a.get("mvmu_cols_used", np.zeros(0)),
+            mvmu_adc_bits=a.get("mvmu_adc_bits", np.zeros(0)),
+            mvmu_layer=a.get("mvmu_layer", np.zeros(0)),
+            mem_init=init,
+            inputs=[TensorPort.from_dict(d) for d in manifest.get("inputs", [])],
+            outputs=[TensorPort.from_dict(d) for d in manifest.get("outputs", [])],
+            layers=manifest.get("layers", []), mapping=manifest.get("mapping", {}),
+        )
+
+
+def _jsonable(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _concat(streams: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
+
+
+def _starts(chunks) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+
+
+def _split(flat: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+    return [flat[s:e].copy() for s, e in zip(starts[:-1], starts[1:])]
+
+
+def validate(prog: Program) -> None:
+    """Refuse a program that references something the machine does not have."""
+    cfg = prog.config
+    cores, tiles = cfg.tile.cores, prog.n_tiles
+    if not 1 <= tiles <= cfg.node.tiles:
+        raise ProgramError(f"program uses {tiles} tiles; the node has {cfg.node.tiles} "
+                           f"(node.tiles)")
+    if len(prog.core_code) != tiles * cores:
+        raise ProgramError(f"program has {len(prog.core_code)} core streams; expected "
+                           f"{tiles} tiles x {cores} cores = {tiles * cores}")
+    if len(prog.tile_code) != tiles:
+        raise ProgramError(f"program has {len(prog.tile_code)} tile streams for {tiles} tiles")
+    lay = RegisterLayout.of(cfg)
+    words = cfg.edram_words
+    n = len(prog.mvmu_loc)
+    for name in ("mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits", "mvmu_layer"):
+        if len(getattr(prog, name)) != n:
+            raise ProgramError(f"{name} has {len(getattr(prog, name))} entries for {n} MVMUs")
+    shape = (n, cfg.arrays * cfg.slices, cfg.xbar.rows, cfg.xbar.cols)
+    if prog.mvmu_levels.shape != shape:
+        raise ProgramError(f"crossbar contents have shape {prog.mvmu_levels.shape}; the config "
+                           f"needs {shape} (MVMUs, arrays*slices, rows, cols)")
+    if prog.mvmu_levels.size and prog.mvmu_levels.max() >= (1 << cfg.xbar.cell_bits):
+        raise ProgramError(f"a cell level {int(prog.mvmu_levels.max())} exceeds the "
+                           f"{cfg.xbar.cell_bits}-bit cells' top level "
+                           f"{(1 << cfg.xbar.cell_bits) - 1}")
+    seen = set()
+    for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
+        if not (0 <= t < tiles and 0 <= c < cores and 0 <= m < cfg.core.mvmus):
+            raise ProgramError(f"MVMU {i} placed at tile {t} core {c} mvmu {m}: outside the "
+                               f"machine ({tiles} tiles, {cores} cores, {cfg.core.mvmus} MVMUs)")
+        if (t, c, m) in seen:
+            raise ProgramError(f"two MVMUs placed at tile {t} core {c} mvmu {m}")
+        seen.add((t, c, m))
+        if not (1 <= prog.mvmu_rows_used[i] <= cfg.xbar.rows
+                and 1 <= prog.mvmu_cols_used[i] <= cfg.xbar.cols):
+            raise ProgramError(f"MVMU {i}: rows/cols used {prog.mvmu_rows_used[i]}/"
+                               f"{prog.mvmu_cols_used[i]} outside 1..{cfg.xbar.rows}/"
+                               f"1..{cfg.xbar.cols}")
+        if not -1 <= prog.mvmu_adc_bits[i] <= 32:
+            raise ProgramError(f"MVMU {i}: adc bits {prog.mvmu_adc_bits[i]} outside -1..32")
+    for k, code in enumerate(prog.core_code):
+        t, c = divmod(k, cores)
+        _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay, words, tiles,
+                         {m for (tt, cc, m) in seen if tt == t and cc == c})
+    for t, code in enumerate(prog.tile_code):
+        _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay, words, tiles, set())
+    for t, addr, vals, cnt in prog.mem_init:
+        if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= words and cnt >= 0):
+            raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "
+                               f"outside {tiles} tiles x {words} words")
+    for port in prog.inputs + prog.outputs:
+        if not (0 <= port.tile < tiles and 0 <= port.addr
+                and port.addr + port.size <= words):
+            raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
+                               f"(+{port.size}) outside {tiles} tiles x {words} words")
+
+
+def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus) -> None:
+    n = len(code)
+    if n == 0:
+        return
+    ops = code["op"]
+    bad = ~np.isin(ops, np.array(sorted(int(o) for o in allowed)))
+    if bad.any():
+        pc = int(np.argmax(bad))
+        raise ProgramError(f"{where} pc {pc}: opcode {int(ops[pc])} not allowed here; allowed: "
+                           f"{', '.join(Op(o).name.lower() for o in sorted(allowed))}")
+    nint = cfg.core.int_registers
+    for pc, r in enumerate(code.tolist()):
+        op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, _ = r
+        here = f"{where} pc {pc} ({Op(op).name.lower()})"
+        if op in (Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU, Op.ALUI, Op.SEND, Op.RECV):
+            if vec < 1:
+                raise ProgramError(f"{here}: vector width {vec} must be >= 1")
+        if ra >= nint or rr >= nint or ra < -1 or rr < -1:
+            raise ProgramError(f"{here}: integer register {max(ra, rr)} outside 0..{nint - 1}")
+        if op in (Op.LOAD, Op.STORE, Op.SEND, Op.RECV):
+            if imm < 0 or (ra == -1 and imm + vec > words):
+                raise ProgramError(f"{here}: memory address {imm} (+{vec}) outside the tile's "
+                                   f"{words} words")
+        if op in (Op.STORE, Op.RECV) and count < 0:
+            raise ProgramError(f"{here}: consumer count {count} must be >= 0")
+        regs = []
+        if op == Op.LOAD:
+            regs = [dst]
+        elif op == Op.STORE:
+            regs = [src1]
+        elif op in (Op.COPY, Op.ALUI):
+            regs = [dst, src1]
+        elif op == Op.SET:
+            regs = [dst]
+        elif op == Op.ALU:
+            regs = [dst, src1] + ([] if Fn(fn) in (Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH,
+                                                   Fn.EXP) else [src2])
+        if op in (Op.ALU, Op.ALUI) and fn not in Fn._value2member_map_:
+            raise ProgramError(f"{here}: unknown ALU function {fn}")
+        for reg in regs:
+            if reg < 0 or (rr == -1 or op not in (Op.LOAD, Op.STORE)) and reg + vec > lay.size:
+                raise ProgramError(f"{here}: register {reg} (+{vec}) outside the core's "
+                                   f"{lay.size} registers")
+        if op == Op.MVM:
+            used = {b for b in range(64) if mask >> b & 1}
+            if not used:
+                raise ProgramError(f"{here}: empty MVMU mask")
+            missing = sorted(used - mvmus)
+            if missing:
+                raise ProgramError(f"{here}: MVMU {missing[0]} is not programmed on this core "
+                                   f"(programmed: {sorted(mvmus) or 'none'})")
+        if op in (Op.ISET, Op.IADD) and not 0 <= dst < nint:
+            raise ProgramError(f"{here}: integer register {dst} outside 0..{nint - 1}")
+        if op in (Op.IADD, Op.BEQ, Op.BNE) and not 0 <= src1 < nint:
+            raise ProgramError(f"{here}: integer register {src1} outside 0..{nint - 1}")
+        if op in (Op.BEQ, Op.BNE) and not 0 <= src2 < nint:
+            raise ProgramError(f"{here}: integer register {src2} outside 0..{nint - 1}")
+        if op in (Op.JMP, Op.BEQ, Op.BNE) and not 0 <= imm < n:
+            raise ProgramError(f"{here}: branch target {imm} outside 0..{n - 1}")
+        if op in (Op.SEND, Op.RECV) and not 0 <= peer < tiles:
+            raise ProgramError(f"{here}: peer tile {peer} outside 0..{tiles - 1}")

@@ -1,0 +1,274 @@
+"""The result of a simulation: latency, energy and area by component and by layer, counts,
+outputs and their error against a reference; exports to JSON, CSV/pandas, a Chrome/Perfetto
+trace and plots. Every energy figure is counts x the cost table, so it can be audited."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import costs
+from .isa import Op
+from .timing import (C_ADC, C_DAC, C_EDRAM, C_INSTR, C_MVM, C_NOC, C_SHADD, C_VFU, C_XBAR,
+                     COUNTER_NAMES)
+
+
+@dataclass
+class Report:
+    latency_cycles: int
+    latency_s: float
+    energy_j: dict
+    area_mm2: dict
+    crossbars: int
+    mvmus: int
+    cores: int
+    tiles: int
+    mvm_ops: int
+    adc_conversions: int
+    instructions: int
+    instructions_executed: int
+    layers: list
+    counters: dict
+    config: dict
+    adc_model: str
+    outputs: dict | None = None
+    accuracy: dict | None = None
+    sim_wall_s: float = 0.0
+    timing_wall_s: float = 0.0
+    values_wall_s: float = 0.0
+    trace_events: np.ndarray | None = field(default=None, repr=False)
+    agent_names: list = field(default_factory=list, repr=False)
+    cycle_ns: float = 1.0
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1.0 / self.latency_s if self.latency_s > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {
+            "latency_cycles": self.latency_cycles, "latency_s": self.latency_s,
+            "throughput_per_s": self.throughput_per_s,
+            "energy_j": self.energy_j, "area_mm2": self.area_mm2,
+            "crossbars": self.crossbars, "mvmus": self.mvmus, "cores": self.cores,
+            "tiles": self.tiles, "mvm_ops": self.mvm_ops,
+            "adc_conversions": self.adc_conversions, "instructions": self.instructions,
+            "instructions_executed": self.instructions_executed, "adc_model": self.adc_model,
+            "layers": self.layers, "counters": self.counters, "accuracy": self.accuracy,
+            "sim_wall_s": self.sim_wall_s, "timing_wall_s": self.timing_wall_s,
+            "values_wall_s": self.values_wall_s, "config": self.config,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1, default=_plain)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def layers_frame(self):
+        """Per-layer figures as a pandas DataFrame (one row per layer)."""
+        import pandas as pd
+        rows = []
+        for L in self.layers:
+            row = {k: v for k, v in L.items() if k != "energy_j"}
+            for comp, e in L["energy_j"].items():
+                row[f"energy_{comp}_j"] = e
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_csv(self, path: str | Path) -> None:
+        self.layers_frame().to_csv(path, index=False)
+
+    def save_trace(self, path: str | Path) -> int:
+        """Chrome / Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing).
+        Returns the number of events written."""
+        events = []
+        names = {}
+        ev = self.trace_events if self.trace_events is not None else np.zeros((0, 5), np.int64)
+        lnames = [L["name"] for L in self.layers]
+        us = self.cycle_ns / 1000.0
+        for a, start, end, op, layer in ev.tolist():
+            tile, _, rest = self.agent_names[a].partition(" ")
+            names.setdefault(a, self.agent_names[a])
+            events.append({"name": Op(op).name.lower(), "ph": "X", "ts": start * us,
+                           "dur": max(end - start, 1) * us, "pid": int(rest.split()[0]),
+                           "tid": a, "args": {"layer": lnames[layer] if 0 <= layer < len(
+                               lnames) else None}})
+        for a, n in names.items():
+            events.append({"name": "thread_name", "ph": "M", "pid": int(n.split()[1]),
+                           "tid": a, "args": {"name": n}})
+        Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
+        return len(events)
+
+    def plot(self, folder: str | Path) -> list[Path]:
+        """Energy breakdown and per-layer latency plots (PNG) into ``folder``."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        comps = {k: v for k, v in self.energy_j.items() if k != "total" and v > 0}
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ks = sorted(comps, key=comps.get, reverse=True)
+        ax.barh(ks[::-1], [comps[k] * 1e9 for k in ks[::-1]], color="tab:blue")
+        ax.set_xlabel("energy per inference (nJ)")
+        ax.set_title(f"Energy breakdown: {self.energy_j['total'] * 1e9:.1f} nJ total "
+                     f"(ADC model: {self.adc_model})")
+        fig.tight_layout()
+        p = folder / "energy_breakdown.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        out.append(p)
+        if self.layers:
+            fig, ax = plt.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
+            names = [L["name"] for L in self.layers][::-1]
+            lat = [L["latency_cycles"] * self.cycle_ns / 1000 for L in self.layers][::-1]
+            ax.barh(names, lat, color="tab:orange")
+            ax.set_xlabel("layer busy span (us)")
+            ax.set_title("Per-layer latency")
+            fig.tight_layout()
+            p = folder / "layer_latency.png"
+            fig.savefig(p, dpi=120)
+            plt.close(fig)
+            out.append(p)
+        return out
+
+    def summary(self) -> str:
+        e = self.energy_j
+        top = sorted(((k, v) for k, v in e.items() if k != "total"), key=lambda kv: -kv[1])[:3]
+        lines = [
+            f"latency      {self.latency_s * 1e6:10.3f} us  ({self.latency_cycles} cycles)",
+            f"throughput   {self.throughput_per_s:10.1f} inferences/s",
+            f"energy       {e['total'] * 1e6:10.3f} uJ  (" + ", ".join(
+                f"{k} {v / e['total'] * 100:.0f}%" for k, v in top) + ")",
+            f"area         {self.area_mm2['total']:10.3f} mm2",
+            f"crossbars    {self.crossbars:10d}  ({self.mvmus} MVMUs, {self.cores} cores, "
+            f"{self.tiles} tiles)",
+            f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model})",
+        ]
+        return "\n".join(lines)
+
+
+def _plain(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> dict:
+    """Energy in joules per component from a count row (or table summed over rows)."""
+    tab = costs.energy_table(cfg)
+    adc_e = costs.adc_energy_by_bits(cfg)
+    pj = {
+        "crossbar": counters[C_XBAR] * tab["crossbar"],
+        "dac": counters[C_DAC] * tab["dac"],
+        "adc": float(adc_by_bits @ adc_e),
+        "shift_add": counters[C_SHADD] * tab["shift_add"],
+        "vfu": counters[C_VFU] * tab["vfu"],
+        "edram": counters[C_EDRAM] * tab["edram"],
+        "noc": counters[C_NOC] * tab["noc"],
+    }
+    return {k: float(v) * 1e-12 for k, v in pj.items()}
+
+
+def area_by_component(prog) -> tuple[dict, int]:
+    """Area (mm^2) of the hardware the program uses, and the number of cores used."""
+    cfg = prog.config
+    n_mvmu = len(prog.mvmu_loc)
+    xbars = n_mvmu * cfg.arrays * cfg.slices
+    cores_used = {(int(t), int(c)) for t, c, _ in prog.mvmu_loc}
+    for k, code in enumerate(prog.core_code):
+        if len(code):
+            cores_used.add(divmod(k, cfg.tile.cores))
+    adc = costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, cfg.adc.bits))
+    T = costs.TABLE
+    area = {
+        "crossbar": xbars * costs.crossbar_area_mm2(cfg.xbar.rows, cfg.xbar.cols),
+        "adc": n_mvmu * cfg.adc.per_mvmu * adc.area_mm2,
+        "dac": xbars * cfg.xbar.rows * T["dac_area_mm2"],
+        "sample_hold": xbars * cfg.xbar.cols * T["snh_area_mm2"],
+        "shift_add": n_mvmu * cfg.adc.per_mvmu * T["shift_add_area_mm2"],
+        "mvmu_registers": n_mvmu * T["mvmu_regs_area_mm2"] * cfg.xbar.rows / 128,
+        "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
+        "core_other": len(cores_used) * (T["core_regs_area_mm2"] + T["core_control_area_mm2"]),
+        "edram": prog.n_tiles * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
+        "router": prog.n_tiles * T["router_area_mm2"],
+    }
+    area["total"] = float(sum(area.values()))
+    return area, len(cores_used)
+
+
+def error_metrics(outputs: dict, reference: dict) -> dict:
+    """max |err|, relative L2 error and, for classifier-shaped outputs, top-1 agreement."""
+    res = {}
+    for name, ref in reference.items():
+        if name not in outputs:
+            continue
+        y = np.asarray(outputs[name], np.float64)
+        r = np.asarray(ref, np.float64).reshape(y.shape)
+        err = y - r
+        d = {"max_abs_err": float(np.abs(err).max(initial=0.0)),
+             "rel_err": float(np.linalg.norm(err) / max(np.linalg.norm(r), 1e-30))}
+        if y.ndim == 2 and y.shape[1] > 1:
+            d["top1_agreement"] = float((y.argmax(1) == r.argmax(1)).mean())
+        res[name] = d
+    if len(res) == 1:
+        return next(iter(res.values()))
+    return res
+
+
+def build_report(prog, timing: dict, outputs: dict | None, reference: dict | None) -> Report:
+    cfg = prog.config
+    counters, by_bits, span = timing["counters"], timing["adc_by_bits"], timing["span"]
+    latency = int(timing["end"])
+    total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
+    n_mvmu = len(prog.mvmu_loc)
+    adc = costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, cfg.adc.bits))
+    leak_mw = (n_mvmu * cfg.adc.per_mvmu * adc.leak_mw
+               + prog.n_tiles * costs.TABLE["edram_leak_mw"])
+    latency_ns = latency * cfg.cycle_ns
+    total["leakage"] = leak_mw * latency_ns * 1e-12
+    total["total"] = float(sum(total.values()))
+    area, cores_used = area_by_component(prog)
+    layers = []
+    xbars_per_layer = np.bincount(prog.mvmu_layer[prog.mvmu_layer >= 0],
+                                  minlength=len(prog.layers)) if n_mvmu else np.zeros(
+        len(prog.layers), np.int64)
+    for i, L in enumerate(prog.layers):
+        e = energy_by_component(cfg, counters[i + 1], by_bits[i + 1])
+        e["total"] = float(sum(e.values()))
+        start, end = int(span[i + 1, 0]), int(span[i + 1, 1])
+        layers.append({
+            "name": L.get("name", f"layer{i}"), "op": L.get("op", ""),
+            "start_cycle": max(start, 0), "end_cycle": end,
+            "latency_cycles": max(end - max(start, 0), 0) if start >= 0 else 0,
+            "mvm_ops": int(counters[i + 1, C_MVM]),
+            "adc_conversions": int(counters[i + 1, C_ADC]),
+            "crossbars": int(xbars_per_layer[i]) * cfg.arrays * cfg.slices if i < len(
+                xbars_per_layer) else 0,
+            "energy_j": e,
+        })
+    count_tot = counters.sum(0)
+    accuracy = None
+    if outputs is not None and reference is not None:
+        accuracy = error_metrics(outputs, reference)
+    from .simulate import agent_name
+    n_agents = prog.n_tiles * (cfg.tile.cores + 1)
+    return Report(
+        latency_cycles=latency, latency_s=latency_ns * 1e-9, energy_j=total, area_mm2=area,
+        crossbars=n_mvmu * cfg.arrays * cfg.slices, mvmus=n_mvmu, cores=cores_used,
+        tiles=prog.n_tiles, mvm_ops=int(count_tot[C_MVM]),
+        adc_conversions=int(count_tot[C_ADC]), instructions=prog.n_instructions,
+        instructions_executed=int(count_tot[C_INSTR]), layers=layers,
+        counters={n: int(v) for n, v in zip(COUNTER_NAMES, count_tot)} | {
+            "adc_conversions_by_bits": {str(b): int(v) for b, v in enumerate(by_bits.sum(0))
+                                        if v}},
+        config=cfg.to_dict(), adc_model=cfg.adc.model, outputs=outputs, accuracy=accuracy,
+        trace_events=timing["trace"], agent_names=[agent_name(prog, a) for a in range(n_agents)],
+        cycle_ns=cfg.cycle_ns)

@@ -1,0 +1,147 @@
+"""Run a Program: the timing engine for time and counts, the value engine for outputs,
+the cost tables for energy and area; returns a :class:`~simulator.report.Report`."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import costs
+from .errors import DeadlockError, SimulationError
+from .functional import run_values
+from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, Op
+from .program import Program
+from .report import Report, build_report
+from .timing import (BAD_ADDRESS, BAD_MESSAGE, DEADLOCK, N_COUNTERS, OK, RUNAWAY, WAIT_NAMES,
+                     run_timing)
+
+DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
+
+
+def mvmu_tables(prog: Program):
+    """Per (core, MVMU): latency in cycles, per-MVM counts, and the ADC bits charged."""
+    cfg = prog.config
+    n_cores = prog.n_tiles * cfg.tile.cores
+    nm = cfg.core.mvmus
+    lat = np.zeros((n_cores, nm), np.int64)
+    stats = np.zeros((n_cores, nm, 3), np.int64)
+    bits = np.zeros((n_cores, nm), np.int64)
+    per_step = cfg.arrays * cfg.slices
+    steps = cfg.input_steps
+    for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
+        k = t * cfg.tile.cores + c
+        adc_bits = prog.adc_bits_of(i)
+        cols, rows = int(prog.mvmu_cols_used[i]), int(prog.mvmu_rows_used[i])
+        lat[k, m] = costs.mvm_cycles(cfg, cols, adc_bits)
+        stats[k, m] = (per_step * steps, rows * per_step * steps, cols * per_step * steps)
+        bits[k, m] = costs.cost_bits(cfg, adc_bits)
+    return lat, stats, bits
+
+
+def run_timing_engine(prog: Program, trace_cap: int = 0,
+                      max_instructions: int = DEFAULT_MAX_INSTRUCTIONS):
+    """Timing + counts of one inference. Raises DeadlockError / SimulationError."""
+    cfg = prog.config
+    streams = list(prog.core_code) + list(prog.tile_code)
+    flat = np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
+    starts = np.concatenate([[0], np.cumsum([len(s) for s in streams])]).astype(np.int64)
+    lay = prog.layout
+    words = cfg.edram_words
+    params = np.array([cfg.core.mvmus, lay.xout, lay.gp, lay.rows, lay.cols, cfg.core.vfu_lanes,
+                       cfg.tile.mem_ports, cfg.tile.port_words, cfg.tile.mem_latency,
+                       cfg.tile.recv_buffer, cfg.node.mesh_width, cfg.node.hop_cycles,
+                       cfg.node.router_cycles, cfg.node.flit_words, max_instructions, words,
+                       cfg.core.int_registers], np.int64)
+    lat, stats, bits = mvmu_tables(prog)
+    valid = np.zeros((prog.n_tiles, words), np.bool_)
+    cnt = np.zeros((prog.n_tiles, words), np.int64)
+    for t, addr, vals, c in prog.mem_init:
+        valid[t, addr:addr + len(vals)] = True
+        cnt[t, addr:addr + len(vals)] = c
+    for port in prog.inputs:  # the host writes inputs before the run starts
+        valid[port.tile, port.addr:port.addr + port.size] = True
+        cnt[port.tile, port.addr:port.addr + port.size] = port.count
+    vtime = np.zeros_like(cnt)
+    ftime = np.zeros_like(cnt)
+    n_layers = len(prog.layers) + 1
+    counters = np.zeros((n_layers, N_COUNTERS), np.int64)
+    adc_by_bits = np.zeros((n_layers, 33), np.int64)
+    span = np.full((n_layers, 2), -1, np.int64)
+    span[:, 1] = 0
+    trace = np.zeros((max(trace_cap, 1), 5), np.int64)
+    transc = np.zeros(64, np.bool_)
+    for f in TRANSCENDENTAL_FNS:
+        transc[int(f)] = True
+    f = {k: np.ascontiguousarray(flat[k]).astype(np.int64) for k in INSTR_DTYPE.names}
+    status, end, info, tlen = run_timing(
+        f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
+        f["count"], f["ra"], f["rr"], f["peer"], f["layer"], starts, prog.n_tiles,
+        cfg.tile.cores, params, lat, stats, bits, valid, cnt, vtime, ftime, counters,
+        adc_by_bits, span, trace, trace_cap, transc)
+    _raise_for_status(prog, status, info, streams)
+    return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
+            "trace": trace[:tlen].copy(), "mvm_latency": lat}
+
+
+def agent_name(prog: Program, a: int) -> str:
+    cores = prog.config.tile.cores
+    n_core = prog.n_tiles * cores
+    if a < n_core:
+        return f"tile {a // cores} core {a % cores}"
+    return f"tile {a - n_core} control"
+
+
+def _raise_for_status(prog, status, info, streams):
+    if status == OK:
+        return
+    if status == DEADLOCK:
+        stuck = []
+        for k in range(len(info) // 5):
+            a, pc, kind, tile, addr = (int(v) for v in info[5 * k:5 * k + 5])
+            op = Op(int(streams[a][pc]["op"])).name.lower() if pc < len(streams[a]) else "end"
+            stuck.append({"agent": agent_name(prog, a), "pc": pc, "instruction": op,
+                          "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr})
+        desc = "; ".join(f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "
+                         f"tile {s['tile']} addr {s['addr']}" for s in stuck[:6])
+        more = f" (+{len(stuck) - 6} more)" if len(stuck) > 6 else ""
+        raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",
+                            stuck)
+    a, pc = int(info[0]), int(info[1]) - 0
+    start = sum(len(s) for s in streams[:a])
+    where = f"{agent_name(prog, a)} pc {pc - start}"
+    if status == RUNAWAY:
+        raise SimulationError(f"program exceeded its instruction budget (runaway loop?) at "
+                              f"{where}")
+    if status == BAD_ADDRESS:
+        raise SimulationError(f"{where}: memory address {int(info[2])} outside the tile's "
+                              f"{prog.config.edram_words} words")
+    if status == BAD_MESSAGE:
+        raise SimulationError(f"{where}: recv width differs from the message's "
+                              f"{int(info[2])} words")
+    raise SimulationError(f"timing engine failed with status {status}")
+
+
+def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
+             values: bool = True, trace: bool = False, trace_cap: int = 200_000,
+             reference: dict[str, np.ndarray] | None = None) -> Report:
+    """Simulate one inference of ``prog`` (timing, energy, area) and, when ``values`` and
+    inputs are given (or the program has none), compute its outputs bit-exactly for the
+    whole batch of ``inputs``. ``reference``: expected outputs to report the error against.
+    """
+    t0 = time.perf_counter()
+    timing = run_timing_engine(prog, trace_cap if trace else 0)
+    t1 = time.perf_counter()
+    outputs = None
+    if values and (inputs is not None or not prog.inputs):
+        outputs = run_values(prog, inputs)
+    elif values and prog.inputs and inputs is None:
+        pass  # timing and energy only: they do not depend on the values
+    t2 = time.perf_counter()
+    rep = build_report(prog, timing, outputs, reference)
+    rep.sim_wall_s = time.perf_counter() - t0
+    rep.timing_wall_s = t1 - t0
+    rep.values_wall_s = t2 - t1
+    return rep
+
+
+__all__ = ["simulate", "run_timing_engine", "Report", "SimulationError"]

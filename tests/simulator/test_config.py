@@ -1,0 +1,75 @@
+import pytest
+
+from simulator import ConfigError, load_config, preset_names
+from simulator.config import with_overrides
+
+
+@pytest.mark.parametrize("name", ["puma", "isaac", "small"])
+class TestPresets:
+    def test_loads_and_names_its_source(self, name):
+        cfg = load_config(name)
+        assert cfg.name == name and cfg.source
+        assert cfg.slices == -(-cfg.weight_bits // cfg.xbar.cell_bits)
+
+    def test_round_trips_through_dict(self, name):
+        cfg = load_config(name)
+        assert with_overrides(cfg, {}) == cfg
+
+
+def test_preset_list():
+    assert {"puma", "isaac", "small"} <= set(preset_names())
+
+
+def test_puma_values_from_design():
+    c = load_config("puma")
+    assert (c.xbar.rows, c.xbar.cols, c.xbar.cell_bits, c.weight_bits, c.input_bits,
+            c.dac.bits, c.adc.bits, c.core.mvmus, c.tile.cores, c.tile.edram_kb,
+            c.clock_ghz) == (128, 128, 2, 16, 16, 1, 8, 6, 8, 64, 1.0)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("xbar.rows", "256"), ("xbar.cols", "64"), ("xbar.cell_bits", "4"), ("dac.bits", "2"),
+    ("adc.bits", "6"), ("adc.model", "sar"), ("adc.per_mvmu", "2"), ("weight_bits", "8"),
+    ("input_bits", "8"), ("core.mvmus", "4"), ("tile.cores", "4"), ("node.tiles", "9"),
+    ("clock_ghz", "2.0")])
+def test_dotted_overrides(key, value):
+    cfg = load_config("puma", [f"{key}={value}"])
+    section, _, field = key.rpartition(".")
+    got = getattr(getattr(cfg, section), field) if section else getattr(cfg, field)
+    assert str(got) == value
+
+
+def test_none_means_ideal():
+    assert load_config("puma", ["adc.bits=none"]).adc.bits is None
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("adc.bits=0", "adc.bits = 0"), ("xbar.rows=0", "xbar.rows = 0"),
+    ("xbar.rows=-4", "xbar.rows = -4"), ("xbar.cell_bits=32", "xbar.cell_bits"),
+    ("weight_bits=1", "xbar.cell_bits = 2: must be <= weight_bits"),
+    ("dac.bits=17", "dac.bits"), ("adc.model=magic", "one of puma, isaac, survey, sar"),
+    ("adc.mode=round", "adc.mode"), ("xbar.rowz=3", "xbar.rowz: unknown key"),
+    ("nosuch=1", "nosuch: unknown key"), ("adc.bits", "expected KEY=VALUE"),
+    ("noise.stuck_on=1.5", "noise.stuck_on"), ("clock_ghz=0", "clock_ghz"),
+    ("xbar.rows=abc", "xbar.rows = 'abc'")])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("puma", [override])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_unknown_preset_lists_the_available_ones(tmp_path):
+    with pytest.raises(ConfigError, match="available: isaac, puma, small"):
+        load_config("nosuch")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("xbar: {rows: [1, 2}\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_yaml_file_preset(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("name: mine\nxbar: {rows: 64, cols: 64}\nadc: {bits: 5}\n")
+    cfg = load_config(p)
+    assert (cfg.name, cfg.xbar.rows, cfg.adc.bits) == ("mine", 64, 5)

@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+
+from simulator import DeadlockError, Program, ProgramError, load_config, simulate
+from simulator import examples as ex
+from simulator.isa import Op, assemble, instr
+
+
+def _equal(a: Program, b: Program):
+    assert a.config == b.config and a.n_tiles == b.n_tiles
+    for x, y in zip(a.core_code + a.tile_code, b.core_code + b.tile_code):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    for k in ("mvmu_loc", "mvmu_levels", "mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits",
+              "mvmu_layer"):
+        assert np.array_equal(getattr(a, k), getattr(b, k))
+    assert a.inputs == b.inputs and a.outputs == b.outputs and a.layers == b.layers
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = load_config("small")
+    p = ex.two_tile_exchange(cfg, ex.random_weights(cfg, 16, 16), dst_tile=2)
+    p.mem_init.append((1, 40, np.arange(5), 0))
+    p.save(tmp_path / "prog")
+    q = Program.load(tmp_path / "prog")
+    _equal(p, q)
+    assert q.mem_init[0][0:2] == (1, 40) and list(q.mem_init[0][2]) == list(range(5))
+    x = np.random.default_rng(0).integers(-100, 100, (2, 16))
+    assert simulate(p, {"x": x}).to_dict()["latency_cycles"] == \
+        simulate(q, {"x": x}).to_dict()["latency_cycles"]
+
+
+def test_no_pickle_in_saved_program(tmp_path):
+    cfg = load_config("small")
+    ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16)).save(tmp_path)
+    with np.load(tmp_path / "program.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+
+
+def _corrupt(tmp_path, edit):
+    cfg = load_config("small")
+    folder = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16)).save(tmp_path / "p")
+    edit(folder)
+    return folder
+
+
+def test_missing_mvmu_refused_at_load(tmp_path):
+    def edit(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        a["core_code"]["mask"][1] = 0b10          # mvm on MVMU 1, which holds nothing
+        np.savez(folder / "program.npz", **a)
+    with pytest.raises(ProgramError, match="MVMU 1 is not programmed"):
+        Program.load(_corrupt(tmp_path, edit))
+
+
+def test_address_and_core_out_of_range_refused(tmp_path):
+    def edit(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        a["core_code"]["imm"][0] = 10 ** 9
+        np.savez(folder / "program.npz", **a)
+    with pytest.raises(ProgramError, match="memory address 1000000000"):
+        Program.load(_corrupt(tmp_path, edit))
+
+    def edit2(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        a["mvmu_loc"][0] = (0, 7, 0)
+        np.savez(folder / "program.npz", **a)
+    with pytest.raises(ProgramError, match="tile 0 core 7 mvmu 0: outside"):
+        Program.load(_corrupt(tmp_path / "b", edit2))
+
+
+def test_not_a_program_folder(tmp_path):
+    with pytest.raises(ProgramError, match="missing manifest.json"):
+        Program.load(tmp_path)
+    def edit(folder):
+        m = json.loads((folder / "manifest.json").read_text())
+        m["version"] = 99
+        (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ProgramError, match="format version 99"):
+        Program.load(_corrupt(tmp_path / "c", edit))
+
+
+def test_branch_target_and_int_register_checked():
+    cfg = load_config("small")
+    with pytest.raises(ProgramError, match="branch target 9"):
+        Program(config=cfg, n_tiles=1, tile_code=[ex.EMPTY],
+                core_code=[assemble([instr(Op.JMP, imm=9)])] + [ex.EMPTY])
+    with pytest.raises(ProgramError, match="integer register 99"):
+        Program(config=cfg, n_tiles=1, tile_code=[ex.EMPTY],
+                core_code=[assemble([instr(Op.ISET, dst=99)])] + [ex.EMPTY])
+
+
+def test_deadlock_is_reported_not_hung():
+    with pytest.raises(DeadlockError) as e:
+        simulate(ex.deadlock())
+    msg = str(e.value)
+    assert "tile 0 core 0" in msg and "addr 100" in msg and "load" in msg
+    assert e.value.stuck[0]["addr"] == 100
+
+
+def test_deadlock_between_two_cores_names_both():
+    cfg = load_config("small")
+    lay = ex.RegisterLayout.of(cfg)
+    # Each core waits for the other's store: a cycle.
+    c0 = assemble([instr(Op.LOAD, dst=lay.gp, imm=10, vec=1),
+                   instr(Op.STORE, src1=lay.gp, imm=20, vec=1), instr(Op.HLT)])
+    c1 = assemble([instr(Op.LOAD, dst=lay.gp, imm=20, vec=1),
+                   instr(Op.STORE, src1=lay.gp, imm=10, vec=1), instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=1, core_code=[c0, c1], tile_code=[ex.EMPTY])
+    with pytest.raises(DeadlockError) as e:
+        simulate(prog, values=False)
+    assert {s["agent"] for s in e.value.stuck} == {"tile 0 core 0", "tile 0 core 1"}
+    with pytest.raises(DeadlockError):
+        simulate(prog)   # the value engine detects it too
+
+
+def test_runaway_loop_is_stopped():
+    from simulator.simulate import run_timing_engine
+    from simulator import SimulationError
+    cfg = load_config("small")
+    prog = Program(config=cfg, n_tiles=1, tile_code=[ex.EMPTY],
+                   core_code=[assemble([instr(Op.JMP, imm=0)]), ex.EMPTY])
+    with pytest.raises(SimulationError, match="runaway"):
+        run_timing_engine(prog, max_instructions=10_000)
+
+
+def test_same_inputs_and_seed_give_identical_reports():
+    cfg = load_config("small", ["noise.program_sigma=0.05", "noise.read_sigma=0.01",
+                                "noise.stuck_on=0.01", "noise.seed=11"])
+    w = ex.random_weights(cfg, 16, 16)
+    x = np.random.default_rng(1).integers(-128, 128, (4, 16))
+    runs = []
+    for _ in range(2):
+        r = simulate(ex.two_tile_exchange(cfg, w, dst_tile=3), {"x": x})
+        d = r.to_dict()
+        for k in ("sim_wall_s", "timing_wall_s", "values_wall_s"):
+            d.pop(k)
+        runs.append((d, r.outputs["y:int"]))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
