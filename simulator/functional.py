@@ -75,10 +75,10 @@ class ValueEngine:
         self.lay = prog.layout
         self.cores = cfg.tile.cores
         self.n_core_agents = prog.n_tiles * self.cores
-        words = cfg.edram_words
-        self.mem = [np.zeros((batch, words), np.int64) for _ in range(prog.n_tiles)]
-        self.count = [np.zeros(words, np.int64) for _ in range(prog.n_tiles)]
-        self.valid = [np.zeros(words, bool) for _ in range(prog.n_tiles)]
+        sizes = [int(w) for w in prog.mem_words]
+        self.mem = [np.zeros((batch, w), np.int64) for w in sizes]
+        self.count = [np.zeros(w, np.int64) for w in sizes]
+        self.valid = [np.zeros(w, bool) for w in sizes]
         self.regs = [np.zeros((batch, self.lay.size), np.int64)
                      for _ in range(self.n_core_agents)]
         n_agents = self.n_core_agents + prog.n_tiles
@@ -109,6 +109,11 @@ class ValueEngine:
         self.count[t][sl] = cnt
         self.valid[t][sl] = True
 
+    def _check_addr(self, a, t, addr, vec):
+        if addr < 0 or addr + vec > len(self.count[t]):
+            raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: memory address {addr} "
+                                  f"(+{vec}) outside tile {t}'s {len(self.count[t])} words")
+
     def _can_read(self, t, addr, vec) -> bool:
         return bool(self.valid[t][addr:addr + vec].all())
 
@@ -125,7 +130,11 @@ class ValueEngine:
         return out
 
     def _addr(self, agent, r) -> int:
-        return int(r["imm"]) + (int(self.iregs[agent, r["ra"]]) if r["ra"] >= 0 else 0)
+        addr = int(r["imm"]) + (int(self.iregs[agent, r["ra"]]) if r["ra"] >= 0 else 0)
+        tile = (agent // self.cores if agent < self.n_core_agents
+                else agent - self.n_core_agents)
+        self._check_addr(agent, tile, addr, int(r["vec"]))
+        return addr
 
     # ---- execution --------------------------------------------------------------------
     def run(self) -> None:

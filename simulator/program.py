@@ -75,6 +75,9 @@ class Program:
     """Layer table: at least ``name`` and ``op`` per layer; index = instruction ``layer``."""
     mapping: dict = field(default_factory=dict)
     """Summary: layer -> crossbars/cores/tiles, utilization (free-form, JSON-able)."""
+    mem_words: np.ndarray | None = None
+    """Words of tile memory each tile's program uses (default: the eDRAM's size). May
+    exceed ``tile.edram_kb``; the report then flags the overflow."""
 
     def __post_init__(self):
         self.mvmu_loc = np.asarray(self.mvmu_loc, np.int32).reshape(-1, 3)
@@ -90,6 +93,9 @@ class Program:
             if arr.size == 0 and n:
                 arr = np.full(n, default, np.int32)
             setattr(self, name, arr)
+        if self.mem_words is None:
+            self.mem_words = np.full(self.n_tiles, cfg.edram_words, np.int64)
+        self.mem_words = np.asarray(self.mem_words, np.int64).reshape(-1)
         self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
         self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
         validate(self)
@@ -124,6 +130,7 @@ class Program:
             "mvmu_loc": self.mvmu_loc, "mvmu_levels": self.mvmu_levels,
             "mvmu_rows_used": self.mvmu_rows_used, "mvmu_cols_used": self.mvmu_cols_used,
             "mvmu_adc_bits": self.mvmu_adc_bits, "mvmu_layer": self.mvmu_layer,
+            "mem_words": self.mem_words,
             "init_tile": np.array([s[0] for s in self.mem_init], np.int64),
             "init_addr": np.array([s[1] for s in self.mem_init], np.int64),
             "init_count": np.array([s[3] for s in self.mem_init], np.int64),
@@ -186,7 +193,7 @@ class Program:
             mvmu_cols_used=a.get("mvmu_cols_used", np.zeros(0)),
             mvmu_adc_bits=a.get("mvmu_adc_bits", np.zeros(0)),
             mvmu_layer=a.get("mvmu_layer", np.zeros(0)),
-            mem_init=init,
+            mem_init=init, mem_words=a.get("mem_words"),
             inputs=[TensorPort.from_dict(d) for d in manifest.get("inputs", [])],
             outputs=[TensorPort.from_dict(d) for d in manifest.get("outputs", [])],
             layers=manifest.get("layers", []), mapping=manifest.get("mapping", {}),
@@ -228,7 +235,8 @@ def validate(prog: Program) -> None:
     if len(prog.tile_code) != tiles:
         raise ProgramError(f"program has {len(prog.tile_code)} tile streams for {tiles} tiles")
     lay = RegisterLayout.of(cfg)
-    words = cfg.edram_words
+    if len(prog.mem_words) != tiles or (prog.mem_words < 1).any():
+        raise ProgramError(f"mem_words must give a positive size for each of the {tiles} tiles")
     n = len(prog.mvmu_loc)
     for name in ("mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits", "mvmu_layer"):
         if len(getattr(prog, name)) != n:
@@ -258,19 +266,22 @@ def validate(prog: Program) -> None:
             raise ProgramError(f"MVMU {i}: adc bits {prog.mvmu_adc_bits[i]} outside -1..32")
     for k, code in enumerate(prog.core_code):
         t, c = divmod(k, cores)
-        _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay, words, tiles,
+        _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,
+                         int(prog.mem_words[t]), tiles,
                          {m for (tt, cc, m) in seen if tt == t and cc == c})
     for t, code in enumerate(prog.tile_code):
-        _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay, words, tiles, set())
+        _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay,
+                         int(prog.mem_words[t]), tiles, set())
     for t, addr, vals, cnt in prog.mem_init:
-        if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= words and cnt >= 0):
+        if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]
+                and cnt >= 0):
             raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "
-                               f"outside {tiles} tiles x {words} words")
+                               f"outside the program's tile memory ({tiles} tiles)")
     for port in prog.inputs + prog.outputs:
         if not (0 <= port.tile < tiles and 0 <= port.addr
-                and port.addr + port.size <= words):
+                and port.addr + port.size <= prog.mem_words[port.tile]):
             raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
-                               f"(+{port.size}) outside {tiles} tiles x {words} words")
+                               f"(+{port.size}) outside the tile's memory")
 
 
 def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus) -> None:

@@ -46,23 +46,27 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     flat = np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
     starts = np.concatenate([[0], np.cumsum([len(s) for s in streams])]).astype(np.int64)
     lay = prog.layout
-    words = cfg.edram_words
+    tile_words = prog.mem_words.astype(np.int64)
+    tile_base = np.concatenate([[0], np.cumsum(tile_words)[:-1]]).astype(np.int64)
+    total = int(tile_words.sum())
     params = np.array([cfg.core.mvmus, lay.xout, lay.gp, lay.rows, lay.cols, cfg.core.vfu_lanes,
                        cfg.tile.mem_ports, cfg.tile.port_words, cfg.tile.mem_latency,
                        cfg.tile.recv_buffer, cfg.node.mesh_width, cfg.node.hop_cycles,
-                       cfg.node.router_cycles, cfg.node.flit_words, max_instructions, words,
+                       cfg.node.router_cycles, cfg.node.flit_words, max_instructions, 0,
                        cfg.core.int_registers], np.int64)
     lat, stats, bits = mvmu_tables(prog)
-    valid = np.zeros((prog.n_tiles, words), np.bool_)
-    cnt = np.zeros((prog.n_tiles, words), np.int64)
+    valid = np.zeros(total, np.bool_)
+    cnt = np.zeros(total, np.int32)
     for t, addr, vals, c in prog.mem_init:
-        valid[t, addr:addr + len(vals)] = True
-        cnt[t, addr:addr + len(vals)] = c
+        b = tile_base[t] + addr
+        valid[b:b + len(vals)] = True
+        cnt[b:b + len(vals)] = c
     for port in prog.inputs:  # the host writes inputs before the run starts
-        valid[port.tile, port.addr:port.addr + port.size] = True
-        cnt[port.tile, port.addr:port.addr + port.size] = port.count
-    vtime = np.zeros_like(cnt)
-    ftime = np.zeros_like(cnt)
+        b = tile_base[port.tile] + port.addr
+        valid[b:b + port.size] = True
+        cnt[b:b + port.size] = port.count
+    vtime = np.zeros(total, np.int64)
+    ftime = np.zeros(total, np.int64)
     n_layers = len(prog.layers) + 1
     counters = np.zeros((n_layers, N_COUNTERS), np.int64)
     adc_by_bits = np.zeros((n_layers, 33), np.int64)
@@ -76,7 +80,7 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     status, end, info, tlen = run_timing(
         f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
         f["count"], f["ra"], f["rr"], f["peer"], f["layer"], starts, prog.n_tiles,
-        cfg.tile.cores, params, lat, stats, bits, valid, cnt, vtime, ftime, counters,
+        cfg.tile.cores, params, tile_base, tile_words, lat, stats, bits, valid, cnt, vtime, ftime, counters,
         adc_by_bits, span, trace, trace_cap, transc)
     _raise_for_status(prog, status, info, streams)
     return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
@@ -114,7 +118,7 @@ def _raise_for_status(prog, status, info, streams):
                               f"{where}")
     if status == BAD_ADDRESS:
         raise SimulationError(f"{where}: memory address {int(info[2])} outside the tile's "
-                              f"{prog.config.edram_words} words")
+                              f"memory")
     if status == BAD_MESSAGE:
         raise SimulationError(f"{where}: recv width differs from the message's "
                               f"{int(info[2])} words")

@@ -119,7 +119,7 @@ def _port(port_free, tile, nports):
 
 @nb.njit(cache=True)
 def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer,
-               agent_start, n_tiles, cores, params, mvm_lat, mvm_stats, mvm_bits,
+               agent_start, n_tiles, cores, params, tile_base, tile_words, mvm_lat, mvm_stats, mvm_bits,
                valid, cnt, vtime, ftime, counters, adc_by_bits, layer_span,
                trace, trace_cap, fn_transcendental):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
@@ -131,7 +131,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     nm, xout0, gp0, rows, cols = params[0], params[1], params[2], params[3], params[4]
     lanes, nports, port_words, mem_lat = params[5], params[6], params[7], params[8]
     recv_cap, mesh_w, hop_cycles, router_cycles = params[9], params[10], params[11], params[12]
-    flit_words, max_instr, words, n_int = params[13], params[14], params[15], params[16]
+    flit_words, max_instr, n_int = params[13], params[14], params[16]
 
     n_core_agents = n_tiles * cores
     n_agents = n_core_agents + n_tiles
@@ -264,7 +264,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 addr = imm[p]
                 if ra[p] >= 0:
                     addr += ireg[a, ra[p]]
-                if addr < 0 or addr + v > words:
+                if addr < 0 or addr + v > tile_words[tile]:
                     info[0] = a
                     info[1] = p
                     info[2] = addr
@@ -294,14 +294,15 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 reading = o == _OP_LOAD or o == _OP_SEND
                 ok = True
                 ready = t
-                for i in range(addr, addr + v):
-                    if valid[tile, i] != reading:
+                base = tile_base[tile]
+                for i in range(base + addr, base + addr + v):
+                    if valid[i] != reading:
                         ok = False
                         break
                     if reading:
-                        ready = max(ready, vtime[tile, i])
+                        ready = max(ready, vtime[i])
                     else:
-                        ready = max(ready, ftime[tile, i])
+                        ready = max(ready, ftime[i])
                 if not ok:
                     state[a] = 1
                     wait_kind[a] = W_LOAD if reading else W_STORE
@@ -325,22 +326,22 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 if reading:
                     counters[lay, C_RD] += v
                     freed = False
-                    for i in range(addr, addr + v):
-                        if cnt[tile, i] != 0:
-                            cnt[tile, i] -= 1
-                            if cnt[tile, i] == 0:
-                                valid[tile, i] = False
-                                ftime[tile, i] = max(ftime[tile, i], start + acc)
+                    for i in range(base + addr, base + addr + v):
+                        if cnt[i] != 0:
+                            cnt[i] -= 1
+                            if cnt[i] == 0:
+                                valid[i] = False
+                                ftime[i] = max(ftime[i], start + acc)
                                 freed = True
                     if freed:
                         hsize = _wake_tile(tile, start, cores, n_core_agents, state, t_agent,
                                            heap, hsize)
                 else:
                     counters[lay, C_WR] += v
-                    for i in range(addr, addr + v):
-                        valid[tile, i] = True
-                        cnt[tile, i] = count[p]
-                        vtime[tile, i] = fin
+                    for i in range(base + addr, base + addr + v):
+                        valid[i] = True
+                        cnt[i] = count[p]
+                        vtime[i] = fin
                     hsize = _wake_tile(tile, start, cores, n_core_agents, state, t_agent,
                                        heap, hsize)
                 if o == _OP_SEND:
