@@ -11,8 +11,8 @@ Submodules: ``models.zoo`` (definitions), ``models.onnx_export``, ``models.data`
 """
 from importlib import import_module
 
-from models.errors import DataError, ModelError
 from models.demo import load_demo_images, load_pretrained, pretrained_path
+from models.errors import DataError, ModelError
 
 #: Names in the zoo, available without importing torch (``models.zoo.ZOO`` has the builders).
 MODEL_NAMES = ("mlp", "puma_mlp", "mlp784", "lenet5", "vgg8", "vgg16", "resnet18", "lstm")
@@ -26,12 +26,15 @@ _LAZY = {
 
 __all__ = [
     "MODEL_NAMES",
+    "ZOO",
     "DataError",
     "ModelError",
+    "build",
+    "export",
+    "input_shape",
     "load_demo_images",
     "load_pretrained",
     "pretrained_path",
-    *_LAZY,
 ]
 
 

@@ -5,6 +5,7 @@ and 1x28x28 (Fashion-MNIST) inputs, and a ``width`` multiplier that scales every
 count (``width=0.25`` gives a quick-to-simulate variant with the same topology).
 """
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
 
 
 def _scale(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 def _vgg_features(cfg: Sequence, in_channels: int, image_size: int, width: float,
@@ -58,7 +59,7 @@ class VGG(nn.Module):
                                                       batch_norm)
         sizes = [channels * side * side, *(_scale(n, width) for n in fc)]
         layers: list[nn.Module] = [nn.Flatten()]
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in pairwise(sizes):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         self.classifier = nn.Sequential(*layers)

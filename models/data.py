@@ -124,7 +124,7 @@ def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.2
     if size == 28:
         images = digits_to_28(images)
     order = np.random.default_rng(seed).permutation(len(images))
-    n_test = int(round(len(images) * test_fraction))
+    n_test = round(len(images) * test_fraction)
     idx = order[:n_test] if split == "test" else order[n_test:]
     idx = idx[:limit]
     return images[idx][:, None].astype(np.float32), bunch.target[idx].astype(np.int64)

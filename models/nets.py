@@ -4,6 +4,7 @@ Every network returns raw logits (no softmax) so the exported ONNX graph ends in
 matrix multiply, which is what the crossbar compiler maps.
 """
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in pairwise(sizes):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         self.layers = nn.Sequential(*layers)

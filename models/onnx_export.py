@@ -35,6 +35,7 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: 
         # its LSTM batch-size warning does not apply (h0/c0 are built from the input's shape).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # nn.LSTM's shape checks
         torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes=axes, do_constant_folding=True)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models import MODEL_NAMES
-from models.cnn import VGG8_CFG, VGG16_CFG, VGG, ResNet18
+from models.cnn import VGG, VGG8_CFG, VGG16_CFG, ResNet18
 from models.errors import ModelError
 from models.nets import MLP, LeNet5, LSTMClassifier
 

@@ -1,0 +1,170 @@
+"""Train a zoo model on a data set, with seeded data order, per-epoch checkpoints and resume.
+
+>>> from models.train import train
+>>> acc = train("lenet5", "fashion-mnist", epochs=12, out_dir="runs/lenet5")
+
+Randomness: the initial weights come from ``torch`` seeded with ``seed`` (inside
+``fork_rng``, so the global state is untouched); the data order of epoch ``e`` comes from a
+numpy ``Generator`` seeded with ``(seed, 1, e)``. The two streams are independent, and an
+interrupted run resumed from its checkpoint gives the same weights as an uninterrupted one.
+
+Files in ``out_dir`` (``NAME`` = model name): ``NAME.ckpt`` (model + optimizer + epoch,
+rewritten after every epoch), ``NAME.pt`` (final state dict), ``NAME.onnx`` (opset 17,
+batch 1), ``NAME.json`` (accuracy, recipe, timings).
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models import data as datasets
+from models.errors import ModelError
+from models.onnx_export import DEFAULT_OPSET, export
+from models.zoo import ZOO, build, options_for_data
+
+#: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
+TORCH_THREADS = 2
+# Checkpoint fields that must match for a resume to continue the same run.
+_RESUME_KEYS = ("model", "model_kwargs", "data", "seed", "lr", "lr_decay", "weight_decay",
+                "batch_size", "limit")
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on images ``x`` and labels ``y``."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(torch.from_numpy(x[i:i + batch_size]))
+            correct += int((logits.argmax(1).numpy() == y[i:i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def _describe(data) -> str:
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    (xtr, _), (xte, _) = data
+    return f"arrays train{tuple(xtr.shape)} test{tuple(xte.shape)}"
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a half-written checkpoint
+
+
+def _load_checkpoint(path: Path, config: dict) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling failure means "not a checkpoint we can use"
+        raise ModelError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    old = ckpt.get("config", {})
+    differ = [k for k in _RESUME_KEYS if old.get(k) != config[k]]
+    if differ:
+        what = ", ".join(f"{k}={old.get(k)!r} (now {config[k]!r})" for k in differ)
+        raise ModelError(f"checkpoint {path} is from another run ({what}); "
+                         f"use another output folder or resume=False")
+    return ckpt
+
+
+def _run_epoch(model, opt, x, y, batch_size, rng, bar) -> float:
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    order = rng.permutation(len(x))
+    total, seen = 0.0, 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        if len(idx) < 2 and seen:  # BatchNorm cannot train on a batch of one
+            break
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(1, seen)
+
+
+def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
+          seed: int = 0, out_dir: str | os.PathLike = "xbarsim-out/train", resume: bool = True,
+          limit: int | None = None, progress: bool = True, *, model_kwargs: dict | None = None,
+          lr_decay: float = 1.0, weight_decay: float = 0.0, opset: int = DEFAULT_OPSET) -> float:
+    """Train zoo model ``model_name`` with Adam and return its test accuracy (0..1).
+
+    ``data``: a spec for ``models.data.load`` ("fashion-mnist", "digits", a folder, an
+    .npz) or ``((x_train, y_train), (x_test, y_test))`` arrays. The model is fitted to the
+    data's sample shape and class count; ``model_kwargs`` adds builder options. The learning
+    rate of epoch e (from 0) is ``lr * lr_decay**e``. ``limit`` caps the number of training
+    and of test examples. With ``resume``, a checkpoint in ``out_dir`` from the same run
+    continues where it stopped (asking for more epochs than it has extends it).
+    """
+    if model_name not in ZOO:
+        raise ModelError(f"unknown model {model_name!r}; choose from: {', '.join(ZOO)}")
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ModelError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, "
+                         f"{batch_size}, {lr}")
+    # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
+    torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
+    if isinstance(data, (str, os.PathLike)):
+        (xtr, ytr), (xte, yte) = datasets.load_splits(data, limit)
+    else:
+        (xtr, ytr), (xte, yte) = ((np.asarray(a[0], np.float32)[:limit],
+                                   np.asarray(a[1], np.int64)[:limit]) for a in data)
+    if len(xtr) == 0 or len(xte) == 0:
+        raise ModelError(f"data set {_describe(data)} has an empty train or test split")
+    options = {**options_for_data(model_name, xtr.shape[1:]),
+               "num_classes": int(max(ytr.max(), yte.max())) + 1, **(model_kwargs or {})}
+    config = {"model": model_name, "model_kwargs": options, "data": _describe(data),
+              "seed": seed, "lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
+              "batch_size": batch_size, "limit": limit}
+
+    model = build(model_name, seed=seed, **options)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / f"{model_name}.ckpt"
+    start, history, elapsed = 0, [], 0.0
+    if resume and ckpt_path.is_file():
+        ckpt = _load_checkpoint(ckpt_path, config)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history, elapsed = ckpt["epoch"], list(ckpt["history"]), ckpt["seconds"]
+    resumed_from = start
+
+    n_batches = math.ceil(len(xtr) / batch_size)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_decay**epoch
+        rng = np.random.default_rng((seed, 1, epoch))  # data order, independent of init
+        with tqdm(total=n_batches, desc=f"{model_name} epoch {epoch + 1}/{epochs}",
+                  disable=not progress, leave=False) as bar:
+            loss = _run_epoch(model, opt, xtr, ytr, batch_size, rng, bar)
+        acc = evaluate(model, xte, yte)
+        elapsed += time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "loss": loss, "test_accuracy": acc})
+        if progress:
+            tqdm.write(f"{model_name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, "
+                       f"test accuracy {acc:.4f}")
+        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch + 1, "history": history, "seconds": elapsed,
+                      "config": config}, ckpt_path)
+
+    acc = evaluate(model, xte, yte)
+    torch.save(model.state_dict(), out / f"{model_name}.pt")
+    export(model, out / f"{model_name}.onnx", opset)
+    record = {**config, "epochs": max(epochs, start), "test_accuracy": acc,
+              "test_examples": len(xte), "train_examples": len(xtr),
+              "normalisation": datasets.NORMALISATION, "train_seconds": round(elapsed, 2),
+              "resumed_from_epoch": resumed_from, "history": history,
+              "torch_version": torch.__version__, "onnx_opset": opset}
+    (out / f"{model_name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return acc

@@ -1,0 +1,52 @@
+"""``xbarsim train`` / ``xbarsim export`` driven through an argparse parser, as a user would."""
+import argparse
+
+import onnx
+import pytest
+
+from models.cli import register
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="xbarsim")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_train_unknown_model_is_a_one_line_error(capsys):
+    assert run(["train", "alexnet", "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'alexnet'") and err.count("\n") == 1
+
+
+def test_train_missing_data_folder(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert run(["train", "lenet5", "--data", str(tmp_path / "none"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown data set") and err.count("\n") == 1
+    assert run(["train", "lenet5", "--data", str(tmp_path), "--quiet"]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_train_digits_quick(tmp_path, capsys):
+    pytest.importorskip("torch")
+    argv = ["train", "lenet5", "--data", "digits", "--epochs", "1", "--limit", "100",
+            "--out", str(tmp_path), "--quiet"]
+    assert run(argv) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "lenet5.onnx").is_file() and (tmp_path / "lenet5.ckpt").is_file()
+
+
+def test_export(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "r.onnx"
+    argv = ["export", "resnet18", "-o", str(out), "--opt", "in_channels=1",
+            "--opt", "image_size=28", "--opt", "width=0.125", "--verify"]
+    assert run(argv) == 0
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 28, 28]
+    assert run(["export", "lenet5", "-o", str(out), "--opt", "depth=3"]) == 2
+    assert capsys.readouterr().err.startswith("error: model 'lenet5' has no option depth")
+    assert run(["export", "lenet5", "-o", str(out), "--weights", str(tmp_path / "no.pt")]) == 2
+    assert "cannot load weights" in capsys.readouterr().err

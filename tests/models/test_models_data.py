@@ -1,0 +1,148 @@
+"""Data loaders: real Fashion-MNIST files, clear one-line errors for broken files, NPZ, digits."""
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import data
+from models.errors import DataError, ModelError
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True, magic: bytes | None = None):
+    """Write ``array`` (uint8) as an IDX file, optionally gzip-compressed."""
+    header = magic or bytes([0, 0, 0x08, array.ndim])
+    raw = header + np.asarray(array.shape, ">u4").tobytes() + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def make_folder(folder: Path, n_images=5, n_labels=5, gz=True, split="t10k"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    write_idx(folder / f"{split}-images-idx3-ubyte{suffix}",
+              rng.integers(0, 256, (n_images, 28, 28)), gz)
+    write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, n_labels), gz)
+    return folder
+
+
+@needs_fmnist
+@pytest.mark.parametrize(("split", "n"), [("train", 60000), ("test", 10000)])
+def test_fashion_mnist_real_files(split, n):
+    x, y = data.load_fashion_mnist(split=split)
+    assert x.shape == (n, 1, 28, 28) and x.dtype == np.float32
+    assert y.shape == (n,) and y.dtype == np.int64
+    assert 0.0 <= x.min() and x.max() == 1.0
+    assert set(np.unique(y)) == set(range(10))
+
+
+@needs_fmnist
+def test_fashion_mnist_limit_and_spec():
+    x, y = data.load("fmnist", "test", limit=7)
+    assert x.shape == (7, 1, 28, 28) and len(y) == 7
+
+
+def test_missing_folder_and_file_say_how_to_get_the_data(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as e:
+        data.load_fashion_mnist(tmp_path / "nowhere")
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz.*apt-get install"):
+        data.load_idx_pair(tmp_path, "test")
+
+
+def test_truncated_gzip(tmp_path):
+    make_folder(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="truncated"):
+        data.load_idx_pair(tmp_path, "test")
+
+
+def test_truncated_raw_data(tmp_path):
+    make_folder(tmp_path, gz=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        data.load_idx_pair(tmp_path, "test")
+
+
+def test_wrong_magic_number(tmp_path):
+    make_folder(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(5), magic=b"\x1f\x8b\x08\x01")
+    with pytest.raises(DataError, match="wrong magic number 1f8b0801"):
+        data.load_idx_pair(tmp_path, "test")
+
+
+def test_count_mismatch(tmp_path):
+    make_folder(tmp_path, n_images=5, n_labels=4)
+    with pytest.raises(DataError, match="5 images but 4 labels"):
+        data.load_idx_pair(tmp_path, "test")
+
+
+def test_raw_idx_equals_gzip(tmp_path):
+    gz = make_folder(tmp_path / "gz")
+    raw = make_folder(tmp_path / "raw", gz=False)
+    for a, b in zip(data.load(gz, "test"), data.load(raw, "test"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_npz_loaders(tmp_path):
+    x = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    np.savez(tmp_path / "train.npz", x=x, y=np.array([1, 2]))
+    np.savez(tmp_path / "test.npz", x=x[:1].astype(np.float32) / 255, y=np.array([3]))
+    xs, ys = data.load(tmp_path, "train")
+    assert xs.shape == (2, 1, 4, 4) and xs.dtype == np.float32 and ys.dtype == np.int64
+    np.testing.assert_allclose(xs[0, 0], x[0] / 255)
+    (_, _), (xt, yt) = data.load_splits(tmp_path)
+    assert xt.shape == (1, 1, 4, 4) and yt.tolist() == [3]
+
+    np.savez(tmp_path / "all.npz", x_train=x, y_train=[0, 1], x_test=x, y_test=[1, 0])
+    assert data.load(tmp_path / "all.npz", "test")[1].tolist() == [1, 0]
+    np.savez(tmp_path / "bad.npz", images=x)
+    with pytest.raises(DataError, match="lacks array"):
+        data.load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "range.npz", x=x.astype(np.float32), y=[0, 1])
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        data.load_npz(tmp_path / "range.npz")
+
+
+def test_unknown_spec_and_split(tmp_path):
+    with pytest.raises(DataError, match="unknown data set"):
+        data.load(tmp_path / "nothing-here")
+    with pytest.raises(DataError, match="split"):
+        data.load("digits", "validation")
+
+
+def test_digits():
+    (xtr, ytr), (xte, _) = data.load_splits("digits")
+    assert xtr.shape[1:] == (1, 28, 28) and xtr.dtype == np.float32
+    assert len(xtr) + len(xte) == 1797 and ytr.dtype == np.int64
+    assert 0.0 <= xtr.min() and xtr.max() <= 1.0
+    assert xtr[:, :, :2].max() == 0 and xtr[:, :, -2:].max() == 0  # 2-pixel frame
+    x8, _ = data.load_digits("test", size=8)
+    np.testing.assert_array_equal(data.digits_to_28(x8), xte)
+
+
+def test_exception_family():
+    assert issubclass(DataError, ModelError) and issubclass(DataError, ValueError)
+
+
+def test_numpy_paths_do_not_import_torch():
+    code = ("import sys, models, models.data, models.cli; models.data.load_digits(); "
+            "models.pretrained_path(); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_tensor_dataset():
+    pytest.importorskip("torch")
+    ds = data.to_tensor_dataset(*data.load_digits("test", limit=3))
+    x, y = ds[0]
+    assert tuple(x.shape) == (1, 28, 28) and str(y.dtype) == "torch.int64"

@@ -1,0 +1,65 @@
+"""Training: LeNet-5 learns the 8x8 digits in seconds; checkpoints resume exactly."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.errors import ModelError
+from models.onnx_export import run_onnxruntime
+from models.train import train
+
+# Digits are placed in a 28x28 frame by the loader (models.data.digits_to_28).
+DIGITS_RECIPE = {"epochs": 10, "lr": 3e-3, "lr_decay": 0.75, "batch_size": 32}
+
+
+def test_lenet5_learns_digits(tmp_path):
+    acc = train("lenet5", "digits", seed=0, out_dir=tmp_path, progress=False, **DIGITS_RECIPE)
+    assert acc >= 0.95
+    record = json.loads((tmp_path / "lenet5.json").read_text())
+    assert record["test_accuracy"] == acc and record["epochs"] == 10
+    assert "pixel / 255" in record["normalisation"]
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    assert run_onnxruntime(tmp_path / "lenet5.onnx", x).shape == (1, 10)
+    state = torch.load(tmp_path / "lenet5.pt", weights_only=True)
+    assert "features.0.weight" in state
+
+
+def _final_state(out_dir):
+    return torch.load(out_dir / "lenet5.pt", weights_only=True)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    quick = {"limit": 200, "batch_size": 32, "progress": False, "seed": 1}
+    straight = train("lenet5", "digits", 3, out_dir=tmp_path / "a", **quick)
+    train("lenet5", "digits", 2, out_dir=tmp_path / "b", **quick)
+    resumed = train("lenet5", "digits", 3, out_dir=tmp_path / "b", **quick)
+    assert json.loads((tmp_path / "b" / "lenet5.json").read_text())["resumed_from_epoch"] == 2
+    assert resumed == straight
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    ckpt = torch.load(tmp_path / "b" / "lenet5.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 3 and {"model", "optimizer", "history"} <= set(ckpt)
+    with pytest.raises(ModelError, match="seed=1 \\(now 2\\)"):
+        train("lenet5", "digits", 4, out_dir=tmp_path / "b", **{**quick, "seed": 2})
+    # resume=False starts afresh in the same folder
+    train("lenet5", "digits", 1, out_dir=tmp_path / "b", resume=False, **{**quick, "seed": 2})
+
+
+def test_train_on_arrays_and_other_models(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 12, 12), dtype=np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
+    for name in ("mlp", "lstm"):
+        acc = train(name, ((x, y), (x, y)), 1, out_dir=tmp_path, progress=False)
+        assert 0.0 <= acc <= 1.0
+    assert (tmp_path / "lstm.onnx").is_file()
+
+
+def test_train_errors(tmp_path):
+    with pytest.raises(ModelError, match="unknown model"):
+        train("nonet", "digits", 1, out_dir=tmp_path)
+    with pytest.raises(ModelError, match="epochs"):
+        train("lenet5", "digits", 1, lr=0, out_dir=tmp_path)

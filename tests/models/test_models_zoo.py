@@ -1,0 +1,100 @@
+"""Every zoo model builds, exports to ONNX, passes the checker and matches onnxruntime."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import models
+from models.errors import ModelError
+from models.onnx_export import export, run_onnxruntime
+from models.zoo import ZOO, build, input_shape
+
+# (name, builder options): every zoo entry at its defaults, plus the 28x28 one-channel forms.
+CASES = [(name, {}) for name in ZOO] + [
+    ("vgg8", {"in_channels": 1, "image_size": 28, "width": 0.25}),
+    ("vgg16", {"in_channels": 1, "image_size": 28, "width": 0.25}),
+    ("resnet18", {"in_channels": 1, "image_size": 28, "width": 0.25}),
+    ("mlp", {"hidden": (32,), "in_features": 64}),
+]
+
+
+def _dims(value_info):
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=lambda v: str(v))
+def test_export_matches_onnxruntime(tmp_path, name, options):
+    path = export(name, tmp_path / f"{name}.onnx", batch=2, **options)
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version == 17
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    shape = input_shape(name, batch=2, **options)
+    assert _dims(proto.graph.input[0]) == list(shape)  # static, batch 2 as asked
+
+    model = build(name, seed=0, **options)
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = run_onnxruntime(path, x)
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_default_export_is_batch_one_and_weights_are_initializers(tmp_path):
+    proto = onnx.load(str(export("resnet18", tmp_path / "r.onnx", width=0.125)))
+    assert _dims(proto.graph.input[0]) == [1, 3, 32, 32]
+    assert "Identity" not in {n.op_type for n in proto.graph.node}
+    inits = {t.name for t in proto.graph.initializer}
+    assert all(n.input[1] in inits for n in proto.graph.node if n.op_type in ("Conv", "Gemm"))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lstm"])
+def test_dynamic_batch(tmp_path, name):
+    path = export(name, tmp_path / "m.onnx", dynamic_batch=True)
+    x = np.random.default_rng(0).random(input_shape(name, batch=3), dtype=np.float32)
+    with torch.no_grad():
+        expected = build(name, seed=0)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_onnxruntime(path, x), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_export_module_and_verify(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    with pytest.raises(ModelError, match="input_shape"):
+        export(net, tmp_path / "a.onnx")
+    export(net, tmp_path / "a.onnx", input_shape=(3, 4), verify=True)
+    assert (tmp_path / "a.onnx").is_file()
+
+
+def test_registry_and_errors():
+    assert tuple(ZOO) == models.MODEL_NAMES
+    assert input_shape("puma_mlp") == (1, 1024)
+    assert input_shape("lstm", batch=4) == (4, 28, 28)
+    assert input_shape("vgg8", in_channels=1, image_size=28) == (1, 1, 28, 28)
+    with pytest.raises(ModelError, match="unknown model 'alexnet'"):
+        build("alexnet")
+    with pytest.raises(ModelError, match="no option width"):
+        build("lenet5", width=2)
+    with pytest.raises(ModelError, match="image_size"):
+        build("lenet5", image_size=8)
+    assert issubclass(ModelError, ValueError)
+
+
+def test_layer_sizes_match_the_papers():
+    linear = [m for m in build("puma_mlp").modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [
+        (1024, 1024), (1024, 2048), (2048, 1024), (1024, 10)]
+    convs = [m.out_channels for m in build("vgg8").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [128, 128, 256, 256, 512, 512]
+    lenet = build("lenet5")
+    assert sum(p.numel() for p in lenet.parameters()) == 61706
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b = build("lenet5", seed=3), build("lenet5", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
