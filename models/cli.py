@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     model_kwargs=_parse_options(args.opt), lr_decay=args.lr_decay)
     except ModelError as e:
         return _error(e)
+    except OSError as e:  # an output folder that cannot be written, a full disk
+        return _error(f"{e.strerror or e}: {e.filename or ''}")
     except KeyboardInterrupt:
         print(f"interrupted; the last finished epoch is checkpointed in {args.out}: "
               "run the same command again to resume", file=sys.stderr)
@@ -78,6 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                       verify=args.verify, seed=args.seed, **_parse_options(args.opt))
     except ModelError as e:
         return _error(e)
+    except OSError as e:  # an output folder that cannot be written, a full disk
+        return _error(f"{e.strerror or e}: {e.filename or ''}")
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -44,7 +44,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = path.read_bytes()
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"cannot read {path}: truncated or corrupt gzip ({e})") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    if len(raw) < 4:
+        raise DataError(f"{path} is not an IDX file: only {len(raw)} bytes")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file: wrong magic number {raw[:4].hex()}")
     ndim = raw[3]
     header = 4 + 4 * ndim

@@ -50,3 +50,6 @@ def test_export(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: model 'lenet5' has no option depth")
     assert run(["export", "lenet5", "-o", str(out), "--weights", str(tmp_path / "no.pt")]) == 2
     assert "cannot load weights" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert run(["export", "lenet5", "-o", str(tmp_path / "file" / "x.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -81,6 +81,12 @@ def test_wrong_magic_number(tmp_path):
         data.load_idx_pair(tmp_path, "test")
 
 
+def test_empty_file(tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(DataError, match="only 0 bytes"):
+        data.read_idx(tmp_path / "empty")
+
+
 def test_count_mismatch(tmp_path):
     make_folder(tmp_path, n_images=5, n_labels=4)
     with pytest.raises(DataError, match="5 images but 4 labels"):
