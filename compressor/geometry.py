@@ -21,7 +21,7 @@ stores ``max(q, 0)`` and ``max(-q, 0)`` on a positive and a negative array, so t
 symmetric: ``|q| <= 2**(weight_bits-1) - 1``. ``offset`` mapping stores ``q + 2**(weight_bits-1)``
 unsigned and subtracts a reference column, so the full two's-complement range
 ``-2**(weight_bits-1) <= q <= 2**(weight_bits-1) - 1`` is available. In both, conductance
-``g_min`` is level 0 and ``g_max`` the top level of a cell; the linear map from level to
+``g_min_us`` is level 0 and ``g_max_us`` the top level of a cell; the linear map from level to
 conductance does not change the weight lattice, only the scale.
 """
 from __future__ import annotations
@@ -65,10 +65,10 @@ class CrossbarGeometry:
     """Width of the signed integer weight, bits; stored over ``slices`` crossbars."""
     mapping: str = "differential"
     """Signed-weight encoding: ``differential`` (two arrays) or ``offset`` (reference column)."""
-    g_min: float = 1e-6
-    """Conductance of cell level 0, siemens."""
-    g_max: float = 1e-4
-    """Conductance of the top cell level, siemens."""
+    g_min_us: float = 1.0
+    """Conductance of cell level 0, microsiemens (as ``simulator.config.XbarConfig``)."""
+    g_max_us: float = 100.0
+    """Conductance of the top cell level, microsiemens."""
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "cell_bits", "weight_bits"):
@@ -84,18 +84,20 @@ class CrossbarGeometry:
         if self.mapping not in MAPPINGS:
             raise CompressionError(
                 f"geometry.mapping={self.mapping!r}: must be one of {', '.join(MAPPINGS)}")
-        if not self.g_min >= 0.0:
-            raise CompressionError(f"geometry.g_min={self.g_min}: must be >= 0 siemens")
-        if not self.g_max > self.g_min:
+        if not self.g_min_us >= 0.0:
+            raise CompressionError(f"geometry.g_min_us={self.g_min_us}: must be >= 0")
+        if not self.g_max_us > self.g_min_us:
             raise CompressionError(
-                f"geometry.g_max={self.g_max}: must be > g_min={self.g_min} siemens")
+                f"geometry.g_max_us={self.g_max_us}: must be > g_min_us={self.g_min_us}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> CrossbarGeometry:
-        """Read a machine config (duck-typed): ``cfg.xbar.{rows, cols, cell_bits, mapping}``,
-        ``cfg.weight_bits``, and ``cfg.xbar.g_min/g_max`` when present."""
+        """Read a machine config (duck-typed, e.g. ``simulator.config.MachineConfig``):
+        ``cfg.xbar.{rows, cols, cell_bits, mapping}``, ``cfg.weight_bits``, and
+        ``cfg.xbar.g_min_us/g_max_us`` when present."""
         x = cfg.xbar
-        extra = {k: getattr(x, k) for k in ("g_min", "g_max") if getattr(x, k, None) is not None}
+        extra = {k: getattr(x, k) for k in ("g_min_us", "g_max_us")
+                 if getattr(x, k, None) is not None}
         return cls(rows=x.rows, cols=x.cols, cell_bits=x.cell_bits,
                    weight_bits=cfg.weight_bits, mapping=x.mapping, **extra)
 
@@ -107,7 +109,13 @@ class CrossbarGeometry:
             raise CompressionError(
                 f"{where}.{min(unknown)}: unknown field; allowed: "
                 f"{', '.join(cls.__dataclass_fields__)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except CompressionError as e:  # name the field as the caller knows it
+            msg = str(e)
+            if where != "geometry" and msg.startswith("geometry."):
+                raise CompressionError(where + msg[len("geometry"):]) from None
+            raise
 
     def to_dict(self) -> dict:
         return asdict(self)

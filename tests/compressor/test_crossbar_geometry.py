@@ -15,7 +15,7 @@ from compressor.geometry import (
 
 @pytest.mark.parametrize("field,value", [
     ("rows", 0), ("cols", -3), ("cell_bits", 0), ("weight_bits", 1), ("weight_bits", 33),
-    ("mapping", "mirror"), ("g_min", -1.0), ("g_max", 0.0), ("rows", 2.5),
+    ("mapping", "mirror"), ("g_min_us", -1.0), ("g_max_us", 0.5), ("rows", 2.5),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(CompressionError, match=f"geometry.{field}"):
@@ -29,10 +29,10 @@ def test_cell_bits_above_weight_bits_is_an_error():
 
 def test_from_config_reads_machine_fields():
     cfg = SimpleNamespace(weight_bits=16, xbar=SimpleNamespace(
-        rows=256, cols=64, cell_bits=2, mapping="offset", g_min=2e-6, g_max=2e-4))
+        rows=256, cols=64, cell_bits=2, mapping="offset", g_min_us=2.0, g_max_us=200.0))
     g = CrossbarGeometry.from_config(cfg)
     assert (g.rows, g.cols, g.cell_bits, g.weight_bits, g.mapping) == (256, 64, 2, 16, "offset")
-    assert g.slices == 8 and g.g_min == 2e-6
+    assert g.slices == 8 and g.g_min_us == 2.0
     with pytest.raises(CompressionError, match="geometry.colz"):
         CrossbarGeometry.from_dict({"colz": 3})
 

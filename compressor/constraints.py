@@ -1,0 +1,118 @@
+"""A layer's constraint: one structured sparsity and/or one level set, projected jointly.
+
+>>> c = Constraint(structure="blocks", amount=0.5, quant=QuantSpec(bits=8))
+>>> w_proj, scale, keep = c.project(w, geom)     # torch-layout weight, numpy or torch
+
+Combining the two is exact for a given scale (see :mod:`compressor.projections`); two
+sparsity structures on one layer are not offered, because sequential projections onto two
+such sets are not the projection onto their intersection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CompressionError
+from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
+from .projections import STRUCTURES, project_matrix
+
+
+@dataclass(frozen=True, slots=True)
+class QuantSpec:
+    """Weights restricted to ``scale · q`` with ``q`` a ``bits``-bit level under ``mapping``."""
+
+    bits: int
+    """Width of the signed integer weight, bits (``1..geometry.weight_bits``)."""
+    mapping: str = "differential"
+    """Level set: ``differential`` (symmetric) or ``offset`` (two's complement range)."""
+    pow2: bool = False
+    """Restrict the scale to powers of two (integer-only hardware: a shift, no multiplier)."""
+    scale: float | None = None
+    """Fixed scale, weight units per level; None searches the distance-minimising one."""
+
+    @property
+    def levels(self) -> tuple[int, int]:
+        """``(qmin, qmax)`` integer levels."""
+        return level_range(self.bits, self.mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What one layer's weight must satisfy. All fields optional; an empty one is no-op."""
+
+    structure: str | None = None
+    """One of ``projections.STRUCTURES`` or None (no sparsity)."""
+    amount: float | int | None = None
+    """Fraction of groups kept, in (0, 1]; for ``tinyadc`` the nonzeros per column segment."""
+    quant: QuantSpec | None = None
+    """Level set, or None to keep float weights."""
+
+    def check(self, geom: CrossbarGeometry, where: str = "constraint") -> None:
+        """Raise :class:`CompressionError` naming the field if impossible on ``geom``."""
+        if self.structure is not None:
+            if self.structure not in STRUCTURES:
+                raise CompressionError(f"{where}.sparsity.structure={self.structure!r}: must be one of "
+                                       f"{', '.join(STRUCTURES)}")
+            if self.structure == "tinyadc":
+                n = self.amount
+                if not _is_int(n) or not 1 <= n <= geom.rows:
+                    raise CompressionError(f"{where}.sparsity.n={n!r}: nonzeros per column segment must "
+                                           f"be an integer in 1..{geom.rows} (crossbar rows)")
+            elif isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) \
+                    or not 0.0 < self.amount <= 1.0:
+                raise CompressionError(
+                    f"{where}.sparsity.keep={self.amount!r}: must be a fraction in (0, 1]")
+        q = self.quant
+        if q is not None:
+            if not _is_int(q.bits) or not 1 <= q.bits <= geom.weight_bits:
+                raise CompressionError(f"{where}.quant.bits={q.bits!r}: must be an integer in "
+                                       f"1..{geom.weight_bits} (geometry.weight_bits)")
+            if q.mapping not in ("differential", "offset"):
+                raise CompressionError(f"{where}.quant.mapping={q.mapping!r}: must be "
+                                       f"differential or offset")
+            if q.bits == 1 and q.mapping == "differential":
+                raise CompressionError(f"{where}.quant.bits=1: a differential level set needs "
+                                       f">= 2 bits (1 bit holds only 0)")
+            if q.scale is not None and not (isinstance(q.scale, (int, float)) and q.scale > 0):
+                raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0")
+
+    def project(self, w, geom: CrossbarGeometry, scale: float | None = None):
+        """Project a torch-layout weight (numpy or torch).
+
+        ``scale`` overrides the spec's (to hold it fixed). Returns ``(w_proj, scale, keep)``:
+        the projected weight (same type/dtype as ``w``), the scale (None if unquantized) and
+        the boolean keep mask in torch layout (numpy).
+        """
+        if hasattr(w, "detach"):
+            arr = w.detach().cpu().double().numpy()
+        else:
+            arr = np.asarray(w, dtype=np.float64)
+        quant = None
+        if self.quant is not None:
+            q = self.quant
+            quant = (q.bits, q.mapping, scale if scale is not None else q.scale, q.pow2)
+        out, s, keep = project_matrix(np.asarray(to_crossbar(arr)), geom, self.structure,
+                                      self.amount, quant)
+        out, keep = from_crossbar(out, arr.shape), from_crossbar(keep, arr.shape)
+        if hasattr(w, "detach"):
+            import torch
+            out = torch.as_tensor(out, dtype=w.dtype, device=w.device)
+        else:
+            out = out.astype(np.asarray(w).dtype if np.asarray(w).dtype.kind == "f" else np.float64)
+        return out, s, np.ascontiguousarray(keep)
+
+    def describe(self) -> dict:
+        """JSON-ready description (recipe vocabulary: ``keep`` or ``n``)."""
+        d: dict = {}
+        if self.structure is not None:
+            key = "n" if self.structure == "tinyadc" else "keep"
+            d["sparsity"] = {"structure": self.structure, key: self.amount}
+        if self.quant is not None:
+            q = self.quant
+            d["quant"] = {"bits": q.bits, "mapping": q.mapping, "pow2": q.pow2}
+        return d
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)

@@ -1,0 +1,258 @@
+"""Compression recipes: YAML files saying which layers get which constraint, and the schedule.
+
+A recipe is validated completely before any training: an unknown field, a layer pattern that
+matches no layer, or an impossible target raises :class:`CompressionError` with one line
+naming the field, the value and what is allowed. Shipped recipes live in
+``compressor/recipes/`` and can be named without a path (``lenet5_block``).
+
+Format (every section but ``layers`` optional; defaults shown)::
+
+    name: lenet5_block
+    description: free text
+    geometry: {rows: 128, cols: 128, cell_bits: 2, weight_bits: 8, mapping: differential}
+    seed: 0                 # data order of every stage
+    batch_size: 64
+    pretrain: {epochs: 0, lr: 1.0e-3}     # plain training first (for untrained models)
+    admm:
+      rounds: 4             # Z/U updates; each after epochs_per_round epochs of W-step
+      epochs_per_round: 1
+      lr: 2.0e-3            # Adam
+      rho: 0.1              # penalty of round 0, per squared weight unit
+      rho_growth: 2.0       # rho of round r: min(rho_max, rho * rho_growth**r)
+      rho_max: 10.0
+    retrain: {epochs: 2, lr: 2.0e-4}      # masked (and fake-quantized) fine-tuning
+    layers:                 # first matching rule wins; unmatched layers stay dense float
+      - match: "features.*"               # module name or fnmatch glob (or a list of them)
+        sparsity: {structure: blocks, keep: 0.5}   # tinyadc takes n: instead of keep:
+        quant: {bits: 8, mapping: differential, pow2: false}  # bits/mapping default: geometry
+      - match: classifier.4
+        # no sparsity/quant: leave this layer dense
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from .constraints import Constraint, QuantSpec
+from .errors import CompressionError
+from .geometry import CrossbarGeometry
+
+#: Folder of the recipes shipped with the package.
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+#: Module types whose ``weight`` a recipe can constrain (matched by class name).
+COMPRESSIBLE = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSpec:
+    """A plain or masked training stage."""
+
+    epochs: int = 0
+    """Passes over the training set."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+
+
+_RETRAIN = TrainSpec(epochs=2, lr=2e-4)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmmSpec:
+    """The ADMM stage: ``rounds`` × (W-step of ``epochs_per_round`` epochs, Z- and U-update)."""
+
+    rounds: int = 4
+    """Number of Z/U updates."""
+    epochs_per_round: int = 1
+    """Epochs of penalised training (W-step) before each Z/U update."""
+    lr: float = 2e-3
+    """Adam learning rate of the W-step."""
+    rho: float = 0.1
+    """Penalty weight of round 0 (``ρ/2 ‖W − Z + U‖²``), per squared weight unit."""
+    rho_growth: float = 2.0
+    """Factor ρ grows by after each round (>= 1)."""
+    rho_max: float = 10.0
+    """Cap on ρ."""
+
+    def rho_at(self, r: int) -> float:
+        """ρ of round ``r`` (from 0)."""
+        return min(self.rho_max, self.rho * self.rho_growth**r)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRule:
+    """Layers whose names match any of ``patterns`` (fnmatch) get ``constraint``."""
+
+    patterns: tuple[str, ...]
+    constraint: Constraint
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """A validated recipe (see the module doc for the YAML form)."""
+
+    name: str
+    layers: tuple[LayerRule, ...]
+    geometry: CrossbarGeometry = field(default_factory=CrossbarGeometry)
+    admm: AdmmSpec = field(default_factory=AdmmSpec)
+    retrain: TrainSpec = field(default_factory=lambda: _RETRAIN)
+    pretrain: TrainSpec = field(default_factory=TrainSpec)
+    batch_size: int = 64
+    seed: int = 0
+    description: str = ""
+
+    def with_epochs(self, n: int) -> Recipe:
+        """Every training stage that runs at all runs ``n`` epochs (ADMM: per round)."""
+        _check_int(n, "epochs", 1)
+        return replace(self, admm=replace(self.admm, epochs_per_round=n),
+                       retrain=replace(self.retrain, epochs=n),
+                       pretrain=replace(self.pretrain,
+                                        epochs=n if self.pretrain.epochs else 0))
+
+    def resolve(self, model) -> dict[str, Constraint]:
+        """``{module name: constraint}`` for the layers of ``model`` the rules constrain.
+
+        Raises :class:`CompressionError` for a pattern that matches no compressible layer.
+        """
+        modules = dict(model.named_modules())
+        layers = [n for n, m in modules.items() if type(m).__name__ in COMPRESSIBLE]
+        out: dict[str, Constraint] = {}
+        taken: set[str] = set()
+        for i, rule in enumerate(self.layers):
+            for pat in rule.patterns:
+                hits = [n for n in layers if fnmatch.fnmatchcase(n, pat)]
+                if not hits:
+                    what = (f"is a {type(modules[pat]).__name__}, not one of "
+                            f"{'/'.join(COMPRESSIBLE)}" if pat in modules else
+                            "matches no layer")
+                    raise CompressionError(
+                        f"recipe.layers[{i}].match={pat!r}: {what}; compressible layers: "
+                        f"{', '.join(layers) or 'none'}")
+                for n in hits:
+                    if n not in taken:
+                        taken.add(n)
+                        c = rule.constraint
+                        if c.structure is not None or c.quant is not None:
+                            out[n] = c
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain-data form (JSON-ready); :func:`parse_recipe` of it gives an equal recipe."""
+        d = asdict(self)
+        d["layers"] = [{"match": list(r.patterns), **r.constraint.describe()}
+                       for r in self.layers]
+        return d
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of everything that shapes the result (checkpoints compare it)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Read and validate a recipe file, or a shipped recipe by name (``lenet5_block``)."""
+    p = Path(path_or_name)
+    if not p.is_file() and (RECIPE_DIR / f"{p}.yaml").is_file():
+        p = RECIPE_DIR / f"{p}.yaml"
+    if not p.is_file():
+        raise CompressionError(f"recipe {str(path_or_name)!r}: no such file or shipped recipe; "
+                               f"shipped: {', '.join(shipped_recipes())}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise CompressionError(f"recipe {p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    return parse_recipe(data, default_name=p.stem)
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes in :data:`RECIPE_DIR`."""
+    return sorted(f.stem for f in RECIPE_DIR.glob("*.yaml"))
+
+
+def parse_recipe(data, default_name: str = "recipe") -> Recipe:
+    """Validate a recipe given as plain data (the parsed YAML)."""
+    top = _mapping(data, "recipe", {"name", "description", "geometry", "seed", "batch_size",
+                                    "pretrain", "admm", "retrain", "layers"})
+    geometry = CrossbarGeometry.from_dict(_mapping(top.get("geometry", {}), "recipe.geometry"),
+                                          where="recipe.geometry")
+    admm = AdmmSpec(**_mapping(top.get("admm", {}), "recipe.admm", set(AdmmSpec.__slots__)))
+    for k in ("rounds", "epochs_per_round"):
+        _check_int(getattr(admm, k), f"recipe.admm.{k}", 1)
+    for k in ("lr", "rho", "rho_max"):
+        _check_positive(getattr(admm, k), f"recipe.admm.{k}")
+    _check_positive(admm.rho_growth, "recipe.admm.rho_growth", low=1.0, inclusive=True)
+    stages = {}
+    for stage, default in (("pretrain", TrainSpec()), ("retrain", _RETRAIN)):
+        spec = replace(default, **_mapping(top.get(stage, {}), f"recipe.{stage}",
+                                           set(TrainSpec.__slots__)))
+        _check_int(spec.epochs, f"recipe.{stage}.epochs", 0)
+        _check_positive(spec.lr, f"recipe.{stage}.lr")
+        stages[stage] = spec
+    batch_size, seed = top.get("batch_size", 64), top.get("seed", 0)
+    _check_int(batch_size, "recipe.batch_size", 1)
+    _check_int(seed, "recipe.seed", 0)
+    raw_layers = top.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise CompressionError(f"recipe.layers={raw_layers!r}: must be a non-empty list of "
+                               f"rules (match: + sparsity: and/or quant:)")
+    rules = tuple(_rule(r, f"recipe.layers[{i}]", geometry) for i, r in enumerate(raw_layers))
+    name = top.get("name", default_name)
+    return Recipe(name=str(name), layers=rules, geometry=geometry, admm=admm,
+                  retrain=stages["retrain"], pretrain=stages["pretrain"],
+                  batch_size=batch_size, seed=seed, description=str(top.get("description", "")))
+
+
+def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
+    r = _mapping(raw, where, {"match", "sparsity", "quant"})
+    match = r.get("match")
+    patterns = (match,) if isinstance(match, str) else tuple(match) if isinstance(
+        match, list) else ()
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise CompressionError(f"{where}.match={match!r}: must be a module name or glob, "
+                               f"or a list of them")
+    structure = amount = quant = None
+    if r.get("sparsity") is not None:
+        sp = _mapping(r["sparsity"], f"{where}.sparsity", {"structure", "keep", "n"})
+        structure = sp.get("structure")
+        key = "n" if structure == "tinyadc" else "keep"
+        other = "keep" if key == "n" else "n"
+        if other in sp:
+            raise CompressionError(f"{where}.sparsity.{other}: not used by structure "
+                                   f"{structure!r}; give {key}: instead")
+        if key not in sp:
+            raise CompressionError(f"{where}.sparsity.{key}: missing (structure {structure!r})")
+        amount = sp[key]
+    if r.get("quant") is not None:
+        q = _mapping(r["quant"], f"{where}.quant", {"bits", "mapping", "pow2", "scale"})
+        quant = QuantSpec(bits=q.get("bits", geom.weight_bits),
+                          mapping=q.get("mapping", geom.mapping),
+                          pow2=bool(q.get("pow2", False)), scale=q.get("scale"))
+    c = Constraint(structure=structure, amount=amount, quant=quant)
+    c.check(geom, where)
+    return LayerRule(patterns=patterns, constraint=c)
+
+
+def _mapping(v, where: str, allowed: set | None = None) -> dict:
+    if not isinstance(v, dict):
+        raise CompressionError(f"{where}={v!r}: must be a mapping")
+    if allowed is not None:
+        for k in v:
+            if k not in allowed:
+                raise CompressionError(
+                    f"{where}.{k}: unknown field; allowed: {', '.join(sorted(allowed))}")
+    return v
+
+
+def _check_int(v, where: str, low: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise CompressionError(f"{where}={v!r}: must be an integer >= {low}")
+
+
+def _check_positive(v, where: str, low: float = 0.0, inclusive: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+        v >= low if inclusive else v > low)
+    if not ok:
+        raise CompressionError(f"{where}={v!r}: must be a number {'>=' if inclusive else '>'} "
+                               f"{low:g}")

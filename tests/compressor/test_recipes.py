@@ -1,0 +1,115 @@
+"""Recipes: every shipped one resolves on its zoo model; bad ones fail before training with
+one line naming the field, the value and what is allowed."""
+import copy
+
+import pytest
+
+from compressor import CompressionError, load_recipe, parse_recipe, shipped_recipes
+from compressor.recipes import RECIPE_DIR
+
+torch = pytest.importorskip("torch")
+models = pytest.importorskip("models")
+
+# Which zoo model each shipped recipe is written for.
+TARGETS = {"lenet5_block": ["lenet5"], "lenet5_tinyadc": ["lenet5"],
+           "vgg_block_quant": ["vgg8", "vgg16"], "mlp_aligned_pow2": ["mlp", "mlp784", "puma_mlp"],
+           "resnet18_columns": ["resnet18"]}
+
+GOOD = {
+    "name": "t",
+    "geometry": {"rows": 16, "cols": 8, "weight_bits": 8},
+    "layers": [{"match": "0", "sparsity": {"structure": "blocks", "keep": 0.5},
+                "quant": {"bits": 4}},
+               {"match": "2", "sparsity": {"structure": "tinyadc", "n": 4}}],
+}
+
+
+def tiny_model():
+    return torch.nn.Sequential(torch.nn.Linear(20, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+
+
+def with_change(path, value):
+    d = copy.deepcopy(GOOD)
+    *head, last = path
+    node = d
+    for k in head:
+        node = node[k]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return d
+
+
+def test_every_shipped_recipe_is_listed_and_resolves_on_its_models():
+    assert set(shipped_recipes()) == set(TARGETS)
+    for name, zoo_names in TARGETS.items():
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.description
+        for zoo in zoo_names:
+            layers = recipe.resolve(models.build(zoo))
+            assert layers, (name, zoo)
+
+
+def test_good_recipe_round_trips_and_first_rule_wins():
+    r = parse_recipe(GOOD)
+    assert parse_recipe(r.to_dict()) == r
+    layers = r.resolve(tiny_model())
+    assert layers["0"].structure == "blocks" and layers["0"].quant.bits == 4
+    assert layers["2"].amount == 4
+    r2 = parse_recipe({**GOOD, "layers": [{"match": "0"}, {"match": "*", "quant": {}}]})
+    layers = r2.resolve(tiny_model())
+    assert list(layers) == ["2"] and layers["2"].quant.bits == 8  # "0" left dense
+    assert r.with_epochs(3).admm.epochs_per_round == 3 and r.with_epochs(3).retrain.epochs == 3
+
+
+@pytest.mark.parametrize("path,value,match", [
+    (("layers", 0, "sparsity", "keep"), 0.0, r"recipe.layers\[0\].sparsity.keep=0.0: must be a fraction in \(0, 1\]"),
+    (("layers", 0, "sparsity", "keep"), 1.2, r"sparsity.keep=1.2"),
+    (("layers", 0, "sparsity", "keep"), "half", r"sparsity.keep='half'"),
+    (("layers", 1, "sparsity", "n"), 17, r"recipe.layers\[1\].sparsity.n=17: .* 1..16"),
+    (("layers", 1, "sparsity", "n"), 0, r"sparsity.n=0"),
+    (("layers", 0, "quant", "bits"), 0, r"recipe.layers\[0\].quant.bits=0: must be an integer in 1..8"),
+    (("layers", 0, "quant", "bits"), 9, r"quant.bits=9"),
+    (("layers", 0, "quant", "mapping"), "mirror", r"quant.mapping='mirror'"),
+    (("layers", 0, "sparsity", "structure"), "diag", r"sparsity.structure='diag': must be one of"),
+    (("layers", 0, "sparsity", "prune"), 0.5, r"recipe.layers\[0\].sparsity.prune: unknown field"),
+    (("layers", 0, "match"), 5, r"recipe.layers\[0\].match=5"),
+    (("layers",), [], r"recipe.layers=\[\]"),
+    (("geometry", "rows"), 0, r"recipe.geometry.rows=0: must be an integer >= 1"),
+    (("geometry", "cell_bits"), 9, r"geometry.cell_bits=9"),
+    (("admm",), {"rho_growth": 0.5}, r"recipe.admm.rho_growth=0.5: must be a number >= 1"),
+    (("admm",), {"rounds": 0}, r"recipe.admm.rounds=0: must be an integer >= 1"),
+    (("admm",), {"rho": -1}, r"recipe.admm.rho=-1"),
+    (("admm",), {"lr_decay": 1}, r"recipe.admm.lr_decay: unknown field; allowed:"),
+    (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
+    (("batch_size",), 0, r"recipe.batch_size=0"),
+    (("epochs",), 3, r"recipe.epochs: unknown field"),
+])
+def test_bad_fields_are_named_in_one_line(path, value, match):
+    with pytest.raises(CompressionError, match=match) as e:
+        parse_recipe(with_change(path, value))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_layer_names_the_pattern_and_lists_layers():
+    r = parse_recipe(with_change(("layers", 0, "match"), "conv9"))
+    with pytest.raises(CompressionError, match=r"recipe.layers\[0\].match='conv9': matches no "
+                                               r"layer; compressible layers: 0, 2"):
+        r.resolve(tiny_model())
+    r = parse_recipe(with_change(("layers", 0, "match"), "1"))
+    with pytest.raises(CompressionError, match="'1': is a ReLU"):
+        r.resolve(tiny_model())
+
+
+def test_load_recipe_errors(tmp_path):
+    with pytest.raises(CompressionError, match="no such file or shipped recipe; shipped: lenet5_block"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layers: [\n")
+    with pytest.raises(CompressionError, match="not valid YAML"):
+        load_recipe(bad)
+    bad.write_text("- 1\n")
+    with pytest.raises(CompressionError, match="recipe=.*must be a mapping"):
+        load_recipe(bad)
+    assert (RECIPE_DIR / "lenet5_block.yaml").is_file()
