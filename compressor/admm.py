@@ -1,0 +1,70 @@
+"""ADMM splitting for per-layer weight constraints (Zhang et al. ECCV 2018; Ren et al. 2019).
+
+Problem: ``min loss(W)`` subject to ``W_i ∈ S_i`` for each constrained layer ``i``. With an
+auxiliary ``Z_i ∈ S_i`` and the scaled dual ``U_i`` the augmented Lagrangian gives
+
+* W-step: a few epochs of SGD/Adam on ``loss(W) + Σ ρ/2 ‖W_i − Z_i + U_i‖²`` — the *squared*
+  Frobenius norm, whose gradient is ``ρ (W_i − Z_i + U_i)`` (:meth:`ADMM.penalty`);
+* Z-step: ``Z_i = Π_{S_i}(W_i + U_i)``, the Euclidean projection (:meth:`ADMM.update`);
+* U-step: ``U_i += W_i − Z_i``.
+
+ρ grows between rounds; since ``U`` is the dual scaled by ``1/ρ`` it is rescaled by
+``ρ_old / ρ_new`` when ρ changes (Boyd et al. 2011, §3.4.1), so the unscaled dual is kept.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .constraints import Constraint
+from .geometry import CrossbarGeometry
+
+
+class ADMM:
+    """Auxiliary and dual variables of every constrained layer, and ρ.
+
+    ``layers`` maps module names of ``model`` to their :class:`Constraint`. ``Z`` starts at
+    the projection of the current weights and ``U`` at zero.
+    """
+
+    def __init__(self, model: nn.Module, layers: dict[str, Constraint],
+                 geometry: CrossbarGeometry, rho: float):
+        modules = dict(model.named_modules())
+        self.weights = {n: modules[n].weight for n in layers}
+        self.layers, self.geometry, self.rho = layers, geometry, float(rho)
+        self.Z = {n: self._project(n, w.detach()) for n, w in self.weights.items()}
+        self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
+
+    def _project(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        return self.layers[name].project(w, self.geometry)[0]
+
+    def penalty(self) -> torch.Tensor:
+        """``Σ ρ/2 ‖W − Z + U‖²`` over the layers (differentiable in ``W``)."""
+        total = 0.0
+        for n, w in self.weights.items():
+            total = total + (w - self.Z[n] + self.U[n]).pow(2).sum()
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def update(self) -> dict[str, float]:
+        """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer."""
+        residual = {}
+        for n, w in self.weights.items():
+            self.Z[n] = self._project(n, w + self.U[n])
+            self.U[n] += w - self.Z[n]
+            residual[n] = float((w - self.Z[n]).norm() / w.norm().clamp_min(1e-12))
+        return residual
+
+    def set_rho(self, rho: float) -> None:
+        """Change ρ, rescaling the scaled dual so the unscaled one is unchanged."""
+        for u in self.U.values():
+            u.mul_(self.rho / rho)
+        self.rho = float(rho)
+
+    def state_dict(self) -> dict:
+        return {"rho": self.rho, "Z": dict(self.Z), "U": dict(self.U)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rho = float(state["rho"])
+        self.Z = {n: state["Z"][n].clone() for n in self.weights}
+        self.U = {n: state["U"][n].clone() for n in self.weights}

@@ -1,0 +1,86 @@
+"""Frozen masks and fake quantization, installed as torch parametrizations.
+
+During masked retraining each constrained weight is reparametrized as
+``Q(original · mask)``: the mask keeps the pruned structure at exactly zero, and ``Q`` rounds
+to the layer's levels with a straight-through gradient, so the network trains against the
+weights it will finally have. :func:`snap` removes the parametrizations and writes the exact
+final weights ``float32(q) · float32(scale)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What is frozen for one layer: its keep mask and (optionally) its level set."""
+
+    mask: np.ndarray
+    """Boolean, torch layout of the weight; False entries are held at 0."""
+    scale: float | None = None
+    """Weight units per level; None = float weights (mask only)."""
+    qmin: int = 0
+    """Lowest integer level."""
+    qmax: int = 0
+    """Highest integer level."""
+
+
+class MaskQuant(nn.Module):
+    """Parametrization ``w -> Q(w · mask)``; ``Q`` is round-and-clip with a straight-through
+    gradient when a scale is set, the identity otherwise."""
+
+    def __init__(self, frozen: Frozen, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
+        self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w = w * self.mask
+        if self.scale is None:
+            return w
+        q = torch.clamp(torch.round(w / self.scale), self.qmin, self.qmax) * self.scale
+        return w + (q - w).detach()
+
+
+def install(model: nn.Module, frozen: dict[str, Frozen]) -> None:
+    """Parametrize ``weight`` of each named module of ``model`` by its :class:`Frozen`."""
+    modules = dict(model.named_modules())
+    for name, f in frozen.items():
+        m = modules[name]
+        parametrize.register_parametrization(m, "weight", MaskQuant(f, m.weight.dtype))
+
+
+def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:
+    """Integer levels ``clip(round(weight · mask / scale))`` of a weight, or None unquantized."""
+    if f.scale is None:
+        return None
+    w = weight.detach().cpu().double().numpy() * f.mask
+    return np.clip(np.rint(w / f.scale), f.qmin, f.qmax).astype(np.int64)
+
+
+def snap(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, np.ndarray | None]:
+    """Remove the parametrizations, leaving each weight at its exact final value.
+
+    Quantized layers get ``float32(q) · float32(scale)`` (what a DequantizeLinear computes);
+    mask-only layers get ``original · mask``. Returns ``{name: q}`` (int64, or None).
+    """
+    modules = dict(model.named_modules())
+    out = {}
+    for name, f in frozen.items():
+        m = modules[name]
+        original = m.parametrizations.weight.original.detach()
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        q = levels(original, f)
+        out[name] = q
+        if q is None:
+            value = original * torch.as_tensor(f.mask, dtype=original.dtype)
+        else:
+            value = torch.as_tensor(q.astype(np.float32) * np.float32(f.scale))
+        with torch.no_grad():
+            m.weight.copy_(value.to(m.weight.dtype))
+    return out

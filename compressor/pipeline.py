@@ -1,0 +1,267 @@
+"""The compression run: pretrain → ADMM → hard projection → masked retraining → snap.
+
+>>> from compressor import compress, load_recipe
+>>> result = compress(model, load_recipe("lenet5_block"), (x_train, y_train), (x_test, y_test),
+...                   checkpoint="runs/lenet5.ckpt")
+>>> result.accuracy          # {"dense": ..., "projected": ..., "final": ...}
+
+``method="magnitude"`` is the baseline: the same hard projection applied to the (pretrained)
+weights directly — structured magnitude pruning with the same structure and the same
+crossbar budget — followed by the same retraining. The only difference between the two arms
+is how the mask was found, so the accuracy gap is ADMM's gain.
+
+Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
+``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
+(``torch.save`` of state dicts, read back with ``weights_only=True``) is written after every
+ADMM round and every retraining epoch; a run resumed from it gives the same weights as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .admm import ADMM
+from .constraints import Constraint
+from .errors import CompressionError
+from .masking import Frozen, install, levels, snap
+from .recipes import Recipe
+
+METHODS = ("admm", "magnitude")
+_STAGES = ("pretrain", "admm", "retrain", "done")
+
+
+@dataclass
+class LayerResult:
+    """One compressed layer's outcome (arrays in torch layout)."""
+
+    constraint: Constraint
+    mask: np.ndarray
+    """Boolean keep mask of the structure."""
+    scale: float | None
+    """Weight units per integer level (float32-representable), None if unquantized."""
+    levels: np.ndarray | None
+    """Integer weights ``q`` (int64) with ``weight == float32(q) * float32(scale)``."""
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` returns; ``model`` holds the final (snapped) weights."""
+
+    model: nn.Module
+    recipe: Recipe
+    method: str
+    layers: dict[str, LayerResult]
+    accuracy: dict[str, float]
+    """Test accuracy (0..1): ``dense`` (start), ``projected`` (after hard projection, before
+    retraining) and ``final``."""
+    history: list[dict] = field(default_factory=list)
+    """One record per epoch/round: stage, indices, loss, ρ, residuals, accuracy."""
+
+
+def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
+             test: tuple[np.ndarray, np.ndarray], *, method: str = "admm",
+             checkpoint: str | os.PathLike | None = None, resume: bool = True,
+             progress: bool = True) -> CompressionResult:
+    """Compress ``model`` in place by ``recipe``; ``train``/``test`` are ``(x, y)`` arrays
+    (float32 inputs, int64 labels). Validates the recipe against the model before training.
+    """
+    if method not in METHODS:
+        raise CompressionError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+    layers = recipe.resolve(model)
+    if not layers:
+        raise CompressionError(f"recipe {recipe.name!r} constrains no layer of this model")
+    run = _Run(model, recipe, layers, method, train, test, checkpoint, progress)
+    if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
+        run.load()
+    return run.go()
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (0..1) of ``model`` in eval mode; leaves it in eval mode."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+            correct += int((out.argmax(1).numpy() == y[i:i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+class _Run:
+    """One compression run's state; ``stage``/``step`` say what is done (for resume)."""
+
+    def __init__(self, model, recipe, layers, method, train, test, checkpoint, progress):
+        self.model, self.recipe, self.layers, self.method = model, recipe, layers, method
+        self.x, self.y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
+        self.xt, self.yt = np.asarray(test[0], np.float32), np.asarray(test[1], np.int64)
+        if len(self.x) == 0:
+            raise CompressionError("training set is empty")
+        self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
+        self.progress = progress
+        self.stage, self.step = "pretrain", 0
+        self.opt_state = None
+        self.admm_state = None
+        self.frozen: dict[str, Frozen] = {}
+        self.history: list[dict] = []
+        self.accuracy: dict[str, float] = {}
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def go(self) -> CompressionResult:
+        r = self.recipe
+        if self.stage == "pretrain":
+            opt = self._optimizer(r.pretrain.lr)
+            while self.step < r.pretrain.epochs:
+                loss = self._epoch(opt, 0, 0, self.step, f"pretrain {self.step + 1}/"
+                                   f"{r.pretrain.epochs}")
+                self._record("pretrain", opt, loss=loss)
+            self.accuracy["dense"] = evaluate(self.model, self.xt, self.yt)
+            self._advance("admm" if self.method == "admm" else "retrain")
+        if self.stage == "admm":
+            self._admm()
+            self._advance("retrain")
+        if self.stage == "retrain":
+            self._retrain()
+            self._advance("done")
+        return self._result()
+
+    def _admm(self) -> None:
+        a = self.recipe.admm
+        admm = ADMM(self.model, self.layers, self.recipe.geometry, a.rho_at(self.step))
+        if self.admm_state is not None:
+            admm.load_state_dict(self.admm_state)
+        opt = self._optimizer(a.lr)
+        while self.step < a.rounds:
+            rnd = self.step
+            admm.set_rho(a.rho_at(rnd))
+            loss = 0.0
+            for e in range(a.epochs_per_round):
+                loss = self._epoch(opt, 1, rnd, e, f"admm round {rnd + 1}/{a.rounds} "
+                                   f"epoch {e + 1}/{a.epochs_per_round}", admm.penalty)
+            residual = admm.update()
+            self.admm_state = admm.state_dict()
+            self._record("admm", opt, loss=loss, rho=admm.rho,
+                         residual=max(residual.values()))
+        self.admm_state = None
+
+    def _retrain(self) -> None:
+        r = self.recipe.retrain
+        if not self.frozen:  # first entry: hard projection fixes masks and scales
+            with torch.no_grad():
+                modules = dict(self.model.named_modules())
+                for n, c in self.layers.items():
+                    w = modules[n].weight
+                    proj, scale, keep = c.project(w, self.recipe.geometry)
+                    w.copy_(proj)
+                    qmin, qmax = c.quant.levels if c.quant is not None else (0, 0)
+                    self.frozen[n] = Frozen(keep, scale, qmin, qmax)
+            install(self.model, self.frozen)
+            self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
+        opt = self._optimizer(r.lr)
+        while self.step < r.epochs:
+            loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{r.epochs}")
+            self._record("retrain", opt, loss=loss)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _optimizer(self, lr: float) -> torch.optim.Optimizer:
+        opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        if self.opt_state is not None:  # resumed mid-stage
+            opt.load_state_dict(self.opt_state)
+            self.opt_state = None
+        return opt
+
+    def _epoch(self, opt, stage_id: int, rnd: int, epoch: int, desc: str, penalty=None) -> float:
+        self.model.train()
+        rng = np.random.default_rng((self.recipe.seed, stage_id, rnd, epoch))
+        order = rng.permutation(len(self.x))
+        bs = self.recipe.batch_size
+        loss_fn = nn.CrossEntropyLoss()
+        total, seen = 0.0, 0
+        with tqdm(total=math.ceil(len(order) / bs), desc=desc, disable=not self.progress,
+                  leave=False) as bar:
+            for i in range(0, len(order), bs):
+                idx = order[i:i + bs]
+                if len(idx) < 2 and seen:  # BatchNorm cannot train on a batch of one
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(self.model(torch.from_numpy(self.x[idx])),
+                               torch.from_numpy(self.y[idx]))
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                if penalty is not None:
+                    loss = loss + penalty()
+                loss.backward()
+                opt.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+        return total / max(1, seen)
+
+    def _record(self, stage: str, opt, **info) -> None:
+        self.step += 1
+        acc = evaluate(self.model, self.xt, self.yt)
+        self.history.append({"stage": stage, "step": self.step, **info, "accuracy": acc})
+        if self.progress:
+            extra = ", ".join(f"{k} {v:.4g}" for k, v in info.items())
+            tqdm.write(f"{self.recipe.name} {stage} {self.step}: {extra}, accuracy {acc:.4f}")
+        self.opt_state = opt.state_dict()
+        self.save()
+        self.opt_state = None
+
+    def _advance(self, stage: str) -> None:
+        self.stage, self.step = stage, 0
+        if stage == "done":
+            snap(self.model, self.frozen)
+            self.accuracy["final"] = evaluate(self.model, self.xt, self.yt)
+        self.save()
+
+    def _result(self) -> CompressionResult:
+        modules = dict(self.model.named_modules())
+        out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f))
+               for n, f in self.frozen.items()}
+        return CompressionResult(self.model, self.recipe, self.method, out, dict(self.accuracy),
+                                 list(self.history))
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.ckpt_path is None:
+            return
+        state = {
+            "fingerprint": self.recipe.fingerprint(), "method": self.method,
+            "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
+            "accuracy": self.accuracy,
+            "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
+                           "qmin": f.qmin, "qmax": f.qmax} for n, f in self.frozen.items()},
+        }
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)  # never leave a half-written checkpoint
+
+    def load(self) -> None:
+        p = self.ckpt_path
+        try:
+            ck = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unpickling failure: not a checkpoint we can use
+            raise CompressionError(f"checkpoint {p}: unreadable ({str(e).splitlines()[0]})") from e
+        if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
+            raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
+                                   f"or choose another path")
+        self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"])
+                       for n, f in ck["frozen"].items()}
+        if ck["stage"] == "retrain":  # parametrized module names
+            install(self.model, self.frozen)
+        self.model.load_state_dict(ck["model"])
+        self.stage, self.step = ck["stage"], ck["step"]
+        self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]
+        self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])

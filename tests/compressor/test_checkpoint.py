@@ -1,0 +1,97 @@
+"""Checkpoint and resume: an interrupted run, resumed, ends with the same weights."""
+import numpy as np
+import pytest
+import torch
+
+from compressor import CompressionError, compress, parse_recipe, pipeline
+
+RECIPE = {
+    "name": "resume",
+    "geometry": {"rows": 16, "cols": 8, "weight_bits": 8},
+    "batch_size": 64,
+    "pretrain": {"epochs": 1},
+    "admm": {"rounds": 3},
+    "retrain": {"epochs": 2},
+    "layers": [{"match": "1", "sparsity": {"structure": "tinyadc", "n": 4}, "quant": {"bits": 6}},
+               {"match": "3", "sparsity": {"structure": "rows", "keep": 0.5}}],
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    return (x[:600], y[:600]), (x[1500:], y[1500:])
+
+
+def mlp():
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 10))
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("straight") / "run.ckpt"
+    return compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False), path
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage,after", [("pretrain", 1), ("admm", 2), ("retrain", 1)])
+def test_resumed_run_equals_uninterrupted_run(data, straight, tmp_path, monkeypatch, stage, after):
+    ref, _ = straight
+    path = tmp_path / "run.ckpt"
+    original = pipeline._Run._record
+
+    def crashing(self, st, opt, **info):
+        original(self, st, opt, **info)
+        if st == stage and self.step == after:
+            raise Crash
+
+    monkeypatch.setattr(pipeline._Run, "_record", crashing)
+    with pytest.raises(Crash):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    monkeypatch.setattr(pipeline._Run, "_record", original)
+    res = compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    a, b = weights(ref.model), weights(res.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.accuracy == ref.accuracy and res.history == ref.history
+    for name in ref.layers:
+        assert np.array_equal(ref.layers[name].mask, res.layers[name].mask)
+        assert ref.layers[name].scale == res.layers[name].scale
+
+
+def test_finished_checkpoint_returns_without_training(data, straight, monkeypatch):
+    ref, path = straight
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained again"))
+    res = compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    assert torch.equal(res.model[1].weight, ref.model[1].weight)
+    assert res.accuracy == ref.accuracy
+
+
+def test_checkpoint_of_another_recipe_is_refused(data, straight):
+    _, path = straight
+    other = parse_recipe({**RECIPE, "seed": 1})
+    with pytest.raises(CompressionError, match="from another recipe or method"):
+        compress(mlp(), other, *data, checkpoint=path, progress=False)
+    with pytest.raises(CompressionError, match="from another recipe or method"):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, method="magnitude",
+                 progress=False)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(data, tmp_path):
+    path = tmp_path / "junk.ckpt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CompressionError, match="junk.ckpt: unreadable"):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
