@@ -166,3 +166,30 @@ def to_crossbar(w):
 def from_crossbar(m, shape: tuple[int, ...]):
     """Inverse of :func:`to_crossbar`: the torch-layout weight of ``shape``."""
     return m.T.reshape(tuple(shape))
+
+
+def occupancy(m: np.ndarray, geom: CrossbarGeometry) -> dict:
+    """How a crossbar matrix ``m`` (``K × N``) occupies the crossbars (JSON-ready).
+
+    ``blocks_nonzero`` crossbars of ``blocks_total`` hold a nonzero (``nonzero_blocks`` lists
+    their ``[row_block, col_block]``); ``rows_nonzero`` of ``rows_total`` crossbar rows (word
+    lines) and ``segments_nonzero`` of ``segments_total`` column segments (bit lines) are
+    used; ``max_nonzeros_per_segment`` bounds every column sum (TinyADC's ``n``).
+    """
+    nz = geom.blocks(np.asarray(m) != 0)
+    real = geom.blocks(np.ones(np.shape(m), dtype=bool))
+    blocks = nz.any(axis=(1, 3))
+    per_segment = nz.sum(axis=1)
+    return {
+        "matrix": [int(np.shape(m)[0]), int(np.shape(m)[1])],
+        "grid": [int(blocks.shape[0]), int(blocks.shape[1])],
+        "density": float(np.count_nonzero(m) / max(1, np.size(m))),
+        "blocks_total": int(blocks.size),
+        "blocks_nonzero": int(blocks.sum()),
+        "nonzero_blocks": [[int(r), int(c)] for r, c in zip(*np.nonzero(blocks))],
+        "rows_total": int(real.any(axis=3).sum()),
+        "rows_nonzero": int(nz.any(axis=3).sum()),
+        "segments_total": int(real.any(axis=1).sum()),
+        "segments_nonzero": int((per_segment > 0).sum()),
+        "max_nonzeros_per_segment": int(per_segment.max()) if per_segment.size else 0,
+    }

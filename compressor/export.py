@@ -1,0 +1,150 @@
+"""Export a compressed model as QDQ ONNX, with per-layer metadata for the compiler.
+
+The float model is exported with torch's TorchScript exporter (``dynamo=False``), keeping
+BatchNormalization as its own node (the compiler folds it), then each quantized weight
+initializer ``W`` is replaced by an integer initializer ``W_quantized``, a float scalar
+``W_scale`` and a zero point ``W_zero_point`` (0) feeding a ``DequantizeLinear`` whose output
+is named ``W`` — so the Conv/Gemm that read ``W`` are unchanged and onnxruntime runs the model.
+Integer type: int8 for up to 8 bits; int16 for up to 16 bits when the opset is >= 21
+(DequantizeLinear takes int16 from opset 21); int32 otherwise (noted in the metadata).
+Mask-only (unquantized) layers keep their float initializer.
+
+Metadata (``ModelProto.metadata_props``), the contract with ``compiler/``:
+
+``xbarsim.compressor``  JSON: ``format`` (1), ``recipe``, ``method``, ``geometry`` (the
+                        :class:`CrossbarGeometry` fields), ``accuracy``, ``layers`` (names).
+``xbarsim.layer.NAME``  JSON per compressed layer: ``initializer`` (weight tensor name),
+                        ``op`` (Conv/Gemm), ``constraint`` (recipe form), ``bits``,
+                        ``mapping``, ``pow2``, ``scale`` (weight units per level), ``levels``
+                        ([qmin, qmax]), ``dtype`` (integer type stored, or ``float``),
+                        ``note``, and the crossbar occupancy of
+                        :func:`compressor.geometry.occupancy` (``matrix``, ``grid``,
+                        ``blocks_nonzero``, ``nonzero_blocks``, ``max_nonzeros_per_segment``…).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+# The exporter de-duplicates equal tensors behind Identity nodes; models' helper gives each
+# its own initializer again, so every compressed weight is found by name.
+from models.onnx_export import INPUT_NAME, OUTPUT_NAME
+from models.onnx_export import _inline_identity_initializers as _inline_identities
+
+from .errors import CompressionError
+from .geometry import occupancy, to_crossbar
+
+FORMAT_VERSION = 1
+
+
+def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None,
+               opset: int = 17, verify: np.ndarray | None = None, atol: float = 1e-4) -> Path:
+    """Write ``result`` (a :class:`compressor.pipeline.CompressionResult`) to ``path``.
+
+    ``input_shape`` is one sample's shape (no batch); zoo models carry it as
+    ``sample_shape``. ``verify``: a batch of inputs to run through onnxruntime and PyTorch;
+    a difference above ``atol`` raises :class:`CompressionError`. Returns the path.
+    """
+    model = result.model.eval()
+    shape = tuple(input_shape or getattr(model, "sample_shape", ()) or ())
+    if not shape:
+        raise CompressionError("input_shape: needed, the model has no sample_shape (e.g. (1, 28, 28))")
+    sample = torch.zeros((1, *shape))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
+        torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
+                          training=torch.onnx.TrainingMode.PRESERVE,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    _inline_identities(proto.graph)
+    geom = result.recipe.geometry
+    props = {p.key: p.value for p in proto.metadata_props}
+    props["xbarsim.model"] = getattr(model, "zoo_name", type(model).__name__)
+    props["xbarsim.compressor"] = json.dumps({
+        "format": FORMAT_VERSION, "recipe": result.recipe.name, "method": result.method,
+        "geometry": geom.to_dict(), "accuracy": result.accuracy, "layers": list(result.layers)})
+    consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
+    for name, layer in result.layers.items():
+        init = f"{name}.weight"
+        meta = _rewrite(proto.graph, init, layer, opset)
+        w = dict(result.model.named_modules())[name].weight.detach().numpy()
+        meta.update(initializer=init, op=consumers.get(init, "?"),
+                    constraint=layer.constraint.describe(), **occupancy(to_crossbar(w), geom))
+        props[f"xbarsim.layer.{name}"] = json.dumps(meta)
+    helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, path)
+    if verify is not None:
+        err = max_difference(path, model, verify)
+        if err > atol:
+            raise CompressionError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} "
+                                   f"> atol={atol}")
+    return path
+
+
+def max_difference(path: str | os.PathLike, model: torch.nn.Module, x: np.ndarray) -> float:
+    """Largest ``|onnxruntime(path)(x) − model(x)|`` over a batch ``x``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    return float(np.max(np.abs(got - want)))
+
+
+def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
+    """Replace float initializer ``init`` by integer + DequantizeLinear; return metadata."""
+    c = layer.constraint
+    meta: dict = {"note": ""}
+    if c.quant is not None:
+        q = c.quant
+        meta.update(bits=q.bits, mapping=q.mapping, pow2=q.pow2, scale=layer.scale,
+                    levels=list(q.levels))
+    if layer.levels is None:
+        meta["dtype"] = "float"
+        return meta
+    found = [i for i, t in enumerate(graph.initializer) if t.name == init]
+    if not found:
+        raise CompressionError(f"layer {init.rsplit('.', 1)[0]!r}: no ONNX initializer named "
+                               f"{init!r} (weight shared or renamed by the exporter)")
+    old = graph.initializer[found[0]]
+    exact = layer.levels.astype(np.float32) * np.float32(layer.scale)
+    if not np.array_equal(numpy_helper.to_array(old), exact):
+        raise CompressionError(f"{init}: model weight is not scale * levels; snap it first")
+    bits = c.quant.bits
+    if bits <= 8:
+        np_type = np.int8
+    elif bits <= 16 and opset >= 21:
+        np_type = np.int16
+    else:
+        np_type = np.int32
+        meta["note"] = (f"{bits}-bit levels stored as int32: DequantizeLinear takes int16 only "
+                        f"from opset 21 (this model: {opset})")
+    meta["dtype"] = np.dtype(np_type).name
+    del graph.initializer[found[0]]
+    graph.initializer.extend([
+        numpy_helper.from_array(layer.levels.astype(np_type), f"{init}_quantized"),
+        numpy_helper.from_array(np.array(layer.scale, dtype=np.float32), f"{init}_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np_type), f"{init}_zero_point"),
+    ])
+    node = helper.make_node("DequantizeLinear",
+                            [f"{init}_quantized", f"{init}_scale", f"{init}_zero_point"], [init],
+                            name=f"{init}_DequantizeLinear")
+    graph.node.insert(0, node)
+    return meta

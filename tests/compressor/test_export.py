@@ -1,0 +1,99 @@
+"""QDQ export: onnxruntime runs it and matches the snapped torch model; integers, scales and
+metadata say exactly what the crossbars hold."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from compressor import CompressionError, compress, export_qdq, parse_recipe
+from compressor.export import max_difference
+from compressor.geometry import to_crossbar
+from compressor.projections import keep_count
+
+RECIPE = {
+    "name": "export",
+    "geometry": {"rows": 16, "cols": 16, "weight_bits": 16},
+    "admm": {"rounds": 1}, "retrain": {"epochs": 1},
+    "layers": [
+        {"match": "features.0", "quant": {"bits": 12}},
+        {"match": "features.*", "sparsity": {"structure": "blocks", "keep": 0.5},
+         "quant": {"bits": 4, "pow2": True}},
+        {"match": "classifier.1", "sparsity": {"structure": "tinyadc", "n": 4}},
+        {"match": "*", "quant": {"bits": 8, "mapping": "offset"}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def result():
+    from models import build
+    from models.data import load_splits
+    (xtr, ytr), (xte, yte) = load_splits("digits", limit=200)
+    model = build("vgg8", in_channels=1, image_size=28, width=0.0625, seed=0)  # with BatchNorm
+    return compress(model, parse_recipe(RECIPE), (xtr, ytr), (xte, yte), progress=False), xte
+
+
+@pytest.mark.parametrize("opset,wide", [(17, "int32"), (21, "int16")])
+def test_qdq_model_runs_in_onnxruntime_and_matches_torch(result, tmp_path, opset, wide):
+    res, x = result
+    path = export_qdq(res, tmp_path / "m.onnx", opset=opset, verify=x[:32], atol=1e-5)
+    assert max_difference(path, res.model, x[:64]) < 1e-5
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    quantized = [n for n, lr in res.layers.items() if lr.levels is not None]
+    assert sorted(n.output[0] for n in dq) == sorted(f"{n}.weight" for n in quantized)
+    assert "BatchNormalization" in {n.op_type for n in proto.graph.node}  # left to the compiler
+    props = {p.key: p.value for p in proto.metadata_props}
+    top = json.loads(props["xbarsim.compressor"])
+    assert top["geometry"]["rows"] == 16 and top["layers"] == list(res.layers)
+    for name, lr in res.layers.items():
+        meta = json.loads(props[f"xbarsim.layer.{name}"])
+        assert meta["initializer"] == f"{name}.weight"
+        if lr.levels is None:
+            assert meta["dtype"] == "float" and f"{name}.weight" in inits
+            assert meta["max_nonzeros_per_segment"] <= 4
+            continue
+        q = inits[f"{name}.weight_quantized"]
+        assert np.array_equal(q, lr.levels) and inits[f"{name}.weight_scale"] == np.float32(lr.scale)
+        assert inits[f"{name}.weight_zero_point"] == 0
+        expected = {4: "int8", 8: "int8", 12: wide}[meta["bits"]]
+        assert q.dtype == np.dtype(expected) and meta["dtype"] == expected
+        assert meta["levels"][0] <= q.min() and q.max() <= meta["levels"][1]
+        assert ("int32" in meta["note"]) == (expected == "int32")
+        if meta["pow2"]:
+            assert np.log2(meta["scale"]).is_integer()
+        occ = np.abs(to_crossbar(lr.levels)) > 0
+        assert meta["density"] == pytest.approx(occ.mean())
+        if lr.constraint.structure == "blocks":
+            assert meta["blocks_nonzero"] <= keep_count(0.5, meta["blocks_total"])
+            assert len(meta["nonzero_blocks"]) == meta["blocks_nonzero"]
+        assert meta["op"] in ("Conv", "Gemm")
+
+
+def test_verify_catches_a_mismatch(result, tmp_path):
+    res, x = result
+    path = export_qdq(res, tmp_path / "m.onnx")
+    with torch.no_grad():
+        res.model.classifier[3].bias.add_(1.0)
+    try:
+        assert max_difference(path, res.model, x[:8]) == pytest.approx(1.0, abs=1e-4)
+    finally:
+        with torch.no_grad():
+            res.model.classifier[3].bias.sub_(1.0)
+
+
+def test_export_needs_an_input_shape(result, tmp_path):
+    res, _ = result
+    shape = res.model.sample_shape
+    del res.model.sample_shape
+    try:
+        with pytest.raises(CompressionError, match="input_shape"):
+            export_qdq(res, tmp_path / "m.onnx")
+        export_qdq(res, tmp_path / "m.onnx", input_shape=shape)
+    finally:
+        res.model.sample_shape = shape
