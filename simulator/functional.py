@@ -24,10 +24,17 @@ from .program import Program
 _BLOCKED, _HALTED, _PROGRESS = 0, 1, 2
 
 
+def _log(v):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v > 0, np.log(np.maximum(v, 1e-300)), -2.0 ** 40)
+
+
 def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
+    """Transcendental VFU functions on fixed point with ``frac`` fraction bits (evaluated in
+    float64 and rounded to nearest: the model of a lookup/interpolation unit)."""
     x = a.astype(np.float64) / (1 << frac)
     y = {Fn.SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), Fn.TANH: np.tanh,
-         Fn.EXP: lambda v: np.exp(np.minimum(v, 40.0))}[fn](x)
+         Fn.EXP: lambda v: np.exp(np.minimum(v, 40.0)), Fn.LOG: _log}[fn](x)
     return np.rint(y * (1 << frac)).astype(np.int64)
 
 
@@ -55,7 +62,7 @@ def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
     if fn == Fn.CLIP:
         lim = 1 << (imm - 1)
         return np.clip(a, -lim, lim - 1)
-    if fn in (Fn.SIGMOID, Fn.TANH, Fn.EXP):
+    if fn in (Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG):
         return _fixed_point(fn, a, imm)
     if fn == Fn.DIV:
         b = np.broadcast_to(np.asarray(b, np.int64), a.shape)
@@ -310,15 +317,18 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
             raise SimulationError(f"input {port.name!r} has shape {x.shape}; expected "
                                   f"({batch}, {', '.join(map(str, port.shape))})")
         q = quantize_input(x.reshape(batch, -1), port.scale, prog.config.input_bits)
-        eng._write(port.tile, port.addr, q, port.count)
+        a = port.addresses()
+        eng.mem[port.tile][:, a] = q
+        eng.count[port.tile][a] = port.count
+        eng.valid[port.tile][a] = True
     eng.run()
     out = {}
     for port in prog.outputs:
-        sl = slice(port.addr, port.addr + port.size)
-        if not eng.valid[port.tile][sl].all():
+        a = port.addresses()
+        if not eng.valid[port.tile][a].all():
             raise SimulationError(f"output {port.name!r} was never (fully) written: tile "
                                   f"{port.tile} addr {port.addr} (+{port.size})")
-        q = eng.mem[port.tile][:, sl].reshape((batch,) + tuple(port.shape))
+        q = eng.mem[port.tile][:, a].reshape((batch,) + tuple(port.shape))
         out[port.name + ":int"] = q
         out[port.name] = q.astype(np.float64) * port.scale
     return out

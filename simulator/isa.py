@@ -83,10 +83,11 @@ class Fn(IntEnum):
     TANH = 10    # unary, fixed point
     EXP = 11     # unary, fixed point
     DIV = 12     # floor division (division by zero yields 0)
+    LOG = 13     # unary, fixed point: ln(a / 2**imm) * 2**imm (a <= 0 gives the lowest value)
 
 
-UNARY_FNS = frozenset({Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH, Fn.EXP})
-TRANSCENDENTAL_FNS = frozenset({Fn.SIGMOID, Fn.TANH, Fn.EXP})
+UNARY_FNS = frozenset({Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG})
+TRANSCENDENTAL_FNS = frozenset({Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG})
 
 CORE_OPS = frozenset({Op.NOP, Op.HLT, Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU, Op.ALUI,
                       Op.MVM, Op.ISET, Op.IADD, Op.JMP, Op.BEQ, Op.BNE})

@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import MachineConfig, from_dict
 from .errors import ProgramError
-from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, Fn, Op, RegisterLayout
+from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, UNARY_FNS, Fn, Op, RegisterLayout
 
 FORMAT_VERSION = 1
 
@@ -33,19 +33,41 @@ class TensorPort:
     shape: tuple[int, ...]
     scale: float
     count: int = 0  # consumer count the host stores inputs with (0 = persistent)
+    map_layout: tuple | None = None
+    """(H, W, C, pad_top, pad_left, padded_width): a (C, H, W) tensor stored channel-last
+    inside a padded buffer; None = contiguous."""
+    perm: tuple | None = None
+    """Contiguous layout only: memory word i holds logical (C-order) element perm[i]."""
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def addresses(self) -> np.ndarray:
+        """Tile-memory address of each logical element (C order)."""
+        if self.map_layout is not None:
+            H, W, C, pt, pl, Wp = self.map_layout
+            c, y, x = np.meshgrid(np.arange(C), np.arange(H), np.arange(W), indexing="ij")
+            return (self.addr + ((y + pt) * Wp + x + pl) * C + c).reshape(-1).astype(np.int64)
+        if self.perm is not None:
+            a = np.empty(self.size, np.int64)
+            a[np.asarray(self.perm)] = self.addr + np.arange(self.size)
+            return a
+        return self.addr + np.arange(self.size, dtype=np.int64)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "tile": self.tile, "addr": self.addr,
-                "shape": list(self.shape), "scale": self.scale, "count": self.count}
+                "shape": list(self.shape), "scale": self.scale, "count": self.count,
+                "map_layout": None if self.map_layout is None else list(self.map_layout),
+                "perm": None if self.perm is None else [int(v) for v in self.perm]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorPort":
+        ml, perm = d.get("map_layout"), d.get("perm")
         return cls(d["name"], int(d["tile"]), int(d["addr"]), tuple(d["shape"]),
-                   float(d["scale"]), int(d.get("count", 0)))
+                   float(d["scale"]), int(d.get("count", 0)),
+                   None if ml is None else tuple(int(v) for v in ml),
+                   None if perm is None else tuple(perm))
 
 
 @dataclass
@@ -278,8 +300,9 @@ def validate(prog: Program) -> None:
             raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "
                                f"outside the program's tile memory ({tiles} tiles)")
     for port in prog.inputs + prog.outputs:
-        if not (0 <= port.tile < tiles and 0 <= port.addr
-                and port.addr + port.size <= prog.mem_words[port.tile]):
+        addrs = port.addresses()
+        if not (0 <= port.tile < tiles and 0 <= port.addr and (
+                addrs.size == 0 or addrs.max() < prog.mem_words[port.tile])):
             raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
                                f"(+{port.size}) outside the tile's memory")
 
@@ -319,8 +342,7 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus) -> Non
         elif op == Op.SET:
             regs = [dst]
         elif op == Op.ALU:
-            regs = [dst, src1] + ([] if Fn(fn) in (Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH,
-                                                   Fn.EXP) else [src2])
+            regs = [dst, src1] + ([] if Fn(fn) in UNARY_FNS else [src2])
         if op in (Op.ALU, Op.ALUI) and fn not in Fn._value2member_map_:
             raise ProgramError(f"{here}: unknown ALU function {fn}")
         for reg in regs:

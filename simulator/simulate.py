@@ -62,9 +62,9 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
         valid[b:b + len(vals)] = True
         cnt[b:b + len(vals)] = c
     for port in prog.inputs:  # the host writes inputs before the run starts
-        b = tile_base[port.tile] + port.addr
-        valid[b:b + port.size] = True
-        cnt[b:b + port.size] = port.count
+        a = tile_base[port.tile] + port.addresses()
+        valid[a] = True
+        cnt[a] = port.count
     vtime = np.zeros(total, np.int64)
     ftime = np.zeros(total, np.int64)
     n_layers = len(prog.layers) + 1

@@ -1,0 +1,371 @@
+"""Schedule + codegen: placed layers -> instruction streams, memory image, I/O ports.
+
+Memory: every storage tensor gets a buffer (with its padded border preloaded) in each tile
+that produces or reads it; constants (bias, multipliers) live in the tile of the core that
+uses them; partial-sum slots carry consumer count 1 so a producer cannot overwrite a slot
+before it was read (PUMA-style flow control, no barriers).
+
+Cores: each layer is one loop nest over its output pixels (program size grows with layers
+and crossbars, not pixels). Tile control units: one loop nest per layer ("phase"), same
+order on every tile, moving partial sums and output chunks between tiles with send/recv;
+per iteration all sends come before all receives, so phases cannot deadlock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.isa import PERSISTENT, Fn, Op, RegisterLayout
+from simulator.program import Program, TensorPort
+
+from .emitter import Emitter
+from .errors import CompilerError
+from .ir import LayerProgram, MVMLayer, TensorInfo
+from .place import Placement
+from .vfu import out_pointer
+
+
+@dataclass
+class TileMemory:
+    words: int = 0
+    init: list = field(default_factory=list)
+
+    def alloc(self, n: int) -> int:
+        a = self.words
+        self.words += max(int(n), 1)
+        return a
+
+
+@dataclass
+class Codegen:
+    prog: LayerProgram
+    pl: Placement
+    cfg: object
+    mem: dict = field(default_factory=dict)          # tile -> TileMemory
+    buf: dict = field(default_factory=dict)          # (storage, tile) -> base address
+    producers: dict = field(default_factory=dict)    # storage -> layer index
+    readers: dict = field(default_factory=dict)      # storage -> set of tiles reading it
+
+    def tilemem(self, t: int) -> TileMemory:
+        return self.mem.setdefault(t, TileMemory())
+
+    # ---- buffers ---------------------------------------------------------------------
+    def buffer(self, name: str, tile: int) -> int:
+        st = self.prog.storage(name)
+        key = (st, tile)
+        if key not in self.buf:
+            t = self.prog.tensors[st]
+            m = self.tilemem(tile)
+            base = m.alloc(t.words)
+            self.buf[key] = base
+            if t.kind == "map" and any(t.pad):
+                for a, vals in _border_segments(t):
+                    m.init.append((tile, base + a, vals, PERSISTENT))
+        return self.buf[key]
+
+    def layer_tiles_reading(self, i: int) -> set:
+        L = self.prog.layers[i]
+        if L.kind == "mvm":
+            return {b.loc[0] for s in self.pl.strips[i] for b in s.blocks} | {
+                s.owner[0] for s in self.pl.strips[i]}
+        return {self.pl.vfu_core[i][0]}
+
+    def producer_tiles(self, i: int) -> set:
+        L = self.prog.layers[i]
+        if L.kind == "mvm":
+            return {s.owner[0] for s in self.pl.strips[i]}
+        return {self.pl.vfu_core[i][0]}
+
+
+def _border_segments(t: TensorInfo):
+    """(offset, values) runs covering a padded map's border."""
+    C, Wp = t.C, t.Wp
+    pt, pl, pb, pr = t.pad
+    segs = []
+    if pt:
+        segs.append((0, pt * Wp * C))
+    for y in range(pt, pt + t.H):
+        if pl:
+            segs.append((y * Wp * C, pl * C))
+        if pr:
+            segs.append(((y * Wp + pl + t.W) * C, pr * C))
+    if pb:
+        segs.append(((pt + t.H) * Wp * C, pb * Wp * C))
+    return [(a, np.full(n, t.pad_value, np.int64)) for a, n in segs]
+
+
+def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
+    cg = Codegen(prog, pl, cfg)
+    lay = RegisterLayout.of(cfg)
+    n_tiles = pl.n_tiles
+    cores = cfg.tile.cores
+    n_int = cfg.core.int_registers
+    core_em = {(t, c): Emitter(n_int, lay.gp, cfg.core.registers, f"tile {t} core {c}")
+               for t in range(n_tiles) for c in range(cores)}
+    tile_em = {t: Emitter(n_int, where=f"tile {t} control") for t in range(n_tiles)}
+
+    # Who reads each storage tensor where (buffers must exist before code refers to them).
+    for i, L in enumerate(prog.layers):
+        if L.kind == "alias":
+            continue
+        cg.producers[prog.storage(L.output)] = i
+        for x in L.inputs:
+            cg.readers.setdefault(prog.storage(x), set()).update(cg.layer_tiles_reading(i))
+    out_home = {}
+    for o in prog.outputs:
+        st = prog.storage(o)
+        if st in cg.producers:
+            home = min(cg.producer_tiles(cg.producers[st]))
+        else:
+            home = next(iter(cg.readers.get(st, {0})))
+        out_home[o] = home
+        cg.readers.setdefault(st, set()).add(home)
+
+    # Graph inputs: the host writes a copy into every tile that reads them.
+    ports_in = []
+    for name in prog.inputs:
+        t = prog.tensors[name]
+        for tile in sorted(cg.readers.get(name, {0})):
+            base = cg.buffer(name, tile)
+            ports_in.append(_port(t, name, tile, base))
+
+    for i, L in enumerate(prog.layers):
+        if L.kind == "alias":
+            continue
+        st = prog.storage(L.output)
+        for tile in cg.producer_tiles(i) | cg.readers.get(st, set()):
+            cg.buffer(L.output, tile)
+        if L.kind == "mvm":
+            _mvm_code(cg, i, L, core_em, tile_em, lay)
+        else:
+            _vfu_code(cg, i, L, core_em, tile_em)
+
+    ports_out = []
+    for o in prog.outputs:
+        home = out_home[o]
+        ports_out.append(_port(prog.tensors[o], o, home, cg.buffer(o, home)))
+
+    core_code = [core_em[(t, c)].assemble() for t in range(n_tiles) for c in range(cores)]
+    tile_code = [tile_em[t].assemble() for t in range(n_tiles)]
+    blocks = [b for ss in pl.strips.values() for s in ss for b in s.blocks]
+    mem_words = np.array([max(cg.tilemem(t).words, 1) for t in range(n_tiles)], np.int64)
+    init = [seg for t in range(n_tiles) for seg in cg.tilemem(t).init]
+    R, C = cfg.xbar.rows, cfg.xbar.cols
+    levels = (np.stack([b.levels for b in blocks]) if blocks else
+              np.zeros((0, cfg.arrays * cfg.slices, R, C), np.uint8))
+    mapping["mem_words_max"] = int(mem_words.max())
+    mapping["edram_words"] = cfg.edram_words
+    mapping["edram_overflow_tiles"] = int((mem_words > cfg.edram_words).sum())
+    return Program(
+        config=cfg, n_tiles=n_tiles, core_code=core_code, tile_code=tile_code,
+        mvmu_loc=[b.loc for b in blocks], mvmu_levels=levels,
+        mvmu_rows_used=[max(len(b.rows), 1) for b in blocks],
+        mvmu_cols_used=[b.cols for b in blocks], mvmu_adc_bits=[b.adc_bits for b in blocks],
+        mvmu_layer=[b.layer for b in blocks], mem_init=init, inputs=ports_in,
+        outputs=ports_out,
+        layers=[{"name": L.name, "op": L.op, "kind": L.kind} for L in prog.layers],
+        mapping=mapping, mem_words=mem_words)
+
+
+def _port(t: TensorInfo, name: str, tile: int, base: int) -> TensorPort:
+    shape = tuple(t.shape[1:])
+    if t.kind == "map":
+        return TensorPort(name, tile, base, shape, t.scale,
+                          map_layout=(t.H, t.W, t.C, t.pad[0], t.pad[1], t.Wp))
+    return TensorPort(name, tile, base, shape, t.scale,
+                      perm=None if t.perm is None else tuple(int(v) for v in t.perm))
+
+
+# ---- MVM layers ----------------------------------------------------------------------
+
+def _mvm_geometry(cg: Codegen, L: MVMLayer):
+    prog = cg.prog
+    t_in = prog.tensors[prog.storage(L.inputs[0])]
+    t_out = prog.tensors[L.output]
+    if L.is_conv:
+        dims = [L.Ho, L.Wo]
+        in_strides = [L.stride[0] * t_in.Wp * t_in.C, L.stride[1] * t_in.C]
+    else:
+        dims, in_strides = [], []
+    out_off, out_strides = out_pointer(t_out)
+    if not L.is_conv:
+        out_off, out_strides = (t_out.offset(0, 0) if t_out.kind == "map" else 0), []
+    return t_in, t_out, dims, in_strides, out_off, out_strides
+
+
+def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
+    prog, cfg = cg.prog, cg.cfg
+    strips = cg.pl.strips[i]
+    t_in, t_out, dims, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
+    # Per core: its blocks, the strips it touches.
+    by_core: dict[tuple, list] = {}
+    for s in strips:
+        for b in s.blocks:
+            by_core.setdefault(b.loc[:2], []).append(b)
+        by_core.setdefault(s.owner, [])
+    # Partial-sum slots: (strip, producing core) -> address in the producer's tile, and
+    # for remote owners the receiving slot in the owner's tile.
+    slot, rslot = {}, {}
+    for s in strips:
+        for k in sorted({b.loc[:2] for b in s.blocks} - {s.owner}):
+            slot[(s.index, k)] = cg.tilemem(k[0]).alloc(s.n)
+            if k[0] != s.owner[0]:
+                rslot[(s.index, k)] = cg.tilemem(s.owner[0]).alloc(s.n)
+    for core, blocks in sorted(by_core.items()):
+        tile = core[0]
+        em = core_em[core]
+        em.reset_gp()
+        mine = sorted({b.strip for b in blocks})
+        owned = [s for s in strips if s.owner == core]
+        acc = {s: em.gp(strips[s].n) for s in sorted(set(mine) | {s.index for s in owned})}
+        consts = {}
+        for s in owned:
+            addr = cg.tilemem(tile).alloc(2 * s.n)
+            cg.tilemem(tile).init.append((tile, addr, np.concatenate(
+                [L.bias[s.c0:s.c0 + s.n], L.mult[s.c0:s.c0 + s.n]]).astype(np.int64),
+                PERSISTENT))
+            r = em.gp(2 * s.n)
+            em.emit(Op.LOAD, dst=r, imm=addr, vec=2 * s.n, layer=i)
+            consts[s.index] = r
+        tmp = em.gp(max([s.n for s in strips]))
+        in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in)
+        out_base = cg.buffer(L.output, tile) + out_off
+        mask = 0
+        for b in blocks:
+            mask |= 1 << b.loc[2]
+        with em.loop_nest(dims, [(in_base, in_strides), (out_base, out_strides)], i) as (
+                pin, pout):
+            for b in blocks:
+                x0 = lay.xin_of(b.loc[2])
+                for off, pos, n in b.segments:
+                    em.emit(Op.LOAD, dst=x0 + pos, imm=off, ra=pin.ireg, vec=n, layer=i)
+            if mask:
+                em.emit(Op.MVM, mask=mask, layer=i)
+            for s in mine:                           # sum this core's blocks per strip
+                first = True
+                for b in blocks:
+                    if b.strip != s:
+                        continue
+                    xo = lay.xout_of(b.loc[2])
+                    if first:
+                        em.emit(Op.COPY, dst=acc[s], src1=xo, vec=strips[s].n, layer=i)
+                        first = False
+                    else:
+                        em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=xo,
+                                vec=strips[s].n, layer=i)
+            for s in mine:                           # hand partial sums to their owners
+                if strips[s].owner != core:
+                    em.emit(Op.STORE, src1=acc[s], imm=slot[(s, core)], vec=strips[s].n,
+                            count=1, layer=i)
+            for st in owned:                         # reduce, requantize, store outputs
+                s, n = st.index, st.n
+                if s not in mine:
+                    em.emit(Op.SET, dst=acc[s], imm=0, vec=n, layer=i)
+                for k in sorted({b.loc[:2] for b in st.blocks} - {core}):
+                    addr = slot[(s, k)] if k[0] == tile else rslot[(s, k)]
+                    em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
+                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n,
+                            layer=i)
+                r = consts[s]
+                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n, layer=i)
+                em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s], src2=r + n, vec=n,
+                        layer=i)
+                _emit_requant_tail(em, acc[s], n, L, i)
+                em.emit(Op.STORE, src1=acc[s], imm=st.c0, ra=pout.ireg, vec=n, count=0,
+                        layer=i)
+    # Tile control: partial sums across tiles, then output chunks to reading tiles.
+    remote_partials = [(s, k) for (s, k) in rslot]
+    chunks = {}                                      # producing tile -> [(offset, n)]
+    for s in strips:
+        chunks.setdefault(s.owner[0], []).append((s.c0, s.n))
+    _phase(cg, i, L.output, dims, out_off, out_strides, chunks, tile_em,
+           partials=[(k[0], strips[s].owner[0], slot[(s, k)], rslot[(s, k)], strips[s].n)
+                     for s, k in remote_partials])
+
+
+def _emit_requant_tail(em, r, n, L: MVMLayer, i) -> None:
+    if L.shift:
+        em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.shift, vec=n, layer=i)
+    em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=L.out_bits, vec=n, layer=i)
+    if L.act == "relu":
+        em.emit(Op.ALU, fn=Fn.RELU, dst=r, src1=r, vec=n, layer=i)
+    if L.lo is not None:
+        em.emit(Op.ALUI, fn=Fn.MAX, dst=r, src1=r, imm=L.lo, vec=n, layer=i)
+    if L.hi is not None:
+        em.emit(Op.ALUI, fn=Fn.MIN, dst=r, src1=r, imm=L.hi, vec=n, layer=i)
+
+
+# ---- VFU layers ----------------------------------------------------------------------
+
+def _vfu_code(cg: Codegen, i: int, L, core_em, tile_em) -> None:
+    prog = cg.prog
+    tile, core = cg.pl.vfu_core[i]
+    em = core_em[(tile, core)]
+    em.reset_gp()
+    tensors = _storage_view(prog)
+    dims, ptr_specs = L.iteration(tensors)
+    const_addr = {}
+    for key, vals in L.constants(tensors).items():
+        a = cg.tilemem(tile).alloc(len(vals))
+        cg.tilemem(tile).init.append((tile, a, np.asarray(vals, np.int64), PERSISTENT))
+        const_addr[key] = a
+    names = list(ptr_specs)
+    bases = [cg.buffer(n, tile) + ptr_specs[n][0] for n in names]
+    with em.loop_nest(dims, [(b, ptr_specs[n][1]) for b, n in zip(bases, names)], i) as ptrs:
+        ptr = dict(zip(names, ptrs))
+        ptr["__in_base"] = cg.buffer(L.inputs[0], tile) if L.inputs else 0
+        L.emit_body(em, ptr, const_addr, tensors, i)
+    out = tensors[L.output]
+    off, strides = ptr_specs[L.output]
+    _phase(cg, i, L.output, dims, off, strides, {tile: L.chunks(tensors)}, tile_em, [])
+
+
+class _StorageView(dict):
+    """Tensor lookup where an alias resolves to a tensor with its storage's layout."""
+
+    def __init__(self, prog):
+        super().__init__(prog.tensors)
+        self.prog = prog
+
+
+def _storage_view(prog) -> dict:
+    return _StorageView(prog)
+
+
+def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunks: dict,
+           tile_em, partials: list) -> None:
+    """Layer i's transfers on the tile control units: per iteration of the layer's loop
+    nest, partial sums (src tile, dst tile, src addr, dst addr, n) and output chunks from
+    each producing tile to every other tile holding a copy of the output."""
+    st = cg.prog.storage(out_name)
+    holders = cg.readers.get(st, set()) | set(chunks)
+    plan: dict[int, list] = {}
+    for src, dst, sa, da, n in partials:
+        plan.setdefault(src, []).append(("send_p", dst, sa, n))
+        plan.setdefault(dst, []).append(("recv_p", src, da, n))
+    for src, chs in chunks.items():
+        for dst in sorted(holders - {src}):
+            for off, n in chs:
+                plan.setdefault(src, []).append(("send", dst, off, n))
+                plan.setdefault(dst, []).append(("recv", src, off, n))
+    order = {"send_p": 0, "recv_p": 1, "send": 2, "recv": 3}
+    for tile, ops in sorted(plan.items()):
+        ops.sort(key=lambda o: order[o[0]])
+        em = tile_em[tile]
+        base = cg.buffer(out_name, tile) + out_off
+        with em.loop_nest(dims, [(base, out_strides)], i) as (p,):
+            for kind, peer, a, n in ops:
+                if kind == "send_p":
+                    em.emit(Op.SEND, imm=a, vec=n, peer=peer, layer=i)
+                elif kind == "recv_p":
+                    em.emit(Op.RECV, imm=a, vec=n, peer=peer, count=1, layer=i)
+                elif kind == "send":
+                    em.emit(Op.SEND, imm=a, ra=p.ireg, vec=n, peer=peer, layer=i)
+                else:
+                    em.emit(Op.RECV, imm=a, ra=p.ireg, vec=n, peer=peer, count=0, layer=i)
+
+
+def check_registers(cfg, prog) -> None:
+    if cfg.core.mvmus > 63:
+        raise CompilerError("core.mvmus must be <= 63")

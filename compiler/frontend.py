@@ -1,0 +1,303 @@
+"""Frontend: ONNX file -> :class:`Graph` (static shapes, constants folded, batch norm folded
+into convolutions, QDQ weights recognised).
+
+Refuses external data outside the model's folder, runs the ONNX checker and shape
+inference, folds every node whose inputs are all constant (the model-zoo graphs build their
+weights with ConstantOfShape) and ``Shape`` of statically shaped tensors. The batch dimension
+is fixed to 1: a program computes one sample; the simulator runs a batch of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from .errors import ModelFormatError, UnsupportedOpError
+
+OPSET = 17
+
+
+@dataclass
+class Graph:
+    """The compiler's view of a model after the frontend."""
+
+    nodes: list                      # remaining onnx NodeProto, topological order
+    consts: dict[str, np.ndarray]    # initializers and folded constants
+    shapes: dict[str, tuple]         # static shape of every activation tensor
+    inputs: list[tuple[str, tuple]]  # graph inputs (name, shape with batch 1)
+    outputs: list[str]
+    qweights: dict[str, tuple] = field(default_factory=dict)
+    """QDQ weights: name -> (integer array, scale array, axis) of a DequantizeLinear."""
+    act_scales: dict[str, float] = field(default_factory=dict)
+    """Activation scales fixed by QuantizeLinear/DequantizeLinear pairs in the model."""
+    opset: int = OPSET
+    name: str = "model"
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        producer = {o: n.name for n in self.nodes for o in n.output}
+        for n in self.nodes:
+            g.add_node(n.name, node=n)
+            for i in n.input:
+                if i in producer:
+                    g.add_edge(producer[i], n.name, tensor=i)
+        return g
+
+    def consumers(self, tensor: str) -> list:
+        return [n for n in self.nodes if tensor in n.input]
+
+    def to_onnx(self, extra_outputs: bool = False) -> onnx.ModelProto:
+        """An equivalent ONNX model (constants as initializers); with ``extra_outputs``
+        every intermediate tensor is an output too (for calibration)."""
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items()
+                 if any(k in n.input for n in self.nodes)]
+        ins = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s))
+               for n, s in self.inputs]
+        outs = list(self.outputs)
+        if extra_outputs:
+            outs += [o for n in self.nodes for o in n.output if o and o not in outs]
+        out_vi = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs]
+        g = helper.make_graph(self.nodes, self.name, ins, out_vi, inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = 8
+        return m
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file, refusing external data that lives outside the model's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFormatError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ModelFormatError(f"{path} is a folder; expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ModelFormatError(f"{path}: not a valid ONNX model ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else 'unparseable'})") from e
+    if not model.graph.node and not model.graph.output:
+        raise ModelFormatError(f"{path}: not a valid ONNX model (empty graph)")
+    base = path.parent.resolve()
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            target = (base / loc).resolve()
+            if os.path.isabs(loc) or not target.is_relative_to(base):
+                raise ModelFormatError(f"{path}: tensor {t.name!r} points to external data "
+                                       f"{loc!r} outside the model's folder {base}; refused")
+            if not target.exists():
+                raise ModelFormatError(f"{path}: external data file {loc!r} of tensor "
+                                       f"{t.name!r} is missing")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as e:
+        raise ModelFormatError(f"{path}: cannot read external data ({e})") from e
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelFormatError(f"{path}: invalid ONNX model: {first}") from e
+    return model
+
+
+def _all_tensors(model):
+    yield from model.graph.initializer
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def _eval_node(node, values: dict, opset: int) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs with ONNX's reference implementation."""
+    from onnx.reference import ReferenceEvaluator
+    ins = [helper.make_tensor_value_info(f"i{k}", _elem(values[name]), None)
+           for k, name in enumerate(node.input) if name]
+    names = {name: f"i{k}" for k, name in enumerate(node.input) if name}
+    n2 = helper.make_node(node.op_type, [names.get(i, "") for i in node.input],
+                          [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+    n2.attribute.extend(node.attribute)
+    outs = [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
+            for k in range(len(node.output))]
+    m = helper.make_model(helper.make_graph([n2], "fold", ins, outs),
+                          opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {names[name]: values[name] for name in node.input if name}
+    return ReferenceEvaluator(m).run(None, feeds)
+
+
+def _elem(a: np.ndarray) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype)
+
+
+def _static_shape(vi) -> tuple | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        else:
+            return None
+    return tuple(dims)
+
+
+def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 0:
+            raise UnsupportedOpError(f"graph input {vi.name!r} has no shape; the compiler "
+                                     f"needs static shapes")
+        dims[0].Clear()
+        dims[0].dim_value = 1
+        for k, d in enumerate(dims[1:], 1):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                raise UnsupportedOpError(f"graph input {vi.name!r} dimension {k} is not static "
+                                         f"({d.dim_param or '?'}); export with fixed shapes")
+        out.append((vi.name, tuple(d.dim_value for d in dims)))
+    return out
+
+
+FOLDABLE_ALWAYS = {"Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeeze",
+                   "Concat", "Reshape", "Cast", "Range", "Slice", "Mul", "Add", "Sub", "Div",
+                   "Transpose", "Identity", "Expand", "Sqrt", "Pow", "Neg", "Floor", "Ceil",
+                   "ReduceProd", "Equal", "Where", "Flatten", "DequantizeLinear",
+                   "QuantizeLinear", "Tile", "Min", "Max", "Size", "Reciprocal"}
+
+
+def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
+    """Static-shaped, constant-folded, BN-folded graph."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    inputs = _fix_batch(model)
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = []
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"node {n.name or n.output[0]!r}: op {n.domain}.{n.op_type} "
+                                     f"from a custom domain is not supported")
+        if not n.name:
+            n.name = f"{n.op_type}_{n.output[0]}"
+        nodes.append(n)
+    graph_outputs = [o.name for o in model.graph.output]
+    # Shapes first (needed to fold Shape of activations), then fold to a fixed point.
+    shapes: dict[str, tuple] = {}
+    for _ in range(8):
+        shapes = _infer(nodes, consts, inputs, graph_outputs, opset)
+        remaining, changed = [], False
+        for n in nodes:
+            if n.op_type == "Shape" and n.input[0] in shapes and n.input[0] not in consts:
+                s = np.array(shapes[n.input[0]], np.int64)
+                a = {x.name: x for x in n.attribute}
+                start = a["start"].i if "start" in a else 0
+                end = a["end"].i if "end" in a else len(s)
+                consts[n.output[0]] = s[start:end] if "start" in a or "end" in a else s
+                changed = True
+                continue
+            if n.op_type == "Dropout" or n.op_type == "Identity":
+                remaining.append(n)
+                continue
+            if all((not i) or i in consts for i in n.input) and (
+                    n.op_type in FOLDABLE_ALWAYS or n.input):
+                try:
+                    vals = _eval_node(n, consts, opset)
+                except Exception as e:
+                    raise ModelFormatError(f"node {n.name!r} ({n.op_type}): constant folding "
+                                           f"failed: {str(e).splitlines()[0]}") from e
+                for o, v in zip(n.output, vals):
+                    consts[o] = np.asarray(v)
+                changed = True
+                continue
+            remaining.append(n)
+        nodes = remaining
+        if not changed:
+            break
+    g = Graph(nodes=nodes, consts=consts, shapes=shapes, inputs=inputs, outputs=graph_outputs,
+              opset=opset, name=name)
+    _recognise_qdq(g)
+    _fold_batchnorm(g)
+    g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
+    return g
+
+
+def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
+    used = {i for n in nodes for i in n.input}
+    # Small constants go in as values (Reshape targets, ...); big ones (weights) only as
+    # typed shapes, so shape inference does not serialise hundreds of MB.
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()
+             if k in used and np.size(v) <= 4096]
+    ins = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s)) for n, s in inputs]
+    ins += [helper.make_tensor_value_info(k, _elem(v), list(np.shape(v)))
+            for k, v in consts.items() if k in used and np.size(v) > 4096]
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs]
+    g = helper.make_graph(nodes, "g", ins, outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as e:
+        raise ModelFormatError(f"shape inference failed: {str(e).splitlines()[0]}") from e
+    shapes = {n: tuple(s) for n, s in inputs}
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        s = _static_shape(vi)
+        if s is not None:
+            shapes[vi.name] = s
+    for k, v in consts.items():
+        shapes[k] = tuple(np.shape(v))
+    return shapes
+
+
+def _recognise_qdq(g: Graph) -> None:
+    """DequantizeLinear of constant integers = a quantized weight: keep its integers and
+    scale. Q->DQ pairs on activations fix that activation's scale."""
+    keep = []
+    for n in g.nodes:
+        if n.op_type == "QuantizeLinear":
+            sc = g.consts.get(n.input[1])
+            if sc is not None and np.size(sc) == 1:
+                g.act_scales[n.input[0]] = float(np.asarray(sc).reshape(()))
+        keep.append(n)
+    g.nodes = keep
+    # Integer weights folded through DequantizeLinear keep their integer form.
+    # (Folding already produced the float constant; find the DQ nodes in the original
+    # constant set by their integer inputs.)
+
+
+def _fold_batchnorm(g: Graph) -> None:
+    """Conv -> BatchNormalization (BN the conv output's only consumer): scale the conv's
+    weights and bias, drop the BN."""
+    producers = {o: n for n in g.nodes for o in n.output}
+    replace, drop = {}, set()
+    for bn in g.nodes:
+        if bn.op_type != "BatchNormalization":
+            continue
+        conv = producers.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or len(g.consumers(bn.input[0])) != 1
+                or conv.input[1] not in g.consts
+                or any(i not in g.consts for i in bn.input[1:5])):
+            continue
+        scale, b, mean, var = (np.asarray(g.consts[i], np.float64) for i in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        k = scale / np.sqrt(var + eps)
+        w = np.asarray(g.consts[conv.input[1]], np.float64)
+        has_bias = len(conv.input) > 2 and conv.input[2]
+        bias = np.asarray(g.consts[conv.input[2]], np.float64) if has_bias else 0.0
+        wname, bname = conv.name + "_bnfold_w", conv.name + "_bnfold_b"
+        g.consts[wname] = (w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+        g.consts[bname] = ((bias - mean) * k + b).astype(np.float32)
+        new = helper.make_node("Conv", [conv.input[0], wname, bname], [bn.output[0]],
+                               name=conv.name)
+        new.attribute.extend(conv.attribute)
+        replace[conv.name] = new
+        drop.add(bn.name)
+    g.nodes = [replace.get(n.name, n) for n in g.nodes if n.name not in drop]

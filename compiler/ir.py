@@ -1,0 +1,226 @@
+"""The compiler's layer IR: quantized tensors and the layers between them.
+
+After lowering, a model is a list of :class:`Layer` in topological order over named
+:class:`TensorInfo`. Every tensor is fixed point (real = integer * ``scale``) and has a
+memory layout:
+
+* ``map``: a feature map (H, W, C) stored channel-last with a padded border; word
+  (y, x, c) lives at ``((y + pad_top) * Wp + x + pad_left) * cstride + coff + c``;
+* ``vec``: F words in a row; ``perm[i]`` is the logical (C-order) index of memory word i
+  (None = identity). Flattening a map gives a vec whose perm records the (H, W, C) order, so
+  a following Gemm permutes its weight rows instead of moving data.
+
+Integer semantics of every layer are defined twice: by ``reference`` (numpy, on the
+unpadded memory-order arrays) and by the instructions its codegen emits; tests check the
+simulator against the former.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    kind: str                       # "map" | "vec"
+    shape: tuple                    # logical ONNX shape, batch 1 included
+    scale: float = 1.0              # real value = integer * scale
+    H: int = 1
+    W: int = 1
+    C: int = 1
+    F: int = 1
+    pad: tuple = (0, 0, 0, 0)       # top, left, bottom, right (map)
+    pad_value: int = 0
+    perm: np.ndarray | None = None  # vec: memory index -> logical index
+    alias_of: str | None = None     # shares the memory of another tensor
+
+    @property
+    def size(self) -> int:
+        return self.H * self.W * self.C if self.kind == "map" else self.F
+
+    @property
+    def Hp(self) -> int:
+        return self.H + self.pad[0] + self.pad[2]
+
+    @property
+    def Wp(self) -> int:
+        return self.W + self.pad[1] + self.pad[3]
+
+    @property
+    def words(self) -> int:
+        return self.Hp * self.Wp * self.C if self.kind == "map" else self.F
+
+    def offset(self, y: int, x: int, c: int = 0) -> int:
+        """Word offset of (y, x, c) within the (padded) buffer."""
+        return ((y + self.pad[0]) * self.Wp + x + self.pad[1]) * self.C + c
+
+    def to_logical(self, mem: np.ndarray) -> np.ndarray:
+        """Batch of unpadded memory-order integers (B, words...) -> logical ONNX layout."""
+        B = mem.shape[0]
+        if self.kind == "map":
+            hwc = mem.reshape(B, self.H, self.W, self.C)
+            return np.transpose(hwc, (0, 3, 1, 2)).reshape((B,) + tuple(self.shape[1:]))
+        flat = mem.reshape(B, -1)
+        if self.perm is not None:
+            out = np.empty_like(flat)
+            out[:, self.perm] = flat
+            flat = out
+        return flat.reshape((B,) + tuple(self.shape[1:]))
+
+    def from_logical(self, x: np.ndarray) -> np.ndarray:
+        """Logical batch (B, ...) -> memory order (B, H, W, C) or (B, F)."""
+        B = x.shape[0]
+        if self.kind == "map":
+            return np.transpose(x.reshape(B, self.C, self.H, self.W), (0, 2, 3, 1))
+        flat = x.reshape(B, -1)
+        return flat[:, self.perm] if self.perm is not None else flat
+
+
+@dataclass
+class Layer:
+    """Base of every layer. ``inputs``/``output`` are tensor names."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    output: str
+    node: str = ""                  # the ONNX node it came from
+
+    kind = "vfu"
+
+    def reference(self, ins: list[np.ndarray], tensors: dict) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class MVMLayer(Layer):
+    """y = requant(x_patches @ weight + bias): a Conv (im2col) or a fully connected layer.
+
+    ``weight``: integer matrix (K, N); row k is input word ``rows_offset[k]`` relative to the
+    pixel's base address (conv) or memory word k (fc); column n is output channel n.
+    Requantization: acc -> clip((acc * mult[n] + 2**(shift-1)) >> shift, out_bits), then
+    ``act`` (None | "relu"), then ``lo``/``hi`` bounds (fused Clip)."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None         # (N,) int64 at scale in_scale * w_scale
+    mult: np.ndarray = None         # (N,) int64
+    shift: int = 0
+    out_bits: int = 16
+    act: str | None = None
+    lo: int | None = None
+    hi: int | None = None
+    # conv geometry (fc: all ones / zeros and Ho = Wo = 1)
+    kh: int = 1
+    kw: int = 1
+    stride: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    conv_pad: tuple = (0, 0, 0, 0)
+    Ho: int = 1
+    Wo: int = 1
+    is_conv: bool = False
+    w_scale: np.ndarray | float = 1.0
+
+    kind = "mvm"
+
+    def row_offsets(self, t_in: TensorInfo) -> np.ndarray:
+        """Word offset of each weight row relative to the receptive field's base address
+        (conv: window top-left in the padded input buffer; fc: word index)."""
+        if not self.is_conv:
+            return np.arange(self.weight.shape[0], dtype=np.int64)
+        C = t_in.C
+        ky, kx, c = np.meshgrid(np.arange(self.kh), np.arange(self.kw), np.arange(C),
+                                indexing="ij")
+        return ((ky * self.dilation[0] * t_in.Wp + kx * self.dilation[1]) * C + c).reshape(-1)
+
+    def base_offset(self, t_in: TensorInfo, oy: int = 0, ox: int = 0) -> int:
+        """Offset of output pixel (oy, ox)'s window origin in the padded input buffer."""
+        if not self.is_conv:
+            return 0
+        y = oy * self.stride[0] - self.conv_pad[0] + t_in.pad[0]
+        x = ox * self.stride[1] - self.conv_pad[1] + t_in.pad[1]
+        return (y * t_in.Wp + x) * t_in.C
+
+    def requant(self, acc: np.ndarray) -> np.ndarray:
+        return requantize(acc, self.mult, self.shift, self.out_bits, self.act, self.lo, self.hi)
+
+    def reference(self, ins, tensors):
+        t_in = tensors[self.inputs[0]]
+        x = ins[0]
+        B = x.shape[0]
+        if self.is_conv:
+            buf = padded(x, t_in)                               # (B, words)
+            offs = self.row_offsets(t_in)
+            bases = np.array([self.base_offset(t_in, oy, ox) for oy in range(self.Ho)
+                              for ox in range(self.Wo)], np.int64)
+            patches = buf[:, bases[:, None] + offs[None, :]]   # (B, P, K)
+            acc = patches.reshape(-1, len(offs)) @ self.weight
+            acc = acc.reshape(B, self.Ho * self.Wo, -1)
+        else:
+            acc = x.reshape(B, -1) @ self.weight
+        return self.requant(acc + self.bias).reshape(B, -1)
+
+
+def requantize(acc, mult, shift, bits, act=None, lo=None, hi=None):
+    """The VFU's requantization sequence, in numpy: mul, rounding shift, clip, activation."""
+    y = acc * mult
+    if shift > 0:
+        y = (y + (1 << (shift - 1))) >> shift
+    lim = 1 << (bits - 1)
+    y = np.clip(y, -lim, lim - 1)
+    if act == "relu":
+        y = np.maximum(y, 0)
+    if lo is not None:
+        y = np.maximum(y, lo)
+    if hi is not None:
+        y = np.minimum(y, hi)
+    return y
+
+
+def padded(x: np.ndarray, t: TensorInfo) -> np.ndarray:
+    """Unpadded memory-order batch (B, H*W*C) -> padded buffer contents (B, words)."""
+    B = x.shape[0]
+    if t.kind != "map":
+        return x.reshape(B, -1)
+    buf = np.full((B, t.Hp, t.Wp, t.C), t.pad_value, np.int64)
+    buf[:, t.pad[0]:t.pad[0] + t.H, t.pad[1]:t.pad[1] + t.W] = x.reshape(B, t.H, t.W, t.C)
+    return buf.reshape(B, -1)
+
+
+def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:
+    """Integer multipliers and one shared right shift with mult * 2**-shift ~= real.
+    The largest multiplier gets ``bits`` bits of precision."""
+    real = np.atleast_1d(np.asarray(real, np.float64))
+    top = float(np.abs(real).max())
+    if top == 0:
+        return np.zeros(real.shape, np.int64), 0
+    shift = int(np.floor(bits - 1 - np.log2(top)))
+    shift = max(shift, 0)
+    m = np.rint(real * (2.0 ** shift)).astype(np.int64)
+    return m, shift
+
+
+@dataclass
+class LayerProgram:
+    """The lowered model: tensors, layers, graph inputs/outputs."""
+
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    layers: list[Layer] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    input_bits: int = 16
+
+    def storage(self, name: str) -> str:
+        """The tensor whose memory ``name`` lives in (following aliases)."""
+        t = self.tensors[name]
+        while t.alias_of is not None:
+            t = self.tensors[t.alias_of]
+        return t.name
+
+    def run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Integer reference: memory-order integer inputs -> every tensor's integers."""
+        vals = dict(inputs)
+        for L in self.layers:
+            vals[L.output] = L.reference([vals[i] for i in L.inputs], self.tensors)
+        return vals

@@ -1,0 +1,29 @@
+"""One lowering per ONNX op, each in its own module, listed in an explicit registry.
+
+A lowering is ``fn(node, ctx)``: it reads the node's inputs through the
+:class:`~compiler.lower.LowerContext`, creates output tensors and appends layers. Adding an
+op is adding a module and a line here.
+"""
+from . import conv, elementwise, gemm, pool, relu, shape
+
+REGISTRY = {
+    "Conv": conv.lower_conv,
+    "Gemm": gemm.lower_gemm,
+    "MatMul": gemm.lower_matmul,
+    "Relu": relu.lower_relu,
+    "MaxPool": pool.lower_maxpool,
+    "GlobalAveragePool": pool.lower_global_average_pool,
+    "Add": elementwise.lower_add,
+    "Sum": elementwise.lower_add,
+    "Sub": elementwise.lower_add,
+    "Flatten": shape.lower_flatten,
+    "Reshape": shape.lower_reshape,
+    "Squeeze": shape.lower_reshape,
+    "Unsqueeze": shape.lower_reshape,
+    "Dropout": shape.lower_identity,
+    "Identity": shape.lower_identity,
+}
+
+
+def supported_ops() -> list[str]:
+    return sorted(REGISTRY)

@@ -1,0 +1,50 @@
+"""What Conv, Gemm and MatMul share: quantize a weight matrix, fuse a following ReLU /
+Clip, pick requantization constants, append the MVMLayer."""
+import numpy as np
+
+from ..ir import MVMLayer, multiplier
+from ..quantize import quantize_weight
+
+
+def fuse_activation(node, ctx, out_name):
+    """If the MVM output's only consumer is Relu or a constant Clip, fuse it.
+    Returns (final output name, act, (lo, hi) real bounds or None)."""
+    nxt = ctx.sole_consumer(out_name, ("Relu", "Clip"))
+    if nxt is None:
+        return out_name, None, None
+    if nxt.op_type == "Relu":
+        ctx.skip.add(nxt.name)
+        return nxt.output[0], "relu", None
+    lo = ctx.const(nxt.input[1]) if len(nxt.input) > 1 and nxt.input[1] else None
+    hi = ctx.const(nxt.input[2]) if len(nxt.input) > 2 and nxt.input[2] else None
+    if (len(nxt.input) > 1 and nxt.input[1] and lo is None) or (
+            len(nxt.input) > 2 and nxt.input[2] and hi is None):
+        return out_name, None, None    # bounds not constant: lower Clip on its own
+    ctx.skip.add(nxt.name)
+    return nxt.output[0], None, (None if lo is None else float(lo),
+                                 None if hi is None else float(hi))
+
+
+def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
+                  out_shape, qdq=None, **geometry) -> MVMLayer:
+    """Append ``y = act(requant(x @ w_rows + bias))`` with w_rows (K, N) float in the input
+    memory gather order (conv: (ky, kx, c); fc: memory word order)."""
+    out_name, act, bounds = fuse_activation(node, ctx, node.output[0])
+    w_int, w_scale = quantize_weight(w_rows, ctx.wbits, qdq)
+    s_x = t_in.scale
+    s_y = ctx.scale_for(out_name)
+    n = w_int.shape[1]
+    b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
+    bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
+    mult, shift = multiplier(s_x * w_scale / s_y)
+    lo = hi = None
+    if bounds is not None:
+        lo = None if bounds[0] is None else int(np.ceil(bounds[0] / s_y - 1e-9))
+        hi = None if bounds[1] is None else int(np.floor(bounds[1] / s_y + 1e-9))
+    t_out = ctx.new_tensor(out_name, out_shape, s_y)
+    if act == "relu" or (lo is not None and lo >= 0):
+        ctx.nonneg.add(out_name)
+    layer = MVMLayer(node.name, node.op_type, [t_in.name], t_out.name, node=node.name,
+                     weight=w_int, bias=bias_int, mult=mult, shift=shift,
+                     out_bits=ctx.bits, act=act, lo=lo, hi=hi, w_scale=w_scale, **geometry)
+    return ctx.add(layer)

@@ -1,0 +1,67 @@
+"""Conv (1-D and 2-D; groups, depthwise, stride, padding, dilation) -> one MVMLayer.
+
+The weight becomes a (kh*kw*C_in, C_out) matrix whose rows follow the channel-last memory
+order of the input window, (ky, kx, c). Grouped and depthwise convolutions become a dense
+matrix with zeros outside each group's block; the partitioner then drops, per column strip,
+the rows a strip never uses, so groups cost only their own rows."""
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ._mvm import add_mvm_layer
+
+
+def _attrs(node):
+    from onnx import helper
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def lower_conv(node, ctx):
+    a = _attrs(node)
+    t_in = ctx.tensor(node.input[0])
+    w = ctx.const(node.input[1])
+    if w is None:
+        raise UnsupportedOpError("Conv weights must be constant")
+    if w.ndim not in (3, 4):
+        raise UnsupportedOpError(f"only 1-D and 2-D convolutions are supported "
+                                 f"(weight rank {w.ndim})")
+    if t_in.kind != "map":
+        raise UnsupportedOpError(f"Conv input {t_in.name!r} is not a feature map")
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise UnsupportedOpError("auto_pad is not supported; export with explicit pads")
+    one_d = w.ndim == 3
+    if one_d:
+        w = w[:, :, None, :]
+    cout, cin_g, kh, kw = w.shape
+    groups = int(a.get("group", 1))
+    strides = list(a.get("strides", [1] * (2 - one_d)))
+    dil = list(a.get("dilations", [1] * (2 - one_d)))
+    pads = list(a.get("pads", [0] * (4 - 2 * one_d)))
+    if one_d:
+        strides, dil = [1] + strides, [1] + dil
+        pads = [0, pads[0], 0, pads[1]]
+    else:
+        pads = [pads[0], pads[1], pads[2], pads[3]]
+    C = t_in.C
+    if cin_g * groups != C:
+        raise UnsupportedOpError(f"weight expects {cin_g * groups} input channels, "
+                                 f"input has {C}")
+    cout_g = cout // groups
+    # Dense (kh, kw, C_in, C_out) with each group's block on the diagonal.
+    full = np.zeros((kh, kw, C, cout), np.float64)
+    for g in range(groups):
+        blk = w[g * cout_g:(g + 1) * cout_g]                  # (cout_g, cin_g, kh, kw)
+        full[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
+            np.transpose(blk, (2, 3, 1, 0))
+    bias = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    out_shape = ctx.shape(node.output[0])
+    Ho, Wo = (1, out_shape[2]) if one_d else (out_shape[2], out_shape[3])
+    ctx.require_pad(t_in.name, (pads[0], pads[1], pads[2], pads[3]), 0)
+    qdq = ctx.graph.qweights.get(node.input[1])
+    qdq_rows = None
+    if qdq is not None and groups == 1 and not one_d:
+        q, s, _ = qdq
+        qdq_rows = (np.transpose(q, (2, 3, 1, 0)).reshape(-1, cout), s)
+    add_mvm_layer(node, ctx, t_in, full.reshape(-1, cout), bias, out_shape, qdq=qdq_rows,
+                  kh=kh, kw=kw, stride=(strides[0], strides[1]),
+                  dilation=(dil[0], dil[1]), conv_pad=tuple(pads), Ho=Ho, Wo=Wo,
+                  is_conv=True)

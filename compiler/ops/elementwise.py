@@ -1,0 +1,72 @@
+"""Add, Sub, Sum of tensors (rescaled to the output's scale and summed on the VFU), and
+Add / Sub / Mul / Div with a constant (a per-channel affine map on the VFU)."""
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..ir import multiplier
+from ..vfu import AffineLayer, WeightedSumLayer
+
+
+def lower_add(node, ctx):
+    """Add, Sub (two operands) and Sum (any number)."""
+    consts = [ctx.const(i) for i in node.input]
+    if any(c is not None for c in consts):
+        if len(node.input) != 2:
+            raise UnsupportedOpError("Sum with constant operands is not supported")
+        k = 0 if consts[0] is not None else 1
+        t_in = ctx.tensor(node.input[1 - k])
+        c = np.asarray(consts[k], np.float64)
+        if node.op_type == "Sub":
+            sign_x, b = (1.0, -c) if k == 1 else (-1.0, c)
+        else:
+            sign_x, b = 1.0, c
+        return add_affine(node, ctx, t_in, sign_x, b)
+    ts = [ctx.tensor(i) for i in node.input]
+    shape = ctx.shape(node.output[0])
+    for t in ts:
+        if tuple(t.shape) != tuple(shape):
+            raise UnsupportedOpError(f"broadcasting {t.shape} to {shape} is not supported")
+    s_y = ctx.scale_for(node.output[0])
+    signs = [1.0] * len(ts)
+    if node.op_type == "Sub":
+        signs[1] = -1.0
+    mults, shift = multiplier(np.array([sg * t.scale / s_y for sg, t in zip(signs, ts)]))
+    out = ctx.new_tensor(node.output[0], shape, s_y, perm=ts[0].perm,
+                         as_map=ts[0].kind == "map")
+    for t in ts[1:]:
+        if (t.perm is None) != (ts[0].perm is None) or (
+                t.perm is not None and not np.array_equal(t.perm, ts[0].perm)):
+            raise UnsupportedOpError("operands stored in different memory orders")
+    ctx.add(WeightedSumLayer(node.name, node.op_type, [t.name for t in ts], out.name,
+                             node=node.name, mults=[int(m) for m in mults], shift=shift,
+                             bits=ctx.bits))
+
+
+def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:
+    """Broadcast a constant against tensor ``t`` to one value per stored channel/word."""
+    c = np.asarray(c, np.float64)
+    if c.size == 1:
+        n = t.C if t.kind == "map" else t.F
+        return np.full(n, float(c.reshape(())))
+    if t.kind == "map":
+        flat = c.reshape(-1)
+        if flat.size == t.C and (c.ndim < 3 or all(s == 1 for s in c.shape[-2:])):
+            return flat
+        raise UnsupportedOpError(f"constant of shape {c.shape} is not per-channel for "
+                                 f"{t.shape}")
+    full = np.broadcast_to(c, t.shape).reshape(-1)
+    return full[t.perm] if t.perm is not None else full.copy()
+
+
+def add_affine(node, ctx, t_in, k, b, out_name=None):
+    """y = x * k + b with k, b scalars or per-channel constants."""
+    out_name = out_name or node.output[0]
+    kv = per_channel(ctx, t_in, k)
+    bv = per_channel(ctx, t_in, b)
+    s_y = ctx.scale_for(out_name)
+    M, shift = multiplier(kv * t_in.scale / s_y)
+    Bv = np.rint(bv / s_y * (2.0 ** shift)).astype(np.int64)
+    out = ctx.new_tensor(out_name, ctx.shape(out_name), s_y, perm=t_in.perm,
+                         as_map=t_in.kind == "map")
+    ctx.add(AffineLayer(node.name, node.op_type, [t_in.name], out.name, node=node.name,
+                        M=M, Bv=Bv, shift=shift, bits=ctx.bits))

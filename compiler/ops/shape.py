@@ -1,0 +1,58 @@
+"""Ops that move no data: the output shares the input's memory (an alias)."""
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..ir import Layer
+
+
+class AliasLayer(Layer):
+    """No code: ``output`` is a different logical view of ``inputs[0]``'s memory."""
+
+    kind = "alias"
+
+    def reference(self, ins, tensors):
+        return ins[0].reshape(ins[0].shape[0], -1)
+
+
+def _alias(node, ctx, out_shape):
+    src = ctx.tensor(node.input[0])
+    out_shape = tuple(int(s) for s in out_shape)
+    if len(out_shape) >= 3 and src.kind == "map" and tuple(src.shape) == out_shape:
+        t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name)
+        t.pad = src.pad
+    elif src.kind == "map" and len(out_shape) <= 2:
+        # Flatten / reshape a map to a vector: memory stays (H, W, C); record the order.
+        C, H, W = src.C, src.H, src.W
+        hwc = np.arange(C * H * W).reshape(C, H, W).transpose(1, 2, 0).reshape(-1)
+        ctx.flattened.add(src.name)
+        t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,
+                           perm=hwc if not (H == 1 and W == 1) else None)
+    elif src.kind == "vec" and (len(out_shape) <= 2 or np.prod(out_shape[2:]) == 1
+                                or len(out_shape) == 3):
+        if len(out_shape) >= 3 and out_shape[0] == 1 and np.prod(out_shape[2:]) == 1:
+            # (1, F) -> (1, F, 1, 1): a 1x1 map, same memory.
+            t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name)
+        else:
+            t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,
+                               perm=src.perm, as_map=False)
+    else:
+        raise UnsupportedOpError(f"reshape of a {src.kind} {src.shape} to {out_shape} is not "
+                                 f"supported (only views that keep the memory order)")
+    ctx.add(AliasLayer(node.name, node.op_type, [src.name], t.name, node=node.name))
+
+
+def lower_flatten(node, ctx):
+    _alias(node, ctx, ctx.shape(node.output[0]))
+
+
+def lower_reshape(node, ctx):
+    _alias(node, ctx, ctx.shape(node.output[0]))
+
+
+def lower_identity(node, ctx):
+    """Dropout (inference) and Identity."""
+    src = ctx.tensor(node.input[0])
+    t = ctx.new_tensor(node.output[0], src.shape, src.scale, alias_of=src.name,
+                       perm=src.perm, as_map=src.kind == "map")
+    t.pad = src.pad
+    ctx.add(AliasLayer(node.name, node.op_type, [src.name], t.name, node=node.name))

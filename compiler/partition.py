@@ -1,0 +1,78 @@
+"""Partition: each MVM layer's integer weight matrix -> crossbar blocks (x bit slices).
+
+Compression-aware ("masked mapping"): the matrix is cut into column strips of at most
+``xbar.cols`` output channels; inside a strip, input rows whose weights are all zero for
+that strip are dropped before the remaining rows are cut into blocks of ``xbar.rows``. So an
+all-zero crossbar block takes no crossbar, pruned rows are compacted away, and grouped /
+depthwise convolutions cost only their own rows. With ``adc.adaptive`` each block gets the
+ADC bits its weights need to be lossless."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.crossbar import encode_levels, lossless_adc_bits
+
+from .ir import LayerProgram, MVMLayer
+
+
+@dataclass
+class Block:
+    layer: int                    # index in LayerProgram.layers
+    strip: int
+    rows: np.ndarray              # weight-row indices held, in crossbar row order
+    segments: list                # (mem offset, crossbar row, length) contiguous runs
+    levels: np.ndarray            # (arrays*slices, R, C) uint8
+    cols: int
+    adc_bits: int                 # -1: the config's; else explicit bits
+    loc: tuple = None             # (tile, core, mvmu), set by placement
+
+
+@dataclass
+class Strip:
+    layer: int
+    index: int
+    c0: int
+    n: int
+    blocks: list = field(default_factory=list)
+    owner: tuple = None           # (tile, core) that reduces and requantizes
+
+
+def runs(offsets: np.ndarray) -> list[tuple[int, int, int]]:
+    """Contiguous runs of memory offsets: (offset, position, length)."""
+    out = []
+    start = 0
+    for i in range(1, len(offsets) + 1):
+        if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
+            out.append((int(offsets[start]), start, i - start))
+            start = i
+    return out
+
+
+def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[Strip]:
+    t_in = prog.tensors[prog.storage(layer.inputs[0])]
+    offsets = layer.row_offsets(t_in)
+    W = layer.weight
+    R, C = cfg.xbar.rows, cfg.xbar.cols
+    strips = []
+    for s, c0 in enumerate(range(0, W.shape[1], C)):
+        n = min(C, W.shape[1] - c0)
+        sub = W[:, c0:c0 + n]
+        kept = np.flatnonzero(np.any(sub != 0, axis=1))
+        strip = Strip(idx, s, c0, n)
+        for r0 in range(0, len(kept), R):
+            rows = kept[r0:r0 + R]
+            w = np.zeros((R, C), np.int64)
+            w[:len(rows), :n] = sub[rows]
+            levels = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
+            bits = lossless_adc_bits(levels, cfg.dac.bits) if cfg.adc.adaptive else -1
+            strip.blocks.append(Block(idx, s, rows, runs(offsets[rows]), levels, n, bits))
+        strips.append(strip)
+    return strips
+
+
+def partition(prog: LayerProgram, cfg) -> dict[int, list[Strip]]:
+    """Strips (with their blocks) of every MVM layer, keyed by layer index."""
+    return {i: partition_layer(i, L, prog, cfg) for i, L in enumerate(prog.layers)
+            if L.kind == "mvm"}

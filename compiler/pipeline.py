@@ -1,0 +1,95 @@
+"""The compiler as a list of named passes, each a function from one structure to the next.
+
+    frontend   ONNX -> Graph: static shapes, constants and batch norm folded, QDQ recognised
+    calibrate  Graph -> per-tensor |max| (onnxruntime on calibration inputs)
+    lower      Graph -> LayerProgram: quantized MVM and VFU layers (one module per op)
+    partition  MVM layers -> column strips -> crossbar blocks (zero rows/blocks dropped)
+    place      blocks -> MVMUs/cores/tiles, VFU layers -> cores (snake order over the mesh)
+    generate   -> Program: memory layout, loop-nest code per core, transfers per tile
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from simulator.config import MachineConfig, load_config
+from simulator.program import Program
+
+from .codegen import generate
+from .frontend import Graph, frontend, load_model
+from .ir import LayerProgram
+from .lower import lower
+from .partition import partition
+from .place import place
+from .quantize import calibrate
+
+
+def _progress(enabled: bool):
+    t0 = time.perf_counter()
+
+    def say(stage: str):
+        if enabled:
+            print(f"  [{time.perf_counter() - t0:6.2f}s] {stage}", flush=True)
+    return say
+
+
+def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str | None = None,
+                  *, calibration: dict[str, np.ndarray] | None = None,
+                  progress: bool = False, return_ir: bool = False):
+    """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a config or preset
+    name). ``calibration``: inputs (batch first, keyed by graph input name) that set the
+    activation ranges; default: a few seeded standard-normal samples.
+    Returns the Program, or (Program, LayerProgram, Graph) with ``return_ir``."""
+    cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
+    say = _progress(progress)
+    name = Path(model).stem if isinstance(model, (str, Path)) else (model.graph.name or "model")
+    proto = load_model(model) if isinstance(model, (str, Path)) else model
+    graph: Graph = frontend(proto, name)
+    say(f"frontend: {len(graph.nodes)} nodes")
+    absmax, _ = calibrate(graph, calibration)
+    say("calibrate")
+    lp: LayerProgram = lower(graph, absmax, cfg)
+    say(f"lower: {len(lp.layers)} layers")
+    strips = partition(lp, cfg)
+    say(f"partition: {sum(len(s.blocks) for ss in strips.values() for s in ss)} MVMUs")
+    pl = place(lp, strips, cfg)
+    say(f"place: {pl.n_tiles} tiles")
+    prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
+    say(f"generate: {prog.n_instructions} instructions")
+    return (prog, lp, graph) if return_ir else prog
+
+
+def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
+    xb = cfg.arrays * cfg.slices
+    layers = []
+    total_cells = used_cells = 0
+    for i, L in enumerate(lp.layers):
+        if L.kind != "mvm":
+            continue
+        blocks = [b for s in strips[i] for b in s.blocks]
+        cells = len(blocks) * cfg.xbar.rows * cfg.xbar.cols
+        used = sum(len(b.rows) * b.cols for b in blocks)
+        total_cells += cells
+        used_cells += used
+        dense_blocks = (-(-L.weight.shape[0] // cfg.xbar.rows)) * (
+            -(-L.weight.shape[1] // cfg.xbar.cols))
+        layers.append({
+            "layer": L.name, "op": L.op, "weights": int(L.weight.size),
+            "nonzero_weights": int(np.count_nonzero(L.weight)),
+            "mvmus": len(blocks), "mvmus_dense": dense_blocks, "crossbars": len(blocks) * xb,
+            "cores": len({b.loc[:2] for b in blocks}), "tiles": sorted({b.loc[0] for b in blocks}),
+            "utilization": used / cells if cells else 0.0,
+            "adc_bits": sorted({b.adc_bits for b in blocks}),
+        })
+    n_mvmu = sum(L["mvmus"] for L in layers)
+    cores = {b.loc[:2] for ss in strips.values() for s in ss for b in s.blocks}
+    cores |= set(pl.vfu_core.values())
+    return {"layers": layers, "mvmus": n_mvmu, "crossbars": n_mvmu * xb, "cores": len(cores),
+            "tiles": pl.n_tiles, "utilization": used_cells / total_cells if total_cells else 0.0}
+
+
+def save(prog: Program, folder: str | Path) -> Path:
+    return prog.save(folder)

@@ -1,0 +1,63 @@
+"""Fixed-point choices: calibration ranges, weight quantization, requantization constants.
+
+Activations: symmetric, one scale per tensor, from the largest |value| seen on calibration
+inputs (onnxruntime on the frontend graph) mapped to the top code of ``input_bits``.
+Weights: symmetric per output channel over ``weight_bits``; weights that arrive as QDQ
+integers keep their integers and scales when they fit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CompilerError
+from .frontend import Graph
+
+
+def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 4,
+              seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """|max| of every tensor over the calibration batch, and the batch's graph outputs.
+    Without data, standard normal inputs (seeded) stand in."""
+    import onnxruntime as ort
+    if data is None:
+        rng = np.random.default_rng(seed)
+        data = {n: rng.standard_normal((n_random,) + tuple(s[1:])).astype(np.float32)
+                for n, s in graph.inputs}
+    model = graph.to_onnx(extra_outputs=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise CompilerError(f"onnxruntime cannot run the model for calibration: "
+                            f"{str(e).splitlines()[0]}") from e
+    names = [o.name for o in sess.get_outputs()]
+    absmax = {n: 0.0 for n in names}
+    for n, _ in graph.inputs:
+        absmax[n] = float(np.abs(data[n]).max())
+    batch = len(next(iter(data.values())))
+    outs = {o: [] for o in graph.outputs}
+    for b in range(batch):
+        feeds = {n: np.asarray(data[n][b:b + 1], np.float32) for n, _ in graph.inputs}
+        res = sess.run(names, feeds)
+        for n, v in zip(names, res):
+            absmax[n] = max(absmax[n], float(np.abs(v).max()) if v.size else 0.0)
+            if n in outs:
+                outs[n].append(v)
+    return absmax, {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Float matrix (K, N) -> integers (K, N) and per-column scales (N,)."""
+    lim = (1 << (bits - 1)) - 1
+    if qdq is not None:
+        q, s = qdq
+        q = np.asarray(q, np.int64)
+        if np.abs(q).max(initial=0) <= lim:
+            return q, np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)).copy()
+    w = np.asarray(w, np.float64)
+    top = np.abs(w).max(axis=0)
+    scale = np.where(top > 0, top / lim, 1.0)
+    return np.rint(w / scale).astype(np.int64), scale

@@ -1,0 +1,57 @@
+"""References a compiled model is checked against: onnxruntime on the original model
+(float) and the integer reference of the lowered layers (numpy, bit-exact target)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from simulator.functional import quantize_input
+
+from .frontend import Graph
+from .ir import LayerProgram
+
+
+def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
+                    inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float outputs of onnxruntime, one sample at a time (models have batch 1)."""
+    import onnxruntime as ort
+    if isinstance(model, Graph):
+        model = model.to_onnx()
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    batch = len(next(iter(inputs.values())))
+    outs = {n: [] for n in names}
+    for b in range(batch):
+        res = sess.run(names, {k: np.asarray(v[b:b + 1], np.float32) for k, v in inputs.items()})
+        for n, v in zip(names, res):
+            outs[n].append(v)
+    return {n: np.concatenate(v) for n, v in outs.items()}
+
+
+def run_integer_reference(lp: LayerProgram, inputs: dict[str, np.ndarray]
+                          ) -> dict[str, np.ndarray]:
+    """The lowered model's integer semantics in numpy: outputs as logical-layout integers
+    (``name:int``) and real values (``name``), like the simulator's."""
+    vals = {}
+    for name in lp.inputs:
+        t = lp.tensors[name]
+        x = np.asarray(inputs[name])
+        q = quantize_input(x.reshape(len(x), -1), t.scale, lp.input_bits).reshape(x.shape)
+        vals[name] = t.from_logical(q).reshape(len(x), -1)
+    vals = lp.run_reference(vals)
+    out = {}
+    for o in lp.outputs:
+        t = lp.tensors[o]
+        st = lp.tensors[lp.storage(o)]
+        mem = vals[o]
+        q = t.to_logical(mem) if t.alias_of is None or t.kind == st.kind else \
+            t.to_logical(mem)
+        out[o + ":int"] = q
+        out[o] = q.astype(np.float64) * t.scale
+    return out
