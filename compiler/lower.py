@@ -17,8 +17,9 @@ from .ir import Layer, LayerProgram, TensorInfo
 class LowerContext:
     """What an op's lowering function may use."""
 
-    def __init__(self, graph: Graph, absmax: dict[str, float], cfg):
+    def __init__(self, graph: Graph, absmax: dict[str, float], cfg, headroom: float = 2.0):
         self.graph, self.absmax_, self.cfg = graph, absmax, cfg
+        self.headroom = headroom
         self.bits = cfg.input_bits
         self.wbits = cfg.weight_bits
         self.prog = LayerProgram(input_bits=cfg.input_bits)
@@ -66,11 +67,12 @@ class LowerContext:
         return max(float(v), 1e-8)
 
     def scale_for(self, name: str) -> float:
-        """Fixed-point step for a tensor: its calibrated |max| maps to the top code.
-        A scale fixed by the model's own Q/DQ nodes wins."""
+        """Fixed-point step for a tensor: ``headroom`` x its calibrated |max| maps to the
+        top code (inputs beyond the calibration set's range then still fit). A scale fixed
+        by the model's own Q/DQ nodes wins."""
         if name in self.graph.act_scales:
             return self.graph.act_scales[name]
-        return self.absmax(name) / ((1 << (self.bits - 1)) - 1)
+        return self.headroom * self.absmax(name) / ((1 << (self.bits - 1)) - 1)
 
     def new_tensor(self, name: str, shape: tuple, scale: float, **kw) -> TensorInfo:
         """Create an activation tensor; 4-D (1, C, H, W) and 3-D (1, C, L) become maps."""
@@ -107,10 +109,10 @@ class LowerContext:
         return layer
 
 
-def lower(graph: Graph, absmax: dict[str, float], cfg) -> LayerProgram:
+def lower(graph: Graph, absmax: dict[str, float], cfg, headroom: float = 2.0) -> LayerProgram:
     """Lower every node with its registered function, in topological order."""
     from .ops import REGISTRY, supported_ops
-    ctx = LowerContext(graph, absmax, cfg)
+    ctx = LowerContext(graph, absmax, cfg, headroom)
     for name, shape in graph.inputs:
         t = ctx.new_tensor(name, shape, ctx.scale_for(name))
         ctx.prog.inputs.append(t.name)

@@ -38,10 +38,11 @@ def _progress(enabled: bool):
 
 def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str | None = None,
                   *, calibration: dict[str, np.ndarray] | None = None,
-                  progress: bool = False, return_ir: bool = False):
+                  progress: bool = False, return_ir: bool = False, headroom: float = 2.0):
     """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a config or preset
     name). ``calibration``: inputs (batch first, keyed by graph input name) that set the
-    activation ranges; default: a few seeded standard-normal samples.
+    activation ranges; default: a few seeded standard-normal samples. ``headroom``: range
+    kept above the calibrated |max| of each activation (2 = one bit).
     Returns the Program, or (Program, LayerProgram, Graph) with ``return_ir``."""
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
@@ -51,7 +52,7 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     say(f"frontend: {len(graph.nodes)} nodes")
     absmax, _ = calibrate(graph, calibration)
     say("calibrate")
-    lp: LayerProgram = lower(graph, absmax, cfg)
+    lp: LayerProgram = lower(graph, absmax, cfg, headroom)
     say(f"lower: {len(lp.layers)} layers")
     strips = partition(lp, cfg)
     say(f"partition: {sum(len(s.blocks) for ss in strips.values() for s in ss)} MVMUs")

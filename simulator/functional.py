@@ -104,7 +104,8 @@ class ValueEngine:
                 cell_bits=cfg.xbar.cell_bits, dac_bits=cfg.dac.bits, mapping=cfg.xbar.mapping,
                 adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
                 conductance=conductances(levels, cfg, i),
-                read_sigma=cfg.noise.read_sigma, read_rng=read_noise_rng(cfg, i))
+                read_sigma=cfg.noise.read_sigma, read_rng=read_noise_rng(cfg, i),
+                rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]))
         for t, addr, vals, cnt in prog.mem_init:
             self._write(t, addr, np.broadcast_to(np.asarray(vals, np.int64),
                                                  (batch, len(vals))), cnt)

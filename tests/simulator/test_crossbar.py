@@ -120,3 +120,19 @@ def test_levels_round_trip(mapping, cell_bits, wbits):
     lv = encode_levels(w, wbits, cell_bits, mapping)
     assert lv.max() < 2 ** cell_bits
     np.testing.assert_array_equal(decode_levels(lv, wbits, cell_bits, mapping), w)
+
+
+@pytest.mark.parametrize("bits,mapping,dac", list(itertools.product(
+    (8, 16), ("differential", "offset"), (1, 3))))
+def test_bit_serial_path_with_ideal_adc_equals_matmul(bits, mapping, dac):
+    # The simulator short-cuts provably lossless MVMs to x @ W; the bit-serial path it
+    # replaces must give the same integers.
+    from simulator.crossbar import MVMUModel
+    x, w = _operands(bits, seed=dac)
+    levels = encode_levels(w, bits, 2, mapping)
+    for adc_bits in (None, lossless_adc_bits(levels, dac)):
+        m = MVMUModel(levels, weight_bits=bits, input_bits=bits, cell_bits=2, dac_bits=dac,
+                      mapping=mapping, adc_bits=adc_bits, adc_mode="clip",
+                      exact_shortcut=False)
+        assert not m.lossless
+        np.testing.assert_array_equal(m.mvm(x), x @ w)
