@@ -86,8 +86,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
-    if verify is not None:
-        err = max_difference(path, model, verify)
+    if verify is not None:  # data may be images for a model that takes flat vectors
+        err = max_difference(path, model, np.reshape(verify, (len(verify), *shape)))
         if err > atol:
             raise CompressionError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} "
                                    f"> atol={atol}")

@@ -7,8 +7,11 @@
 
 ``method="magnitude"`` is the baseline: the same hard projection applied to the (pretrained)
 weights directly — structured magnitude pruning with the same structure and the same
-crossbar budget — followed by the same retraining. The only difference between the two arms
-is how the mask was found, so the accuracy gap is ADMM's gain.
+crossbar budget — followed by the same retraining (same code, learning rate and masks-as-
+parametrizations), lengthened by the epochs ADMM spent in its rounds so both arms train for
+the same number of epochs. The arms differ only in how the mask was found, so the accuracy
+gap is ADMM's gain and not extra training. ``accuracy["projected"]`` (right after the hard
+projection, before retraining) shows how far each arm had already moved onto the set.
 
 Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
 ``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
@@ -165,9 +168,12 @@ class _Run:
                     self.frozen[n] = Frozen(keep, scale, qmin, qmax)
             install(self.model, self.frozen)
             self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
+        epochs = r.epochs
+        if self.method == "magnitude":  # same training budget as the ADMM arm
+            epochs += self.recipe.admm.rounds * self.recipe.admm.epochs_per_round
         opt = self._optimizer(r.lr)
-        while self.step < r.epochs:
-            loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{r.epochs}")
+        while self.step < epochs:
+            loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{epochs}")
             self._record("retrain", opt, loss=loss)
 
     # -- plumbing -------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""``xbarsim compress``: the compressor's command-line verb.
+
+    xbarsim compress lenet5_fmnist --recipe lenet5_block --data fashion-mnist -o lenet5_c.onnx
+    xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o mlp.onnx --epochs 1 --baseline
+    xbarsim compress runs/lenet5/lenet5.pt --recipe my.yaml --data ./my_idx_folder -o out.onnx
+
+MODEL is a zoo name (fresh weights; the recipe's ``pretrain`` stage, or ``--pretrain N``,
+trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state dict ``.pt``
+(its architecture from ``--arch`` or from the ``NAME.json`` that ``xbarsim train`` writes next
+to it). The run is checkpointed next to the output (``OUT.ckpt``); the same command again
+resumes it. ``simulator/cli.py`` calls :func:`register`; importing this module does not
+import torch. User errors print one line ``error: ...`` on stderr and return 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+TORCH_THREADS = 2  # the target machines have 2 cores; more oversubscribes
+
+
+def register(subparsers) -> None:
+    """Add the ``compress`` subcommand to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "compress", help="ADMM-prune and quantize a model for crossbars, export QDQ ONNX",
+        description="Compress a model by a recipe (ADMM, masked retraining, snap to levels) "
+                    "and write a QDQ ONNX model with crossbar metadata for xbarsim compile.")
+    p.add_argument("model", help="zoo name, shipped pretrained name (lenet5_fmnist), or a "
+                                 "state dict .pt")
+    p.add_argument("--recipe", required=True,
+                   help="recipe YAML file or shipped recipe name (lenet5_block, lenet5_tinyadc, "
+                        "vgg_block_quant, mlp_aligned_pow2, resnet18_columns)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, digits, a folder of IDX or train/test .npz files, or "
+                        "an .npz file (default: fashion-mnist)")
+    p.add_argument("-o", "--output", required=True, help="QDQ ONNX file to write")
+    p.add_argument("--epochs", type=int, help="run every training stage for N epochs "
+                                              "(ADMM: per round) instead of the recipe's")
+    p.add_argument("--pretrain", type=int, metavar="N", help="plain training epochs first "
+                                                             "(default: the recipe's)")
+    p.add_argument("--limit", type=int, help="use at most N training and N test examples")
+    p.add_argument("--arch", help="zoo architecture of a .pt state dict")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="zoo builder option (repeatable), e.g. width=0.25")
+    p.add_argument("--baseline", action="store_true",
+                   help="also run magnitude pruning with the same structure and budget, "
+                        "written to OUT-magnitude.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--json", help="write a JSON summary (accuracy, per-layer occupancy)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compress)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Handler of ``xbarsim compress``; returns the exit code."""
+    from models.errors import ModelError
+
+    from .errors import CompressionError
+    try:
+        return _compress(args)
+    except (CompressionError, ModelError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # an unwritable output, a full disk
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted; progress is checkpointed in {_ckpt(args.output)}: run the same "
+              f"command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _compress(args) -> int:
+    from .errors import CompressionError
+    from .recipes import load_recipe
+    for flag in ("epochs", "pretrain", "limit"):
+        v = getattr(args, flag)
+        if v is not None and (v < (0 if flag == "pretrain" else 1)):
+            raise CompressionError(f"--{flag}={v}: must be >= {0 if flag == 'pretrain' else 1}")
+    recipe = load_recipe(args.recipe)  # validated before loading data or training
+    if args.epochs is not None:
+        recipe = recipe.with_epochs(args.epochs)
+    if args.pretrain is not None:
+        from dataclasses import replace
+        recipe = replace(recipe, pretrain=replace(recipe.pretrain, epochs=args.pretrain))
+
+    import torch
+
+    from models.data import load_splits
+
+    from .export import export_qdq
+    from .pipeline import compress
+    torch.set_num_threads(TORCH_THREADS)
+    train, test = load_splits(args.data, args.limit)
+    model = _load_model(args, train, test)
+    out = Path(args.output)
+    runs = [("admm", out)] + ([("magnitude", out.with_name(f"{out.stem}-magnitude.onnx"))]
+                              if args.baseline else [])
+    start = copy.deepcopy(model.state_dict())
+    summary = {}
+    for method, path in runs:
+        model.load_state_dict(start)
+        res = compress(model, recipe, train, test, method=method, checkpoint=_ckpt(path),
+                       resume=not args.no_resume, progress=not args.quiet)
+        export_qdq(res, path, opset=args.opset, verify=test[0][:64])
+        summary[method] = _report(res, path)
+    if len(summary) == 2:
+        a, m = summary["admm"]["accuracy"]["final"], summary["magnitude"]["accuracy"]["final"]
+        print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
+              f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"summary  -> {args.json}")
+    return EXIT_OK
+
+
+def _ckpt(output: str | Path) -> Path:
+    return Path(output).with_suffix(".ckpt")
+
+
+def _load_model(args, train, test):
+    import torch
+
+    from models import zoo
+    from models.demo import PRETRAINED, load_pretrained
+
+    from .errors import CompressionError
+    name = args.model
+    if name in PRETRAINED and not args.arch:
+        return load_pretrained(name)
+    path = Path(name)
+    arch, options = args.arch, _options(args.opt)
+    if path.suffix == ".pt":
+        record = path.with_suffix(".json")
+        if arch is None and record.is_file():  # written by xbarsim train
+            info = json.loads(record.read_text())
+            arch, options = info.get("model"), {**info.get("model_kwargs", {}), **options}
+        if arch is None:
+            raise CompressionError(f"{name}: a state dict needs --arch (one of "
+                                   f"{', '.join(zoo.ZOO)}); no {record.name} beside it")
+    elif name in zoo.ZOO:
+        arch = name
+    else:
+        raise CompressionError(f"model {name!r}: not a zoo name ({', '.join(zoo.ZOO)}), a "
+                               f"pretrained name ({', '.join(PRETRAINED)}) or a .pt file")
+    classes = int(max(train[1].max(), test[1].max())) + 1
+    options = {**zoo.options_for_data(arch, train[0].shape[1:]), "num_classes": classes,
+               **options}
+    model = zoo.build(arch, seed=0, **options)
+    if path.suffix == ".pt":
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, KeyError) as e:
+            raise CompressionError(f"cannot load {name} into {arch}: "
+                                   f"{str(e).splitlines()[0]}") from e
+    return model
+
+
+def _options(pairs) -> dict:
+    from .errors import CompressionError
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise CompressionError(f"--opt {pair!r}: must be KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
+
+
+def _report(res, path: Path) -> dict:
+    """Print a per-layer table and return the JSON summary of one run."""
+    from .geometry import occupancy, to_crossbar
+    acc = res.accuracy
+    print(f"{res.method}: accuracy dense {acc['dense']:.4f} -> projected "
+          f"{acc['projected']:.4f} -> final {acc['final']:.4f}; wrote {path}")
+    layers = {}
+    modules = dict(res.model.named_modules())
+    for name, lr in res.layers.items():
+        w = modules[name].weight.detach().numpy()
+        occ = occupancy(to_crossbar(w), res.recipe.geometry)
+        layers[name] = {"constraint": lr.constraint.describe(), "scale": lr.scale, **occ}
+        print(f"  {name:24s} density {occ['density']:6.1%}  crossbars "
+              f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
+              f"segment {occ['max_nonzeros_per_segment']}")
+    return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
+            "history": res.history}

@@ -1,0 +1,84 @@
+"""``xbarsim compress`` driven the way a person would, through the real entry point."""
+import json
+
+import onnx
+import pytest
+import torch
+
+from simulator.cli import main
+
+RECIPE = """
+name: cli_test
+geometry: {rows: 64, cols: 32, weight_bits: 8}
+pretrain: {epochs: 2}
+admm: {rounds: 2}
+retrain: {epochs: 1}
+layers:
+  - match: [layers.1, layers.3]
+    sparsity: {structure: blocks, keep: 0.5}
+    quant: {bits: 6}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE)
+    return p
+
+
+def run(capsys, *argv):
+    rc = main(["compress", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys):
+    out = tmp_path / "o" / "mlp.onnx"
+    rc, stdout, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
+                          "--limit", 400, "--baseline", "--json", tmp_path / "s.json", "-q")
+    assert rc == 0, err
+    assert out.is_file() and (tmp_path / "o" / "mlp-magnitude.onnx").is_file()
+    assert (tmp_path / "o" / "mlp.ckpt").is_file()
+    proto = onnx.load(out)
+    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) == 2
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert set(summary) == {"admm", "magnitude"}
+    for run_ in summary.values():
+        occ = run_["layers"]["layers.1"]  # 784 x 256 on 64 x 32 crossbars: 13 x 8 blocks
+        assert (occ["blocks_total"], occ["blocks_nonzero"]) == (104, 52)
+    assert "ADMM vs magnitude pruning" in stdout and "layers.1" in stdout
+    # The same command again resumes from the finished checkpoints: no training.
+    rc, stdout2, _ = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
+                         "--limit", 400, "-q")
+    assert rc == 0 and stdout2.splitlines()[0] == stdout.splitlines()[0]
+
+
+def test_state_dict_with_arch(tmp_path, recipe, capsys):
+    from models import build
+    pt = tmp_path / "w.pt"
+    torch.save(build("mlp", seed=3).state_dict(), pt)
+    rc, _, err = run(capsys, pt, "--recipe", recipe, "--data", "digits", "-o", tmp_path / "a.onnx",
+                     "--limit", 100, "--epochs", 1, "-q")
+    assert rc == 2 and "needs --arch" in err
+    rc, _, err = run(capsys, pt, "--arch", "mlp", "--recipe", recipe, "--data", "digits",
+                     "-o", tmp_path / "a.onnx", "--limit", 100, "--epochs", 1, "-q")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["nonet", "--recipe", "{recipe}"], "model 'nonet': not a zoo name"),
+    (["mlp", "--recipe", "nope"], "recipe 'nope': no such file or shipped recipe"),
+    (["lenet5", "--recipe", "{recipe}"], "recipe.layers[0].match='layers.1': matches no layer"),
+    (["mlp", "--recipe", "{recipe}", "--epochs", "0"], "--epochs=0: must be >= 1"),
+    (["mlp", "--recipe", "{bad}"], "recipe.layers[0].sparsity.keep=2: must be a fraction in (0, 1]"),
+    (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, recipe, capsys, argv, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.replace("keep: 0.5", "keep: 2"))
+    argv = [a.format(recipe=recipe, bad=bad, tmp=tmp_path) for a in argv]
+    rc, _, err = run(capsys, *argv, "-o", tmp_path / "x.onnx", "--limit", 50, "-q")
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x.onnx").exists()
