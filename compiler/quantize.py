@@ -59,5 +59,8 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None
             return q, np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)).copy()
     w = np.asarray(w, np.float64)
     top = np.abs(w).max(axis=0)
-    scale = np.where(top > 0, top / lim, 1.0)
+    # An all-zero column's scale only scales its bias; give it the layer's largest scale so
+    # its requantization multiplier stays in the range of the others (they share a shift).
+    fill = top.max() / lim if top.max() > 0 else 1.0
+    scale = np.where(top > 0, top / lim, fill)
     return np.rint(w / scale).astype(np.int64), scale

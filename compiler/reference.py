@@ -19,6 +19,10 @@ def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
     import onnxruntime as ort
     if isinstance(model, Graph):
         model = model.to_onnx()
+    if isinstance(model, onnx.ModelProto) and model.ir_version > 10:
+        # onnx's helper stamps its newest IR version; onnxruntime may lag behind it.
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.ir_version = 10
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -1,0 +1,94 @@
+"""Compression-aware mapping: zero blocks take no crossbar, pruned rows are compacted, and
+adaptive ADC bits follow the weights."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import compile_model
+from compiler.reference import run_onnxruntime
+from simulator import load_config, simulate
+
+
+def mlp(weights, name="mlp"):
+    nodes, inits = [], []
+    x = "input"
+    for i, w in enumerate(weights):
+        inits.append(numpy_helper.from_array(w.astype(np.float32), f"w{i}"))
+        out = "logits" if i == len(weights) - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [out if i == len(weights) - 1
+                                                                 else f"m{i}"]))
+        if i < len(weights) - 1:
+            nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
+        x = out
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, weights[0].shape[0]])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, weights[-1].shape[1]])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def block_pruned(rng, shape, keep, block=128):
+    w = rng.standard_normal(shape) * 0.05
+    rb, cb = -(-shape[0] // block), -(-shape[1] // block)
+    mask = rng.random((rb, cb)) < keep
+    mask[0, 0] = True
+    full = np.kron(mask, np.ones((block, block)))[:shape[0], :shape[1]]
+    return w * full, int(mask.sum()), rb * cb
+
+
+def test_80_percent_zero_blocks_use_fewer_crossbars_conversions_and_energy():
+    rng = np.random.default_rng(0)
+    dense = [rng.standard_normal((1024, 1024)) * 0.05, rng.standard_normal((1024, 512)) * 0.05]
+    pruned, kept = [], 0
+    for w in dense:
+        p, k, _ = block_pruned(rng, w.shape, 0.2)
+        pruned.append(p)
+        kept += k
+    x = rng.standard_normal((2, 1024)).astype(np.float32)
+    cfg = load_config("puma")
+    reps, progs = [], []
+    for ws in (dense, pruned):
+        prog = compile_model(mlp(ws), cfg, calibration={"input": x})
+        progs.append(prog)
+        reps.append(simulate(prog, {"input": x}))
+    d, p = reps
+    assert len(progs[0].mvmu_loc) == 64 + 32
+    assert len(progs[1].mvmu_loc) == kept             # exactly the non-zero blocks
+    assert kept <= 0.3 * 96
+    assert p.crossbars == kept * cfg.arrays * cfg.slices
+    assert p.adc_conversions < 0.35 * d.adc_conversions
+    assert p.energy_j["total"] < d.energy_j["total"]
+    assert p.energy_j["adc"] < 0.35 * d.energy_j["adc"]
+    assert p.area_mm2["total"] < d.area_mm2["total"]
+    ort = run_onnxruntime(mlp(pruned), {"input": x})["logits"]
+    out = p.outputs["logits"]
+    assert np.linalg.norm(out - ort) / np.linalg.norm(ort) < 1e-2
+
+
+def test_pruned_rows_are_compacted():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((256, 64)) * 0.1
+    w[::2] = 0                                      # half the input rows pruned
+    prog = compile_model(mlp([w]), "puma", calibration={"input": rng.standard_normal((2, 256))
+                                                        .astype(np.float32)})
+    assert len(prog.mvmu_loc) == 1                   # 128 live rows fit one crossbar
+    assert int(prog.mvmu_rows_used[0]) == 128
+
+
+def test_adaptive_adc_bits_follow_sparsity_and_stay_exact():
+    rng = np.random.default_rng(2)
+    w = np.zeros((128, 64))
+    for c in range(64):                              # TinyADC-style: 4 nonzeros per column
+        w[rng.choice(128, 4, replace=False), c] = rng.standard_normal(4)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    cfg = load_config("puma", ["adc.adaptive=true", "xbar.mapping=differential"])
+    prog = compile_model(mlp([w]), cfg, calibration={"input": x})
+    bits = int(prog.mvmu_adc_bits[0])
+    assert bits == int(np.ceil(np.log2(4 * 3 + 1)))  # 4 rows x top level 3
+    rep = simulate(prog, {"input": x})
+    ideal = simulate(compile_model(mlp([w]), load_config("puma", ["adc.bits=none",
+                                                                  "xbar.mapping=differential"]),
+                                   calibration={"input": x}), {"input": x})
+    np.testing.assert_array_equal(rep.outputs["logits:int"], ideal.outputs["logits:int"])
+    dense = simulate(compile_model(mlp([w]), load_config("puma", ["xbar.mapping=differential"]),
+                                   calibration={"input": x}), {"input": x})
+    assert rep.energy_j["adc"] < dense.energy_j["adc"] * bits / 8 + 1e-15

@@ -1,0 +1,138 @@
+"""The command line as a person uses it: compile, simulate, run; and every user mistake is
+one line on stderr with exit code 2."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from simulator.cli import main
+
+
+def _mlp_model(path, k=64, n=10, op="MatMul"):
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n))
+                                .astype(np.float32), "w")
+    node = helper.make_node(op, ["input", "w"], ["logits"]) if op == "MatMul" else \
+        helper.make_node(op, ["input"], ["logits"])
+    g = helper.make_graph([node], "m", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, k])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, n if op == "MatMul" else k])],
+        [w] if op == "MatMul" else [])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def _one_line_error(capsys, rc, needle):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert needle in err, err
+    return err
+
+
+def test_compile_simulate_run_flow(tmp_path):
+    model = _mlp_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    exe = [sys.executable, "-m", "simulator.cli"]
+    r = subprocess.run(exe + ["compile", str(model), "-o", str(tmp_path / "prog"), "--preset",
+                              "puma", "--set", "adc.bits=6"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(exe + ["simulate", str(tmp_path / "prog"), "--input",
+                              str(tmp_path / "in.npz"), "--json", str(tmp_path / "r.json"),
+                              "--trace", str(tmp_path / "t.json"), "--outputs",
+                              str(tmp_path / "o.npz")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    for key in ("latency_cycles", "latency_s", "energy_j", "area_mm2", "crossbars", "cores",
+                "tiles", "mvm_ops", "adc_conversions", "instructions", "layers",
+                "sim_wall_s", "config"):
+        assert key in rep
+    for comp in ("total", "adc", "dac", "crossbar"):
+        assert comp in rep["energy_j"]
+    assert rep["config"]["adc"]["bits"] == 6
+    assert np.load(tmp_path / "o.npz")["logits"].shape == (3, 10)
+    trace = json.loads((tmp_path / "t.json").read_text())
+    assert any(e.get("name") == "mvm" for e in trace["traceEvents"])
+    r = subprocess.run(exe + ["run", str(model), "--random", "2", "--json",
+                              str(tmp_path / "run.json"), "--plots", str(tmp_path / "plots"),
+                              "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    acc = json.loads((tmp_path / "run.json").read_text())["accuracy"]
+    assert acc["rel_err"] < 1e-2 and "top1_agreement" in acc
+    assert (tmp_path / "plots" / "energy_breakdown.png").exists()
+
+
+def test_malformed_onnx(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07this is not a protobuf\xff\xff")
+    _one_line_error(capsys, main(["compile", str(bad), "-o", str(tmp_path / "p")]),
+                    "not a valid ONNX model")
+
+
+def test_unsupported_op_names_op_node_and_supported_set(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "erf.onnx", op="Erf")
+    err = _one_line_error(capsys, main(["compile", str(model), "-o", str(tmp_path / "p")]),
+                          "op Erf is not supported")
+    assert "Conv" in err and "Gemm" in err and "node" in err
+
+
+def test_model_too_big_for_the_chip(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "big.onnx", k=2048, n=2048)
+    err = _one_line_error(capsys, main(["compile", str(model), "-o", str(tmp_path / "p"),
+                                        "--preset", "small"]), "crossbars")
+    assert "needs" in err and "node.tiles" in err
+
+
+def test_external_data_escaping_the_model_folder(tmp_path, capsys):
+    model = onnx.load(_mlp_model(tmp_path / "m.onnx"))
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.zeros(640, np.float32).tobytes())
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "2560")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    with open(inner / "evil.onnx", "wb") as f:
+        f.write(model.SerializeToString())
+    _one_line_error(capsys, main(["compile", str(inner / "evil.onnx"), "-o",
+                                  str(tmp_path / "p")]), "outside the model's folder")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["compile", "nosuch.onnx", "-o", "x"], "does not exist"),
+    (["simulate", "nosuch_dir"], "not a program folder"),
+    (["presets"], None),
+])
+def test_simple_commands(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(argv)
+    if needle is None:
+        assert rc == 0 and "puma" in capsys.readouterr().out
+    else:
+        _one_line_error(capsys, rc, needle)
+
+
+def test_bad_override_and_bad_input_file(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx")
+    _one_line_error(capsys, main(["compile", str(model), "-o", str(tmp_path / "p"), "--set",
+                                  "adc.bits=0"]), "adc.bits = 0")
+    _one_line_error(capsys, main(["run", str(model), "--input", str(tmp_path / "none.npz")]),
+                    "does not exist")
+    np.savez(tmp_path / "wrong.npz", other=np.zeros((1, 64), np.float32))
+    _one_line_error(capsys, main(["run", str(model), "--input", str(tmp_path / "wrong.npz")]),
+                    "lacks input 'input'")
+
+
+def test_deadlocked_program_exits_2(tmp_path, capsys):
+    from simulator import examples
+    examples.deadlock().save(tmp_path / "dl")
+    err = _one_line_error(capsys, main(["simulate", str(tmp_path / "dl")]), "deadlock")
+    assert "addr 100" in err
