@@ -16,14 +16,13 @@ from .recipes import Recipe, load_recipe, parse_recipe, shipped_recipes
 
 _LAZY = {
     "compress": "compressor.pipeline",
-    "evaluate": "compressor.pipeline",
     "CompressionResult": "compressor.pipeline",
     "ADMM": "compressor.admm",
     "export_qdq": "compressor.export",
 }
 
 __all__ = ["ADMM", "CompressionError", "CompressionResult", "Constraint", "CrossbarGeometry",
-           "QuantSpec", "Recipe", "compress", "evaluate", "export_qdq", "level_range",
+           "QuantSpec", "Recipe", "compress", "export_qdq", "level_range",
            "load_recipe", "parse_recipe", "shipped_recipes"]
 
 

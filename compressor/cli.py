@@ -14,14 +14,12 @@ import torch. User errors print one line ``error: ...`` on stderr and return 2.
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-TORCH_THREADS = 2  # the target machines have 2 cores; more oversubscribes
 
 
 def register(subparsers) -> None:
@@ -50,7 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also run magnitude pruning with the same structure and budget, "
                         "written to OUT-magnitude.onnx")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=int, default=19,
+                   help="ONNX opset (default: 19; 21 stores 9..16-bit levels as int16)")
     p.add_argument("--json", help="write a JSON summary (accuracy, per-layer occupancy)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -93,6 +92,7 @@ def _compress(args) -> int:
     import torch
 
     from models.data import load_splits
+    from models.train import TORCH_THREADS
 
     from .export import export_qdq
     from .pipeline import compress
@@ -128,6 +128,7 @@ def _load_model(args, train, test):
     import torch
 
     from models import zoo
+    from models.cli import _parse_options  # KEY=VALUE, as in xbarsim train --opt
     from models.demo import PRETRAINED, load_pretrained
 
     from .errors import CompressionError
@@ -135,7 +136,7 @@ def _load_model(args, train, test):
     if name in PRETRAINED and not args.arch:
         return load_pretrained(name)
     path = Path(name)
-    arch, options = args.arch, _options(args.opt)
+    arch, options = args.arch, _parse_options(args.opt)
     if path.suffix == ".pt":
         record = path.with_suffix(".json")
         if arch is None and record.is_file():  # written by xbarsim train
@@ -160,20 +161,6 @@ def _load_model(args, train, test):
             raise CompressionError(f"cannot load {name} into {arch}: "
                                    f"{str(e).splitlines()[0]}") from e
     return model
-
-
-def _options(pairs) -> dict:
-    from .errors import CompressionError
-    out = {}
-    for pair in pairs or []:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise CompressionError(f"--opt {pair!r}: must be KEY=VALUE")
-        try:
-            out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key] = text
-    return out
 
 
 def _report(res, path: Path) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
-from .projections import STRUCTURES, project_matrix
+from .projections import STRUCTURES, as_float64, project_matrix
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,23 +84,14 @@ class Constraint:
         the projected weight (same type/dtype as ``w``), the scale (None if unquantized) and
         the boolean keep mask in torch layout (numpy).
         """
-        if hasattr(w, "detach"):
-            arr = w.detach().cpu().double().numpy()
-        else:
-            arr = np.asarray(w, dtype=np.float64)
+        arr, back = as_float64(w)
         quant = None
         if self.quant is not None:
             q = self.quant
             quant = (q.bits, q.mapping, scale if scale is not None else q.scale, q.pow2)
-        out, s, keep = project_matrix(np.asarray(to_crossbar(arr)), geom, self.structure,
-                                      self.amount, quant)
-        out, keep = from_crossbar(out, arr.shape), from_crossbar(keep, arr.shape)
-        if hasattr(w, "detach"):
-            import torch
-            out = torch.as_tensor(out, dtype=w.dtype, device=w.device)
-        else:
-            out = out.astype(np.asarray(w).dtype if np.asarray(w).dtype.kind == "f" else np.float64)
-        return out, s, np.ascontiguousarray(keep)
+        out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant)
+        return (back(from_crossbar(out, arr.shape)), s,
+                np.ascontiguousarray(from_crossbar(keep, arr.shape)))
 
     def describe(self) -> dict:
         """JSON-ready description (recipe vocabulary: ``keep`` or ``n``)."""

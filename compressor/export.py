@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 
 # The exporter de-duplicates equal tensors behind Identity nodes; models' helper gives each
 # its own initializer again, so every compressed weight is found by name.
-from models.onnx_export import INPUT_NAME, OUTPUT_NAME
+from models.onnx_export import INPUT_NAME, OUTPUT_NAME, run_onnxruntime
 from models.onnx_export import _inline_identity_initializers as _inline_identities
 
 from .errors import CompressionError
@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 
 
 def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None,
-               opset: int = 17, verify: np.ndarray | None = None, atol: float = 1e-4) -> Path:
+               opset: int = 19, verify: np.ndarray | None = None, atol: float = 1e-4) -> Path:
     """Write ``result`` (a :class:`compressor.pipeline.CompressionResult`) to ``path``.
 
     ``input_shape`` is one sample's shape (no batch); zoo models carry it as
@@ -96,13 +96,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
 
 def max_difference(path: str | os.PathLike, model: torch.nn.Module, x: np.ndarray) -> float:
     """Largest ``|onnxruntime(path)(x) − model(x)|`` over a batch ``x``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.ascontiguousarray(x, dtype=np.float32)
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    got = run_onnxruntime(path, x)
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(x)).numpy()
     return float(np.max(np.abs(got - want)))

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.train import evaluate  # top-1 accuracy (0..1), eval mode
+
 from .admm import ADMM
 from .constraints import Constraint
 from .errors import CompressionError
@@ -85,17 +87,6 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         run.load()
     return run.go()
-
-
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (0..1) of ``model`` in eval mode; leaves it in eval mode."""
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
-            correct += int((out.argmax(1).numpy() == y[i:i + batch_size]).sum())
-    return correct / max(1, len(x))
 
 
 class _Run:

@@ -274,25 +274,25 @@ def quantize(m: np.ndarray, scale: float, qmin: int, qmax: int) -> np.ndarray:
 def _apply(w, geom, structure, amount, quant):
     if structure is not None and geom is None:
         raise CompressionError("a structured constraint needs a CrossbarGeometry")
-    arr, back = _to_numpy(w)
-    m = np.asarray(to_crossbar(arr), dtype=np.float64)
+    arr, back = as_float64(w)
+    m = to_crossbar(arr)
     out = project_matrix(m, geom, structure, amount, quant)[0]
     return back(from_crossbar(out, arr.shape))
 
 
-def _to_numpy(w):
-    """``(float array, inverse)``; the inverse restores the type/dtype/device of ``w``."""
+def as_float64(w):
+    """``(float64 numpy copy of w, inverse)``; the inverse turns a float64 array back into
+    the type, dtype and device of ``w`` (numpy array or torch tensor)."""
     if hasattr(w, "detach"):  # a torch tensor; torch itself is not imported here
         src = w
-        arr = w.detach().cpu().double().numpy()
 
         def back(a):
             import torch
             return torch.as_tensor(a, dtype=src.dtype, device=src.device)
-        return arr, back
+        return w.detach().cpu().double().numpy(), back
     arr = np.asarray(w)
     dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
-    return arr, lambda a: np.asarray(a, dtype=dtype)
+    return arr.astype(np.float64), lambda a: np.asarray(a, dtype=dtype)
 
 
 def _joint(m, geom, structure, amount, s, qmin, qmax):
