@@ -62,7 +62,9 @@ class Graph:
         outs = list(self.outputs)
         if extra_outputs:
             outs += [o for n in self.nodes for o in n.output if o and o not in outs]
-        out_vi = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs]
+        elem = {o: _out_elem(n, self.consts) for n in self.nodes for o in n.output}
+        out_vi = [helper.make_tensor_value_info(o, elem.get(o, onnx.TensorProto.FLOAT), None)
+                  for o in outs]
         g = helper.make_graph(self.nodes, self.name, ins, out_vi, inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = 8
@@ -190,6 +192,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
             n.name = f"{n.op_type}_{n.output[0]}"
         nodes.append(n)
     graph_outputs = [o.name for o in model.graph.output]
+    qweights: dict[str, tuple] = {}
     # Shapes first (needed to fold Shape of activations), then fold to a fixed point.
     shapes: dict[str, tuple] = {}
     for _ in range(8):
@@ -209,6 +212,10 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                 continue
             if all((not i) or i in consts for i in n.input) and (
                     n.op_type in FOLDABLE_ALWAYS or n.input):
+                if n.op_type == "DequantizeLinear":
+                    consts[n.output[0]] = _dequantize_weight(n, consts, qweights)
+                    changed = True
+                    continue
                 try:
                     vals = _eval_node(n, consts, opset)
                 except Exception as e:
@@ -223,7 +230,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
         if not changed:
             break
     g = Graph(nodes=nodes, consts=consts, shapes=shapes, inputs=inputs, outputs=graph_outputs,
-              opset=opset, name=name)
+              qweights=qweights, opset=opset, name=name)
     _recognise_qdq(g)
     _fold_batchnorm(g)
     g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
@@ -257,9 +264,44 @@ def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
     return shapes
 
 
+def _out_elem(node, consts) -> int:
+    """ONNX element type of a node's outputs where it is not float: QuantizeLinear's is its
+    zero point's type (uint8 without one)."""
+    if node.op_type != "QuantizeLinear":
+        return onnx.TensorProto.FLOAT
+    zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return _elem(zp) if zp is not None else onnx.TensorProto.UINT8
+
+
+def _dequantize_weight(n, consts, qweights) -> np.ndarray:
+    """Fold DequantizeLinear of a constant: (q - zero_point) * scale in float32, as ONNX
+    defines it. Integer input = a quantized weight: record (q - zero_point as int64, scale
+    as float64 (scalar or 1-D along ``axis``), axis >= 0) in ``qweights`` so Conv/Gemm map
+    exactly those integers."""
+    q = np.asarray(consts[n.input[0]])
+    s = np.asarray(consts[n.input[1]])
+    zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    if a.get("block_size", 0):
+        raise UnsupportedOpError(f"node {n.name!r}: blocked DequantizeLinear is not supported")
+    axis = int(a.get("axis", 1))
+    axis += q.ndim if axis < 0 else 0
+    shape = [1] * q.ndim
+    if s.ndim == 1 and q.ndim:
+        shape[axis] = s.size
+    z = np.zeros((), np.int64) if zp is None else np.asarray(zp, np.int64).reshape(
+        shape if np.ndim(zp) == 1 else ())
+    if np.issubdtype(q.dtype, np.integer):
+        qi = q.astype(np.int64) - z
+        qweights[n.output[0]] = (qi, s.astype(np.float64), axis if s.ndim == 1 else None)
+        return qi.astype(np.float32) * s.astype(np.float32).reshape(shape if s.ndim else ())
+    return ((q.astype(np.float32) - z.astype(np.float32))
+            * s.astype(np.float32).reshape(shape if s.ndim else ()))
+
+
 def _recognise_qdq(g: Graph) -> None:
-    """DequantizeLinear of constant integers = a quantized weight: keep its integers and
-    scale. Q->DQ pairs on activations fix that activation's scale."""
+    """Q->DQ pairs on activations fix that activation's scale. (DequantizeLinear of
+    constant integers, a quantized weight, was recorded while folding constants.)"""
     keep = []
     for n in g.nodes:
         if n.op_type == "QuantizeLinear":
@@ -268,9 +310,16 @@ def _recognise_qdq(g: Graph) -> None:
                 g.act_scales[n.input[0]] = float(np.asarray(sc).reshape(()))
         keep.append(n)
     g.nodes = keep
-    # Integer weights folded through DequantizeLinear keep their integer form.
-    # (Folding already produced the float constant; find the DQ nodes in the original
-    # constant set by their integer inputs.)
+    # Conv/Gemm/MatMul read a QDQ weight's scale per output column: drop per-axis weights
+    # quantized along another axis (they fall back to quantizing the float weight).
+    for n in g.nodes:
+        if len(n.input) < 2 or n.input[1] not in g.qweights:
+            continue
+        axis = g.qweights[n.input[1]][2]
+        trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+        out_axis = {"Conv": 0, "Gemm": 0 if trans_b else 1, "MatMul": 1}.get(n.op_type)
+        if axis is not None and axis != out_axis:
+            del g.qweights[n.input[1]]
 
 
 def _fold_batchnorm(g: Graph) -> None:

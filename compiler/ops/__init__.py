@@ -5,6 +5,7 @@ A lowering is ``fn(node, ctx)``: it reads the node's inputs through the
 op is adding a module and a line here.
 """
 from . import conv, elementwise, gemm, pool, relu, shape
+from . import activation, arith, batchnorm, clip, qdq, softmax
 
 REGISTRY = {
     "Conv": conv.lower_conv,
@@ -22,6 +23,19 @@ REGISTRY = {
     "Unsqueeze": shape.lower_reshape,
     "Dropout": shape.lower_identity,
     "Identity": shape.lower_identity,
+    "Sigmoid": activation.lower_transcendental,
+    "Tanh": activation.lower_transcendental,
+    "LeakyRelu": activation.lower_leaky_relu,
+    "PRelu": activation.lower_leaky_relu,
+    "Clip": clip.lower_clip,
+    "Mul": arith.lower_mul,
+    "Div": arith.lower_mul,
+    "Neg": arith.lower_neg,
+    "BatchNormalization": batchnorm.lower_batchnorm,
+    "Softmax": softmax.lower_softmax,
+    "LogSoftmax": softmax.lower_softmax,
+    "QuantizeLinear": qdq.lower_quantize,
+    "DequantizeLinear": qdq.lower_dequantize,
 }
 
 

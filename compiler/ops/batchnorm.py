@@ -1,0 +1,24 @@
+"""BatchNormalization not folded into a convolution: a per-channel affine map on the VFU
+(y = x * k + b, k = gamma / sqrt(var + eps), b = beta - mean * k)."""
+import numpy as np
+from onnx import helper
+
+from ..errors import UnsupportedOpError
+from .elementwise import add_affine
+
+
+def lower_batchnorm(node, ctx):
+    if any(o for o in node.output[1:]):
+        raise UnsupportedOpError("BatchNormalization in training mode (running statistics "
+                                 "outputs) is not supported")
+    consts = [ctx.const(i) for i in node.input[1:5]]
+    if any(c is None for c in consts):
+        raise UnsupportedOpError("BatchNormalization parameters must be constants")
+    gamma, beta, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    k = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    b = beta - mean * k
+    t_in = ctx.tensor(node.input[0])
+    # One value per channel (axis 1), laid out to broadcast against the logical shape.
+    shape = (k.size,) + (1,) * (len(t_in.shape) - 2)
+    add_affine(node, ctx, t_in, k.reshape(shape), b.reshape(shape))

@@ -1,0 +1,69 @@
+"""Clip on its own (not fused into the MVM before it): bounds become integers at the input's
+scale, so the output keeps that scale. Also the scalar affine map the QDQ ops reuse."""
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from simulator.isa import Fn, Op
+
+from ..errors import UnsupportedOpError
+from ..vfu import ElementwiseLayer
+from ._fixed import emit_mul_shift, mul_shift_ref
+
+
+@dataclass
+class ClampLayer(ElementwiseLayer):
+    """y = min(max(((x * mult) + add) >>r shift, lo), hi): a scalar affine map then bounds
+    (None = no bound)."""
+
+    mult: int = 1
+    add: int = 0
+    shift: int = 0
+    lo: int | None = None
+    hi: int | None = None
+
+    def compute(self, em, dst, srcs, n, c0, const_regs, layer):
+        if self.mult != 1:
+            em.emit(Op.ALUI, fn=Fn.MUL, dst=dst, src1=dst, imm=self.mult, vec=n, layer=layer)
+        if self.add:
+            em.emit(Op.ALUI, fn=Fn.ADD, dst=dst, src1=dst, imm=self.add, vec=n, layer=layer)
+        emit_mul_shift(em, dst, n, 1, self.shift, layer)
+        if self.lo is not None:
+            em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=self.lo, vec=n, layer=layer)
+        if self.hi is not None:
+            em.emit(Op.ALUI, fn=Fn.MIN, dst=dst, src1=dst, imm=self.hi, vec=n, layer=layer)
+
+    def compute_ref(self, xs, c0, n, consts):
+        y = mul_shift_ref(xs[0] * self.mult + self.add, 1, self.shift)
+        if self.lo is not None:
+            y = np.maximum(y, self.lo)
+        if self.hi is not None:
+            y = np.minimum(y, self.hi)
+        return y
+
+
+def _bound(ctx, node, k: int, attr: str):
+    """Clip's k-th input (opset >= 11) or attribute (older): a float or None."""
+    if len(node.input) > k and node.input[k]:
+        v = ctx.const(node.input[k])
+        if v is None:
+            raise UnsupportedOpError(f"Clip bound {node.input[k]!r} is not a constant")
+        return float(np.asarray(v).reshape(()))
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    return float(a[attr]) if attr in a else None
+
+
+def lower_clip(node, ctx):
+    t_in = ctx.tensor(node.input[0])
+    lo, hi = _bound(ctx, node, 1, "min"), _bound(ctx, node, 2, "max")
+    s = t_in.scale
+    lim = 1 << (ctx.bits - 1)
+    ilo = None if lo is None or lo / s < -lim else int(np.ceil(lo / s - 1e-9))
+    ihi = None if hi is None or hi / s > lim else int(np.floor(hi / s + 1e-9))
+    out = ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s, perm=t_in.perm,
+                         as_map=t_in.kind == "map")
+    if (ilo is not None and ilo >= 0) or t_in.name in ctx.nonneg:
+        ctx.nonneg.add(out.name)
+    ctx.add(ClampLayer(node.name, "Clip", [t_in.name], out.name, node=node.name,
+                       lo=ilo, hi=ihi))
