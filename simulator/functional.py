@@ -73,10 +73,32 @@ def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
     raise SimulationError(f"unknown ALU function {fn}")
 
 
+def prepared_mvmus(prog: Program, exact_shortcut: bool = True
+                   ) -> dict[tuple[int, int, int], MVMUModel]:
+    """The MVMU models of a program, built once per program (their matrices, ADC ranges and
+    lossless checks do not change between runs) and cached on it."""
+    cache = prog.__dict__.setdefault("_mvmu_models", {})
+    if exact_shortcut not in cache:
+        cfg = prog.config
+        models = {}
+        for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
+            levels = prog.mvmu_levels[i]
+            models[(t, c, m)] = MVMUModel(
+                levels, weight_bits=cfg.weight_bits, input_bits=cfg.input_bits,
+                cell_bits=cfg.xbar.cell_bits, dac_bits=cfg.dac.bits, mapping=cfg.xbar.mapping,
+                adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
+                conductance=conductances(levels, cfg, i), read_sigma=cfg.noise.read_sigma,
+                rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]),
+                exact_shortcut=exact_shortcut)
+        cache[exact_shortcut] = models
+    return cache[exact_shortcut]
+
+
 class ValueEngine:
     """Runs a program on a batch of integer inputs. Use :func:`run_values`."""
 
-    def __init__(self, prog: Program, batch: int, max_instructions: int = 500_000_000):
+    def __init__(self, prog: Program, batch: int, max_instructions: int = 500_000_000,
+                 exact_shortcut: bool = True):
         cfg = prog.config
         self.prog, self.cfg, self.B = prog, cfg, batch
         self.lay = prog.layout
@@ -96,16 +118,10 @@ class ValueEngine:
         self.queues: dict[tuple[int, int], deque] = {}
         self.budget = max_instructions
         self.executed = 0
-        self.mvmus: dict[tuple[int, int, int], MVMUModel] = {}
-        for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
-            levels = prog.mvmu_levels[i]
-            self.mvmus[(t, c, m)] = MVMUModel(
-                levels, weight_bits=cfg.weight_bits, input_bits=cfg.input_bits,
-                cell_bits=cfg.xbar.cell_bits, dac_bits=cfg.dac.bits, mapping=cfg.xbar.mapping,
-                adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
-                conductance=conductances(levels, cfg, i),
-                read_sigma=cfg.noise.read_sigma, read_rng=read_noise_rng(cfg, i),
-                rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]))
+        self.mvmus = prepared_mvmus(prog, exact_shortcut)
+        for i, loc in enumerate(prog.mvmu_loc.tolist()):
+            # A fresh read-noise stream per run: same seed, same report.
+            self.mvmus[tuple(loc)].read_rng = read_noise_rng(cfg, i)
         for t, addr, vals, cnt in prog.mem_init:
             self._write(t, addr, np.broadcast_to(np.asarray(vals, np.int64),
                                                  (batch, len(vals))), cnt)
@@ -295,8 +311,10 @@ def quantize_input(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
 
 
 def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
-               batch: int | None = None) -> dict[str, np.ndarray]:
+               batch: int | None = None, exact_shortcut: bool = True) -> dict[str, np.ndarray]:
     """Run ``prog`` on real-valued inputs (one array per program input, batch first).
+    ``exact_shortcut=False`` forces every MVM through the bit-serial ADC path even where
+    the ADC provably cannot lose information (same results, slower; for benchmarking).
 
     Returns the outputs as real values (integer words times each output's scale) plus,
     under ``name + ':int'``, the raw integers."""
@@ -311,7 +329,7 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
         raise SimulationError(f"missing input {missing[0]!r} (inputs: {', '.join(names)})")
     if batch is None:
         batch = len(next(iter(inputs.values()))) if inputs else 1
-    eng = ValueEngine(prog, batch)
+    eng = ValueEngine(prog, batch, exact_shortcut=exact_shortcut)
     for port in prog.inputs:
         x = np.asarray(inputs[port.name])
         if x.shape[1:] != tuple(port.shape) or len(x) != batch:

@@ -127,7 +127,8 @@ def _raise_for_status(prog, status, info, streams):
 
 def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
              values: bool = True, trace: bool = False, trace_cap: int = 200_000,
-             reference: dict[str, np.ndarray] | None = None) -> Report:
+             reference: dict[str, np.ndarray] | None = None,
+             exact_shortcut: bool = True) -> Report:
     """Simulate one inference of ``prog`` (timing, energy, area) and, when ``values`` and
     inputs are given (or the program has none), compute its outputs bit-exactly for the
     whole batch of ``inputs``. ``reference``: expected outputs to report the error against.
@@ -137,7 +138,7 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
     t1 = time.perf_counter()
     outputs = None
     if values and (inputs is not None or not prog.inputs):
-        outputs = run_values(prog, inputs)
+        outputs = run_values(prog, inputs, exact_shortcut=exact_shortcut)
     elif values and prog.inputs and inputs is None:
         pass  # timing and energy only: they do not depend on the values
     t2 = time.perf_counter()

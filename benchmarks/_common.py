@@ -1,0 +1,63 @@
+"""Shared by the benchmark scripts: thread pinning (import this first), ONNX MLPs built
+without torch, timing helpers, result writing."""
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")   # 2 cores: oversubscription made a peer 10x slower
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def mlp_onnx(sizes, seed=0, relu=True):
+    """An ONNX MLP (MatMul + bias Add [+ Relu]) with seeded random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "input"
+    for i, (k, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        b = (rng.standard_normal(n) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        out = "logits" if last else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"],
+                                      [out if last or not relu else f"g{i}"]))
+        if relu and not last:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        x = out
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, sizes[0]])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, sizes[-1]])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def best_of(fn, repeat=5):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "cpu": platform.processor() or
+            platform.machine(), "cores": os.cpu_count(),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+
+
+def write(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    p = RESULTS / f"{name}.json"
+    p.write_text(json.dumps(data, indent=1))
+    return p
