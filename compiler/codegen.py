@@ -304,21 +304,22 @@ def _vfu_code(cg: Codegen, i: int, L, core_em, tile_em) -> None:
     em = core_em[(tile, core)]
     em.reset_gp()
     tensors = _storage_view(prog)
-    dims, ptr_specs = L.iteration(tensors)
     const_addr = {}
     for key, vals in L.constants(tensors).items():
         a = cg.tilemem(tile).alloc(len(vals))
         cg.tilemem(tile).init.append((tile, a, np.asarray(vals, np.int64), PERSISTENT))
         const_addr[key] = a
-    names = list(ptr_specs)
-    bases = [cg.buffer(n, tile) + ptr_specs[n][0] for n in names]
-    with em.loop_nest(dims, [(b, ptr_specs[n][1]) for b, n in zip(bases, names)], i) as ptrs:
-        ptr = dict(zip(names, ptrs))
-        ptr["__in_base"] = cg.buffer(L.inputs[0], tile) if L.inputs else 0
-        L.emit_body(em, ptr, const_addr, tensors, i)
-    out = tensors[L.output]
-    off, strides = ptr_specs[L.output]
-    _phase(cg, i, L.output, dims, off, strides, {tile: L.chunks(tensors)}, tile_em, [])
+    for dims, ptr_specs, tag in L.regions(tensors):   # one loop nest per region
+        names = list(ptr_specs)
+        bases = [cg.buffer(n, tile) + ptr_specs[n][0] for n in names]
+        with em.loop_nest(dims, [(b, ptr_specs[n][1]) for b, n in zip(bases, names)],
+                          i) as ptrs:
+            ptr = dict(zip(names, ptrs))
+            ptr["__in_base"] = cg.buffer(L.inputs[0], tile) if L.inputs else 0
+            ptr["__region"] = tag
+            L.emit_body(em, ptr, const_addr, tensors, i)
+        off, strides = ptr_specs[L.output]
+        _phase(cg, i, L.output, dims, off, strides, {tile: L.chunks(tensors)}, tile_em, [])
 
 
 class _StorageView(dict):

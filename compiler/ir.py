@@ -35,6 +35,9 @@ class TensorInfo:
     pad_value: int = 0
     perm: np.ndarray | None = None  # vec: memory index -> logical index
     alias_of: str | None = None     # shares the memory of another tensor
+    cperm: np.ndarray | None = None
+    """map: stored channel k holds logical channel cperm[k] (None = identity). Only a
+    channel shuffle aliased into its Conv consumers has one; those permute weight rows."""
 
     @property
     def size(self) -> int:
@@ -61,6 +64,10 @@ class TensorInfo:
         B = mem.shape[0]
         if self.kind == "map":
             hwc = mem.reshape(B, self.H, self.W, self.C)
+            if self.cperm is not None:
+                out = np.empty_like(hwc)
+                out[..., self.cperm] = hwc
+                hwc = out
             return np.transpose(hwc, (0, 3, 1, 2)).reshape((B,) + tuple(self.shape[1:]))
         flat = mem.reshape(B, -1)
         if self.perm is not None:
@@ -73,7 +80,10 @@ class TensorInfo:
         """Logical batch (B, ...) -> memory order (B, H, W, C) or (B, F)."""
         B = x.shape[0]
         if self.kind == "map":
-            return np.transpose(x.reshape(B, self.C, self.H, self.W), (0, 2, 3, 1))
+            chw = x.reshape(B, self.C, self.H, self.W)
+            if self.cperm is not None:
+                chw = chw[:, self.cperm]
+            return np.transpose(chw, (0, 2, 3, 1))
         flat = x.reshape(B, -1)
         return flat[:, self.perm] if self.perm is not None else flat
 

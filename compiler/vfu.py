@@ -50,6 +50,14 @@ class VFULayer(Layer):
             ptrs[name] = out_pointer(tensors[name])
         return iteration_dims(out), ptrs
 
+    def regions(self, tensors) -> list[tuple[list[int], dict, object]]:
+        """Loop nests that together cover the output, each (dims, pointers, tag) like
+        ``iteration``; ``emit_body`` sees the nest's tag as ``ptr["__region"]``. A layer whose
+        arithmetic varies over the output (an average pool's border divisors) splits it
+        into regions of constant arithmetic. Default: the one nest of ``iteration``."""
+        dims, ptrs = self.iteration(tensors)
+        return [(dims, ptrs, None)]
+
     def chunks(self, tensors) -> list[tuple[int, int]]:
         """Output words stored per iteration, as (offset from the out pointer, length)."""
         out = tensors[self.output]

@@ -5,6 +5,7 @@ A lowering is ``fn(node, ctx)``: it reads the node's inputs through the
 op is adding a module and a line here.
 """
 from . import conv, elementwise, gemm, pool, relu, shape
+from . import avgpool, concat, lrn, pad, transpose
 from . import activation, arith, batchnorm, clip, qdq, softmax
 
 REGISTRY = {
@@ -14,6 +15,11 @@ REGISTRY = {
     "Relu": relu.lower_relu,
     "MaxPool": pool.lower_maxpool,
     "GlobalAveragePool": pool.lower_global_average_pool,
+    "AveragePool": avgpool.lower_average_pool,
+    "Concat": concat.lower_concat,
+    "Pad": pad.lower_pad,
+    "Transpose": transpose.lower_transpose,
+    "LRN": lrn.lower_lrn,
     "Add": elementwise.lower_add,
     "Sum": elementwise.lower_add,
     "Sub": elementwise.lower_add,

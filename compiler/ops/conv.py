@@ -60,7 +60,11 @@ def lower_conv(node, ctx):
     qdq_rows = None
     if qdq is not None and groups == 1 and not one_d:
         q, s, _ = qdq
-        qdq_rows = (np.transpose(q, (2, 3, 1, 0)).reshape(-1, cout), s)
+        q = np.transpose(q, (2, 3, 1, 0))
+        qdq_rows = (q[:, :, t_in.cperm].reshape(-1, cout) if t_in.cperm is not None
+                    else q.reshape(-1, cout), s)
+    if t_in.cperm is not None:
+        full = full[:, :, t_in.cperm, :]   # a shuffled input: rows in stored channel order
     add_mvm_layer(node, ctx, t_in, full.reshape(-1, cout), bias, out_shape, qdq=qdq_rows,
                   kh=kh, kw=kw, stride=(strides[0], strides[1]),
                   dilation=(dil[0], dil[1]), conv_pad=tuple(pads), Ho=Ho, Wo=Wo,

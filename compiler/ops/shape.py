@@ -46,6 +46,9 @@ def lower_flatten(node, ctx):
 
 
 def lower_reshape(node, ctx):
+    from .transpose import match_channel_shuffle   # (imports this module)
+    if node.op_type == "Reshape" and match_channel_shuffle(node, ctx):
+        return
     _alias(node, ctx, ctx.shape(node.output[0]))
 
 
