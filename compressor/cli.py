@@ -3,11 +3,13 @@
     xbarsim compress lenet5_fmnist --recipe lenet5_block --data fashion-mnist -o lenet5_c.onnx
     xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o mlp.onnx --epochs 1 --baseline
     xbarsim compress runs/lenet5/lenet5.pt --recipe my.yaml --data ./my_idx_folder -o out.onnx
+    xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o m.onnx --preset small
 
 MODEL is a zoo name (fresh weights; the recipe's ``pretrain`` stage, or ``--pretrain N``,
 trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state dict ``.pt``
 (its architecture from ``--arch`` or from the ``NAME.json`` that ``xbarsim train`` writes next
-to it). The run is checkpointed next to the output (``OUT.ckpt``); the same command again
+to it). ``--preset``/``--set`` put the recipe on a machine's crossbars (as ``xbarsim compile``
+takes them), so the freed crossbars are the ones that machine has. The run is checkpointed next to the output (``OUT.ckpt``); the same command again
 resumes it. ``simulator/cli.py`` calls :func:`register`; importing this module does not
 import torch. User errors print one line ``error: ...`` on stderr and return 2.
 """
@@ -45,6 +47,10 @@ def register(subparsers) -> None:
     p.add_argument("--arch", help="zoo architecture of a .pt state dict")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="zoo builder option (repeatable), e.g. width=0.25")
+    p.add_argument("--preset", help="take the crossbar geometry from this machine preset "
+                                     "(puma, isaac, small) or YAML file instead of the recipe's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a machine config key with --preset, e.g. xbar.rows=64")
     p.add_argument("--baseline", action="store_true",
                    help="also run magnitude pruning with the same structure and budget, "
                         "written to OUT-magnitude.onnx")
@@ -59,11 +65,12 @@ def register(subparsers) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     """Handler of ``xbarsim compress``; returns the exit code."""
     from models.errors import ModelError
+    from simulator.errors import ConfigError
 
     from .errors import CompressionError
     try:
         return _compress(args)
-    except (CompressionError, ModelError) as e:
+    except (CompressionError, ModelError, ConfigError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:  # an unwritable output, a full disk
@@ -85,6 +92,8 @@ def _compress(args) -> int:
     recipe = load_recipe(args.recipe)  # validated before loading data or training
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
+    if args.preset or args.overrides:
+        recipe = _with_machine(recipe, args.preset or "puma", args.overrides)
     if args.pretrain is not None:
         from dataclasses import replace
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, epochs=args.pretrain))
@@ -118,6 +127,18 @@ def _compress(args) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
         print(f"summary  -> {args.json}")
     return EXIT_OK
+
+
+def _with_machine(recipe, preset: str, overrides: list[str]):
+    """``recipe`` on the crossbars of a machine config, re-validated (e.g. TinyADC's ``n``
+    against the machine's rows)."""
+    from simulator.config import load_config
+
+    from .geometry import CrossbarGeometry
+    from .recipes import parse_recipe
+    data = recipe.to_dict()
+    data["geometry"] = CrossbarGeometry.from_config(load_config(preset, overrides)).to_dict()
+    return parse_recipe(data)
 
 
 def _ckpt(output: str | Path) -> Path:

@@ -40,7 +40,6 @@ from .masking import Frozen, install, levels, snap
 from .recipes import Recipe
 
 METHODS = ("admm", "magnitude")
-_STAGES = ("pretrain", "admm", "retrain", "done")
 
 
 @dataclass

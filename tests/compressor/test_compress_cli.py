@@ -54,6 +54,18 @@ def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys)
     assert rc == 0 and stdout2.splitlines()[0] == stdout.splitlines()[0]
 
 
+def test_preset_puts_the_recipe_on_the_machine_crossbars(tmp_path, recipe, capsys):
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
+                     tmp_path / "m.onnx", "--limit", 100, "--epochs", 1, "--preset", "small",
+                     "--set", "xbar.cols=32", "--json", tmp_path / "s.json", "-q")
+    assert rc == 0, err
+    occ = json.loads((tmp_path / "s.json").read_text())["admm"]["layers"]["layers.1"]
+    assert occ["grid"] == [49, 8]  # 784 x 256 on the small machine's 16 x 32 crossbars
+    meta = json.loads({p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}[
+        "xbarsim.compressor"])
+    assert (meta["geometry"]["rows"], meta["geometry"]["cols"]) == (16, 32)
+
+
 def test_state_dict_with_arch(tmp_path, recipe, capsys):
     from models import build
     pt = tmp_path / "w.pt"
@@ -73,11 +85,16 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
     (["mlp", "--recipe", "{recipe}", "--epochs", "0"], "--epochs=0: must be >= 1"),
     (["mlp", "--recipe", "{bad}"], "recipe.layers[0].sparsity.keep=2: must be a fraction in (0, 1]"),
     (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
+    (["mlp", "--recipe", "{recipe}", "--preset", "small", "--set", "xbar.rows=0"], "xbar.rows"),
+    (["mlp", "--recipe", "{tiny}", "--preset", "small"],
+     "recipe.layers[0].sparsity.n=32: nonzeros per column segment must be an integer in 1..16"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, recipe, capsys, argv, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(RECIPE.replace("keep: 0.5", "keep: 2"))
-    argv = [a.format(recipe=recipe, bad=bad, tmp=tmp_path) for a in argv]
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(RECIPE.replace("structure: blocks, keep: 0.5", "structure: tinyadc, n: 32"))
+    argv = [a.format(recipe=recipe, bad=bad, tiny=tiny, tmp=tmp_path) for a in argv]
     rc, _, err = run(capsys, *argv, "-o", tmp_path / "x.onnx", "--limit", 50, "-q")
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err

@@ -62,3 +62,13 @@ def test_blocks_pad_and_unblock():
     assert b.shape == (2, 4, 2, 3) and g.grid((5, 7)) == (2, 2)
     assert b[1, 3, 1, 2] == 0 and b[1, 2, 1, 1] == m[6, 4]
     assert np.array_equal(g.unblock(b, 7, 5), m)
+
+
+@pytest.mark.parametrize("preset", ["puma", "isaac", "small"])
+def test_from_config_of_every_simulator_preset(preset):
+    from simulator.config import load_config
+    cfg = load_config(preset)
+    g = CrossbarGeometry.from_config(cfg)
+    assert (g.rows, g.cols, g.weight_bits, g.mapping) == (
+        cfg.xbar.rows, cfg.xbar.cols, cfg.weight_bits, cfg.xbar.mapping)
+    assert g.slices == cfg.slices
