@@ -102,6 +102,8 @@ class Constraint:
         if self.quant is not None:
             q = self.quant
             d["quant"] = {"bits": q.bits, "mapping": q.mapping, "pow2": q.pow2}
+            if q.scale is not None:
+                d["quant"]["scale"] = q.scale
         return d
 
 

@@ -54,6 +54,8 @@ def test_every_shipped_recipe_is_listed_and_resolves_on_its_models():
 def test_good_recipe_round_trips_and_first_rule_wins():
     r = parse_recipe(GOOD)
     assert parse_recipe(r.to_dict()) == r
+    fixed = parse_recipe(with_change(("layers", 0, "quant", "scale"), 0.25))
+    assert parse_recipe(fixed.to_dict()) == fixed
     layers = r.resolve(tiny_model())
     assert layers["0"].structure == "blocks" and layers["0"].quant.bits == 4
     assert layers["2"].amount == 4
