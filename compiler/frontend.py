@@ -15,11 +15,12 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from .errors import ModelFormatError, UnsupportedOpError
 
 OPSET = 17
+MIN_OPSET = 7   # the oldest opset onnxruntime runs every op of
 
 
 @dataclass
@@ -181,6 +182,16 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     """Static-shaped, constant-folded, BN-folded graph."""
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if opset < MIN_OPSET:
+        # onnxruntime (calibration) implements no older versions of BatchNormalization,
+        # Gemm, Add, Mul, PRelu, AveragePool...; opset 7 keeps Softmax's old semantics.
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+            _legacy_prelu(model)
+        except Exception as e:
+            raise ModelFormatError(f"cannot upgrade the model from opset {opset} to "
+                                   f"{MIN_OPSET}: {str(e).splitlines()[0]}") from e
+        opset = MIN_OPSET
     inputs = _fix_batch(model)
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = []
@@ -235,6 +246,20 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     _fold_batchnorm(g)
     g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
     return g
+
+
+def _legacy_prelu(model: onnx.ModelProto) -> None:
+    """Before opset 7 a 1-D PRelu slope applies per channel (axis 1); from 7 on it broadcasts
+    numpy-style, and the version converter leaves it as it was: give it trailing unit dims."""
+    inits = {i.name: i for i in model.graph.initializer}
+    vis = list(model.graph.input) + list(shape_inference.infer_shapes(model).graph.value_info)
+    rank = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in vis}
+    for n in model.graph.node:
+        if n.op_type == "PRelu" and n.input[1] in inits and rank.get(n.input[0], 0) > 2:
+            slope = numpy_helper.to_array(inits[n.input[1]])
+            if slope.ndim == 1 and slope.size > 1:
+                shaped = slope.reshape((-1,) + (1,) * (rank[n.input[0]] - 2))
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(shaped, n.input[1]))
 
 
 def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:

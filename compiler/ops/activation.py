@@ -12,6 +12,7 @@ from onnx import helper
 from simulator.functional import alu
 from simulator.isa import Fn, Op
 
+from ..errors import UnsupportedOpError
 from ..ir import multiplier
 from ..vfu import ElementwiseLayer, emit_rescale, rescale_ref
 from ._fixed import MULT_BITS, emit_mul_shift, frac_bits, mul_shift_ref, ratio
@@ -99,7 +100,6 @@ def lower_leaky_relu(node, ctx):
     if node.op_type == "PRelu":
         slope = ctx.const(node.input[1])
         if slope is None:
-            from ..errors import UnsupportedOpError
             raise UnsupportedOpError("PRelu slope must be a constant")
         slope = per_channel(ctx, t_in, slope)
     else:

@@ -195,7 +195,7 @@ def lower_softmax(node, ctx):
         ctx.nonneg.add(out.name)
         # e * A < 2**(FRAC + g + log2(1/s_y)) must stay below 2**62.
         g = int(np.clip(61 - FRAC - np.ceil(np.log2(1.0 / s_y)), 0, 16))
-        kw["A"], kw["g"] = int(round(2.0 ** g / s_y)), g
+        kw["A"], kw["g"] = round(2.0 ** g / s_y), g
     ctx.add(SoftmaxLayer(node.name, node.op_type, [t.name], out.name, node=node.name,
                          log=node.op_type == "LogSoftmax", prefix=prefix, outer=outer, N=N,
                          blk=blk, m_in=m_in, sh_in=sh_in, bits=ctx.bits, **kw))

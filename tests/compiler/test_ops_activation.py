@@ -251,7 +251,7 @@ def test_qdq_weight_keeps_its_integers(per_channel):
     nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
              helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])]
     m = _model(nodes, inits, (1, 3, 8, 8), ["y"])
-    prog, lp, g = compile_model(m, CFG, calibration={"x": _img()}, return_ir=True)
+    _, lp, g = compile_model(m, CFG, calibration={"x": _img()}, return_ir=True)
     q, s, axis = g.qweights["w"]
     np.testing.assert_array_equal(q, w_int)
     assert axis == (0 if per_channel else None) and np.allclose(s, scale)
