@@ -13,7 +13,6 @@ already written is removed. The compiler, models and compressor are imported laz
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

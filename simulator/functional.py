@@ -21,7 +21,10 @@ from .isa import PERSISTENT, Fn, Op
 from .noise import conductances, read_noise_rng
 from .program import Program
 
-_BLOCKED, _HALTED, _PROGRESS = 0, 1, 2
+(_NOP, _HLT, _LOAD, _STORE, _COPY, _SET, _ALU, _ALUI, _MVM, _ISET, _IADD, _JMP, _BEQ, _BNE,
+ _SEND, _RECV) = (int(o) for o in (Op.NOP, Op.HLT, Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU,
+                                   Op.ALUI, Op.MVM, Op.ISET, Op.IADD, Op.JMP, Op.BEQ, Op.BNE,
+                                   Op.SEND, Op.RECV))
 
 
 def _log(v):
@@ -40,7 +43,6 @@ def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
 
 def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
     """Vector functional unit: one function on int64 operands (``b`` array or scalar)."""
-    fn = Fn(fn)
     if fn == Fn.ADD:
         return a + b
     if fn == Fn.SUB:
@@ -116,6 +118,7 @@ class ValueEngine:
         self.halted = np.zeros(n_agents, bool)
         self.waiting: list[dict | None] = [None] * n_agents
         self.queues: dict[tuple[int, int], deque] = {}
+        self.version = [0] * prog.n_tiles   # bumped when a tile's words or queues change
         self.budget = max_instructions
         self.executed = 0
         self.mvmus = prepared_mvmus(prog, exact_shortcut)
@@ -128,15 +131,11 @@ class ValueEngine:
 
     # ---- memory sync ------------------------------------------------------------------
     def _write(self, t, addr, vals, cnt):
+        self.version[t] += 1
         sl = slice(addr, addr + vals.shape[1])
         self.mem[t][:, sl] = vals
         self.count[t][sl] = cnt
         self.valid[t][sl] = True
-
-    def _check_addr(self, a, t, addr, vec):
-        if addr < 0 or addr + vec > len(self.count[t]):
-            raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: memory address {addr} "
-                                  f"(+{vec}) outside tile {t}'s {len(self.count[t])} words")
 
     def _can_read(self, t, addr, vec) -> bool:
         return bool(self.valid[t][addr:addr + vec].all())
@@ -149,131 +148,166 @@ class ValueEngine:
         out = self.mem[t][:, sl].copy()
         cnt = self.count[t][sl]
         counted = cnt != PERSISTENT
-        cnt[counted] -= 1
-        self.valid[t][sl] &= ~(counted & (cnt == 0))
+        if counted.any():
+            cnt[counted] -= 1
+            self.valid[t][sl] &= ~(counted & (cnt == 0))
+            self.version[t] += 1
         return out
-
-    def _addr(self, agent, r) -> int:
-        addr = int(r["imm"]) + (int(self.iregs[agent, r["ra"]]) if r["ra"] >= 0 else 0)
-        tile = (agent // self.cores if agent < self.n_core_agents
-                else agent - self.n_core_agents)
-        self._check_addr(agent, tile, addr, int(r["vec"]))
-        return addr
 
     # ---- execution --------------------------------------------------------------------
     def run(self) -> None:
+        """Round-robin over the agents, each until it blocks. An agent blocked on its tile
+        is not retried until that tile's memory or message queues changed (``version``)."""
         n_agents = len(self.pc)
+        tile_of = [a // self.cores if a < self.n_core_agents else a - self.n_core_agents
+                   for a in range(n_agents)]
+        seen = [-1] * n_agents
+        version = self.version
         while not self.halted.all():
             progress = False
             for a in range(n_agents):
-                if not self.halted[a]:
-                    progress |= self._run_agent(a)
+                if self.halted[a]:
+                    continue
+                t = tile_of[a]
+                if self.waiting[a] is not None and seen[a] == version[t]:
+                    continue
+                seen[a] = version[t]
+                progress |= self._run_agent(a)
             if not progress:
                 self._deadlock()
 
+    def _code(self, a: int) -> list[tuple]:
+        """Agent ``a``'s stream as plain tuples (decoded once; numpy rows are slow)."""
+        dec = self.prog.__dict__.setdefault("_decoded", {})
+        if a not in dec:
+            code = (self.prog.core_code[a] if a < self.n_core_agents
+                    else self.prog.tile_code[a - self.n_core_agents])
+            dec[a] = code.tolist()
+        return dec[a]
+
     def _run_agent(self, a: int) -> bool:
-        """Run agent ``a`` until it blocks or halts; True if it executed anything."""
-        code = (self.prog.core_code[a] if a < self.n_core_agents
-                else self.prog.tile_code[a - self.n_core_agents])
+        """Run agent ``a`` until it blocks or halts; True if it executed anything.
+
+        The ISA's semantics, one opcode per branch (see :mod:`simulator.isa`); the hot
+        path is kept inline because a program executes millions of these."""
+        code = self._code(a)
+        n = len(code)
+        ireg = self.iregs[a]
+        tile = a // self.cores if a < self.n_core_agents else a - self.n_core_agents
+        regs = self.regs[a] if a < self.n_core_agents else None
+        valid, count, mem = self.valid[tile], self.count[tile], self.mem[tile]
+        words = len(count)
+        size = self.lay.size
+        pc = int(self.pc[a])
         ran = False
-        while True:
-            pc = int(self.pc[a])
-            if pc >= len(code):
-                self.halted[a] = True
-                return True
-            status = self._step(a, code[pc])
-            if status == _BLOCKED:
-                return ran
-            ran = True
-            self.waiting[a] = None
-            self.executed += 1
-            if self.executed > self.budget:
-                raise SimulationError(f"program exceeded {self.budget} executed instructions "
-                                      f"(runaway loop?) at {self._name(a)} pc {pc}")
-            if status == _HALTED:
-                self.halted[a] = True
-                return True
+        executed = 0
+        try:
+            while True:
+                if pc >= n:
+                    self.halted[a] = True
+                    return True
+                op, fn, dst, src1, src2, vec, imm, mask, cnt, ra, rr, peer, _ = code[pc]
+                nxt = pc + 1
+                if op == _LOAD or op == _STORE or op == _SEND or op == _RECV:
+                    addr = imm + (int(ireg[ra]) if ra >= 0 else 0)
+                    if addr < 0 or addr + vec > words:
+                        self.pc[a] = pc
+                        raise SimulationError(
+                            f"{self._name(a)} pc {pc}: memory address {addr} (+{vec}) outside "
+                            f"tile {tile}'s {words} words")
+                    if op == _LOAD:
+                        if not valid[addr:addr + vec].all():
+                            self.waiting[a] = {"wait": "load", "tile": tile, "addr": addr,
+                                               "vec": vec}
+                            return ran
+                        d = dst + (int(ireg[rr]) if rr >= 0 else 0)
+                        if d < 0 or d + vec > size:
+                            self.pc[a] = pc
+                            self._check_reg(a, d, vec)
+                        regs[:, d:d + vec] = self._read(tile, addr, vec)
+                    elif op == _STORE:
+                        if valid[addr:addr + vec].any():
+                            self.waiting[a] = {"wait": "store", "tile": tile, "addr": addr,
+                                               "vec": vec}
+                            return ran
+                        sr = src1 + (int(ireg[rr]) if rr >= 0 else 0)
+                        if sr < 0 or sr + vec > size:
+                            self.pc[a] = pc
+                            self._check_reg(a, sr, vec)
+                        mem[:, addr:addr + vec] = regs[:, sr:sr + vec]
+                        count[addr:addr + vec] = cnt
+                        valid[addr:addr + vec] = True
+                        self.version[tile] += 1
+                    elif op == _SEND:
+                        q = self.queues.setdefault((tile, peer), deque())
+                        readable = bool(valid[addr:addr + vec].all())
+                        if len(q) >= self.cfg.tile.recv_buffer or not readable:
+                            why = "send (receive buffer full)" if readable else "send"
+                            self.waiting[a] = {"wait": why, "tile": tile, "addr": addr,
+                                               "vec": vec}
+                            return ran
+                        q.append(self._read(tile, addr, vec))
+                        self.version[peer] += 1
+                    else:
+                        q = self.queues.setdefault((peer, tile), deque())
+                        if not q or valid[addr:addr + vec].any():
+                            self.waiting[a] = {"wait": "recv", "tile": tile, "addr": addr,
+                                               "vec": vec, "from_tile": peer}
+                            return ran
+                        if q[0].shape[1] != vec:
+                            raise SimulationError(
+                                f"{self._name(a)} pc {pc}: recv of {vec} words got a message "
+                                f"of {q[0].shape[1]} from tile {peer}")
+                        self._write(tile, addr, q.popleft(), cnt)
+                        self.version[peer] += 1
+                elif op == _ALU:
+                    regs[:, dst:dst + vec] = alu(fn, regs[:, src1:src1 + vec],
+                                                 regs[:, src2:src2 + vec], imm)
+                elif op == _ALUI:
+                    regs[:, dst:dst + vec] = alu(fn, regs[:, src1:src1 + vec], imm, imm)
+                elif op == _IADD:
+                    ireg[dst] = ireg[src1] + imm
+                elif op == _BNE:
+                    if ireg[src1] != ireg[src2]:
+                        nxt = imm
+                elif op == _MVM:
+                    self._mvm(a, tile, mask)
+                elif op == _COPY:
+                    regs[:, dst:dst + vec] = regs[:, src1:src1 + vec]
+                elif op == _SET:
+                    regs[:, dst:dst + vec] = imm
+                elif op == _ISET:
+                    ireg[dst] = imm
+                elif op == _BEQ:
+                    if ireg[src1] == ireg[src2]:
+                        nxt = imm
+                elif op == _JMP:
+                    nxt = imm
+                elif op == _HLT:
+                    self.halted[a] = True
+                    pc = nxt
+                    executed += 1
+                    return True
+                elif op != _NOP:
+                    raise SimulationError(f"{self._name(a)} pc {pc}: opcode {op} cannot run "
+                                          f"here")
+                ran = True
+                self.waiting[a] = None
+                pc = nxt
+                executed += 1
+                if self.executed + executed > self.budget:
+                    raise SimulationError(
+                        f"program exceeded {self.budget} executed instructions (runaway "
+                        f"loop?) at {self._name(a)} pc {pc}")
+        finally:
+            self.pc[a] = pc
+            self.executed += executed
 
     def _name(self, a: int) -> str:
         if a < self.n_core_agents:
             t, c = divmod(a, self.cores)
             return f"tile {t} core {c}"
         return f"tile {a - self.n_core_agents} control"
-
-    def _step(self, a: int, r) -> int:
-        op = Op(int(r["op"]))
-        vec = int(r["vec"])
-        nxt = int(self.pc[a]) + 1
-        ireg = self.iregs[a]
-        tile = a // self.cores if a < self.n_core_agents else a - self.n_core_agents
-        if op == Op.HLT:
-            return _HALTED
-        if op == Op.NOP:
-            pass
-        elif op == Op.ISET:
-            ireg[r["dst"]] = r["imm"]
-        elif op == Op.IADD:
-            ireg[r["dst"]] = ireg[r["src1"]] + r["imm"]
-        elif op == Op.JMP:
-            nxt = int(r["imm"])
-        elif op == Op.BEQ:
-            if ireg[r["src1"]] == ireg[r["src2"]]:
-                nxt = int(r["imm"])
-        elif op == Op.BNE:
-            if ireg[r["src1"]] != ireg[r["src2"]]:
-                nxt = int(r["imm"])
-        elif op == Op.LOAD:
-            addr = self._addr(a, r)
-            if not self._can_read(tile, addr, vec):
-                self.waiting[a] = {"wait": "load", "tile": tile, "addr": addr, "vec": vec}
-                return _BLOCKED
-            dst = int(r["dst"]) + (int(ireg[r["rr"]]) if r["rr"] >= 0 else 0)
-            self._check_reg(a, dst, vec)
-            self.regs[a][:, dst:dst + vec] = self._read(tile, addr, vec)
-        elif op == Op.STORE:
-            addr = self._addr(a, r)
-            if not self._can_write(tile, addr, vec):
-                self.waiting[a] = {"wait": "store", "tile": tile, "addr": addr, "vec": vec}
-                return _BLOCKED
-            src = int(r["src1"]) + (int(ireg[r["rr"]]) if r["rr"] >= 0 else 0)
-            self._check_reg(a, src, vec)
-            self._write(tile, addr, self.regs[a][:, src:src + vec], int(r["count"]))
-        elif op == Op.COPY:
-            regs = self.regs[a]
-            regs[:, r["dst"]:r["dst"] + vec] = regs[:, r["src1"]:r["src1"] + vec]
-        elif op == Op.SET:
-            self.regs[a][:, r["dst"]:r["dst"] + vec] = r["imm"]
-        elif op in (Op.ALU, Op.ALUI):
-            regs = self.regs[a]
-            x = regs[:, r["src1"]:r["src1"] + vec]
-            y = int(r["imm"]) if op == Op.ALUI else regs[:, r["src2"]:r["src2"] + vec]
-            regs[:, r["dst"]:r["dst"] + vec] = alu(int(r["fn"]), x, y, int(r["imm"]))
-        elif op == Op.MVM:
-            self._mvm(a, tile, int(r["mask"]))
-        elif op == Op.SEND:
-            addr = self._addr(a, r)
-            q = self.queues.setdefault((tile, int(r["peer"])), deque())
-            if len(q) >= self.cfg.tile.recv_buffer or not self._can_read(tile, addr, vec):
-                why = "send (receive buffer full)" if self._can_read(tile, addr, vec) else "send"
-                self.waiting[a] = {"wait": why, "tile": tile, "addr": addr, "vec": vec}
-                return _BLOCKED
-            q.append(self._read(tile, addr, vec))
-        elif op == Op.RECV:
-            addr = self._addr(a, r)
-            q = self.queues.setdefault((int(r["peer"]), tile), deque())
-            if not q or not self._can_write(tile, addr, vec):
-                self.waiting[a] = {"wait": "recv", "tile": tile, "addr": addr, "vec": vec,
-                                   "from_tile": int(r["peer"])}
-                return _BLOCKED
-            if q[0].shape[1] != vec:
-                raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: recv of {vec} words "
-                                      f"got a message of {q[0].shape[1]} from tile {r['peer']}")
-            self._write(tile, addr, q.popleft(), int(r["count"]))
-        else:
-            raise SimulationError(f"{self._name(a)} pc {self.pc[a]}: opcode {op.name} cannot "
-                                  f"run here")
-        self.pc[a] = nxt
-        return _PROGRESS
 
     def _check_reg(self, a, reg, vec):
         if reg < 0 or reg + vec > self.lay.size:
