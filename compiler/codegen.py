@@ -136,7 +136,9 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
         st = prog.storage(L.output)
         for tile in cg.producer_tiles(i) | cg.readers.get(st, set()):
             cg.buffer(L.output, tile)
-        if L.kind == "mvm":
+        if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
+            L.generate_code(cg, i, core_em, tile_em, lay)
+        elif L.kind == "mvm":
             _mvm_code(cg, i, L, core_em, tile_em, lay)
         else:
             _vfu_code(cg, i, L, core_em, tile_em)

@@ -7,6 +7,7 @@ op is adding a module and a line here.
 from . import conv, elementwise, gemm, pool, relu, shape
 from . import avgpool, concat, lrn, pad, transpose
 from . import activation, arith, batchnorm, clip, qdq, softmax
+from . import gather, lstm
 
 REGISTRY = {
     "Conv": conv.lower_conv,
@@ -19,6 +20,8 @@ REGISTRY = {
     "Concat": concat.lower_concat,
     "Pad": pad.lower_pad,
     "Transpose": transpose.lower_transpose,
+    "Gather": gather.lower_gather,
+    "LSTM": lstm.lower_lstm,
     "LRN": lrn.lower_lrn,
     "Add": elementwise.lower_add,
     "Sum": elementwise.lower_add,

@@ -1,0 +1,228 @@
+"""Code for an :class:`~compiler.ops.lstm.LSTMLayer`: one loop over the time steps per core
+and per tile control unit; what changes per step lives in integer registers.
+
+Roles (any core may hold several):
+
+* *block cores* hold crossbar blocks of ``Wcat``. Each step they load x_t (pointer ``px``,
+  stride ``x_step``) and h_{t-1} (pointer ``ph``: the initial state first, then the previous
+  step's slot of Y in their tile), run their MVMUs, and hand column-strip partial sums to
+  the strip's owner through counted slots, as in a fully connected layer;
+* *strip owners* reduce, add the bias, requantize and apply sigmoid/tanh to their columns;
+  an owner other than the home core stores its gate activations in a counted slot;
+* the *home core* (owner of the first strip) gathers all 4H gate activations, updates the
+  cell state (kept in its registers for the whole sequence) and stores h_t into Y[t]
+  (persistent) in its tile.
+
+Tile control units move, per step and in this order, partial sums between tiles, gate
+activations to the home tile, and h_t from the home tile to every other tile holding Y
+(block tiles and downstream readers). Each stage only waits on earlier ones, so the
+recurrence cannot deadlock.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.isa import PERSISTENT, Fn, Op
+
+from ..vfu import chunk_list
+from .lstm import H_SPACE
+
+
+def emit_gates(em, r: int, cst: int, c0: int, n: int, L, layer: int) -> None:
+    """Accumulators r[0:n] (columns c0..c0+n) -> gate activations in place; ``cst`` holds
+    the bias then the multipliers. Twin of :func:`compiler.ops.lstm.gates_ref`."""
+    fmt = L.fmt
+    em.emit(Op.ALU, fn=Fn.ADD, dst=r, src1=r, src2=cst, vec=n, layer=layer)
+    em.emit(Op.ALU, fn=Fn.MUL, dst=r, src1=r, src2=cst + n, vec=n, layer=layer)
+    em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.shift, vec=n, layer=layer)
+    em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=fmt.bits, vec=n, layer=layer)
+    split = min(max(3 * L.hidden - c0, 0), n)        # columns before 3H: sigmoid
+    if split:
+        em.emit(Op.ALU, fn=Fn.SIGMOID, dst=r, src1=r, imm=fmt.f, vec=split, layer=layer)
+    if n - split:
+        em.emit(Op.ALU, fn=Fn.TANH, dst=r + split, src1=r + split, imm=fmt.f, vec=n - split,
+                layer=layer)
+
+
+def emit_cell(em, G: int, C: int, H: int, j0: int, n: int, fmt, layer: int) -> int:
+    """Cell update of units j0..j0+n; gates in G (i, o, f, g blocks of H), state in C.
+    Returns the register holding h. Twin of :func:`compiler.ops.lstm.cell_ref`."""
+    i, o, f, g, c = G + j0, G + H + j0, G + 2 * H + j0, G + 3 * H + j0, C + j0
+
+    def alu(fn, dst, a, b=0, imm=0):
+        em.emit(Op.ALU, fn=fn, dst=dst, src1=a, src2=b, imm=imm, vec=n, layer=layer)
+
+    def alui(fn, dst, a, imm):
+        em.emit(Op.ALUI, fn=fn, dst=dst, src1=a, imm=imm, vec=n, layer=layer)
+
+    alu(Fn.MUL, f, f, c)
+    alui(Fn.SHL, f, f, fmt.f - fmt.fc)
+    alu(Fn.MUL, i, i, g)
+    alu(Fn.ADD, i, i, f)
+    alui(Fn.SHR, i, i, 2 * fmt.f - fmt.fc)
+    alu(Fn.CLIP, c, i, imm=fmt.bits)
+    alui(Fn.SHL, g, c, fmt.f - fmt.fc)           # tanh(c) at the gates' precision
+    alu(Fn.TANH, g, g, imm=fmt.f)
+    alu(Fn.MUL, o, o, g)
+    alui(Fn.SHR, o, o, 2 * fmt.f - fmt.fh)
+    alu(Fn.CLIP, o, o, imm=fmt.bits)
+    return o
+
+
+def _const(cg, tile: int, vals) -> int:
+    m = cg.tilemem(tile)
+    a = m.alloc(len(vals))
+    m.init.append((tile, a, np.asarray(vals, np.int64), PERSISTENT))
+    return a
+
+
+def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
+    prog = cg.prog
+    strips = cg.pl.strips[i]
+    home = strips[0].owner
+    by_core: dict[tuple, list] = {home: []}
+    for s in strips:
+        for b in s.blocks:
+            by_core.setdefault(b.loc[:2], []).append(b)
+        by_core.setdefault(s.owner, [])
+    block_tiles = {b.loc[0] for s in strips for b in s.blocks}
+    holders = (cg.readers.get(prog.storage(L.output), set()) | block_tiles
+               | {s.owner[0] for s in strips})
+    y_buf = {t: cg.buffer(L.output, t) for t in sorted(holders)}
+    h0 = {t: _const(cg, t, L.h0) for t in sorted(block_tiles)}
+    c0 = _const(cg, home[0], L.c0)
+    # Counted slots: partial sums (strip, core) -> owner, gates (strip) -> home.
+    slot, rslot, gslot, rgslot = {}, {}, {}, {}
+    for s in strips:
+        for k in sorted({b.loc[:2] for b in s.blocks} - {s.owner}):
+            slot[(s.index, k)] = cg.tilemem(k[0]).alloc(s.n)
+            if k[0] != s.owner[0]:
+                rslot[(s.index, k)] = cg.tilemem(s.owner[0]).alloc(s.n)
+        if s.owner != home:
+            gslot[s.index] = cg.tilemem(s.owner[0]).alloc(s.n)
+            if s.owner[0] != home[0]:
+                rgslot[s.index] = cg.tilemem(home[0]).alloc(s.n)
+    for core, blocks in sorted(by_core.items()):
+        _core_code(cg, i, L, core, blocks, core == home, strips, core_em[core], lay,
+                   y_buf, h0, c0, slot, rslot, gslot, rgslot)
+    _tile_code(cg, i, L, strips, home[0], holders, y_buf, slot, rslot, gslot, rgslot,
+               tile_em)
+
+
+def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, slot,
+               rslot, gslot, rgslot) -> None:
+    H, T = L.hidden, L.steps
+    tile = core[0]
+    em.reset_gp()
+    mine = sorted({b.strip for b in blocks})
+    owned = [s for s in strips if s.owner == core]
+    G = C = None
+    if is_home:
+        G, C = em.gp(4 * H), em.gp(H)
+    acc = {}
+    for s in sorted(set(mine) | {s.index for s in owned}):
+        own_home = is_home and strips[s].owner == core
+        acc[s] = G + strips[s].c0 if own_home else em.gp(strips[s].n)
+    consts = {}
+    for s in owned:
+        a = _const(cg, tile, np.concatenate([L.bias[s.c0:s.c0 + s.n], L.mult[s.c0:s.c0 + s.n]]))
+        consts[s.index] = em.gp(2 * s.n)
+        em.emit(Op.LOAD, dst=consts[s.index], imm=a, vec=2 * s.n, layer=i)
+    tmp = em.gp(max(s.n for s in strips))
+    if is_home:
+        em.emit(Op.LOAD, dst=C, imm=c0, vec=H, layer=i)
+    has_x = any(off < H_SPACE for b in blocks for off, _, _ in b.segments)
+    has_h = any(off >= H_SPACE for b in blocks for off, _, _ in b.segments)
+    ptr_specs = []
+    if has_x:
+        ptr_specs.append(("x", cg.buffer(L.inputs[0], tile), [L.x_step]))
+    if has_h or is_home:
+        ptr_specs.append(("y", y_buf[tile], [H]))
+    ph = None
+    if has_h:
+        ph = em.int_reg()
+        em.emit(Op.ISET, dst=ph, imm=h0[tile], layer=i)
+    mask = 0
+    for b in blocks:
+        mask |= 1 << b.loc[2]
+    with em.loop_nest([T], [(base, st) for _, base, st in ptr_specs], i) as ptrs:
+        p = {name: q.ireg for (name, _, _), q in zip(ptr_specs, ptrs)}
+        for b in blocks:                               # crossbar inputs: x_t and h_{t-1}
+            x0 = lay.xin_of(b.loc[2])
+            for off, pos, n in b.segments:
+                if off >= H_SPACE:
+                    em.emit(Op.LOAD, dst=x0 + pos, imm=off - H_SPACE, ra=ph, vec=n, layer=i)
+                else:
+                    em.emit(Op.LOAD, dst=x0 + pos, imm=off, ra=p["x"], vec=n, layer=i)
+        if mask:
+            em.emit(Op.MVM, mask=mask, layer=i)
+        for s in mine:                                 # sum this core's blocks per strip
+            first = True
+            for b in blocks:
+                if b.strip != s:
+                    continue
+                xo, n = lay.xout_of(b.loc[2]), strips[s].n
+                if first:
+                    em.emit(Op.COPY, dst=acc[s], src1=xo, vec=n, layer=i)
+                    first = False
+                else:
+                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=xo, vec=n,
+                            layer=i)
+        for s in mine:                                 # partial sums to their owners
+            if strips[s].owner != core:
+                em.emit(Op.STORE, src1=acc[s], imm=slot[(s, core)], vec=strips[s].n,
+                        count=1, layer=i)
+        for st in owned:                               # reduce + gate activations
+            s, n = st.index, st.n
+            if s not in mine:
+                em.emit(Op.SET, dst=acc[s], imm=0, vec=n, layer=i)
+            for k in sorted({b.loc[:2] for b in st.blocks} - {core}):
+                addr = slot[(s, k)] if k[0] == tile else rslot[(s, k)]
+                em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
+                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n, layer=i)
+            emit_gates(em, acc[s], consts[s], st.c0, n, L, i)
+            if not is_home:
+                em.emit(Op.STORE, src1=acc[s], imm=gslot[s], vec=n, count=1, layer=i)
+        if is_home:
+            for st in strips:                          # gates computed elsewhere
+                if st.owner != core:
+                    addr = gslot[st.index] if st.owner[0] == tile else rgslot[st.index]
+                    em.emit(Op.LOAD, dst=G + st.c0, imm=addr, vec=st.n, layer=i)
+            for j0, n in chunk_list(H):
+                h = emit_cell(em, G, C, H, j0, n, L.fmt, i)
+                em.emit(Op.STORE, src1=h, imm=j0, ra=p["y"], vec=n, count=PERSISTENT,
+                        layer=i)
+        if ph is not None:                             # next step reads h_t from Y[t]
+            em.emit(Op.IADD, dst=ph, src1=p["y"], imm=0, layer=i)
+    if ph is not None:
+        em.release_int(ph)
+
+
+def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, rgslot,
+               tile_em) -> None:
+    """Per step: partial sums between tiles, gates to the home tile, h_t to the holders.
+    Each transfer is listed once; its send and receive follow from it, so every tile pair
+    sees its messages in the same order on both ends."""
+    stages = [[], [], []]            # (src, dst, src addr, dst addr, n, count, via pointer)
+    for (s, k), ra in sorted(rslot.items()):
+        stages[0].append((k[0], strips[s].owner[0], slot[(s, k)], ra, strips[s].n, 1, False))
+    for s, ra in sorted(rgslot.items()):
+        stages[1].append((strips[s].owner[0], home_tile, gslot[s], ra, strips[s].n, 1, False))
+    for dst in sorted(holders - {home_tile}):
+        for j0, n in chunk_list(L.hidden):
+            stages[2].append((home_tile, dst, j0, j0, n, PERSISTENT, True))
+    plan: dict[int, list] = {}
+    for stage in stages:
+        for src, dst, sa, da, n, cnt, via in stage:
+            plan.setdefault(src, []).append((0, "send", dst, sa, n, cnt, via))
+        for src, dst, sa, da, n, cnt, via in stage:
+            plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
+    for tile, ops in sorted(plan.items()):
+        em = tile_em[tile]
+        with em.loop_nest([L.steps], [(y_buf[tile], [L.hidden])], i) as (p,):
+            for _, kind, peer, a, n, cnt, via in ops:
+                ra = p.ireg if via else -1
+                if kind == "send":
+                    em.emit(Op.SEND, imm=a, ra=ra, vec=n, peer=peer, layer=i)
+                else:
+                    em.emit(Op.RECV, imm=a, ra=ra, vec=n, peer=peer, count=cnt, layer=i)

@@ -1,0 +1,167 @@
+"""LSTM: one recurrent crossbar layer with a time loop in the program. The simulated outputs
+equal the integer reference bit for bit and onnxruntime within 1e-2; the program does not
+grow with the sequence; multi-core / multi-tile mappings are exact too; unsupported
+variants are refused with the reason."""
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import compile_model
+from compiler.errors import UnsupportedOpError
+from compiler.reference import run_integer_reference, run_onnxruntime
+from simulator import load_config, simulate
+
+torch = pytest.importorskip("torch")
+import models
+
+
+def _check(model, x, cfg, outputs, tol=1e-2):
+    """Compile, simulate; bit-exact against the integer reference, close to onnxruntime."""
+    name = "input" if "input" in x else next(iter(x))
+    prog, lp, _ = compile_model(model, cfg, calibration={name: x[name]}, return_ir=True)
+    rep = simulate(prog, x)
+    ref = run_integer_reference(lp, x)
+    ort = run_onnxruntime(model, x)
+    for o in outputs:
+        np.testing.assert_array_equal(rep.outputs[o + ":int"], ref[o + ":int"])
+        rel = np.linalg.norm(rep.outputs[o] - ort[o]) / np.linalg.norm(ort[o])
+        assert rel <= tol, (o, rel)
+    return prog, rep
+
+
+@pytest.fixture(scope="module")
+def zoo_lstm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lstm")
+    return lambda **kw: models.export("lstm", root / f"lstm_{len(kw)}_{kw}.onnx", seed=0, **kw)
+
+
+def test_zoo_lstm_matches_reference_and_onnxruntime(zoo_lstm):
+    path = zoo_lstm()                                   # 28 steps x 28 features, hidden 64
+    x = np.random.default_rng(1).random((3, 28, 28)).astype(np.float32)
+    prog, rep = _check(path, {"input": x}, load_config("puma", ["adc.bits=none"]), ["logits"])
+    layer = prog.mapping["layers"][0]
+    assert layer["op"] == "LSTM" and layer["mvmus"] == 2     # 92 rows x 256 gate columns
+    assert rep.latency_cycles > 0
+
+
+def test_zoo_lstm_on_the_puma_preset_with_its_8bit_adc(zoo_lstm):
+    path = zoo_lstm()
+    x = np.random.default_rng(2).random((2, 28, 28)).astype(np.float32)
+    prog = compile_model(path, "puma", calibration={"input": x})
+    out = simulate(prog, {"input": x}).outputs["logits"]
+    ort = run_onnxruntime(path, {"input": x})["logits"]
+    assert np.linalg.norm(out - ort) / np.linalg.norm(ort) <= 1e-2
+
+
+def test_program_size_does_not_grow_with_the_sequence(zoo_lstm):
+    cfg = load_config("puma")
+    n4 = compile_model(zoo_lstm(seq_len=4), cfg).n_instructions
+    n16 = compile_model(zoo_lstm(seq_len=16), cfg).n_instructions
+    assert n4 == n16
+
+
+def _torch_lstm(T=7, I=12, H=20):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(I, H, batch_first=True)
+
+        def forward(self, x):
+            out, (h, _) = self.lstm(x)
+            return out, h
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = Net().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, T, I),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y", "h"])
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_torch_lstm_outputs_y_and_y_h():
+    model = _torch_lstm()
+    x = np.random.default_rng(0).standard_normal((3, 7, 12)).astype(np.float32)
+    _check(model, {"x": x}, load_config("puma", ["adc.bits=none"]), ["y", "h"])
+
+
+def test_strips_across_cores_and_tiles_are_exact():
+    # 1 MVMU per core and 1 core per tile: every block on its own tile, so partial sums,
+    # gate activations and h_t all cross the NoC every step.
+    model = _torch_lstm(T=5, I=10, H=12)
+    x = np.random.default_rng(3).standard_normal((2, 5, 10)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none", "weight_bits=16", "input_bits=16",
+                                "node.tiles=16", "core.mvmus=1", "tile.cores=1"])
+    prog, _ = _check(model, {"x": x}, cfg, ["y", "h"])
+    assert len(prog.mapping["layers"][0]["tiles"]) == 6      # 22 rows x 48 cols on 16x16
+
+
+def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh"),
+               time_major_input=False):
+    """Batch-first graph input -> Transpose -> LSTM with initial states (no bias) ->
+    Y transposed batch-first (``yb``), Y_h, Y_c."""
+    rng = np.random.default_rng(0)
+    arr = {"W": rng.standard_normal((1, 4 * H, I)) * 0.4,
+           "R": rng.standard_normal((1, 4 * H, H)) * 0.4,
+           "h0": rng.uniform(-0.5, 0.5, (1, 1, H)),
+           "c0": rng.uniform(-1, 1, (1, 1, H))}
+    ins = ["xt", "W", "R", "", "", "h0", "c0"]
+    if seq is not None:
+        arr["seq"], ins[4] = np.array([seq], np.int32), "seq"
+    if P is not None:
+        arr["P"] = P
+        ins.append("P")
+    inits = [numpy_helper.from_array(np.asarray(v, np.int32 if k == "seq" else np.float32), k)
+             for k, v in arr.items()]
+    nodes = [helper.make_node("LSTM", ins, ["y", "yh", "yc"], hidden_size=H, **(attrs or {}))]
+    if time_major_input:
+        nodes[0].input[0] = "x"
+        x_shape = [T, 1, I]
+    else:
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
+        x_shape = [1, T, I]
+    nodes.append(helper.make_node("Transpose", ["y"], ["yb"], perm=[2, 0, 1, 3]))
+    out_shapes = {"y": [T, 1, 1, H], "yb": [1, T, 1, H], "yh": [1, 1, H], "yc": [1, 1, H]}
+    g = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                        x_shape)],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shapes[o])
+                           for o in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_initial_states_and_no_bias():
+    x = np.random.default_rng(1).standard_normal((3, 5, 6)).astype(np.float32)
+    _check(_hand_lstm(), {"x": x}, load_config("puma", ["adc.bits=none"]), ["yb", "yh"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"attrs": {"direction": "bidirectional"}}, "direction"),
+    ({"attrs": {"direction": "reverse"}}, "direction"),
+    ({"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"]}}, "activations"),
+    ({"attrs": {"clip": 3.0}}, "clip"),
+    ({"P": np.full((1, 24), 0.1)}, "peephole"),
+    ({"seq": 3}, "sequence_lens"),
+    ({"outputs": ("yb", "yc")}, "Y_c"),
+    ({"outputs": ("y",)}, "time-major"),
+    ({"time_major_input": True}, "time-major"),
+])
+def test_unsupported_variants_are_refused(kw, match):
+    model = _hand_lstm(**kw)
+    if kw.get("attrs", {}).get("direction") == "bidirectional":
+        # Two directions need two weight sets: make W, R fit.
+        for init in model.graph.initializer:
+            if init.name in ("W", "R", "h0", "c0"):
+                a = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(np.concatenate([a, a]), init.name))
+        model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 2
+        model.graph.output[1].type.tensor_type.shape.dim[0].dim_value = 2
+    with pytest.raises(UnsupportedOpError, match=match):
+        compile_model(model, "puma")
