@@ -301,8 +301,8 @@ def _out_elem(node, consts) -> int:
 def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     """Fold DequantizeLinear of a constant: (q - zero_point) * scale in float32, as ONNX
     defines it. Integer input = a quantized weight: record (q - zero_point as int64, scale
-    as float64 (scalar or 1-D along ``axis``), axis >= 0) in ``qweights`` so Conv/Gemm map
-    exactly those integers."""
+    as float64, axis) in ``qweights`` so Conv/Gemm map exactly those integers; the scale is
+    0-D with axis None, or 1-D along ``axis`` (>= 0)."""
     q = np.asarray(consts[n.input[0]])
     s = np.asarray(consts[n.input[1]])
     zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
@@ -312,16 +312,17 @@ def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     axis = int(a.get("axis", 1))
     axis += q.ndim if axis < 0 else 0
     shape = [1] * q.ndim
-    if s.ndim == 1 and q.ndim:
+    per_axis = s.ndim == 1 and s.size > 1
+    if per_axis:
         shape[axis] = s.size
     z = np.zeros((), np.int64) if zp is None else np.asarray(zp, np.int64).reshape(
-        shape if np.ndim(zp) == 1 else ())
+        shape if np.size(zp) > 1 else ())
     if np.issubdtype(q.dtype, np.integer):
         qi = q.astype(np.int64) - z
-        qweights[n.output[0]] = (qi, s.astype(np.float64), axis if s.ndim == 1 else None)
-        return qi.astype(np.float32) * s.astype(np.float32).reshape(shape if s.ndim else ())
-    return ((q.astype(np.float32) - z.astype(np.float32))
-            * s.astype(np.float32).reshape(shape if s.ndim else ()))
+        s = s.astype(np.float64).reshape(-1 if per_axis else ())
+        qweights[n.output[0]] = (qi, s, axis if per_axis else None)
+        return qi.astype(np.float32) * s.astype(np.float32).reshape(shape)
+    return (q.astype(np.float32) - z.astype(np.float32)) * s.astype(np.float32).reshape(shape)
 
 
 def _recognise_qdq(g: Graph) -> None:

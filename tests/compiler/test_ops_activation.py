@@ -146,6 +146,7 @@ SOFTMAX_CASES = {
     "channels_per_pixel": ((1, 3, 8, 8), "Softmax", 1, 17, True),
     "log_channels_per_pixel": ((1, 3, 8, 8), "LogSoftmax", 1, 17, True),
     "last_axis_rows": ((1, 3, 4, 5), "Softmax", 3, 17, False),
+    "last_axis_rows_chunked": ((1, 40, 2, 10), "LogSoftmax", 3, 17, False),  # 3 groups/chunk
     "log_last_axis_rows": ((1, 3, 4, 5), "LogSoftmax", -1, 6, False),
     "whole_map_opset11": ((1, 3, 4, 4), "Softmax", 1, 11, False),
     "per_channel_over_pixels_opset11": ((1, 3, 4, 4), "LogSoftmax", 2, 11, False),
