@@ -48,6 +48,17 @@ def test_zoo_lstm_matches_reference_and_onnxruntime(zoo_lstm):
     assert rep.latency_cycles > 0
 
 
+def test_stacked_lstms_pipeline_as_a_wavefront(zoo_lstm):
+    # Layer 2 reads layer 1's h_t from tile memory as soon as it is stored, so two layers
+    # take about one step longer than one, not twice as long.
+    one, two = zoo_lstm(seq_len=8), zoo_lstm(seq_len=8, num_layers=2)
+    x = np.random.default_rng(4).random((2, 8, 28)).astype(np.float32)
+    _check(two, {"input": x}, load_config("puma", ["adc.bits=none"]), ["logits"])
+    cycles = [simulate(compile_model(p, "puma", calibration={"input": x}),
+                       {"input": x[:1]}).latency_cycles for p in (one, two)]
+    assert cycles[1] < 1.3 * cycles[0], cycles
+
+
 def test_zoo_lstm_on_the_puma_preset_with_its_8bit_adc(zoo_lstm):
     path = zoo_lstm()
     x = np.random.default_rng(2).random((2, 28, 28)).astype(np.float32)
