@@ -18,7 +18,9 @@ Fixed point: ``x`` arrives at its calibrated scale ``s_x``, ``h`` has the fixed 
 ``2**-(bits-1)`` (|h| < 1). Each column of ``Wcat`` is quantized jointly over its x rows
 (times ``s_x``) and h rows (times ``s_h``), so both halves add up in one accumulator of scale
 ``s_acc[n]``; a per-column multiplier moves it to ``f`` fraction bits for the activations.
-The cell state's integer bits cover |c| <= |c_0| + T (each step adds at most 1), capped.
+The cell state's integer bits cover |c| <= |c_0| + T (each step adds at most 1), capped;
+tanh(c) is evaluated at the gates' ``f`` bits (c shifted up: a wide VFU intermediate, like
+the products), which halves the output error against tanh at ``fc`` bits.
 """
 from dataclasses import dataclass
 
