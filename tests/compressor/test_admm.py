@@ -89,7 +89,6 @@ RECIPE = {
 @pytest.fixture(scope="module")
 def lenet_runs(digits):
     from models import build
-    torch.set_num_threads(2)
     recipe = parse_recipe(RECIPE)
     return {method: compress(build("lenet5", seed=0), recipe, *digits, method=method,
                              progress=False) for method in ("admm", "magnitude")}
