@@ -259,3 +259,33 @@ def test_qdq_weight_keeps_its_integers(per_channel):
     conv = lp.layers[0]
     np.testing.assert_array_equal(conv.weight, np.transpose(w_int, (2, 3, 1, 0)).reshape(-1, 4))
     check(m, _img())
+
+
+def test_onnxruntime_static_qdq_model(tmp_path):
+    """A model quantized by onnxruntime (QDQ format, per-channel int8 weights, int32 biases,
+    Q/DQ pairs around every activation) compiles with the model's own scales."""
+    quant = pytest.importorskip("onnxruntime.quantization")
+    nodes, inits = _conv()
+    inits["w2"] = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3
+    inits["b2"] = RNG.standard_normal(6).astype(np.float32) * 0.1
+    nodes += [helper.make_node("Relu", ["c"], ["r"]),
+              helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+              helper.make_node("Sigmoid", ["c2"], ["y"])]
+    onnx.save(_model(nodes, inits, (1, 3, 8, 8), ["y"]), tmp_path / "f.onnx")
+    x = _img(4)
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quant.quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", Reader(),
+                          quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                          activation_type=quant.QuantType.QInt8,
+                          weight_type=quant.QuantType.QInt8)
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    lp = check(m, x)
+    convs = [L for L in lp.layers if L.op == "Conv"]
+    assert len(convs) == 2 and all(np.abs(L.weight).max() <= 127 for L in convs)
