@@ -221,16 +221,24 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
         mine = sorted({b.strip for b in blocks})
         owned = [s for s in strips if s.owner == core]
         acc = {s: em.gp(strips[s].n) for s in sorted(set(mine) | {s.index for s in owned})}
-        consts = {}
+        widest = max([s.n for s in strips])
+        # Bias and multipliers stay in registers across the pixel loop when they fit;
+        # otherwise they are re-loaded from tile memory per pixel into one shared slot.
+        resident = (em.gp_next - em.gp_base + widest + sum(2 * s.n for s in owned)
+                    <= em.gp_size)
+        consts, const_addr = {}, {}
+        shared = None if resident or not owned else em.gp(2 * widest)
         for s in owned:
             addr = cg.tilemem(tile).alloc(2 * s.n)
             cg.tilemem(tile).init.append((tile, addr, np.concatenate(
                 [L.bias[s.c0:s.c0 + s.n], L.mult[s.c0:s.c0 + s.n]]).astype(np.int64),
                 PERSISTENT))
-            r = em.gp(2 * s.n)
-            em.emit(Op.LOAD, dst=r, imm=addr, vec=2 * s.n, layer=i)
-            consts[s.index] = r
-        tmp = em.gp(max([s.n for s in strips]))
+            const_addr[s.index] = addr
+            if resident:
+                r = em.gp(2 * s.n)
+                em.emit(Op.LOAD, dst=r, imm=addr, vec=2 * s.n, layer=i)
+                consts[s.index] = r
+        tmp = em.gp(widest)
         in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in)
         out_base = cg.buffer(L.output, tile) + out_off
         mask = 0
@@ -269,7 +277,11 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
                     em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
                     em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n,
                             layer=i)
-                r = consts[s]
+                if resident:
+                    r = consts[s]
+                else:
+                    r = shared
+                    em.emit(Op.LOAD, dst=r, imm=const_addr[s], vec=2 * n, layer=i)
                 em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n, layer=i)
                 em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s], src2=r + n, vec=n,
                         layer=i)

@@ -92,3 +92,16 @@ def test_adaptive_adc_bits_follow_sparsity_and_stay_exact():
     dense = simulate(compile_model(mlp([w]), load_config("puma", ["xbar.mapping=differential"]),
                                    calibration={"input": x}), {"input": x})
     assert rep.energy_j["adc"] < dense.energy_j["adc"] * bits / 8 + 1e-15
+
+
+def test_wide_layer_on_one_core_reloads_constants_instead_of_failing():
+    # 1000 output channels from 100 inputs: 8 strips of one block each, 6 on one core,
+    # whose bias/multiplier vectors do not all fit the 2048 registers.
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((100, 1000)) * 0.1
+    x = rng.standard_normal((2, 100)).astype(np.float32)
+    prog = compile_model(mlp([w]), load_config("puma", ["adc.bits=none"]),
+                         calibration={"input": x})
+    out = simulate(prog, {"input": x}).outputs["logits"]
+    ort = run_onnxruntime(mlp([w]), {"input": x})["logits"]
+    assert np.linalg.norm(out - ort) / np.linalg.norm(ort) < 1e-2
