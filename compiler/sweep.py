@@ -1,0 +1,734 @@
+"""Design-space sweeps: compile + simulate every (model, config) point of a grid, in parallel,
+resumably, into one tidy table.
+
+    xbarsim sweep --models lenet5_fmnist,vgg8:width=0.25 --grid xbar.rows=64,128,256 \\
+                  --grid adc.bits=4,5,6,7,8 --data demo -o results.csv
+
+API: :func:`run_sweep` (returns a pandas DataFrame). One row per point: ``model``, ``data``,
+``samples``, one column per grid key (named by its dotted config key), the metrics
+(:data:`METRIC_COLUMNS`), ``status`` (``ok``/``failed``), ``error`` (one line), the wall times
+(:data:`WALL_COLUMNS`) and ``point`` (the point's key).
+
+How it is built:
+
+- *Models*: ONNX files, shipped pretrained models (``lenet5_fmnist``) or zoo names with
+  builder options (``vgg8:width=0.25``); zoo models are exported once (torch, seed 0) into
+  ``RESULTS.models/`` next to the results.
+- *Grid*: ``KEY=V1,V2`` per config key; ``K1=K2=V1,V2`` sets both keys to each value
+  (``xbar.rows=xbar.cols=64,128`` for square crossbars). Points are the product, models
+  outermost, in the order given; the table keeps that order whatever order points finish in.
+- *Data* (optional): a batch whose outputs are compared with onnxruntime (relative error,
+  top-1 agreement) and, with labels, top-1 accuracy. A model whose input does not take the
+  data's samples gets seeded standard-normal inputs instead (``data`` column: ``random``).
+- *Resume*: every finished point is written at once to ``RESULTS.points/KEY.json`` (atomic
+  rename), KEY a hash of the model file's bytes, the resolved config and the input batch. A
+  rerun loads what is there and computes only the rest. Failures that follow from the point
+  itself (a :class:`~simulator.errors.XbarsimError`: invalid config, model too big) are stored
+  as failed rows; anything else (a crashed worker, a bug) is reported but retried next run.
+- *Executors*: ``local`` (concurrent.futures ProcessPoolExecutor, spawned workers),
+  ``dask`` (dask.distributed: a cluster at ``address`` or a LocalCluster for the run) and
+  ``ray`` (when installed). Workers run with BLAS/OpenMP pinned to one thread each.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator.config import MachineConfig, load_config, with_overrides
+from simulator.errors import ConfigError, XbarsimError
+
+#: Bump when a stored point's meaning changes; old points are then recomputed.
+POINT_FORMAT = 1
+EXECUTORS = ("local", "dask", "ray")
+DATA_SETS = ("demo", "fashion-mnist", "digits", "random")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
+CALIBRATION_SAMPLES = 32
+
+ENERGY_PARTS = ("crossbar", "dac", "adc", "shift_add", "vfu", "edram", "noc", "leakage")
+AREA_PARTS = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers", "vfu",
+              "core_other", "edram", "router")
+#: Metric columns of every table, in order (NaN where a point failed or has no data).
+METRIC_COLUMNS = (
+    ("latency_s", "latency_cycles", "throughput_per_s", "energy_j")
+    + tuple(f"energy_{p}_j" for p in ENERGY_PARTS) + ("area_mm2",)
+    + tuple(f"area_{p}_mm2" for p in AREA_PARTS)
+    + ("crossbars", "mvmus", "cores", "tiles", "utilization", "mvm_ops", "adc_conversions",
+       "instructions", "accuracy", "accuracy_onnx", "top1_agreement", "rel_err",
+       "max_abs_err"))
+INT_COLUMNS = ("latency_cycles", "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
+               "adc_conversions", "instructions")
+#: Wall-clock columns: the only ones that differ between two runs of the same sweep.
+WALL_COLUMNS = ("wall_s", "compile_s", "simulate_s")
+
+
+class SweepError(XbarsimError, ValueError):
+    """A sweep request that cannot run: bad grid, unknown model or executor, no data."""
+
+
+# --------------------------------------------------------------------------- the request
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One grid dimension: the keys it sets (usually one) and its values."""
+
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+
+
+@dataclass
+class ModelEntry:
+    """A model of the sweep, resolved to a file, with the inputs its points are fed."""
+
+    label: str
+    path: Path
+    sha: str
+    input_shapes: dict[str, tuple[int, ...]]
+    data_name: str | None = None
+    data: dict | None = None  # {"inputs": {name: x}, "labels": y|None, "reference": {..}}
+    data_sha: str = ""
+
+
+def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
+    """Grid axes from ``{"adc.bits": [4, 6]}`` / ``{("xbar.rows", "xbar.cols"): [...]}`` or
+    from CLI strings ``"adc.bits=4,6"`` / ``"xbar.rows=xbar.cols=64,128"``."""
+    from simulator.config import _parse_value
+    axes: list[GridAxis] = []
+    items: list[tuple[tuple[str, ...], list]] = []
+    if isinstance(grid, dict):
+        for k, vs in grid.items():
+            keys = tuple(k) if isinstance(k, (tuple, list)) else tuple(str(k).split("="))
+            vs = list(vs) if isinstance(vs, (list, tuple, range)) else [vs]
+            items.append((keys, vs))
+    else:
+        for text in grid or ():
+            parts = str(text).split("=")
+            if len(parts) < 2 or not parts[-1].strip():
+                raise SweepError(f"grid {text!r}: expected KEY=V1,V2,... e.g. adc.bits=4,6,8")
+            vals = [_parse_value(v.strip()) for v in parts[-1].split(",")]
+            items.append((tuple(parts[:-1]), vals))
+    seen: set[str] = set()
+    for keys, vals in items:
+        keys = tuple(k.strip() for k in keys)
+        if not all(keys):
+            raise SweepError(f"grid key {'='.join(keys)!r}: empty key")
+        for k in keys:
+            if k in seen:
+                raise SweepError(f"grid key {k!r} given twice")
+            seen.add(k)
+        if not vals:
+            raise SweepError(f"grid {'='.join(keys)}: no values")
+        dup = [v for i, v in enumerate(vals) if v in vals[:i]]
+        if dup:
+            raise SweepError(f"grid {'='.join(keys)}: value {dup[0]!r} given twice")
+        axes.append(GridAxis(keys, tuple(vals)))
+    return axes
+
+
+def _check_keys(base: MachineConfig, axes: list[GridAxis]) -> None:
+    """An unknown key is a typo for the whole sweep (an error now); a bad value is one
+    point's failure (a failed row later)."""
+    flat = base.to_dict()
+    for ax in axes:
+        for key in ax.keys:
+            node: Any = flat
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    with_overrides(base, {key: 0})  # raises ConfigError naming the key
+                    raise ConfigError(f"{key}: unknown config key")
+                node = node[part]
+            if isinstance(node, dict):
+                raise ConfigError(f"{key}: a config section, not a key; use {key}.FIELD")
+
+
+def grid_points(axes: list[GridAxis]) -> list[dict[str, Any]]:
+    """The product of the axes as ``{dotted key: value}`` dicts, first axis outermost."""
+    points = []
+    for combo in itertools.product(*(ax.values for ax in axes)):
+        pt: dict[str, Any] = {}
+        for ax, v in zip(axes, combo):
+            for k in ax.keys:
+                pt[k] = v
+        points.append(pt)
+    return points
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha_arrays(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _parse_model_spec(spec: str) -> tuple[str, dict]:
+    from simulator.config import _parse_value
+    name, *opts = spec.split(":")
+    kw = {}
+    for o in opts:
+        if "=" not in o:
+            raise SweepError(f"model {spec!r}: options go as NAME:KEY=VALUE, e.g. vgg8:width=0.25")
+        k, v = o.split("=", 1)
+        kw[k.strip()] = _parse_value(v.strip())
+    return name.strip(), kw
+
+
+def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:
+    """(label, ONNX path) for an ONNX file, a shipped pretrained name or a zoo name (exported
+    once into ``cache``)."""
+    import models
+    from models.demo import PRETRAINED
+    p = Path(spec)
+    if p.suffix == ".onnx" or p.is_file():
+        if not p.is_file():
+            raise SweepError(f"model file {str(spec)!r} does not exist")
+        return p.stem, p
+    name, kw = _parse_model_spec(str(spec))
+    if name in PRETRAINED and not kw:
+        return name, models.pretrained_path(name)
+    if name not in models.MODEL_NAMES:
+        raise SweepError(f"model {str(spec)!r}: not an ONNX file, a pretrained model "
+                         f"({', '.join(PRETRAINED)}) or a zoo name "
+                         f"({', '.join(models.MODEL_NAMES)})")
+    label = name + "".join(f"-{k}={v}" for k, v in sorted(kw.items()))
+    path = cache / f"{label}.onnx"
+    if not path.is_file():
+        try:
+            export = models.export
+        except ImportError as e:
+            raise SweepError(f"zoo model {name!r} needs torch to export ({e}); pass an ONNX "
+                             f"file instead") from e
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        export(name, tmp, **kw)
+        os.replace(tmp, path)
+    return (name if not kw else f"{name}:" + ":".join(f"{k}={v}" for k, v in kw.items()),
+            path)
+
+
+def _input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    shapes = {}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1
+                for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+def load_data(spec: str | os.PathLike | None, samples: int) -> tuple[np.ndarray, Any] | None:
+    """(images, labels) of a data set (test split) or None for ``random``/no data."""
+    if spec is None or str(spec) == "random":
+        return None
+    if samples < 1:
+        raise SweepError(f"samples = {samples}: must be >= 1")
+    if str(spec) == "demo":
+        import models
+        return models.load_demo_images(samples)
+    from models.data import load
+    return load(spec, "test", limit=samples)
+
+
+def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) -> None:
+    from .reference import run_onnxruntime
+    if data_name is None:
+        return
+    shape = next(iter(entry.input_shapes.values()))[1:] if entry.input_shapes else None
+    if len(entry.input_shapes) == 1 and batch is not None and (
+            tuple(batch[0].shape[1:]) == shape
+            or (len(shape) == 1 and int(np.prod(batch[0].shape[1:])) == shape[0])):
+        # images go to a vector model (an MLP) flattened, as its training flattened them
+        x = np.asarray(batch[0], np.float32).reshape((len(batch[0]),) + shape)
+        inputs = {next(iter(entry.input_shapes)): x}
+        labels, name = np.asarray(batch[1]), data_name
+    else:
+        rng = np.random.default_rng(0)
+        inputs = {n: rng.standard_normal((samples,) + s[1:]).astype(np.float32)
+                  for n, s in entry.input_shapes.items()}
+        labels, name = None, "random"
+        if data_name != "random":
+            print(f"note: {entry.label} takes inputs {list(entry.input_shapes.values())}, not "
+                  f"{data_name} samples {tuple(batch[0].shape[1:])}; it gets {samples} random "
+                  f"inputs", file=sys.stderr)
+    entry.data_name = name
+    entry.data = {"inputs": inputs, "labels": labels,
+                  "reference": run_onnxruntime(entry.path, inputs)}
+    entry.data_sha = _sha_arrays(*inputs.values(), labels)
+
+
+def point_key(entry: ModelEntry, base: MachineConfig, overrides: dict) -> str:
+    """The hash a point is stored under: model bytes + resolved config + input batch."""
+    try:
+        config: Any = with_overrides(base, overrides).to_dict()
+    except ConfigError:   # invalid point: still a stable key (base + the bad values)
+        config = {"base": base.to_dict(), "invalid": sorted(map(str, overrides.items()))}
+    blob = json.dumps({"format": POINT_FORMAT, "model": entry.sha, "config": config,
+                       "data": [entry.data_name, entry.data_sha]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- one point
+
+def _pin_threads() -> None:
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    msg = lines[0] if lines else ""
+    return msg if isinstance(e, (XbarsimError, ValueError)) and msg else \
+        f"{type(e).__name__}: {msg}"
+
+
+def evaluate_point(task: dict, data: dict | None = None) -> dict:
+    """Compile + simulate one point (runs in a worker). Never raises: a failure comes back
+    as ``status: failed`` with the error's first line; ``store`` says whether the failure is
+    the point's own (kept) or an accident (retried on the next run)."""
+    from simulator.report import error_metrics
+    from simulator.simulate import simulate
+
+    from .pipeline import compile_model
+    _pin_threads()
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {}
+    try:
+        cfg = load_config(task["preset"], task["overrides"])
+        calib = None
+        if data is not None:
+            calib = {k: v[:CALIBRATION_SAMPLES] for k, v in data["inputs"].items()}
+        prog = compile_model(task["model_path"], cfg, calibration=calib)
+        t1 = time.perf_counter()
+        rep = simulate(prog, data["inputs"] if data else None, values=data is not None)
+        t2 = time.perf_counter()
+        d = rep.to_dict()
+        row.update({k: d[k] for k in ("latency_s", "latency_cycles", "throughput_per_s",
+                                      "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
+                                      "adc_conversions", "instructions")})
+        row["utilization"] = prog.mapping.get("utilization")
+        row["energy_j"] = d["energy_j"]["total"]
+        row.update({f"energy_{k}_j": v for k, v in d["energy_j"].items() if k != "total"})
+        row["area_mm2"] = d["area_mm2"]["total"]
+        row.update({f"area_{k}_mm2": v for k, v in d["area_mm2"].items() if k != "total"})
+        if data is not None:
+            out = prog.outputs[0].name
+            y, ref = rep.outputs[out], data["reference"][out]
+            row.update({k: v for k, v in error_metrics({out: y}, {out: ref}).items()})
+            if data.get("labels") is not None and y.ndim == 2:
+                labels = np.asarray(data["labels"])
+                row["accuracy"] = float((y.argmax(1) == labels).mean())
+                row["accuracy_onnx"] = float((ref.argmax(1) == labels).mean())
+        row.update(status="ok", error=None, compile_s=t1 - t0, simulate_s=t2 - t1)
+        store = True
+    except Exception as e:  # noqa: BLE001 -- one point's failure must not end the sweep
+        row.update(status="failed", error=_one_line(e))
+        store = isinstance(e, XbarsimError)
+        row["_traceback"] = traceback.format_exc(limit=8)
+    row["wall_s"] = time.perf_counter() - t0
+    return {"row": _plain(row), "store": store}
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+# --------------------------------------------------------------------------- executors
+
+@contextlib.contextmanager
+def _pinned_env():
+    """BLAS/OpenMP/numba at one thread in every worker started inside this block (they
+    inherit the environment): N workers on N cores, no oversubscription."""
+    old = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: "1" for v in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for v, val in old.items():
+            if val is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = val
+
+
+def _run_local(jobs, workers, points_dir):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    # spawn, not fork: the parent already runs onnxruntime's and BLAS's threads
+    with _pinned_env(), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                            initializer=_pin_threads) as pool:
+        futs = {pool.submit(evaluate_point, task, data): i for i, (task, data) in
+                enumerate(jobs)}
+        try:
+            for f in as_completed(futs):
+                try:
+                    res = f.result()
+                except BrokenProcessPool as e:
+                    raise SweepError(
+                        f"a worker process died ({e}); the points finished so far are kept "
+                        f"in {points_dir}/ and a rerun resumes from them. (Out of memory? "
+                        f"Fewer --workers. From a script: its code must sit under "
+                        f"if __name__ == '__main__':)") from e
+                except Exception as e:  # noqa: BLE001 -- e.g. the task failed to pickle
+                    res = _crashed(e)
+                yield futs[f], res
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _run_dask(jobs, workers, address, processes):
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as e:
+        raise SweepError("--executor dask: dask.distributed is not installed "
+                         "(pip install 'dask[distributed]')") from e
+    with contextlib.ExitStack() as stack:
+        if address:
+            client = stack.enter_context(Client(address))
+        else:
+            stack.enter_context(_pinned_env())
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=processes,
+                dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        scattered: dict[int, Any] = {}
+        futs = {}
+        for i, (task, data) in enumerate(jobs):
+            if data is not None and id(data) not in scattered:
+                # one copy of a model's batch on the cluster, shared by its points
+                scattered[id(data)] = client.scatter([data], hash=False)[0]
+            arg = scattered.get(id(data)) if data is not None else None
+            f = client.submit(evaluate_point, task, arg, pure=False, key=f"point-{task['key']}"
+                              f"-{i}")
+            futs[f] = i
+        for f in as_completed(futs):
+            try:
+                yield futs[f], f.result()
+            except Exception as e:  # noqa: BLE001 -- KilledWorker and the like
+                yield futs[f], _crashed(e)
+
+
+def _run_ray(jobs, workers, address):
+    try:
+        import ray
+    except ImportError as e:
+        raise SweepError("--executor ray: ray is not installed (pip install 'ray[default]'); "
+                         "use --executor local or --executor dask") from e
+    with _pinned_env():
+        ray.init(address=address or None, num_cpus=None if address else workers,
+                 ignore_reinit_error=True, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(evaluate_point)
+        refs_of_data: dict[int, Any] = {}
+        pending = {}
+        for i, (task, data) in enumerate(jobs):
+            if data is not None and id(data) not in refs_of_data:
+                refs_of_data[id(data)] = ray.put(data)
+            pending[remote.remote(task, refs_of_data.get(id(data)) if data is not None
+                                  else None)] = i
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    yield i, ray.get(ref)
+                except Exception as e:  # noqa: BLE001 -- a worker died
+                    yield i, _crashed(e)
+    finally:
+        ray.shutdown()
+
+
+def _crashed(e: BaseException) -> dict:
+    return {"row": {"status": "failed", "error": f"worker failed: {_one_line(e)}",
+                    "wall_s": float("nan")}, "store": False}
+
+
+# --------------------------------------------------------------------------- the sweep
+
+def results_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Where a sweep writing ``out`` keeps its files: ``csv``, ``parquet``, ``points`` (one
+    JSON per finished point) and ``models`` (exported zoo models)."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix in (".csv", ".parquet") else out
+    return {"csv": stem.with_suffix(".csv"), "parquet": stem.with_suffix(".parquet"),
+            "points": stem.with_name(stem.name + ".points"),
+            "models": stem.with_name(stem.name + ".models")}
+
+
+def _write_point(folder: Path, key: str, record: dict) -> None:
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, folder / f"{key}.json")   # a kill leaves the old file or the new one
+
+
+def _read_point(path: Path) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None   # unreadable: recompute it
+    return rec if rec.get("format") == POINT_FORMAT else None
+
+
+def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[str] | None,
+              out: str | os.PathLike, *, preset: str | MachineConfig = "puma",
+              overrides: Iterable[str] | dict = (), data: str | None = None,
+              samples: int = 64, executor: str = "local", workers: int | None = None,
+              address: str | None = None, progress: bool = True, retry_failed: bool = False,
+              dask_processes: bool = True):
+    """Run (or finish) a sweep and write ``out`` as CSV and Parquet; returns the table.
+
+    ``models``: ONNX paths, pretrained names or zoo names with options (``vgg8:width=0.25``).
+    ``grid``: see :func:`parse_grid`. ``preset`` + ``overrides``: the machine every point
+    starts from. ``data``: ``demo``, ``fashion-mnist``, ``digits``, ``random``, a data file
+    or folder, or None (timing/energy/area only); ``samples`` its batch size. ``executor``:
+    ``local`` / ``dask`` / ``ray``; ``workers`` per executor (default: CPU count);
+    ``address``: an existing Dask scheduler or Ray cluster. ``retry_failed``: recompute
+    stored failed points. ``dask_processes``: False runs a LocalCluster's workers as threads.
+    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    import multiprocessing as mp
+    if getattr(mp.current_process(), "_inheriting", False):   # spawn child bootstrapping
+        raise SweepError("run_sweep() was called while a worker process re-imported the main "
+                         "script (multiprocessing's spawn does that); put the script's code "
+                         "under if __name__ == '__main__':")
+    if executor not in EXECUTORS:
+        raise SweepError(f"executor {executor!r}: choose from {', '.join(EXECUTORS)}")
+    needs = {"dask": "distributed", "ray": "ray"}.get(executor)
+    if needs and importlib.util.find_spec(needs) is None:
+        pip = {"dask": "'dask[distributed]'", "ray": "'ray[default]'"}[executor]
+        raise SweepError(f"--executor {executor}: {needs} is not installed (pip install {pip});"
+                         f" use --executor local")
+    if workers is not None and workers < 1:
+        raise SweepError(f"workers = {workers}: must be >= 1")
+    if isinstance(models, (str, os.PathLike)):
+        models = [m for m in str(models).split(",") if m.strip()]
+    if not models:
+        raise SweepError("no models to sweep")
+    base = load_config(preset, overrides)
+    axes = parse_grid(grid)
+    _check_keys(base, axes)
+    points = grid_points(axes) or [{}]
+    paths = results_paths(out)
+    batch = load_data(data, samples)
+
+    entries: list[ModelEntry] = []
+    for spec in models:
+        label, path = resolve_model(str(spec).strip(), paths["models"])
+        e = ModelEntry(label, path, _sha_file(path), _input_shapes(path))
+        _attach_data(e, batch, None if data is None else str(data), samples)
+        entries.append(e)
+
+    preset_arg = preset if isinstance(preset, MachineConfig) else str(preset)
+    fixed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) \
+        else list(overrides)
+    slots = []   # (entry, point values, key) in table order
+    for e in entries:
+        for pt in points:
+            slots.append((e, pt, point_key(e, base, pt)))
+
+    paths["points"].mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    for _, _, key in slots:
+        if key not in done and (paths["points"] / f"{key}.json").is_file():
+            rec = _read_point(paths["points"] / f"{key}.json")
+            if rec and not (retry_failed and rec["row"].get("status") != "ok"):
+                done[key] = rec["row"]
+    cached = len({k for _, _, k in slots if k in done})
+
+    jobs, job_keys = [], []
+    for e, pt, key in slots:
+        if key in done or key in job_keys:
+            continue
+        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in pt.items()]
+        try:
+            with_overrides(base, pt)
+        except ConfigError as err:   # invalid point: a failed row, no worker needed
+            row = {"status": "failed", "error": _one_line(err), "wall_s": 0.0}
+            _write_point(paths["points"], key, {
+                "format": POINT_FORMAT, "key": key, "model": e.label,
+                "model_path": str(e.path), "overrides": ov, "row": row})
+            done[key] = row
+            continue
+        jobs.append(({"key": key, "model_path": str(e.path), "preset": preset_arg,
+                      "overrides": ov, "label": e.label}, e.data))
+        job_keys.append(key)
+
+    nworkers = max(1, min(workers or os.cpu_count() or 1, max(len(jobs), 1)))
+    failed_now: dict[str, dict] = {}
+    bar = tqdm(total=len(job_keys) + cached, initial=cached, desc="sweep", unit="pt",
+               disable=not progress, file=sys.stderr)
+    try:
+        if jobs:
+            runner = {"local": lambda: _run_local(jobs, nworkers, paths["points"]),
+                      "dask": lambda: _run_dask(jobs, nworkers, address, dask_processes),
+                      "ray": lambda: _run_ray(jobs, nworkers, address)}[executor]
+            for i, res in runner():
+                key = job_keys[i]
+                row = res["row"]
+                tb = row.pop("_traceback", None)
+                if res["store"]:
+                    _write_point(paths["points"], key, {
+                        "format": POINT_FORMAT, "key": key, "model": jobs[i][0]["label"],
+                        "model_path": jobs[i][0]["model_path"],
+                        "overrides": jobs[i][0]["overrides"], "row": row,
+                        "traceback": tb})
+                    done[key] = row
+                else:
+                    failed_now[key] = row
+                    print(f"\nwarning: point {jobs[i][0]['label']} {jobs[i][0]['overrides']} "
+                          f"failed and will be retried next run: {row['error']}",
+                          file=sys.stderr)
+                bar.update(1)
+    finally:
+        bar.close()
+
+    rows = []
+    for e, pt, key in slots:
+        r = done.get(key) or failed_now.get(key) or {"status": "failed",
+                                                     "error": "not computed"}
+        row = {"model": e.label, "data": e.data_name, "samples":
+               len(next(iter(e.data["inputs"].values()))) if e.data else None}
+        row.update(pt)
+        row.update({c: r.get(c) for c in METRIC_COLUMNS})
+        row.update({k: v for k, v in r.items() if k not in row and k not in WALL_COLUMNS
+                    and k not in ("status", "error")})
+        row.update(status=r.get("status"), error=r.get("error"))
+        row.update({c: r.get(c) for c in WALL_COLUMNS})
+        row["point"] = key
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in METRIC_COLUMNS + WALL_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+        if c in INT_COLUMNS:
+            df[c] = df[c].round().astype("Int64")   # counts stay integers beside failed rows
+    write_table(df, paths)
+    n_failed = int((df["status"] != "ok").sum())
+    df.attrs.update(computed=len(job_keys), cached=cached, failed=n_failed)
+    return df
+
+
+def write_table(df, paths: dict[str, Path]) -> None:
+    paths["csv"].parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(paths["csv"], index=False)
+    try:
+        df.to_parquet(paths["parquet"], index=False)
+    except ImportError:
+        print("note: pyarrow is not installed; no Parquet file written "
+              "(pip install pyarrow)", file=sys.stderr)
+
+
+def read_table(path: str | os.PathLike):
+    """A results table from its CSV or Parquet file."""
+    import pandas as pd
+    p = Path(path)
+    if not p.is_file():
+        raise SweepError(f"results file {str(path)!r} does not exist")
+    try:
+        return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except (ValueError, OSError) as e:
+        raise SweepError(f"{path}: not a readable results table ({e})") from e
+
+
+# --------------------------------------------------------------------------- CLI
+
+def cmd_sweep(args) -> int:
+    t0 = time.perf_counter()
+    df = run_sweep(args.models, args.grid, args.output, preset=args.preset,
+                   overrides=args.overrides, data=args.data, samples=args.samples,
+                   executor=args.executor, workers=args.workers, address=args.address,
+                   progress=not args.quiet, retry_failed=args.retry_failed)
+    paths = results_paths(args.output)
+    a = df.attrs
+    print(f"{len(df)} points: {len(df) - a['failed']} ok, {a['failed']} failed; computed "
+          f"{a['computed']}, reused {a['cached']} from {paths['points']}/ "
+          f"({time.perf_counter() - t0:.1f} s)")
+    for _, r in df[df["status"] != "ok"].head(5).iterrows():
+        print(f"  failed: {r['model']} {r['point']}: {r['error']}")
+    print(f"results  -> {paths['csv']}" + (f", {paths['parquet']}"
+                                          if paths["parquet"].exists() else ""))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .sweep_plots import plot_results
+    for p in plot_results(args.results, args.output):
+        print(f"plot     -> {p}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``xbarsim sweep`` and ``xbarsim plot`` to the CLI's sub-parsers."""
+    p = sub.add_parser("sweep", help="compile + simulate models over a grid of machine "
+                                     "configs, in parallel and resumably")
+    p.add_argument("--models", required=True, metavar="M1,M2",
+                   help="ONNX files, pretrained (lenet5_fmnist) or zoo names with options "
+                        "(vgg8:width=0.25), comma separated")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values, e.g. --grid adc.bits=4,6,8; "
+                        "K1=K2=V1,V2 sets both keys (xbar.rows=xbar.cols=64,128); repeat "
+                        "for more axes")
+    p.add_argument("-o", "--output", required=True, metavar="RESULTS.csv",
+                   help="results table (CSV; a .parquet beside it); points are kept in "
+                        "RESULTS.points/ so a rerun resumes")
+    p.add_argument("--preset", default="puma",
+                   help="machine preset name or YAML file every point starts from [puma]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed override for every point")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local processes, a Dask cluster or a Ray cluster [local]")
+    p.add_argument("--address", help="scheduler address of an existing Dask/Ray cluster "
+                                     "(default: start a local one)")
+    p.add_argument("--workers", type=int, help="parallel workers [CPU count]")
+    p.add_argument("--data", metavar="SET",
+                   help="inputs for accuracy: demo, fashion-mnist, digits, random, or an "
+                        ".npz / folder (default: none, timing/energy/area only)")
+    p.add_argument("--samples", type=int, default=64, help="data samples per point [64]")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute stored failed points")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="plots (PNG) from a sweep's results table")
+    p.add_argument("results", help="RESULTS.csv or .parquet from xbarsim sweep")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the PNGs")
+    p.set_defaults(func=cmd_plot)
