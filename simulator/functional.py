@@ -122,6 +122,7 @@ class ValueEngine:
         self.budget = max_instructions
         self.executed = 0
         self.mvmus = prepared_mvmus(prog, exact_shortcut)
+        self.exact_shortcut = exact_shortcut
         for i, loc in enumerate(prog.mvmu_loc.tolist()):
             # A fresh read-noise stream per run: same seed, same report.
             self.mvmus[tuple(loc)].read_rng = read_noise_rng(cfg, i)
@@ -318,11 +319,41 @@ class ValueEngine:
         core = a % self.cores
         regs = self.regs[a]
         lay = self.lay
+        fused = self._fused(tile, core, mask)
+        if fused is not None:
+            # All masked MVMUs are lossless and contiguous: one stacked product.
+            m0, m1, mats = fused
+            B, k = regs.shape[0], m1 - m0
+            x = regs[:, lay.xin_of(m0):lay.xin_of(m1)].reshape(B, k, lay.rows)
+            y = np.matmul(x.transpose(1, 0, 2).astype(np.float64), mats)     # (k, B, C)
+            regs[:, lay.xout_of(m0):lay.xout_of(m1)] = np.rint(
+                y.transpose(1, 0, 2).reshape(B, k * lay.cols)).astype(np.int64)
+            return
         for m in range(self.cfg.core.mvmus):
             if mask >> m & 1:
                 model = self.mvmus[(tile, core, m)]
                 x = regs[:, lay.xin_of(m):lay.xin_of(m) + lay.rows]
                 regs[:, lay.xout_of(m):lay.xout_of(m) + lay.cols] = model.mvm(x)
+
+    def _fused(self, tile: int, core: int, mask: int):
+        """(first, end, stacked W (k, R, C)) for a contiguous mask of lossless MVMUs,
+        cached on the program; None when any of them needs the bit-serial path."""
+        cache = self.prog.__dict__.setdefault("_fused_mvm", {})
+        key = (tile, core, mask, self.exact_shortcut)
+        if key not in cache:
+            ms = [m for m in range(self.cfg.core.mvmus) if mask >> m & 1]
+            models = [self.mvmus.get((tile, core, m)) for m in ms]
+            ok = (len(ms) > 1 and ms == list(range(ms[0], ms[-1] + 1))
+                  and all(md is not None and md.lossless for md in models))
+            if not ok:
+                cache[key] = None
+            else:
+                R, C = self.lay.rows, self.lay.cols
+                mats = np.zeros((len(ms), R, C))
+                for k, md in enumerate(models):
+                    mats[k, :md.rows, :md.cols] = md.wmat   # undriven rows/cols stay 0
+                cache[key] = (ms[0], ms[-1] + 1, mats)
+        return cache[key]
 
     def _deadlock(self):
         stuck = []
