@@ -13,7 +13,6 @@ from _common import best_of, machine, mlp_onnx, write
 from compiler import compile_model
 from compiler.reference import run_integer_reference, run_onnxruntime
 from simulator import load_config, simulate
-from simulator.crossbar import MVMUModel
 from simulator.simulate import run_timing_engine
 
 PUMA = {"latency_us": 20.8, "energy_uj": 23.2, "cpu_s": 239.0, "mac_per_s": 21e3}
@@ -53,7 +52,8 @@ def main():
     run_timing_engine(prog)                         # numba compile (cached), not timed
     for batch, shortcut in ((1, True), (1, False), (16, True), (16, False)):
         x = np.random.default_rng(batch).standard_normal((batch, SIZES[0])).astype(np.float32)
-        t, rep = best_of(lambda: simulate(prog, {"input": x}, exact_shortcut=shortcut), 3)
+        t, rep = best_of(lambda x=x, s=shortcut: simulate(prog, {"input": x},
+                                                          exact_shortcut=s), 3)
         ref = run_integer_reference(lp, {"input": x})
         ort = run_onnxruntime(model, {"input": x})["logits"]
         # Bit-exact against the integer reference needs the ideal ADC; the puma ADC
@@ -68,7 +68,8 @@ def main():
         bound = blas_bound(prog, batch)
         mvms = rep.mvm_ops * batch
         run = {
-            "batch": batch, "lossless_shortcut": shortcut, "sim_wall_s": t, "timing_wall_s": rep.timing_wall_s,
+            "batch": batch, "lossless_shortcut": shortcut, "sim_wall_s": t,
+            "timing_wall_s": rep.timing_wall_s,
             "values_wall_s": rep.values_wall_s, "mvm_ops_simulated": mvms,
             "mvm_per_s": mvms / t, "mac_per_s": mvms * 128 * 128 / t,
             "blas_bound_s": bound, "ratio_to_blas_bound": rep.values_wall_s / bound,

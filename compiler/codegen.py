@@ -154,8 +154,10 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
     mem_words = np.array([max(cg.tilemem(t).words, 1) for t in range(n_tiles)], np.int64)
     init = [seg for t in range(n_tiles) for seg in cg.tilemem(t).init]
     R, C = cfg.xbar.rows, cfg.xbar.cols
-    levels = (np.stack([b.levels for b in blocks]) if blocks else
-              np.zeros((0, cfg.arrays * cfg.slices, R, C), np.uint8))
+    levels = np.empty((len(blocks), cfg.arrays * cfg.slices, R, C), np.uint8)
+    for k, b in enumerate(blocks):      # one copy of the cell levels, not two (VGG: 1 GB)
+        levels[k] = b.levels
+        b.levels = levels[k]
     mapping["mem_words_max"] = int(mem_words.max())
     mapping["edram_words"] = cfg.edram_words
     mapping["edram_overflow_tiles"] = int((mem_words > cfg.edram_words).sum())
@@ -197,7 +199,6 @@ def _mvm_geometry(cg: Codegen, L: MVMLayer):
 
 
 def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
-    prog, cfg = cg.prog, cg.cfg
     strips = cg.pl.strips[i]
     t_in, t_out, dims, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
     # Per core: its blocks, the strips it touches.

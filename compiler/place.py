@@ -38,29 +38,21 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
     per_tile = M * cores
     order = snake_order(cfg.node.tiles, cfg.node.mesh_width)
     needed = sum(len(s.blocks) for ss in strips.values() for s in ss)
-    # A loose capacity check first, with the numbers a user needs.
-    if needed > per_tile * cfg.node.tiles:
-        xb = cfg.arrays * cfg.slices
-        raise ModelTooBigError(
-            f"the model needs {needed} MVMUs ({needed * xb} crossbars); the node has "
-            f"{per_tile * cfg.node.tiles} ({per_tile * cfg.node.tiles * xb} crossbars: "
-            f"{cfg.node.tiles} tiles x {cores} cores x {M} MVMUs); use a bigger node, e.g. "
-            f"--set node.tiles={-(-needed // per_tile) + 1}, or bigger crossbars")
     pl = Placement(strips)
     slot = 0                       # next free MVMU slot, in (tile order, core, mvmu) order
     core_busy: dict[tuple, int] = {}   # (tile, core) -> VFU layers placed there
+    overflow = 0                   # tiles the slots need when more than the node has
 
     def loc(s):
+        nonlocal overflow
         t, rest = divmod(s, per_tile)
         if t >= len(order):
-            raise ModelTooBigError(
-                f"the model needs more than the node's {cfg.node.tiles} tiles of {cores} cores "
-                f"x {M} MVMUs ({needed} MVMUs in all, placed a layer per core); use "
-                f"--set node.tiles=N with a larger N")
+            # Keep placing (slots do not depend on the mesh) to report the exact need.
+            overflow = max(overflow, t + 1)
+            t = 0
         c, m = divmod(rest, M)
         return order[t], c, m
 
-    tile_pos = {t: i for i, t in enumerate(order)}
     for i, L in enumerate(prog.layers):
         if L.kind == "mvm":
             if slot % M:
@@ -88,8 +80,6 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
                     s.owner = first
                     tiles.add(first[0])
             pl.layer_tiles[i] = tiles
-            for t in tiles:
-                pass
         elif L.kind == "vfu":
             home = _home_tile(prog, pl, L.inputs[0] if L.inputs else None, order)
             used_cores = {b.loc[:2] for ss in strips.values() for s in ss for b in s.blocks
@@ -100,11 +90,17 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
             pl.vfu_core[i] = (home, c)
             core_busy[(home, c)] = core_busy.get((home, c), 0) + 1
             pl.layer_tiles[i] = {home}
+    if overflow:
+        xb = cfg.arrays * cfg.slices
+        raise ModelTooBigError(
+            f"the model needs {needed} MVMUs ({needed * xb} crossbars), placed a layer per "
+            f"core on {overflow} tiles of {cores} cores x {M} MVMUs; the node has "
+            f"{cfg.node.tiles} tiles ({per_tile * cfg.node.tiles * xb} crossbars); use "
+            f"--set node.tiles={overflow} or more, or bigger crossbars", tiles_needed=overflow)
     used = set()
     for ts in pl.layer_tiles.values():
         used |= ts
-    pl.n_tiles = max(tile_pos[t] for t in used) + 1 if used else 1
-    # Program tile ids are physical ids; make sure the program covers them all.
+    # Program tile ids are physical ids; the program covers every id up to the largest.
     pl.n_tiles = max(used) + 1 if used else 1
     pl.tile_of_order = order
     return pl

@@ -80,8 +80,8 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     status, end, info, tlen = run_timing(
         f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
         f["count"], f["ra"], f["rr"], f["peer"], f["layer"], starts, prog.n_tiles,
-        cfg.tile.cores, params, tile_base, tile_words, lat, stats, bits, valid, cnt, vtime, ftime, counters,
-        adc_by_bits, span, trace, trace_cap, transc)
+        cfg.tile.cores, params, tile_base, tile_words, lat, stats, bits, valid, cnt, vtime,
+        ftime, counters, adc_by_bits, span, trace, trace_cap, transc)
     _raise_for_status(prog, status, info, streams)
     return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
             "trace": trace[:tlen].copy(), "mvm_latency": lat}

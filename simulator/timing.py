@@ -119,8 +119,8 @@ def _port(port_free, tile, nports):
 
 @nb.njit(cache=True)
 def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer,
-               agent_start, n_tiles, cores, params, tile_base, tile_words, mvm_lat, mvm_stats, mvm_bits,
-               valid, cnt, vtime, ftime, counters, adc_by_bits, layer_span,
+               agent_start, n_tiles, cores, params, tile_base, tile_words, mvm_lat, mvm_stats,
+               mvm_bits, valid, cnt, vtime, ftime, counters, adc_by_bits, layer_span,
                trace, trace_cap, fn_transcendental):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
 

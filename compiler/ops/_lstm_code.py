@@ -213,9 +213,9 @@ def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, 
             stages[2].append((home_tile, dst, j0, j0, n, PERSISTENT, True))
     plan: dict[int, list] = {}
     for stage in stages:
-        for src, dst, sa, da, n, cnt, via in stage:
+        for src, dst, sa, _da, n, cnt, via in stage:
             plan.setdefault(src, []).append((0, "send", dst, sa, n, cnt, via))
-        for src, dst, sa, da, n, cnt, via in stage:
+        for src, dst, _sa, da, n, cnt, via in stage:
             plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
     for tile, ops in sorted(plan.items()):
         em = tile_em[tile]

@@ -1,7 +1,6 @@
 """Compression-aware mapping: zero blocks take no crossbar, pruned rows are compacted, and
 adaptive ADC bits follow the weights."""
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
