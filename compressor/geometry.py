@@ -5,8 +5,18 @@ Convention shared with the compiler (``compiler/`` partitions weights the same w
 * The *crossbar matrix* of a weight is its transpose view. Crossbar rows (word lines) are the
   layer's inputs, crossbar columns (bit lines) its outputs. For ``nn.Linear`` (``out × in``)
   that is ``W.T`` (``in × out``); for a convolution (``C_out × C_in × k_h × k_w``) it is
-  ``W.reshape(C_out, -1).T``: ``C_in·k_h·k_w`` rows flattened in ``(c_in, ky, kx)`` order
-  (im2col order) by ``C_out`` columns.
+  ``W.permute(0, 2, 3, 1).reshape(C_out, -1).T``: ``k_h·k_w·C_in`` rows in ``(ky, kx, c_in)``
+  order, channel-last, as ``compiler/ops/conv.py`` lays out the receptive field of a
+  feature map stored ``(H, W, C)`` (1-D convolutions likewise: ``(kx, c_in)``). So the
+  row-blocks here are the compiler's crossbars and a TinyADC column segment is one bit line.
+* One known mismatch: a fully connected layer after ``Flatten`` of a ``C × H × W`` map sees
+  its inputs in ONNX order ``(c, h, w)`` here, but the compiler stores the map ``(h, w, c)``
+  and permutes that layer's weight rows to match. Whole-block, row, column-segment and
+  crossbar-aligned structures are unaffected in crossbar count (the compiler drops, per
+  column strip, the rows that are all zero and packs the rest, so ``k`` kept row-blocks still
+  fill ``k`` crossbars), but a TinyADC segment of such a layer is spread over several of the
+  compiler's crossbars, which then need more ADC bits than ``n`` implies. Flatten a ``1 × 1``
+  map (global pooling), where both orders agree, to keep TinyADC exact on that layer.
 * The crossbar matrix is tiled into *row-blocks* of ``rows`` rows and *column-blocks* of
   ``cols`` columns; block ``(r, c)`` is one logical crossbar (all its bit slices). The last
   row-/column-block may be partial; the missing part counts as zero.
@@ -158,14 +168,28 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 def to_crossbar(w):
     """Crossbar matrix (``K × C_out``) of a torch-layout weight; numpy array or torch tensor.
 
-    Returns a view where the input allows it.
+    A convolution weight ``(C_out, C_in, *kernel)`` is read channel-last: its rows run over
+    ``(*kernel, c_in)`` (the compiler's order; see the module doc). A view where possible.
     """
+    if w.ndim >= 3:
+        w = _channel_last(w)
     return w.reshape(w.shape[0], -1).T
 
 
 def from_crossbar(m, shape: tuple[int, ...]):
     """Inverse of :func:`to_crossbar`: the torch-layout weight of ``shape``."""
-    return m.T.reshape(tuple(shape))
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 3:
+        return m.T.reshape(shape)
+    w = m.T.reshape((shape[0], *shape[2:], shape[1]))  # (C_out, *kernel, C_in)
+    order = (0, w.ndim - 1, *range(1, w.ndim - 1))
+    return w.permute(*order) if hasattr(w, "permute") else w.transpose(order)
+
+
+def _channel_last(w):
+    """``(C_out, C_in, *kernel)`` -> ``(C_out, *kernel, C_in)`` (numpy or torch, a view)."""
+    order = (0, *range(2, w.ndim), 1)
+    return w.permute(*order) if hasattr(w, "permute") else w.transpose(order)
 
 
 def occupancy(m: np.ndarray, geom: CrossbarGeometry) -> dict:

@@ -46,13 +46,48 @@ def test_levels():
         level_range(0)
 
 
-def test_conv_crossbar_matrix_is_im2col_transpose():
+def test_conv_crossbar_matrix_is_channel_last_im2col_transpose():
     w = np.arange(5 * 3 * 2 * 2).reshape(5, 3, 2, 2)
     m = to_crossbar(w)
     assert m.shape == (12, 5)
     for o, c, ky, kx in np.ndindex(*w.shape):
-        assert m[c * 4 + ky * 2 + kx, o] == w[o, c, ky, kx]
+        assert m[(ky * 2 + kx) * 3 + c, o] == w[o, c, ky, kx]   # rows (ky, kx, c_in)
     assert np.array_equal(from_crossbar(m, w.shape), w)
+    w1 = np.arange(4 * 3 * 5).reshape(4, 3, 5)                  # Conv1d: rows (kx, c_in)
+    assert to_crossbar(w1)[2 * 3 + 1, 0] == w1[0, 1, 2]
+    assert np.array_equal(from_crossbar(to_crossbar(w1), w1.shape), w1)
+
+
+def test_torch_and_numpy_agree():
+    import torch
+    w = np.random.default_rng(0).standard_normal((6, 4, 3, 3))
+    t = torch.from_numpy(w)
+    assert np.array_equal(to_crossbar(t).numpy(), to_crossbar(w))
+    assert np.array_equal(from_crossbar(to_crossbar(t), t.shape).numpy(), w)
+
+
+def test_conv_rows_are_the_compilers_rows():
+    """The compiler's weight matrix of a Conv is exactly ``to_crossbar`` of its integers, so
+    a crossbar block here is a crossbar there."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler import compile_model
+    rng = np.random.default_rng(0)
+    q = rng.integers(-100, 101, (5, 3, 3, 3)).astype(np.int8)
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+         helper.make_node("Conv", ["input", "w"], ["logits"], pads=[1, 1, 1, 1])],
+        "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 6, 6])],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.float32(0.01), "ws"),
+         numpy_helper.from_array(np.int8(0), "wz")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.checker.check_model(model)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    _, lp, _ = compile_model(model, "puma", calibration={"input": x}, return_ir=True)
+    (layer,) = [L for L in lp.layers if L.kind == "mvm"]
+    assert np.array_equal(layer.weight, to_crossbar(q.astype(np.int64)))
 
 
 def test_blocks_pad_and_unblock():
