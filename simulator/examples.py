@@ -51,25 +51,33 @@ def single_mvm(cfg: MachineConfig, w: np.ndarray, adc_bits: int = -1) -> Program
         layers=[{"name": "mvm", "op": "MatMul"}])
 
 
-def two_core_exchange(cfg: MachineConfig, w: np.ndarray, shift: int = 0) -> Program:
-    """Core 0: y = in @ w, stored with consumer count 1. Core 1: loads y (waiting for it),
-    computes relu(y) >> shift, stores the output."""
-    rows, cols = w.shape
-    lay = RegisterLayout.of(cfg)
-    mid, out = rows, rows + cols
-    c0 = assemble([
+def _producer_consumer(lay, rows, cols, mid, out, shift):
+    """Core code of the exchange examples: the producer computes y = in @ w and stores it
+    with consumer count 1 at ``mid``; the consumer waits for it, applies relu >> shift and
+    stores the result at ``out``."""
+    producer = assemble([
         instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=rows, layer=0),
         instr(Op.MVM, mask=1, layer=0),
         instr(Op.STORE, src1=lay.xout_of(0), imm=mid, vec=cols, count=1, layer=0),
         instr(Op.HLT),
     ])
-    c1 = assemble([
+    consumer = assemble([
         instr(Op.LOAD, dst=lay.gp, imm=mid, vec=cols, layer=1),
         instr(Op.ALU, fn=Fn.RELU, dst=lay.gp, src1=lay.gp, vec=cols, layer=1),
         instr(Op.ALUI, fn=Fn.SHR, dst=lay.gp, src1=lay.gp, imm=shift, vec=cols, layer=1),
         instr(Op.STORE, src1=lay.gp, imm=out, vec=cols, count=0, layer=1),
         instr(Op.HLT),
     ])
+    return producer, consumer
+
+
+def two_core_exchange(cfg: MachineConfig, w: np.ndarray, shift: int = 0) -> Program:
+    """Core 0: y = in @ w, stored with consumer count 1. Core 1: loads y (waiting for it),
+    computes relu(y) >> shift, stores the output."""
+    rows, cols = w.shape
+    lay = RegisterLayout.of(cfg)
+    mid, out = rows, rows + cols
+    c0, c1 = _producer_consumer(lay, rows, cols, mid, out, shift)
     cores = [c0, c1] + [EMPTY] * (cfg.tile.cores - 2)
     return Program(
         config=cfg, n_tiles=1, core_code=cores, tile_code=[EMPTY],
@@ -88,19 +96,7 @@ def two_tile_exchange(cfg: MachineConfig, w: np.ndarray, dst_tile: int = 1,
     lay = RegisterLayout.of(cfg)
     mid, out = rows, rows + cols
     n_tiles = dst_tile + 1
-    c0 = assemble([
-        instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=rows, layer=0),
-        instr(Op.MVM, mask=1, layer=0),
-        instr(Op.STORE, src1=lay.xout_of(0), imm=mid, vec=cols, count=1, layer=0),
-        instr(Op.HLT),
-    ])
-    c1 = assemble([
-        instr(Op.LOAD, dst=lay.gp, imm=mid, vec=cols, layer=1),
-        instr(Op.ALU, fn=Fn.RELU, dst=lay.gp, src1=lay.gp, vec=cols, layer=1),
-        instr(Op.ALUI, fn=Fn.SHR, dst=lay.gp, src1=lay.gp, imm=shift, vec=cols, layer=1),
-        instr(Op.STORE, src1=lay.gp, imm=out, vec=cols, count=0, layer=1),
-        instr(Op.HLT),
-    ])
+    c0, c1 = _producer_consumer(lay, rows, cols, mid, out, shift)
     send = assemble([instr(Op.SEND, imm=mid, vec=cols, peer=dst_tile, layer=0),
                      instr(Op.HLT)])
     recv = assemble([instr(Op.RECV, imm=mid, vec=cols, peer=0, count=1, layer=1),

@@ -168,7 +168,7 @@ class Program:
             "outputs": [p.to_dict() for p in self.outputs],
             "layers": self.layers, "mapping": self.mapping,
         }
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_jsonable))
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=jsonable))
         return folder
 
     @classmethod
@@ -222,7 +222,8 @@ class Program:
         )
 
 
-def _jsonable(o):
+def jsonable(o):
+    """``json.dumps`` default for numpy scalars and arrays."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import costs
 from .isa import Op
+from .program import jsonable
 from .timing import (C_ADC, C_DAC, C_EDRAM, C_INSTR, C_MVM, C_NOC, C_SHADD, C_VFU, C_XBAR,
                      COUNTER_NAMES)
 
@@ -61,7 +62,7 @@ class Report:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1, default=_plain)
+        text = json.dumps(self.to_dict(), indent=1, default=jsonable)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -149,16 +150,6 @@ class Report:
             f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model})",
         ]
         return "\n".join(lines)
-
-
-def _plain(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
 
 
 def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> dict:

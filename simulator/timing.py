@@ -109,6 +109,19 @@ def _wake_tile(tile, now, cores, n_core_agents, state, t_agent, heap, hsize):
 
 
 @nb.njit(cache=True)
+def _trace(trace, tlen, cap, agent, start, end, op, layer):
+    """Record one timeline event while there is room; returns the new length."""
+    if tlen < cap:
+        trace[tlen, 0] = agent
+        trace[tlen, 1] = start
+        trace[tlen, 2] = end
+        trace[tlen, 3] = op
+        trace[tlen, 4] = layer
+        tlen += 1
+    return tlen
+
+
+@nb.njit(cache=True)
 def _port(port_free, tile, nports):
     best = 0
     for p in range(1, nports):
@@ -249,13 +262,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         adc_by_bits[lay, mvm_bits[core, m]] += mvm_stats[core, m, 2]
                 fin = w + 1
                 end_time = max(end_time, last)
-                if tlen < trace_cap:
-                    trace[tlen, 0] = a
-                    trace[tlen, 1] = w
-                    trace[tlen, 2] = last
-                    trace[tlen, 3] = o
-                    trace[tlen, 4] = lay - 1
-                    tlen += 1
+                tlen = _trace(trace, tlen, trace_cap, a, w, last, o, lay - 1)
                 if layer_span[lay, 0] < 0 or w < layer_span[lay, 0]:
                     layer_span[lay, 0] = w
                 layer_span[lay, 1] = max(layer_span[lay, 1], last)
@@ -384,26 +391,14 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     ring_head[pair] += 1
                     hsize = _wake_tile(peer[p], t, cores, n_core_agents, state, t_agent,
                                        heap, hsize)
-                if tlen < trace_cap:
-                    trace[tlen, 0] = a
-                    trace[tlen, 1] = start
-                    trace[tlen, 2] = fin
-                    trace[tlen, 3] = o
-                    trace[tlen, 4] = lay - 1
-                    tlen += 1
+                tlen = _trace(trace, tlen, trace_cap, a, start, fin, o, lay - 1)
             counters[lay, C_INSTR] += 1
             if lay > 0 and o != _OP_MVM:
                 if layer_span[lay, 0] < 0 or start < layer_span[lay, 0]:
                     layer_span[lay, 0] = start
                 layer_span[lay, 1] = max(layer_span[lay, 1], fin)
             if o == _OP_ALU or o == _OP_ALUI or o == _OP_SET or o == _OP_COPY:
-                if tlen < trace_cap:
-                    trace[tlen, 0] = a
-                    trace[tlen, 1] = start
-                    trace[tlen, 2] = fin
-                    trace[tlen, 3] = o
-                    trace[tlen, 4] = lay - 1
-                    tlen += 1
+                tlen = _trace(trace, tlen, trace_cap, a, start, fin, o, lay - 1)
             t_agent[a] = fin
             pc[a] = nxt
             end_time = max(end_time, fin)
