@@ -1,0 +1,206 @@
+"""Design-space sweeps (``xbarsim sweep`` / ``xbarsim plot``): the same table from local
+processes and from Dask, a sweep killed with SIGKILL resumes without recomputing what it
+stored, an invalid grid point is one failed row, and the plots get written."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.sweep import WALL_COLUMNS, SweepError, grid_points, parse_grid, run_sweep
+from simulator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = ["xbar.rows=32,64,128", "adc.bits=4,6,8"]
+SAMPLES = 8       # ~20 ms of values per point: a 2 ms poll still kills the sweep midway
+N_POINTS = 18     # 2 models x 3 x 3
+
+
+def _save(nodes, inits, in_shape, name, path):
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, in_shape)], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def _mlp(path):
+    rng = np.random.default_rng(0)
+    arr = {"w0": rng.standard_normal((64, 48)) / 8, "b0": rng.standard_normal(48) * 0.1,
+           "w1": rng.standard_normal((48, 10)) / 7, "b1": rng.standard_normal(10) * 0.1}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arr.items()]
+    nodes = [helper.make_node("Gemm", ["input", "w0", "b0"], ["g0"]),
+             helper.make_node("Relu", ["g0"], ["h0"]),
+             helper.make_node("Gemm", ["h0", "w1", "b1"], ["logits"])]
+    return _save(nodes, inits, [1, 64], "mlp", path)
+
+
+def _cnn(path):
+    rng = np.random.default_rng(1)
+    arr = {"cw": rng.standard_normal((8, 1, 3, 3)) / 3, "cb": rng.standard_normal(8) * 0.1,
+           "fw": rng.standard_normal((288, 10)) / 17, "fb": np.zeros(10)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arr.items()]
+    nodes = [helper.make_node("Conv", ["input", "cw", "cb"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"])]
+    return _save(nodes, inits, [1, 1, 8, 8], "cnn", path)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return [str(_mlp(d / "mlp.onnx")), str(_cnn(d / "cnn.onnx"))]
+
+
+@pytest.fixture(scope="module")
+def local_run(model_files, tmp_path_factory):
+    """The uninterrupted reference: local process pool, two workers."""
+    out = tmp_path_factory.mktemp("local") / "res.csv"
+    df = run_sweep(model_files, GRID, out, data="random", samples=SAMPLES, workers=2,
+                   progress=False)
+    return df, out
+
+
+def _no_wall(df):
+    return df.drop(columns=list(WALL_COLUMNS)).reset_index(drop=True)
+
+
+def test_local_sweep_table(local_run):
+    df, out = local_run
+    assert len(df) == N_POINTS and (df["status"] == "ok").all(), df[["status", "error"]]
+    assert list(df.columns[:5]) == ["model", "data", "samples", "xbar.rows", "adc.bits"]
+    assert list(df["model"].unique()) == ["mlp", "cnn"]
+    # grid order whatever order the points finished in
+    assert list(df["xbar.rows"][:9]) == [32] * 3 + [64] * 3 + [128] * 3
+    assert list(df["adc.bits"][:3]) == [4, 6, 8]
+    for col in ("latency_s", "energy_j", "energy_adc_j", "area_mm2", "crossbars",
+                "adc_conversions", "top1_agreement", "rel_err", "wall_s"):
+        assert df[col].notna().all(), col
+    # more ADC bits: more ADC energy per conversion, and no worse outputs
+    for _, g in df.groupby(["model", "xbar.rows"]):
+        assert g["energy_adc_j"].is_monotonic_increasing
+        assert g["rel_err"].iloc[-1] <= g["rel_err"].iloc[0]
+    # both files, same table (no errors: empty in the CSV, None in Parquet)
+    csv, parquet = pd.read_csv(out), pd.read_parquet(out.with_suffix(".parquet"))
+    assert csv["error"].isna().all() and parquet["error"].isna().all()
+    pd.testing.assert_frame_equal(csv.drop(columns="error"), parquet.drop(columns="error"),
+                                  check_dtype=False)
+    assert len(list(out.with_name("res.points").glob("*.json"))) == N_POINTS
+
+
+def test_dask_gives_the_same_table(local_run, model_files, tmp_path):
+    pytest.importorskip("distributed")
+    df = run_sweep(model_files, GRID, tmp_path / "res.csv", data="random", samples=SAMPLES,
+                   executor="dask", workers=2, dask_processes=False, progress=False)
+    pd.testing.assert_frame_equal(_no_wall(df), _no_wall(local_run[0]))
+
+
+def _sweep_cmd(model_files, out):
+    return [sys.executable, "-m", "simulator.cli", "sweep", "--models", ",".join(model_files),
+            "--grid", GRID[0], "--grid", GRID[1], "--data", "random", "--samples",
+            str(SAMPLES), "--workers", "1", "-q", "-o", str(out)]
+
+
+def test_killed_sweep_resumes_without_recomputing(local_run, model_files, tmp_path, capsys):
+    out = tmp_path / "res.csv"
+    points = tmp_path / "res.points"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # own session: SIGKILL reaches the sweep and its worker processes, nothing else
+    proc = subprocess.Popen(_sweep_cmd(model_files, out), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    try:
+        while len(list(points.glob("*.json"))) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no point stored in 90 s"
+            time.sleep(0.002)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    first = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in points.glob("*.json")}
+    assert 3 <= len(first) < N_POINTS, f"{len(first)} points stored before the kill"
+    assert not out.exists()
+
+    capsys.readouterr()
+    assert main(_sweep_cmd(model_files, out)[3:]) == 0     # the same command, rerun
+    stdout = capsys.readouterr().out
+    m = re.search(r"computed (\d+), reused (\d+)", stdout)
+    assert m and (int(m[1]), int(m[2])) == (N_POINTS - len(first), len(first)), stdout
+    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in points.glob("*.json")}
+    assert len(after) == N_POINTS
+    assert {k: after[k] for k in first} == first      # not one stored point rewritten
+    resumed, reference = pd.read_csv(out), pd.read_csv(local_run[1])
+    pd.testing.assert_frame_equal(_no_wall(resumed), _no_wall(reference))
+
+
+def test_invalid_point_is_a_failed_row(tmp_path, capsys):
+    out = tmp_path / "res.csv"
+    rc = main(["sweep", "--models", "lenet5_fmnist", "--grid", "adc.bits=0,6",
+               "--workers", "1", "-q", "-o", str(out)])
+    assert rc == 0
+    assert "2 points: 1 ok, 1 failed" in capsys.readouterr().out
+    df = pd.read_csv(out)
+    bad, good = df.iloc[0], df.iloc[1]
+    assert bad["status"] == "failed" and bad["adc.bits"] == 0
+    assert bad["error"].startswith("adc.bits = 0: must be") and "\n" not in bad["error"]
+    assert np.isnan(bad["energy_j"])
+    assert good["status"] == "ok" and good["energy_j"] > 0 and pd.isna(good["error"])
+    assert pd.isna(good["rel_err"])            # no --data: timing, energy and area only
+
+
+def test_plot_writes_pngs(local_run, tmp_path, capsys):
+    rc = main(["plot", str(local_run[1]), "-o", str(tmp_path / "plots")])
+    assert rc == 0
+    names = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert names == {"heatmap_mlp.png", "heatmap_cnn.png", "accuracy_vs_adc_bits.png",
+                     "energy_breakdown_mlp.png", "energy_breakdown_cnn.png",
+                     "pareto_accuracy_energy.png"}
+    for n in names:
+        data = (tmp_path / "plots" / n).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, n
+    assert capsys.readouterr().out.count("plot     -> ") == len(names)
+
+
+def test_grid_parsing_and_user_errors(tmp_path, capsys):
+    axes = parse_grid(["xbar.rows=xbar.cols=64,128", "adc.bits=none,4"])
+    assert grid_points(axes) == [
+        {"xbar.rows": 64, "xbar.cols": 64, "adc.bits": None},
+        {"xbar.rows": 64, "xbar.cols": 64, "adc.bits": 4},
+        {"xbar.rows": 128, "xbar.cols": 128, "adc.bits": None},
+        {"xbar.rows": 128, "xbar.cols": 128, "adc.bits": 4}]
+    with pytest.raises(SweepError, match="given twice"):
+        parse_grid(["adc.bits=4,4"])
+    with pytest.raises(SweepError, match="expected KEY=V1"):
+        parse_grid(["adc.bits"])
+    for argv, needle in (
+            (["--grid", "adc.bitz=4,6"], "adc.bitz: unknown key"),
+            (["--grid", "adc.bits=4", "--executor", "ray"], "ray"),
+            (["--models", "nosuchmodel"], "not an ONNX file")):
+        if "ray" in argv and _importable("ray"):
+            continue
+        args = ["sweep", "--models", "lenet5_fmnist", "-o", str(tmp_path / "r.csv"), *argv]
+        if argv[0] == "--models":
+            args = ["sweep", *argv, "-o", str(tmp_path / "r.csv")]
+        rc = main(args)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+        assert needle in err, err
+    assert not (tmp_path / "r.csv").exists()
+    assert main(["plot", str(tmp_path / "missing.csv"), "-o", str(tmp_path)]) == 2
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
