@@ -19,4 +19,9 @@ class LoweringError(CompilerError):
 
 
 class ModelTooBigError(CompilerError):
-    """The model needs more crossbars than the node has."""
+    """The model needs more crossbars than the node has. ``tiles_needed``: the smallest
+    ``node.tiles`` the placement fits on (None when unknown)."""
+
+    def __init__(self, message: str, tiles_needed: int | None = None):
+        super().__init__(message)
+        self.tiles_needed = tiles_needed

@@ -55,20 +55,21 @@ def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[
     offsets = layer.row_offsets(t_in)
     W = layer.weight
     R, C = cfg.xbar.rows, cfg.xbar.cols
-    strips = []
+    strips, plan = [], []
     for s, c0 in enumerate(range(0, W.shape[1], C)):
         n = min(C, W.shape[1] - c0)
-        sub = W[:, c0:c0 + n]
-        kept = np.flatnonzero(np.any(sub != 0, axis=1))
-        strip = Strip(idx, s, c0, n)
-        for r0 in range(0, len(kept), R):
-            rows = kept[r0:r0 + R]
-            w = np.zeros((R, C), np.int64)
-            w[:len(rows), :n] = sub[rows]
-            levels = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
-            bits = lossless_adc_bits(levels, cfg.dac.bits) if cfg.adc.adaptive else -1
-            strip.blocks.append(Block(idx, s, rows, runs(offsets[rows]), levels, n, bits))
-        strips.append(strip)
+        kept = np.flatnonzero(np.any(W[:, c0:c0 + n] != 0, axis=1))
+        strips.append(Strip(idx, s, c0, n))
+        plan += [(s, c0, n, kept[r0:r0 + R]) for r0 in range(0, len(kept), R)]
+    # The layer's cell levels in one array, blocks hold views: the program's copy then
+    # frees them layer by layer (per-block arrays would stay in the heap: +1 GB on VGG-19).
+    levels = np.empty((len(plan), cfg.arrays * cfg.slices, R, C), np.uint8)
+    for k, (s, c0, n, rows) in enumerate(plan):
+        w = np.zeros((R, C), np.int64)
+        w[:len(rows), :n] = W[rows, c0:c0 + n]
+        levels[k] = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
+        bits = lossless_adc_bits(levels[k], cfg.dac.bits) if cfg.adc.adaptive else -1
+        strips[s].blocks.append(Block(idx, s, rows, runs(offsets[rows]), levels[k], n, bits))
     return strips
 
 

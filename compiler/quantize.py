@@ -57,10 +57,20 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None
         q = np.asarray(q, np.int64)
         if np.abs(q).max(initial=0) <= lim:
             return q, np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)).copy()
-    w = np.asarray(w, np.float64)
-    top = np.abs(w).max(axis=0)
+    w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.floating):
+        w = w.astype(np.float64)
+    if w.size == 0:
+        return np.zeros(w.shape, np.int64), np.ones(w.shape[1])
+    top = np.maximum(w.max(axis=0), -w.min(axis=0)).astype(np.float64)   # |w| max, no copy
     # An all-zero column's scale only scales its bias; give it the layer's largest scale so
     # its requantization multiplier stays in the range of the others (they share a shift).
     fill = top.max() / lim if top.max() > 0 else 1.0
     scale = np.where(top > 0, top / lim, fill)
-    return np.rint(w / scale).astype(np.int64), scale
+    # rint(w / scale) in float64, a block of rows at a time (no full-size float64 temporaries).
+    q = np.empty(w.shape, np.int64)
+    step = max(1, (1 << 21) // max(w.shape[1], 1))
+    for r0 in range(0, w.shape[0], step):
+        blk = np.asarray(w[r0:r0 + step], np.float64) / scale
+        q[r0:r0 + step] = np.rint(blk, out=blk)
+    return q, scale

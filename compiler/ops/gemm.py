@@ -36,10 +36,11 @@ def lower_gemm(node, ctx):
     w = ctx.const(node.input[1])
     if w is None:
         raise UnsupportedOpError("Gemm weight (input B) must be constant")
-    w = np.asarray(w, np.float64)
-    if a.get("transB", 0):
+    w = np.asarray(w)             # float32 stays float32 until quantized (ImageNet FCs are
+    if a.get("transB", 0):        # 100M weights: every float64 copy costs ~1 GB)
         w = w.T
-    w = w * float(a.get("alpha", 1.0))
+    if float(a.get("alpha", 1.0)) != 1.0:
+        w = np.asarray(w, np.float64) * float(a["alpha"])
     bias = None
     if len(node.input) > 2 and node.input[2]:
         c = ctx.const(node.input[2])
