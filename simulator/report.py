@@ -42,6 +42,7 @@ class Report:
     trace_events: np.ndarray | None = field(default=None, repr=False)
     agent_names: list = field(default_factory=list, repr=False)
     cycle_ns: float = 1.0
+    memory: dict = field(default_factory=dict)
 
     @property
     def throughput_per_s(self) -> float:
@@ -57,6 +58,7 @@ class Report:
             "adc_conversions": self.adc_conversions, "instructions": self.instructions,
             "instructions_executed": self.instructions_executed, "adc_model": self.adc_model,
             "layers": self.layers, "counters": self.counters, "accuracy": self.accuracy,
+            "memory": self.memory,
             "sim_wall_s": self.sim_wall_s, "timing_wall_s": self.timing_wall_s,
             "values_wall_s": self.values_wall_s, "config": self.config,
         }
@@ -149,6 +151,10 @@ class Report:
             f"{self.tiles} tiles)",
             f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model})",
         ]
+        if self.memory.get("tiles_over_edram"):
+            lines.append(f"memory       {self.memory['tiles_over_edram']} tile(s) need more than "
+                         f"the {self.memory['edram_words_per_tile']}-word eDRAM (up to "
+                         f"{self.memory['words_per_tile_max']} words; modelled as if it fit)")
         return "\n".join(lines)
 
 
@@ -262,4 +268,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
                                         if v}},
         config=cfg.to_dict(), adc_model=cfg.adc.model, outputs=outputs, accuracy=accuracy,
         trace_events=timing["trace"], agent_names=[agent_name(prog, a) for a in range(n_agents)],
-        cycle_ns=cfg.cycle_ns)
+        cycle_ns=cfg.cycle_ns,
+        memory={"words_per_tile_max": int(prog.mem_words.max()),
+                "edram_words_per_tile": cfg.edram_words,
+                "tiles_over_edram": int((prog.mem_words > cfg.edram_words).sum())})
