@@ -9,9 +9,13 @@ MODEL is a zoo name (fresh weights; the recipe's ``pretrain`` stage, or ``--pret
 trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state dict ``.pt``
 (its architecture from ``--arch`` or from the ``NAME.json`` that ``xbarsim train`` writes next
 to it). ``--preset``/``--set`` put the recipe on a machine's crossbars (as ``xbarsim compile``
-takes them), so the freed crossbars are the ones that machine has. The run is checkpointed next to the output (``OUT.ckpt``); the same command again
-resumes it. ``simulator/cli.py`` calls :func:`register`; importing this module does not
-import torch. User errors print one line ``error: ...`` on stderr and return 2.
+takes them), so the freed crossbars are the ones that machine has. The run is checkpointed
+next to the output (``OUT.ckpt``); the same command again resumes it. After compressing,
+the dense and the compressed models are compiled and simulated on one machine (``--preset``
+/``--set``, else puma on the recipe's crossbars) and printed side by side (``--no-hw``
+skips it; :mod:`compressor.hardware`). ``simulator/cli.py`` calls :func:`register`;
+importing this module does not import torch. User errors print one line ``error: ...`` on
+stderr and return 2.
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ def register(subparsers) -> None:
                    help="ONNX opset (default: 19; 21 stores 9..16-bit levels as int16)")
     p.add_argument("--json", help="write a JSON summary (accuracy, per-layer occupancy)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-hw", action="store_true",
+                   help="skip the hardware loop (compile + simulate dense and compressed)")
+    p.add_argument("--hw-images", type=int, default=200, metavar="N",
+                   help="test images the hardware loop simulates (default: 200)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
 
@@ -85,10 +93,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def _compress(args) -> int:
     from .errors import CompressionError
     from .recipes import load_recipe
-    for flag in ("epochs", "pretrain", "limit"):
+    for flag in ("epochs", "pretrain", "limit", "hw_images"):
         v = getattr(args, flag)
         if v is not None and (v < (0 if flag == "pretrain" else 1)):
-            raise CompressionError(f"--{flag}={v}: must be >= {0 if flag == 'pretrain' else 1}")
+            raise CompressionError(f"--{flag.replace('_', '-')}={v}: must be >= "
+                                   f"{0 if flag == 'pretrain' else 1}")
     recipe = load_recipe(args.recipe)  # validated before loading data or training
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
@@ -113,20 +122,74 @@ def _compress(args) -> int:
                               if args.baseline else [])
     start = copy.deepcopy(model.state_dict())
     summary = {}
+    dense_model = None
     for method, path in runs:
         model.load_state_dict(start)
         res = compress(model, recipe, train, test, method=method, checkpoint=_ckpt(path),
                        resume=not args.no_resume, progress=not args.quiet)
+        if dense_model is None:  # the weights compression started from (after pretrain)
+            dense_model = _dense_after_pretrain(res, start)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
         summary[method] = _report(res, path)
     if len(summary) == 2:
         a, m = summary["admm"]["accuracy"]["final"], summary["magnitude"]["accuracy"]["final"]
         print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
               f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points)")
+    if not args.no_hw:
+        from compiler.errors import CompilerError
+        from simulator.errors import XbarsimError
+        try:
+            summary["hardware"] = _hardware(args, recipe, dense_model, runs, train, test)
+        except (CompilerError, XbarsimError) as e:  # the compression itself succeeded
+            msg = " ".join(str(e).split())
+            print(f"warning: hardware loop skipped: {msg}", file=sys.stderr)
+            summary["hardware"] = {"error": msg}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
         print(f"summary  -> {args.json}")
     return EXIT_OK
+
+
+def _dense_after_pretrain(res, start):
+    """A copy of the dense model compression started from (after the recipe's pretrain
+    stage, which ran inside ``compress``)."""
+    dense = copy.deepcopy(res.model)
+    dense.load_state_dict(res.dense_state if res.dense_state is not None else start)
+    return dense.eval()
+
+
+def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
+    """Compile + simulate the dense and each compressed model on the same machine; print
+    them side by side and return the figures."""
+    import tempfile
+
+    from models.onnx_export import export
+
+    from .hardware import compare, evaluate_hardware
+    cfg = _hw_machine(args, recipe)
+    x, y = test[0][:args.hw_images], test[1][:args.hw_images]
+    cal = train[0][:64]
+    print(f"hardware loop on {cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated)")
+    with tempfile.TemporaryDirectory(prefix="xbarsim-dense-") as tmp:
+        dense_path = export(dense_model, Path(tmp) / "dense.onnx", args.opset,
+                            dynamic_batch=True)
+        dense = evaluate_hardware(dense_path, cfg, x, y, calibration=cal,
+                                  geometry=recipe.geometry)
+    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal)
+                for method, path in runs}
+    compare(dense, variants)
+    return {"machine": cfg, "dense": dense, **variants}
+
+
+def _hw_machine(args, recipe):
+    """``(preset, overrides)`` the hardware loop uses: ``--preset``/``--set`` when given,
+    else puma with the recipe's crossbar geometry (the crossbars it was compressed for)."""
+    if args.preset or args.overrides:
+        return (args.preset or "puma", list(args.overrides))
+    g = recipe.geometry
+    return ("puma", [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}",
+                     f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
+                     f"weight_bits={g.weight_bits}"])
 
 
 def _with_machine(recipe, preset: str, overrides: list[str]):

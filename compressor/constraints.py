@@ -52,13 +52,14 @@ class Constraint:
         """Raise :class:`CompressionError` naming the field if impossible on ``geom``."""
         if self.structure is not None:
             if self.structure not in STRUCTURES:
-                raise CompressionError(f"{where}.sparsity.structure={self.structure!r}: must be one of "
-                                       f"{', '.join(STRUCTURES)}")
+                raise CompressionError(f"{where}.sparsity.structure={self.structure!r}: must be "
+                                       f"one of {', '.join(STRUCTURES)}")
             if self.structure == "tinyadc":
                 n = self.amount
                 if not _is_int(n) or not 1 <= n <= geom.rows:
-                    raise CompressionError(f"{where}.sparsity.n={n!r}: nonzeros per column segment must "
-                                           f"be an integer in 1..{geom.rows} (crossbar rows)")
+                    raise CompressionError(f"{where}.sparsity.n={n!r}: nonzeros per column "
+                                           f"segment must be an integer in 1..{geom.rows} "
+                                           f"(crossbar rows)")
             elif isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) \
                     or not 0.0 < self.amount <= 1.0:
                 raise CompressionError(

@@ -56,7 +56,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     model = result.model.eval()
     shape = tuple(input_shape or getattr(model, "sample_shape", ()) or ())
     if not shape:
-        raise CompressionError("input_shape: needed, the model has no sample_shape (e.g. (1, 28, 28))")
+        raise CompressionError("input_shape: needed, the model has no sample_shape "
+                               "(e.g. (1, 28, 28))")
     sample = torch.zeros((1, *shape))
     buf = io.BytesIO()
     with warnings.catch_warnings():

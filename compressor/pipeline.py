@@ -68,6 +68,9 @@ class CompressionResult:
     retraining) and ``final``."""
     history: list[dict] = field(default_factory=list)
     """One record per epoch/round: stage, indices, loss, ρ, residuals, accuracy."""
+    dense_state: dict | None = None
+    """State dict of the dense model compression started from (after ``pretrain``), so the
+    hardware loop can compare against exactly that model."""
 
 
 def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
@@ -105,6 +108,7 @@ class _Run:
         self.frozen: dict[str, Frozen] = {}
         self.history: list[dict] = []
         self.accuracy: dict[str, float] = {}
+        self.dense_state: dict | None = None
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class _Run:
                                    f"{r.pretrain.epochs}")
                 self._record("pretrain", opt, loss=loss)
             self.accuracy["dense"] = evaluate(self.model, self.xt, self.yt)
+            self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self._advance("admm" if self.method == "admm" else "retrain")
         if self.stage == "admm":
             self._admm()
@@ -224,7 +229,7 @@ class _Run:
         out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f))
                for n, f in self.frozen.items()}
         return CompressionResult(self.model, self.recipe, self.method, out, dict(self.accuracy),
-                                 list(self.history))
+                                 list(self.history), self.dense_state)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -235,7 +240,7 @@ class _Run:
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
-            "accuracy": self.accuracy,
+            "accuracy": self.accuracy, "dense": self.dense_state,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax} for n, f in self.frozen.items()},
         }
@@ -261,3 +266,4 @@ class _Run:
         self.stage, self.step = ck["stage"], ck["step"]
         self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]
         self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])
+        self.dense_state = ck.get("dense")

@@ -36,21 +36,29 @@ def run(capsys, *argv):
 def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys):
     out = tmp_path / "o" / "mlp.onnx"
     rc, stdout, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
-                          "--limit", 400, "--baseline", "--json", tmp_path / "s.json", "-q")
+                          "--limit", 400, "--baseline", "--json", tmp_path / "s.json", "-q",
+                          "--hw-images", 64)
     assert rc == 0, err
     assert out.is_file() and (tmp_path / "o" / "mlp-magnitude.onnx").is_file()
     assert (tmp_path / "o" / "mlp.ckpt").is_file()
     proto = onnx.load(out)
     assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) == 2
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert set(summary) == {"admm", "magnitude"}
-    for run_ in summary.values():
+    assert set(summary) == {"admm", "magnitude", "hardware"}
+    hw = summary["hardware"]  # dense and both arms compiled + simulated on the same machine
+    assert hw["machine"][0] == "puma" and "xbar.rows=64" in hw["machine"][1]
+    for arm in ("admm", "magnitude"):
+        assert hw[arm]["crossbars"] < hw["dense"]["crossbars"]
+        assert hw[arm]["energy_uj"] < hw["dense"]["energy_uj"]
+        assert hw[arm]["images"] == 64
+    assert "crossbars" in stdout and "admm vs dense" in stdout
+    for run_ in (summary["admm"], summary["magnitude"]):
         occ = run_["layers"]["layers.1"]  # 784 x 256 on 64 x 32 crossbars: 13 x 8 blocks
         assert (occ["blocks_total"], occ["blocks_nonzero"]) == (104, 52)
     assert "ADMM vs magnitude pruning" in stdout and "layers.1" in stdout
     # The same command again resumes from the finished checkpoints: no training.
     rc, stdout2, _ = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
-                         "--limit", 400, "-q")
+                         "--limit", 400, "-q", "--no-hw")
     assert rc == 0 and stdout2.splitlines()[0] == stdout.splitlines()[0]
 
 
@@ -59,7 +67,12 @@ def test_preset_puts_the_recipe_on_the_machine_crossbars(tmp_path, recipe, capsy
                      tmp_path / "m.onnx", "--limit", 100, "--epochs", 1, "--preset", "small",
                      "--set", "xbar.cols=32", "--json", tmp_path / "s.json", "-q")
     assert rc == 0, err
-    occ = json.loads((tmp_path / "s.json").read_text())["admm"]["layers"]["layers.1"]
+    # 392 crossbar blocks do not fit the small machine: the hardware loop says so and the
+    # compression still succeeds.
+    assert "hardware loop skipped" in err and err.count("\n") == 1
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert "MVMU" in summary["hardware"]["error"]
+    occ = summary["admm"]["layers"]["layers.1"]
     assert occ["grid"] == [49, 8]  # 784 x 256 on the small machine's 16 x 32 crossbars
     meta = json.loads({p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}[
         "xbarsim.compressor"])
@@ -74,8 +87,9 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
                      "--limit", 100, "--epochs", 1, "-q")
     assert rc == 2 and "needs --arch" in err
     rc, _, err = run(capsys, pt, "--arch", "mlp", "--recipe", recipe, "--data", "digits",
-                     "-o", tmp_path / "a.onnx", "--limit", 100, "--epochs", 1, "-q")
+                     "-o", tmp_path / "a.onnx", "--limit", 100, "--epochs", 1, "-q", "--no-hw")
     assert rc == 0, err
+    assert "hardware loop" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -1,0 +1,400 @@
+"""The hardware loop: compile a (compressed) model for a machine, simulate it, and judge the
+compression by what the chip pays: crossbars, energy, area, latency and ADC bits.
+
+>>> from compressor.hardware import evaluate_hardware, compare
+>>> dense = evaluate_hardware("lenet5.onnx", "puma", x, y)
+>>> small = evaluate_hardware(result, ("puma", ["weight_bits=8", "xbar.mapping=differential"]),
+...                           x, y, calibration=x_train[:64])
+>>> print(compare(dense, {"admm": small}).to_markdown())
+
+Weight storage (:func:`storage_bits`) counts what must be stored to rebuild every Conv/Gemm
+weight, biases excluded (they stay in digital memory either way):
+
+* a float initializer: 32 bits per entry (the dense baseline: ``32 · weights``);
+* a QDQ weight of ``b``-bit levels, on the crossbar matrix tiled ``rows × cols``
+  (:mod:`compressor.geometry`): 1 bit per tile (is it stored at all?), 32 bits for the scale,
+  and for every tile holding a nonzero ``min(E·b, nnz·b + E)`` bits, ``E`` its real entries
+  and ``nnz`` its nonzeros: the tile's levels as they are (zeros included), or only its
+  nonzeros plus a 1-bit-per-entry presence mask, whichever is smaller. An all-zero tile
+  costs only its 1 bit.
+
+The compression ratio is ``32 · weights / storage bits``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import CompressionError
+from .geometry import CrossbarGeometry, to_crossbar
+
+#: Rows of :func:`compare`'s table: (key in the evaluate_hardware dict, label, lower is better)
+METRICS = (
+    ("accuracy_sim", "accuracy, simulated chip", False),
+    ("accuracy_onnx", "accuracy, onnxruntime (same images)", False),
+    ("weights", "weights (count)", None),
+    ("nonzero_weights", "nonzero weights", True),
+    ("storage_bits", "weight storage (bits)", True),
+    ("compression", "compression (32-bit dense / stored)", False),
+    ("crossbars", "crossbars", True),
+    ("mvmus", "MVMUs (crossbar blocks)", True),
+    ("tiles", "tiles", True),
+    ("energy_uj", "energy / inference (uJ)", True),
+    ("area_mm2", "area (mm^2)", True),
+    ("latency_us", "latency (us)", True),
+    ("adc_conversions", "ADC conversions / inference", True),
+    ("adc_bits_max", "lossless ADC bits, max", True),
+    ("adc_bits_mean", "lossless ADC bits, mean", True),
+)
+
+
+def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
+                      y: np.ndarray | None = None, *, overrides: Iterable[str] = (),
+                      calibration: np.ndarray | None = None,
+                      geometry: CrossbarGeometry | None = None) -> dict:
+    """Compile ``model`` for a machine, simulate ``x``, and measure it.
+
+    ``model``: an ONNX path, or a :class:`compressor.pipeline.CompressionResult` (exported
+    to a temporary QDQ file first). ``cfg``: a ``MachineConfig``, a preset name or YAML path,
+    or ``(preset, overrides)``; ``overrides`` are applied on top (``KEY=VALUE``).
+    ``x``/``y``: images (batch first) and labels; the simulated top-1 accuracy is over all of
+    ``x``, compared with onnxruntime's on the same images. ``calibration``: inputs that set
+    the activation ranges (default: ``x[:64]``; pass training images to keep test images
+    out of every choice). ``geometry``: the tiling :func:`storage_bits` counts in (default:
+    the QDQ metadata's, else the machine's crossbars).
+
+    Returns a JSON-ready dict: ``accuracy_sim``, ``accuracy_onnx``, ``agreement`` (fraction
+    of images where chip and onnxruntime pick the same class), ``weights``,
+    ``nonzero_weights``, ``storage_bits``, ``compression``, ``crossbars``, ``mvmus``,
+    ``tiles``, ``cores``, ``energy_uj`` (one inference), ``energy_breakdown_uj``,
+    ``area_mm2``, ``area_breakdown_mm2``, ``latency_us``, ``adc_conversions``,
+    ``adc_bits_max`` / ``adc_bits_mean`` (lossless bits over crossbar blocks, as
+    ``adc.adaptive`` would give them), ``adc_bits_config`` (the ADC the machine has;
+    ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides).
+    """
+    from compiler import compile_model
+    from simulator import simulate
+
+    machine, label = _machine(cfg, overrides)
+    if x is None or len(x) == 0:
+        raise CompressionError("x: need at least one input image to simulate")
+    with _as_onnx(model) as path:
+        x = _fit_input(path, x)
+        cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        prog = compile_model(path, machine, calibration={"input": cal})
+        rep = simulate(prog, {"input": x})
+        logits = rep.outputs["logits"].reshape(len(x), -1)
+        ort = onnx_logits(path, x)
+        geom = geometry or _geometry_of(path) or CrossbarGeometry.from_config(machine)
+        store = storage_bits(path, geom)
+    bits = _lossless_bits(prog)
+    out = {
+        "images": int(len(x)),
+        "config": label,
+        "agreement": float(np.mean(logits.argmax(1) == ort.argmax(1))),
+        **store,
+        "crossbars": int(rep.crossbars), "mvmus": int(rep.mvmus), "tiles": int(rep.tiles),
+        "cores": int(rep.cores),
+        "energy_uj": rep.energy_j["total"] * 1e6,
+        "energy_breakdown_uj": {k: v * 1e6 for k, v in rep.energy_j.items() if k != "total"},
+        "area_mm2": rep.area_mm2["total"],
+        "area_breakdown_mm2": {k: v for k, v in rep.area_mm2.items() if k != "total"},
+        "latency_us": rep.latency_s * 1e6,
+        "adc_conversions": int(rep.adc_conversions),
+        "adc_bits_max": int(bits.max()) if bits.size else 0,
+        "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,
+        "adc_bits_config": ("adaptive" if machine.adc.adaptive else
+                            "ideal" if machine.adc.bits is None else int(machine.adc.bits)),
+    }
+    if y is not None:
+        y = np.asarray(y).reshape(-1)
+        if len(y) != len(x):
+            raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
+        out["accuracy_sim"] = float(np.mean(logits.argmax(1) == y))
+        out["accuracy_onnx"] = float(np.mean(ort.argmax(1) == y))
+    return out
+
+
+def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
+                       overrides: Iterable[str] = (),
+                       calibration: np.ndarray | None = None) -> dict:
+    """Simulate ``x`` with each crossbar's lossless ADC bits (``adc.adaptive=true``) and with
+    an ideal ADC (``adc.bits=none``) on the same machine; their integer logits
+    (``logits:int``) must be equal, which is what "lossless by construction" means.
+
+    Returns ``{"equal": bool, "adc_bits_max", "adc_bits_mean", "adc_bits_hist": {bits:
+    crossbar blocks}, "max_abs_diff"}``.
+    """
+    from compiler import compile_model
+    from simulator import load_config, simulate
+
+    machine, _ = _machine(cfg, overrides)
+    outs, bits = {}, None
+    with _as_onnx(model) as path:
+        x = _fit_input(path, x)
+        cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        for name, ov in (("adaptive", ["adc.adaptive=true"]), ("ideal", ["adc.bits=none",
+                                                                         "adc.adaptive=false"])):
+            prog = compile_model(path, load_config(machine, ov), calibration={"input": cal})
+            outs[name] = simulate(prog, {"input": x}).outputs["logits:int"]
+            if name == "adaptive":
+                bits = np.asarray(prog.mvmu_adc_bits, np.int64)
+    a, b = outs["adaptive"], outs["ideal"]
+    values, counts = np.unique(bits, return_counts=True)
+    return {"equal": bool(np.array_equal(a, b)),
+            "max_abs_diff": int(np.abs(a.astype(np.int64) - b).max(initial=0)),
+            "adc_bits_max": int(bits.max()) if bits.size else 0,
+            "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,
+            "adc_bits_hist": {int(v): int(c) for v, c in zip(values, counts)}}
+
+
+def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
+                             y: np.ndarray | None = None,
+                             sigmas: Sequence[float] = (0.0, 0.02, 0.05, 0.1),
+                             seeds: Sequence[int] = (0,), *, overrides: Iterable[str] = (),
+                             calibration: np.ndarray | None = None) -> list[dict]:
+    """Simulated top-1 accuracy under conductance programming variation.
+
+    For each ``sigma`` (relative std of the programmed conductance, the simulator's
+    ``noise.program_sigma``) and each ``seed`` (``noise.seed``: which devices deviate how)
+    the model is simulated on ``x``. Returns one record per sigma: ``sigma``,
+    ``accuracy`` (mean over seeds), ``accuracy_min``/``accuracy_max``, ``per_seed``.
+    """
+    from compiler import compile_model
+    from simulator import load_config, simulate
+
+    machine, _ = _machine(cfg, overrides)
+    if x is None or y is None:
+        raise CompressionError("accuracy_under_variation needs images x and labels y")
+    y = np.asarray(y).reshape(-1)
+    records = []
+    with _as_onnx(model) as path:
+        x = _fit_input(path, x)
+        cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        for sigma in sigmas:
+            if not (isinstance(sigma, (int, float)) and sigma >= 0):
+                raise CompressionError(f"sigma={sigma!r}: must be a number >= 0")
+            accs = []
+            for seed in (seeds if sigma > 0 else list(seeds)[:1]):  # sigma 0: deterministic
+                prog = compile_model(path, load_config(machine, [
+                    f"noise.program_sigma={float(sigma)}", f"noise.seed={int(seed)}"]),
+                    calibration={"input": cal})
+                logits = simulate(prog, {"input": x}).outputs["logits"].reshape(len(x), -1)
+                accs.append(float(np.mean(logits.argmax(1) == y)))
+            records.append({"sigma": float(sigma), "accuracy": float(np.mean(accs)),
+                            "accuracy_min": min(accs), "accuracy_max": max(accs),
+                            "per_seed": accs})
+    return records
+
+
+def compare(dense: dict, compressed: dict, *, names: Sequence[str] | None = None,
+            show: bool = True):
+    """Dense vs compressed side by side, as a pandas DataFrame (one row per metric).
+
+    ``dense``: an :func:`evaluate_hardware` dict. ``compressed``: one such dict, or a mapping
+    ``{name: dict}`` for several variants. Each compressed column is followed by its change
+    vs dense: a percentage reduction for costs, a point difference for accuracies, a factor
+    for the compression ratio. ``show`` prints the table.
+    """
+    import pandas as pd
+
+    variants = compressed if _is_mapping_of_dicts(compressed) else {"compressed": compressed}
+    if names is not None:
+        variants = dict(zip(names, variants.values()))
+    rows = []
+    for key, label, lower in METRICS:
+        if key not in dense and not any(key in v for v in variants.values()):
+            continue
+        row = {"metric": label, "dense": _fmt(key, dense.get(key))}
+        for name, v in variants.items():
+            row[name] = _fmt(key, v.get(key))
+            row[f"{name} vs dense"] = _change(key, dense.get(key), v.get(key), lower)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("metric")
+    if show:
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(table.to_string())
+    return table
+
+
+def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
+    """Weight storage of an ONNX model by the formula in the module doc.
+
+    Returns ``{"weights", "nonzero_weights", "storage_bits", "dense_bits" (32 · weights),
+    "compression", "layers": {initializer: {...}}}``.
+    """
+    proto = onnx.load(str(onnx_path), load_external_data=True)
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    bits_meta = _layer_bits(proto)
+    total = nnz_total = stored = 0
+    layers = {}
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        name = n.input[1]
+        trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+        if name in dq and dq[name].input[0] in inits:
+            w = numpy_helper.to_array(inits[dq[name].input[0]]).astype(np.int64)
+            bits = bits_meta.get(name) or _bits_of_levels(w)
+        elif name in inits:
+            w, bits = numpy_helper.to_array(inits[name]), None
+        else:
+            continue  # a computed weight: not a stored parameter
+        # Crossbar matrix (inputs x outputs): torch layout for Conv and Gemm(transB);
+        # Gemm without transB and MatMul keep (in, out).
+        m = to_crossbar(w) if (n.op_type == "Conv" or trans_b) else w.reshape(w.shape[0], -1)
+        entries, nonzero = int(m.size), int(np.count_nonzero(m))
+        if bits is None:
+            cost = 32 * entries
+        else:
+            nz = geometry.blocks(m != 0).sum(axis=(1, 3))
+            real = geometry.blocks(np.ones(m.shape, bool)).sum(axis=(1, 3))
+            kept = nz > 0
+            cost = int(nz.size) + 32 + int(np.minimum(real * bits, nz * bits + real)[kept].sum())
+        layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
+                        "bits": bits or 32, "storage_bits": int(cost)}
+        total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost
+    if total == 0:
+        raise CompressionError(f"{onnx_path}: no Conv/Gemm/MatMul weight to count")
+    return {"weights": total, "nonzero_weights": nnz_total, "storage_bits": int(stored),
+            "dense_bits": 32 * total, "compression": 32 * total / stored, "layers": layers}
+
+
+def onnx_logits(path, x: np.ndarray, chunk: int = 500) -> np.ndarray:
+    """onnxruntime logits of ``x`` (batched when the model's batch is symbolic)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    step = chunk if not isinstance(inp.shape[0], int) else int(inp.shape[0])
+    x = np.asarray(x, np.float32)
+    outs = [sess.run(None, {inp.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+    return np.concatenate(outs).reshape(len(x), -1)
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def _machine(cfg, overrides):
+    """``(MachineConfig, label)`` from a config, a preset/path, or ``(preset, overrides)``."""
+    from simulator import MachineConfig, load_config
+
+    extra = list(overrides)
+    if isinstance(cfg, tuple):
+        cfg, first = cfg
+        extra = list(first) + extra
+    base = cfg.name if isinstance(cfg, MachineConfig) else str(cfg)
+    machine = cfg if isinstance(cfg, MachineConfig) and not extra else load_config(cfg, extra)
+    return machine, " ".join([base, *extra])
+
+
+class _as_onnx:
+    """Context manager: the ONNX path of ``model`` (exporting a CompressionResult)."""
+
+    def __init__(self, model):
+        self.model, self.tmp = model, None
+
+    def __enter__(self) -> Path:
+        if isinstance(self.model, (str, os.PathLike)):
+            p = Path(self.model)
+            if not p.is_file():
+                raise CompressionError(f"model {str(p)!r}: no such ONNX file")
+            return p
+        if not hasattr(self.model, "layers") or not hasattr(self.model, "recipe"):
+            raise CompressionError(f"model: an ONNX path or a CompressionResult, not "
+                                   f"{type(self.model).__name__}")
+        from .export import export_qdq
+        self.tmp = tempfile.TemporaryDirectory(prefix="xbarsim-hw-")
+        return export_qdq(self.model, Path(self.tmp.name) / "compressed.onnx")
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _fit_input(path, x) -> np.ndarray:
+    """``x`` (batch first) reshaped to the model's input (images for a model that takes
+    flat vectors), float32 and contiguous."""
+    x = np.asarray(x, dtype=np.float32)
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type \
+        .shape.dim
+    sample = [d.dim_value for d in dims[1:]]
+    if sample and all(sample) and int(np.prod(sample)) == int(np.prod(x.shape[1:])):
+        x = x.reshape(len(x), *sample)
+    return np.ascontiguousarray(x)
+
+
+def _geometry_of(path) -> CrossbarGeometry | None:
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+             .metadata_props}
+    meta = props.get("xbarsim.compressor")
+    return CrossbarGeometry.from_dict(json.loads(meta)["geometry"]) if meta else None
+
+
+def _layer_bits(proto) -> dict[str, int]:
+    """``{weight initializer: bits}`` from the compressor's per-layer metadata."""
+    out = {}
+    for p in proto.metadata_props:
+        if p.key.startswith("xbarsim.layer."):
+            meta = json.loads(p.value)
+            if meta.get("bits"):
+                out[meta["initializer"]] = int(meta["bits"])
+    return out
+
+
+def _bits_of_levels(q: np.ndarray) -> int:
+    """Signed bits an integer tensor needs (a QDQ weight without compressor metadata)."""
+    m = int(np.abs(q).max(initial=0))
+    return max(2, int(m).bit_length() + 1)
+
+
+def _lossless_bits(prog) -> np.ndarray:
+    """Lossless ADC bits of every crossbar block of ``prog`` (what ``adc.adaptive`` picks)."""
+    from simulator.crossbar import lossless_adc_bits
+
+    dac = prog.config.dac.bits
+    return np.array([lossless_adc_bits(prog.mvmu_levels[i], dac)
+                     for i in range(len(prog.mvmu_loc))], np.int64)
+
+
+def _is_mapping_of_dicts(d) -> bool:
+    return isinstance(d, dict) and bool(d) and all(isinstance(v, dict) for v in d.values())
+
+
+def _fmt(key, v):
+    if v is None:
+        return ""
+    if key.startswith("accuracy"):
+        return f"{100 * v:.2f} %"
+    if key in ("energy_uj", "latency_us", "area_mm2"):
+        return f"{v:.4g}"
+    if key in ("compression", "adc_bits_mean"):
+        return f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, (int, np.integer)) else f"{v:.4g}"
+
+
+def _change(key, d, c, lower):
+    if d is None or c is None or lower is None:
+        return ""
+    if key.startswith("accuracy"):
+        return f"{100 * (c - d):+.2f} pp"
+    if key == "compression":
+        return f"x{c / d:.1f}" if d else ""
+    if key.startswith("adc_bits"):
+        return f"{c - d:+.2f} bits" if key.endswith("mean") else f"{c - d:+d} bits"
+    if not d:
+        return ""
+    return f"{100 * (c - d) / d:+.1f} %"

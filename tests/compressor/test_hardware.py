@@ -1,0 +1,153 @@
+"""The hardware loop: a compressed model costs fewer crossbars and less energy on the
+simulated chip than its dense start, TinyADC's lowered ADC is lossless bit for bit, the
+storage formula counts what it says, and a bad recipe fails before any training."""
+import numpy as np
+import pytest
+import torch
+
+from compressor import CompressionError, compress, export_qdq, parse_recipe
+from compressor.geometry import CrossbarGeometry
+from compressor.hardware import (
+    accuracy_under_variation,
+    adc_lossless_check,
+    compare,
+    evaluate_hardware,
+    storage_bits,
+)
+
+GEOM = {"rows": 16, "cols": 16, "cell_bits": 2, "weight_bits": 8, "mapping": "differential"}
+# puma's costs on the crossbars the recipes compress for
+MACHINE = ("puma", ["xbar.rows=16", "xbar.cols=16", "weight_bits=8", "xbar.mapping=differential"])
+SCHEDULE = {"admm": {"rounds": 1}, "retrain": {"epochs": 1}, "pretrain": {"epochs": 2}}
+
+
+def _recipe(name, rule):
+    return parse_recipe({"name": name, "geometry": GEOM, **SCHEDULE,
+                         "layers": [{"match": ["features.3", "classifier.1", "classifier.3"],
+                                     **rule},
+                                    {"match": ["features.0", "classifier.5"],
+                                     "quant": {"bits": 8}}]})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from models.data import load_splits
+    return load_splits("digits", limit=300)
+
+
+def _run(recipe, digits, tmp_path_factory):
+    from models import build
+    (xtr, ytr), (xte, yte) = digits
+    torch.manual_seed(0)
+    model = build("lenet5", seed=0)
+    res = compress(model, recipe, (xtr, ytr), (xte, yte), progress=False)
+    out = tmp_path_factory.mktemp(recipe.name)
+    dense = build("lenet5", seed=0)
+    dense.load_state_dict(res.dense_state)
+    from models.onnx_export import export
+    return (export(dense, out / "dense.onnx", 19, dynamic_batch=True),
+            export_qdq(res, out / "compressed.onnx"))
+
+
+@pytest.fixture(scope="module")
+def blocks(digits, tmp_path_factory):
+    return _run(_recipe("blocks", {"sparsity": {"structure": "blocks", "keep": 0.25},
+                                   "quant": {"bits": 4}}), digits, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tinyadc(digits, tmp_path_factory):
+    return _run(_recipe("tiny", {"sparsity": {"structure": "tinyadc", "n": 2},
+                                 "quant": {"bits": 8}}), digits, tmp_path_factory)
+
+
+def test_compressed_model_costs_fewer_crossbars_and_less_energy(blocks, digits):
+    dense_path, comp_path = blocks
+    (xtr, _), (xte, yte) = digits
+    x, y = xte[:24], yte[:24]
+    dense = evaluate_hardware(dense_path, MACHINE, x, y, calibration=xtr[:32])
+    comp = evaluate_hardware(comp_path, MACHINE, x, y, calibration=xtr[:32])
+    assert comp["crossbars"] < 0.5 * dense["crossbars"]
+    assert comp["energy_uj"] < dense["energy_uj"]
+    assert comp["area_mm2"] < dense["area_mm2"]
+    assert comp["compression"] > 8 * dense["compression"] and dense["compression"] == 1.0
+    assert comp["weights"] == dense["weights"] == 61_470 - 0  # LeNet-5's Conv/Gemm weights
+    for r in (dense, comp):  # the chip agrees with onnxruntime on (nearly) every image
+        assert r["agreement"] >= 0.9 and 0 <= r["accuracy_sim"] <= 1
+    table = compare(dense, {"admm": comp}, show=False)
+    assert table.loc["crossbars", "admm vs dense"].endswith("%")
+    assert table.loc["crossbars", "admm vs dense"].startswith("-")
+
+
+def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
+    dense_path, comp_path = tinyadc
+    (xtr, _), (xte, _) = digits
+    check = adc_lossless_check(comp_path, MACHINE, xte[:16], calibration=xtr[:32])
+    assert check["equal"] and check["max_abs_diff"] == 0
+    dense = adc_lossless_check(dense_path, MACHINE, xte[:4], calibration=xtr[:32])
+    # The TinyADC layers' crossbars sum at most 2 rows x level 3 per bit line: 3 bits; the
+    # two full-precision layers keep theirs, so the mean falls while the max may not.
+    assert check["adc_bits_mean"] <= dense["adc_bits_mean"] - 1.0
+    assert min(check["adc_bits_hist"]) <= 3
+
+
+def test_storage_formula_counts_blocks_and_masks(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    q = np.zeros((8, 40), np.int8)            # Gemm transB: 40 inputs x 8 outputs
+    q[:, :16] = 3                             # tile (row 0, col 0) full
+    q[0, 16] = 1                              # tile (row 1, col 0): one nonzero
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+         helper.make_node("Gemm", ["input", "w"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 40])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.float32(0.1), "ws")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), path)
+    s = storage_bits(path, CrossbarGeometry(rows=16, cols=16))
+    # 3 tiles (40 rows / 16) x 1: full tile 16*8 entries at 3 bits (levels up to 3); the
+    # one-nonzero tile as 1 value + 128-bit mask; the empty tile nothing; + 3 + 32.
+    assert s["layers"]["w"]["bits"] == 3
+    assert s["storage_bits"] == 128 * 3 + (3 + 128) + 3 + 32
+    assert s["weights"] == 320 and s["nonzero_weights"] == 129
+    assert s["compression"] == pytest.approx(32 * 320 / s["storage_bits"])
+
+
+def test_variation_sweep_shape_and_determinism(blocks, digits):
+    _, comp_path = blocks
+    (xtr, _), (xte, yte) = digits
+    recs = accuracy_under_variation(comp_path, MACHINE, xte[:12], yte[:12], sigmas=(0.0, 0.3),
+                                    seeds=(0, 1), calibration=xtr[:32])
+    assert [r["sigma"] for r in recs] == [0.0, 0.3]
+    assert len(recs[0]["per_seed"]) == 1 and len(recs[1]["per_seed"]) == 2
+    again = accuracy_under_variation(comp_path, MACHINE, xte[:12], yte[:12], sigmas=(0.3,),
+                                     seeds=(0, 1), calibration=xtr[:32])
+    assert again[0]["per_seed"] == recs[1]["per_seed"]
+
+
+@pytest.mark.parametrize("rule,match", [
+    ({"match": "features.7", "quant": {"bits": 8}}, "features.7.*matches no layer"),
+    ({"match": "classifier.1", "sparsity": {"structure": "tinyadc", "n": 17}},
+     "n=17.*1..16"),
+    ({"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.0}},
+     "keep=0.0"),
+    ({"match": "classifier.1", "quant": {"bits": 9}}, "bits=9"),
+])
+def test_bad_recipe_fails_before_any_training(rule, match, digits, monkeypatch):
+    from compressor import pipeline
+    from models import build
+
+    def no_training(*a, **k):
+        raise AssertionError("training started before the recipe was validated")
+    monkeypatch.setattr(pipeline._Run, "_epoch", no_training)
+    with pytest.raises(CompressionError, match=match):
+        recipe = parse_recipe({"name": "bad", "geometry": GEOM, **SCHEDULE, "layers": [rule]})
+        compress(build("lenet5", seed=0), recipe, *digits, progress=False)
+
+
+def test_evaluate_hardware_rejects_what_it_cannot_run(tmp_path):
+    with pytest.raises(CompressionError, match="no such ONNX file"):
+        evaluate_hardware(tmp_path / "none.onnx", MACHINE, np.zeros((1, 1, 28, 28)))
+    with pytest.raises(CompressionError, match="CompressionResult"):
+        evaluate_hardware(object(), MACHINE, np.zeros((1, 1, 28, 28)))
