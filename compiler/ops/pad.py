@@ -1,9 +1,11 @@
-"""Pad (constant mode) of a feature map's spatial dims: a VFU copy into a bigger map.
+"""Pad of a feature map's spatial dims (constant, edge, reflect, wrap): a VFU copy.
 
-The output splits into rectangles (:meth:`VFULayer.regions`): where an output pixel maps to
-an input pixel the words are copied (rescaled only if the constant does not fit the input's
-scale), elsewhere the constant is stored. Negative pads crop. Channel and batch padding,
-and the reflect/edge/wrap modes, are refused.
+Each output row maps to an input row (or to none: the constant), and each column likewise;
+the maps are runs of affine pieces (slope +1 inside, 0 for edge, -1 for reflect), so the
+output splits into rectangles (:meth:`VFULayer.regions`), one loop nest each, whose input
+pointer walks with that piece's stride (0 or negative included). A copied word is rescaled
+only if the constant does not fit the input's scale. Negative pads crop. Channel and batch
+padding are refused.
 """
 from dataclasses import dataclass, field
 
@@ -16,24 +18,30 @@ from ..errors import UnsupportedOpError
 from ..ir import multiplier
 from ..vfu import VFULayer, emit_rescale, out_pointer, rescale_ref
 
+MODES = ("constant", "edge", "reflect", "wrap")
+
 
 @dataclass
 class PadLayer(VFULayer):
-    top: int = 0                 # output row of input row 0 (negative: cropped)
-    left: int = 0
+    rows: list = field(default_factory=list)   # input row of each output row, -1: constant
+    cols: list = field(default_factory=list)   # input column of each output column
     value: int = 0               # integer constant at the output scale
     mult: int = 0                # rescale of copied words (0: plain copy)
     shift: int = 0
     bits: int = 16
-    rects: list = field(default_factory=list)   # (y0, ny, x0, nx, copies) covering the output
+
+    def rects(self):
+        """(y0, ny, iy0, sy, x0, nx, ix0, sx) with iy0 = -1 / ix0 = -1 for the constant."""
+        return [(y0, ny, iy, sy, x0, nx, ix, sx) for y0, ny, iy, sy in _affine_runs(self.rows)
+                for x0, nx, ix, sx in _affine_runs(self.cols)]
 
     def regions(self, tensors):
         out, t = tensors[self.output], tensors[self.inputs[0]]
         res = []
-        for k, (y0, ny, x0, nx, copies) in enumerate(self.rects):
+        for k, (y0, ny, iy, sy, x0, nx, ix, sx) in enumerate(self.rects()):
             ptrs = {self.output: (out.offset(y0, x0), out_pointer(out)[1])}
-            if copies:
-                ptrs[t.name] = (t.offset(y0 - self.top, x0 - self.left), out_pointer(t)[1])
+            if iy >= 0 and ix >= 0:
+                ptrs[t.name] = (t.offset(iy, ix), [sy * t.Wp * t.C, sx * t.C])
             res.append(([ny, nx], ptrs, k))
         return res
 
@@ -41,13 +49,14 @@ class PadLayer(VFULayer):
         raise NotImplementedError("PadLayer runs as regions")
 
     def emit_body(self, em, ptr, const_addr, tensors, layer):
-        copies = self.rects[ptr["__region"]][4]
-        src = ptr[self.inputs[0]].ireg if copies else None
+        _, _, iy, _, _, _, ix, _ = self.rects()[ptr["__region"]]
+        copies = iy >= 0 and ix >= 0
         for c0, n in self.chunks(tensors):
             em.reset_gp()
             r = em.gp(n)
             if copies:
-                em.emit(Op.LOAD, dst=r, imm=c0, ra=src, vec=n, layer=layer)
+                em.emit(Op.LOAD, dst=r, imm=c0, ra=ptr[self.inputs[0]].ireg, vec=n,
+                        layer=layer)
                 if self.mult:
                     emit_rescale(em, r, n, self.mult, self.shift, self.bits, layer)
             else:
@@ -56,37 +65,62 @@ class PadLayer(VFULayer):
                     layer=layer)
 
     def reference(self, ins, tensors):
-        out, t = tensors[self.output], tensors[self.inputs[0]]
+        t = tensors[self.inputs[0]]
         B = ins[0].shape[0]
         x = ins[0].reshape(B, t.H, t.W, t.C)
         if self.mult:
             x = rescale_ref(x, self.mult, self.shift, self.bits)
-        y = np.full((B, out.H, out.W, out.C), self.value, np.int64)
-        ys, xs = max(self.top, 0), max(self.left, 0)
-        iy, ix = ys - self.top, xs - self.left
-        ny, nx = min(out.H - ys, t.H - iy), min(out.W - xs, t.W - ix)
-        if ny > 0 and nx > 0:
-            y[:, ys:ys + ny, xs:xs + nx] = x[:, iy:iy + ny, ix:ix + nx]
+        rows, cols = np.asarray(self.rows), np.asarray(self.cols)
+        y = x[:, np.maximum(rows, 0)][:, :, np.maximum(cols, 0)]
+        y[:, rows < 0] = self.value
+        y[:, :, cols < 0] = self.value
         return y.reshape(B, -1)
 
 
-def _runs(n_out: int, before: int, n_in: int) -> list[tuple[int, int, bool]]:
-    """Runs (start, length, inside) over output indices; inside = maps to an input index."""
-    inside = [0 <= i - before < n_in for i in range(n_out)]
-    out, s = [], 0
-    for i in range(1, n_out + 1):
-        if i == n_out or inside[i] != inside[s]:
-            out.append((s, i - s, inside[s]))
-            s = i
+def source_index(n_out: int, before: int, n_in: int, mode: str) -> list[int]:
+    """Input index of each output index along one axis (-1: the constant)."""
+    out = []
+    for i in range(n_out):
+        r = i - before
+        if 0 <= r < n_in:
+            out.append(r)
+        elif mode == "constant":
+            out.append(-1)
+        elif mode == "edge":
+            out.append(min(max(r, 0), n_in - 1))
+        elif mode == "wrap":
+            out.append(r % n_in)
+        else:                                        # reflect (edge not repeated)
+            period = 2 * (n_in - 1)
+            r = r % period if period else 0
+            out.append(period - r if r >= n_in else r)
     return out
+
+
+def _affine_runs(idx: list[int]) -> list[tuple[int, int, int, int]]:
+    """Maximal runs (start, length, first index, step) where the index moves by a constant
+    step; constant positions (-1) form their own runs with first index -1."""
+    runs = []
+    for i, v in enumerate(idx):
+        if runs:
+            s, n, first, step = runs[-1]
+            last = first + (n - 1) * step
+            if v < 0 and first < 0:
+                runs[-1] = (s, n + 1, -1, 0)
+                continue
+            if v >= 0 and first >= 0 and (n == 1 or v - last == step):
+                runs[-1] = (s, n + 1, first, v - last if n == 1 else step)
+                continue
+        runs.append((i, 1, v if v >= 0 else -1, 0))
+    return runs
 
 
 def _pads_and_value(node, ctx, rank):
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise UnsupportedOpError(f"Pad mode {mode!r} is not supported (only 'constant')")
+    if mode not in MODES:
+        raise UnsupportedOpError(f"Pad mode {mode!r} is not supported ({', '.join(MODES)})")
     if "pads" in a:                                  # opset < 11: attributes
         pads, value = list(a["pads"]), float(a.get("value", 0.0))
     else:
@@ -109,7 +143,7 @@ def _pads_and_value(node, ctx, rank):
             for k, ax in enumerate(axes):
                 full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
             pads = full
-    return pads, value
+    return pads, (value if mode == "constant" else 0.0), mode
 
 
 def lower_pad(node, ctx):
@@ -117,7 +151,7 @@ def lower_pad(node, ctx):
     if t.kind != "map" or getattr(t, "cperm", None) is not None:
         raise UnsupportedOpError("Pad is supported on feature maps (channel order kept) only")
     rank = len(t.shape)
-    pads, value = _pads_and_value(node, ctx, rank)
+    pads, value, mode = _pads_and_value(node, ctx, rank)
     if len(pads) != 2 * rank:
         raise UnsupportedOpError(f"Pad has {len(pads)} pad amounts for a rank-{rank} input")
     if any(pads[k] or pads[rank + k] for k in (0, 1)):
@@ -135,8 +169,7 @@ def lower_pad(node, ctx):
     out = ctx.new_tensor(node.output[0], out_shape, s_y)
     if t.name in ctx.nonneg and value >= 0:
         ctx.nonneg.add(out.name)
-    rects = [(y0, ny, x0, nx, iny and inx)
-             for y0, ny, iny in _runs(out.H, top, t.H) for x0, nx, inx in _runs(out.W, left, t.W)]
-    ctx.add(PadLayer(node.name, "Pad", [t.name], out.name, node=node.name, top=top,
-                     left=left, value=int(np.rint(value / s_y)), mult=mult, shift=shift,
-                     bits=ctx.bits, rects=rects))
+    ctx.add(PadLayer(node.name, "Pad", [t.name], out.name, node=node.name,
+                     rows=source_index(out.H, top, t.H, mode),
+                     cols=source_index(out.W, left, t.W, mode),
+                     value=int(np.rint(value / s_y)), mult=mult, shift=shift, bits=ctx.bits))

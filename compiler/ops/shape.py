@@ -3,6 +3,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..ir import Layer
+from .view_copy import geometry, lower_map_view_copy
 
 
 class AliasLayer(Layer):
@@ -17,9 +18,11 @@ class AliasLayer(Layer):
 def _alias(node, ctx, out_shape):
     src = ctx.tensor(node.input[0])
     out_shape = tuple(int(s) for s in out_shape)
-    if len(out_shape) >= 3 and src.kind == "map" and tuple(src.shape) == out_shape:
+    if len(out_shape) >= 3 and src.kind == "map" and (
+            tuple(src.shape) == out_shape or geometry(out_shape) == (src.C, src.H, src.W)):
+        # Same map geometry, e.g. (1, C, L) <-> (1, C, 1, L).
         t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name)
-        t.pad = src.pad
+        t.pad, t.cperm = src.pad, src.cperm
     elif src.kind == "map" and len(out_shape) <= 2:
         # Flatten / reshape a map to a vector: memory stays (H, W, C); record the order.
         C, H, W = src.C, src.H, src.W
@@ -27,6 +30,8 @@ def _alias(node, ctx, out_shape):
         ctx.flattened.add(src.name)
         t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,
                            perm=hwc if not (H == 1 and W == 1) else None)
+    elif src.kind == "map" and geometry(out_shape) is not None:
+        return lower_map_view_copy(node, ctx, src, out_shape)   # e.g. (1, C, L, 1)
     elif src.kind == "vec" and (len(out_shape) <= 2 or np.prod(out_shape[2:]) == 1
                                 or len(out_shape) == 3):
         if len(out_shape) >= 3 and out_shape[0] == 1 and np.prod(out_shape[2:]) == 1:

@@ -197,9 +197,27 @@ def test_pad_with_axes_input():
     run_and_compare(m, [("x", [1, 5, 4, 4])])
 
 
-@pytest.mark.parametrize("mode,pads", [("reflect", [0, 0, 1, 1, 0, 0, 1, 1]),
-                                       ("constant", [0, 1, 0, 0, 0, 0, 0, 0])])
-def test_pad_refuses_other_modes_and_channel_padding(mode, pads):
+@pytest.mark.parametrize("mode,pads,H,W", [
+    ("edge", [0, 0, 1, 2, 0, 0, 3, 1], 5, 6),
+    ("edge", [0, 0, 0, 3, 0, 0, 0, 4], 1, 1),
+    ("reflect", [0, 0, 2, 3, 0, 0, 1, 2], 5, 6),
+    ("reflect", [0, 0, -1, 2, 0, 0, 2, -1], 5, 6),    # crop on one side, mirror on the other
+    ("wrap", [0, 0, 2, 3, 0, 0, 4, 2], 5, 6),
+])
+def test_pad_edge_reflect_wrap(mode, pads, H, W):
+    """Border rows/columns copy input rows/columns: loop nests whose input pointer steps
+    by 0 (edge), -1 (reflect) or jumps back (wrap)."""
+    m = make_model([helper.make_node("Pad", ["x", "p"], ["y"], mode=mode)],
+                   [("x", [1, 20, H, W])], ["y"], [const("p", np.array(pads, np.int64))],
+                   opset=19)
+    m.ir_version = 9
+    prog, lp = run_and_compare(m, [("x", [1, 20, H, W])])
+    assert all(L.op == "Pad" for L in lp.layers)
+
+
+@pytest.mark.parametrize("mode,pads", [("constant", [0, 1, 0, 0, 0, 0, 0, 0]),
+                                       ("constant", [1, 0, 0, 0, 0, 0, 0, 0])])
+def test_pad_refuses_channel_and_batch_padding(mode, pads):
     m = make_model([helper.make_node("Pad", ["x", "p"], ["y"], mode=mode)],
                    [("x", [1, 3, 4, 4])], ["y"], [const("p", np.array(pads, np.int64))])
     with pytest.raises(UnsupportedOpError, match="Pad"):
@@ -278,7 +296,31 @@ def test_lrn(C, size, alpha, beta, bias, gain):
     run_and_compare(m, [("x", [1, C, 4, 5])])
 
 
-# ---- Squeeze / Unsqueeze -------------------------------------------------------------------
+# ---- Squeeze / Unsqueeze / Reshape between map geometries ------------------------------------
+
+@pytest.mark.parametrize("pads", [[0, 0, 0, 0], [1, 0, 2, 0]])
+def test_1d_pool_exported_as_2d(pads):
+    """PyTorch's AvgPool1d export: Unsqueeze (1, C, L) -> (1, C, L, 1), a (k, 1) pool, Squeeze
+    back. Each geometry keeps its own border, so the views are copies."""
+    inits = [const("ax", np.array([3], np.int64))]
+    m = make_model([helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+                    helper.make_node("AveragePool", ["u"], ["p"], kernel_shape=[3, 1],
+                                     strides=[2, 1], pads=pads),
+                    helper.make_node("Squeeze", ["p", "ax"], ["y"])],
+                   [("x", [1, 20, 15])], ["y"], inits, opset=13)
+    _, lp = run_and_compare(m, [("x", [1, 20, 15])])
+    assert [L.kind for L in lp.layers] == ["vfu"] * 3
+
+
+def test_reshape_map_rows_into_one_line_and_alias_of_same_geometry():
+    inits = [const("s3", np.array([1, 6, 20])), const("s4", np.array([1, 6, 1, 20]))]
+    m = make_model([helper.make_node("Reshape", ["x", "s3"], ["l"]),
+                    helper.make_node("MaxPool", ["l"], ["p"], kernel_shape=[3], pads=[1, 1]),
+                    helper.make_node("Reshape", ["p", "s4"], ["y"])],
+                   [("x", [1, 6, 4, 5])], ["y"], inits)
+    _, lp = run_and_compare(m, [("x", [1, 6, 4, 5])])
+    assert [L.kind for L in lp.layers] == ["vfu", "vfu", "alias"]
+
 
 def test_squeeze_unsqueeze_views():
     inits = [weight("w", (16, 8, 1, 1)), weight("wf", (16, 5)),
