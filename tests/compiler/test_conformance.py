@@ -8,7 +8,7 @@ of the stored outputs.
 
 Cases that cannot run are listed in :data:`SKIP` with the reason (``pytest -rs`` prints
 them); :data:`PENDING` ones are expected failures until another piece lands. At the time of
-writing 47 of the 82 cases pass, 2 are pending and 33 are skipped:
+writing 51 of the 82 cases pass and 31 are skipped:
 
 * 3-D (5-D tensor) convolution, pooling, batch norm, PReLU: Conv3d*, MaxPool3d*, AvgPool3d*,
   BatchNorm3d*, PReLU_3d* — the compiler maps 1-D and 2-D feature maps only;
@@ -16,7 +16,6 @@ writing 47 of the 82 cases pass, 2 are pending and 33 are skipped:
 * ops outside the supported set: ELU, SELU, Softplus, Softsign (Abs, Div by an activation),
   GLU (Split, product of activations), PoissonNLLLoss (Exp, product of activations),
   PixelShuffle (6-D Reshape/Transpose), Embedding (integer index input, Gather);
-* ReflectionPad2d / ReplicationPad2d: only constant padding;
 * MaxPool1d/2d_stride_padding_dilation: 220 000- and 1 000 000-word inputs with 200- and
   4 800-tap windows, millions of simulated instructions: far past the test time budget (the
   1-D one passes, bit-exact, in ~210 s).
@@ -70,8 +69,6 @@ SKIP = {
                       "fixed-point activations",
     "test_Embedding_sparse": "integer index input (Gather from a table): program inputs are "
                              "fixed-point activations",
-    "test_ReflectionPad2d": "Pad mode 'reflect' is not supported (constant padding only)",
-    "test_ReplicationPad2d": "Pad mode 'edge' is not supported (constant padding only)",
     "test_MaxPool1d_stride_padding_dilation": "220 000-word input, 200-tap window: runs "
                                               "(bit-exact, 1.6e-5 error) but takes ~210 s, "
                                               "past the test time budget",
@@ -81,12 +78,7 @@ SKIP = {
 }
 
 # Expected to fail until another engineer's piece lands (xfail, not strict).
-PENDING = {
-    "test_AvgPool1d": "Unsqueeze (1, C, L) -> (1, C, L, 1) of a 1-D map is not a "
-                      "supported view yet",
-    "test_AvgPool1d_stride": "Unsqueeze (1, C, L) -> (1, C, L, 1) of a 1-D map is not a "
-                             "supported view yet",
-}
+PENDING: dict[str, str] = {}
 
 ALL = sorted(p.name for p in CASES_DIR.glob("test_*") if (p / "model.onnx").exists())
 
