@@ -205,6 +205,11 @@ def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, in
     top = float(np.abs(real).max())
     if top == 0:
         return np.zeros(real.shape, np.int64), 0
+    if not np.isfinite(top) or top >= 2.0 ** 46:
+        from .errors import CompilerError
+        raise CompilerError(f"a rescaling factor of {top:.3g} does not fit the VFU's 64-bit "
+                            f"multiply; an activation range is degenerate (check the "
+                            f"calibration inputs)")
     shift = int(np.floor(bits - 1 - np.log2(top)))
     shift = max(shift, 0)
     m = np.rint(real * (2.0 ** shift)).astype(np.int64)
