@@ -244,6 +244,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
               qweights=qweights, opset=opset, name=name)
     _recognise_qdq(g)
     _fold_batchnorm(g)
+    _fold_affine_into_conv(g)
     g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
     return g
 
@@ -376,3 +377,57 @@ def _fold_batchnorm(g: Graph) -> None:
         replace[conv.name] = new
         drop.add(bn.name)
     g.nodes = [replace.get(n.name, n) for n in g.nodes if n.name not in drop]
+
+
+def _per_channel(c, cout: int) -> np.ndarray | None:
+    """A constant that broadcasts per output channel of an NCHW conv output, as (cout,)."""
+    c = np.asarray(c, np.float64)
+    if c.size == 1:
+        return np.full(cout, float(c.reshape(())))
+    if c.size == cout and c.ndim >= 3 and c.shape[-c.ndim:][-2:] == (1, 1) and (
+            c.ndim == 3 or c.shape[0] == 1):
+        return c.reshape(cout)
+    return None
+
+
+def _fold_affine_into_conv(g: Graph) -> None:
+    """Conv -> Mul by a per-channel constant -> Add of a per-channel constant (batch norm
+    exported as Mul/Add, as in DenseNet and Inception v2): fold into the conv's weights and
+    bias, saving a VFU pass over the whole feature map per layer."""
+    changed = True
+    while changed:
+        changed = False
+        producers = {o: n for n in g.nodes for o in n.output}
+        for node in g.nodes:
+            if node.op_type not in ("Mul", "Add") or len(node.input) != 2:
+                continue
+            k = 1 if node.input[1] in g.consts else 0 if node.input[0] in g.consts else None
+            if k is None:
+                continue
+            x = node.input[1 - k]
+            conv = producers.get(x)
+            if (conv is None or conv.op_type != "Conv" or conv.input[1] not in g.consts
+                    or len(g.consumers(x)) != 1 or x in g.outputs):
+                continue
+            w = np.asarray(g.consts[conv.input[1]], np.float64)
+            cout = w.shape[0]
+            c = _per_channel(g.consts[node.input[k]], cout)
+            if c is None:
+                continue
+            has_bias = len(conv.input) > 2 and conv.input[2]
+            b = np.asarray(g.consts[conv.input[2]], np.float64) if has_bias else np.zeros(cout)
+            if node.op_type == "Mul":
+                w = w * c.reshape(-1, *([1] * (w.ndim - 1)))
+                b = b * c
+            else:
+                b = b + c
+            tag = f"{conv.name}_{node.name}_fold"
+            g.consts[tag + "_w"] = w.astype(np.float32)
+            g.consts[tag + "_b"] = b.astype(np.float32)
+            new = helper.make_node("Conv", [conv.input[0], tag + "_w", tag + "_b"],
+                                   [node.output[0]], name=conv.name)
+            new.attribute.extend(conv.attribute)
+            g.nodes = [new if n is conv else n for n in g.nodes if n is not node]
+            g.qweights.pop(conv.input[1], None)
+            changed = True
+            break
