@@ -91,6 +91,12 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     return run.go()
 
 
+def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
+    """Learning rate of ``epoch`` of a training stage: ``lr * lr_decay**epoch``."""
+    for g in opt.param_groups:
+        g["lr"] = spec.lr * spec.lr_decay**epoch
+
+
 class _Run:
     """One compression run's state; ``stage``/``step`` say what is done (for resume)."""
 
@@ -117,6 +123,7 @@ class _Run:
         if self.stage == "pretrain":
             opt = self._optimizer(r.pretrain.lr)
             while self.step < r.pretrain.epochs:
+                _set_lr(opt, r.pretrain, self.step)
                 loss = self._epoch(opt, 0, 0, self.step, f"pretrain {self.step + 1}/"
                                    f"{r.pretrain.epochs}")
                 self._record("pretrain", opt, loss=loss)
@@ -168,6 +175,7 @@ class _Run:
             epochs += self.recipe.admm.rounds * self.recipe.admm.epochs_per_round
         opt = self._optimizer(r.lr)
         while self.step < epochs:
+            _set_lr(opt, r, self.step)
             loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{epochs}")
             self._record("retrain", opt, loss=loss)
 

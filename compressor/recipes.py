@@ -20,7 +20,8 @@ Format (every section but ``layers`` optional; defaults shown)::
       rho: 0.1              # penalty of round 0, per squared weight unit
       rho_growth: 2.0       # rho of round r: min(rho_max, rho * rho_growth**r)
       rho_max: 10.0
-    retrain: {epochs: 2, lr: 2.0e-4}      # masked (and fake-quantized) fine-tuning
+    retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0}  # masked (fake-quantized) fine-tuning;
+                            # epoch e at lr * lr_decay**e (pretrain takes lr_decay too)
     layers:                 # first matching rule wins; unmatched layers stay dense float
       - match: "features.*"               # module name or fnmatch glob (or a list of them)
         sparsity: {structure: blocks, keep: 0.5}   # tinyadc takes n: instead of keep:
@@ -54,7 +55,10 @@ class TrainSpec:
     epochs: int = 0
     """Passes over the training set."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate of the first epoch."""
+    lr_decay: float = 1.0
+    """Factor the learning rate is multiplied by after each epoch: epoch ``e`` (from 0)
+    runs at ``lr * lr_decay**e``; in (0, 1]."""
 
 
 _RETRAIN = TrainSpec(epochs=2, lr=2e-4)
@@ -189,6 +193,10 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
                                            set(TrainSpec.__slots__)))
         _check_int(spec.epochs, f"recipe.{stage}.epochs", 0)
         _check_positive(spec.lr, f"recipe.{stage}.lr")
+        _check_positive(spec.lr_decay, f"recipe.{stage}.lr_decay")
+        if spec.lr_decay > 1:
+            raise CompressionError(f"recipe.{stage}.lr_decay={spec.lr_decay!r}: must be in "
+                                   f"(0, 1] (a factor per epoch)")
         stages[stage] = spec
     batch_size, seed = top.get("batch_size", 64), top.get("seed", 0)
     _check_int(batch_size, "recipe.batch_size", 1)

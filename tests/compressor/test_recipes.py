@@ -85,6 +85,8 @@ def test_good_recipe_round_trips_and_first_rule_wins():
     (("admm",), {"rho": -1}, r"recipe.admm.rho=-1"),
     (("admm",), {"lr_decay": 1}, r"recipe.admm.lr_decay: unknown field; allowed:"),
     (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
+    (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
+    (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
     (("epochs",), 3, r"recipe.epochs: unknown field"),
 ])
@@ -115,3 +117,26 @@ def test_load_recipe_errors(tmp_path):
     with pytest.raises(CompressionError, match="recipe=.*must be a mapping"):
         load_recipe(bad)
     assert (RECIPE_DIR / "lenet5_block.yaml").is_file()
+
+
+def test_lr_decay_sets_each_epochs_learning_rate(monkeypatch):
+    import numpy as np
+
+    from compressor import compress, pipeline
+    from models import build
+    seen = []
+
+    def record(self, opt, stage_id, rnd, epoch, desc, penalty=None):
+        seen.append((stage_id, epoch, opt.param_groups[0]["lr"]))
+        return 0.0
+    monkeypatch.setattr(pipeline._Run, "_epoch", record)
+    r = parse_recipe({"name": "d", "pretrain": {"epochs": 2, "lr": 1e-2, "lr_decay": 0.5},
+                      "admm": {"rounds": 1, "lr": 3e-3},
+                      "retrain": {"epochs": 3, "lr": 1e-3, "lr_decay": 0.1},
+                      "layers": [{"match": "layers.1", "quant": {"bits": 8}}]})
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    y = np.zeros(4, np.int64)
+    compress(build("mlp", seed=0), r, (x, y), (x, y), progress=False)
+    lrs = [(s, e, round(lr, 9)) for s, e, lr in seen]
+    assert lrs == [(0, 0, 1e-2), (0, 1, 5e-3), (1, 0, 3e-3),
+                   (2, 0, 1e-3), (2, 1, 1e-4), (2, 2, 1e-5)]

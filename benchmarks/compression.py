@@ -1,0 +1,497 @@
+"""ADMM compression judged on the simulated chip (issue 5): Fashion-MNIST, LeNet-5 and a
+VGG-style CNN, dense vs block-pruned + quantized (ADMM and the magnitude baseline), TinyADC,
+integer-only (power-of-two) scales, and accuracy under programming variation.
+
+    python benchmarks/compression.py            # ~25-45 min cold on 2 cores, minutes warm
+    python benchmarks/compression.py --quick    # plumbing check on small subsets
+
+Writes ``benchmarks/results/compression.json`` / ``.csv``, the plot
+``benchmarks/results/plots/compression_pareto.png`` and prints a markdown table. Trained
+dense models and finished compression runs are cached in
+``benchmarks/results/compression_cache/`` (delete it, or pass ``--fresh``, to redo them).
+
+Protocol (nothing is chosen on the test set):
+
+* Fashion-MNIST train (60 000) is split by a seeded permutation into 55 000 for training
+  and 5 000 for validation. Every training stage sees only the former (compression stages a
+  seeded 30 000-image subset of it, to fit the time budget); the accuracy that ``compress``
+  tracks per epoch is on the validation split. Test accuracy is on the full 10 000-image
+  test set (onnxruntime on the exported ONNX, which equals PyTorch to 1e-4); the simulated
+  chip runs the first ``--sim-images`` test images (default 500). The shipped LeNet-5 was
+  trained on all 60 000 training images (so its validation numbers are optimistic; no
+  choice depends on them).
+* The VGG-style model (``vgg_fmnist``): conv3x3 16-M-32-M-64-M-128-M (28 -> 1 pixels), then
+  FC 128-1024-1024-10, no BatchNorm; 1.29 M weights on 91 crossbar blocks of 128 x 128.
+  Why: on a 2-core CPU the cost of training is the convolutions' MACs (3.8 M per image in
+  all), not the weights, so the weights sit in a VGG-like classifier (like VGG's FC
+  layers); the convolutions end on a 1 x 1 map, so ``Flatten`` keeps the compiler's and
+  the compressor's row orders equal (see ``compressor/geometry.py``); and no BatchNorm,
+  because the compiler folds a BatchNorm into the float weights and re-quantizes them
+  instead of keeping the QDQ integers (reproducer in ``README``/report).
+* Machines: dense models run on the ``puma`` preset as shipped (16-bit weights, offset
+  mapping: 8 crossbars per 128 x 128 block, 8-bit clipping ADC); LeNet on puma with
+  32 x 32 crossbars, as its recipes are written for. A compressed model runs on the same
+  machine with ``weight_bits=4`` (what its levels need) and ``xbar.mapping=differential``
+  (zero weights are zero conductance: 2 arrays x 2 slices = 4 crossbars per block); the
+  TinyADC variant adds ``adc.adaptive=true`` (each crossbar gets its lossless bits).
+* Weight storage: ``compressor.hardware.storage_bits`` (32-bit dense over stored bits;
+  kept tiles at ``min(E*b, nnz*b + E)`` bits, +1 bit per tile and 32 per layer scale).
+"""
+import _common  # noqa: F401  (pins BLAS/numba threads before numpy loads)
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, machine
+
+CACHE = RESULTS / "compression_cache"
+PLOTS = RESULTS / "plots"
+
+GEOM128 = {"rows": 128, "cols": 128, "cell_bits": 2, "weight_bits": 4,
+           "mapping": "differential"}
+GEOM32 = {**GEOM128, "rows": 32, "cols": 32}
+COMPRESSED = ["weight_bits=4", "xbar.mapping=differential"]
+
+# -- recipes ----------------------------------------------------------------------------
+# Keep fractions are per layer, in crossbar blocks; comments give blocks kept / total.
+VGG_BLOCKS = [
+    {"match": "features.0", "quant": {"bits": 4}},                            # 1 / 1
+    {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 1 / 2
+     "quant": {"bits": 4}},
+    {"match": "features.6", "sparsity": {"structure": "blocks", "keep": 0.67},  # 2 / 3
+     "quant": {"bits": 4}},
+    {"match": "features.9", "sparsity": {"structure": "blocks", "keep": 0.8},  # 4 / 5
+     "quant": {"bits": 4}},
+    {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.375},  # 3 / 8
+     "quant": {"bits": 4}},
+    {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.0625},  # 4 / 64
+     "quant": {"bits": 4}},
+    {"match": "classifier.5", "sparsity": {"structure": "blocks", "keep": 0.375},  # 3 / 8
+     "quant": {"bits": 4}},
+]  # 18 of 91 blocks: 72 crossbars of 4 vs 728 of 8 dense on puma
+# TinyADC: <= 20 nonzeros per 128-row bit line: 4-bit differential levels put <= 3 per
+# cell on a slice, so a column sums to <= 60 with 1-bit DAC steps: 6 lossless ADC bits.
+VGG_TINY = [
+    {"match": "features.0", "quant": {"bits": 4}},          # 9 rows: <= 27, 5 bits
+    {"match": ["features.3", "features.6", "features.9", "classifier.*"],
+     "sparsity": {"structure": "tinyadc", "n": 20}, "quant": {"bits": 4}},
+]
+LENET_BLOCKS = [  # on 32 x 32 crossbars
+    {"match": "features.0", "quant": {"bits": 4}},                             # 1 / 1
+    {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.6},  # 3 / 5
+     "quant": {"bits": 4}},
+    {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.25},  # 13 / 52
+     "quant": {"bits": 4}},
+    {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 6 / 12
+     "quant": {"bits": 4}},
+    {"match": "classifier.5", "quant": {"bits": 4}},                          # 3 / 3
+]  # 26 of 73 blocks; scaled(..., 0.5) keeps 15
+LENET_TINY = [  # <= 6 nonzeros per 32-row bit line: <= 18 per slice column, 5 bits
+    {"match": "features.0", "quant": {"bits": 4}},
+    {"match": ["features.3", "classifier.*"], "sparsity": {"structure": "tinyadc", "n": 6},
+     "quant": {"bits": 4}},
+]
+
+
+def pow2(rules):
+    return [{**r, "quant": {**r["quant"], "pow2": True}} if "quant" in r else r for r in rules]
+
+
+def scaled(rules, factor):
+    """The same recipe with every block keep fraction times ``factor`` (a harder point)."""
+    out = []
+    for r in rules:
+        sp = r.get("sparsity")
+        if sp and sp["structure"] == "blocks":
+            r = {**r, "sparsity": {**sp, "keep": round(sp["keep"] * factor, 4)}}
+        out.append(r)
+    return out
+
+
+SCHEDULE = {"seed": 0, "batch_size": 64,
+            "admm": {"rounds": 6, "epochs_per_round": 1, "lr": 1.0e-3, "rho": 0.05,
+                     "rho_growth": 1.8, "rho_max": 10.0},
+            "retrain": {"epochs": 8, "lr": 1.0e-3, "lr_decay": 0.7}}
+
+
+def recipe(name, geom, rules, schedule=SCHEDULE):
+    from compressor import parse_recipe
+    return parse_recipe({"name": name, "geometry": geom, **schedule, "layers": rules})
+
+
+# -- data and dense models ----------------------------------------------------------------
+
+def load_data(quick: bool):
+    from models.data import load_fashion_mnist
+    x, y = load_fashion_mnist(split="train")
+    xt, yt = load_fashion_mnist(split="test")
+    order = np.random.default_rng(2024).permutation(len(x))
+    val, tr = order[:5000], order[5000:]
+    if quick:
+        tr, val, xt, yt = tr[:3000], val[:500], xt[:1000], yt[:1000]
+    return (x[tr], y[tr]), (x[val], y[val]), (xt, yt)
+
+
+def vgg_fmnist():
+    """The VGG-style model of this benchmark (see the module doc)."""
+    import torch
+    from models.cnn import VGG
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = VGG((16, "M", 32, "M", 64, "M", 128, "M"), (1024, 1024), in_channels=1,
+                image_size=28, num_classes=10, width=1.0, batch_norm=False)
+    m.sample_shape, m.zoo_name = (1, 28, 28), "vgg_fmnist"
+    return m.eval()
+
+
+def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
+    """Adam, lr 1e-3 decaying 0.85 per epoch, batch 128, seeded order; cached at ``path``."""
+    import torch
+    from torch import nn
+
+    from models.train import evaluate
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        info = json.loads(path.with_suffix(".json").read_text())
+        log(f"dense {path.stem}: cached ({info['train_seconds']:.0f} s when trained)")
+        return info
+    x, y = train
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    t0 = time.perf_counter()
+    history = []
+    for e in range(epochs):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.85**e
+        model.train()
+        order = np.random.default_rng((0, 1, e)).permutation(len(x))
+        for i in range(0, len(order), 128):
+            idx = order[i:i + 128]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx])),
+                                               torch.from_numpy(y[idx]))
+            loss.backward()
+            opt.step()
+        acc = evaluate(model, *val)
+        history.append(acc)
+        log(f"dense {path.stem} epoch {e + 1}/{epochs}: val {acc:.4f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    info = {"epochs": epochs, "val_history": history,
+            "train_seconds": time.perf_counter() - t0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps(info))
+    return info
+
+
+# -- one variant ----------------------------------------------------------------------------
+
+def run_variant(name, model, rec, method, train, val, ckpt: Path, log):
+    from compressor import compress
+    log(f"{name}: compressing ({method}, {rec.admm.rounds} ADMM rounds x "
+        f"{rec.admm.epochs_per_round} + {rec.retrain.epochs} retrain epochs on "
+        f"{len(train[0])} images)")
+    t0 = time.perf_counter()
+    res = compress(model, rec, train, val, method=method, checkpoint=ckpt, progress=False)
+    log(f"{name}: val {res.accuracy['dense']:.4f} dense -> {res.accuracy['final']:.4f} "
+        f"({time.perf_counter() - t0:.0f} s)")
+    return res
+
+
+def measure(name, onnx_path, cfg, test, sim, cal, log, lossless: bool = False) -> dict:
+    """Test accuracy (onnxruntime, all test images) + the hardware figures."""
+    from compressor.hardware import adc_lossless_check, evaluate_hardware, onnx_logits
+    t0 = time.perf_counter()
+    xt, yt = test
+    acc = float(np.mean(onnx_logits(onnx_path, xt).argmax(1) == yt))
+    hw = evaluate_hardware(onnx_path, cfg, *sim, calibration=cal)
+    out = {"name": name, "onnx": str(onnx_path.relative_to(RESULTS.parent.parent)),
+           "test_accuracy": acc, "test_images": int(len(xt)), **hw}
+    if lossless:
+        out["lossless_check"] = adc_lossless_check(onnx_path, cfg, sim[0][:200],
+                                                   calibration=cal)
+    log(f"{name}: test {acc:.4f} | chip {hw['accuracy_sim']:.4f} on {hw['images']} | "
+        f"x{hw['compression']:.1f} storage | {hw['crossbars']} crossbars | "
+        f"{hw['energy_uj']:.1f} uJ | {hw['area_mm2']:.3f} mm2 | ADC bits max "
+        f"{hw['adc_bits_max']} ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+# -- the benchmark --------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small subsets, plumbing only")
+    ap.add_argument("--fresh", action="store_true", help="ignore the cache")
+    ap.add_argument("--sim-images", type=int, default=500)
+    ap.add_argument("--sweep-images", type=int, default=200,
+                    help="test images per point of the variation sweep")
+    ap.add_argument("--compress-images", type=int, default=30000,
+                    help="training images per compression epoch")
+    ap.add_argument("--dense-epochs", type=int, default=15)
+    args = ap.parse_args()
+
+    import torch
+
+    from compressor import export_qdq
+    from models.demo import load_pretrained
+    from models.onnx_export import export
+    torch.set_num_threads(2)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+
+    cache = CACHE / ("quick" if args.quick else "full")
+    if args.fresh and cache.exists():
+        import shutil
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    (CACHE / ".gitignore").write_text("*\n")
+    train, val, test = load_data(args.quick)
+    n_sim = min(args.sim_images, len(test[0]))
+    sim = (test[0][:n_sim], test[1][:n_sim])
+    cal = train[0][:64]                              # activation ranges from training images
+    sub = np.random.default_rng(7).permutation(len(train[0]))[:args.compress_images]
+    ctrain = (train[0][sub], train[1][sub])
+    log(f"data: train {len(train[0])}, val {len(val[0])}, test {len(test[0])}, compression "
+        f"epochs on {len(ctrain[0])}, chip on {n_sim} test images")
+
+    # -- dense models
+    lenet = load_pretrained("lenet5_fmnist")
+    vgg = vgg_fmnist()
+    dense_info = {"lenet5": {"source": "shipped pretrained lenet5_fmnist"},
+                  "vgg_fmnist": train_dense(vgg, train, val, 1 if args.quick else
+                                            args.dense_epochs, cache / "vgg_fmnist.pt", log)}
+    models = {
+        "lenet5": {"model": lenet, "geom": GEOM32, "blocks": LENET_BLOCKS, "tiny": LENET_TINY,
+                   "dense_cfg": ("puma", ["xbar.rows=32", "xbar.cols=32"])},
+        "vgg_fmnist": {"model": vgg, "geom": GEOM128, "blocks": VGG_BLOCKS, "tiny": VGG_TINY,
+                       "dense_cfg": ("puma", [])},
+    }
+    schedule = SCHEDULE if not args.quick else {
+        **SCHEDULE, "admm": {**SCHEDULE["admm"], "rounds": 2}, "retrain": {"epochs": 1,
+                                                                           "lr": 2e-4}}
+    rows, runs = [], {}
+    for mname, spec in models.items():
+        dense_model = spec["model"]
+        dense_path = export(dense_model, cache / f"{mname}_dense.onnx", 19, dynamic_batch=True)
+        dcfg = spec["dense_cfg"]
+        ccfg = (dcfg[0], dcfg[1] + COMPRESSED)
+        rows.append({"model": mname, "variant": "dense", "method": "-", "machine": dcfg,
+                     **measure(f"{mname} dense", dense_path, dcfg, test, sim, cal, log)})
+        variants = [
+            ("admm_blocks", "admm", spec["blocks"], ccfg, False),
+            ("magnitude_blocks", "magnitude", spec["blocks"], ccfg, False),
+            ("admm_blocks_pow2", "admm", pow2(spec["blocks"]), ccfg, False),
+            ("admm_tinyadc", "admm", spec["tiny"], (ccfg[0], ccfg[1] + ["adc.adaptive=true"]),
+             True),
+        ]
+        hard = scaled(spec["blocks"], 0.5)  # the highest compression point: ADMM vs magnitude
+        variants += [("admm_blocks_x2", "admm", hard, ccfg, False),
+                     ("magnitude_blocks_x2", "magnitude", hard, ccfg, False)]
+        for vname, method, rules, cfg, lossless in variants:
+            rec = recipe(f"{mname}_{vname}", spec["geom"], rules, schedule)
+            model = copy.deepcopy(dense_model)
+            res = run_variant(f"{mname} {vname}", model, rec, method, ctrain, val,
+                              cache / f"{mname}_{vname}.ckpt", log)
+            path = export_qdq(res, cache / f"{mname}_{vname}.onnx", verify=test[0][:64])
+            runs[(mname, vname)] = path
+            row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, lossless)
+            rows.append({"model": mname, "variant": vname, "method": method, "machine": cfg,
+                         "val_accuracy": res.accuracy, "recipe": rec.to_dict(), **row})
+
+    # -- device mismatch: programming variation sweep, dense vs ADMM blocks
+    from compressor.hardware import accuracy_under_variation
+    sigmas, seeds = (0.0, 0.02, 0.05, 0.1), (0, 1)
+    ns = min(args.sweep_images, n_sim)
+    sweep = {}
+    for mname, spec in models.items():
+        dcfg = spec["dense_cfg"]
+        for vname, path, cfg in (
+                ("dense", cache / f"{mname}_dense.onnx", dcfg),
+                ("admm_blocks", runs[(mname, "admm_blocks")], (dcfg[0], dcfg[1] + COMPRESSED))):
+            t0 = time.perf_counter()
+            recs = accuracy_under_variation(path, cfg, sim[0][:ns], sim[1][:ns], sigmas, seeds,
+                                            calibration=cal)
+            sweep[f"{mname} {vname}"] = recs
+            log(f"variation {mname} {vname}: " + ", ".join(
+                f"s={r['sigma']:g}: {r['accuracy']:.3f}" for r in recs) +
+                f" ({time.perf_counter() - t0:.0f} s)")
+
+    wall = time.perf_counter() - t_start
+    summary = targets(rows, sweep)
+    out = {"machine": machine(), "wall_s": wall, "quick": args.quick,
+           "protocol": __doc__, "dense_training": dense_info, "rows": rows,
+           "variation": {"sigmas": list(sigmas), "seeds": list(seeds), "images": ns,
+                         "results": sweep},
+           "targets": summary}
+    name = "compression" if not args.quick else "compression_quick"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=_plain))
+    write_csv(rows, RESULTS / f"{name}.csv")
+    plot(rows, sweep, PLOTS / f"{name}_pareto.png")
+    print()
+    print(markdown(rows))
+    print()
+    print(markdown_variation(sweep, ns))
+    print()
+    for t in summary:
+        print(f"- {t['target']}: {'MET' if t['met'] else 'MISSED'} -- {t['measured']}")
+    print(f"\nwall time {wall / 60:.1f} min; wrote {RESULTS / (name + '.json')}")
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+def _get(rows, model, variant):
+    return next(r for r in rows if r["model"] == model and r["variant"] == variant)
+
+
+def targets(rows, sweep) -> list[dict]:
+    """Issue 5's "Must show" items, each with the measured numbers."""
+    out = []
+    for m in ("vgg_fmnist", "lenet5"):
+        d, c = _get(rows, m, "dense"), _get(rows, m, "admm_blocks")
+        loss = 100 * (d["test_accuracy"] - c["test_accuracy"])
+        red = {k: 100 * (1 - c[k] / d[k]) for k in ("crossbars", "energy_uj", "area_mm2")}
+        out.append({"target": f"{m}: >= 20x storage at <= 0.5 pp loss",
+                    "met": c["compression"] >= 20 and loss <= 0.5,
+                    "measured": f"x{c['compression']:.1f}, test {100 * d['test_accuracy']:.2f}"
+                                f" -> {100 * c['test_accuracy']:.2f} % ({-loss:+.2f} pp)"})
+        out.append({"target": f"{m}: crossbars, energy, area each reduced >= 90 %",
+                    "met": all(v >= 90 for v in red.values()),
+                    "measured": ", ".join(f"{k} -{v:.1f} %" for k, v in red.items())})
+        t = _get(rows, m, "admm_tinyadc")
+        ref = c["adc_bits_max"]
+        lc = t.get("lossless_check", {})
+        tloss = 100 * (d["test_accuracy"] - t["test_accuracy"])
+        out.append({"target": f"{m}: TinyADC lowers ADC bits by >= 2 at <= 0.5 pp, lossless",
+                    "met": ref - t["adc_bits_max"] >= 2 and tloss <= 0.5 and lc.get("equal"),
+                    "measured": f"max lossless bits {t['adc_bits_max']} vs {ref} (block "
+                                f"variant) / {d['adc_bits_max']} (dense on puma); test "
+                                f"{-tloss:+.2f} pp vs dense; adaptive == ideal ADC outputs: "
+                                f"{lc.get('equal')} on {200 if lc else 0} images"})
+        p = _get(rows, m, "admm_blocks_pow2")
+        gap = 100 * (c["test_accuracy"] - p["test_accuracy"])
+        out.append({"target": f"{m}: power-of-two scales within 0.3 pp of float scales",
+                    "met": abs(gap) <= 0.3,
+                    "measured": f"{100 * p['test_accuracy']:.2f} vs "
+                                f"{100 * c['test_accuracy']:.2f} % ({-gap:+.2f} pp)"})
+        pairs = [("admm_blocks", "magnitude_blocks"), ("admm_blocks_x2", "magnitude_blocks_x2")]
+        a, g = max(((_get(rows, m, a), _get(rows, m, b)) for a, b in pairs),
+                   key=lambda ab: ab[0]["compression"])
+        diff = 100 * (a["test_accuracy"] - g["test_accuracy"])
+        out.append({"target": f"{m}: ADMM beats magnitude by >= 1 pp at the highest "
+                              f"compression point (same crossbars)",
+                    "met": diff >= 1.0,
+                    "measured": f"{a['variant']} {100 * a['test_accuracy']:.2f} vs "
+                                f"{g['variant']} {100 * g['test_accuracy']:.2f} % "
+                                f"({diff:+.2f} pp) at x{a['compression']:.1f}, "
+                                f"{a['crossbars']} vs {g['crossbars']} crossbars"})
+    return out
+
+
+COLUMNS = [("model", "model"), ("variant", "variant"), ("test_accuracy", "test acc %"),
+           ("accuracy_sim", "chip acc %"), ("compression", "storage x"),
+           ("crossbars", "crossbars"), ("energy_uj", "energy uJ"), ("area_mm2", "area mm2"),
+           ("latency_us", "latency us"), ("adc_bits_max", "ADC bits max"),
+           ("adc_bits_mean", "ADC bits mean")]
+
+
+def _cell(k, v):
+    if k in ("test_accuracy", "accuracy_sim"):
+        return f"{100 * v:.2f}"
+    if k in ("compression", "adc_bits_mean"):
+        return f"{v:.1f}"
+    if k in ("energy_uj", "latency_us"):
+        return f"{v:.1f}"
+    if k == "area_mm2":
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown(rows) -> str:
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(k, r[k]) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def markdown_variation(sweep, n) -> str:
+    sig = [r["sigma"] for r in next(iter(sweep.values()))]
+    lines = [f"| chip accuracy % ({n} test images) | " + " | ".join(
+        f"sigma={s:g}" for s in sig) + " |", "|---" * (len(sig) + 1) + "|"]
+    for k, recs in sweep.items():
+        lines.append(f"| {k} | " + " | ".join(f"{100 * r['accuracy']:.1f}" for r in recs)
+                     + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows, path: Path) -> None:
+    import pandas as pd
+    keys = ["model", "variant", "method", "test_accuracy", "accuracy_sim", "accuracy_onnx",
+            "agreement", "images", "weights", "nonzero_weights", "storage_bits",
+            "compression", "crossbars", "mvmus", "tiles", "cores", "energy_uj", "area_mm2",
+            "latency_us", "adc_conversions", "adc_bits_max", "adc_bits_mean",
+            "adc_bits_config", "config"]
+    pd.DataFrame([{k: r.get(k) for k in keys} for r in rows]).to_csv(path, index=False)
+
+
+def plot(rows, sweep, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
+    marks = {"dense": "o", "admm_blocks": "s", "magnitude_blocks": "x",
+             "admm_blocks_pow2": "D", "admm_tinyadc": "^", "admm_blocks_x2": "P",
+             "magnitude_blocks_x2": "+"}
+    for i, m in enumerate(("vgg_fmnist", "lenet5")):
+        mrows = [r for r in rows if r["model"] == m]
+        for j, (k, label) in enumerate((("energy_uj", "energy / inference (uJ)"),
+                                        ("area_mm2", "area (mm^2)"),
+                                        ("crossbars", "crossbars"))):
+            ax = axes[i, j]
+            for r in mrows:
+                ax.scatter(r[k], 100 * r["test_accuracy"], marker=marks.get(r["variant"], "o"),
+                           s=60, label=r["variant"])
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{m}: accuracy vs {k.split('_')[0]}")
+            ax.grid(alpha=0.3)
+        ax = axes[i, 3]
+        for key, recs in sweep.items():
+            if key.startswith(m):
+                ax.errorbar([r["sigma"] for r in recs], [100 * r["accuracy"] for r in recs],
+                            yerr=[[100 * (r["accuracy"] - r["accuracy_min"]) for r in recs],
+                                  [100 * (r["accuracy_max"] - r["accuracy"]) for r in recs]],
+                            marker="o", capsize=3, label=key.split(" ", 1)[1])
+        ax.set_xlabel("programming variation sigma")
+        ax.set_ylabel("chip accuracy (%)")
+        ax.set_title(f"{m}: device mismatch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[1, 0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plain(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+if __name__ == "__main__":
+    main()
