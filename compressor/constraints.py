@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
-from .projections import STRUCTURES, as_float64, project_matrix
+from .projections import ALL_STRUCTURES, PER_SEGMENT, as_float64, project_matrix
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +42,20 @@ class Constraint:
     """What one layer's weight must satisfy. All fields optional; an empty one is no-op."""
 
     structure: str | None = None
-    """One of ``projections.STRUCTURES`` or None (no sparsity)."""
+    """One of ``projections.ALL_STRUCTURES`` or None (no sparsity)."""
     amount: float | int | None = None
-    """Fraction of groups kept, in (0, 1]; for ``tinyadc`` the nonzeros per column segment."""
+    """Fraction of groups kept, in (0, 1]; for ``tinyadc``/``tinyadc_packed`` the nonzeros
+    per column segment."""
     quant: QuantSpec | None = None
     """Level set, or None to keep float weights."""
 
     def check(self, geom: CrossbarGeometry, where: str = "constraint") -> None:
         """Raise :class:`CompressionError` naming the field if impossible on ``geom``."""
         if self.structure is not None:
-            if self.structure not in STRUCTURES:
+            if self.structure not in ALL_STRUCTURES:
                 raise CompressionError(f"{where}.sparsity.structure={self.structure!r}: must be "
-                                       f"one of {', '.join(STRUCTURES)}")
-            if self.structure == "tinyadc":
+                                       f"one of {', '.join(ALL_STRUCTURES)}")
+            if self.structure in PER_SEGMENT:
                 n = self.amount
                 if not _is_int(n) or not 1 <= n <= geom.rows:
                     raise CompressionError(f"{where}.sparsity.n={n!r}: nonzeros per column "
@@ -98,7 +99,7 @@ class Constraint:
         """JSON-ready description (recipe vocabulary: ``keep`` or ``n``)."""
         d: dict = {}
         if self.structure is not None:
-            key = "n" if self.structure == "tinyadc" else "keep"
+            key = "n" if self.structure in PER_SEGMENT else "keep"
             d["sparsity"] = {"structure": self.structure, key: self.amount}
         if self.quant is not None:
             q = self.quant

@@ -36,7 +36,9 @@ from models.train import evaluate  # top-1 accuracy (0..1), eval mode
 from .admm import ADMM
 from .constraints import Constraint
 from .errors import CompressionError
+from .geometry import from_crossbar, to_crossbar
 from .masking import Frozen, install, levels, snap
+from .projections import PACKED, keep_mask
 from .recipes import Recipe
 
 METHODS = ("admm", "magnitude")
@@ -229,8 +231,29 @@ class _Run:
         self.stage, self.step = stage, 0
         if stage == "done":
             snap(self.model, self.frozen)
+            self._repack()
             self.accuracy["final"] = evaluate(self.model, self.xt, self.yt)
         self.save()
+
+    def _repack(self) -> None:
+        """Re-apply support-dependent structures (``tinyadc_packed``) to the snapped weights:
+        weights that rounded to 0 in retraining can empty a row, which moves the compiler's
+        packed crossbars; zero what would then exceed ``n`` (rarely anything)."""
+        modules = dict(self.model.named_modules())
+        for n, c in self.layers.items():
+            if c.structure not in PACKED:
+                continue
+            w = modules[n].weight
+            arr = w.detach().cpu().double().numpy()
+            m = to_crossbar(arr)
+            keep = np.ascontiguousarray(from_crossbar(
+                keep_mask(m * m, self.recipe.geometry, c.structure, c.amount), arr.shape))
+            if np.array_equal(keep, arr != 0):
+                continue
+            with torch.no_grad():
+                w.mul_(torch.as_tensor(keep, dtype=w.dtype))
+            f = self.frozen[n]
+            self.frozen[n] = Frozen(f.mask & keep, f.scale, f.qmin, f.qmax)
 
     def _result(self) -> CompressionResult:
         modules = dict(self.model.named_modules())

@@ -22,6 +22,18 @@ Structured sparsity (``STRUCTURES``), each "keep the best groups":
                   segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
                   of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
 
+Not a fixed set, so not an exact projection (``PACKED``, outside ``STRUCTURES``):
+
+``tinyadc_packed`` TinyADC on the crossbars the compiler actually builds. ``compiler/``
+                  drops, per column strip, the input rows that are all zero there and cuts the
+                  remaining rows into crossbars, so after pruning a crossbar's rows are no
+                  longer one fixed segment: with ``tinyadc`` a packed crossbar can straddle
+                  two segments and hold up to ``2n`` nonzeros per bit line (one ADC bit
+                  more). This structure keeps the ``n`` largest per column of each *packed*
+                  segment, re-packs, and repeats until nothing changes, so every crossbar
+                  the compiler builds from the result has at most ``n`` nonzeros per bit
+                  line. Feasible and idempotent, not guaranteed nearest.
+
 The group-sparsity sets are "at most k groups nonzero" with ``k = round(keep · groups)``
 (at least 1), ``groups`` counting only groups that hold at least one real (unpadded) weight.
 For them the nearest point keeps the k groups of largest squared norm unchanged and zeroes the
@@ -50,6 +62,12 @@ from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
 
 STRUCTURES = ("rows", "columns", "blocks", "aligned_rows", "aligned_cols", "tinyadc")
+#: Structures whose set depends on the support (see the module doc): feasible, not nearest.
+PACKED = ("tinyadc_packed",)
+#: Every structure a recipe may name.
+ALL_STRUCTURES = STRUCTURES + PACKED
+#: Structures whose amount is ``n`` (nonzeros per bit line), not a keep fraction.
+PER_SEGMENT = ("tinyadc", "tinyadc_packed")
 
 # Axes of the (row_blocks, rows, col_blocks, cols) block view summed into one group.
 _GROUP_AXES = {
@@ -131,9 +149,9 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
     keeps (all True without one; a kept entry may still have rounded to level 0). The scale
     is float32-representable, so ``float32(q) * float32(scale)`` reproduces the result.
     """
-    if structure is not None and structure not in STRUCTURES:
+    if structure is not None and structure not in ALL_STRUCTURES:
         raise CompressionError(
-            f"structure={structure!r}: must be one of {', '.join(STRUCTURES)}")
+            f"structure={structure!r}: must be one of {', '.join(ALL_STRUCTURES)}")
     if quant is None:
         if structure is None:
             return m.copy(), None, np.ones(m.shape, dtype=bool)
@@ -169,6 +187,8 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount)
     by the sum of ``score`` (>= 0) over each group (per entry within segments for
     ``tinyadc``). The exact maximiser of the kept score subject to the constraint."""
     k_rows, n_cols = score.shape
+    if structure == "tinyadc_packed":
+        return _packed_keep(np.asarray(score, np.float64), geom, _check_n(amount, geom))
     blocks = geom.blocks(score.astype(np.float64))
     real = geom.blocks(np.ones(score.shape, dtype=bool))
     if structure == "tinyadc":
@@ -190,6 +210,36 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount)
     chosen[np.argsort(-flat, kind="stable")[:k]] = True
     keep = np.broadcast_to(chosen.reshape(gscore.shape), blocks.shape)
     return geom.unblock(keep & real, k_rows, n_cols)
+
+
+def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int) -> np.ndarray:
+    """``tinyadc_packed``: at most ``n`` kept entries per column of every packed crossbar.
+
+    Packing as ``compiler/partition.py`` does it: per column strip of ``cols`` columns, the
+    rows with a kept entry, in order, cut into runs of ``rows``. Only entries with a
+    positive score are candidates (a zero score is a zero weight, which the compiler drops);
+    each pass keeps the ``n`` best per column of each packed run (ties: lower row); passes
+    repeat until the kept set no longer changes (it only shrinks, so this ends).
+    """
+    keep = score > 0
+    for c0 in range(0, score.shape[1], geom.cols):
+        cols = slice(c0, c0 + geom.cols)
+        sub, sc = keep[:, cols], score[:, cols]
+        while True:
+            rows = np.flatnonzero(sub.any(axis=1))
+            new = np.zeros_like(sub)
+            for r0 in range(0, len(rows), geom.rows):
+                rr = rows[r0:r0 + geom.rows]
+                s = np.where(sub[rr], sc[rr], -np.inf)
+                order = np.argsort(-s, axis=0, kind="stable")[:n]   # best n per column
+                top = np.zeros(s.shape, dtype=bool)
+                np.put_along_axis(top, order, True, axis=0)
+                new[rr] = top & sub[rr]
+            if np.array_equal(new, sub):
+                break
+            sub = new
+        keep[:, cols] = sub
+    return keep
 
 
 def keep_count(keep: float, n_groups: int) -> int:

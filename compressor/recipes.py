@@ -24,7 +24,7 @@ Format (every section but ``layers`` optional; defaults shown)::
                             # epoch e at lr * lr_decay**e (pretrain takes lr_decay too)
     layers:                 # first matching rule wins; unmatched layers stay dense float
       - match: "features.*"               # module name or fnmatch glob (or a list of them)
-        sparsity: {structure: blocks, keep: 0.5}   # tinyadc takes n: instead of keep:
+        sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed) take n: for keep:
         quant: {bits: 8, mapping: differential, pow2: false}  # bits/mapping default: geometry
       - match: classifier.4
         # no sparsity/quant: leave this layer dense
@@ -41,6 +41,7 @@ import yaml
 from .constraints import Constraint, QuantSpec
 from .errors import CompressionError
 from .geometry import CrossbarGeometry
+from .projections import PER_SEGMENT
 
 #: Folder of the recipes shipped with the package.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -224,7 +225,7 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
     if r.get("sparsity") is not None:
         sp = _mapping(r["sparsity"], f"{where}.sparsity", {"structure", "keep", "n"})
         structure = sp.get("structure")
-        key = "n" if structure == "tinyadc" else "keep"
+        key = "n" if structure in PER_SEGMENT else "keep"
         other = "keep" if key == "n" else "n"
         if other in sp:
             raise CompressionError(f"{where}.sparsity.{other}: not used by structure "

@@ -91,6 +91,41 @@ def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     assert min(check["adc_bits_hist"]) <= 3
 
 
+def _qdq_matmul(q, path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+         helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, q.shape[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, q.shape[1]])],
+        [numpy_helper.from_array(q.astype(np.int8), "wq"),
+         numpy_helper.from_array(np.float32(0.05), "ws")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), path)
+    return path
+
+
+def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
+    """With ``tinyadc`` the compiler packs the rows a strip uses into fewer crossbars, which
+    then straddle segments and need an ADC bit more; ``tinyadc_packed`` keeps its bound."""
+    from compressor.projections import project_matrix
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(512, 6))                 # 512 inputs x 6 outputs: one column strip
+    g = CrossbarGeometry(rows=128, cols=128, weight_bits=8)
+    x = rng.normal(size=(8, 512)).astype(np.float32)
+    bits = {}
+    for structure in ("tinyadc", "tinyadc_packed"):
+        p, scale, _ = project_matrix(m, g, structure, 8, (3, "differential", None, False))
+        q = np.rint(p / scale).astype(np.int64)   # 3-bit levels: one 2-bit slice
+        path = _qdq_matmul(q, tmp_path / f"{structure}.onnx")
+        check = adc_lossless_check(path, ("puma", ["weight_bits=8", "xbar.mapping=differential"]),
+                                   x)
+        assert check["equal"]
+        bits[structure] = check["adc_bits_max"]
+    assert bits["tinyadc_packed"] == 5            # <= 8 rows x level 3 = 24: 5 bits
+    assert bits["tinyadc"] > bits["tinyadc_packed"]  # up to 32 per packed crossbar: 7 bits
+
+
 def test_storage_formula_counts_blocks_and_masks(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
