@@ -116,6 +116,12 @@ def scaled(rules, factor):
     return out
 
 
+def tiny_n(rules, n):
+    """The same TinyADC recipe with ``n`` nonzeros per bit line (42: <= 126, 7 bits)."""
+    return [{**r, "sparsity": {**r["sparsity"], "n": n}} if "sparsity" in r else r
+            for r in rules]
+
+
 SCHEDULE = {"seed": 0, "batch_size": 64,
             "admm": {"rounds": 6, "epochs_per_round": 1, "lr": 1.0e-3, "rho": 0.05,
                      "rho_growth": 1.8, "rho_max": 10.0},
@@ -294,6 +300,9 @@ def main():
             ("admm_tinyadc", "admm", spec["tiny"], (ccfg[0], ccfg[1] + ["adc.adaptive=true"]),
              True),
         ]
+        if mname == "vgg_fmnist":  # TinyADC with one ADC bit less instead of two
+            variants.append(("admm_tinyadc_n42", "admm", tiny_n(spec["tiny"], 42),
+                             (ccfg[0], ccfg[1] + ["adc.adaptive=true"]), True))
         hard = scaled(spec["blocks"], 0.5)  # the highest compression point: ADMM vs magnitude
         variants += [("admm_blocks_x2", "admm", hard, ccfg, False),
                      ("magnitude_blocks_x2", "magnitude", hard, ccfg, False)]
@@ -338,13 +347,20 @@ def main():
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=_plain))
     write_csv(rows, RESULTS / f"{name}.csv")
     plot(rows, sweep, PLOTS / f"{name}_pareto.png")
+    from compressor.hardware import compare
+    for m in models:
+        print(f"\n{m}: dense (puma) vs compressed (puma, 4-bit differential)")
+        compare(_get(rows, m, "dense"), {v: _get(rows, m, v) for v in
+                                         ("admm_blocks", "admm_tinyadc")})
+        print(breakdown(_get(rows, m, "dense"), _get(rows, m, "admm_blocks")))
     print()
     print(markdown(rows))
     print()
     print(markdown_variation(sweep, ns))
     print()
     for t in summary:
-        print(f"- {t['target']}: {'MET' if t['met'] else 'MISSED'} -- {t['measured']}")
+        verdict = "--" if t["met"] is None else "MET" if t["met"] else "MISSED"
+        print(f"- {t['target']}: {verdict} -- {t['measured']}")
     print(f"\nwall time {wall / 60:.1f} min; wrote {RESULTS / (name + '.json')}")
 
 
@@ -372,6 +388,14 @@ def targets(rows, sweep) -> list[dict]:
         ref = c["adc_bits_max"]
         lc = t.get("lossless_check", {})
         tloss = 100 * (d["test_accuracy"] - t["test_accuracy"])
+        if m == "vgg_fmnist":
+            t7 = _get(rows, m, "admm_tinyadc_n42")
+            out.append({"target": f"{m}: (context) TinyADC n=42, one bit less",
+                        "met": None,
+                        "measured": f"max lossless bits {t7['adc_bits_max']}; test "
+                                    f"{100 * (t7['test_accuracy'] - d['test_accuracy']):+.2f}"
+                                    f" pp vs dense; lossless: "
+                                    f"{t7.get('lossless_check', {}).get('equal')}"})
         out.append({"target": f"{m}: TinyADC lowers ADC bits by >= 2 at <= 0.5 pp, lossless",
                     "met": ref - t["adc_bits_max"] >= 2 and tloss <= 0.5 and lc.get("equal"),
                     "measured": f"max lossless bits {t['adc_bits_max']} vs {ref} (block "
@@ -396,6 +420,27 @@ def targets(rows, sweep) -> list[dict]:
                                 f"({diff:+.2f} pp) at x{a['compression']:.1f}, "
                                 f"{a['crossbars']} vs {g['crossbars']} crossbars"})
     return out
+
+
+MVMU_AREA = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
+
+
+def breakdown(d, c) -> str:
+    """Where energy and area go: what scales with crossbar blocks and what does not."""
+    def split(r):
+        e, a = r["energy_breakdown_uj"], r["area_breakdown_mm2"]
+        dyn = sum(v for k, v in e.items() if k != "leakage")
+        mv = sum(a[k] for k in MVMU_AREA)
+        return dyn, e["leakage"], mv, sum(a.values()) - mv
+    (d_dyn, d_leak, d_mv, d_fix), (c_dyn, c_leak, c_mv, c_fix) = split(d), split(c)
+
+    def red(a, b):
+        return f"{a:.3g} -> {b:.3g} (-{100 * (1 - b / a):.1f} %)"
+    return (f"  energy: dynamic {red(d_dyn, c_dyn)} uJ, leakage {red(d_leak, c_leak)} uJ "
+            f"[MVMUs {d['mvmus']} -> {c['mvmus']}, latency {d['latency_us']:.0f} -> "
+            f"{c['latency_us']:.0f} us]\n"
+            f"  area: MVMU parts {red(d_mv, c_mv)} mm2, cores/tiles {red(d_fix, c_fix)} mm2 "
+            f"[cores {d['cores']} -> {c['cores']}, tiles {d['tiles']} -> {c['tiles']}]")
 
 
 COLUMNS = [("model", "model"), ("variant", "variant"), ("test_accuracy", "test acc %"),
@@ -452,7 +497,8 @@ def plot(rows, sweep, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
     marks = {"dense": "o", "admm_blocks": "s", "magnitude_blocks": "x",
-             "admm_blocks_pow2": "D", "admm_tinyadc": "^", "admm_blocks_x2": "P",
+             "admm_blocks_pow2": "D", "admm_tinyadc": "^", "admm_tinyadc_n42": "v",
+             "admm_blocks_x2": "P",
              "magnitude_blocks_x2": "+"}
     for i, m in enumerate(("vgg_fmnist", "lenet5")):
         mrows = [r for r in rows if r["model"] == m]
