@@ -3,7 +3,8 @@
 Every constraint is stated in the crossbar geometry (:mod:`compressor.geometry`) and is a
 Euclidean projection (:mod:`compressor.projections`); :func:`compress` runs ADMM with them,
 retrains with the masks frozen and snaps to the levels; :func:`export_qdq` writes a QDQ ONNX
-model with per-layer metadata for the compiler.
+model with per-layer metadata for the compiler; :func:`evaluate_hardware` compiles and
+simulates it and says what the chip pays (:mod:`compressor.hardware`).
 
 ``geometry``, ``projections`` and ``constraints`` need only numpy; the rest imports torch.
 """
@@ -19,11 +20,13 @@ _LAZY = {
     "CompressionResult": "compressor.pipeline",
     "ADMM": "compressor.admm",
     "export_qdq": "compressor.export",
+    "evaluate_hardware": "compressor.hardware",
+    "accuracy_under_variation": "compressor.hardware",
 }
 
 __all__ = ["ADMM", "CompressionError", "CompressionResult", "Constraint", "CrossbarGeometry",
-           "QuantSpec", "Recipe", "compress", "export_qdq", "level_range",
-           "load_recipe", "parse_recipe", "shipped_recipes"]
+           "QuantSpec", "Recipe", "accuracy_under_variation", "compress", "evaluate_hardware",
+           "export_qdq", "level_range", "load_recipe", "parse_recipe", "shipped_recipes"]
 
 
 def __getattr__(name):
