@@ -494,12 +494,13 @@ def plot(rows, sweep, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
-    marks = {"dense": "o", "admm_blocks": "s", "magnitude_blocks": "x",
-             "admm_blocks_pow2": "D", "admm_tinyadc": "^", "admm_tinyadc_n42": "v",
-             "admm_blocks_x2": "P",
-             "magnitude_blocks_x2": "+"}
+    fig, axes = plt.subplots(2, 4, figsize=(17, 8))
+    style = {"dense": ("o", "tab:blue"), "admm_blocks": ("s", "tab:orange"),
+             "magnitude_blocks": ("x", "tab:green"), "admm_blocks_pow2": ("D", "tab:red"),
+             "admm_tinyadc": ("^", "tab:purple"), "admm_tinyadc_n42": ("v", "tab:brown"),
+             "admm_blocks_x2": ("P", "tab:pink"), "magnitude_blocks_x2": ("+", "tab:gray")}
     for i, m in enumerate(("vgg_fmnist", "lenet5")):
         mrows = [r for r in rows if r["model"] == m]
         for j, (k, label) in enumerate((("energy_uj", "energy / inference (uJ)"),
@@ -507,28 +508,37 @@ def plot(rows, sweep, path: Path) -> None:
                                         ("crossbars", "crossbars"))):
             ax = axes[i, j]
             for r in mrows:
-                ax.scatter(r[k], 100 * r["test_accuracy"], marker=marks.get(r["variant"], "o"),
-                           s=60, label=r["variant"])
+                mk, col = style.get(r["variant"], ("o", "black"))
+                ax.scatter(r[k], 100 * r["test_accuracy"], marker=mk, color=col, s=70,
+                           label=r["variant"])
             ax.set_xscale("log")
-            ax.set_xlabel(label)
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            for fmt in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+                fmt(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlabel(label + " (log)")
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{m}: accuracy vs {k.split('_')[0]}")
-            ax.grid(alpha=0.3)
+            ax.set_title(f"{m}: accuracy vs {label.split(' ')[0]}")
+            ax.grid(alpha=0.3, which="both")
         ax = axes[i, 3]
         for key, recs in sweep.items():
-            if key.startswith(m):
+            if key.startswith(m + " "):
+                v = key.split(" ", 1)[1]
                 ax.errorbar([r["sigma"] for r in recs], [100 * r["accuracy"] for r in recs],
                             yerr=[[100 * (r["accuracy"] - r["accuracy_min"]) for r in recs],
                                   [100 * (r["accuracy_max"] - r["accuracy"]) for r in recs]],
-                            marker="o", capsize=3, label=key.split(" ", 1)[1])
+                            marker=style[v][0], color=style[v][1], capsize=3, label=v)
         ax.set_xlabel("programming variation sigma")
-        ax.set_ylabel("chip accuracy (%)")
+        ax.set_ylabel("chip accuracy (%), min..max over seeds")
         ax.set_title(f"{m}: device mismatch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0, 0].legend(fontsize=8, loc="lower right")
-    axes[1, 0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[:, :3].ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
