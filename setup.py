@@ -28,11 +28,13 @@ setup(
         # release would pull a multi-GB CUDA build.
         "torch": ["torch>=2.2,<2.14"],
         "scale": ["dask[distributed]>=2024.1", "pyarrow>=14"],
+        "ray": ["ray[default]>=2.9"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"],
         "all": [
             "torch>=2.2,<2.14",
             "dask[distributed]>=2024.1",
             "pyarrow>=14",
+            "ray[default]>=2.9",
             "scikit-learn>=1.3",
             "pytest>=7",
             "ruff>=0.4",

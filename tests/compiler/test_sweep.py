@@ -106,6 +106,14 @@ def test_dask_gives_the_same_table(local_run, model_files, tmp_path):
     pd.testing.assert_frame_equal(_no_wall(df), _no_wall(local_run[0]))
 
 
+def test_ray_gives_the_same_table(local_run, model_files, tmp_path):
+    # ray is optional (pip install 'ray[default]'); a local one is started for the run
+    pytest.importorskip("ray", reason="ray is not installed: the Ray executor is untested here")
+    df = run_sweep(model_files, GRID, tmp_path / "res.csv", data="random", samples=SAMPLES,
+                   executor="ray", workers=2, progress=False)
+    pd.testing.assert_frame_equal(_no_wall(df), _no_wall(local_run[0]))
+
+
 def _sweep_cmd(model_files, out):
     return [sys.executable, "-m", "simulator.cli", "sweep", "--models", ",".join(model_files),
             "--grid", GRID[0], "--grid", GRID[1], "--data", "random", "--samples",
