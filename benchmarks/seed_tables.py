@@ -31,7 +31,7 @@ def compress_state(model, ratio, geom):
     keep = 32.0 / (WEIGHT_BITS * ratio)
     dense_bits = stored_bits = 0
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for mod in model.modules():
             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
                 w = mod.weight.detach().numpy().astype(np.float64)
                 p = project_sparse_quantized(w, geom, "blocks", keep, WEIGHT_BITS,

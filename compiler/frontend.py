@@ -369,7 +369,9 @@ def _fold_batchnorm(g: Graph) -> None:
         has_bias = len(conv.input) > 2 and conv.input[2]
         bias = np.asarray(g.consts[conv.input[2]], np.float64) if has_bias else 0.0
         wname, bname = conv.name + "_bnfold_w", conv.name + "_bnfold_b"
-        g.consts[wname] = (w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+        wq = _scale_qweight(g, conv.input[1], wname, k)
+        g.consts[wname] = wq if wq is not None else (
+            w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
         g.consts[bname] = ((bias - mean) * k + b).astype(np.float32)
         new = helper.make_node("Conv", [conv.input[0], wname, bname], [bn.output[0]],
                                name=conv.name)
@@ -377,6 +379,21 @@ def _fold_batchnorm(g: Graph) -> None:
         replace[conv.name] = new
         drop.add(bn.name)
     g.nodes = [replace.get(n.name, n) for n in g.nodes if n.name not in drop]
+
+
+def _scale_qweight(g: Graph, src: str, dst: str, k: np.ndarray) -> np.ndarray | None:
+    """Record QDQ conv weight ``src`` times ``k`` per output channel as ``dst``, keeping its
+    integers: |k| goes into the (now per-channel, axis 0) scale, a negative k negates the
+    channel's integers, k = 0 zeroes them. Returns dst's float weight; None if src is float."""
+    if src not in g.qweights:
+        return None
+    q, s, _ = g.qweights[src]
+    k = np.asarray(k, np.float64).reshape(-1)
+    shape = (-1,) + (1,) * (q.ndim - 1)
+    s = np.broadcast_to(np.asarray(s, np.float64), k.shape) * np.where(k == 0, 1.0, np.abs(k))
+    q = q * np.sign(k).astype(np.int64).reshape(shape)
+    g.qweights[dst] = (q, s, 0)
+    return q.astype(np.float32) * s.astype(np.float32).reshape(shape)
 
 
 def _per_channel(c, cout: int) -> np.ndarray | None:
@@ -422,7 +439,9 @@ def _fold_affine_into_conv(g: Graph) -> None:
             else:
                 b = b + c
             tag = f"{conv.name}_{node.name}_fold"
-            g.consts[tag + "_w"] = w.astype(np.float32)
+            wq = _scale_qweight(g, conv.input[1], tag + "_w",
+                                c if node.op_type == "Mul" else np.ones(cout))
+            g.consts[tag + "_w"] = wq if wq is not None else w.astype(np.float32)
             g.consts[tag + "_b"] = b.astype(np.float32)
             new = helper.make_node("Conv", [conv.input[0], tag + "_w", tag + "_b"],
                                    [node.output[0]], name=conv.name)

@@ -1,6 +1,8 @@
 """Frontend folding: batch norm and per-channel Mul/Add after a Conv disappear into the
-conv's weights, ConstantOfShape weights fold, and results still match onnxruntime."""
+conv's weights (QDQ weights keep their integers), ConstantOfShape weights fold, and results
+still match onnxruntime."""
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
@@ -49,6 +51,65 @@ def test_conv_bn_mul_add_fold_into_one_conv():
                                       run_integer_reference(lp, {"input": x})["logits:int"])
         ort = run_onnxruntime(model, {"input": x})["logits"]
         assert np.linalg.norm(out["logits"] - ort) / np.linalg.norm(ort) < 1e-3
+
+
+def _qdq_conv_bn_model(per_channel: bool, zp: int, affine: bool):
+    """x -> Conv(DequantizeLinear(int8 w)) -> BatchNormalization (one gamma negative, one
+    zero) [-> Mul -> Add] -> y."""
+    rng = np.random.default_rng(3)
+    w_int = rng.integers(-100, 101, (4, 3, 3, 3)).astype(np.int8)
+    scale = (rng.uniform(0.002, 0.01, 4) if per_channel else np.array(0.005)).astype(
+        np.float32)
+    gamma = np.array([1.3, -0.7, 0.0, 0.4], np.float32)
+    inits = {"wq": w_int, "ws": scale, "wz": np.full(scale.shape, zp, np.int8),
+             "gamma": gamma, "beta": rng.standard_normal(4).astype(np.float32),
+             "mu": rng.standard_normal(4).astype(np.float32) * 0.1,
+             "var": rng.uniform(0.5, 2, 4).astype(np.float32),
+             "k": rng.uniform(-2, 2, (4, 1, 1)).astype(np.float32),
+             "b": rng.standard_normal((1, 4, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mu", "var"],
+                              ["bn" if affine else "y"])]
+    if affine:
+        nodes += [helper.make_node("Mul", ["bn", "k"], ["m"]),
+                  helper.make_node("Add", ["m", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    k = gamma / np.sqrt(inits["var"].astype(np.float64) + 1e-5)
+    if affine:
+        k = k * inits["k"].reshape(-1)
+    return m, w_int.astype(np.int64) - zp, np.broadcast_to(scale, (4,)) * np.abs(k), k
+
+
+@pytest.mark.parametrize("per_channel,zp,affine", [(False, 0, False), (True, 0, False),
+                                                   (False, 3, False), (True, 0, True)])
+def test_batchnorm_folds_into_qdq_conv_keeping_integers(per_channel, zp, affine):
+    """BN (and a Mul/Add) after a QDQ conv goes into the weight's per-channel scale: the
+    integers stay the model's, negated where the factor is negative, zero where it is 0."""
+    model, q0, want_s, k = _qdq_conv_bn_model(per_channel, zp, affine)
+    g = frontend(model)
+    assert [n.op_type for n in g.nodes] == ["Conv"]
+    q, s, axis = g.qweights[g.nodes[0].input[1]]
+    np.testing.assert_array_equal(q, q0 * np.sign(k).astype(np.int64).reshape(-1, 1, 1, 1))
+    assert axis == 0
+    nz = k != 0
+    np.testing.assert_allclose(s[nz], want_s[nz], rtol=1e-6)
+    assert (s > 0).all()
+    x = np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    prog, lp, _ = compile_model(model, load_config("puma", ["adc.bits=none"]),
+                                calibration={"x": x}, return_ir=True)
+    assert [L.kind for L in lp.layers] == ["mvm"]
+    np.testing.assert_array_equal(lp.layers[0].weight,
+                                  np.transpose(q, (2, 3, 1, 0)).reshape(-1, 4))
+    out = simulate(prog, {"x": x}).outputs
+    np.testing.assert_array_equal(out["y:int"], run_integer_reference(lp, {"x": x})["y:int"])
+    ort = run_onnxruntime(model, {"x": x})["y"]
+    assert np.linalg.norm(out["y"] - ort) / np.linalg.norm(ort) < 1e-2
 
 
 def test_constant_of_shape_weights_fold():
