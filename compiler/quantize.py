@@ -22,6 +22,13 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
         rng = np.random.default_rng(seed)
         data = {n: rng.standard_normal((n_random,) + tuple(s[1:])).astype(np.float32)
                 for n, s in graph.inputs}
+    for n, s in graph.inputs:
+        if n not in data:
+            raise CompilerError(f"calibration data lacks input {n!r}; the model's inputs are "
+                                f"{', '.join(n_ for n_, _ in graph.inputs)}")
+        if tuple(np.shape(data[n])[1:]) != tuple(s[1:]):
+            raise CompilerError(f"calibration input {n!r} has shape {np.shape(data[n])}; "
+                                f"expected (N, {', '.join(map(str, s[1:]))})")
     model = graph.to_onnx(extra_outputs=True)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -124,3 +124,13 @@ def test_constant_of_shape_weights_fold():
     gr = frontend(m)
     assert [n.op_type for n in gr.nodes] == ["MatMul"]
     np.testing.assert_array_equal(gr.consts["w"], np.full((3, 4), 0.25, np.float32))
+
+
+def test_calibration_data_of_the_wrong_shape_or_name_is_one_line():
+    from compiler.errors import CompilerError
+    model, cfg = _conv_affine_model(False), load_config("puma")
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(CompilerError, match=r"shape \(2, 8, 8\); expected \(N, 3, 8, 8\)"):
+        compile_model(model, cfg, calibration={"input": x[:, 0]})
+    with pytest.raises(CompilerError, match="lacks input 'input'"):
+        compile_model(model, cfg, calibration={"x": x})
