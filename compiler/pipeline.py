@@ -59,6 +59,7 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     pl = place(lp, strips, cfg)
     say(f"place: {pl.n_tiles} tiles")
     prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
+    prog.mapping["cores"] = len(prog.cores_used())    # the report's count, code included
     say(f"generate: {prog.n_instructions} instructions")
     return (prog, lp, graph) if return_ir else prog
 
@@ -86,9 +87,7 @@ def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
             "adc_bits": sorted({b.adc_bits for b in blocks}),
         })
     n_mvmu = sum(L["mvmus"] for L in layers)
-    cores = {b.loc[:2] for ss in strips.values() for s in ss for b in s.blocks}
-    cores |= set(pl.vfu_core.values())
-    return {"layers": layers, "mvmus": n_mvmu, "crossbars": n_mvmu * xb, "cores": len(cores),
+    return {"layers": layers, "mvmus": n_mvmu, "crossbars": n_mvmu * xb,
             "tiles": pl.n_tiles, "utilization": used_cells / total_cells if total_cells else 0.0}
 
 

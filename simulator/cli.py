@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except XbarsimError as e:
         return _fail(str(e))
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        return _fail(f"{e.strerror}: {e.filename}")
+    except OSError as e:      # missing file, a file where a folder belongs, disk full...
+        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except ValueError as e:   # errors of models/compressor (DataError, CompressionError...)
         if type(e).__module__.split(".")[0] in ("models", "compressor", "compiler"):
             return _fail(str(e))

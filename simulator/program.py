@@ -7,6 +7,8 @@ MVMU, register, address or integer register is refused with a message naming it.
 """
 from __future__ import annotations
 
+import errno
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,13 @@ class Program:
             return self.config.adc.bits
         return None if b == 0 else b
 
+    def cores_used(self) -> set[tuple[int, int]]:
+        """(tile, core) of every core that holds an MVMU or runs code: what area is charged."""
+        used = {(int(t), int(c)) for t, c, _ in self.mvmu_loc}
+        used |= {divmod(k, self.config.tile.cores) for k, code in enumerate(self.core_code)
+                 if len(code)}
+        return used
+
     @property
     def n_instructions(self) -> int:
         return sum(len(c) for c in self.core_code) + sum(len(c) for c in self.tile_code)
@@ -145,6 +154,9 @@ class Program:
     def save(self, folder: str | Path) -> Path:
         """Write ``program.npz`` + ``manifest.json`` into ``folder`` (created)."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a program is saved as a folder, and this "
+                                     "is a file", str(folder))
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {
             "core_code": _concat(self.core_code), "core_start": _starts(self.core_code),

@@ -179,10 +179,7 @@ def area_by_component(prog) -> tuple[dict, int]:
     cfg = prog.config
     n_mvmu = len(prog.mvmu_loc)
     xbars = n_mvmu * cfg.arrays * cfg.slices
-    cores_used = {(int(t), int(c)) for t, c, _ in prog.mvmu_loc}
-    for k, code in enumerate(prog.core_code):
-        if len(code):
-            cores_used.add(divmod(k, cfg.tile.cores))
+    cores_used = prog.cores_used()
     adc = costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, cfg.adc.bits))
     T = costs.TABLE
     area = {

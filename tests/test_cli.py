@@ -129,6 +129,10 @@ def test_bad_override_and_bad_input_file(tmp_path, capsys):
     np.savez(tmp_path / "wrong.npz", other=np.zeros((1, 64), np.float32))
     _one_line_error(capsys, main(["run", str(model), "--input", str(tmp_path / "wrong.npz")]),
                     "lacks input 'input'")
+    (tmp_path / "a_file").write_text("")
+    _one_line_error(capsys, main(["compile", str(model), "-o", str(tmp_path / "a_file"), "-q"]),
+                    "a program is saved as a folder")
+    assert (tmp_path / "a_file").read_text() == ""          # untouched
 
 
 def test_deadlocked_program_exits_2(tmp_path, capsys):
