@@ -108,10 +108,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("xbarsim")
+    except PackageNotFoundError:      # run from a checkout that was never pip-installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="xbarsim", description="Compile, simulate and compress DNNs for ReRAM crossbar "
                                     "accelerators.")
+    ap.add_argument("--version", action="version", version=f"xbarsim {_version()}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
