@@ -213,6 +213,9 @@ class NoiseConfig:
     """Fraction of cells stuck at the top conductance level."""
     stuck_off: float = 0.0
     """Fraction of cells stuck at level 0."""
+    on_off_ratio: float | None = None
+    """G_on / G_off of the cells; ``None`` = infinite (level 0 conducts nothing). Finite:
+    level l conducts l * (1 - 1/R) + top / R level units."""
     seed: int = 0
     """Seed; each non-ideality draws from its own stream spawned from it."""
 
@@ -226,10 +229,16 @@ class NoiseConfig:
             raise ConfigError(f"noise.stuck_on + noise.stuck_off = "
                               f"{self.stuck_on + self.stuck_off!r}: must be <= 1")
         _check_int("noise", "seed", self.seed, 0)
+        r = self.on_off_ratio
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))
+                              or not r > 1 or math.isnan(r)):
+            raise ConfigError(f"noise.on_off_ratio = {r!r}: must be a number > 1, or none "
+                              f"for an infinite ratio")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.program_sigma or self.read_sigma or self.stuck_on or self.stuck_off)
+        return bool(self.program_sigma or self.read_sigma or self.stuck_on or self.stuck_off
+                    or self.on_off_ratio is not None)
 
 
 @dataclass(frozen=True, slots=True)

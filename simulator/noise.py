@@ -16,10 +16,11 @@ def _rng(cfg, purpose: int, mvmu: int) -> np.random.Generator:
 
 
 def conductances(levels: np.ndarray, cfg, mvmu: int) -> np.ndarray | None:
-    """Effective (float) cell levels of one MVMU after stuck-at faults and programming
-    variation, or None when both are off (then the integer levels are exact)."""
+    """Effective (float) cell levels of one MVMU after stuck-at faults, a finite on/off
+    ratio and programming variation, in that order (variation acts on the conductance the
+    cell really has), or None when all are off (then the integer levels are exact)."""
     nz = cfg.noise
-    if not (nz.program_sigma or nz.stuck_on or nz.stuck_off):
+    if not (nz.program_sigma or nz.stuck_on or nz.stuck_off or nz.on_off_ratio is not None):
         return None
     g = levels.astype(np.float64)
     top = (1 << cfg.xbar.cell_bits) - 1
@@ -27,6 +28,10 @@ def conductances(levels: np.ndarray, cfg, mvmu: int) -> np.ndarray | None:
         u = _rng(cfg, _STUCK, mvmu).random(levels.shape)
         g[u < nz.stuck_off] = 0.0
         g[(u >= nz.stuck_off) & (u < nz.stuck_off + nz.stuck_on)] = top
+    if nz.on_off_ratio is not None:
+        # Levels span G_off..G_on linearly; G_off = top / R in level units. Differential
+        # pairs cancel the offset (only the gain 1 - 1/R is left); offset mapping does not.
+        g = g * (1.0 - 1.0 / nz.on_off_ratio) + top / nz.on_off_ratio
     if nz.program_sigma:
         z = _rng(cfg, _VARIATION, mvmu).standard_normal(levels.shape)
         if nz.program_dist == "normal":

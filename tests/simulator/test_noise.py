@@ -54,3 +54,32 @@ def test_streams_are_independent():
     same = g_vs != 0
     np.testing.assert_allclose(g_v[same], g_vs[same])
     assert (~same).any()
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_finite_on_off_ratio(mapping):
+    # Level l conducts l*(1 - 1/R) + top/R (G_off = top/R). The ADC rounds the analog
+    # column sums, so a deviation below half a level is absorbed and a large R is exact;
+    # the error grows as R falls.
+    base = ["weight_bits=8", "input_bits=8", "adc.bits=none", f"xbar.mapping={mapping}"]
+    cfg = load_config("puma", base)
+    x = np.random.default_rng(0).integers(-128, 128, (8, 128))
+    w = ex.random_weights(cfg, 128, 128, seed=1)
+    prog = ex.single_mvm(cfg, w)
+
+    def err(r):
+        c = load_config("puma", base + [f"noise.on_off_ratio={r}"])
+        y = simulate(ex.single_mvm(c, w), {"x": x}).outputs["y:int"]
+        return _rel(y, (x @ w).astype(np.float64))
+
+    assert err(1e7) == 0.0
+    assert 0.0 < err(30) < err(10)
+    assert err(10) == err(10)                                       # no randomness
+    np.testing.assert_array_equal(simulate(prog, {"x": x}).outputs["y:int"], x @ w)
+    levels = np.arange(4, dtype=np.uint8).reshape(1, 1, 4)          # 2-bit cells, top 3
+    g = conductances(levels, load_config("small", ["noise.on_off_ratio=4"]), 0)
+    np.testing.assert_allclose(g.ravel(), [0.75, 1.5, 2.25, 3.0])   # G_off = G_on / 4
