@@ -19,7 +19,12 @@ Protocol (nothing is chosen on the test set):
   test set (onnxruntime on the exported ONNX, which equals PyTorch to 1e-4); the simulated
   chip runs the first ``--sim-images`` test images (default 500). The shipped LeNet-5 was
   trained on all 60 000 training images (so its validation numbers are optimistic; no
-  choice depends on them).
+  choice depends on them). The one choice made in the script: the TinyADC (n=21) variant
+  of ``vgg_fmnist`` tries two schedules (``TINY_SCHEDULES``) and keeps the one with the
+  higher validation accuracy; both candidates' numbers are in its row.
+* Harder points, ADMM vs magnitude with the same recipe (so the same crossbars): every
+  block keep fraction times 1/2 (``_x2``) and 1/3 (``_x3``); the target compares the
+  highest compression point.
 * The VGG-style model (``vgg_fmnist``): conv3x3 16-M-32-M-64-M-128-M (28 -> 1 pixels), then
   FC 128-1024-1024-10, no BatchNorm; 1.29 M weights on 91 crossbar blocks of 128 x 128.
   Why: on a 2-core CPU the cost of training is the convolutions' MACs (3.8 M per image in
@@ -126,6 +131,18 @@ SCHEDULE = {"seed": 0, "batch_size": 64,
             "admm": {"rounds": 6, "epochs_per_round": 1, "lr": 1.0e-3, "rho": 0.05,
                      "rho_growth": 1.8, "rho_max": 10.0},
             "retrain": {"epochs": 8, "lr": 1.0e-3, "lr_decay": 0.7}}
+# TinyADC n=21 on vgg_fmnist is a much tighter set than the block recipes (projection alone
+# costs ~19 pp of validation accuracy, and with SCHEDULE the retraining loss is still falling
+# at epoch 8), so it gets candidate schedules and keeps the one with the highest validation
+# accuracy after compression (``accuracy["final"]`` on the 5 000-image validation split; a
+# tie goes to the earlier, cheaper candidate). Test images play no part in the choice. The
+# longer retraining stretches the same lr decay (0.85**15 ~ 0.7**7: same last-epoch lr).
+# A third candidate, 10 ADMM rounds + RETRAIN16, was tried once and lost on validation
+# (0.9012 vs shared 0.9028 and retrain16 0.9042); it is left out to keep a cold run inside
+# the 45-minute budget. Not for LeNet-5: its shipped model saw the validation images in
+# training (module doc), so a choice there would rest on optimistic numbers.
+RETRAIN16 = {"epochs": 16, "lr": 1.0e-3, "lr_decay": 0.85}
+TINY_SCHEDULES = {"shared": SCHEDULE, "retrain16": {**SCHEDULE, "retrain": RETRAIN16}}
 
 
 def recipe(name, geom, rules, schedule=SCHEDULE):
@@ -273,6 +290,7 @@ def main():
     # -- dense models
     lenet = load_pretrained("lenet5_fmnist")
     vgg = vgg_fmnist()
+    dense_cached = (cache / "vgg_fmnist.pt").is_file()
     dense_info = {"lenet5": {"source": "shipped pretrained lenet5_fmnist"},
                   "vgg_fmnist": train_dense(vgg, train, val, 1 if args.quick else
                                             args.dense_epochs, cache / "vgg_fmnist.pt", log)}
@@ -298,25 +316,52 @@ def main():
             ("magnitude_blocks", "magnitude", spec["blocks"], ccfg, False),
             ("admm_blocks_pow2", "admm", pow2(spec["blocks"]), ccfg, False),
             ("admm_tinyadc", "admm", spec["tiny"], (ccfg[0], ccfg[1] + ["adc.adaptive=true"]),
-             True),
+             True, TINY_SCHEDULES if mname == "vgg_fmnist" and not args.quick else None),
         ]
         if mname == "vgg_fmnist":  # TinyADC with one ADC bit less instead of two
             variants.append(("admm_tinyadc_n42", "admm", tiny_n(spec["tiny"], 42),
                              (ccfg[0], ccfg[1] + ["adc.adaptive=true"]), True))
-        hard = scaled(spec["blocks"], 0.5)  # the highest compression point: ADMM vs magnitude
-        variants += [("admm_blocks_x2", "admm", hard, ccfg, False),
-                     ("magnitude_blocks_x2", "magnitude", hard, ccfg, False)]
-        for vname, method, rules, cfg, lossless in variants:
-            rec = recipe(f"{mname}_{vname}", spec["geom"], rules, schedule)
-            model = copy.deepcopy(dense_model)
-            tag = hashlib.sha1(f"{rec.fingerprint()} {method}".encode()).hexdigest()[:8]
-            res = run_variant(f"{mname} {vname}", model, rec, method, ctrain, val,
-                              cache / f"{mname}_{vname}_{tag}.ckpt", log)
+        # harder points, ADMM vs magnitude at the same blocks (the last is the highest)
+        for sfx, factor in (("x2", 0.5), ("x3", 1 / 3)):
+            hard = scaled(spec["blocks"], factor)
+            variants += [(f"admm_blocks_{sfx}", "admm", hard, ccfg, False),
+                         (f"magnitude_blocks_{sfx}", "magnitude", hard, ccfg, False)]
+        for vname, method, rules, cfg, lossless, *cands in variants:
+            cands = (cands[0] if cands else None) or {"shared": schedule}
+            tried = {}
+            for label, sched in cands.items():
+                rec = recipe(f"{mname}_{vname}", spec["geom"], rules, sched)
+                model = copy.deepcopy(dense_model)
+                tag = hashlib.sha1(f"{rec.fingerprint()} {method}".encode()).hexdigest()[:8]
+                ckpt = cache / f"{mname}_{vname}_{tag}.ckpt"
+                cached = ckpt.is_file()
+                t0 = time.perf_counter()
+                res = run_variant(f"{mname} {vname}" + (f" [{label}]" if len(cands) > 1
+                                                        else ""),
+                                  model, rec, method, ctrain, val, ckpt, log)
+                tried[label] = (res, rec, {"compress_s": time.perf_counter() - t0,
+                                           "compress_cached": cached})
+            # the choice: best validation accuracy, ties to the earlier candidate (never test)
+            label = max(tried, key=lambda k: (tried[k][0].accuracy["final"],
+                                              -list(tried).index(k)))
+            res, rec, timing = tried[label]
+            if len(tried) > 1:
+                log(f"{mname} {vname}: schedule {label!r} chosen on validation (" + ", ".join(
+                    f"{k} {v[0].accuracy['final']:.4f}" for k, v in tried.items()) + ")")
             path = export_qdq(res, cache / f"{mname}_{vname}.onnx", verify=test[0][:64])
             runs[(mname, vname)] = path
+            t0 = time.perf_counter()
             row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, lossless)
+            timing["measure_s"] = time.perf_counter() - t0
+            extra = {} if len(tried) == 1 else {
+                "schedule": label,
+                "schedule_selection": {k: {"val_accuracy": v[0].accuracy, **v[2]}
+                                       for k, v in tried.items()},
+                "selection_rule": "highest validation accuracy after compression; ties to "
+                                  "the earlier candidate; test set unused"}
             rows.append({"model": mname, "variant": vname, "method": method, "machine": cfg,
-                         "val_accuracy": res.accuracy, "recipe": rec.to_dict(), **row})
+                         "val_accuracy": res.accuracy, "recipe": rec.to_dict(), **extra,
+                         "timing": timing, **row})
 
     # -- device mismatch: programming variation sweep, dense vs ADMM blocks
     from compressor.hardware import accuracy_under_variation
@@ -338,7 +383,16 @@ def main():
 
     wall = time.perf_counter() - t_start
     summary = targets(rows, sweep)
+    ctimes = [t for r in rows if "timing" in r for t in
+              ([v for v in r["schedule_selection"].values()] if "schedule_selection" in r
+               else [r["timing"]])]
+    cached = {"compression_runs": len(ctimes),
+              "from_cache": sum(t["compress_cached"] for t in ctimes),
+              "dense_vgg_from_cache": dense_cached}
     out = {"machine": machine(), "wall_s": wall, "quick": args.quick,
+           "wall_note": "wall_s of this run; compression runs taken from the cache do not "
+                        "count (see 'cache'); a cold run trains them all",
+           "cache": cached,
            "protocol": __doc__, "dense_training": dense_info, "rows": rows,
            "variation": {"sigmas": list(sigmas), "seeds": list(seeds), "images": ns,
                          "results": sweep},
@@ -408,9 +462,15 @@ def targets(rows, sweep) -> list[dict]:
                     "met": abs(gap) <= 0.3,
                     "measured": f"{100 * p['test_accuracy']:.2f} vs "
                                 f"{100 * c['test_accuracy']:.2f} % ({-gap:+.2f} pp)"})
-        pairs = [("admm_blocks", "magnitude_blocks"), ("admm_blocks_x2", "magnitude_blocks_x2")]
-        a, g = max(((_get(rows, m, a), _get(rows, m, b)) for a, b in pairs),
-                   key=lambda ab: ab[0]["compression"])
+        pairs = [(f"admm_blocks{s}", f"magnitude_blocks{s}") for s in ("", "_x2", "_x3")]
+        both = [(_get(rows, m, a), _get(rows, m, b)) for a, b in pairs]
+        out.append({"target": f"{m}: (context) ADMM - magnitude at every compression point",
+                    "met": None,
+                    "measured": "; ".join(
+                        f"x{a['compression']:.1f} ({a['crossbars']} vs {g['crossbars']} "
+                        f"crossbars): {100 * (a['test_accuracy'] - g['test_accuracy']):+.2f} pp"
+                        for a, g in both)})
+        a, g = max(both, key=lambda ab: ab[0]["compression"])
         diff = 100 * (a["test_accuracy"] - g["test_accuracy"])
         out.append({"target": f"{m}: ADMM beats magnitude by >= 1 pp at the highest "
                               f"compression point (same crossbars)",
@@ -500,7 +560,8 @@ def plot(rows, sweep, path: Path) -> None:
     style = {"dense": ("o", "tab:blue"), "admm_blocks": ("s", "tab:orange"),
              "magnitude_blocks": ("x", "tab:green"), "admm_blocks_pow2": ("D", "tab:red"),
              "admm_tinyadc": ("^", "tab:purple"), "admm_tinyadc_n42": ("v", "tab:brown"),
-             "admm_blocks_x2": ("P", "tab:pink"), "magnitude_blocks_x2": ("+", "tab:gray")}
+             "admm_blocks_x2": ("P", "tab:pink"), "magnitude_blocks_x2": ("+", "tab:gray"),
+             "admm_blocks_x3": ("*", "tab:olive"), "magnitude_blocks_x3": ("1", "tab:cyan")}
     for i, m in enumerate(("vgg_fmnist", "lenet5")):
         mrows = [r for r in rows if r["model"] == m]
         for j, (k, label) in enumerate((("energy_uj", "energy / inference (uJ)"),
