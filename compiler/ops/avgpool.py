@@ -12,39 +12,21 @@ multiplier as an immediate — no per-pixel table in memory.
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
 
-from simulator.isa import Fn, Op
+from simulator.isa import Fn
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier, padded
-from ..vfu import VFULayer, emit_rescale, out_pointer, rescale_ref
-from .pool import GlobalAvgPoolLayer
+from ..ir import multiplier
+from ..vfu import emit_rescale, out_pointer, rescale_ref
+from .pool import GlobalAvgPoolLayer, WindowPoolLayer, node_attrs, pool_geometry
 
 
 @dataclass
-class AvgPoolLayer(VFULayer):
-    kh: int = 1
-    kw: int = 1
-    stride: tuple = (1, 1)
-    dilation: tuple = (1, 1)
-    pool_pad: tuple = (0, 0, 0, 0)    # top, left, bottom, right read around the input
+class AvgPoolLayer(WindowPoolLayer):
+    combine = Fn.ADD
     rects: list = field(default_factory=list)   # (oy0, ny, ox0, nx, mult) covering the output
     shift: int = 0
     bits: int = 16
-
-    def _in_ptr(self, t, oy0=0, ox0=0):
-        y = t.pad[0] - self.pool_pad[0] + oy0 * self.stride[0]
-        x = t.pad[1] - self.pool_pad[1] + ox0 * self.stride[1]
-        return (y * t.Wp + x) * t.C, [self.stride[0] * t.Wp * t.C, self.stride[1] * t.C]
-
-    def _window(self, t):
-        return [(ky * self.dilation[0] * t.Wp + kx * self.dilation[1]) * t.C
-                for ky in range(self.kh) for kx in range(self.kw)]
-
-    def iteration(self, tensors):
-        out, t = tensors[self.output], tensors[self.inputs[0]]
-        return [out.H, out.W], {self.output: out_pointer(out), t.name: self._in_ptr(t)}
 
     def regions(self, tensors):
         out, t = tensors[self.output], tensors[self.inputs[0]]
@@ -54,31 +36,13 @@ class AvgPoolLayer(VFULayer):
             res.append(([ny, nx], {self.output: optr, t.name: self._in_ptr(t, oy0, ox0)}, k))
         return res
 
-    def emit_body(self, em, ptr, const_addr, tensors, layer):
-        t = tensors[self.inputs[0]]
+    def finish(self, em, acc, n, ptr, layer):
         mult = int(self.rects[ptr["__region"]][4])
-        win = self._window(t)
-        p = ptr[t.name].ireg
-        for c0, n in self.chunks(tensors):
-            em.reset_gp()
-            acc, tmp = em.gp(n), em.gp(n)
-            em.emit(Op.LOAD, dst=acc, imm=win[0] + c0, ra=p, vec=n, layer=layer)
-            for off in win[1:]:
-                em.emit(Op.LOAD, dst=tmp, imm=off + c0, ra=p, vec=n, layer=layer)
-                em.emit(Op.ALU, fn=Fn.ADD, dst=acc, src1=acc, src2=tmp, vec=n, layer=layer)
-            emit_rescale(em, acc, n, mult, self.shift, self.bits, layer)
-            em.emit(Op.STORE, src1=acc, imm=c0, ra=ptr[self.output].ireg, vec=n, count=0,
-                    layer=layer)
+        emit_rescale(em, acc, n, mult, self.shift, self.bits, layer)
 
     def reference(self, ins, tensors):
-        t, out = tensors[self.inputs[0]], tensors[self.output]
-        buf = padded(ins[0], t)
-        off0, (sy, sx) = self._in_ptr(t)
-        bases = np.array([off0 + oy * sy + ox * sx for oy in range(out.H)
-                          for ox in range(out.W)])
-        win = np.array(self._window(t))
-        idx = bases[:, None, None] + win[None, :, None] + np.arange(t.C)[None, None, :]
-        sums = buf[:, idx].sum(axis=2)                              # (B, pixels, C)
+        out = tensors[self.output]
+        sums = self.windows_ref(ins, tensors).sum(axis=2)          # (B, pixels, C)
         mult = np.zeros((out.H, out.W), np.int64)
         for oy0, ny, ox0, nx, m in self.rects:
             mult[oy0:oy0 + ny, ox0:ox0 + nx] = m
@@ -103,34 +67,15 @@ def _runs(v):
     return out
 
 
-def pool_geometry(node, t, out_shape):
-    """Kernel, strides, dilations, explicit pads and output size as 2-D (a 1-D pool is a
-    1 x L map), plus the bottom/right border ceil-mode windows read beyond the pads."""
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedOpError("auto_pad is not supported; export with explicit pads")
-    ks = list(a["kernel_shape"])
-    if len(ks) not in (1, 2):
-        raise UnsupportedOpError(f"only 1-D and 2-D pooling is supported (kernel {ks})")
-    strides = list(a.get("strides", [1] * len(ks)))
-    dil = list(a.get("dilations", [1] * len(ks)))
-    pads = list(a.get("pads", [0] * 2 * len(ks)))
-    if len(ks) == 1:
-        ks, strides, dil, pads = [1] + ks, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
-        Ho, Wo = 1, out_shape[2]
-    else:
-        Ho, Wo = out_shape[2], out_shape[3]
-    pb = max(pads[2], (Ho - 1) * strides[0] + (ks[0] - 1) * dil[0] + 1 - t.H - pads[0])
-    pr = max(pads[3], (Wo - 1) * strides[1] + (ks[1] - 1) * dil[1] + 1 - t.W - pads[1])
-    return a, ks, strides, dil, pads, (Ho, Wo), (pads[0], pads[1], pb, pr)
-
-
 def lower_average_pool(node, ctx):
     t = ctx.tensor(node.input[0])
     if t.kind != "map":
         raise UnsupportedOpError("AveragePool input is not a feature map")
     out_shape = ctx.shape(node.output[0])
-    a, ks, st, dil, pads, (Ho, Wo), border = pool_geometry(node, t, out_shape)
+    a = node_attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise UnsupportedOpError("auto_pad is not supported; export with explicit pads")
+    ks, st, dil, pads, (Ho, Wo), border = pool_geometry(a, t, out_shape)
     include = bool(a.get("count_include_pad", 0))
     rows = _counts(Ho, t.H, ks[0], st[0], dil[0], pads[0], pads[2], include)
     cols = _counts(Wo, t.W, ks[1], st[1], dil[1], pads[1], pads[3], include)

@@ -1,5 +1,7 @@
-"""MaxPool and GlobalAveragePool on the VFU, looping over output pixels."""
+"""MaxPool and GlobalAveragePool on the VFU, looping over output pixels; the window walk
+MaxPool shares with AveragePool (:mod:`.avgpool`)."""
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from onnx import helper
@@ -11,21 +13,25 @@ from ..ir import multiplier, padded
 from ..vfu import VFULayer, chunk_list, emit_rescale, out_pointer, rescale_ref
 
 
-def _attrs(node):
+def node_attrs(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 @dataclass
-class MaxPoolLayer(VFULayer):
+class WindowPoolLayer(VFULayer):
+    """Per output pixel and chunk of channels: load a kh x kw window of the padded input and
+    combine its words with ``combine``; ``finish`` may then rescale before the store."""
+    combine: ClassVar[Fn]
     kh: int = 1
     kw: int = 1
     stride: tuple = (1, 1)
     dilation: tuple = (1, 1)
-    pool_pad: tuple = (0, 0, 0, 0)
+    pool_pad: tuple = (0, 0, 0, 0)    # top, left, bottom, right read around the input
 
-    def _in_ptr(self, t):
-        off = ((t.pad[0] - self.pool_pad[0]) * t.Wp + t.pad[1] - self.pool_pad[1]) * t.C
-        return off, [self.stride[0] * t.Wp * t.C, self.stride[1] * t.C]
+    def _in_ptr(self, t, oy0=0, ox0=0):
+        y = t.pad[0] - self.pool_pad[0] + oy0 * self.stride[0]
+        x = t.pad[1] - self.pool_pad[1] + ox0 * self.stride[1]
+        return (y * t.Wp + x) * t.C, [self.stride[0] * t.Wp * t.C, self.stride[1] * t.C]
 
     def _window(self, t):
         return [(ky * self.dilation[0] * t.Wp + kx * self.dilation[1]) * t.C
@@ -34,6 +40,9 @@ class MaxPoolLayer(VFULayer):
     def iteration(self, tensors):
         out, t = tensors[self.output], tensors[self.inputs[0]]
         return [out.H, out.W], {self.output: out_pointer(out), t.name: self._in_ptr(t)}
+
+    def finish(self, em, acc, n, ptr, layer):
+        """Emit what follows the combine, on ``acc[0:n]``; default: nothing."""
 
     def emit_body(self, em, ptr, const_addr, tensors, layer):
         t = tensors[self.inputs[0]]
@@ -45,52 +54,70 @@ class MaxPoolLayer(VFULayer):
             em.emit(Op.LOAD, dst=acc, imm=win[0] + c0, ra=p, vec=n, layer=layer)
             for off in win[1:]:
                 em.emit(Op.LOAD, dst=tmp, imm=off + c0, ra=p, vec=n, layer=layer)
-                em.emit(Op.ALU, fn=Fn.MAX, dst=acc, src1=acc, src2=tmp, vec=n, layer=layer)
+                em.emit(Op.ALU, fn=self.combine, dst=acc, src1=acc, src2=tmp, vec=n,
+                        layer=layer)
+            self.finish(em, acc, n, ptr, layer)
             em.emit(Op.STORE, src1=acc, imm=c0, ra=ptr[self.output].ireg, vec=n, count=0,
                     layer=layer)
 
-    def reference(self, ins, tensors):
+    def windows_ref(self, ins, tensors):
+        """The input's windows as (batch, output pixels, window positions, channels)."""
         t, out = tensors[self.inputs[0]], tensors[self.output]
         buf = padded(ins[0], t)
         off0, (sy, sx) = self._in_ptr(t)
         bases = np.array([off0 + oy * sy + ox * sx for oy in range(out.H)
                           for ox in range(out.W)])
         win = np.array(self._window(t))
-        c = np.arange(t.C)
-        idx = bases[:, None, None] + win[None, :, None] + c[None, None, :]
-        return buf[:, idx].max(axis=2).reshape(ins[0].shape[0], -1)
+        idx = bases[:, None, None] + win[None, :, None] + np.arange(t.C)[None, None, :]
+        return buf[:, idx]
+
+
+@dataclass
+class MaxPoolLayer(WindowPoolLayer):
+    combine = Fn.MAX
+
+    def reference(self, ins, tensors):
+        return self.windows_ref(ins, tensors).max(axis=2).reshape(ins[0].shape[0], -1)
+
+
+def pool_geometry(a, t, out_shape):
+    """From a pool's attributes ``a``: kernel, strides, dilations, explicit pads and output
+    size as 2-D (a 1-D pool is a 1 x L map), plus the bottom/right border ceil-mode windows
+    read beyond the pads."""
+    ks = list(a["kernel_shape"])
+    if len(ks) not in (1, 2):
+        raise UnsupportedOpError(f"only 1-D and 2-D pooling is supported (kernel {ks})")
+    strides = list(a.get("strides", [1] * len(ks)))
+    dil = list(a.get("dilations", [1] * len(ks)))
+    pads = list(a.get("pads", [0] * 2 * len(ks)))
+    if len(ks) == 1:
+        ks, strides, dil, pads = [1] + ks, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+        Ho, Wo = 1, out_shape[2]
+    else:
+        Ho, Wo = out_shape[2], out_shape[3]
+    pb = max(pads[2], (Ho - 1) * strides[0] + (ks[0] - 1) * dil[0] + 1 - t.H - pads[0])
+    pr = max(pads[3], (Wo - 1) * strides[1] + (ks[1] - 1) * dil[1] + 1 - t.W - pads[1])
+    return ks, strides, dil, pads, (Ho, Wo), (pads[0], pads[1], pb, pr)
 
 
 def lower_maxpool(node, ctx):
-    a = _attrs(node)
+    a = node_attrs(node)
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedOpError("MaxPool's Indices output is not supported")
     t = ctx.tensor(node.input[0])
     if t.kind != "map":
         raise UnsupportedOpError("MaxPool input is not a feature map")
-    ks = list(a["kernel_shape"])
-    one_d = len(ks) == 1
-    if len(ks) > 2:
-        raise UnsupportedOpError("only 1-D and 2-D pooling is supported")
-    strides = list(a.get("strides", [1] * len(ks)))
-    dil = list(a.get("dilations", [1] * len(ks)))
-    pads = list(a.get("pads", [0] * 2 * len(ks)))
-    if one_d:
-        ks, strides, dil, pads = [1] + ks, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
     out_shape = ctx.shape(node.output[0])
-    Ho, Wo = (1, out_shape[2]) if one_d else out_shape[2:]
-    # ceil_mode windows may run past the bottom/right border: pad those too.
-    pb = max(pads[2], (Ho - 1) * strides[0] + (ks[0] - 1) * dil[0] + 1 - t.H - pads[0])
-    pr = max(pads[3], (Wo - 1) * strides[1] + (ks[1] - 1) * dil[1] + 1 - t.W - pads[1])
+    ks, strides, dil, _, _, border = pool_geometry(a, t, out_shape)
     lowest = -(1 << (ctx.bits - 1))
     pad_value = 0 if t.name in ctx.nonneg else lowest
-    ctx.require_pad(t.name, (pads[0], pads[1], pb, pr), pad_value)
+    ctx.require_pad(t.name, border, pad_value)
     ctx.new_tensor(node.output[0], out_shape, t.scale)
     if t.name in ctx.nonneg:
         ctx.nonneg.add(node.output[0])
     ctx.add(MaxPoolLayer(node.name, "MaxPool", [t.name], node.output[0], node=node.name,
                          kh=ks[0], kw=ks[1], stride=tuple(strides), dilation=tuple(dil),
-                         pool_pad=(pads[0], pads[1], pb, pr)))
+                         pool_pad=border))
 
 
 @dataclass
