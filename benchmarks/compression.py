@@ -31,8 +31,8 @@ Protocol (nothing is chosen on the test set):
   all), not the weights, so the weights sit in a VGG-like classifier (like VGG's FC
   layers); the convolutions end on a 1 x 1 map, so ``Flatten`` keeps the compiler's and
   the compressor's row orders equal (see ``compressor/geometry.py``); and no BatchNorm,
-  because the compiler folds a BatchNorm into the float weights and re-quantizes them
-  instead of keeping the QDQ integers (reproducer in ``README``/report).
+  because when these results were measured the compiler folded a BatchNorm into float
+  weights and re-quantized them (it now keeps the QDQ integers, per-channel scales).
 * Machines: dense models run on the ``puma`` preset as shipped (16-bit weights, offset
   mapping: 8 crossbars per 128 x 128 block, 8-bit clipping ADC); LeNet on puma with
   32 x 32 crossbars, as its recipes are written for. A compressed model runs on the same
