@@ -201,20 +201,10 @@ def _mvm_geometry(cg: Codegen, L: MVMLayer):
 def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
     strips = cg.pl.strips[i]
     t_in, t_out, dims, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
-    # Per core: its blocks, the strips it touches.
-    by_core: dict[tuple, list] = {}
-    for s in strips:
-        for b in s.blocks:
-            by_core.setdefault(b.loc[:2], []).append(b)
-        by_core.setdefault(s.owner, [])
-    # Partial-sum slots: (strip, producing core) -> address in the producer's tile, and
-    # for remote owners the receiving slot in the owner's tile.
+    by_core = blocks_by_core(strips)
     slot, rslot = {}, {}
     for s in strips:
-        for k in sorted({b.loc[:2] for b in s.blocks} - {s.owner}):
-            slot[(s.index, k)] = cg.tilemem(k[0]).alloc(s.n)
-            if k[0] != s.owner[0]:
-                rslot[(s.index, k)] = cg.tilemem(s.owner[0]).alloc(s.n)
+        alloc_partial_slots(cg, s, slot, rslot)
     for core, blocks in sorted(by_core.items()):
         tile = core[0]
         em = core_em[core]
@@ -242,42 +232,16 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
         tmp = em.gp(widest)
         in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in)
         out_base = cg.buffer(L.output, tile) + out_off
-        mask = 0
-        for b in blocks:
-            mask |= 1 << b.loc[2]
         with em.loop_nest(dims, [(in_base, in_strides), (out_base, out_strides)], i) as (
                 pin, pout):
             for b in blocks:
                 x0 = lay.xin_of(b.loc[2])
                 for off, pos, n in b.segments:
                     em.emit(Op.LOAD, dst=x0 + pos, imm=off, ra=pin.ireg, vec=n, layer=i)
-            if mask:
-                em.emit(Op.MVM, mask=mask, layer=i)
-            for s in mine:                           # sum this core's blocks per strip
-                first = True
-                for b in blocks:
-                    if b.strip != s:
-                        continue
-                    xo = lay.xout_of(b.loc[2])
-                    if first:
-                        em.emit(Op.COPY, dst=acc[s], src1=xo, vec=strips[s].n, layer=i)
-                        first = False
-                    else:
-                        em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=xo,
-                                vec=strips[s].n, layer=i)
-            for s in mine:                           # hand partial sums to their owners
-                if strips[s].owner != core:
-                    em.emit(Op.STORE, src1=acc[s], imm=slot[(s, core)], vec=strips[s].n,
-                            count=1, layer=i)
+            emit_block_partials(em, lay, core, blocks, mine, strips, acc, slot, i)
             for st in owned:                         # reduce, requantize, store outputs
                 s, n = st.index, st.n
-                if s not in mine:
-                    em.emit(Op.SET, dst=acc[s], imm=0, vec=n, layer=i)
-                for k in sorted({b.loc[:2] for b in st.blocks} - {core}):
-                    addr = slot[(s, k)] if k[0] == tile else rslot[(s, k)]
-                    em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
-                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n,
-                            layer=i)
+                emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i)
                 if resident:
                     r = consts[s]
                 else:
@@ -297,6 +261,63 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
     _phase(cg, i, L.output, dims, out_off, out_strides, chunks, tile_em,
            partials=[(k[0], strips[s].owner[0], slot[(s, k)], rslot[(s, k)], strips[s].n)
                      for s, k in remote_partials])
+
+
+def blocks_by_core(strips) -> dict[tuple, list]:
+    """Each core that holds a block or owns a strip -> its blocks."""
+    by_core: dict[tuple, list] = {}
+    for s in strips:
+        for b in s.blocks:
+            by_core.setdefault(b.loc[:2], []).append(b)
+        by_core.setdefault(s.owner, [])
+    return by_core
+
+
+def alloc_partial_slots(cg: Codegen, s, slot: dict, rslot: dict) -> None:
+    """Partial-sum slots of strip ``s``: (strip, producing core) -> address in the
+    producer's tile, and for a remote owner the receiving slot in the owner's tile."""
+    for k in sorted({b.loc[:2] for b in s.blocks} - {s.owner}):
+        slot[(s.index, k)] = cg.tilemem(k[0]).alloc(s.n)
+        if k[0] != s.owner[0]:
+            rslot[(s.index, k)] = cg.tilemem(s.owner[0]).alloc(s.n)
+
+
+def emit_block_partials(em, lay, core, blocks, mine, strips, acc, slot, i) -> None:
+    """With the crossbar inputs loaded: run this core's MVMUs, sum its blocks' outputs per
+    strip into ``acc[strip]`` and store the sums of strips owned elsewhere in their slots."""
+    mask = 0
+    for b in blocks:
+        mask |= 1 << b.loc[2]
+    if mask:
+        em.emit(Op.MVM, mask=mask, layer=i)
+    for s in mine:
+        first = True
+        for b in blocks:
+            if b.strip != s:
+                continue
+            xo = lay.xout_of(b.loc[2])
+            if first:
+                em.emit(Op.COPY, dst=acc[s], src1=xo, vec=strips[s].n, layer=i)
+                first = False
+            else:
+                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=xo,
+                        vec=strips[s].n, layer=i)
+    for s in mine:
+        if strips[s].owner != core:
+            em.emit(Op.STORE, src1=acc[s], imm=slot[(s, core)], vec=strips[s].n, count=1,
+                    layer=i)
+
+
+def emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i) -> None:
+    """On the owner of strip ``st``: add the other cores' partial sums into ``acc[st]``
+    (zeroed first when this core holds none of its blocks)."""
+    s, n = st.index, st.n
+    if s not in mine:
+        em.emit(Op.SET, dst=acc[s], imm=0, vec=n, layer=i)
+    for k in sorted({b.loc[:2] for b in st.blocks} - {core}):
+        addr = slot[(s, k)] if k[0] == core[0] else rslot[(s, k)]
+        em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
+        em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n, layer=i)
 
 
 def _emit_requant_tail(em, r, n, L: MVMLayer, i) -> None:

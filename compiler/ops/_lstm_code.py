@@ -24,6 +24,8 @@ import numpy as np
 
 from simulator.isa import PERSISTENT, Fn, Op
 
+from ..codegen import (alloc_partial_slots, blocks_by_core, emit_block_partials,
+                       emit_reduce_partials)
 from ..vfu import chunk_list
 from .lstm import H_SPACE
 
@@ -80,11 +82,7 @@ def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
     prog = cg.prog
     strips = cg.pl.strips[i]
     home = strips[0].owner
-    by_core: dict[tuple, list] = {home: []}
-    for s in strips:
-        for b in s.blocks:
-            by_core.setdefault(b.loc[:2], []).append(b)
-        by_core.setdefault(s.owner, [])
+    by_core = blocks_by_core(strips)                   # home included: it owns strips[0]
     block_tiles = {b.loc[0] for s in strips for b in s.blocks}
     holders = (cg.readers.get(prog.storage(L.output), set()) | block_tiles
                | {s.owner[0] for s in strips})
@@ -94,10 +92,7 @@ def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
     # Counted slots: partial sums (strip, core) -> owner, gates (strip) -> home.
     slot, rslot, gslot, rgslot = {}, {}, {}, {}
     for s in strips:
-        for k in sorted({b.loc[:2] for b in s.blocks} - {s.owner}):
-            slot[(s.index, k)] = cg.tilemem(k[0]).alloc(s.n)
-            if k[0] != s.owner[0]:
-                rslot[(s.index, k)] = cg.tilemem(s.owner[0]).alloc(s.n)
+        alloc_partial_slots(cg, s, slot, rslot)
         if s.owner != home:
             gslot[s.index] = cg.tilemem(s.owner[0]).alloc(s.n)
             if s.owner[0] != home[0]:
@@ -142,9 +137,6 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, 
     if has_h:
         ph = em.int_reg()
         em.emit(Op.ISET, dst=ph, imm=h0[tile], layer=i)
-    mask = 0
-    for b in blocks:
-        mask |= 1 << b.loc[2]
     with em.loop_nest([T], [(base, st) for _, base, st in ptr_specs], i) as ptrs:
         p = {name: q.ireg for (name, _, _), q in zip(ptr_specs, ptrs)}
         for b in blocks:                               # crossbar inputs: x_t and h_{t-1}
@@ -154,32 +146,10 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, 
                     em.emit(Op.LOAD, dst=x0 + pos, imm=off - H_SPACE, ra=ph, vec=n, layer=i)
                 else:
                     em.emit(Op.LOAD, dst=x0 + pos, imm=off, ra=p["x"], vec=n, layer=i)
-        if mask:
-            em.emit(Op.MVM, mask=mask, layer=i)
-        for s in mine:                                 # sum this core's blocks per strip
-            first = True
-            for b in blocks:
-                if b.strip != s:
-                    continue
-                xo, n = lay.xout_of(b.loc[2]), strips[s].n
-                if first:
-                    em.emit(Op.COPY, dst=acc[s], src1=xo, vec=n, layer=i)
-                    first = False
-                else:
-                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=xo, vec=n,
-                            layer=i)
-        for s in mine:                                 # partial sums to their owners
-            if strips[s].owner != core:
-                em.emit(Op.STORE, src1=acc[s], imm=slot[(s, core)], vec=strips[s].n,
-                        count=1, layer=i)
+        emit_block_partials(em, lay, core, blocks, mine, strips, acc, slot, i)
         for st in owned:                               # reduce + gate activations
             s, n = st.index, st.n
-            if s not in mine:
-                em.emit(Op.SET, dst=acc[s], imm=0, vec=n, layer=i)
-            for k in sorted({b.loc[:2] for b in st.blocks} - {core}):
-                addr = slot[(s, k)] if k[0] == tile else rslot[(s, k)]
-                em.emit(Op.LOAD, dst=tmp, imm=addr, vec=n, layer=i)
-                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=tmp, vec=n, layer=i)
+            emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i)
             emit_gates(em, acc[s], consts[s], st.c0, n, L, i)
             if not is_home:
                 em.emit(Op.STORE, src1=acc[s], imm=gslot[s], vec=n, count=1, layer=i)
