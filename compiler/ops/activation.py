@@ -1,4 +1,5 @@
-"""Sigmoid and Tanh on the VFU's fixed-point units; LeakyRelu and PRelu as two slopes.
+"""Sigmoid and Tanh on the VFU's fixed-point units; LeakyRelu and PRelu as two slopes;
+Elu, Selu and Softplus as a slope plus an exponential branch.
 
 Sigmoid/Tanh: x (scale s_x) -> fixed point with f fraction bits -> SIGMOID/TANH (f bits in
 and out) -> the output's scale. LeakyRelu/PRelu: y = max(x, 0) * a + min(x, 0) * b with
@@ -113,3 +114,73 @@ def lower_leaky_relu(node, ctx):
     out = _same_layout(ctx, node, t_in, s_y)
     ctx.add(TwoSlopeLayer(node.name, node.op_type, [t_in.name], out.name, node=node.name,
                           pos=int(mults[0]), neg=neg, shift=shift, bits=ctx.bits))
+
+
+@dataclass
+class ExpBranchLayer(ElementwiseLayer):
+    """y = clip((max(x, 0) * pos + e(x) * neg) >> shift), with e on fixed point of ``frac``
+    fraction bits (u = min(x, 0) for Elu/Selu, u = -|x| for Softplus, in fixed point):
+    Elu/Selu e = exp(u) - 1 (in [-1, 0]); Softplus e = log(1 + exp(u)) (in [0, ln 2]), so
+    softplus(x) = max(x, 0) + log(1 + exp(-|x|)) never overflows."""
+
+    softplus: bool = False
+    frac: int = 16
+    m_in: int = 1
+    sh_in: int = 0
+    pos: int = 1
+    neg: int = 0
+    shift: int = 0
+    bits: int = 16
+
+    def compute(self, em, dst, srcs, n, c0, const_regs, layer):
+        u, one = em.gp(n), 1 << self.frac
+        if self.softplus:
+            em.emit(Op.ALUI, fn=Fn.MUL, dst=u, src1=dst, imm=-1, vec=n, layer=layer)
+            em.emit(Op.ALU, fn=Fn.MIN, dst=u, src1=u, src2=dst, vec=n, layer=layer)
+        else:
+            em.emit(Op.ALUI, fn=Fn.MIN, dst=u, src1=dst, imm=0, vec=n, layer=layer)
+        emit_mul_shift(em, u, n, self.m_in, self.sh_in, layer)
+        em.emit(Op.ALU, fn=Fn.EXP, dst=u, src1=u, imm=self.frac, vec=n, layer=layer)
+        if self.softplus:
+            em.emit(Op.ALUI, fn=Fn.ADD, dst=u, src1=u, imm=one, vec=n, layer=layer)
+            em.emit(Op.ALU, fn=Fn.LOG, dst=u, src1=u, imm=self.frac, vec=n, layer=layer)
+        else:
+            em.emit(Op.ALUI, fn=Fn.SUB, dst=u, src1=u, imm=one, vec=n, layer=layer)
+        em.emit(Op.ALUI, fn=Fn.MUL, dst=u, src1=u, imm=self.neg, vec=n, layer=layer)
+        em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=0, vec=n, layer=layer)
+        em.emit(Op.ALUI, fn=Fn.MUL, dst=dst, src1=dst, imm=self.pos, vec=n, layer=layer)
+        em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=u, vec=n, layer=layer)
+        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+
+    def compute_ref(self, xs, c0, n, consts):
+        x, one = xs[0], 1 << self.frac
+        u = np.minimum(-x, x) if self.softplus else np.minimum(x, 0)
+        u = alu(Fn.EXP, mul_shift_ref(u, self.m_in, self.sh_in), None, self.frac)
+        u = alu(Fn.LOG, u + one, None, self.frac) if self.softplus else u - one
+        return rescale_ref(np.maximum(x, 0) * self.pos + u * self.neg, 1, self.shift,
+                           self.bits)
+
+
+def lower_exp_branch(node, ctx):
+    """Elu (alpha), Selu (alpha, gamma), Softplus."""
+    t_in = ctx.tensor(node.input[0])
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    if node.op_type == "Softplus":
+        gain, alpha = 1.0, 1.0
+    elif node.op_type == "Selu":
+        gain = float(a.get("gamma", 1.0507009873554804934193349852946))
+        alpha = float(a.get("alpha", 1.6732632423543772848170429916717))
+    else:
+        gain, alpha = 1.0, float(a.get("alpha", 1.0))
+    s_y = ctx.scale_for(node.output[0])
+    f = frac_bits(t_in.scale, s_y)
+    m_in, sh_in = ratio(t_in.scale * 2.0 ** f)
+    mults, shift = multiplier(np.array([gain * t_in.scale / s_y,
+                                        gain * alpha * 2.0 ** -f / s_y]), MULT_BITS)
+    out = _same_layout(ctx, node, t_in, s_y)
+    if node.op_type == "Softplus":
+        ctx.nonneg.add(out.name)
+    ctx.add(ExpBranchLayer(node.name, node.op_type, [t_in.name], out.name, node=node.name,
+                           softplus=node.op_type == "Softplus", frac=f, m_in=m_in,
+                           sh_in=sh_in, pos=int(mults[0]), neg=int(mults[1]), shift=shift,
+                           bits=ctx.bits))

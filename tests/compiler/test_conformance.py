@@ -8,12 +8,12 @@ of the stored outputs.
 
 Cases that cannot run are listed in :data:`SKIP` with the reason (``pytest -rs`` prints
 them); :data:`PENDING` ones are expected failures until another piece lands. At the time of
-writing 51 of the 82 cases pass and 31 are skipped:
+writing 54 of the 82 cases pass and 28 are skipped:
 
 * 3-D (5-D tensor) convolution, pooling, batch norm, PReLU: Conv3d*, MaxPool3d*, AvgPool3d*,
   BatchNorm3d*, PReLU_3d* — the compiler maps 1-D and 2-D feature maps only;
 * ConvTranspose2d*: no transposed convolution;
-* ops outside the supported set: ELU, SELU, Softplus, Softsign (Abs, Div by an activation),
+* ops outside the supported set: Softsign (Abs, Div by an activation),
   GLU (Split, product of activations), PoissonNLLLoss (Exp, product of activations),
   PixelShuffle (6-D Reshape/Transpose), Embedding (integer index input, Gather);
 * MaxPool1d/2d_stride_padding_dilation: 220 000- and 1 000 000-word inputs with 200- and
@@ -56,9 +56,6 @@ SKIP = {
     "test_PReLU_3d_multiparam": _3D,
     "test_ConvTranspose2d": "ConvTranspose is not supported",
     "test_ConvTranspose2d_no_bias": "ConvTranspose is not supported",
-    "test_ELU": "Elu is not supported",
-    "test_SELU": "Selu is not supported",
-    "test_Softplus": "Softplus is not supported",
     "test_Softsign": "Abs and Div by an activation are not supported",
     "test_GLU": "Split and the product of two activations are not supported",
     "test_GLU_dim": "Split and the product of two activations are not supported",

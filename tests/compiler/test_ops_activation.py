@@ -59,16 +59,20 @@ def _img(n=2, c=3, h=8, w=8):
 # ---- elementwise activations ----------------------------------------------------------
 
 @pytest.mark.parametrize("op,kw", [("Sigmoid", {}), ("Tanh", {}), ("LeakyRelu", {}),
-                                   ("LeakyRelu", {"alpha": 0.3})])
+                                   ("LeakyRelu", {"alpha": 0.3}), ("Elu", {}),
+                                   ("Elu", {"alpha": 0.5}), ("Selu", {}),
+                                   ("Selu", {"alpha": 1.2, "gamma": 2.0}), ("Softplus", {})])
 def test_unary_after_conv(op, kw):
     nodes, inits = _conv()
     nodes.append(helper.make_node(op, ["c"], ["y"], **kw))
     check(_model(nodes, inits, (1, 3, 8, 8), ["y"]), _img())
 
 
-def test_sigmoid_on_vector_input():
-    x = RNG.standard_normal((3, 40)).astype(np.float32) * 3
-    check(_model([helper.make_node("Sigmoid", ["x"], ["y"])], {}, (1, 40), ["y"]), x)
+@pytest.mark.parametrize("op", ["Sigmoid", "Softplus", "Elu"])
+def test_unary_on_vector_input(op):
+    # wide range: Softplus must not overflow exp for large x, Elu saturates at -alpha
+    x = RNG.standard_normal((3, 40)).astype(np.float32) * 6
+    check(_model([helper.make_node(op, ["x"], ["y"])], {}, (1, 40), ["y"]), x)
 
 
 @pytest.mark.parametrize("slope_shape", [(1,), (4, 1, 1)])
