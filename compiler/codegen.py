@@ -67,14 +67,14 @@ class Codegen:
     def layer_tiles_reading(self, i: int) -> set:
         L = self.prog.layers[i]
         if L.kind == "mvm":
-            return {b.loc[0] for s in self.pl.strips[i] for b in s.blocks} | {
-                s.owner[0] for s in self.pl.strips[i]}
+            return {b.loc[0] for ss in self.pl.copies(i) for s in ss for b in s.blocks} | {
+                s.owner[0] for ss in self.pl.copies(i) for s in ss}
         return {self.pl.vfu_core[i][0]}
 
     def producer_tiles(self, i: int) -> set:
         L = self.prog.layers[i]
         if L.kind == "mvm":
-            return {s.owner[0] for s in self.pl.strips[i]}
+            return {s.owner[0] for ss in self.pl.copies(i) for s in ss}
         return {self.pl.vfu_core[i][0]}
 
 
@@ -150,7 +150,7 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
 
     core_code = [core_em[(t, c)].assemble() for t in range(n_tiles) for c in range(cores)]
     tile_code = [tile_em[t].assemble() for t in range(n_tiles)]
-    blocks = [b for ss in pl.strips.values() for s in ss for b in s.blocks]
+    blocks = pl.all_blocks()
     mem_words = np.array([max(cg.tilemem(t).words, 1) for t in range(n_tiles)], np.int64)
     init = [seg for t in range(n_tiles) for seg in cg.tilemem(t).init]
     R, C = cfg.xbar.rows, cfg.xbar.cols
@@ -199,8 +199,32 @@ def _mvm_geometry(cg: Codegen, L: MVMLayer):
 
 
 def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
-    strips = cg.pl.strips[i]
     t_in, t_out, dims, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
+    bands = cg.pl.bands.get(i) or [(0, dims[0] if dims else 0, cg.pl.strips[i])]
+    for k, (row0, rows, strips) in enumerate(bands):    # a band of output rows per copy
+        band_dims = [rows] + dims[1:] if dims else dims
+        slots = _mvm_band_code(cg, i, L, strips, band_dims, row0, core_em, lay)
+        if k == 0:
+            slot, rslot = slots
+    # Tile control: partial sums across tiles, then output chunks to reading tiles (a
+    # layer with copies sits in one tile: no partial sums cross tiles).
+    strips = cg.pl.strips[i]
+    remote_partials = [(s, k) for (s, k) in rslot]
+    chunks = {}                                      # producing tile -> [(offset, n)]
+    for s in strips:
+        chunks.setdefault(s.owner[0], []).append((s.c0, s.n))
+    _phase(cg, i, L.output, dims, out_off, out_strides, chunks, tile_em,
+           partials=[(k[0], strips[s].owner[0], slot[(s, k)], rslot[(s, k)], strips[s].n)
+                     for s, k in remote_partials])
+
+
+def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, core_em,
+                   lay) -> tuple[dict, dict]:
+    """The cores' code of one copy of MVM layer i over output rows row0.. (``dims``);
+    returns its partial-sum slots."""
+    t_in, t_out, _, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
+    if row0:
+        out_off += row0 * out_strides[0]
     by_core = blocks_by_core(strips)
     slot, rslot = {}, {}
     for s in strips:
@@ -230,7 +254,7 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
                 em.emit(Op.LOAD, dst=r, imm=addr, vec=2 * s.n, layer=i)
                 consts[s.index] = r
         tmp = em.gp(widest)
-        in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in)
+        in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in, row0, 0)
         out_base = cg.buffer(L.output, tile) + out_off
         with em.loop_nest(dims, [(in_base, in_strides), (out_base, out_strides)], i) as (
                 pin, pout):
@@ -253,14 +277,7 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
                 _emit_requant_tail(em, acc[s], n, L, i)
                 em.emit(Op.STORE, src1=acc[s], imm=st.c0, ra=pout.ireg, vec=n, count=0,
                         layer=i)
-    # Tile control: partial sums across tiles, then output chunks to reading tiles.
-    remote_partials = [(s, k) for (s, k) in rslot]
-    chunks = {}                                      # producing tile -> [(offset, n)]
-    for s in strips:
-        chunks.setdefault(s.owner[0], []).append((s.c0, s.n))
-    _phase(cg, i, L.output, dims, out_off, out_strides, chunks, tile_em,
-           partials=[(k[0], strips[s].owner[0], slot[(s, k)], rslot[(s, k)], strips[s].n)
-                     for s, k in remote_partials])
+    return slot, rslot
 
 
 def blocks_by_core(strips) -> dict[tuple, list]:

@@ -38,11 +38,14 @@ def _progress(enabled: bool):
 
 def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str | None = None,
                   *, calibration: dict[str, np.ndarray] | None = None,
-                  progress: bool = False, return_ir: bool = False, headroom: float = 2.0):
+                  progress: bool = False, return_ir: bool = False, headroom: float = 2.0,
+                  replicate: int = 1):
     """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a config or preset
     name). ``calibration``: inputs (batch first, keyed by graph input name) that set the
     activation ranges; default: a few seeded standard-normal samples. ``headroom``: range
-    kept above the calibrated |max| of each activation (2 = one bit).
+    kept above the calibrated |max| of each activation (2 = one bit). ``replicate``: up to
+    this many copies of the convolutions' crossbars, each computing a band of output rows
+    (pipeline balance; 1 = none; see :mod:`compiler.place`).
     Returns the Program, or (Program, LayerProgram, Graph) with ``return_ir``."""
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
@@ -56,8 +59,9 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     say(f"lower: {len(lp.layers)} layers")
     strips = partition(lp, cfg)
     say(f"partition: {sum(len(s.blocks) for ss in strips.values() for s in ss)} MVMUs")
-    pl = place(lp, strips, cfg)
-    say(f"place: {pl.n_tiles} tiles")
+    pl = place(lp, strips, cfg, replicate)
+    say(f"place: {pl.n_tiles} tiles" + (f", {len(pl.all_blocks())} MVMUs with copies"
+                                         if pl.bands else ""))
     prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
     prog.mapping["cores"] = len(prog.cores_used())    # the report's count, code included
     say(f"generate: {prog.n_instructions} instructions")
@@ -71,7 +75,7 @@ def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
     for i, L in enumerate(lp.layers):
         if L.kind != "mvm":
             continue
-        blocks = [b for s in strips[i] for b in s.blocks]
+        blocks = [b for ss in pl.copies(i) for s in ss for b in s.blocks]
         cells = len(blocks) * cfg.xbar.rows * cfg.xbar.cols
         used = sum(len(b.rows) * b.cols for b in blocks)
         total_cells += cells
@@ -82,6 +86,7 @@ def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
             "layer": L.name, "op": L.op, "weights": int(L.weight.size),
             "nonzero_weights": int(np.count_nonzero(L.weight)),
             "mvmus": len(blocks), "mvmus_dense": dense_blocks, "crossbars": len(blocks) * xb,
+            "copies": len(pl.copies(i)),
             "cores": len({b.loc[:2] for b in blocks}), "tiles": sorted({b.loc[0] for b in blocks}),
             "utilization": used / cells if cells else 0.0,
             "adc_bits": sorted({b.adc_bits for b in blocks}),

@@ -5,13 +5,20 @@ layers sit on neighbouring tiles (short NoC paths). Each MVM layer starts on a f
 (layers then pipeline instead of sharing an in-order core); a column strip's blocks stay in
 one tile when they fit, so its partial sums meet in tile memory rather than on the NoC.
 VFU layers go to an idle core of the tile that holds their input. A model that needs more
-MVMUs than the node has is refused with the numbers."""
+MVMUs than the node has is refused with the numbers.
+
+Weight replication (``replicate=N``, for pipeline balance as ISAAC does): a convolution gets
+up to N copies of its crossbars, in proportion to its output pixels relative to the
+largest convolution's, on fresh cores of the same tile; copy j computes one band of output
+rows, so the copies work in parallel on the same input map. Only layers that sit in one
+tile are copied, and only as many copies as that tile has room for."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from .errors import ModelTooBigError
-from .ir import LayerProgram
+from .errors import CompilerError, ModelTooBigError
+from .ir import LayerProgram, MVMLayer
 from .partition import Strip
 
 
@@ -31,14 +38,44 @@ class Placement:
     layer_tiles: dict[int, set] = field(default_factory=dict)      # tiles the layer runs on
     n_tiles: int = 0
     tile_of_order: list = field(default_factory=list)              # physical tile ids
+    # layer -> [(first output row, rows, strips)], one per copy; copy 0's strips are
+    # ``strips[layer]``. Absent: one copy computing every row.
+    bands: dict[int, list] = field(default_factory=dict)
+
+    def copies(self, i: int) -> list[list[Strip]]:
+        """The strips of every copy of MVM layer i."""
+        return [b[2] for b in self.bands[i]] if i in self.bands else [self.strips[i]]
+
+    def all_blocks(self) -> list:
+        return [b for i in self.strips for ss in self.copies(i) for s in ss for b in s.blocks]
 
 
-def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
+def wanted_copies(prog: LayerProgram, replicate: int) -> dict[int, int]:
+    """Copies per convolution: ``replicate`` for the one with most output pixels, fewer
+    in proportion for the others, never more than its output rows."""
+    convs = {i: L for i, L in enumerate(prog.layers) if _replicable(L)}
+    if replicate <= 1 or not convs:
+        return {}
+    top = max(L.Ho * L.Wo for L in convs.values())
+    return {i: max(1, min(replicate, L.Ho, round(replicate * L.Ho * L.Wo / top)))
+            for i, L in convs.items()}
+
+
+def _replicable(L) -> bool:
+    return (isinstance(L, MVMLayer) and L.is_conv and L.Ho > 1
+            and not hasattr(L, "generate_code"))
+
+
+def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
+          replicate: int = 1) -> Placement:
+    if not isinstance(replicate, int) or replicate < 1:
+        raise CompilerError(f"replicate = {replicate!r}: must be an integer >= 1")
     M, cores = cfg.core.mvmus, cfg.tile.cores
     per_tile = M * cores
     order = snake_order(cfg.node.tiles, cfg.node.mesh_width)
     needed = sum(len(s.blocks) for ss in strips.values() for s in ss)
     pl = Placement(strips)
+    want = wanted_copies(prog, replicate)
     slot = 0                       # next free MVMU slot, in (tile order, core, mvmu) order
     core_busy: dict[tuple, int] = {}   # (tile, core) -> VFU layers placed there
     overflow = 0                   # tiles the slots need when more than the node has
@@ -80,10 +117,11 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
                     s.owner = first
                     tiles.add(first[0])
             pl.layer_tiles[i] = tiles
+            if want.get(i, 1) > 1 and len(tiles) == 1 and not overflow:
+                slot = _replicate(pl, i, L, want[i], slot, M, per_tile, loc)
         elif L.kind == "vfu":
             home = _home_tile(prog, pl, L.inputs[0] if L.inputs else None, order)
-            used_cores = {b.loc[:2] for ss in strips.values() for s in ss for b in s.blocks
-                          if b.loc is not None}
+            used_cores = {b.loc[:2] for b in pl.all_blocks() if b.loc is not None}
             cand = [(core_busy.get((home, c), 0) + (1 if (home, c) in used_cores else 0), c)
                     for c in range(cores)]
             _, c = min(cand)
@@ -104,6 +142,38 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg) -> Placement:
     pl.n_tiles = max(used) + 1 if used else 1
     pl.tile_of_order = order
     return pl
+
+
+def _replicate(pl: Placement, i: int, L, copies: int, slot: int, M: int, per_tile: int,
+               loc) -> int:
+    """Add up to ``copies - 1`` copies of layer i's crossbars on fresh cores after ``slot``
+    in the same tile (as many as fit); split the output rows into bands. Returns the next
+    free slot."""
+    strips = pl.strips[i]
+    nb = sum(len(s.blocks) for s in strips)
+    per_copy = max(1, -(-nb // M)) * M               # whole cores, so copies never share
+    slot += -slot % M
+    room = (per_tile - slot % per_tile) % per_tile if slot % per_tile else 0
+    copies = min(copies, 1 + room // per_copy)
+    if copies <= 1:
+        return slot
+    sets = [strips]
+    for _ in range(copies - 1):
+        copy, k = [], slot
+        for s in strips:
+            c = Strip(s.layer, s.index, s.c0, s.n)
+            for b in s.blocks:
+                c.blocks.append(dataclasses.replace(b, loc=loc(k)))
+                k += 1
+            copy.append(c)
+        first = next((b.loc[:2] for c in copy for b in c.blocks), loc(slot)[:2])
+        for c in copy:
+            c.owner = c.blocks[0].loc[:2] if c.blocks else first
+        sets.append(copy)
+        slot += per_copy
+    edges = [round(j * L.Ho / copies) for j in range(copies + 1)]
+    pl.bands[i] = [(edges[j], edges[j + 1] - edges[j], sets[j]) for j in range(copies)]
+    return slot
 
 
 def _home_tile(prog: LayerProgram, pl: Placement, tensor: str | None, order) -> int:

@@ -67,7 +67,8 @@ def run_model(args) -> dict:
     cfg = load_config(args.preset, args.overrides)
     calib = {k: v[:32] for k, v in inputs.items()}
     t1 = time.perf_counter()
-    prog = compile_model(model_path, cfg, calibration=calib, progress=not args.quiet)
+    prog = compile_model(model_path, cfg, calibration=calib, progress=not args.quiet,
+                         replicate=args.replicate)
     t2 = time.perf_counter()
     ref = run_onnxruntime(model_path, inputs)
     rep = simulate(prog, inputs, trace=bool(args.trace), reference=ref)

@@ -38,6 +38,19 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set adc.bits=6 --set xbar.rows=256 "
                         "(adc.bits=none: ideal ADC)")
+    p.add_argument("--replicate", type=_positive_int, default=1, metavar="N",
+                   help="up to N copies of each convolution's crossbars, in proportion to "
+                        "its output pixels, each computing a band of rows [1: none]")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 1")
+    return v
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
@@ -82,7 +95,7 @@ def cmd_compile(args) -> int:
     from compiler import compile_model
     from .config import load_config
     cfg = load_config(args.preset, args.overrides)
-    prog = compile_model(args.model, cfg, progress=not args.quiet)
+    prog = compile_model(args.model, cfg, progress=not args.quiet, replicate=args.replicate)
     prog.save(args.output)
     m = prog.mapping
     print(f"compiled {args.model} -> {args.output}: {m.get('crossbars', '?')} crossbars, "

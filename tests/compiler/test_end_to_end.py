@@ -82,3 +82,52 @@ def test_multi_tile_and_cross_tile_partial_sums_are_exact(exported):
     assert rep.counters["packets"] > 0
     np.testing.assert_array_equal(rep.outputs["logits:int"],
                                   run_integer_reference(lp, {"input": x})["logits:int"])
+
+
+@pytest.mark.parametrize("name,kw", [("lenet5", {}), ("vgg8", {"width": 0.25}),
+                                     ("resnet18", {"width": 0.25})],
+                         ids=["lenet5", "vgg8", "resnet18"])
+def test_weight_replication_is_exact_and_faster(exported, name, kw):
+    # Copies of a convolution's crossbars each compute a band of output rows: the same
+    # integers, more crossbars, less latency.
+    path, shape = exported(name, kw)
+    x = np.random.default_rng(4).random((2,) + tuple(shape[1:])).astype(np.float32)
+    cfg = load_config("puma", ["adc.bits=none"])
+    prog1 = compile_model(path, cfg, calibration={"input": x})
+    prog4, lp, _ = compile_model(path, cfg, calibration={"input": x}, replicate=4,
+                                 return_ir=True)
+    copies = [L["copies"] for L in prog4.mapping["layers"]]
+    assert max(copies) == 4 and min(copies) == 1, copies
+    r1, r4 = simulate(prog1, {"input": x}), simulate(prog4, {"input": x})
+    np.testing.assert_array_equal(r4.outputs["logits:int"], r1.outputs["logits:int"])
+    np.testing.assert_array_equal(r4.outputs["logits:int"],
+                                  run_integer_reference(lp, {"input": x})["logits:int"])
+    assert r4.mvmus > r1.mvmus
+    assert r4.latency_cycles < 0.8 * r1.latency_cycles, (r4.latency_cycles,
+                                                          r1.latency_cycles)
+
+
+def test_copies_follow_output_pixels_and_the_room_in_the_tile(exported):
+    from compiler import CompilerError
+    from compiler.place import wanted_copies
+    path, shape = exported("vgg8", {"width": 0.25})
+    x = np.random.default_rng(5).random((1,) + tuple(shape[1:])).astype(np.float32)
+    cfg = load_config("puma", ["adc.bits=none"])
+    _, lp, _ = compile_model(path, cfg, calibration={"input": x}, return_ir=True)
+    want = wanted_copies(lp, 8)
+    pixels = {i: lp.layers[i].Ho * lp.layers[i].Wo for i in want}
+    top = max(pixels.values())
+    assert all(want[i] == max(1, min(8, round(8 * p / top))) for i, p in pixels.items())
+    assert wanted_copies(lp, 1) == {}
+    # LeNet's first conv takes one core of the small machine's 2-core tiles: room for one
+    # more copy, not 7
+    l5, l5_shape = exported("lenet5", {})
+    x5 = np.random.default_rng(5).random((2,) + tuple(l5_shape[1:])).astype(np.float32)
+    small = load_config("small", ["adc.bits=none", "node.tiles=256"])
+    prog, lp5, _ = compile_model(l5, small, calibration={"input": x5}, replicate=8,
+                                 return_ir=True)
+    assert [L["copies"] for L in prog.mapping["layers"]] == [2, 1, 1, 1, 1]
+    np.testing.assert_array_equal(simulate(prog, {"input": x5}).outputs["logits:int"],
+                                  run_integer_reference(lp5, {"input": x5})["logits:int"])
+    with pytest.raises(CompilerError, match="replicate = 0"):
+        compile_model(path, cfg, calibration={"input": x}, replicate=0)

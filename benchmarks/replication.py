@@ -1,0 +1,93 @@
+"""Weight replication for pipeline balance (``compile_model(..., replicate=N)``, ``xbarsim
+compile/run --replicate N``): latency, energy, area and MVMUs of LeNet-5 (the shipped
+model), VGG-8, VGG-16 and ResNet-18 (32x32, seeded weights) on ``puma`` with 1, 2, 4 and 8
+copies allowed per convolution. Each point also checks that the simulated integers equal
+those without copies (batch 2, values on).
+
+    python benchmarks/replication.py
+    -> benchmarks/results/replication.json, benchmarks/results/plots/replication.png
+"""
+import _common  # noqa: F401  (pins threads first)
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, machine, write
+from compiler import compile_model
+from simulator import load_config, simulate
+
+COPIES = (1, 2, 4, 8)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def models_to_run(tmp: Path):
+    import models
+    yield "lenet5_fmnist", ROOT / "models" / "pretrained" / "lenet5_fmnist.onnx", (1, 1, 28, 28)
+    for name in ("vgg8", "vgg16", "resnet18"):
+        path = tmp / f"{name}.onnx"
+        models.export(name, path, seed=0)
+        yield name, path, models.input_shape(name)
+
+
+def main():
+    cfg = load_config("puma")
+    rows = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for name, path, shape in models_to_run(Path(d)):
+            x = np.random.default_rng(0).random((2,) + tuple(shape[1:])).astype(np.float32)
+            base = None
+            for n in COPIES:
+                t = time.perf_counter()
+                prog = compile_model(path, cfg, calibration={"input": x}, replicate=n)
+                rep = simulate(prog, {"input": x})
+                out = rep.outputs["logits:int"]
+                base = out if base is None else base
+                row = {"model": name, "replicate": n,
+                       "copies": [L["copies"] for L in prog.mapping["layers"]],
+                       "latency_us": rep.latency_s * 1e6, "energy_uj": rep.energy_j["total"] * 1e6,
+                       "leakage_uj": rep.energy_j["leakage"] * 1e6,
+                       "area_mm2": rep.area_mm2["total"], "mvmus": rep.mvmus,
+                       "tiles": rep.tiles, "same_integers": bool(np.array_equal(out, base)),
+                       "wall_s": time.perf_counter() - t}
+                rows.append(row)
+                print(f"{name:14s} replicate {n}: {row['latency_us']:9.1f} us "
+                      f"{row['energy_uj']:9.1f} uJ {row['area_mm2']:6.3f} mm2 "
+                      f"{row['mvmus']:5d} MVMUs  copies {row['copies'][:6]}  "
+                      f"same integers {row['same_integers']}")
+    plot(rows)
+    write("replication", {"machine": machine(), "preset": "puma", "rows": rows,
+                          "wall_s": time.perf_counter() - t_all})
+
+
+def plot(rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == name]
+        n = [r["replicate"] for r in rs]
+        for ax, key in zip(axes, ("latency_us", "energy_uj", "area_mm2")):
+            base = rs[0][key]
+            ax.plot(n, [r[key] / base for r in rs], "o-", label=name)
+    for ax, title in zip(axes, ("latency", "energy / inference", "area")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(COPIES, [str(c) for c in COPIES])
+        ax.set_xlabel("copies allowed per convolution (replicate)")
+        ax.set_ylabel(f"{title} relative to no copies")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Weight replication on the puma machine (batch of one inference)")
+    fig.tight_layout()
+    out = RESULTS / "plots" / "replication.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"plot -> {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
