@@ -17,6 +17,8 @@ How it is built:
 - *Grid*: ``KEY=V1,V2`` per config key; ``K1=K2=V1,V2`` sets both keys to each value
   (``xbar.rows=xbar.cols=64,128`` for square crossbars). Points are the product, models
   outermost, in the order given; the table keeps that order whatever order points finish in.
+- *Compile options*: ``compile.replicate`` (weight copies, :mod:`compiler.place`) is a grid
+  key like a config key, passed to ``compile_model``.
 - *Data* (optional): a batch whose outputs are compared with onnxruntime (relative error,
   top-1 agreement) and, with labels, top-1 accuracy. A model whose input does not take the
   data's samples gets seeded standard-normal inputs instead (``data`` column: ``random``).
@@ -138,12 +140,25 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
     return axes
 
 
+# Grid keys that are compiler options rather than machine config: key -> compile_model
+# keyword. They go to the table like config keys and into the point's hash.
+COMPILE_KEYS = {"compile.replicate": "replicate"}
+
+
+def split_point(pt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(machine config overrides, compile_model keywords) of one grid point."""
+    return ({k: v for k, v in pt.items() if k not in COMPILE_KEYS},
+            {COMPILE_KEYS[k]: v for k, v in pt.items() if k in COMPILE_KEYS})
+
+
 def _check_keys(base: MachineConfig, axes: list[GridAxis]) -> None:
     """An unknown key is a typo for the whole sweep (an error now); a bad value is one
     point's failure (a failed row later)."""
     flat = base.to_dict()
     for ax in axes:
         for key in ax.keys:
+            if key in COMPILE_KEYS:
+                continue
             node: Any = flat
             for part in key.split("."):
                 if not isinstance(node, dict) or part not in node:
@@ -286,13 +301,18 @@ def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) 
 
 
 def point_key(entry: ModelEntry, base: MachineConfig, overrides: dict) -> str:
-    """The hash a point is stored under: model bytes + resolved config + input batch."""
+    """The hash a point is stored under: model bytes + resolved config (+ compile options
+    when given) + input batch."""
+    overrides, options = split_point(overrides)
     try:
         config: Any = with_overrides(base, overrides).to_dict()
     except ConfigError:   # invalid point: still a stable key (base + the bad values)
         config = {"base": base.to_dict(), "invalid": sorted(map(str, overrides.items()))}
-    blob = json.dumps({"format": POINT_FORMAT, "model": entry.sha, "config": config,
-                       "data": [entry.data_name, entry.data_sha]}, sort_keys=True, default=str)
+    spec = {"format": POINT_FORMAT, "model": entry.sha, "config": config,
+            "data": [entry.data_name, entry.data_sha]}
+    if options:                       # absent otherwise: older stored points keep their keys
+        spec["compile"] = options
+    blob = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -327,7 +347,8 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
         calib = None
         if data is not None:
             calib = {k: v[:CALIBRATION_SAMPLES] for k, v in data["inputs"].items()}
-        prog = compile_model(task["model_path"], cfg, calibration=calib)
+        prog = compile_model(task["model_path"], cfg, calibration=calib,
+                             **task.get("compile", {}))
         t1 = time.perf_counter()
         rep = simulate(prog, data["inputs"] if data else None, values=data is not None)
         t2 = time.perf_counter()
@@ -579,9 +600,10 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     for e, pt, key in slots:
         if key in done or key in job_keys:
             continue
-        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in pt.items()]
+        config_pt, options = split_point(pt)
+        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in config_pt.items()]
         try:
-            with_overrides(base, pt)
+            with_overrides(base, config_pt)
         except ConfigError as err:   # invalid point: a failed row, no worker needed
             row = {"status": "failed", "error": _one_line(err), "wall_s": 0.0}
             _write_point(paths["points"], key, {
@@ -590,7 +612,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
             done[key] = row
             continue
         jobs.append(({"key": key, "model_path": str(e.path), "preset": preset_arg,
-                      "overrides": ov, "label": e.label}, e.data))
+                      "overrides": ov, "compile": options, "label": e.label}, e.data))
         job_keys.append(key)
 
     nworkers = max(1, min(workers or os.cpu_count() or 1, max(len(jobs), 1)))
@@ -705,8 +727,9 @@ def register(sub) -> None:
                         "(vgg8:width=0.25), comma separated")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key and its values, e.g. --grid adc.bits=4,6,8; "
-                        "K1=K2=V1,V2 sets both keys (xbar.rows=xbar.cols=64,128); repeat "
-                        "for more axes")
+                        "K1=K2=V1,V2 sets both keys (xbar.rows=xbar.cols=64,128); "
+                        "compile.replicate=1,4 sweeps weight replication; repeat for more "
+                        "axes")
     p.add_argument("-o", "--output", required=True, metavar="RESULTS.csv",
                    help="results table (CSV; a .parquet beside it); points are kept in "
                         "RESULTS.points/ so a rerun resumes")

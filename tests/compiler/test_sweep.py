@@ -212,3 +212,17 @@ def test_grid_parsing_and_user_errors(tmp_path, capsys):
 def _importable(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
+
+
+def test_compile_options_are_grid_keys(model_files, tmp_path):
+    # compile.replicate goes to compile_model, into the table and into the point's hash
+    cnn = model_files[1]
+    df = run_sweep([cnn], ["compile.replicate=1,3,0"], tmp_path / "r.csv", data="random",
+                   samples=2, workers=1, progress=False)
+    assert list(df["compile.replicate"]) == [1, 3, 0]
+    assert list(df["status"]) == ["ok", "ok", "failed"]
+    assert "replicate = 0" in df["error"].iloc[2]
+    one, three = df.iloc[0], df.iloc[1]
+    assert three["mvmus"] > one["mvmus"] and three["latency_s"] < one["latency_s"]
+    assert one["rel_err"] == three["rel_err"]                      # same integers
+    assert len({p.stem for p in (tmp_path / "r.points").glob("*.json")}) == 3
