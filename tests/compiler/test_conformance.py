@@ -103,15 +103,31 @@ def test_case_lists_name_real_cases():
         print(f"  skip {c}: {SKIP[c]}")
 
 
+CONV_CASES = [c for c in ALL if c.startswith("test_Conv2d") and c not in SKIP]
+
+
 @pytest.mark.parametrize("case", [_param(c) for c in ALL])
 def test_conformance(case):
+    _check_case(case)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_cases_with_weight_copies(case):
+    # stride, padding, dilation, groups, depthwise: copies computing bands of rows give
+    # the same integers
+    prog = _check_case(case, replicate=4)
+    assert max(L["copies"] for L in prog.mapping["layers"]) > 1
+
+
+def _check_case(case, replicate=1):
     folder = CASES_DIR / case
     model = onnx.load(str(folder / "model.onnx"))
     inits = {i.name for i in model.graph.initializer}
     (name,) = [i.name for i in model.graph.input if i.name not in inits]
     x = _read(folder / "test_data_set_0" / "input_0.pb")
     want = _read(folder / "test_data_set_0" / "output_0.pb").astype(np.float64)
-    prog, lp, _ = compile_model(model, CFG, calibration={name: x}, return_ir=True)
+    prog, lp, _ = compile_model(model, CFG, calibration={name: x}, return_ir=True,
+                                replicate=replicate)
     rep = simulate(prog, {name: x})
     (out,) = lp.outputs
     ref = run_integer_reference(lp, {name: x})
@@ -121,3 +137,4 @@ def test_conformance(case):
     assert got.shape == want.shape
     err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
     assert err <= TOL, f"relative L2 error {err:.2e} vs the stored output"
+    return prog
