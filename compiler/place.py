@@ -11,7 +11,8 @@ Weight replication (``replicate=N``, for pipeline balance as ISAAC does): a conv
 up to N copies of its crossbars, in proportion to its output pixels relative to the
 largest convolution's, on fresh cores of the same tile; copy j computes one band of output
 rows, so the copies work in parallel on the same input map. Only layers that sit in one
-tile are copied, and only as many copies as that tile has room for."""
+tile are copied, only as many copies as that tile has room for, and never so many that
+the rest of the model no longer fits the node (placement then retries with fewer)."""
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,24 @@ def _replicable(L) -> bool:
 
 def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
           replicate: int = 1) -> Placement:
-    if not isinstance(replicate, int) or replicate < 1:
+    """Place every layer; with ``replicate`` > 1, copies that would push the model past the
+    node are given up (fewer copies are tried, halving, down to none)."""
+    if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 1:
         raise CompilerError(f"replicate = {replicate!r}: must be an integer >= 1")
+    while True:
+        try:
+            return _place(prog, strips, cfg, replicate)
+        except ModelTooBigError:
+            if replicate == 1:
+                raise
+            replicate //= 2
+
+
+def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
+           replicate: int) -> Placement:
+    for ss in strips.values():
+        for s in ss:
+            s.owner = None                 # a retry starts from scratch
     M, cores = cfg.core.mvmus, cfg.tile.cores
     per_tile = M * cores
     order = snake_order(cfg.node.tiles, cfg.node.mesh_width)

@@ -674,9 +674,24 @@ def write_table(df, paths: dict[str, Path]) -> None:
     df.to_csv(paths["csv"], index=False)
     try:
         df.to_parquet(paths["parquet"], index=False)
+    except (TypeError, ValueError):
+        # A grid axis that mixes types (adc.bits=6,x: the x point is a failed row) cannot be
+        # a typed Parquet column: store such a column's values as text, missing ones stay.
+        df.astype({c: object for c in _mixed_columns(df)}).assign(**{
+            c: df[c].map(lambda v: v if _missing(v) else str(v)) for c in _mixed_columns(df)
+        }).to_parquet(paths["parquet"], index=False)
     except ImportError:
         print("note: pyarrow is not installed; no Parquet file written "
               "(pip install pyarrow)", file=sys.stderr)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _mixed_columns(df) -> list[str]:
+    return [c for c in df.columns if df[c].dtype == object
+            and len({type(v) for v in df[c] if not _missing(v)}) > 1]
 
 
 def read_table(path: str | os.PathLike):

@@ -118,18 +118,20 @@ def lower_leaky_relu(node, ctx):
 
 @dataclass
 class ExpBranchLayer(ElementwiseLayer):
-    """y = clip((max(x, 0) * pos + e(x) * neg) >> shift), with e on fixed point of ``frac``
-    fraction bits (u = min(x, 0) for Elu/Selu, u = -|x| for Softplus, in fixed point):
-    Elu/Selu e = exp(u) - 1 (in [-1, 0]); Softplus e = log(1 + exp(u)) (in [0, ln 2]), so
-    softplus(x) = max(x, 0) + log(1 + exp(-|x|)) never overflows."""
+    """y = clip((max(x, 0) * pos >> shift) + (e(x) * neg >> neg_shift)), e on fixed point
+    of ``frac`` fraction bits of u = min(x, 0) (Elu/Selu: e = exp(u) - 1, in [-1, 0]) or
+    u = -|x| (Softplus: e = log(1 + exp(u)), in [0, ln 2], so softplus(x) = max(x, 0) +
+    log(1 + exp(-|x|)) never overflows). The two terms keep their own multiplier
+    precision: the output scale may be far finer than the input's (Softplus of x << 0)."""
 
     softplus: bool = False
     frac: int = 16
     m_in: int = 1
     sh_in: int = 0
     pos: int = 1
-    neg: int = 0
     shift: int = 0
+    neg: int = 0
+    neg_shift: int = 0
     bits: int = 16
 
     def compute(self, em, dst, srcs, n, c0, const_regs, layer):
@@ -146,19 +148,20 @@ class ExpBranchLayer(ElementwiseLayer):
             em.emit(Op.ALU, fn=Fn.LOG, dst=u, src1=u, imm=self.frac, vec=n, layer=layer)
         else:
             em.emit(Op.ALUI, fn=Fn.SUB, dst=u, src1=u, imm=one, vec=n, layer=layer)
-        em.emit(Op.ALUI, fn=Fn.MUL, dst=u, src1=u, imm=self.neg, vec=n, layer=layer)
+        emit_mul_shift(em, u, n, self.neg, self.neg_shift, layer)
         em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=0, vec=n, layer=layer)
-        em.emit(Op.ALUI, fn=Fn.MUL, dst=dst, src1=dst, imm=self.pos, vec=n, layer=layer)
+        emit_mul_shift(em, dst, n, self.pos, self.shift, layer)
         em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=u, vec=n, layer=layer)
-        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+        emit_rescale(em, dst, n, 1, 0, self.bits, layer)
 
     def compute_ref(self, xs, c0, n, consts):
         x, one = xs[0], 1 << self.frac
         u = np.minimum(-x, x) if self.softplus else np.minimum(x, 0)
         u = alu(Fn.EXP, mul_shift_ref(u, self.m_in, self.sh_in), None, self.frac)
         u = alu(Fn.LOG, u + one, None, self.frac) if self.softplus else u - one
-        return rescale_ref(np.maximum(x, 0) * self.pos + u * self.neg, 1, self.shift,
-                           self.bits)
+        y = (mul_shift_ref(np.maximum(x, 0), self.pos, self.shift)
+             + mul_shift_ref(u, self.neg, self.neg_shift))
+        return rescale_ref(y, 1, 0, self.bits)
 
 
 def lower_exp_branch(node, ctx):
@@ -175,12 +178,12 @@ def lower_exp_branch(node, ctx):
     s_y = ctx.scale_for(node.output[0])
     f = frac_bits(t_in.scale, s_y)
     m_in, sh_in = ratio(t_in.scale * 2.0 ** f)
-    mults, shift = multiplier(np.array([gain * t_in.scale / s_y,
-                                        gain * alpha * 2.0 ** -f / s_y]), MULT_BITS)
+    pos, shift = ratio(gain * t_in.scale / s_y)
+    neg, neg_shift = ratio(gain * alpha * 2.0 ** -f / s_y) if alpha else (0, 0)
     out = _same_layout(ctx, node, t_in, s_y)
     if node.op_type == "Softplus":
         ctx.nonneg.add(out.name)
     ctx.add(ExpBranchLayer(node.name, node.op_type, [t_in.name], out.name, node=node.name,
                            softplus=node.op_type == "Softplus", frac=f, m_in=m_in,
-                           sh_in=sh_in, pos=int(mults[0]), neg=int(mults[1]), shift=shift,
+                           sh_in=sh_in, pos=pos, shift=shift, neg=neg, neg_shift=neg_shift,
                            bits=ctx.bits))

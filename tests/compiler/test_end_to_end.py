@@ -131,3 +131,33 @@ def test_copies_follow_output_pixels_and_the_room_in_the_tile(exported):
                                   run_integer_reference(lp5, {"input": x5})["logits:int"])
     with pytest.raises(CompilerError, match="replicate = 0"):
         compile_model(path, cfg, calibration={"input": x}, replicate=0)
+
+
+def test_copies_never_make_a_model_that_fits_too_big(tmp_path):
+    # eight 1x1 convs fill the small machine's 4 tiles of 2 cores: no room for copies, so
+    # replicate gives them up instead of refusing the model
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(6)
+    nodes, inits, x = [], [], "input"
+    for k in range(8):
+        cin = 3 if k == 0 else 8
+        inits.append(numpy_helper.from_array(
+            rng.standard_normal((8, cin, 1, 1)).astype(np.float32), f"w{k}"))
+        out = "logits" if k == 7 else f"c{k}"
+        nodes.append(helper.make_node("Conv", [x, f"w{k}"], [out]))
+        x = out
+    g = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 3, 6, 6])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "convs.onnx"
+    onnx.save(m, path)
+    xs = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none"])
+    p1 = compile_model(path, cfg, calibration={"input": xs})
+    p2 = compile_model(path, cfg, calibration={"input": xs}, replicate=2)
+    assert p2.n_tiles <= cfg.node.tiles
+    np.testing.assert_array_equal(simulate(p2, {"input": xs}).outputs["logits:int"],
+                                  simulate(p1, {"input": xs}).outputs["logits:int"])

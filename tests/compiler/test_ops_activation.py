@@ -293,3 +293,9 @@ def test_onnxruntime_static_qdq_model(tmp_path):
     lp = check(m, x)
     convs = [L for L in lp.layers if L.op == "Conv"]
     assert len(convs) == 2 and all(np.abs(L.weight).max() <= 127 for L in convs)
+
+
+def test_softplus_of_large_negative_inputs_keeps_its_precision():
+    # outputs ~1e-3 of the inputs' range: the exp branch needs its own multiplier precision
+    x = (-np.abs(RNG.standard_normal((2, 64))) * 30 - 5).astype(np.float32)
+    check(_model([helper.make_node("Softplus", ["x"], ["y"])], {}, (1, 64), ["y"]), x)

@@ -166,6 +166,12 @@ def test_invalid_point_is_a_failed_row(tmp_path, capsys):
     assert np.isnan(bad["energy_j"])
     assert good["status"] == "ok" and good["energy_j"] > 0 and pd.isna(good["error"])
     assert pd.isna(good["rel_err"])            # no --data: timing, energy and area only
+    # a value of the wrong type is a failed row too, and the Parquet file still gets written
+    rc = main(["sweep", "--models", "lenet5_fmnist", "--grid", "adc.bits=6,x",
+               "--workers", "1", "-q", "-o", str(tmp_path / "mixed.csv")])
+    assert rc == 0
+    pq = pd.read_parquet(tmp_path / "mixed.parquet")
+    assert list(pq["adc.bits"]) == ["6", "x"] and list(pq["status"]) == ["ok", "failed"]
 
 
 def test_plot_writes_pngs(local_run, tmp_path, capsys):
