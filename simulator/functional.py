@@ -83,13 +83,14 @@ def prepared_mvmus(prog: Program, exact_shortcut: bool = True
     if exact_shortcut not in cache:
         cfg = prog.config
         models = {}
+        keys = prog.device_keys()
         for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
             levels = prog.mvmu_levels[i]
             models[(t, c, m)] = MVMUModel(
                 levels, weight_bits=cfg.weight_bits, input_bits=cfg.input_bits,
                 cell_bits=cfg.xbar.cell_bits, dac_bits=cfg.dac.bits, mapping=cfg.xbar.mapping,
                 adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
-                conductance=conductances(levels, cfg, i), read_sigma=cfg.noise.read_sigma,
+                conductance=conductances(levels, cfg, keys[i]), read_sigma=cfg.noise.read_sigma,
                 rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]),
                 exact_shortcut=exact_shortcut)
         cache[exact_shortcut] = models
@@ -123,9 +124,9 @@ class ValueEngine:
         self.executed = 0
         self.mvmus = prepared_mvmus(prog, exact_shortcut)
         self.exact_shortcut = exact_shortcut
-        for i, loc in enumerate(prog.mvmu_loc.tolist()):
+        for loc, key in zip(prog.mvmu_loc.tolist(), prog.device_keys()):
             # A fresh read-noise stream per run: same seed, same report.
-            self.mvmus[tuple(loc)].read_rng = read_noise_rng(cfg, i)
+            self.mvmus[tuple(loc)].read_rng = read_noise_rng(cfg, key)
         for t, addr, vals, cnt in prog.mem_init:
             self._write(t, addr, np.broadcast_to(np.asarray(vals, np.int64),
                                                  (batch, len(vals))), cnt)

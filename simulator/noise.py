@@ -1,8 +1,9 @@
 """Device non-idealities, each off by default and each drawing from its own seeded stream.
 
-Streams are keyed by (seed, purpose, MVMU index), so turning one effect on never changes
-the random numbers another effect sees, and results do not depend on execution order
-across MVMUs.
+Streams are keyed by (seed, purpose, device key) -- the key of an MVMU being its layer and
+its index within the layer (:meth:`Program.device_keys`) -- so turning one effect on never
+changes the random numbers another effect sees, results do not depend on execution order
+across MVMUs, and adding weight copies to one layer leaves every other MVMU's draws alone.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 _VARIATION, _STUCK, _READ = 1, 2, 3
 
 
-def _rng(cfg, purpose: int, mvmu: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.noise.seed, purpose, mvmu])
+def _rng(cfg, purpose: int, key) -> np.random.Generator:
+    return np.random.default_rng([cfg.noise.seed, purpose, *np.atleast_1d(key).tolist()])
 
 
-def conductances(levels: np.ndarray, cfg, mvmu: int) -> np.ndarray | None:
+def conductances(levels: np.ndarray, cfg, mvmu) -> np.ndarray | None:
     """Effective (float) cell levels of one MVMU after stuck-at faults, a finite on/off
     ratio and programming variation, in that order (variation acts on the conductance the
     cell really has), or None when all are off (then the integer levels are exact)."""
@@ -41,6 +42,6 @@ def conductances(levels: np.ndarray, cfg, mvmu: int) -> np.ndarray | None:
     return g
 
 
-def read_noise_rng(cfg, mvmu: int) -> np.random.Generator | None:
+def read_noise_rng(cfg, mvmu) -> np.random.Generator | None:
     """The read-noise stream of one MVMU (advances with each MVM it performs)."""
     return _rng(cfg, _READ, mvmu) if cfg.noise.read_sigma else None

@@ -139,6 +139,18 @@ class Program:
             return self.config.adc.bits
         return None if b == 0 else b
 
+    def device_keys(self) -> list[tuple[int, int]]:
+        """A stable identity per MVMU for device randomness: (layer + 1, index among that
+        layer's MVMUs). Copies of a layer's weights come after its own blocks, so adding
+        copies changes no other MVMU's key (noise draws stay comparable)."""
+        seen: dict[int, int] = {}
+        keys = []
+        for layer in self.mvmu_layer.tolist():
+            k = seen.get(layer, 0)
+            seen[layer] = k + 1
+            keys.append((int(layer) + 1, k))
+        return keys
+
     def cores_used(self) -> set[tuple[int, int]]:
         """(tile, core) of every core that holds an MVMU or runs code: what area is charged."""
         used = {(int(t), int(c)) for t, c, _ in self.mvmu_loc}

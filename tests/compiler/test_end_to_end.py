@@ -161,3 +161,19 @@ def test_copies_never_make_a_model_that_fits_too_big(tmp_path):
     assert p2.n_tiles <= cfg.node.tiles
     np.testing.assert_array_equal(simulate(p2, {"input": xs}).outputs["logits:int"],
                                   simulate(p1, {"input": xs}).outputs["logits:int"])
+
+
+def test_copies_leave_other_mvmus_noise_draws_alone(exported):
+    # device randomness is keyed by (layer, index in layer): copies added to the first conv
+    # keep every other MVMU's key, cells and so its programming-variation draw
+    from simulator.noise import conductances
+    path, shape = exported("lenet5", {})
+    x = np.random.default_rng(7).random((1,) + tuple(shape[1:])).astype(np.float32)
+    cfg = load_config("puma", ["noise.program_sigma=0.05"])
+    p1 = compile_model(path, cfg, calibration={"input": x})
+    p4 = compile_model(path, cfg, calibration={"input": x}, replicate=4)
+    g1 = {k: conductances(lv, cfg, k) for k, lv in zip(p1.device_keys(), p1.mvmu_levels)}
+    g4 = {k: conductances(lv, cfg, k) for k, lv in zip(p4.device_keys(), p4.mvmu_levels)}
+    assert set(g1) < set(g4)
+    for k, g in g1.items():
+        np.testing.assert_array_equal(g4[k], g)
