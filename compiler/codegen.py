@@ -203,7 +203,9 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
     bands = cg.pl.bands.get(i) or [(0, dims[0] if dims else 0, cg.pl.strips[i])]
     for k, (row0, rows, strips) in enumerate(bands):    # a band of output rows per copy
         band_dims = [rows] + dims[1:] if dims else dims
-        slots = _mvm_band_code(cg, i, L, strips, band_dims, row0, core_em, lay)
+        slots = _mvm_band_code(cg, i, L, strips, band_dims, row0, t_in, in_strides,
+                               out_off + row0 * (out_strides[0] if out_strides else 0),
+                               out_strides, core_em, lay)
         if k == 0:
             slot, rslot = slots
     # Tile control: partial sums across tiles, then output chunks to reading tiles (a
@@ -218,13 +220,10 @@ def _mvm_code(cg: Codegen, i: int, L: MVMLayer, core_em, tile_em, lay) -> None:
                      for s, k in remote_partials])
 
 
-def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, core_em,
-                   lay) -> tuple[dict, dict]:
-    """The cores' code of one copy of MVM layer i over output rows row0.. (``dims``);
-    returns its partial-sum slots."""
-    t_in, t_out, _, in_strides, out_off, out_strides = _mvm_geometry(cg, L)
-    if row0:
-        out_off += row0 * out_strides[0]
+def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_in,
+                   in_strides, out_off, out_strides, core_em, lay) -> tuple[dict, dict]:
+    """The cores' code of one copy of MVM layer i over output rows row0.. (``dims``; the
+    output pointer ``out_off`` already at row0); returns its partial-sum slots."""
     by_core = blocks_by_core(strips)
     slot, rslot = {}, {}
     for s in strips:

@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from .errors import ModelFormatError, UnsupportedOpError
+from .ir import node_attrs
 
 OPSET = 17
 MIN_OPSET = 7   # the oldest opset onnxruntime runs every op of
@@ -307,7 +308,7 @@ def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     q = np.asarray(consts[n.input[0]])
     s = np.asarray(consts[n.input[1]])
     zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    a = node_attrs(n)
     if a.get("block_size", 0):
         raise UnsupportedOpError(f"node {n.name!r}: blocked DequantizeLinear is not supported")
     axis = int(a.get("axis", 1))

@@ -198,6 +198,12 @@ def padded(x: np.ndarray, t: TensorInfo) -> np.ndarray:
     return buf.reshape(B, -1)
 
 
+def node_attrs(node) -> dict:
+    """An ONNX node's attributes as {name: python value}."""
+    from onnx import helper
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:
     """Integer multipliers and one shared right shift with mult * 2**-shift ~= real.
     The largest multiplier gets ``bits`` bits of precision."""

@@ -677,9 +677,9 @@ def write_table(df, paths: dict[str, Path]) -> None:
     except (TypeError, ValueError):
         # A grid axis that mixes types (adc.bits=6,x: the x point is a failed row) cannot be
         # a typed Parquet column: store such a column's values as text, missing ones stay.
-        df.astype({c: object for c in _mixed_columns(df)}).assign(**{
-            c: df[c].map(lambda v: v if _missing(v) else str(v)) for c in _mixed_columns(df)
-        }).to_parquet(paths["parquet"], index=False)
+        mixed = _mixed_columns(df)
+        df.assign(**{c: df[c].map(lambda v: v if _missing(v) else str(v)) for c in mixed}
+                  ).to_parquet(paths["parquet"], index=False)
     except ImportError:
         print("note: pyarrow is not installed; no Parquet file written "
               "(pip install pyarrow)", file=sys.stderr)

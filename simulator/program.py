@@ -8,7 +8,6 @@ MVMU, register, address or integer register is refused with a message naming it.
 from __future__ import annotations
 
 import errno
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -8,13 +8,12 @@ integer multipliers a, b (PRelu: b per channel, a constant vector) and one share
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, node_attrs
 from ..vfu import ElementwiseLayer, emit_rescale, rescale_ref
 from ._fixed import MULT_BITS, emit_mul_shift, frac_bits, mul_shift_ref, ratio
 from .elementwise import per_channel
@@ -104,7 +103,7 @@ def lower_leaky_relu(node, ctx):
             raise UnsupportedOpError("PRelu slope must be a constant")
         slope = per_channel(ctx, t_in, slope)
     else:
-        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        a = node_attrs(node)
         slope = np.array([float(a.get("alpha", 0.01))])
     s_y = ctx.scale_for(node.output[0])
     mults, shift = multiplier(np.concatenate([[t_in.scale / s_y], slope * t_in.scale / s_y]),
@@ -167,7 +166,7 @@ class ExpBranchLayer(ElementwiseLayer):
 def lower_exp_branch(node, ctx):
     """Elu (alpha), Selu (alpha, gamma), Softplus."""
     t_in = ctx.tensor(node.input[0])
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     if node.op_type == "Softplus":
         gain, alpha = 1.0, 1.0
     elif node.op_type == "Selu":

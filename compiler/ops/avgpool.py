@@ -16,9 +16,9 @@ import numpy as np
 from simulator.isa import Fn
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, node_attrs
 from ..vfu import emit_rescale, out_pointer, rescale_ref
-from .pool import GlobalAvgPoolLayer, WindowPoolLayer, node_attrs, pool_geometry
+from .pool import GlobalAvgPoolLayer, WindowPoolLayer, pool_geometry
 
 
 @dataclass

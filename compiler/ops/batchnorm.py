@@ -1,9 +1,9 @@
 """BatchNormalization not folded into a convolution: a per-channel affine map on the VFU
 (y = x * k + b, k = gamma / sqrt(var + eps), b = beta - mean * k)."""
 import numpy as np
-from onnx import helper
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from .elementwise import add_affine
 
 
@@ -15,7 +15,7 @@ def lower_batchnorm(node, ctx):
     if any(c is None for c in consts):
         raise UnsupportedOpError("BatchNormalization parameters must be constants")
     gamma, beta, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     k = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
     b = beta - mean * k
     t_in = ctx.tensor(node.input[0])

@@ -3,11 +3,11 @@ scale, so the output keeps that scale. Also the scalar affine map the QDQ ops re
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from ..vfu import ElementwiseLayer
 from ._fixed import emit_mul_shift, mul_shift_ref
 
@@ -50,7 +50,7 @@ def _bound(ctx, node, k: int, attr: str):
         if v is None:
             raise UnsupportedOpError(f"Clip bound {node.input[k]!r} is not a constant")
         return float(np.asarray(v).reshape(()))
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     return float(a[attr]) if attr in a else None
 
 

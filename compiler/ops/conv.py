@@ -7,16 +7,12 @@ the rows a strip never uses, so groups cost only their own rows."""
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from ._mvm import add_mvm_layer
 
 
-def _attrs(node):
-    from onnx import helper
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def lower_conv(node, ctx):
-    a = _attrs(node)
+    a = node_attrs(node)
     t_in = ctx.tensor(node.input[0])
     w = ctx.const(node.input[1])
     if w is None:

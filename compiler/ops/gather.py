@@ -8,12 +8,11 @@ logical element of a tensor lives in its storage buffer) is shared with the LSTM
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
 
 from simulator.isa import Op
 
 from ..errors import UnsupportedOpError
-from ..ir import TensorInfo
+from ..ir import TensorInfo, node_attrs
 from ..vfu import CHUNK, VFULayer
 
 
@@ -86,7 +85,7 @@ def lower_gather(node, ctx):
     if idx is None:
         raise UnsupportedOpError("Gather indices must be constant")
     shape = ctx.shape(node.input[0])
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     axis = int(a.get("axis", 0))
     axis = axis + len(shape) if axis < 0 else axis
     idx = np.asarray(idx, np.int64)

@@ -5,6 +5,7 @@ feature map is stored (H, W, C)); the weight rows are permuted to match, so no d
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from ._mvm import add_mvm_layer
 
 
@@ -23,13 +24,8 @@ def _fc(node, ctx, t_in, w_kn, bias, qdq=None):
     add_mvm_layer(node, ctx, t_in, w_kn, bias, out_shape, qdq=qdq)
 
 
-def _attrs(node):
-    from onnx import helper
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def lower_gemm(node, ctx):
-    a = _attrs(node)
+    a = node_attrs(node)
     if a.get("transA", 0):
         raise UnsupportedOpError("Gemm with transA=1 is not supported")
     t_in = ctx.tensor(node.input[0])

@@ -14,13 +14,12 @@ definition of the VFU), so LOG and EXP agree bit for bit.
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, node_attrs
 from ..vfu import CHUNK, VFULayer, chunk_list
 
 MULT_BITS = 20      # multiplier precision (operands stay far below 2**63)
@@ -107,7 +106,7 @@ class LRNLayer(VFULayer):
 
 
 def lower_lrn(node, ctx):
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     t = ctx.tensor(node.input[0])
     if t.kind != "map" or t.cperm is not None:
         raise UnsupportedOpError("LRN input must be a feature map in channel order")

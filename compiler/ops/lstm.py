@@ -25,13 +25,12 @@ the products), which halves the output error against tanh at ``fc`` bits.
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from simulator.functional import alu
 from simulator.isa import Fn
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, padded, requantize
+from ..ir import MVMLayer, multiplier, node_attrs, padded, requantize
 from ..quantize import quantize_weight
 from .gather import add_copy, buffer_positions
 
@@ -126,10 +125,6 @@ class LSTMLayer(MVMLayer):
         return np.concatenate(ys, axis=1)
 
 
-def _attrs(node):
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _opt_const(ctx, node, k, what):
     """Optional input k: None if absent, else its constant value (non-constant: refused)."""
     if len(node.input) <= k or not node.input[k]:
@@ -173,7 +168,7 @@ def _check(node, ctx, a, T, B):
 
 
 def lower_lstm(node, ctx):
-    a = _attrs(node)
+    a = node_attrs(node)
     T, B, I = ctx.shape(node.input[0])
     _check(node, ctx, a, T, B)
     if node.input[0] in ctx.prog.inputs:

@@ -10,12 +10,11 @@ padding are refused.
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
 
 from simulator.isa import Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, node_attrs
 from ..vfu import VFULayer, emit_rescale, out_pointer, rescale_ref
 
 MODES = ("constant", "edge", "reflect", "wrap")
@@ -116,7 +115,7 @@ def _affine_runs(idx: list[int]) -> list[tuple[int, int, int, int]]:
 
 
 def _pads_and_value(node, ctx, rank):
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode not in MODES:

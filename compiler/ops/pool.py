@@ -4,17 +4,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from onnx import helper
 
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier, padded
+from ..ir import multiplier, node_attrs, padded
 from ..vfu import VFULayer, chunk_list, emit_rescale, out_pointer, rescale_ref
-
-
-def node_attrs(node):
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 @dataclass

@@ -6,9 +6,9 @@ pair is the identity at scale s, saturated to the quantized range: one ClampLaye
 stores the integers q themselves (scale 1); a lone DQ turns them back into (q - zp) at s.
 """
 import numpy as np
-from onnx import helper
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from ._fixed import ratio
 from .clip import ClampLayer
 
@@ -63,7 +63,7 @@ def lower_quantize(node, ctx):
 def lower_dequantize(node, ctx):
     t_in = ctx.tensor(node.input[0])
     s, z, _, _ = _qparams(node, ctx)
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    a = node_attrs(node)
     if a.get("block_size", 0):
         raise UnsupportedOpError("blocked DequantizeLinear is not supported")
     # y = (x - z) * s at scale s, where x's real value is its integer times t_in.scale.

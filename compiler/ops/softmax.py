@@ -20,12 +20,12 @@ Program size grows with N / CHUNK and log2 G, never with the number of segments.
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
+from ..ir import node_attrs
 from ..vfu import CHUNK, VFULayer, emit_rescale, rescale_ref
 from ._fixed import emit_mul_shift, mul_shift_ref, ratio
 
@@ -174,7 +174,7 @@ def lower_softmax(node, ctx):
     ``axis`` alone)."""
     t = ctx.tensor(node.input[0])
     r = len(t.shape)
-    attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    attrs = node_attrs(node)
     old = ctx.graph.opset < 13
     axis = int(attrs.get("axis", 1 if old else -1))
     axis += r if axis < 0 else 0
