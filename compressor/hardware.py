@@ -58,7 +58,7 @@ METRICS = (
 def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
                       y: np.ndarray | None = None, *, overrides: Iterable[str] = (),
                       calibration: np.ndarray | None = None,
-                      geometry: CrossbarGeometry | None = None) -> dict:
+                      geometry: CrossbarGeometry | None = None, replicate: int = 1) -> dict:
     """Compile ``model`` for a machine, simulate ``x``, and measure it.
 
     ``model``: an ONNX path, or a :class:`compressor.pipeline.CompressionResult` (exported
@@ -68,7 +68,8 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     ``x``, compared with onnxruntime's on the same images. ``calibration``: inputs that set
     the activation ranges (default: ``x[:64]``; pass training images to keep test images
     out of every choice). ``geometry``: the tiling :func:`storage_bits` counts in (default:
-    the QDQ metadata's, else the machine's crossbars).
+    the QDQ metadata's, else the machine's crossbars). ``replicate``: the compiler's weight
+    copies for pipeline balance (``compile_model(..., replicate=N)``).
 
     Returns a JSON-ready dict: ``accuracy_sim``, ``accuracy_onnx``, ``agreement`` (fraction
     of images where chip and onnxruntime pick the same class), ``weights``,
@@ -88,7 +89,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
-        prog = compile_model(path, machine, calibration={"input": cal})
+        prog = compile_model(path, machine, calibration={"input": cal}, replicate=replicate)
         rep = simulate(prog, {"input": x})
         logits = rep.outputs["logits"].reshape(len(x), -1)
         ort = onnx_logits(path, x)
@@ -97,7 +98,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     bits = _lossless_bits(prog)
     out = {
         "images": int(len(x)),
-        "config": label,
+        "config": label, "replicate": int(replicate),
         "agreement": float(np.mean(logits.argmax(1) == ort.argmax(1))),
         **store,
         "crossbars": int(rep.crossbars), "mvmus": int(rep.mvmus), "tiles": int(rep.tiles),

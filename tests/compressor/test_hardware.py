@@ -79,6 +79,22 @@ def test_compressed_model_costs_fewer_crossbars_and_less_energy(blocks, digits):
     assert table.loc["crossbars", "admm vs dense"].startswith("-")
 
 
+def test_hardware_loop_with_weight_copies_keeps_outputs_and_cuts_latency(blocks, digits):
+    """``replicate`` reaches the compiler: copies of the convolutions' crossbars compute the
+    same logits (same accuracy, same agreement) sooner, with more MVMUs."""
+    _, comp_path = blocks
+    (xtr, _), (xte, yte) = digits
+    one = evaluate_hardware(comp_path, MACHINE, xte[:8], yte[:8], calibration=xtr[:32])
+    four = evaluate_hardware(comp_path, MACHINE, xte[:8], yte[:8], calibration=xtr[:32],
+                             replicate=4)
+    assert (one["replicate"], four["replicate"]) == (1, 4)
+    assert four["accuracy_sim"] == one["accuracy_sim"]
+    assert four["agreement"] == one["agreement"]
+    assert four["mvmus"] > one["mvmus"]
+    assert four["latency_us"] < 0.8 * one["latency_us"]
+    assert four["storage_bits"] == one["storage_bits"]   # copies are hardware, not storage
+
+
 def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     dense_path, comp_path = tinyadc
     (xtr, _), (xte, _) = digits
