@@ -66,6 +66,9 @@ def register(subparsers) -> None:
                    help="skip the hardware loop (compile + simulate dense and compressed)")
     p.add_argument("--hw-images", type=int, default=200, metavar="N",
                    help="test images the hardware loop simulates (default: 200)")
+    p.add_argument("--replicate", type=int, default=1, metavar="N",
+                   help="the hardware loop compiles dense and compressed alike with up to N "
+                        "copies of each convolution's crossbars (default: 1, none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
 
@@ -93,7 +96,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def _compress(args) -> int:
     from .errors import CompressionError
     from .recipes import load_recipe
-    for flag in ("epochs", "pretrain", "limit", "hw_images"):
+    for flag in ("epochs", "pretrain", "limit", "hw_images", "replicate"):
         v = getattr(args, flag)
         if v is not None and (v < (0 if flag == "pretrain" else 1)):
             raise CompressionError(f"--{flag.replace('_', '-')}={v}: must be >= "
@@ -169,13 +172,15 @@ def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
     cfg = _hw_machine(args, recipe)
     x, y = test[0][:args.hw_images], test[1][:args.hw_images]
     cal = train[0][:64]
-    print(f"hardware loop on {cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated)")
+    n = args.replicate
+    print(f"hardware loop on {cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated"
+          + (f", up to {n} copies of each convolution)" if n > 1 else ")"))
     with tempfile.TemporaryDirectory(prefix="xbarsim-dense-") as tmp:
         dense_path = export(dense_model, Path(tmp) / "dense.onnx", args.opset,
                             dynamic_batch=True)
         dense = evaluate_hardware(dense_path, cfg, x, y, calibration=cal,
-                                  geometry=recipe.geometry)
-    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal)
+                                  geometry=recipe.geometry, replicate=n)
+    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal, replicate=n)
                 for method, path in runs}
     compare(dense, variants)
     return {"machine": cfg, "dense": dense, **variants}

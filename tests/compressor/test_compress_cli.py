@@ -97,6 +97,7 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
     (["mlp", "--recipe", "nope"], "recipe 'nope': no such file or shipped recipe"),
     (["lenet5", "--recipe", "{recipe}"], "recipe.layers[0].match='layers.1': matches no layer"),
     (["mlp", "--recipe", "{recipe}", "--epochs", "0"], "--epochs=0: must be >= 1"),
+    (["mlp", "--recipe", "{recipe}", "--replicate", "0"], "--replicate=0: must be >= 1"),
     (["mlp", "--recipe", "{bad}"], "recipe.layers[0].sparsity.keep=2: must be a fraction in (0, 1]"),
     (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
     (["mlp", "--recipe", "{recipe}", "--preset", "small", "--set", "xbar.rows=0"], "xbar.rows"),
