@@ -25,27 +25,27 @@ Convention shared with the compiler (``compiler/`` partitions weights the same w
   conversion sees).
 
 Integer weight levels (see :func:`level_range`): a logical weight is a signed integer ``q`` of
-``weight_bits`` bits times a per-layer scale, stored over ``slices = ceil(weight_bits /
-cell_bits)`` crossbars of ``2**cell_bits`` conductance levels each. ``differential`` mapping
-stores ``max(q, 0)`` and ``max(-q, 0)`` on a positive and a negative array, so the level set is
-symmetric: ``|q| <= 2**(weight_bits-1) - 1``. ``offset`` mapping stores ``q + 2**(weight_bits-1)``
-unsigned and subtracts a reference column, so the full two's-complement range
-``-2**(weight_bits-1) <= q <= 2**(weight_bits-1) - 1`` is available. In both, conductance
+``weight_bits`` bits times a per-layer scale, stored over ``slices`` crossbars per array of
+``2**cell_bits`` conductance levels each (the simulator's ``n_slices``). ``differential``
+mapping stores ``max(q, 0)`` and ``max(-q, 0)`` on a positive and a negative array, so the
+level set is symmetric, ``|q| <= 2**(weight_bits-1) - 1``, and each array holds a
+``weight_bits - 1``-bit magnitude: ``slices = ceil((weight_bits - 1) / cell_bits)``.
+``offset`` mapping stores ``q + 2**(weight_bits-1)`` unsigned and subtracts a reference
+column, so the full two's-complement range ``-2**(weight_bits-1) <= q <= 2**(weight_bits-1)
+- 1`` is available, over ``slices = ceil(weight_bits / cell_bits)``. In both, conductance
 ``g_min_us`` is level 0 and ``g_max_us`` the top level of a cell; the linear map from level to
 conductance does not change the weight lattice, only the scale.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from simulator.crossbar import MAPPINGS, n_slices, weight_range
+
 from .errors import CompressionError
-
-MAPPINGS = ("differential", "offset")
-
 
 def level_range(bits: int, mapping: str = "differential") -> tuple[int, int]:
     """Smallest and largest integer level of a signed ``bits``-bit weight under ``mapping``.
@@ -57,8 +57,7 @@ def level_range(bits: int, mapping: str = "differential") -> tuple[int, int]:
         raise CompressionError(f"bits={bits!r}: must be an integer >= 1")
     if mapping not in MAPPINGS:
         raise CompressionError(f"mapping={mapping!r}: must be one of {', '.join(MAPPINGS)}")
-    half = 1 << (int(bits) - 1)
-    return (-(half - 1) if mapping == "differential" else -half), half - 1
+    return weight_range(int(bits), mapping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +131,8 @@ class CrossbarGeometry:
 
     @property
     def slices(self) -> int:
-        """Crossbars (bit slices) one logical weight occupies: ``ceil(weight_bits/cell_bits)``."""
-        return math.ceil(self.weight_bits / self.cell_bits)
+        """Crossbars (bit slices) per array one logical weight occupies (module doc)."""
+        return n_slices(self.weight_bits, self.cell_bits, self.mapping)
 
     @property
     def levels(self) -> tuple[int, int]:

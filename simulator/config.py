@@ -68,9 +68,9 @@ class XbarConfig:
     cell_bits: int = 2
     """Bits stored per cell; a cell has ``2**cell_bits`` conductance levels."""
     mapping: str = "differential"
-    """Signed weights: ``differential`` (positive and negative arrays) or ``offset``
-    (unsigned weight + 2**(weight_bits-1); the bias is removed digitally by counting input
-    ones, as in ISAAC)."""
+    """Signed weights: ``differential`` (positive and negative arrays, each a magnitude;
+    symmetric weights, |w| <= 2**(weight_bits-1) - 1) or ``offset`` (unsigned weight +
+    2**(weight_bits-1); the bias is removed digitally by counting input ones, as in ISAAC)."""
     g_min_us: float = 1.0
     """Lowest programmable conductance, microsiemens (level 0)."""
     g_max_us: float = 100.0
@@ -267,6 +267,9 @@ class MachineConfig:
         _check_int("", "weight_bits", self.weight_bits, 1, 32)
         _check_int("", "input_bits", self.input_bits, 2, 32)
         _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
+        if self.xbar.mapping == "differential" and self.weight_bits < 2:
+            raise ConfigError(f"weight_bits = {self.weight_bits}: differential mapping needs >= 2 "
+                              f"(a sign and a magnitude bit)")
         if self.xbar.cell_bits > self.weight_bits:
             raise ConfigError(f"xbar.cell_bits = {self.xbar.cell_bits}: must be <= weight_bits "
                               f"= {self.weight_bits}")
@@ -280,8 +283,9 @@ class MachineConfig:
     # Derived quantities used by compiler, simulator and cost model alike.
     @property
     def slices(self) -> int:
-        """Crossbars (bit slices) per logical weight: ceil(weight_bits / cell_bits)."""
-        return -(-self.weight_bits // self.xbar.cell_bits)
+        """Crossbars (bit slices) per array of a logical weight (``crossbar.n_slices``)."""
+        from .crossbar import n_slices
+        return n_slices(self.weight_bits, self.xbar.cell_bits, self.xbar.mapping)
 
     @property
     def arrays(self) -> int:

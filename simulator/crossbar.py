@@ -2,12 +2,15 @@
 ADCs, shift-and-add.
 
 Weights are signed ``weight_bits`` integers stored as cell levels (0 .. 2**cell_bits - 1)
-in ``slices = ceil(weight_bits / cell_bits)`` crossbars, slice k holding bits
+in ``slices`` crossbars per array (:func:`n_slices`), slice k holding bits
 [k*cell_bits, (k+1)*cell_bits):
 
-* ``differential``: a positive and a negative array, w = pos - neg;
-* ``offset``: one array holding w + 2**(weight_bits-1); the bias times the sum of the
-  inputs is removed digitally (ISAAC counts the ones of each input step).
+* ``differential``: a positive and a negative array, w = pos - neg, each holding a
+  magnitude; weights are symmetric, |w| <= 2**(weight_bits-1) - 1, so the magnitude has
+  weight_bits - 1 bits and ``slices = ceil((weight_bits - 1) / cell_bits)``;
+* ``offset``: one array holding w + 2**(weight_bits-1) (two's-complement range, weight_bits
+  bits, ``slices = ceil(weight_bits / cell_bits)``); the bias times the sum of the inputs is
+  removed digitally (ISAAC counts the ones of each input step).
 
 Inputs are two's-complement ``input_bits`` integers fed bit-serially: first the sign bit as
 a 1-bit step whose result is *subtracted* (weight -2**(input_bits-1)), then the remaining
@@ -39,15 +42,34 @@ def step_plan(input_bits: int, dac_bits: int) -> tuple[np.ndarray, np.ndarray, n
             np.array(weights, np.int64))
 
 
+MAPPINGS = ("differential", "offset")
+
+
+def weight_range(weight_bits: int, mapping: str) -> tuple[int, int]:
+    """Smallest and largest integer weight a mapping stores: differential is symmetric
+    (``±(2**(b-1) - 1)``), offset is two's complement (``-2**(b-1) .. 2**(b-1) - 1``)."""
+    if mapping not in MAPPINGS:
+        raise ValueError(f"unknown mapping {mapping!r}; allowed: {', '.join(MAPPINGS)}")
+    half = 1 << (weight_bits - 1)
+    return (-(half - 1) if mapping == "differential" else -half), half - 1
+
+
+def n_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
+    """Crossbars per array one weight spans: the bits each array holds (a differential
+    array the magnitude, ``weight_bits - 1``; offset all ``weight_bits``) over the cell's."""
+    stored = weight_bits - 1 if mapping == "differential" else weight_bits
+    return max(1, -(-stored // cell_bits))
+
+
 def encode_levels(weights: np.ndarray, weight_bits: int, cell_bits: int,
                   mapping: str) -> np.ndarray:
     """Signed integer weights (R, C) -> cell levels (arrays*slices, R, C) uint8."""
     w = np.asarray(weights, dtype=np.int64)
-    lo, hi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
+    lo, hi = weight_range(weight_bits, mapping)
     if w.size and (w.min() < lo or w.max() > hi):
-        raise ValueError(f"weights outside the signed {weight_bits}-bit range [{lo}, {hi}]: "
+        raise ValueError(f"weights outside the {mapping} {weight_bits}-bit range [{lo}, {hi}]: "
                          f"min {w.min()}, max {w.max()}")
-    slices = -(-weight_bits // cell_bits)
+    slices = n_slices(weight_bits, cell_bits, mapping)
     if mapping == "differential":
         parts = [np.maximum(w, 0), np.maximum(-w, 0)]
     elif mapping == "offset":
@@ -65,7 +87,7 @@ def encode_levels(weights: np.ndarray, weight_bits: int, cell_bits: int,
 def decode_levels(levels: np.ndarray, weight_bits: int, cell_bits: int,
                   mapping: str) -> np.ndarray:
     """Cell levels (arrays*slices, R, C) -> signed integer weights (R, C)."""
-    slices = -(-weight_bits // cell_bits)
+    slices = n_slices(weight_bits, cell_bits, mapping)
     lv = levels.astype(np.int64)
     scale = (1 << (cell_bits * np.arange(slices, dtype=np.int64)))[:, None, None]
     pos = (lv[:slices] * scale).sum(0)
@@ -128,7 +150,7 @@ class MVMUModel:
         if conductance is not None:
             conductance = conductance[:, :ru, :cu]
         self.n_arr, self.rows, self.cols = levels.shape
-        self.slices = -(-weight_bits // cell_bits)
+        self.slices = n_slices(weight_bits, cell_bits, mapping)
         self.arrays = self.n_arr // self.slices
         self.weight_bits, self.input_bits = weight_bits, input_bits
         self.cell_bits, self.dac_bits, self.mapping = cell_bits, dac_bits, mapping

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import MachineConfig, load_config
-from .crossbar import encode_levels
+from .crossbar import encode_levels, weight_range
 from .isa import Fn, Op, RegisterLayout, assemble, instr
 from .program import Program, TensorPort
 
@@ -25,8 +25,8 @@ def _levels(cfg: MachineConfig, w: np.ndarray) -> np.ndarray:
 
 
 def random_weights(cfg: MachineConfig, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    lim = 1 << (cfg.weight_bits - 1)
-    return np.random.default_rng(seed).integers(-lim, lim, (rows, cols))
+    lo, hi = weight_range(cfg.weight_bits, cfg.xbar.mapping)
+    return np.random.default_rng(seed).integers(lo, hi + 1, (rows, cols))
 
 
 def single_mvm(cfg: MachineConfig, w: np.ndarray, adc_bits: int = -1) -> Program:

@@ -9,7 +9,8 @@ class TestPresets:
     def test_loads_and_names_its_source(self, name):
         cfg = load_config(name)
         assert cfg.name == name and cfg.source
-        assert cfg.slices == -(-cfg.weight_bits // cfg.xbar.cell_bits)
+        stored = cfg.weight_bits - (cfg.xbar.mapping == "differential")   # magnitude bits
+        assert cfg.slices == -(-stored // cfg.xbar.cell_bits)
 
     def test_round_trips_through_dict(self, name):
         cfg = load_config(name)

@@ -7,14 +7,16 @@ import pytest
 
 from simulator import load_config, simulate
 from simulator import examples as ex
-from simulator.crossbar import encode_levels, decode_levels, lossless_adc_bits
+from simulator.crossbar import decode_levels, encode_levels, lossless_adc_bits, weight_range
 
 
 def naive_mvm(x, w, *, weight_bits, input_bits, cell_bits, dac_bits, mapping, adc_bits, mode):
     """Independent reference: explicit loops over arrays, slices, input steps and columns."""
     x = np.asarray(x, np.int64)
     w = np.asarray(w, np.int64)
-    slices = -(-weight_bits // cell_bits)
+    # each array holds a magnitude (differential: weight_bits - 1 bits) or w + bias (offset)
+    stored = weight_bits - 1 if mapping == "differential" else weight_bits
+    slices = -(-stored // cell_bits)
     if mapping == "differential":
         arrays = [(+1, np.maximum(w, 0)), (-1, np.maximum(-w, 0))]
     else:
@@ -57,7 +59,8 @@ def _machine(bits, mapping="differential", dac=1, adc="none", mode="clip", rows=
 def _operands(bits, n=6, rows=128, seed=0):
     rng = np.random.default_rng(seed)
     lim = 2 ** (bits - 1)
-    return rng.integers(-lim, lim, (n, rows)), rng.integers(-lim, lim, (rows, rows))
+    # weights symmetric, as differential mapping stores them (offset would take -lim too)
+    return rng.integers(-lim, lim, (n, rows)), rng.integers(-lim + 1, lim, (rows, rows))
 
 
 @pytest.mark.parametrize("bits,mapping,dac", list(itertools.product(
@@ -98,8 +101,9 @@ def test_lossless_bits_are_lossless_and_one_fewer_is_not(mode):
     w = np.zeros((128, 32), np.int64)
     for c in range(32):
         rows = rng.choice(128, 8, replace=False)
-        w[rows, c] = rng.integers(-128, 128, 8)
-    w[:8, 0] = -1          # -1 is 0xFF..: every slice of the negative array at level 3
+        w[rows, c] = rng.integers(-127, 128, 8)
+    w[:, 0] = 0
+    w[:8, 0] = -127   # |w| = 0b1111111: the negative array's slices 0-2 at level 3, 8 rows
     x = np.vstack([np.full(128, -1), rng.integers(-128, 128, (5, 128))])
     cfg = _machine(8, "differential", 1, "none", mode)
     levels = encode_levels(w, 8, 2, "differential")
@@ -116,10 +120,33 @@ def test_lossless_bits_are_lossless_and_one_fewer_is_not(mode):
     ("differential", "offset"), (1, 2, 3, 4), (4, 8, 16))))
 def test_levels_round_trip(mapping, cell_bits, wbits):
     rng = np.random.default_rng(cell_bits)
-    w = rng.integers(-2 ** (wbits - 1), 2 ** (wbits - 1), (9, 7))
+    lo, hi = weight_range(wbits, mapping)
+    w = rng.integers(lo, hi + 1, (9, 7))
+    w[0, :2] = lo, hi                                   # both ends of the range
     lv = encode_levels(w, wbits, cell_bits, mapping)
     assert lv.max() < 2 ** cell_bits
     np.testing.assert_array_equal(decode_levels(lv, wbits, cell_bits, mapping), w)
+
+
+@pytest.mark.parametrize("wbits,cell_bits,mapping,slices", [
+    (4, 2, "differential", 2), (5, 2, "differential", 2), (5, 2, "offset", 3),
+    (4, 1, "differential", 3), (4, 1, "offset", 4), (2, 2, "differential", 1),
+    (16, 2, "differential", 8), (16, 2, "offset", 8)])
+def test_a_differential_array_holds_the_magnitude_only(wbits, cell_bits, mapping, slices):
+    """Differential weights are symmetric, so each array stores weight_bits - 1 magnitude
+    bits: 5-bit weights on 2-bit cells take the 2 slices 4-bit ones do, not 3."""
+    from simulator.crossbar import n_slices
+    assert n_slices(wbits, cell_bits, mapping) == slices
+    cfg = load_config("puma", [f"weight_bits={wbits}", f"xbar.cell_bits={cell_bits}",
+                               f"xbar.mapping={mapping}"])
+    assert cfg.slices == slices
+    lo, hi = weight_range(wbits, mapping)
+    lv = encode_levels(np.array([[lo, hi, 0]]), wbits, cell_bits, mapping)
+    assert lv.shape[0] == cfg.arrays * slices
+    if mapping == "differential":
+        assert lo == -hi
+        with pytest.raises(ValueError, match=rf"differential {wbits}-bit range \[{lo}, {hi}\]"):
+            encode_levels(np.array([[lo - 1]]), wbits, cell_bits, mapping)
 
 
 @pytest.mark.parametrize("bits,mapping,dac", list(itertools.product(
