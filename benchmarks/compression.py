@@ -613,7 +613,7 @@ def plot(rows, sweep, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 4, figsize=(17, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 8.5))
     style = {"dense": ("o", "tab:blue"), "admm_blocks": ("s", "tab:orange"),
              "magnitude_blocks": ("x", "tab:green"), "admm_blocks_pow2": ("D", "tab:red"),
              "admm_tinyadc": ("^", "tab:purple"), "admm_tinyadc_n42": ("v", "tab:brown"),
@@ -626,9 +626,10 @@ def plot(rows, sweep, path: Path) -> None:
                                         ("crossbars", "crossbars"))):
             ax = axes[i, j]
             for r in mrows:
-                mk, col = style.get(re.sub(r"_s\d+$", "", r["variant"]), ("o", "black"))
+                variant = re.sub(r"_s\d+$", "", r["variant"])   # other seeds: same marker
+                mk, col = style.get(variant, ("o", "black"))
                 ax.scatter(r[k], 100 * r["test_accuracy"], marker=mk, color=col, s=70,
-                           label=r["variant"])
+                           label=variant)
             ax.set_xscale("log")
             ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
             for fmt in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
@@ -654,9 +655,9 @@ def plot(rows, sweep, path: Path) -> None:
     for ax in axes[:, :3].ravel():
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6),
                fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
