@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator.crossbar import weight_range
+
 from .errors import CompilerError
 from .frontend import Graph
 
@@ -55,14 +57,17 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
     return absmax, {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Float matrix (K, N) -> integers (K, N) and per-column scales (N,)."""
+def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
+                    mapping: str = "differential") -> tuple[np.ndarray, np.ndarray]:
+    """Float matrix (K, N) -> integers (K, N) and per-column scales (N,). QDQ integers are
+    kept when the mapping stores them (offset mapping also holds ``-2**(bits-1)``); floats
+    are quantized symmetrically, which every mapping stores."""
     lim = (1 << (bits - 1)) - 1
     if qdq is not None:
         q, s = qdq
         q = np.asarray(q, np.int64)
-        if np.abs(q).max(initial=0) <= lim:
+        lo, hi = weight_range(bits, mapping)
+        if q.min(initial=0) >= lo and q.max(initial=0) <= hi:
             return q, np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)).copy()
     w = np.asarray(w)
     if not np.issubdtype(w.dtype, np.floating):

@@ -47,6 +47,7 @@ from simulator.crossbar import MAPPINGS, n_slices, weight_range
 
 from .errors import CompressionError
 
+
 def level_range(bits: int, mapping: str = "differential") -> tuple[int, int]:
     """Smallest and largest integer level of a signed ``bits``-bit weight under ``mapping``.
 

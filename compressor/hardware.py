@@ -89,7 +89,8 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
-        prog = compile_model(path, machine, calibration={"input": cal}, replicate=replicate)
+        prog = compile_model(path, machine, calibration={"input": cal},
+                             replicate=int(replicate))
         rep = simulate(prog, {"input": x})
         logits = rep.outputs["logits"].reshape(len(x), -1)
         ort = onnx_logits(path, x)
@@ -98,7 +99,9 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     bits = _lossless_bits(prog)
     out = {
         "images": int(len(x)),
-        "config": label, "replicate": int(replicate),
+        "config": label,
+        # copies placement actually made (it gives some up when they would not fit)
+        "replicate": max((L["copies"] for L in prog.mapping["layers"]), default=1),
         "agreement": float(np.mean(logits.argmax(1) == ort.argmax(1))),
         **store,
         "crossbars": int(rep.crossbars), "mvmus": int(rep.mvmus), "tiles": int(rep.tiles),

@@ -264,12 +264,9 @@ class MachineConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def __post_init__(self):
-        _check_int("", "weight_bits", self.weight_bits, 1, 32)
+        _check_int("", "weight_bits", self.weight_bits, 2, 32)   # a sign and a value bit
         _check_int("", "input_bits", self.input_bits, 2, 32)
         _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
-        if self.xbar.mapping == "differential" and self.weight_bits < 2:
-            raise ConfigError(f"weight_bits = {self.weight_bits}: differential mapping needs >= 2 "
-                              f"(a sign and a magnitude bit)")
         if self.xbar.cell_bits > self.weight_bits:
             raise ConfigError(f"xbar.cell_bits = {self.xbar.cell_bits}: must be <= weight_bits "
                               f"= {self.weight_bits}")

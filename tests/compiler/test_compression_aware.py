@@ -104,3 +104,30 @@ def test_wide_layer_on_one_core_reloads_constants_instead_of_failing():
     out = simulate(prog, {"input": x}).outputs["logits"]
     ort = run_onnxruntime(mlp([w]), {"input": x})["logits"]
     assert np.linalg.norm(out - ort) / np.linalg.norm(ort) < 1e-2
+
+
+def _qdq_matmul(q: np.ndarray, scale: float):
+    k, n = q.shape
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]),
+         helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.float32(scale), "s")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_qdq_integers_are_kept_where_the_mapping_stores_them():
+    """int8 -128 fits offset mapping (two's complement), not differential (symmetric):
+    offset keeps the QDQ lattice exactly, differential re-quantizes within +-127."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (20, 12)).astype(np.int8)
+    q[0, 0] = -128
+    model = _qdq_matmul(q, 0.01)
+    x = rng.standard_normal((4, 20)).astype(np.float32)
+    for mapping, kept in (("offset", True), ("differential", False)):
+        cfg = load_config("small", ["weight_bits=8", f"xbar.mapping={mapping}"])
+        _, lp, _ = compile_model(model, cfg, calibration={"input": x}, return_ir=True)
+        (layer,) = [L for L in lp.layers if getattr(L, "weight", None) is not None]
+        assert np.array_equal(layer.weight, q.astype(np.int64)) == kept
+        assert layer.weight.min() >= (-128 if kept else -127)

@@ -47,7 +47,7 @@ def test_none_means_ideal():
 @pytest.mark.parametrize("override,needle", [
     ("adc.bits=0", "adc.bits = 0"), ("xbar.rows=0", "xbar.rows = 0"),
     ("xbar.rows=-4", "xbar.rows = -4"), ("xbar.cell_bits=32", "xbar.cell_bits"),
-    ("weight_bits=1", "xbar.cell_bits = 2: must be <= weight_bits"),
+    ("weight_bits=1", "weight_bits = 1: must be an integer >= 2"),
     ("dac.bits=17", "dac.bits"), ("adc.model=magic", "one of puma, isaac, survey, sar"),
     ("adc.mode=round", "adc.mode"), ("xbar.rowz=3", "xbar.rowz: unknown key"),
     ("nosuch=1", "nosuch: unknown key"), ("adc.bits", "expected KEY=VALUE"),
