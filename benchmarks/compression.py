@@ -142,6 +142,10 @@ def scaled(rules, factor):
     return out
 
 
+# Harder points: every block keep fraction times the factor; the last is the highest.
+HARD_POINTS = (("x2", 0.5), ("x3", 1 / 3))
+
+
 def tiny_n(rules, n):
     """The same TinyADC recipe with ``n`` nonzeros per bit line (42: <= 126, 7 bits)."""
     return [{**r, "sparsity": {**r["sparsity"], "n": n}} if "sparsity" in r else r
@@ -360,14 +364,13 @@ def main():
         if mname == "vgg_fmnist" and args.n42:  # TinyADC, one ADC bit less instead of two
             variants.append(("admm_tinyadc_n42", "admm", tiny_n(spec["tiny"], 42), tcfg, True))
         # harder points, ADMM vs magnitude at the same blocks (the last is the highest)
-        for sfx, factor in (("x2", 0.5), ("x3", 1 / 3)):
+        for sfx, factor in HARD_POINTS:
             hard = scaled(spec["blocks"], factor)
             variants += [(f"admm_blocks_{sfx}", "admm", hard, ccfg, False),
                          (f"magnitude_blocks_{sfx}", "magnitude", hard, ccfg, False)]
-        hardest = scaled(spec["blocks"], 1 / 3)
         for seed in range(1, args.extra_seeds + 1):   # the highest point, other data orders
             other = {"shared": {**schedule, "seed": seed}}
-            variants += [(f"{meth}_blocks_x3_s{seed}", meth, hardest, ccfg, False, other)
+            variants += [(f"{meth}_blocks_{sfx}_s{seed}", meth, hard, ccfg, False, other)
                          for meth in ("admm", "magnitude")]
         for vname, method, rules, cfg, lossless, *cands in variants:
             cands = (cands[0] if cands else None) or {"shared": schedule}
@@ -463,8 +466,15 @@ def main():
 
 # -- reporting ------------------------------------------------------------------------------
 
+def _find(rows, model, variant):
+    return next((r for r in rows if r["model"] == model and r["variant"] == variant), None)
+
+
 def _get(rows, model, variant):
-    return next(r for r in rows if r["model"] == model and r["variant"] == variant)
+    r = _find(rows, model, variant)
+    if r is None:
+        raise KeyError(f"no {model} {variant} row")
+    return r
 
 
 def targets(rows, sweep) -> list[dict]:
@@ -487,8 +497,8 @@ def targets(rows, sweep) -> list[dict]:
         ref = c["adc_bits_max"]
         lc = t.get("lossless_check", {})
         tloss = 100 * (d["test_accuracy"] - t["test_accuracy"])
-        if any(r["model"] == m and r["variant"] == "admm_tinyadc_n42" for r in rows):
-            t7 = _get(rows, m, "admm_tinyadc_n42")
+        t7 = _find(rows, m, "admm_tinyadc_n42")
+        if t7 is not None:
             out.append({"target": f"{m}: (context) TinyADC n=42, one bit less",
                         "met": None,
                         "measured": f"max lossless bits {t7['adc_bits_max']}; test "
@@ -507,7 +517,8 @@ def targets(rows, sweep) -> list[dict]:
                     "met": abs(gap) <= 0.3,
                     "measured": f"{100 * p['test_accuracy']:.2f} vs "
                                 f"{100 * c['test_accuracy']:.2f} % ({-gap:+.2f} pp)"})
-        pairs = [(f"admm_blocks{s}", f"magnitude_blocks{s}") for s in ("", "_x2", "_x3")]
+        pairs = [(f"admm_blocks{s}", f"magnitude_blocks{s}")
+                 for s in ["", *(f"_{sfx}" for sfx, _ in HARD_POINTS)]]
         both = [(_get(rows, m, a), _get(rows, m, b)) for a, b in pairs]
         out.append({"target": f"{m}: (context) ADMM - magnitude at every compression point",
                     "met": None,

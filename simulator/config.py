@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from .crossbar import n_slices
 from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -281,7 +282,6 @@ class MachineConfig:
     @property
     def slices(self) -> int:
         """Crossbars (bit slices) per array of a logical weight (``crossbar.n_slices``)."""
-        from .crossbar import n_slices
         return n_slices(self.weight_bits, self.xbar.cell_bits, self.xbar.mapping)
 
     @property

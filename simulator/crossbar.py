@@ -72,10 +72,8 @@ def encode_levels(weights: np.ndarray, weight_bits: int, cell_bits: int,
     slices = n_slices(weight_bits, cell_bits, mapping)
     if mapping == "differential":
         parts = [np.maximum(w, 0), np.maximum(-w, 0)]
-    elif mapping == "offset":
+    else:                                   # offset (weight_range has checked the name)
         parts = [w + (1 << (weight_bits - 1))]
-    else:
-        raise ValueError(f"unknown mapping {mapping!r}; allowed: differential, offset")
     mask = (1 << cell_bits) - 1
     out = np.empty((len(parts) * slices,) + w.shape, dtype=np.uint8)
     for a, p in enumerate(parts):
