@@ -23,8 +23,9 @@ from .geometry import CrossbarGeometry
 class ADMM:
     """Auxiliary and dual variables of every constrained layer, and ρ.
 
-    ``layers`` maps module names of ``model`` to their :class:`Constraint`. ``Z`` starts at
-    the projection of the current weights and ``U`` at zero.
+    ``layers`` maps module names of ``model`` to their :class:`Constraint`; it may be
+    replaced between rounds (progressive ADMM tightens the targets). ``Z`` starts at the
+    projection of the current weights and ``U`` at zero.
     """
 
     def __init__(self, model: nn.Module, layers: dict[str, Constraint],

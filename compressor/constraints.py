@@ -9,7 +9,7 @@ such sets are not the projection onto their intersection.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -94,6 +94,20 @@ class Constraint:
         out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant)
         return (back(from_crossbar(out, arr.shape)), s,
                 np.ascontiguousarray(from_crossbar(keep, arr.shape)))
+
+    def relaxed(self, t: float, geom: CrossbarGeometry) -> Constraint:
+        """The same constraint with its sparsity target a fraction ``t`` in (0, 1] of the way
+        from dense to this one's, geometrically: ``keep**t`` of the groups, or
+        ``rows**(1-t) · n**t`` nonzeros per column segment (rounded, never below ``n``).
+        ``t = 1`` (or no sparsity) is this constraint. The level set is kept."""
+        if not 0.0 < t <= 1.0:
+            raise ValueError(f"relaxed: t={t!r} must be in (0, 1]")
+        if t == 1.0 or self.structure is None:
+            return self
+        if self.structure in PER_SEGMENT:
+            n = max(int(self.amount), round(geom.rows ** (1 - t) * self.amount ** t))
+            return replace(self, amount=min(n, geom.rows))
+        return replace(self, amount=float(self.amount) ** t)
 
     def describe(self) -> dict:
         """JSON-ready description (recipe vocabulary: ``keep`` or ``n``)."""

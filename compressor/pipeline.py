@@ -141,14 +141,18 @@ class _Run:
         return self._result()
 
     def _admm(self) -> None:
-        a = self.recipe.admm
-        admm = ADMM(self.model, self.layers, self.recipe.geometry, a.rho_at(self.step))
+        a, geom = self.recipe.admm, self.recipe.geometry
+
+        def targets(rnd):  # progressive ADMM: looser sparsity in the ramp's rounds
+            return {n: c.relaxed(a.tightness(rnd), geom) for n, c in self.layers.items()}
+        admm = ADMM(self.model, targets(self.step), geom, a.rho_at(self.step))
         if self.admm_state is not None:
             admm.load_state_dict(self.admm_state)
         opt = self._optimizer(a.lr)
         while self.step < a.rounds:
             rnd = self.step
             admm.set_rho(a.rho_at(rnd))
+            admm.layers = targets(rnd)
             loss = 0.0
             for e in range(a.epochs_per_round):
                 loss = self._epoch(opt, 1, rnd, e, f"admm round {rnd + 1}/{a.rounds} "

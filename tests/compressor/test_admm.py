@@ -7,7 +7,7 @@ import torch
 from compressor import Constraint, CrossbarGeometry, QuantSpec, compress, parse_recipe
 from compressor.admm import ADMM
 from compressor.geometry import to_crossbar
-from compressor.projections import keep_count
+from compressor.projections import ALL_STRUCTURES, PER_SEGMENT, keep_count
 
 GEOM = CrossbarGeometry(rows=8, cols=4, weight_bits=8)
 GEOM_16 = CrossbarGeometry(rows=16, cols=16, weight_bits=8)  # the pipeline recipe's geometry
@@ -64,6 +64,65 @@ def test_admm_on_a_convex_loss_converges_to_a_feasible_point(constraint):
     # Non-convex set: ADMM is a heuristic, but here it ends no farther than 10 % beyond the
     # projection of the unconstrained optimum.
     assert float((z - a).norm()) <= 1.1 * float((best - a).norm()) + 1e-6
+
+
+def test_relaxed_target_tightens_geometrically_and_keeps_the_levels():
+    c = Constraint("blocks", 0.25, QuantSpec(bits=4))
+    assert c.relaxed(1.0, GEOM) is c
+    assert c.relaxed(0.5, GEOM).amount == pytest.approx(0.5)      # 0.25 ** 0.5
+    assert c.relaxed(0.5, GEOM).quant == c.quant
+    t = Constraint("tinyadc", 2)                                    # GEOM: 8 rows
+    assert [t.relaxed(x, GEOM).amount for x in (0.25, 0.5, 0.75, 1.0)] == [6, 4, 3, 2]
+    assert Constraint(quant=QuantSpec(3)).relaxed(0.1, GEOM).quant.bits == 3
+    with pytest.raises(ValueError, match="t=0"):
+        c.relaxed(0, GEOM)
+
+
+@pytest.mark.parametrize("structure", ALL_STRUCTURES)
+def test_relaxed_is_a_valid_looser_target_for_every_structure(structure):
+    amount = 2 if structure in PER_SEGMENT else 0.2
+    c = Constraint(structure, amount, QuantSpec(bits=4))
+    w = torch.randn(12, 20, generator=torch.Generator().manual_seed(3))
+    nnz = []
+    for t in (0.25, 0.5, 0.75, 1.0):
+        r = c.relaxed(t, GEOM)
+        r.check(GEOM)
+        nnz.append(int(r.project(w, GEOM)[2].sum()))
+    assert nnz == sorted(nnz, reverse=True) and nnz[0] > nnz[-1]   # looser, then tighter
+
+
+def test_progressive_admm_projects_onto_looser_sets_first_then_the_recipes(monkeypatch):
+    """``ramp_rounds``: round r < ramp projects Z onto ``keep**((r+1)/(ramp+1))`` of the
+    blocks, the rounds after it and the final hard projection onto the recipe's."""
+    from compressor import admm as admm_mod
+    from compressor import pipeline
+
+    def kept(z):
+        return int(GEOM.blocks(to_crossbar(np.asarray(z))).any(axis=(1, 3)).sum())
+    seen = []
+    init, update = admm_mod.ADMM.__init__, admm_mod.ADMM.update
+
+    def record_init(self, *a, **k):
+        init(self, *a, **k)
+        seen.append(kept(self.Z["0"]))
+
+    def record(self):
+        out = update(self)
+        seen.append(kept(self.Z["0"]))
+        return out
+    monkeypatch.setattr(admm_mod.ADMM, "__init__", record_init)
+    monkeypatch.setattr(admm_mod.ADMM, "update", record)
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: 0.0)
+    recipe = parse_recipe({"name": "ramp", "geometry": {"rows": 8, "cols": 4, "weight_bits": 8},
+                           "admm": {"rounds": 4, "ramp_rounds": 2}, "retrain": {"epochs": 1},
+                           "layers": [{"match": "0", "sparsity": {"structure": "blocks",
+                                                                  "keep": 0.125}}]})
+    x, y = np.zeros((4, 20), np.float32), np.zeros(4, np.int64)
+    res = compress(linear(), recipe, (x, y), (x, y), progress=False)
+    # 20 x 12 on 8 x 4 blocks: 3 x 3 = 9; keep 0.5, 0.25, then 0.125 of them (rounded)
+    counts = [keep_count(k, 9) for k in (0.5, 0.5, 0.25, 0.125, 0.125)]
+    assert seen == counts and counts[0] > counts[2] > counts[3]
+    assert kept(res.layers["0"].mask) == keep_count(0.125, 9)
 
 
 @pytest.fixture(scope="module")

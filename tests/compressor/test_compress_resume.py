@@ -10,7 +10,7 @@ RECIPE = {
     "geometry": {"rows": 16, "cols": 8, "weight_bits": 8},
     "batch_size": 64,
     "pretrain": {"epochs": 1},
-    "admm": {"rounds": 3},
+    "admm": {"rounds": 3, "ramp_rounds": 2},   # resumes inside and after the ramp
     "retrain": {"epochs": 2},
     "layers": [{"match": "1", "sparsity": {"structure": "tinyadc", "n": 4}, "quant": {"bits": 6}},
                {"match": "3", "sparsity": {"structure": "rows", "keep": 0.5}}],
@@ -48,7 +48,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage,after", [("pretrain", 1), ("admm", 2), ("retrain", 1)])
+@pytest.mark.parametrize("stage,after", [("pretrain", 1), ("admm", 1), ("admm", 2),
+                                         ("retrain", 1)])
 def test_resumed_run_equals_uninterrupted_run(data, straight, tmp_path, monkeypatch, stage, after):
     ref, _ = straight
     path = tmp_path / "run.ckpt"

@@ -65,6 +65,17 @@ def test_good_recipe_round_trips_and_first_rule_wins():
     assert r.with_epochs(3).admm.epochs_per_round == 3 and r.with_epochs(3).retrain.epochs == 3
 
 
+def test_ramp_rounds_round_trips_and_its_default_keeps_old_fingerprints():
+    """Checkpoints store the fingerprint; one written before ``admm.ramp_rounds`` existed
+    has no such key, and a recipe at the default must still match it."""
+    plain = parse_recipe(GOOD)
+    assert "ramp_rounds" not in plain.fingerprint()
+    ramped = parse_recipe(with_change(("admm",), {"rounds": 3, "ramp_rounds": 2}))
+    assert ramped.admm.ramp_rounds == 2 and '"ramp_rounds": 2' in ramped.fingerprint()
+    for r in (plain, ramped):
+        assert parse_recipe(r.to_dict()) == r
+
+
 @pytest.mark.parametrize("path,value,match", [
     (("layers", 0, "sparsity", "keep"), 0.0, r"recipe.layers\[0\].sparsity.keep=0.0: must be a fraction in \(0, 1\]"),
     (("layers", 0, "sparsity", "keep"), 1.2, r"sparsity.keep=1.2"),
@@ -84,6 +95,8 @@ def test_good_recipe_round_trips_and_first_rule_wins():
     (("admm",), {"rounds": 0}, r"recipe.admm.rounds=0: must be an integer >= 1"),
     (("admm",), {"rho": -1}, r"recipe.admm.rho=-1"),
     (("admm",), {"lr_decay": 1}, r"recipe.admm.lr_decay: unknown field; allowed:"),
+    (("admm",), {"rounds": 3, "ramp_rounds": 3}, r"recipe.admm.ramp_rounds=3: must be below"),
+    (("admm",), {"ramp_rounds": -1}, r"recipe.admm.ramp_rounds=-1: must be an integer >= 0"),
     (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
     (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
     (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
