@@ -3,7 +3,7 @@ VGG-style CNN, dense vs block-pruned + quantized (ADMM and the magnitude baselin
 integer-only (power-of-two) scales, and accuracy under programming variation.
 
     python benchmarks/compression.py            # ~40-45 min cold on 2 cores, minutes warm
-    python benchmarks/compression.py --n42 --extra-seeds 1   # + context runs (~8 min cold)
+    python benchmarks/compression.py --n42 --extra-seeds 1   # + context runs (~9 min)
     python benchmarks/compression.py --quick    # plumbing check on small subsets
 
 Writes ``benchmarks/results/compression.json`` / ``.csv``, the plot
@@ -22,9 +22,12 @@ Protocol (nothing is chosen on the test set):
   trained on all 60 000 training images (so its validation numbers are optimistic; no
   choice depends on them). Choices made on the validation split of ``vgg_fmnist``, never
   on test images: ADMM's rho schedule (measured once, at the x3 point; candidates and
-  numbers above ``SCHEDULE``), the TinyADC level width (5 vs 4 bits, above ``VGG_TINY``),
-  and, in every run, the TinyADC (n=21) schedule: two candidates (``TINY_SCHEDULES``), the
-  one with the higher validation accuracy kept; both candidates' numbers are in its row.
+  numbers above ``SCHEDULE``; progressive ADMM tried there once and not kept), the block
+  level width (3 bits for the hardware, one cell per array, kept after validation put it
+  0.18 pp below 4 bits at x1; ``BLOCK_BITS``), the TinyADC level width (5 vs 4 bits, above
+  ``VGG_TINY``), and, in every run, the TinyADC (n=21) schedule: two candidates
+  (``TINY_SCHEDULES``), the one with the higher validation accuracy kept; both candidates'
+  numbers are in its row.
 * Harder points, ADMM vs magnitude with the same recipe (so the same crossbars): every
   block keep fraction times 1/2 (``_x2``) and 1/3 (``_x3``, one block per layer: the
   structure allows no higher point); the target compares the highest compression point.
@@ -39,10 +42,11 @@ Protocol (nothing is chosen on the test set):
 * Machines: dense models run on the ``puma`` preset as shipped (16-bit weights, offset
   mapping: 8 crossbars per 128 x 128 block, 8-bit clipping ADC); LeNet on puma with
   32 x 32 crossbars, as its recipes are written for. A compressed model runs on the same
-  machine with ``weight_bits=4`` (what its levels need) and ``xbar.mapping=differential``
-  (zero weights are zero conductance: 2 arrays x 2 slices = 4 crossbars per block) and
-  ``adc.per_mvmu=4`` (PUMA's one ADC per crossbar, see ``COMPRESSED``); the TinyADC variant
-  has 5-bit levels on the same 4 crossbars per block (see ``VGG_TINY``; ``weight_bits=5``)
+  machine with the levels it stores and ``xbar.mapping=differential`` (zero weights are
+  zero conductance) and PUMA's one ADC per crossbar (``compressed_machine``): the block
+  variants' 3-bit levels take one 2-bit cell per array, 2 crossbars per block
+  (``BLOCK_BITS``, ``weight_bits=3 adc.per_mvmu=2``); the TinyADC variant has 5-bit levels
+  on 2 slices, 4 crossbars per block (see ``VGG_TINY``; ``weight_bits=5 adc.per_mvmu=4``)
   and ``adc.adaptive=true`` (each crossbar gets its lossless bits).
 * Weight storage: ``compressor.hardware.storage_bits`` (32-bit dense over stored bits;
   kept tiles at ``min(E*b, nnz*b + E)`` bits, +1 bit per tile and 32 per layer scale).
@@ -64,39 +68,51 @@ from _common import RESULTS, machine
 CACHE = RESULTS / "compression_cache"
 PLOTS = RESULTS / "plots"
 
-GEOM128 = {"rows": 128, "cols": 128, "cell_bits": 2, "weight_bits": 4,
+# Block variants store 3-bit levels (|q| <= 3): on a differential pair of 2-bit cells that is
+# one cell per array, 1 slice x 2 arrays = 2 crossbars per 128 x 128 block, half of what
+# 4-bit levels take (|q| <= 7: 2 slices). Chosen for that hardware reason, then checked on
+# the validation split at the x1 point (same schedule): 3-bit 0.9086, 4-bit 0.9104.
+BLOCK_BITS = 3
+GEOM128 = {"rows": 128, "cols": 128, "cell_bits": 2, "weight_bits": BLOCK_BITS,
            "mapping": "differential"}
 GEOM32 = {**GEOM128, "rows": 32, "cols": 32}
-# A compressed MVMU holds 4 crossbars (2 slices x 2 arrays), dense PUMA's 8 (8 slices x 1
-# array) with 8 ADCs: ``adc.per_mvmu=4`` keeps PUMA's one ADC per crossbar. (With 8, the
-# compressed machine would carry twice the ADCs per crossbar of the dense one, idle but
-# leaking. An MVM's ADC stage is unchanged: 512 conversions on 4 ADCs, 128 each, as the
-# dense MVMU's 1024 on 8.)
-COMPRESSED = ["weight_bits=4", "xbar.mapping=differential", "adc.per_mvmu=4"]
+
+
+def compressed_machine(bits: int) -> list[str]:
+    """Overrides of the dense machine for ``bits``-bit differential levels, keeping PUMA's
+    one ADC per crossbar: a compressed MVMU holds 2 arrays x ``n_slices`` crossbars, so
+    ``adc.per_mvmu`` is that (dense PUMA: 8 slices x 1 array, 8 ADCs). With more ADCs per
+    crossbar than the dense machine the compressed one would carry idle ADCs that leak;
+    with fewer, its comparison would mix an ADC-sharing choice into the compression."""
+    from simulator.crossbar import n_slices
+    xbars = 2 * n_slices(bits, GEOM128["cell_bits"], "differential")
+    return [f"weight_bits={bits}", "xbar.mapping=differential", f"adc.per_mvmu={xbars}"]
+
 
 # -- recipes ----------------------------------------------------------------------------
 # Keep fractions are per layer, in crossbar blocks; comments give blocks kept / total.
 VGG_BLOCKS = [
-    {"match": "features.0", "quant": {"bits": 4}},                            # 1 / 1
+    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                            # 1 / 1
     {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 1 / 2
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "features.6", "sparsity": {"structure": "blocks", "keep": 0.67},  # 2 / 3
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "features.9", "sparsity": {"structure": "blocks", "keep": 0.8},  # 4 / 5
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.375},  # 3 / 8
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.0625},  # 4 / 64
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.5", "sparsity": {"structure": "blocks", "keep": 0.375},  # 3 / 8
-     "quant": {"bits": 4}},
-]  # 18 of 91 blocks: 72 crossbars of 4 vs 728 of 8 dense on puma
+     "quant": {"bits": BLOCK_BITS}},
+]  # 18 of 91 blocks: 36 crossbars of 2 vs 728 of 8 dense on puma
 # TinyADC: <= 21 nonzeros per bit line of every crossbar the compiler packs
 # (``tinyadc_packed``; plain ``tinyadc`` bounds fixed 128-row segments, which the compiler's
 # row packing merges: 7 bits measured). Levels are 5-bit (|q| <= 15): a differential weight
-# stores its 4-bit magnitude on the same 2 slices of 2-bit cells as a 4-bit one (|q| <= 7
-# leaves the upper slice's cells at 0..1), so the same 4 crossbars per block and the same
-# bound, <= 3 per cell, a column sum <= 63 with 1-bit DAC steps: 6 lossless ADC bits.
+# stores its 4-bit magnitude on 2 slices of 2-bit cells, the crossbars a 4-bit one takes
+# (|q| <= 7 leaves the upper slice's cells at 0..1): 4 per block (twice the 3-bit block
+# variants') and the same bound, <= 3 per cell, a column sum <= 63 with 1-bit DAC steps:
+# 6 lossless ADC bits.
 # Chosen on validation (ADMM rho growth 1.8, RETRAIN16): 5-bit 0.9106, 4-bit 0.9042.
 TINY_BITS = 5
 VGG_TINY = [
@@ -105,14 +121,14 @@ VGG_TINY = [
      "sparsity": {"structure": "tinyadc_packed", "n": 21}, "quant": {"bits": TINY_BITS}},
 ]
 LENET_BLOCKS = [  # on 32 x 32 crossbars
-    {"match": "features.0", "quant": {"bits": 4}},                             # 1 / 1
+    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                             # 1 / 1
     {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.6},  # 3 / 5
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.25},  # 13 / 52
-     "quant": {"bits": 4}},
+     "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 6 / 12
-     "quant": {"bits": 4}},
-    {"match": "classifier.5", "quant": {"bits": 4}},                          # 3 / 3
+     "quant": {"bits": BLOCK_BITS}},
+    {"match": "classifier.5", "quant": {"bits": BLOCK_BITS}},                          # 3 / 3
 ]  # 26 of 73 blocks; scaled(..., 0.5) keeps 15
 LENET_TINY = [  # <= 5 nonzeros per packed 32-row bit line: <= 15 per slice column, 4 bits
     {"match": "features.0", "quant": {"bits": TINY_BITS}},  # 25 rows, unconstrained
@@ -153,10 +169,13 @@ def tiny_n(rules, n):
 
 
 # ADMM's rho schedule was chosen on the validation split at vgg_fmnist's x3 point (the
-# hardest, where ADMM and magnitude differ most), same 14 epochs each; final validation
-# accuracy: rho growth 1.8 per round 0.8670, growth 2.5 0.8728 (kept: rho 0.05 -> 4.9 over
-# the 6 rounds), rho 0.2 x 1.8 0.8554, 10 rounds x 1.8 + 4 retrain epochs 0.8578; the
-# magnitude arm 0.8632. The magnitude arm never uses rho.
+# hardest, where ADMM and magnitude differ most), same 14 epochs each, when the block
+# levels were 4-bit; final validation accuracy: rho growth 1.8 per round 0.8670, growth
+# 2.5 0.8728 (kept: rho 0.05 -> 4.9 over the 6 rounds), rho 0.2 x 1.8 0.8554, 10 rounds x
+# 1.8 + 4 retrain epochs 0.8578; the magnitude arm 0.8632. The magnitude arm never uses rho.
+# With 3-bit levels, once, at x3: this schedule 0.8606, the same with progressive ADMM
+# (``ramp_rounds=3``: the Z-step's block target tightens over rounds 0-2) 0.8408, the
+# magnitude arm 0.8546; so no ramp.
 SCHEDULE = {"seed": 0, "batch_size": 64,
             "admm": {"rounds": 6, "epochs_per_round": 1, "lr": 1.0e-3, "rho": 0.05,
                      "rho_growth": 2.5, "rho_max": 10.0},
@@ -349,9 +368,8 @@ def main():
         dense_model = spec["model"]
         dense_path = export(dense_model, cache / f"{mname}_dense.onnx", 19, dynamic_batch=True)
         dcfg = spec["dense_cfg"]
-        ccfg = (dcfg[0], dcfg[1] + COMPRESSED)
-        tcfg = (dcfg[0], dcfg[1] + [o for o in COMPRESSED if not o.startswith("weight_bits=")]
-                + [f"weight_bits={TINY_BITS}", "adc.adaptive=true"])
+        ccfg = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
+        tcfg = (dcfg[0], dcfg[1] + compressed_machine(TINY_BITS) + ["adc.adaptive=true"])
         rows.append({"model": mname, "variant": "dense", "method": "-", "machine": dcfg,
                      **measure(f"{mname} dense", dense_path, dcfg, test, sim, cal, log)})
         variants = [
@@ -416,9 +434,9 @@ def main():
     sweep = {}
     for mname, spec in models.items():
         dcfg = spec["dense_cfg"]
-        for vname, path, cfg in (
-                ("dense", cache / f"{mname}_dense.onnx", dcfg),
-                ("admm_blocks", runs[(mname, "admm_blocks")], (dcfg[0], dcfg[1] + COMPRESSED))):
+        ccfg = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
+        for vname, path, cfg in (("dense", cache / f"{mname}_dense.onnx", dcfg),
+                                 ("admm_blocks", runs[(mname, "admm_blocks")], ccfg)):
             t0 = time.perf_counter()
             recs = accuracy_under_variation(path, cfg, sim[0][:ns], sim[1][:ns], sigmas, seeds,
                                             calibration=cal)
@@ -449,7 +467,8 @@ def main():
     plot(rows, sweep, PLOTS / f"{name}_pareto.png")
     from compressor.hardware import compare
     for m in models:
-        print(f"\n{m}: dense (puma) vs compressed (puma, differential, 4-bit; TinyADC 5-bit)")
+        print(f"\n{m}: dense (puma) vs compressed (puma, differential, {BLOCK_BITS}-bit; "
+              f"TinyADC {TINY_BITS}-bit)")
         compare(_get(rows, m, "dense"), {v: _get(rows, m, v) for v in
                                          ("admm_blocks", "admm_tinyadc")})
         print(breakdown(_get(rows, m, "dense"), _get(rows, m, "admm_blocks")))
@@ -507,8 +526,9 @@ def targets(rows, sweep) -> list[dict]:
                                     f"{t7.get('lossless_check', {}).get('equal')}"})
         out.append({"target": f"{m}: TinyADC lowers ADC bits by >= 2 at <= 0.5 pp, lossless",
                     "met": ref - t["adc_bits_max"] >= 2 and tloss <= 0.5 and lc.get("equal"),
-                    "measured": f"max lossless bits {t['adc_bits_max']} vs {ref} (block "
-                                f"variant) / {d['adc_bits_max']} (dense on puma); test "
+                    "measured": f"max lossless bits {t['adc_bits_max']} vs {ref} "
+                                f"({BLOCK_BITS}-bit block variant) / {d['adc_bits_max']} "
+                                f"(dense on puma); test "
                                 f"{-tloss:+.2f} pp vs dense; adaptive == ideal ADC outputs: "
                                 f"{lc.get('equal')} on {200 if lc else 0} images"})
         p = _get(rows, m, "admm_blocks_pow2")

@@ -95,6 +95,39 @@ def test_hardware_loop_with_weight_copies_keeps_outputs_and_cuts_latency(blocks,
     assert four["storage_bits"] == one["storage_bits"]   # copies are hardware, not storage
 
 
+@pytest.fixture(scope="module")
+def three_bit(digits, tmp_path_factory):
+    """Every layer on 3-bit levels (|q| <= 3: one 2-bit cell per differential array)."""
+    recipe = parse_recipe({
+        "name": "three_bit", "geometry": {**GEOM, "weight_bits": 3}, **SCHEDULE,
+        "layers": [{"match": ["features.3", "classifier.1", "classifier.3"],
+                    "sparsity": {"structure": "blocks", "keep": 0.25}, "quant": {"bits": 3}},
+                   {"match": ["features.0", "classifier.5"], "quant": {"bits": 3}}]})
+    return _run(recipe, digits, tmp_path_factory)
+
+
+def test_three_bit_levels_take_one_slice_and_compute_the_same_logits(three_bit, digits):
+    """The benchmark's block machine: 3-bit levels on 2-bit cells are 1 slice x 2 arrays
+    per block (an 8-bit machine spends 4 x 2 on the same integers), and with ideal ADCs
+    both machines compute the same logits bit for bit."""
+    from compiler import compile_model
+    from simulator import load_config, simulate
+    _, comp_path = three_bit
+    (xtr, _), (xte, _) = digits
+    rep = {}
+    for bits, xbars in ((3, 2), (8, 8)):   # one ADC per crossbar on both
+        cfg = load_config("puma", ["xbar.rows=16", "xbar.cols=16", f"weight_bits={bits}",
+                                   "xbar.mapping=differential", "adc.bits=none",
+                                   f"adc.per_mvmu={xbars}"])
+        assert cfg.slices * cfg.arrays == xbars
+        prog = compile_model(comp_path, cfg, calibration={"input": xtr[:32]})
+        rep[bits] = simulate(prog, {"input": xte[:8]})
+    assert rep[3].mvmus == rep[8].mvmus
+    np.testing.assert_array_equal(rep[3].outputs["logits"], rep[8].outputs["logits"])
+    assert rep[3].area_mm2["adc"] == pytest.approx(rep[8].area_mm2["adc"] / 4)
+    assert rep[3].energy_j["leakage"] < rep[8].energy_j["leakage"] / 2
+
+
 def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     dense_path, comp_path = tinyadc
     (xtr, _), (xte, _) = digits
