@@ -5,11 +5,8 @@ block-pruned and quantized with the compressor's exact projection (one ADMM roun
 retraining), so no accuracy is claimed -- this measures what a chip pays for a model of
 that size and for the blocks kept, on the machines of ``compression.py``.
 
-    python benchmarks/area_scale.py          # about a minute on 2 cores
+    python benchmarks/area_scale.py          # about 15 s on 2 cores
     -> benchmarks/results/area_scale.json, a markdown table on stdout
-
-Both sides run with ``core.registers=4096``: the 2048-wide dense model's partial sums
-outgrow PUMA's 2048 registers per core (the compiler says so and names the fix).
 """
 import _common  # noqa: F401  (pins threads first)
 
@@ -22,7 +19,6 @@ from pathlib import Path
 from _common import RESULTS, machine, write
 
 WIDTHS = (1024, 1536, 2048)
-REGISTERS = ["core.registers=4096"]
 # Blocks kept per classifier layer (as VGG_BLOCKS keeps at 1024 wide): 3 of the first
 # layer's column blocks, 4 of the square layer's, 3 of the last layer's row blocks.
 KEPT = {"classifier.1": 3, "classifier.3": 4, "classifier.5": 3}
@@ -64,9 +60,9 @@ def main():
                        progress=False)
         dense = evaluate_hardware(export(model, out_dir / f"dense_{width}.onnx", 19,
                                          dynamic_batch=True),
-                                  ("puma", REGISTERS), x, y, calibration=cal)
+                                  "puma", x, y, calibration=cal)
         comp = evaluate_hardware(export_qdq(res, out_dir / f"blocks_{width}.onnx"),
-                                 ("puma", C.compressed_machine(C.BLOCK_BITS) + REGISTERS),
+                                 ("puma", C.compressed_machine(C.BLOCK_BITS)),
                                  x, y, calibration=cal)
         row = {"width": width, "weights": dense["weights"], "compression": comp["compression"]}
         for k in ("crossbars", "cores", "tiles", "energy_uj", "area_mm2"):

@@ -234,8 +234,16 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
         em.reset_gp()
         mine = sorted({b.strip for b in blocks})
         owned = [s for s in strips if s.owner == core]
-        acc = {s: em.gp(strips[s].n) for s in sorted(set(mine) | {s.index for s in owned})}
         widest = max([s.n for s in strips])
+        # A strip with blocks here sums into its own accumulator across the MVMs; one owned
+        # but with no block here (a pruned, bias-only strip, or all blocks elsewhere) is only
+        # live from its reduction to its store, so such strips share one window: a layer
+        # pruned to a few of many column strips fits the register file.
+        acc = {s: em.gp(strips[s].n) for s in mine}
+        elsewhere = sorted({s.index for s in owned} - set(mine))
+        if elsewhere:
+            pooled = em.gp(max(strips[s].n for s in elsewhere))
+            acc.update({s: pooled for s in elsewhere})
         # Bias and multipliers stay in registers across the pixel loop when they fit;
         # otherwise they are re-loaded from tile memory per pixel into one shared slot.
         resident = (em.gp_next - em.gp_base + widest + sum(2 * s.n for s in owned)

@@ -131,3 +131,24 @@ def test_qdq_integers_are_kept_where_the_mapping_stores_them():
         (layer,) = [L for L in lp.layers if getattr(L, "weight", None) is not None]
         assert np.array_equal(layer.weight, q.astype(np.int64)) == kept
         assert layer.weight.min() >= (-128 if kept else -127)
+
+
+def test_layer_pruned_to_few_of_many_strips_fits_the_registers():
+    """128 -> 2048 with 3 of 16 column blocks kept: the 13 empty strips reduce on the
+    layer's first core; they share one accumulator window there (16 windows of 128 plus
+    the constants' slot would outgrow the core's 2048 registers), and the outputs stay
+    exact: the kept strips as onnxruntime has them, the empty ones zero."""
+    rng = np.random.default_rng(5)
+    w = np.zeros((128, 2048))
+    kept = (0, 7, 15)
+    for j in kept:
+        w[:, 128 * j:128 * (j + 1)] = rng.standard_normal((128, 128)) * 0.1
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    prog = compile_model(mlp([w]), load_config("puma", ["adc.bits=none"]),
+                         calibration={"input": x})
+    assert len(prog.mvmu_loc) == len(kept)
+    out = simulate(prog, {"input": x}).outputs["logits"]
+    ort = run_onnxruntime(mlp([w]), {"input": x})["logits"]
+    assert np.linalg.norm(out - ort) / np.linalg.norm(ort) < 1e-2
+    cols = np.concatenate([np.arange(128 * j, 128 * (j + 1)) for j in kept])
+    assert not np.any(np.delete(out, cols, axis=1))
