@@ -38,7 +38,6 @@ def main():
     import compression as C
     from compressor import compress, export_qdq
     from compressor.hardware import evaluate_hardware
-    from models.cnn import VGG
     from models.onnx_export import export
     torch.set_num_threads(2)
     train, val, test = C.load_data(quick=True)
@@ -47,11 +46,7 @@ def main():
     rows = []
     for width in WIDTHS:
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = VGG((16, "M", 32, "M", 64, "M", 128, "M"), (width, width), in_channels=1,
-                        image_size=28, num_classes=10, batch_norm=False).eval()
-        model.sample_shape = (1, 28, 28)
+        model = C.vgg_fmnist(width)
         rules = rules_for(width)
         sched = {**C.SCHEDULE, "admm": {**C.SCHEDULE["admm"], "rounds": 1},
                  "retrain": {"epochs": 0}}

@@ -92,7 +92,7 @@ def compressed_machine(bits: int) -> list[str]:
 # -- recipes ----------------------------------------------------------------------------
 # Keep fractions are per layer, in crossbar blocks; comments give blocks kept / total.
 VGG_BLOCKS = [
-    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                            # 1 / 1
+    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                   # 1 / 1
     {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 1 / 2
      "quant": {"bits": BLOCK_BITS}},
     {"match": "features.6", "sparsity": {"structure": "blocks", "keep": 0.67},  # 2 / 3
@@ -128,7 +128,7 @@ LENET_BLOCKS = [  # on 32 x 32 crossbars
      "quant": {"bits": BLOCK_BITS}},
     {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 6 / 12
      "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.5", "quant": {"bits": BLOCK_BITS}},                          # 3 / 3
+    {"match": "classifier.5", "quant": {"bits": BLOCK_BITS}},                 # 3 / 3
 ]  # 26 of 73 blocks; scaled(..., 0.5) keeps 15
 LENET_TINY = [  # <= 5 nonzeros per packed 32-row bit line: <= 15 per slice column, 4 bits
     {"match": "features.0", "quant": {"bits": TINY_BITS}},  # 25 rows, unconstrained
@@ -218,13 +218,14 @@ def load_data(quick: bool):
     return (x[tr], y[tr]), (x[val], y[val]), (xt, yt)
 
 
-def vgg_fmnist():
-    """The VGG-style model of this benchmark (see the module doc)."""
+def vgg_fmnist(fc_width: int = 1024):
+    """The VGG-style model of this benchmark (see the module doc); ``fc_width`` sizes its two
+    hidden fully connected layers (``area_scale.py`` varies it)."""
     import torch
     from models.cnn import VGG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        m = VGG((16, "M", 32, "M", 64, "M", 128, "M"), (1024, 1024), in_channels=1,
+        m = VGG((16, "M", 32, "M", 64, "M", 128, "M"), (fc_width, fc_width), in_channels=1,
                 image_size=28, num_classes=10, width=1.0, batch_norm=False)
     m.sample_shape, m.zoo_name = (1, 28, 28), "vgg_fmnist"
     return m.eval()
@@ -360,6 +361,9 @@ def main():
         "vgg_fmnist": {"model": vgg, "geom": GEOM128, "blocks": VGG_BLOCKS, "tiny": VGG_TINY,
                        "dense_cfg": ("puma", [])},
     }
+    for spec in models.values():   # the block variants' machine: the dense one, 3-bit levels
+        dcfg = spec["dense_cfg"]
+        spec["comp_cfg"] = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
     schedule = SCHEDULE if not args.quick else {
         **SCHEDULE, "admm": {**SCHEDULE["admm"], "rounds": 2}, "retrain": {"epochs": 1,
                                                                            "lr": 2e-4}}
@@ -367,8 +371,7 @@ def main():
     for mname, spec in models.items():
         dense_model = spec["model"]
         dense_path = export(dense_model, cache / f"{mname}_dense.onnx", 19, dynamic_batch=True)
-        dcfg = spec["dense_cfg"]
-        ccfg = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
+        dcfg, ccfg = spec["dense_cfg"], spec["comp_cfg"]
         tcfg = (dcfg[0], dcfg[1] + compressed_machine(TINY_BITS) + ["adc.adaptive=true"])
         rows.append({"model": mname, "variant": "dense", "method": "-", "machine": dcfg,
                      **measure(f"{mname} dense", dense_path, dcfg, test, sim, cal, log)})
@@ -433,10 +436,9 @@ def main():
     ns = min(args.sweep_images, n_sim)
     sweep = {}
     for mname, spec in models.items():
-        dcfg = spec["dense_cfg"]
-        ccfg = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
-        for vname, path, cfg in (("dense", cache / f"{mname}_dense.onnx", dcfg),
-                                 ("admm_blocks", runs[(mname, "admm_blocks")], ccfg)):
+        for vname, path, cfg in (("dense", cache / f"{mname}_dense.onnx", spec["dense_cfg"]),
+                                 ("admm_blocks", runs[(mname, "admm_blocks")],
+                                  spec["comp_cfg"])):
             t0 = time.perf_counter()
             recs = accuracy_under_variation(path, cfg, sim[0][:ns], sim[1][:ns], sigmas, seeds,
                                             calibration=cal)
