@@ -4,7 +4,8 @@ Problem: ``min loss(W)`` subject to ``W_i ∈ S_i`` for each constrained layer `
 auxiliary ``Z_i ∈ S_i`` and the scaled dual ``U_i`` the augmented Lagrangian gives
 
 * W-step: a few epochs of SGD/Adam on ``loss(W) + Σ ρ/2 ‖W_i − Z_i + U_i‖²`` — the *squared*
-  Frobenius norm, whose gradient is ``ρ (W_i − Z_i + U_i)`` (:meth:`ADMM.penalty`);
+  Frobenius norm, whose gradient is ``ρ (W_i − Z_i + U_i)`` (:meth:`ADMM.penalty`; training
+  adds that gradient directly, :meth:`ADMM.add_penalty_grad`, with no autograd graph);
 * Z-step: ``Z_i = Π_{S_i}(W_i + U_i)``, the Euclidean projection (:meth:`ADMM.update`);
 * U-step: ``U_i += W_i − Z_i``.
 
@@ -35,6 +36,7 @@ class ADMM:
         self.layers, self.geometry, self.rho = layers, geometry, float(rho)
         self.Z = {n: self._project(n, w.detach()) for n, w in self.weights.items()}
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
+        self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
 
     def _project(self, name: str, w: torch.Tensor) -> torch.Tensor:
         return self.layers[name].project(w, self.geometry)[0]
@@ -47,9 +49,22 @@ class ADMM:
         return 0.5 * self.rho * total
 
     @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """Add the penalty's gradient ``ρ (W − Z + U)`` to each weight's ``.grad`` (after
+        ``backward`` of the loss alone): the same W-step as ``(loss + penalty()).backward()``
+        without a graph, in place, with ``ρ (U − Z)`` formed once per round (temporaries of a
+        4 M-weight layer on every step were a third of an ADMM step, profiled)."""
+        if self._shift is None:
+            self._shift = {n: (self.U[n] - self.Z[n]).mul_(self.rho) for n in self.weights}
+        for n, w in self.weights.items():
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            w.grad.add_(w, alpha=self.rho).add_(self._shift[n])
+
+    @torch.no_grad()
     def update(self) -> dict[str, float]:
         """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer."""
-        residual = {}
+        residual, self._shift = {}, None
         for n, w in self.weights.items():
             self.Z[n] = self._project(n, w + self.U[n])
             self.U[n] += w - self.Z[n]
@@ -60,7 +75,7 @@ class ADMM:
         """Change ρ, rescaling the scaled dual so the unscaled one is unchanged."""
         for u in self.U.values():
             u.mul_(self.rho / rho)
-        self.rho = float(rho)
+        self.rho, self._shift = float(rho), None
 
     def state_dict(self) -> dict:
         return {"rho": self.rho, "Z": dict(self.Z), "U": dict(self.U)}
@@ -69,3 +84,4 @@ class ADMM:
         self.rho = float(state["rho"])
         self.Z = {n: state["Z"][n].clone() for n in self.weights}
         self.U = {n: state["U"][n].clone() for n in self.weights}
+        self._shift = None

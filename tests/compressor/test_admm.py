@@ -34,6 +34,38 @@ def test_penalty_is_half_rho_squared_norm_with_gradient_rho_w_minus_z_plus_u():
     assert torch.allclose(w.grad, 0.3 * d, atol=1e-6)
 
 
+def test_penalty_grad_added_directly_equals_the_autograd_gradient():
+    model = linear()
+    admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=0.7)
+    admm.U["0"] = torch.randn(12, 20, generator=torch.Generator().manual_seed(3))
+    w = model[0].weight
+    x = torch.randn(5, 20, generator=torch.Generator().manual_seed(4))
+    (model(x).square().sum() + admm.penalty()).backward()
+    ref = w.grad.clone()
+    w.grad = None
+    model(x).square().sum().backward()
+    admm.add_penalty_grad()
+    assert torch.allclose(w.grad, ref, rtol=1e-5, atol=1e-5)
+    w.grad = None                           # a weight the loss did not reach
+    admm.add_penalty_grad()
+    assert torch.allclose(w.grad, 0.7 * (w - admm.Z["0"] + admm.U["0"]).detach())
+
+
+def test_masked_levels_are_the_exact_levels_with_a_masked_straight_through_gradient():
+    from compressor.masking import Frozen, MaskQuant
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 9, generator=g, requires_grad=True)
+    mask = torch.rand(6, 9, generator=g) > 0.4
+    p = MaskQuant(Frozen(mask.numpy(), 0.25, -3, 3), torch.float32)
+    out = p(w)
+    q = torch.clamp(torch.round(w.detach() / 0.25), -3, 3)
+    assert torch.equal(out, torch.where(mask, q * 0.25, 0.0))
+    assert (out[~mask] == 0).all() and out.abs().max() <= 0.75
+    upstream = torch.randn(6, 9, generator=g)
+    out.backward(upstream)
+    assert torch.equal(w.grad, upstream * mask)
+
+
 def test_rho_change_keeps_the_unscaled_dual():
     model = linear()
     admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=0.5)

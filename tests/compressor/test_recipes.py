@@ -139,7 +139,7 @@ def test_lr_decay_sets_each_epochs_learning_rate(monkeypatch):
     from models import build
     seen = []
 
-    def record(self, opt, stage_id, rnd, epoch, desc, penalty=None):
+    def record(self, opt, stage_id, rnd, epoch, desc, penalty_grad=None):
         seen.append((stage_id, epoch, opt.param_groups[0]["lr"]))
         return 0.0
     monkeypatch.setattr(pipeline._Run, "_epoch", record)
