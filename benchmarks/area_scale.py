@@ -1,6 +1,6 @@
 """Why whole-chip area falls less than crossbars: the same kept crossbar blocks as the
-compression benchmark's VGG-style block variant (18 blocks, 3-bit levels), in models whose
-classifier is 1024, 1536 or 2048 wide. Hardware only: the weights are seeded random ones,
+compression benchmark's VGG-style block variant (32 blocks, 3-bit levels), in models whose
+classifier is 1024, 1536 or 2048 (the benchmark's model) wide. Hardware only: the weights are seeded random ones,
 block-pruned and quantized with the compressor's exact projection (one ADMM round, no
 retraining), so no accuracy is claimed -- this measures what a chip pays for a model of
 that size and for the blocks kept, on the machines of ``compression.py``.
@@ -19,9 +19,9 @@ from pathlib import Path
 from _common import RESULTS, machine, write
 
 WIDTHS = (1024, 1536, 2048)
-# Blocks kept per classifier layer (as VGG_BLOCKS keeps at 1024 wide): 3 of the first
-# layer's column blocks, 4 of the square layer's, 3 of the last layer's row blocks.
-KEPT = {"classifier.1": 3, "classifier.3": 4, "classifier.5": 3}
+# Blocks kept per classifier layer (as VGG_BLOCKS keeps at 2048 wide): 6 of the first
+# layer's column blocks, 12 of the square layer's, 6 of the last layer's row blocks.
+KEPT = {"classifier.1": 6, "classifier.3": 12, "classifier.5": 6}
 
 
 def rules_for(width: int):
