@@ -26,10 +26,12 @@ Protocol (nothing is chosen on the test set):
   level width (3 bits for the hardware, one cell per array, kept after validation put it
   0.18 pp below 4 bits at x1; ``BLOCK_BITS``), the TinyADC level width (5 vs 4 bits, above
   ``VGG_TINY``) and the TinyADC (n=21) schedule (``TINY_SCHEDULES``). These were chosen on
-  the 1024-wide classifier this benchmark used before (below) and kept for the 2048-wide.
+  the 1024-wide classifier this benchmark used before (below) and kept for the 2048-wide;
+  TinyADC's ternary convolutions were chosen at 2048 wide (above ``VGG_TINY``).
 * Harder points, ADMM vs magnitude with the same recipe (so the same crossbars): every
   block keep fraction times 1/3 (``_x3``, the highest point, which the target compares;
-  the convolutions then keep one block each) and, with ``--context``, times 1/2 (``_x2``).
+  the convolutions, whole at x1, then keep a third of their blocks too) and, with
+  ``--context``, times 1/2 (``_x2``).
 * The VGG-style model (``vgg_fmnist``): conv3x3 16-M-32-M-64-M-128-M (28 -> 1 pixels), then
   FC 128-2048-2048-10, no BatchNorm; 4.57 M weights on 299 crossbar blocks of 128 x 128,
   seven PUMA tiles dense. Why: whole-chip area counts each tile's eDRAM and router and each
@@ -49,7 +51,8 @@ Protocol (nothing is chosen on the test set):
   zero conductance) and PUMA's one ADC per crossbar (``compressed_machine``): the block
   variants' 3-bit levels take one 2-bit cell per array, 2 crossbars per block
   (``BLOCK_BITS``, ``weight_bits=3 adc.per_mvmu=2``); the TinyADC variant has 5-bit levels
-  on 2 slices, 4 crossbars per block (see ``VGG_TINY``; ``weight_bits=5 adc.per_mvmu=4``)
+  (ternary convolutions on the VGG-style model) on 2 slices, 4 crossbars per block (see
+  ``VGG_TINY``; ``weight_bits=5 adc.per_mvmu=4``)
   and ``adc.adaptive=true`` (each crossbar gets its lossless bits).
 * Weight storage: ``compressor.hardware.storage_bits`` (32-bit dense over stored bits;
   kept tiles at ``min(E*b, nnz*b + E)`` bits, +1 bit per tile and 32 per layer scale).
