@@ -97,24 +97,27 @@ def compressed_machine(bits: int) -> list[str]:
 
 
 # -- recipes ----------------------------------------------------------------------------
+
+def blocks(match: str, keep: float | None = None, bits: int = BLOCK_BITS) -> dict:
+    """A recipe rule: ``bits``-bit levels, and crossbar-block pruning to ``keep`` if given."""
+    if keep is None:
+        return {"match": match, "quant": {"bits": bits}}
+    return {"match": match, "sparsity": {"structure": "blocks", "keep": keep},
+            "quant": {"bits": bits}}
+
+
 # Keep fractions are per layer, in crossbar blocks; comments give blocks kept / total.
+# The convolutions keep every block at x1: each is its own core with MVMUs to spare, so
+# pruning them saves no core and no tile, only a few MVMUs; the harder points (``scaled``)
+# prune them too.
 VGG_BLOCKS = [
-    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                   # 1 / 1
-    # The convolutions keep every block at x1: each is its own core with MVMUs to spare,
-    # so pruning them saves no core and no tile, only a few MVMUs; the harder points
-    # (``scaled``) prune them too.
-    {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 1.0},  # 2 / 2
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "features.6", "sparsity": {"structure": "blocks", "keep": 1.0},  # 3 / 3
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "features.9", "sparsity": {"structure": "blocks", "keep": 1.0},  # 5 / 5
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.375},  # 6 / 16
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.046875},  # 12/256
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.5", "sparsity": {"structure": "blocks", "keep": 0.375},  # 6 / 16
-     "quant": {"bits": BLOCK_BITS}},
+    blocks("features.0"),                 # 1 / 1
+    blocks("features.3", 1.0),            # 2 / 2
+    blocks("features.6", 1.0),            # 3 / 3
+    blocks("features.9", 1.0),            # 5 / 5
+    blocks("classifier.1", 0.375),        # 6 / 16
+    blocks("classifier.3", 0.046875),     # 12 / 256
+    blocks("classifier.5", 0.375),        # 6 / 16
 ]  # 35 of 299 blocks: 70 crossbars of 2 vs 2392 of 8 dense on puma. 12 square-layer blocks
 # are two cores of 6 MVMUs, so the layers' 8 cores fit one tile (16 would take a second
 # tile: measured -86.5 % area instead of -92.2 %, area_scale.py's method). x3 (1/3): 13.
@@ -141,14 +144,11 @@ VGG_TINY = [
      "sparsity": {"structure": "tinyadc_packed", "n": 21}, "quant": {"bits": TINY_BITS}},
 ]
 LENET_BLOCKS = [  # on 32 x 32 crossbars
-    {"match": "features.0", "quant": {"bits": BLOCK_BITS}},                             # 1 / 1
-    {"match": "features.3", "sparsity": {"structure": "blocks", "keep": 0.6},  # 3 / 5
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.25},  # 13 / 52
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.3", "sparsity": {"structure": "blocks", "keep": 0.5},  # 6 / 12
-     "quant": {"bits": BLOCK_BITS}},
-    {"match": "classifier.5", "quant": {"bits": BLOCK_BITS}},                 # 3 / 3
+    blocks("features.0"),                 # 1 / 1
+    blocks("features.3", 0.6),            # 3 / 5
+    blocks("classifier.1", 0.25),         # 13 / 52
+    blocks("classifier.3", 0.5),          # 6 / 12
+    blocks("classifier.5"),               # 3 / 3
 ]  # 26 of 73 blocks; scaled(..., 0.5) keeps 15
 LENET_TINY = [  # <= 5 nonzeros per packed 32-row bit line: <= 15 per slice column, 4 bits
     {"match": "features.0", "quant": {"bits": TINY_BITS}},  # 25 rows, unconstrained
