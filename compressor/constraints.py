@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
-from .projections import ALL_STRUCTURES, PER_SEGMENT, as_float64, project_matrix
+from .projections import ALL_STRUCTURES, PER_SEGMENT, SIGNED, as_float64, project_matrix
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,8 @@ class Constraint:
     structure: str | None = None
     """One of ``projections.ALL_STRUCTURES`` or None (no sparsity)."""
     amount: float | int | None = None
-    """Fraction of groups kept, in (0, 1]; for ``tinyadc``/``tinyadc_packed`` the nonzeros
-    per column segment."""
+    """Fraction of groups kept, in (0, 1]; for ``projections.PER_SEGMENT`` (the ``tinyadc``
+    family) the nonzeros per column segment (per sign for the ``_signed`` ones)."""
     quant: QuantSpec | None = None
     """Level set, or None to keep float weights."""
 
@@ -55,6 +55,11 @@ class Constraint:
             if self.structure not in ALL_STRUCTURES:
                 raise CompressionError(f"{where}.sparsity.structure={self.structure!r}: must be "
                                        f"one of {', '.join(ALL_STRUCTURES)}")
+            if self.structure in SIGNED and geom.mapping != "differential":
+                raise CompressionError(
+                    f"{where}.sparsity.structure={self.structure!r}: counts each array of a "
+                    f"differential crossbar; geometry.mapping is {geom.mapping!r} (one array "
+                    f"holds both signs: use {self.structure.replace('_signed', '')!r})")
             if self.structure in PER_SEGMENT:
                 n = self.amount
                 if not _is_int(n) or not 1 <= n <= geom.rows:

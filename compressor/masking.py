@@ -28,6 +28,10 @@ class Frozen:
     """Lowest integer level."""
     qmax: int = 0
     """Highest integer level."""
+    sign: np.ndarray | None = None
+    """int8, torch layout, or None. Set for structures that count each sign on its own
+    (``projections.SIGNED``): a kept entry keeps the sign it had when frozen (it is clamped
+    at 0 instead of crossing), so retraining cannot move a weight to the other array."""
 
 
 class _MaskedLevels(torch.autograd.Function):
@@ -37,14 +41,20 @@ class _MaskedLevels(torch.autograd.Function):
     level set holds 0."""
 
     @staticmethod
-    def forward(ctx, w, mask, scale, qmin, qmax):
+    def forward(ctx, w, mask, scale, qmin, qmax, sign=None):
         ctx.save_for_backward(mask)
-        return torch.div(w, scale).round_().clamp_(qmin, qmax).mul_(scale).mul_(mask)
+        out = torch.div(w, scale).round_().clamp_(qmin, qmax).mul_(scale).mul_(mask)
+        return out if sign is None else _keep_sign_(out, sign)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None, None
+        return grad * mask, None, None, None, None, None
+
+
+def _keep_sign_(w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """In place: entries of the wrong sign for ``sign`` (+-1) become 0."""
+    return w.mul_(sign).clamp_(min=0).mul_(sign)
 
 
 class MaskQuant(nn.Module):
@@ -55,11 +65,17 @@ class MaskQuant(nn.Module):
         super().__init__()
         self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
         self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
+        if frozen.sign is None:
+            self.sign = None
+        else:  # +-1 (0 counts as +: those entries are masked anyway)
+            self.register_buffer("sign", torch.as_tensor(np.where(frozen.sign < 0, -1, 1),
+                                                         dtype=dtype), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.scale is None:
-            return w * self.mask
-        return _MaskedLevels.apply(w, self.mask, self.scale, self.qmin, self.qmax)
+            out = w * self.mask
+            return out if self.sign is None else (out * self.sign).clamp(min=0) * self.sign
+        return _MaskedLevels.apply(w, self.mask, self.scale, self.qmin, self.qmax, self.sign)
 
 
 def install(model: nn.Module, frozen: dict[str, Frozen]) -> None:
@@ -75,7 +91,13 @@ def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:
     if f.scale is None:
         return None
     w = weight.detach().cpu().double().numpy() * f.mask
-    return np.clip(np.rint(w / f.scale), f.qmin, f.qmax).astype(np.int64)
+    q = np.clip(np.rint(w / f.scale), f.qmin, f.qmax).astype(np.int64)
+    return q if f.sign is None else _signed(q, f.sign)
+
+
+def _signed(a: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """``a`` with entries of the wrong sign for ``sign`` set to 0 (numpy)."""
+    return np.where(sign < 0, np.minimum(a, 0), np.maximum(a, 0))
 
 
 def snap(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, np.ndarray | None]:
@@ -94,6 +116,8 @@ def snap(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, np.ndarray | 
         out[name] = q
         if q is None:
             value = original * torch.as_tensor(f.mask, dtype=original.dtype)
+            if f.sign is not None:
+                value = torch.as_tensor(_signed(value.numpy(), f.sign))
         else:
             value = torch.as_tensor(q.astype(np.float32) * np.float32(f.scale))
         with torch.no_grad():

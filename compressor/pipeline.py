@@ -38,7 +38,7 @@ from .constraints import Constraint
 from .errors import CompressionError
 from .geometry import from_crossbar, to_crossbar
 from .masking import Frozen, install, levels, snap
-from .projections import PACKED, keep_mask
+from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
 
 METHODS = ("admm", "magnitude")
@@ -171,9 +171,12 @@ class _Run:
                 for n, c in self.layers.items():
                     w = modules[n].weight
                     proj, scale, keep = c.project(w, self.recipe.geometry)
+                    # signed structures rank each sign apart: a kept weight keeps its sign
+                    sign = (np.where(keep, np.sign(w.detach().cpu().numpy()), 0).astype(np.int8)
+                            if c.structure in SIGNED else None)
                     w.copy_(proj)
                     qmin, qmax = c.quant.levels if c.quant is not None else (0, 0)
-                    self.frozen[n] = Frozen(keep, scale, qmin, qmax)
+                    self.frozen[n] = Frozen(keep, scale, qmin, qmax, sign)
             install(self.model, self.frozen)
             self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
         epochs = r.epochs
@@ -254,13 +257,14 @@ class _Run:
             arr = w.detach().cpu().double().numpy()
             m = to_crossbar(arr)
             keep = np.ascontiguousarray(from_crossbar(
-                keep_mask(m * m, self.recipe.geometry, c.structure, c.amount), arr.shape))
+                keep_mask(m * m, self.recipe.geometry, c.structure, c.amount, sign=m),
+                arr.shape))
             if np.array_equal(keep, arr != 0):
                 continue
             with torch.no_grad():
                 w.mul_(torch.as_tensor(keep, dtype=w.dtype))
             f = self.frozen[n]
-            self.frozen[n] = Frozen(f.mask & keep, f.scale, f.qmin, f.qmax)
+            self.frozen[n] = Frozen(f.mask & keep, f.scale, f.qmin, f.qmax, f.sign)
 
     def _result(self) -> CompressionResult:
         modules = dict(self.model.named_modules())
@@ -280,7 +284,9 @@ class _Run:
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
-                           "qmin": f.qmin, "qmax": f.qmax} for n, f in self.frozen.items()},
+                           "qmin": f.qmin, "qmax": f.qmax,
+                           **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
+                       for n, f in self.frozen.items()},
         }
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
@@ -296,7 +302,8 @@ class _Run:
         if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
             raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
                                    f"or choose another path")
-        self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"])
+        self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"],
+                                 f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}
         if ck["stage"] == "retrain":  # parametrized module names
             install(self.model, self.frozen)

@@ -21,6 +21,12 @@ Structured sparsity (``STRUCTURES``), each "keep the best groups":
 ``tinyadc``       TinyADC (Yuan et al., DATE 2021): at most ``n`` nonzeros in every column
                   segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
                   of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
+``tinyadc_signed`` TinyADC per array of a differential crossbar: at most ``n`` positive and
+                  at most ``n`` negative nonzeros per column segment. A differential MVMU
+                  holds w = pos − neg on two arrays, each bit line of each array has its own
+                  ADC conversion, so its sum only sees one sign: the same ADC bits as
+                  ``tinyadc`` with the same ``n``, with up to ``2n`` weights per column.
+                  Keeps the ``n`` largest of each sign (a weight never gains by changing sign).
 
 Not a fixed set, so not an exact projection (``PACKED``, outside ``STRUCTURES``):
 
@@ -33,11 +39,14 @@ Not a fixed set, so not an exact projection (``PACKED``, outside ``STRUCTURES``)
                   segment, re-packs, and repeats until nothing changes, so every crossbar
                   the compiler builds from the result has at most ``n`` nonzeros per bit
                   line. Feasible and idempotent, not guaranteed nearest.
+``tinyadc_packed_signed`` the same on packed crossbars, ``n`` per sign (per array, as
+                  ``tinyadc_signed``).
 
 The group-sparsity sets are "at most k groups nonzero" with ``k = round(keep · groups)``
 (at least 1), ``groups`` counting only groups that hold at least one real (unpadded) weight.
 For them the nearest point keeps the k groups of largest squared norm unchanged and zeroes the
-rest, which is what is returned; likewise per segment for ``tinyadc``.
+rest, which is what is returned; likewise per segment for ``tinyadc`` (and per segment and
+sign for ``tinyadc_signed``).
 
 Quantization: the set ``{s·q : q integer, qmin <= q <= qmax}`` with ``(qmin, qmax)`` from
 :func:`compressor.geometry.level_range`. Given the scale ``s`` the projection is exact (round to
@@ -61,13 +70,16 @@ import numpy as np
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
 
-STRUCTURES = ("rows", "columns", "blocks", "aligned_rows", "aligned_cols", "tinyadc")
+STRUCTURES = ("rows", "columns", "blocks", "aligned_rows", "aligned_cols", "tinyadc",
+              "tinyadc_signed")
 #: Structures whose set depends on the support (see the module doc): feasible, not nearest.
-PACKED = ("tinyadc_packed",)
+PACKED = ("tinyadc_packed", "tinyadc_packed_signed")
 #: Every structure a recipe may name.
 ALL_STRUCTURES = STRUCTURES + PACKED
 #: Structures whose amount is ``n`` (nonzeros per bit line), not a keep fraction.
-PER_SEGMENT = ("tinyadc", "tinyadc_packed")
+PER_SEGMENT = ("tinyadc", "tinyadc_signed") + PACKED
+#: Structures that count each sign (each array of a differential crossbar) on its own.
+SIGNED = ("tinyadc_signed", "tinyadc_packed_signed")
 
 # Axes of the (row_blocks, rows, col_blocks, cols) block view summed into one group.
 _GROUP_AXES = {
@@ -155,7 +167,7 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
     if quant is None:
         if structure is None:
             return m.copy(), None, np.ones(m.shape, dtype=bool)
-        keep = keep_mask(m * m, geom, structure, amount)
+        keep = keep_mask(m * m, geom, structure, amount, sign=m)
         return m * keep, None, keep
     bits, mapping, scale, pow2 = quant
     qmin, qmax = level_range(bits, mapping)
@@ -172,7 +184,7 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
         return _joint(m, geom, structure, amount, scale, qmin, qmax)
     # Free scale: candidates from the weights a magnitude projection keeps (the pruned ones
     # would drag the scale down), each then judged by the exact joint distance.
-    support = m[keep_mask(m * m, geom, structure, amount)]
+    support = m[keep_mask(m * m, geom, structure, amount, sign=m)]
     best = None
     for s in scale_candidates(support, qmin, qmax, pow2):
         out = _joint(m, geom, structure, amount, s, qmin, qmax)
@@ -182,13 +194,27 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
     return best[1]
 
 
-def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount) -> np.ndarray:
+def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
+              sign: np.ndarray | None = None) -> np.ndarray:
     """Boolean ``K × N`` mask of the entries a ``structure`` constraint keeps, ranking groups
     by the sum of ``score`` (>= 0) over each group (per entry within segments for
-    ``tinyadc``). The exact maximiser of the kept score subject to the constraint."""
+    ``tinyadc``). The exact maximiser of the kept score subject to the constraint.
+    ``SIGNED`` structures need ``sign`` (the weights, or anything of their sign): each
+    sign is ranked on its own and entries of sign 0 are never kept."""
+    if structure in SIGNED:
+        if sign is None:
+            raise CompressionError(f"structure={structure!r} needs the weights' sign")
+        plain = structure.replace("_signed", "")
+        score = np.asarray(score, np.float64)
+        pos, neg = sign > 0, sign < 0
+        if plain == "tinyadc_packed":   # the two arrays share the packed rows
+            return _packed_keep(score, geom, _check_n(amount, geom), pos, neg)
+        return ((keep_mask(np.where(pos, score, 0.0), geom, plain, amount) & pos)
+                | (keep_mask(np.where(neg, score, 0.0), geom, plain, amount) & neg))
     k_rows, n_cols = score.shape
     if structure == "tinyadc_packed":
-        return _packed_keep(np.asarray(score, np.float64), geom, _check_n(amount, geom))
+        score = np.asarray(score, np.float64)
+        return _packed_keep(score, geom, _check_n(amount, geom), score >= 0)
     blocks = geom.blocks(score.astype(np.float64))
     real = geom.blocks(np.ones(score.shape, dtype=bool))
     if structure == "tinyadc":
@@ -212,14 +238,18 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount)
     return geom.unblock(keep & real, k_rows, n_cols)
 
 
-def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int) -> np.ndarray:
-    """``tinyadc_packed``: at most ``n`` kept entries per column of every packed crossbar.
+def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int,
+                 *classes: np.ndarray) -> np.ndarray:
+    """``tinyadc_packed``: at most ``n`` kept entries of each class (``classes``: disjoint
+    boolean masks; one for ``tinyadc_packed``, the two signs for ``_signed``) per column of
+    every packed crossbar.
 
     Packing as ``compiler/partition.py`` does it: per column strip of ``cols`` columns, the
-    rows with a kept entry, in order, cut into runs of ``rows``. Only entries with a
-    positive score are candidates (a zero score is a zero weight, which the compiler drops);
-    each pass keeps the ``n`` best per column of each packed run (ties: lower row); passes
-    repeat until the kept set no longer changes (it only shrinks, so this ends).
+    rows with a kept entry (of any class), in order, cut into runs of ``rows``. Only entries
+    with a positive score are candidates (a zero score is a zero weight, which the compiler
+    drops); each pass keeps the ``n`` best of each class per column of each packed run (ties:
+    lower row); passes repeat until the kept set no longer changes (it only shrinks, so this
+    ends).
     """
     keep = score > 0
     for c0 in range(0, score.shape[1], geom.cols):
@@ -230,11 +260,13 @@ def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int) -> np.ndarra
             new = np.zeros_like(sub)
             for r0 in range(0, len(rows), geom.rows):
                 rr = rows[r0:r0 + geom.rows]
-                s = np.where(sub[rr], sc[rr], -np.inf)
-                order = np.argsort(-s, axis=0, kind="stable")[:n]   # best n per column
-                top = np.zeros(s.shape, dtype=bool)
-                np.put_along_axis(top, order, True, axis=0)
-                new[rr] = top & sub[rr]
+                for cls in classes:
+                    cand = sub[rr] & cls[rr, cols]
+                    s = np.where(cand, sc[rr], -np.inf)
+                    order = np.argsort(-s, axis=0, kind="stable")[:n]   # best n per column
+                    top = np.zeros(s.shape, dtype=bool)
+                    np.put_along_axis(top, order, True, axis=0)
+                    new[rr] |= top & cand
             if np.array_equal(new, sub):
                 break
             sub = new
@@ -348,7 +380,7 @@ def as_float64(w):
 def _joint(m, geom, structure, amount, s, qmin, qmax):
     qv = _snap(m, s, qmin, qmax)
     gain = m * m - (m - qv) ** 2  # >= 0: level 0 is always available
-    keep = keep_mask(gain, geom, structure, amount)
+    keep = keep_mask(gain, geom, structure, amount, sign=m)
     return qv * keep, float(s), keep
 
 

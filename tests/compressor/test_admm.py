@@ -66,6 +66,28 @@ def test_masked_levels_are_the_exact_levels_with_a_masked_straight_through_gradi
     assert torch.equal(w.grad, upstream * mask)
 
 
+@pytest.mark.parametrize("scale", [0.25, None])
+def test_a_signed_frozen_weight_cannot_cross_zero(scale):
+    """``tinyadc_signed`` counts each sign apart: retraining may shrink a kept weight to 0,
+    never past it (that would move it to the other array, over its count)."""
+    from compressor.masking import Frozen, MaskQuant, levels
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(6, 9, generator=g, requires_grad=True)
+    mask = torch.rand(6, 9, generator=g) > 0.3
+    sign = np.where(mask.numpy(), np.where(torch.rand(6, 9, generator=g).numpy() < 0.5, -1, 1),
+                    0).astype(np.int8)
+    p = MaskQuant(Frozen(mask.numpy(), scale, -3, 3, sign), torch.float32)
+    out = p(w).detach().numpy()
+    assert (out * sign >= 0).all() and (out[~mask.numpy()] == 0).all()
+    plain = MaskQuant(Frozen(mask.numpy(), scale, -3, 3), torch.float32)(w).detach().numpy()
+    same = plain * sign >= 0
+    assert np.array_equal(out[same], plain[same]) and (out[~same] == 0).all() and (~same).any()
+    if scale is not None:
+        assert np.array_equal(levels(w, Frozen(mask.numpy(), scale, -3, 3, sign)) * scale, out)
+        p(w).sum().backward()
+        assert torch.equal(w.grad, mask.float())    # straight through, masked
+
+
 def test_rho_change_keeps_the_unscaled_dual():
     model = linear()
     admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=0.5)

@@ -12,7 +12,9 @@ RECIPE = {
     "pretrain": {"epochs": 1},
     "admm": {"rounds": 3, "ramp_rounds": 2},   # resumes inside and after the ramp
     "retrain": {"epochs": 2},
-    "layers": [{"match": "1", "sparsity": {"structure": "tinyadc", "n": 4}, "quant": {"bits": 6}},
+    # signed: the frozen signs go through the checkpoint too
+    "layers": [{"match": "1", "sparsity": {"structure": "tinyadc_packed_signed", "n": 4},
+                "quant": {"bits": 6}},
                {"match": "3", "sparsity": {"structure": "rows", "keep": 0.5}}],
 }
 

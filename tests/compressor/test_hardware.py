@@ -163,8 +163,10 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
     g = CrossbarGeometry(rows=128, cols=128, weight_bits=8)
     x = rng.normal(size=(8, 512)).astype(np.float32)
     bits = {}
-    for structure in ("tinyadc", "tinyadc_packed"):
+    nnz = {}
+    for structure in ("tinyadc", "tinyadc_packed", "tinyadc_packed_signed"):
         p, scale, _ = project_matrix(m, g, structure, 8, (3, "differential", None, False))
+        nnz[structure] = np.count_nonzero(p)
         q = np.rint(p / scale).astype(np.int64)   # 3-bit levels: one 2-bit slice
         path = _qdq_matmul(q, tmp_path / f"{structure}.onnx")
         check = adc_lossless_check(path, ("puma", ["weight_bits=8", "xbar.mapping=differential"]),
@@ -173,6 +175,10 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
         bits[structure] = check["adc_bits_max"]
     assert bits["tinyadc_packed"] == 5            # <= 8 rows x level 3 = 24: 5 bits
     assert bits["tinyadc"] > bits["tinyadc_packed"]  # up to 32 per packed crossbar: 7 bits
+    # per sign: each differential array's bit line holds <= 8, so the same 5 bits with
+    # (nearly) twice the weights
+    assert bits["tinyadc_packed_signed"] == 5
+    assert nnz["tinyadc_packed_signed"] > 1.5 * nnz["tinyadc_packed"]
 
 
 def test_storage_formula_counts_blocks_and_masks(tmp_path):

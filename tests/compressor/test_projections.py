@@ -15,24 +15,26 @@ from compressor.geometry import CrossbarGeometry, level_range, to_crossbar
 
 SHAPES = [(3, 5), (7, 4), (6, 2, 3, 3), (10, 4, 1, 1)]
 XBARS = [(1, 1), (2, 3), (4, 4), (5, 2), (128, 128)]
-AMOUNTS = {s: (2 if s == "tinyadc" else 0.4) for s in P.STRUCTURES}
+PER_SEG = ("tinyadc", "tinyadc_signed")
+AMOUNTS = {s: (2 if s in PER_SEG else 0.4) for s in P.STRUCTURES}
 
 
 def group_of(structure, i, j, g):
     """Group id of crossbar-matrix entry (i, j); for tinyadc, its column segment."""
     rb, cb = i // g.rows, j // g.cols
     return {"rows": (i, cb), "columns": (rb, j), "blocks": (rb, cb), "aligned_rows": rb,
-            "aligned_cols": cb, "tinyadc": (rb, j)}[structure]
+            "aligned_cols": cb, "tinyadc": (rb, j), "tinyadc_signed": (rb, j)}[structure]
 
 
 def feasible(m, g, structure, amount):
     k_rows, n_cols = m.shape
     groups = {group_of(structure, i, j, g) for i in range(k_rows) for j in range(n_cols)}
     nz = [(i, j) for i in range(k_rows) for j in range(n_cols) if m[i, j] != 0]
-    if structure == "tinyadc":
+    if structure in PER_SEG:   # signed: each sign (each differential array) counts apart
         counts = {}
         for i, j in nz:
-            key = group_of(structure, i, j, g)
+            key = (group_of(structure, i, j, g),
+                   m[i, j] > 0 if structure == "tinyadc_signed" else None)
             counts[key] = counts.get(key, 0) + 1
         return max(counts.values(), default=0) <= amount
     k = max(1, min(len(groups), math.floor(amount * len(groups) + 0.5)))
@@ -53,7 +55,7 @@ def dist(a, b):
                          list(itertools.product(SHAPES, XBARS, P.STRUCTURES)))
 def test_sparsity_feasible_idempotent_and_no_random_feasible_point_closer(shape, xbar, structure):
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
-    amount = min(AMOUNTS[structure], g.rows) if structure == "tinyadc" else AMOUNTS[structure]
+    amount = min(AMOUNTS[structure], g.rows) if structure in PER_SEG else AMOUNTS[structure]
     rng = np.random.default_rng(hash((shape, xbar, structure)) % 2**32)
     w = rng.normal(size=shape).astype(np.float32)
     p = P.project_structured(w, g, structure, amount)
@@ -80,7 +82,7 @@ TINY = [((2, 4), (2, 2)), ((3, 4), (1, 2)), ((2, 2, 1, 3), (4, 1)), ((3, 3), (3,
 def test_sparsity_is_nearest_by_brute_force_over_all_supports(case, structure):
     shape, xbar = case
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
-    amount = 1 if structure == "tinyadc" else 0.5
+    amount = 1 if structure in PER_SEG else 0.5
     w = np.random.default_rng(7).normal(size=shape)
     m = to_crossbar(w)
     best = min(dist(m * mask, m)
@@ -154,7 +156,7 @@ JOINT = [((2, 4), (2, 2)), ((2, 4), (1, 4)), ((4, 2), (2, 1)), ((2, 2, 1, 2), (2
 def test_joint_fixed_scale_is_nearest_by_brute_force_over_levels_and_supports(case, structure, bits):
     shape, xbar = case
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
-    amount = 1 if structure == "tinyadc" else 0.5
+    amount = 1 if structure in PER_SEG else 0.5
     scale = 0.5
     w = np.random.default_rng(bits).normal(size=shape)
     m = to_crossbar(w)
@@ -175,7 +177,7 @@ def test_joint_fixed_scale_is_nearest_by_brute_force_over_levels_and_supports(ca
                          list(itertools.product(SHAPES[1:3], XBARS[1:4], P.STRUCTURES)))
 def test_joint_free_scale_feasible_idempotent(shape, xbar, structure):
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
-    amount = 2 if structure == "tinyadc" else 0.4
+    amount = 2 if structure in PER_SEG else 0.4
     w = np.random.default_rng(1).normal(size=shape)
     for pow2 in (False, True):
         p = P.project_sparse_quantized(w, g, structure, amount, 4, pow2=pow2)
@@ -218,30 +220,34 @@ def test_impossible_targets_raise(call, match):
         call(CrossbarGeometry(rows=4, cols=4))
 
 
-def packed_feasible(m, g, n):
-    """Every crossbar the compiler packs from ``m`` holds <= n nonzeros per bit line: per
-    column strip, the rows with a nonzero, in order, in runs of ``g.rows`` (plain loops)."""
+def packed_feasible(m, g, n, signed=False):
+    """Every crossbar the compiler packs from ``m`` holds <= n nonzeros per bit line (of each
+    array, i.e. of each sign, if ``signed``): per column strip, the rows with a nonzero, in
+    order, in runs of ``g.rows`` (plain loops)."""
     k_rows, n_cols = m.shape
+    kinds = [lambda v: v > 0, lambda v: v < 0] if signed else [lambda v: v != 0]
     for c0 in range(0, n_cols, g.cols):
         cols = range(c0, min(c0 + g.cols, n_cols))
         rows = [i for i in range(k_rows) if any(m[i, j] != 0 for j in cols)]
         for r0 in range(0, len(rows), g.rows):
             for j in cols:
-                if sum(m[i, j] != 0 for i in rows[r0:r0 + g.rows]) > n:
-                    return False
+                for kind in kinds:
+                    if sum(bool(kind(m[i, j])) for i in rows[r0:r0 + g.rows]) > n:
+                        return False
     return True
 
 
-@pytest.mark.parametrize("shape,xbar,n", list(itertools.product(
+@pytest.mark.parametrize("shape,xbar,n,structure", list(itertools.product(
     [(3, 40), (12, 64), (5, 8, 3, 3), (2, 300)], [(4, 4), (8, 2), (16, 16), (128, 128)],
-    [1, 3])))
-def test_tinyadc_packed_is_feasible_on_packed_crossbars_and_idempotent(shape, xbar, n):
+    [1, 3], P.PACKED)))
+def test_tinyadc_packed_is_feasible_on_packed_crossbars_and_idempotent(shape, xbar, n,
+                                                                       structure):
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
     rng = np.random.default_rng(hash((shape, xbar, n)) % 2**32)
     w = rng.normal(size=shape) * (rng.random(shape) < 0.7)   # some zeros: rows get packed
-    p = P.project_structured(w, g, "tinyadc_packed", n)
-    assert packed_feasible(to_crossbar(p), g, n)
-    assert np.array_equal(P.project_structured(p, g, "tinyadc_packed", n), p)
+    p = P.project_structured(w, g, structure, n)
+    assert packed_feasible(to_crossbar(p), g, n, signed=structure in P.SIGNED)
+    assert np.array_equal(P.project_structured(p, g, structure, n), p)
     kept = p != 0
     assert np.array_equal(p[kept], w[kept])
     # The fixed-segment projection need not be feasible once packed; this one is never
@@ -255,3 +261,34 @@ def test_tinyadc_packed_joint_with_levels_is_feasible_after_rounding():
     p, scale, keep = P.project_matrix(to_crossbar(w), g, "tinyadc_packed", 2, (4, "differential",
                                                                              None, False))
     assert packed_feasible(p, g, 2) and on_levels(p, scale, 4)
+
+
+@pytest.mark.parametrize("structure", ["tinyadc", "tinyadc_packed"])
+def test_signed_tinyadc_holds_the_unsigned_set_and_is_no_farther(structure):
+    """Counting each sign apart (each array of a differential crossbar) is a superset of
+    counting both: every unsigned-feasible point is signed-feasible, so the (exact) signed
+    projection is at least as near, and it keeps up to twice the nonzeros."""
+    g = CrossbarGeometry(rows=16, cols=8)
+    w = np.random.default_rng(11).normal(size=(20, 70))
+    plain = P.project_structured(w, g, structure, 3)
+    signed = P.project_structured(w, g, structure + "_signed", 3)
+    if structure == "tinyadc":
+        assert feasible(to_crossbar(plain), g, "tinyadc_signed", 3)
+        assert feasible(to_crossbar(signed), g, "tinyadc_signed", 3)
+        assert dist(signed, w) < dist(plain, w)
+        assert np.count_nonzero(plain) < np.count_nonzero(signed) <= 2 * np.count_nonzero(plain)
+    else:   # packed: feasible, not nearest (module doc); the superset still holds, and the
+        # fewer rows a strip keeps the more they pack, so the signed one keeps > 2x here
+        assert packed_feasible(to_crossbar(plain), g, 3, signed=True)
+        assert packed_feasible(to_crossbar(signed), g, 3, signed=True)
+        assert np.count_nonzero(signed) > 2 * np.count_nonzero(plain)
+    kept = signed != 0
+    assert np.array_equal(signed[kept], w[kept])
+
+
+def test_signed_structure_needs_a_differential_geometry():
+    from compressor.constraints import Constraint
+    c = Constraint("tinyadc_signed", 4)
+    c.check(CrossbarGeometry(rows=8, cols=8))
+    with pytest.raises(CompressionError, match="tinyadc_signed.*differential.*'offset'"):
+        c.check(CrossbarGeometry(rows=8, cols=8, mapping="offset"))
