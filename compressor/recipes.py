@@ -26,7 +26,7 @@ Format (every section but ``layers`` optional; defaults shown)::
                             # epoch e at lr * lr_decay**e (pretrain takes lr_decay too)
     layers:                 # first matching rule wins; unmatched layers stay dense float
       - match: "features.*"               # module name or fnmatch glob (or a list of them)
-        sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed) take n: for keep:
+        sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed)(_signed) take n:
         quant: {bits: 8, mapping: differential, pow2: false}  # bits/mapping default: geometry
       - match: classifier.4
         # no sparsity/quant: leave this layer dense
