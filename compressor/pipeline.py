@@ -13,6 +13,10 @@ the same number of epochs. The arms differ only in how the mask was found, so th
 gap is ADMM's gain and not extra training. ``accuracy["projected"]`` (right after the hard
 projection, before retraining) shows how far each arm had already moved onto the set.
 
+With ``distill`` in the recipe (:class:`~compressor.recipes.DistillSpec`) both arms' training
+after ``pretrain`` also matches the dense model's softened outputs (knowledge distillation),
+the dense logits of every training image computed once when compression starts.
+
 Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
 ``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
 (``torch.save`` of state dicts, read back with ``weights_only=True``) is written after every
@@ -31,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.train import evaluate  # top-1 accuracy (0..1), eval mode
+from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval mode
 
 from .admm import ADMM
 from .constraints import Constraint
@@ -93,6 +97,23 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     return run.go()
 
 
+def _loss(distill):
+    """The training loss ``f(logits, labels, teacher_logits)``: cross-entropy, or with
+    ``distill`` (a :class:`DistillSpec`) its mix with the distillation term."""
+    ce = nn.functional.cross_entropy
+    if distill is None or not distill.alpha:
+        return lambda out, y, teacher: ce(out, y)
+    a, t = distill.alpha, distill.temperature
+
+    def mixed(out, y, teacher):
+        # T**2 keeps the soft term's gradient on the hard term's scale (Hinton et al. 2015)
+        soft = nn.functional.kl_div(nn.functional.log_softmax(out / t, 1),
+                                    nn.functional.log_softmax(teacher / t, 1),
+                                    reduction="batchmean", log_target=True)
+        return (1 - a) * ce(out, y) + a * t * t * soft
+    return mixed
+
+
 def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
     """Learning rate of ``epoch`` of a training stage: ``lr * lr_decay**epoch``."""
     for g in opt.param_groups:
@@ -117,6 +138,7 @@ class _Run:
         self.history: list[dict] = []
         self.accuracy: dict[str, float] = {}
         self.dense_state: dict | None = None
+        self.teacher: torch.Tensor | None = None  # dense logits per training image (distill)
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -131,6 +153,8 @@ class _Run:
                 self._record("pretrain", opt, loss=loss)
             self.accuracy["dense"] = evaluate(self.model, self.xt, self.yt)
             self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if r.distill.alpha:
+                self.teacher = predict_logits(self.model, self.x)
             self._advance("admm" if self.method == "admm" else "retrain")
         if self.stage == "admm":
             self._admm()
@@ -205,7 +229,8 @@ class _Run:
         rng = np.random.default_rng((self.recipe.seed, stage_id, rnd, epoch))
         order = rng.permutation(len(self.x))
         bs = self.recipe.batch_size
-        loss_fn = nn.CrossEntropyLoss()
+        teacher = self.teacher  # None until pretraining is done, and without distillation
+        loss_fn = _loss(self.recipe.distill if teacher is not None else None)
         total, seen = 0.0, 0
         with tqdm(total=math.ceil(len(order) / bs), desc=desc, disable=not self.progress,
                   leave=False) as bar:
@@ -215,7 +240,8 @@ class _Run:
                     break
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(self.model(torch.from_numpy(self.x[idx])),
-                               torch.from_numpy(self.y[idx]))
+                               torch.from_numpy(self.y[idx]),
+                               None if teacher is None else teacher[torch.from_numpy(idx)])
                 total += loss.item() * len(idx)
                 seen += len(idx)
                 loss.backward()
@@ -282,7 +308,7 @@ class _Run:
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
-            "accuracy": self.accuracy, "dense": self.dense_state,
+            "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
@@ -312,3 +338,4 @@ class _Run:
         self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]
         self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])
         self.dense_state = ck.get("dense")
+        self.teacher = ck.get("teacher")

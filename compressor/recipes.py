@@ -24,6 +24,8 @@ Format (every section but ``layers`` optional; defaults shown)::
                             # (n: geometric from the crossbar rows down to n)
     retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0}  # masked (fake-quantized) fine-tuning;
                             # epoch e at lr * lr_decay**e (pretrain takes lr_decay too)
+    distill: {alpha: 0.0, temperature: 4.0}  # knowledge distillation from the dense model
+                            # in the ADMM W-step and retraining; alpha 0: off
     layers:                 # first matching rule wins; unmatched layers stay dense float
       - match: "features.*"               # module name or fnmatch glob (or a list of them)
         sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed)(_signed) take n:
@@ -101,6 +103,20 @@ class AdmmSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DistillSpec:
+    """Knowledge distillation (Hinton et al. 2015) from the dense model compression starts
+    from (after ``pretrain``): the ADMM W-step and retraining minimise
+    ``(1 - alpha) · CE(labels) + alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T))``.
+    The teacher is fixed and the data unaugmented, so its logits are computed once per
+    training image (one forward pass) and kept in the checkpoint."""
+
+    alpha: float = 0.0
+    """Weight of the distillation term, in [0, 1]; 0 turns distillation off."""
+    temperature: float = 4.0
+    """Softmax temperature ``T`` of both distributions (> 0)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LayerRule:
     """Layers whose names match any of ``patterns`` (fnmatch) get ``constraint``."""
 
@@ -118,6 +134,7 @@ class Recipe:
     admm: AdmmSpec = field(default_factory=AdmmSpec)
     retrain: TrainSpec = field(default_factory=lambda: _RETRAIN)
     pretrain: TrainSpec = field(default_factory=TrainSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
     batch_size: int = 64
     seed: int = 0
     description: str = ""
@@ -166,6 +183,8 @@ class Recipe:
             # added after checkpoints existed: at its default it is left out, so those
             # checkpoints' fingerprints still match
             del d["admm"]["ramp_rounds"]
+        if not d["distill"]["alpha"]:  # likewise: off leaves the fingerprint as it was
+            del d["distill"]
         return d
 
     def fingerprint(self) -> str:
@@ -196,7 +215,8 @@ def shipped_recipes() -> list[str]:
 def parse_recipe(data, default_name: str = "recipe") -> Recipe:
     """Validate a recipe given as plain data (the parsed YAML)."""
     top = _mapping(data, "recipe", {"name", "description", "geometry", "seed", "batch_size",
-                                    "pretrain", "admm", "retrain", "layers"})
+                                    "pretrain", "admm", "retrain", "distill",
+                                    "layers"})
     geometry = CrossbarGeometry.from_dict(_mapping(top.get("geometry", {}), "recipe.geometry"),
                                           where="recipe.geometry")
     admm = AdmmSpec(**_mapping(top.get("admm", {}), "recipe.admm", set(AdmmSpec.__slots__)))
@@ -221,6 +241,13 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
             raise CompressionError(f"recipe.{stage}.lr_decay={spec.lr_decay!r}: must be in "
                                    f"(0, 1] (a factor per epoch)")
         stages[stage] = spec
+    distill = DistillSpec(**_mapping(top.get("distill", {}), "recipe.distill",
+                                     set(DistillSpec.__slots__)))
+    _check_positive(distill.temperature, "recipe.distill.temperature")
+    a = distill.alpha
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
+        raise CompressionError(f"recipe.distill.alpha={a!r}: must be a number in [0, 1] "
+                               f"(the distillation term's weight)")
     batch_size, seed = top.get("batch_size", 64), top.get("seed", 0)
     _check_int(batch_size, "recipe.batch_size", 1)
     _check_int(seed, "recipe.seed", 0)
@@ -231,7 +258,7 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
     rules = tuple(_rule(r, f"recipe.layers[{i}]", geometry) for i, r in enumerate(raw_layers))
     name = top.get("name", default_name)
     return Recipe(name=str(name), layers=rules, geometry=geometry, admm=admm,
-                  retrain=stages["retrain"], pretrain=stages["pretrain"],
+                  retrain=stages["retrain"], pretrain=stages["pretrain"], distill=distill,
                   batch_size=batch_size, seed=seed, description=str(top.get("description", "")))
 
 

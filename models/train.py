@@ -35,15 +35,19 @@ _RESUME_KEYS = ("model", "model_kwargs", "data", "seed", "lr", "lr_decay", "weig
                 "batch_size", "limit")
 
 
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of ``model`` (put in eval mode) on images ``x``, batched, without gradients."""
+    model.eval()
+    with torch.no_grad():
+        parts = [model(torch.from_numpy(x[i:i + batch_size]))
+                 for i in range(0, len(x), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on images ``x`` and labels ``y``."""
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            logits = model(torch.from_numpy(x[i:i + batch_size]))
-            correct += int((logits.argmax(1).numpy() == y[i:i + batch_size]).sum())
-    return correct / max(1, len(x))
+    pred = predict_logits(model, x, batch_size).argmax(1).numpy()
+    return int((pred == y).sum()) / max(1, len(x))
 
 
 def _describe(data) -> str:

@@ -12,6 +12,7 @@ RECIPE = {
     "pretrain": {"epochs": 1},
     "admm": {"rounds": 3, "ramp_rounds": 2},   # resumes inside and after the ramp
     "retrain": {"epochs": 2},
+    "distill": {"alpha": 0.5},                 # the teacher's logits go through it as well
     # signed: the frozen signs go through the checkpoint too
     "layers": [{"match": "1", "sparsity": {"structure": "tinyadc_packed_signed", "n": 4},
                 "quant": {"bits": 6}},

@@ -76,6 +76,16 @@ def test_ramp_rounds_round_trips_and_its_default_keeps_old_fingerprints():
         assert parse_recipe(r.to_dict()) == r
 
 
+def test_distill_round_trips_and_off_keeps_old_fingerprints():
+    plain = parse_recipe(GOOD)
+    assert plain.distill.alpha == 0 and "distill" not in plain.fingerprint()
+    kd = parse_recipe(with_change(("distill",), {"alpha": 0.5, "temperature": 2}))
+    assert (kd.distill.alpha, kd.distill.temperature) == (0.5, 2)
+    assert '"distill": {"alpha": 0.5, "temperature": 2}' in kd.fingerprint()
+    for r in (plain, kd):
+        assert parse_recipe(r.to_dict()) == r
+
+
 @pytest.mark.parametrize("path,value,match", [
     (("layers", 0, "sparsity", "keep"), 0.0, r"recipe.layers\[0\].sparsity.keep=0.0: must be a fraction in \(0, 1\]"),
     (("layers", 0, "sparsity", "keep"), 1.2, r"sparsity.keep=1.2"),
@@ -101,6 +111,10 @@ def test_ramp_rounds_round_trips_and_its_default_keeps_old_fingerprints():
     (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
     (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
+    (("distill",), {"alpha": 1.5}, r"recipe.distill.alpha=1.5: must be a number in \[0, 1\]"),
+    (("distill",), {"alpha": "all"}, r"recipe.distill.alpha='all'"),
+    (("distill",), {"temperature": 0}, r"recipe.distill.temperature=0: must be a number > 0"),
+    (("distill",), {"teacher": "x"}, r"recipe.distill.teacher: unknown field; allowed: alpha"),
     (("epochs",), 3, r"recipe.epochs: unknown field"),
 ])
 def test_bad_fields_are_named_in_one_line(path, value, match):
