@@ -234,7 +234,8 @@ X3_SCHEDULES = {g: {**SCHEDULE, "admm": {**SCHEDULE["admm"], "rho_growth": g}}
 # and not kept (lr 1e-3 unless said): the per-array (``_signed``) counts with ternary convs
 # at n=63 and 5-bit n=21 on the classifier 0.9066 (0.9080 at lr 3e-4; 0.9080 with magnitude
 # pruning instead of ADMM, same 22 epochs), 5-bit n=21 per array everywhere 0.9048; with
-# knowledge distillation (``distill: {alpha: 0.5, temperature: 4}``, lr 3e-4) 0.9086.
+# knowledge distillation (``distill: {alpha: 0.5, temperature: 4}``, lr 3e-4) 0.9086;
+# ADMM at lr 3e-4 and retraining at 1.5e-4 0.9066.
 RETRAIN16 = {"epochs": 16, "lr": 1.0e-3, "lr_decay": 0.85}
 TINY_SCHEDULES = {
     "retrain16_rho1.8_lr3e-4": {**SCHEDULE, "admm": {**SCHEDULE["admm"], "rho_growth": 1.8,
