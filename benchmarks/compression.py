@@ -265,6 +265,12 @@ def load_data(quick: bool):
 VGG_FC_WIDTH = 2048  # see the module doc
 
 
+def compression_subset(train, n: int):
+    """The seeded ``n``-image subset of the training split every compression epoch sees."""
+    sub = np.random.default_rng(7).permutation(len(train[0]))[:n]
+    return train[0][sub], train[1][sub]
+
+
 def vgg_fmnist(fc_width: int = VGG_FC_WIDTH):
     """The VGG-style model of this benchmark (see the module doc); ``fc_width`` sizes its two
     hidden fully connected layers (``area_scale.py`` varies it)."""
@@ -318,6 +324,14 @@ def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
 
 
 # -- one variant ----------------------------------------------------------------------------
+
+def checkpoint_path(folder: Path, stem: str, rec, method: str, model) -> Path:
+    """Where a compression run is cached: named by its recipe, method and the model's
+    parameter shapes, so a changed run never reads another's checkpoint."""
+    arch = [tuple(p.shape) for p in model.parameters()]
+    tag = hashlib.sha1(f"{rec.fingerprint()} {method} {arch}".encode()).hexdigest()[:8]
+    return folder / f"{stem}_{tag}.ckpt"
+
 
 def run_variant(name, model, rec, method, train, val, ckpt: Path, log):
     from compressor import compress
@@ -392,8 +406,7 @@ def main():
     n_sim = min(args.sim_images, len(test[0]))
     sim = (test[0][:n_sim], test[1][:n_sim])
     cal = train[0][:64]                              # activation ranges from training images
-    sub = np.random.default_rng(7).permutation(len(train[0]))[:args.compress_images]
-    ctrain = (train[0][sub], train[1][sub])
+    ctrain = compression_subset(train, args.compress_images)
     log(f"data: train {len(train[0])}, val {len(val[0])}, test {len(test[0])}, compression "
         f"epochs on {len(ctrain[0])}, chip on {n_sim} test images")
 
@@ -458,9 +471,7 @@ def main():
             for label, sched in cands.items():
                 rec = recipe(f"{mname}_{vname}", geometry(spec["geom"], rules), rules, sched)
                 model = copy.deepcopy(dense_model)
-                arch = [tuple(p.shape) for p in model.parameters()]  # a run of another model
-                tag = hashlib.sha1(f"{rec.fingerprint()} {method} {arch}".encode()).hexdigest()[:8]
-                ckpt = cache / f"{mname}_{vname}_{tag}.ckpt"
+                ckpt = checkpoint_path(cache, f"{mname}_{vname}", rec, method, model)
                 cached = ckpt.is_file()
                 t0 = time.perf_counter()
                 res = run_variant(f"{mname} {vname}" + (f" [{label}]" if len(cands) > 1
