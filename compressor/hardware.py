@@ -52,6 +52,7 @@ METRICS = (
     ("adc_conversions", "ADC conversions / inference", True),
     ("adc_bits_max", "lossless ADC bits, max", True),
     ("adc_bits_mean", "lossless ADC bits, mean", True),
+    ("adc_bits_worst_case", "ADC bits lossless for any weights", None),
 )
 
 
@@ -77,11 +78,14 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     ``tiles``, ``cores``, ``energy_uj`` (one inference), ``energy_breakdown_uj``,
     ``area_mm2``, ``area_breakdown_mm2``, ``latency_us``, ``adc_conversions``,
     ``adc_bits_max`` / ``adc_bits_mean`` (lossless bits over crossbar blocks, as
-    ``adc.adaptive`` would give them), ``adc_bits_config`` (the ADC the machine has;
+    ``adc.adaptive`` would give them), ``adc_bits_worst_case`` (what an ADC of this machine
+    needs to be lossless for any weights, the width TinyADC's bound is measured against),
+    ``adc_bits_config`` (the ADC the machine has;
     ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides).
     """
     from compiler import compile_model
     from simulator import simulate
+    from simulator.costs import worst_case_adc_bits
 
     machine, label = _machine(cfg, overrides)
     if x is None or len(x) == 0:
@@ -114,6 +118,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         "adc_conversions": int(rep.adc_conversions),
         "adc_bits_max": int(bits.max()) if bits.size else 0,
         "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,
+        "adc_bits_worst_case": worst_case_adc_bits(machine),
         "adc_bits_config": ("adaptive" if machine.adc.adaptive else
                             "ideal" if machine.adc.bits is None else int(machine.adc.bits)),
     }

@@ -127,7 +127,7 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None) -> int:
     ``ceil(conversions / adcs)`` ADC conversions, C = shift-and-add. Over S steps:
     A + B + C + (S - 1) * max(A, B, C)."""
     conv_per_step = cols_used * cfg.slices * cfg.arrays
-    bits = adc_bits if adc_bits is not None else _ideal_bits(cfg)
+    bits = adc_bits if adc_bits is not None else worst_case_adc_bits(cfg)
     adc = adc_cost(cfg.adc.model, bits)
     a = TABLE["dac_ns"] + TABLE["crossbar_step_ns"] * cfg.xbar.rows / 128
     b = -(-conv_per_step // cfg.adc.per_mvmu) * adc.latency_ns
@@ -136,7 +136,7 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None) -> int:
     return max(1, math.ceil(total_ns * cfg.clock_ghz - 1e-9))
 
 
-def _ideal_bits(cfg) -> int:
+def worst_case_adc_bits(cfg) -> int:
     """An ideal ADC is costed as one just wide enough for the worst-case column sum."""
     worst = cfg.xbar.rows * ((1 << cfg.dac.bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
     return max(1, math.ceil(math.log2(worst + 1)))
@@ -144,7 +144,7 @@ def _ideal_bits(cfg) -> int:
 
 def cost_bits(cfg, adc_bits: int | None) -> int:
     """The bit width whose cost an ADC of ``adc_bits`` (None = ideal) is charged."""
-    return adc_bits if adc_bits is not None else _ideal_bits(cfg)
+    return adc_bits if adc_bits is not None else worst_case_adc_bits(cfg)
 
 
 def energy_table(cfg) -> dict[str, float]:

@@ -241,3 +241,28 @@ def test_evaluate_hardware_rejects_what_it_cannot_run(tmp_path):
         evaluate_hardware(tmp_path / "none.onnx", MACHINE, np.zeros((1, 1, 28, 28)))
     with pytest.raises(CompressionError, match="CompressionResult"):
         evaluate_hardware(object(), MACHINE, np.zeros((1, 1, 28, 28)))
+
+
+def test_packed_tinyadc_on_one_bit_cells_bounds_every_slice_by_n(tmp_path):
+    """On 1-bit cells a bit line sums the weights that have that bit set, so ``n`` nonzeros
+    per packed column bound every slice's sum by ``n`` whatever the levels: n = 63 of 128
+    rows gives 6 lossless bits where the machine's worst case needs 8. Positive weights of
+    equal size all land on the top level (both bits set, one array), so the bound is met."""
+    from compressor.projections import project_matrix
+    rng = np.random.default_rng(1)
+    m = rng.uniform(0.9, 1.0, size=(384, 5))
+    g = CrossbarGeometry(rows=128, cols=128, cell_bits=1, weight_bits=3)
+    cfg = ("puma", ["weight_bits=3", "xbar.mapping=differential", "xbar.cell_bits=1"])
+    x = rng.normal(size=(8, 384)).astype(np.float32)
+    bits = {}
+    for structure, n in (("tinyadc_packed", 63), ("blocks", 1.0)):
+        p, scale, _ = project_matrix(m, g, structure, n, (3, "differential", None, False))
+        q = np.rint(p / scale).astype(np.int64)
+        assert set(np.unique(q)) <= {0, 3}
+        path = _qdq_matmul(q, tmp_path / f"{structure}.onnx")
+        check = adc_lossless_check(path, cfg, x)
+        assert check["equal"]
+        bits[structure] = check["adc_bits_max"]
+    assert bits == {"tinyadc_packed": 6, "blocks": 8}   # <= 63 vs 128 per bit line
+    hw = evaluate_hardware(path, cfg, x)
+    assert hw["adc_bits_max"] == 8 and hw["adc_bits_worst_case"] == 8

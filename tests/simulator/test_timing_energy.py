@@ -115,3 +115,14 @@ def test_link_contention_serialises_flits():
     cfg2 = load_config("small", ["node.flit_words=16"])
     many = simulate(ex.two_tile_exchange(cfg2, w, dst_tile=1), values=False).latency_cycles
     assert one - many == 16 - 1     # 16 flits instead of one on the same link
+
+
+@pytest.mark.parametrize("overrides, bits", [
+    ([], 9),                                        # PUMA: 128 rows x level 3 x 1-bit DAC
+    (["xbar.cell_bits=1"], 8),                      # 128 rows x level 1: 0..128
+    (["xbar.rows=32", "xbar.cols=32"], 7),          # 32 x 3 = 96
+    (["dac.bits=2"], 11),                           # 128 x 3 x 3 = 1152
+])
+def test_worst_case_adc_bits_is_the_largest_possible_column_sum(overrides, bits):
+    from simulator.costs import worst_case_adc_bits
+    assert worst_case_adc_bits(load_config("puma", overrides)) == bits
