@@ -120,6 +120,12 @@ def _compress(args) -> int:
     torch.set_num_threads(TORCH_THREADS)
     train, test = load_splits(args.data, args.limit)
     model = _load_model(args, train, test)
+    # retrain.keep=best picks an epoch by accuracy: on training images held out for it,
+    # never on the test split the results are reported on
+    train, val = _hold_out(train) if recipe.retrain.keep == "best" else (train, test)
+    if val is not test:
+        print(f"retrain.keep=best: epochs are compared on {len(val[0])} training images held "
+              f"out of training (10 %); accuracies below are on them, 'test' on the test split")
     out = Path(args.output)
     runs = [("admm", out)] + ([("magnitude", out.with_name(f"{out.stem}-magnitude.onnx"))]
                               if args.baseline else [])
@@ -128,14 +134,15 @@ def _compress(args) -> int:
     dense_model = None
     for method, path in runs:
         model.load_state_dict(start)
-        res = compress(model, recipe, train, test, method=method, checkpoint=_ckpt(path),
+        res = compress(model, recipe, train, val, method=method, checkpoint=_ckpt(path),
                        resume=not args.no_resume, progress=not args.quiet)
         if dense_model is None:  # the weights compression started from (after pretrain)
             dense_model = _dense_after_pretrain(res, start)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
-        summary[method] = _report(res, path)
+        summary[method] = _report(res, path, None if val is test else test)
     if len(summary) == 2:
-        a, m = summary["admm"]["accuracy"]["final"], summary["magnitude"]["accuracy"]["final"]
+        a, m = (summary[k].get("test_accuracy", summary[k]["accuracy"]["final"])
+                for k in ("admm", "magnitude"))
         print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
               f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points)")
     if not args.no_hw:
@@ -252,12 +259,31 @@ def _load_model(args, train, test):
     return model
 
 
-def _report(res, path: Path) -> dict:
-    """Print a per-layer table and return the JSON summary of one run."""
+def _hold_out(train, fraction: float = 0.1):
+    """A seeded ``fraction`` of the training images (at least one) as a validation split."""
+    import numpy as np
+    x, y = train
+    if len(x) < 2:
+        from .errors import CompressionError
+        raise CompressionError(f"retrain.keep=best: {len(x)} training image(s); need at least "
+                               f"2 to hold some out for choosing the epoch")
+    order = np.random.default_rng(0).permutation(len(x))
+    n = max(1, int(round(fraction * len(x))))
+    return (x[order[n:]], y[order[n:]]), (x[order[:n]], y[order[:n]])
+
+
+def _report(res, path: Path, test=None) -> dict:
+    """Print a per-layer table and return the JSON summary of one run; ``test``: the test
+    split, when the run's accuracies were tracked on a held-out part of the training data."""
+    from models.train import evaluate
+
     from .geometry import occupancy, to_crossbar
     acc = res.accuracy
+    test_acc = None if test is None else evaluate(res.model, *test)
+    chosen = "" if res.selected_epoch is None else f" (retrain epoch {res.selected_epoch})"
     print(f"{res.method}: accuracy dense {acc['dense']:.4f} -> projected "
-          f"{acc['projected']:.4f} -> final {acc['final']:.4f}; wrote {path}")
+          f"{acc['projected']:.4f} -> final {acc['final']:.4f}{chosen}"
+          + ("" if test_acc is None else f"; test {test_acc:.4f}") + f"; wrote {path}")
     layers = {}
     modules = dict(res.model.named_modules())
     for name, lr in res.layers.items():
@@ -268,4 +294,5 @@ def _report(res, path: Path) -> dict:
               f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
               f"segment {occ['max_nonzeros_per_segment']}")
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
-            "history": res.history}
+            "history": res.history, "selected_epoch": res.selected_epoch,
+            **({} if test_acc is None else {"test_accuracy": test_acc})}

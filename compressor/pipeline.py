@@ -17,6 +17,11 @@ With ``distill`` in the recipe (:class:`~compressor.recipes.DistillSpec`) both a
 after ``pretrain`` also matches the dense model's softened outputs (knowledge distillation),
 the dense logits of every training image computed once when compression starts.
 
+With ``retrain.keep: best`` the run ends on the retraining epoch whose model scored highest
+on the evaluation set (``test`` below, which should then be a validation split, not the test
+set); every retraining epoch is feasible (masked and quantized), so any of them can be kept.
+``CompressionResult.selected_epoch`` says which.
+
 Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
 ``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
 (``torch.save`` of state dicts, read back with ``weights_only=True``) is written after every
@@ -77,6 +82,9 @@ class CompressionResult:
     dense_state: dict | None = None
     """State dict of the dense model compression started from (after ``pretrain``), so the
     hardware loop can compare against exactly that model."""
+    selected_epoch: int | None = None
+    """With ``retrain.keep: best``, the retraining epoch (from 1) whose weights were kept;
+    None when the last epoch's are (``keep: last``)."""
 
 
 def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
@@ -139,6 +147,7 @@ class _Run:
         self.accuracy: dict[str, float] = {}
         self.dense_state: dict | None = None
         self.teacher: torch.Tensor | None = None  # dense logits per training image (distill)
+        self.best: dict | None = None  # retrain.keep best: {"step", "accuracy", "state"}
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -211,6 +220,11 @@ class _Run:
             _set_lr(opt, r, self.step)
             loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{epochs}")
             self._record("retrain", opt, loss=loss)
+        if self.best is not None:  # keep: best (checkpoint selection on the eval set)
+            self.model.load_state_dict(self.best["state"])
+            if self.progress:
+                tqdm.write(f"{self.recipe.name} retrain: kept epoch {self.best['step']} of "
+                           f"{epochs} (accuracy {self.best['accuracy']:.4f})")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -256,6 +270,11 @@ class _Run:
         self.step += 1
         acc = evaluate(self.model, self.xt, self.yt)
         self.history.append({"stage": stage, "step": self.step, **info, "accuracy": acc})
+        if (stage == "retrain" and self.recipe.retrain.keep == "best"
+                and (self.best is None or acc > self.best["accuracy"])):
+            self.best = {"step": self.step, "accuracy": acc,
+                         "state": {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}}
         if self.progress:
             extra = ", ".join(f"{k} {v:.4g}" for k, v in info.items())
             tqdm.write(f"{self.recipe.name} {stage} {self.step}: {extra}, accuracy {acc:.4f}")
@@ -297,7 +316,8 @@ class _Run:
         out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f))
                for n, f in self.frozen.items()}
         return CompressionResult(self.model, self.recipe, self.method, out, dict(self.accuracy),
-                                 list(self.history), self.dense_state)
+                                 list(self.history), self.dense_state,
+                                 None if self.best is None else self.best["step"])
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -309,6 +329,7 @@ class _Run:
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
+            "best": self.best,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
@@ -339,3 +360,4 @@ class _Run:
         self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])
         self.dense_state = ck.get("dense")
         self.teacher = ck.get("teacher")
+        self.best = ck.get("best")

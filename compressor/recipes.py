@@ -22,8 +22,10 @@ Format (every section but ``layers`` optional; defaults shown)::
       rho_max: 10.0
       ramp_rounds: 0        # < rounds; round r < ramp projects onto keep**((r+1)/(ramp+1))
                             # (n: geometric from the crossbar rows down to n)
-    retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0}  # masked (fake-quantized) fine-tuning;
-                            # epoch e at lr * lr_decay**e (pretrain takes lr_decay too)
+    retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0, keep: last}  # masked (fake-quantized)
+                            # fine-tuning; epoch e at lr * lr_decay**e (pretrain takes
+                            # lr_decay too); keep: best ends on the epoch with the highest
+                            # accuracy on compress()'s evaluation set (retrain only)
     distill: {alpha: 0.0, temperature: 4.0}  # knowledge distillation from the dense model
                             # in the ADMM W-step and retraining; alpha 0: off
     layers:                 # first matching rule wins; unmatched layers stay dense float
@@ -64,9 +66,16 @@ class TrainSpec:
     lr_decay: float = 1.0
     """Factor the learning rate is multiplied by after each epoch: epoch ``e`` (from 0)
     runs at ``lr * lr_decay**e``; in (0, 1]."""
+    keep: str = "last"
+    """Which epoch's weights the stage ends with: ``last``, or ``best`` (the highest accuracy
+    on the evaluation set given to :func:`~compressor.compress`, measured after every epoch;
+    ties to the earlier). Checkpoint selection on a validation split: pass one that is not
+    the test set. Only the retraining stage selects (its every epoch is feasible)."""
 
 
 _RETRAIN = TrainSpec(epochs=2, lr=2e-4)
+#: Values of ``retrain.keep``.
+KEEP = ("last", "best")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +194,9 @@ class Recipe:
             del d["admm"]["ramp_rounds"]
         if not d["distill"]["alpha"]:  # likewise: off leaves the fingerprint as it was
             del d["distill"]
+        for stage in ("pretrain", "retrain"):  # likewise
+            if d[stage]["keep"] == "last":
+                del d[stage]["keep"]
         return d
 
     def fingerprint(self) -> str:
@@ -240,6 +252,12 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         if spec.lr_decay > 1:
             raise CompressionError(f"recipe.{stage}.lr_decay={spec.lr_decay!r}: must be in "
                                    f"(0, 1] (a factor per epoch)")
+        allowed = KEEP if stage == "retrain" else ("last",)
+        if spec.keep not in allowed:
+            raise CompressionError(f"recipe.{stage}.keep={spec.keep!r}: must be "
+                                   + " or ".join(allowed)
+                                   + ("" if stage == "retrain" else
+                                      " (only the retrain stage selects an epoch)"))
         stages[stage] = spec
     distill = DistillSpec(**_mapping(top.get("distill", {}), "recipe.distill",
                                      set(DistillSpec.__slots__)))

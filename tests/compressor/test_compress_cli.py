@@ -92,6 +92,22 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
     assert "hardware loop" not in capsys.readouterr().out
 
 
+def test_keep_best_selects_on_held_out_training_images_not_the_test_split(tmp_path, capsys):
+    p = tmp_path / "best.yaml"
+    p.write_text(RECIPE.replace("retrain: {epochs: 1}", "retrain: {epochs: 3, keep: best}"))
+    rc, stdout, err = run(capsys, "mlp", "--recipe", p, "--data", "digits", "-o",
+                          tmp_path / "b.onnx", "--limit", 400, "--no-hw", "-q",
+                          "--json", tmp_path / "s.json")
+    assert rc == 0, err
+    assert "compared on 40 training images held out" in stdout
+    s = json.loads((tmp_path / "s.json").read_text())["admm"]
+    retrain = [h["accuracy"] for h in s["history"] if h["stage"] == "retrain"]
+    assert len(retrain) == 3 and s["accuracy"]["final"] == max(retrain)
+    assert 1 <= s["selected_epoch"] <= 3 and 0 < s["test_accuracy"] <= 1
+    # 40 held-out images score in steps of 1/40; the test split (400 images) does not
+    assert all(round(a * 40, 6).is_integer() for a in retrain)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["nonet", "--recipe", "{recipe}"], "model 'nonet': not a zoo name"),
     (["mlp", "--recipe", "nope"], "recipe 'nope': no such file or shipped recipe"),

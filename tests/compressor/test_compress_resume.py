@@ -11,7 +11,7 @@ RECIPE = {
     "batch_size": 64,
     "pretrain": {"epochs": 1},
     "admm": {"rounds": 3, "ramp_rounds": 2},   # resumes inside and after the ramp
-    "retrain": {"epochs": 2},
+    "retrain": {"epochs": 2, "keep": "best"},  # so does the best epoch's state
     "distill": {"alpha": 0.5},                 # the teacher's logits go through it as well
     # signed: the frozen signs go through the checkpoint too
     "layers": [{"match": "1", "sparsity": {"structure": "tinyadc_packed_signed", "n": 4},
@@ -71,6 +71,7 @@ def test_resumed_run_equals_uninterrupted_run(data, straight, tmp_path, monkeypa
     a, b = weights(ref.model), weights(res.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.accuracy == ref.accuracy and res.history == ref.history
+    assert res.selected_epoch == ref.selected_epoch is not None
     for name in ref.layers:
         assert np.array_equal(ref.layers[name].mask, res.layers[name].mask)
         assert ref.layers[name].scale == res.layers[name].scale

@@ -1,6 +1,5 @@
 """Knowledge distillation from the dense model (recipe ``distill``)."""
 import numpy as np
-import pytest
 import torch
 
 from compressor import compress, parse_recipe, pipeline
@@ -23,22 +22,7 @@ def test_the_loss_is_cross_entropy_off_and_the_tempered_kl_mix_on():
     assert pipeline._loss(DistillSpec(alpha=1.0))(teacher, y, teacher).abs() < 1e-6
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    return (x[:400], d.target[:400].astype(np.int64)), (x[1500:], d.target[1500:].astype(np.int64))
-
-
-def mlp():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                                   torch.nn.Linear(32, 10))
-
-
-def run(data, alpha, labels=None):
+def run(mlp, data, alpha, labels=None):
     (x, y), val = data
     rec = parse_recipe({"name": "kd", "geometry": {"rows": 16, "cols": 8, "weight_bits": 8},
                         "admm": {"rounds": 2}, "retrain": {"epochs": 1},
@@ -48,13 +32,13 @@ def run(data, alpha, labels=None):
     return compress(mlp(), rec, (x, y if labels is None else labels), val, progress=False)
 
 
-def test_with_alpha_one_training_follows_the_teacher_alone(digits):
+def test_with_alpha_one_training_follows_the_teacher_alone(digits, mlp):
     """At ``alpha=1`` the labels are not in the loss: scrambled labels give the same run, bit
     for bit; at ``alpha=0.5`` they are, and the run differs."""
     (x, y), _ = digits
     scrambled = np.random.default_rng(1).permutation(y)
     for alpha, same in ((1.0, True), (0.5, False)):
-        a, b = run(digits, alpha), run(digits, alpha, labels=scrambled)
+        a, b = run(mlp, digits, alpha), run(mlp, digits, alpha, labels=scrambled)
         equal = all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(),
                                                       b.model.state_dict().values()))
         assert equal is same, alpha

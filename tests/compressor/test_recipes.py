@@ -86,6 +86,16 @@ def test_distill_round_trips_and_off_keeps_old_fingerprints():
         assert parse_recipe(r.to_dict()) == r
 
 
+def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
+    plain = parse_recipe(GOOD)
+    assert plain.retrain.keep == "last"
+    assert all("keep" not in plain.to_dict()[s] for s in ("pretrain", "retrain"))
+    best = parse_recipe(with_change(("retrain",), {"epochs": 2, "keep": "best"}))
+    assert best.retrain.keep == "best" and '"keep": "best"' in best.fingerprint()
+    for r in (plain, best):
+        assert parse_recipe(r.to_dict()) == r
+
+
 @pytest.mark.parametrize("path,value,match", [
     (("layers", 0, "sparsity", "keep"), 0.0, r"recipe.layers\[0\].sparsity.keep=0.0: must be a fraction in \(0, 1\]"),
     (("layers", 0, "sparsity", "keep"), 1.2, r"sparsity.keep=1.2"),
@@ -110,6 +120,8 @@ def test_distill_round_trips_and_off_keeps_old_fingerprints():
     (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
     (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
     (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
+    (("retrain",), {"keep": "worst"}, r"recipe.retrain.keep='worst': must be last or best$"),
+    (("pretrain",), {"keep": "best"}, r"recipe.pretrain.keep='best': must be last \(only"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
     (("distill",), {"alpha": 1.5}, r"recipe.distill.alpha=1.5: must be a number in \[0, 1\]"),
     (("distill",), {"alpha": "all"}, r"recipe.distill.alpha='all'"),

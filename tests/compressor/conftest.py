@@ -1,0 +1,26 @@
+"""Shared small cases for the compressor's training tests: 8x8 digits and a 64-32-10 MLP."""
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """400 training images and the last 297 as the evaluation set."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    return (x[:400], d.target[:400].astype(np.int64)), (x[1500:], d.target[1500:].astype(np.int64))
+
+
+def _mlp():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 10))
+
+
+@pytest.fixture
+def mlp():
+    """Builds the same freshly initialised MLP on every call."""
+    return _mlp
