@@ -16,7 +16,11 @@ Protocol (nothing is chosen on the test set):
 * Fashion-MNIST train (60 000) is split by a seeded permutation into 55 000 for training
   and 5 000 for validation. Every training stage sees only the former (compression stages a
   seeded 30 000-image subset of it, to fit the time budget); the accuracy that ``compress``
-  tracks per epoch is on the validation split. Test accuracy is on the full 10 000-image
+  tracks per epoch is on the validation split, and every run keeps the retraining epoch
+  that scored highest there (``retrain.keep: best``, adopted for every variant alike before
+  its test numbers were seen: validation moves about 0.3 pp between late epochs, and which
+  epoch a run ends on is otherwise chance; a row's ``selected_epoch`` says which, and its
+  validation accuracy is optimistic by that choice). Test accuracy is on the full 10 000-image
   test set (onnxruntime on the exported ONNX, which equals PyTorch to 1e-4); the simulated
   chip runs the first ``--sim-images`` test images (default 500). The shipped LeNet-5 was
   trained on all 60 000 training images (so its validation numbers are optimistic; no
@@ -143,6 +147,14 @@ VGG_TINY = [
     {"match": "classifier.*",
      "sparsity": {"structure": "tinyadc_packed", "n": 21}, "quant": {"bits": TINY_BITS}},
 ]
+# Measured and not kept (validation, seed 0, this schedule with the last epoch kept): TinyADC
+# on 1-bit cells, where a bit line sums the weights that have that bit set, so n=63 of 128
+# (49 % density instead of 16 %) gives the same 6 bits at any level width (against 8 for
+# any weights on that machine): 3-bit levels (4 crossbars per block, as here) 0.9104, the
+# same per array (``tinyadc_packed_signed``, 59-80 % density) 0.9072, 4-bit (6 per block)
+# 0.9086, 5-bit (8 per block, the crossbars dense PUMA takes) 0.9130. Tripling the weights a
+# column keeps did not move validation past this recipe's 0.9104 at the same crossbars;
+# what TinyADC runs lose is in quantized fine-tuning, not in the column bound.
 LENET_BLOCKS = [  # on 32 x 32 crossbars
     blocks("features.0"),                 # 1 / 1
     blocks("features.3", 0.6),            # 3 / 5
@@ -199,7 +211,7 @@ def tiny_n(rules, n):
 SCHEDULE = {"seed": 0, "batch_size": 64,
             "admm": {"rounds": 6, "epochs_per_round": 1, "lr": 1.0e-3, "rho": 0.05,
                      "rho_growth": 2.5, "rho_max": 10.0},
-            "retrain": {"epochs": 8, "lr": 1.0e-3, "lr_decay": 0.7}}
+            "retrain": {"epochs": 8, "lr": 1.0e-3, "lr_decay": 0.7, "keep": "best"}}
 # At the highest point of the 2048-wide model, ADMM chooses its rho growth on validation in
 # every run (as TinyADC chooses its schedule below): 2.5 (SCHEDULE) or 3.5 (0.05 -> 10,
 # capped, over the 6 rounds). Measured once before, seed 0: growth 1.8 0.8840, 2.5 0.8862,
@@ -236,7 +248,7 @@ X3_SCHEDULES = {g: {**SCHEDULE, "admm": {**SCHEDULE["admm"], "rho_growth": g}}
 # pruning instead of ADMM, same 22 epochs), 5-bit n=21 per array everywhere 0.9048; with
 # knowledge distillation (``distill: {alpha: 0.5, temperature: 4}``, lr 3e-4) 0.9086;
 # ADMM at lr 3e-4 and retraining at 1.5e-4 0.9066.
-RETRAIN16 = {"epochs": 16, "lr": 1.0e-3, "lr_decay": 0.85}
+RETRAIN16 = {"epochs": 16, "lr": 1.0e-3, "lr_decay": 0.85, "keep": "best"}
 TINY_SCHEDULES = {
     "retrain16_rho1.8_lr3e-4": {**SCHEDULE, "admm": {**SCHEDULE["admm"], "rho_growth": 1.8,
                                                      "lr": 3.0e-4},
@@ -341,7 +353,7 @@ def run_variant(name, model, rec, method, train, val, ckpt: Path, log):
     t0 = time.perf_counter()
     res = compress(model, rec, train, val, method=method, checkpoint=ckpt, progress=False)
     log(f"{name}: val {res.accuracy['dense']:.4f} dense -> {res.accuracy['final']:.4f} "
-        f"({time.perf_counter() - t0:.0f} s)")
+        f"(retrain epoch {res.selected_epoch}; {time.perf_counter() - t0:.0f} s)")
     return res
 
 
@@ -428,8 +440,8 @@ def main():
         dcfg = spec["dense_cfg"]
         spec["comp_cfg"] = (dcfg[0], dcfg[1] + compressed_machine(BLOCK_BITS))
     schedule = SCHEDULE if not args.quick else {
-        **SCHEDULE, "admm": {**SCHEDULE["admm"], "rounds": 2}, "retrain": {"epochs": 1,
-                                                                           "lr": 2e-4}}
+        **SCHEDULE, "admm": {**SCHEDULE["admm"], "rounds": 2},
+        "retrain": {"epochs": 1, "lr": 2e-4, "keep": "best"}}
     rows, runs = [], {}
     for mname, spec in models.items():
         dense_model = spec["model"]
@@ -506,7 +518,8 @@ def main():
                 "selection_rule": "highest validation accuracy after compression; ties to "
                                   "the earlier candidate; test set unused"}
             rows.append({"model": mname, "variant": vname, "method": method, "machine": cfg,
-                         "val_accuracy": res.accuracy, "recipe": rec.to_dict(), **extra,
+                         "val_accuracy": res.accuracy, "selected_epoch": res.selected_epoch,
+                         "recipe": rec.to_dict(), **extra,
                          "timing": timing, **row})
 
     # -- device mismatch: programming variation sweep, dense vs ADMM blocks
