@@ -147,7 +147,7 @@ class _Run:
         self.accuracy: dict[str, float] = {}
         self.dense_state: dict | None = None
         self.teacher: torch.Tensor | None = None  # dense logits per training image (distill)
-        self.best: dict | None = None  # retrain.keep best: {"step", "accuracy", "state"}
+        self.best_state: dict | None = None  # retrain.keep best: the best epoch's weights
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -220,11 +220,12 @@ class _Run:
             _set_lr(opt, r, self.step)
             loss = self._epoch(opt, 2, 0, self.step, f"retrain {self.step + 1}/{epochs}")
             self._record("retrain", opt, loss=loss)
-        if self.best is not None:  # keep: best (checkpoint selection on the eval set)
-            self.model.load_state_dict(self.best["state"])
+        if self.best_state is not None:  # keep: best (checkpoint selection on the eval set)
+            self.model.load_state_dict(self.best_state)
             if self.progress:
-                tqdm.write(f"{self.recipe.name} retrain: kept epoch {self.best['step']} of "
-                           f"{epochs} (accuracy {self.best['accuracy']:.4f})")
+                k = self._selected_epoch()
+                tqdm.write(f"{self.recipe.name} retrain: kept epoch {k} of {epochs} "
+                           f"(accuracy {self._retrain_accuracies()[k - 1]:.4f})")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -269,12 +270,10 @@ class _Run:
     def _record(self, stage: str, opt, **info) -> None:
         self.step += 1
         acc = evaluate(self.model, self.xt, self.yt)
-        self.history.append({"stage": stage, "step": self.step, **info, "accuracy": acc})
         if (stage == "retrain" and self.recipe.retrain.keep == "best"
-                and (self.best is None or acc > self.best["accuracy"])):
-            self.best = {"step": self.step, "accuracy": acc,
-                         "state": {k: v.detach().clone()
-                                   for k, v in self.model.state_dict().items()}}
+                and acc > max(self._retrain_accuracies(), default=-1.0)):
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.history.append({"stage": stage, "step": self.step, **info, "accuracy": acc})
         if self.progress:
             extra = ", ".join(f"{k} {v:.4g}" for k, v in info.items())
             tqdm.write(f"{self.recipe.name} {stage} {self.step}: {extra}, accuracy {acc:.4f}")
@@ -311,13 +310,22 @@ class _Run:
             f = self.frozen[n]
             self.frozen[n] = Frozen(f.mask & keep, f.scale, f.qmin, f.qmax, f.sign)
 
+    def _retrain_accuracies(self) -> list[float]:
+        return [h["accuracy"] for h in self.history if h["stage"] == "retrain"]
+
+    def _selected_epoch(self) -> int | None:
+        """``keep: best``: the first retraining epoch (from 1) with the highest accuracy."""
+        accs = self._retrain_accuracies()
+        if self.recipe.retrain.keep != "best" or not accs:
+            return None
+        return int(np.argmax(accs)) + 1
+
     def _result(self) -> CompressionResult:
         modules = dict(self.model.named_modules())
         out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f))
                for n, f in self.frozen.items()}
         return CompressionResult(self.model, self.recipe, self.method, out, dict(self.accuracy),
-                                 list(self.history), self.dense_state,
-                                 None if self.best is None else self.best["step"])
+                                 list(self.history), self.dense_state, self._selected_epoch())
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -329,7 +337,7 @@ class _Run:
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
-            "best": self.best,
+            "best_state": self.best_state,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
@@ -360,4 +368,4 @@ class _Run:
         self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])
         self.dense_state = ck.get("dense")
         self.teacher = ck.get("teacher")
-        self.best = ck.get("best")
+        self.best_state = ck.get("best_state")

@@ -127,8 +127,7 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None) -> int:
     ``ceil(conversions / adcs)`` ADC conversions, C = shift-and-add. Over S steps:
     A + B + C + (S - 1) * max(A, B, C)."""
     conv_per_step = cols_used * cfg.slices * cfg.arrays
-    bits = adc_bits if adc_bits is not None else worst_case_adc_bits(cfg)
-    adc = adc_cost(cfg.adc.model, bits)
+    adc = adc_cost(cfg.adc.model, cost_bits(cfg, adc_bits))
     a = TABLE["dac_ns"] + TABLE["crossbar_step_ns"] * cfg.xbar.rows / 128
     b = -(-conv_per_step // cfg.adc.per_mvmu) * adc.latency_ns
     c = TABLE["shift_add_ns"]
@@ -137,7 +136,8 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None) -> int:
 
 
 def worst_case_adc_bits(cfg) -> int:
-    """An ideal ADC is costed as one just wide enough for the worst-case column sum."""
+    """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell at its top level,
+    every DAC step at full scale); an ideal ADC is costed as this wide."""
     worst = cfg.xbar.rows * ((1 << cfg.dac.bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
     return max(1, math.ceil(math.log2(worst + 1)))
 
