@@ -393,8 +393,9 @@ def main():
                          "instead of two) and the ADMM/magnitude pairs below the highest "
                          "compression point (x2)")
     ap.add_argument("--extra-seeds", type=int, default=0, metavar="K",
-                    help="also run the highest compression point's ADMM/magnitude pair "
-                         "with data-order seeds 1..K (the verdict then takes the mean)")
+                    help="also run every variant a target compares (ADMM blocks, "
+                         "power-of-two scales, TinyADC, the highest point's ADMM/magnitude "
+                         "pair) with data-order seeds 1..K; the verdicts take the mean")
     args = ap.parse_args()
 
     import torch
@@ -472,11 +473,19 @@ def main():
             variants += [(f"admm_blocks_{sfx}", "admm", hard, ccfg, False,
                           highest_cands(schedule["seed"]) if top else None),
                          (f"magnitude_blocks_{sfx}", "magnitude", hard, ccfg, False)]
-        for seed in range(1, args.extra_seeds + 1):   # the highest point, other data orders
+        # other data orders of every variant a target compares (the verdicts take the mean)
+        for seed in range(1, args.extra_seeds + 1):
+            shared = {"shared": {**schedule, "seed": seed}}
             variants += [(f"admm_blocks_{sfx}_s{seed}", "admm", hard, ccfg, False,
                           highest_cands(seed)),
                          (f"magnitude_blocks_{sfx}_s{seed}", "magnitude", hard, ccfg, False,
-                          {"shared": {**schedule, "seed": seed}})]
+                          shared),
+                         (f"admm_blocks_s{seed}", "admm", spec["blocks"], ccfg, False, shared),
+                         (f"admm_blocks_pow2_s{seed}", "admm", pow2(spec["blocks"]), ccfg,
+                          False, shared),
+                         (f"admm_tinyadc_s{seed}", "admm", spec["tiny"], tcfg, True,
+                          {k: {**v, "seed": seed} for k, v in TINY_SCHEDULES.items()}
+                          if mname == "vgg_fmnist" and not args.quick else shared)]
         for vname, method, rules, cfg, lossless, *cands in variants:
             cands = (cands[0] if cands else None) or {"shared": schedule}
             tried = {}
@@ -596,47 +605,77 @@ def _get(rows, model, variant):
     return r
 
 
+def replicates(rows, model, variant) -> list[dict]:
+    """A variant's row followed by its other data-order seeds' rows (``--extra-seeds``)."""
+    again = re.compile(re.escape(variant) + r"_s\d+")
+    return [_get(rows, model, variant)] + [r for r in rows if r["model"] == model
+                                           and again.fullmatch(r["variant"])]
+
+
+def _acc(rs) -> str:
+    """Test accuracies over seeds, in %: '91.32' or '91.32 / 91.10 (mean 91.21)'."""
+    accs = [100 * r["test_accuracy"] for r in rs]
+    return " / ".join(f"{a:.2f}" for a in accs) + (
+        f" (mean {np.mean(accs):.2f})" if len(accs) > 1 else "")
+
+
+def _pp(diffs) -> str:
+    """Paired differences over seeds, in pp: '+0.34' or '+0.34 / +1.28 (mean +0.81)'."""
+    return " / ".join(f"{v:+.2f}" for v in diffs) + (
+        f" (mean {np.mean(diffs):+.2f})" if len(diffs) > 1 else "")
+
+
 def targets(rows, sweep) -> list[dict]:
-    """Issue 5's "Must show" items, each with the measured numbers."""
+    """Issue 5's "Must show" items, each with the measured numbers. With ``--extra-seeds``
+    an accuracy verdict takes the mean over the data-order seeds (hardware figures are seed
+    0's: the same recipe gives the same crossbars, and energy within 0.1 %); differences
+    are paired by seed."""
     out = []
     for m in ("vgg_fmnist", "lenet5"):
-        d, c = _get(rows, m, "dense"), _get(rows, m, "admm_blocks")
-        loss = 100 * (d["test_accuracy"] - c["test_accuracy"])
+        d = _get(rows, m, "dense")
+        cs = replicates(rows, m, "admm_blocks")
+        c, dacc = cs[0], d["test_accuracy"]
+        loss = 100 * (dacc - np.mean([r["test_accuracy"] for r in cs]))
+        comp = min(r["compression"] for r in cs)
         red = {k: 100 * (1 - c[k] / d[k]) for k in ("crossbars", "energy_uj", "area_mm2")}
         out.append({"target": f"{m}: >= 20x storage at <= 0.5 pp loss",
-                    "met": c["compression"] >= 20 and loss <= 0.5,
-                    "measured": f"x{c['compression']:.1f}, test {100 * d['test_accuracy']:.2f}"
-                                f" -> {100 * c['test_accuracy']:.2f} % ({-loss:+.2f} pp)"})
+                    "met": bool(comp >= 20 and loss <= 0.5),
+                    "measured": f"x{comp:.1f}, test {100 * dacc:.2f} -> {_acc(cs)} % "
+                                f"({-loss:+.2f} pp)"})
         out.append({"target": f"{m}: crossbars, energy, area each reduced >= 90 %",
-                    "met": all(v >= 90 for v in red.values()),
+                    "met": bool(all(v >= 90 for v in red.values())),
                     "measured": ", ".join(f"{k} -{v:.1f} %" for k, v in red.items())
                     + f"; area floor (its MVMU parts on one tile, no core at all): "
                       f"-{100 * (1 - area_floor(c) / d['area_mm2']):.1f} %"})
-        t = _get(rows, m, "admm_tinyadc")
+        ts = replicates(rows, m, "admm_tinyadc")
         ref = c["adc_bits_max"]
-        lc = t.get("lossless_check", {})
-        tloss = 100 * (d["test_accuracy"] - t["test_accuracy"])
+        bits = max(t["adc_bits_max"] for t in ts)
+        equal = all(t.get("lossless_check", {}).get("equal") for t in ts)
+        tloss = 100 * (dacc - np.mean([t["test_accuracy"] for t in ts]))
         t7 = _find(rows, m, "admm_tinyadc_n42")
         if t7 is not None:
             out.append({"target": f"{m}: (context) TinyADC n=42, one bit less",
                         "met": None,
                         "measured": f"max lossless bits {t7['adc_bits_max']}; test "
-                                    f"{100 * (t7['test_accuracy'] - d['test_accuracy']):+.2f}"
+                                    f"{100 * (t7['test_accuracy'] - dacc):+.2f}"
                                     f" pp vs dense; lossless: "
                                     f"{t7.get('lossless_check', {}).get('equal')}"})
+        worst = ts[0].get("adc_bits_worst_case")
         out.append({"target": f"{m}: TinyADC lowers ADC bits by >= 2 at <= 0.5 pp, lossless",
-                    "met": ref - t["adc_bits_max"] >= 2 and tloss <= 0.5 and lc.get("equal"),
-                    "measured": f"max lossless bits {t['adc_bits_max']} vs {ref} "
+                    "met": bool(ref - bits >= 2 and tloss <= 0.5 and equal),
+                    "measured": f"max lossless bits {bits} vs {ref} "
                                 f"({BLOCK_BITS}-bit block variant) / {d['adc_bits_max']} "
-                                f"(dense on puma); test "
-                                f"{-tloss:+.2f} pp vs dense; adaptive == ideal ADC outputs: "
-                                f"{lc.get('equal')} on {200 if lc else 0} images"})
-        p = _get(rows, m, "admm_blocks_pow2")
-        gap = 100 * (c["test_accuracy"] - p["test_accuracy"])
+                                f"(dense on puma)"
+                                + (f" / {worst} (its machine, any weights)" if worst else "")
+                                + f"; test {_acc(ts)} % ({-tloss:+.2f} pp vs dense); "
+                                f"adaptive == ideal ADC outputs: {equal} on "
+                                f"{200 if ts[0].get('lossless_check') else 0} images"
+                                + (f" x {len(ts)} seeds" if len(ts) > 1 else "")})
+        ps = replicates(rows, m, "admm_blocks_pow2")
+        gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(ps, cs)]
         out.append({"target": f"{m}: power-of-two scales within 0.3 pp of float scales",
-                    "met": abs(gap) <= 0.3,
-                    "measured": f"{100 * p['test_accuracy']:.2f} vs "
-                                f"{100 * c['test_accuracy']:.2f} % ({-gap:+.2f} pp)"})
+                    "met": bool(abs(np.mean(gaps)) <= 0.3),
+                    "measured": f"{_acc(ps)} vs {_acc(cs[:len(ps)])} % ({_pp(gaps)} pp)"})
         pairs = [(f"admm_blocks{s}", f"magnitude_blocks{s}")
                  for s in ["", *(f"_{sfx}" for sfx, _ in HARD_POINTS)]]
         both = [(_get(rows, m, a), _get(rows, m, b)) for a, b in pairs
@@ -648,21 +687,16 @@ def targets(rows, sweep) -> list[dict]:
                         f"crossbars): {100 * (a['test_accuracy'] - g['test_accuracy']):+.2f} pp"
                         for a, g in both)})
         a, g = max(both, key=lambda ab: ab[0]["compression"])
-        diff = 100 * (a["test_accuracy"] - g["test_accuracy"])
-        seeds = [(r, _get(rows, m, r["variant"].replace("admm", "magnitude")))
-                 for r in rows if r["model"] == m and r["variant"].startswith(a["variant"] + "_s")]
-        diffs = [diff] + [100 * (sa["test_accuracy"] - sg["test_accuracy"]) for sa, sg in seeds]
-        mean = float(np.mean(diffs))
+        As, Gs = replicates(rows, m, a["variant"]), replicates(rows, m, g["variant"])
+        diffs = [100 * (sa["test_accuracy"] - sg["test_accuracy"]) for sa, sg in zip(As, Gs)]
         out.append({"target": f"{m}: ADMM beats magnitude by >= 1 pp at the highest "
                               f"compression point (same crossbars)",
-                    "met": mean >= 1.0,
-                    "measured": f"{a['variant']} {100 * a['test_accuracy']:.2f} vs "
-                                f"{g['variant']} {100 * g['test_accuracy']:.2f} % "
-                                f"({diff:+.2f} pp) at x{a['compression']:.1f}, "
+                    "met": bool(np.mean(diffs) >= 1.0),
+                    "measured": f"{a['variant']} {_acc(As)} vs {g['variant']} {_acc(Gs)} % "
+                                f"({_pp(diffs)} pp) at x{a['compression']:.1f}, "
                                 f"{a['crossbars']} vs {g['crossbars']} crossbars"
-                                + (f"; over {len(diffs)} data-order seeds "
-                                   + " / ".join(f"{v:+.2f}" for v in diffs)
-                                   + f" pp, mean {mean:+.2f} pp" if seeds else "")})
+                                + (f", over {len(diffs)} data-order seeds"
+                                   if len(diffs) > 1 else "")})
     return out
 
 
@@ -798,6 +832,8 @@ def plot(rows, sweep, path: Path) -> None:
 
 
 def _plain(o):
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
