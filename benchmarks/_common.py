@@ -50,10 +50,30 @@ def best_of(fn, repeat=5):
     return min(times), out
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), which ``platform`` does not give: trained weights, and
+    so accuracies, differ in the last digits between CPUs whose kernels round differently."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    return {"python": platform.python_version(), "cpu": platform.processor() or
-            platform.machine(), "cores": os.cpu_count(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+    info = {"python": platform.python_version(), "cpu": platform.processor() or
+            platform.machine(), "cpu_model": _cpu_model(), "cores": os.cpu_count(),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "numpy": np.__version__}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        pass
+    return info
 
 
 def write(name: str, data: dict) -> Path:
