@@ -15,7 +15,8 @@ from models.demo import load_demo_images, load_pretrained, pretrained_path
 from models.errors import DataError, ModelError
 
 #: Names in the zoo, available without importing torch (``models.zoo.ZOO`` has the builders).
-MODEL_NAMES = ("mlp", "puma_mlp", "mlp784", "lenet5", "vgg8", "vgg16", "resnet18", "lstm")
+MODEL_NAMES = ("mlp", "puma_mlp", "mlp784", "lenet5", "vgg8", "vgg16", "resnet18", "lstm",
+               "gru")
 
 _LAZY = {
     "ZOO": "models.zoo",

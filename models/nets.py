@@ -1,4 +1,4 @@
-"""Small networks: multi-layer perceptrons, LeNet-5 and an LSTM classifier.
+"""Small networks: multi-layer perceptrons, LeNet-5 and an LSTM or GRU sequence classifier.
 
 Every network returns raw logits (no softmax) so the exported ONNX graph ends in the last
 matrix multiply, which is what the crossbar compiler maps.
@@ -64,22 +64,28 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-class LSTMClassifier(nn.Module):
-    """An LSTM that reads a sequence and classifies its last hidden state.
+class SequenceClassifier(nn.Module):
+    """A recurrent layer (``cell``: "lstm" or "gru") that reads a sequence and classifies its
+    last hidden state.
 
     Input ``(N, seq_len, input_size)`` (batch first). An image batch ``(N, C, H, W)`` is
     read row by row: ``seq_len = H`` steps of ``input_size = C*W`` features, so a 28x28
     image is 28 steps of 28 pixels.
     """
 
-    def __init__(self, input_size: int = 28, hidden_size: int = 64, num_layers: int = 1,
-                 num_classes: int = 10):
+    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(self, cell: str = "lstm", input_size: int = 28, hidden_size: int = 64,
+                 num_layers: int = 1, num_classes: int = 10):
         super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.cell = cell
+        # attribute named after the cell: state-dict keys "lstm.*" / "gru.*"
+        setattr(self, cell, self.CELLS[cell](input_size, hidden_size, num_layers=num_layers,
+                                             batch_first=True))
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # (N, C, H, W) -> (N, H, C*W): one step per image row
             x = x.permute(0, 2, 1, 3).flatten(2)
-        out, _ = self.lstm(x)
+        out, _ = getattr(self, self.cell)(x)
         return self.fc(out[:, -1])

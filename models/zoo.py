@@ -18,7 +18,7 @@ from torch import nn
 from models import MODEL_NAMES
 from models.cnn import VGG, VGG8_CFG, VGG16_CFG, ResNet18
 from models.errors import ModelError
-from models.nets import MLP, LeNet5, LSTMClassifier
+from models.nets import MLP, LeNet5, SequenceClassifier
 
 
 def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128),
@@ -65,7 +65,14 @@ def lstm(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_lay
     """LSTM classifier: ``seq_len`` steps of ``input_size`` features (a 28x28 image read
     row by row), ``hidden_size`` units, FC to ``num_classes``; batch first."""
     del seq_len  # fixes the exported input shape only; the LSTM runs any length
-    return LSTMClassifier(input_size, hidden_size, num_layers, num_classes)
+    return SequenceClassifier("lstm", input_size, hidden_size, num_layers, num_classes)
+
+
+def gru(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
+        num_classes: int = 10) -> nn.Module:
+    """GRU classifier, the LSTM's twin (same input, sizes and classifier head)."""
+    del seq_len
+    return SequenceClassifier("gru", input_size, hidden_size, num_layers, num_classes)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ ZOO: dict[str, ZooEntry] = {
     "vgg16": ZooEntry(vgg16, "image"),
     "resnet18": ZooEntry(resnet18, "image"),
     "lstm": ZooEntry(lstm, "sequence"),
+    "gru": ZooEntry(gru, "sequence"),
 }
 if tuple(ZOO) != MODEL_NAMES:  # the torch-free list in models/__init__.py must agree
     raise ImportError(f"models.MODEL_NAMES {MODEL_NAMES} out of sync with ZOO {tuple(ZOO)}")

@@ -1,5 +1,6 @@
-"""Code for an :class:`~compiler.ops.lstm.LSTMLayer`: one loop over the time steps per core
-and per tile control unit; what changes per step lives in integer registers.
+"""Code for a :class:`~compiler.ops.recurrent.RecurrentLayer` (LSTM, GRU): one loop over the
+time steps per core and per tile control unit; what changes per step lives in integer
+registers.
 
 Roles (any core may hold several):
 
@@ -7,11 +8,11 @@ Roles (any core may hold several):
   stride ``x_step``) and h_{t-1} (pointer ``ph``: the initial state first, then the previous
   step's slot of Y in their tile), run their MVMUs, and hand column-strip partial sums to
   the strip's owner through counted slots, as in a fully connected layer;
-* *strip owners* reduce, add the bias, requantize and apply sigmoid/tanh to their columns;
+* *strip owners* reduce, add the bias, requantize and apply the cell's activations to their columns;
   an owner other than the home core stores its gate activations in a counted slot;
 * the *home core* (owner of the first strip) gathers all 4H gate activations, updates the
-  cell state (kept in its registers for the whole sequence) and stores h_t into Y[t]
-  (persistent) in its tile.
+  cell's state (kept in its registers for the whole sequence: an LSTM's c, a GRU's h) and
+  stores h_t into Y[t] (persistent) in its tile.
 
 Tile control units move, per step and in this order, partial sums between tiles, gate
 activations to the home tile, and h_t from the home tile to every other tile holding Y
@@ -27,48 +28,23 @@ from simulator.isa import PERSISTENT, Fn, Op
 from ..codegen import (alloc_partial_slots, blocks_by_core, emit_block_partials,
                        emit_reduce_partials)
 from ..vfu import chunk_list
-from .lstm import H_SPACE
+from .recurrent import H_SPACE
 
 
 def emit_gates(em, r: int, cst: int, c0: int, n: int, L, layer: int) -> None:
     """Accumulators r[0:n] (columns c0..c0+n) -> gate activations in place; ``cst`` holds
-    the bias then the multipliers. Twin of :func:`compiler.ops.lstm.gates_ref`."""
+    the bias then the multipliers. Twin of :meth:`RecurrentLayer.gates_ref
+    <compiler.ops.recurrent.RecurrentLayer.gates_ref>`."""
     fmt = L.fmt
     em.emit(Op.ALU, fn=Fn.ADD, dst=r, src1=r, src2=cst, vec=n, layer=layer)
     em.emit(Op.ALU, fn=Fn.MUL, dst=r, src1=r, src2=cst + n, vec=n, layer=layer)
     em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.shift, vec=n, layer=layer)
     em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=fmt.bits, vec=n, layer=layer)
-    split = min(max(3 * L.hidden - c0, 0), n)        # columns before 3H: sigmoid
-    if split:
-        em.emit(Op.ALU, fn=Fn.SIGMOID, dst=r, src1=r, imm=fmt.f, vec=split, layer=layer)
-    if n - split:
-        em.emit(Op.ALU, fn=Fn.TANH, dst=r + split, src1=r + split, imm=fmt.f, vec=n - split,
-                layer=layer)
-
-
-def emit_cell(em, G: int, C: int, H: int, j0: int, n: int, fmt, layer: int) -> int:
-    """Cell update of units j0..j0+n; gates in G (i, o, f, g blocks of H), state in C.
-    Returns the register holding h. Twin of :func:`compiler.ops.lstm.cell_ref`."""
-    i, o, f, g, c = G + j0, G + H + j0, G + 2 * H + j0, G + 3 * H + j0, C + j0
-
-    def alu(fn, dst, a, b=0, imm=0):
-        em.emit(Op.ALU, fn=fn, dst=dst, src1=a, src2=b, imm=imm, vec=n, layer=layer)
-
-    def alui(fn, dst, a, imm):
-        em.emit(Op.ALUI, fn=fn, dst=dst, src1=a, imm=imm, vec=n, layer=layer)
-
-    alu(Fn.MUL, f, f, c)
-    alui(Fn.SHL, f, f, fmt.f - fmt.fc)
-    alu(Fn.MUL, i, i, g)
-    alu(Fn.ADD, i, i, f)
-    alui(Fn.SHR, i, i, 2 * fmt.f - fmt.fc)
-    alu(Fn.CLIP, c, i, imm=fmt.bits)
-    alui(Fn.SHL, g, c, fmt.f - fmt.fc)           # tanh(c) at the gates' precision
-    alu(Fn.TANH, g, g, imm=fmt.f)
-    alu(Fn.MUL, o, o, g)
-    alui(Fn.SHR, o, o, 2 * fmt.f - fmt.fh)
-    alu(Fn.CLIP, o, o, imm=fmt.bits)
-    return o
+    for fn, lo, hi in L.activation_spans():          # the span's part of these columns
+        a, b = max(lo, c0), min(hi, c0 + n)
+        if a < b:
+            em.emit(Op.ALU, fn=fn, dst=r + a - c0, src1=r + a - c0, imm=fmt.f, vec=b - a,
+                    layer=layer)
 
 
 def _const(cg, tile: int, vals) -> int:
@@ -78,7 +54,7 @@ def _const(cg, tile: int, vals) -> int:
     return a
 
 
-def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
+def generate_recurrent(cg, i: int, L, core_em, tile_em, lay) -> None:
     prog = cg.prog
     strips = cg.pl.strips[i]
     home = strips[0].owner
@@ -88,7 +64,7 @@ def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
                | {s.owner[0] for s in strips})
     y_buf = {t: cg.buffer(L.output, t) for t in sorted(holders)}
     h0 = {t: _const(cg, t, L.h0) for t in sorted(block_tiles)}
-    c0 = _const(cg, home[0], L.c0)
+    s0 = _const(cg, home[0], L.s0)
     # Counted slots: partial sums (strip, core) -> owner, gates (strip) -> home.
     slot, rslot, gslot, rgslot = {}, {}, {}, {}
     for s in strips:
@@ -99,21 +75,21 @@ def generate_lstm(cg, i: int, L, core_em, tile_em, lay) -> None:
                 rgslot[s.index] = cg.tilemem(home[0]).alloc(s.n)
     for core, blocks in sorted(by_core.items()):
         _core_code(cg, i, L, core, blocks, core == home, strips, core_em[core], lay,
-                   y_buf, h0, c0, slot, rslot, gslot, rgslot)
+                   y_buf, h0, s0, slot, rslot, gslot, rgslot)
     _tile_code(cg, i, L, strips, home[0], holders, y_buf, slot, rslot, gslot, rgslot,
                tile_em)
 
 
-def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, slot,
+def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, s0, slot,
                rslot, gslot, rgslot) -> None:
     H, T = L.hidden, L.steps
     tile = core[0]
     em.reset_gp()
     mine = sorted({b.strip for b in blocks})
     owned = [s for s in strips if s.owner == core]
-    G = C = None
+    G = S = None
     if is_home:
-        G, C = em.gp(4 * H), em.gp(H)
+        G, S = em.gp(4 * H), em.gp(H)
     acc = {}
     for s in sorted(set(mine) | {s.index for s in owned}):
         own_home = is_home and strips[s].owner == core
@@ -125,7 +101,7 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, 
         em.emit(Op.LOAD, dst=consts[s.index], imm=a, vec=2 * s.n, layer=i)
     tmp = em.gp(max(s.n for s in strips))
     if is_home:
-        em.emit(Op.LOAD, dst=C, imm=c0, vec=H, layer=i)
+        em.emit(Op.LOAD, dst=S, imm=s0, vec=H, layer=i)
     has_x = any(off < H_SPACE for b in blocks for off, _, _ in b.segments)
     has_h = any(off >= H_SPACE for b in blocks for off, _, _ in b.segments)
     ptr_specs = []
@@ -159,7 +135,7 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, c0, 
                     addr = gslot[st.index] if st.owner[0] == tile else rgslot[st.index]
                     em.emit(Op.LOAD, dst=G + st.c0, imm=addr, vec=st.n, layer=i)
             for j0, n in chunk_list(H):
-                h = emit_cell(em, G, C, H, j0, n, L.fmt, i)
+                h = L.emit_cell(em, G, S, j0, n, i)
                 em.emit(Op.STORE, src1=h, imm=j0, ra=p["y"], vec=n, count=PERSISTENT,
                         layer=i)
         if ph is not None:                             # next step reads h_t from Y[t]

@@ -1,6 +1,6 @@
-"""LSTM: one recurrent crossbar layer with a time loop in the program. The simulated outputs
-equal the integer reference bit for bit and onnxruntime within 1e-2; the program does not
-grow with the sequence; multi-core / multi-tile mappings are exact too; unsupported
+"""LSTM and GRU: one recurrent crossbar layer with a time loop in the program. The simulated
+outputs equal the integer reference bit for bit and onnxruntime within 1e-2; the program does
+not grow with the sequence; multi-core / multi-tile mappings are exact too; unsupported
 variants are refused with the reason."""
 import io
 import warnings
@@ -34,24 +34,33 @@ def _check(model, x, cfg, outputs, tol=1e-2):
 
 
 @pytest.fixture(scope="module")
-def zoo_lstm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lstm")
-    return lambda **kw: models.export("lstm", root / f"lstm_{len(kw)}_{kw}.onnx", seed=0, **kw)
+def zoo_rnn(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rnn")
+    return lambda cell, **kw: models.export(cell, root / f"{cell}_{len(kw)}_{kw}.onnx", seed=0,
+                                            **kw)
 
 
-def test_zoo_lstm_matches_reference_and_onnxruntime(zoo_lstm):
-    path = zoo_lstm()                                   # 28 steps x 28 features, hidden 64
+@pytest.fixture(params=["lstm", "gru"])
+def zoo_seq(request, zoo_rnn):
+    """The zoo's sequence classifier, each cell in turn (``cell``: its ONNX op)."""
+    make = lambda **kw: zoo_rnn(request.param, **kw)  # noqa: E731
+    make.cell = request.param.upper()
+    return make
+
+
+def test_zoo_model_matches_reference_and_onnxruntime(zoo_seq):
+    path = zoo_seq()                                   # 28 steps x 28 features, hidden 64
     x = np.random.default_rng(1).random((3, 28, 28)).astype(np.float32)
     prog, rep = _check(path, {"input": x}, load_config("puma", ["adc.bits=none"]), ["logits"])
     layer = prog.mapping["layers"][0]
-    assert layer["op"] == "LSTM" and layer["mvmus"] == 2     # 92 rows x 256 gate columns
+    assert layer["op"] == zoo_seq.cell and layer["mvmus"] == 2   # 92 rows x 256 columns
     assert rep.latency_cycles > 0
 
 
-def test_stacked_lstms_pipeline_as_a_wavefront(zoo_lstm):
+def test_stacked_layers_pipeline_as_a_wavefront(zoo_seq):
     # Layer 2 reads layer 1's h_t from tile memory as soon as it is stored, so two layers
     # take about one step longer than one, not twice as long.
-    one, two = zoo_lstm(seq_len=8), zoo_lstm(seq_len=8, num_layers=2)
+    one, two = zoo_seq(seq_len=8), zoo_seq(seq_len=8, num_layers=2)
     x = np.random.default_rng(4).random((2, 8, 28)).astype(np.float32)
     _check(two, {"input": x}, load_config("puma", ["adc.bits=none"]), ["logits"])
     cycles = [simulate(compile_model(p, "puma", calibration={"input": x}),
@@ -59,8 +68,8 @@ def test_stacked_lstms_pipeline_as_a_wavefront(zoo_lstm):
     assert cycles[1] < 1.3 * cycles[0], cycles
 
 
-def test_zoo_lstm_on_the_puma_preset_with_its_8bit_adc(zoo_lstm):
-    path = zoo_lstm()
+def test_zoo_model_on_the_puma_preset_with_its_8bit_adc(zoo_seq):
+    path = zoo_seq()
     x = np.random.default_rng(2).random((2, 28, 28)).astype(np.float32)
     prog = compile_model(path, "puma", calibration={"input": x})
     out = simulate(prog, {"input": x}).outputs["logits"]
@@ -68,22 +77,22 @@ def test_zoo_lstm_on_the_puma_preset_with_its_8bit_adc(zoo_lstm):
     assert np.linalg.norm(out - ort) / np.linalg.norm(ort) <= 1e-2
 
 
-def test_program_size_does_not_grow_with_the_sequence(zoo_lstm):
+def test_program_size_does_not_grow_with_the_sequence(zoo_seq):
     cfg = load_config("puma")
-    n4 = compile_model(zoo_lstm(seq_len=4), cfg).n_instructions
-    n16 = compile_model(zoo_lstm(seq_len=16), cfg).n_instructions
+    n4 = compile_model(zoo_seq(seq_len=4), cfg).n_instructions
+    n16 = compile_model(zoo_seq(seq_len=16), cfg).n_instructions
     assert n4 == n16
 
 
-def _torch_lstm(T=7, I=12, H=20):
+def _torch_rnn(cell="lstm", T=7, I=12, H=20):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm = torch.nn.LSTM(I, H, batch_first=True)
+            self.rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H, batch_first=True)
 
         def forward(self, x):
-            out, (h, _) = self.lstm(x)
-            return out, h
+            out, h = self.rnn(x)
+            return out, h[0] if cell == "lstm" else h
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -96,16 +105,18 @@ def _torch_lstm(T=7, I=12, H=20):
     return onnx.load_from_string(buf.getvalue())
 
 
-def test_torch_lstm_outputs_y_and_y_h():
-    model = _torch_lstm()
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_export_outputs_y_and_y_h(cell):
+    model = _torch_rnn(cell)
     x = np.random.default_rng(0).standard_normal((3, 7, 12)).astype(np.float32)
     _check(model, {"x": x}, load_config("puma", ["adc.bits=none"]), ["y", "h"])
 
 
-def test_strips_across_cores_and_tiles_are_exact():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_strips_across_cores_and_tiles_are_exact(cell):
     # 1 MVMU per core and 1 core per tile: every block on its own tile, so partial sums,
     # gate activations and h_t all cross the NoC every step.
-    model = _torch_lstm(T=5, I=10, H=12)
+    model = _torch_rnn(cell, T=5, I=10, H=12)
     x = np.random.default_rng(3).standard_normal((2, 5, 10)).astype(np.float32)
     cfg = load_config("small", ["adc.bits=none", "weight_bits=16", "input_bits=16",
                                 "node.tiles=16", "core.mvmus=1", "tile.cores=1"])
@@ -176,3 +187,50 @@ def test_unsupported_variants_are_refused(kw, match):
         model.graph.output[1].type.tensor_type.shape.dim[0].dim_value = 2
     with pytest.raises(UnsupportedOpError, match=match):
         compile_model(model, "puma")
+
+
+def _hand_gru(H=8, I=6, T=5, attrs=None):
+    """Batch-first graph input -> Transpose -> GRU with biases (the recurrent candidate bias
+    Rb_h apart from Wb_h, which linear_before_reset tells apart) and an initial state ->
+    Y transposed batch-first (``yb``) and Y_h."""
+    rng = np.random.default_rng(0)
+    arr = {"W": rng.standard_normal((1, 3 * H, I)) * 0.4,
+           "R": rng.standard_normal((1, 3 * H, H)) * 0.4,
+           "B": rng.standard_normal((1, 6 * H)) * 0.5,
+           "h0": rng.uniform(-0.8, 0.8, (1, 1, H))}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arr.items()]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["xt", "W", "R", "B", "", "h0"], ["y", "yh"],
+                              hidden_size=H, **({"linear_before_reset": 1} | (attrs or {}))),
+             helper.make_node("Transpose", ["y"], ["yb"], perm=[2, 0, 1, 3])]
+    g = helper.make_graph(nodes, "gru",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, I])],
+                          [helper.make_tensor_value_info("yb", TensorProto.FLOAT, [1, T, 1, H]),
+                           helper.make_tensor_value_info("yh", TensorProto.FLOAT, [1, 1, H])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_gru_initial_state_and_both_candidate_biases():
+    x = np.random.default_rng(1).standard_normal((3, 5, 6)).astype(np.float32)
+    _check(_hand_gru(), {"x": x}, load_config("puma", ["adc.bits=none"]), ["yb", "yh"])
+
+
+def test_gru_on_narrow_words_stays_close():
+    # 8-bit words: gates at 4 fraction bits, h at 7; the recurrence must not drift away.
+    x = np.random.default_rng(2).standard_normal((2, 5, 6)).astype(np.float32)
+    cfg = load_config("puma", ["adc.bits=none", "input_bits=8", "weight_bits=8"])
+    _check(_hand_gru(), {"x": x}, cfg, ["yb", "yh"], tol=0.1)
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"linear_before_reset": 0}, "linear_before_reset=0"),
+    ({"direction": "reverse"}, "direction"),
+    ({"activations": ["Sigmoid", "Relu"]}, "activations"),
+    ({"clip": 3.0}, "clip"),
+])
+def test_unsupported_gru_variants_are_refused(attrs, match):
+    with pytest.raises(UnsupportedOpError, match=match):
+        compile_model(_hand_gru(attrs=attrs), "puma")
