@@ -60,6 +60,12 @@ class Constraint:
                     f"{where}.sparsity.structure={self.structure!r}: counts each array of a "
                     f"differential crossbar; geometry.mapping is {geom.mapping!r} (one array "
                     f"holds both signs: use {self.structure.replace('_signed', '')!r})")
+            if self.structure in PER_SEGMENT and geom.mapping != "differential":
+                raise CompressionError(
+                    f"{where}.sparsity.structure={self.structure!r}: bounds the nonzeros per "
+                    f"column, which bounds the ADC range only where a zero weight is zero "
+                    f"conductance; geometry.mapping is {geom.mapping!r} (every cell conducts): "
+                    f"use mapping: differential")
             if self.structure in PER_SEGMENT:
                 n = self.amount
                 if not _is_int(n) or not 1 <= n <= geom.rows:
@@ -81,8 +87,17 @@ class Constraint:
             if q.bits == 1 and q.mapping == "differential":
                 raise CompressionError(f"{where}.quant.bits=1: a differential level set needs "
                                        f">= 2 bits (1 bit holds only 0)")
-            if q.scale is not None and not (isinstance(q.scale, (int, float)) and q.scale > 0):
-                raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0")
+            (qmin, qmax), (gmin, gmax) = q.levels, geom.levels
+            if qmin < gmin or qmax > gmax:
+                # the compiler would re-quantize the whole layer to fit, discarding the levels
+                raise CompressionError(
+                    f"{where}.quant: {q.bits}-bit {q.mapping} levels {qmin}..{qmax} do not fit "
+                    f"the crossbar's {gmin}..{gmax} (geometry: {geom.weight_bits}-bit "
+                    f"{geom.mapping}); lower quant.bits or match the mappings")
+            if q.scale is not None and not (isinstance(q.scale, (int, float))
+                                            and 0.0 < float(np.float32(q.scale)) < np.inf):
+                raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0 and "
+                                       f"within float32's range (the stored scale)")
 
     def project(self, w, geom: CrossbarGeometry, scale: float | None = None):
         """Project a torch-layout weight (numpy or torch).

@@ -90,8 +90,12 @@ def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:
     """Integer levels ``clip(round(weight · mask / scale))`` of a weight, or None unquantized."""
     if f.scale is None:
         return None
-    w = weight.detach().cpu().double().numpy() * f.mask
-    q = np.clip(np.rint(w / f.scale), f.qmin, f.qmax).astype(np.int64)
+    # the retraining forward's own arithmetic (:class:`_MaskedLevels`: a divide in the
+    # weight's dtype), so the snapped levels are the ones every retraining epoch, and the
+    # epoch ``keep: best`` selects, was scored with; a float64 divide rounds the other way
+    # for quotients within an ulp of a half level
+    q = torch.div(weight.detach().cpu(), f.scale).round_().clamp_(f.qmin, f.qmax)
+    q = q.numpy().astype(np.int64) * f.mask
     return q if f.sign is None else _signed(q, f.sign)
 
 

@@ -177,6 +177,9 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
         if pow2 and 2.0 ** round(math.log2(scale)) != scale:
             raise CompressionError(f"scale={scale!r}: pow2 requires a power of two")
         scale = float(_f32(scale))
+        if not 0.0 < scale < math.inf:  # the stored (float32) scale would be 0 or inf
+            raise CompressionError(f"scale={quant[2]!r}: outside float32's range, where the "
+                                   f"stored scale is kept")
     if structure is None:
         s = scale if scale is not None else best_scale(m, qmin, qmax, pow2)
         return _snap(m, s, qmin, qmax), float(s), np.ones(m.shape, dtype=bool)
@@ -329,7 +332,9 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     grid = np.unique(_f32(grid[grid > 0]))  # ascending: finest first, wins ties
     d = _distances(_sample(x, _SEARCH_SAMPLE), grid, qmin, qmax)
     ranked = [float(grid[i]) for i in np.argsort(d, kind="stable")[:top]]
-    starts = [float(s) for s in exact[:1]] + ranked
+    # every exact fit: the finest (a sub-lattice of x's, e.g. s/13 for levels that are all
+    # multiples of 13) can fit to within rounding and still be farther than x's own scale
+    starts = [float(s) for s in exact] + ranked
     found = {s: _distances(x, np.array([s]), qmin, qmax)[0] for s in starts}
     for s in ranked[:2]:  # refine the two best on all of x
         ref = _lloyd(x, s, qmin, qmax)

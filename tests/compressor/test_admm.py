@@ -88,6 +88,20 @@ def test_a_signed_frozen_weight_cannot_cross_zero(scale):
         assert torch.equal(w.grad, mask.float())    # straight through, masked
 
 
+
+def test_snapped_levels_are_the_ones_retraining_scored():
+    # Quotients within an ulp of a half level: a float64 divide rounds 6.95f / 0.1f down
+    # (69.4999...), the float32 forward up (69.5 -> 70). levels() must follow the forward.
+    from compressor.masking import Frozen, MaskQuant, levels
+    s = float(np.float32(0.1))
+    g = torch.Generator().manual_seed(2)
+    halves = (torch.randint(-60, 60, (200,), generator=g) + 0.5) * s
+    w = torch.cat([torch.tensor([6.95, -6.95]), halves]).float()
+    f = Frozen(np.ones(w.shape, bool), s, -127, 127)
+    forward = (MaskQuant(f, torch.float32)(w) / np.float32(s)).round().numpy()
+    assert np.array_equal(levels(w, f), forward.astype(np.int64))
+    assert levels(w, f)[0] == 70
+
 def test_rho_change_keeps_the_unscaled_dual():
     model = linear()
     admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=0.5)

@@ -148,6 +148,33 @@ def test_free_scale_recovers_lattice_of_any_scale():
         assert dist(P.project_levels(w, bits, mapping), w) == pytest.approx(0, abs=1e-20)
 
 
+
+def test_free_scale_keeps_a_point_whose_levels_share_a_factor():
+    # Levels that are all multiples of k also fit the lattice of s/k to within rounding;
+    # the screen must not keep only that finest fit (it moved the point by ~1e-7).
+    s = float(np.float32(0.266864150762558))
+    w = np.array([37.0, 1.0, -5.0]) * s
+    assert np.array_equal(P.project_levels(w, 10), w)
+    rng = np.random.default_rng(8)
+    for bits in (8, 10, 12):
+        qmin, qmax = level_range(bits, "differential")
+        for _ in range(40):
+            m = int(rng.integers(2, min(qmax, 256) + 1))   # largest level (documented: 256)
+            q = rng.integers(-m, m + 1, size=int(rng.integers(2, 40)))
+            q[0] = m
+            w = q * float(np.float32(rng.uniform(1e-3, 10)))
+            assert np.array_equal(P.project_levels(w, bits), w), (bits, m)
+
+
+@pytest.mark.parametrize("scale", [1e-50, 1e39])
+def test_fixed_scale_outside_float32_is_refused(scale):
+    # float32 (the stored scale) would make it 0 or inf, and the weights NaN
+    with pytest.raises(CompressionError, match="float32"):
+        P.project_levels(np.array([1.0, -2.0, 0.0]), 8, scale=scale)
+    from compressor.constraints import Constraint, QuantSpec
+    with pytest.raises(CompressionError, match="quant.scale.*float32"):
+        Constraint(quant=QuantSpec(8, scale=scale)).check(CrossbarGeometry())
+
 JOINT = [((2, 4), (2, 2)), ((2, 4), (1, 4)), ((4, 2), (2, 1)), ((2, 2, 1, 2), (2, 2))]
 
 
@@ -286,9 +313,12 @@ def test_signed_tinyadc_holds_the_unsigned_set_and_is_no_farther(structure):
     assert np.array_equal(signed[kept], w[kept])
 
 
-def test_signed_structure_needs_a_differential_geometry():
+@pytest.mark.parametrize("structure", ["tinyadc_signed", "tinyadc", "tinyadc_packed"])
+def test_column_count_structures_need_a_differential_geometry(structure):
+    # Under offset mapping a pruned weight still conducts (the offset level), so a count of
+    # nonzeros bounds nothing the ADC sees.
     from compressor.constraints import Constraint
-    c = Constraint("tinyadc_signed", 4)
+    c = Constraint(structure, 4)
     c.check(CrossbarGeometry(rows=8, cols=8))
-    with pytest.raises(CompressionError, match="tinyadc_signed.*differential.*'offset'"):
+    with pytest.raises(CompressionError, match=f"{structure}.*'offset'"):
         c.check(CrossbarGeometry(rows=8, cols=8, mapping="offset"))

@@ -105,6 +105,11 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("layers", 0, "quant", "bits"), 0, r"recipe.layers\[0\].quant.bits=0: must be an integer in 1..8"),
     (("layers", 0, "quant", "bits"), 9, r"quant.bits=9"),
     (("layers", 0, "quant", "mapping"), "mirror", r"quant.mapping='mirror'"),
+    # offset 8 bits hold -128, a differential 8-bit crossbar does not: the compiler would
+    # re-quantize the layer, discarding the levels
+    (("layers", 0, "quant"), {"bits": 8, "mapping": "offset"},
+     r"recipe.layers\[0\].quant: 8-bit offset levels -128..127 do not fit the crossbar's "
+     r"-127..127 \(geometry: 8-bit differential\)"),
     (("layers", 0, "sparsity", "structure"), "diag", r"sparsity.structure='diag': must be one of"),
     (("layers", 0, "sparsity", "prune"), 0.5, r"recipe.layers\[0\].sparsity.prune: unknown field"),
     (("layers", 0, "match"), 5, r"recipe.layers\[0\].match=5"),
