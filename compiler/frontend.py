@@ -241,6 +241,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
         nodes = remaining
         if not changed:
             break
+    _check_weights_finite(nodes, consts)
     g = Graph(nodes=nodes, consts=consts, shapes=shapes, inputs=inputs, outputs=graph_outputs,
               qweights=qweights, opset=opset, name=name)
     _recognise_qdq(g)
@@ -248,6 +249,22 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     _fold_affine_into_conv(g)
     g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
     return g
+
+
+# Ops whose constant inputs become crossbar weights or their biases. Other ops may hold
+# infinities on purpose (a Clip bound, a -inf padding value), so only these are checked.
+_WEIGHT_OPS = frozenset({"Conv", "Gemm", "MatMul", "LSTM", "GRU"})
+
+
+def _check_weights_finite(nodes, consts) -> None:
+    for n in nodes:
+        if n.op_type not in _WEIGHT_OPS:
+            continue
+        for i in n.input[1:]:
+            v = consts.get(i)
+            if v is not None and v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise ModelFormatError(f"node {n.name!r} ({n.op_type}): weight {i!r} holds "
+                                       f"{int((~np.isfinite(v)).sum())} NaN/inf values")
 
 
 def _legacy_prelu(model: onnx.ModelProto) -> None:

@@ -29,12 +29,14 @@ def _inputs_for(graph, args, rng) -> dict[str, np.ndarray]:
         if missing:
             raise RunError(f"{args.input} lacks input {missing[0]!r}; the model's inputs are "
                            f"{', '.join(names)}")
+        from simulator.functional import check_input
         for n, s in graph.inputs:
+            check_input(n, data[n], RunError)
             if tuple(data[n].shape[1:]) != tuple(s[1:]):
                 raise RunError(f"input {n!r} in {args.input} has shape {data[n].shape}; "
                                f"expected (N, {', '.join(map(str, s[1:]))})")
         return {n: np.asarray(data[n], np.float32) for n in names}
-    n = args.random or 1
+    n = 1 if args.random is None else args.random
     if n < 1:
         raise RunError(f"--random {n}: must be >= 1")
     return {n_: rng.standard_normal((n,) + tuple(s[1:])).astype(np.float32)

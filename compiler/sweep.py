@@ -51,6 +51,8 @@ import numpy as np
 
 from simulator.config import MachineConfig, load_config, with_overrides
 from simulator.errors import ConfigError, XbarsimError
+from simulator.fileio import atomic_write
+from simulator.cli import positive_int
 
 #: Bump when a stored point's meaning changes; old points are then recomputed.
 POINT_FORMAT = 1
@@ -247,8 +249,8 @@ def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:
 
 
 def _input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    import onnx
-    m = onnx.load(str(path), load_external_data=False)
+    from .frontend import load_model   # the compiler's checks and one-line errors
+    m = load_model(path)
     inits = {t.name for t in m.graph.initializer}
     shapes = {}
     for vi in m.graph.input:
@@ -671,15 +673,19 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
 
 def write_table(df, paths: dict[str, Path]) -> None:
     paths["csv"].parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(paths["csv"], index=False)
+    with atomic_write(paths["csv"]) as tmp:
+        df.to_csv(tmp, index=False)
     try:
-        df.to_parquet(paths["parquet"], index=False)
-    except (TypeError, ValueError):
-        # A grid axis that mixes types (adc.bits=6,x: the x point is a failed row) cannot be
-        # a typed Parquet column: store such a column's values as text, missing ones stay.
-        mixed = _mixed_columns(df)
-        df.assign(**{c: df[c].map(lambda v: v if _missing(v) else str(v)) for c in mixed}
-                  ).to_parquet(paths["parquet"], index=False)
+        with atomic_write(paths["parquet"]) as tmp:
+            try:
+                df.to_parquet(tmp, index=False)
+            except (TypeError, ValueError):
+                # A grid axis that mixes types (adc.bits=6,x: the x point is a failed row)
+                # cannot be a typed Parquet column: store such a column's values as text,
+                # missing ones stay.
+                mixed = _mixed_columns(df)
+                df.assign(**{c: df[c].map(lambda v: v if _missing(v) else str(v))
+                             for c in mixed}).to_parquet(tmp, index=False)
     except ImportError:
         print("note: pyarrow is not installed; no Parquet file written "
               "(pip install pyarrow)", file=sys.stderr)
@@ -760,7 +766,8 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="SET",
                    help="inputs for accuracy: demo, fashion-mnist, digits, random, or an "
                         ".npz / folder (default: none, timing/energy/area only)")
-    p.add_argument("--samples", type=int, default=64, help="data samples per point [64]")
+    p.add_argument("--samples", type=positive_int, default=64, metavar="N",
+                   help="data samples per point [64]")
     p.add_argument("--retry-failed", action="store_true",
                    help="recompute stored failed points")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -25,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 
+from simulator.cli import TORCH_MAX_OPSET, int_in
+
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
 
@@ -58,8 +60,10 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also run magnitude pruning with the same structure and budget, "
                         "written to OUT-magnitude.onnx")
-    p.add_argument("--opset", type=int, default=19,
-                   help="ONNX opset (default: 19; 21 stores 9..16-bit levels as int16)")
+    p.add_argument("--opset", type=int_in(13, TORCH_MAX_OPSET), default=19,
+                   help=f"ONNX opset, 13..{TORCH_MAX_OPSET} (per-channel DequantizeLinear; "
+                        f"default: 19; 21 stores 9..16-bit levels as int16); checked before "
+                        f"training")
     p.add_argument("--json", help="write a JSON summary (accuracy, per-layer occupancy)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-hw", action="store_true",
@@ -155,7 +159,9 @@ def _compress(args) -> int:
             print(f"warning: hardware loop skipped: {msg}", file=sys.stderr)
             summary["hardware"] = {"error": msg}
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        from simulator.fileio import atomic_write
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"summary  -> {args.json}")
     return EXIT_OK
 
@@ -221,8 +227,6 @@ def _ckpt(output: str | Path) -> Path:
 
 
 def _load_model(args, train, test):
-    import torch
-
     from models import zoo
     from models.cli import _parse_options  # KEY=VALUE, as in xbarsim train --opt
     from models.demo import PRETRAINED, load_pretrained
@@ -236,8 +240,13 @@ def _load_model(args, train, test):
     if path.suffix == ".pt":
         record = path.with_suffix(".json")
         if arch is None and record.is_file():  # written by xbarsim train
-            info = json.loads(record.read_text())
-            arch, options = info.get("model"), {**info.get("model_kwargs", {}), **options}
+            try:
+                info = json.loads(record.read_text(encoding="utf-8"))
+                arch = info.get("model")
+                options = {**info.get("model_kwargs", {}), **options}
+            except (ValueError, AttributeError, TypeError) as e:  # not the record we wrote
+                raise CompressionError(f"{record}: not the JSON record xbarsim train writes "
+                                       f"beside a state dict ({e}); pass --arch") from e
         if arch is None:
             raise CompressionError(f"{name}: a state dict needs --arch (one of "
                                    f"{', '.join(zoo.ZOO)}); no {record.name} beside it")
@@ -251,9 +260,11 @@ def _load_model(args, train, test):
                **options}
     model = zoo.build(arch, seed=0, **options)
     if path.suffix == ".pt":
+        from models.checkpoints import load_dict
+        state = load_dict(path, CompressionError, "state dict")
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError, KeyError) as e:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError) as e:
             raise CompressionError(f"cannot load {name} into {arch}: "
                                    f"{str(e).splitlines()[0]}") from e
     return model

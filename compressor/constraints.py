@@ -15,7 +15,8 @@ import numpy as np
 
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
-from .projections import ALL_STRUCTURES, PER_SEGMENT, SIGNED, as_float64, project_matrix
+from .projections import (ALL_STRUCTURES, PER_SEGMENT, SIGNED, as_float64,
+                          float32_positive, project_matrix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ class Constraint:
                     f"the crossbar's {gmin}..{gmax} (geometry: {geom.weight_bits}-bit "
                     f"{geom.mapping}); lower quant.bits or match the mappings")
             if q.scale is not None and not (isinstance(q.scale, (int, float))
-                                            and 0.0 < float(np.float32(q.scale)) < np.inf):
+                                            and float32_positive(q.scale)):
                 raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0 and "
                                        f"within float32's range (the stored scale)")
 

@@ -38,6 +38,7 @@ from onnx import helper, numpy_helper
 # its own initializer again, so every compressed weight is found by name.
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, run_onnxruntime
 from models.onnx_export import _inline_identity_initializers as _inline_identities
+from simulator.fileio import atomic_write
 
 from .errors import CompressionError
 from .geometry import occupancy, to_crossbar
@@ -86,7 +87,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, path)
+    with atomic_write(path) as tmp:
+        onnx.save(proto, tmp)
     if verify is not None:  # data may be images for a model that takes flat vectors
         err = max_difference(path, model, np.reshape(verify, (len(verify), *shape)))
         if err > atol:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.checkpoints import load_dict
 from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval mode
 
 from .admm import ADMM
@@ -350,10 +351,7 @@ class _Run:
 
     def load(self) -> None:
         p = self.ckpt_path
-        try:
-            ck = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unpickling failure: not a checkpoint we can use
-            raise CompressionError(f"checkpoint {p}: unreadable ({str(e).splitlines()[0]})") from e
+        ck = load_dict(p, CompressionError, "checkpoint")
         if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
             raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
                                    f"or choose another path")

@@ -176,10 +176,10 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
             raise CompressionError(f"scale={scale!r}: must be a finite number > 0")
         if pow2 and 2.0 ** round(math.log2(scale)) != scale:
             raise CompressionError(f"scale={scale!r}: pow2 requires a power of two")
-        scale = float(_f32(scale))
-        if not 0.0 < scale < math.inf:  # the stored (float32) scale would be 0 or inf
-            raise CompressionError(f"scale={quant[2]!r}: outside float32's range, where the "
+        if not float32_positive(scale):  # the stored (float32) scale would be 0 or inf
+            raise CompressionError(f"scale={scale!r}: outside float32's range, where the "
                                    f"stored scale is kept")
+        scale = float(_f32(scale))
     if structure is None:
         s = scale if scale is not None else best_scale(m, qmin, qmax, pow2)
         return _snap(m, s, qmin, qmax), float(s), np.ones(m.shape, dtype=bool)
@@ -419,6 +419,11 @@ def _lloyd(x, s, qmin, qmax, iters: int = 10) -> float:
             break
         best, best_d = s, d
     return best
+
+
+def float32_positive(x: float) -> bool:
+    """Whether ``x`` rounds to a finite float32 > 0 (how scales are stored)."""
+    return 0.0 < x <= float(np.finfo(np.float32).max) and float(np.float32(x)) > 0.0
 
 
 def _f32(a):

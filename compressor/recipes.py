@@ -213,8 +213,8 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
         raise CompressionError(f"recipe {str(path_or_name)!r}: no such file or shipped recipe; "
                                f"shipped: {', '.join(shipped_recipes())}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CompressionError(f"recipe {p}: not valid YAML ({str(e).splitlines()[0]})") from e
     return parse_recipe(data, default_name=p.stem)
 

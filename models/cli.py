@@ -14,6 +14,7 @@ import sys
 
 from models import MODEL_NAMES
 from models.errors import ModelError
+from simulator.cli import TORCH_MAX_OPSET, int_in, positive_int
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 _NO_TORCH = "this command needs torch: pip install 'xbarsim[torch]'"
@@ -104,7 +105,7 @@ def register(subparsers) -> None:
                    help="learning rate factor per epoch (default: 1.0)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for init and data order")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use at most N training and N test examples (quick runs)")
     p.add_argument("--out", default="xbarsim-out/train",
                    help="output folder (default: xbarsim-out/train)")
@@ -119,8 +120,10 @@ def register(subparsers) -> None:
                               "'input', output 'logits').")
     e.add_argument("model", help=f"zoo model: {names}")
     e.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    e.add_argument("--batch", type=int, default=1, help="static batch size (default: 1)")
+    e.add_argument("--opset", type=int_in(7, TORCH_MAX_OPSET), default=17,
+                   help=f"ONNX opset, 7..{TORCH_MAX_OPSET} (default: 17)")
+    e.add_argument("--batch", type=positive_int, default=1,
+                   help="static batch size (default: 1)")
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     e.add_argument("--weights", help="state dict (.pt) to load, e.g. from xbarsim train")
     e.add_argument("--seed", type=int, default=0, help="seed of the random init")

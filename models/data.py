@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import DataError
+from simulator.fileio import read_npz
 
 #: Folder of Debian's ``dataset-fashion-mnist`` package.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -139,11 +140,27 @@ def _as_images(x: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: images must be (N,H,W) or (N,C,H,W), got shape {x.shape}")
     if x.dtype == np.uint8:
         return normalise(x)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{where}: images have dtype {x.dtype}; need uint8 or float")
     x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: {int((~np.isfinite(x)).sum())} image values are NaN/inf")
     if x.size and (x.min() < 0 or x.max() > 1):
         raise DataError(f"{where}: float images must lie in [0, 1] ({NORMALISATION}), "
                         f"got range [{x.min():.3g}, {x.max():.3g}]")
     return x
+
+
+def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class indices: one integer >= 0 per image (integral floats are accepted)."""
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be one class index per image, shape (N,); got "
+                        f"{y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{where}: labels have dtype {y.dtype}; need integer class indices")
+    if y.size and (not np.isfinite(y).all() or (y != np.round(y)).any() or y.min() < 0):
+        raise DataError(f"{where}: labels must be integer class indices >= 0")
+    return y.astype(np.int64)
 
 
 def load_npz(path: str | os.PathLike, limit: int | None = None,
@@ -156,19 +173,19 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
     if not path.is_file():
         raise DataError(f"missing data file {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing:
-                raise DataError(f"{path} lacks array(s) {', '.join(missing)}; "
-                                f"it has {', '.join(z.files) or 'none'}")
-            x, y = z[keys[0]], z[keys[1]]
-    except (OSError, ValueError, zlib.error) as e:
-        if isinstance(e, DataError):
-            raise
+        z = read_npz(path, DataError)
+    except zlib.error as e:
         raise DataError(f"cannot read {path}: {e}") from e
+    missing = [k for k in keys if k not in z]
+    if missing:
+        raise DataError(f"{path} lacks array(s) {', '.join(missing)}; "
+                        f"it has {', '.join(z) or 'none'}")
+    x, y = z[keys[0]], z[keys[1]]
+    if x.ndim == 0 or y.ndim == 0:
+        raise DataError(f"{path}: images and labels must be arrays with one entry per image")
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
-    return _as_images(x[:limit], str(path)), y[:limit].astype(np.int64)
+    return _as_images(x[:limit], str(path)), _as_labels(y[:limit], str(path))
 
 
 def load(spec: str | os.PathLike, split: str = "train",
@@ -199,7 +216,11 @@ def load(spec: str | os.PathLike, split: str = "train",
 
 def load_splits(spec: str | os.PathLike, limit: int | None = None):
     """``((x_train, y_train), (x_test, y_test))`` for ``spec`` (see ``load``)."""
-    return load(spec, "train", limit), load(spec, "test", limit)
+    train, test = load(spec, "train", limit), load(spec, "test", limit)
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise DataError(f"{spec}: training images are {train[0].shape[1:]} but test images "
+                        f"{test[0].shape[1:]}; both splits need the same image size")
+    return train, test
 
 
 def to_tensor_dataset(x: np.ndarray, y: np.ndarray):

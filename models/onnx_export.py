@@ -18,8 +18,10 @@ import onnx
 import torch
 from torch import nn
 
+from models.checkpoints import load_dict
 from models.errors import ModelError
 from models.zoo import build
+from simulator.fileio import atomic_write
 
 #: Opset used unless the caller names another.
 DEFAULT_OPSET = 17
@@ -105,10 +107,10 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     if batch < 1:
         raise ModelError(f"batch must be >= 1, got {batch}")
     if weights is not None:
+        state = load_dict(weights, ModelError, "weights")
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError) as e:
+        except (RuntimeError, KeyError, TypeError) as e:
             raise ModelError(f"cannot load weights {weights} into {name or 'model'}: "
                              f"{str(e).splitlines()[0]}") from e
 
@@ -125,7 +127,8 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, path)
+    with atomic_write(path) as tmp:
+        onnx.save(proto, tmp)
 
     if verify:
         with torch.no_grad():

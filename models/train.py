@@ -24,9 +24,11 @@ from torch import nn
 from tqdm import tqdm
 
 from models import data as datasets
+from models.checkpoints import load_dict
 from models.errors import ModelError
 from models.onnx_export import DEFAULT_OPSET, export
 from models.zoo import ZOO, build, options_for_data
+from simulator.fileio import atomic_write
 
 #: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
 TORCH_THREADS = 2
@@ -58,17 +60,15 @@ def _describe(data) -> str:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-save never leaves a half-written checkpoint
+    with atomic_write(path) as tmp:  # a crash mid-save never leaves a half-written file
+        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path, config: dict) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling failure means "not a checkpoint we can use"
-        raise ModelError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    ckpt = load_dict(path, ModelError, "checkpoint")
     old = ckpt.get("config", {})
+    if not isinstance(old, dict) or "model" not in ckpt:
+        raise ModelError(f"checkpoint {path}: not a training checkpoint of xbarsim train")
     differ = [k for k in _RESUME_KEYS if old.get(k) != config[k]]
     if differ:
         what = ", ".join(f"{k}={old.get(k)!r} (now {config[k]!r})" for k in differ)
@@ -112,7 +112,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     """
     if model_name not in ZOO:
         raise ModelError(f"unknown model {model_name!r}; choose from: {', '.join(ZOO)}")
-    if epochs < 0 or batch_size < 1 or lr <= 0:
+    if epochs < 0 or batch_size < 1 or not lr > 0 or not math.isfinite(lr):  # NaN: refused
         raise ModelError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, "
                          f"{batch_size}, {lr}")
     # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
@@ -163,12 +163,13 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                       "config": config}, ckpt_path)
 
     acc = evaluate(model, xte, yte)
-    torch.save(model.state_dict(), out / f"{model_name}.pt")
+    _save_atomic(model.state_dict(), out / f"{model_name}.pt")
     export(model, out / f"{model_name}.onnx", opset)
     record = {**config, "epochs": max(epochs, start), "test_accuracy": acc,
               "test_examples": len(xte), "train_examples": len(xtr),
               "normalisation": datasets.NORMALISATION, "train_seconds": round(elapsed, 2),
               "resumed_from_epoch": resumed_from, "history": history,
               "torch_version": torch.__version__, "onnx_opset": opset}
-    (out / f"{model_name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_write(out / f"{model_name}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     return acc

@@ -155,7 +155,7 @@ def build(name: str, *, seed: int | None = None, **kw) -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = ZOO[name].builder(**opt)
-    except ValueError as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # a wrong type or size of an option
         raise ModelError(f"cannot build {name!r} with {kw}: {e}") from e
     model.sample_shape = input_shape(name, **kw)[1:]
     model.zoo_name = name

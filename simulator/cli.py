@@ -38,12 +38,30 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set adc.bits=6 --set xbar.rows=256 "
                         "(adc.bits=none: ideal ADC)")
-    p.add_argument("--replicate", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--replicate", type=positive_int, default=1, metavar="N",
                    help="up to N copies of each convolution's crossbars, in proportion to "
                         "its output pixels, each computing a band of rows [1: none]")
 
 
-def _positive_int(text: str) -> int:
+TORCH_MAX_OPSET = 23
+"""Highest opset the pinned torch's TorchScript exporter writes
+(``torch.onnx._constants.ONNX_MAX_OPSET``; a test keeps the two equal)."""
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type: an integer in ``lo..hi``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be an integer in {lo}..{hi}")
+        return v
+    return parse
+
+
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -54,14 +72,24 @@ def _positive_int(text: str) -> int:
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
-    p = Path(path)
-    if not p.exists():
+    from .fileio import read_npz
+    if not Path(path).exists():
         raise UserError(f"input file {path!r} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable .npz of arrays ({e})") from e
+    return read_npz(path, UserError)
+
+
+def _check_output_args(args) -> None:
+    """Refuse, before any work, output requests that cannot be met; create the folders the
+    output files go into, so a finished simulation is never lost to a missing folder."""
+    if getattr(args, "output", None) is not None and not str(args.output).strip():
+        raise UserError("-o/--output: empty path; name the program folder to write")
+    if getattr(args, "outputs", None) and getattr(args, "command", None) == "simulate" \
+            and not args.input:
+        raise UserError("--outputs needs --input: without inputs simulate runs timing only "
+                        "and computes no output values")
+    for key in ("json", "trace", "outputs"):
+        if getattr(args, key, None):
+            Path(getattr(args, key)).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _write_outputs(report, args) -> None:
@@ -72,8 +100,9 @@ def _write_outputs(report, args) -> None:
         n = report.save_trace(args.trace)
         print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)")
     if getattr(args, "outputs", None) and report.outputs:
-        np.savez(args.outputs, **{k: v for k, v in report.outputs.items()
-                                  if not k.endswith(":int")})
+        from .fileio import atomic_write
+        with atomic_write(args.outputs, ".npz") as tmp:
+            np.savez(tmp, **{k: v for k, v in report.outputs.items() if not k.endswith(":int")})
         print(f"outputs  -> {args.outputs}")
     if getattr(args, "plots", None):
         for p in report.plot(args.plots):
@@ -94,6 +123,7 @@ def cmd_presets(args) -> int:
 def cmd_compile(args) -> int:
     from compiler import compile_model
     from .config import load_config
+    _check_output_args(args)
     cfg = load_config(args.preset, args.overrides)
     prog = compile_model(args.model, cfg, progress=not args.quiet, replicate=args.replicate)
     prog.save(args.output)
@@ -107,6 +137,7 @@ def cmd_compile(args) -> int:
 def cmd_simulate(args) -> int:
     from .program import Program
     from .simulate import simulate
+    _check_output_args(args)
     prog = Program.load(args.program)
     inputs = _load_npz(args.input) if args.input else None
     rep = simulate(prog, inputs, trace=bool(args.trace))
@@ -161,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--input", help=".npz with one array per graph input, batch first")
-    g.add_argument("--random", type=int, metavar="N", help="N random inputs")
-    p.add_argument("--limit", type=int, help="demo: use only the first N bundled images")
+    g.add_argument("--random", type=positive_int, metavar="N", help="N random inputs")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="demo: use only the first N bundled images")
     p.add_argument("--outputs", help="write the simulated outputs to this .npz")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")

@@ -268,6 +268,9 @@ class MachineConfig:
         _check_int("", "weight_bits", self.weight_bits, 2, 32)   # a sign and a value bit
         _check_int("", "input_bits", self.input_bits, 2, 32)
         _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
+        for key in ("name", "source"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} = {getattr(self, key)!r}: must be text")
         if self.xbar.cell_bits > self.weight_bits:
             raise ConfigError(f"xbar.cell_bits = {self.xbar.cell_bits}: must be <= weight_bits "
                               f"= {self.weight_bits}")
@@ -333,7 +336,7 @@ def from_dict(data: dict) -> MachineConfig:
                 raise ConfigError(f"{key}: must be a mapping with keys {_allowed_keys(cls)}")
             unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
-                bad = sorted(unknown)[0]
+                bad = sorted(unknown, key=str)[0]   # YAML keys need not be strings
                 raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
             top[key] = cls(**value)
         elif key in _SECTIONS:
@@ -364,8 +367,8 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
         elif not path.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
         cfg = from_dict(data or {})
     return with_overrides(cfg, overrides)
@@ -375,9 +378,15 @@ def _parse_value(text: str) -> Any:
     if text.strip().lower() in ("none", "null", "ideal", "~"):
         return None
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> MachineConfig:

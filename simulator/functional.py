@@ -376,6 +376,22 @@ def quantize_input(x: np.ndarray, scale: float, bits: int) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, np.float64) / scale), -lim, lim - 1).astype(np.int64)
 
 
+def check_input(name: str, x, error: type[Exception] = SimulationError) -> np.ndarray:
+    """``x`` as an array if it is a usable input batch: batch first, at least one sample,
+    real numbers, all finite; else ``error`` naming the input."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise error(f"input {name!r} is a scalar; inputs are batch first (N, ...)")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+            or x.dtype == bool):
+        raise error(f"input {name!r} has dtype {x.dtype}; inputs are real numbers")
+    if len(x) == 0:
+        raise error(f"input {name!r} has an empty batch (shape {x.shape}); give >= 1 sample")
+    if not np.isfinite(x).all():
+        raise error(f"input {name!r} holds {int((~np.isfinite(x)).sum())} NaN/inf values")
+    return x
+
+
 def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
                batch: int | None = None, exact_shortcut: bool = True) -> dict[str, np.ndarray]:
     """Run ``prog`` on real-valued inputs (one array per program input, batch first).
@@ -393,6 +409,7 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
     missing = [n for n in names if n not in inputs]
     if missing:
         raise SimulationError(f"missing input {missing[0]!r} (inputs: {', '.join(names)})")
+    inputs = {k: check_input(k, v) for k, v in inputs.items()}
     if batch is None:
         batch = len(next(iter(inputs.values()))) if inputs else 1
     eng = ValueEngine(prog, batch, exact_shortcut=exact_shortcut)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import MachineConfig, from_dict
-from .errors import ProgramError
+from .errors import ProgramError, XbarsimError
+from .fileio import atomic_write, read_npz
 from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, UNARY_FNS, Fn, Op, RegisterLayout
 
 FORMAT_VERSION = 1
@@ -183,7 +184,6 @@ class Program:
             "init_values": (np.concatenate([np.asarray(s[2], np.int64) for s in self.mem_init])
                             if self.mem_init else np.zeros(0, np.int64)),
         }
-        np.savez_compressed(folder / "program.npz", **arrays)
         manifest = {
             "format": "xbarsim-program", "version": FORMAT_VERSION,
             "config": self.config.to_dict(), "n_tiles": self.n_tiles,
@@ -191,7 +191,14 @@ class Program:
             "outputs": [p.to_dict() for p in self.outputs],
             "layers": self.layers, "mapping": self.mapping,
         }
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=jsonable))
+        text = json.dumps(manifest, indent=1, default=jsonable)
+        # each file renamed into place only once complete; the manifest last, and it is
+        # removed first, so an interrupted save leaves no folder that loads as a program
+        (folder / "manifest.json").unlink(missing_ok=True)
+        with atomic_write(folder / "program.npz", ".npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
+        with atomic_write(folder / "manifest.json") as tmp:
+            tmp.write_text(text)
         return folder
 
     @classmethod
@@ -204,19 +211,15 @@ class Program:
                 raise ProgramError(f"{folder}: not a program folder (missing {p.name}); "
                                    f"make one with `xbarsim compile MODEL.onnx -o {folder}`")
         try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ProgramError(f"{mpath}: not valid JSON ({e})") from e
-        if manifest.get("format") != "xbarsim-program":
+        if not isinstance(manifest, dict) or manifest.get("format") != "xbarsim-program":
             raise ProgramError(f"{mpath}: not an xbarsim program manifest")
         if manifest.get("version") != FORMAT_VERSION:
             raise ProgramError(f"{mpath}: format version {manifest.get('version')!r}, "
                                f"this xbarsim reads version {FORMAT_VERSION}")
-        try:
-            with np.load(apath, allow_pickle=False) as z:
-                a = {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise ProgramError(f"{apath}: unreadable ({e})") from e
+        a = read_npz(apath, ProgramError)
         required = ("core_code", "core_start", "tile_code", "tile_start", "mvmu_loc",
                     "mvmu_levels", "init_tile", "init_addr", "init_count", "init_start",
                     "init_values")
@@ -225,6 +228,17 @@ class Program:
             raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}")
         if a["core_code"].dtype != INSTR_DTYPE or a["tile_code"].dtype != INSTR_DTYPE:
             raise ProgramError(f"{apath}: instruction arrays do not have the ISA's dtype")
+        try:
+            return cls._from_parts(manifest, a)
+        except XbarsimError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            # a hand-edited or truncated manifest: name the file, not the Python error site
+            raise ProgramError(f"{mpath}: malformed ({type(e).__name__}: {e}); recompile "
+                               f"with `xbarsim compile`") from e
+
+    @classmethod
+    def _from_parts(cls, manifest: dict, a: dict) -> "Program":
         cfg = from_dict(manifest["config"])
         init = [(int(t), int(ad), a["init_values"][s:e].copy(), int(c)) for t, ad, c, s, e in
                 zip(a["init_tile"], a["init_addr"], a["init_count"], a["init_start"][:-1],
@@ -283,7 +297,13 @@ def validate(prog: Program) -> None:
     lay = RegisterLayout.of(cfg)
     if len(prog.mem_words) != tiles or (prog.mem_words < 1).any():
         raise ProgramError(f"mem_words must give a positive size for each of the {tiles} tiles")
+    if not isinstance(prog.layers, list) or not all(isinstance(x, dict) for x in prog.layers):
+        raise ProgramError("layers must be a list of layer records (objects)")
+    n_layers = len(prog.layers)
     n = len(prog.mvmu_loc)
+    if n and not ((prog.mvmu_layer >= -1) & (prog.mvmu_layer < n_layers)).all():
+        raise ProgramError(f"an MVMU's layer index is outside -1..{n_layers - 1} (the program "
+                           f"lists {n_layers} layers)")
     for name in ("mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits", "mvmu_layer"):
         if len(getattr(prog, name)) != n:
             raise ProgramError(f"{name} has {len(getattr(prog, name))} entries for {n} MVMUs")
@@ -291,6 +311,9 @@ def validate(prog: Program) -> None:
     if prog.mvmu_levels.shape != shape:
         raise ProgramError(f"crossbar contents have shape {prog.mvmu_levels.shape}; the config "
                            f"needs {shape} (MVMUs, arrays*slices, rows, cols)")
+    if prog.mvmu_levels.size and prog.mvmu_levels.min() < 0:
+        raise ProgramError(f"a cell level {int(prog.mvmu_levels.min())} is negative; cells "
+                           f"hold 0..{(1 << cfg.xbar.cell_bits) - 1}")
     if prog.mvmu_levels.size and prog.mvmu_levels.max() >= (1 << cfg.xbar.cell_bits):
         raise ProgramError(f"a cell level {int(prog.mvmu_levels.max())} exceeds the "
                            f"{cfg.xbar.cell_bits}-bit cells' top level "
@@ -314,10 +337,10 @@ def validate(prog: Program) -> None:
         t, c = divmod(k, cores)
         _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles,
-                         {m for (tt, cc, m) in seen if tt == t and cc == c})
+                         {m for (tt, cc, m) in seen if tt == t and cc == c}, n_layers)
     for t, code in enumerate(prog.tile_code):
         _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay,
-                         int(prog.mem_words[t]), tiles, set())
+                         int(prog.mem_words[t]), tiles, set(), n_layers)
     for t, addr, vals, cnt in prog.mem_init:
         if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]
                 and cnt >= 0):
@@ -331,11 +354,17 @@ def validate(prog: Program) -> None:
                                f"(+{port.size}) outside the tile's memory")
 
 
-def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus) -> None:
+def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_layers) -> None:
     n = len(code)
     if n == 0:
         return
     ops = code["op"]
+    # per-layer counters are indexed by it, unchecked in the compiled engine
+    bad = (code["layer"] < -1) | (code["layer"] >= n_layers)
+    if bad.any():
+        pc = int(np.argmax(bad))
+        raise ProgramError(f"{where} pc {pc}: layer index {int(code['layer'][pc])} outside "
+                           f"-1..{n_layers - 1} (the program lists {n_layers} layers)")
     bad = ~np.isin(ops, np.array(sorted(int(o) for o in allowed)))
     if bad.any():
         pc = int(np.argmax(bad))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import costs
+from .fileio import atomic_write
 from .isa import Op
 from .program import jsonable
 from .timing import (C_ADC, C_DAC, C_EDRAM, C_INSTR, C_MVM, C_NOC, C_SHADD, C_VFU, C_XBAR,
@@ -66,7 +67,8 @@ class Report:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1, default=jsonable)
         if path is not None:
-            Path(path).write_text(text)
+            with atomic_write(path) as tmp:
+                tmp.write_text(text)
         return text
 
     def layers_frame(self):
@@ -101,7 +103,8 @@ class Report:
         for a, n in names.items():
             events.append({"name": "thread_name", "ph": "M", "pid": int(n.split()[1]),
                            "tid": a, "args": {"name": n}})
-        Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
         return len(events)
 
     def plot(self, folder: str | Path) -> list[Path]:

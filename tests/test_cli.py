@@ -140,3 +140,127 @@ def test_deadlocked_program_exits_2(tmp_path, capsys):
     examples.deadlock().save(tmp_path / "dl")
     err = _one_line_error(capsys, main(["simulate", str(tmp_path / "dl")]), "deadlock")
     assert "addr 100" in err
+
+
+# ---- a review's bad inputs: each once crashed, tracebacked or silently did something else --
+
+@pytest.fixture
+def compiled(tmp_path):
+    """A program folder of the small MLP, and an input batch for it."""
+    model = _mlp_model(tmp_path / "m.onnx")
+    prog = tmp_path / "prog"
+    assert main(["compile", str(model), "-o", str(prog), "-q"]) == 0
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    return prog, tmp_path / "in.npz"
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("layer", 100000, "layer index 100000 outside -1..0"),   # indexed the counters unchecked
+    ("layer", -50, "layer index -50 outside"),
+])
+def test_corrupt_instruction_layer_is_refused_not_a_crash(compiled, capsys, field, value,
+                                                          needle):
+    prog, _ = compiled
+    z = dict(np.load(prog / "program.npz"))
+    z["core_code"][field][0] = value
+    np.savez_compressed(prog / "program.npz", **z)
+    _one_line_error(capsys, main(["simulate", str(prog)]), needle)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.update(layers="x"), "layers must be a list"),
+    (lambda m: m.update(layers=[]), "outside -1..-1"),
+    (lambda m: m.pop("n_tiles"), "malformed (KeyError"),
+    (lambda m: m.update(inputs=[5]), "malformed ("),
+])
+def test_malformed_manifest_names_the_file(compiled, capsys, edit, needle):
+    prog, _ = compiled
+    m = json.loads((prog / "manifest.json").read_text())
+    edit(m)
+    (prog / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(capsys, main(["simulate", str(prog)]), needle)
+
+
+def test_binary_manifest_and_corrupt_npz_files(compiled, capsys):
+    prog, inp = compiled
+    (prog / "manifest.json").write_bytes(b"\xff\xfe\x00garbage")
+    _one_line_error(capsys, main(["simulate", str(prog)]), "manifest.json: not valid JSON")
+    trunc = inp.with_name("trunc.npz")
+    trunc.write_bytes(inp.read_bytes()[:40])
+    _one_line_error(capsys, main(["run", str(inp.with_name("m.onnx")), "--input", str(trunc)]),
+                    "trunc.npz: not a readable .npz")
+    np.save(inp.with_name("a.npy"), np.zeros((1, 64)))
+    _one_line_error(capsys, main(["run", str(inp.with_name("m.onnx")), "--input",
+                                  str(inp.with_name("a.npy"))]), "a single .npy array")
+
+
+@pytest.mark.parametrize("x,needle", [
+    (np.float32(1.0), "is a scalar"),
+    (np.zeros((0, 64), np.float32), "empty batch"),
+    (np.array([["a"] * 64]), "dtype <U1"),
+    (np.full((1, 64), np.nan, np.float32), "64 NaN/inf values"),
+])
+def test_unusable_input_arrays_are_named(compiled, capsys, x, needle):
+    prog, inp = compiled
+    np.savez(inp, input=x)
+    _one_line_error(capsys, main(["simulate", str(prog), "--input", str(inp)]), needle)
+
+
+def test_outputs_need_inputs_and_output_folders_are_made(compiled, capsys, tmp_path):
+    prog, inp = compiled
+    _one_line_error(capsys, main(["simulate", str(prog), "--outputs", str(tmp_path / "o.npz")]),
+                    "--outputs needs --input")
+    report = tmp_path / "new" / "dir" / "r.json"      # made, not lost after simulating
+    outs = tmp_path / "outs"                          # written under exactly this name
+    assert main(["simulate", str(prog), "--input", str(inp), "--json", str(report),
+                 "--outputs", str(outs)]) == 0
+    assert json.loads(report.read_text())["latency_s"] > 0
+    assert set(np.load(outs)) == {"logits"}
+    _one_line_error(capsys, main(["compile", str(inp.with_name("m.onnx")), "-o", ""]),
+                    "empty path")
+
+
+def test_counts_below_one_are_refused_not_rewritten(capsys):
+    for argv in (["run", "--random", "0"], ["run", "--limit", "0"], ["run", "--limit", "-5"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert "must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_nan_weights_are_named(tmp_path, capsys):
+    model = onnx.load(str(_mlp_model(tmp_path / "m.onnx")))
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
+    onnx.save(model, tmp_path / "nan.onnx")
+    _one_line_error(capsys, main(["compile", str(tmp_path / "nan.onnx"), "-o",
+                                  str(tmp_path / "p")]), "weight 'w' holds 1 NaN/inf values")
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
+    # A full disk or a size limit mid-write: the target keeps its old contents, no temp file
+    # is left behind, and the error names the target.
+    from simulator.fileio import atomic_write
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="report.json"):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(27, "File too large")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_preset_yaml_edge_cases(tmp_path, capsys):
+    bad = tmp_path / "mixed.yaml"
+    bad.write_text("xbar: {rows: 128, 1: 2}\n")          # a non-string key sorted with str ones
+    _one_line_error(capsys, main(["compile", "x.onnx", "-o", str(tmp_path / "p"),
+                                  "--preset", str(bad)]), "xbar.1: unknown key")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    _one_line_error(capsys, main(["compile", "x.onnx", "-o", str(tmp_path / "p"),
+                                  "--preset", str(binary)]), "bin.yaml: not valid YAML")
+    from simulator.config import load_config
+    assert load_config("puma", ["clock_ghz=1e-3"]).clock_ghz == 1e-3   # YAML 1.1 reads a str

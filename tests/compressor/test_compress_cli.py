@@ -90,6 +90,10 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
                      "-o", tmp_path / "a.onnx", "--limit", 100, "--epochs", 1, "-q", "--no-hw")
     assert rc == 0, err
     assert "hardware loop" not in capsys.readouterr().out
+    pt.with_suffix(".json").write_text("[1, 2]")           # not the record train writes
+    rc, _, err = run(capsys, pt, "--recipe", recipe, "--data", "digits", "-o", tmp_path / "a.onnx",
+                     "--limit", 100, "--epochs", 1, "-q")
+    assert rc == 2 and "w.json: not the JSON record xbarsim train writes" in err
 
 
 def test_keep_best_selects_on_held_out_training_images_not_the_test_split(tmp_path, capsys):
@@ -106,6 +110,14 @@ def test_keep_best_selects_on_held_out_training_images_not_the_test_split(tmp_pa
     assert 1 <= s["selected_epoch"] <= 3 and 0 < s["test_accuracy"] <= 1
     # 40 held-out images score in steps of 1/40; the test split (400 images) does not
     assert all(round(a * 40, 6).is_integer() for a in retrain)
+
+
+def test_opset_without_per_channel_dequantize_is_refused_before_training(recipe, capsys,
+                                                                          tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "mlp", "--recipe", str(recipe), "-o", str(tmp_path / "x.onnx"),
+              "--opset", "5"])
+    assert e.value.code == 2 and "must be an integer in 13..23" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

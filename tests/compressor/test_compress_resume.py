@@ -98,5 +98,9 @@ def test_checkpoint_of_another_recipe_is_refused(data, straight):
 def test_unreadable_checkpoint_is_a_clear_error(data, tmp_path):
     path = tmp_path / "junk.ckpt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CompressionError, match="junk.ckpt: unreadable"):
+    with pytest.raises(CompressionError, match="cannot read checkpoint .*junk.ckpt: "):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    import torch
+    torch.save(torch.zeros(3), path)                 # a torch file, but not a checkpoint
+    with pytest.raises(CompressionError, match="junk.ckpt holds a Tensor, not a dictionary"):
         compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)

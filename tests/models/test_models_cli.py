@@ -49,7 +49,35 @@ def test_export(tmp_path, capsys):
     assert run(["export", "lenet5", "-o", str(out), "--opt", "depth=3"]) == 2
     assert capsys.readouterr().err.startswith("error: model 'lenet5' has no option depth")
     assert run(["export", "lenet5", "-o", str(out), "--weights", str(tmp_path / "no.pt")]) == 2
-    assert "cannot load weights" in capsys.readouterr().err
+    assert "cannot read weights" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert run(["export", "lenet5", "-o", str(tmp_path / "file" / "x.onnx")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_bad_numbers_and_weight_files_are_one_line_errors(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    from models.train import train
+    from models.errors import ModelError
+    with pytest.raises(SystemExit):                      # argparse: before any work
+        run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--opset", "99"])
+    assert "must be an integer in 7..23" in capsys.readouterr().err
+    assert run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--opt",
+                "in_channels=-1"]) == 2
+    assert "cannot build 'lenet5'" in capsys.readouterr().err
+    torch.save(torch.zeros(3), tmp_path / "t.pt")       # a torch file, not a state dict
+    assert run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--weights",
+                str(tmp_path / "t.pt")]) == 2
+    assert "t.pt holds a Tensor, not a dictionary" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="lr > 0"):
+        train("mlp", "digits", lr=float("nan"), out_dir=tmp_path)
+
+
+def test_torch_max_opset_matches_the_pinned_torch():
+    pytest.importorskip("torch")
+    from torch.onnx import _constants
+
+    from simulator.cli import TORCH_MAX_OPSET
+    assert TORCH_MAX_OPSET == _constants.ONNX_MAX_OPSET

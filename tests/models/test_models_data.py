@@ -120,6 +120,30 @@ def test_npz_loaders(tmp_path):
         data.load_npz(tmp_path / "range.npz")
 
 
+
+@pytest.mark.parametrize("x,y,match", [
+    (np.zeros((2, 4, 4), np.uint8), np.array([0, -1]), "class indices >= 0"),
+    (np.zeros((2, 4, 4), np.uint8), np.array([0.5, 1.0]), "class indices >= 0"),
+    (np.zeros((2, 4, 4), np.uint8), np.zeros((2, 1), np.int64), r"shape \(N,\)"),
+    (np.zeros((2, 4, 4), np.uint8), np.array(["a", "b"]), "dtype <U1"),
+    (np.full((2, 4, 4), np.nan, np.float32), np.array([0, 1]), "32 image values are NaN"),
+    (np.zeros((2, 4, 4), np.uint8), np.array(3), "one entry per image"),
+])
+def test_unusable_labels_and_images_are_named(tmp_path, x, y, match):
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=match):
+        data.load_npz(tmp_path / "d.npz")
+
+
+def test_splits_of_different_image_sizes_are_refused(tmp_path):
+    np.savez(tmp_path / "train.npz", x=np.zeros((2, 4, 4), np.uint8), y=[0, 1])
+    np.savez(tmp_path / "test.npz", x=np.zeros((2, 5, 5), np.uint8), y=[0, 1])
+    with pytest.raises(DataError, match=r"training images are \(1, 4, 4\) but test"):
+        data.load_splits(tmp_path)
+    (tmp_path / "test.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="test.npz: not a readable .npz"):
+        data.load_splits(tmp_path)
+
 def test_unknown_spec_and_split(tmp_path):
     with pytest.raises(DataError, match="unknown data set"):
         data.load(tmp_path / "nothing-here")

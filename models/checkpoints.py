@@ -1,0 +1,24 @@
+"""Reading torch files a user hands us: ``weights_only=True`` always, and one error naming the
+file for every way it can be unusable (not a torch file, truncated, a pickled object outside
+the allowed tensor types, or not the dictionary a state dict or checkpoint is)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file") -> dict:
+    """``torch.load(path, weights_only=True)`` of a dictionary (state dict or checkpoint);
+    ``error(message)`` names ``path`` when it cannot be read or holds something else."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling failure means "not a file we can use"
+        # torch's first line; its advice to retry with weights_only=False is not ours to give
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in reason:
+            reason = "it holds objects other than tensors and plain containers (refused)"
+        raise error(f"cannot read {what} {path}: {reason}") from e
+    if not isinstance(obj, dict):
+        raise error(f"{what} {path} holds a {type(obj).__name__}, not a dictionary of tensors")
+    return obj
