@@ -241,9 +241,8 @@ def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:
             raise SweepError(f"zoo model {name!r} needs torch to export ({e}); pass an ONNX "
                              f"file instead") from e
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        export(name, tmp, **kw)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:     # parallel workers may export the same model
+            export(name, tmp, **kw)
     return (name if not kw else f"{name}:" + ":".join(f"{k}={v}" for k, v in kw.items()),
             path)
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from models.checkpoints import load_dict
 from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval mode
+from simulator.fileio import atomic_write
 
 from .admm import ADMM
 from .constraints import Constraint
@@ -345,9 +346,8 @@ class _Run:
                        for n, f in self.frozen.items()},
         }
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)  # never leave a half-written checkpoint
+        with atomic_write(self.ckpt_path) as tmp:  # never leave a half-written checkpoint
+            torch.save(state, tmp)
 
     def load(self) -> None:
         p = self.ckpt_path
