@@ -32,6 +32,14 @@ def _fail(msg: str) -> int:
     return EXIT_USER_ERROR
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the house rule for mistakes: one line ``error: ...``, exit code 2
+    (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} -h)\n")
+
+
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="puma",
                    help="machine preset name (puma, isaac, small) or a YAML file [puma]")
@@ -161,7 +169,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="xbarsim", description="Compile, simulate and compress DNNs for ReRAM crossbar "
                                     "accelerators.")
     ap.add_argument("--version", action="version", version=f"xbarsim {_version()}")

@@ -226,7 +226,9 @@ def test_counts_below_one_are_refused_not_rewritten(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-        assert "must be an integer >= 1" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "must be an integer >= 1" in err and err.startswith("error: xbarsim run: ")
+        assert err.count("\n") == 1, err      # one line, not argparse's usage block
 
 
 def test_nan_weights_are_named(tmp_path, capsys):
