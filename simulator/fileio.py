@@ -52,6 +52,7 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))  # mkstemp made it 0600; give what open() would
         os.replace(tmp, path)
     except OSError as e:
         if e.filename is None:  # a failed write() names no file: name the one we wrote
@@ -59,3 +60,14 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would leave: an existing file's own, else
+    0666 less the process umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask

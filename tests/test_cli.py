@@ -253,6 +253,14 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
             raise OSError(27, "File too large")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    # a completed write keeps the permissions a plain open() gives, not mkstemp's 0600
+    import os
+    target.unlink()
+    with atomic_write(target) as tmp:
+        tmp.write_text("new")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_preset_yaml_edge_cases(tmp_path, capsys):
