@@ -13,6 +13,8 @@ def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file
     ``error(message)`` names ``path`` when it cannot be read or holds something else."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as e:  # any unpickling failure means "not a file we can use"
         # torch's first line; its advice to retry with weights_only=False is not ours to give
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -172,14 +172,12 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing data file {path}")
-    try:
-        z = read_npz(path, DataError)
-    except zlib.error as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    z = read_npz(path, DataError, keys)
     missing = [k for k in keys if k not in z]
     if missing:
-        raise DataError(f"{path} lacks array(s) {', '.join(missing)}; "
-                        f"it has {', '.join(z) or 'none'}")
+        with np.load(path, allow_pickle=False) as names:   # read fine above: list them
+            has = ", ".join(names.files) or "none"
+        raise DataError(f"{path} lacks array(s) {', '.join(missing)}; it has {has}")
     x, y = z[keys[0]], z[keys[1]]
     if x.ndim == 0 or y.ndim == 0:
         raise DataError(f"{path}: images and labels must be arrays with one entry per image")

@@ -1,7 +1,7 @@
 """Reading and writing user files safely: one place for both rules.
 
 * :func:`read_npz` reads an ``.npz`` without pickle and turns every way the file can be bad
-  (truncated, not a zip, a bare ``.npy``, object arrays) into one error naming it.
+  (truncated, corrupt, not a zip, a bare ``.npy``, object arrays) into one error naming it.
 * :func:`atomic_write` writes to a temporary file beside the target and renames it over the
   target only when the writer finished: a full disk, a file-size limit or a crash leaves the
   previous file (or none), never a truncated one that looks valid.
@@ -11,25 +11,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import stat
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 
-def read_npz(path: str | Path, error: type[Exception]) -> dict[str, np.ndarray]:
-    """All arrays of the ``.npz`` at ``path`` (``allow_pickle=False``); ``error(message)``
-    is raised, naming the file, when it is not a readable archive of plain arrays."""
+def read_npz(path: str | Path, error: type[Exception],
+             keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path`` (all, or only ``keys`` that it has), read with
+    ``allow_pickle=False``; ``error(message)``, naming the file, when it is not a readable
+    archive of plain arrays."""
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one bare array
             raise error(f"{path}: a single .npy array, not an .npz archive (np.savez writes "
                         f"one, keyed by name)")
         with z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            return {k: z[k] for k in z.files if keys is None or k in keys}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         if isinstance(e, error):
             raise
         reason = str(e)
@@ -41,33 +44,47 @@ def read_npz(path: str | Path, error: type[Exception]) -> dict[str, np.ndarray]:
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds,
-    delete it if not. ``suffix`` keeps an extension a writer insists on (``np.savez``)."""
-    path = Path(path)
+    delete it if not. ``suffix`` keeps an extension a writer insists on (``np.savez``).
+
+    A symlink is followed (its target is replaced, the link stays); a target that exists
+    and is not a regular file (``/dev/stdout``, a FIFO, ``/dev/null``) is written directly,
+    as ``open`` would."""
+    path = Path(os.path.realpath(path))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; expected a file name",
                                 str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
-                               dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    tmp = Path(tmp)
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        yield path
+        return
+    tmp = None
     try:
+        tmp = _create_temp(path, suffix)
         yield tmp
-        os.chmod(tmp, _mode_for(path))  # mkstemp made it 0600; give what open() would
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is None:  # a failed write() names no file: name the one we wrote
+        if e.filename is None or (tmp is not None and e.filename == str(tmp)):
+            # a failed write() names no file, a failed temp file names its own: name the target
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
-def _mode_for(path: Path) -> int:
-    """The permissions a plain ``open(path, "w")`` would leave: an existing file's own, else
-    0666 less the process umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+def _create_temp(path: Path, suffix: str) -> Path:
+    """A new empty file beside ``path``, created with the permissions ``open`` would give
+    it (an existing target keeps its own), so the kernel applies the umask and ACLs."""
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp{suffix}")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+        except FileExistsError:
+            continue
+        except OSError as e:  # no such folder, no permission: about the target, not tmp
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        os.close(fd)
+        if path.exists():
+            os.chmod(tmp, mode)  # the umask applied at creation; the target's mode wins
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))

@@ -228,22 +228,31 @@ class Program:
             raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}")
         if a["core_code"].dtype != INSTR_DTYPE or a["tile_code"].dtype != INSTR_DTYPE:
             raise ProgramError(f"{apath}: instruction arrays do not have the ISA's dtype")
+        malformed = (KeyError, TypeError, ValueError, IndexError, AttributeError)
         try:
-            return cls._from_parts(manifest, a)
+            parts = cls._parts(manifest, a)
         except XbarsimError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        except malformed as e:
             # a hand-edited or truncated manifest: name the file, not the Python error site
             raise ProgramError(f"{mpath}: malformed ({type(e).__name__}: {e}); recompile "
                                f"with `xbarsim compile`") from e
+        try:
+            return cls(**parts)   # validate() checks the parts against the machine
+        except XbarsimError:
+            raise
+        except malformed as e:   # arrays of the wrong rank or type that validate() trips on
+            raise ProgramError(f"{folder}: inconsistent program ({type(e).__name__}: {e}); "
+                               f"recompile with `xbarsim compile`") from e
 
-    @classmethod
-    def _from_parts(cls, manifest: dict, a: dict) -> "Program":
+    @staticmethod
+    def _parts(manifest: dict, a: dict) -> dict:
+        """The constructor's arguments, read from the manifest and the arrays."""
         cfg = from_dict(manifest["config"])
         init = [(int(t), int(ad), a["init_values"][s:e].copy(), int(c)) for t, ad, c, s, e in
                 zip(a["init_tile"], a["init_addr"], a["init_count"], a["init_start"][:-1],
                     a["init_start"][1:])]
-        return cls(
+        return dict(
             config=cfg, n_tiles=int(manifest["n_tiles"]),
             core_code=_split(a["core_code"], a["core_start"]),
             tile_code=_split(a["tile_code"], a["tile_start"]),

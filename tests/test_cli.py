@@ -195,6 +195,14 @@ def test_binary_manifest_and_corrupt_npz_files(compiled, capsys):
                                   str(inp.with_name("a.npy"))]), "a single .npy array")
 
 
+def test_corrupt_compressed_program_data_names_the_file(compiled, capsys):
+    prog, _ = compiled
+    data = bytearray((prog / "program.npz").read_bytes())   # the deflate stream, not the zip
+    data[300:340] = bytes(b ^ 0xFF for b in data[300:340])
+    (prog / "program.npz").write_bytes(data)
+    _one_line_error(capsys, main(["simulate", str(prog)]), "program.npz: not a readable .npz")
+
+
 @pytest.mark.parametrize("x,needle", [
     (np.float32(1.0), "is a scalar"),
     (np.zeros((0, 64), np.float32), "empty batch"),
@@ -261,6 +269,22 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    # a symlink is followed, not replaced; a FIFO (like /dev/stdout) is written directly
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with atomic_write(link) as tmp:
+        tmp.write_text("through the link")
+    assert link.is_symlink() and target.read_text() == "through the link"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    with atomic_write(fifo) as tmp:
+        tmp.write_text("streamed")
+    assert os.read(fd, 100) == b"streamed" and fifo.is_fifo()
+    os.close(fd)
+    with pytest.raises(OSError, match=r"No such file or directory: .*nodir/x.json'$"):
+        with atomic_write(tmp_path / "nodir" / "x.json") as tmp:
+            tmp.write_text("x")
 
 
 def test_preset_yaml_edge_cases(tmp_path, capsys):
