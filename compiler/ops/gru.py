@@ -28,9 +28,17 @@ from .recurrent import (GATE_INT_BITS, CellFormat, RecurrentLayer, add_recurrent
                         check_common, initial_h, vector_ops, weights)
 
 
-def gru_format(bits: int) -> CellFormat:
-    f = max(bits - 1 - GATE_INT_BITS, 1)
-    return CellFormat(bits, f, f, bits - 1)
+def gru_format(bits: int, bound: float) -> CellFormat:
+    """``bound``: the largest |a_x| or |a_h| the weights allow. The gates saturate at
+    +-2**GATE_INT_BITS like the LSTM's, but the candidate's two parts are added *before*
+    their tanh, so each gets the integer bits of its own range (``fx`` fraction bits): a
+    large a_x and a large a_h of opposite sign may sum to where tanh is not saturated."""
+    if bits < 7:
+        raise UnsupportedOpError(f"GRU needs input_bits >= 7 (got {bits})")
+    f = bits - 1 - GATE_INT_BITS
+    need = int(np.ceil(np.log2(bound))) if bound > 1 else 0
+    fx = bits - 1 - int(np.clip(need, GATE_INT_BITS, bits - 3))
+    return CellFormat(bits, f, f, bits - 1, fx)
 
 
 @dataclass
@@ -43,8 +51,9 @@ class GRULayer(RecurrentLayer):
     def cell_ref(self, a, h):
         fmt, H = self.fmt, self.hidden
         z, r, ax, ah = (a[:, k * H:(k + 1) * H] for k in range(4))
-        rh = alu(Fn.SHR, r * ah, fmt.f, 0)                              # f bits
-        n = alu(Fn.SHL, alu(Fn.TANH, ax + rh, None, fmt.f), fmt.fh - fmt.f, 0)   # fh bits
+        rh = alu(Fn.SHR, r * ah, fmt.f, 0)                              # fx bits
+        s = alu(Fn.SHL, ax + rh, fmt.f - fmt.fx, 0)                      # f bits, wide
+        n = alu(Fn.SHL, alu(Fn.TANH, s, None, fmt.f), fmt.fh - fmt.f, 0)  # fh bits
         zd = alu(Fn.SHR, z * (h - n), fmt.f, 0)                         # fh bits
         h = alu(Fn.CLIP, n + zd, None, fmt.bits)
         return h, h
@@ -56,6 +65,7 @@ class GRULayer(RecurrentLayer):
         alu_(Fn.MUL, ah, r, ah)
         alui(Fn.SHR, ah, ah, fmt.f)
         alu_(Fn.ADD, ax, ax, ah)
+        alui(Fn.SHL, ax, ax, fmt.f - fmt.fx)          # the candidate at the gates' precision
         alu_(Fn.TANH, ax, ax, imm=fmt.f)
         alui(Fn.SHL, ax, ax, fmt.fh - fmt.f)          # n at the hidden state's precision
         alu_(Fn.SUB, ah, h, ax)
@@ -84,8 +94,13 @@ def lower_gru(node, ctx):
     wh[:, 3 * H:] = R[2 * H:].T                      # the candidate's recurrent part
     wb, rb = b[:3 * H], b[3 * H:]
     bias = np.concatenate([wb[:2 * H] + rb[:2 * H], wb[2 * H:], rb[2 * H:]])
-    fmt = gru_format(ctx.bits)
+    # |a_x| <= sum|W_h| max|x| + |Wb_h|, |a_h| <= sum|R_h| + |Rb_h| (|h| < 1), per unit
+    x_max = ctx.tensor(node.input[0]).scale * 2.0 ** (ctx.bits - 1)
+    bound = max(float((np.abs(W[2 * H:]).sum(axis=1) * x_max + np.abs(wb[2 * H:])).max()),
+                float((np.abs(R[2 * H:]).sum(axis=1) + np.abs(rb[2 * H:])).max()))
+    fmt = gru_format(ctx.bits, bound)
     h0 = initial_h(ctx, node, H)
     lim = 1 << (fmt.bits - 1)
     h0_int = np.clip(np.rint(h0 * 2.0 ** fmt.fh), -lim, lim - 1).astype(np.int64)
-    add_recurrent_layer(ctx, node, GRULayer, wx, wh, bias, fmt, h0, h0_int)
+    add_recurrent_layer(ctx, node, GRULayer, wx, wh, bias, fmt, h0, h0_int,
+                        fmt.column_frac(H, linear_cols=2 * H))

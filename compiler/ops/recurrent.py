@@ -46,6 +46,15 @@ class CellFormat:
     f: int      # gate pre-activations and activations
     fc: int     # an LSTM's cell state (a GRU has none: = f)
     fh: int     # hidden state (= bits - 1)
+    fx: int = 0  # a GRU's candidate columns (wider range than the gates); 0: = f
+
+    def column_frac(self, hidden: int, linear_cols: int = 0) -> np.ndarray:
+        """Fraction bits of each of the 4H gate columns: ``f``, and ``fx`` for the last
+        ``linear_cols`` (columns no activation saturates right away)."""
+        frac = np.full(4 * hidden, self.f)
+        if linear_cols:
+            frac[-linear_cols:] = self.fx or self.f
+        return frac
 
 
 @dataclass
@@ -190,9 +199,11 @@ def initial_h(ctx, node, H: int) -> np.ndarray:
 
 
 def add_recurrent_layer(ctx, node, cls, wx: np.ndarray, wh: np.ndarray, bias: np.ndarray,
-                        fmt: CellFormat, h0: np.ndarray, s0_int: np.ndarray) -> None:
+                        fmt: CellFormat, h0: np.ndarray, s0_int: np.ndarray,
+                        col_frac: np.ndarray | None = None) -> None:
     """Quantize ``Wcat = [wx ; wh]`` (real, (I, 4H) and (H, 4H)), add the layer and its
-    outputs Y and Y_h. ``bias`` (4H) is real; ``h0`` real; ``s0_int`` the register state."""
+    outputs Y and Y_h. ``bias`` (4H) is real; ``h0`` real; ``s0_int`` the register state;
+    ``col_frac`` the fraction bits each column is requantized to (default: ``fmt.f``)."""
     op = node.op_type
     T, _, I = ctx.shape(node.input[0])
     H = wh.shape[0]
@@ -206,7 +217,8 @@ def add_recurrent_layer(ctx, node, cls, wx: np.ndarray, wh: np.ndarray, bias: np
     wcat = np.vstack([wx * s_x, wh * s_h])                   # (I + H, 4H), per unit integer
     w_int, s_acc = quantize_weight(wcat, ctx.wbits)           # acc real = acc_int * s_acc[n]
     bias_int = np.rint(bias / s_acc).astype(np.int64)
-    mult, shift = multiplier(s_acc * 2.0 ** fmt.f)
+    frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
+    mult, shift = multiplier(s_acc * 2.0 ** frac)
     lim = 1 << (fmt.bits - 1)
     h0_int = np.clip(np.rint(h0 / s_h), -lim, lim - 1).astype(np.int64)
 

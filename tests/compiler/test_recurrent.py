@@ -189,13 +189,13 @@ def test_unsupported_variants_are_refused(kw, match):
         compile_model(model, "puma")
 
 
-def _hand_gru(H=8, I=6, T=5, attrs=None):
+def _hand_gru(H=8, I=6, T=5, attrs=None, gain=1.0):
     """Batch-first graph input -> Transpose -> GRU with biases (the recurrent candidate bias
     Rb_h apart from Wb_h, which linear_before_reset tells apart) and an initial state ->
     Y transposed batch-first (``yb``) and Y_h."""
     rng = np.random.default_rng(0)
-    arr = {"W": rng.standard_normal((1, 3 * H, I)) * 0.4,
-           "R": rng.standard_normal((1, 3 * H, H)) * 0.4,
+    arr = {"W": rng.standard_normal((1, 3 * H, I)) * 0.4 * gain,
+           "R": rng.standard_normal((1, 3 * H, H)) * 0.4 * gain,
            "B": rng.standard_normal((1, 6 * H)) * 0.5,
            "h0": rng.uniform(-0.8, 0.8, (1, 1, H))}
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arr.items()]
@@ -223,6 +223,22 @@ def test_gru_on_narrow_words_stays_close():
     x = np.random.default_rng(2).standard_normal((2, 5, 6)).astype(np.float32)
     cfg = load_config("puma", ["adc.bits=none", "input_bits=8", "weight_bits=8"])
     _check(_hand_gru(), {"x": x}, cfg, ["yb", "yh"], tol=0.1)
+
+
+def test_gru_candidate_parts_keep_their_range():
+    # a_x and a_h of opposite sign, each far past the gates' +-8, add up to where tanh is
+    # not saturated: clipped to the gates' range first, they were 8 % (x10) to 33 % (x20)
+    # off onnxruntime; with their own integer bits they are within 1 %.
+    x = np.random.default_rng(1).standard_normal((3, 3, 3)).astype(np.float32)
+    for gain in (10.0, 20.0):
+        _check(_hand_gru(H=4, I=3, T=3, gain=gain), {"x": x},
+               load_config("puma", ["adc.bits=none"]), ["yb", "yh"], tol=1e-2)
+
+
+def test_gru_needs_seven_bit_words():
+    cfg = load_config("puma", ["input_bits=6", "weight_bits=6", "dac.bits=1"])
+    with pytest.raises(UnsupportedOpError, match="GRU needs input_bits >= 7"):
+        compile_model(_hand_gru(), cfg)
 
 
 @pytest.mark.parametrize("attrs,match", [
