@@ -10,7 +10,8 @@ recurrent crossbar layer (:mod:`.recurrent`). Per time step t (ONNX gate order z
 
 ``Wcat`` has four column groups: z and r read both x_t and h_{t-1}; the candidate's input
 part (``a_x``: only x rows nonzero) and its recurrent part (``a_h``: only h rows nonzero) are
-separate columns so that the reset gate can scale the recurrent part alone, which is what
+separate columns so that the reset gate can scale the recurrent part alone (each at ``fx``
+fraction bits, the integer bits of its own range: see :func:`gru_format`), which is what
 ``linear_before_reset=1`` means (and what torch's ``nn.GRU`` computes and exports). With
 ``linear_before_reset=0`` the reset gate multiplies h_{t-1} *before* R_h, which needs a
 second crossbar product per step after the gates; it is refused.
