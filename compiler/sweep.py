@@ -703,6 +703,9 @@ def read_table(path: str | os.PathLike):
     """A results table from its CSV or Parquet file."""
     import pandas as pd
     p = Path(path)
+    if p.is_dir():
+        raise SweepError(f"results file {str(path)!r} is a folder; give the .csv or .parquet "
+                         f"that xbarsim sweep -o wrote")
     if not p.is_file():
         raise SweepError(f"results file {str(path)!r} does not exist")
     try:

@@ -89,3 +89,11 @@ class SequenceClassifier(nn.Module):
             x = x.permute(0, 2, 1, 3).flatten(2)
         out, _ = getattr(self, self.cell)(x)
         return self.fc(out[:, -1])
+
+
+class LSTMClassifier(SequenceClassifier):
+    """:class:`SequenceClassifier` with an LSTM (the name earlier versions exported)."""
+
+    def __init__(self, input_size: int = 28, hidden_size: int = 64, num_layers: int = 1,
+                 num_classes: int = 10):
+        super().__init__("lstm", input_size, hidden_size, num_layers, num_classes)
