@@ -96,8 +96,9 @@ def adc_cost(model: str, bits: int) -> AdcCost:
         raise ValueError(f"adc bits must be >= 1, got {bits}")
     if model == "puma":
         # PUMA charges 0.225*b mW for one 1-ns cycle per conversion (8 bits: 1.8 pJ) and
-        # converts one crossbar's 128 columns in 12.5*b ns (8 bits: 1.28 GS/s, as ISAAC).
-        return AdcCost(model, bits, 0.225 * bits, 12.5 * bits / 128, 0.0012, 0.2,
+        # converts one crossbar's 128 columns in 12.5*b ns (8 bits: 1.28 GS/s, as ISAAC);
+        # leakage 0.025*b mW, from the same table (adc_pow_leak_dict; 8 bits: 0.2 mW).
+        return AdcCost(model, bits, 0.225 * bits, 12.5 * bits / 128, 0.0012, 0.025 * bits,
                        "PUMA include/constants.py")
     if model == "isaac":
         # ISAAC's 8-bit point (2 mW at 1.28 GS/s); other widths scaled by 2**(b-8)

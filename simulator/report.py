@@ -177,17 +177,28 @@ def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> d
     return {k: float(v) * 1e-12 for k, v in pj.items()}
 
 
+def mvmu_adcs(prog) -> list:
+    """Each MVMU's ADC (:class:`~simulator.costs.AdcCost`) at the bits it converts with:
+    its own with ``adc.adaptive``, else the configured ones (an ideal ADC is charged as the
+    worst case). Area and leakage follow these, as dynamic energy and latency do."""
+    cfg = prog.config
+    by_bits: dict = {}
+    for i in range(len(prog.mvmu_loc)):
+        b = costs.cost_bits(cfg, prog.adc_bits_of(i))
+        by_bits.setdefault(b, []).append(i)
+    return [costs.adc_cost(cfg.adc.model, b) for b, idx in by_bits.items() for _ in idx]
+
+
 def area_by_component(prog) -> tuple[dict, int]:
     """Area (mm^2) of the hardware the program uses, and the number of cores used."""
     cfg = prog.config
     n_mvmu = len(prog.mvmu_loc)
     xbars = n_mvmu * cfg.arrays * cfg.slices
     cores_used = prog.cores_used()
-    adc = costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, cfg.adc.bits))
     T = costs.TABLE
     area = {
         "crossbar": xbars * costs.crossbar_area_mm2(cfg.xbar.rows, cfg.xbar.cols),
-        "adc": n_mvmu * cfg.adc.per_mvmu * adc.area_mm2,
+        "adc": cfg.adc.per_mvmu * sum(a.area_mm2 for a in mvmu_adcs(prog)),
         "dac": xbars * cfg.xbar.rows * T["dac_area_mm2"],
         "sample_hold": xbars * cfg.xbar.cols * T["snh_area_mm2"],
         "shift_add": n_mvmu * cfg.adc.per_mvmu * T["shift_add_area_mm2"],
@@ -226,8 +237,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     latency = int(timing["end"])
     total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
     n_mvmu = len(prog.mvmu_loc)
-    adc = costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, cfg.adc.bits))
-    leak_mw = (n_mvmu * cfg.adc.per_mvmu * adc.leak_mw
+    leak_mw = (cfg.adc.per_mvmu * sum(a.leak_mw for a in mvmu_adcs(prog))
                + prog.n_tiles * costs.TABLE["edram_leak_mw"])
     latency_ns = latency * cfg.cycle_ns
     total["leakage"] = leak_mw * latency_ns * 1e-12

@@ -83,6 +83,22 @@ def test_adaptive_bits_change_adc_energy_only_by_the_table():
     assert r4.counters["adc_conversions_by_bits"] == {"4": r8.adc_conversions}
 
 
+
+def test_adc_leakage_and_area_follow_each_mvmus_bits():
+    # PUMA's table: leakage 0.025*b mW per ADC (0.2 at 8 bits), area flat 0.0012 mm^2.
+    # An MVMU converting with 4 adaptive bits leaks half of an 8-bit one's, for the run.
+    cfg = load_config("puma", ["adc.model=puma"])
+    w = ex.random_weights(cfg, 128, 128)
+    for bits in (8, 4):
+        rep = simulate(ex.single_mvm(cfg, w, adc_bits=bits), values=False)
+        ns = rep.latency_cycles * cfg.cycle_ns
+        leak_mw = cfg.adc.per_mvmu * 0.025 * bits + rep.tiles * 0.46   # ADCs + tile eDRAM
+        assert rep.energy_j["leakage"] == pytest.approx(leak_mw * ns * 1e-12, rel=1e-9)
+        assert rep.area_mm2["adc"] == pytest.approx(cfg.adc.per_mvmu * 0.0012)
+    isaac = load_config("puma", ["adc.model=isaac"])   # area scales as 2**(b-8) there
+    a4 = simulate(ex.single_mvm(isaac, w, adc_bits=4), values=False).area_mm2["adc"]
+    assert a4 == pytest.approx(isaac.adc.per_mvmu * 0.0012 / 16)
+
 def test_two_cores_exchange_through_tile_memory():
     cfg = load_config("small")
     w = ex.random_weights(cfg, 16, 16, seed=2)
