@@ -91,10 +91,6 @@ def _check_output_args(args) -> None:
     output files go into, so a finished simulation is never lost to a missing folder."""
     if getattr(args, "output", None) is not None and not str(args.output).strip():
         raise UserError("-o/--output: empty path; name the program folder to write")
-    if getattr(args, "outputs", None) and getattr(args, "command", None) == "simulate" \
-            and not args.input:
-        raise UserError("--outputs needs --input: without inputs simulate runs timing only "
-                        "and computes no output values")
     for key in ("json", "trace", "outputs"):
         if getattr(args, key, None):
             Path(getattr(args, key)).parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +141,9 @@ def cmd_compile(args) -> int:
 def cmd_simulate(args) -> int:
     from .program import Program
     from .simulate import simulate
+    if args.outputs and not args.input:
+        raise UserError("--outputs needs --input: without inputs simulate runs timing only "
+                        "and computes no output values")
     _check_output_args(args)
     prog = Program.load(args.program)
     inputs = _load_npz(args.input) if args.input else None

@@ -4,6 +4,7 @@ trace and plots. Every energy figure is counts x the cost table, so it can be au
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,16 +178,14 @@ def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> d
     return {k: float(v) * 1e-12 for k, v in pj.items()}
 
 
-def mvmu_adcs(prog) -> list:
-    """Each MVMU's ADC (:class:`~simulator.costs.AdcCost`) at the bits it converts with:
-    its own with ``adc.adaptive``, else the configured ones (an ideal ADC is charged as the
-    worst case). Area and leakage follow these, as dynamic energy and latency do."""
+def adc_totals(prog) -> tuple[float, float]:
+    """(area mm^2, leakage mW) of all ADCs, each MVMU's at the bits it converts with: its
+    own with ``adc.adaptive``, else the configured ones (an ideal ADC is charged as the
+    worst case), as dynamic energy and latency are."""
     cfg = prog.config
-    by_bits: dict = {}
-    for i in range(len(prog.mvmu_loc)):
-        b = costs.cost_bits(cfg, prog.adc_bits_of(i))
-        by_bits.setdefault(b, []).append(i)
-    return [costs.adc_cost(cfg.adc.model, b) for b, idx in by_bits.items() for _ in idx]
+    n_at = Counter(costs.cost_bits(cfg, prog.adc_bits_of(i)) for i in range(len(prog.mvmu_loc)))
+    adcs = [(costs.adc_cost(cfg.adc.model, b), n * cfg.adc.per_mvmu) for b, n in n_at.items()]
+    return sum(a.area_mm2 * n for a, n in adcs), sum(a.leak_mw * n for a, n in adcs)
 
 
 def area_by_component(prog) -> tuple[dict, int]:
@@ -198,7 +197,7 @@ def area_by_component(prog) -> tuple[dict, int]:
     T = costs.TABLE
     area = {
         "crossbar": xbars * costs.crossbar_area_mm2(cfg.xbar.rows, cfg.xbar.cols),
-        "adc": cfg.adc.per_mvmu * sum(a.area_mm2 for a in mvmu_adcs(prog)),
+        "adc": adc_totals(prog)[0],
         "dac": xbars * cfg.xbar.rows * T["dac_area_mm2"],
         "sample_hold": xbars * cfg.xbar.cols * T["snh_area_mm2"],
         "shift_add": n_mvmu * cfg.adc.per_mvmu * T["shift_add_area_mm2"],
@@ -237,8 +236,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     latency = int(timing["end"])
     total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
     n_mvmu = len(prog.mvmu_loc)
-    leak_mw = (cfg.adc.per_mvmu * sum(a.leak_mw for a in mvmu_adcs(prog))
-               + prog.n_tiles * costs.TABLE["edram_leak_mw"])
+    leak_mw = adc_totals(prog)[1] + prog.n_tiles * costs.TABLE["edram_leak_mw"]
     latency_ns = latency * cfg.cycle_ns
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
