@@ -253,7 +253,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
 
 # Ops whose constant inputs become crossbar weights or their biases. Other ops may hold
 # infinities on purpose (a Clip bound, a -inf padding value), so only these are checked.
-_WEIGHT_OPS = frozenset({"Conv", "Gemm", "MatMul", "LSTM", "GRU"})
+_WEIGHT_OPS = frozenset({"Conv", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
 
 
 def _check_weights_finite(nodes, consts) -> None:

@@ -16,7 +16,7 @@ from models.errors import DataError, ModelError
 
 #: Names in the zoo, available without importing torch (``models.zoo.ZOO`` has the builders).
 MODEL_NAMES = ("mlp", "puma_mlp", "mlp784", "lenet5", "vgg8", "vgg16", "resnet18", "lstm",
-               "gru")
+               "gru", "rnn")
 
 _LAZY = {
     "ZOO": "models.zoo",

@@ -1,4 +1,5 @@
-"""Small networks: multi-layer perceptrons, LeNet-5 and an LSTM or GRU sequence classifier.
+"""Small networks: multi-layer perceptrons, LeNet-5 and an LSTM, GRU or RNN sequence
+classifier.
 
 Every network returns raw logits (no softmax) so the exported ONNX graph ends in the last
 matrix multiply, which is what the crossbar compiler maps.
@@ -65,15 +66,15 @@ class LeNet5(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """A recurrent layer (``cell``: "lstm" or "gru") that reads a sequence and classifies its
-    last hidden state.
+    """A recurrent layer (``cell``: "lstm", "gru" or "rnn") that reads a sequence and
+    classifies its last hidden state.
 
     Input ``(N, seq_len, input_size)`` (batch first). An image batch ``(N, C, H, W)`` is
     read row by row: ``seq_len = H`` steps of ``input_size = C*W`` features, so a 28x28
     image is 28 steps of 28 pixels.
     """
 
-    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: tanh
 
     def __init__(self, cell: str = "lstm", input_size: int = 28, hidden_size: int = 64,
                  num_layers: int = 1, num_classes: int = 10):

@@ -75,6 +75,13 @@ def gru(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_laye
     return SequenceClassifier("gru", input_size, hidden_size, num_layers, num_classes)
 
 
+def rnn(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
+        num_classes: int = 10) -> nn.Module:
+    """Elman RNN classifier (tanh), the LSTM's twin (same input, sizes and classifier head)."""
+    del seq_len
+    return SequenceClassifier("rnn", input_size, hidden_size, num_layers, num_classes)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo model: its builder and the kind of input it takes."""
@@ -95,6 +102,7 @@ ZOO: dict[str, ZooEntry] = {
     "resnet18": ZooEntry(resnet18, "image"),
     "lstm": ZooEntry(lstm, "sequence"),
     "gru": ZooEntry(gru, "sequence"),
+    "rnn": ZooEntry(rnn, "sequence"),
 }
 if tuple(ZOO) != MODEL_NAMES:  # the torch-free list in models/__init__.py must agree
     raise ImportError(f"models.MODEL_NAMES {MODEL_NAMES} out of sync with ZOO {tuple(ZOO)}")

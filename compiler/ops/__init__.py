@@ -7,7 +7,7 @@ op is adding a module and a line here.
 from . import conv, elementwise, gemm, pool, relu, shape
 from . import avgpool, concat, lrn, pad, transpose
 from . import activation, arith, batchnorm, clip, qdq, softmax
-from . import gather, gru, lstm
+from . import gather, gru, lstm, rnn
 
 REGISTRY = {
     "Conv": conv.lower_conv,
@@ -23,6 +23,7 @@ REGISTRY = {
     "Gather": gather.lower_gather,
     "LSTM": lstm.lower_lstm,
     "GRU": gru.lower_gru,
+    "RNN": rnn.lower_rnn,
     "LRN": lrn.lower_lrn,
     "Add": elementwise.lower_add,
     "Sum": elementwise.lower_add,

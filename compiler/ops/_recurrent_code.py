@@ -1,4 +1,4 @@
-"""Code for a :class:`~compiler.ops.recurrent.RecurrentLayer` (LSTM, GRU): one loop over the
+"""Code for a :class:`~compiler.ops.recurrent.RecurrentLayer` (LSTM, GRU, RNN): one loop over the
 time steps per core and per tile control unit; what changes per step lives in integer
 registers.
 
@@ -10,7 +10,7 @@ Roles (any core may hold several):
   the strip's owner through counted slots, as in a fully connected layer;
 * *strip owners* reduce, add the bias, requantize and apply the cell's activations to their columns;
   an owner other than the home core stores its gate activations in a counted slot;
-* the *home core* (owner of the first strip) gathers all 4H gate activations, updates the
+* the *home core* (owner of the first strip) gathers all the gate activations, updates the
   cell's state (kept in its registers for the whole sequence: an LSTM's c, a GRU's h) and
   stores h_t into Y[t] (persistent) in its tile.
 
@@ -89,7 +89,7 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, s0, 
     owned = [s for s in strips if s.owner == core]
     G = S = None
     if is_home:
-        G, S = em.gp(4 * H), em.gp(H)
+        G, S = em.gp(L.weight.shape[1]), em.gp(H)
     acc = {}
     for s in sorted(set(mine) | {s.index for s in owned}):
         own_home = is_home and strips[s].owner == core

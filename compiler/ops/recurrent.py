@@ -1,11 +1,11 @@
-"""Recurrent layers (ONNX LSTM and GRU; forward, batch 1) -> one recurrent crossbar layer.
+"""Recurrent layers (ONNX LSTM, GRU and RNN; forward, batch 1) -> one recurrent crossbar layer.
 
 Per time step t, every gate's matrix product is one crossbar product::
 
-    z = [x_t ; h_{t-1}] @ Wcat + b          crossbars: I + H rows, 4H columns
+    z = [x_t ; h_{t-1}] @ Wcat + b          crossbars: I + H rows, 4H columns (RNN: H)
 
-and the cell (:mod:`.lstm`, :mod:`.gru`) turns the 4H requantized columns into the new
-state on the VFU. The layer is an :class:`~compiler.ir.MVMLayer` (partition and placement
+and the cell (:mod:`.lstm`, :mod:`.gru`, :mod:`.rnn`) turns the requantized columns into
+the new state on the VFU. The layer is an :class:`~compiler.ir.MVMLayer` (partition and placement
 treat ``Wcat`` like any fully connected weight) that generates its own code
 (:mod:`._recurrent_code`): one loop over the time steps, so the program does not grow with
 the sequence. ``h_t`` is stored into the output ``Y`` in tile memory; the next step's
