@@ -49,7 +49,11 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
     outs = {o: [] for o in graph.outputs}
     for b in range(batch):
         feeds = {n: np.asarray(data[n][b:b + 1], np.float32) for n, _ in graph.inputs}
-        res = sess.run(names, feeds)
+        try:
+            res = sess.run(names, feeds)
+        except Exception as e:   # a model that loads but fails at run time (bad shapes)
+            raise CompilerError(f"onnxruntime failed on the model during calibration: "
+                                f"{str(e).splitlines()[0]}") from e
         for n, v in zip(names, res):
             absmax[n] = max(absmax[n], float(np.abs(v).max()) if v.size else 0.0)
             if n in outs:

@@ -69,7 +69,8 @@ class SequenceClassifier(nn.Module):
     """A recurrent layer (``cell``: "lstm", "gru" or "rnn") that reads a sequence and
     classifies its last hidden state.
 
-    Input ``(N, seq_len, input_size)`` (batch first). An image batch ``(N, C, H, W)`` is
+    Input ``(N, seq_len, input_size)`` (batch first); ``bidirectional`` runs a second
+    recurrence from the last step to the first beside the first. An image batch ``(N, C, H, W)`` is
     read row by row: ``seq_len = H`` steps of ``input_size = C*W`` features, so a 28x28
     image is 28 steps of 28 pixels.
     """
@@ -77,13 +78,14 @@ class SequenceClassifier(nn.Module):
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: tanh
 
     def __init__(self, cell: str = "lstm", input_size: int = 28, hidden_size: int = 64,
-                 num_layers: int = 1, num_classes: int = 10):
+                 num_layers: int = 1, num_classes: int = 10, bidirectional: bool = False):
         super().__init__()
         self.cell = cell
         # attribute named after the cell: state-dict keys "lstm.*" / "gru.*"
         setattr(self, cell, self.CELLS[cell](input_size, hidden_size, num_layers=num_layers,
-                                             batch_first=True))
-        self.fc = nn.Linear(hidden_size, num_classes)
+                                             batch_first=True, bidirectional=bidirectional))
+        # bidirectional: the last step's output holds both directions (2 * hidden_size)
+        self.fc = nn.Linear(hidden_size * (1 + bidirectional), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # (N, C, H, W) -> (N, H, C*W): one step per image row

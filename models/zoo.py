@@ -61,25 +61,29 @@ def resnet18(in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
 
 
 def lstm(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-         num_classes: int = 10) -> nn.Module:
+         num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
     """LSTM classifier: ``seq_len`` steps of ``input_size`` features (a 28x28 image read
-    row by row), ``hidden_size`` units, FC to ``num_classes``; batch first."""
+    row by row), ``hidden_size`` units (in each direction if ``bidirectional``), FC to
+    ``num_classes``; batch first."""
     del seq_len  # fixes the exported input shape only; the LSTM runs any length
-    return SequenceClassifier("lstm", input_size, hidden_size, num_layers, num_classes)
+    return SequenceClassifier("lstm", input_size, hidden_size, num_layers, num_classes,
+                              bidirectional)
 
 
 def gru(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-        num_classes: int = 10) -> nn.Module:
+        num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
     """GRU classifier, the LSTM's twin (same input, sizes and classifier head)."""
     del seq_len
-    return SequenceClassifier("gru", input_size, hidden_size, num_layers, num_classes)
+    return SequenceClassifier("gru", input_size, hidden_size, num_layers, num_classes,
+                              bidirectional)
 
 
 def rnn(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-        num_classes: int = 10) -> nn.Module:
+        num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
     """Elman RNN classifier (tanh), the LSTM's twin (same input, sizes and classifier head)."""
     del seq_len
-    return SequenceClassifier("rnn", input_size, hidden_size, num_layers, num_classes)
+    return SequenceClassifier("rnn", input_size, hidden_size, num_layers, num_classes,
+                              bidirectional)
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,14 @@ def _options(name: str, kw: dict) -> dict:
     if unknown:
         raise ModelError(f"model {name!r} has no option {', '.join(unknown)}; "
                          f"it takes: {', '.join(params)}")
-    return {k: kw.get(k, p.default) for k, p in params.items()}
+    opts = {k: kw.get(k, p.default) for k, p in params.items()}
+    for k, p in params.items():          # a flag: True/False, or its text from the CLI
+        v = opts[k]
+        if isinstance(p.default, bool) and not isinstance(v, bool):
+            if str(v).lower() not in ("true", "false"):
+                raise ModelError(f"model {name!r} option {k} takes True or False, got {v!r}")
+            opts[k] = str(v).lower() == "true"
+    return opts
 
 
 def input_shape(name: str, batch: int = 1, **kw) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
-"""Code for a :class:`~compiler.ops.recurrent.RecurrentLayer` (LSTM, GRU, RNN): one loop over the
-time steps per core and per tile control unit; what changes per step lives in integer
-registers.
+"""Code for a :class:`~compiler.ops.recurrent.RecurrentLayer` (LSTM, GRU, RNN): one loop over
+the time steps per core and per tile control unit; what changes per step lives in integer
+registers. A reverse layer walks its pointers from the last step down (``time_walk``).
 
 Roles (any core may hold several):
 
@@ -8,8 +8,8 @@ Roles (any core may hold several):
   stride ``x_step``) and h_{t-1} (pointer ``ph``: the initial state first, then the previous
   step's slot of Y in their tile), run their MVMUs, and hand column-strip partial sums to
   the strip's owner through counted slots, as in a fully connected layer;
-* *strip owners* reduce, add the bias, requantize and apply the cell's activations to their columns;
-  an owner other than the home core stores its gate activations in a counted slot;
+* *strip owners* reduce, add the bias, requantize and apply the cell's activations to their
+  columns; an owner other than the home core stores its gate activations in a counted slot;
 * the *home core* (owner of the first strip) gathers all the gate activations, updates the
   cell's state (kept in its registers for the whole sequence: an LSTM's c, a GRU's h) and
   stores h_t into Y[t] (persistent) in its tile.
@@ -106,9 +106,9 @@ def _core_code(cg, i, L, core, blocks, is_home, strips, em, lay, y_buf, h0, s0, 
     has_h = any(off >= H_SPACE for b in blocks for off, _, _ in b.segments)
     ptr_specs = []
     if has_x:
-        ptr_specs.append(("x", cg.buffer(L.inputs[0], tile), [L.x_step]))
+        ptr_specs.append(("x", *L.time_walk(cg.buffer(L.inputs[0], tile), L.x_step)))
     if has_h or is_home:
-        ptr_specs.append(("y", y_buf[tile], [H]))
+        ptr_specs.append(("y", *L.time_walk(y_buf[tile], H)))
     ph = None
     if has_h:
         ph = em.int_reg()
@@ -165,7 +165,7 @@ def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, 
             plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
     for tile, ops in sorted(plan.items()):
         em = tile_em[tile]
-        with em.loop_nest([L.steps], [(y_buf[tile], [L.hidden])], i) as (p,):
+        with em.loop_nest([L.steps], [L.time_walk(y_buf[tile], L.hidden)], i) as (p,):
             for _, kind, peer, a, n, cnt, via in ops:
                 ra = p.ireg if via else -1
                 if kind == "send":

@@ -64,6 +64,18 @@ class ConcatLayer(VFULayer):
         return np.concatenate(parts, axis=2).reshape(B, -1)
 
 
+def vector_concat_perm(out_shape, axis: int, ts) -> np.ndarray | None:
+    """The memory-to-logical ``perm`` of vectors ``ts`` concatenated along ``axis`` of
+    ``out_shape``, each input's words stored whole one after another (None: the identity)."""
+    # Logical index in the output of every input element, then through each input's
+    # memory order.
+    idx = np.arange(int(np.prod(out_shape))).reshape(out_shape)
+    pieces = np.split(idx, np.cumsum([t.shape[axis] for t in ts])[:-1], axis=axis)
+    perm = np.concatenate([p.reshape(-1)[t.perm] if t.perm is not None else p.reshape(-1)
+                           for p, t in zip(pieces, ts)])
+    return None if np.array_equal(perm, np.arange(len(perm))) else perm
+
+
 def lower_concat(node, ctx):
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
     ts = [ctx.tensor(i) for i in node.input]
@@ -82,14 +94,7 @@ def lower_concat(node, ctx):
     else:
         if axis == 0:
             raise UnsupportedOpError("Concat along the batch axis is not supported")
-        # Logical index in the output of every input element, then through each input's
-        # memory order.
-        idx = np.arange(int(np.prod(out_shape))).reshape(out_shape)
-        pieces = np.split(idx, np.cumsum([t.shape[axis] for t in ts])[:-1], axis=axis)
-        perm = np.concatenate([p.reshape(-1)[t.perm] if t.perm is not None else p.reshape(-1)
-                               for p, t in zip(pieces, ts)])
-        if np.array_equal(perm, np.arange(len(perm))):
-            perm = None
+        perm = vector_concat_perm(out_shape, axis, ts)
     s_y = ctx.scale_for(node.output[0])
     rescale = []
     for t in ts:

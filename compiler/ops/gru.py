@@ -1,5 +1,5 @@
-"""ONNX GRU (forward, batch 1, default activations, ``linear_before_reset=1``) -> one
-recurrent crossbar layer (:mod:`.recurrent`). Per time step t (ONNX gate order z, r, h)::
+"""ONNX GRU (batch 1, default activations, ``linear_before_reset=1``) -> one recurrent
+crossbar layer per direction (:mod:`.recurrent`). Per time step t (ONNX gate order z, r, h)::
 
     [a_z a_r a_x a_h] = [x_t ; h_{t-1}] @ Wcat + b    crossbars: I + H rows, 4H columns
     z, r = sigmoid(a_z, a_r)                           VFU, ``f`` fraction bits
@@ -26,7 +26,7 @@ from simulator.isa import Fn
 from ..errors import UnsupportedOpError
 from ..ir import node_attrs
 from .recurrent import (GATE_INT_BITS, CellFormat, RecurrentLayer, add_recurrent_layer,
-                        check_common, initial_h, vector_ops, weights)
+                        add_recurrent_outputs, check_common, initial_h, vector_ops, weights)
 
 
 def gru_format(bits: int, bound: float) -> CellFormat:
@@ -85,23 +85,23 @@ def lower_gru(node, ctx):
             "GRU linear_before_reset=0 (the reset gate applied before the recurrent "
             "product) needs a second crossbar product per step and is not supported; "
             "linear_before_reset=1 (torch's nn.GRU) is")
-    W, R, b, H = weights(ctx, node, 3)
-    I = W.shape[1]
-    # Column groups z, r, a_x, a_h (see the module docstring).
-    wx = np.zeros((I, 4 * H))
-    wh = np.zeros((H, 4 * H))
-    wx[:, :3 * H] = W.T                              # z, r, and the candidate's input part
-    wh[:, :2 * H] = R[:2 * H].T                      # z, r
-    wh[:, 3 * H:] = R[2 * H:].T                      # the candidate's recurrent part
-    wb, rb = b[:3 * H], b[3 * H:]
-    bias = np.concatenate([wb[:2 * H] + rb[:2 * H], wb[2 * H:], rb[2 * H:]])
-    # |a_x| <= sum|W_h| max|x| + |Wb_h|, |a_h| <= sum|R_h| + |Rb_h| (|h| < 1), per unit
-    x_max = ctx.tensor(node.input[0]).scale * 2.0 ** (ctx.bits - 1)
-    bound = max(float((np.abs(W[2 * H:]).sum(axis=1) * x_max + np.abs(wb[2 * H:])).max()),
-                float((np.abs(R[2 * H:]).sum(axis=1) + np.abs(rb[2 * H:])).max()))
-    fmt = gru_format(ctx.bits, bound)
+    Ws, Rs, bs, H = weights(ctx, node, 3)
     h0 = initial_h(ctx, node, H)
-    lim = 1 << (fmt.bits - 1)
-    h0_int = np.clip(np.rint(h0 * 2.0 ** fmt.fh), -lim, lim - 1).astype(np.int64)
-    add_recurrent_layer(ctx, node, GRULayer, wx, wh, bias, fmt, h0, h0_int,
-                        fmt.column_frac(H, linear_cols=2 * H))
+    x_max = ctx.tensor(node.input[0]).scale * 2.0 ** (ctx.bits - 1)
+    for d, (W, R, b) in enumerate(zip(Ws, Rs, bs)):
+        I = W.shape[1]
+        # Column groups z, r, a_x, a_h (see the module docstring).
+        wx = np.zeros((I, 4 * H))
+        wh = np.zeros((H, 4 * H))
+        wx[:, :3 * H] = W.T                          # z, r, and the candidate's input part
+        wh[:, :2 * H] = R[:2 * H].T                  # z, r
+        wh[:, 3 * H:] = R[2 * H:].T                  # the candidate's recurrent part
+        wb, rb = b[:3 * H], b[3 * H:]
+        bias = np.concatenate([wb[:2 * H] + rb[:2 * H], wb[2 * H:], rb[2 * H:]])
+        # |a_x| <= sum|W_h| max|x| + |Wb_h|, |a_h| <= sum|R_h| + |Rb_h| (|h| < 1), per unit
+        bound = max(float((np.abs(W[2 * H:]).sum(axis=1) * x_max + np.abs(wb[2 * H:])).max()),
+                    float((np.abs(R[2 * H:]).sum(axis=1) + np.abs(rb[2 * H:])).max()))
+        fmt = gru_format(ctx.bits, bound)
+        add_recurrent_layer(ctx, node, d, GRULayer, wx, wh, bias, fmt, h0[d], None,
+                            fmt.column_frac(H, linear_cols=2 * H))
+    add_recurrent_outputs(ctx, node, H)

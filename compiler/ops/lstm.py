@@ -1,4 +1,4 @@
-"""ONNX LSTM (forward, batch 1, default activations) -> one recurrent crossbar layer
+"""ONNX LSTM (batch 1, default activations) -> one recurrent crossbar layer per direction
 (:mod:`.recurrent`). Per time step t (ONNX gate order i, o, f, c)::
 
     z  = [x_t ; h_{t-1}] @ Wcat + b          crossbars: I + H rows, 4H columns
@@ -21,8 +21,8 @@ from simulator.isa import Fn
 from ..errors import UnsupportedOpError
 from ..ir import node_attrs
 from .recurrent import (GATE_INT_BITS, CellFormat, RecurrentLayer, add_recurrent_layer,
-                        check_common, initial_h, opt_const, vector_ops,
-                        weights)
+                        add_recurrent_outputs, check_common, initial_h, opt_const,
+                        per_direction, vector_ops, weights)
 
 CELL_INT_BITS_MAX = 6
 
@@ -87,10 +87,11 @@ def lower_lstm(node, ctx):
         raise UnsupportedOpError("LSTM output Y_c (the last cell state) is not supported; "
                                  "use Y or Y_h")
     W, R, b, H = weights(ctx, node, 4)
-    c0 = opt_const(ctx, node, 6, "initial_c")
-    c0 = np.zeros(H) if c0 is None else c0.reshape(H)
+    h0, c0 = initial_h(ctx, node, H), per_direction(ctx, node, 6, "initial_c", H)
     fmt = lstm_format(ctx.bits, T, float(np.abs(c0).max(initial=0)))
     lim = 1 << (fmt.bits - 1)
     c0_int = np.clip(np.rint(c0 * 2.0 ** fmt.fc), -lim, lim - 1).astype(np.int64)
-    add_recurrent_layer(ctx, node, LSTMLayer, W.T, R.T, b[:4 * H] + b[4 * H:], fmt,
-                        initial_h(ctx, node, H), c0_int)
+    for d in range(len(W)):
+        add_recurrent_layer(ctx, node, d, LSTMLayer, W[d].T, R[d].T,
+                            b[d, :4 * H] + b[d, 4 * H:], fmt, h0[d], c0_int[d])
+    add_recurrent_outputs(ctx, node, H)

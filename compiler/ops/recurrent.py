@@ -1,4 +1,5 @@
-"""Recurrent layers (ONNX LSTM, GRU and RNN; forward, batch 1) -> one recurrent crossbar layer.
+"""Recurrent layers (ONNX LSTM, GRU and RNN; batch 1) -> one recurrent crossbar layer per
+direction.
 
 Per time step t, every gate's matrix product is one crossbar product::
 
@@ -28,6 +29,7 @@ from simulator.isa import Fn, Op
 from ..errors import UnsupportedOpError
 from ..ir import MVMLayer, multiplier, node_attrs, padded, requantize
 from ..quantize import quantize_weight
+from .concat import ConcatLayer, vector_concat_perm
 from .gather import add_copy, buffer_positions
 
 H_SPACE = 1 << 40
@@ -59,9 +61,11 @@ class CellFormat:
 
 @dataclass
 class RecurrentLayer(MVMLayer):
-    """A forward recurrent layer over ``steps`` time steps. ``weight`` (I + H, 4H): rows x_t
-    then h_{t-1}; columns the cell's four gate groups. ``x_pos``: buffer offset of x_t[k] at
-    t = 0, ``x_step``: offset between time steps. Output: Y (steps * H words, t-major).
+    """A recurrent layer over ``steps`` time steps, forward or (``reverse``) from the last
+    step to the first. ``weight`` (I + H, 4H): rows x_t then h_{t-1} (h_{t+1} reversed);
+    columns the cell's gate groups. ``x_pos``: buffer offset of x_t[k] at t = 0,
+    ``x_step``: offset between time steps. Output: Y (steps * H words, t-major, h_t at Y[t]
+    in either direction).
     ``h0``: the initial hidden state (fh bits), the crossbars' first h input; ``s0``: the
     initial state the home core keeps in registers. Subclasses define the cell:
     :meth:`activation_spans`, :meth:`cell_ref` and its emitting twin :meth:`emit_cell`."""
@@ -73,6 +77,14 @@ class RecurrentLayer(MVMLayer):
     fmt: CellFormat = None
     h0: np.ndarray = None
     s0: np.ndarray = None
+    reverse: bool = False
+
+    def time_walk(self, base: int, stride: int) -> tuple[int, list[int]]:
+        """(first address, [stride]) of a pointer that visits ``base + t * stride`` in the
+        order this layer runs its time steps."""
+        if self.reverse:
+            return base + (self.steps - 1) * stride, [-stride]
+        return base, [stride]
 
     def activation_spans(self) -> list[tuple[Fn, int, int]]:
         """(function, first column, end column) applied to the requantized gate columns;
@@ -112,11 +124,11 @@ class RecurrentLayer(MVMLayer):
         buf = padded(ins[0], st)
         h = np.broadcast_to(self.h0, (B, H)).astype(np.int64)
         s = np.broadcast_to(self.s0, (B, H)).astype(np.int64)
-        ys = []
-        for t in range(T):
+        ys = [None] * T
+        for t in (range(T - 1, -1, -1) if self.reverse else range(T)):
             x = buf[:, self.x_pos + t * self.x_step]
             s, h = self.cell_ref(self.gates_ref(np.concatenate([x, h], axis=1) @ self.weight), s)
-            ys.append(h)
+            ys[t] = h
         return np.concatenate(ys, axis=1)
 
 
@@ -145,17 +157,28 @@ def _dec(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
+DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
+"""ONNX's direction attribute -> the ``reverse`` flag of each direction, in its order."""
+
+
+def directions(node) -> list[bool]:
+    """The ``reverse`` flag of each direction the node runs (see :data:`DIRECTIONS`)."""
+    return DIRECTIONS[_dec(node_attrs(node).get("direction", "forward"))]
+
+
 def check_common(node, ctx, a: dict, default_activations: list[str]) -> tuple[int, int, int]:
-    """Refuse what neither cell supports; return (T, B, I) of the input sequence."""
+    """Refuse what no cell supports; return (T, B, I) of the input sequence."""
     op = node.op_type
     T, B, I = ctx.shape(node.input[0])
     direction = _dec(a.get("direction", "forward"))
-    if direction != "forward":
-        raise UnsupportedOpError(f"{op} direction={direction!r}: only 'forward' is supported")
+    if direction not in DIRECTIONS:
+        raise UnsupportedOpError(f"{op} direction={direction!r}: choose from "
+                                 f"{', '.join(DIRECTIONS)}")
     acts = [_dec(v).lower() for v in a.get("activations", [])]
-    if acts and acts != default_activations:
+    defaults = default_activations * len(DIRECTIONS[direction])
+    if acts and acts != defaults:
         raise UnsupportedOpError(f"{op} activations {acts}: only the default "
-                                 f"{default_activations} is supported")
+                                 f"{defaults} is supported")
     if "clip" in a:
         raise UnsupportedOpError(f"{op} cell clipping (attribute clip) is not supported")
     if a.get("layout", 0):
@@ -178,32 +201,55 @@ def check_common(node, ctx, a: dict, default_activations: list[str]) -> tuple[in
 
 
 def weights(ctx, node, gates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(W, R, bias, H) of one direction: W (gates*H, I), R (gates*H, H), bias (2*gates*H:
-    the input's then the recurrence's, zeros when absent)."""
+    """(W, R, bias, H), each direction d at index d: W (D, gates*H, I), R (D, gates*H, H),
+    bias (D, 2*gates*H: the input's then the recurrence's, zeros when absent)."""
     op = node.op_type
     W, R = (opt_const(ctx, node, k, n) for k, n in ((1, "weight W"), (2, "recurrence R")))
     if W is None or R is None:
         raise UnsupportedOpError(f"{op} needs constant W and R")
-    if W.shape[0] != 1:
-        raise UnsupportedOpError(f"{op} with more than one direction is not supported")
+    D = len(directions(node))
+    if W.shape[0] != D or R.shape[0] != D:
+        raise UnsupportedOpError(f"{op} W and R hold {W.shape[0]} and {R.shape[0]} "
+                                 f"directions; its direction attribute needs {D}")
     H = int(node_attrs(node).get("hidden_size", R.shape[-1]))
     b = opt_const(ctx, node, 3, "bias B")
-    b = np.zeros(2 * gates * H) if b is None else b.reshape(2 * gates * H)
-    return W[0], R[0], b, H
+    b = np.zeros((D, 2 * gates * H)) if b is None else b.reshape(D, 2 * gates * H)
+    return W, R, b, H
+
+
+def per_direction(ctx, node, k: int, what: str, H: int) -> np.ndarray:
+    """Optional per-direction initial state input k (initial_h, initial_c): (D, H), zeros
+    when absent."""
+    D = len(directions(node))
+    v = opt_const(ctx, node, k, what)
+    return np.zeros((D, H)) if v is None else v.reshape(D, H)
 
 
 def initial_h(ctx, node, H: int) -> np.ndarray:
-    """The initial hidden state (input 5), zeros when absent."""
-    h0 = opt_const(ctx, node, 5, "initial_h")
-    return np.zeros(H) if h0 is None else h0.reshape(H)
+    """The initial hidden state of each direction (input 5): (D, H), zeros when absent."""
+    return per_direction(ctx, node, 5, "initial_h", H)
 
 
-def add_recurrent_layer(ctx, node, cls, wx: np.ndarray, wh: np.ndarray, bias: np.ndarray,
-                        fmt: CellFormat, h0: np.ndarray, s0_int: np.ndarray,
-                        col_frac: np.ndarray | None = None) -> None:
-    """Quantize ``Wcat = [wx ; wh]`` (real, (I, 4H) and (H, 4H)), add the layer and its
-    outputs Y and Y_h. ``bias`` (4H) is real; ``h0`` real; ``s0_int`` the register state;
-    ``col_frac`` the fraction bits each column is requantized to (default: ``fmt.f``)."""
+def _y_name(node) -> str:
+    return node.output[0] if node.output and node.output[0] else f"{node.name}/Y"
+
+
+def _direction_names(node, d: int) -> tuple[str, str]:
+    """(layer name, output Y name) of direction ``d``: the node's own with one direction."""
+    if len(directions(node)) == 1:
+        return node.name, _y_name(node)
+    way = "reverse" if directions(node)[d] else "forward"
+    return f"{node.name}:{way}", f"{node.name}/Y_{way}"
+
+
+def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
+                        bias: np.ndarray, fmt: CellFormat, h0: np.ndarray,
+                        s0_int: np.ndarray, col_frac: np.ndarray | None = None) -> None:
+    """Quantize direction ``d``'s ``Wcat = [wx ; wh]`` (real, (I, 4H) and (H, 4H)) and add
+    its layer and sequence output. ``bias`` (4H) is real; ``h0`` real; ``s0_int`` the
+    register state (None: the initial h, a GRU's and an RNN's state); ``col_frac`` the
+    fraction bits each column is requantized to (default: ``fmt.f``). Then
+    :func:`add_recurrent_outputs` makes the node's outputs."""
     op = node.op_type
     T, _, I = ctx.shape(node.input[0])
     H = wh.shape[0]
@@ -221,20 +267,42 @@ def add_recurrent_layer(ctx, node, cls, wx: np.ndarray, wh: np.ndarray, bias: np
     mult, shift = multiplier(s_acc * 2.0 ** frac)
     lim = 1 << (fmt.bits - 1)
     h0_int = np.clip(np.rint(h0 / s_h), -lim, lim - 1).astype(np.int64)
-
-    y_name = node.output[0] if node.output and node.output[0] else f"{node.name}/Y"
-    if T > 1 and ctx.is_graph_output(y_name):
-        raise UnsupportedOpError(
-            f"{op} output Y {y_name!r} is time-major (seq, 1, 1, hidden) but graph outputs "
-            f"are batch-first here: transpose it in the graph (torch's batch_first=True "
-            f"export does)")
+    s0_int = h0_int if s0_int is None else s0_int
+    name, y_name = _direction_names(node, d)
     ctx.new_tensor(y_name, (T, 1, 1, H), s_h, as_map=False)
-    ctx.add(cls(node.name, op, [node.input[0]], y_name, node=node.name, weight=w_int,
+    ctx.add(cls(name, op, [node.input[0]], y_name, node=node.name, weight=w_int,
                 bias=bias_int, mult=mult, shift=shift, out_bits=fmt.bits, w_scale=s_acc,
                 steps=T, hidden=H, x_pos=pos[0].copy(), x_step=step, fmt=fmt, h0=h0_int,
-                s0=s0_int))
-    # Y_h = the last step of Y: a copy.
+                s0=s0_int, reverse=directions(node)[d]))
+
+
+def add_recurrent_outputs(ctx, node, H: int) -> None:
+    """The node's Y (T, D, 1, H): with two directions, a copy that interleaves their
+    sequences (a vector ``perm``: no data moves beyond the copy itself); and Y_h (D, 1, H),
+    each direction's last step: Y[T-1] forward, Y[0] reverse."""
+    op = node.op_type
+    T = ctx.shape(node.input[0])[0]
+    flags = directions(node)
+    y_name = _y_name(node)
+    if T > 1 and ctx.is_graph_output(y_name):
+        raise UnsupportedOpError(
+            f"{op} output Y {y_name!r} is time-major (seq, directions, 1, hidden) but graph "
+            f"outputs are batch-first here: transpose it in the graph (torch's "
+            f"batch_first=True export does)")
+    if len(flags) > 1:
+        parts = [ctx.tensor(_direction_names(node, d)[1]) for d in range(len(flags))]
+        shape = (T, len(flags), 1, H)
+        ctx.new_tensor(y_name, shape, parts[0].scale, as_map=False,
+                       perm=vector_concat_perm(shape, 1, parts))
+        ctx.add(ConcatLayer(f"{node.name}:Y", "Concat", [p.name for p in parts], y_name,
+                            node=node.name, rescale=[(0, 0)] * len(parts), bits=ctx.bits))
+    # Y_h: copies of the last step of each direction's words (stored one after another).
     if len(node.output) > 1 and node.output[1] and (
             ctx.consumers(node.output[1]) or ctx.is_graph_output(node.output[1])):
-        add_copy(ctx, node, y_name, node.output[1], ctx.shape(node.output[1]),
-                 (T - 1) * H + np.arange(H))
+        if len(flags) > 1 and ctx.is_graph_output(node.output[1]):
+            raise UnsupportedOpError(
+                f"{op} output Y_h {node.output[1]!r} is direction-major (directions, 1, "
+                f"hidden) but graph outputs are batch-first here: transpose it in the graph")
+        last = np.concatenate([(d * T + (0 if rev else T - 1)) * H + np.arange(H)
+                               for d, rev in enumerate(flags)])
+        add_copy(ctx, node, y_name, node.output[1], ctx.shape(node.output[1]), last)

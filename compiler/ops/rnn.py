@@ -1,4 +1,4 @@
-"""ONNX RNN (forward, batch 1, the default tanh) -> one recurrent crossbar layer
+"""ONNX RNN (batch 1, the default tanh) -> one recurrent crossbar layer per direction
 (:mod:`.recurrent`). Per time step t::
 
     a = [x_t ; h_{t-1}] @ Wcat + b          crossbars: I + H rows, H columns
@@ -11,15 +11,13 @@ fraction bits rather than the pre-activation's ``f``.
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from simulator.functional import alu
 from simulator.isa import Fn
 
 from ..errors import UnsupportedOpError
 from ..ir import node_attrs
-from .recurrent import (CellFormat, RecurrentLayer, add_recurrent_layer, check_common,
-                        initial_h, vector_ops, weights)
+from .recurrent import (CellFormat, RecurrentLayer, add_recurrent_layer,
+                        add_recurrent_outputs, check_common, initial_h, vector_ops, weights)
 
 TANH_INT_BITS = 2
 
@@ -60,6 +58,7 @@ def lower_rnn(node, ctx):
     W, R, b, H = weights(ctx, node, 1)
     fmt = rnn_format(ctx.bits)
     h0 = initial_h(ctx, node, H)
-    lim = 1 << (fmt.bits - 1)
-    h0_int = np.clip(np.rint(h0 * 2.0 ** fmt.fh), -lim, lim - 1).astype(np.int64)
-    add_recurrent_layer(ctx, node, RNNLayer, W.T, R.T, b[:H] + b[H:], fmt, h0, h0_int)
+    for d in range(len(W)):
+        add_recurrent_layer(ctx, node, d, RNNLayer, W[d].T, R[d].T, b[d, :H] + b[d, H:], fmt,
+                            h0[d], None)
+    add_recurrent_outputs(ctx, node, H)

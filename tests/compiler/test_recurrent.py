@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
-from compiler.errors import UnsupportedOpError
+from compiler.errors import CompilerError, UnsupportedOpError
 from compiler.reference import run_integer_reference, run_onnxruntime
 from simulator import load_config, simulate
 
@@ -59,7 +59,7 @@ def test_zoo_model_matches_reference_and_onnxruntime(zoo_seq):
     layer = prog.mapping["layers"][0]
     # 92 rows x 256 columns (an RNN: 64), on 128 x 128 crossbars
     assert layer["op"] == zoo_seq.cell
-    assert layer["mvmus"] == GATE_COLUMNS[zoo_seq.cell.lower()] // 2 + 1
+    assert layer["mvmus"] == -(-64 * GATE_COLUMNS[zoo_seq.cell.lower()] // 128)
     assert rep.latency_cycles > 0
 
 
@@ -72,6 +72,15 @@ def test_stacked_layers_pipeline_as_a_wavefront(zoo_seq):
     cycles = [simulate(compile_model(p, "puma", calibration={"input": x}),
                        {"input": x[:1]}).latency_cycles for p in (one, two)]
     assert cycles[1] < 1.3 * cycles[0], cycles
+
+
+def test_stacked_bidirectional_zoo_model(zoo_seq):
+    # Layer 2 reads both directions of layer 1 (Y reshaped to (T, 1, 2H) by the export);
+    # the classifier reads the last step of both.
+    path = zoo_seq(seq_len=6, num_layers=2, bidirectional=True)
+    x = np.random.default_rng(6).random((2, 6, 28)).astype(np.float32)
+    prog, _ = _check(path, {"input": x}, load_config("puma", ["adc.bits=none"]), ["logits"])
+    assert [la["op"] for la in prog.mapping["layers"]].count(zoo_seq.cell) == 4
 
 
 def test_zoo_model_on_the_puma_preset_with_its_8bit_adc(zoo_seq):
@@ -90,16 +99,18 @@ def test_program_size_does_not_grow_with_the_sequence(zoo_seq):
     assert n4 == n16
 
 
-def _torch_rnn(cell="lstm", T=7, I=12, H=20):
+def _torch_rnn(cell="lstm", T=7, I=12, H=20, bidirectional=False):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
-                        "rnn": torch.nn.RNN}[cell](I, H, batch_first=True)
+                        "rnn": torch.nn.RNN}[cell](I, H, batch_first=True,
+                                                   bidirectional=bidirectional)
 
         def forward(self, x):
             out, h = self.rnn(x)
-            return out, h[0] if cell == "lstm" else h
+            h = h[0] if cell == "lstm" else h
+            return out, h.transpose(0, 1)            # (directions, B, H) -> batch first
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -112,35 +123,44 @@ def _torch_rnn(cell="lstm", T=7, I=12, H=20):
     return onnx.load_from_string(buf.getvalue())
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_torch_export_outputs_y_and_y_h(cell):
-    model = _torch_rnn(cell)
+def test_torch_export_outputs_y_and_y_h(cell, bidirectional):
+    # bidirectional: Y (T, 2, 1, H) interleaves the two directions' sequences, Y_h their
+    # last steps (the reverse direction's is at t = 0); torch reshapes Y to (1, T, 2H).
+    model = _torch_rnn(cell, bidirectional=bidirectional)
     x = np.random.default_rng(0).standard_normal((3, 7, 12)).astype(np.float32)
-    _check(model, {"x": x}, load_config("puma", ["adc.bits=none"]), ["y", "h"])
+    prog, _ = _check(model, {"x": x}, load_config("puma", ["adc.bits=none"]), ["y", "h"])
+    ops = [layer["op"] for layer in prog.mapping["layers"]]
+    assert ops.count(cell.upper()) == 1 + bidirectional
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_strips_across_cores_and_tiles_are_exact(cell):
+def test_strips_across_cores_and_tiles_are_exact(cell, bidirectional):
     # 1 MVMU per core and 1 core per tile: every block on its own tile, so partial sums,
-    # gate activations and h_t all cross the NoC every step.
-    model = _torch_rnn(cell, T=5, I=10, H=12)
+    # gate activations and h_t all cross the NoC every step (in both directions at once).
+    model = _torch_rnn(cell, T=5, I=10, H=12, bidirectional=bidirectional)
     x = np.random.default_rng(3).standard_normal((2, 5, 10)).astype(np.float32)
     cfg = load_config("small", ["adc.bits=none", "weight_bits=16", "input_bits=16",
-                                "node.tiles=16", "core.mvmus=1", "tile.cores=1"])
+                                "node.tiles=32", "core.mvmus=1", "tile.cores=1"])
     prog, _ = _check(model, {"x": x}, cfg, ["y", "h"])
-    # 22 rows x 48 columns (an RNN: 12) on 16 x 16 crossbars
-    assert len(prog.mapping["layers"][0]["tiles"]) == 2 * -(-12 * GATE_COLUMNS[cell] // 16)
+    # 22 rows x 48 columns (an RNN: 12) on 16 x 16 crossbars, per direction
+    layers = [la for la in prog.mapping["layers"] if la["op"] == cell.upper()]
+    assert [len(la["tiles"]) for la in layers] == [2 * -(-12 * GATE_COLUMNS[cell] // 16)] * (
+        1 + bidirectional)
 
 
 def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh"),
-               time_major_input=False):
+               time_major_input=False, two=False):
     """Batch-first graph input -> Transpose -> LSTM with initial states (no bias) ->
-    Y transposed batch-first (``yb``), Y_h, Y_c."""
+    Y transposed batch-first (``yb``), Y_h, Y_c. ``two``: weights for two directions."""
     rng = np.random.default_rng(0)
-    arr = {"W": rng.standard_normal((1, 4 * H, I)) * 0.4,
-           "R": rng.standard_normal((1, 4 * H, H)) * 0.4,
-           "h0": rng.uniform(-0.5, 0.5, (1, 1, H)),
-           "c0": rng.uniform(-1, 1, (1, 1, H))}
+    D = 2 if two else 1
+    arr = {"W": rng.standard_normal((D, 4 * H, I)) * 0.4,
+           "R": rng.standard_normal((D, 4 * H, H)) * 0.4,
+           "h0": rng.uniform(-0.5, 0.5, (D, 1, H)),
+           "c0": rng.uniform(-1, 1, (D, 1, H))}
     ins = ["xt", "W", "R", "", "", "h0", "c0"]
     if seq is not None:
         arr["seq"], ins[4] = np.array([seq], np.int32), "seq"
@@ -157,7 +177,7 @@ def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh")
         nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
         x_shape = [1, T, I]
     nodes.append(helper.make_node("Transpose", ["y"], ["yb"], perm=[2, 0, 1, 3]))
-    out_shapes = {"y": [T, 1, 1, H], "yb": [1, T, 1, H], "yh": [1, 1, H], "yc": [1, 1, H]}
+    out_shapes = {"y": [T, D, 1, H], "yb": [1, T, D, H], "yh": [D, 1, H], "yc": [D, 1, H]}
     g = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                         x_shape)],
                           [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shapes[o])
@@ -172,27 +192,28 @@ def test_initial_states_and_no_bias():
     _check(_hand_lstm(), {"x": x}, load_config("puma", ["adc.bits=none"]), ["yb", "yh"])
 
 
+def test_reverse_direction_runs_from_the_last_step():
+    # Y_h of a reverse LSTM is h at t = 0; its initial state enters at t = T - 1.
+    x = np.random.default_rng(1).standard_normal((3, 5, 6)).astype(np.float32)
+    model = _hand_lstm(attrs={"direction": "reverse"})
+    _, rep = _check(model, {"x": x}, load_config("puma", ["adc.bits=none"]), ["yb", "yh"])
+    fwd = run_onnxruntime(_hand_lstm(), {"x": x})
+    assert np.abs(rep.outputs["yh"] - fwd["yh"]).max() > 0.1      # not the forward run
+
+
 @pytest.mark.parametrize("kw,match", [
-    ({"attrs": {"direction": "bidirectional"}}, "direction"),
-    ({"attrs": {"direction": "reverse"}}, "direction"),
     ({"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"]}}, "activations"),
     ({"attrs": {"clip": 3.0}}, "clip"),
     ({"P": np.full((1, 24), 0.1)}, "peephole"),
     ({"seq": 3}, "sequence_lens"),
     ({"outputs": ("yb", "yc")}, "Y_c"),
     ({"outputs": ("y",)}, "time-major"),
+    ({"attrs": {"direction": "bidirectional"}, "outputs": ("yb", "yh"), "two": True},
+     "direction-major"),
     ({"time_major_input": True}, "time-major"),
 ])
 def test_unsupported_variants_are_refused(kw, match):
     model = _hand_lstm(**kw)
-    if kw.get("attrs", {}).get("direction") == "bidirectional":
-        # Two directions need two weight sets: make W, R fit.
-        for init in model.graph.initializer:
-            if init.name in ("W", "R", "h0", "c0"):
-                a = numpy_helper.to_array(init)
-                init.CopyFrom(numpy_helper.from_array(np.concatenate([a, a]), init.name))
-        model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 2
-        model.graph.output[1].type.tensor_type.shape.dim[0].dim_value = 2
     with pytest.raises(UnsupportedOpError, match=match):
         compile_model(model, "puma")
 
@@ -257,7 +278,6 @@ def test_gru_needs_seven_bit_words():
 
 @pytest.mark.parametrize("attrs,match", [
     ({"linear_before_reset": 0}, "linear_before_reset=0"),
-    ({"direction": "reverse"}, "direction"),
     ({"activations": ["Sigmoid", "Relu"]}, "activations"),
     ({"clip": 3.0}, "clip"),
 ])
@@ -287,9 +307,22 @@ def test_rnn_needs_four_bit_words():
 
 @pytest.mark.parametrize("attrs,match", [
     ({"activations": ["Relu"]}, "activations"),
-    ({"direction": "reverse"}, "direction"),
     ({"clip": 3.0}, "clip"),
 ])
 def test_unsupported_rnn_variants_are_refused(attrs, match):
     with pytest.raises(UnsupportedOpError, match=match):
         compile_model(_hand_cell("RNN", attrs=attrs), "puma")
+
+
+@pytest.mark.parametrize("op", ["GRU", "RNN"])
+def test_reverse_gru_and_rnn(op):
+    x = np.random.default_rng(5).standard_normal((2, 5, 6)).astype(np.float32)
+    _check(_hand_cell(op, attrs={"direction": "reverse"}), {"x": x},
+           load_config("puma", ["adc.bits=none"]), ["yb", "yh"])
+
+
+def test_weights_for_fewer_directions_than_declared_is_one_line_error():
+    # onnxruntime refuses it at run time (during calibration): a CompilerError naming the
+    # node and the shapes, not a traceback from onnxruntime.
+    with pytest.raises(CompilerError, match=r"LSTM.*Input W must have shape \{2,32,6\}"):
+        compile_model(_hand_lstm(attrs={"direction": "bidirectional"}), "puma")

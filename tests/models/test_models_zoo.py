@@ -98,3 +98,11 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_flag_options_take_true_or_false():
+    assert input_shape("lstm", bidirectional="true") == (1, 28, 28)
+    assert build("gru", bidirectional="True", seed=0).fc.in_features == 128
+    assert build("gru", bidirectional="false", seed=0).fc.in_features == 64
+    with pytest.raises(ModelError, match="option bidirectional takes True or False, got 'yes'"):
+        build("rnn", bidirectional="yes")
