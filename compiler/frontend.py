@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference, version_converter
 
+from simulator.errors import first_line
+
 from .errors import ModelFormatError, UnsupportedOpError
 from .ir import node_attrs
 
@@ -84,7 +86,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
         raise ModelFormatError(f"{path}: not a valid ONNX model ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else 'unparseable'})") from e
+                               f"{first_line(e, 'unparseable')})") from e
     if not model.graph.node and not model.graph.output:
         raise ModelFormatError(f"{path}: not a valid ONNX model (empty graph)")
     base = path.parent.resolve()
@@ -105,8 +107,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelFormatError(f"{path}: invalid ONNX model: {first}") from e
+        raise ModelFormatError(f"{path}: invalid ONNX model: {first_line(e)}") from e
     return model
 
 
@@ -191,7 +192,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
             _legacy_prelu(model)
         except Exception as e:
             raise ModelFormatError(f"cannot upgrade the model from opset {opset} to "
-                                   f"{MIN_OPSET}: {str(e).splitlines()[0]}") from e
+                                   f"{MIN_OPSET}: {first_line(e)}") from e
         opset = MIN_OPSET
     inputs = _fix_batch(model)
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -232,7 +233,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                     vals = _eval_node(n, consts, opset)
                 except Exception as e:
                     raise ModelFormatError(f"node {n.name!r} ({n.op_type}): constant folding "
-                                           f"failed: {str(e).splitlines()[0]}") from e
+                                           f"failed: {first_line(e)}") from e
                 for o, v in zip(n.output, vals):
                     consts[o] = np.asarray(v)
                 changed = True
@@ -297,7 +298,7 @@ def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
     try:
         m = shape_inference.infer_shapes(m, data_prop=True)
     except Exception as e:
-        raise ModelFormatError(f"shape inference failed: {str(e).splitlines()[0]}") from e
+        raise ModelFormatError(f"shape inference failed: {first_line(e)}") from e
     shapes = {n: tuple(s) for n, s in inputs}
     for vi in list(m.graph.value_info) + list(m.graph.output):
         s = _static_shape(vi)

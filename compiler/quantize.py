@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.crossbar import weight_range
+from simulator.errors import first_line
 
 from .errors import CompilerError
 from .frontend import Graph
@@ -40,7 +41,7 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
                                     providers=["CPUExecutionProvider"])
     except Exception as e:
         raise CompilerError(f"onnxruntime cannot run the model for calibration: "
-                            f"{str(e).splitlines()[0]}") from e
+                            f"{first_line(e)}") from e
     names = [o.name for o in sess.get_outputs()]
     absmax = {n: 0.0 for n in names}
     for n, _ in graph.inputs:
@@ -53,7 +54,7 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
             res = sess.run(names, feeds)
         except Exception as e:   # a model that loads but fails at run time (bad shapes)
             raise CompilerError(f"onnxruntime failed on the model during calibration: "
-                                f"{str(e).splitlines()[0]}") from e
+                                f"{first_line(e)}") from e
         for n, v in zip(names, res):
             absmax[n] = max(absmax[n], float(np.abs(v).max()) if v.size else 0.0)
             if n in outs:

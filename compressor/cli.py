@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from simulator.cli import TORCH_MAX_OPSET, int_in
+from simulator.errors import first_line
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -266,7 +267,7 @@ def _load_model(args, train, test):
             model.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as e:
             raise CompressionError(f"cannot load {name} into {arch}: "
-                                   f"{str(e).splitlines()[0]}") from e
+                                   f"{first_line(e)}") from e
     return model
 
 

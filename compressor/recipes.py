@@ -44,6 +44,8 @@ from pathlib import Path
 
 import yaml
 
+from simulator.errors import first_line
+
 from .constraints import Constraint, QuantSpec
 from .errors import CompressionError
 from .geometry import CrossbarGeometry
@@ -215,7 +217,7 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CompressionError(f"recipe {p}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise CompressionError(f"recipe {p}: not valid YAML ({first_line(e)})") from e
     return parse_recipe(data, default_name=p.stem)
 
 

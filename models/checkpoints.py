@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from simulator.errors import first_line
+
 
 def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file") -> dict:
     """``torch.load(path, weights_only=True)`` of a dictionary (state dict or checkpoint);
@@ -17,7 +19,7 @@ def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file
         raise
     except Exception as e:  # any unpickling failure means "not a file we can use"
         # torch's first line; its advice to retry with weights_only=False is not ours to give
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "weights_only" in reason:
             reason = "it holds objects other than tensors and plain containers (refused)"
         raise error(f"cannot read {what} {path}: {reason}") from e

@@ -21,6 +21,7 @@ from torch import nn
 from models.checkpoints import load_dict
 from models.errors import ModelError
 from models.zoo import build
+from simulator.errors import first_line
 from simulator.fileio import atomic_write
 
 #: Opset used unless the caller names another.
@@ -112,7 +113,7 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
             model.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as e:
             raise ModelError(f"cannot load weights {weights} into {name or 'model'}: "
-                             f"{str(e).splitlines()[0]}") from e
+                             f"{first_line(e)}") from e
 
     was_training = model.training
     model.eval()

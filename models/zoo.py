@@ -126,12 +126,12 @@ def _options(name: str, kw: dict) -> dict:
         raise ModelError(f"model {name!r} has no option {', '.join(unknown)}; "
                          f"it takes: {', '.join(params)}")
     opts = {k: kw.get(k, p.default) for k, p in params.items()}
-    for k, p in params.items():          # a flag: True/False, or its text from the CLI
+    for k, p in params.items():          # a flag: True/False, 1/0, or their text (CLI)
         v = opts[k]
         if isinstance(p.default, bool) and not isinstance(v, bool):
-            if str(v).lower() not in ("true", "false"):
+            if str(v).lower() not in ("true", "false", "1", "0"):
                 raise ModelError(f"model {name!r} option {k} takes True or False, got {v!r}")
-            opts[k] = str(v).lower() == "true"
+            opts[k] = str(v).lower() in ("true", "1")
     return opts
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import yaml
 
 from .crossbar import n_slices
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 PRESET_DIR = Path(__file__).with_name("presets")
 ADC_MODELS = ("puma", "isaac", "survey", "sar")
@@ -369,7 +369,7 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from e
         cfg = from_dict(data or {})
     return with_overrides(cfg, overrides)
 

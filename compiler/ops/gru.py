@@ -103,5 +103,5 @@ def lower_gru(node, ctx):
                     float((np.abs(R[2 * H:]).sum(axis=1) + np.abs(rb[2 * H:])).max()))
         fmt = gru_format(ctx.bits, bound)
         add_recurrent_layer(ctx, node, d, GRULayer, wx, wh, bias, fmt, h0[d], None,
-                            fmt.column_frac(H, linear_cols=2 * H))
+                            fmt.column_frac(4 * H, linear_cols=2 * H))
     add_recurrent_outputs(ctx, node, H)

@@ -9,8 +9,9 @@ and the cell (:mod:`.lstm`, :mod:`.gru`, :mod:`.rnn`) turns the requantized colu
 the new state on the VFU. The layer is an :class:`~compiler.ir.MVMLayer` (partition and placement
 treat ``Wcat`` like any fully connected weight) that generates its own code
 (:mod:`._recurrent_code`): one loop over the time steps, so the program does not grow with
-the sequence. ``h_t`` is stored into the output ``Y`` in tile memory; the next step's
-crossbar input loads it back from there (the load waits for the store's valid bit, across
+the sequence. ``h_t`` is stored into the layer's output ``Y`` in tile memory (with two
+directions, each layer's own, which a copy then interleaves into the node's Y); the next
+step's crossbar input loads it back from there (the load waits for the store's valid bit, across
 cores and, via the tile control units, tiles). The cell's own state (an LSTM's ``c``, a
 GRU's ``h``) stays in the home core's registers for the whole sequence.
 
@@ -50,10 +51,10 @@ class CellFormat:
     fh: int     # hidden state (= bits - 1)
     fx: int = 0  # a GRU's candidate columns (wider range than the gates); 0: = f
 
-    def column_frac(self, hidden: int, linear_cols: int = 0) -> np.ndarray:
-        """Fraction bits of each of the 4H gate columns: ``f``, and ``fx`` for the last
-        ``linear_cols`` (columns no activation saturates right away)."""
-        frac = np.full(4 * hidden, self.f)
+    def column_frac(self, columns: int, linear_cols: int = 0) -> np.ndarray:
+        """Fraction bits of each of the ``columns`` gate columns: ``f``, and ``fx`` for the
+        last ``linear_cols`` (columns no activation saturates right away)."""
+        frac = np.full(columns, self.f)
         if linear_cols:
             frac[-linear_cols:] = self.fx or self.f
         return frac
@@ -62,10 +63,10 @@ class CellFormat:
 @dataclass
 class RecurrentLayer(MVMLayer):
     """A recurrent layer over ``steps`` time steps, forward or (``reverse``) from the last
-    step to the first. ``weight`` (I + H, 4H): rows x_t then h_{t-1} (h_{t+1} reversed);
-    columns the cell's gate groups. ``x_pos``: buffer offset of x_t[k] at t = 0,
-    ``x_step``: offset between time steps. Output: Y (steps * H words, t-major, h_t at Y[t]
-    in either direction).
+    step to the first. ``weight`` (I + H, G*H): rows x_t then h_{t-1} (h_{t+1} reversed);
+    columns the cell's G gate groups (LSTM, GRU: 4; RNN: 1). ``x_pos``: buffer offset of
+    x_t[k] at t = 0, ``x_step``: offset between time steps. Output: Y (steps * H words,
+    t-major, h_t at Y[t] in either direction).
     ``h0``: the initial hidden state (fh bits), the crossbars' first h input; ``s0``: the
     initial state the home core keeps in registers. Subclasses define the cell:
     :meth:`activation_spans`, :meth:`cell_ref` and its emitting twin :meth:`emit_cell`."""
@@ -92,12 +93,12 @@ class RecurrentLayer(MVMLayer):
         raise NotImplementedError
 
     def cell_ref(self, a: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gate activations (B, 4H) and state -> (new state, h_t), on integers."""
+        """Gate activations (B, G*H) and state -> (new state, h_t), on integers."""
         raise NotImplementedError
 
     def emit_cell(self, em, G: int, S: int, j0: int, n: int, layer: int) -> int:
-        """Emit the cell update of units j0..j0+n (gates in G: four blocks of H; state in
-        S); return the register holding h_t. Twin of :meth:`cell_ref`."""
+        """Emit the cell update of units j0..j0+n (gates in G: the cell's blocks of H; state
+        in S); return the register holding h_t. Twin of :meth:`cell_ref`."""
         raise NotImplementedError
 
     def gates_ref(self, acc: np.ndarray) -> np.ndarray:
@@ -245,8 +246,8 @@ def _direction_names(node, d: int) -> tuple[str, str]:
 def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
                         bias: np.ndarray, fmt: CellFormat, h0: np.ndarray,
                         s0_int: np.ndarray, col_frac: np.ndarray | None = None) -> None:
-    """Quantize direction ``d``'s ``Wcat = [wx ; wh]`` (real, (I, 4H) and (H, 4H)) and add
-    its layer and sequence output. ``bias`` (4H) is real; ``h0`` real; ``s0_int`` the
+    """Quantize direction ``d``'s ``Wcat = [wx ; wh]`` (real, (I, G*H) and (H, G*H)) and
+    add its layer and sequence output. ``bias`` (G*H) is real; ``h0`` real; ``s0_int`` the
     register state (None: the initial h, a GRU's and an RNN's state); ``col_frac`` the
     fraction bits each column is requantized to (default: ``fmt.f``). Then
     :func:`add_recurrent_outputs` makes the node's outputs."""
@@ -260,7 +261,7 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
         raise UnsupportedOpError(f"{op} input {node.input[0]!r}: time steps are not stored "
                                  f"a constant stride apart")
     s_x, s_h = ctx.tensor(node.input[0]).scale, 2.0 ** -fmt.fh
-    wcat = np.vstack([wx * s_x, wh * s_h])                   # (I + H, 4H), per unit integer
+    wcat = np.vstack([wx * s_x, wh * s_h])                   # (I + H, G*H), per unit integer
     w_int, s_acc = quantize_weight(wcat, ctx.wbits)           # acc real = acc_int * s_acc[n]
     bias_int = np.rint(bias / s_acc).astype(np.int64)
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
@@ -296,13 +297,16 @@ def add_recurrent_outputs(ctx, node, H: int) -> None:
                        perm=vector_concat_perm(shape, 1, parts))
         ctx.add(ConcatLayer(f"{node.name}:Y", "Concat", [p.name for p in parts], y_name,
                             node=node.name, rescale=[(0, 0)] * len(parts), bits=ctx.bits))
-    # Y_h: copies of the last step of each direction's words (stored one after another).
+    # Y_h: copies of the last step of each direction, Y[T-1, d] forward and Y[0, d] reverse,
+    # wherever Y's memory order puts them.
     if len(node.output) > 1 and node.output[1] and (
             ctx.consumers(node.output[1]) or ctx.is_graph_output(node.output[1])):
         if len(flags) > 1 and ctx.is_graph_output(node.output[1]):
             raise UnsupportedOpError(
                 f"{op} output Y_h {node.output[1]!r} is direction-major (directions, 1, "
                 f"hidden) but graph outputs are batch-first here: transpose it in the graph")
-        last = np.concatenate([(d * T + (0 if rev else T - 1)) * H + np.arange(H)
+        D = len(flags)
+        last = np.concatenate([((0 if rev else T - 1) * D + d) * H + np.arange(H)
                                for d, rev in enumerate(flags)])
-        add_copy(ctx, node, y_name, node.output[1], ctx.shape(node.output[1]), last)
+        add_copy(ctx, node, y_name, node.output[1], ctx.shape(node.output[1]),
+                 buffer_positions(ctx, y_name)[last])

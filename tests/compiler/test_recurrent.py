@@ -324,5 +324,58 @@ def test_reverse_gru_and_rnn(op):
 def test_weights_for_fewer_directions_than_declared_is_one_line_error():
     # onnxruntime refuses it at run time (during calibration): a CompilerError naming the
     # node and the shapes, not a traceback from onnxruntime.
-    with pytest.raises(CompilerError, match=r"LSTM.*Input W must have shape \{2,32,6\}"):
+    with pytest.raises(CompilerError, match=r"onnxruntime failed on the model during "
+                                            r"calibration: .*LSTM"):
         compile_model(_hand_lstm(attrs={"direction": "bidirectional"}), "puma")
+
+
+def _hand_bidirectional(op, H=6, I=5, T=4, gains=(1.0, 1.0)):
+    """Bidirectional ``op`` with biases and a different initial state (and LSTM cell
+    state) per direction, direction d's weights scaled by ``gains[d]``; outputs batch
+    first: Y as (1, T, 2, H) (``yb``), Y_h as (1, 2, H) (``yhb``)."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    rng = np.random.default_rng(7)
+    g = np.asarray(gains)[:, None, None]
+    arr = {"W": rng.standard_normal((2, gates * H, I)) * 0.4 * g,
+           "R": rng.standard_normal((2, gates * H, H)) * 0.4 * g,
+           "B": rng.standard_normal((2, 2 * gates * H)) * 0.5,
+           "h0": rng.uniform(-0.8, 0.8, (2, 1, H))}
+    ins = ["xt", "W", "R", "B", "", "h0"]
+    if op == "LSTM":
+        arr["c0"] = rng.uniform(-1, 1, (2, 1, H))
+        ins.append("c0")
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arr.items()]
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node(op, ins, ["y", "yh"], hidden_size=H, direction="bidirectional",
+                              **extra),
+             helper.make_node("Transpose", ["y"], ["yb"], perm=[2, 0, 1, 3]),
+             helper.make_node("Transpose", ["yh"], ["yhb"], perm=[1, 0, 2])]
+    graph = helper.make_graph(
+        nodes, "bi", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, I])],
+        [helper.make_tensor_value_info("yb", TensorProto.FLOAT, [1, T, 2, H]),
+         helper.make_tensor_value_info("yhb", TensorProto.FLOAT, [1, 2, H])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("T", [4, 1])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_bidirectional_states_and_formats_are_per_direction(op, T):
+    # Each direction starts from its own h0 (and c0), and a GRU's directions get their own
+    # candidate range (weights x1 and x10). Each direction's slice of Y and Y_h is checked
+    # on its own, so an error confined to one direction cannot hide in the other's norm.
+    model = _hand_bidirectional(op, T=T, gains=(1.0, 10.0 if op == "GRU" else 1.0))
+    x = np.random.default_rng(8).standard_normal((2, T, 5)).astype(np.float32)
+    cfg = load_config("puma", ["adc.bits=none"])
+    _, rep = _check(model, {"x": x}, cfg, ["yb", "yhb"])
+    ort = run_onnxruntime(model, {"x": x})
+    for name, axis in (("yb", 2), ("yhb", 1)):
+        for d in range(2):
+            got, want = (np.take(v[name], d, axis=axis) for v in (rep.outputs, ort))
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-2, (name, d)
+    if op == "GRU":
+        lp = compile_model(model, cfg, calibration={"x": x}, return_ir=True)[1]
+        fx = [la.fmt.fx for la in lp.layers if la.op == "GRU"]
+        assert fx[0] != fx[1], fx

@@ -104,5 +104,6 @@ def test_flag_options_take_true_or_false():
     assert input_shape("lstm", bidirectional="true") == (1, 28, 28)
     assert build("gru", bidirectional="True", seed=0).fc.in_features == 128
     assert build("gru", bidirectional="false", seed=0).fc.in_features == 64
+    assert build("rnn", bidirectional=1, seed=0).fc.in_features == 128
     with pytest.raises(ModelError, match="option bidirectional takes True or False, got 'yes'"):
         build("rnn", bidirectional="yes")
