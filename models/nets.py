@@ -69,10 +69,10 @@ class SequenceClassifier(nn.Module):
     """A recurrent layer (``cell``: "lstm", "gru" or "rnn") that reads a sequence and
     classifies its last hidden state.
 
-    Input ``(N, seq_len, input_size)`` (batch first); ``bidirectional`` runs a second
-    recurrence from the last step to the first beside the first. An image batch ``(N, C, H, W)`` is
+    Input ``(N, seq_len, input_size)`` (batch first). An image batch ``(N, C, H, W)`` is
     read row by row: ``seq_len = H`` steps of ``input_size = C*W`` features, so a 28x28
-    image is 28 steps of 28 pixels.
+    image is 28 steps of 28 pixels. ``bidirectional`` adds a second recurrence that runs
+    from the last step to the first.
     """
 
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: tanh

@@ -60,30 +60,25 @@ def resnet18(in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
     return ResNet18(in_channels, image_size, num_classes, width)
 
 
-def lstm(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-         num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
-    """LSTM classifier: ``seq_len`` steps of ``input_size`` features (a 28x28 image read
-    row by row), ``hidden_size`` units (in each direction if ``bidirectional``), FC to
-    ``num_classes``; batch first."""
-    del seq_len  # fixes the exported input shape only; the LSTM runs any length
-    return SequenceClassifier("lstm", input_size, hidden_size, num_layers, num_classes,
-                              bidirectional)
+def _sequence_model(cell: str, doc: str) -> Callable[..., nn.Module]:
+    """The zoo builder of a :class:`SequenceClassifier` with ``cell``; all three recurrent
+    models take the same options."""
+    def builder(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64,
+                num_layers: int = 1, num_classes: int = 10,
+                bidirectional: bool = False) -> nn.Module:
+        del seq_len  # fixes the exported input shape only; the recurrence runs any length
+        return SequenceClassifier(cell, input_size, hidden_size, num_layers, num_classes,
+                                  bidirectional)
+    builder.__name__ = builder.__qualname__ = cell
+    builder.__doc__ = doc
+    return builder
 
 
-def gru(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-        num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
-    """GRU classifier, the LSTM's twin (same input, sizes and classifier head)."""
-    del seq_len
-    return SequenceClassifier("gru", input_size, hidden_size, num_layers, num_classes,
-                              bidirectional)
-
-
-def rnn(input_size: int = 28, seq_len: int = 28, hidden_size: int = 64, num_layers: int = 1,
-        num_classes: int = 10, bidirectional: bool = False) -> nn.Module:
-    """Elman RNN classifier (tanh), the LSTM's twin (same input, sizes and classifier head)."""
-    del seq_len
-    return SequenceClassifier("rnn", input_size, hidden_size, num_layers, num_classes,
-                              bidirectional)
+lstm = _sequence_model("lstm", """LSTM classifier: ``seq_len`` steps of ``input_size`` features
+    (a 28x28 image read row by row), ``hidden_size`` units (in each direction if
+    ``bidirectional``), FC to ``num_classes``; batch first.""")
+gru = _sequence_model("gru", "GRU classifier, the LSTM's twin (same options and head).")
+rnn = _sequence_model("rnn", "Elman RNN classifier (tanh), the LSTM's twin (same options).")
 
 
 @dataclass(frozen=True)
