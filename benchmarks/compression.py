@@ -381,6 +381,50 @@ def measure(name, onnx_path, cfg, test, sim, cal, log, lossless: bool = False) -
     return out
 
 
+FOLD = "pow2 fold"   # a variant derived from a trained one by compressor.fold, no training
+
+
+def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log) -> dict:
+    """The row of ``source``'s compressed model with every layer's scale folded to a power of
+    two (``pow2: fold``, :mod:`compressor.fold`): the same levels, masks and crossbars, exact
+    up to float rounding, so it takes no training of its own."""
+    from compressor import export_qdq, fold_pow2_scales
+    from models.train import evaluate
+    t0 = time.perf_counter()
+    folded = fold_pow2_scales(res)
+    x = test[0][:64]
+    path = export_qdq(folded, cache / f"{mname}_{vname}.onnx", verify=x)
+    # against the float-scale model: the folded logits times output_scale are its logits
+    err = float(np.max(np.abs(_onnx(path, x) * folded.output_scale - _torch(res.model, x))))
+    val_acc = {**res.accuracy, "final": evaluate(folded.model, *val)}
+    log(f"{mname} {vname}: {source} folded to power-of-two scales (output scale "
+        f"{folded.output_scale:.4f}, max |logit difference| {err:.2g}); val "
+        f"{val_acc['final']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    timing = {"compress_s": time.perf_counter() - t0, "compress_cached": False}
+    t0 = time.perf_counter()
+    row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log)
+    timing["measure_s"] = time.perf_counter() - t0
+    rec = folded.recipe.to_dict()
+    for rule in rec["layers"]:
+        if "quant" in rule:
+            rule["quant"]["pow2"] = "fold"
+    return {"model": mname, "variant": vname, "method": f"admm, {FOLD} of {source}",
+            "machine": cfg, "val_accuracy": val_acc, "selected_epoch": res.selected_epoch,
+            "recipe": rec, "output_scale": folded.output_scale,
+            "fold_max_logit_difference": err, "timing": timing, **row}
+
+
+def _onnx(path, x):
+    from models.onnx_export import run_onnxruntime
+    return run_onnxruntime(path, np.ascontiguousarray(x, np.float32))
+
+
+def _torch(model, x):
+    import torch
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+
 # -- the benchmark --------------------------------------------------------------------------
 
 def main():
@@ -459,10 +503,13 @@ def main():
         variants = [
             ("admm_blocks", "admm", spec["blocks"], ccfg, False),
             ("magnitude_blocks", "magnitude", spec["blocks"], ccfg, False),
-            ("admm_blocks_pow2", "admm", pow2(spec["blocks"]), ccfg, False),
+            ("admm_blocks_pow2", FOLD, "admm_blocks", ccfg, False),
             ("admm_tinyadc", "admm", spec["tiny"], tcfg,
              True, TINY_SCHEDULES if mname == "vgg_fmnist" and not args.quick else None),
         ]
+        if args.context:   # power-of-two scales by projection in ADMM (any graph), trained
+            variants.append(("admm_blocks_pow2_trained", "admm", pow2(spec["blocks"]), ccfg,
+                             False))
         if mname == "vgg_fmnist" and args.context:  # TinyADC, one ADC bit less, not two
             variants.append(("admm_tinyadc_n42", "admm", tiny_n(spec["tiny"], 42), tcfg, True))
         # harder points, ADMM vs magnitude at the same blocks (the last is the highest, the
@@ -486,12 +533,21 @@ def main():
                          (f"magnitude_blocks_{sfx}_s{seed}", "magnitude", hard, ccfg, False,
                           shared),
                          (f"admm_blocks_s{seed}", "admm", spec["blocks"], ccfg, False, shared),
-                         (f"admm_blocks_pow2_s{seed}", "admm", pow2(spec["blocks"]), ccfg,
-                          False, shared),
+                         (f"admm_blocks_pow2_s{seed}", FOLD, f"admm_blocks_s{seed}", ccfg,
+                          False),
                          (f"admm_tinyadc_s{seed}", "admm", spec["tiny"], tcfg, True,
                           {k: {**v, "seed": seed} for k, v in TINY_SCHEDULES.items()}
                           if mname == "vgg_fmnist" and not args.quick else shared)]
+        if args.context:
+            variants += [(f"admm_blocks_pow2_trained_s{seed}", "admm", pow2(spec["blocks"]),
+                          ccfg, False, {"shared": {**schedule, "seed": seed}})
+                         for seed in range(1, args.extra_seeds + 1)]
+        results = {}
         for vname, method, rules, cfg, lossless, *cands in variants:
+            if method == FOLD:   # no training: the named run's levels at power-of-two scales
+                rows.append(fold_row(mname, vname, rules, results[rules], cfg, val, cache,
+                                     test, sim, cal, log))
+                continue
             cands = (cands[0] if cands else None) or {"shared": schedule}
             tried = {}
             for label, sched in cands.items():
@@ -517,6 +573,7 @@ def main():
             label = max(tried, key=lambda k: (tried[k][0].accuracy["final"],
                                               -list(tried).index(k)))
             res, rec, timing = tried[label]
+            results[vname] = res
             if len(tried) > 1:
                 log(f"{mname} {vname}: schedule {label!r} chosen on validation (" + ", ".join(
                     f"{k} {v[0].accuracy['final']:.4f}" for k, v in tried.items()) + ")")
@@ -680,7 +737,15 @@ def targets(rows, sweep) -> list[dict]:
         gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(ps, cs)]
         out.append({"target": f"{m}: power-of-two scales within 0.3 pp of float scales",
                     "met": bool(abs(np.mean(gaps)) <= 0.3),
-                    "measured": f"{_acc(ps)} vs {_acc(cs[:len(ps)])} % ({_pp(gaps)} pp)"})
+                    "measured": f"pow2 fold: {_acc(ps)} vs {_acc(cs[:len(ps)])} % "
+                                f"({_pp(gaps)} pp)"})
+        if _find(rows, m, "admm_blocks_pow2_trained") is not None:
+            tr = replicates(rows, m, "admm_blocks_pow2_trained")
+            gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(tr, cs)]
+            out.append({"target": f"{m}: (context) power-of-two scales projected in ADMM "
+                                  f"(pow2: true, any graph)",
+                        "met": None,
+                        "measured": f"{_acc(tr)} vs {_acc(cs[:len(tr)])} % ({_pp(gaps)} pp)"})
         pairs = [(f"admm_blocks{s}", f"magnitude_blocks{s}")
                  for s in ["", *(f"_{sfx}" for sfx, _ in HARD_POINTS)]]
         both = [(_get(rows, m, a), _get(rows, m, b)) for a, b in pairs

@@ -20,13 +20,16 @@ _LAZY = {
     "CompressionResult": "compressor.pipeline",
     "ADMM": "compressor.admm",
     "export_qdq": "compressor.export",
+    "fold_pow2_scales": "compressor.fold",
+    "check_foldable": "compressor.fold",
     "evaluate_hardware": "compressor.hardware",
     "accuracy_under_variation": "compressor.hardware",
 }
 
 __all__ = ["ADMM", "CompressionError", "CompressionResult", "Constraint", "CrossbarGeometry",
-           "QuantSpec", "Recipe", "accuracy_under_variation", "compress", "evaluate_hardware",
-           "export_qdq", "level_range", "load_recipe", "parse_recipe", "shipped_recipes"]
+           "QuantSpec", "Recipe", "accuracy_under_variation", "check_foldable", "compress",
+           "evaluate_hardware", "export_qdq", "fold_pow2_scales", "level_range", "load_recipe",
+           "parse_recipe", "shipped_recipes"]
 
 
 def __getattr__(name):

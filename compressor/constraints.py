@@ -27,8 +27,10 @@ class QuantSpec:
     """Width of the signed integer weight, bits (``1..geometry.weight_bits``)."""
     mapping: str = "differential"
     """Level set: ``differential`` (symmetric) or ``offset`` (two's complement range)."""
-    pow2: bool = False
-    """Restrict the scale to powers of two (integer-only hardware: a shift, no multiplier)."""
+    pow2: bool | str = False
+    """Power-of-two scales (integer-only hardware: a shift, no multiplier): ``True`` projects
+    onto them during ADMM; ``"fold"`` trains with free scales and folds each scale's residual
+    into what follows the layer, exactly (:mod:`compressor.fold`)."""
     scale: float | None = None
     """Fixed scale, weight units per level; None searches the distance-minimising one."""
 
@@ -95,6 +97,12 @@ class Constraint:
                     f"{where}.quant: {q.bits}-bit {q.mapping} levels {qmin}..{qmax} do not fit "
                     f"the crossbar's {gmin}..{gmax} (geometry: {geom.weight_bits}-bit "
                     f"{geom.mapping}); lower quant.bits or match the mappings")
+            if not (isinstance(q.pow2, bool) or q.pow2 == "fold"):
+                raise CompressionError(f"{where}.quant.pow2={q.pow2!r}: must be true, false "
+                                       f"or fold")
+            if q.pow2 == "fold" and q.scale is not None:
+                raise CompressionError(f"{where}.quant: pow2: fold chooses the scale; drop "
+                                       f"scale={q.scale!r} or use pow2: true")
             if q.scale is not None and not (isinstance(q.scale, (int, float))
                                             and float32_positive(q.scale)):
                 raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0 and "
@@ -111,7 +119,9 @@ class Constraint:
         quant = None
         if self.quant is not None:
             q = self.quant
-            quant = (q.bits, q.mapping, scale if scale is not None else q.scale, q.pow2)
+            # pow2 "fold" projects with free scales: the fold comes after the final snap
+            quant = (q.bits, q.mapping, scale if scale is not None else q.scale,
+                     q.pow2 is True)
         out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant)
         # contiguous: a transposed view made every ADMM penalty step ~5x slower (profiled)
         return (back(np.ascontiguousarray(from_crossbar(out, arr.shape))), s,

@@ -12,7 +12,9 @@ Mask-only (unquantized) layers keep their float initializer.
 Metadata (``ModelProto.metadata_props``), the contract with ``compiler/``:
 
 ``xbarsim.compressor``  JSON: ``format`` (1), ``recipe``, ``method``, ``geometry`` (the
-                        :class:`CrossbarGeometry` fields), ``accuracy``, ``layers`` (names).
+                        :class:`CrossbarGeometry` fields), ``accuracy``, ``layers`` (names),
+                        ``output_scale`` (the model's outputs times it are the unfolded
+                        model's; 1 unless ``pow2: fold``, :mod:`compressor.fold`).
 ``xbarsim.layer.NAME``  JSON per compressed layer: ``initializer`` (weight tensor name),
                         ``op`` (Conv/Gemm), ``constraint`` (recipe form), ``bits``,
                         ``mapping``, ``pow2``, ``scale`` (weight units per level), ``levels``
@@ -74,7 +76,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     props["xbarsim.model"] = getattr(model, "zoo_name", type(model).__name__)
     props["xbarsim.compressor"] = json.dumps({
         "format": FORMAT_VERSION, "recipe": result.recipe.name, "method": result.method,
-        "geometry": geom.to_dict(), "accuracy": result.accuracy, "layers": list(result.layers)})
+        "geometry": geom.to_dict(), "accuracy": result.accuracy, "layers": list(result.layers),
+        "output_scale": result.output_scale})
     consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
     for name, layer in result.layers.items():
         init = f"{name}.weight"
@@ -110,7 +113,7 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
     """Replace float initializer ``init`` by integer + DequantizeLinear; return metadata."""
     c = layer.constraint
     meta: dict = {"note": ""}
-    if c.quant is not None:
+    if c.quant is not None:  # pow2 "fold": the stored scale is a power of two, as for true
         q = c.quant
         meta.update(bits=q.bits, mapping=q.mapping, pow2=q.pow2, scale=layer.scale,
                     levels=list(q.levels))

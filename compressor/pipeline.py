@@ -47,6 +47,7 @@ from simulator.fileio import atomic_write
 from .admm import ADMM
 from .constraints import Constraint
 from .errors import CompressionError
+from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
 from .masking import Frozen, install, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
@@ -87,6 +88,9 @@ class CompressionResult:
     selected_epoch: int | None = None
     """With ``retrain.keep: best``, the retraining epoch (from 1) whose weights were kept;
     None when the last epoch's are (``keep: last``)."""
+    output_scale: float = 1.0
+    """``model``'s logits times this are the unfolded model's (``pow2: fold`` divides them
+    by the product of the scale residuals, :mod:`compressor.fold`); 1 otherwise."""
 
 
 def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
@@ -101,10 +105,14 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     layers = recipe.resolve(model)
     if not layers:
         raise CompressionError(f"recipe {recipe.name!r} constrains no layer of this model")
+    fold = [n for n, c in layers.items() if c.quant is not None and c.quant.pow2 == "fold"]
+    if fold:
+        check_foldable(model, fold)     # before any training
     run = _Run(model, recipe, layers, method, train, test, checkpoint, progress)
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         run.load()
-    return run.go()
+    result = run.go()
+    return fold_pow2_scales(result, fold) if fold else result
 
 
 def _loss(distill):

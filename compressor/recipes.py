@@ -32,6 +32,8 @@ Format (every section but ``layers`` optional; defaults shown)::
       - match: "features.*"               # module name or fnmatch glob (or a list of them)
         sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed)(_signed) take n:
         quant: {bits: 8, mapping: differential, pow2: false}  # bits/mapping default: geometry
+                            # pow2: true projects onto power-of-two scales in ADMM; fold
+                            # trains free scales, then folds them exactly (compressor.fold)
       - match: classifier.4
         # no sparsity/quant: leave this layer dense
 """
@@ -306,7 +308,7 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
         q = _mapping(r["quant"], f"{where}.quant", {"bits", "mapping", "pow2", "scale"})
         quant = QuantSpec(bits=q.get("bits", geom.weight_bits),
                           mapping=q.get("mapping", geom.mapping),
-                          pow2=bool(q.get("pow2", False)), scale=q.get("scale"))
+                          pow2=q.get("pow2", False), scale=q.get("scale"))
     c = Constraint(structure=structure, amount=amount, quant=quant)
     c.check(geom, where)
     return LayerRule(patterns=patterns, constraint=c)
