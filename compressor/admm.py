@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .connectivity import project_layers
 from .constraints import Constraint
 from .geometry import CrossbarGeometry
 
@@ -30,16 +31,19 @@ class ADMM:
     """
 
     def __init__(self, model: nn.Module, layers: dict[str, Constraint],
-                 geometry: CrossbarGeometry, rho: float):
+                 geometry: CrossbarGeometry, rho: float, feeds: dict[str, str] | None = None):
         modules = dict(model.named_modules())
         self.weights = {n: modules[n].weight for n in layers}
         self.layers, self.geometry, self.rho = layers, geometry, float(rho)
-        self.Z = {n: self._project(n, w.detach()) for n, w in self.weights.items()}
+        # {consumer: producer}: the Z-step keeps each chain connected (compressor.connectivity)
+        self.feeds = feeds or {}
+        self.Z = self._project({n: w.detach() for n, w in self.weights.items()})
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
         self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
 
-    def _project(self, name: str, w: torch.Tensor) -> torch.Tensor:
-        return self.layers[name].project(w, self.geometry)[0]
+    def _project(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = project_layers(self.layers, targets, self.geometry, self.feeds)
+        return {n: v[0] for n, v in out.items()}
 
     def penalty(self) -> torch.Tensor:
         """``Σ ρ/2 ‖W − Z + U‖²`` over the layers (differentiable in ``W``)."""
@@ -65,8 +69,8 @@ class ADMM:
     def update(self) -> dict[str, float]:
         """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer."""
         residual, self._shift = {}, None
+        self.Z = self._project({n: w + self.U[n] for n, w in self.weights.items()})
         for n, w in self.weights.items():
-            self.Z[n] = self._project(n, w + self.U[n])
             self.U[n] += w - self.Z[n]
             residual[n] = float((w - self.Z[n]).norm() / w.norm().clamp_min(1e-12))
         return residual

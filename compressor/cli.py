@@ -296,6 +296,9 @@ def _report(res, path: Path, test=None) -> dict:
     print(f"{res.method}: accuracy dense {acc['dense']:.4f} -> projected "
           f"{acc['projected']:.4f} -> final {acc['final']:.4f}{chosen}"
           + ("" if test_acc is None else f"; test {test_acc:.4f}") + f"; wrote {path}")
+    if res.output_scale != 1.0:
+        print(f"pow2 fold: its logits times {res.output_scale:.6g} are the float-scale "
+              f"model's (class decisions unchanged; output_scale in the ONNX metadata)")
     layers = {}
     modules = dict(res.model.named_modules())
     for name, lr in res.layers.items():
@@ -306,5 +309,6 @@ def _report(res, path: Path, test=None) -> dict:
               f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
               f"segment {occ['max_nonzeros_per_segment']}")
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
+            "output_scale": res.output_scale,
             "history": res.history, "selected_epoch": res.selected_epoch,
             **({} if test_acc is None else {"test_accuracy": test_acc})}

@@ -108,12 +108,15 @@ class Constraint:
                 raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0 and "
                                        f"within float32's range (the stored scale)")
 
-    def project(self, w, geom: CrossbarGeometry, scale: float | None = None):
+    def project(self, w, geom: CrossbarGeometry, scale: float | None = None,
+                live_rows: np.ndarray | None = None):
         """Project a torch-layout weight (numpy or torch).
 
-        ``scale`` overrides the spec's (to hold it fixed). Returns ``(w_proj, scale, keep)``:
-        the projected weight (same type/dtype as ``w``), the scale (None if unquantized) and
-        the boolean keep mask in torch layout (numpy).
+        ``scale`` overrides the spec's (to hold it fixed). ``live_rows``: the crossbar rows
+        (inputs) that depend on the model's input, ranked first by the group structures
+        (:mod:`compressor.connectivity`). Returns ``(w_proj, scale, keep)``: the projected
+        weight (same type/dtype as ``w``), the scale (None if unquantized) and the boolean
+        keep mask in torch layout (numpy).
         """
         arr, back = as_float64(w)
         quant = None
@@ -122,7 +125,8 @@ class Constraint:
             # pow2 "fold" projects with free scales: the fold comes after the final snap
             quant = (q.bits, q.mapping, scale if scale is not None else q.scale,
                      q.pow2 is True)
-        out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant)
+        out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant,
+                                      live_rows)
         # contiguous: a transposed view made every ADMM penalty step ~5x slower (profiled)
         return (back(np.ascontiguousarray(from_crossbar(out, arr.shape))), s,
                 np.ascontiguousarray(from_crossbar(keep, arr.shape)))

@@ -94,7 +94,9 @@ def fold_pow2_scales(result, names=None):
         w = modules[n].weight
         with torch.no_grad():   # exact: a power of two times small integers
             w.copy_(torch.as_tensor(lay.levels.astype("float32") * float(p), dtype=w.dtype))
-        layers[n] = replace(lay, scale=float(p))
+        c = lay.constraint   # what the layer now stores: power-of-two scales by the fold
+        layers[n] = replace(lay, scale=float(p),
+                            constraint=replace(c, quant=replace(c.quant, pow2="fold")))
     return replace(result, model=model, layers=layers,
                    output_scale=result.output_scale * out_r)
 

@@ -47,6 +47,7 @@ from simulator.fileio import atomic_write
 from .admm import ADMM
 from .constraints import Constraint
 from .errors import CompressionError
+from .connectivity import feeding_layers, project_layers
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
 from .masking import Frozen, install, levels, snap
@@ -149,6 +150,8 @@ class _Run:
             raise CompressionError("training set is empty")
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         self.progress = progress
+        # {consumer: producer} of chained Linear layers: their projections stay connected
+        self.feeds = feeding_layers(model, layers)
         self.stage, self.step = "pretrain", 0
         self.opt_state = None
         self.admm_state = None
@@ -188,7 +191,7 @@ class _Run:
 
         def targets(rnd):  # progressive ADMM: looser sparsity in the ramp's rounds
             return {n: c.relaxed(a.tightness(rnd), geom) for n, c in self.layers.items()}
-        admm = ADMM(self.model, targets(self.step), geom, a.rho_at(self.step))
+        admm = ADMM(self.model, targets(self.step), geom, a.rho_at(self.step), self.feeds)
         if self.admm_state is not None:
             admm.load_state_dict(self.admm_state)
         opt = self._optimizer(a.lr)
@@ -211,9 +214,12 @@ class _Run:
         if not self.frozen:  # first entry: hard projection fixes masks and scales
             with torch.no_grad():
                 modules = dict(self.model.named_modules())
+                projected = project_layers(self.layers, {n: modules[n].weight
+                                                         for n in self.layers},
+                                           self.recipe.geometry, self.feeds)
                 for n, c in self.layers.items():
                     w = modules[n].weight
-                    proj, scale, keep = c.project(w, self.recipe.geometry)
+                    proj, scale, keep = projected[n]
                     # signed structures rank each sign apart: a kept weight keeps its sign
                     sign = (np.where(keep, np.sign(w.detach().cpu().numpy()), 0).astype(np.int8)
                             if c.structure in SIGNED else None)

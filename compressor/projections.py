@@ -153,13 +153,15 @@ def project_sparse_quantized(w, geom: CrossbarGeometry, structure: str, amount: 
 
 
 def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str | None,
-                   amount, quant: tuple | None) -> tuple[np.ndarray, float | None, np.ndarray]:
+                   amount, quant: tuple | None, live_rows: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, float | None, np.ndarray]:
     """The workhorse on a float64 crossbar matrix ``m`` (``K × N``).
 
     ``quant`` is None or ``(bits, mapping, scale, pow2)``. Returns the projected matrix, the
     scale used (None without quantization) and the boolean mask of the entries the structure
     keeps (all True without one; a kept entry may still have rounded to level 0). The scale
     is float32-representable, so ``float32(q) * float32(scale)`` reproduces the result.
+    ``live_rows`` (``K`` booleans): see :func:`keep_mask`.
     """
     if structure is not None and structure not in ALL_STRUCTURES:
         raise CompressionError(
@@ -167,7 +169,7 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
     if quant is None:
         if structure is None:
             return m.copy(), None, np.ones(m.shape, dtype=bool)
-        keep = keep_mask(m * m, geom, structure, amount, sign=m)
+        keep = keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)
         return m * keep, None, keep
     bits, mapping, scale, pow2 = quant
     qmin, qmax = level_range(bits, mapping)
@@ -184,13 +186,13 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
         s = scale if scale is not None else best_scale(m, qmin, qmax, pow2)
         return _snap(m, s, qmin, qmax), float(s), np.ones(m.shape, dtype=bool)
     if scale is not None:
-        return _joint(m, geom, structure, amount, scale, qmin, qmax)
+        return _joint(m, geom, structure, amount, scale, qmin, qmax, live_rows)
     # Free scale: candidates from the weights a magnitude projection keeps (the pruned ones
     # would drag the scale down), each then judged by the exact joint distance.
-    support = m[keep_mask(m * m, geom, structure, amount, sign=m)]
+    support = m[keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)]
     best = None
     for s in scale_candidates(support, qmin, qmax, pow2):
-        out = _joint(m, geom, structure, amount, s, qmin, qmax)
+        out = _joint(m, geom, structure, amount, s, qmin, qmax, live_rows)
         d = float(np.sum((out[0] - m) ** 2))
         if best is None or d < best[0]:
             best = (d, out)
@@ -198,12 +200,18 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
 
 
 def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
-              sign: np.ndarray | None = None) -> np.ndarray:
+              sign: np.ndarray | None = None, live_rows: np.ndarray | None = None
+              ) -> np.ndarray:
     """Boolean ``K × N`` mask of the entries a ``structure`` constraint keeps, ranking groups
     by the sum of ``score`` (>= 0) over each group (per entry within segments for
     ``tinyadc``). The exact maximiser of the kept score subject to the constraint.
     ``SIGNED`` structures need ``sign`` (the weights, or anything of their sign): each
-    sign is ranked on its own and entries of sign 0 are never kept."""
+    sign is ranked on its own and entries of sign 0 are never kept.
+    ``live_rows`` (``K`` booleans, the inputs that depend on the model's input; see
+    :mod:`compressor.connectivity`): the group structures (rows, columns, blocks, aligned)
+    rank a group with a live row before any without, by score within each; the maximiser
+    among the choices that read a live input wherever the budget allows. Ignored by the
+    per-segment (``tinyadc``) structures."""
     if structure in SIGNED:
         if sign is None:
             raise CompressionError(f"structure={structure!r} needs the weights' sign")
@@ -236,7 +244,13 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
     k = keep_count(amount, n_groups)
     flat = np.where(greal, gscore, -np.inf).ravel()
     chosen = np.zeros(flat.shape, dtype=bool)
-    chosen[np.argsort(-flat, kind="stable")[:k]] = True
+    if live_rows is None:
+        order = np.argsort(-flat, kind="stable")
+    else:   # live groups first, by score within each (lexsort: the last key is primary)
+        live = geom.blocks(np.broadcast_to(np.asarray(live_rows, bool)[:, None], score.shape))
+        glive = (live & real).any(axis=axes, keepdims=True).ravel()
+        order = np.lexsort((-flat, ~glive))
+    chosen[order[:k]] = True
     keep = np.broadcast_to(chosen.reshape(gscore.shape), blocks.shape)
     return geom.unblock(keep & real, k_rows, n_cols)
 
@@ -382,10 +396,10 @@ def as_float64(w):
     return arr.astype(np.float64), lambda a: np.asarray(a, dtype=dtype)
 
 
-def _joint(m, geom, structure, amount, s, qmin, qmax):
+def _joint(m, geom, structure, amount, s, qmin, qmax, live_rows=None):
     qv = _snap(m, s, qmin, qmax)
     gain = m * m - (m - qv) ** 2  # >= 0: level 0 is always available
-    keep = keep_mask(gain, geom, structure, amount, sign=m)
+    keep = keep_mask(gain, geom, structure, amount, sign=m, live_rows=live_rows)
     return qv * keep, float(s), keep
 
 

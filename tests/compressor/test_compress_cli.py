@@ -142,3 +142,28 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, recipe, capsys, argv, mes
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):
+    """``pow2: fold`` from a recipe file: power-of-two scales in the ONNX file, the output
+    scale printed and in the summary; a model it cannot fold is refused in one line."""
+    import math
+    p = tmp_path / "fold.yaml"
+    p.write_text(RECIPE.replace("quant: {bits: 6}", "quant: {bits: 6, pow2: fold}"))
+    out = tmp_path / "mlp.onnx"
+    rc, stdout, err = run(capsys, "mlp", "--recipe", p, "--data", "digits", "-o", out,
+                          "--limit", 400, "-q", "--no-hw", "--json", tmp_path / "s.json")
+    assert rc == 0, err
+    scale = json.loads((tmp_path / "s.json").read_text())["admm"]["output_scale"]
+    assert scale != 1.0 and f"logits times {scale:.6g}" in stdout
+    from onnx import numpy_helper
+    for t in onnx.load(out).graph.initializer:
+        if t.name.endswith("_scale"):
+            s = float(numpy_helper.to_array(t))
+            assert 2.0 ** round(math.log2(s)) == s
+    # the zoo's LSTM classifier: torch.fx cannot trace its loop over time steps
+    p.write_text(RECIPE.replace("[layers.1, layers.3]", "'*'")
+                 .replace("quant: {bits: 6}", "quant: {bits: 6, pow2: fold}"))
+    rc, _, err = run(capsys, "lstm", "--recipe", p, "--data", "digits", "-o", out, "-q",
+                     "--no-hw")
+    assert rc == 2 and err.startswith("error: pow2 fold:") and len(err.splitlines()) == 1

@@ -54,6 +54,12 @@ def test_fold_recipe_decides_as_the_float_scale_run(digits, mlp, tmp_path):
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(p_fold).graph.initializer}
     scales = [float(v) for k, v in inits.items() if k.endswith("_scale")]
     assert len(scales) == 2 and all(_is_pow2(s) for s in scales)
+    import json
+    props = {p.key: p.value for p in onnx.load(p_fold).metadata_props}
+    assert json.loads(props["xbarsim.compressor"])["output_scale"] == fold.output_scale
+    for name in fold.layers:
+        meta = json.loads(props[f"xbarsim.layer.{name}"])
+        assert meta["pow2"] == "fold" and meta["scale"] == fold.layers[name].scale
 
 
 class _ConvNet(nn.Module):
@@ -106,7 +112,7 @@ def test_fold_through_batchnorm_pooling_and_reshapes_is_exact():
     residuals = [split_pow2(res.layers[n].scale)[1] for n in res.layers]
     assert folded.output_scale == pytest.approx(np.prod(residuals), rel=1e-12)
     for n, lay in folded.layers.items():
-        assert _is_pow2(lay.scale)
+        assert _is_pow2(lay.scale) and lay.constraint.quant.pow2 == "fold"
         w = dict(folded.model.named_modules())[n].weight.detach().numpy()
         np.testing.assert_array_equal(w, lay.levels.astype(np.float32) * np.float32(lay.scale))
     # the input result is untouched

@@ -1,0 +1,96 @@
+"""Chained block pruning keeps the network connected: a kept block of the next layer reads
+neurons the previous layer still computes, where its budget allows."""
+import numpy as np
+import torch
+from torch import nn
+
+from compressor import CrossbarGeometry, compress, parse_recipe
+from compressor.connectivity import feeding_layers, live_outputs, project_layers
+from compressor.constraints import Constraint, QuantSpec
+from compressor.geometry import to_crossbar
+
+GEOM = CrossbarGeometry(rows=16, cols=16, cell_bits=2, weight_bits=4)
+
+
+def _chain():
+    """16 -> 64 -> 64 -> 4 where per-layer block ranking disconnects: the first layer's
+    largest column block is neurons 0..15, the second layer's largest row blocks read
+    neurons 48..63."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 64),
+                          nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        m[0].weight.mul_(0.01)[:16] += 1.0            # output neurons 0..15 dominate
+        m[3].weight.mul_(0.01)[:, 48:] += 1.0         # inputs 48..63 dominate
+    return m.eval()
+
+
+BLOCKS = Constraint("blocks", 0.25, QuantSpec(bits=4))   # 1 of 4 blocks, 1 of 16
+
+
+def _kept_rows(w):
+    return (to_crossbar(w.detach().numpy()) != 0).any(axis=1)
+
+
+def test_feeding_layers_follows_per_neuron_ops_only():
+    m = _chain()
+    assert feeding_layers(m, ["0", "3", "5"]) == {"3": "0", "5": "3"}
+    assert feeding_layers(m, ["0", "5"]) == {}           # 3 is not constrained
+
+
+def test_independent_projection_disconnects_and_chained_does_not():
+    m = _chain()
+    layers = {"0": BLOCKS, "3": Constraint("blocks", 1 / 16, QuantSpec(bits=4))}
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    alone = project_layers(layers, weights, GEOM, {})
+    live = live_outputs(to_crossbar(alone["0"][0].numpy()), None)
+    assert live[:16].all() and not live[16:].any()
+    assert not (_kept_rows(alone["3"][0]) & live).any()      # reads dead neurons only
+    chained = project_layers(layers, weights, GEOM, feeding_layers(m, layers))
+    np.testing.assert_array_equal(chained["0"][0], alone["0"][0])   # the producer is as before
+    rows = _kept_rows(chained["3"][0])
+    assert rows.any() and not (rows & ~live).any()            # the consumer reads live ones
+    assert chained["3"][2].sum() == alone["3"][2].sum()        # the same budget
+
+
+def test_connected_choice_changes_nothing_when_the_top_groups_are_live():
+    m = _chain()
+    with torch.no_grad():
+        m[3].weight[:, 48:] -= 1.0
+        m[3].weight[:, :16] += 1.0                              # now reads 0..15 anyway
+    layers = {"0": BLOCKS, "3": Constraint("blocks", 1 / 16, QuantSpec(bits=4))}
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    a = project_layers(layers, weights, GEOM, {})
+    b = project_layers(layers, weights, GEOM, feeding_layers(m, layers))
+    for n in layers:
+        np.testing.assert_array_equal(a[n][0], b[n][0])
+
+
+def test_compress_keeps_the_chain_connected(digits):
+    """End to end on 8x8 digits, both arms: with each layer ranked on its own, this model's
+    hard projection keeps a block of layer 4 that reads only neurons layer 1 pruned (the
+    logits would not depend on the image)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64),
+                              nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(0.01)[:16] += 0.2
+        model[3].weight.mul_(0.01)[:, 48:] += 0.2
+    recipe = parse_recipe({
+        "name": "chain", "geometry": {"rows": 16, "cols": 16, "weight_bits": 4},
+        "admm": {"rounds": 1, "lr": 1e-5}, "retrain": {"epochs": 1, "lr": 1e-4},
+        "layers": [{"match": "1", "sparsity": {"structure": "blocks", "keep": 0.25},
+                    "quant": {"bits": 4}},
+                   {"match": "3", "sparsity": {"structure": "blocks", "keep": 0.0625},
+                    "quant": {"bits": 4}}]})
+    for method in ("admm", "magnitude"):
+        res = compress(__import__("copy").deepcopy(model), recipe, *digits, method=method,
+                       progress=False)
+        live = live_outputs(to_crossbar(res.model[1].weight.detach().numpy()), None)
+        rows = _kept_rows(res.model[3].weight)
+        assert rows.any() and not (rows & ~live).any(), method
+        with torch.no_grad():
+            logits = res.model(torch.from_numpy(digits[1][0][:32])).numpy()
+        assert np.ptp(logits, axis=0).max() > 0, method        # depends on the image
