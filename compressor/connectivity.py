@@ -76,10 +76,20 @@ def project_layers(layers: dict, weights: dict, geom: CrossbarGeometry,
     """``{name: (projected, scale, keep)}``: each ``layers[name].project(weights[name])``
     in order, a layer fed by another (``feeds``) ranking its groups live-first."""
     out, live = {}, {}
-    for n, c in layers.items():
+    order: list[str] = []
+
+    def visit(n, path=()):     # producers first, whatever order the recipe's rules give
+        if n in order or n in path or n not in layers:
+            return
+        visit(feeds.get(n), path + (n,))
+        order.append(n)
+    for n in layers:
+        visit(n)
+    for n in order:
+        c = layers[n]
         rows = live.get(feeds.get(n))
         out[n] = c.project(weights[n], geom, live_rows=rows)
         proj = out[n][0]
         arr = proj.detach().cpu().numpy() if isinstance(proj, torch.Tensor) else proj
         live[n] = live_outputs(to_crossbar(np.asarray(arr)), rows)
-    return out
+    return {n: out[n] for n in layers}

@@ -112,7 +112,7 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
                                f"torch.fx ({msg}); use pow2: true instead") from e
     modules = dict(model.named_modules())
     scale: dict = {}        # node -> R (None: not a tensor, e.g. a size)
-    called: set[str] = set()
+    seen: dict[str, float] = {}   # module -> the divisor its bias took
 
     def r_of(arg):
         return scale.get(arg) if isinstance(arg, torch.fx.Node) else None
@@ -121,6 +121,21 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
         found = []
         torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a))
         return [r for r in map(r_of, found) if r is not None]
+
+    def constants(node):
+        """Numbers and tensors among the arguments that are no graph node: unscaled."""
+        found = []
+        torch.fx.node.map_aggregate((node.args, node.kwargs), found.append)
+        return any(isinstance(a, (int, float, torch.Tensor)) and not isinstance(a, bool)
+                   for a in found)
+
+    def once(node, target, r):
+        """A module whose bias (or BatchNorm shift) is divided may run only once."""
+        if target in seen and (r != 1.0 or seen[target] != 1.0):
+            raise CompressionError(f"pow2 fold: module {target!r} is called more than once "
+                                   f"on folded tensors; its bias cannot take two divisors "
+                                   f"(node {node.name!r}); use pow2: true for this model")
+        seen[target] = r
 
     def refuse(node, what):
         raise CompressionError(
@@ -138,20 +153,28 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
         elif node.op == "get_attr":
             scale[node] = 1.0                       # a constant: unscaled
         elif node.op == "output":
+            skipped = [n for n, r in residual.items() if r != 1.0 and n not in seen]
+            if skipped:   # e.g. read through F.linear(x, self.layer.weight): not foldable
+                raise CompressionError(f"pow2 fold: layer(s) {', '.join(skipped)} never run "
+                                       f"as modules in the traced graph, so their scales "
+                                       f"cannot be folded; use pow2: true for this model")
+            if len(r_in) > 1 and any(r != first for r in r_in):
+                raise CompressionError("pow2 fold: the model's outputs would carry different "
+                                       "output scales; use pow2: true for this model")
             return first
         elif node.op == "call_module":
             mod, target = modules[node.target], node.target
             if isinstance(mod, _LINEAR):
-                if target in called and target in residual:
-                    raise CompressionError(f"pow2 fold: layer {target!r} is called more than "
-                                           f"once; its scale cannot fold into one bias")
-                called.add(target)
                 out = first * residual.get(target, 1.0)
+                once(node, target, out)
                 if apply and mod.bias is not None and out != 1.0:
                     with torch.no_grad():
                         mod.bias.copy_((mod.bias.double() / out).to(mod.bias.dtype))
                 scale[node] = out
             elif isinstance(mod, _BATCHNORM):
+                once(node, target, first)
+                if first != 1.0 and mod.running_mean is None:
+                    refuse(node, f"{type(mod).__name__} without running statistics")
                 if apply and first != 1.0:          # BN(R·x)/R: mean and shift over R
                     with torch.no_grad():
                         mod.running_mean.copy_((mod.running_mean.double() / first)
@@ -171,7 +194,8 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
                 or node.op == "call_function" and node.target in _HOMOGENEOUS_FUNCTIONS:
             scale[node] = first if r_in else None
         elif node.op == "call_function" and node.target in _SAME_SCALE:
-            if any(not math.isclose(r, first, rel_tol=1e-12) for r in r_in):
+            if any(not math.isclose(r, first, rel_tol=1e-12) for r in r_in) \
+                    or first != 1.0 and constants(node):   # (x/R) + c is not (x + c)/R
                 refuse(node, f"{getattr(node.target, '__name__', node.target)} of tensors "
                              f"with different folded scales")
             scale[node] = first

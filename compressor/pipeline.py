@@ -55,6 +55,9 @@ from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
 
 METHODS = ("admm", "magnitude")
+# Checkpoints record how their projections were made: 2 = chained Linear layers projected
+# connected (compressor.connectivity); a version-1 checkpoint is refused, not resumed.
+PROJECTION_VERSION = 2
 
 
 @dataclass
@@ -350,6 +353,7 @@ class _Run:
             return
         state = {
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
+            "projection": PROJECTION_VERSION,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
@@ -369,6 +373,10 @@ class _Run:
         if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
             raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
                                    f"or choose another path")
+        if ck.get("projection", 1) != PROJECTION_VERSION:
+            raise CompressionError(f"checkpoint {p}: written before chained layers were "
+                                   f"projected connected (compressor.connectivity); its masks "
+                                   f"may read dead neurons: delete it to rerun")
         self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"],
                                  f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}

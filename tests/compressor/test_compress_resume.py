@@ -104,3 +104,15 @@ def test_unreadable_checkpoint_is_a_clear_error(data, tmp_path):
     torch.save(torch.zeros(3), path)                 # a torch file, but not a checkpoint
     with pytest.raises(CompressionError, match="junk.ckpt holds a Tensor, not a dictionary"):
         compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+
+
+def test_checkpoint_from_before_connected_projection_is_refused(data, straight, tmp_path):
+    """A checkpoint without the projection version may hold masks chosen layer by layer
+    (compressor.connectivity): it is refused instead of resumed."""
+    _, path = straight
+    ck = torch.load(path, weights_only=True)
+    del ck["projection"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    with pytest.raises(CompressionError, match="old.ckpt: written before chained layers"):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=old, progress=False)

@@ -94,3 +94,28 @@ def test_compress_keeps_the_chain_connected(digits):
         with torch.no_grad():
             logits = res.model(torch.from_numpy(digits[1][0][:32])).numpy()
         assert np.ptp(logits, axis=0).max() > 0, method        # depends on the image
+
+
+def test_producers_are_projected_first_whatever_the_rule_order():
+    m = _chain()
+    layers = {"3": Constraint("blocks", 1 / 16, QuantSpec(bits=4)), "0": BLOCKS}  # consumer first
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    out = project_layers(layers, weights, GEOM, feeding_layers(m, layers))
+    assert list(out) == ["3", "0"]
+    live = live_outputs(to_crossbar(out["0"][0].numpy()), None)
+    rows = _kept_rows(out["3"][0])
+    assert rows.any() and not (rows & ~live).any()
+
+
+class _Reshaped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.c(self.b(h.flip(1)) + h)    # a reaches b through a permutation, c via add
+
+
+def test_only_per_neuron_paths_couple_layers():
+    assert feeding_layers(_Reshaped(), ["a", "b", "c"]) == {}

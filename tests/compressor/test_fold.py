@@ -208,3 +208,63 @@ def test_folded_model_compiles_and_the_chip_agrees(digits, mlp, tmp_path):
     ref = run_onnxruntime(path, x)
     assert np.mean(chip.argmax(1) == ref.argmax(1)) >= 0.95
     np.testing.assert_allclose(chip, ref, atol=0.05 * np.abs(ref).max())
+
+
+class _AddConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + 1.0)      # (x/R) + 1 is not (x + 1)/R
+
+
+class _SharedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.s = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.s(torch.relu(self.s(torch.relu(self.a(x)))))   # s's bias would divide twice
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(nn.functional.linear(x, self.a.weight, self.a.bias))
+
+
+class _BatchStats(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Linear(6, 6), nn.BatchNorm1d(6, track_running_stats=False), \
+            nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(self.bn(self.a(x)))
+
+
+@pytest.mark.parametrize("model,culprit", [
+    (_AddConst(), "node 'add'"),
+    (_SharedLayer(), "module 's' is called more than once"),
+    (_Functional(), "layer\\(s\\) a never run as modules"),
+    (_BatchStats(), "without running statistics"),
+])
+def test_graphs_that_would_fold_wrongly_are_refused(model, culprit):
+    with pytest.raises(CompressionError, match=f"pow2 fold: .*{culprit}"):
+        check_foldable(model, ["a"])
+
+
+def test_prelu_with_per_channel_slopes_folds_exactly():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.PReLU(3), nn.Flatten(), nn.Linear(3 * 36, 4))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.1, -0.5, 2.0]))
+    res = _quantized(model, ["0", "3"])
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    folded = fold_pow2_scales(res)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded.model(x).numpy() * folded.output_scale,
+                                   res.model(x).numpy(), rtol=1e-5, atol=1e-5)
