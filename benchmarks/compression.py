@@ -397,13 +397,14 @@ def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log) ->
     two (``pow2: fold``, :mod:`compressor.fold`): the same levels, masks and crossbars, exact
     up to float rounding, so it takes no training of its own."""
     from compressor import export_qdq, fold_pow2_scales
-    from models.train import evaluate
+    from models.train import evaluate, predict_logits
     t0 = time.perf_counter()
     folded = fold_pow2_scales(res)
     x = test[0][:64]
-    path = export_qdq(folded, cache / f"{mname}_{vname}.onnx", verify=x)
+    path = export_qdq(folded, cache / f"{mname}_{vname}.onnx", verify=x)  # ONNX == torch
     # against the float-scale model: the folded logits times output_scale are its logits
-    err = float(np.max(np.abs(_onnx(path, x) * folded.output_scale - _torch(res.model, x))))
+    err = float((predict_logits(folded.model, x) * folded.output_scale
+                 - predict_logits(res.model, x)).abs().max())
     val_acc = {**res.accuracy, "final": evaluate(folded.model, *val)}
     log(f"{mname} {vname}: {source} folded to power-of-two scales (output scale "
         f"{folded.output_scale:.4f}, max |logit difference| {err:.2g}); val "
@@ -420,17 +421,6 @@ def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log) ->
             "machine": cfg, "val_accuracy": val_acc, "selected_epoch": res.selected_epoch,
             "recipe": rec, "output_scale": folded.output_scale,
             "fold_max_logit_difference": err, "timing": timing, **row}
-
-
-def _onnx(path, x):
-    from models.onnx_export import run_onnxruntime
-    return run_onnxruntime(path, np.ascontiguousarray(x, np.float32))
-
-
-def _torch(model, x):
-    import torch
-    with torch.no_grad():
-        return model.eval()(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
 
 # -- the benchmark --------------------------------------------------------------------------

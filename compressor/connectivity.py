@@ -85,11 +85,12 @@ def project_layers(layers: dict, weights: dict, geom: CrossbarGeometry,
         order.append(n)
     for n in layers:
         visit(n)
+    producers = set(feeds.values())
     for n in order:
-        c = layers[n]
         rows = live.get(feeds.get(n))
-        out[n] = c.project(weights[n], geom, live_rows=rows)
-        proj = out[n][0]
-        arr = proj.detach().cpu().numpy() if isinstance(proj, torch.Tensor) else proj
-        live[n] = live_outputs(to_crossbar(np.asarray(arr)), rows)
+        out[n] = layers[n].project(weights[n], geom, live_rows=rows)
+        if n in producers:
+            proj = out[n][0]
+            arr = proj.detach().cpu().numpy() if isinstance(proj, torch.Tensor) else proj
+            live[n] = live_outputs(to_crossbar(np.asarray(arr)), rows)
     return {n: out[n] for n in layers}

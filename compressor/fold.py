@@ -29,6 +29,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from simulator.errors import first_line
+
 from .errors import CompressionError
 
 # Modules and functions with f(c·x) = c·f(x) for every c > 0 (eval mode).
@@ -107,9 +109,8 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:   # data-dependent control flow, unsupported constructs
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CompressionError(f"pow2 fold: cannot trace {type(model).__name__} with "
-                               f"torch.fx ({msg}); use pow2: true instead") from e
+                               f"torch.fx ({first_line(e)}); use pow2: true instead") from e
     modules = dict(model.named_modules())
     scale: dict = {}        # node -> R (None: not a tensor, e.g. a size)
     seen: dict[str, float] = {}   # module -> the divisor its bias took

@@ -45,9 +45,9 @@ from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval
 from simulator.fileio import atomic_write
 
 from .admm import ADMM
+from .connectivity import feeding_layers, project_layers
 from .constraints import Constraint
 from .errors import CompressionError
-from .connectivity import feeding_layers, project_layers
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
 from .masking import Frozen, install, levels, snap
