@@ -351,10 +351,14 @@ def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
 # -- one variant ----------------------------------------------------------------------------
 
 def checkpoint_path(folder: Path, stem: str, rec, method: str, model) -> Path:
-    """Where a compression run is cached: named by its recipe, method and the model's
-    parameter shapes, so a changed run never reads another's checkpoint."""
+    """Where a compression run is cached: named by its recipe, method, the model's parameter
+    shapes and the retraining's numerics (``RETRAIN_NUMERICS``: the same function computed in
+    another order trains another trajectory), so a changed run never reads another's
+    checkpoint."""
+    from compressor.masking import RETRAIN_NUMERICS
     arch = [tuple(p.shape) for p in model.parameters()]
-    tag = hashlib.sha1(f"{rec.fingerprint()} {method} {arch}".encode()).hexdigest()[:8]
+    tag = hashlib.sha1(f"{rec.fingerprint()} {method} {arch} "
+                       f"numerics {RETRAIN_NUMERICS}".encode()).hexdigest()[:8]
     return folder / f"{stem}_{tag}.ckpt"
 
 

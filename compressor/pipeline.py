@@ -229,7 +229,7 @@ class _Run:
                     w.copy_(proj)
                     qmin, qmax = c.quant.levels if c.quant is not None else (0, 0)
                     self.frozen[n] = Frozen(keep, scale, qmin, qmax, sign)
-            install(self.model, self.frozen)
+            install(self.model, self.frozen, self._tile())
             self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
         epochs = r.epochs
         if self.method == "magnitude":  # same training budget as the ADMM arm
@@ -329,6 +329,10 @@ class _Run:
             f = self.frozen[n]
             self.frozen[n] = Frozen(f.mask & keep, f.scale, f.qmin, f.qmax, f.sign)
 
+    def _tile(self) -> tuple[int, int]:
+        """The crossbar's ``(rows, cols)``: sparse Linear layers retrain tile by tile."""
+        return self.recipe.geometry.rows, self.recipe.geometry.cols
+
     def _retrain_accuracies(self) -> list[float]:
         return [h["accuracy"] for h in self.history if h["stage"] == "retrain"]
 
@@ -381,7 +385,7 @@ class _Run:
                                  f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}
         if ck["stage"] == "retrain":  # parametrized module names
-            install(self.model, self.frozen)
+            install(self.model, self.frozen, self._tile())
         self.model.load_state_dict(ck["model"])
         self.stage, self.step = ck["stage"], ck["step"]
         self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]
