@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 # A Linear layer computes tile by tile during masked retraining when its kept tiles hold at
@@ -86,7 +87,8 @@ class MaskQuant(nn.Module):
 
     def __init__(self, frozen: Frozen, dtype: torch.dtype):
         super().__init__()
-        self.tiles: list[_Tile] = []  # set by install() where the layer computes tile by tile
+        # (out, in) slices of the kept tiles, set by install() where the layer is tiled
+        self.tiles: list[tuple[slice, slice]] = []
         self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
         self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
         if frozen.sign is None:
@@ -102,13 +104,6 @@ class MaskQuant(nn.Module):
         return _MaskedLevels.apply(w, self.mask, self.scale, self.qmin, self.qmax, self.sign)
 
 
-@dataclass(frozen=True)
-class _Tile:
-    """One kept crossbar of a Linear weight (torch layout ``out × in``): its slices and mask."""
-
-    out: slice
-    inp: slice
-    mask: torch.Tensor
 
 
 def kept_tiles(mask: np.ndarray, rows: int, cols: int) -> list[tuple[slice, slice]]:
@@ -122,43 +117,45 @@ def kept_tiles(mask: np.ndarray, rows: int, cols: int) -> list[tuple[slice, slic
 
 
 class _TiledLinear(torch.autograd.Function):
-    """``x · Q(W)ᵀ + b`` summed over the kept tiles only, with :class:`_MaskedLevels`'
-    straight-through gradient (``grad · mask``; zero outside the tiles, where the mask is)."""
+    """``x · Q(W)ᵀ + b`` summed over the kept ``tiles`` (``(out, in)`` slices) only, with
+    :class:`_MaskedLevels`' straight-through gradient (``grad · mask``; zero outside the
+    tiles, where the mask is)."""
 
     @staticmethod
-    def forward(ctx, x, w, bias, tiles, scale, qmin, qmax):
+    def forward(ctx, x, w, bias, mask, tiles, scale, qmin, qmax):
         y = (x.new_zeros(x.shape[0], w.shape[0]) if bias is None
              else bias.expand(x.shape[0], -1).clone())
         values = []
-        for t in tiles:
-            v = _levels_value(w[t.out, t.inp], t.mask, scale, qmin, qmax)
-            y[:, t.out].addmm_(x[:, t.inp], v.t())
+        for o, i in tiles:
+            v = _levels_value(w[o, i], mask[o, i], scale, qmin, qmax)
+            y[:, o].addmm_(x[:, i], v.t())
             values.append(v)
-        ctx.save_for_backward(x, *values)
+        ctx.save_for_backward(x, mask, *values)
         ctx.tiles, ctx.w_shape, ctx.has_bias = tiles, w.shape, bias is not None
         return y
 
     @staticmethod
+    @once_differentiable    # the saved levels are cut off from w: no second derivative
     def backward(ctx, grad):
-        x, *values = ctx.saved_tensors
+        x, mask, *values = ctx.saved_tensors
         gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         gw = grad.new_zeros(ctx.w_shape) if ctx.needs_input_grad[1] else None
-        for t, v in zip(ctx.tiles, values):
-            g = grad[:, t.out]
+        for (o, i), v in zip(ctx.tiles, values):
+            g = grad[:, o]
             if gx is not None:
-                gx[:, t.inp].addmm_(g, v)
+                gx[:, i].addmm_(g, v)
             if gw is not None:
-                gw[t.out, t.inp] = torch.mm(g.t(), x[:, t.inp]).mul_(t.mask)
+                gw[o, i] = torch.mm(g.t(), x[:, i]).mul_(mask[o, i])
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``forward`` of a Linear installed tile by tile (bound to the module by install())."""
     p = self.parametrizations.weight
     q = p[0]
-    y = _TiledLinear.apply(x.reshape(-1, x.shape[-1]), p.original, self.bias, q.tiles,
-                           q.scale, q.qmin, q.qmax)
+    y = _TiledLinear.apply(x.reshape(-1, x.shape[-1]), p.original, self.bias, q.mask,
+                           q.tiles, q.scale, q.qmin, q.qmax)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -174,14 +171,16 @@ def install(model: nn.Module, frozen: dict[str, Frozen],
         m = modules[name]
         quant = MaskQuant(f, m.weight.dtype)
         parametrize.register_parametrization(m, "weight", quant)
-        if tile is None or not isinstance(m, nn.Linear) or f.sign is not None \
+        # only a plain Linear (a subclass may compute more than x·Wᵀ + b); not a signed
+        # layer (its sign clamp is not in the tiled forward)
+        if tile is None or type(m).forward is not nn.Linear.forward or f.sign is not None \
                 or f.mask.size < TILED_MIN_WEIGHTS:
-            continue    # signed: its backward also stops at the sign clamp; not tiled
-        kept = kept_tiles(f.mask, *tile)
-        if sum((t[0].stop - t[0].start) * (t[1].stop - t[1].start)
-               for t in kept) > TILED_MAX_SHARE * f.mask.size:
             continue
-        quant.tiles = [_Tile(o, i, quant.mask[o, i].contiguous()) for o, i in kept]
+        kept = kept_tiles(f.mask, *tile)
+        if sum((o.stop - o.start) * (i.stop - i.start)
+               for o, i in kept) > TILED_MAX_SHARE * f.mask.size:
+            continue
+        quant.tiles = kept
         m.forward = types.MethodType(_tiled_forward, m)
 
 

@@ -85,6 +85,25 @@ def test_only_sparse_large_linear_layers_are_tiled(keep, n_out, n_in, tiled):
     assert ("forward" in m.__dict__) == tiled
 
 
+def test_a_linear_subclass_keeps_its_own_forward():
+    class Squashed(nn.Linear):
+        def forward(self, x):
+            return torch.tanh(super().forward(x))
+    m = Squashed(520, 300)
+    install(m, {"": Frozen(block_mask(300, 520, 0.2, 0), 0.02, -3, 3)}, (ROWS, COLS))
+    assert "forward" not in m.__dict__
+
+
+def test_the_tiled_layer_moves_with_the_module_and_refuses_a_second_derivative():
+    dense, tiled, _ = twins(dict(scale=None))
+    dense, tiled = dense.double(), tiled.double()       # the tile masks follow the buffers
+    x = torch.randn(5, 520, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(tiled(x), dense(x))
+    (gx,) = torch.autograd.grad(tiled(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward"):
+        gx.sum().backward()
+
+
 def test_kept_tiles_are_the_crossbars_holding_a_weight():
     mask = np.zeros((70, 130), bool)
     mask[0, 0] = mask[69, 129] = mask[40, 70] = True
@@ -111,9 +130,9 @@ def test_a_block_pruned_run_retrains_tiled_and_ends_masked(monkeypatch):
     from compressor import masking
     seen, real = [], masking._TiledLinear.forward
 
-    def spy(ctx, x, w, bias, tiles, *rest):
+    def spy(ctx, x, w, bias, mask, tiles, *rest):
         seen.append(len(tiles))
-        return real(ctx, x, w, bias, tiles, *rest)
+        return real(ctx, x, w, bias, mask, tiles, *rest)
     monkeypatch.setattr(masking._TiledLinear, "forward", staticmethod(spy))
     res = compress(model, rec, (x, y), (x, y), progress=False)
     assert seen and set(seen) == {4}        # 4 of the 16 blocks, every retraining step
@@ -121,3 +140,34 @@ def test_a_block_pruned_run_retrains_tiled_and_ends_masked(monkeypatch):
     layer = res.layers["0"]
     assert np.array_equal(w != 0, layer.levels != 0) and not w[~layer.mask].any()
     assert np.array_equal(w, layer.levels.astype(np.float32) * np.float32(layer.scale))
+
+
+def test_a_tiled_run_resumed_mid_retraining_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    from compressor import compress, parse_recipe, pipeline
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((192, 512)).astype(np.float32)
+    y = (x[:, :10].argmax(1)).astype(np.int64)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    rec = parse_recipe({"name": "wide", "geometry": {"rows": 128, "cols": 128, "weight_bits": 3},
+                        "batch_size": 64, "admm": {"rounds": 1}, "retrain": {"epochs": 3},
+                        "layers": [{"match": "0", "sparsity": {"structure": "blocks",
+                                                               "keep": 0.25},
+                                    "quant": {"bits": 3}}]})
+    ref = compress(model(), rec, (x, y), (x, y), progress=False)
+    original = pipeline._Run._record
+
+    def crashing(self, stage, opt, **info):
+        original(self, stage, opt, **info)
+        if stage == "retrain" and self.step == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline._Run, "_record", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "c.ckpt", progress=False)
+    monkeypatch.setattr(pipeline._Run, "_record", original)
+    res = compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "c.ckpt", progress=False)
+    assert res.history == ref.history
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, res.model.state_dict()[k]), k
