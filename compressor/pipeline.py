@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from .constraints import Constraint
 from .errors import CompressionError
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
-from .masking import Frozen, install, levels, snap
+from .masking import RETRAIN_NUMERICS, Frozen, install, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
 
@@ -357,7 +358,7 @@ class _Run:
             return
         state = {
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
-            "projection": PROJECTION_VERSION,
+            "projection": PROJECTION_VERSION, "retrain_numerics": RETRAIN_NUMERICS,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
@@ -384,6 +385,13 @@ class _Run:
         self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"],
                                  f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}
+        numerics = ck.get("retrain_numerics", 1)
+        if ck["stage"] == "retrain" and numerics != RETRAIN_NUMERICS:
+            # valid to go on (the same function), but say so: not bitwise the run it began
+            warnings.warn(f"checkpoint {p}: retraining began with numerics {numerics} and "
+                          f"goes on with {RETRAIN_NUMERICS} (the same function summed in "
+                          f"another order): the weights will not be bitwise those of an "
+                          f"uninterrupted run", stacklevel=3)
         if ck["stage"] == "retrain":  # parametrized module names
             install(self.model, self.frozen, self._tile())
         self.model.load_state_dict(ck["model"])

@@ -1,6 +1,7 @@
 """Masked retraining of a sparse Linear tile by tile (compressor.masking._TiledLinear): the
 same function and gradients as the dense masked GEMM, only the kept crossbars computed."""
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -167,7 +168,16 @@ def test_a_tiled_run_resumed_mid_retraining_equals_the_uninterrupted_one(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "c.ckpt", progress=False)
     monkeypatch.setattr(pipeline._Run, "_record", original)
-    res = compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "c.ckpt", progress=False)
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    older = dict(ckpt, retrain_numerics=1)  # as written before retraining was tiled
+    torch.save(older, tmp_path / "older.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # the same numerics resume silently
+        res = compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "c.ckpt",
+                       progress=False)
     assert res.history == ref.history
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, res.model.state_dict()[k]), k
+    with pytest.warns(UserWarning, match="older.ckpt: retraining began with numerics 1"):
+        compress(model(), rec, (x, y), (x, y), checkpoint=tmp_path / "older.ckpt",
+                 progress=False)
