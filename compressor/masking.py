@@ -104,8 +104,6 @@ class MaskQuant(nn.Module):
         return _MaskedLevels.apply(w, self.mask, self.scale, self.qmin, self.qmax, self.sign)
 
 
-
-
 def kept_tiles(mask: np.ndarray, rows: int, cols: int) -> list[tuple[slice, slice]]:
     """``(out, in)`` slices of the ``cols × rows`` tiles of a Linear weight's ``mask`` (torch
     layout) that keep any weight: the crossbars (``rows`` inputs × ``cols`` outputs) that

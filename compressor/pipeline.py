@@ -385,14 +385,14 @@ class _Run:
         self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"],
                                  f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}
-        numerics = ck.get("retrain_numerics", 1)
-        if ck["stage"] == "retrain" and numerics != RETRAIN_NUMERICS:
-            # valid to go on (the same function), but say so: not bitwise the run it began
-            warnings.warn(f"checkpoint {p}: retraining began with numerics {numerics} and "
-                          f"goes on with {RETRAIN_NUMERICS} (the same function summed in "
-                          f"another order): the weights will not be bitwise those of an "
-                          f"uninterrupted run", stacklevel=3)
         if ck["stage"] == "retrain":  # parametrized module names
+            numerics = ck.get("retrain_numerics", 1)
+            if numerics != RETRAIN_NUMERICS:
+                # valid to go on (the same function), but say so: not bitwise the run it began
+                warnings.warn(f"checkpoint {p}: retraining began with numerics {numerics} "
+                              f"and goes on with {RETRAIN_NUMERICS} (the same function summed "
+                              f"in another order): the weights will not be bitwise those of "
+                              f"an uninterrupted run", stacklevel=3)
             install(self.model, self.frozen, self._tile())
         self.model.load_state_dict(ck["model"])
         self.stage, self.step = ck["stage"], ck["step"]
