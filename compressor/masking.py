@@ -15,8 +15,9 @@ VGG-style model took about half the time).
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -55,18 +56,25 @@ class _MaskedLevels(torch.autograd.Function):
     """``clip(round(w / scale)) · scale · mask`` forward, ``grad · mask`` backward (the
     straight-through estimator), in place on one buffer: the composed ops took half of a
     retraining step on a 4.6 M-weight model (profiled). Pruned entries are 0 because every
-    level set holds 0."""
+    level set holds 0. A learned ``scale`` (a 0-d tensor that requires grad) gets LSQ's
+    gradient (:func:`_scale_grad`)."""
 
     @staticmethod
     def forward(ctx, w, mask, scale, qmin, qmax, sign=None):
-        ctx.save_for_backward(mask)
         out = _levels_value(w, mask, scale, qmin, qmax)
-        return out if sign is None else _keep_sign_(out, sign)
+        if sign is not None:
+            out = _keep_sign_(out, sign)
+        learned = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[2]
+        ctx.save_for_backward(mask, *((w, scale, out) if learned else ()))
+        ctx.levels, ctx.sign = (qmin, qmax), sign
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None, None, None
+        mask, *learned = ctx.saved_tensors
+        gw = grad * mask
+        gs = _scale_grad(grad, gw, *learned, *ctx.levels, ctx.sign) if learned else None
+        return gw, None, gs, None, None, None
 
 
 def _levels_value(w, mask, scale, qmin, qmax) -> torch.Tensor:
@@ -76,6 +84,50 @@ def _levels_value(w, mask, scale, qmin, qmax) -> torch.Tensor:
     return torch.div(w, scale).round_().clamp_(qmin, qmax).mul_(scale).mul_(mask)
 
 
+def _scale_grad(grad, gw, w, s, out, qmin, qmax, sign=None) -> torch.Tensor:
+    """LSQ's gradient of the loss in a learned scale ``s`` (Esser et al. 2020): ``Σ grad ·
+    ∂out/∂s`` for ``out = clip(round(w / s)) · s · mask`` with the rounding passed straight
+    through, where ``∂out/∂s`` is ``round(w/s) − w/s`` inside the level range and the
+    clipped level outside it (0 where masked, ``gw = grad · mask`` = 0, or held at 0 by
+    ``sign``). One numba pass (:func:`_lsq_sum`): as torch ops it took half again a
+    retraining step of the benchmark's VGG-style model; this adds about a seventh."""
+    if sign is None:
+        sign = _NO_SIGN
+    w = _as_2d(w)
+    # the forward's division: w / s in the weight's dtype
+    total = _lsq_sum(_as_2d(gw), w, _as_2d(sign), w.dtype.type(s.item()), qmin, qmax)
+    return torch.tensor(total, dtype=grad.dtype)
+
+
+_NO_SIGN = torch.zeros((1, 1))
+
+
+def _as_2d(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of ``t`` (2-D; a conv weight's trailing dimensions flattened)."""
+    t = t.detach()
+    return (t if t.dim() == 2 else t.reshape(t.shape[0], -1)).numpy()
+
+
+@numba.njit(cache=True)
+def _lsq_sum(gw, w, sign, s, qmin, qmax):
+    """``Σ gw · slope`` of :func:`_scale_grad`; ``sign`` is (1, 1) for none. One thread: the
+    torch threads are busy around it (and measured no slower than a parallel loop)."""
+    n, m = w.shape
+    signed = sign.shape[0] == n
+    acc = 0.0
+    for i in range(n):
+        for j in range(m):
+            g = gw[i, j]
+            if g == 0.0:
+                continue
+            r = w[i, j] / s
+            q = min(max(np.rint(r), qmin), qmax)
+            if signed and q * sign[i, j] < 0:
+                continue
+            acc += g * (q - r if qmin <= r <= qmax else q)
+    return acc
+
+
 def _keep_sign_(w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """In place: entries of the wrong sign for ``sign`` (+-1) become 0."""
     return w.mul_(sign).clamp_(min=0).mul_(sign)
@@ -83,25 +135,34 @@ def _keep_sign_(w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
 
 class MaskQuant(nn.Module):
     """Parametrization ``w -> Q(w · mask)``; ``Q`` is round-and-clip with a straight-through
-    gradient when a scale is set, the identity otherwise."""
+    gradient when a scale is set, the identity otherwise. With ``learn_scale`` the scale is
+    ``frozen.scale · exp(log_gain)``, ``log_gain`` a parameter trained with the weights (0 at
+    install, so retraining starts on the hard projection's levels)."""
 
-    def __init__(self, frozen: Frozen, dtype: torch.dtype):
+    def __init__(self, frozen: Frozen, dtype: torch.dtype, learn_scale: bool = False):
         super().__init__()
         # (out, in) slices of the kept tiles, set by install() where the layer is tiled
         self.tiles: list[tuple[slice, slice]] = []
         self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
         self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
+        self.log_gain = (nn.Parameter(torch.zeros((), dtype=dtype))
+                         if learn_scale and frozen.scale is not None else None)
         if frozen.sign is None:
             self.sign = None
         else:  # +-1 (0 counts as +: those entries are masked anyway)
             self.register_buffer("sign", torch.as_tensor(np.where(frozen.sign < 0, -1, 1),
                                                          dtype=dtype), persistent=False)
 
+    def level_scale(self) -> float | torch.Tensor | None:
+        """The scale in use: the frozen float, or the learned 0-d tensor (with its graph)."""
+        return self.scale if self.log_gain is None else self.scale * self.log_gain.exp()
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.scale is None:
             out = w * self.mask
             return out if self.sign is None else (out * self.sign).clamp(min=0) * self.sign
-        return _MaskedLevels.apply(w, self.mask, self.scale, self.qmin, self.qmax, self.sign)
+        return _MaskedLevels.apply(w, self.mask, self.level_scale(), self.qmin, self.qmax,
+                                   self.sign)
 
 
 def kept_tiles(mask: np.ndarray, rows: int, cols: int) -> list[tuple[slice, slice]]:
@@ -116,8 +177,8 @@ def kept_tiles(mask: np.ndarray, rows: int, cols: int) -> list[tuple[slice, slic
 
 class _TiledLinear(torch.autograd.Function):
     """``x · Q(W)ᵀ + b`` summed over the kept ``tiles`` (``(out, in)`` slices) only, with
-    :class:`_MaskedLevels`' straight-through gradient (``grad · mask``; zero outside the
-    tiles, where the mask is)."""
+    :class:`_MaskedLevels`' gradients (``grad · mask`` for W, LSQ's for a learned scale;
+    zero outside the tiles, where the mask is)."""
 
     @staticmethod
     def forward(ctx, x, w, bias, mask, tiles, scale, qmin, qmax):
@@ -128,24 +189,33 @@ class _TiledLinear(torch.autograd.Function):
             v = _levels_value(w[o, i], mask[o, i], scale, qmin, qmax)
             y[:, o].addmm_(x[:, i], v.t())
             values.append(v)
-        ctx.save_for_backward(x, mask, *values)
+        learned = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[5]
+        ctx.save_for_backward(x, mask, *((w, scale) if learned else (None, None)), *values)
         ctx.tiles, ctx.w_shape, ctx.has_bias = tiles, w.shape, bias is not None
+        ctx.levels = (qmin, qmax)
         return y
 
     @staticmethod
     @once_differentiable    # the saved levels are cut off from w: no second derivative
     def backward(ctx, grad):
-        x, mask, *values = ctx.saved_tensors
+        x, mask, w, s, *values = ctx.saved_tensors
         gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         gw = grad.new_zeros(ctx.w_shape) if ctx.needs_input_grad[1] else None
+        gs = None if s is None else grad.new_zeros(())
         for (o, i), v in zip(ctx.tiles, values):
             g = grad[:, o]
             if gx is not None:
                 gx[:, i].addmm_(g, v)
+            if gw is None and gs is None:
+                continue
+            gv = torch.mm(g.t(), x[:, i])   # gradient of the tile's values
+            gm = gv * mask[o, i]
+            if gs is not None:
+                gs += _scale_grad(gv, gm, w[o, i], s, v, *ctx.levels)
             if gw is not None:
-                gw[o, i] = torch.mm(g.t(), x[:, i]).mul_(mask[o, i])
+                gw[o, i] = gm
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, gs, None, None
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -153,21 +223,24 @@ def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     p = self.parametrizations.weight
     q = p[0]
     y = _TiledLinear.apply(x.reshape(-1, x.shape[-1]), p.original, self.bias, q.mask,
-                           q.tiles, q.scale, q.qmin, q.qmax)
+                           q.tiles, q.level_scale(), q.qmin, q.qmax)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def install(model: nn.Module, frozen: dict[str, Frozen],
-            tile: tuple[int, int] | None = None) -> None:
+            tile: tuple[int, int] | None = None, learn_scale: frozenset[str] = frozenset()
+            ) -> None:
     """Parametrize ``weight`` of each named module of ``model`` by its :class:`Frozen`.
 
     With ``tile = (rows, cols)`` (the crossbar's), a sparse ``nn.Linear`` (module doc) also
-    computes tile by tile until :func:`snap`; its parametrized ``weight`` is unchanged.
+    computes tile by tile until :func:`snap`; its parametrized ``weight`` is unchanged. The
+    quantized layers named in ``learn_scale`` train their scale (:class:`MaskQuant`);
+    :func:`learned_scales` reads it back before :func:`snap`.
     """
     modules = dict(model.named_modules())
     for name, f in frozen.items():
         m = modules[name]
-        quant = MaskQuant(f, m.weight.dtype)
+        quant = MaskQuant(f, m.weight.dtype, name in learn_scale)
         parametrize.register_parametrization(m, "weight", quant)
         # only a plain Linear (a subclass may compute more than x·Wᵀ + b); not a signed
         # layer (its sign clamp is not in the tiled forward)
@@ -180,6 +253,19 @@ def install(model: nn.Module, frozen: dict[str, Frozen],
             continue
         quant.tiles = kept
         m.forward = types.MethodType(_tiled_forward, m)
+
+
+def learned_scales(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, Frozen]:
+    """``frozen`` with each learned scale (:class:`MaskQuant`) replaced by its current value
+    (float32, as the retraining forward computed it), ready for :func:`snap`."""
+    modules = dict(model.named_modules())
+    out = dict(frozen)
+    for name, f in frozen.items():
+        q = modules[name].parametrizations.weight[0]
+        if q.log_gain is not None:
+            with torch.no_grad():
+                out[name] = replace(f, scale=float(q.level_scale()))
+    return out
 
 
 def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:

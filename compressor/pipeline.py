@@ -51,7 +51,7 @@ from .constraints import Constraint
 from .errors import CompressionError
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
-from .masking import RETRAIN_NUMERICS, Frozen, install, levels, snap
+from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
 
@@ -230,7 +230,7 @@ class _Run:
                     w.copy_(proj)
                     qmin, qmax = c.quant.levels if c.quant is not None else (0, 0)
                     self.frozen[n] = Frozen(keep, scale, qmin, qmax, sign)
-            install(self.model, self.frozen, self._tile())
+            install(self.model, self.frozen, self._tile(), self._learned())
             self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
         epochs = r.epochs
         if self.method == "magnitude":  # same training budget as the ADMM arm
@@ -304,6 +304,7 @@ class _Run:
     def _advance(self, stage: str) -> None:
         self.stage, self.step = stage, 0
         if stage == "done":
+            self.frozen = learned_scales(self.model, self.frozen)
             snap(self.model, self.frozen)
             self._repack()
             self.accuracy["final"] = evaluate(self.model, self.xt, self.yt)
@@ -333,6 +334,14 @@ class _Run:
     def _tile(self) -> tuple[int, int]:
         """The crossbar's ``(rows, cols)``: sparse Linear layers retrain tile by tile."""
         return self.recipe.geometry.rows, self.recipe.geometry.cols
+
+    def _learned(self) -> frozenset[str]:
+        """Layers whose scale retraining learns (``retrain.learn_scale``): quantized ones
+        with a free, float scale (a recipe's fixed ``scale`` and ``pow2: true`` stay)."""
+        if not self.recipe.retrain.learn_scale:
+            return frozenset()
+        return frozenset(n for n, c in self.layers.items() if c.quant is not None
+                         and c.quant.scale is None and c.quant.pow2 is not True)
 
     def _retrain_accuracies(self) -> list[float]:
         return [h["accuracy"] for h in self.history if h["stage"] == "retrain"]
@@ -393,7 +402,7 @@ class _Run:
                               f"and goes on with {RETRAIN_NUMERICS} (the same function summed "
                               f"in another order): the weights will not be bitwise those of "
                               f"an uninterrupted run", stacklevel=3)
-            install(self.model, self.frozen, self._tile())
+            install(self.model, self.frozen, self._tile(), self._learned())
         self.model.load_state_dict(ck["model"])
         self.stage, self.step = ck["stage"], ck["step"]
         self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]

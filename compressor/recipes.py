@@ -22,10 +22,11 @@ Format (every section but ``layers`` optional; defaults shown)::
       rho_max: 10.0
       ramp_rounds: 0        # < rounds; round r < ramp projects onto keep**((r+1)/(ramp+1))
                             # (n: geometric from the crossbar rows down to n)
-    retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0, keep: last}  # masked (fake-quantized)
-                            # fine-tuning; epoch e at lr * lr_decay**e (pretrain takes
-                            # lr_decay too); keep: best ends on the epoch with the highest
-                            # accuracy on compress()'s evaluation set (retrain only)
+    retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0, keep: last, learn_scale: false}
+                            # masked (fake-quantized) fine-tuning; epoch e at
+                            # lr * lr_decay**e (pretrain takes lr_decay too); keep: best ends
+                            # on the epoch with the highest accuracy on compress()'s
+                            # evaluation set; learn_scale: the layers' scales train too (LSQ)
     distill: {alpha: 0.0, temperature: 4.0}  # knowledge distillation from the dense model
                             # in the ADMM W-step and retraining; alpha 0: off
     layers:                 # first matching rule wins; unmatched layers stay dense float
@@ -75,6 +76,11 @@ class TrainSpec:
     on the evaluation set given to :func:`~compressor.compress`, measured after every epoch;
     ties to the earlier). Checkpoint selection on a validation split: pass one that is not
     the test set. Only the retraining stage selects (its every epoch is feasible)."""
+    learn_scale: bool = False
+    """Retraining only: each quantized layer's scale (weight units per level) trains with
+    the weights, LSQ's gradient on its logarithm (Esser et al. 2020), from the hard
+    projection's; False keeps that scale. A recipe's fixed ``scale`` and ``pow2: true``
+    scales stay as they are (``pow2: fold`` folds the learned one)."""
 
 
 _RETRAIN = TrainSpec(epochs=2, lr=2e-4)
@@ -201,6 +207,8 @@ class Recipe:
         for stage in ("pretrain", "retrain"):  # likewise
             if d[stage]["keep"] == "last":
                 del d[stage]["keep"]
+            if not d[stage]["learn_scale"]:
+                del d[stage]["learn_scale"]
         return d
 
     def fingerprint(self) -> str:
@@ -262,6 +270,10 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
                                    + " or ".join(allowed)
                                    + ("" if stage == "retrain" else
                                       " (only the retrain stage selects an epoch)"))
+        if not isinstance(spec.learn_scale, bool) or (spec.learn_scale and stage != "retrain"):
+            raise CompressionError(f"recipe.{stage}.learn_scale={spec.learn_scale!r}: must be "
+                                   + ("true or false" if stage == "retrain" else
+                                      "false (only retraining has level sets to scale)"))
         stages[stage] = spec
     distill = DistillSpec(**_mapping(top.get("distill", {}), "recipe.distill",
                                      set(DistillSpec.__slots__)))
