@@ -20,7 +20,9 @@ the dense logits of every training image computed once when compression starts.
 With ``retrain.keep: best`` the run ends on the retraining epoch whose model scored highest
 on the evaluation set (``test`` below, which should then be a validation split, not the test
 set); every retraining epoch is feasible (masked and quantized), so any of them can be kept.
-``CompressionResult.selected_epoch`` says which.
+``CompressionResult.selected_epoch`` says which. With ``retrain.keep: average`` it ends on
+the mean of the last ``average_epochs`` epochs' weights (stochastic weight averaging; a
+model with BatchNorm then re-estimates its statistics over the training set), snapped.
 
 Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
 ``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
@@ -165,6 +167,8 @@ class _Run:
         self.dense_state: dict | None = None
         self.teacher: torch.Tensor | None = None  # dense logits per training image (distill)
         self.best_state: dict | None = None  # retrain.keep best: the best epoch's weights
+        self.mean_state: dict | None = None  # retrain.keep average: the running mean so far
+        self.mean_count = 0
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -232,9 +236,7 @@ class _Run:
                     self.frozen[n] = Frozen(keep, scale, qmin, qmax, sign)
             install(self.model, self.frozen, self._tile(), self._learned())
             self.accuracy["projected"] = evaluate(self.model, self.xt, self.yt)
-        epochs = r.epochs
-        if self.method == "magnitude":  # same training budget as the ADMM arm
-            epochs += self.recipe.admm.rounds * self.recipe.admm.epochs_per_round
+        epochs = self._retrain_epochs()
         opt = self._optimizer(r.lr)
         while self.step < epochs:
             _set_lr(opt, r, self.step)
@@ -246,6 +248,43 @@ class _Run:
                 k = self._selected_epoch()
                 tqdm.write(f"{self.recipe.name} retrain: kept epoch {k} of {epochs} "
                            f"(accuracy {self._retrain_accuracies()[k - 1]:.4f})")
+        if self.mean_state is not None:  # keep: average
+            self.model.load_state_dict({**self.model.state_dict(), **self.mean_state})
+            self._renormalize()
+            if self.progress:
+                tqdm.write(f"{self.recipe.name} retrain: kept the mean of the last "
+                           f"{self.mean_count} epochs' weights")
+
+    def _retrain_epochs(self) -> int:
+        epochs = self.recipe.retrain.epochs
+        if self.method == "magnitude":  # same training budget as the ADMM arm
+            epochs += self.recipe.admm.rounds * self.recipe.admm.epochs_per_round
+        return epochs
+
+    def _accumulate_mean(self) -> None:
+        """``keep: average``: fold this epoch's floating-point state into the running mean
+        if it is one of the last ``average_epochs``."""
+        if self.step <= self._retrain_epochs() - self.recipe.retrain.average_epochs:
+            return
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+                 if v.is_floating_point()}
+        self.mean_count += 1
+        if self.mean_state is None:
+            self.mean_state = state
+        else:
+            for k, v in self.mean_state.items():
+                v.add_(state[k].sub_(v).div_(self.mean_count))
+
+    def _renormalize(self) -> None:
+        """BatchNorm statistics of averaged weights: re-estimated over the training set (the
+        mean of each epoch's running statistics belongs to no one set of weights)."""
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for m in self.model.modules()):
+            return
+        bs = self.recipe.batch_size
+        batches = (torch.from_numpy(self.x[i:i + bs]) for i in range(0, len(self.x), bs)
+                   if len(self.x[i:i + bs]) > 1)
+        torch.optim.swa_utils.update_bn(batches, self.model)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -293,6 +332,8 @@ class _Run:
         if (stage == "retrain" and self.recipe.retrain.keep == "best"
                 and acc > max(self._retrain_accuracies(), default=-1.0)):
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if stage == "retrain" and self.recipe.retrain.keep == "average":
+            self._accumulate_mean()
         self.history.append({"stage": stage, "step": self.step, **info, "accuracy": acc})
         if self.progress:
             extra = ", ".join(f"{k} {v:.4g}" for k, v in info.items())
@@ -371,7 +412,8 @@ class _Run:
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
-            "best_state": self.best_state,
+            "best_state": self.best_state, "mean_state": self.mean_state,
+            "mean_count": self.mean_count,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
@@ -410,3 +452,4 @@ class _Run:
         self.dense_state = ck.get("dense")
         self.teacher = ck.get("teacher")
         self.best_state = ck.get("best_state")
+        self.mean_state, self.mean_count = ck.get("mean_state"), ck.get("mean_count", 0)

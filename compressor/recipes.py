@@ -26,7 +26,9 @@ Format (every section but ``layers`` optional; defaults shown)::
                             # masked (fake-quantized) fine-tuning; epoch e at
                             # lr * lr_decay**e (pretrain takes lr_decay too); keep: best ends
                             # on the epoch with the highest accuracy on compress()'s
-                            # evaluation set; learn_scale: the layers' scales train too (LSQ)
+                            # evaluation set, keep: average on the mean weights of the last
+                            # average_epochs (4) epochs (SWA); learn_scale: the layers'
+                            # scales train too (LSQ)
     distill: {alpha: 0.0, temperature: 4.0}  # knowledge distillation from the dense model
                             # in the ADMM W-step and retraining; alpha 0: off
     layers:                 # first matching rule wins; unmatched layers stay dense float
@@ -72,10 +74,16 @@ class TrainSpec:
     """Factor the learning rate is multiplied by after each epoch: epoch ``e`` (from 0)
     runs at ``lr * lr_decay**e``; in (0, 1]."""
     keep: str = "last"
-    """Which epoch's weights the stage ends with: ``last``, or ``best`` (the highest accuracy
-    on the evaluation set given to :func:`~compressor.compress`, measured after every epoch;
-    ties to the earlier). Checkpoint selection on a validation split: pass one that is not
-    the test set. Only the retraining stage selects (its every epoch is feasible)."""
+    """Which weights the stage ends with: ``last`` (the last epoch's), ``best`` (the epoch
+    with the highest accuracy on the evaluation set given to :func:`~compressor.compress`,
+    measured after every epoch; ties to the earlier: checkpoint selection on a validation
+    split, so pass one that is not the test set) or ``average`` (the mean of the last
+    ``average_epochs`` epochs' weights, then snapped to the levels: stochastic weight
+    averaging, Izmailov et al. 2018, as SWALP, Yang et al. 2019, uses it for low-precision
+    training; it selects nothing). Only the retraining stage chooses (its every epoch is
+    feasible, and the mean of masked weights keeps the mask)."""
+    average_epochs: int = 4
+    """``keep: average``: how many of the last epochs are averaged (at most ``epochs``)."""
     learn_scale: bool = False
     """Retraining only: each quantized layer's scale (weight units per level) trains with
     the weights, LSQ's gradient on its logarithm (Esser et al. 2020), from the hard
@@ -84,8 +92,10 @@ class TrainSpec:
 
 
 _RETRAIN = TrainSpec(epochs=2, lr=2e-4)
+#: Default of ``average_epochs`` (left out of fingerprints, so older checkpoints still match).
+AVERAGE_EPOCHS = TrainSpec().average_epochs
 #: Values of ``retrain.keep``.
-KEEP = ("last", "best")
+KEEP = ("last", "best", "average")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +169,12 @@ class Recipe:
     description: str = ""
 
     def with_epochs(self, n: int) -> Recipe:
-        """Every training stage that runs at all runs ``n`` epochs (ADMM: per round)."""
+        """Every training stage that runs at all runs ``n`` epochs (ADMM: per round; ``keep:
+        average`` averages at most all ``n``)."""
         _check_int(n, "epochs", 1)
         return replace(self, admm=replace(self.admm, epochs_per_round=n),
-                       retrain=replace(self.retrain, epochs=n),
+                       retrain=replace(self.retrain, epochs=n,
+                                       average_epochs=min(n, self.retrain.average_epochs)),
                        pretrain=replace(self.pretrain,
                                         epochs=n if self.pretrain.epochs else 0))
 
@@ -209,6 +221,8 @@ class Recipe:
                 del d[stage]["keep"]
             if not d[stage]["learn_scale"]:
                 del d[stage]["learn_scale"]
+            if d[stage]["average_epochs"] == AVERAGE_EPOCHS:
+                del d[stage]["average_epochs"]
         return d
 
     def fingerprint(self) -> str:
@@ -267,9 +281,15 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         allowed = KEEP if stage == "retrain" else ("last",)
         if spec.keep not in allowed:
             raise CompressionError(f"recipe.{stage}.keep={spec.keep!r}: must be "
-                                   + " or ".join(allowed)
+                                   + " or ".join(filter(None, (", ".join(allowed[:-1]),
+                                                               allowed[-1])))
                                    + ("" if stage == "retrain" else
                                       " (only the retrain stage selects an epoch)"))
+        _check_int(spec.average_epochs, f"recipe.{stage}.average_epochs", 1)
+        if spec.keep == "average" and spec.average_epochs > spec.epochs:
+            raise CompressionError(f"recipe.{stage}.average_epochs={spec.average_epochs}: "
+                                   f"must be at most recipe.{stage}.epochs={spec.epochs} (the "
+                                   f"last epochs are averaged)")
         if not isinstance(spec.learn_scale, bool) or (spec.learn_scale and stage != "retrain"):
             raise CompressionError(f"recipe.{stage}.learn_scale={spec.learn_scale!r}: must be "
                                    + ("true or false" if stage == "retrain" else

@@ -24,3 +24,24 @@ def _mlp():
 def mlp():
     """Builds the same freshly initialised MLP on every call."""
     return _mlp
+
+
+@pytest.fixture
+def resumed(monkeypatch):
+    """``resumed(run, stage, step)``: calls ``run`` (a ``compress`` with a checkpoint) and
+    interrupts it right after ``stage``'s epoch or round ``step`` is checkpointed, then calls
+    it again, which resumes; returns what the second call returns."""
+    from compressor import pipeline
+    original = pipeline._Run._record
+
+    def go(run, stage, step):
+        def interrupted(self, st, opt, **info):
+            original(self, st, opt, **info)
+            if st == stage and self.step == step:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(pipeline._Run, "_record", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        monkeypatch.setattr(pipeline._Run, "_record", original)
+        return run()
+    return go

@@ -118,22 +118,11 @@ def test_a_fixed_recipe_scale_is_not_learned(digits, mlp):
     assert res.layers["1"].scale == 0.125
 
 
-def test_a_run_resumed_mid_retraining_keeps_its_learned_scale(digits, mlp, tmp_path,
-                                                              monkeypatch):
-    from compressor import pipeline
+def test_a_run_resumed_mid_retraining_keeps_its_learned_scale(digits, mlp, tmp_path, resumed):
     rec = recipe(True, keep="best")
     ref = compress(mlp(), rec, *digits, progress=False)
-    original = pipeline._Run._record
-
-    def crashing(self, stage, opt, **info):
-        original(self, stage, opt, **info)
-        if stage == "retrain" and self.step == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline._Run, "_record", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        compress(mlp(), rec, *digits, checkpoint=tmp_path / "c.ckpt", progress=False)
-    monkeypatch.setattr(pipeline._Run, "_record", original)
-    res = compress(mlp(), rec, *digits, checkpoint=tmp_path / "c.ckpt", progress=False)
+    res = resumed(lambda: compress(mlp(), rec, *digits, checkpoint=tmp_path / "c.ckpt",
+                                   progress=False), "retrain", 2)
     assert res.history == ref.history
     assert res.layers["1"].scale == ref.layers["1"].scale
     for k, v in ref.model.state_dict().items():

@@ -125,7 +125,7 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
     (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
     (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
-    (("retrain",), {"keep": "worst"}, r"recipe.retrain.keep='worst': must be last or best$"),
+    (("retrain",), {"keep": "worst"}, r"recipe.retrain.keep='worst': must be last, best or average$"),
     (("pretrain",), {"keep": "best"}, r"recipe.pretrain.keep='best': must be last \(only"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
     (("distill",), {"alpha": 1.5}, r"recipe.distill.alpha=1.5: must be a number in \[0, 1\]"),
