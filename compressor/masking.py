@@ -65,7 +65,7 @@ class _MaskedLevels(torch.autograd.Function):
         if sign is not None:
             out = _keep_sign_(out, sign)
         learned = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[2]
-        ctx.save_for_backward(mask, *((w, scale, out) if learned else ()))
+        ctx.save_for_backward(mask, *((w, scale) if learned else ()))
         ctx.levels, ctx.sign = (qmin, qmax), sign
         return out
 
@@ -73,7 +73,9 @@ class _MaskedLevels(torch.autograd.Function):
     def backward(ctx, grad):
         mask, *learned = ctx.saved_tensors
         gw = grad * mask
-        gs = _scale_grad(grad, gw, *learned, *ctx.levels, ctx.sign) if learned else None
+        gs = None
+        if learned:
+            gs = _scale_grad(gw, *learned, *ctx.levels, ctx.sign).to(learned[1].dtype)
         return gw, None, gs, None, None, None
 
 
@@ -84,22 +86,19 @@ def _levels_value(w, mask, scale, qmin, qmax) -> torch.Tensor:
     return torch.div(w, scale).round_().clamp_(qmin, qmax).mul_(scale).mul_(mask)
 
 
-def _scale_grad(grad, gw, w, s, out, qmin, qmax, sign=None) -> torch.Tensor:
+def _scale_grad(gw, w, s, qmin, qmax, sign=None) -> torch.Tensor:
     """LSQ's gradient of the loss in a learned scale ``s`` (Esser et al. 2020): ``Σ grad ·
     ∂out/∂s`` for ``out = clip(round(w / s)) · s · mask`` with the rounding passed straight
     through, where ``∂out/∂s`` is ``round(w/s) − w/s`` inside the level range and the
     clipped level outside it (0 where masked, ``gw = grad · mask`` = 0, or held at 0 by
-    ``sign``). One numba pass (:func:`_lsq_sum`): as torch ops it took half again a
+    ``sign``); float64. One numba pass (:func:`_lsq_sum`): as torch ops it took half again a
     retraining step of the benchmark's VGG-style model; this adds about a seventh."""
-    if sign is None:
-        sign = _NO_SIGN
     w = _as_2d(w)
+    signed = sign is not None
     # the forward's division: w / s in the weight's dtype
-    total = _lsq_sum(_as_2d(gw), w, _as_2d(sign), w.dtype.type(s.item()), qmin, qmax)
-    return torch.tensor(total, dtype=grad.dtype)
-
-
-_NO_SIGN = torch.zeros((1, 1))
+    total = _lsq_sum(_as_2d(gw), w, _as_2d(sign) if signed else w, signed,
+                     w.dtype.type(s.item()), qmin, qmax)
+    return torch.tensor(total, dtype=torch.float64)
 
 
 def _as_2d(t: torch.Tensor) -> np.ndarray:
@@ -109,11 +108,11 @@ def _as_2d(t: torch.Tensor) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _lsq_sum(gw, w, sign, s, qmin, qmax):
-    """``Σ gw · slope`` of :func:`_scale_grad`; ``sign`` is (1, 1) for none. One thread: the
-    torch threads are busy around it (and measured no slower than a parallel loop)."""
+def _lsq_sum(gw, w, sign, signed, s, qmin, qmax):
+    """``Σ gw · slope`` of :func:`_scale_grad` (``sign`` read only where ``signed``). One
+    thread: the torch threads are busy around it (and measured no slower than a parallel
+    loop)."""
     n, m = w.shape
-    signed = sign.shape[0] == n
     acc = 0.0
     for i in range(n):
         for j in range(m):
@@ -145,7 +144,9 @@ class MaskQuant(nn.Module):
         self.tiles: list[tuple[slice, slice]] = []
         self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
         self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
-        self.log_gain = (nn.Parameter(torch.zeros((), dtype=dtype))
+        # float32 whatever the weight's dtype: the scale stays float32-representable (how it
+        # is stored), and a float64 weight divides by it exactly
+        self.log_gain = (nn.Parameter(torch.zeros((), dtype=torch.float32))
                          if learn_scale and frozen.scale is not None else None)
         if frozen.sign is None:
             self.sign = None
@@ -201,7 +202,7 @@ class _TiledLinear(torch.autograd.Function):
         x, mask, w, s, *values = ctx.saved_tensors
         gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         gw = grad.new_zeros(ctx.w_shape) if ctx.needs_input_grad[1] else None
-        gs = None if s is None else grad.new_zeros(())
+        gs = None if s is None else torch.zeros((), dtype=torch.float64)
         for (o, i), v in zip(ctx.tiles, values):
             g = grad[:, o]
             if gx is not None:
@@ -211,11 +212,11 @@ class _TiledLinear(torch.autograd.Function):
             gv = torch.mm(g.t(), x[:, i])   # gradient of the tile's values
             gm = gv * mask[o, i]
             if gs is not None:
-                gs += _scale_grad(gv, gm, w[o, i], s, v, *ctx.levels)
+                gs += _scale_grad(gm, w[o, i], s, *ctx.levels)
             if gw is not None:
                 gw[o, i] = gm
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None, gs, None, None
+        return gx, gw, gb, None, None, None if gs is None else gs.to(s.dtype), None, None
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

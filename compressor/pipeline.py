@@ -94,7 +94,7 @@ class CompressionResult:
     hardware loop can compare against exactly that model."""
     selected_epoch: int | None = None
     """With ``retrain.keep: best``, the retraining epoch (from 1) whose weights were kept;
-    None when the last epoch's are (``keep: last``)."""
+    None when the last epoch's are (``keep: last``) or a mean of several (``keep: average``)."""
     output_scale: float = 1.0
     """``model``'s logits times this are the unfolded model's (``pow2: fold`` divides them
     by the product of the scale residuals, :mod:`compressor.fold`); 1 otherwise."""
@@ -284,7 +284,8 @@ class _Run:
         bs = self.recipe.batch_size
         batches = (torch.from_numpy(self.x[i:i + bs]) for i in range(0, len(self.x), bs)
                    if len(self.x[i:i + bs]) > 1)
-        torch.optim.swa_utils.update_bn(batches, self.model)
+        with torch.no_grad():
+            torch.optim.swa_utils.update_bn(batches, self.model)
 
     # -- plumbing -------------------------------------------------------------------------
 

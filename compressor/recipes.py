@@ -173,8 +173,9 @@ class Recipe:
         average`` averages at most all ``n``)."""
         _check_int(n, "epochs", 1)
         return replace(self, admm=replace(self.admm, epochs_per_round=n),
-                       retrain=replace(self.retrain, epochs=n,
-                                       average_epochs=min(n, self.retrain.average_epochs)),
+                       retrain=replace(self.retrain, epochs=n, average_epochs=min(
+                           n, self.retrain.average_epochs) if self.retrain.keep == "average"
+                           else self.retrain.average_epochs),
                        pretrain=replace(self.pretrain,
                                         epochs=n if self.pretrain.epochs else 0))
 
@@ -286,6 +287,10 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
                                    + ("" if stage == "retrain" else
                                       " (only the retrain stage selects an epoch)"))
         _check_int(spec.average_epochs, f"recipe.{stage}.average_epochs", 1)
+        if spec.keep != "average" and spec.average_epochs != AVERAGE_EPOCHS:
+            raise CompressionError(f"recipe.{stage}.average_epochs={spec.average_epochs}: "
+                                   f"only keep: average averages epochs (this stage keeps "
+                                   f"{spec.keep})")
         if spec.keep == "average" and spec.average_epochs > spec.epochs:
             raise CompressionError(f"recipe.{stage}.average_epochs={spec.average_epochs}: "
                                    f"must be at most recipe.{stage}.epochs={spec.epochs} (the "

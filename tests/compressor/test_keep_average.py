@@ -40,15 +40,15 @@ def test_the_run_ends_on_the_snapped_mean_of_the_last_epochs(digits, mlp, epoch_
     last2 = epoch_states[-2:]
     for n in ("1", "3"):
         key = f"{n}.parametrizations.weight.original"
-        mean = (last2[0][key] + last2[1][key]) / 2
+        mean = last2[0][key] + (last2[1][key] - last2[0][key]) / 2    # as the running mean
         layer = res.layers[n]
         f = Frozen(layer.mask, layer.scale, *res.recipe.layers[0].constraint.quant.levels)
         assert np.array_equal(res.layers[n].levels, levels(mean, f))
         w = dict(res.model.named_modules())[n].weight.detach().numpy()
         assert np.array_equal(w, layer.levels.astype(np.float32) * np.float32(layer.scale))
         assert not w[~layer.mask].any()
-        torch.testing.assert_close(dict(res.model.named_modules())[n].bias,
-                                   (last2[0][f"{n}.bias"] + last2[1][f"{n}.bias"]) / 2)
+        a, b = last2[0][f"{n}.bias"], last2[1][f"{n}.bias"]
+        assert torch.equal(dict(res.model.named_modules())[n].bias, a + (b - a) / 2)
     assert res.selected_epoch is None
     # it is not any one epoch's model
     assert not torch.equal(res.model[1].bias, epoch_states[-1]["1.bias"])
@@ -86,11 +86,31 @@ def test_average_epochs_must_fit_the_retraining():
         recipe(epochs=3, average=5)
     with pytest.raises(CompressionError, match=r"recipe\.retrain\.average_epochs"):
         recipe(average=0)
+    with pytest.raises(CompressionError, match=r"recipe\.retrain\.average_epochs=2: only keep: "
+                                               r"average averages epochs \(this stage keeps "
+                                               r"last\)"):
+        parse_recipe({"layers": RULES, "retrain": {"epochs": 3, "average_epochs": 2}})
+    with pytest.raises(CompressionError, match=r"recipe\.pretrain\.average_epochs=2: only"):
+        parse_recipe({"layers": RULES, "pretrain": {"epochs": 3, "average_epochs": 2}})
     assert recipe(epochs=6, average=4).with_epochs(1).retrain.average_epochs == 1
 
 
+def test_average_with_a_learned_scale_snaps_the_mean_scales_levels(digits, mlp):
+    rec = parse_recipe({**recipe().to_dict(), "retrain": {**recipe().to_dict()["retrain"],
+                                                          "learn_scale": True}})
+    frozen = compress(mlp(), recipe(), *digits, progress=False)
+    res = compress(mlp(), rec, *digits, progress=False)
+    for n, layer in res.layers.items():
+        assert layer.scale != frozen.layers[n].scale
+        w = dict(res.model.named_modules())[n].weight.detach().numpy()
+        assert np.array_equal(w, layer.levels.astype(np.float32) * np.float32(layer.scale))
+        assert not w[~layer.mask].any()
+    assert res.accuracy["final"] > 0.5
+
+
 def test_defaults_leave_the_fingerprint_as_before():
-    rec = parse_recipe({"layers": RULES})
+    rec = parse_recipe({"layers": RULES, "retrain": {"epochs": 6, "keep": "best"}})
     assert "average" not in rec.fingerprint()
+    assert "average" not in rec.with_epochs(2).fingerprint()    # --epochs: keep is not average
     assert '"average_epochs": 2' in recipe().fingerprint()
     assert parse_recipe(recipe().to_dict()) == recipe()

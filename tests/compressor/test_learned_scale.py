@@ -21,23 +21,27 @@ def lsq_reference(w, mask, s, qmin, qmax, sign=None):
     return v if sign is None else (v * sign).clamp(min=0) * sign
 
 
+@pytest.mark.parametrize("shape, dtype", [((40, 30), torch.float64),
+                                          ((1, 30), torch.float32),      # one output row
+                                          ((6, 3, 3, 3), torch.float32)],  # a conv weight
+                         ids=["float64", "one-row", "conv"])
 @pytest.mark.parametrize("signed", [False, True])
-def test_the_scale_gradient_is_lsqs(signed):
+def test_the_scale_gradient_is_lsqs(signed, shape, dtype):
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(40, 30, dtype=torch.float64, generator=g) * 0.1
-    mask = (torch.rand(40, 30, generator=g) < 0.7).double()
-    sign = torch.where(torch.rand(40, 30, generator=g) < 0.5, -1.0, 1.0).double() \
+    w = torch.randn(shape, generator=g).to(dtype) * 0.1
+    mask = (torch.rand(shape, generator=g) < 0.7).to(dtype)
+    sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0).to(dtype) \
         if signed else None
-    up = torch.randn(40, 30, dtype=torch.float64, generator=g)
+    up = torch.randn(shape, generator=g).to(dtype)
     grads = []
     for f in (lambda s: _MaskedLevels.apply(w, mask, s, -3, 3, sign),
               lambda s: lsq_reference(w, mask, s, -3, 3, sign)):
-        s = torch.tensor(0.03, dtype=torch.float64, requires_grad=True)   # clips some weights
+        s = torch.tensor(0.03, dtype=dtype, requires_grad=True)   # clips some weights
         out = f(s)
         grads.append((out.detach(), torch.autograd.grad((out * up).sum(), s)[0]))
     torch.testing.assert_close(grads[0][0], grads[1][0])
-    torch.testing.assert_close(grads[0][1], grads[1][1])
-    assert grads[0][1].abs() > 0
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+    assert grads[0][1].dtype == dtype and grads[0][1].abs() > 0
 
 
 def test_a_frozen_scale_has_no_parameter_and_a_learned_one_starts_on_it():
@@ -50,15 +54,18 @@ def test_a_frozen_scale_has_no_parameter_and_a_learned_one_starts_on_it():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_tiled_and_dense_layers_learn_the_same_scale_gradient(bias):
+@pytest.mark.parametrize("n_out", [300, 3 * COLS + 1], ids=["partial-tiles", "one-row-tile"])
+def test_tiled_and_dense_layers_learn_the_same_scale_gradient(bias, n_out):
     torch.manual_seed(0)
-    dense = nn.Linear(520, 300, bias=bias)
+    dense = nn.Linear(1040, n_out, bias=bias)
     tiled = copy.deepcopy(dense)
-    f = Frozen(block_mask(300, 520, 0.2, 0), 0.02, -3, 3)
+    mask = block_mask(n_out, 1040, 0.2, 0)
+    mask[-1, :ROWS] = True                  # the last tile row is kept too
+    f = Frozen(mask, 0.02, -3, 3)
     install(dense, {"": f}, learn_scale=frozenset({""}))
     install(tiled, {"": f}, (ROWS, COLS), frozenset({""}))
     assert "forward" in tiled.__dict__
-    x = torch.randn(7, 520, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(7, 1040, generator=torch.Generator().manual_seed(1))
     grads = []
     for m in (dense, tiled):
         with torch.no_grad():       # a moved scale: some levels differ from the frozen ones
@@ -66,7 +73,7 @@ def test_tiled_and_dense_layers_learn_the_same_scale_gradient(bias):
         y = m(x)
         q = m.parametrizations.weight[0]
         params = [m.parametrizations.weight.original, q.log_gain] + ([m.bias] if bias else [])
-        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, 300)).square().sum(),
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, n_out)).square().sum(),
                                          params))
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
@@ -100,9 +107,19 @@ def recipe(learn, rules=RULES, **retrain):
                          "layers": rules})
 
 
-def test_a_run_learns_free_scales_and_keeps_fixed_ones(digits, mlp):
+def test_a_run_learns_free_scales_and_keeps_fixed_ones(digits, mlp, monkeypatch):
+    from compressor import pipeline
     frozen_run = compress(mlp(), recipe(False), *digits, progress=False)
+    trained, original = {}, pipeline._Run._record
+
+    def spy(self, stage, opt, **info):     # the weights the last epoch's forward computed
+        with torch.no_grad():
+            trained.update({n: self.model[int(n)].weight.clone() for n in ("1", "3")})
+        original(self, stage, opt, **info)
+    monkeypatch.setattr(pipeline._Run, "_record", spy)
     res = compress(mlp(), recipe(True), *digits, progress=False)
+    for n in ("1", "3"):
+        assert torch.equal(res.model[int(n)].weight, trained[n]), n
     assert res.layers["1"].scale != frozen_run.layers["1"].scale    # it moved
     s3 = res.layers["3"].scale
     assert s3 == frozen_run.layers["3"].scale and 2.0 ** round(np.log2(s3)) == s3
