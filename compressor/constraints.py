@@ -9,6 +9,7 @@ such sets are not the projection onto their intersection.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -104,9 +105,14 @@ class Constraint:
                 raise CompressionError(f"{where}.quant: pow2: fold chooses the scale; drop "
                                        f"scale={q.scale!r} or use pow2: true")
             if q.scale is not None and not (isinstance(q.scale, (int, float))
+                                            and not isinstance(q.scale, bool)
                                             and float32_positive(q.scale)):
                 raise CompressionError(f"{where}.quant.scale={q.scale!r}: must be > 0 and "
                                        f"within float32's range (the stored scale)")
+            if q.scale is not None and q.pow2 is True \
+                    and 2.0 ** round(math.log2(q.scale)) != q.scale:
+                raise CompressionError(f"{where}.quant.scale={q.scale!r}: pow2: true needs a "
+                                       f"power of two (e.g. {2.0 ** round(math.log2(q.scale)):g})")
 
     def project(self, w, geom: CrossbarGeometry, scale: float | None = None,
                 live_rows: np.ndarray | None = None):

@@ -64,6 +64,7 @@ can differ from the magnitude-ranked one (a weight that rounds to 0 gains nothin
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -166,6 +167,10 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
     if structure is not None and structure not in ALL_STRUCTURES:
         raise CompressionError(
             f"structure={structure!r}: must be one of {', '.join(ALL_STRUCTURES)}")
+    if not np.isfinite(m).all():
+        raise CompressionError(f"weights hold {int(np.isnan(m).sum())} NaN and "
+                               f"{int(np.isinf(m).sum())} infinite values: a projection "
+                               f"needs finite weights (did training diverge?)")
     if quant is None:
         if structure is None:
             return m.copy(), None, np.ones(m.shape, dtype=bool)
@@ -173,6 +178,9 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
         return m * keep, None, keep
     bits, mapping, scale, pow2 = quant
     qmin, qmax = level_range(bits, mapping)
+    if qmin == qmax:
+        raise CompressionError(f"bits={bits} {mapping}: the only level is {qmin}; "
+                               f"{mapping} levels need bits >= 2")
     if scale is not None:
         if not (scale > 0 and math.isfinite(scale)):
             raise CompressionError(f"scale={scale!r}: must be a finite number > 0")
@@ -248,7 +256,8 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
         order = np.argsort(-flat, kind="stable")
     else:   # live groups first, by score within each (lexsort: the last key is primary)
         live = geom.blocks(np.broadcast_to(np.asarray(live_rows, bool)[:, None], score.shape))
-        glive = (live & real).any(axis=axes, keepdims=True).ravel()
+        # live: reads a live input through a weight it could keep (score > 0)
+        glive = (live & real & (blocks > 0)).any(axis=axes, keepdims=True).ravel()
         order = np.lexsort((-flat, ~glive))
     chosen[order[:k]] = True
     keep = np.broadcast_to(chosen.reshape(gscore.shape), blocks.shape)
@@ -304,14 +313,15 @@ def best_scale(x: np.ndarray, qmin: int, qmax: int, pow2: bool = False) -> float
     ``pow2``: exact minimiser over ``s = 2**k``, ``k`` from 8 octaves below the finest useful
     scale (``max|x| / 2**bits``) up to where every weight rounds to 0.
 
-    Otherwise a search, not guaranteed globally optimal: (1) if ``x`` already lies on a
-    lattice of up to 256 levels a side, its scale ``max|x| / m`` (``m`` its largest level) is
-    found exactly, so projections are idempotent; (2) the no-clipping scale, 255 finer ones
-    down to a quarter of it (clipping the tails) and 32 coarser ones are ranked on a
-    16384-entry stride sample of ``x``; (3) the best two are refined by Lloyd iterations
-    (``s = <x,q>/<q,q>``) on all of ``x``. Measured within 1 % of a 4000-point dense search
-    for Gaussian weights of 2..8 bits (``tests/compressor/test_projections.py``). Returns 1.0
-    for an all-zero ``x``.
+    Otherwise a search, not guaranteed globally optimal: (1) the no-clipping scale, 255
+    finer ones down to a quarter of it (clipping the tails) and 32 coarser ones are ranked
+    on a 16384-entry stride sample of ``x``; (2) if ``x`` already lies on a lattice, its
+    scale ``max|x| / m`` (``m`` its largest level) is found exactly, so projections are
+    idempotent: every ``m`` up to 256, and above that the multiples of the denominators of
+    ``x``'s ratios to ``max|x|`` (:func:`_lattice_levels`); (3) the best two ranked are
+    refined by Lloyd iterations (``s = <x,q>/<q,q>``) on all of ``x``. Measured within 1 %
+    of a 4000-point dense search for Gaussian weights of 2..8 bits
+    (``tests/compressor/test_projections.py``). Returns 1.0 for an all-zero ``x``.
     """
     return scale_candidates(x, qmin, qmax, pow2)[0]
 
@@ -324,28 +334,32 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     if a == 0.0:
         return [1.0]
     qm = max(-qmin, qmax)
+    # the scale at which neither side clips (the sides differ under offset mapping)
+    no_clip = max(x.max() / qmax if qmax > 0 else 0.0, x.min() / qmin if qmin < 0 else 0.0)
     if pow2:
         hi = math.ceil(math.log2(2.0 * a)) + 1
-        lo = math.floor(math.log2(a / qm)) - 8
+        lo = math.floor(math.log2(no_clip if no_clip > 0 else a / qm)) - 8
         scales = 2.0 ** np.arange(lo, hi + 1, dtype=np.float64)
+        scales = scales[[float32_positive(v) for v in scales]] if lo < -120 else scales
         d = _distances(x, scales, qmin, qmax)
         order = np.argsort(d, kind="stable")[:top]
         return [float(scales[i]) for i in order]
-    # A point already on a lattice has scale a/m, m its largest |level|: screen those
-    # candidates on a few entries (the extreme one included), keep the exact fits.
-    ms = np.arange(1, min(qm, 256) + 1, dtype=np.float64)
-    if qm > 256:
-        ms = np.concatenate([ms, np.round(np.geomspace(256, qm, 256))])
-    lattice = np.unique(_f32(a / ms))
-    tiny = _sample(x, 256)
-    exact = lattice[_distances(tiny, lattice, qmin, qmax) <= 1e-12 * (tiny @ tiny)]
-    # Otherwise: the no-clipping scale (the two sides differ under offset mapping), finer
-    # ones that clip the tails, and a few coarser ones, ranked on a sample.
-    no_clip = max(x.max() / qmax if qmax > 0 else 0.0, x.min() / qmin if qmin < 0 else 0.0)
+    # The no-clipping scale, finer ones that clip the tails, and a few coarser ones, ranked
+    # on a sample.
     grid = np.concatenate([no_clip / np.geomspace(1.0, 4.0, 256), a / np.geomspace(1, qm, 32)])
     grid = np.unique(_f32(grid[grid > 0]))  # ascending: finest first, wins ties
     d = _distances(_sample(x, _SEARCH_SAMPLE), grid, qmin, qmax)
     ranked = [float(grid[i]) for i in np.argsort(d, kind="stable")[:top]]
+    # A point already on a lattice has scale a/m, m its largest |level|: screen those
+    # candidates on a few entries (the extreme one included), keep the exact fits. Every m
+    # up to 256, and above that the multiples of the denominators that x's ratios to a
+    # reduce to (on a lattice each is q_i/m exactly, to far better than 1/qm**2).
+    tiny = _sample(x, 256)
+    ms = [np.arange(1, min(qm, 256) + 1, dtype=np.float64)]
+    if qm > 256:
+        ms.append(_lattice_levels(tiny, a, qm))
+    lattice = np.unique(_f32(a / np.concatenate(ms)))
+    exact = lattice[_distances(tiny, lattice, qmin, qmax) <= 1e-12 * (tiny @ tiny)]
     # every exact fit: the finest (a sub-lattice of x's, e.g. s/13 for levels that are all
     # multiples of 13) can fit to within rounding and still be farther than x's own scale
     starts = [float(s) for s in exact] + ranked
@@ -354,6 +368,21 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
         ref = _lloyd(x, s, qmin, qmax)
         found.setdefault(ref, _distances(x, np.array([ref]), qmin, qmax)[0])
     return sorted(found, key=lambda s: (found[s], s))[:top]
+
+
+def _lattice_levels(x: np.ndarray, a: float, qm: int, entries: int = 8) -> np.ndarray:
+    """Candidate largest levels ``m`` (> 256) of a lattice ``x`` may lie on: multiples of the
+    least common multiple of the denominators of ``|x_i| / a`` as fractions with
+    denominators up to ``qm``, for up to ``entries`` of the largest other entries."""
+    r = np.abs(x) / a
+    r = r[(r > 0) & (r < 1)]
+    lcm = 1
+    for v in np.sort(r)[::-1][:entries]:
+        lcm = math.lcm(lcm, Fraction(float(v)).limit_denominator(qm).denominator)
+        if lcm > qm:
+            return np.empty(0)
+    m = lcm * np.arange(1, min(qm // lcm, 64) + 1, dtype=np.float64)
+    return m[m > 256]
 
 
 def _sample(x: np.ndarray, n: int) -> np.ndarray:
@@ -386,12 +415,18 @@ def as_float64(w):
     the type, dtype and device of ``w`` (numpy array or torch tensor)."""
     if hasattr(w, "detach"):  # a torch tensor; torch itself is not imported here
         src = w
+        if not (w.is_floating_point() and w.element_size() >= 4):
+            raise CompressionError(f"weights of dtype {w.dtype}: a projection needs float32 "
+                                   f"or float64 (its levels would not survive the cast back)")
 
         def back(a):
             import torch
             return torch.as_tensor(a, dtype=src.dtype, device=src.device)
         return w.detach().cpu().double().numpy(), back
     arr = np.asarray(w)
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize < 4:
+        raise CompressionError(f"weights of dtype {arr.dtype}: a projection needs float32 or "
+                               f"float64 (its levels would not survive the cast back)")
     dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
     return arr.astype(np.float64), lambda a: np.asarray(a, dtype=dtype)
 

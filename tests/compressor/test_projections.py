@@ -322,3 +322,44 @@ def test_column_count_structures_need_a_differential_geometry(structure):
     c.check(CrossbarGeometry(rows=8, cols=8))
     with pytest.raises(CompressionError, match=f"{structure}.*'offset'"):
         c.check(CrossbarGeometry(rows=8, cols=8, mapping="offset"))
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_free_scale_projection_is_idempotent_at_high_bits(bits):
+    """Above 256 levels a side the lattice a point lies on is found from its ratios."""
+    rng = np.random.default_rng(bits)
+    for _ in range(200):
+        x = rng.standard_normal((1, int(rng.integers(2, 9))))
+        p = P.project_levels(x, bits)
+        assert np.array_equal(P.project_levels(p, bits), p)
+    q = np.array([[429, -300, 17, 5]]) * float(np.float32(0.0123))   # largest level 429
+    assert np.array_equal(P.project_levels(q, 10), q)
+
+
+@pytest.mark.parametrize("w, kwargs, match", [
+    (np.array([[1.0, np.nan]]), {}, "1 NaN and 0 infinite values"),
+    (np.array([[1.0, np.inf]]), {"pow2": True}, "0 NaN and 1 infinite values"),
+    (np.array([[1.0, 2.0]]), {"bits": 1}, "bits=1 differential: the only level is 0"),
+    (np.array([[1.0, 2.0]], np.float16), {}, "dtype float16: a projection needs float32"),
+])
+def test_bad_weights_are_refused_in_one_line(w, kwargs, match):
+    with pytest.raises(CompressionError, match=match):
+        P.project_levels(w, **{"bits": 4, **kwargs})
+
+
+def test_pow2_search_spans_the_side_that_does_not_clip():
+    """Offset 1-bit levels are {-1, 0}: only the negative weight can be kept, at 2**-10."""
+    assert P.best_scale(np.array([1000.0, -0.001]), -1, 0, pow2=True) == 2.0 ** -10
+    tiny = P.best_scale(np.full(5, 1e-44), -7, 7, pow2=True)
+    assert P.float32_positive(tiny)          # a stored (float32) scale, not 0
+
+
+def test_a_live_group_must_hold_a_weight_it_can_keep():
+    """Rows read live inputs only through weights that round to 0 at the scale: ranking that
+    group first would zero the layer; the groups holding weights are kept instead."""
+    m = np.array([[.1, .1], [.1, .1], [3, 2], [1, 2]])
+    live = np.array([True, True, False, False])
+    g = CrossbarGeometry(rows=2, cols=2, weight_bits=4)
+    out, _, keep = P.project_matrix(m, g, "aligned_rows", 0.5, (4, "differential", 1.0, False),
+                                    live_rows=live)
+    assert np.array_equal(out, np.array([[0, 0], [0, 0], [3, 2], [1, 2]]))
