@@ -93,8 +93,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"interrupted; progress is checkpointed in {_ckpt(args.output)}: run the same "
-              f"command again to resume", file=sys.stderr)
+        try:
+            saved = [c for c in (_ckpt(p) for _, p in _outputs(args)) if c.is_file()]
+        except ValueError:  # interrupted before the output path was checked
+            saved = []
+        print(f"interrupted; progress is checkpointed in {', '.join(map(str, saved))}: run "
+              f"the same command again to resume" if saved else
+              "interrupted before anything was checkpointed", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -106,6 +111,7 @@ def _compress(args) -> int:
         if v is not None and (v < (0 if flag == "pretrain" else 1)):
             raise CompressionError(f"--{flag.replace('_', '-')}={v}: must be >= "
                                    f"{0 if flag == 'pretrain' else 1}")
+    _check_paths(args)                 # before any data is loaded or anything trained
     recipe = load_recipe(args.recipe)  # validated before loading data or training
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
@@ -131,9 +137,7 @@ def _compress(args) -> int:
     if val is not test:
         print(f"retrain.keep=best: epochs are compared on {len(val[0])} training images held "
               f"out of training (10 %); accuracies below are on them, 'test' on the test split")
-    out = Path(args.output)
-    runs = [("admm", out)] + ([("magnitude", out.with_name(f"{out.stem}-magnitude.onnx"))]
-                              if args.baseline else [])
+    runs = _outputs(args)
     start = copy.deepcopy(model.state_dict())
     summary = {}
     dense_model = None
@@ -227,6 +231,40 @@ def _ckpt(output: str | Path) -> Path:
     return Path(output).with_suffix(".ckpt")
 
 
+def _outputs(args) -> list[tuple[str, Path]]:
+    """``(method, ONNX path)`` of each run the command makes."""
+    out = Path(args.output)
+    return [("admm", out)] + ([("magnitude", out.with_name(f"{out.stem}-magnitude.onnx"))]
+                              if args.baseline else [])
+
+
+def _check_paths(args) -> None:
+    """Refuse, before any training, output paths that would fail or overwrite each other
+    only at the end: no file name, a folder, the checkpoint's own name, a ``--json`` that is
+    one of the run's files; and make the folders they go in (which fails now if it can)."""
+    from .errors import CompressionError
+    out = Path(args.output)
+    if not out.name or out.name in (".", "..") or out.is_dir():
+        raise CompressionError(f"-o {args.output!r}: must name a file to write, e.g. "
+                               f"out/model.onnx")
+    if out.suffix == ".ckpt":
+        raise CompressionError(f"-o {args.output}: .ckpt is the run's checkpoint "
+                               f"({_ckpt(out).name}); name the ONNX file .onnx")
+    files = {p.resolve(): f"{m} output" for m, p in _outputs(args)}
+    files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in _outputs(args)})
+    folders = [out.parent]
+    if args.json:
+        j = Path(args.json)
+        if not j.name or j.name in (".", "..") or j.is_dir():
+            raise CompressionError(f"--json {args.json!r}: must name a file to write")
+        if j.resolve() in files:
+            raise CompressionError(f"--json {args.json}: is also the run's "
+                                   f"{files[j.resolve()]}; choose another path")
+        folders.append(j.parent)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)   # an OSError here: one line, exit 2
+
+
 def _load_model(args, train, test):
     from models import zoo
     from models.cli import _parse_options  # KEY=VALUE, as in xbarsim train --opt
@@ -239,6 +277,8 @@ def _load_model(args, train, test):
     path = Path(name)
     arch, options = args.arch, _parse_options(args.opt)
     if path.suffix == ".pt":
+        if not path.is_file():
+            raise CompressionError(f"{name}: no such state dict file")
         record = path.with_suffix(".json")
         if arch is None and record.is_file():  # written by xbarsim train
             try:
@@ -263,12 +303,32 @@ def _load_model(args, train, test):
     if path.suffix == ".pt":
         from models.checkpoints import load_dict
         state = load_dict(path, CompressionError, "state dict")
+        mismatch = _state_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise CompressionError(f"cannot load {name} into {arch}: {mismatch}")
         try:
             model.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as e:
             raise CompressionError(f"cannot load {name} into {arch}: "
                                    f"{first_line(e)}") from e
     return model
+
+
+def _state_mismatch(expected: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected`` (the
+    first few missing, unexpected and mis-shaped entries), or '' if nothing does."""
+    def few(names):
+        names = sorted(names)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    shaped = [f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+              for k in sorted(set(expected) & set(state))
+              if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"missing {few(missing)}"] if missing else []) \
+        + ([f"unexpected {few(unexpected)}"] if unexpected else []) \
+        + ([f"shape of {few(shaped)}"] if shaped else [])
+    return "; ".join(parts) + ("; pass the --arch/--opt it was trained with" if parts else "")
 
 
 def _hold_out(train, fraction: float = 0.1):

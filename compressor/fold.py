@@ -141,8 +141,7 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
     def refuse(node, what):
         raise CompressionError(
             f"pow2 fold: node {node.name!r} ({what}) does not commute with the folded scale its "
-            f"input carries (divided by {max(inputs(node), key=lambda v: abs(math.log(v))):.4g})"
-            f" (allowed between folded layers: Conv/Linear, ReLU, "
+            f"input carries (allowed between folded layers: Conv/Linear, ReLU, "
             f"LeakyReLU, max/average pooling, flatten/reshape, dropout, BatchNorm, and add/"
             f"concat of equally scaled tensors); use pow2: true for this model")
 

@@ -38,6 +38,7 @@ conductance does not change the weight lattice, only the scale.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,6 +60,10 @@ def level_range(bits: int, mapping: str = "differential") -> tuple[int, int]:
     if mapping not in MAPPINGS:
         raise CompressionError(f"mapping={mapping!r}: must be one of {', '.join(MAPPINGS)}")
     return weight_range(int(bits), mapping)
+
+
+#: Largest crossbar side (rows or columns), as the simulator's config allows.
+MAX_XBAR_SIDE = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,15 @@ class CrossbarGeometry:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise CompressionError(f"geometry.{name}={v!r}: must be an integer >= 1")
+        for name in ("rows", "cols"):   # the simulator's limit: no array is larger
+            if getattr(self, name) > MAX_XBAR_SIDE:
+                raise CompressionError(f"geometry.{name}={getattr(self, name)}: must be at "
+                                       f"most {MAX_XBAR_SIDE}")
+        for name in ("g_min_us", "g_max_us"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) \
+                    or not math.isfinite(v):
+                raise CompressionError(f"geometry.{name}={v!r}: must be a finite number")
         if self.weight_bits < 2 or self.weight_bits > 32:
             raise CompressionError(
                 f"geometry.weight_bits={self.weight_bits}: must be in 2..32 (a signed weight)")

@@ -28,10 +28,14 @@ Randomness: only the data order, drawn for each epoch from a numpy generator see
 ``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
 (``torch.save`` of state dicts, read back with ``weights_only=True``) is written after every
 ADMM round and every retraining epoch; a run resumed from it gives the same weights as an
-uninterrupted one.
+uninterrupted one. It records a digest of the model and data the run started from, so a
+checkpoint of another start (other weights or architecture, another data set or limit) is
+refused rather than resumed. A loss that turns non-finite stops the run with an error
+before that epoch is checkpointed.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -45,6 +49,7 @@ from tqdm import tqdm
 
 from models.checkpoints import load_dict
 from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval mode
+from simulator.errors import first_line
 from simulator.fileio import atomic_write
 
 from .admm import ADMM
@@ -139,6 +144,20 @@ def _loss(distill):
     return mixed
 
 
+def _origin_digest(model: nn.Module, *arrays: tuple[np.ndarray, ...]) -> str:
+    """Hex digest of a model's state (names, dtypes, shapes, values) and the data arrays."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{name}|{a.dtype}|{a.shape}".encode())
+        h.update(a.tobytes())
+    for pair in arrays:
+        for a in pair:
+            h.update(f"{a.dtype}|{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
     """Learning rate of ``epoch`` of a training stage: ``lr * lr_decay**epoch``."""
     for g in opt.param_groups:
@@ -155,6 +174,8 @@ class _Run:
         if len(self.x) == 0:
             raise CompressionError("training set is empty")
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
+        # what the run starts from: a checkpoint of another start is refused, not resumed
+        self.origin = _origin_digest(model, (self.x, self.y), (self.xt, self.yt))
         self.progress = progress
         # {consumer: producer} of chained Linear layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
@@ -317,7 +338,13 @@ class _Run:
                 loss = loss_fn(self.model(torch.from_numpy(self.x[idx])),
                                torch.from_numpy(self.y[idx]),
                                None if teacher is None else teacher[torch.from_numpy(idx)])
-                total += loss.item() * len(idx)
+                value = loss.item()
+                if not math.isfinite(value):   # nothing of this epoch is checkpointed
+                    raise CompressionError(
+                        f"{self.recipe.name}: training diverged in {desc} (loss {value}); "
+                        f"lower the learning rate (lr {opt.param_groups[0]['lr']:g}); the last "
+                        f"checkpoint is from before this epoch")
+                total += value * len(idx)
                 seen += len(idx)
                 loss.backward()
                 if penalty_grad is not None:
@@ -410,6 +437,7 @@ class _Run:
         state = {
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "projection": PROJECTION_VERSION, "retrain_numerics": RETRAIN_NUMERICS,
+            "origin": self.origin,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
@@ -430,6 +458,10 @@ class _Run:
         if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
             raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
                                    f"or choose another path")
+        if ck.get("origin", self.origin) != self.origin:   # absent: written before it was kept
+            raise CompressionError(f"checkpoint {p}: from a run that started from another "
+                                   f"model or data (weights, architecture, data set or "
+                                   f"limit); delete it or do not resume")
         if ck.get("projection", 1) != PROJECTION_VERSION:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "
@@ -446,7 +478,11 @@ class _Run:
                               f"in another order): the weights will not be bitwise those of "
                               f"an uninterrupted run", stacklevel=3)
             install(self.model, self.frozen, self._tile(), self._learned())
-        self.model.load_state_dict(ck["model"])
+        try:
+            self.model.load_state_dict(ck["model"])
+        except (RuntimeError, KeyError) as e:
+            raise CompressionError(f"checkpoint {p}: does not fit this model "
+                                   f"({first_line(e)}); delete it or do not resume") from e
         self.stage, self.step = ck["stage"], ck["step"]
         self.opt_state, self.admm_state = ck["optimizer"], ck["admm"]
         self.history, self.accuracy = list(ck["history"]), dict(ck["accuracy"])

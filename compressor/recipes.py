@@ -43,6 +43,7 @@ Format (every section but ``layers`` optional; defaults shown)::
 from __future__ import annotations
 
 import fnmatch
+import math
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,7 +55,7 @@ from simulator.errors import first_line
 from .constraints import Constraint, QuantSpec
 from .errors import CompressionError
 from .geometry import CrossbarGeometry
-from .projections import PER_SEGMENT
+from .projections import ALL_STRUCTURES, PER_SEGMENT
 
 #: Folder of the recipes shipped with the package.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -333,6 +334,9 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
     if r.get("sparsity") is not None:
         sp = _mapping(r["sparsity"], f"{where}.sparsity", {"structure", "keep", "n"})
         structure = sp.get("structure")
+        if structure not in ALL_STRUCTURES:
+            raise CompressionError(f"{where}.sparsity.structure={structure!r}: must be one "
+                                   f"of {', '.join(ALL_STRUCTURES)}")
         key = "n" if structure in PER_SEGMENT else "keep"
         other = "keep" if key == "n" else "n"
         if other in sp:
@@ -368,8 +372,18 @@ def _check_int(v, where: str, low: int) -> None:
 
 
 def _check_positive(v, where: str, low: float = 0.0, inclusive: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
         v >= low if inclusive else v > low)
     if not ok:
-        raise CompressionError(f"{where}={v!r}: must be a number {'>=' if inclusive else '>'} "
-                               f"{low:g}")
+        hint = (" (YAML reads 1e-3 as text: write 1.0e-3)"
+                if isinstance(v, str) and _is_number(v) else "")
+        raise CompressionError(f"{where}={v!r}: must be a finite number "
+                               f"{'>=' if inclusive else '>'} {low:g}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -94,6 +94,13 @@ def test_state_dict_with_arch(tmp_path, recipe, capsys):
     rc, _, err = run(capsys, pt, "--recipe", recipe, "--data", "digits", "-o", tmp_path / "a.onnx",
                      "--limit", 100, "--epochs", 1, "-q")
     assert rc == 2 and "w.json: not the JSON record xbarsim train writes" in err
+    pt.with_suffix(".json").unlink()
+    rc, _, err = run(capsys, pt, "--arch", "mlp", "--opt", "hidden=(48,32)", "--recipe", recipe,
+                     "--data", "digits", "-o", tmp_path / "a.onnx", "--limit", 100, "-q")
+    assert rc == 2 and err.count("\n") == 1
+    assert "cannot load" in err and "shape of layers.1.bias (256,) (model: (48,))" in err
+    rc, _, err = run(capsys, tmp_path / "none.pt", "--recipe", recipe, "-o", tmp_path / "a.onnx")
+    assert rc == 2 and "none.pt: no such state dict file" in err
 
 
 def test_keep_best_selects_on_held_out_training_images_not_the_test_split(tmp_path, capsys):
@@ -142,6 +149,29 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, recipe, capsys, argv, mes
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("out, extra, message", [
+    (".", [], "-o '.': must name a file to write"),
+    ("{tmp}", [], "must name a file to write"),
+    ("{tmp}/x.ckpt", [], "x.ckpt: .ckpt is the run's checkpoint (x.ckpt); name the ONNX"),
+    ("{tmp}/x.onnx", ["--json", "{tmp}/x.onnx"], "x.onnx: is also the run's admm output"),
+    ("{tmp}/x.onnx", ["--baseline", "--json", "{tmp}/x-magnitude.ckpt"],
+     "x-magnitude.ckpt: is also the run's magnitude checkpoint"),
+    ("{tmp}/file/x.onnx", [], "file"),              # a file where the folder would go
+    ("{tmp}/x.onnx", ["--json", "{tmp}/file/s.json"], "file"),
+])
+def test_bad_output_paths_are_refused_before_any_data_is_loaded(tmp_path, recipe, capsys,
+                                                                 monkeypatch, out, extra,
+                                                                 message):
+    import models.data
+    monkeypatch.setattr(models.data, "load_splits",
+                        lambda *a, **k: pytest.fail("loaded data before checking the paths"))
+    (tmp_path / "file").write_text("a file, not a folder")
+    argv = [a.format(tmp=tmp_path) for a in ["mlp", "--recipe", str(recipe), "-o", out, *extra]]
+    rc, _, err = run(capsys, *argv, "-q")
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
 def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):

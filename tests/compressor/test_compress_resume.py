@@ -95,6 +95,39 @@ def test_checkpoint_of_another_recipe_is_refused(data, straight):
                  progress=False)
 
 
+def test_checkpoint_of_another_start_is_refused(data, straight, tmp_path):
+    """The same recipe from other weights, other data or a smaller limit is another run."""
+    _, path = straight
+    rec = parse_recipe(RECIPE)
+    other = mlp()
+    with torch.no_grad():
+        other[1].weight.mul_(2)
+    (x, y), test = data
+    for model, train in ((other, (x, y)), (mlp(), (x[:300], y[:300]))):
+        with pytest.raises(CompressionError, match="run.ckpt: from a run that started from "
+                                                   "another model or data"):
+            compress(model, rec, train, test, checkpoint=path, progress=False)
+    # a checkpoint written before the digest was kept, for another architecture: one line
+    ck = torch.load(path, weights_only=True)
+    del ck["origin"]
+    torch.save(ck, tmp_path / "old.ckpt")
+    wide = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 48), torch.nn.ReLU(),
+                               torch.nn.Linear(48, 10))
+    with pytest.raises(CompressionError, match=r"old.ckpt: does not fit this model \(") as e:
+        compress(wide, rec, *data, checkpoint=tmp_path / "old.ckpt", progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_its_checkpoint(data, tmp_path):
+    rec = parse_recipe({**RECIPE, "retrain": {"epochs": 2, "lr": 1.0e+30}})
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(CompressionError, match=r"training diverged in retrain 1/2 \(loss "
+                                               r"(nan|inf)\); lower the learning rate"):
+        compress(mlp(), rec, *data, checkpoint=path, progress=False)
+    ck = torch.load(path, weights_only=True)     # ADMM's rounds are kept
+    assert ck["stage"] == "retrain" and ck["step"] == 0
+
+
 def test_unreadable_checkpoint_is_a_clear_error(data, tmp_path):
     path = tmp_path / "junk.ckpt"
     path.write_bytes(b"not a checkpoint")

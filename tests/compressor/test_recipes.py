@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from compressor import CompressionError, load_recipe, parse_recipe, shipped_recipes
-from compressor.recipes import RECIPE_DIR
+from compressor.recipes import COMPRESSIBLE, RECIPE_DIR
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("models")
@@ -47,8 +47,11 @@ def test_every_shipped_recipe_is_listed_and_resolves_on_its_models():
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description
         for zoo in zoo_names:
-            layers = recipe.resolve(models.build(zoo))
-            assert layers, (name, zoo)
+            model = models.build(zoo)
+            layers = recipe.resolve(model)
+            # every weight layer is constrained: none is left to the compiler's own 8 bits
+            assert set(layers) == {n for n, m in model.named_modules()
+                                   if type(m).__name__ in COMPRESSIBLE}, (name, zoo)
 
 
 def test_good_recipe_round_trips_and_first_rule_wins():
@@ -116,7 +119,7 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("layers",), [], r"recipe.layers=\[\]"),
     (("geometry", "rows"), 0, r"recipe.geometry.rows=0: must be an integer >= 1"),
     (("geometry", "cell_bits"), 9, r"geometry.cell_bits=9"),
-    (("admm",), {"rho_growth": 0.5}, r"recipe.admm.rho_growth=0.5: must be a number >= 1"),
+    (("admm",), {"rho_growth": 0.5}, r"recipe.admm.rho_growth=0.5: must be a finite number >= 1"),
     (("admm",), {"rounds": 0}, r"recipe.admm.rounds=0: must be an integer >= 1"),
     (("admm",), {"rho": -1}, r"recipe.admm.rho=-1"),
     (("admm",), {"lr_decay": 1}, r"recipe.admm.lr_decay: unknown field; allowed:"),
@@ -124,15 +127,28 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("admm",), {"ramp_rounds": -1}, r"recipe.admm.ramp_rounds=-1: must be an integer >= 0"),
     (("retrain",), {"epochs": -1}, r"recipe.retrain.epochs=-1"),
     (("retrain",), {"lr_decay": 1.5}, r"recipe.retrain.lr_decay=1.5: must be in \(0, 1\]"),
-    (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a number > 0"),
+    (("pretrain",), {"lr_decay": 0}, r"recipe.pretrain.lr_decay=0: must be a finite number > 0"),
     (("retrain",), {"keep": "worst"}, r"recipe.retrain.keep='worst': must be last, best or average$"),
     (("pretrain",), {"keep": "best"}, r"recipe.pretrain.keep='best': must be last \(only"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
     (("distill",), {"alpha": 1.5}, r"recipe.distill.alpha=1.5: must be a number in \[0, 1\]"),
     (("distill",), {"alpha": "all"}, r"recipe.distill.alpha='all'"),
-    (("distill",), {"temperature": 0}, r"recipe.distill.temperature=0: must be a number > 0"),
+    (("distill",), {"temperature": 0}, r"recipe.distill.temperature=0: must be a finite number > 0"),
     (("distill",), {"teacher": "x"}, r"recipe.distill.teacher: unknown field; allowed: alpha"),
     (("epochs",), 3, r"recipe.epochs: unknown field"),
+    # non-finite or mistyped numbers are refused before training, not found after it
+    (("admm",), {"lr": float("inf")}, r"recipe.admm.lr=inf: must be a finite number > 0"),
+    (("retrain",), {"lr": float("nan")}, r"recipe.retrain.lr=nan: must be a finite number"),
+    (("retrain",), {"lr": "1e-3"}, r"recipe.retrain.lr='1e-3': .*write 1.0e-3"),
+    (("distill",), {"temperature": float("inf")}, r"recipe.distill.temperature=inf"),
+    (("layers", 0, "sparsity"), {"keep": 0.1},
+     r"recipe.layers\[0\].sparsity.structure=None: must be one of rows, "),
+    (("layers", 0, "quant", "scale"), True, r"recipe.layers\[0\].quant.scale=True: must be > 0"),
+    (("layers", 0, "quant"), {"bits": 4, "pow2": True, "scale": 0.3},
+     r"recipe.layers\[0\].quant.scale=0.3: pow2: true needs a power of two \(e.g. 0.25\)"),
+    (("geometry", "g_min_us"), "abc", r"recipe.geometry.g_min_us='abc': must be a finite number"),
+    (("geometry", "g_max_us"), None, r"recipe.geometry.g_max_us=None: must be a finite number"),
+    (("geometry", "rows"), 100_000_000, r"recipe.geometry.rows=100000000: must be at most 65536"),
 ])
 def test_bad_fields_are_named_in_one_line(path, value, match):
     with pytest.raises(CompressionError, match=match) as e:
