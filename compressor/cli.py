@@ -220,11 +220,16 @@ def _with_machine(recipe, preset: str, overrides: list[str]):
     against the machine's rows)."""
     from simulator.config import load_config
 
+    from .errors import CompressionError
     from .geometry import CrossbarGeometry
     from .recipes import parse_recipe
     data = recipe.to_dict()
     data["geometry"] = CrossbarGeometry.from_config(load_config(preset, overrides)).to_dict()
-    return parse_recipe(data)
+    try:
+        return parse_recipe(data)
+    except CompressionError as e:   # the machine's crossbars, not the recipe file, changed
+        given = " ".join([f"--preset {preset}"] + [f"--set {o}" for o in overrides])
+        raise CompressionError(f"{given}: on these crossbars {e}") from e
 
 
 def _ckpt(output: str | Path) -> Path:

@@ -137,7 +137,8 @@ def test_opset_without_per_channel_dequantize_is_refused_before_training(recipe,
     (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
     (["mlp", "--recipe", "{recipe}", "--preset", "small", "--set", "xbar.rows=0"], "xbar.rows"),
     (["mlp", "--recipe", "{tiny}", "--preset", "small"],
-     "recipe.layers[0].sparsity.n=32: nonzeros per column segment must be an integer in 1..16"),
+     "--preset small: on these crossbars recipe.layers[0].sparsity.n=32: nonzeros per column "
+     "segment must be an integer in 1..16"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, recipe, capsys, argv, message):
     bad = tmp_path / "bad.yaml"
