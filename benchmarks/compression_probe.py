@@ -6,6 +6,8 @@ validation split only (no test images): how the "measured and not kept" numbers 
     python benchmarks/compression_probe.py x3 --method magnitude --set distill.alpha=0.5
     python benchmarks/compression_probe.py tinyadc --set retrain.lr=1.5e-4
     python benchmarks/compression_probe.py tinyadc_1bit --bits 5 --set retrain.keep=last
+    python benchmarks/compression_probe.py tinyadc --set retrain.learn_scale=true
+    python benchmarks/compression_probe.py x3 --method magnitude --set retrain.keep=average
 
 ``tinyadc`` starts from the benchmark's TinyADC recipe and schedule (``VGG_TINY``,
 ``TINY_SCHEDULES``), ``x3`` from its highest block point (``VGG_BLOCKS`` x 1/3, rho growth 3.5
