@@ -297,6 +297,9 @@ def _load_model(args, train, test):
             raise CompressionError(f"{name}: a state dict needs --arch (one of "
                                    f"{', '.join(zoo.ZOO)}); no {record.name} beside it")
     elif name in zoo.ZOO:
+        if arch is not None and arch != name:
+            raise CompressionError(f"--arch {arch}: only for a .pt state dict; {name!r} is a "
+                                   f"zoo name (its own architecture)")
         arch = name
     else:
         raise CompressionError(f"model {name!r}: not a zoo name ({', '.join(zoo.ZOO)}), a "
