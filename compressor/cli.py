@@ -97,8 +97,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
             saved = [c for c in (_ckpt(p) for _, p in _outputs(args)) if c.is_file()]
         except ValueError:  # interrupted before the output path was checked
             saved = []
+        again = ("the command again without --no-resume" if args.no_resume
+                 else "the same command again")
         print(f"interrupted; progress is checkpointed in {', '.join(map(str, saved))}: run "
-              f"the same command again to resume" if saved else
+              f"{again} to resume" if saved else
               "interrupted before anything was checkpointed", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -111,7 +113,6 @@ def _compress(args) -> int:
         if v is not None and (v < (0 if flag == "pretrain" else 1)):
             raise CompressionError(f"--{flag.replace('_', '-')}={v}: must be >= "
                                    f"{0 if flag == 'pretrain' else 1}")
-    _check_paths(args)                 # before any data is loaded or anything trained
     recipe = load_recipe(args.recipe)  # validated before loading data or training
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
@@ -120,6 +121,7 @@ def _compress(args) -> int:
     if args.pretrain is not None:
         from dataclasses import replace
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, epochs=args.pretrain))
+    _check_paths(args)                 # before any data is loaded or anything trained
 
     import torch
 
@@ -257,6 +259,15 @@ def _check_paths(args) -> None:
                                f"({_ckpt(out).name}); name the ONNX file .onnx")
     files = {p.resolve(): f"{m} output" for m, p in _outputs(args)}
     files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in _outputs(args)})
+    model = Path(args.model)
+    inputs = ({model.resolve(): "input state dict",
+               model.with_suffix(".json").resolve(): "input model's record"}
+              if model.suffix == ".pt" else {})
+    for p in files:
+        if p in inputs:
+            raise CompressionError(f"{p}: is the {inputs[p]}; the output would overwrite "
+                                   f"it: choose another -o")
+    files.update(inputs)
     folders = [out.parent]
     if args.json:
         j = Path(args.json)

@@ -148,9 +148,9 @@ def _origin_digest(model: nn.Module, *arrays: tuple[np.ndarray, ...]) -> str:
     """Hex digest of a model's state (names, dtypes, shapes, values) and the data arrays."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(model.state_dict().items()):
-        a = t.detach().cpu().contiguous().numpy()
-        h.update(f"{name}|{a.dtype}|{a.shape}".encode())
-        h.update(a.tobytes())
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bfloat16 too
     for pair in arrays:
         for a in pair:
             h.update(f"{a.dtype}|{a.shape}".encode())

@@ -370,14 +370,14 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     return sorted(found, key=lambda s: (found[s], s))[:top]
 
 
-def _lattice_levels(x: np.ndarray, a: float, qm: int, entries: int = 8) -> np.ndarray:
+def _lattice_levels(x: np.ndarray, a: float, qm: int) -> np.ndarray:
     """Candidate largest levels ``m`` (> 256) of a lattice ``x`` may lie on: multiples of the
-    least common multiple of the denominators of ``|x_i| / a`` as fractions with
-    denominators up to ``qm``, for up to ``entries`` of the largest other entries."""
+    least common multiple of the denominators of every distinct ``|x_i| / a`` as a fraction
+    with denominator up to ``qm`` (``x``: a sample of a few hundred entries)."""
     r = np.abs(x) / a
-    r = r[(r > 0) & (r < 1)]
+    r = np.unique(r[(r > 0) & (r < 1)])
     lcm = 1
-    for v in np.sort(r)[::-1][:entries]:
+    for v in r:
         lcm = math.lcm(lcm, Fraction(float(v)).limit_denominator(qm).denominator)
         if lcm > qm:
             return np.empty(0)

@@ -176,6 +176,23 @@ def test_bad_output_paths_are_refused_before_any_data_is_loaded(tmp_path, recipe
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
+def test_the_input_model_is_never_an_output_and_a_bad_recipe_makes_no_folder(tmp_path, recipe,
+                                                                             capsys):
+    from models import build
+    pt = tmp_path / "w.pt"
+    torch.save(build("mlp", seed=3).state_dict(), pt)
+    pt.with_suffix(".json").write_text('{"model": "mlp"}')
+    for extra in (["-o", pt], ["-o", tmp_path / "x.onnx", "--json", pt.with_suffix(".json")]):
+        rc, _, err = run(capsys, pt, "--recipe", recipe, *extra, "-q")
+        assert rc == 2 and ("w.pt" in err or "w.json" in err)
+        assert "is the input" in err or "is also the run's input" in err
+    assert pt.stat().st_size > 1000     # untouched
+    rc, _, err = run(capsys, "mlp", "--recipe", tmp_path / "none.yaml", "-o",
+                     tmp_path / "new" / "x.onnx", "--json", tmp_path / "other" / "s.json")
+    assert rc == 2 and "none.yaml" in err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
+
+
 def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):
     """``pow2: fold`` from a recipe file: power-of-two scales in the ONNX file, the output
     scale printed and in the summary; a model it cannot fold is refused in one line."""

@@ -332,8 +332,11 @@ def test_free_scale_projection_is_idempotent_at_high_bits(bits):
         x = rng.standard_normal((1, int(rng.integers(2, 9))))
         p = P.project_levels(x, bits)
         assert np.array_equal(P.project_levels(p, bits), p)
-    q = np.array([[429, -300, 17, 5]]) * float(np.float32(0.0123))   # largest level 429
-    assert np.array_equal(P.project_levels(q, 10), q)
+    f = float(np.float32(0.0123))
+    for levels in ([429, -300, 17, 5], [500] + [250] * 8 + [1],   # largest level 429, 500
+                   [480, 400, 400, 320, 320, -400, -320, 240, 160, 7, 3]):
+        q = np.array([levels]) * f
+        assert np.array_equal(P.project_levels(q, 10), q), levels
 
 
 @pytest.mark.parametrize("w, kwargs, match", [
