@@ -32,7 +32,9 @@ Protocol (nothing is chosen on the test set):
   0.18 pp below 4 bits at x1; ``BLOCK_BITS``), the TinyADC level width (5 vs 4 bits, above
   ``VGG_TINY``) and the TinyADC (n=21) schedule (``TINY_SCHEDULES``). These were chosen on
   the 1024-wide classifier this benchmark used before (below) and kept for the 2048-wide;
-  TinyADC's ternary convolutions were chosen at 2048 wide (above ``VGG_TINY``).
+  TinyADC's ternary convolutions were chosen at 2048 wide (above ``VGG_TINY``). Probed on
+  validation and not kept (``compression_log.md``): learned scales (``retrain.learn_scale``)
+  and weight averaging (``retrain.keep: average``) in place of best-epoch selection.
 * Harder points, ADMM vs magnitude with the same recipe (so the same crossbars): every
   block keep fraction times 1/3 (``_x3``, the highest point, which the target compares;
   the convolutions, whole at x1, then keep a third of their blocks too) and, with
