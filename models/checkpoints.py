@@ -14,13 +14,22 @@ def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file
     """``torch.load(path, weights_only=True)`` of a dictionary (state dict or checkpoint);
     ``error(message)`` names ``path`` when it cannot be read or holds something else."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from e
+    # torch.save writes a zip archive (or, in the legacy format, a pickle, protocol >= 2)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise error(f"cannot read {what} {path}: not a torch file (neither the zip archive "
+                    f"nor the pickle torch.save writes)")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as e:  # any unpickling failure means "not a file we can use"
         # torch's first line; its advice to retry with weights_only=False is not ours to give
         reason = first_line(e)
-        if "weights_only" in reason:
+        if "weights_only" in reason or "weights only" in reason.lower():   # torch 2.6+ words
             reason = "it holds objects other than tensors and plain containers (refused)"
         raise error(f"cannot read {what} {path}: {reason}") from e
     if not isinstance(obj, dict):
