@@ -257,8 +257,9 @@ def _check_paths(args) -> None:
     if out.suffix == ".ckpt":
         raise CompressionError(f"-o {args.output}: .ckpt is the run's checkpoint "
                                f"({_ckpt(out).name}); name the ONNX file .onnx")
-    files = {p.resolve(): f"{m} output" for m, p in _outputs(args)}
-    files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in _outputs(args)})
+    runs = _outputs(args)
+    files = {p.resolve(): f"{m} output" for m, p in runs}
+    files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in runs})
     model = Path(args.model)
     inputs = ({model.resolve(): "input state dict",
                model.with_suffix(".json").resolve(): "input model's record"}

@@ -175,7 +175,8 @@ class _Run:
             raise CompressionError("training set is empty")
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         # what the run starts from: a checkpoint of another start is refused, not resumed
-        self.origin = _origin_digest(model, (self.x, self.y), (self.xt, self.yt))
+        self.origin = (None if self.ckpt_path is None else
+                       _origin_digest(model, (self.x, self.y), (self.xt, self.yt)))
         self.progress = progress
         # {consumer: producer} of chained Linear layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
@@ -189,7 +190,6 @@ class _Run:
         self.teacher: torch.Tensor | None = None  # dense logits per training image (distill)
         self.best_state: dict | None = None  # retrain.keep best: the best epoch's weights
         self.mean_state: dict | None = None  # retrain.keep average: the running mean so far
-        self.mean_count = 0
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ class _Run:
             self._renormalize()
             if self.progress:
                 tqdm.write(f"{self.recipe.name} retrain: kept the mean of the last "
-                           f"{self.mean_count} epochs' weights")
+                           f"{self.recipe.retrain.average_epochs} epochs' weights")
 
     def _retrain_epochs(self) -> int:
         epochs = self.recipe.retrain.epochs
@@ -285,16 +285,16 @@ class _Run:
     def _accumulate_mean(self) -> None:
         """``keep: average``: fold this epoch's floating-point state into the running mean
         if it is one of the last ``average_epochs``."""
-        if self.step <= self._retrain_epochs() - self.recipe.retrain.average_epochs:
+        count = self.step - (self._retrain_epochs() - self.recipe.retrain.average_epochs)
+        if count < 1:
             return
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()
                  if v.is_floating_point()}
-        self.mean_count += 1
         if self.mean_state is None:
             self.mean_state = state
         else:
             for k, v in self.mean_state.items():
-                v.add_(state[k].sub_(v).div_(self.mean_count))
+                v.add_(state[k].sub_(v).div_(count))
 
     def _renormalize(self) -> None:
         """BatchNorm statistics of averaged weights: re-estimated over the training set (the
@@ -442,7 +442,6 @@ class _Run:
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
             "best_state": self.best_state, "mean_state": self.mean_state,
-            "mean_count": self.mean_count,
             "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
@@ -489,4 +488,4 @@ class _Run:
         self.dense_state = ck.get("dense")
         self.teacher = ck.get("teacher")
         self.best_state = ck.get("best_state")
-        self.mean_state, self.mean_count = ck.get("mean_state"), ck.get("mean_count", 0)
+        self.mean_state = ck.get("mean_state")

@@ -340,7 +340,7 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
         hi = math.ceil(math.log2(2.0 * a)) + 1
         lo = math.floor(math.log2(no_clip if no_clip > 0 else a / qm)) - 8
         scales = 2.0 ** np.arange(lo, hi + 1, dtype=np.float64)
-        scales = scales[[float32_positive(v) for v in scales]] if lo < -120 else scales
+        scales = scales[_f32(scales) > 0]   # stored as float32: none that underflow to 0
         d = _distances(x, scales, qmin, qmax)
         order = np.argsort(d, kind="stable")[:top]
         return [float(scales[i]) for i in order]

@@ -43,8 +43,8 @@ Format (every section but ``layers`` optional; defaults shown)::
 from __future__ import annotations
 
 import fnmatch
-import math
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -283,8 +283,8 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         allowed = KEEP if stage == "retrain" else ("last",)
         if spec.keep not in allowed:
             raise CompressionError(f"recipe.{stage}.keep={spec.keep!r}: must be "
-                                   + " or ".join(filter(None, (", ".join(allowed[:-1]),
-                                                               allowed[-1])))
+                                   + (f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+                                      if len(allowed) > 1 else allowed[0])
                                    + ("" if stage == "retrain" else
                                       " (only the retrain stage selects an epoch)"))
         _check_int(spec.average_epochs, f"recipe.{stage}.average_epochs", 1)

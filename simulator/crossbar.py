@@ -120,8 +120,7 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
     if mode == "scale":
         need = np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64)
         drop = np.maximum(need - bits, 0)
-        codes = (v.astype(np.int64) >> drop) << drop
-        return codes if v.dtype == np.int64 else codes.astype(v.dtype)
+        return ((v.astype(np.int64) >> drop) << drop).astype(v.dtype, copy=False)
     raise ValueError(f"unknown ADC mode {mode!r}; allowed: clip, scale")
 
 

@@ -47,27 +47,13 @@ def straight(data, tmp_path_factory):
     return compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False), path
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stage,after", [("pretrain", 1), ("admm", 1), ("admm", 2),
                                          ("retrain", 1)])
-def test_resumed_run_equals_uninterrupted_run(data, straight, tmp_path, monkeypatch, stage, after):
+def test_resumed_run_equals_uninterrupted_run(data, straight, tmp_path, resumed, stage, after):
     ref, _ = straight
     path = tmp_path / "run.ckpt"
-    original = pipeline._Run._record
-
-    def crashing(self, st, opt, **info):
-        original(self, st, opt, **info)
-        if st == stage and self.step == after:
-            raise Crash
-
-    monkeypatch.setattr(pipeline._Run, "_record", crashing)
-    with pytest.raises(Crash):
-        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
-    monkeypatch.setattr(pipeline._Run, "_record", original)
-    res = compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    res = resumed(lambda: compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path,
+                                   progress=False), stage, after)
     a, b = weights(ref.model), weights(res.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.accuracy == ref.accuracy and res.history == ref.history
