@@ -8,6 +8,7 @@ validation split only (no test images): how the "measured and not kept" numbers 
     python benchmarks/compression_probe.py tinyadc_1bit --bits 5 --set retrain.keep=last
     python benchmarks/compression_probe.py tinyadc --set retrain.learn_scale=true
     python benchmarks/compression_probe.py x3 --method magnitude --set retrain.keep=average
+    python benchmarks/compression_probe.py tinyadc --per-channel
 
 ``tinyadc`` starts from the benchmark's TinyADC recipe and schedule (``VGG_TINY``,
 ``TINY_SCHEDULES``), ``x3`` from its highest block point (``VGG_BLOCKS`` x 1/3, rho growth 3.5
@@ -37,6 +38,9 @@ def main():
     ap.add_argument("--bits", type=int, default=3, help="tinyadc_1bit: level width")
     ap.add_argument("--per-array", action="store_true",
                     help="tinyadc_1bit: count each differential array's bit line apart")
+    ap.add_argument("--per-channel", action="store_true",
+                    help="a scale per output channel on every quantized layer "
+                         "(quant.per_channel)")
     ap.add_argument("--method", choices=("admm", "magnitude"), default="admm")
     ap.add_argument("--seed", type=int, default=0, help="data-order seed")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -65,8 +69,11 @@ def main():
         if not (sep and dot and section and field):
             ap.error(f"--set {item!r}: must be SECTION.KEY=VALUE, e.g. retrain.lr=1.5e-4")
         schedule.setdefault(section, {})[field] = yaml.safe_load(value)
+    if args.per_channel:
+        rules = [{**r, "quant": {**r["quant"], "per_channel": True}} if "quant" in r else r
+                 for r in rules]
     extra = ([f"b{args.bits}"] + (["per_array"] if args.per_array else [])
-             if args.point == "tinyadc_1bit" else [])
+             if args.point == "tinyadc_1bit" else []) + (["pc"] if args.per_channel else [])
     label = "_".join([args.point, *extra, args.method, f"s{args.seed}", *sorted(args.set)])
     rec = C.recipe(f"probe_{label}", C.geometry(geom, rules), rules, schedule)
 

@@ -369,6 +369,7 @@ def _report(res, path: Path, test=None) -> dict:
     split, when the run's accuracies were tracked on a held-out part of the training data."""
     from models.train import evaluate
 
+    from .export import scale_json
     from .geometry import occupancy, to_crossbar
     acc = res.accuracy
     test_acc = None if test is None else evaluate(res.model, *test)
@@ -384,7 +385,8 @@ def _report(res, path: Path, test=None) -> dict:
     for name, lr in res.layers.items():
         w = modules[name].weight.detach().numpy()
         occ = occupancy(to_crossbar(w), res.recipe.geometry)
-        layers[name] = {"constraint": lr.constraint.describe(), "scale": lr.scale, **occ}
+        layers[name] = {"constraint": lr.constraint.describe(), "scale": scale_json(lr.scale),
+                        **occ}
         print(f"  {name:24s} density {occ['density']:6.1%}  crossbars "
               f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
               f"segment {occ['max_nonzeros_per_segment']}")

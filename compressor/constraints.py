@@ -34,6 +34,10 @@ class QuantSpec:
     into what follows the layer, exactly (:mod:`compressor.fold`)."""
     scale: float | None = None
     """Fixed scale, weight units per level; None searches the distance-minimising one."""
+    per_channel: bool = False
+    """One scale per output channel (crossbar column), applied after the column's ADC as a
+    single one is; False: one for the layer. Searched, so no fixed ``scale``; not with
+    ``pow2: fold`` (a per-channel residual has nowhere exact to go)."""
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -101,6 +105,18 @@ class Constraint:
             if not (isinstance(q.pow2, bool) or q.pow2 == "fold"):
                 raise CompressionError(f"{where}.quant.pow2={q.pow2!r}: must be true, false "
                                        f"or fold")
+            if not isinstance(q.per_channel, bool):
+                raise CompressionError(f"{where}.quant.per_channel={q.per_channel!r}: must be "
+                                       f"true or false")
+            if q.per_channel and q.pow2 == "fold":
+                raise CompressionError(
+                    f"{where}.quant: per_channel with pow2: fold: a residual per output "
+                    f"channel cannot fold into the next layer's levels; use pow2: true (a "
+                    f"power of two per channel) or per_channel: false")
+            if q.per_channel and q.scale is not None:
+                raise CompressionError(f"{where}.quant: per_channel searches a scale per "
+                                       f"output channel; drop scale={q.scale!r} or "
+                                       f"per_channel")
             if q.pow2 == "fold" and q.scale is not None:
                 raise CompressionError(f"{where}.quant: pow2: fold chooses the scale; drop "
                                        f"scale={q.scale!r} or use pow2: true")
@@ -121,8 +137,9 @@ class Constraint:
         ``scale`` overrides the spec's (to hold it fixed). ``live_rows``: the crossbar rows
         (inputs) that depend on the model's input, ranked first by the group structures
         (:mod:`compressor.connectivity`). Returns ``(w_proj, scale, keep)``: the projected
-        weight (same type/dtype as ``w``), the scale (None if unquantized) and the boolean
-        keep mask in torch layout (numpy).
+        weight (same type/dtype as ``w``), the scale (None if unquantized; with
+        ``per_channel`` a float64 array, one per output channel) and the boolean keep mask in
+        torch layout (numpy).
         """
         arr, back = as_float64(w)
         quant = None
@@ -130,7 +147,7 @@ class Constraint:
             q = self.quant
             # pow2 "fold" projects with free scales: the fold comes after the final snap
             quant = (q.bits, q.mapping, scale if scale is not None else q.scale,
-                     q.pow2 is True)
+                     q.pow2 is True, q.per_channel)
         out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant,
                                       live_rows)
         # contiguous: a transposed view made every ADMM penalty step ~5x slower (profiled)
@@ -162,6 +179,8 @@ class Constraint:
             d["quant"] = {"bits": q.bits, "mapping": q.mapping, "pow2": q.pow2}
             if q.scale is not None:
                 d["quant"]["scale"] = q.scale
+            if q.per_channel:   # only when set: fingerprints of older recipes stay
+                d["quant"]["per_channel"] = True
         return d
 
 

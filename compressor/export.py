@@ -44,6 +44,7 @@ from simulator.fileio import atomic_write
 
 from .errors import CompressionError
 from .geometry import occupancy, to_crossbar
+from .masking import broadcast_scale
 
 FORMAT_VERSION = 1
 
@@ -109,14 +110,21 @@ def max_difference(path: str | os.PathLike, model: torch.nn.Module, x: np.ndarra
     return float(np.max(np.abs(got - want)))
 
 
+def scale_json(scale):
+    """A scale as JSON-ready data: a float, or a list of them per channel."""
+    return None if scale is None else np.asarray(scale, dtype=np.float64).tolist()
+
+
 def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
     """Replace float initializer ``init`` by integer + DequantizeLinear; return metadata."""
     c = layer.constraint
     meta: dict = {"note": ""}
     if c.quant is not None:  # pow2 "fold": the stored scale is a power of two, as for true
         q = c.quant
-        meta.update(bits=q.bits, mapping=q.mapping, pow2=q.pow2, scale=layer.scale,
+        meta.update(bits=q.bits, mapping=q.mapping, pow2=q.pow2, scale=scale_json(layer.scale),
                     levels=list(q.levels))
+        if q.per_channel:
+            meta["per_channel"] = True
     if layer.levels is None:
         meta["dtype"] = "float"
         return meta
@@ -125,7 +133,12 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
         raise CompressionError(f"layer {init.rsplit('.', 1)[0]!r}: no ONNX initializer named "
                                f"{init!r} (weight shared or renamed by the exporter)")
     old = graph.initializer[found[0]]
-    exact = layer.levels.astype(np.float32) * np.float32(layer.scale)
+    channels = np.ndim(layer.scale) == 1
+    if channels and opset < 13:
+        raise CompressionError(f"{init}: a per-channel scale needs DequantizeLinear's axis, "
+                               f"from opset 13 (asked for {opset})")
+    exact = layer.levels.astype(np.float32) * np.float32(
+        broadcast_scale(layer.scale, layer.levels.ndim))
     if not np.array_equal(numpy_helper.to_array(old), exact):
         raise CompressionError(f"{init}: model weight is not scale * levels; snap it first")
     bits = c.quant.bits
@@ -142,10 +155,13 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
     graph.initializer.extend([
         numpy_helper.from_array(layer.levels.astype(np_type), f"{init}_quantized"),
         numpy_helper.from_array(np.array(layer.scale, dtype=np.float32), f"{init}_scale"),
-        numpy_helper.from_array(np.array(0, dtype=np_type), f"{init}_zero_point"),
+        numpy_helper.from_array(np.zeros(np.shape(layer.scale), dtype=np_type),
+                                f"{init}_zero_point"),
     ])
+    # a per-channel scale runs along the weight's axis 0: Conv's output channels, and
+    # Gemm's (transB: the exporter's layout of a Linear weight)
     node = helper.make_node("DequantizeLinear",
                             [f"{init}_quantized", f"{init}_scale", f"{init}_zero_point"], [init],
-                            name=f"{init}_DequantizeLinear")
+                            name=f"{init}_DequantizeLinear", **({"axis": 0} if channels else {}))
     graph.node.insert(0, node)
     return meta

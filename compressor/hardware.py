@@ -12,7 +12,8 @@ weight, biases excluded (they stay in digital memory either way):
 
 * a float initializer: 32 bits per entry (the dense baseline: ``32 · weights``);
 * a QDQ weight of ``b``-bit levels, on the crossbar matrix tiled ``rows × cols``
-  (:mod:`compressor.geometry`): 1 bit per tile (is it stored at all?), 32 bits for the scale,
+  (:mod:`compressor.geometry`): 1 bit per tile (is it stored at all?), 32 bits per scale
+  (one, or one per output channel),
   and for every tile holding a nonzero ``min(E·b, nnz·b + E)`` bits, ``E`` its real entries
   and ``nnz`` its nonzeros: the tile's levels as they are (zeros included), or only its
   nonzeros plus a 1-bit-per-entry presence mask, whichever is smaller. An all-zero tile
@@ -268,7 +269,10 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
             nz = geometry.blocks(m != 0).sum(axis=(1, 3))
             real = geometry.blocks(np.ones(m.shape, bool)).sum(axis=(1, 3))
             kept = nz > 0
-            cost = int(nz.size) + 32 + int(np.minimum(real * bits, nz * bits + real)[kept].sum())
+            scales = numpy_helper.to_array(inits[dq[name].input[1]]).size \
+                if dq[name].input[1] in inits else 1
+            cost = (int(nz.size) + 32 * scales
+                    + int(np.minimum(real * bits, nz * bits + real)[kept].sum()))
         layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
                         "bits": bits or 32, "storage_bits": int(cost)}
         total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost

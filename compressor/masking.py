@@ -40,8 +40,9 @@ class Frozen:
 
     mask: np.ndarray
     """Boolean, torch layout of the weight; False entries are held at 0."""
-    scale: float | None = None
-    """Weight units per level; None = float weights (mask only)."""
+    scale: float | np.ndarray | None = None
+    """Weight units per level: one, or one per output channel (1-D, torch dim 0); None =
+    float weights (mask only)."""
     qmin: int = 0
     """Lowest integer level."""
     qmax: int = 0
@@ -56,8 +57,9 @@ class _MaskedLevels(torch.autograd.Function):
     """``clip(round(w / scale)) · scale · mask`` forward, ``grad · mask`` backward (the
     straight-through estimator), in place on one buffer: the composed ops took half of a
     retraining step on a 4.6 M-weight model (profiled). Pruned entries are 0 because every
-    level set holds 0. A learned ``scale`` (a 0-d tensor that requires grad) gets LSQ's
-    gradient (:func:`_scale_grad`)."""
+    level set holds 0. ``scale`` is a float or a tensor (one per output channel, shaped to
+    broadcast over ``w``); a learned one (a tensor that requires grad) gets LSQ's gradient
+    (:func:`_scale_grad`)."""
 
     @staticmethod
     def forward(ctx, w, mask, scale, qmin, qmax, sign=None):
@@ -91,14 +93,15 @@ def _scale_grad(gw, w, s, qmin, qmax, sign=None) -> torch.Tensor:
     ∂out/∂s`` for ``out = clip(round(w / s)) · s · mask`` with the rounding passed straight
     through, where ``∂out/∂s`` is ``round(w/s) − w/s`` inside the level range and the
     clipped level outside it (0 where masked, ``gw = grad · mask`` = 0, or held at 0 by
-    ``sign``); float64. One numba pass (:func:`_lsq_sum`): as torch ops it took half again a
-    retraining step of the benchmark's VGG-style model; this adds about a seventh."""
+    ``sign``); float64, shaped as ``s`` (a sum per output channel for a per-channel scale).
+    One numba pass (:func:`_lsq_sum`): as torch ops it took half again a retraining step of
+    the benchmark's VGG-style model; this adds about a seventh."""
     w = _as_2d(w)
     signed = sign is not None
     # the forward's division: w / s in the weight's dtype
-    total = _lsq_sum(_as_2d(gw), w, _as_2d(sign) if signed else w, signed,
-                     w.dtype.type(s.item()), qmin, qmax)
-    return torch.tensor(total, dtype=torch.float64)
+    rows = s.detach().reshape(-1).numpy().astype(w.dtype)
+    total = _lsq_sum(_as_2d(gw), w, _as_2d(sign) if signed else w, signed, rows, qmin, qmax)
+    return torch.from_numpy(total).reshape(s.shape)
 
 
 def _as_2d(t: torch.Tensor) -> np.ndarray:
@@ -109,21 +112,24 @@ def _as_2d(t: torch.Tensor) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _lsq_sum(gw, w, sign, signed, s, qmin, qmax):
-    """``Σ gw · slope`` of :func:`_scale_grad` (``sign`` read only where ``signed``). One
-    thread: the torch threads are busy around it (and measured no slower than a parallel
-    loop)."""
+    """``Σ gw · slope`` of :func:`_scale_grad` (``sign`` read only where ``signed``): ``s``
+    holds one scale, or one per row (output channel) with a sum per row. One thread: the
+    torch threads are busy around it (and measured no slower than a parallel loop)."""
     n, m = w.shape
-    acc = 0.0
+    per_row = s.shape[0] == n and n > 1
+    acc = np.zeros(s.shape[0])
     for i in range(n):
+        r_i = i if per_row else 0
+        si = s[r_i]
         for j in range(m):
             g = gw[i, j]
             if g == 0.0:
                 continue
-            r = w[i, j] / s
+            r = w[i, j] / si
             q = min(max(np.rint(r), qmin), qmax)
             if signed and q * sign[i, j] < 0:
                 continue
-            acc += g * (q - r if qmin <= r <= qmax else q)
+            acc[r_i] += g * (q - r if qmin <= r <= qmax else q)
     return acc
 
 
@@ -144,9 +150,18 @@ class MaskQuant(nn.Module):
         self.tiles: list[tuple[slice, slice]] = []
         self.register_buffer("mask", torch.as_tensor(frozen.mask, dtype=dtype), persistent=False)
         self.scale, self.qmin, self.qmax = frozen.scale, frozen.qmin, frozen.qmax
-        # float32 whatever the weight's dtype: the scale stays float32-representable (how it
-        # is stored), and a float64 weight divides by it exactly
-        self.log_gain = (nn.Parameter(torch.zeros((), dtype=torch.float32))
+        # per channel: a float32 tensor shaped to broadcast over the weight (float32 whatever
+        # the weight's dtype: the scale stays float32-representable, how it is stored, and a
+        # float64 weight divides by it exactly)
+        channels = np.ndim(frozen.scale) == 1
+        if channels:
+            self.register_buffer("scale_t", torch.as_tensor(
+                broadcast_scale(frozen.scale, frozen.mask.ndim), dtype=torch.float32),
+                persistent=False)
+        else:
+            self.scale_t = None
+        self.log_gain = (nn.Parameter(torch.zeros(self.scale_t.shape if channels else (),
+                                                  dtype=torch.float32))
                          if learn_scale and frozen.scale is not None else None)
         if frozen.sign is None:
             self.sign = None
@@ -155,8 +170,10 @@ class MaskQuant(nn.Module):
                                                          dtype=dtype), persistent=False)
 
     def level_scale(self) -> float | torch.Tensor | None:
-        """The scale in use: the frozen float, or the learned 0-d tensor (with its graph)."""
-        return self.scale if self.log_gain is None else self.scale * self.log_gain.exp()
+        """The scale in use: the frozen float or per-channel tensor, or the learned tensor
+        (with its graph)."""
+        base = self.scale if self.scale_t is None else self.scale_t
+        return base if self.log_gain is None else base * self.log_gain.exp()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.scale is None:
@@ -187,7 +204,7 @@ class _TiledLinear(torch.autograd.Function):
              else bias.expand(x.shape[0], -1).clone())
         values = []
         for o, i in tiles:
-            v = _levels_value(w[o, i], mask[o, i], scale, qmin, qmax)
+            v = _levels_value(w[o, i], mask[o, i], _rows(scale, o), qmin, qmax)
             y[:, o].addmm_(x[:, i], v.t())
             values.append(v)
         learned = isinstance(scale, torch.Tensor) and ctx.needs_input_grad[5]
@@ -202,7 +219,7 @@ class _TiledLinear(torch.autograd.Function):
         x, mask, w, s, *values = ctx.saved_tensors
         gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         gw = grad.new_zeros(ctx.w_shape) if ctx.needs_input_grad[1] else None
-        gs = None if s is None else torch.zeros((), dtype=torch.float64)
+        gs = None if s is None else torch.zeros(s.shape, dtype=torch.float64)
         for (o, i), v in zip(ctx.tiles, values):
             g = grad[:, o]
             if gx is not None:
@@ -212,11 +229,25 @@ class _TiledLinear(torch.autograd.Function):
             gv = torch.mm(g.t(), x[:, i])   # gradient of the tile's values
             gm = gv * mask[o, i]
             if gs is not None:
-                gs += _scale_grad(gm, w[o, i], s, *ctx.levels)
+                if s.dim():     # per channel: the tile's rows of it
+                    gs[o] += _scale_grad(gm, w[o, i], s[o], *ctx.levels)
+                else:
+                    gs += _scale_grad(gm, w[o, i], s, *ctx.levels)
             if gw is not None:
                 gw[o, i] = gm
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None if gs is None else gs.to(s.dtype), None, None
+
+
+def _rows(scale, o: slice):
+    """The part of ``scale`` for output rows ``o``: all of a single one, else its rows."""
+    return scale[o] if isinstance(scale, torch.Tensor) and scale.dim() else scale
+
+
+def broadcast_scale(scale, ndim: int) -> np.ndarray | float:
+    """A per-channel ``scale`` (1-D) shaped ``(C, 1, ...)`` to broadcast over a weight of
+    ``ndim`` dimensions; a single one as it is."""
+    return scale.reshape((-1,) + (1,) * (ndim - 1)) if np.ndim(scale) == 1 else scale
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +296,9 @@ def learned_scales(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, Fro
         q = modules[name].parametrizations.weight[0]
         if q.log_gain is not None:
             with torch.no_grad():
-                out[name] = replace(f, scale=float(q.level_scale()))
+                s = q.level_scale()
+                out[name] = replace(f, scale=(s.reshape(-1).double().numpy() if s.dim()
+                                              else float(s)))
     return out
 
 
@@ -277,7 +310,9 @@ def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:
     # weight's dtype), so the snapped levels are the ones every retraining epoch, and the
     # epoch ``keep: best`` selects, was scored with; a float64 divide rounds the other way
     # for quotients within an ulp of a half level
-    q = torch.div(weight.detach().cpu(), f.scale).round_().clamp_(f.qmin, f.qmax)
+    scale = f.scale if np.ndim(f.scale) == 0 else torch.as_tensor(
+        broadcast_scale(f.scale, weight.dim()), dtype=torch.float32)
+    q = torch.div(weight.detach().cpu(), scale).round_().clamp_(f.qmin, f.qmax)
     q = q.numpy().astype(np.int64) * f.mask
     return q if f.sign is None else _signed(q, f.sign)
 
@@ -307,7 +342,8 @@ def snap(model: nn.Module, frozen: dict[str, Frozen]) -> dict[str, np.ndarray | 
             if f.sign is not None:
                 value = torch.as_tensor(_signed(value.numpy(), f.sign))
         else:
-            value = torch.as_tensor(q.astype(np.float32) * np.float32(f.scale))
+            value = torch.as_tensor(q.astype(np.float32) * np.float32(
+                broadcast_scale(f.scale, q.ndim)))
         with torch.no_grad():
             m.weight.copy_(value.to(m.weight.dtype))
     return out

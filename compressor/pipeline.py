@@ -75,10 +75,12 @@ class LayerResult:
     constraint: Constraint
     mask: np.ndarray
     """Boolean keep mask of the structure."""
-    scale: float | None
-    """Weight units per integer level (float32-representable), None if unquantized."""
+    scale: float | np.ndarray | None
+    """Weight units per integer level (float32-representable): one, or with ``per_channel``
+    one per output channel (1-D); None if unquantized."""
     levels: np.ndarray | None
-    """Integer weights ``q`` (int64) with ``weight == float32(q) * float32(scale)``."""
+    """Integer weights ``q`` (int64) with ``weight == float32(q) * float32(scale)`` (a
+    per-channel scale broadcast along the weight's first axis)."""
 
 
 @dataclass
@@ -442,7 +444,9 @@ class _Run:
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
             "accuracy": self.accuracy, "dense": self.dense_state, "teacher": self.teacher,
             "best_state": self.best_state, "mean_state": self.mean_state,
-            "frozen": {n: {"mask": torch.from_numpy(f.mask), "scale": f.scale,
+            "frozen": {n: {"mask": torch.from_numpy(f.mask),
+                           "scale": (torch.from_numpy(f.scale) if np.ndim(f.scale)
+                                     else f.scale),    # a tensor: weights_only loads it
                            "qmin": f.qmin, "qmax": f.qmax,
                            **({} if f.sign is None else {"sign": torch.from_numpy(f.sign)})}
                        for n, f in self.frozen.items()},
@@ -465,7 +469,9 @@ class _Run:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "
                                    f"may read dead neurons: delete it to rerun")
-        self.frozen = {n: Frozen(f["mask"].numpy(), f["scale"], f["qmin"], f["qmax"],
+        self.frozen = {n: Frozen(f["mask"].numpy(),
+                                 f["scale"].numpy() if torch.is_tensor(f["scale"])
+                                 else f["scale"], f["qmin"], f["qmax"],
                                  f["sign"].numpy() if "sign" in f else None)
                        for n, f in ck["frozen"].items()}
         if ck["stage"] == "retrain":  # parametrized module names

@@ -55,6 +55,16 @@ nearest, clip). Without a given scale, ``s`` is searched to minimise the distanc
 it is exact over power-of-two scales (``pow2=True``) and it recovers the scale of a point that
 already lies on a lattice (so projections are idempotent).
 
+Per-channel scales (``per_channel=True``): one scale per crossbar column (a layer's output
+channel), ``{s_j·q}`` column by column, applied digitally after the column's ADC as the
+per-tensor one is. Given the scales the projection is exact as above. Searched, each
+column's scale comes from :func:`column_scales` (the same kinds of candidates as
+:func:`best_scale`, every one judged on the whole column). Without a structure, or with the
+per-segment ``tinyadc``/``tinyadc_signed`` sets (whose segments lie within one column), the
+columns are independent and each gets its own best candidate. The group structures couple
+the columns: there the search compares the whole-layer distance of each candidate rank and
+of the per-column best, as for one scale.
+
 Joint sparse + quantized (:func:`project_sparse_quantized`): nearest point of the intersection.
 For a given scale it is exact: a kept weight goes to its nearest level, a pruned one to 0, so
 keeping a group reduces the distance by ``gain = Σ w² − Σ (w − Q(w))²``; the groups (or, for
@@ -66,6 +76,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import numba
 import numpy as np
 
 from .errors import CompressionError
@@ -91,6 +102,7 @@ _GROUP_AXES = {
     "aligned_cols": (0, 1, 3),
 }
 _SEARCH_SAMPLE = 1 << 14  # entries the coarse scale search ranks on (plus the largest one)
+_COLUMN_SAMPLE = 512      # the same per column, for per-channel scales
 
 
 # ---------------------------------------------------------------------------- public API
@@ -129,40 +141,44 @@ def project_structured(w, geom: CrossbarGeometry, structure: str, amount: float)
     return _apply(w, geom, structure, amount, None)
 
 
-def project_levels(w, bits: int, mapping: str = "differential", scale: float | None = None,
-                   pow2: bool = False):
+def project_levels(w, bits: int, mapping: str = "differential", scale=None,
+                   pow2: bool = False, per_channel: bool = False):
     """Nearest point of ``{s·q}``, ``q`` a ``bits``-bit level under ``mapping``.
 
     ``scale`` (weight units per level) is searched when None (:func:`best_scale`); with
     ``pow2`` the search is restricted to ``2**k`` (integer-only hardware: a shift, no
     multiplier). ``mapping='differential'`` is uniform symmetric quantization.
+    ``per_channel``: one scale per output channel (``scale`` then one per channel, or one
+    for all).
     """
-    return _apply(w, None, None, None, (bits, mapping, scale, pow2))
+    return _apply(w, None, None, None, (bits, mapping, scale, pow2, per_channel))
 
 
-def project_conductance(w, geom: CrossbarGeometry, scale: float | None = None,
-                        pow2: bool = False):
+def project_conductance(w, geom: CrossbarGeometry, scale=None, pow2: bool = False,
+                        per_channel: bool = False):
     """Nearest point whose levels the geometry's cells can store (``geom.levels``)."""
-    return project_levels(w, geom.weight_bits, geom.mapping, scale, pow2)
+    return project_levels(w, geom.weight_bits, geom.mapping, scale, pow2, per_channel)
 
 
 def project_sparse_quantized(w, geom: CrossbarGeometry, structure: str, amount: float,
                              bits: int, mapping: str = "differential",
-                             scale: float | None = None, pow2: bool = False):
-    """Nearest point that is both ``structure``-sparse and on the ``bits``-bit level set."""
-    return _apply(w, geom, structure, amount, (bits, mapping, scale, pow2))
+                             scale=None, pow2: bool = False, per_channel: bool = False):
+    """Nearest point that is both ``structure``-sparse and on the ``bits``-bit level set
+    (``per_channel``: a scale per output channel)."""
+    return _apply(w, geom, structure, amount, (bits, mapping, scale, pow2, per_channel))
 
 
 def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str | None,
                    amount, quant: tuple | None, live_rows: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, float | None, np.ndarray]:
+                   ) -> tuple[np.ndarray, float | np.ndarray | None, np.ndarray]:
     """The workhorse on a float64 crossbar matrix ``m`` (``K × N``).
 
-    ``quant`` is None or ``(bits, mapping, scale, pow2)``. Returns the projected matrix, the
-    scale used (None without quantization) and the boolean mask of the entries the structure
-    keeps (all True without one; a kept entry may still have rounded to level 0). The scale
-    is float32-representable, so ``float32(q) * float32(scale)`` reproduces the result.
-    ``live_rows`` (``K`` booleans): see :func:`keep_mask`.
+    ``quant`` is None or ``(bits, mapping, scale, pow2[, per_channel])``. Returns the
+    projected matrix, the scale used (None without quantization; with ``per_channel`` a
+    float64 array of ``N``, one per column) and the boolean mask of the entries the
+    structure keeps (all True without one; a kept entry may still have rounded to level 0).
+    Scales are float32-representable, so ``float32(q) * float32(scale)`` reproduces the
+    result. ``live_rows`` (``K`` booleans): see :func:`keep_mask`.
     """
     if structure is not None and structure not in ALL_STRUCTURES:
         raise CompressionError(
@@ -176,20 +192,16 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
             return m.copy(), None, np.ones(m.shape, dtype=bool)
         keep = keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)
         return m * keep, None, keep
-    bits, mapping, scale, pow2 = quant
+    bits, mapping, scale, pow2, *rest = quant
+    per_channel = bool(rest and rest[0])
     qmin, qmax = level_range(bits, mapping)
     if qmin == qmax:
         raise CompressionError(f"bits={bits} {mapping}: the only level is {qmin}; "
                                f"{mapping} levels need bits >= 2")
     if scale is not None:
-        if not (scale > 0 and math.isfinite(scale)):
-            raise CompressionError(f"scale={scale!r}: must be a finite number > 0")
-        if pow2 and 2.0 ** round(math.log2(scale)) != scale:
-            raise CompressionError(f"scale={scale!r}: pow2 requires a power of two")
-        if not float32_positive(scale):  # the stored (float32) scale would be 0 or inf
-            raise CompressionError(f"scale={scale!r}: outside float32's range, where the "
-                                   f"stored scale is kept")
-        scale = float(_f32(scale))
+        scale = _checked_scale(scale, pow2, m.shape[1] if per_channel else None)
+    if per_channel:
+        return _per_channel(m, geom, structure, amount, scale, qmin, qmax, pow2, live_rows)
     if structure is None:
         s = scale if scale is not None else best_scale(m, qmin, qmax, pow2)
         return _snap(m, s, qmin, qmax), float(s), np.ones(m.shape, dtype=bool)
@@ -205,6 +217,52 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
         if best is None or d < best[0]:
             best = (d, out)
     return best[1]
+
+
+def _checked_scale(scale, pow2: bool, columns: int | None):
+    """A given scale as float32-representable values: a float, or with ``columns`` (per
+    channel) an array of that many (a single number is one for every column)."""
+    a = np.asarray(scale, dtype=np.float64)
+    if columns is None and a.ndim != 0:
+        raise CompressionError(f"scale of shape {a.shape}: one number expected (a scale per "
+                               f"channel needs per_channel)")
+    if columns is not None:
+        if a.ndim == 0:
+            a = np.full(columns, float(a))
+        elif a.shape != (columns,):
+            raise CompressionError(f"scale of shape {a.shape}: per_channel needs one per "
+                                   f"output channel ({columns})")
+    if not (np.all(a > 0) and np.all(np.isfinite(a))):
+        raise CompressionError(f"scale={scale!r}: must be finite numbers > 0")
+    if pow2 and not np.array_equal(2.0 ** np.round(np.log2(a)), a):
+        raise CompressionError(f"scale={scale!r}: pow2 requires a power of two (one per "
+                               f"channel with per_channel)")
+    if not all(float32_positive(float(v)) for v in a.ravel()):
+        # the stored (float32) scale would be 0 or inf
+        raise CompressionError(f"scale={scale!r}: outside float32's range, where the "
+                               f"stored scale is kept")
+    a = _f32(a)
+    return float(a) if columns is None else a
+
+
+def _per_channel(m, geom, structure, amount, scale, qmin, qmax, pow2, live_rows):
+    """:func:`project_matrix` with a scale per column (module doc, "Per-channel scales")."""
+    ones = np.ones(m.shape, dtype=bool)
+    if structure is None:
+        s = scale if scale is not None else column_scales(m, qmin, qmax, pow2)[0]
+        return _snap(m, s, qmin, qmax), s, ones
+    if scale is not None:
+        return _joint(m, geom, structure, amount, scale, qmin, qmax, live_rows)
+    support = keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)
+    cands = column_scales(m * support, qmin, qmax, pow2)        # (top, N), best first
+    outs = [_joint(m, geom, structure, amount, s, qmin, qmax, live_rows) for s in cands]
+    dists = np.stack([np.sum((o[0] - m) ** 2, axis=0) for o in outs])   # (top, N)
+    # the per-column best: the nearest point for the per-segment structures, whose
+    # segments lie within a column; one more candidate for the group ones
+    mixed = cands[np.argmin(dists, axis=0), np.arange(m.shape[1])]
+    outs.append(_joint(m, geom, structure, amount, mixed, qmin, qmax, live_rows))
+    total = [float(np.sum((o[0] - m) ** 2)) for o in outs]
+    return outs[int(np.argmin(total))]
 
 
 def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
@@ -370,6 +428,129 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     return sorted(found, key=lambda s: (found[s], s))[:top]
 
 
+def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
+                  top: int = 4) -> np.ndarray:
+    """Per-column :func:`scale_candidates`: ``(top, N)`` float32-valued scales for the
+    ``N`` columns of ``m``, each column's best first (ties: the finer scale).
+
+    :func:`best_scale`'s search for each column on its own: its candidates (the no-clipping
+    scale, 255 finer ones down to a quarter of it, 32 coarser ones, and every lattice scale
+    ``max|x|/m``) ranked on a stride sample of the column (:data:`_COLUMN_SAMPLE` entries
+    and its largest), the best two refined by Lloyd iterations on the whole column, and the
+    six ranked again on it (:func:`_column_distances`). With ``pow2``, every power of two of
+    its range, judged on the whole column: exact, as in :func:`best_scale`. An all-zero
+    column gets 1.0. A column that lies on a lattice gets its own scale back (idempotent).
+    """
+    x = np.ascontiguousarray(np.asarray(m, dtype=np.float64).T)   # a column a row
+    n = x.shape[0]
+    if x.shape[1] == 0 or n == 0:
+        return np.ones((top, n))
+    a = np.abs(x).max(axis=1)
+    zero = a == 0.0
+    a1 = np.where(zero, 1.0, a)
+    qm = max(-qmin, qmax)
+    no_clip = np.maximum(x.max(axis=1) / qmax if qmax > 0 else 0.0,
+                         x.min(axis=1) / qmin if qmin < 0 else 0.0)
+    no_clip = np.where(no_clip > 0, no_clip, a1 / qm)
+    if pow2:
+        k_hi = np.ceil(np.log2(2.0 * a1)) + 1
+        k_lo = np.floor(np.log2(no_clip)) - 8
+        span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
+        grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
+        grid = np.where(_f32(grid) > 0, grid, 2.0 ** k_hi[None, :])   # no float32 zeros
+    else:
+        parts = [no_clip[None, :] / np.geomspace(1.0, 4.0, 256)[:, None],
+                 a1[None, :] / np.geomspace(1.0, qm, 32)[:, None],
+                 a1[None, :] / np.arange(1, min(qm, 256) + 1, dtype=np.float64)[:, None]]
+        if qm > 256:    # larger lattices, as best_scale finds them (a column at a time)
+            extra = [a1[j] / _lattice_levels(_sample(x[j], 256), a1[j], qm) for j in range(n)]
+            width = max(len(e) for e in extra)
+            if width:
+                parts.append(np.stack([np.pad(e, (0, width - len(e)), constant_values=a1[j])
+                                       for j, e in enumerate(extra)], axis=1))
+        grid = _f32(np.concatenate(parts))
+    grid = np.ascontiguousarray(np.where(zero[None, :], 1.0, grid))
+    if pow2:    # exact over the powers of two: every one judged on all of x
+        return _rank_columns(grid, _column_distances(x, grid, qmin, qmax), top)
+    # ranked on a stride sample of each column (with its largest entry), as best_scale does
+    if x.shape[1] > _COLUMN_SAMPLE:
+        idx = np.linspace(0, x.shape[1] - 1, _COLUMN_SAMPLE).astype(np.int64)
+        big = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
+        sample = np.ascontiguousarray(np.concatenate([x[:, idx], big], axis=1))
+    else:
+        sample = x
+    ranked = _rank_columns(grid, _column_distances(sample, grid, qmin, qmax), max(top, 2))
+    refined = _lloyd_columns(x, np.ascontiguousarray(ranked[:2]), qmin, qmax)
+    both = np.ascontiguousarray(np.concatenate([ranked, refined]))
+    return _rank_columns(both, _column_distances(x, both, qmin, qmax), top)
+
+
+def _rank_columns(scales: np.ndarray, d: np.ndarray, top: int) -> np.ndarray:
+    """The ``top`` scales of each column by ``(distance, scale)``, repeats last."""
+    order = np.lexsort((scales.T, d.T))              # (N, G): each column's ascending
+    s = np.take_along_axis(scales.T, order, axis=1)
+    repeat = np.zeros(s.shape, dtype=bool)
+    repeat[:, 1:] = s[:, 1:] == s[:, :-1]            # equal scales sort side by side
+    s = np.take_along_axis(s, np.argsort(repeat, axis=1, kind="stable"), axis=1)
+    if s.shape[1] < top:
+        s = np.concatenate([s, np.repeat(s[:, -1:], top - s.shape[1], axis=1)], axis=1)
+    return np.ascontiguousarray(s[:, :top].T)
+
+
+@numba.njit(cache=True)
+def _column_distances(x, scales, qmin, qmax):
+    """``out[c, j]``: squared distance of row ``j`` of ``x`` (a column of the weight) to its
+    levels at scale ``scales[c, j]``, with :func:`_snap`'s arithmetic."""
+    n, k = x.shape
+    g = scales.shape[0]
+    out = np.empty((g, n))
+    for j in range(n):
+        for c in range(g):
+            s = scales[c, j]
+            acc = 0.0
+            for i in range(k):
+                v = x[j, i]
+                r = v - min(max(np.rint(v / s), qmin), qmax) * s
+                acc += r * r
+            out[c, j] = acc
+    return out
+
+
+@numba.njit(cache=True)
+def _lloyd_columns(x, starts, qmin, qmax, iters=10):
+    """:func:`_lloyd` for every start ``starts[c, j]`` on row ``j`` of ``x``."""
+    g, n = starts.shape
+    k = x.shape[1]
+    out = starts.copy()
+    for j in range(n):
+        for c in range(g):
+            s = starts[c, j]
+            best_d = 0.0
+            for i in range(k):
+                r = x[j, i] - min(max(np.rint(x[j, i] / s), qmin), qmax) * s
+                best_d += r * r
+            for _ in range(iters):
+                xq = 0.0
+                qq = 0.0
+                for i in range(k):
+                    q = min(max(np.rint(x[j, i] / s), qmin), qmax)
+                    xq += x[j, i] * q
+                    qq += q * q
+                if qq == 0.0:
+                    break
+                s = np.float64(np.float32(xq / qq))
+                if not s > 0.0:
+                    break
+                d = 0.0
+                for i in range(k):
+                    r = x[j, i] - min(max(np.rint(x[j, i] / s), qmin), qmax) * s
+                    d += r * r
+                if d >= best_d:
+                    break
+                out[c, j], best_d = s, d
+    return out
+
+
 def _lattice_levels(x: np.ndarray, a: float, qm: int) -> np.ndarray:
     """Candidate largest levels ``m`` (> 256) of a lattice ``x`` may lie on: multiples of the
     least common multiple of the denominators of every distinct ``|x_i| / a`` as a fraction
@@ -432,10 +613,11 @@ def as_float64(w):
 
 
 def _joint(m, geom, structure, amount, s, qmin, qmax, live_rows=None):
+    """Exact joint projection at scale ``s`` (a float, or one per column)."""
     qv = _snap(m, s, qmin, qmax)
     gain = m * m - (m - qv) ** 2  # >= 0: level 0 is always available
     keep = keep_mask(gain, geom, structure, amount, sign=m, live_rows=live_rows)
-    return qv * keep, float(s), keep
+    return qv * keep, (s if np.ndim(s) else float(s)), keep
 
 
 def _snap(m, s, qmin, qmax):

@@ -36,7 +36,8 @@ Format (every section but ``layers`` optional; defaults shown)::
         sparsity: {structure: blocks, keep: 0.5}   # tinyadc(_packed)(_signed) take n:
         quant: {bits: 8, mapping: differential, pow2: false}  # bits/mapping default: geometry
                             # pow2: true projects onto power-of-two scales in ADMM; fold
-                            # trains free scales, then folds them exactly (compressor.fold)
+                            # trains free scales, then folds them exactly (compressor.fold);
+                            # per_channel: true, a scale per output channel
       - match: classifier.4
         # no sparsity/quant: leave this layer dense
 """
@@ -346,10 +347,12 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
             raise CompressionError(f"{where}.sparsity.{key}: missing (structure {structure!r})")
         amount = sp[key]
     if r.get("quant") is not None:
-        q = _mapping(r["quant"], f"{where}.quant", {"bits", "mapping", "pow2", "scale"})
+        q = _mapping(r["quant"], f"{where}.quant",
+                     {"bits", "mapping", "pow2", "scale", "per_channel"})
         quant = QuantSpec(bits=q.get("bits", geom.weight_bits),
                           mapping=q.get("mapping", geom.mapping),
-                          pow2=q.get("pow2", False), scale=q.get("scale"))
+                          pow2=q.get("pow2", False), scale=q.get("scale"),
+                          per_channel=q.get("per_channel", False))
     c = Constraint(structure=structure, amount=amount, quant=quant)
     c.check(geom, where)
     return LayerRule(patterns=patterns, constraint=c)

@@ -178,6 +178,20 @@ def test_fixed_scale_outside_float32_is_refused(scale):
 JOINT = [((2, 4), (2, 2)), ((2, 4), (1, 4)), ((4, 2), (2, 1)), ((2, 2, 1, 2), (2, 2))]
 
 
+def nearest_by_brute_force(m, g, structure, amount, bits, scale):
+    """Distance from crossbar matrix ``m`` to the nearest feasible point on the levels at
+    ``scale`` (one, or one per column): every entry 0, rounded down or rounded up."""
+    qmin, qmax = level_range(bits)
+    lo = np.clip(np.floor(m / scale), qmin, qmax).ravel()
+    hi = np.clip(np.ceil(m / scale), qmin, qmax).ravel()
+    best = math.inf
+    for choice in itertools.product((0, 1, 2), repeat=m.size):
+        q = np.choose(np.array(choice), [np.zeros(m.size), lo, hi]).reshape(m.shape)
+        if feasible(q, g, structure, amount):
+            best = min(best, dist(q * scale, m))
+    return best
+
+
 @pytest.mark.parametrize("case,structure,bits",
                          list(itertools.product(JOINT, P.STRUCTURES, (2, 3))))
 def test_joint_fixed_scale_is_nearest_by_brute_force_over_levels_and_supports(case, structure, bits):
@@ -186,15 +200,7 @@ def test_joint_fixed_scale_is_nearest_by_brute_force_over_levels_and_supports(ca
     amount = 1 if structure in PER_SEG else 0.5
     scale = 0.5
     w = np.random.default_rng(bits).normal(size=shape)
-    m = to_crossbar(w)
-    qmin, qmax = level_range(bits)
-    lo = np.clip(np.floor(m / scale), qmin, qmax).ravel()
-    hi = np.clip(np.ceil(m / scale), qmin, qmax).ravel()
-    best = math.inf
-    for choice in itertools.product((0, 1, 2), repeat=m.size):  # 0, floor or ceil per entry
-        q = np.choose(np.array(choice), [np.zeros(m.size), lo, hi]).reshape(m.shape)
-        if feasible(q, g, structure, amount):
-            best = min(best, dist(q * scale, m))
+    best = nearest_by_brute_force(to_crossbar(w), g, structure, amount, bits, scale)
     p = P.project_sparse_quantized(w, g, structure, amount, bits, scale=scale)
     assert feasible(to_crossbar(p), g, structure, amount) and on_levels(p, scale, bits)
     assert dist(p, w) == pytest.approx(best, abs=1e-12)
