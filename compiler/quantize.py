@@ -20,7 +20,7 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
               seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """|max| of every tensor over the calibration batch, and the batch's graph outputs.
     Without data, standard normal inputs (seeded) stand in."""
-    import onnxruntime as ort
+    from .reference import onnxruntime_session
     if data is None:
         rng = np.random.default_rng(seed)
         data = {n: rng.standard_normal((n_random,) + tuple(s[1:])).astype(np.float32)
@@ -33,12 +33,8 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
             raise CompilerError(f"calibration input {n!r} has shape {np.shape(data[n])}; "
                                 f"expected (N, {', '.join(map(str, s[1:]))})")
     model = graph.to_onnx(extra_outputs=True)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = onnxruntime_session(model.SerializeToString())
     except Exception as e:
         raise CompilerError(f"onnxruntime cannot run the model for calibration: "
                             f"{first_line(e)}") from e

@@ -13,25 +13,35 @@ from .frontend import Graph
 from .ir import LayerProgram
 
 
+def onnxruntime_session(model: str | Path | bytes, threads: int = 1, basic: bool = False):
+    """An onnxruntime CPU session of ``model`` (a path or serialized bytes) with ``threads``
+    intra-op threads, one inter-op thread and only errors logged. ``basic``: basic graph
+    optimizations only, so the graph runs as written (the extended ones fuse Q/DQ pairs into
+    onnxruntime's own int8 kernels, which round differently); otherwise its default, all."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if basic:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
 def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
                     inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float outputs of onnxruntime, one sample at a time (models have batch 1)."""
-    import onnxruntime as ort
     if isinstance(model, Graph):
         model = model.to_onnx()
     if isinstance(model, onnx.ModelProto) and model.ir_version > 10:
         # onnx's helper stamps its newest IR version; onnxruntime may lag behind it.
         model = onnx.ModelProto.FromString(model.SerializeToString())
         model.ir_version = 10
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    # The graph as written: extended optimizations fuse Q/DQ pairs into onnxruntime's own int8
-    # kernels (QLinearConv, table sigmoid), which round differently -- onnxruntime 1.32's
-    # were 5 % (L2) off the QDQ graph's own semantics on a conv-conv-sigmoid model.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    # The graph as written: onnxruntime 1.32's fused int8 kernels (QLinearConv, table
+    # sigmoid) were 5 % (L2) off the QDQ graph's own semantics on a conv-conv-sigmoid model.
+    sess = onnxruntime_session(data, basic=True)
     names = [o.name for o in sess.get_outputs()]
     batch = len(next(iter(inputs.values())))
     outs = {n: [] for n in names}

@@ -284,13 +284,8 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
 
 def onnx_logits(path, x: np.ndarray, chunk: int = 500) -> np.ndarray:
     """onnxruntime logits of ``x`` (batched when the model's batch is symbolic)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from compiler.reference import onnxruntime_session
+    sess = onnxruntime_session(path, threads=2)
     inp = sess.get_inputs()[0]
     step = chunk if not isinstance(inp.shape[0], int) else int(inp.shape[0])
     x = np.asarray(x, np.float32)

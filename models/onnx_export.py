@@ -73,12 +73,8 @@ def _inline_identity_initializers(graph: onnx.GraphProto) -> None:
 
 def run_onnxruntime(path: str | os.PathLike, x: np.ndarray, threads: int = 2) -> np.ndarray:
     """Run an exported model on ``x`` with onnxruntime (CPU) and return its logits."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from compiler.reference import onnxruntime_session
+    sess = onnxruntime_session(path, threads)
     return sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
 
 
