@@ -2,9 +2,11 @@
 
 The float model is exported with torch's TorchScript exporter (``dynamo=False``), keeping
 BatchNormalization as its own node (the compiler folds it), then each quantized weight
-initializer ``W`` is replaced by an integer initializer ``W_quantized``, a float scalar
+initializer ``W`` is replaced by an integer initializer ``W_quantized``, a float scale
 ``W_scale`` and a zero point ``W_zero_point`` (0) feeding a ``DequantizeLinear`` whose output
-is named ``W`` — so the Conv/Gemm that read ``W`` are unchanged and onnxruntime runs the model.
+is named ``W`` (with ``quant.per_channel``, ``W_scale`` and ``W_zero_point`` hold one per
+output channel and the node has ``axis=0``: a Conv's output channels, a Gemm(transB)'s rows),
+so the Conv/Gemm that read ``W`` are unchanged and onnxruntime runs the model.
 Integer type: int8 for up to 8 bits; int16 for up to 16 bits when the opset is >= 21
 (DequantizeLinear takes int16 from opset 21); int32 otherwise (noted in the metadata).
 Mask-only (unquantized) layers keep their float initializer.
@@ -17,7 +19,8 @@ Metadata (``ModelProto.metadata_props``), the contract with ``compiler/``:
                         model's; 1 unless ``pow2: fold``, :mod:`compressor.fold`).
 ``xbarsim.layer.NAME``  JSON per compressed layer: ``initializer`` (weight tensor name),
                         ``op`` (Conv/Gemm), ``constraint`` (recipe form), ``bits``,
-                        ``mapping``, ``pow2``, ``scale`` (weight units per level), ``levels``
+                        ``mapping``, ``pow2``, ``scale`` (weight units per level; a list,
+                        one per output channel, with ``per_channel``: true), ``levels``
                         ([qmin, qmax]), ``dtype`` (integer type stored, or ``float``),
                         ``note``, and the crossbar occupancy of
                         :func:`compressor.geometry.occupancy` (``matrix``, ``grid``,

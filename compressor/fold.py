@@ -26,6 +26,7 @@ import math
 import operator
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +88,10 @@ def fold_pow2_scales(result, names=None):
         if n not in layers or layers[n].scale is None:
             raise CompressionError(f"pow2 fold: {n!r} is not a quantized layer of this result; "
                                    f"quantized: {', '.join(quantized) or 'none'}")
+        if np.ndim(layers[n].scale):
+            raise CompressionError(f"pow2 fold: {n!r} has a scale per output channel; the fold "
+                                   f"moves one scale per layer into what follows (use pow2: "
+                                   f"true for a power of two per channel)")
     split = {n: split_pow2(layers[n].scale) for n in names}
     model = copy.deepcopy(result.model).eval()
     out_r = _walk(model, {n: r for n, (_, r) in split.items()}, apply=True)

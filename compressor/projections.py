@@ -62,8 +62,9 @@ column's scale comes from :func:`column_scales` (the same kinds of candidates as
 :func:`best_scale`, every one judged on the whole column). Without a structure, or with the
 per-segment ``tinyadc``/``tinyadc_signed`` sets (whose segments lie within one column), the
 columns are independent and each gets its own best candidate. The group structures couple
-the columns: there the search compares the whole-layer distance of each candidate rank and
-of the per-column best, as for one scale.
+the columns: there the search compares the whole-layer distance of each candidate rank, of
+the per-column best and of the layer's own single-scale candidates, so it is never farther
+than the single-scale projection.
 
 Joint sparse + quantized (:func:`project_sparse_quantized`): nearest point of the intersection.
 For a given scale it is exact: a kept weight goes to its nearest level, a pruned one to 0, so
@@ -254,7 +255,14 @@ def _per_channel(m, geom, structure, amount, scale, qmin, qmax, pow2, live_rows)
     if scale is not None:
         return _joint(m, geom, structure, amount, scale, qmin, qmax, live_rows)
     support = keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)
-    cands = column_scales(m * support, qmin, qmax, pow2)        # (top, N), best first
+    # each column's candidates from the weights the magnitude projection keeps there (from
+    # all of them where it keeps none: the joint ranking may still keep some)
+    cands = column_scales(np.where(support.any(axis=0), m * support, m), qmin, qmax, pow2)
+    if structure not in PER_SEGMENT:
+        # the group structures couple the columns: one scale for the layer, as its own
+        # search finds it, is a candidate too, so the result is never farther than that
+        shared = scale_candidates(m[support], qmin, qmax, pow2)
+        cands = np.concatenate([cands, np.repeat(np.array(shared)[:, None], m.shape[1], 1)])
     outs = [_joint(m, geom, structure, amount, s, qmin, qmax, live_rows) for s in cands]
     dists = np.stack([np.sum((o[0] - m) ** 2, axis=0) for o in outs])   # (top, N)
     # the per-column best: the nearest point for the per-segment structures, whose
@@ -457,7 +465,6 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
         k_lo = np.floor(np.log2(no_clip)) - 8
         span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
         grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
-        grid = np.where(_f32(grid) > 0, grid, 2.0 ** k_hi[None, :])   # no float32 zeros
     else:
         parts = [no_clip[None, :] / np.geomspace(1.0, 4.0, 256)[:, None],
                  a1[None, :] / np.geomspace(1.0, qm, 32)[:, None],
@@ -469,6 +476,12 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
                 parts.append(np.stack([np.pad(e, (0, width - len(e)), constant_values=a1[j])
                                        for j, e in enumerate(extra)], axis=1))
         grid = _f32(np.concatenate(parts))
+    # stored as float32: a candidate that would be 0 or inf there becomes float32's smallest
+    # normal or largest power of two (both powers of two; only columns of weights near
+    # float32's limits, e.g. a dead channel of a float64 model, have such candidates)
+    f = _f32(grid)
+    grid = np.where((f > 0) & np.isfinite(f), grid, np.where(grid > 1.0, 2.0 ** 127,
+                                                              2.0 ** -126))
     grid = np.ascontiguousarray(np.where(zero[None, :], 1.0, grid))
     if pow2:    # exact over the powers of two: every one judged on all of x
         return _rank_columns(grid, _column_distances(x, grid, qmin, qmax), top)
@@ -539,7 +552,7 @@ def _lloyd_columns(x, starts, qmin, qmax, iters=10):
                 if qq == 0.0:
                     break
                 s = np.float64(np.float32(xq / qq))
-                if not s > 0.0:
+                if not 0.0 < s < np.inf:   # underflow or overflow in float32
                     break
                 d = 0.0
                 for i in range(k):

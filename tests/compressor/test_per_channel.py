@@ -118,6 +118,38 @@ def test_given_scales_of_the_wrong_shape_or_sign_are_refused():
     assert np.array_equal(a, P.project_levels(w * 0.3, 4, scale=0.25))
 
 
+@pytest.mark.parametrize("dtype, size, pow2", [(torch.float32, 1e-43, False),
+                                               (torch.float64, 1e-50, True),
+                                               (torch.float64, 1e-50, False)])
+def test_a_channel_of_weights_at_float32s_limit_gets_a_usable_scale(dtype, size, pow2):
+    from compressor.constraints import Constraint, QuantSpec
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 4).to(dtype)
+    with torch.no_grad():
+        lin.weight[3] = torch.tensor([size] * 4 + [0.0] * 12, dtype=dtype)
+    c = Constraint(quant=QuantSpec(bits=8, pow2=pow2, per_channel=True))
+    p, s, keep = c.project(lin.weight, CrossbarGeometry())
+    assert np.all(s.astype(np.float32) > 0) and np.all(np.isfinite(s.astype(np.float32)))
+    install(lin, {"": Frozen(keep, s, -127, 127)})
+    assert torch.isfinite(lin(torch.ones(2, 16, dtype=dtype))).all()
+
+
+def test_group_structures_are_never_farther_than_one_scale():
+    g = CrossbarGeometry(rows=3, cols=2)
+    for seed, structure in itertools.product(range(40), ("columns", "aligned_cols", "blocks")):
+        w = spread((6, 7), seed)
+        one = P.project_sparse_quantized(w, g, structure, 0.5, 3)
+        many = P.project_sparse_quantized(w, g, structure, 0.5, 3, per_channel=True)
+        assert dist(many, w) <= dist(one, w) * (1 + 1e-12), (seed, structure)
+
+
+def test_the_fold_refuses_channel_scales_in_one_line(digits, mlp):
+    from compressor import fold_pow2_scales
+    res = compress(mlp(), mlp_recipe(), *digits, progress=False)
+    with pytest.raises(CompressionError, match="'1' has a scale per output channel.*pow2: true"):
+        fold_pow2_scales(res)
+
+
 def test_an_all_zero_channel_keeps_scale_one_and_stays_zero():
     w = spread((4, 10), 0)
     w[2] = 0.0
