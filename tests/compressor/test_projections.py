@@ -372,3 +372,13 @@ def test_a_live_group_must_hold_a_weight_it_can_keep():
     out, _, keep = P.project_matrix(m, g, "aligned_rows", 0.5, (4, "differential", 1.0, False),
                                     live_rows=live)
     assert np.array_equal(out, np.array([[0, 0], [0, 0], [3, 2], [1, 2]]))
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+def test_weights_below_float32s_range_project_to_zero(pow2):
+    """A float64 tensor whose weights are all 0 as float32 (where levels are stored): scale
+    1.0 and zeros, as for an all-zero one (it divided by a float32 zero, or found no power
+    of two, before)."""
+    w = np.array([[1e-50, -3e-51], [2e-52, 0.0]])
+    p, s, _ = P.project_matrix(w, None, None, None, (4, "differential", None, pow2))
+    assert s == 1.0 and not p.any()
