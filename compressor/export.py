@@ -84,9 +84,9 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
         "output_scale": result.output_scale})
     consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
     for name, layer in result.layers.items():
-        init = f"{name}.weight"
-        meta = _rewrite(proto.graph, init, layer, opset)
         w = dict(result.model.named_modules())[name].weight.detach().numpy()
+        init, transposed = _weight_initializer(proto.graph, name, w)
+        meta = _rewrite(proto.graph, init, layer, opset, transposed)
         meta.update(initializer=init, op=consumers.get(init, "?"),
                     constraint=layer.constraint.describe(), **occupancy(to_crossbar(w), geom))
         props[f"xbarsim.layer.{name}"] = json.dumps(meta)
@@ -118,8 +118,29 @@ def scale_json(scale):
     return None if scale is None else np.asarray(scale, dtype=np.float64).tolist()
 
 
-def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
-    """Replace float initializer ``init`` by integer + DequantizeLinear; return metadata."""
+def _weight_initializer(graph: onnx.GraphProto, name: str, w: np.ndarray) -> tuple[str, bool]:
+    """``(initializer, transposed)`` holding module ``name``'s weight ``w``: ``name.weight``
+    as it is, or, for a Linear without bias (which the exporter writes as a MatMul by the
+    transposed weight, under a generated name), the MatMul's initializer equal to ``wᵀ``."""
+    init = f"{name}.weight"
+    inits = {t.name: t for t in graph.initializer}
+    if init in inits:
+        return init, False
+    if w.ndim == 2:
+        for n in graph.node:
+            t = inits.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) == 2 else None
+            if t is not None and tuple(t.dims) == w.T.shape \
+                    and np.array_equal(numpy_helper.to_array(t), w.T):
+                return t.name, True
+    raise CompressionError(f"layer {name!r}: no ONNX initializer named {init!r} and no "
+                           f"MatMul by its transposed weight (weight shared or renamed by the "
+                           f"exporter)")
+
+
+def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int,
+             transposed: bool = False) -> dict:
+    """Replace float initializer ``init`` by integer + DequantizeLinear; return metadata.
+    ``transposed``: ``init`` holds the weight transposed (a MatMul's ``(in, out)``)."""
     c = layer.constraint
     meta: dict = {"note": ""}
     if c.quant is not None:  # pow2 "fold": the stored scale is a power of two, as for true
@@ -132,9 +153,6 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
         meta["dtype"] = "float"
         return meta
     found = [i for i, t in enumerate(graph.initializer) if t.name == init]
-    if not found:
-        raise CompressionError(f"layer {init.rsplit('.', 1)[0]!r}: no ONNX initializer named "
-                               f"{init!r} (weight shared or renamed by the exporter)")
     old = graph.initializer[found[0]]
     channels = np.ndim(layer.scale) == 1
     if channels and opset < 13:
@@ -142,6 +160,8 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
                                f"from opset 13 (asked for {opset})")
     exact = layer.levels.astype(np.float32) * np.float32(
         broadcast_scale(layer.scale, layer.levels.ndim))
+    levels = layer.levels.T if transposed else layer.levels
+    exact = exact.T if transposed else exact
     if not np.array_equal(numpy_helper.to_array(old), exact):
         raise CompressionError(f"{init}: model weight is not scale * levels; snap it first")
     bits = c.quant.bits
@@ -156,15 +176,17 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int) -> dict:
     meta["dtype"] = np.dtype(np_type).name
     del graph.initializer[found[0]]
     graph.initializer.extend([
-        numpy_helper.from_array(layer.levels.astype(np_type), f"{init}_quantized"),
+        numpy_helper.from_array(np.ascontiguousarray(levels.astype(np_type)),
+                                f"{init}_quantized"),
         numpy_helper.from_array(np.array(layer.scale, dtype=np.float32), f"{init}_scale"),
         numpy_helper.from_array(np.zeros(np.shape(layer.scale), dtype=np_type),
                                 f"{init}_zero_point"),
     ])
-    # a per-channel scale runs along the weight's axis 0: Conv's output channels, and
-    # Gemm's (transB: the exporter's layout of a Linear weight)
+    # a per-channel scale runs along the output channels: axis 0 of a Conv's weight and of a
+    # Gemm's (transB: the exporter's layout of a Linear weight), axis 1 of a MatMul's
     node = helper.make_node("DequantizeLinear",
                             [f"{init}_quantized", f"{init}_scale", f"{init}_zero_point"], [init],
-                            name=f"{init}_DequantizeLinear", **({"axis": 0} if channels else {}))
+                            name=f"{init}_DequantizeLinear",
+                            **({"axis": int(transposed)} if channels else {}))
     graph.node.insert(0, node)
     return meta

@@ -97,3 +97,38 @@ def test_export_needs_an_input_shape(result, tmp_path):
         export_qdq(res, tmp_path / "m.onnx", input_shape=shape)
     finally:
         res.model.sample_shape = shape
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_linear_without_bias_exports_through_its_matmul(digits, per_channel, tmp_path):
+    """torch writes ``Linear(bias=False)`` as a MatMul by the transposed weight under a
+    generated name: its levels go there transposed (a per-channel scale along axis 1), and
+    onnxruntime, the storage count and the compiler read them."""
+    from compiler.frontend import frontend, load_model
+    from compressor.geometry import CrossbarGeometry
+    from compressor.hardware import storage_bits
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32, bias=False),
+                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    geom = {"rows": 16, "cols": 8, "weight_bits": 4}
+    quant = {"bits": 4, "per_channel": per_channel}
+    rec = parse_recipe({"name": "nobias", "geometry": geom, "pretrain": {"epochs": 2},
+                        "admm": {"rounds": 1}, "retrain": {"epochs": 1},
+                        "layers": [{"match": "1", "sparsity": {"structure": "blocks",
+                                                               "keep": 0.5}, "quant": quant},
+                                   {"match": "3", "quant": quant}]})
+    res = compress(model, rec, *digits, progress=False)
+    x = digits[1][0][:32]
+    path = export_qdq(res, tmp_path / "m.onnx", input_shape=(1, 8, 8), verify=x, atol=1e-5)
+    proto = onnx.load(path)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["xbarsim.layer.1"])
+    assert meta["op"] == "MatMul" and meta["initializer"] != "1.weight"
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    q = inits[f"{meta['initializer']}_quantized"]
+    assert np.array_equal(q, res.layers["1"].levels.T)
+    q_read, s_read, axis = frontend(load_model(path)).qweights[meta["initializer"]]
+    assert np.array_equal(q_read, q)
+    assert axis == (1 if per_channel else None)
+    assert np.array_equal(s_read, np.float32(res.layers["1"].scale))
+    layers = storage_bits(path, CrossbarGeometry(**geom))["layers"]
+    assert layers[meta["initializer"]]["bits"] == 4
