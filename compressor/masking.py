@@ -155,9 +155,8 @@ class MaskQuant(nn.Module):
         # float64 weight divides by it exactly)
         channels = np.ndim(frozen.scale) == 1
         if channels:
-            self.register_buffer("scale_t", torch.as_tensor(
-                broadcast_scale(frozen.scale, frozen.mask.ndim), dtype=torch.float32),
-                persistent=False)
+            self.register_buffer("scale_t", scale_divisor(frozen.scale, frozen.mask.ndim),
+                                 persistent=False)
         else:
             self.scale_t = None
         self.log_gain = (nn.Parameter(torch.zeros(self.scale_t.shape if channels else (),
@@ -229,10 +228,9 @@ class _TiledLinear(torch.autograd.Function):
             gv = torch.mm(g.t(), x[:, i])   # gradient of the tile's values
             gm = gv * mask[o, i]
             if gs is not None:
-                if s.dim():     # per channel: the tile's rows of it
-                    gs[o] += _scale_grad(gm, w[o, i], s[o], *ctx.levels)
-                else:
-                    gs += _scale_grad(gm, w[o, i], s, *ctx.levels)
+                # per channel: the tile's rows of it
+                (gs[o] if s.dim() else gs).add_(_scale_grad(gm, w[o, i], _rows(s, o),
+                                                            *ctx.levels))
             if gw is not None:
                 gw[o, i] = gm
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -248,6 +246,15 @@ def broadcast_scale(scale, ndim: int) -> np.ndarray | float:
     """A per-channel ``scale`` (1-D) shaped ``(C, 1, ...)`` to broadcast over a weight of
     ``ndim`` dimensions; a single one as it is."""
     return scale.reshape((-1,) + (1,) * (ndim - 1)) if np.ndim(scale) == 1 else scale
+
+
+def scale_divisor(scale, ndim: int) -> torch.Tensor | float:
+    """What the retraining forward divides a weight of ``ndim`` dimensions by: a single
+    scale as it is, a per-channel one as a float32 tensor that broadcasts (float32 whatever
+    the weight's dtype, as the scale is stored)."""
+    if np.ndim(scale) == 0:
+        return scale
+    return torch.as_tensor(broadcast_scale(scale, ndim), dtype=torch.float32)
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -310,9 +317,8 @@ def levels(weight: torch.Tensor, f: Frozen) -> np.ndarray | None:
     # weight's dtype), so the snapped levels are the ones every retraining epoch, and the
     # epoch ``keep: best`` selects, was scored with; a float64 divide rounds the other way
     # for quotients within an ulp of a half level
-    scale = f.scale if np.ndim(f.scale) == 0 else torch.as_tensor(
-        broadcast_scale(f.scale, weight.dim()), dtype=torch.float32)
-    q = torch.div(weight.detach().cpu(), scale).round_().clamp_(f.qmin, f.qmax)
+    q = torch.div(weight.detach().cpu(), scale_divisor(f.scale, weight.dim()))
+    q = q.round_().clamp_(f.qmin, f.qmax)
     q = q.numpy().astype(np.int64) * f.mask
     return q if f.sign is None else _signed(q, f.sign)
 

@@ -512,21 +512,27 @@ def _rank_columns(scales: np.ndarray, d: np.ndarray, top: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def _row_distance(x, j, s, qmin, qmax):
+    """Squared distance of row ``j`` of ``x`` to its levels at scale ``s`` (:func:`_snap`'s
+    arithmetic)."""
+    acc = 0.0
+    for i in range(x.shape[1]):
+        v = x[j, i]
+        r = v - min(max(np.rint(v / s), qmin), qmax) * s
+        acc += r * r
+    return acc
+
+
+@numba.njit(cache=True)
 def _column_distances(x, scales, qmin, qmax):
-    """``out[c, j]``: squared distance of row ``j`` of ``x`` (a column of the weight) to its
-    levels at scale ``scales[c, j]``, with :func:`_snap`'s arithmetic."""
-    n, k = x.shape
+    """``out[c, j]``: :func:`_row_distance` of row ``j`` of ``x`` (a column of the weight)
+    at scale ``scales[c, j]``."""
+    n = x.shape[0]
     g = scales.shape[0]
     out = np.empty((g, n))
     for j in range(n):
         for c in range(g):
-            s = scales[c, j]
-            acc = 0.0
-            for i in range(k):
-                v = x[j, i]
-                r = v - min(max(np.rint(v / s), qmin), qmax) * s
-                acc += r * r
-            out[c, j] = acc
+            out[c, j] = _row_distance(x, j, scales[c, j], qmin, qmax)
     return out
 
 
@@ -539,10 +545,7 @@ def _lloyd_columns(x, starts, qmin, qmax, iters=10):
     for j in range(n):
         for c in range(g):
             s = starts[c, j]
-            best_d = 0.0
-            for i in range(k):
-                r = x[j, i] - min(max(np.rint(x[j, i] / s), qmin), qmax) * s
-                best_d += r * r
+            best_d = _row_distance(x, j, s, qmin, qmax)
             for _ in range(iters):
                 xq = 0.0
                 qq = 0.0
@@ -555,10 +558,7 @@ def _lloyd_columns(x, starts, qmin, qmax, iters=10):
                 s = np.float64(np.float32(xq / qq))
                 if not 0.0 < s < np.inf:   # underflow or overflow in float32
                     break
-                d = 0.0
-                for i in range(k):
-                    r = x[j, i] - min(max(np.rint(x[j, i] / s), qmin), qmax) * s
-                    d += r * r
+                d = _row_distance(x, j, s, qmin, qmax)
                 if d >= best_d:
                     break
                 out[c, j], best_d = s, d
