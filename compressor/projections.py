@@ -193,6 +193,11 @@ def project_matrix(m: np.ndarray, geom: CrossbarGeometry | None, structure: str 
             return m.copy(), None, np.ones(m.shape, dtype=bool)
         keep = keep_mask(m * m, geom, structure, amount, sign=m, live_rows=live_rows)
         return m * keep, None, keep
+    big = int((np.abs(m) > _F32_MAX).sum())
+    if big:   # their levels and scales could not be stored (and float32(scale) is inf)
+        raise CompressionError(f"weights hold {big} values beyond float32's range "
+                               f"(|w| > {_F32_MAX:.4g}): quantized levels and scales are "
+                               f"stored as float32")
     bits, mapping, scale, pow2, *rest = quant
     per_channel = bool(rest and rest[0])
     qmin, qmax = level_range(bits, mapping)
@@ -666,9 +671,12 @@ def _lloyd(x, s, qmin, qmax, iters: int = 10) -> float:
     return best
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def float32_positive(x: float) -> bool:
     """Whether ``x`` rounds to a finite float32 > 0 (how scales are stored)."""
-    return 0.0 < x <= float(np.finfo(np.float32).max) and float(np.float32(x)) > 0.0
+    return 0.0 < x <= _F32_MAX and float(np.float32(x)) > 0.0
 
 
 def _f32(a):

@@ -350,6 +350,9 @@ def test_free_scale_projection_is_idempotent_at_high_bits(bits):
     (np.array([[1.0, np.inf]]), {"pow2": True}, "0 NaN and 1 infinite values"),
     (np.array([[1.0, 2.0]]), {"bits": 1}, "bits=1 differential: the only level is 0"),
     (np.array([[1.0, 2.0]], np.float16), {}, "dtype float16: a projection needs float32"),
+    # a float64 weight no float32 holds: its level and scale could not be stored
+    (np.array([[1.0, -1e39]]), {}, r"1 values beyond float32's range \(\|w\| > 3.403e\+38\)"),
+    (np.array([[1.0, 4e38]]), {"per_channel": True}, "1 values beyond float32's range"),
 ])
 def test_bad_weights_are_refused_in_one_line(w, kwargs, match):
     with pytest.raises(CompressionError, match=match):
