@@ -34,7 +34,8 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
                                 f"expected (N, {', '.join(map(str, s[1:]))})")
     model = graph.to_onnx(extra_outputs=True)
     try:
-        sess = onnxruntime_session(model.SerializeToString())
+        # every tensor is a graph output, so little fuses; kept as calibrated so far
+        sess = onnxruntime_session(model.SerializeToString(), fuse=True)
     except Exception as e:
         raise CompilerError(f"onnxruntime cannot run the model for calibration: "
                             f"{first_line(e)}") from e

@@ -99,36 +99,48 @@ def test_export_needs_an_input_shape(result, tmp_path):
         res.model.sample_shape = shape
 
 
+def _matmul_linear(kind):
+    """``(model, its two Linear layers)``: a Linear torch writes as a MatMul by its transposed
+    weight, without bias (flat input) or over a 3-D input (rows of 8 pixels; MatMul + Add)."""
+    nn = torch.nn
+    if kind == "no bias":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=False), nn.ReLU(),
+                             nn.Linear(32, 10)), ("1", "3")
+    return nn.Sequential(nn.Flatten(1, 2), nn.Linear(8, 16), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(128, 10)), ("1", "4")
+
+
+@pytest.mark.parametrize("kind", ["no bias", "3-D input"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_a_linear_without_bias_exports_through_its_matmul(digits, per_channel, tmp_path):
-    """torch writes ``Linear(bias=False)`` as a MatMul by the transposed weight under a
-    generated name: its levels go there transposed (a per-channel scale along axis 1), and
-    onnxruntime, the storage count and the compiler read them."""
+def test_a_linear_written_as_matmul_exports_through_it(digits, kind, per_channel, tmp_path):
+    """torch writes ``Linear(bias=False)``, and a Linear over a 3-D input, as a MatMul by the
+    transposed weight under a generated name: its levels go there transposed (a per-channel
+    scale along axis 1), and onnxruntime (to 1e-5: its fused integer MatMul was 0.4 % off),
+    the storage count and the compiler's reader take them."""
     from compiler.frontend import frontend, load_model
     from compressor.geometry import CrossbarGeometry
     from compressor.hardware import storage_bits
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32, bias=False),
-                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model, (first, last) = _matmul_linear(kind)
     geom = {"rows": 16, "cols": 8, "weight_bits": 4}
     quant = {"bits": 4, "per_channel": per_channel}
-    rec = parse_recipe({"name": "nobias", "geometry": geom, "pretrain": {"epochs": 2},
+    rec = parse_recipe({"name": "matmul", "geometry": geom, "pretrain": {"epochs": 2},
                         "admm": {"rounds": 1}, "retrain": {"epochs": 1},
-                        "layers": [{"match": "1", "sparsity": {"structure": "blocks",
-                                                               "keep": 0.5}, "quant": quant},
-                                   {"match": "3", "quant": quant}]})
+                        "layers": [{"match": first, "sparsity": {"structure": "blocks",
+                                                                 "keep": 0.5}, "quant": quant},
+                                   {"match": last, "quant": quant}]})
     res = compress(model, rec, *digits, progress=False)
     x = digits[1][0][:32]
     path = export_qdq(res, tmp_path / "m.onnx", input_shape=(1, 8, 8), verify=x, atol=1e-5)
     proto = onnx.load(path)
-    meta = json.loads({p.key: p.value for p in proto.metadata_props}["xbarsim.layer.1"])
-    assert meta["op"] == "MatMul" and meta["initializer"] != "1.weight"
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[f"xbarsim.layer.{first}"])
+    assert meta["op"] == "MatMul" and meta["initializer"] != f"{first}.weight"
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     q = inits[f"{meta['initializer']}_quantized"]
-    assert np.array_equal(q, res.layers["1"].levels.T)
+    assert np.array_equal(q, res.layers[first].levels.T)
     q_read, s_read, axis = frontend(load_model(path)).qweights[meta["initializer"]]
     assert np.array_equal(q_read, q)
     assert axis == (1 if per_channel else None)
-    assert np.array_equal(s_read, np.float32(res.layers["1"].scale))
+    assert np.array_equal(s_read, np.float32(res.layers[first].scale))
     layers = storage_bits(path, CrossbarGeometry(**geom))["layers"]
     assert layers[meta["initializer"]]["bits"] == 4
