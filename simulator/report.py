@@ -4,7 +4,6 @@ trace and plots. Every energy figure is counts x the cost table, so it can be au
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,30 +177,43 @@ def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> d
     return {k: float(v) * 1e-12 for k, v in pj.items()}
 
 
-def adc_totals(prog) -> tuple[float, float]:
-    """(area mm^2, leakage mW) of all ADCs, each MVMU's at the bits it converts with: its
-    own with ``adc.adaptive``, else the configured ones (an ideal ADC is charged as the
-    worst case), as dynamic energy and latency are."""
+# The parts of the chip that belong to one MVMU (its crossbars and their periphery), as
+# against the core's and the tile's shared ones: what a layer's own area and leakage count.
+MVMU_PARTS = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
+
+
+def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per MVMU: the area (mm^2) of each of its :data:`MVMU_PARTS`, and its ADCs' leakage
+    (mW). Its ADCs are charged at the bits they convert with: their own with
+    ``adc.adaptive``, else the configured ones (an ideal ADC as the worst case), as dynamic
+    energy and latency are."""
     cfg = prog.config
-    n_at = Counter(costs.cost_bits(cfg, prog.adc_bits_of(i)) for i in range(len(prog.mvmu_loc)))
-    adcs = [(costs.adc_cost(cfg.adc.model, b), n * cfg.adc.per_mvmu) for b, n in n_at.items()]
-    return sum(a.area_mm2 * n for a, n in adcs), sum(a.leak_mw * n for a, n in adcs)
+    n = len(prog.mvmu_loc)
+    xbars = cfg.arrays * cfg.slices
+    T = costs.TABLE
+    bits = np.array([costs.cost_bits(cfg, prog.adc_bits_of(i)) for i in range(n)], np.int64)
+    adc = {int(b): costs.adc_cost(cfg.adc.model, int(b)) for b in np.unique(bits)}
+    adc_area = np.array([adc[b].area_mm2 for b in bits.tolist()], np.float64)
+    adc_leak = np.array([adc[b].leak_mw for b in bits.tolist()], np.float64)
+    one = np.ones(n)
+    area = {
+        "crossbar": one * (xbars * costs.crossbar_area_mm2(cfg.xbar.rows, cfg.xbar.cols)),
+        "adc": adc_area * cfg.adc.per_mvmu,
+        "dac": one * (xbars * cfg.xbar.rows * T["dac_area_mm2"]),
+        "sample_hold": one * (xbars * cfg.xbar.cols * T["snh_area_mm2"]),
+        "shift_add": one * (cfg.adc.per_mvmu * T["shift_add_area_mm2"]),
+        "mvmu_registers": one * (T["mvmu_regs_area_mm2"] * cfg.xbar.rows / 128),
+    }
+    return area, adc_leak * cfg.adc.per_mvmu
 
 
 def area_by_component(prog) -> tuple[dict, int]:
     """Area (mm^2) of the hardware the program uses, and the number of cores used."""
     cfg = prog.config
-    n_mvmu = len(prog.mvmu_loc)
-    xbars = n_mvmu * cfg.arrays * cfg.slices
     cores_used = prog.cores_used()
     T = costs.TABLE
-    area = {
-        "crossbar": xbars * costs.crossbar_area_mm2(cfg.xbar.rows, cfg.xbar.cols),
-        "adc": adc_totals(prog)[0],
-        "dac": xbars * cfg.xbar.rows * T["dac_area_mm2"],
-        "sample_hold": xbars * cfg.xbar.cols * T["snh_area_mm2"],
-        "shift_add": n_mvmu * cfg.adc.per_mvmu * T["shift_add_area_mm2"],
-        "mvmu_registers": n_mvmu * T["mvmu_regs_area_mm2"] * cfg.xbar.rows / 128,
+    area = {k: float(v.sum()) for k, v in mvmu_costs(prog)[0].items()}
+    area |= {
         "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
         "core_other": len(cores_used) * (T["core_regs_area_mm2"] + T["core_control_area_mm2"]),
         "edram": prog.n_tiles * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
@@ -234,19 +246,28 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     cfg = prog.config
     counters, by_bits, span = timing["counters"], timing["adc_by_bits"], timing["span"]
     latency = int(timing["end"])
+    latency_ns = latency * cfg.cycle_ns
     total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
     n_mvmu = len(prog.mvmu_loc)
-    leak_mw = adc_totals(prog)[1] + prog.n_tiles * costs.TABLE["edram_leak_mw"]
-    latency_ns = latency * cfg.cycle_ns
+    part_area, adc_leak_mw = mvmu_costs(prog)
+    # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's)
+    leak_mw = float(adc_leak_mw.sum()) + prog.n_tiles * costs.TABLE["edram_leak_mw"]
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
     area, cores_used = area_by_component(prog)
+    # each layer's own MVMUs: their crossbars, their periphery and their ADCs' leakage
+    of_layer = np.asarray(prog.mvmu_layer, np.int64).reshape(n_mvmu)
+    mine = of_layer >= 0
+
+    def by_layer(v):
+        return np.bincount(of_layer[mine], weights=v[mine], minlength=len(prog.layers))
+    mvmus_per_layer = by_layer(np.ones(n_mvmu))
+    area_per_layer = by_layer(sum(part_area.values()))
+    leak_per_layer = by_layer(adc_leak_mw) * latency_ns * 1e-12
     layers = []
-    xbars_per_layer = np.bincount(prog.mvmu_layer[prog.mvmu_layer >= 0],
-                                  minlength=len(prog.layers)) if n_mvmu else np.zeros(
-        len(prog.layers), np.int64)
     for i, L in enumerate(prog.layers):
         e = energy_by_component(cfg, counters[i + 1], by_bits[i + 1])
+        e["leakage"] = float(leak_per_layer[i])
         e["total"] = float(sum(e.values()))
         start, end = int(span[i + 1, 0]), int(span[i + 1, 1])
         layers.append({
@@ -255,8 +276,8 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
             "latency_cycles": max(end - max(start, 0), 0) if start >= 0 else 0,
             "mvm_ops": int(counters[i + 1, C_MVM]),
             "adc_conversions": int(counters[i + 1, C_ADC]),
-            "crossbars": int(xbars_per_layer[i]) * cfg.arrays * cfg.slices if i < len(
-                xbars_per_layer) else 0,
+            "crossbars": int(mvmus_per_layer[i]) * cfg.arrays * cfg.slices,
+            "area_mm2": float(area_per_layer[i]),
             "energy_j": e,
         })
     count_tot = counters.sum(0)

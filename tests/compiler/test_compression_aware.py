@@ -1,6 +1,7 @@
 """Compression-aware mapping: zero blocks take no crossbar, pruned rows are compacted, and
 adaptive ADC bits follow the weights."""
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
@@ -152,3 +153,40 @@ def test_layer_pruned_to_few_of_many_strips_fits_the_registers():
     assert np.linalg.norm(out - ort) / np.linalg.norm(ort) < 1e-2
     cols = np.concatenate([np.arange(128 * j, 128 * (j + 1)) for j in kept])
     assert not np.any(np.delete(out, cols, axis=1))
+
+
+def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up():
+    """A layer's area is its MVMUs' (crossbars, ADCs at their adaptive bits, DACs, sample
+    and holds, shift-adds, registers) and its leakage its ADCs' over the run; summed over
+    layers they give the totals, less what cores and tiles share (and eDRAM leakage)."""
+    from simulator import costs
+    rng = np.random.default_rng(4)
+    sparse = np.zeros((256, 128))
+    for c in range(128):                            # 2 nonzeros per column segment: 3 bits
+        for seg in (0, 128):
+            sparse[seg + rng.choice(128, 2, replace=False), c] = rng.standard_normal(2)
+    dense = rng.standard_normal((128, 10)) * 0.1
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    cfg = load_config("puma", ["adc.adaptive=true", "xbar.mapping=differential",
+                               "adc.model=isaac"])
+    rep = simulate(compile_model(mlp([sparse, dense]), cfg, calibration={"input": x}),
+                   {"input": x})
+    mvm = [L for L in rep.layers if L["crossbars"]]
+    assert [L["crossbars"] for L in mvm] == [2 * cfg.arrays * cfg.slices, cfg.arrays * cfg.slices]
+    parts = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
+    assert sum(L["area_mm2"] for L in rep.layers) == pytest.approx(
+        sum(rep.area_mm2[k] for k in parts), rel=1e-12)
+    assert 0 < sum(L["area_mm2"] for L in rep.layers) < rep.area_mm2["total"]
+    # per crossbar the sparse layer is smaller: its ADCs convert 3 bits (isaac: 2**(b-8))
+    per_xbar = [L["area_mm2"] / L["crossbars"] for L in mvm]
+    assert per_xbar[0] < per_xbar[1]
+    ns = rep.latency_cycles * cfg.cycle_ns
+    edram_leak = rep.tiles * costs.TABLE["edram_leak_mw"] * ns * 1e-12
+    assert sum(L["energy_j"]["leakage"] for L in rep.layers) == pytest.approx(
+        rep.energy_j["leakage"] - edram_leak, rel=1e-9)
+    assert all(L["energy_j"]["leakage"] == 0 for L in rep.layers if not L["crossbars"])
+    for comp in ("crossbar", "dac", "adc", "shift_add", "vfu", "edram", "noc"):
+        assert sum(L["energy_j"][comp] for L in rep.layers) == pytest.approx(
+            rep.energy_j[comp], rel=1e-9, abs=1e-18), comp
+    frame = rep.layers_frame()
+    assert {"area_mm2", "energy_leakage_j"} <= set(frame.columns)
