@@ -354,13 +354,19 @@ def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
 
 def checkpoint_path(folder: Path, stem: str, rec, method: str, model) -> Path:
     """Where a compression run is cached: named by its recipe, method, the model's parameter
-    shapes and the retraining's numerics (``RETRAIN_NUMERICS``: the same function computed in
-    another order trains another trajectory), so a changed run never reads another's
-    checkpoint."""
+    shapes, the retraining's numerics (``RETRAIN_NUMERICS``: the same function computed in
+    another order trains another trajectory) and the layers read in the chip's row order
+    (``compressor.layout``; only where there are any, so earlier names stay), so a changed
+    run never reads another's checkpoint."""
+    import torch
+
+    from compressor.layout import crossbar_views
     from compressor.masking import RETRAIN_NUMERICS
     arch = [tuple(p.shape) for p in model.parameters()]
-    tag = hashlib.sha1(f"{rec.fingerprint()} {method} {arch} "
-                       f"numerics {RETRAIN_NUMERICS}".encode()).hexdigest()[:8]
+    views = crossbar_views(model, rec.resolve(model), torch.zeros((1, *model.sample_shape)))
+    tag = hashlib.sha1((f"{rec.fingerprint()} {method} {arch} numerics {RETRAIN_NUMERICS}"
+                        + (f" views {sorted(views.items())}" if views else "")
+                        ).encode()).hexdigest()[:8]
     return folder / f"{stem}_{tag}.ckpt"
 
 

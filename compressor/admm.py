@@ -31,18 +31,21 @@ class ADMM:
     """
 
     def __init__(self, model: nn.Module, layers: dict[str, Constraint],
-                 geometry: CrossbarGeometry, rho: float, feeds: dict[str, str] | None = None):
+                 geometry: CrossbarGeometry, rho: float, feeds: dict[str, str] | None = None,
+                 views: dict[str, tuple[int, ...]] | None = None):
         modules = dict(model.named_modules())
         self.weights = {n: modules[n].weight for n in layers}
         self.layers, self.geometry, self.rho = layers, geometry, float(rho)
         # {consumer: producer}: the Z-step keeps each chain connected (compressor.connectivity)
         self.feeds = feeds or {}
+        # {name: shape}: layers whose crossbars read the weight as that (compressor.layout)
+        self.views = views or {}
         self.Z = self._project({n: w.detach() for n, w in self.weights.items()})
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
         self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
 
     def _project(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = project_layers(self.layers, targets, self.geometry, self.feeds)
+        out = project_layers(self.layers, targets, self.geometry, self.feeds, self.views)
         return {n: v[0] for n, v in out.items()}
 
     def penalty(self) -> torch.Tensor:

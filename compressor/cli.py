@@ -384,7 +384,7 @@ def _report(res, path: Path, test=None) -> dict:
     modules = dict(res.model.named_modules())
     for name, lr in res.layers.items():
         w = modules[name].weight.detach().numpy()
-        occ = occupancy(to_crossbar(w), res.recipe.geometry)
+        occ = occupancy(to_crossbar(w, lr.view), res.recipe.geometry)
         layers[name] = {"constraint": lr.constraint.describe(), "scale": scale_json(lr.scale),
                         **occ}
         print(f"  {name:24s} density {occ['density']:6.1%}  crossbars "

@@ -51,16 +51,22 @@ def feeding_layers(model: nn.Module, names) -> dict[str, str]:
         if node.op != "call_module" or node.target not in names \
                 or not isinstance(modules[node.target], nn.Linear):
             continue
-        src = node.args[0] if node.args else None
-        while isinstance(src, torch.fx.Node) and len(src.users) == 1 and (
-                src.op == "call_module" and isinstance(modules[src.target], _PER_NEURON_MODULES)
-                or src.op == "call_function" and src.target in _PER_NEURON_FUNCTIONS
-                or src.op == "call_method" and src.target in ("relu", "tanh", "sigmoid")):
-            src = src.args[0]
+        src = through_per_neuron_ops(node.args[0] if node.args else None, modules)
         if isinstance(src, torch.fx.Node) and src.op == "call_module" \
                 and src.target in names and isinstance(modules[src.target], nn.Linear):
             feeds[node.target] = src.target
     return feeds
+
+
+def through_per_neuron_ops(src, modules: dict):
+    """The fx node ``src`` is computed from through per-neuron ops only, each used once
+    (``src`` itself when it is none of them)."""
+    while isinstance(src, torch.fx.Node) and len(src.users) == 1 and (
+            src.op == "call_module" and isinstance(modules[src.target], _PER_NEURON_MODULES)
+            or src.op == "call_function" and src.target in _PER_NEURON_FUNCTIONS
+            or src.op == "call_method" and src.target in ("relu", "tanh", "sigmoid")):
+        src = src.args[0]
+    return src
 
 
 def live_outputs(m: np.ndarray, live_rows: np.ndarray | None) -> np.ndarray:
@@ -72,9 +78,11 @@ def live_outputs(m: np.ndarray, live_rows: np.ndarray | None) -> np.ndarray:
 
 
 def project_layers(layers: dict, weights: dict, geom: CrossbarGeometry,
-                   feeds: dict[str, str]) -> dict:
+                   feeds: dict[str, str], views: dict | None = None) -> dict:
     """``{name: (projected, scale, keep)}``: each ``layers[name].project(weights[name])``
-    in order, a layer fed by another (``feeds``) ranking its groups live-first."""
+    in order, a layer fed by another (``feeds``) ranking its groups live-first, a layer
+    with a view (:func:`compressor.layout.crossbar_views`) read through it."""
+    views = views or {}
     out, live = {}, {}
     order: list[str] = []
 
@@ -88,9 +96,9 @@ def project_layers(layers: dict, weights: dict, geom: CrossbarGeometry,
     producers = set(feeds.values())
     for n in order:
         rows = live.get(feeds.get(n))
-        out[n] = layers[n].project(weights[n], geom, live_rows=rows)
+        out[n] = layers[n].project(weights[n], geom, live_rows=rows, view=views.get(n))
         if n in producers:
             proj = out[n][0]
             arr = proj.detach().cpu().numpy() if isinstance(proj, torch.Tensor) else proj
-            live[n] = live_outputs(to_crossbar(np.asarray(arr)), rows)
+            live[n] = live_outputs(to_crossbar(np.asarray(arr), views.get(n)), rows)
     return {n: out[n] for n in layers}

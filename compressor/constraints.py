@@ -131,15 +131,16 @@ class Constraint:
                                        f"power of two (e.g. {2.0 ** round(math.log2(q.scale)):g})")
 
     def project(self, w, geom: CrossbarGeometry, scale: float | None = None,
-                live_rows: np.ndarray | None = None):
+                live_rows: np.ndarray | None = None, view: tuple[int, ...] | None = None):
         """Project a torch-layout weight (numpy or torch).
 
         ``scale`` overrides the spec's (to hold it fixed). ``live_rows``: the crossbar rows
         (inputs) that depend on the model's input, ranked first by the group structures
-        (:mod:`compressor.connectivity`). Returns ``(w_proj, scale, keep)``: the projected
-        weight (same type/dtype as ``w``), the scale (None if unquantized; with
-        ``per_channel`` a float64 array, one per output channel) and the boolean keep mask in
-        torch layout (numpy).
+        (:mod:`compressor.connectivity`). ``view``: the shape the crossbars read ``w`` as
+        (:func:`compressor.geometry.to_crossbar`, :mod:`compressor.layout`). Returns
+        ``(w_proj, scale, keep)``: the projected weight (same type/dtype as ``w``), the scale
+        (None if unquantized; with ``per_channel`` a float64 array, one per output channel)
+        and the boolean keep mask in torch layout (numpy).
         """
         arr, back = as_float64(w)
         quant = None
@@ -148,11 +149,11 @@ class Constraint:
             # pow2 "fold" projects with free scales: the fold comes after the final snap
             quant = (q.bits, q.mapping, scale if scale is not None else q.scale,
                      q.pow2 is True, q.per_channel)
-        out, s, keep = project_matrix(to_crossbar(arr), geom, self.structure, self.amount, quant,
-                                      live_rows)
+        out, s, keep = project_matrix(to_crossbar(arr, view), geom, self.structure, self.amount,
+                                      quant, live_rows)
         # contiguous: a transposed view made every ADMM penalty step ~5x slower (profiled)
-        return (back(np.ascontiguousarray(from_crossbar(out, arr.shape))), s,
-                np.ascontiguousarray(from_crossbar(keep, arr.shape)))
+        return (back(np.ascontiguousarray(from_crossbar(out, arr.shape, view))), s,
+                np.ascontiguousarray(from_crossbar(keep, arr.shape, view)))
 
     def relaxed(self, t: float, geom: CrossbarGeometry) -> Constraint:
         """The same constraint with its sparsity target a fraction ``t`` in (0, 1] of the way

@@ -88,7 +88,10 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
         init, transposed = _weight_initializer(proto.graph, name, w)
         meta = _rewrite(proto.graph, init, layer, opset, transposed)
         meta.update(initializer=init, op=consumers.get(init, "?"),
-                    constraint=layer.constraint.describe(), **occupancy(to_crossbar(w), geom))
+                    constraint=layer.constraint.describe(),
+                    **occupancy(to_crossbar(w, layer.view), geom))
+        if layer.view is not None:   # rows in the chip's order (compressor.layout)
+            meta["crossbar_view"] = list(layer.view)
         props[f"xbarsim.layer.{name}"] = json.dumps(meta)
     helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)

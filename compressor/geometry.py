@@ -9,14 +9,13 @@ Convention shared with the compiler (``compiler/`` partitions weights the same w
   order, channel-last, as ``compiler/ops/conv.py`` lays out the receptive field of a
   feature map stored ``(H, W, C)`` (1-D convolutions likewise: ``(kx, c_in)``). So the
   row-blocks here are the compiler's crossbars and a TinyADC column segment is one bit line.
-* One known mismatch: a fully connected layer after ``Flatten`` of a ``C × H × W`` map sees
-  its inputs in ONNX order ``(c, h, w)`` here, but the compiler stores the map ``(h, w, c)``
-  and permutes that layer's weight rows to match. Whole-block, row, column-segment and
-  crossbar-aligned structures are unaffected in crossbar count (the compiler drops, per
-  column strip, the rows that are all zero and packs the rest, so ``k`` kept row-blocks still
-  fill ``k`` crossbars), but a TinyADC segment of such a layer is spread over several of the
-  compiler's crossbars, which then need more ADC bits than ``n`` implies. Flatten a ``1 × 1``
-  map (global pooling), where both orders agree, to keep TinyADC exact on that layer.
+* A fully connected layer after ``Flatten`` of a ``C × H × W`` map (``C, H·W > 1``) reads the
+  map as the compiler stores it, ``(h, w, c)``: ``compiler/ops/shape.py`` records that order
+  and ``compiler/ops/gemm.py`` permutes the weight's rows to match. So its ``out × C·H·W``
+  weight is read here as the ``out × C × H × W`` weight of a convolution whose kernel covers
+  the whole map (the ``view`` of :func:`to_crossbar`; :func:`compressor.layout.crossbar_views`
+  finds such layers): its rows then run over ``(h, w, c)`` by the rule above, and a TinyADC
+  segment is again one bit line of one of the compiler's crossbars.
 * The crossbar matrix is tiled into *row-blocks* of ``rows`` rows and *column-blocks* of
   ``cols`` columns; block ``(r, c)`` is one logical crossbar (all its bit slices). The last
   row-/column-block may be partial; the missing part counts as zero.
@@ -179,20 +178,27 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(np.prod(shape[1:])), int(shape[0])
 
 
-def to_crossbar(w):
+def to_crossbar(w, view: tuple[int, ...] | None = None):
     """Crossbar matrix (``K × C_out``) of a torch-layout weight; numpy array or torch tensor.
 
     A convolution weight ``(C_out, C_in, *kernel)`` is read channel-last: its rows run over
-    ``(*kernel, c_in)`` (the compiler's order; see the module doc). A view where possible.
+    ``(*kernel, c_in)`` (the compiler's order; see the module doc). ``view``: the shape to
+    read ``w`` as first, e.g. ``(out, C, H, W)`` for a Linear after Flatten of a map (module
+    doc). A view where possible.
     """
+    if view is not None:
+        w = w.reshape(view)
     if w.ndim >= 3:
         w = _channel_last(w)
     return w.reshape(w.shape[0], -1).T
 
 
-def from_crossbar(m, shape: tuple[int, ...]):
-    """Inverse of :func:`to_crossbar`: the torch-layout weight of ``shape``."""
+def from_crossbar(m, shape: tuple[int, ...], view: tuple[int, ...] | None = None):
+    """Inverse of :func:`to_crossbar`: the torch-layout weight of ``shape`` (read as
+    ``view``, if given)."""
     shape = tuple(int(n) for n in shape)
+    if view is not None:
+        return from_crossbar(m, view).reshape(shape)
     if len(shape) < 3:
         return m.T.reshape(shape)
     w = m.T.reshape((shape[0], *shape[2:], shape[1]))  # (C_out, *kernel, C_in)

@@ -244,7 +244,7 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
     dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
-    bits_meta = _layer_bits(proto)
+    bits_meta, views = _layer_meta(proto)
     total = nnz_total = stored = 0
     layers = {}
     for n in g.node:
@@ -261,7 +261,10 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
             continue  # a computed weight: not a stored parameter
         # Crossbar matrix (inputs x outputs): torch layout for Conv and Gemm(transB);
         # Gemm without transB and MatMul keep (in, out).
-        m = to_crossbar(w) if (n.op_type == "Conv" or trans_b) else w.reshape(w.shape[0], -1)
+        # A Linear after Flatten of a map is tiled in the chip's row order (crossbar_view).
+        view = views.get(name)
+        m = (to_crossbar(w, view) if (n.op_type == "Conv" or trans_b)
+             else to_crossbar(w.T, view) if view is not None else w.reshape(w.shape[0], -1))
         entries, nonzero = int(m.size), int(np.count_nonzero(m))
         if bits is None:
             cost = 32 * entries
@@ -352,15 +355,18 @@ def _geometry_of(path) -> CrossbarGeometry | None:
     return CrossbarGeometry.from_dict(json.loads(meta)["geometry"]) if meta else None
 
 
-def _layer_bits(proto) -> dict[str, int]:
-    """``{weight initializer: bits}`` from the compressor's per-layer metadata."""
-    out = {}
+def _layer_meta(proto) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """``({weight initializer: bits}, {weight initializer: crossbar view})`` from the
+    compressor's per-layer metadata."""
+    bits, views = {}, {}
     for p in proto.metadata_props:
         if p.key.startswith("xbarsim.layer."):
             meta = json.loads(p.value)
             if meta.get("bits"):
-                out[meta["initializer"]] = int(meta["bits"])
-    return out
+                bits[meta["initializer"]] = int(meta["bits"])
+            if meta.get("crossbar_view"):
+                views[meta["initializer"]] = tuple(meta["crossbar_view"])
+    return bits, views
 
 
 def _bits_of_levels(q: np.ndarray) -> int:

@@ -58,6 +58,7 @@ from .constraints import Constraint
 from .errors import CompressionError
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
+from .layout import crossbar_views
 from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
@@ -81,6 +82,9 @@ class LayerResult:
     levels: np.ndarray | None
     """Integer weights ``q`` (int64) with ``weight == float32(q) * float32(scale)`` (a
     per-channel scale broadcast along the weight's first axis)."""
+    view: tuple[int, ...] | None = None
+    """The shape the crossbars read the weight as, e.g. ``(out, C, H, W)`` for a Linear
+    after Flatten of a map (:mod:`compressor.layout`); None: its own."""
 
 
 @dataclass
@@ -182,6 +186,9 @@ class _Run:
         self.progress = progress
         # {consumer: producer} of chained Linear layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
+        # {name: (out, C, H, W)}: Linear layers after Flatten of a map read it as the chip's
+        # crossbars do, (h, w, c)
+        self.views = crossbar_views(model, layers, torch.from_numpy(self.x[:1]))
         self.stage, self.step = "pretrain", 0
         self.opt_state = None
         self.admm_state = None
@@ -222,7 +229,8 @@ class _Run:
 
         def targets(rnd):  # progressive ADMM: looser sparsity in the ramp's rounds
             return {n: c.relaxed(a.tightness(rnd), geom) for n, c in self.layers.items()}
-        admm = ADMM(self.model, targets(self.step), geom, a.rho_at(self.step), self.feeds)
+        admm = ADMM(self.model, targets(self.step), geom, a.rho_at(self.step), self.feeds,
+                    self.views)
         if self.admm_state is not None:
             admm.load_state_dict(self.admm_state)
         opt = self._optimizer(a.lr)
@@ -247,7 +255,7 @@ class _Run:
                 modules = dict(self.model.named_modules())
                 projected = project_layers(self.layers, {n: modules[n].weight
                                                          for n in self.layers},
-                                           self.recipe.geometry, self.feeds)
+                                           self.recipe.geometry, self.feeds, self.views)
                 for n, c in self.layers.items():
                     w = modules[n].weight
                     proj, scale, keep = projected[n]
@@ -391,10 +399,11 @@ class _Run:
                 continue
             w = modules[n].weight
             arr = w.detach().cpu().double().numpy()
-            m = to_crossbar(arr)
+            view = self.views.get(n)
+            m = to_crossbar(arr, view)
             keep = np.ascontiguousarray(from_crossbar(
                 keep_mask(m * m, self.recipe.geometry, c.structure, c.amount, sign=m),
-                arr.shape))
+                arr.shape, view))
             if np.array_equal(keep, arr != 0):
                 continue
             with torch.no_grad():
@@ -426,7 +435,8 @@ class _Run:
 
     def _result(self) -> CompressionResult:
         modules = dict(self.model.named_modules())
-        out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f))
+        out = {n: LayerResult(self.layers[n], f.mask, f.scale, levels(modules[n].weight, f),
+                              self.views.get(n))
                for n, f in self.frozen.items()}
         return CompressionResult(self.model, self.recipe, self.method, out, dict(self.accuracy),
                                  list(self.history), self.dense_state, self._selected_epoch())
@@ -439,6 +449,7 @@ class _Run:
         state = {
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "projection": PROJECTION_VERSION, "retrain_numerics": RETRAIN_NUMERICS,
+            "views": {n: list(v) for n, v in self.views.items()},
             "origin": self.origin,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
@@ -465,6 +476,12 @@ class _Run:
             raise CompressionError(f"checkpoint {p}: from a run that started from another "
                                    f"model or data (weights, architecture, data set or "
                                    f"limit); delete it or do not resume")
+        views = {n: tuple(v) for n, v in ck.get("views", {}).items()}
+        if views != self.views:    # absent: written before views, when there were none
+            raise CompressionError(
+                f"checkpoint {p}: projected with layer views {views or 'none'}, this run "
+                f"has {self.views or 'none'} (a Linear after Flatten of a map is constrained "
+                f"in the chip's (h, w, c) order, compressor.layout): delete it to rerun")
         if ck.get("projection", 1) != PROJECTION_VERSION:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "

@@ -232,8 +232,10 @@ def test_admm_lenet_on_digits_is_feasible_and_accurate(lenet_runs):
         assert np.array_equal(w, lr.levels.astype(np.float32) * np.float32(lr.scale))
         assert lr.levels.min() >= -7 and lr.levels.max() <= 7
         # Feasible: projecting again changes nothing; half the crossbar blocks are empty.
-        assert np.array_equal(lr.constraint.project(w, GEOM_16)[0], w)
-        blocks = np.abs(GEOM_16.blocks(to_crossbar(w))).sum(axis=(1, 3))
+        # (the first FC after Flatten of 16 x 5 x 5 is read in the chip's (h, w, c) order)
+        assert lr.view == ((120, 16, 5, 5) if name == "classifier.1" else None)
+        assert np.array_equal(lr.constraint.project(w, GEOM_16, view=lr.view)[0], w)
+        blocks = np.abs(GEOM_16.blocks(to_crossbar(w, lr.view))).sum(axis=(1, 3))
         assert (blocks > 0).sum() <= keep_count(0.5, blocks.size)
     assert [h["stage"] for h in res.history] == ["pretrain"] * 3 + ["admm"] * 4 + ["retrain"] * 2
 
@@ -242,8 +244,8 @@ def test_admm_beats_magnitude_pruning_with_the_same_budget(lenet_runs):
     admm, mag = lenet_runs["admm"], lenet_runs["magnitude"]
     assert admm.accuracy["dense"] == mag.accuracy["dense"]  # same start
     for name in admm.layers:  # same structure and the same number of crossbar blocks
-        a = GEOM_16.blocks(to_crossbar(admm.layers[name].mask)).any(axis=(1, 3)).sum()
-        m = GEOM_16.blocks(to_crossbar(mag.layers[name].mask)).any(axis=(1, 3)).sum()
+        a, m = (GEOM_16.blocks(to_crossbar(r.layers[name].mask, r.layers[name].view)).any(
+            axis=(1, 3)).sum() for r in (admm, mag))
         assert a == m
     # Both arms train the same number of epochs after pretraining.
     assert len(admm.history) == len(mag.history)

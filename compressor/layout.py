@@ -1,0 +1,82 @@
+"""Where a layer's inputs lie on the chip, when that is not the order of its weight's columns.
+
+The compiler stores a feature map channel-last, ``(H, W, C)``. A fully connected layer after
+``Flatten`` of a ``C × H × W`` map therefore reads its inputs in ``(h, w, c)`` order, not
+torch's ``(c, h, w)``: the compiler permutes the weight's rows to match instead of moving
+data (``compiler/ops/shape.py``, ``compiler/ops/gemm.py``). Every constraint is stated on
+the crossbars the compiler builds, so such a layer's ``out × C·H·W`` weight is read as the
+``out × C × H × W`` weight of a convolution whose kernel covers the whole map
+(:func:`compressor.geometry.to_crossbar`'s ``view``), whose channel-last rows are exactly the
+compiler's. Read in torch's order, a TinyADC column segment of LeNet-5's first FC layer was
+spread over several of the compiler's crossbars, 11 of 48 of which then needed one ADC bit
+more than ``n`` promised.
+
+:func:`crossbar_views` finds those layers with torch.fx and a shape pass over one sample.
+A map of one pixel (global pooling) or one channel (an image) needs no view: both orders
+agree.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .connectivity import through_per_neuron_ops
+
+
+def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
+                   ) -> dict[str, tuple[int, ...]]:
+    """``{name: (out, C, H, W)}`` for each ``nn.Linear`` among ``names`` whose input is a
+    ``(N, C, H, W)`` feature map (``C > 1``, ``H·W > 1``) flattened from dimension 1, through
+    per-neuron ops only (dropout, ReLU, ...). ``sample``: one input batch for the shapes.
+    ``{}`` where there is no sample or torch.fx cannot trace the model; then the weights are
+    read in torch's order, as before."""
+    names = set(names)
+    modules = dict(model.named_modules())
+    if sample is None or not any(isinstance(modules.get(n), nn.Linear) for n in names):
+        return {}
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        was_training = [m.training for m in model.modules()]
+        model.eval()      # no batch-norm statistics move, no dropout
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(sample)
+        finally:
+            for m, t in zip(model.modules(), was_training):
+                m.training = t
+    except Exception:   # untraceable (data-dependent control flow) or an odd sample
+        return {}
+    views = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in names \
+                or not isinstance(modules[node.target], nn.Linear):
+            continue
+        flat = through_per_neuron_ops(node.args[0] if node.args else None, modules)
+        shape = _flattened_map(flat, modules)
+        # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
+        if shape is not None and shape[0] > 1 and shape[1] * shape[2] > 1 \
+                and shape[0] * shape[1] * shape[2] == modules[node.target].in_features:
+            views[node.target] = (modules[node.target].out_features, *shape)
+    return views
+
+
+def _flattened_map(node, modules) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` when fx ``node`` flattens an ``(N, C, H, W)`` tensor to ``(N, C·H·W)``:
+    ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)`` or
+    ``x.reshape(N, -1)``."""
+    if not isinstance(node, torch.fx.Node) or not node.args \
+            or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    is_flatten = (
+        node.op == "call_module" and isinstance(modules.get(node.target), nn.Flatten)
+        or node.op == "call_function" and node.target is torch.flatten
+        or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
+    src, out = node.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
+    if not is_flatten or src is None or out is None or not hasattr(src, "shape") \
+            or not hasattr(out, "shape"):
+        return None
+    if len(src.shape) != 4 or len(out.shape) != 2 or out.shape[0] != src.shape[0]:
+        return None
+    n, c, h, w = (int(v) for v in src.shape)
+    return (c, h, w) if int(out.shape[1]) == c * h * w else None

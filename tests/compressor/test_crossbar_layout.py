@@ -1,0 +1,150 @@
+"""A fully connected layer after Flatten of a C x H x W map is compressed in the compiler's
+row order, (h, w, c): the crossbars the compressor constrains are the ones the chip builds."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compressor import compress, export_qdq, parse_recipe
+
+GEOM = {"rows": 32, "cols": 16, "cell_bits": 2, "weight_bits": 3}
+N = 16
+
+
+def _convnet(pool=2):
+    """conv 1->8 on 8 x 8 digits, Flatten of the 8 x (8/pool) x (8/pool) map, FC -> 16 -> 10."""
+    side = 8 // pool
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pool),
+                         nn.Flatten(), nn.Linear(8 * side * side, 16), nn.ReLU(),
+                         nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def tinyadc_fc(digits, tmp_path_factory):
+    rec = parse_recipe({"name": "flat", "geometry": GEOM, "pretrain": {"epochs": 2},
+                        "admm": {"rounds": 1}, "retrain": {"epochs": 1},
+                        "layers": [{"match": "4", "sparsity": {"structure": "tinyadc_packed",
+                                                               "n": N},
+                                    "quant": {"bits": 3}}]})
+    res = compress(_convnet(), rec, *digits, progress=False)
+    path = export_qdq(res, tmp_path_factory.mktemp("flat") / "m.onnx", input_shape=(1, 8, 8),
+                      verify=digits[1][0][:16], atol=1e-5)
+    return res, path
+
+
+
+def test_every_crossbar_the_compiler_builds_holds_at_most_n_per_bit_line(tinyadc_fc):
+    """TinyADC's promise on the chip: each column of each crossbar of the layer holds at
+    most ``n`` weights. (Compressed in torch's (c, h, w) order, a segment was spread over
+    the compiler's 4 crossbars, and columns held up to 22.)"""
+    from compiler import compile_model
+    from simulator import load_config
+    _, path = tinyadc_fc
+    cfg = load_config("puma", ["xbar.rows=32", "xbar.cols=16", "weight_bits=3",
+                               "xbar.mapping=differential", "adc.adaptive=true"])
+    prog = compile_model(path, cfg)
+    fc = [i for i, L in enumerate(prog.layers) if L["name"] == "/4/Gemm"]
+    levels = prog.mvmu_levels[prog.mvmu_layer == fc[0]]      # (blocks, arrays, rows, cols)
+    assert len(levels) == 4                                  # 128 rows of 32, one strip
+    weights_per_column = (levels != 0).any(axis=1).sum(axis=1)   # either array holds it
+    assert weights_per_column.max() <= N
+
+
+def test_the_layer_is_read_in_the_chips_row_order(tinyadc_fc):
+    """The promise is kept in (h, w, c) order, the export says so, and storage is counted on
+    the same tiles."""
+    import json
+
+    import onnx
+
+    from compressor.geometry import CrossbarGeometry, occupancy, to_crossbar
+    from compressor.hardware import storage_bits
+    res, path = tinyadc_fc
+    layer = res.layers["4"]
+    assert layer.view == (16, 8, 4, 4)
+    q = layer.levels
+    hwc = q.reshape(16, 8, 4, 4).transpose(0, 2, 3, 1).reshape(16, -1).T   # rows (h, w, c)
+    np.testing.assert_array_equal(to_crossbar(q, layer.view), hwc)
+    meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}[
+        "xbarsim.layer.4"])
+    assert meta["crossbar_view"] == [16, 8, 4, 4]
+    geom = CrossbarGeometry(**GEOM)
+    assert meta["max_nonzeros_per_segment"] == occupancy(hwc, geom)["max_nonzeros_per_segment"]
+    stored = storage_bits(path, geom)["layers"][meta["initializer"]]["storage_bits"]
+    tiles = geom.blocks(hwc != 0)
+    real = tiles.shape[1] * tiles.shape[3]                      # 32 x 16 entries, no edge
+    per_tile = np.minimum(real * 3, tiles.sum(axis=(1, 3)) * 3 + real)
+    assert stored == tiles.shape[0] * tiles.shape[2] + 32 + int(per_tile.sum())
+
+
+def _flatten_forms():
+    conv = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)]
+
+    class ByView(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.fc = nn.Sequential(*conv), nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.features(x)
+            return self.fc(nn.functional.relu(x.view(x.size(0), -1)))
+
+    class ByFunction(ByView):
+        def forward(self, x):
+            return self.fc(torch.flatten(self.features(x), 1))
+
+    seq = nn.Sequential(*conv, nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
+    return [(ByView(), "fc"), (ByFunction(), "fc"), (seq, "6")]
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_crossbar_views_finds_a_linear_after_a_flattened_map(i):
+    from compressor.layout import crossbar_views
+    model, fc = _flatten_forms()[i]
+    model.train()
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    assert crossbar_views(model, [fc], torch.randn(1, 1, 8, 8)) == {fc: (10, 4, 4, 4)}
+    assert torch.equal(bn.running_mean, before) and model.training and bn.training
+
+
+def test_no_view_where_both_orders_agree_or_nothing_is_known():
+    from compressor.layout import crossbar_views
+    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+    assert crossbar_views(pooled, ["3", "5"], torch.zeros(1, 1, 8, 8)) == {}   # 1 x 1 map
+    assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
+                          torch.zeros(1, 1, 8, 8)) == {}     # an image of 1 channel
+    model, fc = _flatten_forms()[2]
+    assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            if x.sum() > 0:      # control flow on data: torch.fx cannot trace it
+                x = x * 2
+            return self.fc(x.flatten(1))
+    assert crossbar_views(Untraceable(), ["fc"], torch.zeros(1, 4, 4, 4)) == {}
+
+
+def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
+    """A run with a view refuses a checkpoint projected without it (written before views),
+    instead of resuming masks that hold the promise in torch's order."""
+    from compressor import CompressionError
+    rec = parse_recipe({"name": "flat", "geometry": GEOM, "pretrain": {"epochs": 1},
+                        "admm": {"rounds": 1}, "retrain": {"epochs": 1},
+                        "layers": [{"match": "4", "sparsity": {"structure": "tinyadc",
+                                                               "n": N}}]})
+    ck = tmp_path / "run.ckpt"
+    compress(_convnet(), rec, *digits, checkpoint=ck, progress=False)
+    state = torch.load(ck, weights_only=True)
+    assert state["views"] == {"4": [16, 8, 4, 4]}
+    del state["views"]
+    torch.save(state, ck)
+    with pytest.raises(CompressionError, match=r"projected with layer views none, this run "
+                                               r"has \{'4': \(16, 8, 4, 4\)\}.*delete it"):
+        compress(_convnet(), rec, *digits, checkpoint=ck, progress=False)
