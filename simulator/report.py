@@ -108,7 +108,8 @@ class Report:
         return len(events)
 
     def plot(self, folder: str | Path) -> list[Path]:
-        """Energy breakdown and per-layer latency plots (PNG) into ``folder``."""
+        """Energy breakdown, per-layer latency and per-layer energy/area plots (PNG) into
+        ``folder``."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -139,7 +140,35 @@ class Report:
             fig.savefig(p, dpi=120)
             plt.close(fig)
             out.append(p)
+            out.append(self._plot_layer_costs(plt, folder))
         return out
+
+    def _plot_layer_costs(self, plt, folder: Path) -> Path:
+        """Energy (by component) and area of each layer, side by side."""
+        layers = self.layers[::-1]
+        names = [L["name"] for L in layers]
+        comps = [k for k in ("crossbar", "adc", "dac", "shift_add", "vfu", "edram", "noc",
+                             "leakage") if any(L["energy_j"].get(k, 0) > 0 for L in layers)]
+        fig, (ax_e, ax_a) = plt.subplots(1, 2, sharey=True,
+                                         figsize=(10, 0.3 * len(layers) + 1.8))
+        top = max((L["energy_j"]["total"] for L in layers), default=0.0)
+        unit, per_j = ("uJ", 1e6) if top >= 1e-6 else ("nJ", 1e9)
+        left = np.zeros(len(layers))
+        for k in comps:
+            v = np.array([L["energy_j"].get(k, 0.0) * per_j for L in layers])
+            ax_e.barh(names, v, left=left, label=k)
+            left += v
+        ax_e.set_xlabel(f"energy per inference ({unit})")
+        ax_e.legend(fontsize=7, loc="lower right")
+        ax_a.barh(names, [L["area_mm2"] for L in layers], color="dimgray")
+        ax_a.set_xlabel("area of its own MVMUs (mm2)")
+        fig.suptitle(f"Per layer (all layers: {self.energy_j['total'] * per_j:.3f} {unit}, "
+                     f"{self.area_mm2['total']:.3f} mm2 with the shared parts)")
+        fig.tight_layout()
+        p = folder / "layer_costs.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        return p
 
     def summary(self) -> str:
         e = self.energy_j

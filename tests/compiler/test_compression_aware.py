@@ -155,7 +155,7 @@ def test_layer_pruned_to_few_of_many_strips_fits_the_registers():
     assert not np.any(np.delete(out, cols, axis=1))
 
 
-def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up():
+def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     """A layer's area is its MVMUs' (crossbars, ADCs at their adaptive bits, DACs, sample
     and holds, shift-adds, registers) and its leakage its ADCs' over the run; summed over
     layers they give the totals, less what cores and tiles share (and eDRAM leakage)."""
@@ -190,3 +190,7 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up():
             rep.energy_j[comp], rel=1e-9, abs=1e-18), comp
     frame = rep.layers_frame()
     assert {"area_mm2", "energy_leakage_j"} <= set(frame.columns)
+    plots = rep.plot(tmp_path)
+    assert [p.name for p in plots] == ["energy_breakdown.png", "layer_latency.png",
+                                       "layer_costs.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
