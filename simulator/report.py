@@ -123,11 +123,7 @@ class Report:
         ax.set_xlabel("energy per inference (nJ)")
         ax.set_title(f"Energy breakdown: {self.energy_j['total'] * 1e9:.1f} nJ total "
                      f"(ADC model: {self.adc_model})")
-        fig.tight_layout()
-        p = folder / "energy_breakdown.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        out.append(p)
+        out.append(_save(plt, fig, folder / "energy_breakdown.png"))
         if self.layers:
             fig, ax = plt.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
             names = [L["name"] for L in self.layers][::-1]
@@ -135,11 +131,7 @@ class Report:
             ax.barh(names, lat, color="tab:orange")
             ax.set_xlabel("layer busy span (us)")
             ax.set_title("Per-layer latency")
-            fig.tight_layout()
-            p = folder / "layer_latency.png"
-            fig.savefig(p, dpi=120)
-            plt.close(fig)
-            out.append(p)
+            out.append(_save(plt, fig, folder / "layer_latency.png"))
             out.append(self._plot_layer_costs(plt, folder))
         return out
 
@@ -164,11 +156,7 @@ class Report:
         ax_a.set_xlabel("area of its own MVMUs (mm2)")
         fig.suptitle(f"Per layer (all layers: {self.energy_j['total'] * per_j:.3f} {unit}, "
                      f"{self.area_mm2['total']:.3f} mm2 with the shared parts)")
-        fig.tight_layout()
-        p = folder / "layer_costs.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        return p
+        return _save(plt, fig, folder / "layer_costs.png")
 
     def summary(self) -> str:
         e = self.energy_j
@@ -188,6 +176,13 @@ class Report:
                          f"the {self.memory['edram_words_per_tile']}-word eDRAM (up to "
                          f"{self.memory['words_per_tile_max']} words; modelled as if it fit)")
         return "\n".join(lines)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> dict:
