@@ -360,10 +360,10 @@ def checkpoint_path(folder: Path, stem: str, rec, method: str, model) -> Path:
     run never reads another's checkpoint."""
     import torch
 
-    from compressor.layout import crossbar_views
+    from compressor.layout import layer_views
     from compressor.masking import RETRAIN_NUMERICS
     arch = [tuple(p.shape) for p in model.parameters()]
-    views = crossbar_views(model, rec.resolve(model), torch.zeros((1, *model.sample_shape)))
+    views = layer_views(model, rec.resolve(model), torch.zeros((1, *model.sample_shape)))
     tag = hashlib.sha1((f"{rec.fingerprint()} {method} {arch} numerics {RETRAIN_NUMERICS}"
                         + (f" views {sorted(views.items())}" if views else "")
                         ).encode()).hexdigest()[:8]

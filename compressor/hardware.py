@@ -261,7 +261,7 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
             continue  # a computed weight: not a stored parameter
         # Crossbar matrix (inputs x outputs): torch layout for Conv and Gemm(transB);
         # Gemm without transB and MatMul keep (in, out).
-        # A Linear after Flatten of a map is tiled in the chip's row order (crossbar_view).
+        # A TinyADC Linear after Flatten of a map: tiled in the chip's row order.
         view = views.get(name)
         m = (to_crossbar(w, view) if (n.op_type == "Conv" or trans_b)
              else to_crossbar(w.T, view) if view is not None else w.reshape(w.shape[0], -1))

@@ -58,7 +58,7 @@ from .constraints import Constraint
 from .errors import CompressionError
 from .fold import check_foldable, fold_pow2_scales
 from .geometry import from_crossbar, to_crossbar
-from .layout import crossbar_views
+from .layout import layer_views
 from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
 from .recipes import Recipe
@@ -83,8 +83,8 @@ class LayerResult:
     """Integer weights ``q`` (int64) with ``weight == float32(q) * float32(scale)`` (a
     per-channel scale broadcast along the weight's first axis)."""
     view: tuple[int, ...] | None = None
-    """The shape the crossbars read the weight as, e.g. ``(out, C, H, W)`` for a Linear
-    after Flatten of a map (:mod:`compressor.layout`); None: its own."""
+    """The shape its constraint read the weight as, e.g. ``(out, C, H, W)`` for a TinyADC
+    Linear after Flatten of a map (:mod:`compressor.layout`); None: its own."""
 
 
 @dataclass
@@ -186,9 +186,9 @@ class _Run:
         self.progress = progress
         # {consumer: producer} of chained Linear layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
-        # {name: (out, C, H, W)}: Linear layers after Flatten of a map read it as the chip's
-        # crossbars do, (h, w, c)
-        self.views = crossbar_views(model, layers, torch.from_numpy(self.x[:1]))
+        # {name: (out, C, H, W)}: TinyADC Linear layers after Flatten of a map read it as the
+        # chip's crossbars do, (h, w, c)
+        self.views = layer_views(model, layers, torch.from_numpy(self.x[:1]))
         self.stage, self.step = "pretrain", 0
         self.opt_state = None
         self.admm_state = None
@@ -480,8 +480,8 @@ class _Run:
         if views != self.views:    # absent: written before views, when there were none
             raise CompressionError(
                 f"checkpoint {p}: projected with layer views {views or 'none'}, this run "
-                f"has {self.views or 'none'} (a Linear after Flatten of a map is constrained "
-                f"in the chip's (h, w, c) order, compressor.layout): delete it to rerun")
+                f"has {self.views or 'none'} (TinyADC on a Linear after Flatten of a map is "
+                f"stated in the chip's (h, w, c) order, compressor.layout): delete it to rerun")
         if ck.get("projection", 1) != PROJECTION_VERSION:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "

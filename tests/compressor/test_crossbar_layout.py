@@ -148,3 +148,18 @@ def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
     with pytest.raises(CompressionError, match=r"projected with layer views none, this run "
                                                r"has \{'4': \(16, 8, 4, 4\)\}.*delete it"):
         compress(_convnet(), rec, *digits, checkpoint=ck, progress=False)
+
+
+def test_only_tinyadc_structures_take_the_view():
+    """Group structures cost the same crossbars in either order (the compiler packs the kept
+    rows), and keep torch's channel grouping; quantization alone has no rows to order."""
+    from compressor.constraints import Constraint, QuantSpec
+    from compressor.layout import layer_views
+    model, fc = _flatten_forms()[2]
+    x = torch.zeros(1, 1, 8, 8)
+    for structure, amount, view in [("tinyadc", 4, (10, 4, 4, 4)),
+                                    ("tinyadc_packed_signed", 4, (10, 4, 4, 4)),
+                                    ("blocks", 0.5, None), ("rows", 0.5, None),
+                                    (None, None, None)]:
+        c = Constraint(structure, amount, QuantSpec(bits=3))
+        assert layer_views(model, {fc: c}, x).get(fc) == view, structure
