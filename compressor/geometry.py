@@ -9,8 +9,8 @@ Convention shared with the compiler (``compiler/`` partitions weights the same w
   order, channel-last, as ``compiler/ops/conv.py`` lays out the receptive field of a
   feature map stored ``(H, W, C)`` (1-D convolutions likewise: ``(kx, c_in)``). So the
   row-blocks here are the compiler's crossbars and a TinyADC column segment is one bit line.
-* A fully connected layer after ``Flatten`` of a ``C × H × W`` map (``C, H·W > 1``) reads the
-  map as the compiler stores it, ``(h, w, c)``: ``compiler/ops/shape.py`` records that order
+* A fully connected layer after ``Flatten`` of a ``C × H × W`` map (``C, H·W > 1``; a
+  ``Conv1d``'s ``C × L`` likewise) reads the map as the compiler stores it, ``(h, w, c)``: ``compiler/ops/shape.py`` records that order
   and ``compiler/ops/gemm.py`` permutes the weight's rows to match. With a TinyADC structure
   its ``out × C·H·W`` weight is read here as the ``out × C × H × W`` weight of a convolution
   whose kernel covers the whole map (the ``view`` of :func:`to_crossbar`;

@@ -17,6 +17,8 @@ pooling) or one channel (an image) needs no view: both orders agree.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -40,10 +42,12 @@ def layer_views(model: nn.Module, layers: dict, sample: torch.Tensor | None
 def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
                    ) -> dict[str, tuple[int, ...]]:
     """``{name: (out, C, H, W)}`` for each ``nn.Linear`` among ``names`` whose input is a
-    ``(N, C, H, W)`` feature map (``C > 1``, ``H·W > 1``) flattened from dimension 1, through
-    per-neuron ops only (dropout, ReLU, ...). ``sample``: one input batch for the shapes.
-    ``{}`` where there is no sample or torch.fx cannot trace the model; then the weights are
-    read in torch's order, as before."""
+    feature map flattened from dimension 1 (``C > 1`` channels of more than one pixel),
+    through per-neuron ops only (dropout, ReLU, ...): an ``(N, C, H, W)`` tensor, or the
+    ``(N, C, L)`` output of a ``Conv1d`` (view ``(out, C, L)``; the compiler stores it
+    ``(1, L, C)``). ``sample``: one input batch for the shapes. ``{}`` where there is no
+    sample or torch.fx cannot trace the model; then the weights are read in torch's order,
+    as before."""
     names = set(names)
     modules = dict(model.named_modules())
     if sample is None or not any(isinstance(modules.get(n), nn.Linear) for n in names):
@@ -68,16 +72,22 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
         flat = through_per_neuron_ops(node.args[0] if node.args else None, modules)
         shape = _flattened_map(flat, modules)
         # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
-        if shape is not None and shape[0] > 1 and shape[1] * shape[2] > 1 \
-                and shape[0] * shape[1] * shape[2] == modules[node.target].in_features:
+        if shape is not None and shape[0] > 1 and math.prod(shape[1:]) > 1 \
+                and math.prod(shape) == modules[node.target].in_features:
             views[node.target] = (modules[node.target].out_features, *shape)
     return views
 
 
-def _flattened_map(node, modules) -> tuple[int, int, int] | None:
-    """``(C, H, W)`` when fx ``node`` flattens an ``(N, C, H, W)`` tensor to ``(N, C·H·W)``:
-    ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)`` or
-    ``x.reshape(N, -1)``."""
+# What a 1-D feature map passes through unchanged in kind (its channels stay channels).
+_MAP_1D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
+           nn.AdaptiveMaxPool1d, nn.ConstantPad1d, nn.ZeroPad1d, nn.ReflectionPad1d)
+
+
+def _flattened_map(node, modules) -> tuple[int, ...] | None:
+    """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` to
+    ``(N, C·prod(spatial))``: ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``,
+    ``x.view(N, -1)`` or ``x.reshape(N, -1)``. A 3-D tensor counts as a map only when a
+    ``Conv1d`` computed it (a sequence's ``(N, T, F)`` is stored as it is)."""
     if not isinstance(node, torch.fx.Node) or not node.args \
             or not isinstance(node.args[0], torch.fx.Node):
         return None
@@ -89,7 +99,22 @@ def _flattened_map(node, modules) -> tuple[int, int, int] | None:
     if not is_flatten or src is None or out is None or not hasattr(src, "shape") \
             or not hasattr(out, "shape"):
         return None
-    if len(src.shape) != 4 or len(out.shape) != 2 or out.shape[0] != src.shape[0]:
+    if len(src.shape) not in (3, 4) or len(out.shape) != 2 or out.shape[0] != src.shape[0]:
         return None
-    n, c, h, w = (int(v) for v in src.shape)
-    return (c, h, w) if int(out.shape[1]) == c * h * w else None
+    if len(src.shape) == 3 and not _from_conv1d(node.args[0], modules):
+        return None
+    shape = tuple(int(v) for v in src.shape[1:])
+    return shape if int(out.shape[1]) == math.prod(shape) else None
+
+
+def _from_conv1d(node, modules) -> bool:
+    """Whether fx ``node`` is a ``Conv1d``'s output, through per-neuron and 1-D map ops."""
+    while isinstance(node, torch.fx.Node):
+        node = through_per_neuron_ops(node, modules)
+        if not isinstance(node, torch.fx.Node) or node.op != "call_module" \
+                or not isinstance(modules[node.target], _MAP_1D):
+            return False
+        if isinstance(modules[node.target], nn.Conv1d):
+            return True
+        node = node.args[0]
+    return False

@@ -1,5 +1,6 @@
-"""A fully connected layer after Flatten of a C x H x W map is compressed in the compiler's
-row order, (h, w, c): the crossbars the compressor constrains are the ones the chip builds."""
+"""TinyADC on a fully connected layer after Flatten of a C x H x W map (or a Conv1d's C x L)
+is stated in the compiler's row order, (h, w, c): the crossbars the compressor constrains
+are the ones the chip builds."""
 import numpy as np
 import pytest
 import torch
@@ -11,27 +12,28 @@ GEOM = {"rows": 32, "cols": 16, "cell_bits": 2, "weight_bits": 3}
 N = 16
 
 
-def _convnet(pool=2):
-    """conv 1->8 on 8 x 8 digits, Flatten of the 8 x (8/pool) x (8/pool) map, FC -> 16 -> 10."""
-    side = 8 // pool
+def _convnet(kind):
+    """A convolution's 8-channel map of 16 pixels, flattened into FC 128 -> 16 -> 10: conv2d
+    on 8 x 8 digits pooled to 4 x 4, or conv1d on them as 64-pixel rows pooled to 16."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pool),
-                         nn.Flatten(), nn.Linear(8 * side * side, 16), nn.ReLU(),
-                         nn.Linear(16, 10))
+    conv = ([nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)] if kind == "conv2d"
+            else [nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(4)])
+    return nn.Sequential(*conv, nn.Flatten(), nn.Linear(128, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
-@pytest.fixture(scope="module")
-def tinyadc_fc(digits, tmp_path_factory):
+@pytest.fixture(scope="module", params=["conv2d", "conv1d"])
+def tinyadc_fc(request, digits, tmp_path_factory):
+    shape = (1, 8, 8) if request.param == "conv2d" else (1, 64)
+    data = [(x.reshape(len(x), *shape), y) for x, y in digits]
     rec = parse_recipe({"name": "flat", "geometry": GEOM, "pretrain": {"epochs": 2},
                         "admm": {"rounds": 1}, "retrain": {"epochs": 1},
                         "layers": [{"match": "4", "sparsity": {"structure": "tinyadc_packed",
                                                                "n": N},
                                     "quant": {"bits": 3}}]})
-    res = compress(_convnet(), rec, *digits, progress=False)
-    path = export_qdq(res, tmp_path_factory.mktemp("flat") / "m.onnx", input_shape=(1, 8, 8),
-                      verify=digits[1][0][:16], atol=1e-5)
+    res = compress(_convnet(request.param), rec, *data, progress=False)
+    path = export_qdq(res, tmp_path_factory.mktemp("flat") / "m.onnx", input_shape=shape,
+                      verify=data[1][0][:16], atol=1e-5)
     return res, path
-
 
 
 def test_every_crossbar_the_compiler_builds_holds_at_most_n_per_bit_line(tinyadc_fc):
@@ -62,13 +64,13 @@ def test_the_layer_is_read_in_the_chips_row_order(tinyadc_fc):
     from compressor.hardware import storage_bits
     res, path = tinyadc_fc
     layer = res.layers["4"]
-    assert layer.view == (16, 8, 4, 4)
+    assert layer.view in ((16, 8, 4, 4), (16, 8, 16))
     q = layer.levels
-    hwc = q.reshape(16, 8, 4, 4).transpose(0, 2, 3, 1).reshape(16, -1).T   # rows (h, w, c)
+    hwc = np.moveaxis(q.reshape(layer.view), 1, -1).reshape(16, -1).T   # rows (h, w, c)
     np.testing.assert_array_equal(to_crossbar(q, layer.view), hwc)
     meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}[
         "xbarsim.layer.4"])
-    assert meta["crossbar_view"] == [16, 8, 4, 4]
+    assert meta["crossbar_view"] == list(layer.view)
     geom = CrossbarGeometry(**GEOM)
     assert meta["max_nonzeros_per_segment"] == occupancy(hwc, geom)["max_nonzeros_per_segment"]
     stored = storage_bits(path, geom)["layers"][meta["initializer"]]["storage_bits"]
@@ -116,6 +118,8 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
     assert crossbar_views(pooled, ["3", "5"], torch.zeros(1, 1, 8, 8)) == {}   # 1 x 1 map
     assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
                           torch.zeros(1, 1, 8, 8)) == {}     # an image of 1 channel
+    assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
+                          torch.zeros(1, 4, 16)) == {}       # a (T, F) sequence, not a map
     model, fc = _flatten_forms()[2]
     assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
 
@@ -140,14 +144,14 @@ def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
                         "layers": [{"match": "4", "sparsity": {"structure": "tinyadc",
                                                                "n": N}}]})
     ck = tmp_path / "run.ckpt"
-    compress(_convnet(), rec, *digits, checkpoint=ck, progress=False)
+    compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
     state = torch.load(ck, weights_only=True)
     assert state["views"] == {"4": [16, 8, 4, 4]}
     del state["views"]
     torch.save(state, ck)
     with pytest.raises(CompressionError, match=r"projected with layer views none, this run "
                                                r"has \{'4': \(16, 8, 4, 4\)\}.*delete it"):
-        compress(_convnet(), rec, *digits, checkpoint=ck, progress=False)
+        compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
 
 
 def test_only_tinyadc_structures_take_the_view():
