@@ -30,9 +30,9 @@ from torch import nn
 from .geometry import CrossbarGeometry, to_crossbar
 
 # Ops whose output neuron i depends on input neuron i alone (eval mode).
-_PER_NEURON_MODULES = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
+PER_NEURON_MODULES = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
                        nn.Sigmoid, nn.Hardtanh, nn.Identity, nn.Dropout, nn.BatchNorm1d)
-_PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu,
+PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu,
                          nn.functional.dropout, torch.tanh, torch.sigmoid, operator.neg}
 
 
@@ -62,8 +62,8 @@ def through_per_neuron_ops(src, modules: dict):
     """The fx node ``src`` is computed from through per-neuron ops only, each used once
     (``src`` itself when it is none of them)."""
     while isinstance(src, torch.fx.Node) and len(src.users) == 1 and (
-            src.op == "call_module" and isinstance(modules[src.target], _PER_NEURON_MODULES)
-            or src.op == "call_function" and src.target in _PER_NEURON_FUNCTIONS
+            src.op == "call_module" and isinstance(modules[src.target], PER_NEURON_MODULES)
+            or src.op == "call_function" and src.target in PER_NEURON_FUNCTIONS
             or src.op == "call_method" and src.target in ("relu", "tanh", "sigmoid")):
         src = src.args[0]
     return src

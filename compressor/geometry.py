@@ -10,14 +10,15 @@ Convention shared with the compiler (``compiler/`` partitions weights the same w
   feature map stored ``(H, W, C)`` (1-D convolutions likewise: ``(kx, c_in)``). So the
   row-blocks here are the compiler's crossbars and a TinyADC column segment is one bit line.
 * A fully connected layer after ``Flatten`` of a ``C × H × W`` map (``C, H·W > 1``; a
-  ``Conv1d``'s ``C × L`` likewise) reads the map as the compiler stores it, ``(h, w, c)``: ``compiler/ops/shape.py`` records that order
-  and ``compiler/ops/gemm.py`` permutes the weight's rows to match. With a TinyADC structure
-  its ``out × C·H·W`` weight is read here as the ``out × C × H × W`` weight of a convolution
-  whose kernel covers the whole map (the ``view`` of :func:`to_crossbar`;
-  :func:`compressor.layout.layer_views`), so its rows run over ``(h, w, c)`` by the rule
-  above and a column segment is one bit line of one of the compiler's crossbars. Group
-  structures keep torch's order: the compiler packs each column strip's nonzero rows, so
-  ``k`` kept row-blocks fill ``k`` crossbars in either order.
+  ``Conv1d``'s ``C × L`` likewise) reads the map as the compiler stores it, ``(h, w, c)``:
+  ``compiler/ops/shape.py`` records that order and ``compiler/ops/gemm.py`` permutes the
+  weight's rows to match. With a TinyADC or ``aligned_rows`` structure its ``out × C·H·W``
+  weight is read here as the ``out × C × H × W`` weight of a convolution whose kernel covers
+  the whole map (the ``view`` of :func:`to_crossbar`; :func:`compressor.layout.layer_views`),
+  so its rows run over ``(h, w, c)`` by the rule above and a column segment is one bit line
+  of one of the compiler's crossbars. The other group structures keep torch's order: the
+  compiler packs each column strip's nonzero rows, so ``k`` kept row-blocks fill ``k``
+  crossbars in either order.
 * The crossbar matrix is tiled into *row-blocks* of ``rows`` rows and *column-blocks* of
   ``cols`` columns; block ``(r, c)`` is one logical crossbar (all its bit slices). The last
   row-/column-block may be partial; the missing part counts as zero.

@@ -13,41 +13,52 @@ segment of LeNet-5's first FC layer was spread over several of the compiler's cr
 
 :func:`crossbar_views` finds those layers with torch.fx and a shape pass over one sample;
 :func:`layer_views` keeps the ones whose structure needs it. A map of one pixel (global
-pooling) or one channel (an image) needs no view: both orders agree.
+pooling) or one channel (an image) needs no view: both orders agree. A tensor is taken for a
+map only where it provably is one (a convolution's or pooling's output, or the image, through
+ops that keep it a map); after a ``permute`` or ``transpose`` the compiler stores the words
+as they are, and no view is used.
 """
 from __future__ import annotations
 
 import math
+import operator
+import warnings
+from numbers import Number
 
 import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .connectivity import through_per_neuron_ops
+from simulator.errors import first_line
+
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES
 from .projections import PER_SEGMENT
+
+#: Structures whose promise depends on which inputs share a crossbar in the chip's order:
+#: TinyADC's bound per bit line, and crossbar-aligned row strips (inputs fetched in runs).
+ORDERED = PER_SEGMENT + ("aligned_rows",)
 
 
 def layer_views(model: nn.Module, layers: dict, sample: torch.Tensor | None
                 ) -> dict[str, tuple[int, ...]]:
     """The views that apply: :func:`crossbar_views` of the layers (``{name: Constraint}``)
-    with a per-segment (TinyADC) structure. Only there does the row order change what the
-    chip needs: a group structure (rows, blocks, ...) costs the same crossbars in either
-    order, because the compiler packs a column strip's nonzero rows, and in torch's order a
-    block groups whole channels, which pruned better (LeNet-5's ADMM blocks, seed 0:
-    validation 0.8918, against 0.8806 grouped by pixel)."""
-    segmented = [n for n, c in layers.items() if c.structure in PER_SEGMENT]
-    return crossbar_views(model, segmented, sample) if segmented else {}
+    with an :data:`ORDERED` structure. The other group structures (rows, columns, blocks)
+    cost the same crossbars in either order, because the compiler packs a column strip's
+    nonzero rows, and in torch's order a block groups whole channels, which pruned better
+    (LeNet-5's ADMM blocks, seed 0: validation 0.8918, against 0.8806 grouped by pixel);
+    their kept rows are then fetched in more, shorter runs."""
+    ordered = [n for n, c in layers.items() if c.structure in ORDERED]
+    return crossbar_views(model, ordered, sample) if ordered else {}
 
 
 def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
                    ) -> dict[str, tuple[int, ...]]:
     """``{name: (out, C, H, W)}`` for each ``nn.Linear`` among ``names`` whose input is a
     feature map flattened from dimension 1 (``C > 1`` channels of more than one pixel),
-    through per-neuron ops only (dropout, ReLU, ...): an ``(N, C, H, W)`` tensor, or the
-    ``(N, C, L)`` output of a ``Conv1d`` (view ``(out, C, L)``; the compiler stores it
-    ``(1, L, C)``). ``sample``: one input batch for the shapes. ``{}`` where there is no
-    sample or torch.fx cannot trace the model; then the weights are read in torch's order,
-    as before."""
+    through elementwise ops: an ``(N, C, H, W)`` map, or a 1-D convolution's ``(N, C, L)``
+    (view ``(out, C, L)``; the compiler stores it ``(1, L, C)``). ``sample``: one input
+    batch for the shapes. ``{}`` without a sample; ``{}`` with a warning where torch.fx
+    cannot trace the model (the weights are then read in torch's order)."""
     names = set(names)
     modules = dict(model.named_modules())
     if sample is None or not any(isinstance(modules.get(n), nn.Linear) for n in names):
@@ -62,15 +73,19 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
         finally:
             for m, t in zip(model.modules(), was_training):
                 m.training = t
-    except Exception:   # untraceable (data-dependent control flow) or an odd sample
+    except Exception as e:   # untraceable (data-dependent control flow) or an odd sample
+        warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({first_line(e)}): "
+                      f"{', '.join(sorted(names))} constrained in torch's input order, which "
+                      f"the chip's crossbars do not share after a flattened feature map",
+                      stacklevel=2)
         return {}
     views = {}
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in names \
                 or not isinstance(modules[node.target], nn.Linear):
             continue
-        flat = through_per_neuron_ops(node.args[0] if node.args else None, modules)
-        shape = _flattened_map(flat, modules)
+        shape = _flattened_map(_through_elementwise(node.args[0] if node.args else None,
+                                                    modules), modules)
         # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
         if shape is not None and shape[0] > 1 and math.prod(shape[1:]) > 1 \
                 and math.prod(shape) == modules[node.target].in_features:
@@ -78,22 +93,52 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
     return views
 
 
-# What a 1-D feature map passes through unchanged in kind (its channels stay channels).
-_MAP_1D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
-           nn.AdaptiveMaxPool1d, nn.ConstantPad1d, nn.ZeroPad1d, nn.ReflectionPad1d)
+# Ops whose output keeps a map a map, in the compiler's layout: the node it is computed
+# from is args[0] (the first tensor of a cat).
+_MAP_KEEPING_MODULES = PER_NEURON_MODULES + (
+    nn.BatchNorm2d, nn.BatchNorm1d, nn.Dropout1d, nn.Dropout2d, nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.ConstantPad1d, nn.LocalResponseNorm)
+_MAP_KEEPING_FUNCTIONS = PER_NEURON_FUNCTIONS | {operator.add, torch.add, torch.cat}
+# Ops whose output is a map of their own (2-D, or 1-D when the tensor is 3-D).
+_MAP_MAKING_MODULES = (nn.Conv2d, nn.Conv1d, nn.MaxPool2d, nn.MaxPool1d, nn.AvgPool2d,
+                       nn.AvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d,
+                       nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d)
+_MAP_MAKING_FUNCTIONS = {nn.functional.conv2d, nn.functional.conv1d, nn.functional.max_pool2d,
+                         nn.functional.max_pool1d, nn.functional.avg_pool2d,
+                         nn.functional.avg_pool1d, nn.functional.adaptive_avg_pool2d,
+                         nn.functional.adaptive_avg_pool1d, torch.max_pool2d, torch.avg_pool1d,
+                         torch.max_pool1d, torch.conv2d, torch.conv1d}
+_SCALAR_OPS = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul,
+               torch.add, torch.sub, torch.div}
+
+
+def _through_elementwise(node, modules):
+    """The fx node ``node`` is computed from through elementwise ops (activations, dropout,
+    BatchNorm1d, arithmetic with a number): they keep each word where it is, whatever else
+    reads them."""
+    while isinstance(node, torch.fx.Node) and node.args and (
+            node.op == "call_module" and isinstance(modules[node.target], PER_NEURON_MODULES)
+            or node.op == "call_function" and node.target in PER_NEURON_FUNCTIONS
+            or node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid",
+                                                             "contiguous")
+            or node.op in ("call_function", "call_method")
+            and node.target in _SCALAR_OPS | {"mul", "add", "sub", "div"}
+            and len(node.args) == 2 and isinstance(node.args[1], Number)):
+        node = node.args[0]
+    return node
 
 
 def _flattened_map(node, modules) -> tuple[int, ...] | None:
-    """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` to
-    ``(N, C·prod(spatial))``: ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``,
-    ``x.view(N, -1)`` or ``x.reshape(N, -1)``. A 3-D tensor counts as a map only when a
-    ``Conv1d`` computed it (a sequence's ``(N, T, F)`` is stored as it is)."""
+    """``(C, *spatial)`` when fx ``node`` turns a feature map ``(N, C, *spatial)`` into
+    ``(N, C·prod(spatial))`` keeping its memory order (``nn.Flatten()``, ``torch.flatten(x,
+    1)``, ``x.view(N, -1)``, ``torch.reshape``, ...): the output is 2-D with the batch
+    first."""
     if not isinstance(node, torch.fx.Node) or not node.args \
             or not isinstance(node.args[0], torch.fx.Node):
         return None
     is_flatten = (
         node.op == "call_module" and isinstance(modules.get(node.target), nn.Flatten)
-        or node.op == "call_function" and node.target is torch.flatten
+        or node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
         or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
     src, out = node.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
     if not is_flatten or src is None or out is None or not hasattr(src, "shape") \
@@ -101,20 +146,28 @@ def _flattened_map(node, modules) -> tuple[int, ...] | None:
         return None
     if len(src.shape) not in (3, 4) or len(out.shape) != 2 or out.shape[0] != src.shape[0]:
         return None
-    if len(src.shape) == 3 and not _from_conv1d(node.args[0], modules):
+    if not _is_map(node.args[0], modules, rank=len(src.shape)):
         return None
     shape = tuple(int(v) for v in src.shape[1:])
     return shape if int(out.shape[1]) == math.prod(shape) else None
 
 
-def _from_conv1d(node, modules) -> bool:
-    """Whether fx ``node`` is a ``Conv1d``'s output, through per-neuron and 1-D map ops."""
+def _is_map(node, modules, rank: int) -> bool:
+    """Whether fx ``node`` is a feature map the compiler stores channel-last: computed by a
+    convolution or pooling through ops that keep maps, or (4-D) the model's input. A 3-D
+    input is not taken for a map: a sequence ``(N, T, F)`` is stored as it is."""
     while isinstance(node, torch.fx.Node):
-        node = through_per_neuron_ops(node, modules)
-        if not isinstance(node, torch.fx.Node) or node.op != "call_module" \
-                or not isinstance(modules[node.target], _MAP_1D):
-            return False
-        if isinstance(modules[node.target], nn.Conv1d):
+        if node.op == "placeholder":
+            return rank == 4
+        if node.op == "call_module" and isinstance(modules[node.target], _MAP_MAKING_MODULES) \
+                or node.op == "call_function" and node.target in _MAP_MAKING_FUNCTIONS:
             return True
-        node = node.args[0]
+        keeps = (node.op == "call_module"
+                 and isinstance(modules[node.target], _MAP_KEEPING_MODULES)
+                 or node.op == "call_function" and node.target in _MAP_KEEPING_FUNCTIONS
+                 or node.op == "call_method" and node.target in ("relu", "contiguous", "add"))
+        if not keeps or not node.args:
+            return False
+        first = node.args[0]
+        node = first[0] if isinstance(first, (list, tuple)) and first else first
     return False

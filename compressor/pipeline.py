@@ -186,8 +186,8 @@ class _Run:
         self.progress = progress
         # {consumer: producer} of chained Linear layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
-        # {name: (out, C, H, W)}: TinyADC Linear layers after Flatten of a map read it as the
-        # chip's crossbars do, (h, w, c)
+        # {name: (out, C, H, W)}: TinyADC (and aligned_rows) Linear layers after Flatten of a
+        # map read it as the chip's crossbars do, (h, w, c)
         self.views = layer_views(model, layers, torch.from_numpy(self.x[:1]))
         self.stage, self.step = "pretrain", 0
         self.opt_state = None
@@ -480,8 +480,9 @@ class _Run:
         if views != self.views:    # absent: written before views, when there were none
             raise CompressionError(
                 f"checkpoint {p}: projected with layer views {views or 'none'}, this run "
-                f"has {self.views or 'none'} (TinyADC on a Linear after Flatten of a map is "
-                f"stated in the chip's (h, w, c) order, compressor.layout): delete it to rerun")
+                f"has {self.views or 'none'} (a Linear after Flatten of a map is constrained "
+                f"in the chip's (h, w, c) order where the structure needs it, "
+                f"compressor.layout): delete it to rerun")
         if ck.get("projection", 1) != PROJECTION_VERSION:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from compressor import compress, export_qdq, parse_recipe
+from compressor.geometry import to_crossbar
 
 GEOM = {"rows": 32, "cols": 16, "cell_bits": 2, "weight_bits": 3}
 N = 16
@@ -81,34 +82,74 @@ def test_the_layer_is_read_in_the_chips_row_order(tinyadc_fc):
 
 
 def _flatten_forms():
-    conv = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)]
+    """``(model, the Linear, its view)`` for the ways a map reaches a Linear, (1, 8, 8) in."""
+    def conv():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                             nn.MaxPool2d(2))
 
-    class ByView(nn.Module):
-        def __init__(self):
+    class Net(nn.Module):
+        def __init__(self, route, heads=1):
             super().__init__()
-            self.features, self.fc = nn.Sequential(*conv), nn.Linear(64, 10)
+            self.features, self.fc, self.route = conv(), nn.Linear(64, 10), route
+            self.g = nn.Linear(64, 10) if heads == 2 else None
 
         def forward(self, x):
-            x = self.features(x)
-            return self.fc(nn.functional.relu(x.view(x.size(0), -1)))
+            y = self.route(self.features(x))
+            return self.fc(y) if self.g is None else self.fc(y) + self.g(y)
 
-    class ByFunction(ByView):
-        def forward(self, x):
-            return self.fc(torch.flatten(self.features(x), 1))
+    view = (10, 4, 4, 4)
+    return [
+        (Net(lambda x: nn.functional.relu(x.view(x.size(0), -1))), "fc", view),
+        (Net(lambda x: torch.flatten(x, 1)), "fc", view),
+        (Net(lambda x: torch.reshape(x, (x.shape[0], -1))), "fc", view),
+        (Net(lambda x: x.flatten(1) * 2.0), "fc", view),
+        # an elementwise op read twice: the order is the data's, both heads take it
+        (Net(lambda x: nn.functional.dropout(x.flatten(1), 0.1, False), heads=2), "fc", view),
+        # after a permute the compiler stores the words as they are: torch's order holds
+        (Net(lambda x: x.permute(0, 2, 3, 1).flatten(1)), "fc", None),
+        (nn.Sequential(*conv(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)), "6", view),
+    ]
 
-    seq = nn.Sequential(*conv, nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
-    return [(ByView(), "fc"), (ByFunction(), "fc"), (seq, "6")]
+
+def _compiled_rows(model, monkeypatch):
+    """``{Gemm node: its weight's rows in the compiler's order}`` (logical input indices)."""
+    import io
+    import warnings
+
+    import onnx
+
+    import compiler.ops.gemm as gemm
+    from compiler import compile_model
+    seen, fc = {}, gemm._fc
+
+    def spy(node, ctx, t_in, w_kn, *args, **kw):
+        seen[node.name] = np.arange(len(w_kn)) if t_in.perm is None else np.asarray(t_in.perm)
+        return fc(node, ctx, t_in, w_kn, *args, **kw)
+    monkeypatch.setattr(gemm, "_fc", spy)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False,
+                          input_names=["input"], output_names=["logits"])
+    compile_model(onnx.load_from_string(buf.getvalue()), "puma")
+    return seen
 
 
-@pytest.mark.parametrize("i", range(3))
-def test_crossbar_views_finds_a_linear_after_a_flattened_map(i):
+@pytest.mark.parametrize("i", range(7))
+def test_the_view_gives_the_compilers_row_order(i, monkeypatch):
+    """For each form, the crossbar rows the compressor constrains are the Gemm rows the
+    compiler lays out; the shape pass moves no batch-norm statistics."""
     from compressor.layout import crossbar_views
-    model, fc = _flatten_forms()[i]
+    model, fc, view = _flatten_forms()[i]
     model.train()
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     before = bn.running_mean.clone()
-    assert crossbar_views(model, [fc], torch.randn(1, 1, 8, 8)) == {fc: (10, 4, 4, 4)}
+    views = crossbar_views(model, [fc], torch.randn(1, 1, 8, 8))
+    assert views.get(fc) == view
     assert torch.equal(bn.running_mean, before) and model.training and bn.training
+    rows = to_crossbar(np.arange(64)[None, :], None if view is None else (1, *view[1:]))[:, 0]
+    chip = _compiled_rows(model, monkeypatch)
+    assert chip and all(np.array_equal(r, rows) for r in chip.values())
 
 
 def test_no_view_where_both_orders_agree_or_nothing_is_known():
@@ -120,7 +161,7 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
                           torch.zeros(1, 1, 8, 8)) == {}     # an image of 1 channel
     assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
                           torch.zeros(1, 4, 16)) == {}       # a (T, F) sequence, not a map
-    model, fc = _flatten_forms()[2]
+    model, fc, _ = _flatten_forms()[6]
     assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
 
     class Untraceable(nn.Module):
@@ -132,7 +173,9 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
             if x.sum() > 0:      # control flow on data: torch.fx cannot trace it
                 x = x * 2
             return self.fc(x.flatten(1))
-    assert crossbar_views(Untraceable(), ["fc"], torch.zeros(1, 4, 4, 4)) == {}
+    with pytest.warns(UserWarning, match=r"torch.fx cannot trace Untraceable .*: fc "
+                                         r"constrained in torch's input order"):
+        assert crossbar_views(Untraceable(), ["fc"], torch.zeros(1, 4, 4, 4)) == {}
 
 
 def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
@@ -154,15 +197,18 @@ def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
         compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
 
 
-def test_only_tinyadc_structures_take_the_view():
-    """Group structures cost the same crossbars in either order (the compiler packs the kept
-    rows), and keep torch's channel grouping; quantization alone has no rows to order."""
+def test_only_ordered_structures_take_the_view():
+    """TinyADC's bound and crossbar-aligned row strips depend on which inputs share a
+    crossbar on the chip; the other group structures cost the same crossbars in either order
+    (the compiler packs the kept rows) and keep torch's channel grouping; quantization alone
+    has no rows to order."""
     from compressor.constraints import Constraint, QuantSpec
     from compressor.layout import layer_views
-    model, fc = _flatten_forms()[2]
+    model, fc, _ = _flatten_forms()[6]
     x = torch.zeros(1, 1, 8, 8)
     for structure, amount, view in [("tinyadc", 4, (10, 4, 4, 4)),
                                     ("tinyadc_packed_signed", 4, (10, 4, 4, 4)),
+                                    ("aligned_rows", 0.5, (10, 4, 4, 4)),
                                     ("blocks", 0.5, None), ("rows", 0.5, None),
                                     (None, None, None)]:
         c = Constraint(structure, amount, QuantSpec(bits=3))
