@@ -286,6 +286,11 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     def by_layer(v):
         return np.bincount(of_layer[mine], weights=v[mine], minlength=len(prog.layers))
     mvmus_per_layer = by_layer(np.ones(n_mvmu))
+    # the widest ADC a layer converts with (0: ideal ADCs or no MVMU)
+    bits = np.array([prog.adc_bits_of(i) or 0 for i in range(n_mvmu)], np.int64)
+    bits_per_layer = np.zeros(max(len(prog.layers), int(of_layer.max(initial=-1)) + 1),
+                              np.int64)
+    np.maximum.at(bits_per_layer, of_layer[mine], bits[mine])
     area_per_layer = by_layer(sum(part_area.values()))
     leak_per_layer = by_layer(adc_leak_mw) * latency_ns * 1e-12
     layers = []
@@ -302,6 +307,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
             "adc_conversions": int(counters[i + 1, C_ADC]),
             "crossbars": int(mvmus_per_layer[i]) * cfg.arrays * cfg.slices,
             "area_mm2": float(area_per_layer[i]),
+            "adc_bits": int(bits_per_layer[i]) or None,
             "energy_j": e,
         })
     count_tot = counters.sum(0)

@@ -169,8 +169,8 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     x = rng.standard_normal((2, 256)).astype(np.float32)
     cfg = load_config("puma", ["adc.adaptive=true", "xbar.mapping=differential",
                                "adc.model=isaac"])
-    rep = simulate(compile_model(mlp([sparse, dense]), cfg, calibration={"input": x}),
-                   {"input": x})
+    prog = compile_model(mlp([sparse, dense]), cfg, calibration={"input": x})
+    rep = simulate(prog, {"input": x})
     mvm = [L for L in rep.layers if L["crossbars"]]
     assert [L["crossbars"] for L in mvm] == [2 * cfg.arrays * cfg.slices, cfg.arrays * cfg.slices]
     parts = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
@@ -180,6 +180,13 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     # per crossbar the sparse layer is smaller: its ADCs convert 3 bits (isaac: 2**(b-8))
     per_xbar = [L["area_mm2"] / L["crossbars"] for L in mvm]
     assert per_xbar[0] < per_xbar[1]
+    # each layer's widest ADC: what its crossbars' levels need (adaptive)
+    from simulator.crossbar import lossless_adc_bits
+    need = [max(lossless_adc_bits(prog.mvmu_levels[i], cfg.dac.bits)
+                for i in np.flatnonzero(prog.mvmu_layer == k))
+            for k, L in enumerate(rep.layers) if L["crossbars"]]
+    assert [L["adc_bits"] for L in mvm] == need and need[0] < need[1]
+    assert all(L["adc_bits"] is None for L in rep.layers if not L["crossbars"])
     ns = rep.latency_cycles * cfg.cycle_ns
     edram_leak = rep.tiles * costs.TABLE["edram_leak_mw"] * ns * 1e-12
     assert sum(L["energy_j"]["leakage"] for L in rep.layers) == pytest.approx(
