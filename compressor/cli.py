@@ -149,6 +149,7 @@ def _compress(args) -> int:
                        resume=not args.no_resume, progress=not args.quiet)
         if dense_model is None:  # the weights compression started from (after pretrain)
             dense_model = _dense_after_pretrain(res, start)
+            _warn_if_untrained(res.accuracy["dense"], train[1], args.model)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
         summary[method] = _report(res, path, None if val is test else test)
     if len(summary) == 2:
@@ -171,6 +172,17 @@ def _compress(args) -> int:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"summary  -> {args.json}")
     return EXIT_OK
+
+
+def _warn_if_untrained(accuracy: float, labels, model: str) -> None:
+    """Say so when the model compression starts from scores about chance: nothing it
+    reports then measures compression (a zoo name has fresh weights)."""
+    classes = int(labels.max()) + 1 if len(labels) else 1
+    if classes > 1 and accuracy < 1.5 / classes:
+        print(f"warning: the dense {model!r} scores {accuracy:.1%} before compression, about "
+              f"chance for {classes} classes: it is untrained. Train it first (--pretrain N, "
+              f"or a recipe's pretrain epochs) or start from trained weights (a .pt, or a "
+              f"shipped pretrained model such as lenet5_fmnist)", file=sys.stderr)
 
 
 def _dense_after_pretrain(res, start):

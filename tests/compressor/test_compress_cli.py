@@ -216,3 +216,16 @@ def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):
     rc, _, err = run(capsys, "lstm", "--recipe", p, "--data", "digits", "-o", out, "-q",
                      "--no-hw")
     assert rc == 2 and err.startswith("error: pow2 fold:") and len(err.splitlines()) == 1
+
+
+def test_an_untrained_model_is_named_before_its_numbers_are_read(tmp_path, recipe, capsys):
+    """A zoo name has fresh weights: with no pretraining its accuracy is chance, and the
+    command says so (and does not when the recipe trains it first)."""
+    out = tmp_path / "mlp.onnx"
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
+                     "--limit", 200, "--pretrain", 0, "--epochs", 1, "-q", "--no-hw")
+    assert rc == 0, err
+    assert "warning: the dense 'mlp' scores" in err and "it is untrained" in err
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
+                     tmp_path / "b.onnx", "--limit", 200, "-q", "--no-hw")
+    assert rc == 0 and "untrained" not in err
