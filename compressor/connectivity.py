@@ -10,17 +10,21 @@ on Fashion-MNIST, both ρ schedules), and no retraining can recover: the masks a
 and the gradient through a constant is zero.
 
 So the projections of a chain of layers run in order (:func:`project_layers`): each layer's
-*live* output neurons (those with a kept weight on a live input) become the next layer's
-live rows, and the next layer ranks its groups live-first (a group with a live row before
-any without, by L2 norm within each), keeping its budget. Where every group it would keep
-reads a live row, nothing changes. The producer of a layer is found with torch.fx
-(:func:`feeding_layers`): a ``Linear`` whose input is another constrained ``Linear``'s
-output through per-neuron ops only (ReLU, LeakyReLU, dropout, identity, BatchNorm1d).
-Convolutions are not coupled: their rows mix kernel offsets with channels, and a
-convolution's few output channels are rarely split across column blocks.
+*live* outputs (neurons or channels with a kept weight on a live input) give the next
+layer's live rows, and the next layer ranks its groups live-first (a group with a live row
+before any without, by L2 norm within each), keeping its budget. Where every group it would
+keep reads a live row (every output of the producer live, say), nothing changes. The
+producer of a layer is found with torch.fx (:func:`feeding_layers`): the consumer's input is
+the producer's output through ops after which a neuron or channel depends on the input
+exactly when it did before: per-neuron ops (ReLU, dropout, BatchNorm, ...), pooling, padding
+and flattening a map. Producers are ``Linear`` or convolution layers; consumers are
+``Linear`` layers and ungrouped convolutions. A channel's live rows are all of its rows: a
+convolution reads channel ``c`` on every kernel offset, a ``Linear`` after a flattened map on
+every pixel (:func:`rows_of_channels`).
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -36,10 +40,24 @@ PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu
                          nn.functional.dropout, torch.tanh, torch.sigmoid, operator.neg}
 
 
+# Channel-wise ops beyond the per-neuron ones: a channel of their output is constant
+# exactly when that channel of their input is.
+_CHANNELWISE_MODULES = PER_NEURON_MODULES + (
+    nn.BatchNorm2d, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
+    nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.Flatten)
+_CHANNELWISE_FUNCTIONS = PER_NEURON_FUNCTIONS | {
+    torch.flatten, nn.functional.max_pool2d, nn.functional.avg_pool2d,
+    nn.functional.adaptive_avg_pool2d, nn.functional.max_pool1d, nn.functional.avg_pool1d}
+_CHANNELWISE_METHODS = ("relu", "tanh", "sigmoid", "contiguous", "flatten")
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
 def feeding_layers(model: nn.Module, names) -> dict[str, str]:
-    """``{consumer: producer}`` among the ``nn.Linear`` layers ``names``: the consumer's
-    input is the producer's output through per-neuron ops only. ``{}`` where torch.fx
-    cannot trace the model (the layers are then projected independently)."""
+    """``{consumer: producer}`` among the layers ``names`` (``Linear`` and convolutions): the
+    consumer's input is the producer's output through channel-wise ops only (module doc).
+    ``{}`` where torch.fx cannot trace the model (the layers are then projected
+    independently)."""
     names = set(names)
     modules = dict(model.named_modules())
     try:
@@ -49,24 +67,50 @@ def feeding_layers(model: nn.Module, names) -> dict[str, str]:
     feeds = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in names \
-                or not isinstance(modules[node.target], nn.Linear):
+                or not isinstance(modules[node.target], _LAYERS):
             continue
-        src = through_per_neuron_ops(node.args[0] if node.args else None, modules)
+        src = _through_channelwise_ops(node.args[0] if node.args else None, modules)
         if isinstance(src, torch.fx.Node) and src.op == "call_module" \
-                and src.target in names and isinstance(modules[src.target], nn.Linear):
+                and src.target in names and isinstance(modules[src.target], _LAYERS):
             feeds[node.target] = src.target
     return feeds
 
 
-def through_per_neuron_ops(src, modules: dict):
-    """The fx node ``src`` is computed from through per-neuron ops only, each used once
-    (``src`` itself when it is none of them)."""
-    while isinstance(src, torch.fx.Node) and len(src.users) == 1 and (
-            src.op == "call_module" and isinstance(modules[src.target], PER_NEURON_MODULES)
-            or src.op == "call_function" and src.target in PER_NEURON_FUNCTIONS
-            or src.op == "call_method" and src.target in ("relu", "tanh", "sigmoid")):
+def _through_channelwise_ops(src, modules: dict):
+    """The fx node ``src`` is computed from through channel-wise ops (``src`` itself when
+    it is none of them). ``view``/``reshape`` count only as a flatten, ``(N, -1)``."""
+    while isinstance(src, torch.fx.Node) and src.args and (
+            src.op == "call_module" and isinstance(modules[src.target], _CHANNELWISE_MODULES)
+            or src.op == "call_function" and src.target in _CHANNELWISE_FUNCTIONS
+            or src.op == "call_method" and (src.target in _CHANNELWISE_METHODS
+                                            or src.target in ("view", "reshape")
+                                            and _flattens(src.args[1:]))):
         src = src.args[0]
     return src
+
+
+def _flattens(shape_args) -> bool:
+    """Whether ``x.view(*shape_args)`` is ``x.view(N, -1)``."""
+    if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
+        shape_args = shape_args[0]
+    return len(shape_args) == 2 and shape_args[1] == -1
+
+
+def rows_of_channels(live: np.ndarray, shape: tuple[int, ...],
+                     view: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """The consumer's live crossbar rows from its producer's live outputs ``live`` (one per
+    channel or neuron): a weight of torch ``shape`` read through ``view``
+    (:mod:`compressor.layout`). A convolution reads channel ``c`` at every kernel offset
+    (rows ``(ky, kx, c)``); a ``Linear`` reads it once, or on each of ``S`` pixels of a
+    flattened map (rows ``(c, s)``, or ``(s, c)`` through a view). None where the shapes
+    do not say (a grouped convolution): then no coupling."""
+    c = len(live)
+    if len(shape) >= 3:
+        return np.tile(live, math.prod(shape[2:])) if shape[1] == c else None
+    k = int(shape[1])
+    if k % c:
+        return None
+    return np.tile(live, k // c) if view is not None else np.repeat(live, k // c)
 
 
 def live_outputs(m: np.ndarray, live_rows: np.ndarray | None) -> np.ndarray:
@@ -96,6 +140,8 @@ def project_layers(layers: dict, weights: dict, geom: CrossbarGeometry,
     producers = set(feeds.values())
     for n in order:
         rows = live.get(feeds.get(n))
+        if rows is not None:
+            rows = rows_of_channels(rows, tuple(weights[n].shape), views.get(n))
         out[n] = layers[n].project(weights[n], geom, live_rows=rows, view=views.get(n))
         if n in producers:
             proj = out[n][0]

@@ -119,3 +119,96 @@ class _Reshaped(nn.Module):
 
 def test_only_per_neuron_paths_couple_layers():
     assert feeding_layers(_Reshaped(), ["a", "b", "c"]) == {}
+
+
+def _convnet():
+    """conv a 1->16 (two column blocks of 8 channels) -> conv b 16->8 (1 x 1) -> flatten its
+    8 x 4 x 4 map -> FC 4, on crossbars of 16 rows and 8 columns: a's channels 0..7
+    dominate, b reads channels 8..15."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * 4 * 4, 4))
+    with torch.no_grad():
+        m[0].weight.mul_(0.01)[:8] += 1.0              # output channels 0..7 dominate
+        m[2].weight.mul_(0.01)[:, 8:] += 1.0           # reads channels 8..15
+    return m.eval()
+
+
+CONV_GEOM = CrossbarGeometry(rows=16, cols=8, cell_bits=2, weight_bits=4)
+
+
+def test_convolutions_couple_through_channelwise_ops():
+    m = _convnet()
+    assert feeding_layers(m, ["0", "2", "8"]) == {"2": "0", "8": "2"}
+
+
+def test_a_convolution_keeps_reading_live_channels():
+    """Conv a keeps one of its two column blocks (channels 0..7); alone, conv b's one kept
+    row block is the one its weights favour, channels 8..15, which a no longer computes."""
+    m = _convnet()
+    layers = {"0": Constraint("blocks", 0.5, QuantSpec(bits=4)),
+              "2": Constraint("rows", 0.5, QuantSpec(bits=4))}
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    alone = project_layers(layers, weights, CONV_GEOM, {})
+    live = live_outputs(to_crossbar(alone["0"][0].numpy()), None)
+    assert live[:8].all() and not live[8:].any()
+    assert not (_kept_rows(alone["2"][0]) & live).any()          # reads dead channels only
+    chained = project_layers(layers, weights, CONV_GEOM, feeding_layers(m, layers))
+    rows = _kept_rows(chained["2"][0])
+    assert rows.any() and not (rows & ~live).any()
+    assert chained["2"][2].sum() == alone["2"][2].sum()          # the same budget
+
+
+def test_rows_of_channels_follow_the_consumers_row_order():
+    from compressor.connectivity import rows_of_channels
+    live = np.array([False, True, False])
+    np.testing.assert_array_equal(rows_of_channels(live, (4, 3 * 2)),
+                                  [False, False, True, True, False, False])      # (c, s)
+    np.testing.assert_array_equal(rows_of_channels(live, (4, 6), view=(4, 3, 1, 2)),
+                                  [False, True, False, False, True, False])      # (s, c)
+    np.testing.assert_array_equal(rows_of_channels(live, (5, 3, 1, 2)),
+                                  [False, True, False, False, True, False])      # (kx, c)
+    np.testing.assert_array_equal(rows_of_channels(live, (5, 3)), live)          # Linear
+    assert rows_of_channels(live, (6, 1, 3, 3)) is None      # grouped: rows are not channels
+    assert rows_of_channels(live, (4, 7)) is None
+
+
+def test_a_linear_after_a_flattened_map_reads_live_channels():
+    """Conv b computes only channels 0 and 1; the FC's rows of the other channels are dead on
+    every pixel. Its one kept row block (16 rows: one channel's pixels) is then a live one,
+    though its weights favour channels 2..7."""
+    m = _convnet()
+    layers = {"2": Constraint(quant=QuantSpec(bits=4)),
+              "8": Constraint("blocks", 1 / 8, QuantSpec(bits=4))}
+    with torch.no_grad():
+        m[2].weight.zero_()[:2] += 1.0
+        m[8].weight.mul_(0.01)[:, 32:] += 1.0
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    alone = project_layers(layers, weights, CONV_GEOM, {})
+    chained = project_layers(layers, weights, CONV_GEOM, feeding_layers(m, layers))
+    fc_live = np.repeat(live_outputs(to_crossbar(chained["2"][0].numpy()), None), 16)
+    assert fc_live[:32].all() and not fc_live[32:].any()
+    assert not (_kept_rows(alone["8"][0]) & fc_live).any()
+    rows = _kept_rows(chained["8"][0])
+    assert rows.any() and not (rows & ~fc_live).any()
+
+
+def test_all_live_producers_change_nothing():
+    """Where a producer computes every output, its consumer's projection is bitwise the one
+    without coupling (so the benchmark's cached runs, all of whose convolutions keep every
+    channel, stay valid)."""
+    m = _convnet()
+    with torch.no_grad():
+        m[0].weight.normal_()
+    layers = {"0": Constraint("blocks", 1.0, QuantSpec(bits=4)),
+              "2": Constraint("rows", 0.5, QuantSpec(bits=4)),
+              "8": Constraint("blocks", 0.25, QuantSpec(bits=3))}
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    a = project_layers(layers, weights, CONV_GEOM, {})
+    b = project_layers(layers, weights, CONV_GEOM, feeding_layers(m, layers))
+    assert live_outputs(to_crossbar(b["0"][0].numpy()), None).all()
+    for n in layers:
+        np.testing.assert_array_equal(a[n][0], b[n][0])
+        np.testing.assert_array_equal(a[n][2], b[n][2])
