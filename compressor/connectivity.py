@@ -45,19 +45,20 @@ PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu
 _CHANNELWISE_MODULES = PER_NEURON_MODULES + (
     nn.BatchNorm2d, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
     nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.Flatten)
+    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
 _CHANNELWISE_FUNCTIONS = PER_NEURON_FUNCTIONS | {
-    torch.flatten, nn.functional.max_pool2d, nn.functional.avg_pool2d,
+    nn.functional.max_pool2d, nn.functional.avg_pool2d,
     nn.functional.adaptive_avg_pool2d, nn.functional.max_pool1d, nn.functional.avg_pool1d}
-_CHANNELWISE_METHODS = ("relu", "tanh", "sigmoid", "contiguous", "flatten")
+_CHANNELWISE_METHODS = ("relu", "tanh", "sigmoid", "contiguous")
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def feeding_layers(model: nn.Module, names) -> dict[str, str]:
     """``{consumer: producer}`` among the layers ``names`` (``Linear`` and convolutions): the
-    consumer's input is the producer's output through channel-wise ops only (module doc).
-    ``{}`` where torch.fx cannot trace the model (the layers are then projected
-    independently)."""
+    consumer's input is the producer's output through channel-wise ops only (module doc),
+    with a flatten from dimension 1 between a convolution and a ``Linear`` and none between
+    two convolutions. ``{}`` where torch.fx cannot trace the model (the layers are then
+    projected independently)."""
     names = set(names)
     modules = dict(model.named_modules())
     try:
@@ -69,31 +70,55 @@ def feeding_layers(model: nn.Module, names) -> dict[str, str]:
         if node.op != "call_module" or node.target not in names \
                 or not isinstance(modules[node.target], _LAYERS):
             continue
-        src = _through_channelwise_ops(node.args[0] if node.args else None, modules)
-        if isinstance(src, torch.fx.Node) and src.op == "call_module" \
-                and src.target in names and isinstance(modules[src.target], _LAYERS):
-            feeds[node.target] = src.target
+        src, flat = _through_channelwise_ops(node.args[0] if node.args else None, modules)
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and src.target in names and isinstance(modules[src.target], _LAYERS)):
+            continue
+        conv_in = not isinstance(modules[src.target], nn.Linear)
+        if isinstance(modules[node.target], nn.Linear) and conv_in != flat:
+            continue   # a Linear reads a convolution's channels only once they are flattened
+        if not isinstance(modules[node.target], nn.Linear) and (flat or not conv_in):
+            continue
+        feeds[node.target] = src.target
     return feeds
 
 
 def _through_channelwise_ops(src, modules: dict):
-    """The fx node ``src`` is computed from through channel-wise ops (``src`` itself when
-    it is none of them). ``view``/``reshape`` count only as a flatten, ``(N, -1)``."""
-    while isinstance(src, torch.fx.Node) and src.args and (
-            src.op == "call_module" and isinstance(modules[src.target], _CHANNELWISE_MODULES)
-            or src.op == "call_function" and src.target in _CHANNELWISE_FUNCTIONS
-            or src.op == "call_method" and (src.target in _CHANNELWISE_METHODS
-                                            or src.target in ("view", "reshape")
-                                            and _flattens(src.args[1:]))):
+    """``(node, flattened)``: the fx node ``src`` is computed from through channel-wise ops
+    (``src`` itself when it is none of them), and whether one of them flattened from
+    dimension 1 (:func:`is_flatten`)."""
+    flattened = False
+    while isinstance(src, torch.fx.Node) and src.args:
+        if is_flatten(src, modules):
+            flattened = True
+        elif not (src.op == "call_module"
+                  and isinstance(modules[src.target], _CHANNELWISE_MODULES)
+                  or src.op == "call_function" and src.target in _CHANNELWISE_FUNCTIONS
+                  or src.op == "call_method" and src.target in _CHANNELWISE_METHODS):
+            break
         src = src.args[0]
-    return src
+    return src, flattened
 
 
-def _flattens(shape_args) -> bool:
-    """Whether ``x.view(*shape_args)`` is ``x.view(N, -1)``."""
-    if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
-        shape_args = shape_args[0]
-    return len(shape_args) == 2 and shape_args[1] == -1
+def is_flatten(node, modules) -> bool:
+    """Whether fx ``node`` flattens its input from dimension 1 to the end: ``nn.Flatten()``,
+    ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)``, ``torch.reshape(x, (N,
+    -1))``."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    args = list(node.args[1:])
+    if node.op == "call_function" and node.target is torch.flatten \
+            or node.op == "call_method" and node.target == "flatten":
+        start = args[0] if args else node.kwargs.get("start_dim", 0)
+        end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    if node.op == "call_method" and node.target in ("view", "reshape") \
+            or node.op == "call_function" and node.target is torch.reshape:
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            args = list(args[0])
+        return len(args) == 2 and args[1] == -1
+    return False
 
 
 def rows_of_channels(live: np.ndarray, shape: tuple[int, ...],

@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from simulator.errors import first_line
 
-from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, is_flatten
 from .projections import PER_SEGMENT
 
 #: Structures whose promise depends on which inputs share a crossbar in the chip's order:
@@ -129,19 +129,14 @@ def _through_elementwise(node, modules):
 
 
 def _flattened_map(node, modules) -> tuple[int, ...] | None:
-    """``(C, *spatial)`` when fx ``node`` turns a feature map ``(N, C, *spatial)`` into
-    ``(N, C·prod(spatial))`` keeping its memory order (``nn.Flatten()``, ``torch.flatten(x,
-    1)``, ``x.view(N, -1)``, ``torch.reshape``, ...): the output is 2-D with the batch
-    first."""
+    """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` into
+    ``(N, C·prod(spatial))`` (:func:`compressor.connectivity.is_flatten`; the shapes
+    confirm it)."""
     if not isinstance(node, torch.fx.Node) or not node.args \
             or not isinstance(node.args[0], torch.fx.Node):
         return None
-    is_flatten = (
-        node.op == "call_module" and isinstance(modules.get(node.target), nn.Flatten)
-        or node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
-        or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
     src, out = node.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
-    if not is_flatten or src is None or out is None or not hasattr(src, "shape") \
+    if not is_flatten(node, modules) or src is None or out is None or not hasattr(src, "shape") \
             or not hasattr(out, "shape"):
         return None
     if len(src.shape) not in (3, 4) or len(out.shape) != 2 or out.shape[0] != src.shape[0]:

@@ -212,3 +212,25 @@ def test_all_live_producers_change_nothing():
     for n in layers:
         np.testing.assert_array_equal(a[n][0], b[n][0])
         np.testing.assert_array_equal(a[n][2], b[n][2])
+
+
+def test_a_convolution_feeds_a_linear_only_through_a_flatten_from_dimension_1():
+    """Rows of a Linear are a convolution's channels only once its map is flattened; a
+    Linear over the last dimension of a map (or after flatten(2)) reads pixels."""
+    conv, fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(16, 3)
+
+    class Net(nn.Module):
+        def __init__(self, route):
+            super().__init__()
+            self.conv, self.fc, self.route = conv, fc, route
+
+        def forward(self, x):
+            return self.fc(self.route(torch.relu(self.conv(x))))
+    for route, coupled in [(lambda x: x.flatten(1), True),
+                           (lambda x: x.view(x.size(0), -1), True),
+                           (lambda x: torch.reshape(x, (x.size(0), -1)), True),
+                           (lambda x: nn.functional.max_pool2d(x, 1).flatten(1), True),
+                           (lambda x: x.flatten(2), False),        # (N, C, H*W): pixels
+                           (lambda x: x, False)]:                  # over the last dimension
+        assert feeding_layers(Net(route), ["conv", "fc"]) == (
+            {"fc": "conv"} if coupled else {}), route
