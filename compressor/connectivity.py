@@ -40,85 +40,114 @@ PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu
                          nn.functional.dropout, torch.tanh, torch.sigmoid, operator.neg}
 
 
-# Channel-wise ops beyond the per-neuron ones: a channel of their output is constant
-# exactly when that channel of their input is.
-_CHANNELWISE_MODULES = PER_NEURON_MODULES + (
-    nn.BatchNorm2d, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
-    nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
-_CHANNELWISE_FUNCTIONS = PER_NEURON_FUNCTIONS | {
-    nn.functional.max_pool2d, nn.functional.avg_pool2d,
-    nn.functional.adaptive_avg_pool2d, nn.functional.max_pool1d, nn.functional.avg_pool1d}
-_CHANNELWISE_METHODS = ("relu", "tanh", "sigmoid", "contiguous")
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Ops on a feature map of 2 or 1 spatial dimensions after which a channel depends on the
+# input exactly when it did before (per-channel normalisation, pooling, padding); the
+# per-neuron ops above act on channels alike.
+_MAP_MODULES = {
+    2: (nn.BatchNorm2d, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad2d),
+    1: (nn.BatchNorm1d, nn.Dropout1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
+        nn.AdaptiveMaxPool1d, nn.ConstantPad1d)}
+_MAP_FUNCTIONS = {
+    2: {nn.functional.max_pool2d, nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d},
+    1: {nn.functional.max_pool1d, nn.functional.avg_pool1d}}
+_PER_NEURON_METHODS = ("relu", "tanh", "sigmoid", "contiguous")
+_CONVS = {nn.Conv2d: 2, nn.Conv1d: 1}
+
+
+def _dims(conv: nn.Module) -> int:
+    """Spatial dimensionality of a convolution (subclasses included)."""
+    return next(d for t, d in _CONVS.items() if isinstance(conv, t))
 
 
 def feeding_layers(model: nn.Module, names) -> dict[str, str]:
-    """``{consumer: producer}`` among the layers ``names`` (``Linear`` and convolutions): the
-    consumer's input is the producer's output through channel-wise ops only (module doc),
-    with a flatten from dimension 1 between a convolution and a ``Linear`` and none between
-    two convolutions. ``{}`` where torch.fx cannot trace the model (the layers are then
-    projected independently)."""
+    """``{consumer: producer}`` among the layers ``names`` (``Linear`` and convolutions): a
+    ``Linear`` fed by a ``Linear`` through per-neuron ops, or by a convolution through ops on
+    its map (of its dimensionality) then a flatten from dimension 1, then per-neuron ops; a
+    convolution fed by one of the same dimensionality through ops on the map (module doc).
+    A module called more than once is not coupled. ``{}`` where torch.fx cannot trace the
+    model (the layers are then projected independently)."""
     names = set(names)
     modules = dict(model.named_modules())
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:   # control flow on data, e.g. recurrent models: no coupling
         return {}
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    once = {t for t in {n.target for n in calls} if sum(n.target == t for n in calls) == 1}
     feeds = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in names \
-                or not isinstance(modules[node.target], _LAYERS):
+    for node in calls:
+        layer = modules[node.target]
+        if node.target not in names or node.target not in once \
+                or not isinstance(layer, (nn.Linear, *_CONVS)):
             continue
-        src, flat = _through_channelwise_ops(node.args[0] if node.args else None, modules)
-        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
-                and src.target in names and isinstance(modules[src.target], _LAYERS)):
-            continue
-        conv_in = not isinstance(modules[src.target], nn.Linear)
-        if isinstance(modules[node.target], nn.Linear) and conv_in != flat:
-            continue   # a Linear reads a convolution's channels only once they are flattened
-        if not isinstance(modules[node.target], nn.Linear) and (flat or not conv_in):
-            continue
-        feeds[node.target] = src.target
+        src = node.args[0] if node.args else None
+        if isinstance(layer, nn.Linear):
+            src, _ = _walk(src, modules, dims=())
+            if isinstance(src, torch.fx.Node) and is_flatten(src, modules):
+                src, seen = _walk(src.args[0], modules, dims=(2, 1))
+                ok = _is_layer(src, modules, names, tuple(_CONVS)) \
+                    and seen <= {_dims(modules[src.target])}
+            else:
+                ok = _is_layer(src, modules, names, (nn.Linear,))
+        else:
+            src, _ = _walk(src, modules, dims=(_dims(layer),))
+            ok = _is_layer(src, modules, names, tuple(_CONVS)) \
+                and _dims(modules[src.target]) == _dims(layer)
+        if ok:
+            feeds[node.target] = src.target
     return feeds
 
 
-def _through_channelwise_ops(src, modules: dict):
-    """``(node, flattened)``: the fx node ``src`` is computed from through channel-wise ops
-    (``src`` itself when it is none of them), and whether one of them flattened from
-    dimension 1 (:func:`is_flatten`)."""
-    flattened = False
+def _walk(src, modules: dict, dims: tuple[int, ...]):
+    """``(node, seen)``: the fx node ``src`` is computed from through per-neuron ops and ops
+    on maps of the spatial dimensionalities ``dims`` (``src`` itself when it is none of
+    them), and the dimensionalities of the map ops passed."""
+    seen = set()
     while isinstance(src, torch.fx.Node) and src.args:
-        if is_flatten(src, modules):
-            flattened = True
-        elif not (src.op == "call_module"
-                  and isinstance(modules[src.target], _CHANNELWISE_MODULES)
-                  or src.op == "call_function" and src.target in _CHANNELWISE_FUNCTIONS
-                  or src.op == "call_method" and src.target in _CHANNELWISE_METHODS):
-            break
+        if not (src.op == "call_module" and isinstance(modules[src.target], PER_NEURON_MODULES)
+                or src.op == "call_function" and src.target in PER_NEURON_FUNCTIONS
+                or src.op == "call_method" and src.target in _PER_NEURON_METHODS):
+            d = next((d for d in dims if src.op == "call_module"
+                      and isinstance(modules[src.target], _MAP_MODULES[d])
+                      or src.op == "call_function" and src.target in _MAP_FUNCTIONS[d]), None)
+            if d is None:
+                break
+            seen.add(d)
         src = src.args[0]
-    return src, flattened
+    return src, seen
+
+
+def _is_layer(node, modules, names, kinds: tuple) -> bool:
+    """Whether fx ``node`` calls a module of ``names`` of one of the types ``kinds``."""
+    return (isinstance(node, torch.fx.Node) and node.op == "call_module"
+            and node.target in names and isinstance(modules[node.target], kinds))
+
+
+def reshapes(node, modules) -> bool:
+    """Whether fx ``node`` is a flatten, view or reshape, whatever its target shape."""
+    return (node.op == "call_module" and isinstance(modules.get(node.target), nn.Flatten)
+            or node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
+            or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
 
 
 def is_flatten(node, modules) -> bool:
-    """Whether fx ``node`` flattens its input from dimension 1 to the end: ``nn.Flatten()``,
-    ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)``, ``torch.reshape(x, (N,
-    -1))``."""
+    """Whether fx ``node`` flattens its input from dimension 1 to the end, by its arguments:
+    ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)``,
+    ``torch.reshape(x, (N, -1))``."""
+    if not reshapes(node, modules):
+        return False
     if node.op == "call_module":
         m = modules[node.target]
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+        return m.start_dim == 1 and m.end_dim == -1
     args = list(node.args[1:])
-    if node.op == "call_function" and node.target is torch.flatten \
-            or node.op == "call_method" and node.target == "flatten":
+    if node.target in (torch.flatten, "flatten"):
         start = args[0] if args else node.kwargs.get("start_dim", 0)
         end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
         return start == 1 and end == -1
-    if node.op == "call_method" and node.target in ("view", "reshape") \
-            or node.op == "call_function" and node.target is torch.reshape:
-        if len(args) == 1 and isinstance(args[0], (tuple, list)):
-            args = list(args[0])
-        return len(args) == 2 and args[1] == -1
-    return False
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    return len(args) == 2 and args[1] == -1
 
 
 def rows_of_channels(live: np.ndarray, shape: tuple[int, ...],

@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from simulator.errors import first_line
 
-from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, is_flatten
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes
 from .projections import PER_SEGMENT
 
 #: Structures whose promise depends on which inputs share a crossbar in the chip's order:
@@ -130,13 +130,13 @@ def _through_elementwise(node, modules):
 
 def _flattened_map(node, modules) -> tuple[int, ...] | None:
     """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` into
-    ``(N, C·prod(spatial))`` (:func:`compressor.connectivity.is_flatten`; the shapes
-    confirm it)."""
+    ``(N, C·prod(spatial))``: a flatten, view or reshape whose output is 2-D with the batch
+    first (``x.view(-1, 400)``, ``nn.Flatten(1, 3)``, ... as well as ``nn.Flatten()``)."""
     if not isinstance(node, torch.fx.Node) or not node.args \
             or not isinstance(node.args[0], torch.fx.Node):
         return None
     src, out = node.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
-    if not is_flatten(node, modules) or src is None or out is None or not hasattr(src, "shape") \
+    if not reshapes(node, modules) or src is None or out is None or not hasattr(src, "shape") \
             or not hasattr(out, "shape"):
         return None
     if len(src.shape) not in (3, 4) or len(out.shape) != 2 or out.shape[0] != src.shape[0]:

@@ -234,3 +234,23 @@ def test_a_convolution_feeds_a_linear_only_through_a_flatten_from_dimension_1():
                            (lambda x: x, False)]:                  # over the last dimension
         assert feeding_layers(Net(route), ["conv", "fc"]) == (
             {"fc": "conv"} if coupled else {}), route
+
+
+def test_no_coupling_where_rows_are_not_the_producers_outputs():
+    """Padding a vector, pooling a 1-D map with a 2-D pool (across channels), a module called
+    twice: none couples."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.b(torch.relu(self.a(x)))))
+    padded = nn.Sequential(nn.Linear(4, 4), nn.ConstantPad1d((0, 4), 0.0), nn.Linear(8, 2))
+    pooled = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.MaxPool2d(3, 1, 1),
+                           nn.Conv1d(4, 2, 1))
+    assert feeding_layers(padded, ["0", "2"]) == {}
+    assert feeding_layers(pooled, ["0", "2"]) == {}
+    assert feeding_layers(Twice(), ["a", "b"]) == {}
+    same = nn.Sequential(nn.Conv1d(1, 4, 3), nn.MaxPool1d(2), nn.Conv1d(4, 2, 1))
+    assert feeding_layers(same, ["0", "2"]) == {"2": "0"}

@@ -103,6 +103,8 @@ def _flatten_forms():
         (Net(lambda x: torch.flatten(x, 1)), "fc", view),
         (Net(lambda x: torch.reshape(x, (x.shape[0], -1))), "fc", view),
         (Net(lambda x: x.flatten(1) * 2.0), "fc", view),
+        (Net(lambda x: x.view(-1, 64)), "fc", view),              # LeNet's classic form
+        (Net(lambda x: torch.flatten(x, 1, 3)), "fc", view),
         # an elementwise op read twice: the order is the data's, both heads take it
         (Net(lambda x: nn.functional.dropout(x.flatten(1), 0.1, False), heads=2), "fc", view),
         # after a permute the compiler stores the words as they are: torch's order holds
@@ -135,7 +137,7 @@ def _compiled_rows(model, monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("i", range(7))
+@pytest.mark.parametrize("i", range(9))
 def test_the_view_gives_the_compilers_row_order(i, monkeypatch):
     """For each form, the crossbar rows the compressor constrains are the Gemm rows the
     compiler lays out; the shape pass moves no batch-norm statistics."""
@@ -161,7 +163,7 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
                           torch.zeros(1, 1, 8, 8)) == {}     # an image of 1 channel
     assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
                           torch.zeros(1, 4, 16)) == {}       # a (T, F) sequence, not a map
-    model, fc, _ = _flatten_forms()[6]
+    model, fc, _ = _flatten_forms()[8]
     assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
 
     class Untraceable(nn.Module):
@@ -204,7 +206,7 @@ def test_only_ordered_structures_take_the_view():
     has no rows to order."""
     from compressor.constraints import Constraint, QuantSpec
     from compressor.layout import layer_views
-    model, fc, _ = _flatten_forms()[6]
+    model, fc, _ = _flatten_forms()[8]
     x = torch.zeros(1, 1, 8, 8)
     for structure, amount, view in [("tinyadc", 4, (10, 4, 4, 4)),
                                     ("tinyadc_packed_signed", 4, (10, 4, 4, 4)),
