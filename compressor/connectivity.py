@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+from numbers import Number
 
 import numpy as np
 import torch
@@ -99,15 +100,33 @@ def feeding_layers(model: nn.Module, names) -> dict[str, str]:
     return feeds
 
 
+_SCALAR_OPS = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul,
+               torch.add, torch.sub, torch.div, "mul", "add", "sub", "div"}
+
+
+def _elementwise(node, modules) -> bool:
+    """Whether fx ``node`` acts on each element alone: a per-neuron op, or arithmetic with
+    a number. Each word stays where it is, and a constant stays constant."""
+    return (node.op == "call_module" and isinstance(modules[node.target], PER_NEURON_MODULES)
+            or node.op == "call_function" and node.target in PER_NEURON_FUNCTIONS
+            or node.op == "call_method" and node.target in _PER_NEURON_METHODS
+            or node.op in ("call_function", "call_method") and node.target in _SCALAR_OPS
+            and len(node.args) == 2 and isinstance(node.args[1], Number))
+
+
+def through_elementwise(node, modules):
+    """The fx node ``node`` is computed from through elementwise ops, whatever else reads
+    them (``node`` itself when it is none of them)."""
+    return _walk(node, modules, dims=())[0]
+
+
 def _walk(src, modules: dict, dims: tuple[int, ...]):
-    """``(node, seen)``: the fx node ``src`` is computed from through per-neuron ops and ops
+    """``(node, seen)``: the fx node ``src`` is computed from through elementwise ops and ops
     on maps of the spatial dimensionalities ``dims`` (``src`` itself when it is none of
     them), and the dimensionalities of the map ops passed."""
     seen = set()
     while isinstance(src, torch.fx.Node) and src.args:
-        if not (src.op == "call_module" and isinstance(modules[src.target], PER_NEURON_MODULES)
-                or src.op == "call_function" and src.target in PER_NEURON_FUNCTIONS
-                or src.op == "call_method" and src.target in _PER_NEURON_METHODS):
+        if not _elementwise(src, modules):
             d = next((d for d in dims if src.op == "call_module"
                       and isinstance(modules[src.target], _MAP_MODULES[d])
                       or src.op == "call_function" and src.target in _MAP_FUNCTIONS[d]), None)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from numbers import Number
 
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from simulator.errors import first_line
 
-from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes, through_elementwise
 from .projections import PER_SEGMENT
 
 #: Structures whose promise depends on which inputs share a crossbar in the chip's order:
@@ -84,7 +83,7 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
         if node.op != "call_module" or node.target not in names \
                 or not isinstance(modules[node.target], nn.Linear):
             continue
-        shape = _flattened_map(_through_elementwise(node.args[0] if node.args else None,
+        shape = _flattened_map(through_elementwise(node.args[0] if node.args else None,
                                                     modules), modules)
         # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
         if shape is not None and shape[0] > 1 and math.prod(shape[1:]) > 1 \
@@ -108,26 +107,6 @@ _MAP_MAKING_FUNCTIONS = {nn.functional.conv2d, nn.functional.conv1d, nn.function
                          nn.functional.avg_pool1d, nn.functional.adaptive_avg_pool2d,
                          nn.functional.adaptive_avg_pool1d, torch.max_pool2d, torch.avg_pool1d,
                          torch.max_pool1d, torch.conv2d, torch.conv1d}
-_SCALAR_OPS = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul,
-               torch.add, torch.sub, torch.div}
-
-
-def _through_elementwise(node, modules):
-    """The fx node ``node`` is computed from through elementwise ops (activations, dropout,
-    BatchNorm1d, arithmetic with a number): they keep each word where it is, whatever else
-    reads them."""
-    while isinstance(node, torch.fx.Node) and node.args and (
-            node.op == "call_module" and isinstance(modules[node.target], PER_NEURON_MODULES)
-            or node.op == "call_function" and node.target in PER_NEURON_FUNCTIONS
-            or node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid",
-                                                             "contiguous")
-            or node.op in ("call_function", "call_method")
-            and node.target in _SCALAR_OPS | {"mul", "add", "sub", "div"}
-            and len(node.args) == 2 and isinstance(node.args[1], Number)):
-        node = node.args[0]
-    return node
-
-
 def _flattened_map(node, modules) -> tuple[int, ...] | None:
     """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` into
     ``(N, C·prod(spatial))``: a flatten, view or reshape whose output is 2-D with the batch
