@@ -4,7 +4,8 @@ The compiler stores a feature map channel-last, ``(H, W, C)``. A fully connected
 ``Flatten`` of a ``C × H × W`` map therefore reads its inputs in ``(h, w, c)`` order, not
 torch's ``(c, h, w)``: the compiler permutes the weight's rows to match instead of moving
 data (``compiler/ops/shape.py``, ``compiler/ops/gemm.py``). A TinyADC constraint bounds the
-weights on one bit line of one of the compiler's crossbars, so for such a layer its
+weights on one bit line of one of the compiler's crossbars (and a crossbar-aligned row strip
+is a run of inputs the chip fetches), so for such a layer its
 ``out × C·H·W`` weight is read as the ``out × C × H × W`` weight of a convolution whose
 kernel covers the whole map (:func:`compressor.geometry.to_crossbar`'s ``view``), whose
 channel-last rows are exactly the compiler's. Read in torch's order, a TinyADC column
