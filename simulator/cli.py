@@ -97,6 +97,8 @@ def _check_output_args(args) -> None:
 
 
 def _write_outputs(report, args) -> None:
+    if getattr(args, "layers", False):
+        print(report.layers_table())
     if getattr(args, "json", None):
         report.to_json(args.json)
         print(f"report   -> {args.json}")
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", help="write the simulated outputs to this .npz")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("run", help="compile + simulate + compare with onnxruntime "
@@ -206,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
     p.add_argument("--plots", help="write plots (PNG) into this folder")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.add_argument("--out", help="demo: folder for report, trace and plots [xbarsim-out]")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)

@@ -158,6 +158,24 @@ class Report:
                      f"{self.area_mm2['total']:.3f} mm2 with the shared parts)")
         return _save(plt, fig, folder / "layer_costs.png")
 
+    def layers_table(self) -> str:
+        """The per-layer figures as a fixed-width text table (layers with any activity):
+        crossbars, widest ADC, busy span (first to last event), energy with the share that is
+        leakage, and area."""
+        rows = [L for L in self.layers if L["crossbars"] or L["energy_j"]["total"] > 0]
+        width = max((len(L["name"]) for L in rows), default=5)
+        us = self.cycle_ns / 1000.0
+        lines = [f"{'layer':{width}s}  {'op':14s} {'crossbars':>9s} {'ADC bits':>8s} "
+                 f"{'span us':>10s} {'energy uJ':>10s} {'leakage':>8s} {'area mm2':>9s}"]
+        for L in rows:
+            e = L["energy_j"]
+            bits = "-" if L["adc_bits"] is None else str(L["adc_bits"])
+            lines.append(f"{L['name']:{width}s}  {L['op'][:14]:14s} {L['crossbars']:9d} "
+                         f"{bits:>8s} {L['latency_cycles'] * us:10.3f} "
+                         f"{e['total'] * 1e6:10.4f} {e['leakage'] / max(e['total'], 1e-300):8.0%} "
+                         f"{L['area_mm2']:9.4f}")
+        return "\n".join(lines)
+
     def summary(self) -> str:
         e = self.energy_j
         top = sorted(((k, v) for k, v in e.items() if k != "total"), key=lambda kv: -kv[1])[:3]

@@ -46,9 +46,17 @@ def test_compile_simulate_run_flow(tmp_path):
     r = subprocess.run(exe + ["simulate", str(tmp_path / "prog"), "--input",
                               str(tmp_path / "in.npz"), "--json", str(tmp_path / "r.json"),
                               "--trace", str(tmp_path / "t.json"), "--outputs",
-                              str(tmp_path / "o.npz")], capture_output=True, text=True)
+                              str(tmp_path / "o.npz"), "--layers"], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
+    # --layers: a row per layer that does anything, its crossbars and ADC bits as reported
+    table = r.stdout[r.stdout.index("layer "):].splitlines()
+    assert table[0].split()[:5] == ["layer", "op", "crossbars", "ADC", "bits"]
+    mvm = [L for L in rep["layers"] if L["crossbars"]]
+    for L in mvm:
+        row = next(t.split() for t in table if t.startswith(L["name"] + " "))
+        assert row[2:4] == [str(L["crossbars"]), str(L["adc_bits"])]
     for key in ("latency_cycles", "latency_s", "energy_j", "area_mm2", "crossbars", "cores",
                 "tiles", "mvm_ops", "adc_conversions", "instructions", "layers",
                 "sim_wall_s", "config"):
