@@ -57,8 +57,9 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
     feature map flattened from dimension 1 (``C > 1`` channels of more than one pixel),
     through elementwise ops: an ``(N, C, H, W)`` map, or a 1-D convolution's ``(N, C, L)``
     (view ``(out, C, L)``; the compiler stores it ``(1, L, C)``). ``sample``: one input
-    batch for the shapes. ``{}`` without a sample; ``{}`` with a warning where torch.fx
-    cannot trace the model (the weights are then read in torch's order)."""
+    batch for the shapes. ``{}`` without a sample; ``{}`` where torch.fx cannot trace the
+    model (the weights are then read in torch's order), with a warning if it has
+    convolutions."""
     names = set(names)
     modules = dict(model.named_modules())
     if sample is None or not any(isinstance(modules.get(n), nn.Linear) for n in names):
@@ -74,6 +75,8 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
             for m, t in zip(model.modules(), was_training):
                 m.training = t
     except Exception as e:   # untraceable (data-dependent control flow) or an odd sample
+        if not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()):
+            return {}        # no feature map to flatten (a recurrent model, say): no doubt
         warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({first_line(e)}): "
                       f"{', '.join(sorted(names))} constrained in torch's input order, which "
                       f"the chip's crossbars do not share after a flattened feature map",

@@ -167,14 +167,19 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
     assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
 
     class Untraceable(nn.Module):
-        def __init__(self):
+        def __init__(self, conv=True):
             super().__init__()
+            self.conv = nn.Conv2d(4, 4, 1) if conv else nn.Identity()
             self.fc = nn.Linear(64, 10)
 
         def forward(self, x):
             if x.sum() > 0:      # control flow on data: torch.fx cannot trace it
                 x = x * 2
-            return self.fc(x.flatten(1))
+            return self.fc(self.conv(x).flatten(1))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # no map to flatten: nothing to warn about
+        assert crossbar_views(Untraceable(conv=False), ["fc"], torch.zeros(1, 4, 4, 4)) == {}
     with pytest.warns(UserWarning, match=r"torch.fx cannot trace Untraceable .*: fc "
                                          r"constrained in torch's input order"):
         assert crossbar_views(Untraceable(), ["fc"], torch.zeros(1, 4, 4, 4)) == {}
