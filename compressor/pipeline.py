@@ -450,6 +450,7 @@ class _Run:
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "projection": PROJECTION_VERSION, "retrain_numerics": RETRAIN_NUMERICS,
             "views": {n: list(v) for n, v in self.views.items()},
+            "feeds": dict(self.feeds),
             "origin": self.origin,
             "stage": self.stage, "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.opt_state, "admm": self.admm_state, "history": self.history,
@@ -483,6 +484,12 @@ class _Run:
                 f"has {self.views or 'none'} (a Linear after Flatten of a map is constrained "
                 f"in the chip's (h, w, c) order where the structure needs it, "
                 f"compressor.layout): delete it to rerun")
+        feeds = ck.get("feeds", self.feeds)   # absent: written before they were recorded
+        if feeds != self.feeds:   # its masks or ADMM state were ranked with other producers
+            raise CompressionError(
+                f"checkpoint {p}: its layers were coupled as {feeds or 'none'} "
+                f"(consumer: producer), this run couples {self.feeds or 'none'} "
+                f"(compressor.connectivity): delete it to rerun")
         if ck.get("projection", 1) != PROJECTION_VERSION:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "

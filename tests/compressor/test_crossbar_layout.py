@@ -196,11 +196,16 @@ def test_a_checkpoint_projected_in_another_order_is_refused(digits, tmp_path):
     ck = tmp_path / "run.ckpt"
     compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
     state = torch.load(ck, weights_only=True)
-    assert state["views"] == {"4": [16, 8, 4, 4]}
+    assert state["views"] == {"4": [16, 8, 4, 4]} and state["feeds"] == {}
     del state["views"]
     torch.save(state, ck)
     with pytest.raises(CompressionError, match=r"projected with layer views none, this run "
                                                r"has \{'4': \(16, 8, 4, 4\)\}.*delete it"):
+        compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
+    # coupled otherwise (say by another rule of compressor.connectivity): refused too
+    state["views"], state["feeds"] = {"4": [16, 8, 4, 4]}, {"4": "0"}
+    torch.save(state, ck)
+    with pytest.raises(CompressionError, match=r"coupled as \{'4': '0'\}.*couples none"):
         compress(_convnet("conv2d"), rec, *digits, checkpoint=ck, progress=False)
 
 
