@@ -398,10 +398,11 @@ def _report(res, path: Path, test=None) -> dict:
         w = modules[name].weight.detach().numpy()
         occ = occupancy(to_crossbar(w, lr.view), res.recipe.geometry)
         layers[name] = {"constraint": lr.constraint.describe(), "scale": scale_json(lr.scale),
-                        **occ}
+                        **occ, **({} if lr.view is None else {"crossbar_view": list(lr.view)})}
         print(f"  {name:24s} density {occ['density']:6.1%}  crossbars "
               f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
-              f"segment {occ['max_nonzeros_per_segment']}")
+              f"segment {occ['max_nonzeros_per_segment']}"
+              + ("  (rows in the chip's (h, w, c) order)" if lr.view is not None else ""))
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
             "output_scale": res.output_scale,
             "history": res.history, "selected_epoch": res.selected_epoch,

@@ -229,3 +229,27 @@ def test_an_untrained_model_is_named_before_its_numbers_are_read(tmp_path, recip
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
                      tmp_path / "b.onnx", "--limit", 200, "-q", "--no-hw")
     assert rc == 0 and "untrained" not in err
+
+
+def test_a_tinyadc_layer_after_a_flattened_map_says_its_row_order(tmp_path, capsys):
+    """LeNet-5's first FC reads a 16 x 5 x 5 map: its TinyADC rows are the chip's (h, w, c),
+    in the printed summary and the JSON."""
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text("""
+name: cli_tinyadc
+geometry: {rows: 128, cols: 128, weight_bits: 4}
+admm: {rounds: 1}
+retrain: {epochs: 1}
+layers:
+  - match: classifier.1
+    sparsity: {structure: tinyadc, n: 16}
+    quant: {bits: 4}
+""")
+    rc, stdout, err = run(capsys, "lenet5", "--recipe", recipe, "--data", "digits", "-o",
+                          tmp_path / "l.onnx", "--limit", 200, "--pretrain", 1, "-q",
+                          "--no-hw", "--json", tmp_path / "s.json")
+    assert rc == 0, err
+    line = next(t for t in stdout.splitlines() if t.strip().startswith("classifier.1"))
+    assert line.endswith("(rows in the chip's (h, w, c) order)")
+    layer = json.loads((tmp_path / "s.json").read_text())["admm"]["layers"]["classifier.1"]
+    assert layer["crossbar_view"] == [120, 16, 5, 5] and layer["max_nonzeros_per_segment"] <= 16
