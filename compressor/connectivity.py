@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import Counter
 from numbers import Number
 
 import numpy as np
@@ -75,11 +76,11 @@ def feeding_layers(model: nn.Module, names) -> dict[str, str]:
     except Exception:   # control flow on data, e.g. recurrent models: no coupling
         return {}
     calls = [n for n in graph.nodes if n.op == "call_module"]
-    once = {t for t in {n.target for n in calls} if sum(n.target == t for n in calls) == 1}
+    uses = Counter(n.target for n in calls)
     feeds = {}
     for node in calls:
         layer = modules[node.target]
-        if node.target not in names or node.target not in once \
+        if node.target not in names or uses[node.target] > 1 \
                 or not isinstance(layer, (nn.Linear, *_CONVS)):
             continue
         src = node.args[0] if node.args else None

@@ -259,12 +259,11 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
             w, bits = numpy_helper.to_array(inits[name]), None
         else:
             continue  # a computed weight: not a stored parameter
-        # Crossbar matrix (inputs x outputs): torch layout for Conv and Gemm(transB);
-        # Gemm without transB and MatMul keep (in, out).
-        # A TinyADC Linear after Flatten of a map: tiled in the chip's row order.
-        view = views.get(name)
-        m = (to_crossbar(w, view) if (n.op_type == "Conv" or trans_b)
-             else to_crossbar(w.T, view) if view is not None else w.reshape(w.shape[0], -1))
+        # Crossbar matrix (inputs x outputs) of the torch-layout weight: Conv and
+        # Gemm(transB) hold that layout, Gemm without transB and MatMul hold (in, out). A
+        # TinyADC Linear after Flatten of a map is tiled in the chip's row order (its view).
+        torch_w = w if (n.op_type == "Conv" or trans_b) else w.reshape(w.shape[0], -1).T
+        m = to_crossbar(torch_w, views.get(name))
         entries, nonzero = int(m.size), int(np.count_nonzero(m))
         if bits is None:
             cost = 32 * entries

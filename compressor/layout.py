@@ -111,6 +111,8 @@ _MAP_MAKING_FUNCTIONS = {nn.functional.conv2d, nn.functional.conv1d, nn.function
                          nn.functional.avg_pool1d, nn.functional.adaptive_avg_pool2d,
                          nn.functional.adaptive_avg_pool1d, torch.max_pool2d, torch.avg_pool1d,
                          torch.max_pool1d, torch.conv2d, torch.conv1d}
+
+
 def _flattened_map(node, modules) -> tuple[int, ...] | None:
     """``(C, *spatial)`` when fx ``node`` flattens a feature map ``(N, C, *spatial)`` into
     ``(N, C·prod(spatial))``: a flatten, view or reshape whose output is 2-D with the batch

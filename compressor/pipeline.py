@@ -184,7 +184,7 @@ class _Run:
         self.origin = (None if self.ckpt_path is None else
                        _origin_digest(model, (self.x, self.y), (self.xt, self.yt)))
         self.progress = progress
-        # {consumer: producer} of chained Linear layers: their projections stay connected
+        # {consumer: producer} of chained layers: their projections stay connected
         self.feeds = feeding_layers(model, layers)
         # {name: (out, C, H, W)}: TinyADC (and aligned_rows) Linear layers after Flatten of a
         # map read it as the chip's crossbars do, (h, w, c)

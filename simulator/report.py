@@ -219,22 +219,19 @@ def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> d
     return {k: float(v) * 1e-12 for k, v in pj.items()}
 
 
-# The parts of the chip that belong to one MVMU (its crossbars and their periphery), as
-# against the core's and the tile's shared ones: what a layer's own area and leakage count.
-MVMU_PARTS = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
-
-
-def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per MVMU: the area (mm^2) of each of its :data:`MVMU_PARTS`, and its ADCs' leakage
-    (mW). Its ADCs are charged at the bits they convert with: their own with
+def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Per MVMU: the area (mm^2) of each of its own parts (its crossbars and their
+    periphery, as against what a core or tile shares), its ADCs' leakage (mW) and the bits
+    they convert with (0: ideal). The ADCs are charged at those bits: their own with
     ``adc.adaptive``, else the configured ones (an ideal ADC as the worst case), as dynamic
     energy and latency are."""
     cfg = prog.config
     n = len(prog.mvmu_loc)
     xbars = cfg.arrays * cfg.slices
     T = costs.TABLE
-    bits = np.array([costs.cost_bits(cfg, prog.adc_bits_of(i)) for i in range(n)], np.int64)
-    adc = {int(b): costs.adc_cost(cfg.adc.model, int(b)) for b in np.unique(bits)}
+    bits = np.array([prog.adc_bits_of(i) or 0 for i in range(n)], np.int64)
+    adc = {int(b): costs.adc_cost(cfg.adc.model, costs.cost_bits(cfg, int(b) or None))
+           for b in np.unique(bits)}
     adc_area = np.array([adc[b].area_mm2 for b in bits.tolist()], np.float64)
     adc_leak = np.array([adc[b].leak_mw for b in bits.tolist()], np.float64)
     one = np.ones(n)
@@ -246,15 +243,18 @@ def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray]:
         "shift_add": one * (cfg.adc.per_mvmu * T["shift_add_area_mm2"]),
         "mvmu_registers": one * (T["mvmu_regs_area_mm2"] * cfg.xbar.rows / 128),
     }
-    return area, adc_leak * cfg.adc.per_mvmu
+    return area, adc_leak * cfg.adc.per_mvmu, bits
 
 
-def area_by_component(prog) -> tuple[dict, int]:
-    """Area (mm^2) of the hardware the program uses, and the number of cores used."""
+def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
+    """Area (mm^2) of the hardware the program uses, and the number of cores used.
+    ``part_area``: :func:`mvmu_costs`' areas, where the caller has them."""
     cfg = prog.config
     cores_used = prog.cores_used()
     T = costs.TABLE
-    area = {k: float(v.sum()) for k, v in mvmu_costs(prog)[0].items()}
+    if part_area is None:
+        part_area = mvmu_costs(prog)[0]
+    area = {k: float(v.sum()) for k, v in part_area.items()}
     area |= {
         "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
         "core_other": len(cores_used) * (T["core_regs_area_mm2"] + T["core_control_area_mm2"]),
@@ -291,12 +291,12 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     latency_ns = latency * cfg.cycle_ns
     total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
     n_mvmu = len(prog.mvmu_loc)
-    part_area, adc_leak_mw = mvmu_costs(prog)
+    part_area, adc_leak_mw, bits = mvmu_costs(prog)
     # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's)
     leak_mw = float(adc_leak_mw.sum()) + prog.n_tiles * costs.TABLE["edram_leak_mw"]
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
-    area, cores_used = area_by_component(prog)
+    area, cores_used = area_by_component(prog, part_area)
     # each layer's own MVMUs: their crossbars, their periphery and their ADCs' leakage
     of_layer = np.asarray(prog.mvmu_layer, np.int64).reshape(n_mvmu)
     mine = of_layer >= 0
@@ -305,7 +305,6 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
         return np.bincount(of_layer[mine], weights=v[mine], minlength=len(prog.layers))
     mvmus_per_layer = by_layer(np.ones(n_mvmu))
     # the widest ADC a layer converts with (0: ideal ADCs or no MVMU)
-    bits = np.array([prog.adc_bits_of(i) or 0 for i in range(n_mvmu)], np.int64)
     bits_per_layer = np.zeros(max(len(prog.layers), int(of_layer.max(initial=-1)) + 1),
                               np.int64)
     np.maximum.at(bits_per_layer, of_layer[mine], bits[mine])
