@@ -378,8 +378,8 @@ def _lossless_bits(prog) -> np.ndarray:
     """Lossless ADC bits of every crossbar block of ``prog`` (what ``adc.adaptive`` picks)."""
     from simulator.crossbar import lossless_adc_bits
 
-    dac = prog.config.dac.bits
-    return np.array([lossless_adc_bits(prog.mvmu_levels[i], dac)
+    dac, active = prog.config.dac.bits, prog.config.xbar.active_rows
+    return np.array([lossless_adc_bits(prog.mvmu_levels[i], dac, active)
                      for i in range(len(prog.mvmu_loc))], np.int64)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .crossbar import n_slices
+from .crossbar import n_slices, row_groups
 from .errors import ConfigError, first_line
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -28,13 +28,14 @@ VARIATION_KINDS = ("normal", "lognormal")
 
 
 def _check_int(section: str, name: str, value: Any, lo: int, hi: int | None = None,
-               optional: bool = False) -> None:
+               none: str | None = None) -> None:
+    """``none``: what ``None`` means where it is allowed (``"ideal"``); None: not allowed."""
     key = f"{section}.{name}" if section else name
-    if value is None and optional:
+    if value is None and none:
         return
     allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if optional:
-        allowed += ", or none for ideal"
+    if none:
+        allowed += f", or none for {none}"
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
             hi is not None and value > hi):
         raise ConfigError(f"{key} = {value!r}: must be {allowed}")
@@ -76,9 +77,19 @@ class XbarConfig:
     """Lowest programmable conductance, microsiemens (level 0)."""
     g_max_us: float = 100.0
     """Highest programmable conductance, microsiemens (top level)."""
+    active_rows: int | None = None
+    """Word lines driven in one read; ``None`` = every row at once (PUMA, ISAAC). Fewer rows
+    per read bound each column sum an ADC converts, so fewer ADC bits are lossless, at the
+    cost of ``ceil(rows used / active_rows)`` reads and conversions per input step, summed
+    digitally (partial parallel read, as NeuroSim's row-parallel read)."""
 
     def __post_init__(self):
         _check_int("xbar", "rows", self.rows, 1, 65536)
+        _check_int("xbar", "active_rows", self.active_rows, 1, 65536,
+                   none="every row")
+        if self.active_rows is not None and self.active_rows > self.rows:
+            raise ConfigError(f"xbar.active_rows = {self.active_rows}: must be <= xbar.rows "
+                              f"= {self.rows}, or none for every row")
         _check_int("xbar", "cols", self.cols, 1, 65536)
         _check_int("xbar", "cell_bits", self.cell_bits, 1, 16)
         _check_choice("xbar", "mapping", self.mapping, MAPPINGS)
@@ -119,7 +130,7 @@ class AdcConfig:
     instead of ``bits``."""
 
     def __post_init__(self):
-        _check_int("adc", "bits", self.bits, 1, 32, optional=True)
+        _check_int("adc", "bits", self.bits, 1, 32, none="ideal")
         _check_choice("adc", "model", self.model, ADC_MODELS)
         _check_int("adc", "per_mvmu", self.per_mvmu, 1, 65536)
         _check_choice("adc", "mode", self.mode, ADC_MODES)
@@ -190,7 +201,8 @@ class NodeConfig:
 
     def __post_init__(self):
         _check_int("node", "tiles", self.tiles, 1, 1 << 20)
-        _check_int("node", "mesh_cols", self.mesh_cols, 1, 1 << 20, optional=True)
+        _check_int("node", "mesh_cols", self.mesh_cols, 1, 1 << 20,
+                   none="a square mesh")
         _check_int("node", "hop_cycles", self.hop_cycles, 0, 1 << 20)
         _check_int("node", "router_cycles", self.router_cycles, 0, 1 << 20)
         _check_int("node", "flit_words", self.flit_words, 1, 65536)
@@ -298,6 +310,12 @@ class MachineConfig:
         subtracted); the other input_bits-1 bits go dac.bits at a time. For dac.bits = 1
         this is input_bits, the usual bit-serial count."""
         return 1 + -(-(self.input_bits - 1) // self.dac.bits)
+
+    def reads_per_step(self, rows_used: int | None = None) -> int:
+        """Reads per input step of a crossbar whose first ``rows_used`` rows are driven
+        (default all): 1 unless ``xbar.active_rows`` limits the rows driven at once."""
+        return len(row_groups(self.xbar.rows if rows_used is None else rows_used,
+                              self.xbar.active_rows))
 
     @property
     def cycle_ns(self) -> float:

@@ -121,25 +121,28 @@ def crossbar_area_mm2(rows: int, cols: int) -> float:
     return TABLE["crossbar_area_mm2_128"] * rows * cols / (128 * 128)
 
 
-def mvm_cycles(cfg, cols_used: int, adc_bits: int | None) -> int:
+def mvm_cycles(cfg, cols_used: int, adc_bits: int | None, rows_used: int | None = None) -> int:
     """Latency of one ``mvm`` on one MVMU, in cycles (design, "Timing").
 
-    Three pipeline stages per input step: A = DAC + crossbar read, B = sample-and-hold +
-    ``ceil(conversions / adcs)`` ADC conversions, C = shift-and-add. Over S steps:
-    A + B + C + (S - 1) * max(A, B, C)."""
+    Three pipeline stages per read: A = DAC + crossbar read, B = sample-and-hold +
+    ``ceil(conversions / adcs)`` ADC conversions, C = shift-and-add. An input step is one
+    read, or G = ``cfg.reads_per_step(rows_used)`` when ``xbar.active_rows`` limits the rows
+    read at once. Over S steps: A + B + C + (S * G - 1) * max(A, B, C)."""
+    reads = cfg.input_steps * cfg.reads_per_step(rows_used)
     conv_per_step = cols_used * cfg.slices * cfg.arrays
     adc = adc_cost(cfg.adc.model, cost_bits(cfg, adc_bits))
     a = TABLE["dac_ns"] + TABLE["crossbar_step_ns"] * cfg.xbar.rows / 128
     b = -(-conv_per_step // cfg.adc.per_mvmu) * adc.latency_ns
     c = TABLE["shift_add_ns"]
-    total_ns = a + b + c + (cfg.input_steps - 1) * max(a, b, c)
+    total_ns = a + b + c + (reads - 1) * max(a, b, c)
     return max(1, math.ceil(total_ns * cfg.clock_ghz - 1e-9))
 
 
 def worst_case_adc_bits(cfg) -> int:
-    """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell at its top level,
-    every DAC step at full scale); an ideal ADC is costed as this wide."""
-    worst = cfg.xbar.rows * ((1 << cfg.dac.bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
+    """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell of a read at its
+    top level, every DAC step at full scale); an ideal ADC is costed as this wide."""
+    rows = cfg.xbar.active_rows or cfg.xbar.rows
+    worst = rows * ((1 << cfg.dac.bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
     return max(1, math.ceil(math.log2(worst + 1)))
 
 

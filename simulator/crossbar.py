@@ -94,15 +94,27 @@ def decode_levels(levels: np.ndarray, weight_bits: int, cell_bits: int,
     return pos - (1 << (weight_bits - 1))
 
 
-def column_max_sums(levels: np.ndarray, dac_bits: int) -> np.ndarray:
-    """Largest possible ADC input per (array*slice, column): (2**dac_bits - 1) * sum of levels."""
-    return ((1 << dac_bits) - 1) * levels.astype(np.int64).sum(axis=1)
+def row_groups(rows: int, active_rows: int | None) -> list[tuple[int, int]]:
+    """The row ranges one input step reads one after another: ``active_rows`` word lines at
+    a time from row 0 (None: all ``rows`` in one read)."""
+    a = rows if active_rows is None else max(1, active_rows)
+    return [(r0, min(r0 + a, rows)) for r0 in range(0, max(rows, 1), a)]
 
 
-def lossless_adc_bits(levels: np.ndarray, dac_bits: int) -> int:
+def column_max_sums(levels: np.ndarray, dac_bits: int,
+                    active_rows: int | None = None) -> np.ndarray:
+    """Largest possible ADC input per (read, array*slice, column): (2**dac_bits - 1) times
+    the sum of the levels a read drives. One read (the first axis) unless ``active_rows``
+    splits the rows."""
+    lv = levels.astype(np.int64)
+    return ((1 << dac_bits) - 1) * np.stack(
+        [lv[:, r0:r1].sum(axis=1) for r0, r1 in row_groups(lv.shape[1], active_rows)])
+
+
+def lossless_adc_bits(levels: np.ndarray, dac_bits: int, active_rows: int | None = None) -> int:
     """ADC bits that convert every column of these crossbars without loss:
-    ceil(log2(max column sum + 1)) (ISAAC; the basis of TinyADC). At least 1."""
-    m = int(column_max_sums(levels, dac_bits).max(initial=0))
+    ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1."""
+    m = int(column_max_sums(levels, dac_bits, active_rows).max(initial=0))
     return max(1, math.ceil(math.log2(m + 1)))
 
 
@@ -137,7 +149,7 @@ class MVMUModel:
                  adc_mode: str, conductance: np.ndarray | None = None,
                  read_sigma: float = 0.0, read_rng: np.random.Generator | None = None,
                  rows_used: int | None = None, cols_used: int | None = None,
-                 exact_shortcut: bool = True):
+                 active_rows: int | None = None, exact_shortcut: bool = True):
         # Only the used region is wired: rows beyond ``rows_used`` are not driven (their
         # DACs are off) and columns beyond ``cols_used`` have no ADC (they read 0) -- the
         # same counts the timing and energy model charge.
@@ -157,18 +169,22 @@ class MVMUModel:
         self.shifts, self.widths, self.step_w = step_plan(input_bits, dac_bits)
         self.analog = conductance is not None or read_sigma > 0
         g = conductance if conductance is not None else levels
+        # Reads per input step (``active_rows`` word lines each); each read's column sums
+        # go through the ADC on their own and are added digitally.
+        self.groups = row_groups(self.rows, active_rows)
+        col_max = column_max_sums(levels, dac_bits, active_rows)
         # (R, arrays*slices*C): one matrix for every array and slice.
-        big = int(column_max_sums(levels, dac_bits).max(initial=0))
+        big = int(col_max.max(initial=0))
         self.dtype = np.float32 if big < (1 << 24) and not self.analog else np.float64
         self.matrix = np.ascontiguousarray(
             np.transpose(g, (1, 0, 2)).reshape(self.rows, -1).astype(self.dtype))
-        self.col_max = column_max_sums(levels, dac_bits).reshape(-1)
+        self.col_max = col_max.reshape(-1)                   # (reads * arrays*slices*C)
         # When the ADC provably never loses information on these weights (ideal, or at
         # least the lossless bits) and no analog effect is on, every conversion is the
         # identity and the MVM is exactly x @ W: one float64 product (exact, |sum| < 2**53)
         # instead of one per input step and slice.
         self.lossless = exact_shortcut and not self.analog and (
-            adc_bits is None or lossless_adc_bits(levels, dac_bits) <= adc_bits)
+            adc_bits is None or lossless_adc_bits(levels, dac_bits, active_rows) <= adc_bits)
         if self.lossless:
             self.wmat = decode_levels(levels, weight_bits, cell_bits, mapping).astype(np.float64)
         sign = np.array([1, -1][: self.arrays], np.int64)
@@ -184,17 +200,24 @@ class MVMUModel:
         return (u[None, :, :] >> self.shifts[:, None, None]) & masks[:, None, None]
 
     def column_sums(self, x: np.ndarray) -> np.ndarray:
-        """ADC inputs: (steps, B, arrays*slices, C), whole numbers as floats (the analog sums
-        rounded to the nearest code when analog effects are on): ``mvm`` adds them in
-        float64, so converting to int64 and back was only a cost (an eighth of a noisy
-        simulation, profiled)."""
+        """ADC inputs: (steps, B, reads, arrays*slices, C), whole numbers as floats (the
+        analog sums rounded to the nearest code when analog effects are on): ``mvm`` adds
+        them in float64, so converting to int64 and back was only a cost (an eighth of a
+        noisy simulation, profiled)."""
         d = self.digits(x)
         s, b, r = d.shape
-        v = d.reshape(s * b, r).astype(self.dtype) @ self.matrix
-        v = v.reshape(s, b, self.n_arr, self.cols)
+        flat = d.reshape(s * b, r).astype(self.dtype)
+        if len(self.groups) == 1:
+            v = flat @ self.matrix
+        else:
+            v = np.stack([flat[:, r0:r1] @ self.matrix[r0:r1] for r0, r1 in self.groups], 1)
+        v = v.reshape(s, b, len(self.groups), self.n_arr, self.cols)
         if self.read_sigma > 0:
-            # Output-referred read noise (aihwkit style): std = sigma * ||digits|| * top level.
-            norm = np.sqrt((d.astype(np.float64) ** 2).sum(-1))[:, :, None, None]
+            # Output-referred read noise (aihwkit style): std = sigma * ||digits|| * top
+            # level, per read (the digits that read drives).
+            sq = d.astype(np.float64) ** 2
+            norm = np.sqrt(np.stack([sq[..., r0:r1].sum(-1) for r0, r1 in self.groups],
+                                    -1))[..., None, None]
             v = v + self.read_rng.standard_normal(v.shape) * (
                 self.read_sigma * self.top_level * norm)
         if self.analog:
@@ -211,6 +234,8 @@ class MVMUModel:
         v = self.column_sums(x)
         s, b = v.shape[:2]
         codes = adc_convert(v.reshape(s, b, -1), self.adc_bits, self.adc_mode, self.col_max)
+        if len(self.groups) > 1:   # the reads of a step are added digitally
+            codes = codes.reshape(s, b, len(self.groups), -1).sum(2, dtype=np.float64)
         # Shift-and-add over steps (signed step weights) and over arrays/slices; float64
         # is exact here (|sum| < 2**53).
         per_step = np.tensordot(self.step_w.astype(np.float64),

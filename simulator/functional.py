@@ -92,7 +92,7 @@ def prepared_mvmus(prog: Program, exact_shortcut: bool = True
                 adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
                 conductance=conductances(levels, cfg, keys[i]), read_sigma=cfg.noise.read_sigma,
                 rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]),
-                exact_shortcut=exact_shortcut)
+                active_rows=cfg.xbar.active_rows, exact_shortcut=exact_shortcut)
         cache[exact_shortcut] = models
     return cache[exact_shortcut]
 

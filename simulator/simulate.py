@@ -32,8 +32,12 @@ def mvmu_tables(prog: Program):
         k = t * cfg.tile.cores + c
         adc_bits = prog.adc_bits_of(i)
         cols, rows = int(prog.mvmu_cols_used[i]), int(prog.mvmu_rows_used[i])
-        lat[k, m] = costs.mvm_cycles(cfg, cols, adc_bits)
-        stats[k, m] = (per_step * steps, rows * per_step * steps, cols * per_step * steps)
+        lat[k, m] = costs.mvm_cycles(cfg, cols, adc_bits, rows)
+        # Partial reads (xbar.active_rows) convert every column once per read; the array's
+        # read energy is counted in whole-array reads (each row is driven once per step).
+        reads = cfg.reads_per_step(rows)
+        stats[k, m] = (per_step * steps, rows * per_step * steps,
+                       cols * per_step * steps * reads)
         bits[k, m] = costs.cost_bits(cfg, adc_bits)
     return lat, stats, bits
 

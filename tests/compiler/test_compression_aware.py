@@ -201,3 +201,28 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     assert [p.name for p in plots] == ["energy_breakdown.png", "layer_latency.png",
                                        "layer_costs.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+
+
+def test_partial_reads_lower_the_adaptive_bits_and_stay_lossless():
+    """``xbar.active_rows``: a dense layer read 32 rows at a time needs fewer lossless ADC
+    bits per crossbar; with those (``adc.adaptive``) the chip's integers equal the ideal
+    ADC's, and the extra reads cost latency and conversions."""
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((200, 64)) * 0.1, rng.standard_normal((64, 10)) * 0.1
+    x = rng.standard_normal((3, 200)).astype(np.float32)
+    model = mlp([w1, w2])
+    base = ["adc.adaptive=true", "xbar.mapping=differential"]
+    runs = {}
+    for active in ("none", "32"):
+        cfg = load_config("puma", base + [f"xbar.active_rows={active}"])
+        prog = compile_model(model, cfg, calibration={"input": x})
+        ideal = compile_model(model, load_config("puma", base[1:] + [
+            "adc.bits=none", f"xbar.active_rows={active}"]), calibration={"input": x})
+        rep = simulate(prog, {"input": x})
+        np.testing.assert_array_equal(rep.outputs["logits:int"],
+                                      simulate(ideal, {"input": x}).outputs["logits:int"])
+        runs[active] = (prog, rep)
+    (p_all, r_all), (p32, r32) = runs["none"], runs["32"]
+    assert p32.mvmu_adc_bits.max() < p_all.mvmu_adc_bits.max()
+    assert r32.latency_cycles > r_all.latency_cycles
+    assert r32.adc_conversions > r_all.adc_conversions

@@ -10,8 +10,10 @@ from simulator import examples as ex
 from simulator.crossbar import decode_levels, encode_levels, lossless_adc_bits, weight_range
 
 
-def naive_mvm(x, w, *, weight_bits, input_bits, cell_bits, dac_bits, mapping, adc_bits, mode):
-    """Independent reference: explicit loops over arrays, slices, input steps and columns."""
+def naive_mvm(x, w, *, weight_bits, input_bits, cell_bits, dac_bits, mapping, adc_bits, mode,
+              active_rows=None):
+    """Independent reference: explicit loops over arrays, slices, input steps, reads of
+    ``active_rows`` rows (default all) and columns."""
     x = np.asarray(x, np.int64)
     w = np.asarray(w, np.int64)
     # each array holds a magnitude (differential: weight_bits - 1 bits) or w + bias (offset)
@@ -31,29 +33,34 @@ def naive_mvm(x, w, *, weight_bits, input_bits, cell_bits, dac_bits, mapping, ad
     out = np.zeros((x.shape[0], w.shape[1]), np.int64)
     for sign, mag in arrays:
         for k in range(slices):
-            level = (mag // (2 ** (k * cell_bits))) % (2 ** cell_bits)
-            colmax = (2 ** dac_bits - 1) * level.sum(0)
-            for shift, width, weight in steps:
-                digit = (u // (2 ** shift)) % (2 ** width)
-                v = digit @ level                          # analog column sums
-                if adc_bits is not None and mode == "clip":
-                    v = np.minimum(v, 2 ** adc_bits - 1)
-                elif adc_bits is not None and mode == "scale":
-                    for c in range(v.shape[1]):
-                        need = int(np.ceil(np.log2(colmax[c] + 1)))
-                        drop = max(need - adc_bits, 0)
-                        v[:, c] = (v[:, c] // 2 ** drop) * 2 ** drop
-                out += sign * weight * (2 ** (k * cell_bits)) * v
+            level_all = (mag // (2 ** (k * cell_bits))) % (2 ** cell_bits)
+            n = active_rows or len(level_all)
+            for r0 in range(0, len(level_all), n):
+                level = level_all[r0:r0 + n]
+                colmax = (2 ** dac_bits - 1) * level.sum(0)
+                for shift, width, weight in steps:
+                    digit = (u[:, r0:r0 + n] // (2 ** shift)) % (2 ** width)
+                    v = digit @ level                          # analog column sums
+                    if adc_bits is not None and mode == "clip":
+                        v = np.minimum(v, 2 ** adc_bits - 1)
+                    elif adc_bits is not None and mode == "scale":
+                        for c in range(v.shape[1]):
+                            need = int(np.ceil(np.log2(colmax[c] + 1)))
+                            drop = max(need - adc_bits, 0)
+                            v[:, c] = (v[:, c] // 2 ** drop) * 2 ** drop
+                    out += sign * weight * (2 ** (k * cell_bits)) * v
     if mapping == "offset":
         out -= 2 ** (weight_bits - 1) * x.sum(1, keepdims=True)
     return out
 
 
-def _machine(bits, mapping="differential", dac=1, adc="none", mode="clip", rows=128):
+def _machine(bits, mapping="differential", dac=1, adc="none", mode="clip", rows=128,
+             active="none"):
     return load_config("puma", [f"weight_bits={bits}", f"input_bits={bits}",
                                 f"xbar.mapping={mapping}", f"dac.bits={dac}",
                                 f"adc.bits={adc}", f"adc.mode={mode}",
-                                f"xbar.rows={rows}", f"xbar.cols={rows}"])
+                                f"xbar.rows={rows}", f"xbar.cols={rows}",
+                                f"xbar.active_rows={active}"])
 
 
 def _operands(bits, n=6, rows=128, seed=0):
@@ -163,3 +170,65 @@ def test_bit_serial_path_with_ideal_adc_equals_matmul(bits, mapping, dac):
                       exact_shortcut=False)
         assert not m.lossless
         np.testing.assert_array_equal(m.mvm(x), x @ w)
+
+
+# -- partial parallel read (xbar.active_rows) ------------------------------------------
+
+@pytest.mark.parametrize("bits,mapping,adc_bits,mode,active", list(itertools.product(
+    (8, 16), ("differential", "offset"), (4, 6), ("clip", "scale"), (16, 48))))
+def test_partial_reads_match_independent_model(bits, mapping, adc_bits, mode, active):
+    """Each read of ``active`` rows is converted on its own and the reads are added after
+    the ADC; 48 does not divide 128, so the last read is shorter."""
+    x, w = _operands(bits, seed=adc_bits + active)
+    cfg = _machine(bits, mapping, 1, adc_bits, mode, active=active)
+    got = simulate(ex.single_mvm(cfg, w), {"x": x}).outputs["y:int"]
+    want = naive_mvm(x, w, weight_bits=bits, input_bits=bits, cell_bits=2, dac_bits=1,
+                     mapping=mapping, adc_bits=adc_bits, mode=mode, active_rows=active)
+    np.testing.assert_array_equal(got, want)
+    whole = naive_mvm(x, w, weight_bits=bits, input_bits=bits, cell_bits=2, dac_bits=1,
+                      mapping=mapping, adc_bits=adc_bits, mode=mode)
+    assert not np.array_equal(want, whole), "reading fewer rows should change what clips"
+
+
+@pytest.mark.parametrize("active,need", [(None, 9), (64, 8), (32, 7), (16, 6), (1, 2)])
+def test_fewer_active_rows_need_fewer_lossless_bits(active, need):
+    """Every cell at level 3 (2-bit cells), 1-bit DAC: a read of r rows sums to 3r, so
+    ceil(log2(3r + 1)) bits; the config's worst case says the same."""
+    from simulator.costs import worst_case_adc_bits
+    levels = np.full((2, 128, 8), 3, np.uint8)
+    assert lossless_adc_bits(levels, 1, active) == need
+    cfg = load_config("puma", ["xbar.mapping=differential",
+                               f"xbar.active_rows={active or 'none'}"])
+    assert worst_case_adc_bits(cfg) == need
+
+
+@pytest.mark.parametrize("mapping,active", list(itertools.product(
+    ("differential", "offset"), (16, 40))))
+def test_partial_reads_at_their_lossless_bits_are_exact(mapping, active):
+    """The bits lossless per read convert every read exactly (the bit-serial path, not the
+    shortcut), while those bits are too few for a whole-array read of the same weights."""
+    from simulator.crossbar import MVMUModel
+    x, w = _operands(8, seed=active)
+    levels = encode_levels(w, 8, 2, mapping)
+    bits = lossless_adc_bits(levels, 1, active)
+    assert bits < lossless_adc_bits(levels, 1)
+    kw = dict(weight_bits=8, input_bits=8, cell_bits=2, dac_bits=1, mapping=mapping,
+              adc_mode="clip")
+    m = MVMUModel(levels, adc_bits=bits, active_rows=active, exact_shortcut=False, **kw)
+    np.testing.assert_array_equal(m.mvm(x), x @ w)
+    assert MVMUModel(levels, adc_bits=bits, active_rows=active, **kw).lossless
+    whole = MVMUModel(levels, adc_bits=bits, exact_shortcut=False, **kw)
+    assert not whole.lossless and not np.array_equal(whole.mvm(x), x @ w)
+
+
+def test_partial_reads_on_the_analog_path_without_noise_are_the_digital_ones():
+    """Conductances equal to the levels (no variation) take the analog path, read by read;
+    its codes must be the digital path's."""
+    from simulator.crossbar import MVMUModel
+    x, w = _operands(8, seed=5)
+    levels = encode_levels(w, 8, 2, "differential")
+    kw = dict(weight_bits=8, input_bits=8, cell_bits=2, dac_bits=1, mapping="differential",
+              adc_bits=5, adc_mode="clip", active_rows=32, exact_shortcut=False)
+    analog = MVMUModel(levels, conductance=levels.astype(np.float64), **kw)
+    assert analog.analog
+    np.testing.assert_array_equal(analog.mvm(x), MVMUModel(levels, **kw).mvm(x))

@@ -17,12 +17,13 @@ ADC_PJ = {"puma": lambda b: 0.225 * b, "isaac": lambda b: 2 / 1.28 * 2 ** (b - 8
           "sar": lambda b: (0.538 * b + 4.375) * 1e-3 * (b + 1)}
 
 
-def expected_mvm_cycles(input_bits, dac_bits, adcs, cols, slices, arrays, adc_ns):
+def expected_mvm_cycles(input_bits, dac_bits, adcs, cols, slices, arrays, adc_ns, reads=1):
+    """``reads``: reads per input step (partial parallel read)."""
     steps = 1 + math.ceil((input_bits - 1) / dac_bits)   # sign step + magnitude steps
     a = DAC_NS + XBAR_NS
     b = math.ceil(cols * slices * arrays / adcs) * adc_ns
     c = SHADD_NS
-    return math.ceil(a + b + c + (steps - 1) * max(a, b, c))
+    return math.ceil(a + b + c + (steps * reads - 1) * max(a, b, c))
 
 
 def mvm_event(rep):
@@ -65,6 +66,29 @@ def test_energy_is_counts_times_table(model):
     parts = sum(v for k, v in e.items() if k != "total")
     assert e["total"] == pytest.approx(parts)
 
+
+
+@pytest.mark.parametrize("rows,active,reads", [(128, 32, 4), (100, 32, 4), (128, 48, 3),
+                                               (20, 32, 1), (128, 128, 1)])
+def test_partial_reads_cost_time_and_conversions_not_array_energy(rows, active, reads):
+    """``xbar.active_rows``: each input step reads the used rows ``active`` at a time, so
+    the pipeline runs steps x reads items and every column is converted once per read;
+    each row is still driven once per step (DAC, and the array read counted in whole-array
+    reads)."""
+    cfg = load_config("puma", ["xbar.mapping=differential", f"xbar.active_rows={active}"])
+    w = ex.random_weights(cfg, rows, 100)
+    rep = simulate(ex.single_mvm(cfg, w), values=False, trace=True)
+    full = simulate(ex.single_mvm(load_config("puma", ["xbar.mapping=differential"]), w),
+                    values=False)
+    assert mvm_event(rep) == expected_mvm_cycles(16, 1, 8, 100, cfg.slices, cfg.arrays,
+                                                 ADC_NS["puma"](8), reads)
+    assert rep.adc_conversions == reads * full.adc_conversions
+    for key in ("crossbar_reads", "dac_conversions"):
+        assert rep.counters[key] == full.counters[key]
+    e, ef = rep.energy_j, full.energy_j
+    assert e["adc"] == pytest.approx(reads * ef["adc"], rel=1e-12)
+    assert e["shift_add"] == pytest.approx(reads * ef["shift_add"], rel=1e-12)
+    assert e["crossbar"] == pytest.approx(ef["crossbar"], rel=1e-12)
 
 def test_puma_mvm_energy_close_to_published_53nJ():
     # One 128x128 16-bit MVM on PUMA's offset-mapped MVMU: the design quotes ~53 nJ.
