@@ -71,10 +71,10 @@ METRIC_COLUMNS = (
     + tuple(f"energy_{p}_j" for p in ENERGY_PARTS) + ("area_mm2",)
     + tuple(f"area_{p}_mm2" for p in AREA_PARTS)
     + ("crossbars", "mvmus", "cores", "tiles", "utilization", "mvm_ops", "adc_conversions",
-       "instructions", "accuracy", "accuracy_onnx", "top1_agreement", "rel_err",
+       "adc_bits", "instructions", "accuracy", "accuracy_onnx", "top1_agreement", "rel_err",
        "max_abs_err"))
 INT_COLUMNS = ("latency_cycles", "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
-               "adc_conversions", "instructions")
+               "adc_conversions", "adc_bits", "instructions")
 #: Wall-clock columns: the only ones that differ between two runs of the same sweep.
 WALL_COLUMNS = ("wall_s", "compile_s", "simulate_s")
 
@@ -358,6 +358,9 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
                                       "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
                                       "adc_conversions", "instructions")})
         row["utilization"] = prog.mapping.get("utilization")
+        # the widest ADC on the chip (with adc.adaptive: what its weights need); none if ideal
+        row["adc_bits"] = max((L["adc_bits"] for L in d["layers"] if L["adc_bits"]),
+                              default=None)
         row["energy_j"] = d["energy_j"]["total"]
         row.update({f"energy_{k}_j": v for k, v in d["energy_j"].items() if k != "total"})
         row["area_mm2"] = d["area_mm2"]["total"]

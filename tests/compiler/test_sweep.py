@@ -84,6 +84,7 @@ def test_local_sweep_table(local_run):
     # grid order whatever order the points finished in
     assert list(df["xbar.rows"][:9]) == [32] * 3 + [64] * 3 + [128] * 3
     assert list(df["adc.bits"][:3]) == [4, 6, 8]
+    assert (df["adc_bits"] == df["adc.bits"]).all()      # the widest ADC on the chip
     for col in ("latency_s", "energy_j", "energy_adc_j", "area_mm2", "crossbars",
                 "adc_conversions", "top1_agreement", "rel_err", "wall_s"):
         assert df[col].notna().all(), col
