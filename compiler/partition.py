@@ -68,8 +68,10 @@ def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[
         w = np.zeros((R, C), np.int64)
         w[:len(rows), :n] = W[rows, c0:c0 + n]
         levels[k] = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
-        bits = (lossless_adc_bits(levels[k], cfg.dac.bits, cfg.xbar.active_rows)
-                if cfg.adc.adaptive else -1)
+        # only the driven rows and the converted columns count: under offset mapping the
+        # rest hold the bias level, which no ADC ever sees
+        bits = (lossless_adc_bits(levels[k][:, :len(rows), :n], cfg.dac.bits,
+                                  cfg.xbar.active_rows) if cfg.adc.adaptive else -1)
         strips[s].blocks.append(Block(idx, s, rows, runs(offsets[rows]), levels[k], n, bits))
     return strips
 

@@ -379,8 +379,9 @@ def _lossless_bits(prog) -> np.ndarray:
     from simulator.crossbar import lossless_adc_bits
 
     dac, active = prog.config.dac.bits, prog.config.xbar.active_rows
-    return np.array([lossless_adc_bits(prog.mvmu_levels[i], dac, active)
-                     for i in range(len(prog.mvmu_loc))], np.int64)
+    used = zip(prog.mvmu_levels, prog.mvmu_rows_used, prog.mvmu_cols_used)
+    return np.array([lossless_adc_bits(lv[:, :r, :c], dac, active) for lv, r, c in used],
+                    np.int64)
 
 
 def _is_mapping_of_dicts(d) -> bool:

@@ -97,7 +97,7 @@ def decode_levels(levels: np.ndarray, weight_bits: int, cell_bits: int,
 def row_groups(rows: int, active_rows: int | None) -> list[tuple[int, int]]:
     """The row ranges one input step reads one after another: ``active_rows`` word lines at
     a time from row 0 (None: all ``rows`` in one read)."""
-    a = rows if active_rows is None else max(1, active_rows)
+    a = max(1, rows if active_rows is None else active_rows)
     return [(r0, min(r0 + a, rows)) for r0 in range(0, max(rows, 1), a)]
 
 

@@ -226,3 +226,22 @@ def test_partial_reads_lower_the_adaptive_bits_and_stay_lossless():
     assert p32.mvmu_adc_bits.max() < p_all.mvmu_adc_bits.max()
     assert r32.latency_cycles > r_all.latency_cycles
     assert r32.adc_conversions > r_all.adc_conversions
+
+
+def test_adaptive_bits_count_only_what_an_adc_converts():
+    """Under offset mapping a zero weight is stored as the bias level, so the rows a layer
+    leaves undriven and the columns it leaves unconverted are far from empty; the adaptive
+    ADC bits must come from the driven rows and converted columns alone."""
+    from simulator.crossbar import lossless_adc_bits
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((20, 10)) * 0.1
+    x = rng.standard_normal((2, 20)).astype(np.float32)
+    cfg = load_config("puma", ["adc.adaptive=true", "xbar.mapping=offset", "weight_bits=8"])
+    prog = compile_model(mlp([w]), cfg, calibration={"input": x})
+    lv = prog.mvmu_levels[0]
+    used = lossless_adc_bits(lv[:, :20, :10], cfg.dac.bits)
+    assert int(prog.mvmu_adc_bits[0]) == used < lossless_adc_bits(lv, cfg.dac.bits)
+    ideal = compile_model(mlp([w]), load_config(cfg, ["adc.bits=none", "adc.adaptive=false"]),
+                          calibration={"input": x})
+    np.testing.assert_array_equal(simulate(prog, {"input": x}).outputs["logits:int"],
+                                  simulate(ideal, {"input": x}).outputs["logits:int"])

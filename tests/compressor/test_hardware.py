@@ -138,6 +138,12 @@ def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     # two full-precision layers keep theirs, so the mean falls while the max may not.
     assert check["adc_bits_mean"] <= dense["adc_bits_mean"] - 1.0
     assert min(check["adc_bits_hist"]) <= 3
+    # reading 4 of the 16 rows at a time lowers the dense model's lossless bits too
+    full = evaluate_hardware(dense_path, MACHINE, xte[:4], calibration=xtr[:32])
+    quarter = evaluate_hardware(dense_path, (MACHINE[0], MACHINE[1] + ["xbar.active_rows=4"]),
+                                xte[:4], calibration=xtr[:32])
+    assert quarter["adc_bits_max"] < full["adc_bits_max"]
+    assert quarter["latency_us"] > full["latency_us"]
 
 
 def _qdq_matmul(q, path):

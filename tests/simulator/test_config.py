@@ -44,6 +44,12 @@ def test_none_means_ideal():
     assert load_config("puma", ["adc.bits=none"]).adc.bits is None
 
 
+def test_active_rows_sets_the_reads_per_step():
+    cfg = load_config("puma", ["xbar.active_rows=48"])
+    assert [cfg.reads_per_step(r) for r in (None, 128, 96, 48, 1)] == [3, 3, 2, 1, 1]
+    assert load_config("puma", ["xbar.active_rows=none"]).reads_per_step() == 1
+
+
 @pytest.mark.parametrize("override,needle", [
     ("adc.bits=0", "adc.bits = 0"), ("xbar.rows=0", "xbar.rows = 0"),
     ("xbar.rows=-4", "xbar.rows = -4"), ("xbar.cell_bits=32", "xbar.cell_bits"),
@@ -52,7 +58,10 @@ def test_none_means_ideal():
     ("adc.mode=round", "adc.mode"), ("xbar.rowz=3", "xbar.rowz: unknown key"),
     ("nosuch=1", "nosuch: unknown key"), ("adc.bits", "expected KEY=VALUE"),
     ("noise.stuck_on=1.5", "noise.stuck_on"), ("clock_ghz=0", "clock_ghz"),
-    ("xbar.rows=abc", "xbar.rows = 'abc'")])
+    ("xbar.rows=abc", "xbar.rows = 'abc'"),
+    ("xbar.active_rows=0", "xbar.active_rows = 0: must be an integer >= 1"),
+    ("xbar.active_rows=129", "xbar.active_rows = 129: must be <= xbar.rows = 128, or none"),
+    ("node.mesh_cols=0", "or none for a square mesh")])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config("puma", [override])

@@ -232,3 +232,22 @@ def test_partial_reads_on_the_analog_path_without_noise_are_the_digital_ones():
     analog = MVMUModel(levels, conductance=levels.astype(np.float64), **kw)
     assert analog.analog
     np.testing.assert_array_equal(analog.mvm(x), MVMUModel(levels, **kw).mvm(x))
+
+
+def test_read_noise_is_drawn_per_read():
+    """Output-referred read noise has std sigma * ||digits|| * top level per read; with reads
+    of 32 of 64 rows each read draws with its own digits' norm, so the summed noise has the
+    variance of one whole-array read (drawing each read with the whole input's norm would
+    double it)."""
+    from simulator.crossbar import MVMUModel
+    rng = np.random.default_rng(3)
+    w = rng.integers(-20, 21, (64, 8))
+    levels = encode_levels(w, 6, 2, "differential")
+    x = rng.integers(-32, 32, (4000, 64))
+    kw = dict(weight_bits=6, input_bits=6, cell_bits=2, dac_bits=1, mapping="differential",
+              adc_bits=None, adc_mode="clip", read_sigma=0.2)
+    var = {}
+    for active in (None, 32):
+        m = MVMUModel(levels, active_rows=active, read_rng=np.random.default_rng(0), **kw)
+        var[active] = float(np.var(m.mvm(x) - x @ w))
+    assert 0.85 < var[32] / var[None] < 1.15, var
