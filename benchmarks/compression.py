@@ -387,10 +387,12 @@ def measure(name, onnx_path, cfg, test, sim, cal, log, lossless: bool = False) -
     from compressor.hardware import adc_lossless_check, evaluate_hardware, onnx_logits
     t0 = time.perf_counter()
     xt, yt = test
-    acc = float(np.mean(onnx_logits(onnx_path, xt).argmax(1) == yt))
+    correct = onnx_logits(onnx_path, xt).argmax(1) == yt
+    acc = float(np.mean(correct))
     hw = evaluate_hardware(onnx_path, cfg, *sim, calibration=cal)
     out = {"name": name, "onnx": str(onnx_path.relative_to(RESULTS.parent.parent)),
-           "test_accuracy": acc, "test_images": int(len(xt)), **hw}
+           "test_accuracy": acc, "test_images": int(len(xt)), **hw,
+           "_correct": correct}   # per test image, for the verdicts' intervals; not written
     if lossless:
         out["lossless_check"] = adc_lossless_check(onnx_path, cfg, sim[0][:200],
                                                    calibration=cal)
@@ -622,7 +624,8 @@ def main():
                 f" ({time.perf_counter() - t0:.0f} s)")
 
     wall = time.perf_counter() - t_start
-    summary = targets(rows, sweep)
+    correct = {(r["model"], r["variant"]): r.pop("_correct") for r in rows if "_correct" in r}
+    summary = targets(rows, sweep, correct)
     ctimes = [t for r in rows if "timing" in r for t in
               ([v for v in r["schedule_selection"].values()] if "schedule_selection" in r
                else [r["timing"]])]
@@ -698,11 +701,28 @@ def _pp(diffs) -> str:
         f" (mean {np.mean(diffs):+.2f})" if len(diffs) > 1 else "")
 
 
-def targets(rows, sweep) -> list[dict]:
+def _interval(ci) -> str:
+    return "" if ci is None else f"; 95 % interval over test images {ci[0]:+.2f} to {ci[1]:+.2f} pp"
+
+
+def targets(rows, sweep, correct=None) -> list[dict]:
     """Issue 5's "Must show" items, each with the measured numbers. With ``--extra-seeds``
     an accuracy verdict takes the mean over the data-order seeds (hardware figures are seed
     0's: the same recipe gives the same crossbars, and energy within 0.1 %); differences
-    are paired by seed."""
+    are paired by seed. ``correct`` ((model, variant) -> per-test-image correctness) adds
+    each accuracy difference's paired-bootstrap interval (``ci95_pp``); the verdicts stay on
+    the point estimates, as the rule fixed before the runs says."""
+    correct = correct or {}
+
+    def interval(As, Bs):
+        """95 % interval of the seed-mean difference As - Bs over the test images (None
+        without per-image results, e.g. rows read back from an older run)."""
+        from models.train import accuracy_difference_interval
+        pairs = [(correct.get((a["model"], a["variant"])),
+                  correct.get((b["model"], b["variant"]))) for a, b in zip(As, Bs)]
+        if not pairs or any(x is None for p in pairs for x in p):
+            return None
+        return [round(v, 2) for v in accuracy_difference_interval(pairs)]
     out = []
     for m in ("vgg_fmnist", "lenet5"):
         d = _get(rows, m, "dense")
@@ -711,10 +731,11 @@ def targets(rows, sweep) -> list[dict]:
         loss = 100 * (dacc - np.mean([r["test_accuracy"] for r in cs]))
         comp = min(r["compression"] for r in cs)
         red = {k: 100 * (1 - c[k] / d[k]) for k in ("crossbars", "energy_uj", "area_mm2")}
+        ci = interval(cs, [d] * len(cs))
         out.append({"target": f"{m}: >= 20x storage at <= 0.5 pp loss",
-                    "met": bool(comp >= 20 and loss <= 0.5),
+                    "met": bool(comp >= 20 and loss <= 0.5), "ci95_pp": ci,
                     "measured": f"x{comp:.1f}, test {100 * dacc:.2f} -> {_acc(cs)} % "
-                                f"({-loss:+.2f} pp)"})
+                                f"({-loss:+.2f} pp{_interval(ci)})"})
         out.append({"target": f"{m}: crossbars, energy, area each reduced >= 90 %",
                     "met": bool(all(v >= 90 for v in red.values())),
                     "measured": ", ".join(f"{k} -{v:.1f} %" for k, v in red.items())
@@ -734,22 +755,25 @@ def targets(rows, sweep) -> list[dict]:
                                     f" pp vs dense; lossless: "
                                     f"{t7.get('lossless_check', {}).get('equal')}"})
         worst = ts[0].get("adc_bits_worst_case")
+        ci = interval(ts, [d] * len(ts))
         out.append({"target": f"{m}: TinyADC lowers ADC bits by >= 2 at <= 0.5 pp, lossless",
-                    "met": bool(ref - bits >= 2 and tloss <= 0.5 and equal),
+                    "met": bool(ref - bits >= 2 and tloss <= 0.5 and equal), "ci95_pp": ci,
                     "measured": f"max lossless bits {bits} vs {ref} "
                                 f"({BLOCK_BITS}-bit block variant) / {d['adc_bits_max']} "
                                 f"(dense on puma)"
                                 + (f" / {worst} (its machine, any weights)" if worst else "")
-                                + f"; test {_acc(ts)} % ({-tloss:+.2f} pp vs dense); "
+                                + f"; test {_acc(ts)} % ({-tloss:+.2f} pp vs dense"
+                                f"{_interval(ci)}); "
                                 f"adaptive == ideal ADC outputs: {equal} on "
                                 f"{200 if ts[0].get('lossless_check') else 0} images"
                                 + (f" x {len(ts)} seeds" if len(ts) > 1 else "")})
         ps = replicates(rows, m, "admm_blocks_pow2")
         gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(ps, cs)]
+        ci = interval(ps, cs)
         out.append({"target": f"{m}: power-of-two scales within 0.3 pp of float scales",
-                    "met": bool(abs(np.mean(gaps)) <= 0.3),
+                    "met": bool(abs(np.mean(gaps)) <= 0.3), "ci95_pp": ci,
                     "measured": f"pow2 fold: {_acc(ps)} vs {_acc(cs[:len(ps)])} % "
-                                f"({_pp(gaps)} pp)"})
+                                f"({_pp(gaps)} pp{_interval(ci)})"})
         if _find(rows, m, "admm_blocks_pow2_trained") is not None:
             tr = replicates(rows, m, "admm_blocks_pow2_trained")
             gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(tr, cs)]
@@ -770,11 +794,12 @@ def targets(rows, sweep) -> list[dict]:
         a, g = max(both, key=lambda ab: ab[0]["compression"])
         As, Gs = replicates(rows, m, a["variant"]), replicates(rows, m, g["variant"])
         diffs = [100 * (sa["test_accuracy"] - sg["test_accuracy"]) for sa, sg in zip(As, Gs)]
+        ci = interval(As, Gs)
         out.append({"target": f"{m}: ADMM beats magnitude by >= 1 pp at the highest "
                               f"compression point (same crossbars)",
-                    "met": bool(np.mean(diffs) >= 1.0),
+                    "met": bool(np.mean(diffs) >= 1.0), "ci95_pp": ci,
                     "measured": f"{a['variant']} {_acc(As)} vs {g['variant']} {_acc(Gs)} % "
-                                f"({_pp(diffs)} pp) at x{a['compression']:.1f}, "
+                                f"({_pp(diffs)} pp{_interval(ci)}) at x{a['compression']:.1f}, "
                                 f"{a['crossbars']} vs {g['crossbars']} crossbars"
                                 + (f", over {len(diffs)} data-order seeds"
                                    if len(diffs) > 1 else "")})

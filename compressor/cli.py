@@ -126,7 +126,7 @@ def _compress(args) -> int:
     import torch
 
     from models.data import load_splits
-    from models.train import TORCH_THREADS
+    from models.train import TORCH_THREADS, predict_logits
 
     from .export import export_qdq
     from .pipeline import compress
@@ -141,7 +141,7 @@ def _compress(args) -> int:
               f"out of training (10 %); accuracies below are on them, 'test' on the test split")
     runs = _outputs(args)
     start = copy.deepcopy(model.state_dict())
-    summary = {}
+    summary, correct = {}, {}
     dense_model = None
     for method, path in runs:
         model.load_state_dict(start)
@@ -152,11 +152,16 @@ def _compress(args) -> int:
             _warn_if_untrained(res.accuracy["dense"], train[1], args.model)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
         summary[method] = _report(res, path, None if val is test else test)
+        correct[method] = predict_logits(res.model, test[0]).argmax(1).numpy() == test[1]
     if len(summary) == 2:
-        a, m = (summary[k].get("test_accuracy", summary[k]["accuracy"]["final"])
-                for k in ("admm", "magnitude"))
+        from models.train import accuracy_difference_interval
+        a, m = (float(correct[k].mean()) for k in ("admm", "magnitude"))
+        lo, hi = accuracy_difference_interval([(correct["admm"], correct["magnitude"])])
+        summary["admm_vs_magnitude"] = {"difference_pp": 100 * (a - m), "ci95_pp": [lo, hi],
+                                        "images": int(len(test[1]))}
         print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
-              f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points)")
+              f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points; 95 % interval over the "
+              f"{len(test[1])} test images {lo:+.2f} to {hi:+.2f})")
     if not args.no_hw:
         from compiler.errors import CompilerError
         from simulator.errors import XbarsimError
@@ -290,8 +295,14 @@ def _check_paths(args) -> None:
             raise CompressionError(f"--json {args.json}: is also the run's "
                                    f"{files[j.resolve()]}; choose another path")
         folders.append(j.parent)
-    for folder in folders:
+    import tempfile
+    for folder, flag in zip(folders, (f"-o {args.output}", f"--json {args.json}")):
         folder.mkdir(parents=True, exist_ok=True)   # an OSError here: one line, exit 2
+        try:                    # a folder that exists but takes no files (read-only, /proc)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise CompressionError(f"{flag}: cannot write files in {folder.resolve()} "
+                                   f"({e.strerror or e}); choose a writable folder") from e
 
 
 def _load_model(args, train, test):

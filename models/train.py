@@ -52,6 +52,29 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
     return int((pred == y).sum()) / max(1, len(x))
 
 
+def accuracy_difference_interval(pairs, n_boot: int = 2000, seed: int = 0,
+                                 level: float = 0.95) -> tuple[float, float]:
+    """Interval, in percentage points, of the mean over runs of (accuracy A - accuracy B),
+    from a paired bootstrap over the evaluation images: every resample draws the same
+    images for every model, so what two models get right together cancels.
+
+    ``pairs``: one ``(correct_a, correct_b)`` per run (data-order seed), each a boolean
+    array over the same images. The interval says how much the finite evaluation set alone
+    moves the difference; the spread between training runs is not in it."""
+    arrays = [np.asarray(x, np.float64) for pair in pairs for x in pair]
+    if not arrays or any(x.ndim != 1 or x.shape != arrays[0].shape for x in arrays):
+        raise ValueError("pairs: need at least one (correct_a, correct_b) pair of equal-length "
+                         "1-D arrays")
+    d = np.mean([a - b for a, b in zip(arrays[::2], arrays[1::2])], 0)
+    rng = np.random.default_rng(seed)            # this purpose's own stream
+    chunk = max(1, min(n_boot, (1 << 22) // max(1, d.size)))   # bounded memory per draw
+    boots = np.concatenate([d[rng.integers(0, d.size, (min(chunk, n_boot - i), d.size))]
+                            .mean(1) for i in range(0, n_boot, chunk)])
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(100 * boots, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def _describe(data) -> str:
     if isinstance(data, (str, os.PathLike)):
         return str(data)

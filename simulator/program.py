@@ -228,6 +228,14 @@ class Program:
             raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}")
         if a["core_code"].dtype != INSTR_DTYPE or a["tile_code"].dtype != INSTR_DTYPE:
             raise ProgramError(f"{apath}: instruction arrays do not have the ISA's dtype")
+        for code, start in (("core_code", "core_start"), ("tile_code", "tile_start")):
+            st, n = np.asarray(a[start]), len(a[code])
+            if not (st.ndim == 1 and len(st) and st[0] == 0 and st[-1] == n
+                    and (np.diff(st) >= 0).all()):
+                # a cut or padded stream would otherwise run as a shorter, plausible program
+                raise ProgramError(f"{apath}: {start} does not split the {n} instructions of "
+                                   f"{code} (it must rise from 0 to {n}); recompile with "
+                                   f"`xbarsim compile`")
         malformed = (KeyError, TypeError, ValueError, IndexError, AttributeError)
         try:
             parts = cls._parts(manifest, a)

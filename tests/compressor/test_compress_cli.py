@@ -1,5 +1,6 @@
 """``xbarsim compress`` driven the way a person would, through the real entry point."""
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -44,7 +45,11 @@ def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys)
     proto = onnx.load(out)
     assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) == 2
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert set(summary) == {"admm", "magnitude", "hardware"}
+    assert set(summary) == {"admm", "magnitude", "hardware", "admm_vs_magnitude"}
+    diff = summary["admm_vs_magnitude"]   # with its paired-bootstrap interval over test images
+    lo, hi = diff["ci95_pp"]
+    assert lo <= diff["difference_pp"] <= hi and diff["images"] == 400
+    assert "95 % interval over the 400 test images" in stdout
     hw = summary["hardware"]  # dense and both arms compiled + simulated on the same machine
     assert hw["machine"][0] == "puma" and "xbar.rows=64" in hw["machine"][1]
     for arm in ("admm", "magnitude"):
@@ -174,6 +179,14 @@ def test_bad_output_paths_are_refused_before_any_data_is_loaded(tmp_path, recipe
     rc, _, err = run(capsys, *argv, "-q")
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_refused_before_training(recipe, capsys):
+    # root may write anywhere chmod forbids; /proc takes no new files even from root
+    rc, _, err = run(capsys, "mlp", "--recipe", str(recipe), "-o", "/proc/x.onnx", "-q")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: -o /proc/x.onnx: cannot write files in /proc")
 
 
 def test_the_input_model_is_never_an_output_and_a_bad_recipe_makes_no_folder(tmp_path, recipe,

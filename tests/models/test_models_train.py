@@ -63,3 +63,28 @@ def test_train_errors(tmp_path):
         train("nonet", "digits", 1, out_dir=tmp_path)
     with pytest.raises(ModelError, match="epochs"):
         train("lenet5", "digits", 1, lr=0, out_dir=tmp_path)
+
+
+def test_accuracy_difference_interval_is_a_paired_bootstrap():
+    import numpy as np
+    import pytest
+
+    from models.train import accuracy_difference_interval
+    rng = np.random.default_rng(0)
+    a = rng.random(10_000) < 0.9
+    assert accuracy_difference_interval([(a, a)]) == (0.0, 0.0)          # same decisions
+    assert accuracy_difference_interval([(a | True, a & False)]) == (100.0, 100.0)
+    # B disagrees with A on 4 % of the images, half each way: the paired interval is about
+    # +-1.96 * sqrt(0.04 / n) wide around the true difference 0, far narrower than two
+    # independent 90 % accuracies would give (+-0.83 pp)
+    b = a.copy()
+    flip = rng.choice(a.size, 400, replace=False)
+    b[flip] = ~b[flip]
+    lo, hi = accuracy_difference_interval([(a, b)])
+    d = 100 * (a.mean() - b.mean())
+    assert lo < d < hi and 0.6 * 0.392 < (hi - lo) / 2 < 1.4 * 0.392
+    # two seeds: the interval of their mean difference, paired over the same images
+    lo2, hi2 = accuracy_difference_interval([(a, b), (a, b)])
+    assert (lo2, hi2) == pytest.approx((lo, hi), abs=1e-9)
+    with pytest.raises(ValueError, match="equal-length"):
+        accuracy_difference_interval([(a, b[:10])])

@@ -73,6 +73,25 @@ def test_address_and_core_out_of_range_refused(tmp_path):
         Program.load(_corrupt(tmp_path / "b", edit2))
 
 
+@pytest.mark.parametrize("cut", ["code", "start"])
+def test_cut_instruction_stream_refused_at_load(tmp_path, cut):
+    """A stream cut short (or its start offsets edited) would otherwise run as a shorter,
+    plausible program: refused, naming the file."""
+    def edit(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        if cut == "code":
+            a["core_code"] = a["core_code"][:len(a["core_code"]) // 2]
+        else:
+            a["core_start"] = a["core_start"].copy()
+            a["core_start"][1] = a["core_start"][-1] + 5
+        np.savez(folder / "program.npz", **a)
+    with pytest.raises(ProgramError, match=r"program.npz: core_start does not split the \d+ "
+                                           r"instructions of core_code") as e:
+        Program.load(_corrupt(tmp_path, edit))
+    assert "\n" not in str(e.value)
+
+
 def test_not_a_program_folder(tmp_path):
     with pytest.raises(ProgramError, match="missing manifest.json"):
         Program.load(tmp_path)
