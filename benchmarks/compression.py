@@ -51,7 +51,9 @@ Protocol (nothing is chosen on the test set):
   power-of-two scales, TinyADC, the highest point's ADMM/magnitude pair) with data-order
   seeds 1..K (rows ``*_s1`` ...), from the same dense model. Each accuracy verdict then
   takes the mean over seeds, with differences paired by seed. Late epochs and seeds move
-  test accuracy by about 0.3-0.7 pp, as much as several targets' margins.
+  test accuracy by about 0.3-0.7 pp, as much as several targets' margins. Each accuracy
+  verdict also reports a 95 % paired-bootstrap interval over the test images (``ci95_pp``:
+  the test set's sampling noise, not the runs'); the verdicts stay on the point estimates.
 * The VGG-style model (``vgg_fmnist``): conv3x3 16-M-32-M-64-M-128-M (28 -> 1 pixels), then
   FC 128-2048-2048-10, no BatchNorm; 4.57 M weights on 299 crossbar blocks of 128 x 128,
   seven PUMA tiles dense. Why: whole-chip area counts each tile's eDRAM and router and each
