@@ -231,7 +231,8 @@ def _hw_machine(args, recipe):
     g = recipe.geometry
     return ("puma", [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}",
                      f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
-                     f"weight_bits={g.weight_bits}"])
+                     f"weight_bits={g.weight_bits}"]
+            + ([] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"]))
 
 
 def _with_machine(recipe, preset: str, overrides: list[str]):

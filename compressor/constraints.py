@@ -76,10 +76,12 @@ class Constraint:
                     f"use mapping: differential")
             if self.structure in PER_SEGMENT:
                 n = self.amount
-                if not _is_int(n) or not 1 <= n <= geom.rows:
-                    raise CompressionError(f"{where}.sparsity.n={n!r}: nonzeros per column "
-                                           f"segment must be an integer in 1..{geom.rows} "
-                                           f"(crossbar rows)")
+                if not _is_int(n) or not 1 <= n <= geom.read_rows:
+                    raise CompressionError(
+                        f"{where}.sparsity.n={n!r}: nonzeros per column segment must be an "
+                        f"integer in 1..{geom.read_rows} ("
+                        + ("crossbar rows)" if geom.active_rows is None else
+                           "geometry.active_rows, the rows one read drives)"))
             elif isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) \
                     or not 0.0 < self.amount <= 1.0:
                 raise CompressionError(
@@ -165,8 +167,8 @@ class Constraint:
         if t == 1.0 or self.structure is None:
             return self
         if self.structure in PER_SEGMENT:
-            n = max(int(self.amount), round(geom.rows ** (1 - t) * self.amount ** t))
-            return replace(self, amount=min(n, geom.rows))
+            n = max(int(self.amount), round(geom.read_rows ** (1 - t) * self.amount ** t))
+            return replace(self, amount=min(n, geom.read_rows))
         return replace(self, amount=float(self.amount) ** t)
 
     def describe(self) -> dict:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.crossbar import MAPPINGS, n_slices, weight_range
+from simulator.crossbar import MAPPINGS, n_slices, row_groups, weight_range
 
 from .errors import CompressionError
 
@@ -86,6 +86,9 @@ class CrossbarGeometry:
     """Conductance of cell level 0, microsiemens (as ``simulator.config.XbarConfig``)."""
     g_max_us: float = 100.0
     """Conductance of the top cell level, microsiemens."""
+    active_rows: int | None = None
+    """Word lines one read drives (as ``simulator.config.XbarConfig``); ``None``: all
+    ``rows``. TinyADC's column segments are then reads, not whole crossbars."""
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "cell_bits", "weight_bits"):
@@ -115,6 +118,11 @@ class CrossbarGeometry:
         if not self.g_max_us > self.g_min_us:
             raise CompressionError(
                 f"geometry.g_max_us={self.g_max_us}: must be > g_min_us={self.g_min_us}")
+        a = self.active_rows
+        if a is not None and (not isinstance(a, (int, np.integer)) or isinstance(a, bool)
+                              or not 1 <= a <= self.rows):
+            raise CompressionError(f"geometry.active_rows={a!r}: must be an integer in "
+                                   f"1..rows={self.rows}, or null for every row")
 
     @classmethod
     def from_config(cls, cfg: Any) -> CrossbarGeometry:
@@ -122,7 +130,7 @@ class CrossbarGeometry:
         ``cfg.xbar.{rows, cols, cell_bits, mapping}``, ``cfg.weight_bits``, and
         ``cfg.xbar.g_min_us/g_max_us`` when present."""
         x = cfg.xbar
-        extra = {k: getattr(x, k) for k in ("g_min_us", "g_max_us")
+        extra = {k: getattr(x, k) for k in ("g_min_us", "g_max_us", "active_rows")
                  if getattr(x, k, None) is not None}
         return cls(rows=x.rows, cols=x.cols, cell_bits=x.cell_bits,
                    weight_bits=cfg.weight_bits, mapping=x.mapping, **extra)
@@ -144,7 +152,19 @@ class CrossbarGeometry:
             raise
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["active_rows"] is None:   # added later: left out at its default, so recipes'
+            del d["active_rows"]       # fingerprints (checkpoint names) stay as they were
+        return d
+
+    @property
+    def read_rows(self) -> int:
+        """Rows one read drives: ``active_rows``, or all ``rows``."""
+        return self.active_rows or self.rows
+
+    def reads(self) -> list[tuple[int, int]]:
+        """The row ranges of one crossbar that are read one after another."""
+        return row_groups(self.rows, self.active_rows)
 
     @property
     def slices(self) -> int:

@@ -21,6 +21,9 @@ Structured sparsity (``STRUCTURES``), each "keep the best groups":
 ``tinyadc``       TinyADC (Yuan et al., DATE 2021): at most ``n`` nonzeros in every column
                   segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
                   of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
+                  With ``geometry.active_rows`` (a chip that reads that many rows at once) a
+                  segment is one read's rows of a crossbar column: the bound holds per ADC
+                  conversion, and a column holds ``n`` per read.
 ``tinyadc_signed`` TinyADC per array of a differential crossbar: at most ``n`` positive and
                   at most ``n`` negative nonzeros per column segment. A differential MVMU
                   holds w = pos − neg on two arrays, each bit line of each array has its own
@@ -309,13 +312,16 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
     real = geom.blocks(np.ones(score.shape, dtype=bool))
     if structure == "tinyadc":
         n = _check_n(amount, geom)
-        # Segments are (row_block, col_block, col); rank within axis 1 (the rows).
+        # Segments are (row_block, read, col_block, col): rank within axis 1 (the rows) of
+        # each read's rows (one read of all rows unless geometry.active_rows splits them).
         s = np.where(real, blocks, -np.inf)
-        order = np.argsort(-s, axis=1, kind="stable")
-        ranks = np.empty_like(order)
-        np.put_along_axis(ranks, order, np.arange(geom.rows)[None, :, None, None], axis=1)
-        keep = (ranks < n) & real
-        return geom.unblock(keep, k_rows, n_cols)
+        keep = np.zeros(blocks.shape, dtype=bool)
+        for r0, r1 in geom.reads():
+            order = np.argsort(-s[:, r0:r1], axis=1, kind="stable")
+            ranks = np.empty_like(order)
+            np.put_along_axis(ranks, order, np.arange(r1 - r0)[None, :, None, None], axis=1)
+            keep[:, r0:r1] = ranks < n
+        return geom.unblock(keep & real, k_rows, n_cols)
     axes = _GROUP_AXES[structure]
     gscore = blocks.sum(axis=axes, keepdims=True)
     greal = real.any(axis=axes, keepdims=True)
@@ -355,8 +361,10 @@ def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int,
         while True:
             rows = np.flatnonzero(sub.any(axis=1))
             new = np.zeros_like(sub)
-            for r0 in range(0, len(rows), geom.rows):
-                rr = rows[r0:r0 + geom.rows]
+            # each packed crossbar's rows, read by read
+            runs = [rows[x0 + q0:x0 + q1] for x0 in range(0, len(rows), geom.rows)
+                    for q0, q1 in geom.reads() if x0 + q0 < len(rows)]
+            for rr in runs:
                 for cls in classes:
                     cand = sub[rr] & cls[rr, cols]
                     s = np.where(cand, sc[rr], -np.inf)
@@ -685,7 +693,10 @@ def _f32(a):
 
 
 def _check_n(n, geom):
-    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= geom.rows):
+    top = (f"rows={geom.rows}" if geom.active_rows is None
+           else f"active_rows={geom.active_rows} (the rows one read drives)")
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+            and 1 <= n <= geom.read_rows):
         raise CompressionError(
-            f"n={n!r}: nonzeros per column segment must be an integer in 1..rows={geom.rows}")
+            f"n={n!r}: nonzeros per column segment must be an integer in 1..{top}")
     return int(n)

@@ -211,6 +211,7 @@ class Recipe:
     def to_dict(self) -> dict:
         """Plain-data form (JSON-ready); :func:`parse_recipe` of it gives an equal recipe."""
         d = asdict(self)
+        d["geometry"] = self.geometry.to_dict()
         d["layers"] = [{"match": list(r.patterns), **r.constraint.describe()}
                        for r in self.layers]
         if not d["admm"]["ramp_rounds"]:

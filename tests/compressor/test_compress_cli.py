@@ -266,3 +266,24 @@ layers:
     assert line.endswith("(rows in the chip's (h, w, c) order)")
     layer = json.loads((tmp_path / "s.json").read_text())["admm"]["layers"]["classifier.1"]
     assert layer["crossbar_view"] == [120, 16, 5, 5] and layer["max_nonzeros_per_segment"] <= 16
+
+
+def test_tinyadc_per_read_recipe_runs_its_hardware_loop_on_a_chip_that_reads_so(tmp_path,
+                                                                              capsys):
+    """A recipe whose geometry reads 16 rows at a time: TinyADC counts per read, and the
+    hardware loop's machine reads 16 rows at a time too."""
+    r = tmp_path / "tiny.yaml"
+    r.write_text(RECIPE.replace("weight_bits: 8}", "weight_bits: 8, active_rows: 16}")
+                 .replace("structure: blocks, keep: 0.5", "structure: tinyadc, n: 3")
+                 .replace("[layers.1, layers.3]", "[layers.1, layers.3, layers.5]"))
+    rc, stdout, err = run(capsys, "mlp", "--recipe", r, "--data", "digits", "-o",
+                          tmp_path / "m.onnx", "--limit", 300, "--epochs", 1, "--json",
+                          tmp_path / "s.json", "-q", "--hw-images", 16)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert "xbar.active_rows=16" in summary["hardware"]["machine"][1]
+    # 3 nonzeros per read of a column, 2-bit cells, 1-bit DAC: sums <= 9, 4 bits (a read
+    # of 16 unconstrained rows could need 6)
+    assert summary["hardware"]["admm"]["adc_bits_max"] <= 4
+    occ = summary["admm"]["layers"]["layers.1"]          # 64-row crossbars, 4 reads each
+    assert 3 < occ["max_nonzeros_per_segment"] <= 4 * 3

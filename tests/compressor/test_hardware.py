@@ -160,6 +160,32 @@ def _qdq_matmul(q, path):
     return path
 
 
+def test_tinyadc_per_read_holds_on_a_chip_that_reads_fewer_rows(tmp_path):
+    """``geometry.active_rows``: n nonzeros per bit line per read of 32 rows, at least four
+    times the weights per column that n per whole 128-row crossbar keeps. On a chip that reads 32
+    rows at a time each read sums <= 8 x level 3 = 24: at most 5 bits, lossless; the same
+    weights read 128 rows at once need more."""
+    from compressor.projections import project_matrix
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(512, 6))
+    x = rng.normal(size=(8, 512)).astype(np.float32)
+    g = CrossbarGeometry(rows=128, cols=128, weight_bits=8, active_rows=32)
+    p, scale, _ = project_matrix(m, g, "tinyadc_packed", 8, (3, "differential", None, False))
+    whole, _, _ = project_matrix(m, CrossbarGeometry(rows=128, cols=128, weight_bits=8),
+                                 "tinyadc_packed", 8, (3, "differential", None, False))
+    # whole crossbars: the kept rows pack into one crossbar, 8 per column; reads of 32 rows
+    # let each packed crossbar hold 8 per read
+    assert np.count_nonzero(whole) == 8 * 6 and np.count_nonzero(p) >= 4 * 8 * 6
+    path = _qdq_matmul(np.rint(p / scale).astype(np.int64), tmp_path / "per_read.onnx")
+    bits = {}
+    for active in ("32", "none"):
+        check = adc_lossless_check(path, ("puma", ["weight_bits=8", "xbar.mapping=differential",
+                                                   f"xbar.active_rows={active}"]), x)
+        assert check["equal"]
+        bits[active] = check["adc_bits_max"]
+    assert bits["32"] <= 5 < bits["none"]
+
+
 def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
     """With ``tinyadc`` the compiler packs the rows a strip uses into fewer crossbars, which
     then straddle segments and need an ADC bit more; ``tinyadc_packed`` keeps its bound."""
@@ -222,15 +248,19 @@ def test_variation_sweep_shape_and_determinism(blocks, digits):
     assert again[0]["per_seed"] == recs[1]["per_seed"]
 
 
-@pytest.mark.parametrize("rule,match", [
-    ({"match": "features.7", "quant": {"bits": 8}}, "features.7.*matches no layer"),
+@pytest.mark.parametrize("rule,match,geom", [
+    ({"match": "features.7", "quant": {"bits": 8}}, "features.7.*matches no layer", None),
     ({"match": "classifier.1", "sparsity": {"structure": "tinyadc", "n": 17}},
-     "n=17.*1..16"),
+     "n=17.*1..16", None),
     ({"match": "classifier.1", "sparsity": {"structure": "blocks", "keep": 0.0}},
-     "keep=0.0"),
-    ({"match": "classifier.1", "quant": {"bits": 9}}, "bits=9"),
+     "keep=0.0", None),
+    ({"match": "classifier.1", "quant": {"bits": 9}}, "bits=9", None),
+    ({"match": "classifier.1", "sparsity": {"structure": "tinyadc", "n": 5}},
+     r"n=5.*1..4 \(geometry.active_rows, the rows one read drives\)", {"active_rows": 4}),
+    ({"match": "classifier.1", "quant": {"bits": 8}}, r"geometry.active_rows=32: must be",
+     {"active_rows": 32}),
 ])
-def test_bad_recipe_fails_before_any_training(rule, match, digits, monkeypatch):
+def test_bad_recipe_fails_before_any_training(rule, match, geom, digits, monkeypatch):
     from compressor import pipeline
     from models import build
 
@@ -238,7 +268,8 @@ def test_bad_recipe_fails_before_any_training(rule, match, digits, monkeypatch):
         raise AssertionError("training started before the recipe was validated")
     monkeypatch.setattr(pipeline._Run, "_epoch", no_training)
     with pytest.raises(CompressionError, match=match):
-        recipe = parse_recipe({"name": "bad", "geometry": GEOM, **SCHEDULE, "layers": [rule]})
+        recipe = parse_recipe({"name": "bad", "geometry": {**GEOM, **(geom or {})}, **SCHEDULE,
+                               "layers": [rule]})
         compress(build("lenet5", seed=0), recipe, *digits, progress=False)
 
 

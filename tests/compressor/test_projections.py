@@ -20,10 +20,12 @@ AMOUNTS = {s: (2 if s in PER_SEG else 0.4) for s in P.STRUCTURES}
 
 
 def group_of(structure, i, j, g):
-    """Group id of crossbar-matrix entry (i, j); for tinyadc, its column segment."""
+    """Group id of crossbar-matrix entry (i, j); for tinyadc, its column segment: the
+    column within one read (``g.active_rows`` rows of a crossbar, all of them by default)."""
     rb, cb = i // g.rows, j // g.cols
+    seg = (rb, (i % g.rows) // (g.active_rows or g.rows), j)
     return {"rows": (i, cb), "columns": (rb, j), "blocks": (rb, cb), "aligned_rows": rb,
-            "aligned_cols": cb, "tinyadc": (rb, j), "tinyadc_signed": (rb, j)}[structure]
+            "aligned_cols": cb, "tinyadc": seg, "tinyadc_signed": seg}[structure]
 
 
 def feasible(m, g, structure, amount):
@@ -255,18 +257,22 @@ def test_impossible_targets_raise(call, match):
 
 def packed_feasible(m, g, n, signed=False):
     """Every crossbar the compiler packs from ``m`` holds <= n nonzeros per bit line (of each
-    array, i.e. of each sign, if ``signed``): per column strip, the rows with a nonzero, in
-    order, in runs of ``g.rows`` (plain loops)."""
+    array, i.e. of each sign, if ``signed``) in each read: per column strip, the rows with a
+    nonzero, in order, in runs of ``g.rows``, each read ``g.active_rows`` at a time (plain
+    loops)."""
     k_rows, n_cols = m.shape
     kinds = [lambda v: v > 0, lambda v: v < 0] if signed else [lambda v: v != 0]
+    read = g.active_rows or g.rows
     for c0 in range(0, n_cols, g.cols):
         cols = range(c0, min(c0 + g.cols, n_cols))
         rows = [i for i in range(k_rows) if any(m[i, j] != 0 for j in cols)]
         for r0 in range(0, len(rows), g.rows):
-            for j in cols:
-                for kind in kinds:
-                    if sum(bool(kind(m[i, j])) for i in rows[r0:r0 + g.rows]) > n:
-                        return False
+            xbar = rows[r0:r0 + g.rows]
+            for q0 in range(0, len(xbar), read):
+                for j in cols:
+                    for kind in kinds:
+                        if sum(bool(kind(m[i, j])) for i in xbar[q0:q0 + read]) > n:
+                            return False
     return True
 
 
@@ -385,3 +391,70 @@ def test_weights_below_float32s_range_project_to_zero(pow2):
     w = np.array([[1e-50, -3e-51], [2e-52, 0.0]])
     p, s, _ = P.project_matrix(w, None, None, None, (4, "differential", None, pow2))
     assert s == 1.0 and not p.any()
+
+
+
+# -- TinyADC per read (geometry.active_rows) ---------------------------------------------
+
+READS = [(4, 4, 2), (5, 2, 3), (128, 128, 48), (3, 3, 1)]    # rows, cols, rows per read
+
+
+@pytest.mark.parametrize("shape,xbar,structure", list(itertools.product(
+    SHAPES + [(9, 20)], READS, PER_SEG)))
+def test_tinyadc_per_read_is_feasible_idempotent_and_no_random_feasible_point_closer(
+        shape, xbar, structure):
+    """With ``active_rows`` a segment is one read's rows of a crossbar column (48 does not
+    divide 128: the last read is shorter)."""
+    g = CrossbarGeometry(rows=xbar[0], cols=xbar[1], active_rows=xbar[2])
+    n = min(2, xbar[2])
+    rng = np.random.default_rng(hash((shape, xbar, structure)) % 2**32)
+    w = rng.normal(size=shape).astype(np.float32)
+    p = P.project_structured(w, g, structure, n)
+    assert feasible(to_crossbar(p), g, structure, n)
+    assert np.array_equal(P.project_structured(p, g, structure, n), p)
+    kept = p != 0
+    assert np.array_equal(p[kept], w[kept])
+    d = dist(p, w)
+    for _ in range(20):
+        other = P.project_structured(w * rng.random(shape), g, structure, n)
+        other_w = np.where(other != 0, w, 0)
+        assert feasible(to_crossbar(other_w), g, structure, n)
+        assert dist(other_w, w) >= d - 1e-9
+    if shape == (9, 20) and xbar[2] < min(xbar[0], 20):  # a column spans several reads
+        whole = P.project_structured(w, CrossbarGeometry(rows=xbar[0], cols=xbar[1]),
+                                     structure, n)
+        assert np.count_nonzero(p) > np.count_nonzero(whole)
+
+
+@pytest.mark.parametrize("structure", PER_SEG)
+def test_tinyadc_per_read_is_nearest_by_brute_force(structure):
+    g = CrossbarGeometry(rows=4, cols=2, active_rows=2)
+    w = np.random.default_rng(11).normal(size=(2, 4))     # crossbar matrix 4 x 2
+    m = to_crossbar(w)
+    best = min(dist(m * mask, m)
+               for bits in itertools.product((0, 1), repeat=m.size)
+               for mask in [np.array(bits).reshape(m.shape)]
+               if feasible(m * mask, g, structure, 1))
+    assert dist(P.project_structured(w, g, structure, 1), w) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("structure", P.PACKED)
+def test_tinyadc_packed_per_read_holds_on_every_packed_read(structure):
+    g = CrossbarGeometry(rows=16, cols=16, active_rows=6)
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(20, 70)) * (rng.random((20, 70)) < 0.7)
+    p = P.project_structured(w, g, structure, 2)
+    assert packed_feasible(to_crossbar(p), g, 2, signed=structure in P.SIGNED)
+    assert np.array_equal(P.project_structured(p, g, structure, 2), p)
+    # reads of 6 rows keep more weights per column than whole 16-row crossbars at the same n
+    whole = CrossbarGeometry(rows=16, cols=16)
+    assert np.count_nonzero(p) > np.count_nonzero(P.project_structured(w, whole, structure, 2))
+
+
+def test_tinyadc_n_is_bounded_by_the_rows_one_read_drives():
+    g = CrossbarGeometry(rows=8, cols=8, active_rows=4)
+    with pytest.raises(CompressionError, match=r"n=5.*1\.\.active_rows=4"):
+        P.project_structured(np.ones((8, 8)), g, "tinyadc", 5)
+    with pytest.raises(CompressionError, match=r"geometry.active_rows=9: must be an integer "
+                                               r"in 1..rows=8"):
+        CrossbarGeometry(rows=8, cols=8, active_rows=9)
