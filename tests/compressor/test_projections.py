@@ -58,12 +58,17 @@ def dist(a, b):
 def test_sparsity_feasible_idempotent_and_no_random_feasible_point_closer(shape, xbar, structure):
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1])
     amount = min(AMOUNTS[structure], g.rows) if structure in PER_SEG else AMOUNTS[structure]
-    rng = np.random.default_rng(hash((shape, xbar, structure)) % 2**32)
+    check_projection(shape, g, structure, amount, seed=hash((shape, xbar, structure)))
+
+
+def check_projection(shape, g, structure, amount, seed):
+    """The projection of a random weight is feasible, idempotent, keeps what it keeps
+    unchanged, and no random feasible point is closer. Returns (weight, projection)."""
+    rng = np.random.default_rng(seed % 2**32)
     w = rng.normal(size=shape).astype(np.float32)
     p = P.project_structured(w, g, structure, amount)
     assert p.dtype == w.dtype and p.shape == w.shape
-    m = to_crossbar(p)
-    assert feasible(m, g, structure, amount)
+    assert feasible(to_crossbar(p), g, structure, amount)
     assert np.array_equal(P.project_structured(p, g, structure, amount), p)
     kept = p != 0
     assert np.array_equal(p[kept], w[kept]), "kept weights must be unchanged"
@@ -75,6 +80,7 @@ def test_sparsity_feasible_idempotent_and_no_random_feasible_point_closer(shape,
         other_w = np.where(other != 0, w, 0)
         assert feasible(to_crossbar(other_w), g, structure, amount)
         assert dist(other_w, w) >= d - 1e-9
+    return w, p
 
 
 TINY = [((2, 4), (2, 2)), ((3, 4), (1, 2)), ((2, 2, 1, 3), (4, 1)), ((3, 3), (3, 3))]
@@ -407,19 +413,7 @@ def test_tinyadc_per_read_is_feasible_idempotent_and_no_random_feasible_point_cl
     divide 128: the last read is shorter)."""
     g = CrossbarGeometry(rows=xbar[0], cols=xbar[1], active_rows=xbar[2])
     n = min(2, xbar[2])
-    rng = np.random.default_rng(hash((shape, xbar, structure)) % 2**32)
-    w = rng.normal(size=shape).astype(np.float32)
-    p = P.project_structured(w, g, structure, n)
-    assert feasible(to_crossbar(p), g, structure, n)
-    assert np.array_equal(P.project_structured(p, g, structure, n), p)
-    kept = p != 0
-    assert np.array_equal(p[kept], w[kept])
-    d = dist(p, w)
-    for _ in range(20):
-        other = P.project_structured(w * rng.random(shape), g, structure, n)
-        other_w = np.where(other != 0, w, 0)
-        assert feasible(to_crossbar(other_w), g, structure, n)
-        assert dist(other_w, w) >= d - 1e-9
+    w, p = check_projection(shape, g, structure, n, seed=hash((shape, xbar, structure)))
     if shape == (9, 20) and xbar[2] < min(xbar[0], 20):  # a column spans several reads
         whole = P.project_structured(w, CrossbarGeometry(rows=xbar[0], cols=xbar[1]),
                                      structure, n)
