@@ -14,7 +14,9 @@ compiles and simulates:
 - the dense model read ``R, R/2, ..., R/16`` rows at a time, each crossbar with its lossless
   ADC bits (``adc.adaptive=true``), checked equal to an ideal ADC;
 - the dense model with a clipping ADC of TinyADC's bits, reading every row;
-- the seed-0 TinyADC model (lossless, adaptive), as ``compression.py`` measures it.
+- the seed-0 TinyADC model (lossless, adaptive), as ``compression.py`` measures it;
+- where ``compression.py --context`` has trained it, TinyADC per read of R/2 rows on a chip
+  that reads R/2 rows at once (the same ADC bits, up to twice the weights per column).
 
     python benchmarks/compression.py          # first: trains and caches the models
     python benchmarks/active_rows.py [--images 1000]   # about 2 min on 2 cores
@@ -63,16 +65,21 @@ def main():
 
     out_rows = []
     for mname, (rows, (preset, dense)) in models.items():
-        tiny = measure(mname, "TinyADC (seed 0)", "tinyadc", rows, "admm_tinyadc",
-                       (preset, dense + C.compressed_machine(C.TINY_BITS)
-                        + ["adc.adaptive=true"]))
+        tiny_cfg = (preset, dense + C.compressed_machine(C.TINY_BITS) + ["adc.adaptive=true"])
+        tiny = measure(mname, "TinyADC (seed 0)", "tinyadc", rows, "admm_tinyadc", tiny_cfg)
+        per_read, half = [], rows // 2
+        if (cache / f"{mname}_admm_tinyadc_r{half}.onnx").is_file():   # compression.py
+            per_read.append(measure(                                    # --context trains it
+                mname, f"TinyADC per read of {half} rows (seed 0)", "tinyadc_reads", half,
+                f"admm_tinyadc_r{half}", (preset, tiny_cfg[1] + [f"xbar.active_rows={half}"])))
         bits = tiny["adc_bits_max"]        # the width the clipping ADC gets
         out_rows += [measure(mname, f"dense, {rows // f} rows per read", "rows", rows // f,
                              "dense", (preset, dense + ["adc.adaptive=true",
                                                         f"xbar.active_rows={rows // f}"]))
                      for f in FRACTIONS]
         out_rows += [measure(mname, f"dense, {bits}-bit clipping ADC", "clip", rows, "dense",
-                             (preset, dense + [f"adc.bits={bits}"]), check=False), tiny]
+                             (preset, dense + [f"adc.bits={bits}"]), check=False), tiny,
+                     *per_read]
     out = {"images": int(len(x)), "rows": out_rows, "machine": machine(),
            "wall_s": round(time.perf_counter() - t_start, 1)}
     path = write("active_rows", out)
@@ -132,6 +139,10 @@ def plot(rows, path):
                 if r["kind"] == "tinyadc":
                     ax.plot(r["adc_bits_max"], r[key], "s", color="tab:red", ms=8,
                             label=f"TinyADC, all rows (chip {100 * r['accuracy_sim']:.1f} %)")
+                elif r["kind"] == "tinyadc_reads":
+                    ax.plot(r["adc_bits_max"], r[key], "D", color="tab:purple", ms=7,
+                            label=f"TinyADC per read of {r['active_rows']} rows (chip "
+                                  f"{100 * r['accuracy_sim']:.1f} %)")
                 elif r["kind"] == "clip":
                     ax.plot(r["adc_bits_config"], r[key], "x", color="tab:gray", ms=9,
                             label=f"dense, clipping ADC (chip {100 * r['accuracy_sim']:.1f} %)")
