@@ -241,12 +241,15 @@ def occupancy(m: np.ndarray, geom: CrossbarGeometry) -> dict:
     ``blocks_nonzero`` crossbars of ``blocks_total`` hold a nonzero (``nonzero_blocks`` lists
     their ``[row_block, col_block]``); ``rows_nonzero`` of ``rows_total`` crossbar rows (word
     lines) and ``segments_nonzero`` of ``segments_total`` column segments (bit lines) are
-    used; ``max_nonzeros_per_segment`` bounds every column sum (TinyADC's ``n``).
+    used; ``max_nonzeros_per_segment`` bounds every column sum (TinyADC's ``n``): of one
+    read's rows where ``geom.active_rows`` splits a crossbar's rows into reads, as TinyADC
+    states it. Counted on the fixed crossbar grid, before the compiler packs kept rows.
     """
     nz = geom.blocks(np.asarray(m) != 0)
     real = geom.blocks(np.ones(np.shape(m), dtype=bool))
     blocks = nz.any(axis=(1, 3))
     per_segment = nz.sum(axis=1)
+    per_read = np.stack([nz[:, r0:r1].sum(axis=1) for r0, r1 in geom.reads()])
     return {
         "matrix": [int(np.shape(m)[0]), int(np.shape(m)[1])],
         "grid": [int(blocks.shape[0]), int(blocks.shape[1])],
@@ -258,5 +261,5 @@ def occupancy(m: np.ndarray, geom: CrossbarGeometry) -> dict:
         "rows_nonzero": int(nz.any(axis=3).sum()),
         "segments_total": int(real.any(axis=1).sum()),
         "segments_nonzero": int((per_segment > 0).sum()),
-        "max_nonzeros_per_segment": int(per_segment.max()) if per_segment.size else 0,
+        "max_nonzeros_per_segment": int(per_read.max()) if per_read.size else 0,
     }

@@ -22,8 +22,10 @@ Structured sparsity (``STRUCTURES``), each "keep the best groups":
                   segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
                   of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
                   With ``geometry.active_rows`` (a chip that reads that many rows at once) a
-                  segment is one read's rows of a crossbar column: the bound holds per ADC
-                  conversion, and a column holds ``n`` per read.
+                  segment is one read's rows of a crossbar column, and a column holds ``n``
+                  per read. The segments are the fixed grid's: where the compiler drops a
+                  strip's all-zero rows, a compiled crossbar (or read) can gather several
+                  segments' nonzeros; ``tinyadc_packed`` holds the bound on what it builds.
 ``tinyadc_signed`` TinyADC per array of a differential crossbar: at most ``n`` positive and
                   at most ``n`` negative nonzeros per column segment. A differential MVMU
                   holds w = pos − neg on two arrays, each bit line of each array has its own
@@ -36,12 +38,15 @@ Not a fixed set, so not an exact projection (``PACKED``, outside ``STRUCTURES``)
 ``tinyadc_packed`` TinyADC on the crossbars the compiler actually builds. ``compiler/``
                   drops, per column strip, the input rows that are all zero there and cuts the
                   remaining rows into crossbars, so after pruning a crossbar's rows are no
-                  longer one fixed segment: with ``tinyadc`` a packed crossbar can straddle
-                  two segments and hold up to ``2n`` nonzeros per bit line (one ADC bit
-                  more). This structure keeps the ``n`` largest per column of each *packed*
-                  segment, re-packs, and repeats until nothing changes, so every crossbar
-                  the compiler builds from the result has at most ``n`` nonzeros per bit
-                  line. Feasible and idempotent, not guaranteed nearest.
+                  longer one fixed segment: with ``tinyadc`` a packed crossbar can gather
+                  the kept rows of several segments and hold several times ``n`` nonzeros
+                  per bit line (a 32-row strip of 8-row segments at n=1 that keeps 4 rows
+                  packs them into one crossbar: 4 per bit line). This structure keeps the
+                  ``n`` largest per column of each *packed* segment (each packed read with
+                  ``geometry.active_rows``), re-packs, and repeats until nothing changes, so
+                  every crossbar the compiler builds from the result has at most ``n``
+                  nonzeros per bit line and read. Feasible and idempotent, not guaranteed
+                  nearest.
 ``tinyadc_packed_signed`` the same on packed crossbars, ``n`` per sign (per array, as
                   ``tinyadc_signed``).
 
