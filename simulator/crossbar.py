@@ -16,7 +16,9 @@ Inputs are two's-complement ``input_bits`` integers fed bit-serially: first the 
 a 1-bit step whose result is *subtracted* (weight -2**(input_bits-1)), then the remaining
 bits ``dac_bits`` at a time, unsigned. Each step, each array of each slice yields per column
 ``v = sum_rows digit * level``; the ADC turns v into a code; shift-and-add combines steps
-and slices. With an ideal ADC the result is exactly ``x @ W``.
+and slices. With an ideal ADC the result is exactly ``x @ W``. Where ``active_rows`` limits
+the word lines one read drives, each step is several reads of that many rows (from row 0),
+each read's sums go through the ADC on their own, and the codes are added.
 
 Speed: all steps and all vectors of a batch go through one matrix product (float32 is
 exact while every column sum stays below 2**24); only the ADC needs per-step sums.
