@@ -19,7 +19,7 @@ compiles and simulates:
   that reads R/2 rows at once (the same ADC bits, up to twice the weights per column).
 
     python benchmarks/compression.py          # first: trains and caches the models
-    python benchmarks/active_rows.py [--images 1000]   # about 2 min on 2 cores
+    python benchmarks/active_rows.py [--images 1000] [--adc-models puma,isaac]  # ~4 min
 
 Writes ``benchmarks/results/active_rows.json`` and ``benchmarks/results/plots/
 active_rows.png``, and prints a markdown table. Accuracy is the chip's on the first
@@ -28,6 +28,8 @@ active_rows.png``, and prints a markdown table. Accuracy is the chip's on the fi
 import _common  # noqa: F401  (pins BLAS/numba threads before numpy loads)
 
 import argparse
+import functools
+import itertools
 import sys
 import time
 
@@ -40,7 +42,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000,
                     help="test images on the chip [1000]")
+    ap.add_argument("--adc-models", default="puma,isaac",
+                    help="ADC cost models to cost every point with, comma separated "
+                         "[puma,isaac]: PUMA's is linear in bits, ISAAC's doubles per bit")
     args = ap.parse_args()
+    adc_models = args.adc_models.split(",")
 
     import compression as C
     from compressor.hardware import adc_lossless_check, evaluate_hardware
@@ -56,30 +62,35 @@ def main():
     x, y, cal = test[0][:args.images], test[1][:args.images], train[0][:64]
     t_start = time.perf_counter()
 
-    def measure(mname, label, kind, active, variant, cfg, check=True) -> dict:
+    def measure(adc_model, mname, preset, label, kind, active, variant, overrides,
+                check=True) -> dict:
         t0 = time.perf_counter()
         onnx = cache / f"{mname}_{variant}.onnx"
+        cfg = (preset, overrides + [f"adc.model={adc_model}"])
         hw = evaluate_hardware(onnx, cfg, x, y, calibration=cal)
+        # values do not depend on the cost model: check losslessness under the first only
+        check = check and adc_model == adc_models[0]
         lossless = adc_lossless_check(onnx, cfg, x[:50], calibration=cal) if check else None
-        return _row(mname, label, kind, active, cfg, hw, lossless, time.perf_counter() - t0)
+        return _row(mname, label, kind, active, cfg, hw, lossless, time.perf_counter() - t0,
+                    adc_model)
 
     out_rows = []
-    for mname, (rows, (preset, dense)) in models.items():
-        tiny_cfg = (preset, dense + C.compressed_machine(C.TINY_BITS) + ["adc.adaptive=true"])
-        tiny = measure(mname, "TinyADC (seed 0)", "tinyadc", rows, "admm_tinyadc", tiny_cfg)
+    for adc_model, (mname, (rows, (preset, dense))) in itertools.product(adc_models,
+                                                                          models.items()):
+        point = functools.partial(measure, adc_model, mname, preset)
+        tiny_ov = dense + C.compressed_machine(C.TINY_BITS) + ["adc.adaptive=true"]
+        tiny = point("TinyADC (seed 0)", "tinyadc", rows, "admm_tinyadc", tiny_ov)
         per_read, half = [], rows // 2
-        if (cache / f"{mname}_admm_tinyadc_r{half}.onnx").is_file():   # compression.py
-            per_read.append(measure(                                    # --context trains it
-                mname, f"TinyADC per read of {half} rows (seed 0)", "tinyadc_reads", half,
-                f"admm_tinyadc_r{half}", (preset, tiny_cfg[1] + [f"xbar.active_rows={half}"])))
+        if (cache / f"{mname}_admm_tinyadc_r{half}.onnx").is_file():  # compression.py
+            per_read.append(point(f"TinyADC per read of {half} rows (seed 0)",  # --context
+                                  "tinyadc_reads", half, f"admm_tinyadc_r{half}",
+                                  tiny_ov + [f"xbar.active_rows={half}"]))
         bits = tiny["adc_bits_max"]        # the width the clipping ADC gets
-        out_rows += [measure(mname, f"dense, {rows // f} rows per read", "rows", rows // f,
-                             "dense", (preset, dense + ["adc.adaptive=true",
-                                                        f"xbar.active_rows={rows // f}"]))
+        out_rows += [point(f"dense, {rows // f} rows per read", "rows", rows // f, "dense",
+                           dense + ["adc.adaptive=true", f"xbar.active_rows={rows // f}"])
                      for f in FRACTIONS]
-        out_rows += [measure(mname, f"dense, {bits}-bit clipping ADC", "clip", rows, "dense",
-                             (preset, dense + [f"adc.bits={bits}"]), check=False), tiny,
-                     *per_read]
+        out_rows += [point(f"dense, {bits}-bit clipping ADC", "clip", rows, "dense",
+                           dense + [f"adc.bits={bits}"], check=False), tiny, *per_read]
     out = {"images": int(len(x)), "rows": out_rows, "machine": machine(),
            "wall_s": round(time.perf_counter() - t_start, 1)}
     path = write("active_rows", out)
@@ -87,8 +98,9 @@ def main():
     print(f"-> {path}\n-> {plot(out_rows, RESULTS / 'plots' / 'active_rows.png')}")
 
 
-def _row(mname, label, kind, active, cfg, hw, check, seconds) -> dict:
+def _row(mname, label, kind, active, cfg, hw, check, seconds, adc_model) -> dict:
     row = {"model": mname, "variant": label, "kind": kind, "active_rows": active,
+           "adc_model": adc_model,
            "machine": list(cfg[1]), "adc_bits_max": hw["adc_bits_max"],
            "adc_bits_config": hw["adc_bits_config"], "accuracy_sim": hw["accuracy_sim"],
            "latency_us": hw["latency_us"], "energy_uj": hw["energy_uj"],
@@ -99,20 +111,21 @@ def _row(mname, label, kind, active, cfg, hw, check, seconds) -> dict:
     if check is not None:
         row["lossless"] = check["equal"]
     bits = row["adc_bits_config"] if kind == "clip" else row["adc_bits_max"]
-    print(f"{mname} {label}: {bits} bits, {row['latency_us']:.0f} us, "
+    print(f"{mname} {label} ({adc_model} ADC): {bits} bits, {row['latency_us']:.0f} us, "
           f"{row['energy_uj']:.1f} uJ, chip {100 * row['accuracy_sim']:.1f} %, lossless "
           f"{row.get('lossless', '-')} ({seconds:.0f} s)", flush=True)
     return row
 
 
 def table(rows) -> str:
-    head = ("| model | variant | ADC bits | chip acc. | latency | energy (ADC, leakage) | "
-            "area | lossless |\n|---|---|---|---|---|---|---|---|")
+    head = ("| ADC model | model | variant | ADC bits | chip acc. | latency | energy (ADC, "
+            "leakage) | area | lossless |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         bits = r["adc_bits_max"] if r["kind"] != "clip" else f"{r['adc_bits_config']} (clips)"
         lines.append(
-            f"| {r['model']} | {r['variant']} | {bits} | {100 * r['accuracy_sim']:.1f} % | "
+            f"| {r['adc_model']} | {r['model']} | {r['variant']} | {bits} | "
+            f"{100 * r['accuracy_sim']:.1f} % | "
             f"{r['latency_us']:,.0f} µs | {r['energy_uj']:.1f} µJ ({r['energy_adc_uj']:.1f}, "
             f"{r['energy_leakage_uj']:.1f}) | {r['area_mm2']:.3f} mm² | "
             f"{ {True: 'yes', False: 'NO'}.get(r.get('lossless'), '—')} |")
@@ -123,10 +136,10 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
-    for ax_row, m in zip(axes, models):
-        mr = [r for r in rows if r["model"] == m]
+    panels = list(dict.fromkeys((r["model"], r["adc_model"]) for r in rows))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for ax_row, (m, adc_model) in zip(axes, panels):
+        mr = [r for r in rows if r["model"] == m and r["adc_model"] == adc_model]
         for ax, key, unit in zip(ax_row, ("latency_us", "energy_uj"), ("µs", "µJ")):
             line = [r for r in mr if r["kind"] == "rows"]
             ax.plot([r["adc_bits_max"] for r in line], [r[key] for r in line], "o-",
@@ -149,7 +162,7 @@ def plot(rows, path):
             ax.set_xlabel("ADC bits (largest)")
             ax.set_ylabel(f"{key.split('_')[0]} per inference ({unit})")
             ax.set_yscale("log")
-            ax.set_title(m, fontsize=9)
+            ax.set_title(f"{m}, {adc_model} ADC model", fontsize=9)
             ax.grid(alpha=0.3)
         ax_row[0].legend(fontsize=7)
     fig.tight_layout()
