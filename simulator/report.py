@@ -187,7 +187,9 @@ class Report:
             f"area         {self.area_mm2['total']:10.3f} mm2",
             f"crossbars    {self.crossbars:10d}  ({self.mvmus} MVMUs, {self.cores} cores, "
             f"{self.tiles} tiles)",
-            f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model})",
+            f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model}"
+            + (f", {active} rows per read)" if (active := self.config.get("xbar", {}).get(
+                "active_rows")) else ")"),
         ]
         if self.memory.get("tiles_over_edram"):
             lines.append(f"memory       {self.memory['tiles_over_edram']} tile(s) need more than "

@@ -226,6 +226,8 @@ def test_partial_reads_lower_the_adaptive_bits_and_stay_lossless():
     assert p32.mvmu_adc_bits.max() < p_all.mvmu_adc_bits.max()
     assert r32.latency_cycles > r_all.latency_cycles
     assert r32.adc_conversions > r_all.adc_conversions
+    assert "(model puma, 32 rows per read)" in r32.summary()
+    assert "rows per read" not in r_all.summary()
 
 
 def test_adaptive_bits_count_only_what_an_adc_converts():
