@@ -196,11 +196,9 @@ def read_geometry(cfg) -> dict:
     """``{"active_rows": r}`` where the machine ``cfg`` reads r rows at once
     (``xbar.active_rows``), so a TinyADC recipe bounds each read; else nothing (the
     geometry, and so every other run's checkpoint name, stays as it was)."""
-    for o in cfg[1]:
-        key, _, value = o.partition("=")
-        if key == "xbar.active_rows" and value != "none":
-            return {"active_rows": int(value)}
-    return {}
+    from simulator.config import load_config
+    active = load_config(*cfg).xbar.active_rows
+    return {} if active is None else {"active_rows": active}
 
 
 def pow2(rules):

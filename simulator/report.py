@@ -179,6 +179,8 @@ class Report:
     def summary(self) -> str:
         e = self.energy_j
         top = sorted(((k, v) for k, v in e.items() if k != "total"), key=lambda kv: -kv[1])[:3]
+        active = self.config.get("xbar", {}).get("active_rows")
+        reads = f", {active} rows per read" if active else ""
         lines = [
             f"latency      {self.latency_s * 1e6:10.3f} us  ({self.latency_cycles} cycles)",
             f"throughput   {self.throughput_per_s:10.1f} inferences/s",
@@ -187,9 +189,7 @@ class Report:
             f"area         {self.area_mm2['total']:10.3f} mm2",
             f"crossbars    {self.crossbars:10d}  ({self.mvmus} MVMUs, {self.cores} cores, "
             f"{self.tiles} tiles)",
-            f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model}"
-            + (f", {active} rows per read)" if (active := self.config.get("xbar", {}).get(
-                "active_rows")) else ")"),
+            f"ADC convs    {self.adc_conversions:10d}  (model {self.adc_model}{reads})",
         ]
         if self.memory.get("tiles_over_edram"):
             lines.append(f"memory       {self.memory['tiles_over_edram']} tile(s) need more than "

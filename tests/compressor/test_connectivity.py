@@ -39,15 +39,21 @@ def test_feeding_layers_follows_per_neuron_ops_only():
     assert feeding_layers(m, ["0", "5"]) == {}           # 3 is not constrained
 
 
+def _alone_and_chained(m, layers, geom, producer):
+    """``layers`` of ``m`` projected each on its own and with the producer -> consumer
+    coupling, and the outputs the producer still computes when projected alone."""
+    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
+    alone = project_layers(layers, weights, geom, {})
+    live = live_outputs(to_crossbar(alone[producer][0].numpy()), None)
+    return alone, project_layers(layers, weights, geom, feeding_layers(m, layers)), live
+
+
 def test_independent_projection_disconnects_and_chained_does_not():
     m = _chain()
     layers = {"0": BLOCKS, "3": Constraint("blocks", 1 / 16, QuantSpec(bits=4))}
-    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
-    alone = project_layers(layers, weights, GEOM, {})
-    live = live_outputs(to_crossbar(alone["0"][0].numpy()), None)
+    alone, chained, live = _alone_and_chained(m, layers, GEOM, "0")
     assert live[:16].all() and not live[16:].any()
     assert not (_kept_rows(alone["3"][0]) & live).any()      # reads dead neurons only
-    chained = project_layers(layers, weights, GEOM, feeding_layers(m, layers))
     np.testing.assert_array_equal(chained["0"][0], alone["0"][0])   # the producer is as before
     rows = _kept_rows(chained["3"][0])
     assert rows.any() and not (rows & ~live).any()            # the consumer reads live ones
@@ -150,12 +156,9 @@ def test_a_convolution_keeps_reading_live_channels():
     m = _convnet()
     layers = {"0": Constraint("blocks", 0.5, QuantSpec(bits=4)),
               "2": Constraint("rows", 0.5, QuantSpec(bits=4))}
-    weights = {n: dict(m.named_modules())[n].weight.detach() for n in layers}
-    alone = project_layers(layers, weights, CONV_GEOM, {})
-    live = live_outputs(to_crossbar(alone["0"][0].numpy()), None)
+    alone, chained, live = _alone_and_chained(m, layers, CONV_GEOM, "0")
     assert live[:8].all() and not live[8:].any()
     assert not (_kept_rows(alone["2"][0]) & live).any()          # reads dead channels only
-    chained = project_layers(layers, weights, CONV_GEOM, feeding_layers(m, layers))
     rows = _kept_rows(chained["2"][0])
     assert rows.any() and not (rows & ~live).any()
     assert chained["2"][2].sum() == alone["2"][2].sum()          # the same budget
