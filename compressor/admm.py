@@ -6,6 +6,8 @@ auxiliary ``Z_i ∈ S_i`` and the scaled dual ``U_i`` the augmented Lagrangian g
 * W-step: a few epochs of SGD/Adam on ``loss(W) + Σ ρ/2 ‖W_i − Z_i + U_i‖²`` — the *squared*
   Frobenius norm, whose gradient is ``ρ (W_i − Z_i + U_i)`` (:meth:`ADMM.penalty`; training
   adds that gradient directly, :meth:`ADMM.add_penalty_grad`, with no autograd graph);
+  Or, with ``penalty: proximal``, the penalty's exact proximal step after each optimizer
+  step on the loss alone (:meth:`ADMM.proximal_step`; see :class:`~.recipes.AdmmSpec`);
 * Z-step: ``Z_i = Π_{S_i}(W_i + U_i)``, the Euclidean projection (:meth:`ADMM.update`);
 * U-step: ``U_i += W_i − Z_i``.
 
@@ -43,6 +45,7 @@ class ADMM:
         self.Z = self._project({n: w.detach() for n, w in self.weights.items()})
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
         self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
+        self._anchor = None  # Z − U, cached by proximal_step; None when Z or U change
 
     def _project(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = project_layers(self.layers, targets, self.geometry, self.feeds, self.views)
@@ -69,9 +72,19 @@ class ADMM:
             w.grad.add_(w, alpha=self.rho).add_(self._shift[n])
 
     @torch.no_grad()
+    def proximal_step(self, lr: float) -> None:
+        """The exact minimizer over ``W`` of ``ρ/2 ‖W − Z + U‖² + ‖W − W₀‖² / (2 lr)``:
+        ``W ← (W + lr ρ (Z − U)) / (1 + lr ρ)``, in place (after the optimizer's step)."""
+        if self._anchor is None:
+            self._anchor = {n: self.Z[n] - self.U[n] for n in self.weights}
+        pull = lr * self.rho / (1.0 + lr * self.rho)
+        for n, w in self.weights.items():
+            w.lerp_(self._anchor[n], pull)
+
+    @torch.no_grad()
     def update(self) -> dict[str, float]:
         """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer."""
-        residual, self._shift = {}, None
+        residual, self._shift, self._anchor = {}, None, None
         self.Z = self._project({n: w + self.U[n] for n, w in self.weights.items()})
         for n, w in self.weights.items():
             self.U[n] += w - self.Z[n]
@@ -82,7 +95,7 @@ class ADMM:
         """Change ρ, rescaling the scaled dual so the unscaled one is unchanged."""
         for u in self.U.values():
             u.mul_(self.rho / rho)
-        self.rho, self._shift = float(rho), None
+        self.rho, self._shift, self._anchor = float(rho), None, None
 
     def state_dict(self) -> dict:
         return {"rho": self.rho, "Z": dict(self.Z), "U": dict(self.U)}
@@ -91,4 +104,4 @@ class ADMM:
         self.rho = float(state["rho"])
         self.Z = {n: state["Z"][n].clone() for n in self.weights}
         self.U = {n: state["U"][n].clone() for n in self.weights}
-        self._shift = None
+        self._shift = self._anchor = None

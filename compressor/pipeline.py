@@ -239,9 +239,11 @@ class _Run:
             admm.set_rho(a.rho_at(rnd))
             admm.layers = targets(rnd)
             loss = 0.0
+            hooks = ({"penalty_grad": admm.add_penalty_grad} if a.penalty == "gradient" else
+                     {"after_step": lambda: admm.proximal_step(opt.param_groups[0]["lr"])})
             for e in range(a.epochs_per_round):
                 loss = self._epoch(opt, 1, rnd, e, f"admm round {rnd + 1}/{a.rounds} "
-                                   f"epoch {e + 1}/{a.epochs_per_round}", admm.add_penalty_grad)
+                                   f"epoch {e + 1}/{a.epochs_per_round}", **hooks)
             residual = admm.update()
             self.admm_state = admm.state_dict()
             self._record("admm", opt, loss=loss, rho=admm.rho,
@@ -330,7 +332,7 @@ class _Run:
         return opt
 
     def _epoch(self, opt, stage_id: int, rnd: int, epoch: int, desc: str,
-               penalty_grad=None) -> float:
+               penalty_grad=None, after_step=None) -> float:
         self.model.train()
         rng = np.random.default_rng((self.recipe.seed, stage_id, rnd, epoch))
         order = rng.permutation(len(self.x))
@@ -360,6 +362,8 @@ class _Run:
                 if penalty_grad is not None:
                     penalty_grad()
                 opt.step()
+                if after_step is not None:
+                    after_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
         return total / max(1, seen)

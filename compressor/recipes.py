@@ -22,6 +22,8 @@ Format (every section but ``layers`` optional; defaults shown)::
       rho_max: 10.0
       ramp_rounds: 0        # < rounds; round r < ramp projects onto keep**((r+1)/(ramp+1))
                             # (n: geometric from the crossbar rows down to n)
+      penalty: gradient     # gradient: rho (W - Z + U) joins the loss gradient in Adam;
+                            # proximal: applied after each Adam step, decoupled (AdamW-like)
     retrain: {epochs: 2, lr: 2.0e-4, lr_decay: 1.0, keep: last, learn_scale: false}
                             # masked (fake-quantized) fine-tuning; epoch e at
                             # lr * lr_decay**e (pretrain takes lr_decay too); keep: best ends
@@ -98,6 +100,7 @@ _RETRAIN = TrainSpec(epochs=2, lr=2e-4)
 AVERAGE_EPOCHS = TrainSpec().average_epochs
 #: Values of ``retrain.keep``.
 KEEP = ("last", "best", "average")
+PENALTIES = ("gradient", "proximal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,16 @@ class AdmmSpec:
     ``ramp_rounds`` on it is the recipe's. 0: the recipe's target from round 0. Level sets
     are never relaxed. (Measured once on the compression benchmark's hardest point: it did
     not help there; see benchmarks/compression.py.)"""
+    penalty: str = "gradient"
+    """How the W-step applies ``ρ/2 ‖W − Z + U‖²``. ``gradient``: its gradient is added to the
+    loss's before the Adam step (Zhang et al.'s form). Adam divides every coordinate's step
+    by its gradient's running RMS, so wherever the penalty's gradient outweighs the loss's
+    the weight moves at ~lr towards ``Z`` whatever ρ is. ``proximal``: the Adam step sees the
+    loss alone and is followed by the penalty's exact proximal step at the same lr η,
+    ``W ← (W + ηρ (Z − U)) / (1 + ηρ)``, so ρ sets the pull (a fraction ηρ/(1+ηρ) of the gap
+    per step) as decoupled weight decay does in AdamW (Loshchilov & Hutter 2019). Its ρ
+    scale differs: the equilibrium offset from ``Z`` is about (Adam's normalized step)/ρ, so
+    a tight end needs ρ in the hundreds."""
 
     def rho_at(self, r: int) -> float:
         """ρ of round ``r`` (from 0)."""
@@ -218,6 +231,8 @@ class Recipe:
             # added after checkpoints existed: at its default it is left out, so those
             # checkpoints' fingerprints still match
             del d["admm"]["ramp_rounds"]
+        if d["admm"]["penalty"] == "gradient":  # likewise
+            del d["admm"]["penalty"]
         if not d["distill"]["alpha"]:  # likewise: off leaves the fingerprint as it was
             del d["distill"]
         for stage in ("pretrain", "retrain"):  # likewise
@@ -268,6 +283,9 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         _check_positive(getattr(admm, k), f"recipe.admm.{k}")
     _check_positive(admm.rho_growth, "recipe.admm.rho_growth", low=1.0, inclusive=True)
     _check_int(admm.ramp_rounds, "recipe.admm.ramp_rounds", 0)
+    if admm.penalty not in PENALTIES:
+        raise CompressionError(f"recipe.admm.penalty={admm.penalty!r}: must be "
+                               f"{' or '.join(PENALTIES)}")
     if admm.ramp_rounds >= admm.rounds:
         raise CompressionError(f"recipe.admm.ramp_rounds={admm.ramp_rounds}: must be below "
                                f"recipe.admm.rounds={admm.rounds} (the last rounds project "

@@ -110,6 +110,56 @@ def test_rho_change_keeps_the_unscaled_dual():
     assert torch.allclose(admm.U["0"] * 2.0, torch.full((12, 20), 0.5))
 
 
+def test_proximal_step_is_the_exact_minimizer_and_moves_the_stated_fraction():
+    """``W ← argmin ρ/2 ‖V − Z + U‖² + ‖V − W‖² / (2 lr)``: its gradient vanishes there,
+    and the step covers lr·ρ / (1 + lr·ρ) of the way to ``Z − U``."""
+    model = linear()
+    admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=40.0)
+    admm.U["0"] = torch.randn(12, 20, generator=torch.Generator().manual_seed(1))
+    w = model[0].weight
+    before = w.detach().clone()
+    lr = 0.01
+    admm.proximal_step(lr)
+    after = w.detach()
+    grad = admm.rho * (after - admm.Z["0"] + admm.U["0"]) + (after - before) / lr
+    assert float(grad.abs().max()) < 1e-4
+    target = admm.Z["0"] - admm.U["0"]
+    assert torch.allclose(after - before, 0.4 / 1.4 * (target - before), atol=1e-6)
+    admm.set_rho(1e9)                     # an infinite pull lands on the target, no overflow
+    admm.proximal_step(lr)
+    assert torch.allclose(w.detach(), admm.Z["0"] - admm.U["0"], atol=1e-5)
+
+
+def test_proximal_penalty_is_applied_after_each_adam_step_and_leaves_the_default_alone(
+        monkeypatch):
+    """``admm.penalty: proximal``: the W-step's optimizer sees the loss alone (no penalty
+    gradient) and each step is followed by the proximal step at the current lr; a recipe at
+    the default keeps the fingerprint it had before the option existed."""
+    from compressor import admm as admm_mod
+    calls = []
+    monkeypatch.setattr(admm_mod.ADMM, "add_penalty_grad", lambda self: calls.append("grad"))
+    prox = admm_mod.ADMM.proximal_step
+    monkeypatch.setattr(admm_mod.ADMM, "proximal_step",
+                        lambda self, lr: (calls.append(("prox", lr)), prox(self, lr)))
+    base = {"name": "p", "geometry": {"rows": 8, "cols": 4, "weight_bits": 8}, "batch_size": 4,
+            "admm": {"rounds": 2, "lr": 0.01}, "retrain": {"epochs": 1},
+            "layers": [{"match": "0", "sparsity": {"structure": "blocks", "keep": 0.5}}]}
+    x = np.random.default_rng(0).normal(size=(8, 20)).astype(np.float32)
+    y = np.zeros(8, np.int64)
+    compress(linear(), parse_recipe({**base, "admm": {**base["admm"], "penalty": "proximal"}}),
+             (x, y), (x, y), progress=False)
+    assert calls == [("prox", 0.01)] * 4             # 2 rounds x 2 steps, never the gradient
+    calls.clear()
+    default = parse_recipe(base)
+    compress(linear(), default, (x, y), (x, y), progress=False)
+    assert calls == ["grad"] * 4
+    assert "penalty" not in default.fingerprint()
+    assert parse_recipe(default.to_dict()) == default
+    with pytest.raises(Exception, match=r"recipe.admm.penalty='adamw': must be gradient or "
+                                        r"proximal"):
+        parse_recipe({**base, "admm": {"penalty": "adamw"}})
+
+
 @pytest.mark.parametrize("constraint", [
     Constraint("blocks", 0.5), Constraint("tinyadc", 3), Constraint("columns", 0.3, QuantSpec(4)),
     Constraint(quant=QuantSpec(3, pow2=True)),
