@@ -46,6 +46,7 @@ class ADMM:
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
         self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
         self._anchor = None  # Z − U, cached by proximal_step; None when Z or U change
+        self.moved = 0.0  # share of Z's support new at the last Z-step (update)
 
     def _project(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = project_layers(self.layers, targets, self.geometry, self.feeds, self.views)
@@ -83,9 +84,15 @@ class ADMM:
 
     @torch.no_grad()
     def update(self) -> dict[str, float]:
-        """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer."""
+        """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer;
+        sets :attr:`moved`, the fraction of the new Z's nonzeros that were zero in the old
+        (0: the Z-step kept the support it had, only the values moved)."""
         residual, self._shift, self._anchor = {}, None, None
+        before = {n: z != 0 for n, z in self.Z.items()}
         self.Z = self._project({n: w + self.U[n] for n, w in self.weights.items()})
+        new = sum(int((z != 0).sum()) for z in self.Z.values())
+        self.moved = sum(int(((z != 0) & ~before[n]).sum()) for n, z in self.Z.items()) / max(
+            new, 1)
         for n, w in self.weights.items():
             self.U[n] += w - self.Z[n]
             residual[n] = float((w - self.Z[n]).norm() / w.norm().clamp_min(1e-12))

@@ -247,7 +247,7 @@ class _Run:
             residual = admm.update()
             self.admm_state = admm.state_dict()
             self._record("admm", opt, loss=loss, rho=admm.rho,
-                         residual=max(residual.values()))
+                         residual=max(residual.values()), moved=admm.moved)
         self.admm_state = None
 
     def _retrain(self) -> None:

@@ -110,6 +110,19 @@ def test_rho_change_keeps_the_unscaled_dual():
     assert torch.allclose(admm.U["0"] * 2.0, torch.full((12, 20), 0.5))
 
 
+def test_moved_counts_the_share_of_z_support_that_is_new():
+    model = linear()
+    admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=1.0)   # 12 x 20 on 8 x 4: 3 x 3 blocks
+    kept = admm.Z["0"] != 0
+    admm.update()
+    assert admm.moved == 0.0                            # same W: the same blocks
+    with torch.no_grad():                               # make the pruned blocks the largest
+        model[0].weight.copy_(torch.where(kept, 0.01, 100.0))
+    admm.update()
+    now = admm.Z["0"] != 0
+    assert 0 < admm.moved == float((now & ~kept).sum()) / float(now.sum())
+
+
 def test_proximal_step_is_the_exact_minimizer_and_moves_the_stated_fraction():
     """``W ← argmin ρ/2 ‖V − Z + U‖² + ‖V − W‖² / (2 lr)``: its gradient vanishes there,
     and the step covers lr·ρ / (1 + lr·ρ) of the way to ``Z − U``."""
