@@ -624,6 +624,16 @@ def main():
                          "val_accuracy": res.accuracy, "selected_epoch": res.selected_epoch,
                          "recipe": rec.to_dict(), **extra,
                          "timing": timing, **row})
+        # did ADMM choose another sub-network than magnitude pruning, or only other weights?
+        for r in rows:
+            other = r["variant"].replace("admm_", "magnitude_", 1)
+            if r["model"] == mname and r["variant"].startswith("admm_blocks") and \
+                    other in results and r["variant"] in results:
+                shared = results[r["variant"]].shared_blocks(results[other])
+                r["blocks_shared_with_magnitude"] = {
+                    "shared": sum(v[0] for v in shared.values()),
+                    "kept": sum(v[1] for v in shared.values()),
+                    "layers": {n: list(v) for n, v in shared.items()}}
 
     # -- device mismatch: programming variation sweep, dense vs ADMM blocks
     from compressor.hardware import accuracy_under_variation
@@ -821,7 +831,7 @@ def targets(rows, sweep, correct=None) -> list[dict]:
                     "measured": "; ".join(
                         f"x{a['compression']:.1f} ({a['crossbars']} vs {g['crossbars']} "
                         f"crossbars): {100 * (a['test_accuracy'] - g['test_accuracy']):+.2f} pp"
-                        for a, g in both)})
+                        + _shared(a) for a, g in both)})
         a, g = max(both, key=lambda ab: ab[0]["compression"])
         As, Gs = replicates(rows, m, a["variant"]), replicates(rows, m, g["variant"])
         diffs = [100 * (sa["test_accuracy"] - sg["test_accuracy"]) for sa, sg in zip(As, Gs)]
@@ -833,8 +843,17 @@ def targets(rows, sweep, correct=None) -> list[dict]:
                                 f"({_pp(diffs)} pp{_interval(ci)}) at x{a['compression']:.1f}, "
                                 f"{a['crossbars']} vs {g['crossbars']} crossbars"
                                 + (f", over {len(diffs)} data-order seeds"
-                                   if len(diffs) > 1 else "")})
+                                   if len(diffs) > 1 else "")
+                                + "".join(_shared(sa) for sa in As)})
     return out
+
+
+def _shared(row) -> str:
+    """How many of an ADMM run's crossbar blocks magnitude pruning kept too, as text."""
+    b = row.get("blocks_shared_with_magnitude")
+    return "" if b is None else (f"; blocks kept by both: {b['shared']} of {b['kept']}"
+                                 + (" (the same sub-network)" if b["shared"] == b["kept"]
+                                    else ""))
 
 
 MVMU_AREA = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")

@@ -141,7 +141,7 @@ def _compress(args) -> int:
               f"out of training (10 %); accuracies below are on them, 'test' on the test split")
     runs = _outputs(args)
     start = copy.deepcopy(model.state_dict())
-    summary, correct = {}, {}
+    summary, correct, results = {}, {}, {}
     dense_model = None
     for method, path in runs:
         model.load_state_dict(start)
@@ -152,6 +152,7 @@ def _compress(args) -> int:
             _warn_if_untrained(res.accuracy["dense"], train[1], args.model)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
         summary[method] = _report(res, path, None if val is test else test)
+        results[method] = res
         correct[method] = predict_logits(res.model, test[0]).argmax(1).numpy() == test[1]
     if len(summary) == 2:
         from models.train import accuracy_difference_interval
@@ -162,6 +163,11 @@ def _compress(args) -> int:
         print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
               f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points; 95 % interval over the "
               f"{len(test[1])} test images {lo:+.2f} to {hi:+.2f})")
+        shared = results["admm"].shared_blocks(results["magnitude"])
+        both, kept = (sum(v[i] for v in shared.values()) for i in (0, 1))
+        summary["admm_vs_magnitude"]["blocks_shared"] = {n: list(v) for n, v in shared.items()}
+        print(f"crossbar blocks ADMM keeps that magnitude pruning keeps too: {both} of {kept}"
+              + (" (the same sub-network: only its weights differ)" if both == kept else ""))
     if not args.no_hw:
         from compiler.errors import CompilerError
         from simulator.errors import XbarsimError

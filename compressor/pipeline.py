@@ -110,6 +110,21 @@ class CompressionResult:
     """``model``'s logits times this are the unfolded model's (``pow2: fold`` divides them
     by the product of the scale residuals, :mod:`compressor.fold`); 1 otherwise."""
 
+    def kept_blocks(self) -> dict[str, np.ndarray]:
+        """Per layer, which crossbar blocks of the recipe's geometry hold a kept weight: a
+        ``(row_blocks, col_blocks)`` bool array (crossbar orientation, rows = inputs)."""
+        g = self.recipe.geometry
+        return {n: g.blocks(to_crossbar(r.mask, r.view)).any(axis=(1, 3))
+                for n, r in self.layers.items()}
+
+    def shared_blocks(self, other: CompressionResult) -> dict[str, tuple[int, int]]:
+        """Per layer: (blocks both runs keep, blocks this run keeps). Where two methods
+        keep the same blocks they trained the same sub-network; only the weights in it
+        differ."""
+        theirs = other.kept_blocks()
+        return {n: (int((k & theirs[n]).sum()), int(k.sum()))
+                for n, k in self.kept_blocks().items() if n in theirs}
+
 
 def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
              test: tuple[np.ndarray, np.ndarray], *, method: str = "admm",

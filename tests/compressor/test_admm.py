@@ -123,6 +123,25 @@ def test_moved_counts_the_share_of_z_support_that_is_new():
     assert 0 < admm.moved == float((now & ~kept).sum()) / float(now.sum())
 
 
+def test_shared_blocks_counts_the_crossbar_blocks_both_runs_keep():
+    from compressor.pipeline import CompressionResult, LayerResult
+    recipe = parse_recipe({"name": "s", "geometry": {"rows": 8, "cols": 4, "weight_bits": 8},
+                           "layers": [{"match": "0", "sparsity": {"structure": "blocks",
+                                                                  "keep": 0.5}}]})
+    # torch layout (12 out, 20 in) -> crossbar 20 x 12 on 8 x 4: 3 x 3 blocks
+    a, b = np.zeros((12, 20), bool), np.zeros((12, 20), bool)
+    a[0:4, 0:8] = a[4:8, 8:16] = a[8:12, 16:20] = True    # blocks (0,0), (1,1), (2,2)
+    b[0, 0] = b[4:8, 8:16] = b[8, 0] = True               # (0,0), (1,1), (0,2)
+
+    def result(mask):
+        return CompressionResult(None, recipe, "admm",
+                                 {"0": LayerResult(BLOCKS, mask, None, None)}, {})
+    assert result(a).kept_blocks()["0"].shape == (3, 3)
+    assert result(a).shared_blocks(result(b)) == {"0": (2, 3)}
+    assert result(b).shared_blocks(result(a)) == {"0": (2, 3)}
+    assert result(a).shared_blocks(result(a)) == {"0": (3, 3)}
+
+
 def test_proximal_step_is_the_exact_minimizer_and_moves_the_stated_fraction():
     """``W ← argmin ρ/2 ‖V − Z + U‖² + ‖V − W‖² / (2 lr)``: its gradient vanishes there,
     and the step covers lr·ρ / (1 + lr·ρ) of the way to ``Z − U``."""

@@ -61,6 +61,15 @@ def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys)
         occ = run_["layers"]["layers.1"]  # 784 x 256 on 64 x 32 crossbars: 13 x 8 blocks
         assert (occ["blocks_total"], occ["blocks_nonzero"]) == (104, 52)
     assert "ADMM vs magnitude pruning" in stdout and "layers.1" in stdout
+    # which blocks ADMM kept that magnitude pruning kept too; ADMM's own count agrees with
+    # the occupancy report's
+    shared = diff["blocks_shared"]
+    assert set(shared) == {"layers.1", "layers.3"}
+    assert shared["layers.1"][1] == summary["admm"]["layers"]["layers.1"]["blocks_nonzero"]
+    assert all(0 <= both <= kept for both, kept in shared.values())
+    assert (f"crossbar blocks ADMM keeps that magnitude pruning keeps too: "
+            f"{sum(v[0] for v in shared.values())} of {sum(v[1] for v in shared.values())}"
+            in stdout)
     # The same command again resumes from the finished checkpoints: no training.
     rc, stdout2, _ = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
                          "--limit", 400, "-q", "--no-hw")
