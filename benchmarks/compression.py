@@ -625,8 +625,11 @@ def main():
                          "recipe": rec.to_dict(), **extra,
                          "timing": timing, **row})
         # did ADMM choose another sub-network than magnitude pruning, or only other weights?
+        # (magnitude pruning's blocks are the dense weights' projection, whatever the data
+        # order, so a seed without a magnitude run of its own is compared with seed 0's)
         for r in rows:
             other = r["variant"].replace("admm_", "magnitude_", 1)
+            other = other if other in results else re.sub(r"_s\d+$", "", other)
             if r["model"] == mname and r["variant"].startswith("admm_blocks") and \
                     other in results and r["variant"] in results:
                 shared = results[r["variant"]].shared_blocks(results[other])
@@ -844,16 +847,20 @@ def targets(rows, sweep, correct=None) -> list[dict]:
                                 f"{a['crossbars']} vs {g['crossbars']} crossbars"
                                 + (f", over {len(diffs)} data-order seeds"
                                    if len(diffs) > 1 else "")
-                                + "".join(_shared(sa) for sa in As)})
+                                + _shared(*As)})
     return out
 
 
-def _shared(row) -> str:
-    """How many of an ADMM run's crossbar blocks magnitude pruning kept too, as text."""
-    b = row.get("blocks_shared_with_magnitude")
-    return "" if b is None else (f"; blocks kept by both: {b['shared']} of {b['kept']}"
-                                 + (" (the same sub-network)" if b["shared"] == b["kept"]
-                                    else ""))
+def _shared(*rows) -> str:
+    """How many of ADMM runs' crossbar blocks magnitude pruning kept too (one number per
+    data-order seed), as text."""
+    bs = [r["blocks_shared_with_magnitude"] for r in rows if "blocks_shared_with_magnitude" in r]
+    if not bs:
+        return ""
+    same = all(b["shared"] == b["kept"] for b in bs)
+    return (f"; blocks kept by both: {' / '.join(str(b['shared']) for b in bs)} of "
+            f"{' / '.join(sorted({str(b['kept']) for b in bs}))}"
+            + (" (the same sub-network)" if same else ""))
 
 
 MVMU_AREA = ("crossbar", "adc", "dac", "sample_hold", "shift_add", "mvmu_registers")
