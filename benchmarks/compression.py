@@ -625,17 +625,23 @@ def main():
                          "recipe": rec.to_dict(), **extra,
                          "timing": timing, **row})
         # did ADMM choose another sub-network than magnitude pruning, or only other weights?
-        # (magnitude pruning's blocks are the dense weights' projection, whatever the data
-        # order, so a seed without a magnitude run of its own is compared with seed 0's)
+        # (magnitude pruning's blocks are the dense weights' projection whatever the data
+        # order when nothing trains before it, so a seed without a magnitude run of its own
+        # is compared with seed 0's)
         for r in rows:
             other = r["variant"].replace("admm_", "magnitude_", 1)
-            other = other if other in results else re.sub(r"_s\d+$", "", other)
+            if other not in results:
+                other = re.sub(r"_s\d+$", "", other)
+                if other in results and results[other].recipe.pretrain.epochs:
+                    continue
             if r["model"] == mname and r["variant"].startswith("admm_blocks") and \
                     other in results and r["variant"] in results:
                 shared = results[r["variant"]].shared_blocks(results[other])
                 r["blocks_shared_with_magnitude"] = {
+                    "magnitude_run": other,
                     "shared": sum(v[0] for v in shared.values()),
                     "kept": sum(v[1] for v in shared.values()),
+                    "magnitude_kept": sum(v[2] for v in shared.values()),
                     "layers": {n: list(v) for n, v in shared.items()}}
 
     # -- device mismatch: programming variation sweep, dense vs ADMM blocks
@@ -857,9 +863,9 @@ def _shared(*rows) -> str:
     bs = [r["blocks_shared_with_magnitude"] for r in rows if "blocks_shared_with_magnitude" in r]
     if not bs:
         return ""
-    same = all(b["shared"] == b["kept"] for b in bs)
+    same = all(b["shared"] == b["kept"] == b["magnitude_kept"] for b in bs)
     return (f"; blocks kept by both: {' / '.join(str(b['shared']) for b in bs)} of "
-            f"{' / '.join(sorted({str(b['kept']) for b in bs}))}"
+            f"{' / '.join(str(k) for k in sorted({b['kept'] for b in bs}))}"
             + (" (the same sub-network)" if same else ""))
 
 

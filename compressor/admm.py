@@ -42,14 +42,16 @@ class ADMM:
         self.feeds = feeds or {}
         # {name: shape}: layers whose crossbars read the weight as that (compressor.layout)
         self.views = views or {}
+        self.keep: dict = {}  # {name: the structure's keep mask of Z} (numpy bool)
         self.Z = self._project({n: w.detach() for n, w in self.weights.items()})
         self.U = {n: torch.zeros_like(w.detach()) for n, w in self.weights.items()}
         self._shift = None  # ρ (U − Z), cached by add_penalty_grad; None when Z, U or ρ change
         self._anchor = None  # Z − U, cached by proximal_step; None when Z or U change
-        self.moved = 0.0  # share of Z's support new at the last Z-step (update)
+        self.moved: dict[str, float] = {}  # per layer, support new at the last Z-step
 
     def _project(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = project_layers(self.layers, targets, self.geometry, self.feeds, self.views)
+        self.keep = {n: v[2] for n, v in out.items()}
         return {n: v[0] for n, v in out.items()}
 
     def penalty(self) -> torch.Tensor:
@@ -85,14 +87,14 @@ class ADMM:
     @torch.no_grad()
     def update(self) -> dict[str, float]:
         """Z- and U-steps. Returns the relative primal residual ``‖W − Z‖ / ‖W‖`` per layer;
-        sets :attr:`moved`, the fraction of the new Z's nonzeros that were zero in the old
-        (0: the Z-step kept the support it had, only the values moved)."""
+        sets :attr:`moved`, per layer the share of the structure's new keep mask that the
+        old one did not keep (0: the Z-step kept the support it had, only the values moved;
+        a weight kept but quantized to 0 still counts as kept)."""
         residual, self._shift, self._anchor = {}, None, None
-        before = {n: z != 0 for n, z in self.Z.items()}
+        before = self.keep
         self.Z = self._project({n: w + self.U[n] for n, w in self.weights.items()})
-        new = sum(int((z != 0).sum()) for z in self.Z.values())
-        self.moved = sum(int(((z != 0) & ~before[n]).sum()) for n, z in self.Z.items()) / max(
-            new, 1)
+        self.moved = {n: float((k & ~before[n]).sum() / max(int(k.sum()), 1))
+                      for n, k in self.keep.items()}
         for n, w in self.weights.items():
             self.U[n] += w - self.Z[n]
             residual[n] = float((w - self.Z[n]).norm() / w.norm().clamp_min(1e-12))

@@ -163,11 +163,16 @@ def _compress(args) -> int:
         print(f"ADMM vs magnitude pruning, same structure and crossbar budget: "
               f"{a:.4f} vs {m:.4f} ({(a - m) * 100:+.2f} points; 95 % interval over the "
               f"{len(test[1])} test images {lo:+.2f} to {hi:+.2f})")
-        shared = results["admm"].shared_blocks(results["magnitude"])
-        both, kept = (sum(v[i] for v in shared.values()) for i in (0, 1))
-        summary["admm_vs_magnitude"]["blocks_shared"] = {n: list(v) for n, v in shared.items()}
-        print(f"crossbar blocks ADMM keeps that magnitude pruning keeps too: {both} of {kept}"
-              + (" (the same sub-network: only its weights differ)" if both == kept else ""))
+        structures = {r.constraint.structure for r in results["admm"].layers.values()}
+        if structures <= {"blocks", None} and "blocks" in structures:
+            # where ADMM chose its own blocks, or only other weights in magnitude's
+            shared = results["admm"].shared_blocks(results["magnitude"])
+            both, mine, theirs = (sum(v[i] for v in shared.values()) for i in (0, 1, 2))
+            summary["admm_vs_magnitude"]["blocks_shared"] = {n: list(v[:2])
+                                                             for n, v in shared.items()}
+            print(f"crossbar blocks ADMM keeps that magnitude pruning keeps too: {both} of "
+                  f"{mine}" + (" (the same sub-network: only its weights differ)"
+                               if both == mine == theirs else ""))
     if not args.no_hw:
         from compiler.errors import CompilerError
         from simulator.errors import XbarsimError

@@ -117,12 +117,13 @@ class CompressionResult:
         return {n: g.blocks(to_crossbar(r.mask, r.view)).any(axis=(1, 3))
                 for n, r in self.layers.items()}
 
-    def shared_blocks(self, other: CompressionResult) -> dict[str, tuple[int, int]]:
-        """Per layer: (blocks both runs keep, blocks this run keeps). Where two methods
-        keep the same blocks they trained the same sub-network; only the weights in it
-        differ."""
+    def shared_blocks(self, other: CompressionResult) -> dict[str, tuple[int, int, int]]:
+        """Per layer: (blocks both runs keep, blocks this run keeps, blocks ``other``
+        keeps). Under block pruning, two runs that keep the same blocks trained the same
+        sub-network; only the weights in it differ. (Under finer structures nearly every
+        block holds a kept weight, so equal counts say little there.)"""
         theirs = other.kept_blocks()
-        return {n: (int((k & theirs[n]).sum()), int(k.sum()))
+        return {n: (int((k & theirs[n]).sum()), int(k.sum()), int(theirs[n].sum()))
                 for n, k in self.kept_blocks().items() if n in theirs}
 
 
@@ -262,7 +263,7 @@ class _Run:
             residual = admm.update()
             self.admm_state = admm.state_dict()
             self._record("admm", opt, loss=loss, rho=admm.rho,
-                         residual=max(residual.values()), moved=admm.moved)
+                         residual=max(residual.values()), moved=max(admm.moved.values()))
         self.admm_state = None
 
     def _retrain(self) -> None:

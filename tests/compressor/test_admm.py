@@ -110,17 +110,48 @@ def test_rho_change_keeps_the_unscaled_dual():
     assert torch.allclose(admm.U["0"] * 2.0, torch.full((12, 20), 0.5))
 
 
-def test_moved_counts_the_share_of_z_support_that_is_new():
+def test_moved_counts_the_share_of_the_structures_support_that_is_new():
     model = linear()
-    admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=1.0)   # 12 x 20 on 8 x 4: 3 x 3 blocks
-    kept = admm.Z["0"] != 0
+    quant = Constraint("blocks", 0.5, QuantSpec(bits=3))
+    admm = ADMM(model, {"0": quant}, GEOM, rho=1.0)   # 12 x 20 on 8 x 4: 3 x 3 blocks
+    kept = admm.keep["0"].copy()
+    keep_t = torch.from_numpy(kept)
+    with torch.no_grad():   # the same blocks win, but some kept weights now round to 0
+        w = torch.where(keep_t, 1.0, 0.0)
+        w[0] = torch.where(keep_t[0], 0.1, 0.0)         # a kept row of near-zero weights
+        w[1, 0] = 3.0
+        model[0].weight.copy_(w)
+    admm.U["0"].zero_()
     admm.update()
-    assert admm.moved == 0.0                            # same W: the same blocks
+    assert np.array_equal(admm.keep["0"], kept)
+    assert bool((admm.Z["0"][torch.from_numpy(kept)] == 0).any())   # zero levels inside
+    assert admm.moved == {"0": 0.0}
     with torch.no_grad():                               # make the pruned blocks the largest
-        model[0].weight.copy_(torch.where(kept, 0.01, 100.0))
+        model[0].weight.copy_(torch.where(torch.from_numpy(kept), 0.01, 100.0))
     admm.update()
-    now = admm.Z["0"] != 0
-    assert 0 < admm.moved == float((now & ~kept).sum()) / float(now.sum())
+    now = admm.keep["0"]
+    share = float((now & ~kept).sum()) / float(now.sum())
+    assert share > 0.5 and admm.moved == {"0": share}   # most of the support is new
+
+
+def test_a_z_step_resets_the_proximal_anchor():
+    """After ``update`` (new Z and U) the proximal step pulls towards the new ``Z − U``,
+    not the one cached before."""
+    model = linear()
+    admm = ADMM(model, {"0": BLOCKS}, GEOM, rho=1.0)
+    admm.proximal_step(0.01)                            # caches the anchor
+    with torch.no_grad():
+        model[0].weight.mul_(-3.0)                      # other blocks, other signs
+    admm.update()
+    admm.set_rho(1e9)
+    admm.proximal_step(0.01)
+    assert torch.allclose(model[0].weight.detach(), admm.Z["0"] - admm.U["0"], atol=1e-5)
+    state = admm.state_dict()                           # and after a resume
+    admm.U["0"] = admm.U["0"] + 1.0
+    admm._anchor = {"0": torch.zeros(12, 20)}
+    admm.load_state_dict(state)
+    admm.proximal_step(0.01)
+    assert torch.allclose(model[0].weight.detach(), admm.Z["0"] - admm.U["0"], atol=1e-5)
 
 
 def test_shared_blocks_counts_the_crossbar_blocks_both_runs_keep():
@@ -137,9 +168,16 @@ def test_shared_blocks_counts_the_crossbar_blocks_both_runs_keep():
         return CompressionResult(None, recipe, "admm",
                                  {"0": LayerResult(BLOCKS, mask, None, None)}, {})
     assert result(a).kept_blocks()["0"].shape == (3, 3)
-    assert result(a).shared_blocks(result(b)) == {"0": (2, 3)}
-    assert result(b).shared_blocks(result(a)) == {"0": (2, 3)}
-    assert result(a).shared_blocks(result(a)) == {"0": (3, 3)}
+    assert result(a).shared_blocks(result(b)) == {"0": (2, 3, 3)}
+    assert result(b).shared_blocks(result(a)) == {"0": (2, 3, 3)}
+    assert result(a).shared_blocks(result(a)) == {"0": (3, 3, 3)}
+    b[0, 0] = False                                        # b no longer keeps block (0, 0)
+    assert result(a).shared_blocks(result(b)) == {"0": (1, 3, 2)}
+    # a convolution (4 out, 2 in, 3 x 3) is read channel-last: crossbar row r = (kh, kw, c)
+    conv = np.zeros((4, 2, 3, 3), bool)
+    conv[1, 1, 2, 2] = True                                # row (2*3 + 2)*2 + 1 = 17, col 1
+    kept = result(conv).kept_blocks()["0"]
+    assert kept.shape == (3, 1) and kept.tolist() == [[False], [False], [True]]
 
 
 def test_proximal_step_is_the_exact_minimizer_and_moves_the_stated_fraction():
