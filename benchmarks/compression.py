@@ -466,11 +466,16 @@ def main():
                          "64 at once, the ADMM/magnitude pairs below the highest "
                          "compression point (x2) and power-of-two scales projected in ADMM "
                          "(pow2: true, every seed)")
+    ap.add_argument("--name", default=None, metavar="NAME",
+                    help="results as benchmarks/results/NAME.json/.csv and plots/"
+                         "NAME_pareto.png (default: compression, or compression_quick)")
     ap.add_argument("--extra-seeds", type=int, default=0, metavar="K",
                     help="also run every variant a target compares (ADMM blocks, "
                          "power-of-two scales, TinyADC, the highest point's ADMM/magnitude "
                          "pair) with data-order seeds 1..K; the verdicts take the mean")
     args = ap.parse_args()
+    if args.name is not None and not re.fullmatch(r"[\w.-]+", args.name):
+        ap.error(f"--name {args.name!r}: a file name (letters, digits, _ . -), no folders")
 
     import torch
 
@@ -684,7 +689,7 @@ def main():
            "variation": {"sigmas": list(sigmas), "seeds": list(seeds), "images": ns,
                          "results": sweep},
            "targets": summary}
-    name = "compression" if not args.quick else "compression_quick"
+    name = args.name or ("compression" if not args.quick else "compression_quick")
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=_plain))
     write_csv(rows, RESULTS / f"{name}.csv")
     plot(rows, sweep, PLOTS / f"{name}_pareto.png")
