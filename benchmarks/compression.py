@@ -5,6 +5,7 @@ integer-only (power-of-two) scales, and accuracy under programming variation.
     python benchmarks/compression.py            # 42.5 min cold on a 2-core EPYC, minutes warm
     python benchmarks/compression.py --context --extra-seeds 1   # + context runs
     python benchmarks/compression.py --quick    # plumbing check on small subsets
+    python benchmarks/compression.py --extra-seeds 2 --name compression_3seeds  # context
 
 Writes ``benchmarks/results/compression.json`` / ``.csv``, the plot
 ``benchmarks/results/plots/compression_pareto.png`` and prints a markdown table. Trained
@@ -38,7 +39,9 @@ Protocol (nothing is chosen on the test set):
 * Harder points, ADMM vs magnitude with the same recipe (so the same crossbars): every
   block keep fraction times 1/3 (``_x3``, the highest point, which the target compares;
   the convolutions, whole at x1, then keep a third of their blocks too) and, with
-  ``--context``, times 1/2 (``_x2``).
+  ``--context``, times 1/2 (``_x2``). Every ADMM block row records how many of its
+  crossbar blocks the magnitude run keeps too (``blocks_shared_with_magnitude``): whether
+  ADMM chose another sub-network or only other weights in the same one.
 * Power-of-two scales (``admm_blocks_pow2``): the ADMM block run's levels at power-of-two
   scales by the exact fold of ``compressor.fold`` (``pow2: fold``; the residual of each
   scale divides the biases downstream, the logits come out divided by one constant), so it
