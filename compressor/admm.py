@@ -107,10 +107,15 @@ class ADMM:
         self.rho, self._shift, self._anchor = float(rho), None, None
 
     def state_dict(self) -> dict:
-        return {"rho": self.rho, "Z": dict(self.Z), "U": dict(self.U)}
+        return {"rho": self.rho, "Z": dict(self.Z), "U": dict(self.U),
+                "keep": {n: torch.from_numpy(k) for n, k in self.keep.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.rho = float(state["rho"])
         self.Z = {n: state["Z"][n].clone() for n in self.weights}
         self.U = {n: state["U"][n].clone() for n in self.weights}
+        # the keep masks ``moved`` compares with (checkpoints from before they were saved:
+        # Z's nonzeros, which miss only kept weights at level 0)
+        keep = state.get("keep") or {n: z != 0 for n, z in self.Z.items()}
+        self.keep = {n: keep[n].numpy().copy() for n in self.weights}
         self._shift = self._anchor = None
