@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import CompressionError
 from .geometry import CrossbarGeometry, from_crossbar, level_range, to_crossbar
-from .projections import (ALL_STRUCTURES, PER_SEGMENT, SIGNED, as_float64,
+from .projections import (ALL_STRUCTURES, PER_SEGMENT, SIGNED, as_float64, check_n,
                           float32_positive, project_matrix)
 
 
@@ -75,13 +75,7 @@ class Constraint:
                     f"conductance; geometry.mapping is {geom.mapping!r} (every cell conducts): "
                     f"use mapping: differential")
             if self.structure in PER_SEGMENT:
-                n = self.amount
-                if not _is_int(n) or not 1 <= n <= geom.read_rows:
-                    raise CompressionError(
-                        f"{where}.sparsity.n={n!r}: nonzeros per column segment must be an "
-                        f"integer in 1..{geom.read_rows} ("
-                        + ("crossbar rows)" if geom.active_rows is None else
-                           "geometry.active_rows, the rows one read drives)"))
+                check_n(self.amount, geom, f"{where}.sparsity.")
             elif isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)) \
                     or not 0.0 < self.amount <= 1.0:
                 raise CompressionError(

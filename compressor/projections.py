@@ -306,17 +306,17 @@ def keep_mask(score: np.ndarray, geom: CrossbarGeometry, structure: str, amount,
         score = np.asarray(score, np.float64)
         pos, neg = sign > 0, sign < 0
         if plain == "tinyadc_packed":   # the two arrays share the packed rows
-            return _packed_keep(score, geom, _check_n(amount, geom), pos, neg)
+            return _packed_keep(score, geom, check_n(amount, geom), pos, neg)
         return ((keep_mask(np.where(pos, score, 0.0), geom, plain, amount) & pos)
                 | (keep_mask(np.where(neg, score, 0.0), geom, plain, amount) & neg))
     k_rows, n_cols = score.shape
     if structure == "tinyadc_packed":
         score = np.asarray(score, np.float64)
-        return _packed_keep(score, geom, _check_n(amount, geom), score >= 0)
+        return _packed_keep(score, geom, check_n(amount, geom), score >= 0)
     blocks = geom.blocks(score.astype(np.float64))
     real = geom.blocks(np.ones(score.shape, dtype=bool))
     if structure == "tinyadc":
-        n = _check_n(amount, geom)
+        n = check_n(amount, geom)
         # Segments are (row_block, read, col_block, col): rank within axis 1 (the rows) of
         # each read's rows (one read of all rows unless geometry.active_rows splits them).
         s = np.where(real, blocks, -np.inf)
@@ -697,11 +697,15 @@ def _f32(a):
     return np.asarray(a, dtype=np.float32).astype(np.float64)
 
 
-def _check_n(n, geom):
-    top = (f"rows={geom.rows}" if geom.active_rows is None
-           else f"active_rows={geom.active_rows} (the rows one read drives)")
+def check_n(n, geom, where: str = "") -> int:
+    """``n`` of a per-segment (TinyADC) structure as an int, or :class:`CompressionError`
+    (prefixed by ``where``, e.g. ``recipe.layers[2].sparsity.``) saying what is allowed:
+    1 up to the rows one read drives."""
     if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool)
             and 1 <= n <= geom.read_rows):
         raise CompressionError(
-            f"n={n!r}: nonzeros per column segment must be an integer in 1..{top}")
+            f"{where}n={n!r}: nonzeros per column segment must be an integer in "
+            f"1..{geom.read_rows} (" + ("geometry.rows, the crossbar rows)"
+                                        if geom.active_rows is None else
+                                        "geometry.active_rows, the rows one read drives)"))
     return int(n)
