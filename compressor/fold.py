@@ -129,9 +129,16 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
         return [r for r in map(r_of, found) if r is not None]
 
     def constants(node):
-        """Numbers and tensors among the arguments that are no graph node: unscaled."""
+        """Numbers and tensors among the operands that are no graph node: unscaled. The
+        operands are the tensors joined (``cat``/``stack``: the first argument) or the two
+        combined (``add``, ``maximum``); ``dim`` and ``alpha`` are not operands (``alpha``
+        multiplies a scaled operand, which commutes)."""
+        joins = node.target in (torch.cat, torch.stack)
+        operands = ([node.args[0] if node.args else node.kwargs.get("tensors", ())] if joins
+                    else [*node.args[:2], *(node.kwargs[k] for k in ("input", "other")
+                                            if k in node.kwargs)])
         found = []
-        torch.fx.node.map_aggregate((node.args, node.kwargs), found.append)
+        torch.fx.node.map_aggregate(operands, found.append)
         return any(isinstance(a, (int, float, torch.Tensor)) and not isinstance(a, bool)
                    for a in found)
 

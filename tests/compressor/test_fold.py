@@ -258,6 +258,46 @@ def test_graphs_that_would_fold_wrongly_are_refused(model, culprit):
         check_foldable(model, ["a"])
 
 
+class _Joins(nn.Module):
+    """cat along a dim, a scaled add and a maximum of equally scaled tensors: all fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(24, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        z = torch.cat([y, torch.relu(y)], dim=1)
+        z = torch.cat([torch.add(z, torch.maximum(z, z), alpha=0.5), z], -1)
+        return self.b(z)
+
+
+class _CatConst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(12, 3)
+        self.register_buffer("c", torch.ones(1, 6))
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.b(torch.cat([y, self.c.expand(4, 6) * 1.0], 1))
+
+
+def test_concat_along_a_dim_and_scaled_adds_fold_exactly():
+    res = _quantized(_Joins(), ["a", "b"])
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+    folded = fold_pow2_scales(res)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded.model(x).numpy() * folded.output_scale,
+                                   res.model(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert folded.output_scale != 1.0
+
+
+def test_concat_with_an_unscaled_tensor_is_refused():
+    with pytest.raises(CompressionError, match="pow2 fold: node 'cat'"):
+        check_foldable(_CatConst(), ["a"])
+
+
 def test_prelu_with_per_channel_slopes_folds_exactly():
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.PReLU(3), nn.Flatten(), nn.Linear(3 * 36, 4))
     with torch.no_grad():
