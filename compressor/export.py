@@ -60,6 +60,9 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     ``sample_shape``. ``verify``: a batch of inputs to run through onnxruntime and PyTorch;
     a difference above ``atol`` raises :class:`CompressionError`. Returns the path.
     """
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 10:
+        raise CompressionError(f"opset={opset!r}: must be an integer >= 10 (DequantizeLinear "
+                               f"exists from opset 10; 13 for per-channel scales)")
     model = result.model.eval()
     shape = tuple(input_shape or getattr(model, "sample_shape", ()) or ())
     if not shape:

@@ -24,6 +24,8 @@ The compression ratio is ``32 · weights / storage bits``.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -149,6 +151,8 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     from simulator import load_config, simulate
 
     machine, _ = _machine(cfg, overrides)
+    if x is None or len(x) == 0:
+        raise CompressionError("x: need at least one input image to simulate")
     outs, bits = {}, None
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
@@ -185,16 +189,24 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
     from simulator import load_config, simulate
 
     machine, _ = _machine(cfg, overrides)
-    if x is None or y is None:
-        raise CompressionError("accuracy_under_variation needs images x and labels y")
+    if x is None or y is None or len(x) == 0:
+        raise CompressionError("accuracy_under_variation needs images x (at least one) and "
+                               "labels y")
     y = np.asarray(y).reshape(-1)
+    if len(y) != len(x):
+        raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
+    seeds = list(seeds)
+    if not seeds:
+        raise CompressionError("seeds: need at least one device seed")
+    for sigma in sigmas:   # all checked before anything is simulated
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) \
+                or not math.isfinite(sigma) or sigma < 0:
+            raise CompressionError(f"sigma={sigma!r}: must be a finite number >= 0")
     records = []
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         for sigma in sigmas:
-            if not (isinstance(sigma, (int, float)) and sigma >= 0):
-                raise CompressionError(f"sigma={sigma!r}: must be a number >= 0")
             accs = []
             for seed in (seeds if sigma > 0 else list(seeds)[:1]):  # sigma 0: deterministic
                 prog = compile_model(path, load_config(machine, [
@@ -258,6 +270,12 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
         trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
         if name in dq and dq[name].input[0] in inits:
             w = numpy_helper.to_array(inits[dq[name].input[0]]).astype(np.int64)
+            zp = dq[name].input[2] if len(dq[name].input) > 2 else ""
+            if zp in inits:   # the levels are q - zero point (another tool's uint8, say)
+                axis = next((a.i for a in dq[name].attribute if a.name == "axis"), 1)
+                z = numpy_helper.to_array(inits[zp]).astype(np.int64)
+                w = w - (z.reshape([-1 if d == axis % w.ndim else 1 for d in range(w.ndim)])
+                         if z.ndim else z)
             bits = bits_meta.get(name) or _bits_of_levels(w)
         elif name in inits:
             w, bits = numpy_helper.to_array(inits[name]), None

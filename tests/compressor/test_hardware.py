@@ -213,18 +213,27 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
     assert nnz["tinyadc_packed_signed"] > 1.5 * nnz["tinyadc_packed"]
 
 
-def test_storage_formula_counts_blocks_and_masks(tmp_path):
+@pytest.mark.parametrize("zero_point", [None, 128])
+def test_storage_formula_counts_blocks_and_masks(tmp_path, zero_point):
+    """The same levels stored as int8, or as another tool's uint8 with zero point 128
+    (the levels are q - zero point)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     q = np.zeros((8, 40), np.int8)            # Gemm transB: 40 inputs x 8 outputs
     q[:, :16] = 3                             # tile (row 0, col 0) full
     q[0, 16] = 1                              # tile (row 1, col 0): one nonzero
+    stored, inputs = [numpy_helper.from_array(q, "wq")], ["wq", "ws"]
+    if zero_point is not None:
+        stored = [numpy_helper.from_array((q.astype(np.int64) + zero_point).astype(np.uint8),
+                                          "wq"),
+                  numpy_helper.from_array(np.uint8(zero_point), "wz")]
+        inputs.append("wz")
     g = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+        [helper.make_node("DequantizeLinear", inputs, ["w"]),
          helper.make_node("Gemm", ["input", "w"], ["logits"], transB=1)], "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 40])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
-        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.float32(0.1), "ws")])
+        [*stored, numpy_helper.from_array(np.float32(0.1), "ws")])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), path)
     s = storage_bits(path, CrossbarGeometry(rows=16, cols=16))
@@ -246,6 +255,35 @@ def test_variation_sweep_shape_and_determinism(blocks, digits):
     again = accuracy_under_variation(comp_path, MACHINE, xte[:12], yte[:12], sigmas=(0.3,),
                                      seeds=(0, 1), calibration=xtr[:32])
     assert again[0]["per_seed"] == recs[1]["per_seed"]
+
+
+def test_variation_sweep_draws_other_devices_per_seed_and_checks_its_inputs(
+        blocks, digits, monkeypatch):
+    """Each seed programs other deviations (the logits differ between seeds and from the
+    exact chip); bad inputs are refused before anything is simulated."""
+    import simulator
+    _, comp_path = blocks
+    (xtr, _), (xte, yte) = digits
+    seen, real = [], simulator.simulate
+    monkeypatch.setattr(simulator, "simulate", lambda prog, inputs, **kw: seen.append(
+        (prog.config.noise.program_sigma, prog.config.noise.seed,
+         real(prog, inputs, **kw).outputs["logits"])) or real(prog, inputs, **kw))
+    accuracy_under_variation(comp_path, MACHINE, xte[:6], yte[:6], sigmas=(0.0, 0.3),
+                             seeds=(0, 1), calibration=xtr[:32])
+    assert [(s, d) for s, d, _ in seen] == [(0.0, 0), (0.3, 0), (0.3, 1)]
+    exact, s0, s1 = (logits for _, _, logits in seen)
+    assert not np.array_equal(s0, s1) and not np.array_equal(s0, exact)
+    seen.clear()
+    for kwargs, msg in (({"y": yte[:5]}, "5 labels for 6 images"),
+                        ({"seeds": ()}, "need at least one device seed"),
+                        ({"sigmas": (0.1, -1.0)}, r"sigma=-1.0: must be a finite number")):
+        args = {"y": yte[:6], **kwargs}
+        with pytest.raises(CompressionError, match=msg):
+            accuracy_under_variation(comp_path, MACHINE, xte[:6], **args)
+    assert not seen                                     # refused before simulating
+    rec = accuracy_under_variation(comp_path, MACHINE, xte[:6], yte[:6],
+                                   sigmas=(np.float32(0.0),), calibration=xtr[:32])
+    assert rec[0]["sigma"] == 0.0
 
 
 @pytest.mark.parametrize("rule,match,geom", [

@@ -144,3 +144,12 @@ def test_a_linear_written_as_matmul_exports_through_it(digits, kind, per_channel
     assert np.array_equal(s_read, np.float32(res.layers[first].scale))
     layers = storage_bits(path, CrossbarGeometry(**geom))["layers"]
     assert layers[meta["initializer"]]["bits"] == 4
+
+
+@pytest.mark.parametrize("opset", [9, "19", True])
+def test_an_opset_without_dequantize_linear_is_refused_in_one_line(result, tmp_path, opset):
+    res, _ = result
+    with pytest.raises(CompressionError, match=rf"opset={opset!r}: must be an integer >= 10 "
+                                               r"\(DequantizeLinear exists from opset 10"):
+        export_qdq(res, tmp_path / "m.onnx", opset=opset)
+    assert not (tmp_path / "m.onnx").exists()
