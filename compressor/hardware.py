@@ -96,13 +96,14 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        # the storage count first: a malformed metadata entry fails before any simulation
+        geom = geometry or _geometry_of(path) or CrossbarGeometry.from_config(machine)
+        store = storage_bits(path, geom)
         prog = compile_model(path, machine, calibration={"input": cal},
                              replicate=int(replicate))
         rep = simulate(prog, {"input": x})
         logits = rep.outputs["logits"].reshape(len(x), -1)
         ort = onnx_logits(path, x)
-        geom = geometry or _geometry_of(path) or CrossbarGeometry.from_config(machine)
-        store = storage_bits(path, geom)
     bits = _lossless_bits(prog)
     out = {
         "images": int(len(x)),
@@ -373,21 +374,49 @@ def _geometry_of(path) -> CrossbarGeometry | None:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
              .metadata_props}
     meta = props.get("xbarsim.compressor")
-    return CrossbarGeometry.from_dict(json.loads(meta)["geometry"]) if meta else None
+    if not meta:
+        return None
+    where = f"{path}: metadata xbarsim.compressor"
+    geometry = _meta_field(_meta_json(meta, where), "geometry", where)
+    if not isinstance(geometry, dict):
+        raise CompressionError(f"{where}: geometry must be a JSON object of crossbar fields")
+    return CrossbarGeometry.from_dict(geometry, where=f"{where}.geometry")
 
 
 def _layer_meta(proto) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
     """``({weight initializer: bits}, {weight initializer: crossbar view})`` from the
-    compressor's per-layer metadata."""
+    compressor's per-layer metadata; a malformed entry is a one-line error naming it."""
     bits, views = {}, {}
     for p in proto.metadata_props:
         if p.key.startswith("xbarsim.layer."):
-            meta = json.loads(p.value)
-            if meta.get("bits"):
-                bits[meta["initializer"]] = int(meta["bits"])
-            if meta.get("crossbar_view"):
-                views[meta["initializer"]] = tuple(meta["crossbar_view"])
+            where = f"metadata {p.key}"
+            meta = _meta_json(p.value, where)
+            init = _meta_field(meta, "initializer", where)
+            try:
+                if meta.get("bits"):
+                    bits[init] = int(meta["bits"])
+                if meta.get("crossbar_view"):
+                    views[init] = tuple(int(d) for d in meta["crossbar_view"])
+            except (TypeError, ValueError) as e:
+                raise CompressionError(f"{where}: bits must be an integer and crossbar_view "
+                                       f"a list of integers ({e})") from e
     return bits, views
+
+
+def _meta_json(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CompressionError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CompressionError(f"{where}: must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _meta_field(meta: dict, key: str, where: str):
+    if key not in meta:
+        raise CompressionError(f"{where}: no {key!r} key (written by export_qdq)")
+    return meta[key]
 
 
 def _bits_of_levels(q: np.ndarray) -> int:

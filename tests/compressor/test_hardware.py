@@ -160,6 +160,30 @@ def _qdq_matmul(q, path):
     return path
 
 
+@pytest.mark.parametrize("key,value,msg", [
+    ("xbarsim.layer.w", "{not json", r"metadata xbarsim.layer.w: not valid JSON"),
+    ("xbarsim.layer.w", '{"bits": 3}', r"metadata xbarsim.layer.w: no 'initializer' key"),
+    ("xbarsim.layer.w", '{"initializer": "wq", "bits": "three"}',
+     r"metadata xbarsim.layer.w: bits must be an integer"),
+    ("xbarsim.compressor", '{"format": 1}', r"xbarsim.compressor: no 'geometry' key"),
+    ("xbarsim.compressor", '{"geometry": {"rows": 8, "colz": 8}}',
+     r"xbarsim.compressor.geometry.colz: unknown field"),
+])
+def test_malformed_compressor_metadata_is_one_line_naming_the_entry(tmp_path, key, value,
+                                                                      msg, monkeypatch):
+    import onnx
+
+    import simulator
+    path = _qdq_matmul(np.ones((16, 4), np.int64), tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    onnx.helper.set_model_props(proto, {key: value})
+    onnx.save(proto, path)
+    monkeypatch.setattr(simulator, "simulate", lambda *a, **k: pytest.fail("simulated"))
+    with pytest.raises(CompressionError, match=msg) as e:
+        evaluate_hardware(path, "puma", np.zeros((1, 16), np.float32))
+    assert "\n" not in str(e.value)
+
+
 def test_tinyadc_per_read_holds_on_a_chip_that_reads_fewer_rows(tmp_path):
     """``geometry.active_rows``: n nonzeros per bit line per read of 32 rows, at least four
     times the weights per column that n per whole 128-row crossbar keeps. On a chip that reads 32
