@@ -123,6 +123,8 @@ class CrossbarGeometry:
                               or not 1 <= a <= self.rows):
             raise CompressionError(f"geometry.active_rows={a!r}: must be an integer in "
                                    f"1..rows={self.rows}, or null for every row")
+        if a == self.rows:   # one read of every row: the same geometry, the same fingerprint
+            object.__setattr__(self, "active_rows", None)
 
     @classmethod
     def from_config(cls, cfg: Any) -> CrossbarGeometry:

@@ -445,6 +445,16 @@ def test_tinyadc_packed_per_read_holds_on_every_packed_read(structure):
     assert np.count_nonzero(p) > np.count_nonzero(P.project_structured(w, whole, structure, 2))
 
 
+def test_one_read_of_every_row_is_the_geometry_without_reads():
+    """``active_rows`` equal to the rows changes nothing, so it is stored as absent: the same
+    geometry, the same recipe fingerprint (checkpoint names)."""
+    whole = CrossbarGeometry(rows=8, cols=8)
+    assert CrossbarGeometry(rows=8, cols=8, active_rows=8) == whole
+    assert CrossbarGeometry.from_dict({"rows": 8, "cols": 8, "active_rows": 8}).to_dict() == \
+        whole.to_dict()
+    assert CrossbarGeometry(rows=8, cols=8, active_rows=4).active_rows == 4
+
+
 def test_tinyadc_n_is_bounded_by_the_rows_one_read_drives():
     g = CrossbarGeometry(rows=8, cols=8, active_rows=4)
     with pytest.raises(CompressionError, match=r"n=5: .* 1\.\.4 \(geometry\.active_rows"):
