@@ -127,7 +127,10 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None, rows_used: int | None 
     Three pipeline stages per read: A = DAC + crossbar read, B = sample-and-hold +
     ``ceil(conversions / adcs)`` ADC conversions, C = shift-and-add. An input step is one
     read, or G = ``cfg.reads_per_step(rows_used)`` when ``xbar.active_rows`` limits the rows
-    read at once. Over S steps: A + B + C + (S * G - 1) * max(A, B, C)."""
+    read at once. Over S steps: A + B + C + (S * G - 1) * max(A, B, C). A partial read is
+    charged stage A in full (a crossbar read settles its bit lines whatever the number of
+    word lines driven; PUMA's table has one read time), so reading fewer rows buys ADC bits
+    with latency, not the other way round."""
     reads = cfg.input_steps * cfg.reads_per_step(rows_used)
     conv_per_step = cols_used * cfg.slices * cfg.arrays
     adc = adc_cost(cfg.adc.model, cost_bits(cfg, adc_bits))
