@@ -637,13 +637,15 @@ def main():
         # order when nothing trains before it, so a seed without a magnitude run of its own
         # is compared with seed 0's)
         for r in rows:
+            if r["model"] != mname or not r["variant"].startswith("admm_blocks") \
+                    or r["variant"] not in results:
+                continue
             other = r["variant"].replace("admm_", "magnitude_", 1)
             if other not in results:
                 other = re.sub(r"_s\d+$", "", other)
                 if other in results and results[other].recipe.pretrain.epochs:
                     continue
-            if r["model"] == mname and r["variant"].startswith("admm_blocks") and \
-                    other in results and r["variant"] in results:
+            if other in results:
                 shared = results[r["variant"]].shared_blocks(results[other])
                 r["blocks_shared_with_magnitude"] = {
                     "magnitude_run": other,

@@ -335,14 +335,25 @@ def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     per_axis = s.ndim == 1 and s.size > 1
     if per_axis:
         shape[axis] = s.size
-    z = np.zeros((), np.int64) if zp is None else np.asarray(zp, np.int64).reshape(
-        shape if np.size(zp) > 1 else ())
     if np.issubdtype(q.dtype, np.integer):
-        qi = q.astype(np.int64) - z
+        qi = integer_levels(q, zp, axis)
         s = s.astype(np.float64).reshape(-1 if per_axis else ())
         qweights[n.output[0]] = (qi, s, axis if per_axis else None)
         return qi.astype(np.float32) * s.astype(np.float32).reshape(shape)
+    z = np.zeros((), np.int64) if zp is None else np.asarray(zp, np.int64).reshape(
+        shape if np.size(zp) > 1 else ())
     return (q.astype(np.float32) - z.astype(np.float32)) * s.astype(np.float32).reshape(shape)
+
+
+def integer_levels(q, zp, axis: int) -> np.ndarray:
+    """The levels a DequantizeLinear of integers ``q`` stands for, ``q - zero_point`` as
+    int64: a zero point of one value, or one per index of ``axis``."""
+    q = np.asarray(q).astype(np.int64)
+    if zp is None:
+        return q
+    z = np.asarray(zp, np.int64)
+    return q - z.reshape([-1 if d == axis % q.ndim else 1 for d in range(q.ndim)]
+                         if z.size > 1 else ())
 
 
 def _recognise_qdq(g: Graph) -> None:

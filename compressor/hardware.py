@@ -209,7 +209,7 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         for sigma in sigmas:
             accs = []
-            for seed in (seeds if sigma > 0 else list(seeds)[:1]):  # sigma 0: deterministic
+            for seed in (seeds if sigma > 0 else seeds[:1]):  # sigma 0: deterministic
                 prog = compile_model(path, load_config(machine, [
                     f"noise.program_sigma={float(sigma)}", f"noise.seed={int(seed)}"]),
                     calibration={"input": cal})
@@ -257,6 +257,7 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
     Returns ``{"weights", "nonzero_weights", "storage_bits", "dense_bits" (32 · weights),
     "compression", "layers": {initializer: {...}}}``.
     """
+    from compiler.frontend import integer_levels
     proto = onnx.load(str(onnx_path), load_external_data=True)
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
@@ -270,13 +271,11 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
         name = n.input[1]
         trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
         if name in dq and dq[name].input[0] in inits:
-            w = numpy_helper.to_array(inits[dq[name].input[0]]).astype(np.int64)
             zp = dq[name].input[2] if len(dq[name].input) > 2 else ""
-            if zp in inits:   # the levels are q - zero point (another tool's uint8, say)
-                axis = next((a.i for a in dq[name].attribute if a.name == "axis"), 1)
-                z = numpy_helper.to_array(inits[zp]).astype(np.int64)
-                w = w - (z.reshape([-1 if d == axis % w.ndim else 1 for d in range(w.ndim)])
-                         if z.ndim else z)
+            # the levels are q - zero point (another tool's uint8, say)
+            w = integer_levels(numpy_helper.to_array(inits[dq[name].input[0]]),
+                               numpy_helper.to_array(inits[zp]) if zp in inits else None,
+                               next((a.i for a in dq[name].attribute if a.name == "axis"), 1))
             bits = bits_meta.get(name) or _bits_of_levels(w)
         elif name in inits:
             w, bits = numpy_helper.to_array(inits[name]), None
