@@ -25,6 +25,9 @@ ADC_MODELS = ("puma", "isaac", "survey", "sar")
 ADC_MODES = ("clip", "scale")
 MAPPINGS = ("differential", "offset")
 VARIATION_KINDS = ("normal", "lognormal")
+#: Largest weight_bits + input_bits + ceil(log2(xbar.rows)) whose crossbar sums float64
+#: (53-bit mantissa) holds exactly, offset mapping's extra bit included.
+EXACT_SUM_BITS = 54
 
 
 def _check_int(section: str, name: str, value: Any, lo: int, hi: int | None = None,
@@ -68,7 +71,8 @@ class XbarConfig:
     cols: int = 128
     """Bit lines (outputs) per crossbar."""
     cell_bits: int = 2
-    """Bits stored per cell; a cell has ``2**cell_bits`` conductance levels."""
+    """Bits stored per cell; a cell has ``2**cell_bits`` conductance levels (at most 8: a
+    cell's level is one byte in the program, and ReRAM cells hold a few bits)."""
     mapping: str = "differential"
     """Signed weights: ``differential`` (positive and negative arrays, each a magnitude;
     symmetric weights, |w| <= 2**(weight_bits-1) - 1) or ``offset`` (unsigned weight +
@@ -91,7 +95,7 @@ class XbarConfig:
             raise ConfigError(f"xbar.active_rows = {self.active_rows}: must be <= xbar.rows "
                               f"= {self.rows}, or none for every row")
         _check_int("xbar", "cols", self.cols, 1, 65536)
-        _check_int("xbar", "cell_bits", self.cell_bits, 1, 16)
+        _check_int("xbar", "cell_bits", self.cell_bits, 1, 8)
         _check_choice("xbar", "mapping", self.mapping, MAPPINGS)
         _check_float("xbar", "g_min_us", self.g_min_us, 0.0)
         _check_float("xbar", "g_max_us", self.g_max_us, 0.0, lo_open=True)
@@ -286,6 +290,14 @@ class MachineConfig:
         if self.xbar.cell_bits > self.weight_bits:
             raise ConfigError(f"xbar.cell_bits = {self.xbar.cell_bits}: must be <= weight_bits "
                               f"= {self.weight_bits}")
+        # A crossbar's integer output, up to rows * 2**(weight_bits-1) * 2**(input_bits-1),
+        # is summed in float64 (BLAS), exact below 2**53: keep a bit of margin.
+        exact = self.weight_bits + self.input_bits + math.ceil(math.log2(self.xbar.rows))
+        if exact > EXACT_SUM_BITS:
+            raise ConfigError(
+                f"weight_bits + input_bits + log2(xbar.rows) = {self.weight_bits} + "
+                f"{self.input_bits} + {math.ceil(math.log2(self.xbar.rows))} = {exact}: must "
+                f"be <= {EXACT_SUM_BITS}, or crossbar sums are no longer bit-exact in float64")
         if self.dac.bits > self.input_bits:
             raise ConfigError(f"dac.bits = {self.dac.bits}: must be <= input_bits "
                               f"= {self.input_bits}")

@@ -25,7 +25,9 @@ COMPONENTS = ("crossbar", "dac", "adc", "shift_add", "vfu", "edram", "noc", "lea
 # Per-access energies and latencies that do not depend on the ADC model.
 TABLE = {
     # One crossbar array read for one input step (ADC excluded): 100 ns at 1.70 mW
-    # (PUMA/ISAAC). Scaled with the array's cells relative to 128x128.
+    # (PUMA/ISAAC, 128x128). Energy scales with the array's cells relative to 128x128, the
+    # read time with its rows (the bit line's length, whose RC the read settles): a
+    # modelling choice, PUMA's table has one size.
     "crossbar_step_ns": 100.0,
     "crossbar_step_pj": 1.70 * 100.0,
     "crossbar_area_mm2_128": 2.5e-5,       # 256x256: 1e-4 (PUMA xbar_area_dict)
@@ -130,7 +132,8 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None, rows_used: int | None 
     read at once. Over S steps: A + B + C + (S * G - 1) * max(A, B, C). A partial read is
     charged stage A in full (a crossbar read settles its bit lines whatever the number of
     word lines driven; PUMA's table has one read time), so reading fewer rows buys ADC bits
-    with latency, not the other way round."""
+    with latency, not the other way round. The read time scales with ``xbar.rows`` / 128
+    (bit-line length; see ``TABLE``)."""
     reads = cfg.input_steps * cfg.reads_per_step(rows_used)
     conv_per_step = cols_used * cfg.slices * cfg.arrays
     adc = adc_cost(cfg.adc.model, cost_bits(cfg, adc_bits))
@@ -167,9 +170,9 @@ def energy_table(cfg) -> dict[str, float]:
     }
 
 
-def adc_energy_by_bits(cfg) -> np.ndarray:
-    """pJ per conversion indexed by ADC bits 0..32 (0 unused)."""
-    out = np.zeros(33)
-    for b in range(1, 33):
+def adc_energy_by_bits(cfg, widest: int = 32) -> np.ndarray:
+    """pJ per conversion indexed by ADC bits 0..``widest`` (0 unused)."""
+    out = np.zeros(widest + 1)
+    for b in range(1, widest + 1):
         out[b] = adc_cost(cfg.adc.model, b).energy_pj
     return out

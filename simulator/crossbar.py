@@ -126,7 +126,8 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
 
     ``clip``: saturate at 2**bits - 1. ``scale``: each column's ADC spans that column's
     largest possible sum ``col_max``; keep the top ``bits`` bits (drop, i.e. truncate, the
-    LSBs the range does not fit)."""
+    LSBs the range does not fit) and saturate at the top of the span (only an analog sum,
+    with noise or stuck cells, can exceed it)."""
     if bits is None:
         return v
     if mode == "clip":
@@ -134,7 +135,9 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
     if mode == "scale":
         need = np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64)
         drop = np.maximum(need - bits, 0)
-        return ((v.astype(np.int64) >> drop) << drop).astype(v.dtype, copy=False)
+        top = ((1 << need) - 1) >> drop << drop
+        return ((np.minimum(v.astype(np.int64), top) >> drop) << drop).astype(v.dtype,
+                                                                          copy=False)
     raise ValueError(f"unknown ADC mode {mode!r}; allowed: clip, scale")
 
 

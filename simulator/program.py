@@ -394,8 +394,10 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
         if op in (Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU, Op.ALUI, Op.SEND, Op.RECV):
             if vec < 1:
                 raise ProgramError(f"{here}: vector width {vec} must be >= 1")
-        if ra >= nint or rr >= nint or ra < -1 or rr < -1:
-            raise ProgramError(f"{here}: integer register {max(ra, rr)} outside 0..{nint - 1}")
+        for field_name, reg in (("ra", ra), ("rr", rr)):
+            if reg >= nint or reg < -1:
+                raise ProgramError(f"{here}: {field_name} = integer register {reg} outside "
+                                   f"0..{nint - 1} (or -1, none)")
         if op in (Op.LOAD, Op.STORE, Op.SEND, Op.RECV):
             if imm < 0 or (ra == -1 and imm + vec > words):
                 raise ProgramError(f"{here}: memory address {imm} (+{vec}) outside the tile's "

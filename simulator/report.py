@@ -208,7 +208,7 @@ def _save(plt, fig, path: Path) -> Path:
 def energy_by_component(cfg, counters: np.ndarray, adc_by_bits: np.ndarray) -> dict:
     """Energy in joules per component from a count row (or table summed over rows)."""
     tab = costs.energy_table(cfg)
-    adc_e = costs.adc_energy_by_bits(cfg)
+    adc_e = costs.adc_energy_by_bits(cfg, adc_by_bits.shape[-1] - 1)
     pj = {
         "crossbar": counters[C_XBAR] * tab["crossbar"],
         "dac": counters[C_DAC] * tab["dac"],
@@ -294,8 +294,10 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     total = energy_by_component(cfg, counters.sum(0), by_bits.sum(0))
     n_mvmu = len(prog.mvmu_loc)
     part_area, adc_leak_mw, bits = mvmu_costs(prog)
-    # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's)
-    leak_mw = float(adc_leak_mw.sum()) + prog.n_tiles * costs.TABLE["edram_leak_mw"]
+    # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's),
+    # in proportion to its capacity as its area is
+    leak_mw = float(adc_leak_mw.sum()) + (prog.n_tiles * costs.TABLE["edram_leak_mw"]
+                                           * cfg.tile.edram_kb / 64)
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
     area, cores_used = area_by_component(prog, part_area)

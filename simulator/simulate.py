@@ -9,11 +9,11 @@ import numpy as np
 from . import costs
 from .errors import DeadlockError, SimulationError
 from .functional import run_values
-from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, Op
+from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report
-from .timing import (BAD_ADDRESS, BAD_MESSAGE, DEADLOCK, N_COUNTERS, OK, RUNAWAY, WAIT_NAMES,
-                     run_timing)
+from .timing import (BAD_ADDRESS, BAD_MESSAGE, DEADLOCK, N_COUNTERS, OK, RUNAWAY, W_RECV,
+                     W_SEND_FULL, WAIT_NAMES, run_timing)
 
 DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
 
@@ -73,19 +73,24 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     ftime = np.zeros(total, np.int64)
     n_layers = len(prog.layers) + 1
     counters = np.zeros((n_layers, N_COUNTERS), np.int64)
-    adc_by_bits = np.zeros((n_layers, 33), np.int64)
+    # one column per ADC width charged (0..widest; an ideal ADC is costed at its
+    # worst-case width, which can pass 32 bits)
+    adc_by_bits = np.zeros((n_layers, max(33, int(bits.max(initial=0)) + 1)), np.int64)
     span = np.full((n_layers, 2), -1, np.int64)
     span[:, 1] = 0
     trace = np.zeros((max(trace_cap, 1), 5), np.int64)
     transc = np.zeros(64, np.bool_)
     for f in TRANSCENDENTAL_FNS:
         transc[int(f)] = True
+    unary = np.zeros(64, np.bool_)
+    for f in UNARY_FNS:
+        unary[int(f)] = True
     f = {k: np.ascontiguousarray(flat[k]).astype(np.int64) for k in INSTR_DTYPE.names}
     status, end, info, tlen = run_timing(
         f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
         f["count"], f["ra"], f["rr"], f["peer"], f["layer"], starts, prog.n_tiles,
         cfg.tile.cores, params, tile_base, tile_words, lat, stats, bits, valid, cnt, vtime,
-        ftime, counters, adc_by_bits, span, trace, trace_cap, transc)
+        ftime, counters, adc_by_bits, span, trace, trace_cap, transc, unary)
     _raise_for_status(prog, status, info, streams)
     return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
             "trace": trace[:tlen].copy(), "mvm_latency": lat}
@@ -103,14 +108,23 @@ def _raise_for_status(prog, status, info, streams):
     if status == OK:
         return
     if status == DEADLOCK:
+        cores = prog.config.tile.cores
         stuck = []
         for k in range(len(info) // 5):
             a, pc, kind, tile, addr = (int(v) for v in info[5 * k:5 * k + 5])
             op = Op(int(streams[a][pc]["op"])).name.lower() if pc < len(streams[a]) else "end"
-            stuck.append({"agent": agent_name(prog, a), "pc": pc, "instruction": op,
-                          "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr})
-        desc = "; ".join(f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "
-                         f"tile {s['tile']} addr {s['addr']}" for s in stuck[:6])
+            s = {"agent": agent_name(prog, a), "pc": pc, "instruction": op,
+                 "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr}
+            if kind in (W_SEND_FULL, W_RECV):
+                # the engine records the other end; the address is in the agent's own tile
+                own = a // cores if a < prog.n_tiles * cores else a - prog.n_tiles * cores
+                s.update(tile=own, peer=tile)
+            stuck.append(s)
+        desc = "; ".join(
+            f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "
+            + (f"{'to' if s['instruction'] == 'send' else 'from'} tile {s['peer']}, "
+               if "peer" in s else "") + f"tile {s['tile']} addr {s['addr']}"
+            for s in stuck[:6])
         more = f" (+{len(stuck) - 6} more)" if len(stuck) > 6 else ""
         raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",
                             stuck)

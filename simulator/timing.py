@@ -134,7 +134,7 @@ def _port(port_free, tile, nports):
 def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer,
                agent_start, n_tiles, cores, params, tile_base, tile_words, mvm_lat, mvm_stats,
                mvm_bits, valid, cnt, vtime, ftime, counters, adc_by_bits, layer_span,
-               trace, trace_cap, fn_transcendental):
+               trace, trace_cap, fn_transcendental, fn_unary):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
 
     params: [nm, xout0, gp0, rows, cols, lanes, nports, port_words, mem_lat, recv_cap,
@@ -232,7 +232,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 if o != _OP_SET:
                     w = max(w, _mvmu_wait(src1[p], v, xout0, gp0, rows, cols, nm,
                                           mvmu_free, core))
-                if o == _OP_ALU:
+                if o == _OP_ALU and not fn_unary[fn[p]]:   # unary fns ignore src2
                     w = max(w, _mvmu_wait(src2[p], v, xout0, gp0, rows, cols, nm,
                                           mvmu_free, core))
                 start = max(t, w)
@@ -316,11 +316,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     wait_tile[a] = tile
                     wait_addr[a] = addr
                     break
-                if o == _OP_LOAD:
-                    ready = max(ready, _mvmu_wait(dst[p], v, xout0, gp0, rows, cols, nm,
-                                                  mvmu_free, core))
-                elif o == _OP_STORE:
-                    ready = max(ready, _mvmu_wait(src1[p], v, xout0, gp0, rows, cols, nm,
+                if o == _OP_LOAD or o == _OP_STORE:
+                    # the register operand, offset by ireg[rr] as the ISA states
+                    reg = dst[p] if o == _OP_LOAD else src1[p]
+                    if rr[p] >= 0:
+                        reg += ireg[a, rr[p]]
+                    ready = max(ready, _mvmu_wait(reg, v, xout0, gp0, rows, cols, nm,
                                                   mvmu_free, core))
                 elif o == _OP_RECV:
                     ready = max(ready, ring_arr[pair, ring_head[pair] % recv_cap])

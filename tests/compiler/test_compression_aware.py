@@ -188,7 +188,8 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     assert [L["adc_bits"] for L in mvm] == need and need[0] < need[1]
     assert all(L["adc_bits"] is None for L in rep.layers if not L["crossbars"])
     ns = rep.latency_cycles * cfg.cycle_ns
-    edram_leak = rep.tiles * costs.TABLE["edram_leak_mw"] * ns * 1e-12
+    edram_leak = (rep.tiles * costs.TABLE["edram_leak_mw"] * cfg.tile.edram_kb / 64
+                  * ns * 1e-12)
     assert sum(L["energy_j"]["leakage"] for L in rep.layers) == pytest.approx(
         rep.energy_j["leakage"] - edram_leak, rel=1e-9)
     assert all(L["energy_j"]["leakage"] == 0 for L in rep.layers if not L["crossbars"])

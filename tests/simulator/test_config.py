@@ -61,7 +61,11 @@ def test_active_rows_sets_the_reads_per_step():
     ("xbar.rows=abc", "xbar.rows = 'abc'"),
     ("xbar.active_rows=0", "xbar.active_rows = 0: must be an integer >= 1"),
     ("xbar.active_rows=129", "xbar.active_rows = 129: must be <= xbar.rows = 128, or none"),
-    ("node.mesh_cols=0", "or none for a square mesh")])
+    ("node.mesh_cols=0", "or none for a square mesh"),
+    # a cell level is one byte in the program: 9-bit cells would wrap silently
+    ("xbar.cell_bits=9", "xbar.cell_bits = 9: must be an integer >= 1 and <= 8"),
+    # 2**(32 + 16 + 7) outgrows float64's exact integers
+    ("weight_bits=32", "weight_bits + input_bits + log2(xbar.rows) = 32 + 16 + 7 = 55")])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config("puma", [override])

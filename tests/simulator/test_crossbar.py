@@ -123,9 +123,11 @@ def test_lossless_bits_are_lossless_and_one_fewer_is_not(mode):
     assert not np.array_equal(lossy, exact)
 
 
-@pytest.mark.parametrize("mapping,cell_bits,wbits", list(itertools.product(
-    ("differential", "offset"), (1, 2, 3, 4), (4, 8, 16))))
+@pytest.mark.parametrize("mapping,cell_bits,wbits", [
+    (m, c, w) for m, c, w in itertools.product(("differential", "offset"), range(1, 9),
+                                              (4, 8, 16)) if c <= w])
 def test_levels_round_trip(mapping, cell_bits, wbits):
+    """Every cell width the config accepts (1..8) round-trips: levels are one byte each."""
     rng = np.random.default_rng(cell_bits)
     lo, hi = weight_range(wbits, mapping)
     w = rng.integers(lo, hi + 1, (9, 7))
@@ -251,3 +253,33 @@ def test_read_noise_is_drawn_per_read():
         m = MVMUModel(levels, active_rows=active, read_rng=np.random.default_rng(0), **kw)
         var[active] = float(np.var(m.mvm(x) - x @ w))
     assert 0.85 < var[32] / var[None] < 1.15, var
+
+
+def test_scale_mode_adc_saturates_at_the_top_of_its_span():
+    """Only an analog sum (noise, stuck cells) can pass a column's largest ideal sum; the
+    ADC then saturates, as ``clip`` does, instead of passing any value through."""
+    from simulator.crossbar import adc_convert
+    v = np.array([[100.0, 300.0, 200.0, 7.0]])
+    col_max = np.array([15, 255, 0, 255])
+    got = adc_convert(v, 4, "scale", col_max)
+    # 4 of need 4 bits: top 15; of 8 bits: 4 LSBs dropped, top 240; an all-zero column: 0
+    np.testing.assert_array_equal(got, [[15, 240, 0, 0]])
+    np.testing.assert_array_equal(adc_convert(v, 4, "clip"), [[15, 15, 15, 7]])
+
+
+def test_scale_mode_codes_stay_in_range_with_stuck_on_cells():
+    from simulator.crossbar import MVMUModel, column_max_sums
+    x, w = _operands(8, seed=2)
+    w[:, :4] = 0                                         # columns with no weight at all
+    levels = encode_levels(w, 8, 2, "differential")
+    g = np.where(np.random.default_rng(0).random(levels.shape) < 0.3, 3.0, levels)
+    m = MVMUModel(levels, conductance=g, weight_bits=8, input_bits=8, cell_bits=2,
+                  dac_bits=1, mapping="differential", adc_bits=5, adc_mode="scale")
+    codes = m.column_sums(x)
+    from simulator.crossbar import adc_convert
+    out = adc_convert(codes.reshape(codes.shape[0], codes.shape[1], -1), 5, "scale",
+                      m.col_max)
+    need = np.ceil(np.log2(column_max_sums(levels, 1).reshape(-1) + 1)).astype(int)
+    assert (codes.reshape(out.shape) > (1 << need) - 1).any()      # the noise overflows
+    assert (out <= (1 << need) - 1).all()
+    assert (out[..., :4] == 0).all()

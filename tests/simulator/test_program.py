@@ -5,7 +5,7 @@ import pytest
 
 from simulator import DeadlockError, Program, ProgramError, load_config, simulate
 from simulator import examples as ex
-from simulator.isa import Op, assemble, instr
+from simulator.isa import Fn, Op, assemble, instr
 
 
 def _equal(a: Program, b: Program):
@@ -161,3 +161,72 @@ def test_same_inputs_and_seed_give_identical_reports():
         runs.append((d, r.outputs["y:int"]))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def _two_mvmu_program(cfg, code):
+    """``code`` on core 0 of one tile with two MVMUs, its first ``rows`` words valid."""
+    w = ex.random_weights(cfg, cfg.xbar.rows, cfg.xbar.cols, seed=1)
+    lv = ex._levels(cfg, w)
+    return Program(config=cfg, n_tiles=1, core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1),
+                   tile_code=[ex.EMPTY], mvmu_loc=[(0, 0, 0), (0, 0, 1)],
+                   mvmu_levels=np.stack([lv, lv]), mvmu_layer=[0, 0],
+                   mem_init=[(0, 0, np.zeros(cfg.xbar.rows, np.int64), 0)],
+                   layers=[{"name": "mvm", "op": "MatMul"}])
+
+
+def test_register_offset_rr_waits_for_the_mvmu_it_reads():
+    """A store whose register operand is src1 + ireg[rr] waits for the MVMU it addresses,
+    as a store naming that register directly does (the ISA's rr semantics)."""
+    cfg = load_config("small")
+    lay = ex.RegisterLayout.of(cfg)
+    R, C = cfg.xbar.rows, cfg.xbar.cols
+
+    def latency(store):
+        code = assemble([instr(Op.LOAD, dst=lay.xin_of(1), imm=0, vec=R),
+                         instr(Op.MVM, mask=2), instr(Op.ISET, dst=0, imm=C), store,
+                         instr(Op.LOAD, dst=lay.gp, imm=R, vec=C), instr(Op.HLT)])
+        return simulate(_two_mvmu_program(cfg, code), values=False).latency_cycles
+
+    direct = latency(instr(Op.STORE, src1=lay.xout_of(1), imm=R, vec=C, count=1))
+    via_rr = latency(instr(Op.STORE, src1=lay.xout_of(0), rr=0, imm=R, vec=C, count=1))
+    assert via_rr == direct
+
+
+def test_unary_alu_does_not_wait_on_its_unused_second_operand():
+    """relu ignores src2; naming MVMU 0's input register there must not wait for its MVM."""
+    cfg = load_config("small")
+    lay = ex.RegisterLayout.of(cfg)
+    R = cfg.xbar.rows
+
+    def latency(src2):
+        code = assemble([instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=R),
+                         instr(Op.MVM, mask=1),
+                         instr(Op.ALU, fn=int(Fn.RELU), dst=lay.gp, src1=lay.gp,
+                               src2=src2, vec=4),
+                         instr(Op.STORE, src1=lay.gp, imm=R, vec=4, count=1),
+                         instr(Op.LOAD, dst=lay.gp + 4, imm=R, vec=4), instr(Op.HLT)])
+        return simulate(_two_mvmu_program(cfg, code), values=False).latency_cycles
+
+    assert latency(lay.xin_of(0)) == latency(lay.gp + 8)
+
+
+def test_recv_deadlock_names_the_sender_and_the_receivers_address():
+    cfg = load_config("small")
+    recv = assemble([instr(Op.RECV, peer=1, imm=40, vec=4), instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
+                   tile_code=[recv, ex.EMPTY])
+    with pytest.raises(DeadlockError) as e:
+        simulate(prog, values=False)
+    assert "tile 0 control" in str(e.value) and "from tile 1, tile 0 addr 40" in str(e.value)
+    s = e.value.stuck[0]
+    assert (s["tile"], s["peer"], s["addr"]) == (0, 1, 40)
+
+
+@pytest.mark.parametrize("ra,rr,field,reg", [(-3, -1, "ra", -3), (-5, 3, "ra", -5),
+                                             (0, 99, "rr", 99)])
+def test_bad_integer_register_names_its_field(ra, rr, field, reg):
+    cfg = load_config("small")
+    code = assemble([instr(Op.LOAD, dst=0, imm=0, vec=1, ra=ra, rr=rr), instr(Op.HLT)])
+    with pytest.raises(ProgramError, match=f"{field} = integer register {reg} outside"):
+        Program(config=cfg, n_tiles=1, core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1),
+                tile_code=[ex.EMPTY])

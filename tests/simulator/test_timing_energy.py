@@ -166,3 +166,18 @@ def test_link_contention_serialises_flits():
 def test_worst_case_adc_bits_is_the_largest_possible_column_sum(overrides, bits):
     from simulator.costs import worst_case_adc_bits
     assert worst_case_adc_bits(load_config("puma", overrides)) == bits
+
+
+def test_an_ideal_adc_wider_than_32_bits_is_charged_at_its_width():
+    """An ideal ADC is costed at the worst-case lossless width, here 12 + 16 + 8 = 36 bits:
+    its conversions are charged that width's energy (the per-width table grows to fit)."""
+    cfg = load_config("small", ["xbar.rows=4096", "xbar.cols=4", "weight_bits=8",
+                                "input_bits=16", "dac.bits=16", "xbar.cell_bits=8",
+                                "adc.bits=none", "adc.model=sar"])
+    from simulator.costs import adc_cost, worst_case_adc_bits
+    assert worst_case_adc_bits(cfg) == 36
+    w = ex.random_weights(cfg, 4096, 4)
+    rep = simulate(ex.single_mvm(cfg, w), values=False)
+    assert rep.adc_conversions > 0
+    assert rep.energy_j["adc"] == pytest.approx(
+        rep.adc_conversions * adc_cost("sar", 36).energy_pj * 1e-12, rel=1e-12)
