@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper, shape_inference, version_converter
 from simulator.errors import first_line
 
 from .errors import ModelFormatError, UnsupportedOpError
-from .ir import node_attrs
+from .ir import node_attrs, quantized_elem_type
 
 OPSET = 17
 MIN_OPSET = 7   # the oldest opset onnxruntime runs every op of
@@ -310,12 +310,12 @@ def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
 
 
 def _out_elem(node, consts) -> int:
-    """ONNX element type of a node's outputs where it is not float: QuantizeLinear's is its
-    zero point's type (uint8 without one)."""
+    """ONNX element type of a node's outputs where it is not float: QuantizeLinear's
+    (``ir.quantized_elem_type``)."""
     if node.op_type != "QuantizeLinear":
         return onnx.TensorProto.FLOAT
     zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    return _elem(zp) if zp is not None else onnx.TensorProto.UINT8
+    return quantized_elem_type(node, zp)
 
 
 def _dequantize_weight(n, consts, qweights) -> np.ndarray:
@@ -389,10 +389,13 @@ def _fold_batchnorm(g: Graph) -> None:
             continue
         conv = producers.get(bn.input[0])
         if (conv is None or conv.op_type != "Conv" or len(g.consumers(bn.input[0])) != 1
+                or bn.input[0] in g.outputs        # the conv output itself is wanted
                 or conv.input[1] not in g.consts
                 or any(i not in g.consts for i in bn.input[1:5])):
             continue
         scale, b, mean, var = (np.asarray(g.consts[i], np.float64) for i in bn.input[1:5])
+        if scale.size != np.shape(g.consts[conv.input[1]])[0]:
+            continue                               # not per channel (opset < 9 spatial=0)
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         k = scale / np.sqrt(var + eps)
         w = np.asarray(g.consts[conv.input[1]], np.float64)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UnsupportedOpError
+
 
 @dataclass
 class TensorInfo:
@@ -202,6 +204,43 @@ def node_attrs(node) -> dict:
     """An ONNX node's attributes as {name: python value}."""
     from onnx import helper
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def quantized_elem_type(node, zero_point) -> int:
+    """ONNX element type of a QuantizeLinear's output: its zero point's type; without one,
+    its ``output_dtype`` (opset 21), else uint8 (the spec's default)."""
+    from onnx import TensorProto, helper
+    if zero_point is not None:
+        return helper.np_dtype_to_tensor_dtype(np.asarray(zero_point).dtype)
+    return int(node_attrs(node).get("output_dtype", 0)) or TensorProto.UINT8
+
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def explicit_pads(a: dict, kernel, sizes) -> dict:
+    """Conv/pool attributes ``a`` with ``auto_pad`` turned into the explicit ``pads`` the
+    ONNX spec defines, so lowering reads one form. ``kernel`` and ``sizes`` (the input's
+    spatial sizes) are per spatial axis. SAME_*: output = ceil(size / stride), the total
+    padding split in half with the odd unit at the end (UPPER) or the start (LOWER)."""
+    mode = a.get("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode == "NOTSET":
+        return a
+    if mode not in AUTO_PADS:
+        raise UnsupportedOpError(f"auto_pad={mode!r}: allowed {', '.join(AUTO_PADS)}")
+    n = len(kernel)
+    begin, end = [0] * n, [0] * n
+    if mode != "VALID":
+        strides = list(a.get("strides", [1] * n))
+        dil = list(a.get("dilations", [1] * n))
+        for i in range(n):
+            out = -(-int(sizes[i]) // strides[i])
+            total = max(0, (out - 1) * strides[i] + (int(kernel[i]) - 1) * dil[i] + 1
+                        - int(sizes[i]))
+            begin[i] = total // 2 if mode == "SAME_UPPER" else total - total // 2
+            end[i] = total - begin[i]
+    return {**{k: v for k, v in a.items() if k != "auto_pad"}, "pads": begin + end}
 
 
 def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:

@@ -2,8 +2,10 @@
 Clip, pick requantization constants, append the MVMLayer."""
 import numpy as np
 
+from ..errors import UnsupportedOpError
 from ..ir import MVMLayer, multiplier
 from ..quantize import quantize_weight
+from .clip import clip_bounds, integer_bounds
 
 
 def fuse_activation(node, ctx, out_name):
@@ -15,14 +17,12 @@ def fuse_activation(node, ctx, out_name):
     if nxt.op_type == "Relu":
         ctx.skip.add(nxt.name)
         return nxt.output[0], "relu", None
-    lo = ctx.const(nxt.input[1]) if len(nxt.input) > 1 and nxt.input[1] else None
-    hi = ctx.const(nxt.input[2]) if len(nxt.input) > 2 and nxt.input[2] else None
-    if (len(nxt.input) > 1 and nxt.input[1] and lo is None) or (
-            len(nxt.input) > 2 and nxt.input[2] and hi is None):
-        return out_name, None, None    # bounds not constant: lower Clip on its own
+    try:
+        bounds = clip_bounds(ctx, nxt)       # inputs, or attributes before opset 11
+    except UnsupportedOpError:
+        return out_name, None, None          # not constant: lower_clip refuses it
     ctx.skip.add(nxt.name)
-    return nxt.output[0], None, (None if lo is None else float(lo),
-                                 None if hi is None else float(hi))
+    return nxt.output[0], None, bounds
 
 
 def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
@@ -37,10 +37,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
     mult, shift = multiplier(s_x * w_scale / s_y)
-    lo = hi = None
-    if bounds is not None:
-        lo = None if bounds[0] is None else int(np.ceil(bounds[0] / s_y - 1e-9))
-        hi = None if bounds[1] is None else int(np.floor(bounds[1] / s_y + 1e-9))
+    lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
     if act == "relu" or (lo is not None and lo >= 0):
         ctx.nonneg.add(out_name)

@@ -73,8 +73,6 @@ def lower_average_pool(node, ctx):
         raise UnsupportedOpError("AveragePool input is not a feature map")
     out_shape = ctx.shape(node.output[0])
     a = node_attrs(node)
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedOpError("auto_pad is not supported; export with explicit pads")
     ks, st, dil, pads, (Ho, Wo), border = pool_geometry(a, t, out_shape)
     include = bool(a.get("count_include_pad", 0))
     rows = _counts(Ho, t.H, ks[0], st[0], dil[0], pads[0], pads[2], include)

@@ -54,13 +54,25 @@ def _bound(ctx, node, k: int, attr: str):
     return float(a[attr]) if attr in a else None
 
 
+def clip_bounds(ctx, node) -> tuple[float | None, float | None]:
+    """A Clip's real (min, max), from its inputs (opset >= 11) or attributes (older); None
+    where absent. Raises UnsupportedOpError for a bound that is not a constant."""
+    return _bound(ctx, node, 1, "min"), _bound(ctx, node, 2, "max")
+
+
+def integer_bounds(lo, hi, scale: float, bits: int) -> tuple[int | None, int | None]:
+    """Real bounds as integers at ``scale``; a bound beyond the ``bits``-bit range (say
+    FLT_MAX for "no bound") clips nothing and is dropped."""
+    lim = 1 << (bits - 1)
+    ilo = None if lo is None or lo / scale < -lim else int(np.ceil(lo / scale - 1e-9))
+    ihi = None if hi is None or hi / scale > lim else int(np.floor(hi / scale + 1e-9))
+    return ilo, ihi
+
+
 def lower_clip(node, ctx):
     t_in = ctx.tensor(node.input[0])
-    lo, hi = _bound(ctx, node, 1, "min"), _bound(ctx, node, 2, "max")
+    ilo, ihi = integer_bounds(*clip_bounds(ctx, node), t_in.scale, ctx.bits)
     s = t_in.scale
-    lim = 1 << (ctx.bits - 1)
-    ilo = None if lo is None or lo / s < -lim else int(np.ceil(lo / s - 1e-9))
-    ihi = None if hi is None or hi / s > lim else int(np.floor(hi / s + 1e-9))
     out = ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s, perm=t_in.perm,
                          as_map=t_in.kind == "map")
     if (ilo is not None and ilo >= 0) or t_in.name in ctx.nonneg:

@@ -7,7 +7,7 @@ the rows a strip never uses, so groups cost only their own rows."""
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import node_attrs
+from ..ir import explicit_pads, node_attrs
 from ._mvm import add_mvm_layer
 
 
@@ -22,9 +22,14 @@ def lower_conv(node, ctx):
                                  f"(weight rank {w.ndim})")
     if t_in.kind != "map":
         raise UnsupportedOpError(f"Conv input {t_in.name!r} is not a feature map")
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedOpError("auto_pad is not supported; export with explicit pads")
+    if ctx.prog.tensors[ctx.prog.storage(t_in.name)].kind != "map":
+        # a vector viewed as a 1x1 map (Reshape to (1, F, 1, 1)): its words are not laid
+        # out as a padded map, which the convolution's windows walk
+        raise UnsupportedOpError(f"Conv on {t_in.name!r}, a vector reshaped to a 1x1 map, is "
+                                 f"not supported; a 1x1 convolution of it is a Gemm/MatMul "
+                                 f"on the vector")
     one_d = w.ndim == 3
+    a = explicit_pads(a, w.shape[2:], [t_in.W] if one_d else [t_in.H, t_in.W])
     if one_d:
         w = w[:, :, None, :]
     cout, cin_g, kh, kw = w.shape

@@ -26,6 +26,11 @@ def lower_add(node, ctx):
     for t in ts:
         if tuple(t.shape) != tuple(shape):
             raise UnsupportedOpError(f"broadcasting {t.shape} to {shape} is not supported")
+        if t.kind != ts[0].kind:
+            # a map is stored (H, W, C), a vector in logical order: words would not pair
+            raise UnsupportedOpError(
+                f"operands {ts[0].name!r} ({ts[0].kind}) and {t.name!r} ({t.kind}) are "
+                f"stored in different memory orders; both must be feature maps or vectors")
     s_y = ctx.scale_for(node.output[0])
     signs = [1.0] * len(ts)
     if node.op_type == "Sub":
@@ -49,11 +54,17 @@ def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:
         n = t.C if t.kind == "map" else t.F
         return np.full(n, float(c.reshape(())))
     if t.kind == "map":
-        flat = c.reshape(-1)
-        if flat.size == t.C and (c.ndim < 3 or all(s == 1 for s in c.shape[-2:])):
-            return flat
+        # ONNX broadcasts from the right: (C,) on (1, C, H, W) runs along W, so only a
+        # constant whose one non-1 axis is the channel axis is per channel
+        rank = len(t.shape)
+        full = c.reshape((1,) * max(rank - c.ndim, 0) + c.shape)
+        if (full.ndim == rank and full.shape[1] == t.C
+                and all(s == 1 for i, s in enumerate(full.shape) if i != 1)):
+            flat = full.reshape(-1)
+            return flat[t.cperm] if t.cperm is not None else flat
         raise UnsupportedOpError(f"constant of shape {c.shape} is not per-channel for "
-                                 f"{t.shape}")
+                                 f"{t.shape} (one value, or shape (C, 1, 1) / "
+                                 f"(1, C, 1, 1))")
     full = np.broadcast_to(c, t.shape).reshape(-1)
     return full[t.perm] if t.perm is not None else full.copy()
 

@@ -24,11 +24,20 @@ def _fc(node, ctx, t_in, w_kn, bias, qdq=None):
     add_mvm_layer(node, ctx, t_in, w_kn, bias, out_shape, qdq=qdq)
 
 
+def _activation_operand(node, ctx):
+    """Input A, which must be the activation (the crossbars hold the constant B)."""
+    if ctx.const(node.input[0]) is not None:
+        raise UnsupportedOpError(f"{node.op_type} with a constant left operand "
+                                 f"{node.input[0]!r} is not supported: the activation must "
+                                 f"be input A and the constant weight input B")
+    return ctx.tensor(node.input[0])
+
+
 def lower_gemm(node, ctx):
     a = node_attrs(node)
     if a.get("transA", 0):
         raise UnsupportedOpError("Gemm with transA=1 is not supported")
-    t_in = ctx.tensor(node.input[0])
+    t_in = _activation_operand(node, ctx)
     w = ctx.const(node.input[1])
     if w is None:
         raise UnsupportedOpError("Gemm weight (input B) must be constant")
@@ -53,7 +62,7 @@ def lower_gemm(node, ctx):
 
 
 def lower_matmul(node, ctx):
-    t_in = ctx.tensor(node.input[0])
+    t_in = _activation_operand(node, ctx)
     w = ctx.const(node.input[1])
     if w is None or np.ndim(w) != 2:
         raise UnsupportedOpError("MatMul needs a constant 2-D right operand")

@@ -156,6 +156,9 @@ def lower_pad(node, ctx):
     if any(pads[k] or pads[rank + k] for k in (0, 1)):
         raise UnsupportedOpError(f"Pad of the batch or channel axis (pads {pads}) is not "
                                  f"supported; only spatial padding")
+    if not np.isfinite(value):
+        raise UnsupportedOpError(f"Pad value {value} is not supported (finite constants only; "
+                                 f"before a MaxPool, give the MaxPool the pads instead)")
     top, left = (pads[2], pads[3]) if rank == 4 else (0, pads[2])   # bottom/right: shape
     out_shape = ctx.shape(node.output[0])
     lim = (1 << (ctx.bits - 1)) - 1

@@ -8,7 +8,7 @@ import numpy as np
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier, node_attrs, padded
+from ..ir import explicit_pads, multiplier, node_attrs, padded
 from ..vfu import VFULayer, chunk_list, emit_rescale, out_pointer, rescale_ref
 
 
@@ -82,6 +82,7 @@ def pool_geometry(a, t, out_shape):
     ks = list(a["kernel_shape"])
     if len(ks) not in (1, 2):
         raise UnsupportedOpError(f"only 1-D and 2-D pooling is supported (kernel {ks})")
+    a = explicit_pads(a, ks, [t.W] if len(ks) == 1 else [t.H, t.W])
     strides = list(a.get("strides", [1] * len(ks)))
     dil = list(a.get("dilations", [1] * len(ks)))
     pads = list(a.get("pads", [0] * 2 * len(ks)))

@@ -7,8 +7,10 @@ stores the integers q themselves (scale 1); a lone DQ turns them back into (q - 
 """
 import numpy as np
 
+from onnx import helper
+
 from ..errors import UnsupportedOpError
-from ..ir import node_attrs
+from ..ir import node_attrs, quantized_elem_type
 from ._fixed import ratio
 from .clip import ClampLayer
 
@@ -24,7 +26,17 @@ def _qparams(node, ctx):
         raise UnsupportedOpError(f"{node.op_type} zero point must be a constant")
     if zp is not None and np.size(zp) != 1:
         raise UnsupportedOpError(f"{node.op_type}: per-axis zero points are not supported")
-    dtype = np.asarray(zp).dtype if zp is not None else np.dtype(np.uint8)
+    src = node
+    if node.op_type == "DequantizeLinear" and zp is None:
+        # without a zero point a DQ reads its input's type: that of the Q producing it
+        src = next((n for n in ctx.graph.nodes if n.op_type == "QuantizeLinear"
+                    and node.input[0] in n.output), None)
+    if src is None:
+        dtype = np.dtype(np.uint8)
+    else:
+        zp_src = zp if src is node else (
+            ctx.const(src.input[2]) if len(src.input) > 2 and src.input[2] else None)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(quantized_elem_type(src, zp_src)))
     if not np.issubdtype(dtype, np.integer):
         raise UnsupportedOpError(f"{node.op_type} with {dtype} values is not supported")
     info = np.iinfo(dtype)

@@ -35,7 +35,14 @@ def _alias(node, ctx, out_shape):
     elif src.kind == "vec" and (len(out_shape) <= 2 or np.prod(out_shape[2:]) == 1
                                 or len(out_shape) == 3):
         if len(out_shape) >= 3 and out_shape[0] == 1 and np.prod(out_shape[2:]) == 1:
-            # (1, F) -> (1, F, 1, 1): a 1x1 map, same memory.
+            # (1, F) -> (1, F, 1, 1): a 1x1 map, same memory -- only if the words are in
+            # logical order (a flattened map's are (H, W, C); as channels they would be
+            # read shuffled)
+            if src.perm is not None:
+                raise UnsupportedOpError(
+                    f"reshape of {src.name!r} {src.shape} to {out_shape}: its words are "
+                    f"stored in another order (a flattened map's (H, W, C)), so as channels "
+                    f"they would be shuffled; only vectors in logical order become 1x1 maps")
             t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name)
         else:
             t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,

@@ -1,0 +1,201 @@
+"""ONNX semantics that were once computed wrong without an error (found by review): each
+graph either compiles and matches onnxruntime (and the simulator its integer reference bit
+for bit), or is refused with a one-line error that names what is allowed."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import UnsupportedOpError, compile_model
+from compiler.reference import run_integer_reference, run_onnxruntime
+from simulator import load_config, simulate
+
+CFG = load_config("puma", ["adc.bits=none"])
+RNG = np.random.default_rng(99)
+
+
+def _model(nodes, inits, in_shape, outputs, opset=17):
+    g = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [], [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8 if opset < 21 else 10
+    known = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+    m.graph.output.extend([known[o] for o in outputs])
+    onnx.checker.check_model(m)
+    return m
+
+
+def _check(model, shape, tol=1e-2):
+    x = RNG.standard_normal((2,) + tuple(shape[1:])).astype(np.float32)
+    prog, lp, _ = compile_model(model, CFG, calibration={"x": x}, return_ir=True)
+    rep = simulate(prog, {"x": x})
+    ref = run_integer_reference(lp, {"x": x})
+    ort = run_onnxruntime(model, {"x": x})
+    for o in lp.outputs:
+        np.testing.assert_array_equal(rep.outputs[o + ":int"], ref[o + ":int"])
+        want = ort[o].astype(np.float64)
+        err = np.linalg.norm(rep.outputs[o] - want) / max(np.linalg.norm(want), 1e-12)
+        assert err <= tol, f"{o}: relative L2 error {err:.2e} vs onnxruntime"
+    return lp
+
+
+def _w(*shape, scale=0.4):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---- auto_pad: derived as the spec defines, not ignored --------------------------------
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool", "AveragePool"])
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("k,s", [(2, 1), (3, 2)])
+def test_auto_pad(op, auto_pad, k, s):
+    shape = [1, 3, 7, 8]
+    if op == "Conv":
+        node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=auto_pad,
+                                strides=[s, s])
+        inits = {"w": _w(4, 3, k, k)}
+    else:
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                auto_pad=auto_pad)
+        inits = {}
+    _check(_model([node], inits, shape, ["y"]), shape)
+
+
+# ---- Clip fused into the layer before it ----------------------------------------------
+
+def test_clip_with_attribute_bounds_fused_into_conv_still_clips():
+    """Before opset 11 Clip's bounds are attributes (ReLU6 in older exports)."""
+    shape = [1, 3, 6, 6]
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Clip", ["c"], ["y"], min=0.0, max=0.5)],
+               {"w": _w(4, 3, 3, 3)}, shape, ["y"], opset=10)
+    lp = _check(m, shape)
+    conv = lp.layers[0]
+    assert conv.lo == 0 and conv.hi is not None
+
+
+def test_clip_to_float_max_after_conv_is_no_upper_bound():
+    shape = [1, 3, 6, 6]
+    big = np.float32(np.finfo(np.float32).max)
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+               {"w": _w(4, 3, 3, 3), "lo": np.float32(0), "hi": big}, shape, ["y"])
+    lp = _check(m, shape)
+    assert lp.layers[0].hi is None
+
+
+# ---- constants broadcast from the right --------------------------------------------------
+
+def _conv_then(node, inits, shape=(1, 3, 4, 4)):
+    return _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), node],
+                  {"w": _w(4, 3, 3, 3), **inits}, list(shape), ["y"])
+
+
+@pytest.mark.parametrize("op", ["Mul", "Add"])
+@pytest.mark.parametrize("cshape", [(4,), (1, 4), (4, 1)])
+def test_constant_of_channel_size_along_a_spatial_axis_is_not_per_channel(op, cshape):
+    """(4,) on a (1, 4, 4, 4) map runs along W (ONNX aligns from the right); (4, 1) along
+    H. Refused, where it was once applied per channel."""
+    m = _conv_then(helper.make_node(op, ["c", "k"], ["y"]),
+                   {"k": (RNG.random(cshape) + 0.5).astype(np.float32)})
+    with pytest.raises(UnsupportedOpError, match="is not per-channel"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("cshape", [(4, 1, 1), (1, 4, 1, 1), (1,)])
+def test_per_channel_constants_still_apply_per_channel(cshape):
+    m = _conv_then(helper.make_node("Mul", ["c", "k"], ["y"]),
+                   {"k": (RNG.random(cshape) + 0.5).astype(np.float32)})
+    _check(m, (1, 3, 4, 4))
+
+
+def test_prelu_slope_along_w_is_refused():
+    m = _conv_then(helper.make_node("PRelu", ["c", "k"], ["y"]),
+                   {"k": (RNG.random(4) * 0.3).astype(np.float32)})
+    with pytest.raises(UnsupportedOpError, match="is not per-channel"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+# ---- memory orders ---------------------------------------------------------------------------
+
+def test_flattened_map_reshaped_to_channels_is_refused():
+    """Flatten stores a map's words (H, W, C); read as the channels of a 1x1 map they
+    would be shuffled."""
+    shape = [1, 3, 4, 4]
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2]),
+                helper.make_node("Flatten", ["c"], ["f"]),
+                helper.make_node("Reshape", ["f", "s"], ["r"]),
+                helper.make_node("Conv", ["r", "w2"], ["y"])],
+               {"w": _w(2, 3, 1, 1), "s": np.array([1, 8, 1, 1], np.int64),
+                "w2": _w(5, 8, 1, 1)}, shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="stored in another order"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+def test_gemm_output_reshaped_to_channels_then_convolved_is_refused_in_one_line():
+    shape = [1, 6]
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["g"]),
+                helper.make_node("Reshape", ["g", "s"], ["r"]),
+                helper.make_node("Conv", ["r", "w2"], ["y"])],
+               {"w": _w(6, 8), "s": np.array([1, 8, 1, 1], np.int64), "w2": _w(5, 8, 1, 1)},
+               shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="a vector reshaped to a 1x1 map"):
+        compile_model(m, CFG, calibration={"x": _w(1, 6)})
+
+
+@pytest.mark.parametrize("map_first", [True, False])
+def test_add_of_a_map_and_a_vector_is_refused(map_first):
+    shape = [1, 4, 3]
+    ops = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+           helper.make_node("Flatten", ["x"], ["f"]),
+           helper.make_node("Gemm", ["f", "w2"], ["g"]),
+           helper.make_node("Reshape", ["g", "s"], ["v"]),
+           helper.make_node("Add", ["c", "v"] if map_first else ["v", "c"], ["y"])]
+    m = _model(ops, {"w": _w(4, 4, 3), "w2": _w(12, 12), "s": np.array([1, 4, 3], np.int64)},
+               shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="different memory orders"):
+        compile_model(m, CFG, calibration={"x": _w(1, 4, 3)})
+
+
+# ---- frontend -------------------------------------------------------------------------------
+
+def test_batchnorm_is_not_folded_away_from_a_conv_output_the_graph_returns():
+    shape = [1, 3, 5, 5]
+    bn = {k: (RNG.random(4) + 0.5).astype(np.float32) for k in ("sc", "b", "mu", "var")}
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("BatchNormalization", ["c", "sc", "b", "mu", "var"], ["y"])],
+               {"w": _w(4, 3, 3, 3), **bn}, shape, ["y", "c"])
+    _check(m, shape)
+
+
+def test_quantize_linear_output_dtype_int8_keeps_negative_values():
+    """Opset 21: QuantizeLinear's ``output_dtype`` gives int8 without a zero point."""
+    shape = [1, 3, 4, 4]
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("QuantizeLinear", ["c", "s"], ["q"],
+                                 output_dtype=TensorProto.INT8),
+                helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+               {"w": _w(4, 3, 3, 3), "s": np.float32(0.05)}, shape, ["y"], opset=21)
+    x = _w(2, 3, 4, 4)
+    prog = compile_model(m, CFG, calibration={"x": x})
+    got = simulate(prog, {"x": x}).outputs["y"]
+    want = run_onnxruntime(m, {"x": x})["y"]
+    assert (want < 0).any()
+    np.testing.assert_allclose(got, want, atol=0.05 + 1e-6)
+
+
+def test_non_finite_pad_value_is_refused_naming_it():
+    shape = [1, 3, 4, 4]
+    m = _model([helper.make_node("Pad", ["x", "p", "v"], ["y"], mode="constant")],
+               {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+                "v": np.float32(-np.inf)}, shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="Pad value -inf is not supported"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_constant_left_operand_is_refused_naming_it(op):
+    m = _model([helper.make_node(op, ["w", "x"], ["y"])], {"w": _w(5, 1)}, [1, 6], ["y"])
+    with pytest.raises(UnsupportedOpError, match="constant left operand 'w'"):
+        compile_model(m, CFG, calibration={"x": _w(1, 6)})
