@@ -123,16 +123,19 @@ def _compress(args) -> int:
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, epochs=args.pretrain))
     _check_paths(args)                 # before any data is loaded or anything trained
 
+    import numpy as np
     import torch
 
     from models.data import load_splits
-    from models.train import TORCH_THREADS, predict_logits
+    from models.train import TORCH_THREADS, check_fits, predict_logits
 
     from .export import export_qdq
     from .pipeline import compress
     torch.set_num_threads(TORCH_THREADS)
     train, test = load_splits(args.data, args.limit)
     model = _load_model(args, train, test)
+    # the data must fit the model before any training starts
+    check_fits(model, train[0], np.concatenate([train[1], test[1]]), f"model {args.model}")
     # retrain.keep=best picks an epoch by accuracy: on training images held out for it,
     # never on the test split the results are reported on
     train, val = _hold_out(train) if recipe.retrain.keep == "best" else (train, test)
@@ -256,6 +259,9 @@ def _with_machine(recipe, preset: str, overrides: list[str]):
     from .recipes import parse_recipe
     data = recipe.to_dict()
     data["geometry"] = CrossbarGeometry.from_config(load_config(preset, overrides)).to_dict()
+    for rule, layer in zip(recipe.layers, data["layers"]):
+        for key in rule.inherited:          # the file's geometry's default: the machine's now
+            del layer["quant"][key]
     try:
         return parse_recipe(data)
     except CompressionError as e:   # the machine's crossbars, not the recipe file, changed
@@ -291,7 +297,9 @@ def _check_paths(args) -> None:
     files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in runs})
     model = Path(args.model)
     inputs = ({model.resolve(): "input state dict",
-               model.with_suffix(".json").resolve(): "input model's record"}
+               model.with_suffix(".json").resolve(): "input model's record",
+               # xbarsim train's checkpoint beside its .pt: resuming it is worth keeping
+               model.with_suffix(".ckpt").resolve(): "input model's training checkpoint"}
               if model.suffix == ".pt" else {})
     for p in files:
         if p in inputs:

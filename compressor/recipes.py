@@ -166,6 +166,9 @@ class LayerRule:
 
     patterns: tuple[str, ...]
     constraint: Constraint
+    inherited: tuple[str, ...] = field(default=(), compare=False)
+    """Quant fields (``bits``, ``mapping``) the rule left to the geometry's defaults: a
+    recipe moved onto another machine's crossbars takes that machine's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,10 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
     for k in ("lr", "rho", "rho_max"):
         _check_positive(getattr(admm, k), f"recipe.admm.{k}")
     _check_positive(admm.rho_growth, "recipe.admm.rho_growth", low=1.0, inclusive=True)
+    if admm.rho > admm.rho_max:
+        raise CompressionError(f"recipe.admm.rho={admm.rho!r}: must be <= "
+                               f"recipe.admm.rho_max={admm.rho_max!r} (rho is capped there "
+                               f"from round 0); raise rho_max too")
     _check_int(admm.ramp_rounds, "recipe.admm.ramp_rounds", 0)
     if admm.penalty not in PENALTIES:
         raise CompressionError(f"recipe.admm.penalty={admm.penalty!r}: must be "
@@ -329,7 +336,8 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         raise CompressionError(f"recipe.distill.alpha={a!r}: must be a number in [0, 1] "
                                f"(the distillation term's weight)")
     batch_size, seed = top.get("batch_size", 64), top.get("seed", 0)
-    _check_int(batch_size, "recipe.batch_size", 1)
+    # a batch of one is dropped as a ragged last batch (BatchNorm cannot train on it)
+    _check_int(batch_size, "recipe.batch_size", 2)
     _check_int(seed, "recipe.seed", 0)
     raw_layers = top.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
@@ -374,7 +382,8 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
                           per_channel=q.get("per_channel", False))
     c = Constraint(structure=structure, amount=amount, quant=quant)
     c.check(geom, where)
-    return LayerRule(patterns=patterns, constraint=c)
+    inherited = tuple(k for k in ("bits", "mapping") if quant is not None and k not in q)
+    return LayerRule(patterns=patterns, constraint=c, inherited=inherited)
 
 
 def _mapping(v, where: str, allowed: set | None = None) -> dict:

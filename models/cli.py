@@ -103,7 +103,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--lr-decay", type=float, default=1.0,
                    help="learning rate factor per epoch (default: 1.0)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    p.add_argument("--batch-size", type=int_in(2, 1 << 20), default=128,
+                   help="batch size, >= 2 (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for init and data order")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use at most N training and N test examples (quick runs)")

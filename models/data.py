@@ -8,6 +8,7 @@ inside ``to_tensor_dataset``, so the compiler and simulator can load data withou
 >>> (xtr, ytr), (xte, yte) = load_splits("digits")     # 8x8 digits placed in 28x28
 """
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -55,7 +56,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: IDX header truncated or has {ndim} dimensions")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    need = int(np.prod(dims)) * dtype.itemsize
+    need = math.prod(dims) * dtype.itemsize     # Python ints: a crafted header cannot wrap
     if len(raw) - header != need:
         raise DataError(f"{path}: header says {dims} ({need} bytes of data), "
                         f"file holds {len(raw) - header} bytes (truncated?)")
@@ -87,7 +88,8 @@ def load_idx_pair(folder: str | os.PathLike, split: str = "train",
     if len(images) != len(labels):
         raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels ({split})")
     images, labels = images[:limit], labels[:limit]
-    return normalise(images)[:, None], labels.astype(np.int64)
+    # the NPZ rules: uint8 pixels scaled by 1/255, other types already in [0, 1]
+    return _as_images(images, str(folder)), _as_labels(labels, str(folder))
 
 
 def load_fashion_mnist(folder: str | os.PathLike | None = None, split: str = "train",

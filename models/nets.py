@@ -72,7 +72,8 @@ class SequenceClassifier(nn.Module):
     Input ``(N, seq_len, input_size)`` (batch first). An image batch ``(N, C, H, W)`` is
     read row by row: ``seq_len = H`` steps of ``input_size = C*W`` features, so a 28x28
     image is 28 steps of 28 pixels. ``bidirectional`` adds a second recurrence that runs
-    from the last step to the first.
+    from the last step to the first; the classifier then reads each direction's final
+    state: the forward one at the last step, the backward one at the first.
     """
 
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: tanh
@@ -84,14 +85,22 @@ class SequenceClassifier(nn.Module):
         # attribute named after the cell: state-dict keys "lstm.*" / "gru.*"
         setattr(self, cell, self.CELLS[cell](input_size, hidden_size, num_layers=num_layers,
                                              batch_first=True, bidirectional=bidirectional))
-        # bidirectional: the last step's output holds both directions (2 * hidden_size)
+        # bidirectional: both directions' final states (2 * hidden_size)
+        self.hidden_size, self.bidirectional = hidden_size, bool(bidirectional)
+        self.register_buffer("forward_half", (torch.arange(2 * hidden_size) < hidden_size)
+                             .float(), persistent=False)   # not in the state dict
         self.fc = nn.Linear(hidden_size * (1 + bidirectional), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # (N, C, H, W) -> (N, H, C*W): one step per image row
             x = x.permute(0, 2, 1, 3).flatten(2)
         out, _ = getattr(self, self.cell)(x)
-        return self.fc(out[:, -1])
+        if not self.bidirectional:
+            return self.fc(out[:, -1])
+        # the backward recurrence has read the whole sequence at step 0, not at the last:
+        # the forward half of the last step's output and the backward half of the first's
+        # (a 0/1 mask, not a slice, so the ONNX graph stays in ops the compiler maps)
+        return self.fc(out[:, -1] * self.forward_half + out[:, 0] * (1 - self.forward_half))
 
 
 class LSTMClassifier(SequenceClassifier):

@@ -28,6 +28,7 @@ from models.checkpoints import load_dict
 from models.errors import ModelError
 from models.onnx_export import DEFAULT_OPSET, export
 from models.zoo import ZOO, build, options_for_data
+from simulator.errors import first_line
 from simulator.fileio import atomic_write
 
 #: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
@@ -100,6 +101,22 @@ def _load_checkpoint(path: Path, config: dict) -> dict:
     return ckpt
 
 
+def check_fits(model: nn.Module, x: np.ndarray, y: np.ndarray, what: str) -> None:
+    """Refuse, in one line, a model that cannot take the data's samples or has fewer
+    outputs than the labels' classes (say an option overriding what the data gave)."""
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(torch.from_numpy(np.ascontiguousarray(x[:1])))
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ModelError(f"{what} does not take the data's samples of shape "
+                             f"{tuple(x.shape[1:])}: {first_line(e)}") from e
+    classes = int(y.max()) + 1 if len(y) else 0
+    if out.ndim != 2 or out.shape[1] < classes:
+        raise ModelError(f"{what} gives {tuple(out.shape[1:])} outputs per sample, but the "
+                         f"data's labels need {classes} classes")
+
+
 def _run_epoch(model, opt, x, y, batch_size, rng, bar) -> float:
     model.train()
     loss_fn = nn.CrossEntropyLoss()
@@ -135,9 +152,15 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     """
     if model_name not in ZOO:
         raise ModelError(f"unknown model {model_name!r}; choose from: {', '.join(ZOO)}")
-    if epochs < 0 or batch_size < 1 or not lr > 0 or not math.isfinite(lr):  # NaN: refused
-        raise ModelError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, "
+    # batch_size 1 would train one example an epoch: a ragged batch of one is dropped
+    if epochs < 0 or batch_size < 2 or not lr > 0 or not math.isfinite(lr):  # NaN: refused
+        raise ModelError(f"need epochs >= 0, batch_size >= 2, lr > 0; got {epochs}, "
                          f"{batch_size}, {lr}")
+    if not 0 < lr_decay <= 1:   # NaN fails too; < 0 would ascend the loss every other epoch
+        raise ModelError(f"lr_decay = {lr_decay}: must be in (0, 1] (the learning rate's "
+                         f"factor per epoch)")
+    if not 0 <= weight_decay < math.inf:
+        raise ModelError(f"weight_decay = {weight_decay}: must be a finite number >= 0")
     # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
     if isinstance(data, (str, os.PathLike)):
@@ -154,6 +177,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
               "batch_size": batch_size, "limit": limit}
 
     model = build(model_name, seed=seed, **options)
+    check_fits(model, xtr, np.concatenate([ytr, yte]), f"{model_name} {options}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

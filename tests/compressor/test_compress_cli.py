@@ -299,3 +299,37 @@ def test_tinyadc_per_read_recipe_runs_its_hardware_loop_on_a_chip_that_reads_so(
     assert summary["hardware"]["admm"]["adc_bits_max"] <= 4
     occ = summary["admm"]["layers"]["layers.1"]          # 64-row crossbars, 4 reads each
     assert occ["max_nonzeros_per_segment"] == 3           # per read, as TinyADC states it
+
+
+def test_data_that_does_not_fit_the_model_is_refused_before_training(tmp_path, recipe,
+                                                                      capsys):
+    import numpy as np
+    rng = np.random.default_rng(0)
+
+    def npz(name, shape, classes):
+        p = tmp_path / name
+        np.savez(p, **{f"{k}_{s}": v for s in ("train", "test") for k, v in (
+            ("x", rng.random((20, *shape), dtype=np.float32)),
+            ("y", np.arange(20) % classes))})
+        return p
+    for data, message in ((npz("rgb.npz", (3, 32, 32), 10),
+                           "does not take the data's samples of shape (3, 32, 32)"),
+                          (npz("many.npz", (1, 28, 28), 12), "data's labels need 12 classes")):
+        rc, _, err = run(capsys, "lenet5_fmnist", "--recipe", recipe, "--data", data, "-o",
+                         tmp_path / "x.onnx", "-q")
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+        assert message in err, err
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_compressing_beside_a_training_run_keeps_its_checkpoint(tmp_path, recipe, capsys):
+    """``-o run/w.onnx`` next to ``xbarsim train``'s run/w.pt would make run/w.ckpt, the
+    training run's own checkpoint, the compression's: refused before anything runs."""
+    from models import build
+    pt = tmp_path / "w.pt"
+    torch.save(build("mlp", seed=3).state_dict(), pt)
+    pt.with_suffix(".json").write_text('{"model": "mlp"}')
+    pt.with_suffix(".ckpt").write_bytes(b"training checkpoint")
+    rc, _, err = run(capsys, pt, "--recipe", recipe, "-o", tmp_path / "w.onnx", "-q")
+    assert rc == 2 and "w.ckpt: is the input model's training checkpoint" in err, err
+    assert pt.with_suffix(".ckpt").read_bytes() == b"training checkpoint"

@@ -131,6 +131,10 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("retrain",), {"keep": "worst"}, r"recipe.retrain.keep='worst': must be last, best or average$"),
     (("pretrain",), {"keep": "best"}, r"recipe.pretrain.keep='best': must be last \(only"),
     (("batch_size",), 0, r"recipe.batch_size=0"),
+    # a batch of one is dropped as ragged: each epoch would train one example
+    (("batch_size",), 1, r"recipe.batch_size=1: must be an integer >= 2"),
+    # rho is capped at rho_max from round 0: a rho above it would silently not apply
+    (("admm",), {"rho": 20}, r"recipe.admm.rho=20: must be <= recipe.admm.rho_max=10"),
     (("distill",), {"alpha": 1.5}, r"recipe.distill.alpha=1.5: must be a number in \[0, 1\]"),
     (("distill",), {"alpha": "all"}, r"recipe.distill.alpha='all'"),
     (("distill",), {"temperature": 0}, r"recipe.distill.temperature=0: must be a finite number > 0"),
@@ -200,3 +204,18 @@ def test_lr_decay_sets_each_epochs_learning_rate(monkeypatch):
     lrs = [(s, e, round(lr, 9)) for s, e, lr in seen]
     assert lrs == [(0, 0, 1e-2), (0, 1, 5e-3), (1, 0, 3e-3),
                    (2, 0, 1e-3), (2, 1, 1e-4), (2, 2, 1e-5)]
+
+
+def test_a_recipe_moved_onto_a_machine_takes_its_defaults_not_the_files():
+    """``--preset``/``--set``: a rule that left bits or mapping to the geometry gets the
+    machine's; one that gave them keeps them."""
+    from compressor.cli import _with_machine
+    r = parse_recipe({"geometry": {"weight_bits": 8, "mapping": "differential"},
+                      "layers": [{"match": "fc", "quant": {}},
+                                 {"match": "conv", "quant": {"bits": 3}}]})
+    assert r.layers[0].constraint.quant.bits == 8
+    moved = _with_machine(r, "puma", ["weight_bits=4"])       # puma maps offset
+    q0, q1 = (rule.constraint.quant for rule in moved.layers)
+    assert (q0.bits, q0.mapping) == (4, "offset")
+    assert (q1.bits, q1.mapping) == (3, "offset")
+    assert parse_recipe(r.to_dict()) == r                      # fingerprints unchanged

@@ -176,3 +176,31 @@ def test_tensor_dataset():
     ds = data.to_tensor_dataset(*data.load_digits("test", limit=3))
     x, y = ds[0]
     assert tuple(x.shape) == (1, 28, 28) and str(y.dtype) == "torch.int64"
+
+
+def test_idx_of_floats_is_not_divided_by_255_and_labels_are_checked(tmp_path):
+    """Only uint8 pixels are scaled by 1/255 (the NPZ rules): float IDX images must already
+    lie in [0, 1], and IDX labels must be class indices."""
+    def idx(path, array, code):
+        a = np.asarray(array)
+        header = bytes([0, 0, code, a.ndim]) + np.asarray(a.shape, ">u4").tobytes()
+        path.write_bytes(header + a.astype({0x0D: ">f4", 0x08: np.uint8}[code]).tobytes())
+    folder = tmp_path / "f"
+    folder.mkdir()
+    idx(folder / "t10k-images-idx3-ubyte", np.full((3, 4, 4), 0.5), 0x0D)
+    idx(folder / "t10k-labels-idx1-ubyte", [0, 1, 2], 0x08)
+    x, y = data.load_idx_pair(folder, "test")
+    assert np.all(x == 0.5) and list(y) == [0, 1, 2]
+    idx(folder / "t10k-labels-idx1-ubyte", [0.0, 3.7, 1.0], 0x0D)
+    with pytest.raises(DataError, match="labels must be integer class indices"):
+        data.load_idx_pair(folder, "test")
+    idx(folder / "t10k-images-idx3-ubyte", np.full((3, 4, 4), 7.0), 0x0D)
+    with pytest.raises(DataError, match=r"float images must lie in \[0, 1\]"):
+        data.load_idx_pair(folder, "test")
+
+
+def test_idx_header_whose_size_overflows_int64_is_a_data_error(tmp_path):
+    p = tmp_path / "big"
+    p.write_bytes(bytes([0, 0, 0x08, 4]) + np.full(4, 65536, ">u4").tobytes())
+    with pytest.raises(DataError, match="header says"):
+        data.read_idx(p)

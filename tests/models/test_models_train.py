@@ -63,6 +63,37 @@ def test_train_errors(tmp_path):
         train("nonet", "digits", 1, out_dir=tmp_path)
     with pytest.raises(ModelError, match="epochs"):
         train("lenet5", "digits", 1, lr=0, out_dir=tmp_path)
+    with pytest.raises(ModelError, match="batch_size >= 2"):
+        train("lenet5", "digits", 1, batch_size=1, out_dir=tmp_path)
+    for decay in (float("nan"), -0.5, 0.0, 1.5):
+        with pytest.raises(ModelError, match=r"lr_decay = .*: must be in \(0, 1\]"):
+            train("lenet5", "digits", 1, lr_decay=decay, out_dir=tmp_path)
+    # an option that overrides what the data gives is refused before training, in a line
+    with pytest.raises(ModelError, match="data's labels need 10 classes"):
+        train("lenet5", "digits", 1, limit=64, out_dir=tmp_path,
+              model_kwargs={"num_classes": 5}, progress=False)
+    with pytest.raises(ModelError, match=r"does not take the data's samples of shape"):
+        train("lenet5", "digits", 1, limit=64, out_dir=tmp_path,
+              model_kwargs={"in_channels": 3}, progress=False)
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_bidirectional_classifier_reads_the_backward_final_state():
+    """The backward recurrence has read the whole sequence at step 0: changing only the
+    first row must reach the classifier through it (at the last step it has read one row)."""
+    from models.zoo import build
+    for cell in ("lstm", "gru", "rnn"):
+        m = build(cell, bidirectional=True, seed=0).eval()
+        x = torch.zeros(1, 28, 28)
+        x2 = x.clone()
+        x2[0, 0] = 1.0
+        with torch.no_grad():
+            feats = []
+            for inp in (x, x2):
+                out, _ = getattr(m, cell)(inp)
+                feats.append(torch.cat([out[:, -1, :64], out[:, 0, 64:]], 1))
+            assert not torch.allclose(feats[0][:, 64:], feats[1][:, 64:])
+            assert torch.allclose(m(x2), m.fc(feats[1]))
 
 
 def test_accuracy_difference_interval_is_a_paired_bootstrap():
