@@ -215,6 +215,21 @@ def _parse_model_spec(spec: str) -> tuple[str, dict]:
     return name.strip(), kw
 
 
+def _unique_labels(entries: list[ModelEntry]) -> None:
+    """Files of one name in different folders (dense/lenet5.onnx, pruned/lenet5.onnx) are
+    labelled with their folder, as the table and the plots group rows by label; the same
+    model given twice is refused."""
+    def clashes():
+        labels = [e.label for e in entries]
+        return {x for x in labels if labels.count(x) > 1}
+    same = clashes()
+    for e in entries:
+        if e.label in same and e.path.suffix == ".onnx":
+            e.label = f"{e.path.parent.name}/{e.path.stem}"
+    if clashes():
+        raise SweepError(f"model {sorted(clashes())[0]!r} is given twice; list it once")
+
+
 def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:
     """(label, ONNX path) for an ONNX file, a shipped pretrained name or a zoo name (exported
     once into ``cache``)."""
@@ -512,7 +527,9 @@ def results_paths(out: str | os.PathLike) -> dict[str, Path]:
     JSON per finished point) and ``models`` (exported zoo models)."""
     out = Path(out)
     stem = out.with_suffix("") if out.suffix in (".csv", ".parquet") else out
-    return {"csv": stem.with_suffix(".csv"), "parquet": stem.with_suffix(".parquet"),
+    # with_name, not with_suffix: "sweep.adc" must give sweep.adc.csv, not sweep.csv
+    return {"csv": stem.with_name(stem.name + ".csv"),
+            "parquet": stem.with_name(stem.name + ".parquet"),
             "points": stem.with_name(stem.name + ".points"),
             "models": stem.with_name(stem.name + ".models")}
 
@@ -546,7 +563,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     ``local`` / ``dask`` / ``ray``; ``workers`` per executor (default: CPU count);
     ``address``: an existing Dask scheduler or Ray cluster. ``retry_failed``: recompute
     stored failed points. ``dask_processes``: False runs a LocalCluster's workers as threads.
-    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts.
+    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts, and
+    ``unstored``: failed points that were accidents (a crashed worker), retried next run.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -582,6 +600,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         e = ModelEntry(label, path, _sha_file(path), _input_shapes(path))
         _attach_data(e, batch, None if data is None else str(data), samples)
         entries.append(e)
+    _unique_labels(entries)
 
     preset_arg = preset if isinstance(preset, MachineConfig) else str(preset)
     fixed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) \
@@ -669,7 +688,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
             df[c] = df[c].round().astype("Int64")   # counts stay integers beside failed rows
     write_table(df, paths)
     n_failed = int((df["status"] != "ok").sum())
-    df.attrs.update(computed=len(job_keys), cached=cached, failed=n_failed)
+    df.attrs.update(computed=len(job_keys), cached=cached, failed=n_failed,
+                    unstored=len(failed_now))
     return df
 
 
@@ -734,6 +754,11 @@ def cmd_sweep(args) -> int:
         print(f"  failed: {r['model']} {r['point']}: {r['error']}")
     print(f"results  -> {paths['csv']}" + (f", {paths['parquet']}"
                                           if paths["parquet"].exists() else ""))
+    if a["unstored"]:
+        # a point's own failure (invalid config) is a result; a crash leaves the table short
+        print(f"error: {a['unstored']} point(s) crashed and are not in the table; rerun "
+              f"the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

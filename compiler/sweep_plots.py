@@ -161,8 +161,7 @@ def plot_accuracy_vs_adc(df, grid, out: Path, plt) -> list[Path]:
     d = with_accuracy(df)
     if d is None or "adc.bits" not in grid or d["adc.bits"].nunique(dropna=False) < 2:
         return []
-    series = [c for c in grid if c != "adc.bits" and d[c].nunique(dropna=False) > 1
-              and not (c == "xbar.cols" and "xbar.rows" in grid)]
+    series = [c for c in _shown(d, grid) if c != "adc.bits"]
     xs = _order(d["adc.bits"])
     xpos = {_key(v): i for i, v in enumerate(xs)}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)

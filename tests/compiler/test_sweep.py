@@ -233,3 +233,68 @@ def test_compile_options_are_grid_keys(model_files, tmp_path):
     assert three["mvmus"] > one["mvmus"] and three["latency_s"] < one["latency_s"]
     assert one["rel_err"] == three["rel_err"]                      # same integers
     assert len({p.stem for p in (tmp_path / "r.points").glob("*.json")}) == 3
+
+
+def test_output_names_with_dots_keep_their_own_tables(model_files, tmp_path):
+    from compiler.sweep import results_paths
+    assert results_paths(tmp_path / "s.adc.csv")["csv"] == tmp_path / "s.adc.csv"
+    assert results_paths(tmp_path / "s.adc")["parquet"] == tmp_path / "s.adc.parquet"
+    for name in ("s.x.csv", "s.y.csv"):
+        run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / name, workers=1,
+                  progress=False)
+    assert (tmp_path / "s.x.csv").is_file() and (tmp_path / "s.y.csv").is_file()
+
+
+def test_a_crashed_point_exits_nonzero_and_is_not_stored(model_files, tmp_path, capsys,
+                                                         monkeypatch):
+    """An accident (a worker that died, a bug) leaves the table short: exit 1 with a line
+    that says to rerun; a point's own failure (invalid config) is a result, exit 0."""
+    import compiler.sweep as sw
+
+    def crash(jobs, workers, points_dir):
+        for i in range(len(jobs)):
+            yield i, sw._crashed(RuntimeError("boom"))
+    monkeypatch.setattr(sw, "_run_local", crash)
+    out = tmp_path / "r.csv"
+    rc = main(["sweep", "--models", str(model_files[0]), "--grid", "adc.bits=6",
+               "--workers", "1", "-q", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 point(s) crashed and are not in the table" in err
+    assert not list((tmp_path / "r.points").glob("*.json"))
+
+
+def test_files_of_one_name_in_two_folders_get_distinct_labels(model_files, tmp_path):
+    import shutil
+    for d in ("dense", "pruned"):
+        (tmp_path / d).mkdir()
+        shutil.copy(model_files[0], tmp_path / d / "net.onnx")
+    df = run_sweep([tmp_path / "dense" / "net.onnx", tmp_path / "pruned" / "net.onnx"],
+                   ["adc.bits=6"], tmp_path / "r.csv", workers=1, progress=False)
+    assert list(df["model"]) == ["dense/net", "pruned/net"]
+    with pytest.raises(SweepError, match="is given twice"):
+        run_sweep([model_files[0], model_files[0]], ["adc.bits=6"], tmp_path / "r2.csv",
+                  workers=1, progress=False)
+
+
+def test_accuracy_plot_keeps_crossbar_columns_apart_when_they_vary_on_their_own(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compiler.sweep_plots import plot_accuracy_vs_adc
+    rows = [{"model": "m", "xbar.rows": r, "xbar.cols": c, "adc.bits": b,
+             "accuracy": 0.5 + 0.01 * b, "rel_err": 0.01, "status": "ok"}
+            for r in (64, 128) for c in (32, 64) for b in (4, 6)]
+    df = pd.DataFrame(rows)
+
+    class Keep:                      # pyplot, keeping the figure the plot closes
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def subplots(self, *a, **k):
+            self.fig, axes = plt.subplots(*a, **k)
+            return self.fig, axes
+    keep = Keep()
+    plot_accuracy_vs_adc(df, ["xbar.rows", "xbar.cols", "adc.bits"], tmp_path, keep)
+    labels = [t.get_text() for t in keep.fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == 4 and all("xbar.cols=" in t for t in labels), labels
