@@ -88,8 +88,11 @@ def load_idx_pair(folder: str | os.PathLike, split: str = "train",
     if len(images) != len(labels):
         raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels ({split})")
     images, labels = images[:limit], labels[:limit]
-    # the NPZ rules: uint8 pixels scaled by 1/255, other types already in [0, 1]
-    return _as_images(images, str(folder)), _as_labels(labels, str(folder))
+    # the NPZ rules (uint8 pixels scaled by 1/255, other types already in [0, 1]); the
+    # channel axis then added as a view, as this loader always has: torch picks its conv
+    # kernels by strides, so the trained benchmark numbers depend on this layout
+    images = _as_images(images[:, None], str(folder))[:, 0]
+    return images[:, None], _as_labels(labels, str(folder))
 
 
 def load_fashion_mnist(folder: str | os.PathLike | None = None, split: str = "train",
