@@ -33,12 +33,14 @@ How it is built:
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib.util
 import itertools
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -203,6 +205,12 @@ def _sha_arrays(*arrays) -> str:
     return h.hexdigest()
 
 
+def split_models(text: str) -> list[str]:
+    """``--models`` split at its commas, except those inside brackets, which belong to a
+    zoo option: ``lenet5_fmnist,mlp:hidden=(64,32)`` is two models."""
+    return [m for m in re.split(r",(?![^()\[\]]*[)\]])", text) if m.strip()]
+
+
 def _parse_model_spec(spec: str) -> tuple[str, dict]:
     from simulator.config import _parse_value
     name, *opts = spec.split(":")
@@ -211,7 +219,10 @@ def _parse_model_spec(spec: str) -> tuple[str, dict]:
         if "=" not in o:
             raise SweepError(f"model {spec!r}: options go as NAME:KEY=VALUE, e.g. vgg8:width=0.25")
         k, v = o.split("=", 1)
-        kw[k.strip()] = _parse_value(v.strip())
+        try:     # Python literals as xbarsim train --opt reads them: hidden=(64,32)
+            kw[k.strip()] = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError):
+            kw[k.strip()] = _parse_value(v.strip())
     return name.strip(), kw
 
 
@@ -584,7 +595,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     if workers is not None and workers < 1:
         raise SweepError(f"workers = {workers}: must be >= 1")
     if isinstance(models, (str, os.PathLike)):
-        models = [m for m in str(models).split(",") if m.strip()]
+        models = split_models(str(models))
     if not models:
         raise SweepError("no models to sweep")
     base = load_config(preset, overrides)

@@ -78,9 +78,12 @@ class XbarConfig:
     symmetric weights, |w| <= 2**(weight_bits-1) - 1) or ``offset`` (unsigned weight +
     2**(weight_bits-1); the bias is removed digitally by counting input ones, as in ISAAC)."""
     g_min_us: float = 1.0
-    """Lowest programmable conductance, microsiemens (level 0)."""
+    """Lowest programmable conductance, microsiemens (level 0). Descriptive: values are
+    simulated in levels, and a finite on/off ratio is ``noise.on_off_ratio`` (the
+    compressor's geometry carries the range into its conductance projection)."""
     g_max_us: float = 100.0
-    """Highest programmable conductance, microsiemens (top level)."""
+    """Highest programmable conductance, microsiemens (top level); descriptive, as
+    ``g_min_us``."""
     active_rows: int | None = None
     """Word lines driven in one read; ``None`` = every row at once (PUMA, ISAAC). Fewer rows
     per read bound each column sum an ADC converts, so fewer ADC bits are lossless, at the

@@ -298,3 +298,11 @@ def test_accuracy_plot_keeps_crossbar_columns_apart_when_they_vary_on_their_own(
     plot_accuracy_vs_adc(df, ["xbar.rows", "xbar.cols", "adc.bits"], tmp_path, keep)
     labels = [t.get_text() for t in keep.fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 4 and all("xbar.cols=" in t for t in labels), labels
+
+
+def test_model_lists_keep_commas_inside_zoo_options():
+    from compiler.sweep import _parse_model_spec, split_models
+    assert split_models("lenet5_fmnist, mlp:hidden=(64,32),vgg8:width=0.25") == [
+        "lenet5_fmnist", " mlp:hidden=(64,32)", "vgg8:width=0.25"]
+    assert _parse_model_spec("mlp:hidden=(64,32)") == ("mlp", {"hidden": (64, 32)})
+    assert _parse_model_spec("gru:bidirectional=true") == ("gru", {"bidirectional": True})
