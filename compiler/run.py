@@ -49,6 +49,7 @@ def run_model(args) -> dict:
     demo = args.model is None
     labels = None
     out_dir = Path(args.out or "xbarsim-out")
+    cfg = load_config(args.preset, args.overrides)   # a bad preset or --set: before anything
     if demo:
         import models
         model_path = models.pretrained_path("lenet5_fmnist")
@@ -66,7 +67,6 @@ def run_model(args) -> dict:
     for p in (args.json, args.trace, args.outputs):
         if p:
             Path(p).parent.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.preset, args.overrides)
     calib = {k: v[:32] for k, v in inputs.items()}
     t1 = time.perf_counter()
     prog = compile_model(model_path, cfg, calibration=calib, progress=not args.quiet,

@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--preset", help="take the crossbar geometry from this machine preset "
                                      "(puma, isaac, small) or YAML file instead of the recipe's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a machine config key with --preset, e.g. xbar.rows=64")
+                   help="override a key of the machine (--preset, default puma), e.g. "
+                        "xbar.rows=64")
     p.add_argument("--baseline", action="store_true",
                    help="also run magnitude pruning with the same structure and budget, "
                         "written to OUT-magnitude.onnx")
@@ -315,14 +316,9 @@ def _check_paths(args) -> None:
             raise CompressionError(f"--json {args.json}: is also the run's "
                                    f"{files[j.resolve()]}; choose another path")
         folders.append(j.parent)
-    import tempfile
+    from simulator.fileio import check_writable_folder
     for folder, flag in zip(folders, (f"-o {args.output}", f"--json {args.json}")):
-        folder.mkdir(parents=True, exist_ok=True)   # an OSError here: one line, exit 2
-        try:                    # a folder that exists but takes no files (read-only, /proc)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as e:
-            raise CompressionError(f"{flag}: cannot write files in {folder.resolve()} "
-                                   f"({e.strerror or e}); choose a writable folder") from e
+        check_writable_folder(folder, flag, CompressionError)
 
 
 def _load_model(args, train, test):

@@ -97,7 +97,8 @@ def _load_checkpoint(path: Path, config: dict) -> dict:
     if differ:
         what = ", ".join(f"{k}={old.get(k)!r} (now {config[k]!r})" for k in differ)
         raise ModelError(f"checkpoint {path} is from another run ({what}); "
-                         f"use another output folder or resume=False")
+                         f"use another output folder, or start over (--no-resume; resume=False "
+                         f"from Python)")
     return ckpt
 
 

@@ -9,6 +9,7 @@ Each built module carries ``sample_shape`` (its input shape without the batch di
 which ``models.export`` uses when it is handed a module instead of a name.
 """
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -127,6 +128,10 @@ def _options(name: str, kw: dict) -> dict:
             if str(v).lower() not in ("true", "false", "1", "0"):
                 raise ModelError(f"model {name!r} option {k} takes True or False, got {v!r}")
             opts[k] = str(v).lower() in ("true", "1")
+        elif (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+              and (isinstance(v, bool) or not isinstance(v, numbers.Real))):
+            kind = "an integer" if isinstance(p.default, int) else "a number"
+            raise ModelError(f"model {name!r} option {k} takes {kind}, got {v!r}")
     return opts
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XbarsimError
+from .fileio import check_writable_folder
 
 EXIT_USER_ERROR = 2
 
@@ -28,7 +29,8 @@ class UserError(XbarsimError):
 
 
 def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    # one line whatever the message holds (a parser's error can carry newlines)
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
@@ -91,6 +93,10 @@ def _check_output_args(args) -> None:
     output files go into, so a finished simulation is never lost to a missing folder."""
     if getattr(args, "output", None) is not None and not str(args.output).strip():
         raise UserError("-o/--output: empty path; name the program folder to write")
+    if getattr(args, "func", None) is cmd_compile:
+        # the program folder's parent must take files: found now, not after compiling
+        check_writable_folder(Path(args.output).resolve().parent, f"-o {args.output}",
+                              UserError)
     for key in ("json", "trace", "outputs"):
         if getattr(args, key, None):
             Path(getattr(args, key)).parent.mkdir(parents=True, exist_ok=True)

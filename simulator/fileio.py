@@ -88,3 +88,16 @@ def _create_temp(path: Path, suffix: str) -> Path:
             os.chmod(tmp, mode)  # the umask applied at creation; the target's mode wins
         return tmp
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
+def check_writable_folder(folder: str | Path, flag: str, error: type[Exception]) -> None:
+    """Make ``folder`` and refuse it in one line (``error``, naming ``flag``) if it takes no
+    files (read-only, /proc): found before the work whose results would go there."""
+    import tempfile
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)   # an OSError here: the CLI's one line
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise error(f"{flag}: cannot write files in {folder.resolve()} "
+                    f"({e.strerror or e}); choose a writable folder") from e

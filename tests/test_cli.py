@@ -306,3 +306,23 @@ def test_preset_yaml_edge_cases(tmp_path, capsys):
                                   "--preset", str(binary)]), "bin.yaml: not valid YAML")
     from simulator.config import load_config
     assert load_config("puma", ["clock_ghz=1e-3"]).clock_ghz == 1e-3   # YAML 1.1 reads a str
+
+
+def test_errors_found_before_the_work_and_in_one_line(tmp_path, capsys):
+    """A bad preset is refused before the demo says what it runs; an output folder that
+    takes no files before compiling; a results file that pandas cannot parse in one line,
+    whatever its parser's message holds; a zoo option of the wrong type by name."""
+    import models
+    lenet = str(models.pretrained_path("lenet5_fmnist"))
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,2\n3,4,5,6,7\n")
+    for argv, needle in (
+            (["run", "--preset", "pumma"], "preset 'pumma' not found"),
+            (["compile", lenet, "-o", "/proc/nope"], "-o /proc/nope: cannot write files in"),
+            (["plot", str(bad_csv), "-o", str(tmp_path / "p")], "not a readable results"),
+            (["export", "vgg8", "-o", str(tmp_path / "v.onnx"), "--opt", "width=abc"],
+             "option width takes a number, got 'abc'")):
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert needle in err and "xbarsim demo" not in out, (argv, out, err)
