@@ -127,10 +127,14 @@ class Report:
         if self.layers:
             fig, ax = plt.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
             names = [L["name"] for L in self.layers][::-1]
-            lat = [L["latency_cycles"] * self.cycle_ns / 1000 for L in self.layers][::-1]
-            ax.barh(names, lat, color="tab:orange")
-            ax.set_xlabel("layer busy span (us)")
-            ax.set_title("Per-layer latency")
+            us = self.cycle_ns / 1000
+            lat = [L["latency_cycles"] * us for L in self.layers][::-1]
+            start = [L.get("start_cycle", 0) * us for L in self.layers][::-1]
+            # on the inference's timeline: a layer's span runs from its first event (often
+            # a load that waits for its producer) to its last, so pipelined layers overlap
+            ax.barh(names, lat, left=start, color="tab:orange")
+            ax.set_xlabel("time in the inference (us)")
+            ax.set_title("Per-layer busy span, first to last event")
             out.append(_save(plt, fig, folder / "layer_latency.png"))
             out.append(self._plot_layer_costs(plt, folder))
         return out
