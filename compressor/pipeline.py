@@ -132,7 +132,9 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
              checkpoint: str | os.PathLike | None = None, resume: bool = True,
              progress: bool = True) -> CompressionResult:
     """Compress ``model`` in place by ``recipe``; ``train``/``test`` are ``(x, y)`` arrays
-    (float32 inputs, int64 labels). Validates the recipe against the model before training.
+    (float32 inputs, int64 labels). ``test`` is the set every epoch is scored on, and
+    ``retrain.keep: best`` selects on it: give a validation split, not the test images the
+    results are reported on. Validates the recipe against the model before training.
     """
     if method not in METHODS:
         raise CompressionError(f"method={method!r}: must be one of {', '.join(METHODS)}")
