@@ -243,6 +243,10 @@ def explicit_pads(a: dict, kernel, sizes) -> dict:
     return {**{k: v for k, v in a.items() if k != "auto_pad"}, "pads": begin + end}
 
 
+#: Largest right shift a rescaling uses (the VFU's words are 64-bit).
+MAX_SHIFT = 62
+
+
 def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:
     """Integer multipliers and one shared right shift with mult * 2**-shift ~= real.
     The largest multiplier gets ``bits`` bits of precision."""
@@ -256,7 +260,9 @@ def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, in
                             f"multiply; an activation range is degenerate (check the "
                             f"calibration inputs)")
     shift = int(np.floor(bits - 1 - np.log2(top)))
-    shift = max(shift, 0)
+    # at most 62: a 64-bit shift by 63 or more wraps (x86 takes it mod 64); a factor that
+    # small makes every product round to 0 anyway, which multipliers of 0 then give
+    shift = min(max(shift, 0), MAX_SHIFT)
     m = np.rint(real * (2.0 ** shift)).astype(np.int64)
     return m, shift
 

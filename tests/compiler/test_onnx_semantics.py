@@ -199,3 +199,16 @@ def test_constant_left_operand_is_refused_naming_it(op):
     m = _model([helper.make_node(op, ["w", "x"], ["y"])], {"w": _w(5, 1)}, [1, 6], ["y"])
     with pytest.raises(UnsupportedOpError, match="constant left operand 'w'"):
         compile_model(m, CFG, calibration={"x": _w(1, 6)})
+
+
+def test_a_vanishing_rescaling_factor_shifts_at_most_62_bits():
+    """A degenerate scale gave shifts of 64+, which 64-bit shifts wrap (x86: mod 64): the
+    simulator returned -1 for 1000 * 2**-50. Capped at 62, the product rounds to 0."""
+    from compiler.ir import multiplier
+    from simulator.functional import alu
+    from simulator.isa import Fn
+    m, shift = multiplier(2.0 ** -50)
+    assert shift <= 62
+    x = np.array([1000, -1000, 5], np.int64)
+    y = alu(Fn.SHR, alu(Fn.MUL, x, int(m[0]), 0), shift, shift) if shift else x * m[0]
+    np.testing.assert_array_equal(y, [0, 0, 0])
