@@ -137,6 +137,12 @@ def lower(graph: Graph, absmax: dict[str, float], cfg, headroom: float = 2.0) ->
     for o in graph.outputs:
         if o not in ctx.prog.tensors:
             raise CompilerError(f"graph output {o!r} is a constant or was never produced")
+        shape = tuple(ctx.prog.tensors[o].shape)
+        if not shape or shape[0] != 1:
+            # the program computes one sample and the simulator batches along axis 0
+            raise UnsupportedOpError(f"graph output {o!r} has shape {shape}: its first axis "
+                                     f"must be the batch of 1 (a Transpose or Squeeze moved "
+                                     f"or removed it)")
         ctx.prog.outputs.append(o)
     return ctx.prog
 

@@ -212,3 +212,12 @@ def test_a_vanishing_rescaling_factor_shifts_at_most_62_bits():
     x = np.array([1000, -1000, 5], np.int64)
     y = alu(Fn.SHR, alu(Fn.MUL, x, int(m[0]), 0), shift, shift) if shift else x * m[0]
     np.testing.assert_array_equal(y, [0, 0, 0])
+
+
+@pytest.mark.parametrize("node, shape", [
+    (helper.make_node("Transpose", ["x"], ["y"]), [1, 2, 3]),        # (3, 2, 1)
+    (helper.make_node("Squeeze", ["x"], ["y"]), [1, 1, 4, 1])])      # (4,): batch gone
+def test_graph_output_without_its_batch_axis_first_is_refused(node, shape):
+    m = _model([node], {}, shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="its first axis must be the batch of 1"):
+        compile_model(m, CFG, calibration={"x": _w(*shape)})
