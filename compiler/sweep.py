@@ -230,15 +230,14 @@ def _unique_labels(entries: list[ModelEntry]) -> None:
     """Files of one name in different folders (dense/lenet5.onnx, pruned/lenet5.onnx) are
     labelled with their folder, as the table and the plots group rows by label; the same
     model given twice is refused."""
-    def clashes():
-        labels = [e.label for e in entries]
-        return {x for x in labels if labels.count(x) > 1}
-    same = clashes()
+    labels = [e.label for e in entries]
     for e in entries:
-        if e.label in same and e.path.suffix == ".onnx":
+        if labels.count(e.label) > 1 and e.path.suffix == ".onnx":
             e.label = f"{e.path.parent.name}/{e.path.stem}"
-    if clashes():
-        raise SweepError(f"model {sorted(clashes())[0]!r} is given twice; list it once")
+    labels = [e.label for e in entries]
+    twice = sorted(x for x in set(labels) if labels.count(x) > 1)
+    if twice:
+        raise SweepError(f"model {twice[0]!r} is given twice; list it once")
 
 
 def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:

@@ -91,10 +91,10 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 def _check_output_args(args) -> None:
     """Refuse, before any work, output requests that cannot be met; create the folders the
     output files go into, so a finished simulation is never lost to a missing folder."""
-    if getattr(args, "output", None) is not None and not str(args.output).strip():
-        raise UserError("-o/--output: empty path; name the program folder to write")
-    if getattr(args, "func", None) is cmd_compile:
-        # the program folder's parent must take files: found now, not after compiling
+    if getattr(args, "output", None) is not None:     # compile's program folder
+        if not str(args.output).strip():
+            raise UserError("-o/--output: empty path; name the program folder to write")
+        # its parent must take files: found now, not after compiling
         check_writable_folder(Path(args.output).resolve().parent, f"-o {args.output}",
                               UserError)
     for key in ("json", "trace", "outputs"):

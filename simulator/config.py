@@ -295,11 +295,12 @@ class MachineConfig:
                               f"= {self.weight_bits}")
         # A crossbar's integer output, up to rows * 2**(weight_bits-1) * 2**(input_bits-1),
         # is summed in float64 (BLAS), exact below 2**53: keep a bit of margin.
-        exact = self.weight_bits + self.input_bits + math.ceil(math.log2(self.xbar.rows))
+        row_bits = math.ceil(math.log2(self.xbar.rows))
+        exact = self.weight_bits + self.input_bits + row_bits
         if exact > EXACT_SUM_BITS:
             raise ConfigError(
                 f"weight_bits + input_bits + log2(xbar.rows) = {self.weight_bits} + "
-                f"{self.input_bits} + {math.ceil(math.log2(self.xbar.rows))} = {exact}: must "
+                f"{self.input_bits} + {row_bits} = {exact}: must "
                 f"be <= {EXACT_SUM_BITS}, or crossbar sums are no longer bit-exact in float64")
         if self.dac.bits > self.input_bits:
             raise ConfigError(f"dac.bits = {self.dac.bits}: must be <= input_bits "

@@ -96,19 +96,24 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
             "trace": trace[:tlen].copy(), "mvm_latency": lat}
 
 
-def agent_name(prog: Program, a: int) -> str:
+def agent_tile(prog: Program, a: int) -> int:
+    """The tile of agent ``a``: the cores of every tile first, then each tile's control."""
     cores = prog.config.tile.cores
     n_core = prog.n_tiles * cores
-    if a < n_core:
-        return f"tile {a // cores} core {a % cores}"
-    return f"tile {a - n_core} control"
+    return a // cores if a < n_core else a - n_core
+
+
+def agent_name(prog: Program, a: int) -> str:
+    cores = prog.config.tile.cores
+    if a < prog.n_tiles * cores:
+        return f"tile {agent_tile(prog, a)} core {a % cores}"
+    return f"tile {agent_tile(prog, a)} control"
 
 
 def _raise_for_status(prog, status, info, streams):
     if status == OK:
         return
     if status == DEADLOCK:
-        cores = prog.config.tile.cores
         stuck = []
         for k in range(len(info) // 5):
             a, pc, kind, tile, addr = (int(v) for v in info[5 * k:5 * k + 5])
@@ -117,8 +122,7 @@ def _raise_for_status(prog, status, info, streams):
                  "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr}
             if kind in (W_SEND_FULL, W_RECV):
                 # the engine records the other end; the address is in the agent's own tile
-                own = a // cores if a < prog.n_tiles * cores else a - prog.n_tiles * cores
-                s.update(tile=own, peer=tile)
+                s.update(tile=agent_tile(prog, a), peer=tile)
             stuck.append(s)
         desc = "; ".join(
             f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "

@@ -15,13 +15,18 @@ from ._fixed import ratio
 from .clip import ClampLayer
 
 
+def _zero_point(ctx, node):
+    """A Q/DQ node's constant zero point; None without one (or if it is not constant)."""
+    return ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+
+
 def _qparams(node, ctx):
     """(scale, zero point, qmin, qmax) of a Q or DQ node with per-tensor parameters."""
     s = ctx.const(node.input[1])
     if s is None or np.size(s) != 1:
         raise UnsupportedOpError(f"{node.op_type} on an activation needs one constant scale "
                                  f"(per-axis or computed scales are not supported)")
-    zp = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    zp = _zero_point(ctx, node)
     if len(node.input) > 2 and node.input[2] and zp is None:
         raise UnsupportedOpError(f"{node.op_type} zero point must be a constant")
     if zp is not None and np.size(zp) != 1:
@@ -34,8 +39,7 @@ def _qparams(node, ctx):
     if src is None:
         dtype = np.dtype(np.uint8)
     else:
-        zp_src = zp if src is node else (
-            ctx.const(src.input[2]) if len(src.input) > 2 and src.input[2] else None)
+        zp_src = zp if src is node else _zero_point(ctx, src)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(quantized_elem_type(src, zp_src)))
     if not np.issubdtype(dtype, np.integer):
         raise UnsupportedOpError(f"{node.op_type} with {dtype} values is not supported")
