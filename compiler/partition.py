@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator.config import MAX_ADC_BITS
 from simulator.crossbar import encode_levels, lossless_adc_bits
 
+from .errors import CompilerError
 from .ir import LayerProgram, MVMLayer
 
 
@@ -70,8 +72,13 @@ def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[
         levels[k] = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
         # only the driven rows and the converted columns count: under offset mapping the
         # rest hold the bias level, which no ADC ever sees
-        bits = (lossless_adc_bits(levels[k][:, :len(rows), :n], cfg.dac.bits,
+        bits = (lossless_adc_bits(levels[k][:, :len(rows), :n], cfg.step_bits,
                                   cfg.xbar.active_rows) if cfg.adc.adaptive else -1)
+        if bits > MAX_ADC_BITS:
+            raise CompilerError(
+                f"layer {layer.name!r}: adc.adaptive needs a {bits}-bit ADC to convert its "
+                f"crossbars losslessly, at most {MAX_ADC_BITS} exist: lower xbar.rows, "
+                f"xbar.active_rows, dac.bits or xbar.cell_bits")
         strips[s].blocks.append(Block(idx, s, rows, runs(offsets[rows]), levels[k], n, bits))
     return strips
 

@@ -428,7 +428,7 @@ def _lossless_bits(prog) -> np.ndarray:
     """Lossless ADC bits of every crossbar block of ``prog`` (what ``adc.adaptive`` picks)."""
     from simulator.crossbar import lossless_adc_bits
 
-    dac, active = prog.config.dac.bits, prog.config.xbar.active_rows
+    dac, active = prog.config.step_bits, prog.config.xbar.active_rows
     used = zip(prog.mvmu_levels, prog.mvmu_rows_used, prog.mvmu_cols_used)
     return np.array([lossless_adc_bits(lv[:, :r, :c], dac, active) for lv, r, c in used],
                     np.int64)

@@ -25,6 +25,8 @@ ADC_MODELS = ("puma", "isaac", "survey", "sar")
 ADC_MODES = ("clip", "scale")
 MAPPINGS = ("differential", "offset")
 VARIATION_KINDS = ("normal", "lognormal")
+#: Widest ADC a config, a program or an adaptive ADC may have.
+MAX_ADC_BITS = 32
 #: Largest weight_bits + input_bits + ceil(log2(xbar.rows)) whose crossbar sums float64
 #: (53-bit mantissa) holds exactly, offset mapping's extra bit included.
 EXACT_SUM_BITS = 54
@@ -137,7 +139,7 @@ class AdcConfig:
     instead of ``bits``."""
 
     def __post_init__(self):
-        _check_int("adc", "bits", self.bits, 1, 32, none="ideal")
+        _check_int("adc", "bits", self.bits, 1, MAX_ADC_BITS, none="ideal")
         _check_choice("adc", "model", self.model, ADC_MODELS)
         _check_int("adc", "per_mvmu", self.per_mvmu, 1, 65536)
         _check_choice("adc", "mode", self.mode, ADC_MODES)
@@ -319,6 +321,13 @@ class MachineConfig:
     def arrays(self) -> int:
         """Physical arrays per slice: 2 for differential mapping, 1 for offset."""
         return 2 if self.xbar.mapping == "differential" else 1
+
+    @property
+    def step_bits(self) -> int:
+        """Widest input digit one DAC step drives: the sign bit's step is 1 bit, the others
+        at most ``dac.bits`` of the remaining input_bits-1 (``crossbar.step_plan``). The
+        lossless ADC width rests on it, not on ``dac.bits``, which may be wider."""
+        return max(1, min(self.dac.bits, self.input_bits - 1))
 
     @property
     def input_steps(self) -> int:

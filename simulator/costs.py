@@ -148,7 +148,7 @@ def worst_case_adc_bits(cfg) -> int:
     """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell of a read at its
     top level, every DAC step at full scale); an ideal ADC is costed as this wide."""
     rows = cfg.xbar.active_rows or cfg.xbar.rows
-    worst = rows * ((1 << cfg.dac.bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
+    worst = rows * ((1 << cfg.step_bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
     return max(1, math.ceil(math.log2(worst + 1)))
 
 

@@ -96,6 +96,15 @@ def decode_levels(levels: np.ndarray, weight_bits: int, cell_bits: int,
     return pos - (1 << (weight_bits - 1))
 
 
+def wrap_inputs(x: np.ndarray, input_bits: int) -> np.ndarray:
+    """What an ``input_bits``-wide input register holds of int64 values: two's-complement
+    wrap-around. The bit-serial DAC reads only those bits, so every MVM path (bit-serial,
+    lossless shortcut, fused) wraps its inputs alike. Compiled programs clip before every
+    MVM; only hand-written ones reach this."""
+    half = 1 << (input_bits - 1)
+    return ((np.asarray(x, dtype=np.int64) + half) & ((half << 1) - 1)) - half
+
+
 def row_groups(rows: int, active_rows: int | None) -> list[tuple[int, int]]:
     """The row ranges one input step reads one after another: ``active_rows`` word lines at
     a time from row 0 (None: all ``rows`` in one read)."""
@@ -103,20 +112,22 @@ def row_groups(rows: int, active_rows: int | None) -> list[tuple[int, int]]:
     return [(r0, min(r0 + a, rows)) for r0 in range(0, max(rows, 1), a)]
 
 
-def column_max_sums(levels: np.ndarray, dac_bits: int,
+def column_max_sums(levels: np.ndarray, step_bits: int,
                     active_rows: int | None = None) -> np.ndarray:
-    """Largest possible ADC input per (read, array*slice, column): (2**dac_bits - 1) times
-    the sum of the levels a read drives. One read (the first axis) unless ``active_rows``
-    splits the rows."""
-    lv = levels.astype(np.int64)
-    return ((1 << dac_bits) - 1) * np.stack(
+    """Largest possible ADC input per (read, array*slice, column): the widest input digit
+    (``2**step_bits - 1``; ``SimConfig.step_bits``) times the sum of the levels a read drives.
+    One read (the first axis) unless ``active_rows`` splits the rows. Float levels (nominal
+    conductances) give float sums."""
+    lv = levels if np.issubdtype(levels.dtype, np.floating) else levels.astype(np.int64)
+    return ((1 << step_bits) - 1) * np.stack(
         [lv[:, r0:r1].sum(axis=1) for r0, r1 in row_groups(lv.shape[1], active_rows)])
 
 
-def lossless_adc_bits(levels: np.ndarray, dac_bits: int, active_rows: int | None = None) -> int:
+def lossless_adc_bits(levels: np.ndarray, step_bits: int,
+                      active_rows: int | None = None) -> int:
     """ADC bits that convert every column of these crossbars without loss:
     ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1."""
-    m = int(column_max_sums(levels, dac_bits, active_rows).max(initial=0))
+    m = int(column_max_sums(levels, step_bits, active_rows).max(initial=0))
     return max(1, math.ceil(math.log2(m + 1)))
 
 
@@ -125,16 +136,19 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
     """ADC on column sums ``v`` (..., n_columns). ``bits`` None = ideal.
 
     ``clip``: saturate at 2**bits - 1. ``scale``: each column's ADC spans that column's
-    largest possible sum ``col_max``; keep the top ``bits`` bits (drop, i.e. truncate, the
-    LSBs the range does not fit) and saturate at the top of the span (only an analog sum,
-    with noise or stuck cells, can exceed it)."""
+    largest possible (nominal) sum ``col_max``, but never less than ``2**bits - 1`` (its
+    LSB is at most one level: a column with little or no weight converts like a clipping
+    ADC, so a stuck-on cell or noise there still shows); keep the top ``bits`` bits (drop,
+    i.e. truncate, the LSBs the range does not fit) and saturate at the top of the span
+    (only an analog sum, with noise or stuck cells, can exceed it)."""
     if bits is None:
         return v
     if mode == "clip":
         return np.minimum(v, (1 << bits) - 1)
     if mode == "scale":
-        need = np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64)
-        drop = np.maximum(need - bits, 0)
+        need = np.maximum(np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64),
+                          bits)
+        drop = need - bits
         top = ((1 << need) - 1) >> drop << drop
         return ((np.minimum(v.astype(np.int64), top) >> drop) << drop).astype(v.dtype,
                                                                           copy=False)
@@ -146,7 +160,10 @@ class MVMUModel:
 
     ``levels``: (arrays*slices, R, C) uint8. ``conductance``: optional float levels after
     programming variation / stuck cells (same shape); then column sums are analog and the
-    ADC rounds them to the nearest code.
+    ADC rounds them to the nearest code. ``nominal``: the float levels a scale-mode ADC's
+    span is designed for (``noise.nominal_conductances``: the programmed levels with the
+    finite on/off ratio's G_off, which every cell conducts; faults and variation are what
+    the design does not know); default ``levels``.
     """
 
     def __init__(self, levels: np.ndarray, *, weight_bits: int, input_bits: int,
@@ -154,7 +171,8 @@ class MVMUModel:
                  adc_mode: str, conductance: np.ndarray | None = None,
                  read_sigma: float = 0.0, read_rng: np.random.Generator | None = None,
                  rows_used: int | None = None, cols_used: int | None = None,
-                 active_rows: int | None = None, exact_shortcut: bool = True):
+                 active_rows: int | None = None, exact_shortcut: bool = True,
+                 nominal: np.ndarray | None = None):
         # Only the used region is wired: rows beyond ``rows_used`` are not driven (their
         # DACs are off) and columns beyond ``cols_used`` have no ADC (they read 0) -- the
         # same counts the timing and energy model charge.
@@ -164,6 +182,8 @@ class MVMUModel:
         levels = levels[:, :ru, :cu]
         if conductance is not None:
             conductance = conductance[:, :ru, :cu]
+        if nominal is not None:
+            nominal = nominal[:, :ru, :cu]
         self.n_arr, self.rows, self.cols = levels.shape
         self.slices = n_slices(weight_bits, cell_bits, mapping)
         self.arrays = self.n_arr // self.slices
@@ -177,7 +197,9 @@ class MVMUModel:
         # Reads per input step (``active_rows`` word lines each); each read's column sums
         # go through the ADC on their own and are added digitally.
         self.groups = row_groups(self.rows, active_rows)
-        col_max = column_max_sums(levels, dac_bits, active_rows)
+        step_bits = int(self.widths.max())
+        col_max = column_max_sums(levels if nominal is None else nominal, step_bits,
+                                  active_rows)
         # (R, arrays*slices*C): one matrix for every array and slice.
         big = int(col_max.max(initial=0))
         self.dtype = np.float32 if big < (1 << 24) and not self.analog else np.float64
@@ -189,7 +211,7 @@ class MVMUModel:
         # identity and the MVM is exactly x @ W: one float64 product (exact, |sum| < 2**53)
         # instead of one per input step and slice.
         self.lossless = exact_shortcut and not self.analog and (
-            adc_bits is None or lossless_adc_bits(levels, dac_bits, active_rows) <= adc_bits)
+            adc_bits is None or lossless_adc_bits(levels, step_bits, active_rows) <= adc_bits)
         if self.lossless:
             self.wmat = decode_levels(levels, weight_bits, cell_bits, mapping).astype(np.float64)
         sign = np.array([1, -1][: self.arrays], np.int64)
@@ -232,7 +254,7 @@ class MVMUModel:
 
     def mvm(self, x: np.ndarray) -> np.ndarray:
         """Bit-exact MVM of a batch of input vectors ``x`` (B, R) -> (B, C) int64."""
-        x = np.asarray(x, dtype=np.int64)[:, :self.rows]
+        x = wrap_inputs(np.asarray(x)[:, :self.rows], self.input_bits)
         if self.lossless:
             y = np.rint(x.astype(np.float64) @ self.wmat).astype(np.int64)
             return self._pad_cols(y)

@@ -15,10 +15,10 @@ from collections import deque
 
 import numpy as np
 
-from .crossbar import MVMUModel
+from .crossbar import MVMUModel, wrap_inputs
 from .errors import DeadlockError, SimulationError
 from .isa import PERSISTENT, Fn, Op
-from .noise import conductances, read_noise_rng
+from .noise import conductances, nominal_conductances, read_noise_rng
 from .program import Program
 
 (_NOP, _HLT, _LOAD, _STORE, _COPY, _SET, _ALU, _ALUI, _MVM, _ISET, _IADD, _JMP, _BEQ, _BNE,
@@ -38,7 +38,12 @@ def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
     x = a.astype(np.float64) / (1 << frac)
     y = {Fn.SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), Fn.TANH: np.tanh,
          Fn.EXP: lambda v: np.exp(np.minimum(v, 40.0)), Fn.LOG: _log}[fn](x)
-    return np.rint(y * (1 << frac)).astype(np.int64)
+    # saturate where the result leaves int64 (EXP of a large argument, LOG(0) at many
+    # fraction bits), as a fixed-point unit does, instead of wrapping to INT64_MIN
+    return np.clip(np.rint(y * (1 << frac)), -2.0 ** 63, _INT64_TOP).astype(np.int64)
+
+
+_INT64_TOP = np.nextafter(2.0 ** 63, 0.0)   # the largest float64 below 2**63
 
 
 def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
@@ -92,7 +97,8 @@ def prepared_mvmus(prog: Program, exact_shortcut: bool = True
                 adc_bits=prog.adc_bits_of(i), adc_mode=cfg.adc.mode,
                 conductance=conductances(levels, cfg, keys[i]), read_sigma=cfg.noise.read_sigma,
                 rows_used=int(prog.mvmu_rows_used[i]), cols_used=int(prog.mvmu_cols_used[i]),
-                active_rows=cfg.xbar.active_rows, exact_shortcut=exact_shortcut)
+                active_rows=cfg.xbar.active_rows, exact_shortcut=exact_shortcut,
+                nominal=nominal_conductances(levels, cfg))
         cache[exact_shortcut] = models
     return cache[exact_shortcut]
 
@@ -326,6 +332,7 @@ class ValueEngine:
             m0, m1, mats = fused
             B, k = regs.shape[0], m1 - m0
             x = regs[:, lay.xin_of(m0):lay.xin_of(m1)].reshape(B, k, lay.rows)
+            x = wrap_inputs(x, self.cfg.input_bits)
             y = np.matmul(x.transpose(1, 0, 2).astype(np.float64), mats)     # (k, B, C)
             regs[:, lay.xout_of(m0):lay.xout_of(m1)] = np.rint(
                 y.transpose(1, 0, 2).reshape(B, k * lay.cols)).astype(np.int64)

@@ -29,10 +29,7 @@ def conductances(levels: np.ndarray, cfg, mvmu) -> np.ndarray | None:
         u = _rng(cfg, _STUCK, mvmu).random(levels.shape)
         g[u < nz.stuck_off] = 0.0
         g[(u >= nz.stuck_off) & (u < nz.stuck_off + nz.stuck_on)] = top
-    if nz.on_off_ratio is not None:
-        # Levels span G_off..G_on linearly; G_off = top / R in level units. Differential
-        # pairs cancel the offset (only the gain 1 - 1/R is left); offset mapping does not.
-        g = g * (1.0 - 1.0 / nz.on_off_ratio) + top / nz.on_off_ratio
+    g = _on_off(g, cfg)
     if nz.program_sigma:
         z = _rng(cfg, _VARIATION, mvmu).standard_normal(levels.shape)
         if nz.program_dist == "normal":
@@ -40,6 +37,24 @@ def conductances(levels: np.ndarray, cfg, mvmu) -> np.ndarray | None:
         else:
             g = g * np.exp(nz.program_sigma * z)
     return g
+
+
+def _on_off(g: np.ndarray, cfg) -> np.ndarray:
+    """Levels span G_off..G_on linearly; G_off = top / R in level units. Differential pairs
+    cancel the offset (only the gain 1 - 1/R is left); offset mapping does not."""
+    r = cfg.noise.on_off_ratio
+    if r is None:
+        return g
+    return g * (1.0 - 1.0 / r) + ((1 << cfg.xbar.cell_bits) - 1) / r
+
+
+def nominal_conductances(levels: np.ndarray, cfg) -> np.ndarray | None:
+    """The float levels a cell is designed to conduct (the finite on/off ratio's G_off
+    included; no fault, no variation): what a scale-mode ADC's span is set for. None when
+    the on/off ratio is ideal (then the integer levels are nominal)."""
+    if cfg.noise.on_off_ratio is None:
+        return None
+    return _on_off(levels.astype(np.float64), cfg)
 
 
 def read_noise_rng(cfg, mvmu) -> np.random.Generator | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import MachineConfig, from_dict
+from .config import MAX_ADC_BITS, MachineConfig, from_dict
 from .errors import ProgramError, XbarsimError
 from .fileio import atomic_write, read_npz
 from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, UNARY_FNS, Fn, Op, RegisterLayout
@@ -348,8 +348,9 @@ def validate(prog: Program) -> None:
             raise ProgramError(f"MVMU {i}: rows/cols used {prog.mvmu_rows_used[i]}/"
                                f"{prog.mvmu_cols_used[i]} outside 1..{cfg.xbar.rows}/"
                                f"1..{cfg.xbar.cols}")
-        if not -1 <= prog.mvmu_adc_bits[i] <= 32:
-            raise ProgramError(f"MVMU {i}: adc bits {prog.mvmu_adc_bits[i]} outside -1..32")
+        if not -1 <= prog.mvmu_adc_bits[i] <= MAX_ADC_BITS:
+            raise ProgramError(f"MVMU {i}: adc bits {prog.mvmu_adc_bits[i]} outside "
+                               f"-1..{MAX_ADC_BITS}")
     for k, code in enumerate(prog.core_code):
         t, c = divmod(k, cores)
         _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,

@@ -182,7 +182,7 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     assert per_xbar[0] < per_xbar[1]
     # each layer's widest ADC: what its crossbars' levels need (adaptive)
     from simulator.crossbar import lossless_adc_bits
-    need = [max(lossless_adc_bits(prog.mvmu_levels[i], cfg.dac.bits)
+    need = [max(lossless_adc_bits(prog.mvmu_levels[i], cfg.step_bits)
                 for i in np.flatnonzero(prog.mvmu_layer == k))
             for k, L in enumerate(rep.layers) if L["crossbars"]]
     assert [L["adc_bits"] for L in mvm] == need and need[0] < need[1]
@@ -246,9 +246,22 @@ def test_adaptive_bits_count_only_what_an_adc_converts():
     cfg = load_config("puma", ["adc.adaptive=true", "xbar.mapping=offset", "weight_bits=8"])
     prog = compile_model(mlp([w]), cfg, calibration={"input": x})
     lv = prog.mvmu_levels[0]
-    used = lossless_adc_bits(lv[:, :20, :10], cfg.dac.bits)
-    assert int(prog.mvmu_adc_bits[0]) == used < lossless_adc_bits(lv, cfg.dac.bits)
+    used = lossless_adc_bits(lv[:, :20, :10], cfg.step_bits)
+    assert int(prog.mvmu_adc_bits[0]) == used < lossless_adc_bits(lv, cfg.step_bits)
     ideal = compile_model(mlp([w]), load_config(cfg, ["adc.bits=none", "adc.adaptive=false"]),
                           calibration={"input": x})
     np.testing.assert_array_equal(simulate(prog, {"input": x}).outputs["logits:int"],
                                   simulate(ideal, {"input": x}).outputs["logits:int"])
+
+
+def test_adaptive_adc_wider_than_any_adc_is_refused_at_compile_time():
+    """16-bit DAC steps on 8-bit cells, 512 rows at the top level: 33 lossless bits. The
+    compiler names the layer and the knobs instead of emitting a program the validator
+    refuses."""
+    from compiler import CompilerError
+    cfg = load_config("puma", ["adc.adaptive=true", "weight_bits=8", "input_bits=32",
+                               "dac.bits=16", "xbar.cell_bits=8", "xbar.rows=512",
+                               "xbar.mapping=offset"])
+    x = np.random.default_rng(1).standard_normal((2, 512)).astype(np.float32)
+    with pytest.raises(CompilerError, match="needs a 33-bit ADC.*at most 32.*xbar.rows"):
+        compile_model(mlp([np.ones((512, 4))]), cfg, calibration={"input": x})

@@ -262,8 +262,9 @@ def test_scale_mode_adc_saturates_at_the_top_of_its_span():
     v = np.array([[100.0, 300.0, 200.0, 7.0]])
     col_max = np.array([15, 255, 0, 255])
     got = adc_convert(v, 4, "scale", col_max)
-    # 4 of need 4 bits: top 15; of 8 bits: 4 LSBs dropped, top 240; an all-zero column: 0
-    np.testing.assert_array_equal(got, [[15, 240, 0, 0]])
+    # 4 of need 4 bits: top 15; of 8 bits: 4 LSBs dropped, top 240; an all-zero column
+    # spans at least what 4 bits hold at one level per code: top 15
+    np.testing.assert_array_equal(got, [[15, 240, 15, 0]])
     np.testing.assert_array_equal(adc_convert(v, 4, "clip"), [[15, 15, 15, 7]])
 
 
@@ -279,7 +280,41 @@ def test_scale_mode_codes_stay_in_range_with_stuck_on_cells():
     from simulator.crossbar import adc_convert
     out = adc_convert(codes.reshape(codes.shape[0], codes.shape[1], -1), 5, "scale",
                       m.col_max)
-    need = np.ceil(np.log2(column_max_sums(levels, 1).reshape(-1) + 1)).astype(int)
-    assert (codes.reshape(out.shape) > (1 << need) - 1).any()      # the noise overflows
-    assert (out <= (1 << need) - 1).all()
-    assert (out[..., :4] == 0).all()
+    need = np.maximum(np.ceil(np.log2(column_max_sums(levels, 1).reshape(-1) + 1)), 5)
+    top = (1 << need.astype(int)) - 1
+    assert (codes.reshape(out.shape) > top).any()      # the stuck cells overflow the span
+    assert (out <= top).all()
+    # a column with no weight still converts at one level per code: its stuck cells show
+    no_weight = out.reshape(*out.shape[:2], -1, m.cols)[..., :4]
+    assert no_weight.min() > 0 and no_weight.max() == 31
+
+
+def test_lossless_bits_count_the_widest_step_not_the_dac():
+    """The sign bit takes a 1-bit step of its own, so with dac.bits = input_bits no step is
+    wider than input_bits - 1 bits (``step_bits``): the lossless width is one bit less than
+    the DAC's width would say, and an ADC that wide is exact on every input."""
+    cfg = load_config("small", ["input_bits=4", "dac.bits=4", "weight_bits=4"])
+    assert cfg.step_bits == 3
+    w = np.full((8, 1), 7, np.int64)
+    levels = encode_levels(w, 4, 2, "differential")
+    bits = lossless_adc_bits(levels, cfg.step_bits)
+    assert bits == lossless_adc_bits(levels, cfg.dac.bits) - 1
+    from simulator.crossbar import MVMUModel
+    x = np.repeat(np.arange(-8, 8)[:, None], 8, 1)          # every 4-bit input
+    m = MVMUModel(levels, weight_bits=4, input_bits=4, cell_bits=2, dac_bits=4,
+                  mapping="differential", adc_bits=bits, adc_mode="clip", exact_shortcut=False)
+    np.testing.assert_array_equal(m.mvm(x), x @ w)
+    assert m.lossless is False and MVMUModel(
+        levels, weight_bits=4, input_bits=4, cell_bits=2, dac_bits=4, mapping="differential",
+        adc_bits=bits, adc_mode="clip").lossless           # the shortcut is taken at that width
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_inputs_outside_the_register_width_wrap_on_every_path(shortcut):
+    """An input register holds input_bits: 200 in 8 bits is -56, whichever path computes."""
+    from simulator.crossbar import MVMUModel
+    w = np.array([[1], [2]], np.int64)
+    m = MVMUModel(encode_levels(w, 4, 2, "differential"), weight_bits=4, input_bits=8,
+                  cell_bits=2, dac_bits=1, mapping="differential", adc_bits=None,
+                  adc_mode="clip", exact_shortcut=shortcut)
+    np.testing.assert_array_equal(m.mvm(np.array([[200, 1]])), [[-56 + 2]])

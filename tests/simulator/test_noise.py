@@ -83,3 +83,26 @@ def test_finite_on_off_ratio(mapping):
     levels = np.arange(4, dtype=np.uint8).reshape(1, 1, 4)          # 2-bit cells, top 3
     g = conductances(levels, load_config("small", ["noise.on_off_ratio=4"]), 0)
     np.testing.assert_allclose(g.ravel(), [0.75, 1.5, 2.25, 3.0])   # G_off = G_on / 4
+
+
+@pytest.mark.parametrize("adc", ["adc.bits=16", "adc.bits=8"])
+def test_scale_adc_spans_g_off_so_differential_pairs_cancel(adc):
+    """With a finite on/off ratio every cell conducts at least G_off, also in an array whose
+    levels are all 0. A scale-mode ADC's span is set for those nominal currents, so the
+    negative array of an all-positive column reads its offset too and the pair cancels it:
+    the same integers as an ideal ADC (to the LSBs an 8-bit span drops), and +w gives -(-w)."""
+    R = 16
+    w = np.zeros((R, 4), np.int64)
+    w[:, 0], w[:, 1] = 5, -5                             # one array of each pair all 0
+    w[:, 2] = np.where(np.arange(R) % 2, 5, -5)
+    x = np.full((1, R), 3, np.int64)
+    base = ["weight_bits=8", "input_bits=8", "xbar.rows=16", "xbar.cols=4",
+            "xbar.cell_bits=2", "noise.on_off_ratio=10", "adc.mode=scale"]
+    ideal = simulate(ex.single_mvm(load_config("small", base + ["adc.bits=none"]), w),
+                     {"x": x}).outputs["y:int"]
+    got = simulate(ex.single_mvm(load_config("small", base + [adc]), w),
+                   {"x": x}).outputs["y:int"]
+    assert got[0, 0] == -got[0, 1] > 0 and got[0, 3] == 0
+    tol = 0 if adc == "adc.bits=16" else 0.05 * abs(ideal[0, 0])
+    np.testing.assert_allclose(got, ideal, atol=tol)
+    assert abs(ideal[0, 0] - 0.9 * 15 * R / 16 * 16) < 0.1 * 240   # the gain 1 - 1/R only

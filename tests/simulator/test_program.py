@@ -230,3 +230,15 @@ def test_bad_integer_register_names_its_field(ra, rr, field, reg):
     with pytest.raises(ProgramError, match=f"{field} = integer register {reg} outside"):
         Program(config=cfg, n_tiles=1, core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1),
                 tile_code=[ex.EMPTY])
+
+
+def test_transcendental_vfu_results_saturate_instead_of_wrapping():
+    """EXP(39) at 8 fraction bits is 2.2e19, past int64: the unit saturates at the top (it
+    used to wrap to INT64_MIN); LOG(0) at 24 fraction bits saturates at the bottom."""
+    from simulator.functional import alu
+    frac = 8
+    a = np.array([[30, 39, 40, 100]], np.int64) << frac
+    y = alu(Fn.EXP, a, 0, frac)
+    assert y[0, 0] == round(np.exp(30.0) * 2 ** frac)
+    assert (y[0, 1:] == np.iinfo(np.int64).max - 1023).all()    # the largest float64 < 2**63
+    assert alu(Fn.LOG, np.array([[0]], np.int64), 0, 24)[0, 0] == np.iinfo(np.int64).min

@@ -169,10 +169,11 @@ def test_worst_case_adc_bits_is_the_largest_possible_column_sum(overrides, bits)
 
 
 def test_an_ideal_adc_wider_than_32_bits_is_charged_at_its_width():
-    """An ideal ADC is costed at the worst-case lossless width, here 12 + 16 + 8 = 36 bits:
+    """An ideal ADC is costed at the worst-case lossless width, here 12 + 16 + 8 = 36 bits
+    (log2 rows + the widest 16-bit input step, below the 17-bit inputs' sign + cell bits):
     its conversions are charged that width's energy (the per-width table grows to fit)."""
     cfg = load_config("small", ["xbar.rows=4096", "xbar.cols=4", "weight_bits=8",
-                                "input_bits=16", "dac.bits=16", "xbar.cell_bits=8",
+                                "input_bits=17", "dac.bits=16", "xbar.cell_bits=8",
                                 "adc.bits=none", "adc.model=sar"])
     from simulator.costs import adc_cost, worst_case_adc_bits
     assert worst_case_adc_bits(cfg) == 36
