@@ -88,6 +88,11 @@ def lower_lstm(node, ctx):
                                  "use Y or Y_h")
     W, R, b, H = weights(ctx, node, 4)
     h0, c0 = initial_h(ctx, node, H), per_direction(ctx, node, 6, "initial_c", H)
+    if np.abs(c0).max(initial=0) >= 2 ** CELL_INT_BITS_MAX:
+        raise UnsupportedOpError(
+            f"LSTM initial_c reaches {np.abs(c0).max():.4g}: the cell state is stored with "
+            f"at most {CELL_INT_BITS_MAX} integer bits, so |initial_c| < "
+            f"{2 ** CELL_INT_BITS_MAX} is supported")
     fmt = lstm_format(ctx.bits, T, float(np.abs(c0).max(initial=0)))
     lim = 1 << (fmt.bits - 1)
     c0_int = np.clip(np.rint(c0 * 2.0 ** fmt.fc), -lim, lim - 1).astype(np.int64)

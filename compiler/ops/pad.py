@@ -77,22 +77,28 @@ class PadLayer(VFULayer):
 
 
 def source_index(n_out: int, before: int, n_in: int, mode: str) -> list[int]:
-    """Input index of each output index along one axis (-1: the constant)."""
+    """Input index of each output index along one axis (-1: the constant). Negative pads
+    crop first, as the spec and onnxruntime do, so edge, reflect and wrap read the cropped
+    input (wrap used to wrap around the whole one)."""
+    after = n_out - n_in - before
+    lo = max(-before, 0)                            # the cropped input is [lo, lo + n_in)
+    n_in -= lo + max(-after, 0)
+    before = max(before, 0)
     out = []
     for i in range(n_out):
         r = i - before
         if 0 <= r < n_in:
-            out.append(r)
+            out.append(lo + r)
         elif mode == "constant":
             out.append(-1)
         elif mode == "edge":
-            out.append(min(max(r, 0), n_in - 1))
+            out.append(lo + min(max(r, 0), n_in - 1))
         elif mode == "wrap":
-            out.append(r % n_in)
+            out.append(lo + r % n_in)
         else:                                        # reflect (edge not repeated)
             period = 2 * (n_in - 1)
             r = r % period if period else 0
-            out.append(period - r if r >= n_in else r)
+            out.append(lo + (period - r if r >= n_in else r))
     return out
 
 

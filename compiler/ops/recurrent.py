@@ -191,14 +191,40 @@ def check_common(node, ctx, a: dict, default_activations: list[str]) -> tuple[in
     if seq is not None and not np.all(seq == T):
         raise UnsupportedOpError(f"{op} sequence_lens shorter than the sequence is not "
                                  f"supported (variable-length sequences)")
-    if node.input[0] in ctx.prog.inputs:
+    source = _batch_axis_source(ctx, node.input[0])
+    if source is not None:
         # The frontend fixes a graph input's first dimension as the batch, which for a
         # time-major (seq, batch, features) input would silently cut the sequence to 1.
         raise UnsupportedOpError(
-            f"{op} reads graph input {node.input[0]!r} time-major (seq, batch, features); "
-            f"graph inputs are batch-first here: export with batch_first=True (torch), which "
+            f"{op} reads graph input {source!r} time-major (seq, batch, features); graph "
+            f"inputs are batch-first here: export with batch_first=True (torch), which "
             f"transposes inside the graph")
     return T, B, I
+
+
+#: Ops that leave their input's first axis where it was (per element, or on the last axis).
+_AXIS0_KEEPING = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
+                  "Elu", "Selu", "Softplus", "Clip", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
+                  "Identity", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear"}
+
+
+def _batch_axis_source(ctx, tensor: str) -> str | None:
+    """The graph input whose first (batch) axis is ``tensor``'s first axis, reached through
+    ops that keep that axis in place; None when a reordering op (Transpose, Reshape...) or
+    only constants lie between them."""
+    producer = {o: n for n in ctx.graph.nodes for o in n.output}
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in ctx.prog.inputs:
+            return t
+        n = producer.get(t)
+        if n is not None and n.op_type in _AXIS0_KEEPING:
+            stack += [i for i in n.input if i]
+    return None
 
 
 def weights(ctx, node, gates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -267,6 +293,10 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
     mult, shift = multiplier(s_acc * 2.0 ** frac)
     lim = 1 << (fmt.bits - 1)
+    if np.abs(h0).max(initial=0) > 1:
+        raise UnsupportedOpError(
+            f"{op} initial_h reaches {np.abs(h0).max():.4g}: the hidden state is stored in "
+            f"[-1, 1) (tanh's range), so |initial_h| <= 1 is supported")
     h0_int = np.clip(np.rint(h0 / s_h), -lim, lim - 1).astype(np.int64)
     s0_int = h0_int if s0_int is None else s0_int
     name, y_name = _direction_names(node, d)

@@ -158,8 +158,14 @@ def _segment(ctx, t, a: int, b: int):
     reduced = {names[k - 1] for k in range(a, b)}
     mem = [n for n in ("H", "W", "C") if size[n] > 1]
     run = [k for k, n in enumerate(mem) if n in reduced]
-    if not run:   # every reduced dimension has size 1: softmax of one element each
-        run = [len(mem)]
+    if not run:
+        # every reduced dimension has size 1: a softmax of one element each. Groups of one
+        # word, the innermost dimension's words side by side (blk = N: one group per
+        # segment), looping over the outer ones (the loops know only H and W).
+        if not mem:
+            return (), 1, 1, 1, False
+        inner = mem[-1]
+        return tuple(mem[:-1]), 1, size[inner], size[inner], inner == "H"
     if run != list(range(run[0], run[-1] + 1)):
         raise UnsupportedOpError(f"softmax over logical axes {list(range(a, b))} of a "
                                  f"{shape} map is not contiguous in (H, W, C) memory")
@@ -189,7 +195,12 @@ def lower_softmax(node, ctx):
         ctx.flattened.update({t.name, out.name})
     # Inputs with an enormous step (the zoo graphs' constant weights calibrate logits to
     # ~1e20): a difference of one step then already sends exp() to 0, so capping the factor
-    # changes no result and keeps x * m_in inside int64.
+    # changes no Softmax result and keeps x * m_in inside int64. LogSoftmax returns the
+    # differences themselves, so it cannot take the cap.
+    if node.op_type == "LogSoftmax" and t.scale * 2.0 ** FRAC > 2.0 ** 44:
+        raise UnsupportedOpError(
+            f"LogSoftmax input {t.name!r} has the step {t.scale:.3g} (|x| up to about "
+            f"{t.scale * 2 ** (ctx.bits - 1):.3g}); steps up to 2**{44 - FRAC} are supported")
     m_in, sh_in = ratio(min(t.scale * 2.0 ** FRAC, 2.0 ** 44))
     kw = {}
     if node.op_type == "LogSoftmax":

@@ -221,3 +221,24 @@ def test_graph_output_without_its_batch_axis_first_is_refused(node, shape):
     m = _model([node], {}, shape, ["y"])
     with pytest.raises(UnsupportedOpError, match="its first axis must be the batch of 1"):
         compile_model(m, CFG, calibration={"x": _w(*shape)})
+
+
+# ---- Softmax / LogSoftmax edges ---------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("shape,axis", [((1, 3, 1, 5), 2), ((1, 3, 4, 1), 3),
+                                        ((1, 1, 1, 6), 2)])
+def test_softmax_over_an_axis_of_size_one(op, shape, axis):
+    """One element per softmax (1 or 0 everywhere): the program used to deadlock or leave
+    its output unwritten when the map had several channels."""
+    _check(_model([helper.make_node(op, ["x"], ["y"], axis=axis)], {}, shape, ["y"],
+                  opset=13), shape)
+
+
+def test_log_softmax_refuses_an_input_step_it_cannot_scale():
+    """Logits of ~1e12 (step ~1e8): Softmax caps its fixed-point factor harmlessly, but
+    LogSoftmax returns the differences themselves, which the cap scaled wrong."""
+    m = _model([helper.make_node("LogSoftmax", ["x"], ["y"], axis=1)], {}, (1, 8), ["y"])
+    x = (RNG.standard_normal((2, 8)) * 1e12).astype(np.float32)
+    with pytest.raises(UnsupportedOpError, match="LogSoftmax input 'x' has the step"):
+        compile_model(m, CFG, calibration={"x": x})

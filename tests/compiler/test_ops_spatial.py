@@ -203,6 +203,7 @@ def test_pad_with_axes_input():
     ("reflect", [0, 0, 2, 3, 0, 0, 1, 2], 5, 6),
     ("reflect", [0, 0, -1, 2, 0, 0, 2, -1], 5, 6),    # crop on one side, mirror on the other
     ("wrap", [0, 0, 2, 3, 0, 0, 4, 2], 5, 6),
+    ("wrap", [0, 0, -2, 1, 0, 0, 1, -2], 5, 6),      # wraps the cropped input, as the spec
 ])
 def test_pad_edge_reflect_wrap(mode, pads, H, W):
     """Border rows/columns copy input rows/columns: loop nests whose input pointer steps

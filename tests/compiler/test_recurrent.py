@@ -152,15 +152,17 @@ def test_strips_across_cores_and_tiles_are_exact(cell, bidirectional):
 
 
 def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh"),
-               time_major_input=False, two=False):
+               time_major_input=False, two=False, h0=None, c0=None):
     """Batch-first graph input -> Transpose -> LSTM with initial states (no bias) ->
-    Y transposed batch-first (``yb``), Y_h, Y_c. ``two``: weights for two directions."""
+    Y transposed batch-first (``yb``), Y_h, Y_c. ``two``: weights for two directions.
+    ``time_major_input``: True feeds the graph input itself, "relu" through a Relu.
+    ``h0``/``c0``: a constant initial state instead of random ones."""
     rng = np.random.default_rng(0)
     D = 2 if two else 1
     arr = {"W": rng.standard_normal((D, 4 * H, I)) * 0.4,
            "R": rng.standard_normal((D, 4 * H, H)) * 0.4,
-           "h0": rng.uniform(-0.5, 0.5, (D, 1, H)),
-           "c0": rng.uniform(-1, 1, (D, 1, H))}
+           "h0": rng.uniform(-0.5, 0.5, (D, 1, H)) if h0 is None else np.full((D, 1, H), h0),
+           "c0": rng.uniform(-1, 1, (D, 1, H)) if c0 is None else np.full((D, 1, H), c0)}
     ins = ["xt", "W", "R", "", "", "h0", "c0"]
     if seq is not None:
         arr["seq"], ins[4] = np.array([seq], np.int32), "seq"
@@ -172,6 +174,9 @@ def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh")
     nodes = [helper.make_node("LSTM", ins, ["y", "yh", "yc"], hidden_size=H, **(attrs or {}))]
     if time_major_input:
         nodes[0].input[0] = "x"
+        if time_major_input == "relu":
+            nodes[0].input[0] = "xr"
+            nodes.insert(0, helper.make_node("Relu", ["x"], ["xr"]))
         x_shape = [T, 1, I]
     else:
         nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
@@ -211,6 +216,9 @@ def test_reverse_direction_runs_from_the_last_step():
     ({"attrs": {"direction": "bidirectional"}, "outputs": ("yb", "yh"), "two": True},
      "direction-major"),
     ({"time_major_input": True}, "time-major"),
+    ({"time_major_input": "relu"}, "reads graph input 'x' time-major"),   # was 1 step
+    ({"h0": 2.5}, r"initial_h reaches 2.5.*\|initial_h\| <= 1"),     # was clipped to 1
+    ({"c0": 70.0}, r"initial_c reaches 70.*< 64"),                    # was clipped to 64
 ])
 def test_unsupported_variants_are_refused(kw, match):
     model = _hand_lstm(**kw)
