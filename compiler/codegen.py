@@ -410,9 +410,12 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
             for off, n in chs:
                 plan.setdefault(src, []).append(("send", dst, off, n))
                 plan.setdefault(dst, []).append(("recv", src, off, n))
-    order = {"send_p": 0, "recv_p": 1, "send": 2, "recv": 3}
+    if not _may_deadlock(plan, cg.cfg.tile.recv_buffer):
+        # every tile sends before it receives: transfers overlap (the usual case)
+        order = {"send_p": 0, "recv_p": 1, "send": 2, "recv": 3}
+        for ops in plan.values():
+            ops.sort(key=lambda o: order[o[0]])
     for tile, ops in sorted(plan.items()):
-        ops.sort(key=lambda o: order[o[0]])
         em = tile_em[tile]
         base = cg.buffer(out_name, tile) + out_off
         with em.loop_nest(dims, [(base, out_strides)], i) as (p,):
@@ -425,6 +428,24 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
                     em.emit(Op.SEND, imm=a, ra=p.ireg, vec=n, peer=peer, layer=i)
                 else:
                     em.emit(Op.RECV, imm=a, ra=p.ireg, vec=n, peer=peer, count=0, layer=i)
+
+
+def _may_deadlock(plan: dict, recv_buffer: int) -> bool:
+    """Whether sends-before-receives could deadlock: some directed tile pair carries more
+    messages per iteration than a receive buffer holds (the sender then waits for the
+    receiver) and the tiles' sends form a cycle (each waits on the next). Then every tile
+    keeps the plan's order instead: one global order of the transfers, of which each tile
+    does its part in sequence, so the earliest unfinished transfer always finds its sender
+    and receiver ready and its (per-pair) buffer empty."""
+    import networkx as nx
+    sends: dict[tuple[int, int], int] = {}
+    for tile, ops in plan.items():
+        for kind, peer, _, _ in ops:
+            if kind in ("send", "send_p"):
+                sends[(tile, peer)] = sends.get((tile, peer), 0) + 1
+    if max(sends.values(), default=0) <= recv_buffer:
+        return False
+    return not nx.is_directed_acyclic_graph(nx.DiGraph(list(sends)))
 
 
 def check_registers(cfg, prog) -> None:

@@ -265,3 +265,23 @@ def test_adaptive_adc_wider_than_any_adc_is_refused_at_compile_time():
     x = np.random.default_rng(1).standard_normal((2, 512)).astype(np.float32)
     with pytest.raises(CompilerError, match="needs a 33-bit ADC.*at most 32.*xbar.rows"):
         compile_model(mlp([np.ones((512, 4))]), cfg, calibration={"input": x})
+
+
+def test_tiles_exchanging_more_than_a_receive_buffer_do_not_deadlock():
+    """512 outputs on 16-row crossbars over two tiles of 8 cores: each tile sends the other
+    more chunks per step than its 4-message receive buffer holds. Sending everything before
+    receiving anything deadlocked both; the transfers now run in one global order."""
+    from compiler.codegen import _may_deadlock
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 512)) * 0.3
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    cfg = load_config("small", ["tile.cores=8", "tile.recv_buffer=4", "adc.bits=none"])
+    prog = compile_model(mlp([w]), cfg, calibration={"input": x})
+    assert prog.n_tiles == 2
+    rep = simulate(prog, {"input": x})
+    ref = run_onnxruntime(mlp([w]), {"input": x})["logits"]
+    assert np.abs(rep.outputs["logits"] - ref).max() < 0.05 * np.abs(ref).max()
+    plan = {0: [("send", 1, 0, 16)] * 5 + [("recv", 1, 0, 16)] * 5,
+            1: [("send", 0, 0, 16)] * 5 + [("recv", 0, 0, 16)] * 5}
+    assert _may_deadlock(plan, 4) and not _may_deadlock(plan, 5)
+    assert not _may_deadlock({0: [("send", 1, 0, 16)] * 9, 1: [("recv", 0, 0, 16)] * 9}, 4)
