@@ -17,7 +17,8 @@ import numpy as np
 from .config import MAX_ADC_BITS, MachineConfig, from_dict
 from .errors import ProgramError, XbarsimError
 from .fileio import atomic_write, read_npz
-from .isa import CORE_OPS, INSTR_DTYPE, TILE_OPS, UNARY_FNS, Fn, Op, RegisterLayout
+from .isa import (CORE_OPS, INSTR_DTYPE, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS, Fn, Op,
+                  RegisterLayout)
 
 FORMAT_VERSION = 1
 
@@ -221,11 +222,31 @@ class Program:
                                f"this xbarsim reads version {FORMAT_VERSION}")
         a = read_npz(apath, ProgramError)
         required = ("core_code", "core_start", "tile_code", "tile_start", "mvmu_loc",
-                    "mvmu_levels", "init_tile", "init_addr", "init_count", "init_start",
-                    "init_values")
+                    "mvmu_levels", "mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits",
+                    "mvmu_layer", "mem_words", "init_tile", "init_addr", "init_count",
+                    "init_start", "init_values")
         missing = [k for k in required if k not in a]
-        if missing:
-            raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}")
+        if missing:   # save writes them all: a missing one would load as a default
+            raise ProgramError(f"{apath}: missing arrays {', '.join(missing)}; recompile with "
+                               f"`xbarsim compile`")
+        if a["mvmu_levels"].dtype != np.uint8:
+            raise ProgramError(f"{apath}: mvmu_levels has dtype {a['mvmu_levels'].dtype}; "
+                               f"cell levels are uint8")
+        for k in required[2:]:
+            if k not in ("tile_code", "mvmu_levels") and not (
+                    np.issubdtype(a[k].dtype, np.integer) and a[k].ndim == (2 if k ==
+                                                                           "mvmu_loc" else 1)):
+                raise ProgramError(f"{apath}: {k} must be a {'2' if k == 'mvmu_loc' else '1'}"
+                                   f"-D integer array (got {a[k].dtype}, {a[k].ndim}-D)")
+        n_seg = len(a["init_start"]) - 1
+        if not (n_seg >= 0 and a["init_start"][0] == 0
+                and a["init_start"][-1] == len(a["init_values"])
+                and (np.diff(a["init_start"]) >= 0).all()
+                and len(a["init_tile"]) == len(a["init_addr"]) == len(a["init_count"])
+                == n_seg):
+            raise ProgramError(f"{apath}: the memory image's arrays disagree (init_start must "
+                               f"rise from 0 to the {len(a['init_values'])} init_values, one "
+                               f"segment per init_tile/init_addr/init_count entry)")
         if a["core_code"].dtype != INSTR_DTYPE or a["tile_code"].dtype != INSTR_DTYPE:
             raise ProgramError(f"{apath}: instruction arrays do not have the ISA's dtype")
         for code, start in (("core_code", "core_start"), ("tile_code", "tile_start")):
@@ -312,10 +333,15 @@ def validate(prog: Program) -> None:
     if len(prog.tile_code) != tiles:
         raise ProgramError(f"program has {len(prog.tile_code)} tile streams for {tiles} tiles")
     lay = RegisterLayout.of(cfg)
-    if len(prog.mem_words) != tiles or (prog.mem_words < 1).any():
-        raise ProgramError(f"mem_words must give a positive size for each of the {tiles} tiles")
-    if not isinstance(prog.layers, list) or not all(isinstance(x, dict) for x in prog.layers):
-        raise ProgramError("layers must be a list of layer records (objects)")
+    if len(prog.mem_words) != tiles or (prog.mem_words < 1).any() \
+            or (prog.mem_words > MAX_MEM_WORDS).any():
+        raise ProgramError(f"mem_words must give a size in 1..{MAX_MEM_WORDS} words for each "
+                           f"of the {tiles} tiles")
+    if not isinstance(prog.layers, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("name"), str)
+            and isinstance(x.get("op"), str) for x in prog.layers):
+        raise ProgramError("layers must be a list of layer records (objects with a string "
+                           "name and op)")
     n_layers = len(prog.layers)
     n = len(prog.mvmu_loc)
     if n and not ((prog.mvmu_layer >= -1) & (prog.mvmu_layer < n_layers)).all():
@@ -365,11 +391,42 @@ def validate(prog: Program) -> None:
             raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "
                                f"outside the program's tile memory ({tiles} tiles)")
     for port in prog.inputs + prog.outputs:
+        _validate_port(port)
         addrs = port.addresses()
         if not (0 <= port.tile < tiles and 0 <= port.addr and (
                 addrs.size == 0 or addrs.max() < prog.mem_words[port.tile])):
             raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
                                f"(+{port.size}) outside the tile's memory")
+
+
+def _validate_port(port: TensorPort) -> None:
+    """A port's description must address each of its elements once, inside its buffer."""
+    what = f"tensor {port.name!r}"
+    if not (port.shape and all(isinstance(d, (int, np.integer)) and d >= 1
+                               for d in port.shape)):
+        raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers")
+    if not (np.isfinite(port.scale) and port.scale > 0):
+        raise ProgramError(f"{what}: scale {port.scale} must be finite and positive")
+    if port.count < 0:
+        raise ProgramError(f"{what}: consumer count {port.count} must be >= 0")
+    if port.map_layout is not None:
+        H, W, C, pt, pl, Wp = port.map_layout
+        if min(H, W, C) < 1 or pt < 0 or pl < 0 or Wp < W + pl or H * W * C != port.size:
+            raise ProgramError(f"{what}: map layout {list(port.map_layout)} (H, W, C, pad "
+                               f"top, pad left, padded width) does not fit its shape "
+                               f"{list(port.shape)}")
+    if port.perm is not None and sorted(port.perm) != list(range(port.size)):
+        raise ProgramError(f"{what}: perm is not a permutation of its {port.size} elements")
+
+
+#: The immediates an ALU function reads, by (ALUI?, function): a clip's bits, a fixed-point
+#: unit's fraction bits, an immediate shift count.
+_IMM_RANGE = {**{(i, Fn.CLIP): (1, 63) for i in (False, True)},
+              **{(i, f): (0, 62) for i in (False, True) for f in TRANSCENDENTAL_FNS},
+              (True, Fn.SHR): (0, 63), (True, Fn.SHL): (0, 63)}
+#: Largest tile memory a program may declare, in words (addresses fit the ISA's int32 fields
+#: with room for a vector).
+MAX_MEM_WORDS = 1 << 30
 
 
 def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_layers) -> None:
@@ -405,6 +462,14 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
                                    f"{words} words")
         if op in (Op.STORE, Op.RECV) and count < 0:
             raise ProgramError(f"{here}: consumer count {count} must be >= 0")
+        if op in (Op.ALU, Op.ALUI):
+            if fn not in Fn._value2member_map_:
+                raise ProgramError(f"{here}: unknown ALU function {fn}; allowed: "
+                                   f"{', '.join(f.name.lower() for f in Fn)}")
+            lo, hi = _IMM_RANGE.get((op == Op.ALUI, Fn(fn)), (None, None))
+            if lo is not None and not lo <= imm <= hi:
+                raise ProgramError(f"{here}: {Fn(fn).name.lower()} immediate {imm} outside "
+                                   f"{lo}..{hi}")
         regs = []
         if op == Op.LOAD:
             regs = [dst]
@@ -416,8 +481,6 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
             regs = [dst]
         elif op == Op.ALU:
             regs = [dst, src1] + ([] if Fn(fn) in UNARY_FNS else [src2])
-        if op in (Op.ALU, Op.ALUI) and fn not in Fn._value2member_map_:
-            raise ProgramError(f"{here}: unknown ALU function {fn}")
         for reg in regs:
             if reg < 0 or (rr == -1 or op not in (Op.LOAD, Op.STORE)) and reg + vec > lay.size:
                 raise ProgramError(f"{here}: register {reg} (+{vec}) outside the core's "

@@ -12,8 +12,8 @@ from .functional import run_values
 from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report
-from .timing import (BAD_ADDRESS, BAD_MESSAGE, DEADLOCK, N_COUNTERS, OK, RUNAWAY, W_RECV,
-                     W_SEND_FULL, WAIT_NAMES, run_timing)
+from .timing import (BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK, N_COUNTERS, OK,
+                     RUNAWAY, W_RECV, W_SEND_FULL, WAIT_NAMES, run_timing)
 
 DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
 
@@ -56,7 +56,7 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     params = np.array([cfg.core.mvmus, lay.xout, lay.gp, lay.rows, lay.cols, cfg.core.vfu_lanes,
                        cfg.tile.mem_ports, cfg.tile.port_words, cfg.tile.mem_latency,
                        cfg.tile.recv_buffer, cfg.node.mesh_width, cfg.node.hop_cycles,
-                       cfg.node.router_cycles, cfg.node.flit_words, max_instructions, 0,
+                       cfg.node.router_cycles, cfg.node.flit_words, max_instructions, lay.size,
                        cfg.core.int_registers], np.int64)
     lat, stats, bits = mvmu_tables(prog)
     valid = np.zeros(total, np.bool_)
@@ -141,6 +141,9 @@ def _raise_for_status(prog, status, info, streams):
     if status == BAD_ADDRESS:
         raise SimulationError(f"{where}: memory address {int(info[2])} outside the tile's "
                               f"memory")
+    if status == BAD_REGISTER:
+        raise SimulationError(f"{where}: register {int(info[2])} (offset by its rr register) "
+                              f"and its vector leave the core's {prog.layout.size} registers")
     if status == BAD_MESSAGE:
         raise SimulationError(f"{where}: recv width differs from the message's "
                               f"{int(info[2])} words")

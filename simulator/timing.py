@@ -29,7 +29,7 @@ COUNTER_NAMES = ("crossbar_reads", "dac_conversions", "adc_conversions", "shift_
                  "mvm_ops", "mem_words_read", "mem_words_written", "packets")
 
 # Status codes.
-OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE = 0, 1, 2, 3, 4
+OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER = 0, 1, 2, 3, 4, 5
 # Wait kinds (for deadlock reports).
 W_NONE, W_LOAD, W_STORE, W_SEND_FULL, W_RECV = 0, 1, 2, 3, 4
 WAIT_NAMES = {W_NONE: "?", W_LOAD: "load (words not valid)",
@@ -138,13 +138,13 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
 
     params: [nm, xout0, gp0, rows, cols, lanes, nports, port_words, mem_lat, recv_cap,
-             mesh_w, hop_cycles, router_cycles, flit_words, max_instr, words, n_int]
+             mesh_w, hop_cycles, router_cycles, flit_words, max_instr, n_regs, n_int]
     mvm_stats[core, m, :] = crossbar reads, dac conversions, adc conversions per MVM.
     """
     nm, xout0, gp0, rows, cols = params[0], params[1], params[2], params[3], params[4]
     lanes, nports, port_words, mem_lat = params[5], params[6], params[7], params[8]
     recv_cap, mesh_w, hop_cycles, router_cycles = params[9], params[10], params[11], params[12]
-    flit_words, max_instr, n_int = params[13], params[14], params[16]
+    flit_words, max_instr, n_regs, n_int = params[13], params[14], params[15], params[16]
 
     n_core_agents = n_tiles * cores
     n_agents = n_core_agents + n_tiles
@@ -321,6 +321,11 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     reg = dst[p] if o == _OP_LOAD else src1[p]
                     if rr[p] >= 0:
                         reg += ireg[a, rr[p]]
+                        if reg < 0 or reg + v > n_regs:   # only run time can tell
+                            info[0] = a
+                            info[1] = p
+                            info[2] = reg
+                            return BAD_REGISTER, end_time, info, tlen
                     ready = max(ready, _mvmu_wait(reg, v, xout0, gp0, rows, cols, nm,
                                                   mvmu_free, core))
                 elif o == _OP_RECV:

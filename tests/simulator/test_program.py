@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from simulator import DeadlockError, Program, ProgramError, load_config, simulate
+from simulator import DeadlockError, Program, ProgramError, SimulationError, load_config, simulate
 from simulator import examples as ex
 from simulator.isa import Fn, Op, assemble, instr
 
@@ -242,3 +242,82 @@ def test_transcendental_vfu_results_saturate_instead_of_wrapping():
     assert y[0, 0] == round(np.exp(30.0) * 2 ** frac)
     assert (y[0, 1:] == np.iinfo(np.int64).max - 1023).all()    # the largest float64 < 2**63
     assert alu(Fn.LOG, np.array([[0]], np.int64), 0, 24)[0, 0] == np.iinfo(np.int64).min
+
+
+def _edit_arrays(fn):
+    def edit(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        fn(a)
+        np.savez(folder / "program.npz", **a)
+    return edit
+
+
+def _edit_manifest(fn):
+    def edit(folder):
+        m = json.loads((folder / "manifest.json").read_text())
+        fn(m)
+        (folder / "manifest.json").write_text(json.dumps(m))
+    return edit
+
+
+@pytest.mark.parametrize("edit,match", [
+    # arrays save always writes loaded as defaults (every crossbar fully used...)
+    (_edit_arrays(lambda a: a.pop("mvmu_rows_used")), "missing arrays mvmu_rows_used"),
+    (_edit_arrays(lambda a: a.pop("mem_words")), "missing arrays mem_words"),
+    # float cell levels passed the range check and read as fractional conductances
+    (_edit_arrays(lambda a: a.update(mvmu_levels=a["mvmu_levels"] + 0.5)),
+     "mvmu_levels has dtype float64"),
+    (_edit_arrays(lambda a: a.update(mvmu_rows_used=a["mvmu_rows_used"] - 0.5)),
+     "mvmu_rows_used must be a 1-D integer array"),
+    # a cut memory image loaded silently shorter
+    (_edit_arrays(lambda a: a.update(init_start=np.array([0, 3]), init_tile=np.zeros(1, int),
+                                     init_addr=np.zeros(1, int), init_count=np.zeros(1, int))),
+     "memory image's arrays disagree"),        # a segment of 3 values, none stored
+    (_edit_arrays(lambda a: a.update(init_start=np.array([0, 0]), init_tile=np.zeros(1, int))),
+     "memory image's arrays disagree"),        # one segment, no address or count
+    (_edit_arrays(lambda a: a.update(mem_words=a["mem_words"] * 0 + 2 ** 50)),
+     "mem_words must give a size in 1..1073741824"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(scale=float("nan"))),
+     "scale nan must be finite and positive"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(perm=[0] * 16)),
+     "perm is not a permutation of its 16 elements"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(shape=[1, "16"])),
+     r"shape \[1, '16'\] must be positive integers"),
+    (_edit_manifest(lambda m: m["layers"][0].update(name=3)),
+     "objects with a string name and op"),
+])
+def test_malformed_program_files_are_refused_at_load(tmp_path, edit, match):
+    """What a hand-edited or cut program file says must hold before anything runs: each of
+    these loaded and then ran wrong, or crashed deep in the simulator."""
+    with pytest.raises(ProgramError, match=match) as e:
+        Program.load(_corrupt(tmp_path, edit))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fn,op,imm,match", [
+    (Fn.CLIP, Op.ALU, 0, "clip immediate 0 outside 1..63"),
+    (Fn.SHR, Op.ALUI, -3, "shr immediate -3 outside 0..63"),
+    (Fn.SHL, Op.ALUI, 70, "shl immediate 70 outside 0..63"),
+    (Fn.EXP, Op.ALU, 63, "exp immediate 63 outside 0..62"),
+    (99, Op.ALU, 0, "unknown ALU function 99; allowed: add"),
+])
+def test_alu_functions_and_their_immediates_are_checked(fn, op, imm, match):
+    cfg = load_config("small")
+    code = assemble([instr(op, fn=fn, dst=0, src1=0, src2=0, vec=1, imm=imm)])
+    with pytest.raises(ProgramError, match=match):
+        Program(config=cfg, n_tiles=1, tile_code=[ex.EMPTY],
+                core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1))
+
+
+@pytest.mark.parametrize("offset", [-10 ** 12, -5, 10 ** 6])
+def test_register_offset_outside_the_registers_is_an_error_in_timing_runs_too(offset):
+    """Only run time knows ireg[rr]: the timing engine (which runs first, also without
+    inputs) used to index its MVMU table with it, out of bounds (a far one segfaulted)."""
+    cfg = load_config("small")
+    lay = ex.RegisterLayout.of(cfg)
+    code = assemble([instr(Op.ISET, dst=0, imm=offset),
+                     instr(Op.LOAD, dst=lay.xin_of(0), rr=0, imm=0, vec=cfg.xbar.rows),
+                     instr(Op.HLT)])
+    with pytest.raises(SimulationError, match=f"pc 1: register {offset} .*leave the core's"):
+        simulate(_two_mvmu_program(cfg, code), values=False)
