@@ -76,6 +76,12 @@ def add_affine(node, ctx, t_in, k, b, out_name=None):
     bv = per_channel(ctx, t_in, b)
     s_y = ctx.scale_for(out_name)
     M, shift = multiplier(kv * t_in.scale / s_y)
+    # The constant rides at the multiplier's shift; a tiny factor (a large shift) must not
+    # push it past int64: cap the shift there (that factor then rounds to fewer bits).
+    top = float(np.abs(bv / s_y).max(initial=0.0))
+    if top > 0 and top * 2.0 ** shift >= 2.0 ** 61:
+        shift = max(int(np.floor(61 - np.log2(top))), 0)
+        M = np.rint(kv * t_in.scale / s_y * 2.0 ** shift).astype(np.int64)
     Bv = np.rint(bv / s_y * (2.0 ** shift)).astype(np.int64)
     out = ctx.new_tensor(out_name, ctx.shape(out_name), s_y, perm=t_in.perm,
                          as_map=t_in.kind == "map")

@@ -242,3 +242,12 @@ def test_log_softmax_refuses_an_input_step_it_cannot_scale():
     x = (RNG.standard_normal((2, 8)) * 1e12).astype(np.float32)
     with pytest.raises(UnsupportedOpError, match="LogSoftmax input 'x' has the step"):
         compile_model(m, CFG, calibration={"x": x})
+
+
+def test_affine_with_a_tiny_factor_and_a_large_constant_keeps_the_constant():
+    """y = x * 1e-9 + 1000: the factor's rescaling shift pushed the constant past int64
+    (every output read -500 with only a numpy cast warning)."""
+    m = _model([helper.make_node("Mul", ["x", "k"], ["t"]),
+                helper.make_node("Add", ["t", "c"], ["y"])],
+               {"k": np.float32(1e-9), "c": np.float32(1000.0)}, (1, 8), ["y"])
+    _check(m, (1, 8), tol=1e-4)
