@@ -390,7 +390,7 @@ def _fold_batchnorm(g: Graph) -> None:
         conv = producers.get(bn.input[0])
         if (conv is None or conv.op_type != "Conv" or len(g.consumers(bn.input[0])) != 1
                 or bn.input[0] in g.outputs        # the conv output itself is wanted
-                or conv.input[1] not in g.consts
+                or conv.input[1] not in g.consts or not _const_bias(g, conv)
                 or any(i not in g.consts for i in bn.input[1:5])):
             continue
         scale, b, mean, var = (np.asarray(g.consts[i], np.float64) for i in bn.input[1:5])
@@ -429,14 +429,23 @@ def _scale_qweight(g: Graph, src: str, dst: str, k: np.ndarray) -> np.ndarray | 
     return q.astype(np.float32) * s.astype(np.float32).reshape(shape)
 
 
-def _per_channel(c, cout: int) -> np.ndarray | None:
-    """A constant that broadcasts per output channel of an NCHW conv output, as (cout,)."""
+def _const_bias(g: Graph, conv) -> bool:
+    """The conv has no bias or a constant one (a computed bias cannot be folded into)."""
+    return len(conv.input) <= 2 or not conv.input[2] or conv.input[2] in g.consts
+
+
+def _per_channel(c, cout: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts per output channel of a conv output of ``rank`` axes
+    (N, C, spatial...), as (cout,); None when it does not (a constant of higher rank would
+    also raise the result's rank)."""
     c = np.asarray(c, np.float64)
+    if c.ndim > rank:
+        return None
     if c.size == 1:
         return np.full(cout, float(c.reshape(())))
-    if c.size == cout and c.ndim >= 3 and c.shape[-c.ndim:][-2:] == (1, 1) and (
-            c.ndim == 3 or c.shape[0] == 1):
-        return c.reshape(cout)
+    full = c.reshape((1,) * (rank - c.ndim) + c.shape)     # ONNX broadcasts from the right
+    if full.shape[1] == cout and all(n == 1 for i, n in enumerate(full.shape) if i != 1):
+        return full.reshape(cout)
     return None
 
 
@@ -457,11 +466,11 @@ def _fold_affine_into_conv(g: Graph) -> None:
             x = node.input[1 - k]
             conv = producers.get(x)
             if (conv is None or conv.op_type != "Conv" or conv.input[1] not in g.consts
-                    or len(g.consumers(x)) != 1 or x in g.outputs):
+                    or len(g.consumers(x)) != 1 or x in g.outputs or not _const_bias(g, conv)):
                 continue
             w = np.asarray(g.consts[conv.input[1]], np.float64)
             cout = w.shape[0]
-            c = _per_channel(g.consts[node.input[k]], cout)
+            c = _per_channel(g.consts[node.input[k]], cout, w.ndim)
             if c is None:
                 continue
             has_bias = len(conv.input) > 2 and conv.input[2]

@@ -57,6 +57,9 @@ class LowerContext:
     # ---- tensors ---------------------------------------------------------------------
     def tensor(self, name: str) -> TensorInfo:
         if name not in self.prog.tensors:
+            if name in self.graph.consts:
+                raise UnsupportedOpError(f"a constant operand ({name!r}) is not supported "
+                                         f"here; this op takes computed tensors")
             raise CompilerError(f"tensor {name!r} is used before it is produced")
         return self.prog.tensors[name]
 

@@ -203,8 +203,10 @@ def _home_tile(prog: LayerProgram, pl: Placement, tensor: str | None, order) -> 
             if L.kind == "mvm":
                 return pl.strips[i][0].owner[0]
             return pl.vfu_core[i][0]
-    # A graph input: its first consumer's tile, or the first tile.
+    # A graph input: its first placed crossbar consumer's tile, or the first tile (a VFU
+    # layer can read it before any crossbar layer that does is placed).
     for i, L in enumerate(prog.layers):
-        if L.kind == "mvm" and any(prog.storage(x) == st for x in L.inputs):
+        if (L.kind == "mvm" and pl.strips[i] and pl.strips[i][0].owner is not None
+                and any(prog.storage(x) == st for x in L.inputs)):
             return pl.strips[i][0].owner[0]
     return order[0]

@@ -5,7 +5,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import MVMLayer, multiplier
 from ..quantize import quantize_weight
-from .clip import clip_bounds, integer_bounds
+from .clip import clip_bounds, clipped_nonneg, integer_bounds
 
 
 def fuse_activation(node, ctx, out_name):
@@ -39,7 +39,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     mult, shift = multiplier(s_x * w_scale / s_y)
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
-    if act == "relu" or (lo is not None and lo >= 0):
+    if clipped_nonneg(lo, hi, act == "relu"):
         ctx.nonneg.add(out_name)
     layer = MVMLayer(node.name, node.op_type, [t_in.name], t_out.name, node=node.name,
                      weight=w_int, bias=bias_int, mult=mult, shift=shift,

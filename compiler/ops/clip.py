@@ -69,13 +69,19 @@ def integer_bounds(lo, hi, scale: float, bits: int) -> tuple[int | None, int | N
     return ilo, ihi
 
 
+def clipped_nonneg(lo: int | None, hi: int | None, nonneg_input: bool) -> bool:
+    """Whether clip(x, lo, hi) = min(max(x, lo), hi) is never negative: its floor is
+    min(max(x_min, lo), hi), so the upper bound must not be negative either."""
+    return (hi is None or hi >= 0) and (nonneg_input or (lo is not None and lo >= 0))
+
+
 def lower_clip(node, ctx):
     t_in = ctx.tensor(node.input[0])
     ilo, ihi = integer_bounds(*clip_bounds(ctx, node), t_in.scale, ctx.bits)
     s = t_in.scale
     out = ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s, perm=t_in.perm,
                          as_map=t_in.kind == "map")
-    if (ilo is not None and ilo >= 0) or t_in.name in ctx.nonneg:
+    if clipped_nonneg(ilo, ihi, t_in.name in ctx.nonneg):
         ctx.nonneg.add(out.name)
     ctx.add(ClampLayer(node.name, "Clip", [t_in.name], out.name, node=node.name,
                        lo=ilo, hi=ihi))

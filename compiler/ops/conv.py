@@ -46,27 +46,40 @@ def lower_conv(node, ctx):
     if cin_g * groups != C:
         raise UnsupportedOpError(f"weight expects {cin_g * groups} input channels, "
                                  f"input has {C}")
-    cout_g = cout // groups
-    # Dense (kh, kw, C_in, C_out) with each group's block on the diagonal.
-    full = np.zeros((kh, kw, C, cout), np.float64)
-    for g in range(groups):
-        blk = w[g * cout_g:(g + 1) * cout_g]                  # (cout_g, cin_g, kh, kw)
-        full[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
-            np.transpose(blk, (2, 3, 1, 0))
-    bias = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    full = _rows(w, groups, C, t_in.cperm)
+    has_bias = len(node.input) > 2 and node.input[2]
+    bias = ctx.const(node.input[2]) if has_bias else None
+    if has_bias and bias is None:
+        raise UnsupportedOpError(f"Conv bias {node.input[2]!r} must be constant (it is "
+                                 f"computed in the graph)")
     out_shape = ctx.shape(node.output[0])
     Ho, Wo = (1, out_shape[2]) if one_d else (out_shape[2], out_shape[3])
     ctx.require_pad(t_in.name, (pads[0], pads[1], pads[2], pads[3]), 0)
     qdq = ctx.graph.qweights.get(node.input[1])
     qdq_rows = None
-    if qdq is not None and groups == 1 and not one_d:
+    if qdq is not None:
+        # the exported integers, laid out exactly as the float weight is (1-D and grouped
+        # convolutions included: re-quantizing them would drop the compressed levels)
         q, s, _ = qdq
-        q = np.transpose(q, (2, 3, 1, 0))
-        qdq_rows = (q[:, :, t_in.cperm].reshape(-1, cout) if t_in.cperm is not None
-                    else q.reshape(-1, cout), s)
-    if t_in.cperm is not None:
-        full = full[:, :, t_in.cperm, :]   # a shuffled input: rows in stored channel order
-    add_mvm_layer(node, ctx, t_in, full.reshape(-1, cout), bias, out_shape, qdq=qdq_rows,
+        q = np.asarray(q).reshape(w.shape)
+        qdq_rows = (_rows(q, groups, C, t_in.cperm).astype(np.int64), s)
+    add_mvm_layer(node, ctx, t_in, full, bias, out_shape, qdq=qdq_rows,
                   kh=kh, kw=kw, stride=(strides[0], strides[1]),
                   dilation=(dil[0], dil[1]), conv_pad=tuple(pads), Ho=Ho, Wo=Wo,
                   is_conv=True)
+
+
+def _rows(w: np.ndarray, groups: int, C: int, cperm) -> np.ndarray:
+    """(kh*kw*C_in, C_out) matrix of a (C_out, C_in/groups, kh, kw) weight: each group's block
+    on the diagonal, rows in the input window's (ky, kx, c) memory order (a shuffled input:
+    its stored channel order)."""
+    cout, cin_g, kh, kw = w.shape
+    cout_g = cout // groups
+    full = np.zeros((kh, kw, C, cout), w.dtype)
+    for g in range(groups):
+        blk = w[g * cout_g:(g + 1) * cout_g]                  # (cout_g, cin_g, kh, kw)
+        full[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
+            np.transpose(blk, (2, 3, 1, 0))
+    if cperm is not None:
+        full = full[:, :, cperm, :]
+    return full.reshape(-1, cout)

@@ -50,6 +50,9 @@ def lower_add(node, ctx):
 def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:
     """Broadcast a constant against tensor ``t`` to one value per stored channel/word."""
     c = np.asarray(c, np.float64)
+    if c.ndim > len(t.shape):
+        raise UnsupportedOpError(f"constant of shape {c.shape} has more axes than "
+                                 f"{t.shape}: it would raise the result's rank")
     if c.size == 1:
         n = t.C if t.kind == "map" else t.F
         return np.full(n, float(c.reshape(())))
@@ -63,8 +66,8 @@ def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:
             flat = full.reshape(-1)
             return flat[t.cperm] if t.cperm is not None else flat
         raise UnsupportedOpError(f"constant of shape {c.shape} is not per-channel for "
-                                 f"{t.shape} (one value, or shape (C, 1, 1) / "
-                                 f"(1, C, 1, 1))")
+                                 f"{t.shape} (one value, or C values along axis 1: "
+                                 f"(C, 1, ...) or (1, C, 1, ...) with the map's rank)")
     full = np.broadcast_to(c, t.shape).reshape(-1)
     return full[t.perm] if t.perm is not None else full.copy()
 

@@ -91,6 +91,17 @@ def pool_geometry(a, t, out_shape):
         Ho, Wo = 1, out_shape[2]
     else:
         Ho, Wo = out_shape[2], out_shape[3]
+    if a.get("ceil_mode", 0):
+        # The spec (and onnxruntime, torch) drop a last window that would start in the
+        # bottom/right padding; onnx's shape inference keeps it, so the graph's shapes
+        # downstream would disagree with what the model computes.
+        for n, size, s, before, axis in ((Ho, t.H, strides[0], pads[0], "H"),
+                                         (Wo, t.W, strides[1], pads[1], "W")):
+            if n > 1 and (n - 1) * s >= size + before:
+                raise UnsupportedOpError(
+                    f"ceil_mode=1 with a last window along {axis} that starts in the "
+                    f"padding: onnx shape inference says {n} outputs, the operator computes "
+                    f"{n - 1}; export with ceil_mode=0 or padding that avoids it")
     pb = max(pads[2], (Ho - 1) * strides[0] + (ks[0] - 1) * dil[0] + 1 - t.H - pads[0])
     pr = max(pads[3], (Wo - 1) * strides[1] + (ks[1] - 1) * dil[1] + 1 - t.W - pads[1])
     return ks, strides, dil, pads, (Ho, Wo), (pads[0], pads[1], pb, pr)

@@ -66,6 +66,15 @@ def lower_reshape(node, ctx):
 
 def lower_identity(node, ctx):
     """Dropout (inference) and Identity."""
+    if node.op_type == "Dropout":
+        mode = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else False
+        if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+            raise UnsupportedOpError("Dropout with training_mode true (or computed) drops at "
+                                     "random; only inference (training_mode false) is "
+                                     "supported")
+        if len(node.output) > 1 and node.output[1] and (
+                ctx.consumers(node.output[1]) or ctx.is_graph_output(node.output[1])):
+            raise UnsupportedOpError("Dropout's mask output is not supported")
     src = ctx.tensor(node.input[0])
     t = ctx.new_tensor(node.output[0], src.shape, src.scale, alias_of=src.name,
                        perm=src.perm, as_map=src.kind == "map")

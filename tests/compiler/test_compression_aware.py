@@ -2,6 +2,7 @@
 adaptive ADC bits follow the weights."""
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
@@ -285,3 +286,29 @@ def test_tiles_exchanging_more_than_a_receive_buffer_do_not_deadlock():
             1: [("send", 0, 0, 16)] * 5 + [("recv", 0, 0, 16)] * 5}
     assert _may_deadlock(plan, 4) and not _may_deadlock(plan, 5)
     assert not _may_deadlock({0: [("send", 1, 0, 16)] * 9, 1: [("recv", 0, 0, 16)] * 9}, 4)
+
+
+@pytest.mark.parametrize("wshape,xshape,group", [((3, 2, 3), (1, 2, 8), 1),         # 1-D
+                                                 ((4, 2, 3, 3), (1, 4, 5, 5), 2),   # grouped
+                                                 ((4, 1, 3, 3), (1, 4, 5, 5), 4)])  # depthwise
+def test_qdq_integers_of_1d_and_grouped_convolutions_are_kept(wshape, xshape, group):
+    """The compiler re-quantized these to the machine's full width (|q| 32767 on puma), so
+    the chip ran other weights than the compressed model's levels."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(-7, 8, wshape).astype(np.int8)
+    q.flat[0] = 7
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]),
+         helper.make_node("Conv", ["input", "w"], ["y"], group=group)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(xshape))], [],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.float32(0.05), "s")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.graph.output.extend([onnx.shape_inference.infer_shapes(model).graph.value_info[-1]])
+    x = rng.standard_normal((2,) + xshape[1:]).astype(np.float32)
+    _, lp, _ = compile_model(model, load_config("puma"), calibration={"input": x},
+                             return_ir=True)
+    (layer,) = [L for L in lp.layers if getattr(L, "weight", None) is not None]
+    assert np.abs(layer.weight).max() == 7
+    np.testing.assert_array_equal(np.sort(layer.weight[layer.weight != 0]),
+                                  np.sort(q[q != 0].astype(np.int64)))
+    np.testing.assert_allclose(layer.w_scale, 0.05, rtol=1e-7)

@@ -251,3 +251,101 @@ def test_affine_with_a_tiny_factor_and_a_large_constant_keeps_the_constant():
                 helper.make_node("Add", ["t", "c"], ["y"])],
                {"k": np.float32(1e-9), "c": np.float32(1000.0)}, (1, 8), ["y"])
     _check(m, (1, 8), tol=1e-4)
+
+
+# ---- found by the review of the remaining ops (stop 28) ---------------------------------
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("attrs,shape", [
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]}, (1, 3, 5, 5)),
+    ({"kernel_shape": [1, 1], "strides": [3, 3]}, (1, 3, 5, 5)),
+])
+def test_ceil_mode_window_starting_in_the_padding_is_refused(op, attrs, shape):
+    """onnx's shape inference keeps a last ceil-mode window that starts in the padding,
+    the operator (onnxruntime, torch) drops it: the graph's shapes would be wrong."""
+    m = _model([helper.make_node(op, ["x"], ["y"], ceil_mode=1, **attrs)], {}, shape, ["y"],
+               opset=19)
+    with pytest.raises(UnsupportedOpError, match="ceil_mode=1 with a last window"):
+        compile_model(m, CFG)
+
+
+def test_ceil_mode_where_every_window_starts_inside_still_compiles():
+    m = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                                 ceil_mode=1)], {}, (1, 3, 5, 5), ["y"], opset=19)
+    _check(m, (1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("shape,k", [((1, 4, 5), (1, 1, 1, 1)), ((1, 3, 2, 4), (1,) * 5)])
+def test_constant_of_higher_rank_is_refused(shape, k):
+    m = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "k"], ["y"])],
+               {"k": np.full(k, 2.0, np.float32)}, shape, ["y"])
+    with pytest.raises(UnsupportedOpError, match="more axes than"):
+        compile_model(m, CFG, calibration={"x": RNG.standard_normal((2,) + shape[1:])
+                                           .astype(np.float32)})
+
+
+def test_conv1d_times_a_rank3_constant_is_not_folded_as_per_channel():
+    """(C, 1, 1) against a 1-D conv's (1, C, L) broadcasts to (C, C, L): not per channel, so
+    the frontend must not fold it into the conv (it did, giving (1, C, L))."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"]),
+                helper.make_node("Mul", ["c", "k"], ["y"])],
+               {"w": _w(4, 4, 3), "k": (RNG.random((4, 1, 1)) + 0.5).astype(np.float32)},
+               (1, 4, 9), ["y"])
+    with pytest.raises(UnsupportedOpError, match="not per-channel"):
+        compile_model(m, CFG, calibration={"x": RNG.standard_normal((1, 4, 9))
+                                           .astype(np.float32)})
+
+
+@pytest.mark.parametrize("then", [None, "Mul", "BatchNormalization"])
+def test_conv_bias_computed_in_the_graph_is_refused(then):
+    """The bias used to be dropped (relative error 0.32), or crash a fold with KeyError."""
+    nodes = [helper.make_node("Relu", ["x"], ["x2"]),
+             helper.make_node("GlobalAveragePool", ["x2"], ["g"]),
+             helper.make_node("Reshape", ["g", "s"], ["b"]),
+             helper.make_node("Conv", ["x2", "w", "b"], ["c" if then else "y"])]
+    inits = {"w": _w(3, 3, 1, 1), "s": np.array([3], np.int64)}
+    if then == "Mul":
+        nodes.append(helper.make_node("Mul", ["c", "k"], ["y"]))
+        inits["k"] = _w(3, 1, 1)
+    elif then:
+        nodes.append(helper.make_node("BatchNormalization", ["c", "bs", "bb", "bm", "bv"],
+                                      ["y"]))
+        inits.update(bs=_w(3) + 1, bb=_w(3), bm=_w(3), bv=np.abs(_w(3)) + 0.5)
+    m = _model(nodes, inits, (1, 3, 5, 5), ["y"])
+    with pytest.raises(UnsupportedOpError, match="Conv bias 'b' must be constant"):
+        compile_model(m, CFG, calibration={"x": RNG.standard_normal((1, 3, 5, 5))
+                                           .astype(np.float32)})
+
+
+def test_graph_input_read_by_a_vfu_op_before_its_crossbar_consumer():
+    """Relu(x) listed before Conv(x): placement looked up the conv's tile before placing it
+    (TypeError)."""
+    m = _model([helper.make_node("Relu", ["x"], ["r"]),
+                helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])],
+               {"w": _w(3, 3, 3, 3)}, (1, 3, 5, 5), ["r", "c"])
+    _check(m, (1, 3, 5, 5))
+
+
+def test_clip_to_a_negative_ceiling_is_not_taken_as_non_negative():
+    """Relu -> Clip(max=-0.1): every output is -0.1, so a MaxPool after it pads with the
+    lowest value, not 0 (its border read 0)."""
+    m = _model([helper.make_node("Relu", ["x"], ["r"]),
+                helper.make_node("Clip", ["r", "", "hi"], ["c"]),
+                helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3],
+                                 pads=[1, 1, 1, 1])],
+               {"hi": np.float32(-0.1)}, (1, 3, 5, 5), ["y"])
+    _check(m, (1, 3, 5, 5))
+
+
+def test_dropout_in_training_mode_is_refused():
+    m = _model([helper.make_node("Dropout", ["x", "r", "t"], ["y"])],
+               {"r": np.float32(0.5), "t": np.array(True)}, (1, 3, 4, 4), ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError, match="training_mode true"):
+        compile_model(m, CFG)
+
+
+def test_constant_concat_operand_is_named_as_such():
+    m = _model([helper.make_node("Concat", ["x", "k"], ["y"], axis=1)],
+               {"k": _w(1, 2, 3, 5)}, (1, 4, 3, 5), ["y"])
+    with pytest.raises(UnsupportedOpError, match="a constant operand \\('k'\\)"):
+        compile_model(m, CFG)
