@@ -129,10 +129,12 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
         return [r for r in map(r_of, found) if r is not None]
 
     def constants(node):
-        """Numbers and tensors among the operands that are no graph node: unscaled. The
-        operands are the tensors joined (``cat``/``stack``: the first argument) or the two
-        combined (``add``, ``maximum``); ``dim`` and ``alpha`` are not operands (``alpha``
-        multiplies a scaled operand, which commutes)."""
+        """Unscaled operands: numbers and tensors that are no graph node, and graph nodes
+        that are no scaled tensor (a size, or a tensor built from one: ``h + h.size(1)``,
+        ``h + torch.ones(h.shape)``). The operands are the tensors joined
+        (``cat``/``stack``: the first argument) or the two combined (``add``, ``maximum``);
+        ``dim`` and ``alpha`` are not operands (``alpha`` multiplies a scaled operand,
+        which commutes)."""
         joins = node.target in (torch.cat, torch.stack)
         operands = ([node.args[0] if node.args else node.kwargs.get("tensors", ())] if joins
                     else [*node.args[:2], *(node.kwargs[k] for k in ("input", "other")
@@ -140,7 +142,7 @@ def _walk(model: nn.Module, residual: dict[str, float], apply: bool) -> float:
         found = []
         torch.fx.node.map_aggregate(operands, found.append)
         return any(isinstance(a, (int, float, torch.Tensor)) and not isinstance(a, bool)
-                   for a in found)
+                   or isinstance(a, torch.fx.Node) and scale.get(a) is None for a in found)
 
     def once(node, target, r):
         """A module whose bias (or BatchNorm shift) is divided may run only once."""

@@ -394,8 +394,10 @@ def keep_count(keep: float, n_groups: int) -> int:
 def best_scale(x: np.ndarray, qmin: int, qmax: int, pow2: bool = False) -> float:
     """Scale (weight units per level) minimising ``‖x − s·clip(round(x/s))‖``.
 
-    ``pow2``: exact minimiser over ``s = 2**k``, ``k`` from 8 octaves below the finest useful
-    scale (``max|x| / 2**bits``) up to where every weight rounds to 0.
+    ``pow2``: exact minimiser over ``s = 2**k``: every ``k`` from where every weight rounds
+    to 0 down to 8 octaves below the no-clipping scale, and further down while the clipping
+    alone (a lower bound on the distance at that scale and every finer one) stays below the
+    best distance found (:func:`_pow2_floor`).
 
     Otherwise a search, not guaranteed globally optimal: (1) the no-clipping scale, 255
     finer ones down to a quarter of it (clipping the tails) and 32 coarser ones are ranked
@@ -424,6 +426,8 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     if pow2:
         hi = math.ceil(math.log2(2.0 * a)) + 1
         lo = math.floor(math.log2(no_clip if no_clip > 0 else a / qm)) - 8
+        best = _distances(x, 2.0 ** np.arange(lo, hi + 1, dtype=np.float64), qmin, qmax).min()
+        lo = int(_pow2_floor(x[None, :], np.array([lo]), np.array([best]), qmin, qmax)[0])
         scales = 2.0 ** np.arange(lo, hi + 1, dtype=np.float64)
         scales = scales[_f32(scales) > 0]   # stored as float32: none that underflow to 0
         d = _distances(x, scales, qmin, qmax)
@@ -484,6 +488,12 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
         k_lo = np.floor(np.log2(no_clip)) - 8
         span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
         grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
+        best = _column_distances(x, _storable(grid, zero), qmin, qmax).min(axis=0)
+        floor = _pow2_floor(x, k_lo, best, qmin, qmax)
+        if (floor < k_lo).any():    # some column's optimum may clip further: widen its range
+            k_lo = floor
+            span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
+            grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
     else:
         parts = [no_clip[None, :] / np.geomspace(1.0, 4.0, 256)[:, None],
                  a1[None, :] / np.geomspace(1.0, qm, 32)[:, None],
@@ -495,13 +505,7 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
                 parts.append(np.stack([np.pad(e, (0, width - len(e)), constant_values=a1[j])
                                        for j, e in enumerate(extra)], axis=1))
         grid = _f32(np.concatenate(parts))
-    # stored as float32: a candidate that would be 0 or inf there becomes float32's smallest
-    # normal or largest power of two (both powers of two; only columns of weights near
-    # float32's limits, e.g. a dead channel of a float64 model, have such candidates)
-    f = _f32(grid)
-    grid = np.where((f > 0) & np.isfinite(f), grid, np.where(grid > 1.0, 2.0 ** 127,
-                                                              2.0 ** -126))
-    grid = np.ascontiguousarray(np.where(zero[None, :], 1.0, grid))
+    grid = _storable(grid, zero)
     if pow2:    # exact over the powers of two: every one judged on all of x
         return _rank_columns(grid, _column_distances(x, grid, qmin, qmax), top)
     # ranked on a stride sample of each column (with its largest entry), as best_scale does
@@ -515,6 +519,41 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
     refined = _lloyd_columns(x, np.ascontiguousarray(ranked[:2]), qmin, qmax)
     both = np.ascontiguousarray(np.concatenate([ranked, refined]))
     return _rank_columns(both, _column_distances(x, both, qmin, qmax), top)
+
+
+def _storable(grid: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """Scales as stored (float32): a candidate that would be 0 or inf there becomes float32's
+    smallest normal or largest power of two (both powers of two; only columns of weights
+    near float32's limits, e.g. a dead channel of a float64 model, have such candidates);
+    an all-zero column (``zero``) gets 1.0."""
+    f = _f32(grid)
+    grid = np.where((f > 0) & np.isfinite(f), grid, np.where(grid > 1.0, 2.0 ** 127,
+                                                              2.0 ** -126))
+    return np.ascontiguousarray(np.where(zero[None, :], 1.0, grid))
+
+
+def _pow2_floor(rows: np.ndarray, k_lo: np.ndarray, best: np.ndarray, qmin: int,
+                qmax: int) -> np.ndarray:
+    """Per row of ``rows``, the lowest power-of-two exponent whose scale can still beat
+    ``best`` (the row's best distance so far), from ``k_lo`` down. At scale ``s`` clipping
+    alone costs ``Σ (x - s·qmax)²`` over ``x > s·qmax`` plus ``Σ (s·qmin - x)²`` over
+    ``x < s·qmin``, a lower bound on the distance at ``s`` that only grows as ``s`` falls;
+    once it reaches ``best`` no finer scale can win. Stops at float32's smallest normal."""
+    k, best = np.array(k_lo, dtype=np.float64), np.array(best, dtype=np.float64)
+    active = np.ones(len(k), dtype=bool)
+    while active.any():
+        s = 2.0 ** (k - 1)
+        over = np.maximum(rows - (s * qmax)[:, None], 0.0)
+        under = np.maximum((s * qmin)[:, None] - rows, 0.0)
+        bound = np.einsum("ij,ij->i", over, over) + np.einsum("ij,ij->i", under, under)
+        active &= (bound < best) & (k - 1 >= -126)
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        for j in idx:
+            best[j] = min(best[j], _distances(rows[j], np.array([s[j]]), qmin, qmax)[0])
+        k[idx] -= 1
+    return k
 
 
 def _rank_columns(scales: np.ndarray, d: np.ndarray, top: int) -> np.ndarray:

@@ -220,6 +220,14 @@ class Recipe:
                     if n not in taken:
                         taken.add(n)
                         c = rule.constraint
+                        if c.structure is not None and getattr(modules[n], "groups", 1) > 1:
+                            # the compiler lays a grouped conv out block-diagonally over
+                            # all input channels; geometry reads the (C_in/groups) weight
+                            raise CompressionError(
+                                f"recipe.layers[{i}].match={pat!r}: {n!r} is a grouped "
+                                f"convolution (groups={modules[n].groups}); structured "
+                                f"constraints ({c.structure}) are stated on groups=1 layers' "
+                                f"crossbars: give it a quantization-only rule or leave it out")
                         if c.structure is not None or c.quant is not None:
                             out[n] = c
         return out

@@ -247,8 +247,22 @@ class _BatchStats(nn.Module):
         return self.b(self.bn(self.a(x)))
 
 
+class _AddShaped(nn.Module):
+    """A number or a tensor built from a folded tensor's shape is unscaled too (it passed)."""
+
+    def __init__(self, ones: bool):
+        super().__init__()
+        self.a, self.b, self.ones = nn.Linear(6, 6), nn.Linear(6, 3), ones
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h + torch.ones(h.shape) if self.ones else h + h.size(1))
+
+
 @pytest.mark.parametrize("model,culprit", [
     (_AddConst(), "node 'add'"),
+    (_AddShaped(ones=False), "node 'add'"),
+    (_AddShaped(ones=True), "node 'add'"),
     (_SharedLayer(), "module 's' is called more than once"),
     (_Functional(), "layer\\(s\\) a never run as modules"),
     (_BatchStats(), "without running statistics"),

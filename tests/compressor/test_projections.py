@@ -462,3 +462,18 @@ def test_tinyadc_n_is_bounded_by_the_rows_one_read_drives():
     with pytest.raises(CompressionError, match=r"geometry.active_rows=9: must be an integer "
                                                r"in 1..rows=8"):
         CrossbarGeometry(rows=8, cols=8, active_rows=9)
+
+
+def test_pow2_scale_is_exact_far_below_the_no_clipping_scale():
+    """Ternary levels, 1.1 M weights of ±1 and one of 1024: clipping the outlier (scale 1,
+    ten octaves below the no-clipping 1024) beats rounding every other weight to 0. The
+    search stopped 8 octaves down; the clipping bound now tells how far to go."""
+    from compressor.projections import best_scale, column_scales
+    x = np.where(np.arange(1_100_001) % 2, 1.0, -1.0)
+    x[0] = 1024.0
+    brute = {k: float(((x - np.clip(np.rint(x / 2.0 ** k), -1, 1) * 2.0 ** k) ** 2).sum())
+             for k in range(-4, 12)}
+    assert min(brute, key=brute.get) == 0
+    assert best_scale(x, -1, 1, pow2=True) == 1.0
+    m = np.stack([x, x / 8], axis=1)                     # per column: 1 and 1/8
+    np.testing.assert_array_equal(column_scales(m, -1, 1, pow2=True)[0], [1.0, 0.125])
