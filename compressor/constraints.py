@@ -38,6 +38,11 @@ class QuantSpec:
     """One scale per output channel (crossbar column), applied after the column's ADC as a
     single one is; False: one for the layer. Searched, so no fixed ``scale``; not with
     ``pow2: fold`` (a per-channel residual has nowhere exact to go)."""
+    exact_scale: bool = False
+    """Search a free scale exactly (:func:`compressor.projections.exact_scale`: every
+    breakpoint of the distance; seconds per million weights) instead of by the candidate
+    search, which is close but not guaranteed nearest. Power-of-two scales are exact
+    either way."""
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -104,6 +109,12 @@ class Constraint:
             if not isinstance(q.per_channel, bool):
                 raise CompressionError(f"{where}.quant.per_channel={q.per_channel!r}: must be "
                                        f"true or false")
+            if not isinstance(q.exact_scale, bool):
+                raise CompressionError(f"{where}.quant.exact_scale={q.exact_scale!r}: must be "
+                                       f"true or false")
+            if q.exact_scale and (q.pow2 is True or q.scale is not None):
+                raise CompressionError(f"{where}.quant.exact_scale: applies to a searched "
+                                       f"free scale; drop it, or pow2: true / scale")
             if q.per_channel and q.pow2 == "fold":
                 raise CompressionError(
                     f"{where}.quant: per_channel with pow2: fold: a residual per output "
@@ -144,7 +155,7 @@ class Constraint:
             q = self.quant
             # pow2 "fold" projects with free scales: the fold comes after the final snap
             quant = (q.bits, q.mapping, scale if scale is not None else q.scale,
-                     q.pow2 is True, q.per_channel)
+                     q.pow2 is True, q.per_channel, q.exact_scale)
         out, s, keep = project_matrix(to_crossbar(arr, view), geom, self.structure, self.amount,
                                       quant, live_rows)
         # contiguous: a transposed view made every ADMM penalty step ~5x slower (profiled)
@@ -178,6 +189,8 @@ class Constraint:
                 d["quant"]["scale"] = q.scale
             if q.per_channel:   # only when set: fingerprints of older recipes stay
                 d["quant"]["per_channel"] = True
+            if q.exact_scale:   # likewise
+                d["quant"]["exact_scale"] = True
         return d
 
 

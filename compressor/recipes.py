@@ -383,11 +383,12 @@ def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:
         amount = sp[key]
     if r.get("quant") is not None:
         q = _mapping(r["quant"], f"{where}.quant",
-                     {"bits", "mapping", "pow2", "scale", "per_channel"})
+                     {"bits", "mapping", "pow2", "scale", "per_channel", "exact_scale"})
         quant = QuantSpec(bits=q.get("bits", geom.weight_bits),
                           mapping=q.get("mapping", geom.mapping),
                           pow2=q.get("pow2", False), scale=q.get("scale"),
-                          per_channel=q.get("per_channel", False))
+                          per_channel=q.get("per_channel", False),
+                          exact_scale=q.get("exact_scale", False))
     c = Constraint(structure=structure, amount=amount, quant=quant)
     c.check(geom, where)
     inherited = tuple(k for k in ("bits", "mapping") if quant is not None and k not in q)

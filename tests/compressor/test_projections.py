@@ -477,3 +477,56 @@ def test_pow2_scale_is_exact_far_below_the_no_clipping_scale():
     assert best_scale(x, -1, 1, pow2=True) == 1.0
     m = np.stack([x, x / 8], axis=1)                     # per column: 1 and 1/8
     np.testing.assert_array_equal(column_scales(m, -1, 1, pow2=True)[0], [1.0, 0.125])
+
+
+def _dense_min(x, qmin, qmax, n=200_001):
+    """The least distance over a dense float32 grid of scales (an independent reference)."""
+    qm = max(-qmin, qmax)
+    a = float(np.abs(x).max())
+    grid = np.float32(np.geomspace(a / (4 * qm + 4), 4 * a, n)).astype(np.float64)
+    return float(P._distances(np.asarray(x, np.float64), grid, qmin, qmax).min())
+
+
+def test_exact_free_scale_is_never_farther_than_a_dense_scan():
+    """The search can miss (levels [5, 7] at 0.161 for x = [0.771, 1.150] at 4 bits, 120x
+    farther than [4, 6] at 0.192); exact_scale sweeps every breakpoint of the distance."""
+    x = np.array([0.7712193621153433, 1.150088000505753])
+    s = P.exact_scale(x, -7, 7)
+    assert P._distances(x, np.array([s]), -7, 7)[0] < 1.5e-5
+    assert P._distances(x, np.array([P.best_scale(x, -7, 7)]), -7, 7)[0] > 1e-3
+    rng = np.random.default_rng(7)
+    for t in range(120):
+        bits = int(rng.integers(2, 6))
+        qmin, qmax = level_range(bits, "offset" if t % 2 else "differential")
+        x = rng.standard_normal(int(rng.integers(1, 6))) * rng.uniform(0.01, 10)
+        d = P._distances(x, np.array([P.exact_scale(x, qmin, qmax)]), qmin, qmax)[0]
+        assert d <= _dense_min(x, qmin, qmax) * (1 + 1e-9), (x, qmin, qmax)
+
+
+def test_exact_scale_through_projections_and_recipes():
+    """``exact_scale`` reaches every free-scale path (single, per channel, with a
+    structure), never lands farther than the search, keeps old fingerprints when off, and
+    is refused where no free scale is searched."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 40)) * np.linspace(0.2, 3, 6)[:, None]
+    geom = CrossbarGeometry(rows=8, cols=4, weight_bits=4)
+    for kw in ({}, {"per_channel": True}):
+        plain = P.project_levels(w, 4, **kw)
+        exact = P.project_levels(w, 4, exact_scale=True, **kw)
+        assert np.sum((exact - w) ** 2) <= np.sum((plain - w) ** 2) + 1e-12
+    for per_channel in (False, True):
+        plain = P.project_sparse_quantized(w, geom, "blocks", 0.5, 4, per_channel=per_channel)
+        exact = P._apply(w, geom, "blocks", 0.5, (4, "differential", None, False, per_channel,
+                                                  True))
+        assert np.sum((exact - w) ** 2) <= np.sum((plain - w) ** 2) + 1e-12
+    from compressor import parse_recipe
+    base = {"name": "t", "geometry": {"rows": 8, "cols": 4, "weight_bits": 4},
+            "layers": [{"match": "*", "quant": {"bits": 4}}]}
+    on = {**base, "layers": [{"match": "*", "quant": {"bits": 4, "exact_scale": True}}]}
+    assert parse_recipe(on).fingerprint() != parse_recipe(base).fingerprint()
+    assert "exact_scale" not in str(parse_recipe(base).to_dict())
+    assert parse_recipe(parse_recipe(on).to_dict()) == parse_recipe(on)
+    for bad in ({"pow2": True}, {"scale": 0.5}):
+        with pytest.raises(CompressionError, match="exact_scale: applies to a searched"):
+            parse_recipe({**base, "layers": [{"match": "*", "quant": {
+                "bits": 4, "exact_scale": True, **bad}}]})
