@@ -24,14 +24,16 @@ set); every retraining epoch is feasible (masked and quantized), so any of them 
 the mean of the last ``average_epochs`` epochs' weights (stochastic weight averaging; a
 model with BatchNorm then re-estimates its statistics over the training set), snapped.
 
-Randomness: only the data order, drawn for each epoch from a numpy generator seeded with
-``(recipe.seed, stage, round, epoch)``; model initialisation is the caller's. A checkpoint
+Randomness: the data order, drawn for each epoch from a numpy generator seeded with
+``(recipe.seed, stage, round, epoch)``, and torch's random ops (Dropout) within an epoch,
+from torch's generator seeded from the same key (the caller's torch state is restored
+after); model initialisation is the caller's. A checkpoint
 (``torch.save`` of state dicts, read back with ``weights_only=True``) is written after every
 ADMM round and every retraining epoch; a run resumed from it gives the same weights as an
 uninterrupted one. It records a digest of the model and data the run started from, so a
 checkpoint of another start (other weights or architecture, another data set or limit) is
-refused rather than resumed. A loss that turns non-finite stops the run with an error
-before that epoch is checkpointed.
+refused rather than resumed. A loss or weight that turns non-finite stops the run with an
+error before that epoch is checkpointed.
 """
 from __future__ import annotations
 
@@ -195,8 +197,11 @@ class _Run:
         self.model, self.recipe, self.layers, self.method = model, recipe, layers, method
         self.x, self.y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
         self.xt, self.yt = np.asarray(test[0], np.float32), np.asarray(test[1], np.int64)
-        if len(self.x) == 0:
-            raise CompressionError("training set is empty")
+        if len(self.x) < 2:
+            raise CompressionError(f"training set holds {len(self.x)} image(s); at least 2 "
+                                   f"are needed (a batch of one cannot train BatchNorm)")
+        if len(self.xt) == 0:
+            raise CompressionError("evaluation set is empty: every epoch is scored on it")
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         # what the run starts from: a checkpoint of another start is refused, not resumed
         self.origin = (None if self.ckpt_path is None else
@@ -343,8 +348,20 @@ class _Run:
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
         # fused: one kernel per step instead of ~10 passes per parameter; unfused Adam was
         # half of a VGG-style training step on 2 CPU cores (profiled)
-        opt = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)
+        # parameters by name: removing a parametrization re-registers its weight last, so
+        # the module order differs between a run and its resumption, and a saved state is
+        # matched to parameters by position (swapped moments crashed the fused kernel)
+        params = [p for _, p in sorted(self.model.named_parameters())]
+        opt = torch.optim.Adam(params, lr=lr, fused=True)
         if self.opt_state is not None:  # resumed mid-stage
+            saved = self.opt_state["state"]
+            if any(k in saved and "exp_avg" in saved[k]
+                   and tuple(saved[k]["exp_avg"].shape) != tuple(p.shape)
+                   for k, p in enumerate(params)):
+                raise CompressionError(
+                    f"{self.recipe.name}: the checkpoint's optimizer state does not fit the "
+                    f"model's parameters (written by an older xbarsim?); rerun with "
+                    f"--no-resume (resume=False)")
             opt.load_state_dict(self.opt_state)
             self.opt_state = None
         return opt
@@ -354,6 +371,13 @@ class _Run:
         self.model.train()
         rng = np.random.default_rng((self.recipe.seed, stage_id, rnd, epoch))
         order = rng.permutation(len(self.x))
+        with torch.random.fork_rng(devices=[]):
+            # Dropout and other random ops draw from a stream of this epoch's own, so a
+            # resumed run repeats them (and the caller's torch state is left as it was)
+            torch.manual_seed(int(rng.integers(1 << 62)))
+            return self._steps(opt, order, desc, penalty_grad, after_step)
+
+    def _steps(self, opt, order, desc, penalty_grad, after_step) -> float:
         bs = self.recipe.batch_size
         teacher = self.teacher  # None until pretraining is done, and without distillation
         loss_fn = _loss(self.recipe.distill if teacher is not None else None)
@@ -384,7 +408,28 @@ class _Run:
                     after_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
+        if not self._finite():
+            # the last step can diverge after its loss was checked
+            raise CompressionError(
+                f"{self.recipe.name}: training diverged in {desc} (non-finite weights or "
+                f"outputs); lower "
+                f"the learning rate (lr {opt.param_groups[0]['lr']:g}); the last checkpoint "
+                f"is from before this epoch")
         return total / max(1, seen)
+
+    def _finite(self) -> bool:
+        """Weights, and the outputs on the first training batch (eval mode, no side
+        effects), all finite."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return False
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(self.x[:self.recipe.batch_size]))
+        finally:
+            self.model.train(was)
+        return bool(torch.isfinite(out).all())
 
     def _record(self, stage: str, opt, **info) -> None:
         self.step += 1

@@ -139,6 +139,9 @@ class AdmmSpec:
 
     def rho_at(self, r: int) -> float:
         """ρ of round ``r`` (from 0)."""
+        if self.rho_growth > 1 and r * math.log(self.rho_growth) > math.log(
+                self.rho_max / self.rho):
+            return self.rho_max                      # capped (growth**r may overflow)
         return min(self.rho_max, self.rho * self.rho_growth**r)
 
     def tightness(self, r: int) -> float:

@@ -139,3 +139,73 @@ def test_checkpoint_from_before_connected_projection_is_refused(data, straight, 
     torch.save(ck, old)
     with pytest.raises(CompressionError, match="old.ckpt: written before chained layers"):
         compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=old, progress=False)
+
+
+def _with_dropout():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 10), torch.nn.Dropout(0.3))
+
+
+def test_dropout_draws_are_part_of_the_run_and_resume_with_it(data, tmp_path, resumed):
+    """Dropout drew from the caller's global torch state, which no checkpoint holds: a
+    resumed run differed from an uninterrupted one. Each epoch now seeds its own stream
+    (and leaves the caller's as it was)."""
+    rec = parse_recipe({**RECIPE, "distill": {"alpha": 0.0}})
+    torch.manual_seed(5)
+    ref = compress(_with_dropout(), rec, *data, checkpoint=tmp_path / "a.ckpt", progress=False)
+    outer = torch.rand(1)
+    torch.manual_seed(999)                        # another caller state: the same run
+    res = resumed(lambda: compress(_with_dropout(), rec, *data, checkpoint=tmp_path / "b.ckpt",
+                                   progress=False), "admm", 2)
+    a, b = weights(ref.model), weights(res.model)
+    assert all(torch.equal(a[k], b[k]) for k in a) and res.history == ref.history
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), outer)      # compress left the caller's stream alone
+
+
+def test_resume_after_the_parameter_order_changed(data, tmp_path, resumed):
+    """Snapping removes a parametrization, which re-registers the weight last: a model
+    object reused for a second run (the CLI's --baseline) ordered its parameters otherwise
+    than the fresh one that resumed it, and the positional optimizer state crashed the
+    fused Adam kernel (segfault). The optimizer now takes the parameters by name."""
+    rec = parse_recipe({**RECIPE, "pretrain": {"epochs": 2}, "distill": {"alpha": 0.0}})
+    ref = compress(mlp(), rec, *data, method="magnitude", checkpoint=tmp_path / "r.ckpt",
+                   progress=False)
+    reused = mlp()
+    start = weights(reused)
+    compress(reused, rec, *data, checkpoint=tmp_path / "admm.ckpt", progress=False)
+    reused.load_state_dict(start)
+    assert [n for n, _ in reused.named_parameters()] != [n for n, _ in mlp().named_parameters()]
+    path = tmp_path / "mag.ckpt"
+    calls = iter([reused, mlp()])                 # interrupted on one object, resumed on another
+    res = resumed(lambda: compress(next(calls), rec, *data, method="magnitude",
+                                   checkpoint=path, progress=False), "pretrain", 1)
+    a, b = weights(ref.model), weights(res.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_in_the_last_step_of_an_epoch_is_caught(data, tmp_path):
+    """One step per epoch (batch larger than the data): the weights went to 1e30 and the
+    logits to NaN after the loss was checked; that epoch was checkpointed or returned."""
+    rec = parse_recipe({**RECIPE, "batch_size": 1024, "distill": {"alpha": 0.0},
+                        "retrain": {"epochs": 1, "lr": 1.0e+30}})
+    with pytest.raises(CompressionError, match="training diverged in retrain 1/1 "
+                                               r"\(non-finite weights or outputs\)"):
+        compress(mlp(), rec, *data, checkpoint=tmp_path / "run.ckpt", progress=False)
+
+
+@pytest.mark.parametrize("n_train,n_eval,match", [(1, 10, "at least 2 are needed"),
+                                                   (50, 0, "evaluation set is empty")])
+def test_too_little_data_is_a_clear_error(data, n_train, n_eval, match):
+    (x, y), (xt, yt) = data
+    with pytest.raises(CompressionError, match=match):
+        compress(mlp(), parse_recipe(RECIPE), (x[:n_train], y[:n_train]),
+                 (xt[:n_eval], yt[:n_eval]), progress=False)
+
+
+def test_rho_capped_without_overflow():
+    from compressor.recipes import AdmmSpec
+    spec = AdmmSpec(rounds=400, rho=0.05, rho_growth=10.0, rho_max=100.0)
+    assert spec.rho_at(320) == 100.0 and spec.rho_at(0) == 0.05
