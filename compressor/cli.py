@@ -11,11 +11,13 @@ trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state di
 to it). ``--preset``/``--set`` put the recipe on a machine's crossbars (as ``xbarsim compile``
 takes them), so the freed crossbars are the ones that machine has. The run is checkpointed
 next to the output (``OUT.ckpt``); the same command again resumes it. After compressing,
-the dense and the compressed models are compiled and simulated on one machine (``--preset``
-/``--set``, else puma on the recipe's crossbars) and printed side by side (``--no-hw``
-skips it; :mod:`compressor.hardware`). ``simulator/cli.py`` calls :func:`register`;
-importing this module does not import torch. User errors print one line ``error: ...`` on
-stderr and return 2.
+the dense and the compressed models are compiled and simulated and printed side by side
+(``--no-hw`` skips it; :mod:`compressor.hardware`): with ``--preset``/``--set`` both on that
+machine; else the dense model on puma as shipped (its 16-bit weights and mapping) and the
+compressed ones on puma with the recipe's levels (weight bits, cells, mapping), both on the
+recipe's crossbar size, as ``benchmarks/compression.py`` compares them.
+``simulator/cli.py`` calls :func:`register`; importing this module does not import torch.
+User errors print one line ``error: ...`` on stderr and return 2.
 """
 from __future__ import annotations
 
@@ -214,40 +216,46 @@ def _dense_after_pretrain(res, start):
 
 
 def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
-    """Compile + simulate the dense and each compressed model on the same machine; print
-    them side by side and return the figures."""
+    """Compile + simulate the dense model and each compressed one (:func:`_hw_machine`);
+    print them side by side and return the figures."""
     import tempfile
 
     from models.onnx_export import export
 
     from .hardware import compare, evaluate_hardware
-    cfg = _hw_machine(args, recipe)
+    dense_cfg, cfg = _hw_machine(args, recipe, dense=True), _hw_machine(args, recipe)
     x, y = test[0][:args.hw_images], test[1][:args.hw_images]
     cal = train[0][:64]
     n = args.replicate
-    print(f"hardware loop on {cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated"
+    print(f"hardware loop: dense on {dense_cfg[0]} {' '.join(dense_cfg[1])}, compressed on "
+          f"{cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated"
           + (f", up to {n} copies of each convolution)" if n > 1 else ")"))
     with tempfile.TemporaryDirectory(prefix="xbarsim-dense-") as tmp:
         dense_path = export(dense_model, Path(tmp) / "dense.onnx", args.opset,
                             dynamic_batch=True)
-        dense = evaluate_hardware(dense_path, cfg, x, y, calibration=cal,
+        dense = evaluate_hardware(dense_path, dense_cfg, x, y, calibration=cal,
                                   geometry=recipe.geometry, replicate=n)
     variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal, replicate=n)
                 for method, path in runs}
     compare(dense, variants)
-    return {"machine": cfg, "dense": dense, **variants}
+    return {"machine": cfg, "dense_machine": dense_cfg, "dense": dense, **variants}
 
 
-def _hw_machine(args, recipe):
-    """``(preset, overrides)`` the hardware loop uses: ``--preset``/``--set`` when given,
-    else puma with the recipe's crossbar geometry (the crossbars it was compressed for)."""
+def _hw_machine(args, recipe, dense: bool = False):
+    """``(preset, overrides)`` the hardware loop uses: ``--preset``/``--set`` when given
+    (for both sides); else puma on the recipe's crossbar size, with the recipe's levels
+    (weight bits, cells, mapping) for the compressed models and as shipped for the dense
+    one (a dense model on a few-bit machine would be quantized there, hiding what the
+    levels save)."""
     if args.preset or args.overrides:
         return (args.preset or "puma", list(args.overrides))
     g = recipe.geometry
-    return ("puma", [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}",
-                     f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
-                     f"weight_bits={g.weight_bits}"]
-            + ([] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"]))
+    size = [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}"] + (
+        [] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"])
+    if dense:
+        return ("puma", size)
+    return ("puma", size + [f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
+                            f"weight_bits={g.weight_bits}"])
 
 
 def _with_machine(recipe, preset: str, overrides: list[str]):
@@ -302,6 +310,11 @@ def _check_paths(args) -> None:
                # xbarsim train's checkpoint beside its .pt: resuming it is worth keeping
                model.with_suffix(".ckpt").resolve(): "input model's training checkpoint"}
               if model.suffix == ".pt" else {})
+    recipe, data = Path(args.recipe), Path(args.data)
+    if recipe.is_file():
+        inputs[recipe.resolve()] = "recipe file"
+    if data.is_file():
+        inputs[data.resolve()] = "data file"
     for p in files:
         if p in inputs:
             raise CompressionError(f"{p}: is the {inputs[p]}; the output would overwrite "

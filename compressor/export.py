@@ -100,13 +100,16 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if verify is not None and not (isinstance(atol, (int, float)) and atol >= 0):
+        raise CompressionError(f"atol={atol!r}: must be a number >= 0")
     with atomic_write(path) as tmp:
         onnx.save(proto, tmp)
-    if verify is not None:  # data may be images for a model that takes flat vectors
-        err = max_difference(path, model, np.reshape(verify, (len(verify), *shape)))
-        if err > atol:
-            raise CompressionError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} "
-                                   f"> atol={atol}")
+        if verify is not None:  # data may be images for a model that takes flat vectors
+            # checked before the file takes its name: a failed check leaves no wrong file
+            err = max_difference(tmp, model, np.reshape(verify, (len(verify), *shape)))
+            if err > atol:
+                raise CompressionError(f"{path}: onnxruntime differs from PyTorch by "
+                                       f"{err:.3g} > atol={atol}; nothing was written")
     return path
 
 

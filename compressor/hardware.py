@@ -7,8 +7,9 @@ compression by what the chip pays: crossbars, energy, area, latency and ADC bits
 ...                           x, y, calibration=x_train[:64])
 >>> print(compare(dense, {"admm": small}).to_markdown())
 
-Weight storage (:func:`storage_bits`) counts what must be stored to rebuild every Conv/Gemm
-weight, biases excluded (they stay in digital memory either way):
+Weight storage (:func:`storage_bits`) counts what must be stored to rebuild every Conv/Gemm/
+MatMul weight and every LSTM/GRU/RNN's W and R, biases excluded (they stay in digital memory
+either way):
 
 * a float initializer: 32 bits per entry (the dense baseline: ``32 · weights``);
 * a QDQ weight of ``b``-bit levels, on the crossbar matrix tiled ``rows × cols``
@@ -19,7 +20,8 @@ weight, biases excluded (they stay in digital memory either way):
   nonzeros plus a 1-bit-per-entry presence mask, whichever is smaller. An all-zero tile
   costs only its 1 bit.
 
-The compression ratio is ``32 · weights / storage bits``.
+A recurrent layer's QDQ weights count ``E·b`` bits plus 32 per scale (the compressor does
+not prune them). The compression ratio is ``32 · weights / storage bits``.
 """
 from __future__ import annotations
 
@@ -93,16 +95,21 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     machine, label = _machine(cfg, overrides)
     if x is None or len(x) == 0:
         raise CompressionError("x: need at least one input image to simulate")
+    if y is not None:   # checked before any work
+        y = np.asarray(y).reshape(-1)
+        if len(y) != len(x):
+            raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         # the storage count first: a malformed metadata entry fails before any simulation
         geom = geometry or _geometry_of(path) or CrossbarGeometry.from_config(machine)
         store = storage_bits(path, geom)
-        prog = compile_model(path, machine, calibration={"input": cal},
+        inp, outp = _io_names(path)
+        prog = compile_model(path, machine, calibration={inp: cal},
                              replicate=int(replicate))
-        rep = simulate(prog, {"input": x})
-        logits = rep.outputs["logits"].reshape(len(x), -1)
+        rep = simulate(prog, {inp: x})
+        logits = rep.outputs[outp].reshape(len(x), -1)
         ort = onnx_logits(path, x)
     bits = _lossless_bits(prog)
     out = {
@@ -127,9 +134,6 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
                             "ideal" if machine.adc.bits is None else int(machine.adc.bits)),
     }
     if y is not None:
-        y = np.asarray(y).reshape(-1)
-        if len(y) != len(x):
-            raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
         out["accuracy_sim"] = float(np.mean(logits.argmax(1) == y))
         out["accuracy_onnx"] = float(np.mean(ort.argmax(1) == y))
     return out
@@ -158,11 +162,12 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        inp, outp = _io_names(path)
         for name, ov in (("adaptive", ["adc.adaptive=true"]), ("ideal", ["adc.bits=none",
                                                                          "adc.adaptive=false"])):
-            prog = compile_model(path, load_config(machine, ov), calibration={"input": cal})
-            outs[name] = simulate(prog, {"input": x}, exact_shortcut=name == "ideal"
-                                  ).outputs["logits:int"]
+            prog = compile_model(path, load_config(machine, ov), calibration={inp: cal})
+            outs[name] = simulate(prog, {inp: x}, exact_shortcut=name == "ideal"
+                                  ).outputs[outp + ":int"]
             if name == "adaptive":
                 bits = np.asarray(prog.mvmu_adc_bits, np.int64)
     a, b = outs["adaptive"], outs["ideal"]
@@ -204,16 +209,20 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
                 or not math.isfinite(sigma) or sigma < 0:
             raise CompressionError(f"sigma={sigma!r}: must be a finite number >= 0")
     records = []
+    nz = machine.noise
+    # with no other seeded effect (read noise, stuck cells) sigma 0 is one deterministic run
+    seeded = bool(nz.read_sigma or nz.stuck_on or nz.stuck_off)
     with _as_onnx(model) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
+        inp, outp = _io_names(path)
         for sigma in sigmas:
             accs = []
-            for seed in (seeds if sigma > 0 else seeds[:1]):  # sigma 0: deterministic
+            for seed in (seeds if sigma > 0 or seeded else seeds[:1]):
                 prog = compile_model(path, load_config(machine, [
                     f"noise.program_sigma={float(sigma)}", f"noise.seed={int(seed)}"]),
-                    calibration={"input": cal})
-                logits = simulate(prog, {"input": x}).outputs["logits"].reshape(len(x), -1)
+                    calibration={inp: cal})
+                logits = simulate(prog, {inp: x}).outputs[outp].reshape(len(x), -1)
                 accs.append(float(np.mean(logits.argmax(1) == y)))
             records.append({"sigma": float(sigma), "accuracy": float(np.mean(accs)),
                             "accuracy_min": min(accs), "accuracy_max": max(accs),
@@ -300,8 +309,29 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
         layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
                         "bits": bits or 32, "storage_bits": int(cost)}
         total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost
+    for n in g.node:   # recurrent layers' W and R (the compressor leaves them as they are)
+        if n.op_type not in ("LSTM", "GRU", "RNN"):
+            continue
+        for name in n.input[1:3]:
+            if name in dq and dq[name].input[0] in inits:
+                q = numpy_helper.to_array(inits[dq[name].input[0]])
+                bits = bits_meta.get(name) or _bits_of_levels(q)
+                scales = (numpy_helper.to_array(inits[dq[name].input[1]]).size
+                          if dq[name].input[1] in inits else 1)
+                entries, nonzero = int(q.size), int(np.count_nonzero(q))
+                cost = entries * bits + 32 * scales
+            elif name in inits:
+                w = numpy_helper.to_array(inits[name])
+                entries, nonzero, bits = int(w.size), int(np.count_nonzero(w)), 32
+                cost = 32 * entries
+            else:
+                continue
+            layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
+                            "bits": bits, "storage_bits": int(cost)}
+            total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost
     if total == 0:
-        raise CompressionError(f"{onnx_path}: no Conv/Gemm/MatMul weight to count")
+        raise CompressionError(f"{onnx_path}: no Conv/Gemm/MatMul/LSTM/GRU/RNN weight to "
+                               f"count")
     return {"weights": total, "nonzero_weights": nnz_total, "storage_bits": int(stored),
             "dense_bits": 32 * total, "compression": 32 * total / stored, "layers": layers}
 
@@ -311,10 +341,28 @@ def onnx_logits(path, x: np.ndarray, chunk: int = 500) -> np.ndarray:
     from compiler.reference import onnxruntime_session
     sess = onnxruntime_session(path, threads=2)
     inp = sess.get_inputs()[0]
-    step = chunk if not isinstance(inp.shape[0], int) else int(inp.shape[0])
+    fixed = isinstance(inp.shape[0], int)
+    step = int(inp.shape[0]) if fixed else chunk
     x = np.asarray(x, np.float32)
-    outs = [sess.run(None, {inp.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+    outs = []
+    for i in range(0, len(x), step):
+        part = x[i:i + step]
+        if fixed and len(part) < step:   # a fixed batch: pad the last chunk, keep its rows
+            part = np.concatenate([part, np.zeros((step - len(part),) + part.shape[1:],
+                                                  np.float32)])
+        outs.append(sess.run(None, {inp.name: part})[0][:len(x) - i])
     return np.concatenate(outs).reshape(len(x), -1)
+
+
+def _io_names(path) -> tuple[str, str]:
+    """The model's (first) graph input and output names (xbarsim's exporter writes
+    ``input`` and ``logits``; another tool's may not)."""
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in inits]
+    if not inputs or not g.output:
+        raise CompressionError(f"{path}: the model needs a graph input and an output")
+    return inputs[0], g.output[0].name
 
 
 # ---------------------------------------------------------------------------- internals
@@ -419,9 +467,10 @@ def _meta_field(meta: dict, key: str, where: str):
 
 
 def _bits_of_levels(q: np.ndarray) -> int:
-    """Signed bits an integer tensor needs (a QDQ weight without compressor metadata)."""
-    m = int(np.abs(q).max(initial=0))
-    return max(2, int(m).bit_length() + 1)
+    """Two's-complement bits an integer tensor needs (a QDQ weight without compressor
+    metadata): -128..127 takes 8, -8..7 takes 4."""
+    hi, lo = int(np.max(q, initial=0)), int(np.min(q, initial=0))
+    return max(2, hi.bit_length() + 1, (-lo - 1).bit_length() + 1)
 
 
 def _lossless_bits(prog) -> np.ndarray:

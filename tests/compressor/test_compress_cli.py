@@ -50,8 +50,10 @@ def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys)
     lo, hi = diff["ci95_pp"]
     assert lo <= diff["difference_pp"] <= hi and diff["images"] == 400
     assert "95 % interval over the 400 test images" in stdout
-    hw = summary["hardware"]  # dense and both arms compiled + simulated on the same machine
+    hw = summary["hardware"]  # dense on puma as shipped, the arms with the recipe's levels
     assert hw["machine"][0] == "puma" and "xbar.rows=64" in hw["machine"][1]
+    assert "weight_bits=8" in hw["machine"][1]
+    assert hw["dense_machine"] == ["puma", ["xbar.rows=64", "xbar.cols=32"]]
     for arm in ("admm", "magnitude"):
         assert hw[arm]["crossbars"] < hw["dense"]["crossbars"]
         assert hw[arm]["energy_uj"] < hw["dense"]["energy_uj"]
@@ -333,3 +335,13 @@ def test_compressing_beside_a_training_run_keeps_its_checkpoint(tmp_path, recipe
     rc, _, err = run(capsys, pt, "--recipe", recipe, "-o", tmp_path / "w.onnx", "-q")
     assert rc == 2 and "w.ckpt: is the input model's training checkpoint" in err, err
     assert pt.with_suffix(".ckpt").read_bytes() == b"training checkpoint"
+
+
+@pytest.mark.parametrize("flag", ["--json", "-o"])
+def test_outputs_never_overwrite_the_recipe_or_the_data(tmp_path, recipe, capsys, flag):
+    """--json (or -o) naming the recipe file replaced it with the summary."""
+    out = ["-o", tmp_path / "m.onnx"] if flag == "--json" else []
+    before = recipe.read_text()
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", *out,
+                     flag, recipe, "--epochs", 1, "--limit", 100, "-q", "--no-hw")
+    assert rc == 2 and "recipe file" in err and recipe.read_text() == before

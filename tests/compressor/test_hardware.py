@@ -365,3 +365,79 @@ def test_packed_tinyadc_on_one_bit_cells_bounds_every_slice_by_n(tmp_path):
     assert bits == {"tinyadc_packed": 6, "blocks": 8}   # <= 63 vs 128 per bit line
     hw = evaluate_hardware(path, cfg, x)
     assert hw["adc_bits_max"] == 8 and hw["adc_bits_worst_case"] == 8
+
+
+def _named_mlp(path, inp="x", out="y", batch=None, lstm=False):
+    """A float model whose input/output are not xbarsim's ``input``/``logits`` (optionally a
+    fixed batch, or an LSTM before the classifier)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    def f(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32),
+                                       name)
+    if lstm:
+        H, T, I = 8, 4, 16
+        w, r = f("W", 1, 4 * H, I), f("R", 1, 4 * H, H)
+        fc = numpy_helper.from_array((rng.standard_normal((10, H)) * 0.3).astype(np.float32),
+                                     "fc")
+        nodes = [helper.make_node("Reshape", [inp, "shp"], ["seq"]),
+                 helper.make_node("Transpose", ["seq"], ["tm"], perm=[1, 0, 2]),
+                 helper.make_node("LSTM", ["tm", w.name, r.name], ["", "yh"], hidden_size=H),
+                 helper.make_node("Reshape", ["yh", "flat"], ["h"]),
+                 helper.make_node("Gemm", ["h", "fc"], [out], transB=1)]
+        inits = [w, r, fc, numpy_helper.from_array(np.array([1, T, I], np.int64), "shp"),
+                 numpy_helper.from_array(np.array([1, H], np.int64), "flat")]
+        n_in = T * I
+    else:
+        fc = numpy_helper.from_array((rng.standard_normal((10, 64)) * 0.3).astype(np.float32),
+                                     "fc")
+        nodes, inits, n_in = [helper.make_node("Gemm", [inp, "fc"], [out], transB=1)], [fc], 64
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        inp, TensorProto.FLOAT, [batch or "N", n_in])], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, [batch or "N", 10])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_hardware_functions_read_the_models_own_input_and_output_names(tmp_path):
+    """They assumed xbarsim's exporter's ``input``/``logits`` (a KeyError after a whole
+    simulation)."""
+    from compressor.hardware import adc_lossless_check
+    rng = np.random.default_rng(2)
+    x, cal = rng.standard_normal((6, 64)).astype(np.float32), \
+        rng.standard_normal((16, 64)).astype(np.float32)
+    yte = rng.integers(0, 10, 6)
+    path = _named_mlp(tmp_path / "m.onnx")
+    hw = evaluate_hardware(path, "puma", x, yte[:6], calibration=cal)
+    assert hw["agreement"] == 1.0 and hw["weights"] == 640
+    assert adc_lossless_check(path, "puma", x, calibration=cal)["equal"]
+    rec = accuracy_under_variation(path, ("puma", ["noise.read_sigma=0.3"]), x, yte[:6],
+                                   sigmas=(0.0,), seeds=(0, 1, 2), calibration=cal)
+    assert len(rec[0]["per_seed"]) == 3      # read noise is seeded: sigma 0 is not one run
+    with pytest.raises(CompressionError, match="5 labels for 6 images"):
+        evaluate_hardware(path, "puma", x, yte[:5], calibration=cal)
+
+
+def test_onnx_logits_of_a_fixed_batch_model(tmp_path):
+    from compressor.hardware import onnx_logits
+    path = _named_mlp(tmp_path / "m.onnx", batch=4)
+    x = np.random.default_rng(1).standard_normal((6, 64)).astype(np.float32)
+    got = onnx_logits(path, x)
+    assert got.shape == (6, 10)
+    np.testing.assert_allclose(got[4:], onnx_logits(path, np.concatenate([x[4:], x[:2]]))[:2],
+                               rtol=1e-6)
+
+
+def test_storage_counts_recurrent_weights(tmp_path):
+    """The LSTM's W (32 x 16) and R (32 x 8) were left out while its crossbars counted."""
+    s = storage_bits(_named_mlp(tmp_path / "m.onnx", lstm=True), CrossbarGeometry(16, 16))
+    assert s["weights"] == 32 * 16 + 32 * 8 + 10 * 8
+    assert s["storage_bits"] == 32 * s["weights"] and s["compression"] == 1.0
+
+
+@pytest.mark.parametrize("lo,hi,bits", [(-128, 127, 8), (-8, 7, 4), (-7, 7, 4), (0, 3, 3),
+                                        (0, 0, 2)])
+def test_bits_of_other_tools_levels_are_twos_complement(lo, hi, bits):
+    from compressor.hardware import _bits_of_levels
+    assert _bits_of_levels(np.array([lo, hi])) == bits

@@ -87,6 +87,22 @@ def test_verify_catches_a_mismatch(result, tmp_path):
             res.model.classifier[3].bias.sub_(1.0)
 
 
+def test_a_failed_verification_leaves_no_file(result, tmp_path, monkeypatch):
+    """The file used to be written first and stay at -o though the error called it wrong;
+    an existing one is left as it was."""
+    from compressor import export
+    res, x = result
+    path = tmp_path / "m.onnx"
+    path.write_text("earlier")
+    monkeypatch.setattr(export, "max_difference", lambda *a: 1.0)
+    with pytest.raises(CompressionError, match="differs from PyTorch by 1 > atol=0.0001; "
+                                               "nothing was written"):
+        export_qdq(res, path, verify=x[:8])
+    assert path.read_text() == "earlier" and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(CompressionError, match="atol=-1: must be a number >= 0"):
+        export_qdq(res, tmp_path / "n.onnx", verify=x[:8], atol=-1)
+
+
 def test_export_needs_an_input_shape(result, tmp_path):
     res, _ = result
     shape = res.model.sample_shape
