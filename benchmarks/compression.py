@@ -181,7 +181,7 @@ LENET_BLOCKS = [  # on 32 x 32 crossbars
     blocks("classifier.1", 0.25),         # 13 / 52
     blocks("classifier.3", 0.5),          # 6 / 12
     blocks("classifier.5"),               # 3 / 3
-]  # 26 of 73 blocks; scaled(..., 0.5) keeps 15
+]  # 26 of 73 blocks; scaled(..., 0.5) kept 16 in the runs (rounding per layer)
 LENET_TINY = [  # <= 5 nonzeros per packed 32-row bit line: <= 15 per slice column, 4 bits
     {"match": "features.0", "quant": {"bits": TINY_BITS}},  # 25 rows, unconstrained
     {"match": ["features.3", "classifier.*"],
