@@ -157,16 +157,27 @@ def cost_bits(cfg, adc_bits: int | None) -> int:
     return adc_bits if adc_bits is not None else worst_case_adc_bits(cfg)
 
 
+#: Bits of the eDRAM access and the flit the per-access and per-flit-hop energies are for
+#: (PUMA's 256-bit eDRAM access; the default machine's 16 16-bit words a port access or flit).
+REFERENCE_ACCESS_BITS = 256
+
+
 def energy_table(cfg) -> dict[str, float]:
-    """Energy per counted access, pJ, for the components that do not depend on ADC bits."""
+    """Energy per counted access, pJ, for the components that do not depend on ADC bits.
+    An eDRAM port access and a flit-hop cost in proportion to the bits they carry
+    (``port_words`` / ``flit_words`` words of ``input_bits``, stored in whole bytes), so
+    wider ports or flits move the same data for the same energy in fewer accesses."""
     cells = cfg.xbar.rows * cfg.xbar.cols / (128 * 128)
+    word_bits = 8 * ((cfg.input_bits + 7) // 8)        # as tile memory stores a word
     return {
         "crossbar": TABLE["crossbar_step_pj"] * cells,
         "dac": TABLE["dac_pj"],
         "shift_add": TABLE["shift_add_pj"],
         "vfu": TABLE["vfu_pj_per_elem"],
-        "edram": TABLE["edram_pj_per_access"],
-        "noc": TABLE["router_pj_per_flit_hop"],
+        "edram": TABLE["edram_pj_per_access"] * cfg.tile.port_words * word_bits
+        / REFERENCE_ACCESS_BITS,
+        "noc": TABLE["router_pj_per_flit_hop"] * cfg.node.flit_words * word_bits
+        / REFERENCE_ACCESS_BITS,
     }
 
 

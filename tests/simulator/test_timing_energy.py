@@ -182,3 +182,17 @@ def test_an_ideal_adc_wider_than_32_bits_is_charged_at_its_width():
     assert rep.adc_conversions > 0
     assert rep.energy_j["adc"] == pytest.approx(
         rep.adc_conversions * adc_cost("sar", 36).energy_pj * 1e-12, rel=1e-12)
+
+
+def test_edram_and_noc_energy_follow_the_bits_an_access_carries():
+    """17.2 pJ is PUMA's 256-bit eDRAM access (16 16-bit words, the default port): a
+    port of 64 words cost the same per access as one of 16, so widening it cut eDRAM
+    energy 4x for the same data; likewise a flit. Defaults are unchanged."""
+    from simulator.costs import TABLE, energy_table
+    base = energy_table(load_config("puma"))
+    assert base["edram"] == TABLE["edram_pj_per_access"]
+    assert base["noc"] == TABLE["router_pj_per_flit_hop"]
+    wide = energy_table(load_config("puma", ["tile.port_words=64", "node.flit_words=4"]))
+    assert wide["edram"] == 4 * base["edram"] and wide["noc"] == base["noc"] / 4
+    narrow = energy_table(load_config("puma", ["input_bits=8"]))      # 8-bit words
+    assert narrow["edram"] == base["edram"] / 2 and narrow["noc"] == base["noc"] / 2
