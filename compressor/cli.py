@@ -368,7 +368,8 @@ def _load_model(args, train, test):
     else:
         raise CompressionError(f"model {name!r}: not a zoo name ({', '.join(zoo.ZOO)}), a "
                                f"pretrained name ({', '.join(PRETRAINED)}) or a .pt file")
-    classes = int(max(train[1].max(), test[1].max())) + 1
+    from models.data import num_classes
+    classes = num_classes(args.data, train[1], test[1])
     options = {**zoo.options_for_data(arch, train[0].shape[1:]), "num_classes": classes,
                **options}
     model = zoo.build(arch, seed=0, **options)

@@ -217,6 +217,19 @@ def load(spec: str | os.PathLike, split: str = "train",
                     f"or train/test .npz files, or an .npz file")
 
 
+#: Classes of the built-in data sets, whatever subset ``limit`` takes.
+BUILTIN_CLASSES = {"fashion-mnist": 10, "fashion_mnist": 10, "fmnist": 10, "digits": 10}
+
+
+def num_classes(spec, *labels: np.ndarray) -> int:
+    """Classes a model for ``spec`` needs: a built-in set's own count (a ``--limit`` subset
+    may lack its last class), else one more than the largest label of ``labels``."""
+    known = BUILTIN_CLASSES.get(str(spec).lower()) if isinstance(spec, (str, os.PathLike)) \
+        else None
+    seen = max((int(y.max()) + 1 for y in labels if len(y)), default=1)
+    return max(known or 0, seen)
+
+
 def load_splits(spec: str | os.PathLike, limit: int | None = None):
     """``((x_train, y_train), (x_test, y_test))`` for ``spec`` (see ``load``)."""
     train, test = load(spec, "train", limit), load(spec, "test", limit)

@@ -172,7 +172,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     if len(xtr) == 0 or len(xte) == 0:
         raise ModelError(f"data set {_describe(data)} has an empty train or test split")
     options = {**options_for_data(model_name, xtr.shape[1:]),
-               "num_classes": int(max(ytr.max(), yte.max())) + 1, **(model_kwargs or {})}
+               "num_classes": datasets.num_classes(data, ytr, yte), **(model_kwargs or {})}
     config = {"model": model_name, "model_kwargs": options, "data": _describe(data),
               "seed": seed, "lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
               "batch_size": batch_size, "limit": limit}

@@ -207,3 +207,15 @@ def test_idx_header_whose_size_overflows_int64_is_a_data_error(tmp_path):
     p.write_bytes(bytes([0, 0, 0x08, 4]) + np.full(4, 65536, ">u4").tobytes())
     with pytest.raises(DataError, match="header says"):
         data.read_idx(p)
+
+
+def test_class_count_of_a_limited_builtin_set_is_the_sets():
+    """--limit 4 on digits saw labels 0..6 and built 7-output models (a 10-class state dict
+    then failed to load with advice to pass --arch)."""
+    import numpy as np
+
+    from models.data import num_classes
+    few = np.array([0, 6, 3, 1])
+    assert num_classes("digits", few) == num_classes("Fashion-MNIST", few) == 10
+    assert num_classes("my_data.npz", few, np.array([2])) == 7   # other data: its labels
+    assert num_classes("digits", np.array([12])) == 13            # never fewer than seen
