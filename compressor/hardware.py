@@ -272,6 +272,7 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
     inits = {t.name: t for t in g.initializer}
     dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     bits_meta, views = _layer_meta(proto)
+    folded: dict = {}   # the compiler frontend's constants, computed once when needed
     total = nnz_total = stored = 0
     layers = {}
     for n in g.node:
@@ -288,6 +289,8 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
             bits = bits_meta.get(name) or _bits_of_levels(w)
         elif name in inits:
             w, bits = numpy_helper.to_array(inits[name]), None
+        elif (w := _folded_constant(proto, name, folded)) is not None:
+            bits = None   # built by constant nodes (ConstantOfShape...): still stored floats
         else:
             continue  # a computed weight: not a stored parameter
         # Crossbar matrix (inputs x outputs) of the torch-layout weight: Conv and
@@ -334,6 +337,20 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
                                f"count")
     return {"weights": total, "nonzero_weights": nnz_total, "storage_bits": int(stored),
             "dense_bits": 32 * total, "compression": 32 * total / stored, "layers": layers}
+
+
+def _folded_constant(proto, name: str, cache: dict):
+    """``name``'s value when constant nodes compute it (as the compiler folds them), else
+    None."""
+    if "consts" not in cache:
+        from compiler.errors import CompilerError
+        from compiler.frontend import frontend
+        try:
+            cache["consts"] = frontend(proto).consts
+        except CompilerError:   # compiling it gives that one-line error, with its context
+            cache["consts"] = {}
+    v = cache["consts"].get(name)
+    return None if v is None else np.asarray(v)
 
 
 def onnx_logits(path, x: np.ndarray, chunk: int = 500) -> np.ndarray:
