@@ -467,7 +467,7 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     tiny = _sample(x, 256)
     ms = [np.arange(1, min(qm, 256) + 1, dtype=np.float64)]
     if qm > 256:
-        ms.append(_lattice_levels(tiny, a, qm))
+        ms.append(_lattice_levels(x, a, qm))
     lattice = np.unique(_f32(a / np.concatenate(ms)))
     exact = lattice[_distances(tiny, lattice, qmin, qmax) <= 1e-12 * (tiny @ tiny)]
     # every exact fit: the finest (a sub-lattice of x's, e.g. s/13 for levels that are all
@@ -601,7 +601,7 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
                  a1[None, :] / np.geomspace(1.0, qm, 32)[:, None],
                  a1[None, :] / np.arange(1, min(qm, 256) + 1, dtype=np.float64)[:, None]]
         if qm > 256:    # larger lattices, as best_scale finds them (a column at a time)
-            extra = [a1[j] / _lattice_levels(_sample(x[j], 256), a1[j], qm) for j in range(n)]
+            extra = [a1[j] / _lattice_levels(x[j], a1[j], qm) for j in range(n)]
             width = max(len(e) for e in extra)
             if width:
                 parts.append(np.stack([np.pad(e, (0, width - len(e)), constant_values=a1[j])
@@ -727,9 +727,13 @@ def _lloyd_columns(x, starts, qmin, qmax, iters=10):
 def _lattice_levels(x: np.ndarray, a: float, qm: int) -> np.ndarray:
     """Candidate largest levels ``m`` (> 256) of a lattice ``x`` may lie on: multiples of the
     least common multiple of the denominators of every distinct ``|x_i| / a`` as a fraction
-    with denominator up to ``qm`` (``x``: a sample of a few hundred entries)."""
-    r = np.abs(x) / a
-    r = np.unique(r[(r > 0) & (r < 1)])
+    with denominator up to ``qm``. All of ``x``'s distinct magnitudes (a sample could miss
+    the levels that carry a denominator's factor); more than ``qm + 1`` of them cannot lie
+    on such a lattice."""
+    r = np.unique(np.abs(x)) / a
+    if len(r) > qm + 1:
+        return np.empty(0)
+    r = r[(r > 0) & (r < 1)]
     lcm = 1
     for v in r:
         lcm = math.lcm(lcm, Fraction(float(v)).limit_denominator(qm).denominator)

@@ -530,3 +530,20 @@ def test_exact_scale_through_projections_and_recipes():
         with pytest.raises(CompressionError, match="exact_scale: applies to a searched"):
             parse_recipe({**base, "layers": [{"match": "*", "quant": {
                 "bits": 4, "exact_scale": True, **bad}}]})
+
+
+@pytest.mark.parametrize("bits,m,step", [(10, 300, 100), (12, 2000, 1000)])
+def test_a_wide_lattice_whose_small_levels_the_sample_misses_is_recovered(bits, m, step):
+    """Levels mostly multiples of ``step`` plus 50 small ones off the 256-entry sample: the
+    sample's denominators missed ``m``, and the projection moved the point (up to 0.019)."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    q = rng.choice(np.arange(-m, m + 1, step), size=n)
+    q[0] = m
+    sampled = set(np.linspace(0, n - 1, 256).astype(int).tolist())
+    off = [i for i in range(n) if i not in sampled][:50]
+    q[off] = rng.choice([1, -1, 7, 13], size=len(off))
+    x = q * float(np.float32(0.0123))
+    np.testing.assert_array_equal(P.project_levels(x, bits), x)
+    cols = np.stack([x, x[::-1]], axis=1)
+    np.testing.assert_array_equal(P.project_levels(cols.T, bits, per_channel=True), cols.T)
