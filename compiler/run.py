@@ -30,12 +30,18 @@ def _inputs_for(graph, args, rng) -> dict[str, np.ndarray]:
             raise RunError(f"{args.input} lacks input {missing[0]!r}; the model's inputs are "
                            f"{', '.join(names)}")
         from simulator.functional import check_input
+        out = {}
         for n, s in graph.inputs:
             check_input(n, data[n], RunError)
             if tuple(data[n].shape[1:]) != tuple(s[1:]):
                 raise RunError(f"input {n!r} in {args.input} has shape {data[n].shape}; "
                                f"expected (N, {', '.join(map(str, s[1:]))})")
-        return {n: np.asarray(data[n], np.float32) for n in names}
+            with np.errstate(over="ignore"):
+                out[n] = np.asarray(data[n], np.float32)
+            if not np.isfinite(out[n]).all():
+                raise RunError(f"input {n!r} in {args.input} holds values beyond float32's "
+                               f"range (the model computes in float32)")
+        return out
     n = 1 if args.random is None else args.random
     if n < 1:
         raise RunError(f"--random {n}: must be >= 1")
@@ -50,6 +56,12 @@ def run_model(args) -> dict:
     labels = None
     out_dir = Path(args.out or "xbarsim-out")
     cfg = load_config(args.preset, args.overrides)   # a bad preset or --set: before anything
+    if demo and (args.input or args.random is not None):
+        raise RunError("--input/--random need a MODEL; the demo (no MODEL) runs its bundled "
+                       "images (--limit N takes the first N)")
+    if not demo and (args.limit is not None or args.out is not None):
+        raise RunError("--limit and --out are the demo's (no MODEL); with a model use "
+                       "--random N or --input, and --json/--trace/--plots")
     if demo:
         import models
         model_path = models.pretrained_path("lenet5_fmnist")
@@ -64,9 +76,8 @@ def run_model(args) -> dict:
         model_path = args.model
         graph = frontend(load_model(model_path))
         inputs = _inputs_for(graph, args, np.random.default_rng(0))
-    for p in (args.json, args.trace, args.outputs):
-        if p:
-            Path(p).parent.mkdir(parents=True, exist_ok=True)
+    from simulator.cli import check_output_files
+    check_output_files(args, {model_path: "model", args.input: "--input file"})
     calib = {k: v[:32] for k, v in inputs.items()}
     t1 = time.perf_counter()
     prog = compile_model(model_path, cfg, calibration=calib, progress=not args.quiet,
@@ -88,11 +99,15 @@ def run_model(args) -> dict:
     e_img = rep.energy_j["total"]
     print(f"per image    {rep.latency_s * 1e6:10.3f} us latency, {e_img * 1e6:.3f} uJ "
           f"(one inference; the batch of {batch} is {batch} inferences)")
-    if acc:
-        line = (f"accuracy     max |err| {acc.get('max_abs_err', float('nan')):.3g}, "
-                f"relative error {acc.get('rel_err', float('nan')):.2e} vs onnxruntime")
-        if "top1_agreement" in acc:
-            line += f", top-1 agreement {acc['top1_agreement'] * 100:.1f}%"
+    # one graph output: its figures at the top level; several: one entry per output
+    per_output = {k: v for k, v in acc.items() if isinstance(v, dict)} or (
+        {"": acc} if "max_abs_err" in acc else {})
+    for name, a in per_output.items():
+        line = (f"accuracy     {name + ': ' if name else ''}max |err| "
+                f"{a.get('max_abs_err', float('nan')):.3g}, relative error "
+                f"{a.get('rel_err', float('nan')):.2e} vs onnxruntime")
+        if "top1_agreement" in a:
+            line += f", top-1 agreement {a['top1_agreement'] * 100:.1f}%"
         print(line)
     if labels is not None:
         print(f"top-1        simulated chip {acc['sim_top1_vs_labels'] * 100:.1f}%, "

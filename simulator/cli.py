@@ -97,9 +97,32 @@ def _check_output_args(args) -> None:
         # its parent must take files: found now, not after compiling
         check_writable_folder(Path(args.output).resolve().parent, f"-o {args.output}",
                               UserError)
-    for key in ("json", "trace", "outputs"):
-        if getattr(args, key, None):
-            Path(getattr(args, key)).parent.mkdir(parents=True, exist_ok=True)
+    check_output_files(args, {})
+
+
+def check_output_files(args, inputs: dict) -> None:
+    """Before any work: each of ``--json``/``--trace``/``--outputs`` (and ``--plots``' folder)
+    must name a file in a folder that takes files, no two the same, none an input
+    (``inputs``: path -> what it is); so a finished simulation is never lost to a bad path
+    and never overwrites what it read."""
+    taken = {Path(p).resolve(): what for p, what in inputs.items() if p}
+    for key in ("json", "trace", "outputs", "plots"):
+        value = getattr(args, key, None)
+        if not value:
+            continue
+        flag, path = f"--{key} {value}", Path(value)
+        if key == "plots":
+            check_writable_folder(path, flag, UserError)
+            continue
+        if path.is_dir():
+            raise UserError(f"{flag}: a folder is there; name a file to write")
+        target = path.resolve()
+        if target in taken:
+            raise UserError(f"{flag}: is also the {taken[target]}; choose another path")
+        taken[target] = f"--{key} file"
+        if not path.parent.is_dir() and path.parent.exists():
+            raise UserError(f"{flag}: {path.parent} is a file, not a folder")
+        check_writable_folder(path.parent, flag, UserError)
 
 
 def _write_outputs(report, args) -> None:
@@ -110,7 +133,9 @@ def _write_outputs(report, args) -> None:
         print(f"report   -> {args.json}")
     if getattr(args, "trace", None):
         n = report.save_trace(args.trace)
-        print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)")
+        cut = report.trace_truncated
+        print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)"
+              + (f"; cut at its {n}-event cap, the run went on past it" if cut else ""))
     if getattr(args, "outputs", None) and report.outputs:
         from .fileio import atomic_write
         with atomic_write(args.outputs, ".npz") as tmp:
@@ -153,6 +178,10 @@ def cmd_simulate(args) -> int:
         raise UserError("--outputs needs --input: without inputs simulate runs timing only "
                         "and computes no output values")
     _check_output_args(args)
+    folder = Path(args.program)
+    check_output_files(args, {args.input: "--input file",
+                              folder / "manifest.json": "program's manifest",
+                              folder / "program.npz": "program's arrays"})
     prog = Program.load(args.program)
     inputs = _load_npz(args.input) if args.input else None
     rep = simulate(prog, inputs, trace=bool(args.trace))
@@ -249,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__module__.split(".")[0] in ("models", "compressor", "compiler"):
             return _fail(str(e))
         raise
+    except MemoryError as e:  # e.g. --random 100000000000: numpy names the size
+        return _fail(f"out of memory ({e}); ask for a smaller batch or model")
     except KeyboardInterrupt:
         return _fail("interrupted")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -253,9 +254,9 @@ class NoiseConfig:
         _check_int("noise", "seed", self.seed, 0)
         r = self.on_off_ratio
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))
-                              or not r > 1 or math.isnan(r)):
-            raise ConfigError(f"noise.on_off_ratio = {r!r}: must be a number > 1, or none "
-                              f"for an infinite ratio")
+                              or not r > 1 or not math.isfinite(r)):
+            raise ConfigError(f"noise.on_off_ratio = {r!r}: must be a finite number > 1, or "
+                              f"none for an infinite ratio")
 
     @property
     def enabled(self) -> bool:
@@ -381,9 +382,9 @@ def from_dict(data: dict) -> MachineConfig:
             if unknown:
                 bad = sorted(unknown, key=str)[0]   # YAML keys need not be strings
                 raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
-            top[key] = cls(**value)
+            top[key] = cls(**{k: _numeric_string(v) for k, v in value.items()})
         elif key in _SECTIONS:
-            top[key] = value
+            top[key] = _numeric_string(value)
         else:
             raise ConfigError(f"{key}: unknown key; allowed: {_allowed_keys(MachineConfig)}")
     return MachineConfig(**top)
@@ -417,14 +418,29 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
     return with_overrides(cfg, overrides)
 
 
+_DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_value(text: str) -> Any:
-    if text.strip().lower() in ("none", "null", "ideal", "~"):
+    t = text.strip()
+    if t.lower() in ("none", "null", "ideal", "~"):
         return None
+    if not t:
+        raise ConfigError("an empty value; give a number, true/false, a name, or none")
+    if _DECIMAL_INT.fullmatch(t):
+        return int(t)     # decimal, as typed: YAML 1.1 would read 010 as 8 and 1:30 as 90
     try:
-        value = yaml.safe_load(text)
+        value = yaml.safe_load(t)
     except yaml.YAMLError:
-        return text
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        return t
+    if isinstance(value, int) and not isinstance(value, bool):
+        return t          # a YAML 1.1 integer form that is no decimal (1:30, 0x1F): a string
+    return _numeric_string(value)
+
+
+def _numeric_string(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` and ``5e-2`` (no dot) as strings: numbers here."""
+    if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
@@ -441,7 +457,10 @@ def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> Machi
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. adc.bits=6")
             key, text = item.split("=", 1)
-            parsed.append((key.strip(), _parse_value(text)))
+            try:
+                parsed.append((key.strip(), _parse_value(text)))
+            except ConfigError as e:
+                raise ConfigError(f"override {item!r}: {e}") from None
         items = parsed
     data = cfg.to_dict()
     for key, value in items:

@@ -41,6 +41,8 @@ class Report:
     timing_wall_s: float = 0.0
     values_wall_s: float = 0.0
     trace_events: np.ndarray | None = field(default=None, repr=False)
+    trace_truncated: bool = False
+    """The trace reached its event cap (``simulate(trace_cap=...)``) before the run ended."""
     agent_names: list = field(default_factory=list, repr=False)
     cycle_ns: float = 1.0
     memory: dict = field(default_factory=dict)

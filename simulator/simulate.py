@@ -168,6 +168,7 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
         pass  # timing and energy only: they do not depend on the values
     t2 = time.perf_counter()
     rep = build_report(prog, timing, outputs, reference)
+    rep.trace_truncated = bool(trace) and len(timing["trace"]) >= trace_cap
     rep.sim_wall_s = time.perf_counter() - t0
     rep.timing_wall_s = t1 - t0
     rep.values_wall_s = t2 - t1

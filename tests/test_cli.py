@@ -326,3 +326,66 @@ def test_errors_found_before_the_work_and_in_one_line(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
         assert needle in err and "xbarsim demo" not in out, (argv, out, err)
+
+
+def test_output_paths_are_checked_before_the_simulation(compiled, capsys, tmp_path,
+                                                        monkeypatch):
+    """A folder where a file belongs, or an output that is an input or another output,
+    was found only after simulating (losing the outputs after it) or silently overwrote."""
+    sim = sys.modules["simulator.simulate"]
+    prog, x = compiled
+    inp = x                                   # the fixture's input file
+    (tmp_path / "taken").mkdir()
+    monkeypatch.setattr(sim, "simulate", lambda *a, **k: pytest.fail("simulated"))
+    for argv, needle in [
+            (["--json", tmp_path / "r.json", "--trace", tmp_path / "taken"],
+             "--trace " + str(tmp_path / "taken") + ": a folder is there"),
+            (["--outputs", inp], "is also the --input file"),
+            (["--json", tmp_path / "r.json", "--trace", tmp_path / "r.json"],
+             "is also the --json file"),
+            (["--json", prog / "manifest.json"], "is also the program's manifest")]:
+        rc = main(["simulate", str(prog), "--input", str(inp), *map(str, argv)])
+        _one_line_error(capsys, rc, needle)
+    model = _mlp_model(tmp_path / "m.onnx")
+    _one_line_error(capsys, main(["run", str(model), "--random", "2", "--json", str(model)]),
+                    "is also the model")
+    assert onnx.load(model).graph.node                   # not overwritten
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--random", "3"], "--input/--random need a MODEL"),
+    (["run", "--input", "nowhere.npz"], "--input/--random need a MODEL"),
+    (["compile", "M", "-o", "p", "--set", "node.tiles=010"], None),
+    (["compile", "M", "-o", "p", "--set", "adc.bits="], "an empty value"),
+    (["compile", "M", "-o", "p", "--set", "noise.on_off_ratio=inf"], "finite number > 1"),
+])
+def test_demo_options_and_set_values_mean_what_they_say(argv, needle, tmp_path, capsys):
+    """The demo ignored --input/--random (even a missing file); --set read 010 as octal 8,
+    an empty value as an ideal ADC, and took an infinite on/off ratio (invalid JSON)."""
+    model = _mlp_model(tmp_path / "m.onnx")
+    argv = [str(model) if a == "M" else str(tmp_path / a) if a == "p" else a for a in argv]
+    rc = main(argv)
+    if needle is None:
+        assert rc == 0
+        manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+        assert manifest["config"]["node"]["tiles"] == 10
+    else:
+        _one_line_error(capsys, rc, needle)
+
+
+def test_preset_yaml_reads_exponents_as_numbers(tmp_path):
+    from simulator.config import load_config
+    p = tmp_path / "sig.yaml"
+    p.write_text("noise: {program_sigma: 5e-2}\nclock_ghz: 1e0\n")
+    cfg = load_config(str(p))
+    assert cfg.noise.program_sigma == 0.05 and cfg.clock_ghz == 1.0
+
+
+def test_truncated_trace_is_said_so(tmp_path):
+    from simulator import load_config, simulate
+    from simulator import examples as ex
+    cfg = load_config("small")
+    prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
+    x = np.zeros((1, 16), np.int64)
+    assert not simulate(prog, {"x": x}, trace=True).trace_truncated
+    assert simulate(prog, {"x": x}, trace=True, trace_cap=3).trace_truncated
