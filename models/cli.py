@@ -106,7 +106,8 @@ def register(subparsers) -> None:
                    help="learning rate factor per epoch (default: 1.0)")
     p.add_argument("--batch-size", type=int_in(2, 1 << 20), default=128,
                    help="batch size, >= 2 (default: 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed for init and data order")
+    p.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), default=0,
+                   help="seed for init and data order")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use at most N training and N test examples (quick runs)")
     p.add_argument("--out", default="xbarsim-out/train",
@@ -122,13 +123,15 @@ def register(subparsers) -> None:
                               "'input', output 'logits').")
     e.add_argument("model", help=f"zoo model: {names}")
     e.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    e.add_argument("--opset", type=int_in(7, TORCH_MAX_OPSET), default=17,
-                   help=f"ONNX opset, 7..{TORCH_MAX_OPSET} (default: 17)")
+    e.add_argument("--opset", type=int_in(9, TORCH_MAX_OPSET), default=17,
+                   help=f"ONNX opset, 9..{TORCH_MAX_OPSET} (default: 17; below 9 torch "
+                        f"writes BatchNorm and recurrent graphs onnxruntime cannot run)")
     e.add_argument("--batch", type=positive_int, default=1,
                    help="static batch size (default: 1)")
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     e.add_argument("--weights", help="state dict (.pt) to load, e.g. from xbarsim train")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    e.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), default=0,
+                   help="seed of the random init")
     e.add_argument("--opt", action="append", metavar="KEY=VALUE", help=opt_help)
     e.add_argument("--verify", action="store_true",
                    help="check onnxruntime against PyTorch after export")

@@ -163,8 +163,9 @@ def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
                         f"{y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise DataError(f"{where}: labels have dtype {y.dtype}; need integer class indices")
-    if y.size and (not np.isfinite(y).all() or (y != np.round(y)).any() or y.min() < 0):
-        raise DataError(f"{where}: labels must be integer class indices >= 0")
+    if y.size and (not np.isfinite(y).all() or (y != np.round(y)).any() or y.min() < 0
+                   or y.max() >= 2 ** 31):   # also what int64 holds (uint64 2**64-1 wrapped)
+        raise DataError(f"{where}: labels must be integer class indices in 0..2**31-1")
     return y.astype(np.int64)
 
 
@@ -211,6 +212,10 @@ def load(spec: str | os.PathLike, split: str = "train",
         return load_npz(path, limit, keys=(f"x_{split}", f"y_{split}"))
     if path.is_dir() and (path / f"{split}.npz").is_file():
         return load_npz(path / f"{split}.npz", limit)
+    other = "test" if split == "train" else "train"
+    if path.is_dir() and (path / f"{other}.npz").is_file():
+        raise DataError(f"{name}: holds {other}.npz but no {split}.npz; a folder of .npz "
+                        f"data needs both")
     if path.is_dir():
         return load_idx_pair(path, split, limit)
     raise DataError(f"unknown data set {name!r}: use fashion-mnist, digits, a folder of IDX "

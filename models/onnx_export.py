@@ -108,14 +108,20 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         try:
             model.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as e:
+            detail = " ".join(str(e).split())      # torch puts the mismatch on line 2
             raise ModelError(f"cannot load weights {weights} into {name or 'model'}: "
-                             f"{first_line(e)}") from e
+                             f"{detail}") from e
+    if weights is not None and Path(weights).resolve() == Path(path).resolve():
+        raise ModelError(f"-o {path}: is the --weights file; the export would overwrite it")
 
     was_training = model.training
     model.eval()
     sample = torch.rand((batch, *shape), generator=torch.Generator().manual_seed(0))
     try:
         proto = onnx.load_from_string(_to_onnx(model, sample, opset, dynamic_batch))
+    except (RuntimeError, ValueError, TypeError) as e:   # the tracer on a degenerate model
+        raise ModelError(f"cannot export {name or 'model'} with input {tuple(sample.shape)}: "
+                         f"{first_line(e)}") from e
     finally:
         model.train(was_training)
     _inline_identity_initializers(proto.graph)

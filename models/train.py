@@ -112,6 +112,12 @@ def check_fits(model: nn.Module, x: np.ndarray, y: np.ndarray, what: str) -> Non
         except (RuntimeError, ValueError, IndexError) as e:
             raise ModelError(f"{what} does not take the data's samples of shape "
                              f"{tuple(x.shape[1:])}: {first_line(e)}") from e
+    declared = tuple(getattr(model, "sample_shape", ()) or ())
+    if declared and math.prod(declared) != math.prod(x.shape[1:]):
+        # it ran (an RNN takes any length, an adaptive pool any size), but it would be
+        # exported and compiled for ``declared``, not for the data it trained on
+        raise ModelError(f"{what} is built for samples of shape {declared}, the data's are "
+                         f"{tuple(x.shape[1:])}; drop the option that sets it")
     classes = int(y.max()) + 1 if len(y) else 0
     if out.ndim != 2 or out.shape[1] < classes:
         raise ModelError(f"{what} gives {tuple(out.shape[1:])} outputs per sample, but the "
@@ -171,6 +177,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                                    np.asarray(a[1], np.int64)[:limit]) for a in data)
     if len(xtr) == 0 or len(xte) == 0:
         raise ModelError(f"data set {_describe(data)} has an empty train or test split")
+    if len(xtr) < 2:
+        raise ModelError(f"data set {_describe(data)}: {len(xtr)} training example; at least 2 "
+                         f"are needed (a batch of one cannot train BatchNorm)")
     options = {**options_for_data(model_name, xtr.shape[1:]),
                "num_classes": datasets.num_classes(data, ytr, yte), **(model_kwargs or {})}
     config = {"model": model_name, "model_kwargs": options, "data": _describe(data),

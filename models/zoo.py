@@ -129,9 +129,16 @@ def _options(name: str, kw: dict) -> dict:
                 raise ModelError(f"model {name!r} option {k} takes True or False, got {v!r}")
             opts[k] = str(v).lower() in ("true", "1")
         elif (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
-              and (isinstance(v, bool) or not isinstance(v, numbers.Real))):
+              and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                   or isinstance(p.default, int) and v != int(v))):
             kind = "an integer" if isinstance(p.default, int) else "a number"
             raise ModelError(f"model {name!r} option {k} takes {kind}, got {v!r}")
+        elif isinstance(p.default, (int, float)) and not isinstance(p.default, bool) \
+                and not v > 0:
+            # sizes, widths and counts: 0 channels, features or steps build no model
+            raise ModelError(f"model {name!r} option {k} must be > 0, got {v!r}")
+        elif isinstance(p.default, int) and not isinstance(p.default, bool):
+            opts[k] = int(v)
     return opts
 
 

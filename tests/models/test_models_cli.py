@@ -63,10 +63,10 @@ def test_bad_numbers_and_weight_files_are_one_line_errors(tmp_path, capsys):
     from models.errors import ModelError
     with pytest.raises(SystemExit):                      # argparse: before any work
         run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--opset", "99"])
-    assert "must be an integer in 7..23" in capsys.readouterr().err
+    assert "must be an integer in 9..23" in capsys.readouterr().err
     assert run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--opt",
                 "in_channels=-1"]) == 2
-    assert "cannot build 'lenet5'" in capsys.readouterr().err
+    assert "option in_channels must be > 0" in capsys.readouterr().err
     torch.save(torch.zeros(3), tmp_path / "t.pt")       # a torch file, not a state dict
     assert run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--weights",
                 str(tmp_path / "t.pt")]) == 2
@@ -81,3 +81,39 @@ def test_torch_max_opset_matches_the_pinned_torch():
 
     from simulator.cli import TORCH_MAX_OPSET
     assert TORCH_MAX_OPSET == _constants.ONNX_MAX_OPSET
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["export", "lenet5", "--opt", "in_channels=0", "-o", "{t}/x.onnx"],
+     "option in_channels must be > 0"),                        # a tracer traceback before
+    (["export", "lstm", "--opt", "seq_len=3.7", "-o", "{t}/x.onnx"],
+     "option seq_len takes an integer, got 3.7"),              # silently 3 before
+    (["export", "vgg8", "--opset", "8", "-o", "{t}/x.onnx"], "must be an integer in 9..23"),
+    (["train", "mlp", "--data", "digits", "--seed", "-1", "--out", "{t}/r"],
+     "must be an integer in 0.."),
+    (["train", "mlp", "--data", "digits", "--limit", "1", "--out", "{t}/r"],
+     "at least 2 are needed"),
+    (["train", "lstm", "--data", "digits", "--opt", "seq_len=5", "--out", "{t}/r",
+      "--epochs", "1"], "is built for samples of shape (5, 28)"),   # exported for 5 steps
+])
+def test_model_options_and_data_that_cannot_work_are_refused(argv, needle, tmp_path, capsys):
+    from simulator.cli import main
+    try:
+        rc = main([a.replace("{t}", str(tmp_path)) for a in argv])
+    except SystemExit as e:              # argparse refuses before any work
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and needle in err, err
+
+
+def test_export_never_overwrites_its_weights(tmp_path, capsys):
+    import torch
+
+    from models import build
+    from simulator.cli import main
+    w = tmp_path / "w.pt"
+    torch.save(build("mlp", seed=0).state_dict(), w)
+    before = w.read_bytes()
+    rc = main(["export", "mlp", "--weights", str(w), "-o", str(w)])
+    assert rc == 2 and "is the --weights file" in capsys.readouterr().err
+    assert w.read_bytes() == before

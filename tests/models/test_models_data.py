@@ -122,8 +122,10 @@ def test_npz_loaders(tmp_path):
 
 
 @pytest.mark.parametrize("x,y,match", [
-    (np.zeros((2, 4, 4), np.uint8), np.array([0, -1]), "class indices >= 0"),
-    (np.zeros((2, 4, 4), np.uint8), np.array([0.5, 1.0]), "class indices >= 0"),
+    (np.zeros((2, 4, 4), np.uint8), np.array([0, -1]), "class indices in 0..2"),
+    (np.zeros((2, 4, 4), np.uint8), np.array([0, 1e30]), "class indices in 0..2"),
+    (np.zeros((2, 4, 4), np.uint8), np.array([0, 2 ** 64 - 1], np.uint64), "class indices in 0..2"),
+    (np.zeros((2, 4, 4), np.uint8), np.array([0.5, 1.0]), "class indices in 0..2"),
     (np.zeros((2, 4, 4), np.uint8), np.zeros((2, 1), np.int64), r"shape \(N,\)"),
     (np.zeros((2, 4, 4), np.uint8), np.array(["a", "b"]), "dtype <U1"),
     (np.full((2, 4, 4), np.nan, np.float32), np.array([0, 1]), "32 image values are NaN"),
