@@ -95,6 +95,10 @@ def check_writable_folder(folder: str | Path, flag: str, error: type[Exception])
     files (read-only, /proc): found before the work whose results would go there."""
     import tempfile
     folder = Path(folder)
+    blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()),
+                   None)
+    if blocker is not None:
+        raise error(f"{flag}: {blocker} is a file, where a folder is needed")
     folder.mkdir(parents=True, exist_ok=True)   # an OSError here: the CLI's one line
     try:
         tempfile.TemporaryFile(dir=folder).close()

@@ -389,3 +389,13 @@ def test_truncated_trace_is_said_so(tmp_path):
     x = np.zeros((1, 16), np.int64)
     assert not simulate(prog, {"x": x}, trace=True).trace_truncated
     assert simulate(prog, {"x": x}, trace=True, trace_cap=3).trace_truncated
+
+
+def test_duplicate_yaml_keys_and_a_file_where_a_folder_belongs(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("weight_bits: 8\nweight_bits: 16\n")        # the last silently won
+    _one_line_error(capsys, main(["compile", str(model), "-o", str(tmp_path / "p"),
+                                  "--preset", str(dup)]), "key 'weight_bits' given twice")
+    _one_line_error(capsys, main(["compile", str(model), "-o", str(model / "p")]),
+                    f"{model} is a file, where a folder is needed")
