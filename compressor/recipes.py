@@ -272,7 +272,8 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
         raise CompressionError(f"recipe {str(path_or_name)!r}: no such file or shipped recipe; "
                                f"shipped: {', '.join(shipped_recipes())}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        from simulator.config import UniqueKeyLoader   # a key given twice is refused
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CompressionError(f"recipe {p}: not valid YAML ({first_line(e)})") from e
     return parse_recipe(data, default_name=p.stem)

@@ -411,14 +411,14 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
         elif not path.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from e
         cfg = from_dict(data or {})
     return with_overrides(cfg, overrides)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (the last silently
     won, hiding the other value)."""
 

@@ -233,3 +233,12 @@ def test_structured_rule_on_a_grouped_conv_is_refused_quantization_is_not():
         blocks.resolve(model)
     quant = parse_recipe({**GOOD, "layers": [{"match": "0", "quant": {"bits": 4}}]})
     assert list(quant.resolve(model)) == ["0"]
+
+
+def test_a_recipe_key_given_twice_is_refused(tmp_path):
+    """PyYAML lets the last of two equal keys win: a recipe's second 'retrain' (or layer
+    rule key) silently replaced the first."""
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nretrain: {epochs: 2}\nretrain: {epochs: 5}\nlayers: []\n")
+    with pytest.raises(CompressionError, match="key 'retrain' given twice"):
+        load_recipe(p)
