@@ -141,7 +141,8 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
 
 def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                        overrides: Iterable[str] = (),
-                       calibration: np.ndarray | None = None) -> dict:
+                       calibration: np.ndarray | None = None,
+                       uniform: bool = False) -> dict:
     """Simulate ``x`` with each crossbar's lossless ADC bits (``adc.adaptive=true``) and with
     an ideal ADC (``adc.bits=none``) on the same machine; their integer logits
     (``logits:int``) must be equal, which is what "lossless by construction" means. The
@@ -149,8 +150,14 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     shortcut skips the ADC exactly where its bits are lossless, which is every crossbar at
     its adaptive bits, so with it the comparison could not fail.
 
+    Adaptive bits are lossless for any weights, so that comparison tests the ADC path, not a
+    model's column bound. ``uniform``: also simulate one ADC width for every crossbar, the
+    widest adaptive one (``adc.bits=adc_bits_max``: the chip TinyADC's bound promises), and
+    compare it with the ideal ADC (``equal_uniform``); a crossbar whose sums need more bits
+    than that would clip there.
+
     Returns ``{"equal": bool, "adc_bits_max", "adc_bits_mean", "adc_bits_hist": {bits:
-    crossbar blocks}, "max_abs_diff"}``.
+    crossbar blocks}, "max_abs_diff"}`` (and ``"equal_uniform"`` with ``uniform``).
     """
     from compiler import compile_model
     from simulator import load_config, simulate
@@ -170,9 +177,17 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                                   ).outputs[outp + ":int"]
             if name == "adaptive":
                 bits = np.asarray(prog.mvmu_adc_bits, np.int64)
+        if uniform and bits.size:
+            prog = compile_model(path, load_config(machine, [
+                f"adc.bits={int(bits.max())}", "adc.adaptive=false", "adc.mode=clip"]),
+                calibration={inp: cal})
+            outs["uniform"] = simulate(prog, {inp: x}, exact_shortcut=False
+                                       ).outputs[outp + ":int"]
     a, b = outs["adaptive"], outs["ideal"]
     values, counts = np.unique(bits, return_counts=True)
-    return {"equal": bool(np.array_equal(a, b)),
+    extra = {} if "uniform" not in outs else {
+        "equal_uniform": bool(np.array_equal(outs["uniform"], b))}
+    return {"equal": bool(np.array_equal(a, b)), **extra,
             "max_abs_diff": int(np.abs(a.astype(np.int64) - b).max(initial=0)),
             "adc_bits_max": int(bits.max()) if bits.size else 0,
             "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,

@@ -131,9 +131,26 @@ def test_three_bit_levels_take_one_slice_and_compute_the_same_logits(three_bit, 
 def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     dense_path, comp_path = tinyadc
     (xtr, _), (xte, _) = digits
-    check = adc_lossless_check(comp_path, MACHINE, xte[:16], calibration=xtr[:32])
+    check = adc_lossless_check(comp_path, MACHINE, xte[:16], calibration=xtr[:32],
+                               uniform=True)
     assert check["equal"] and check["max_abs_diff"] == 0
+    # one ADC width for every crossbar, the widest the model's crossbars need: lossless too
+    assert check["equal_uniform"]
     dense = adc_lossless_check(dense_path, MACHINE, xte[:4], calibration=xtr[:32])
+    # the dense model's widest crossbar, on every crossbar of the TinyADC model: lossless;
+    # one bit below the TinyADC model's widest: it clips (the check can fail)
+    narrow = (MACHINE[0], MACHINE[1] + [f"adc.bits={check['adc_bits_max'] - 1}"])
+    from compiler import compile_model
+    from simulator import load_config, simulate
+    import onnx as _onnx
+    inp = _onnx.load(str(comp_path)).graph.input[0].name
+    ideal = simulate(compile_model(comp_path, load_config(MACHINE[0], MACHINE[1] + [
+        "adc.bits=none"]), calibration={inp: xtr[:32]}), {inp: xte[:16]})
+    clipped = simulate(compile_model(comp_path, load_config(*narrow),
+                                     calibration={inp: xtr[:32]}), {inp: xte[:16]},
+                       exact_shortcut=False)
+    out = [k for k in ideal.outputs if k.endswith(":int")][0]
+    assert not np.array_equal(ideal.outputs[out], clipped.outputs[out])
     # The TinyADC layers' crossbars sum at most 2 rows x level 3 per bit line: 3 bits; the
     # two full-precision layers keep theirs, so the mean falls while the max may not.
     assert check["adc_bits_mean"] <= dense["adc_bits_mean"] - 1.0
