@@ -288,65 +288,60 @@ def storage_bits(onnx_path, geometry: CrossbarGeometry) -> dict:
     dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     bits_meta, views = _layer_meta(proto)
     folded: dict = {}   # the compiler frontend's constants, computed once when needed
+
+    def stored_weight(name):
+        """``(weight, bits, scales)``: a QDQ weight's levels (q minus its zero point:
+        another tool's uint8, say) with their bits and scale count, or a float weight
+        (``bits`` None) from an initializer or constant nodes; None for a computed one."""
+        if name in dq and dq[name].input[0] in inits:
+            node = dq[name]
+            zp = node.input[2] if len(node.input) > 2 else ""
+            w = integer_levels(numpy_helper.to_array(inits[node.input[0]]),
+                               numpy_helper.to_array(inits[zp]) if zp in inits else None,
+                               next((a.i for a in node.attribute if a.name == "axis"), 1))
+            scales = (numpy_helper.to_array(inits[node.input[1]]).size
+                      if node.input[1] in inits else 1)
+            return w, bits_meta.get(name) or _bits_of_levels(w), scales
+        if name in inits:
+            return numpy_helper.to_array(inits[name]), None, 0
+        w = _folded_constant(proto, name, folded)   # ConstantOfShape...: still stored floats
+        return None if w is None else (w, None, 0)
+
+    # Conv/Gemm/MatMul weights are tiled on the crossbars; a recurrent layer's W and R (the
+    # compressor leaves them as they are) count E*b bits plus its scales
+    weights = [(n, n.input[1]) for n in g.node
+               if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) >= 2]
+    weights += [(n, name) for n in g.node if n.op_type in ("LSTM", "GRU", "RNN")
+                for name in n.input[1:3]]
     total = nnz_total = stored = 0
     layers = {}
-    for n in g.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
-            continue
-        name = n.input[1]
-        trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
-        if name in dq and dq[name].input[0] in inits:
-            zp = dq[name].input[2] if len(dq[name].input) > 2 else ""
-            # the levels are q - zero point (another tool's uint8, say)
-            w = integer_levels(numpy_helper.to_array(inits[dq[name].input[0]]),
-                               numpy_helper.to_array(inits[zp]) if zp in inits else None,
-                               next((a.i for a in dq[name].attribute if a.name == "axis"), 1))
-            bits = bits_meta.get(name) or _bits_of_levels(w)
-        elif name in inits:
-            w, bits = numpy_helper.to_array(inits[name]), None
-        elif (w := _folded_constant(proto, name, folded)) is not None:
-            bits = None   # built by constant nodes (ConstantOfShape...): still stored floats
-        else:
+    for n, name in weights:
+        found = stored_weight(name)
+        if found is None:
             continue  # a computed weight: not a stored parameter
-        # Crossbar matrix (inputs x outputs) of the torch-layout weight: Conv and
-        # Gemm(transB) hold that layout, Gemm without transB and MatMul hold (in, out). A
-        # TinyADC Linear after Flatten of a map is tiled in the chip's row order (its view).
-        torch_w = w if (n.op_type == "Conv" or trans_b) else w.reshape(w.shape[0], -1).T
-        m = to_crossbar(torch_w, views.get(name))
-        entries, nonzero = int(m.size), int(np.count_nonzero(m))
-        if bits is None:
-            cost = 32 * entries
+        w, bits, scales = found
+        if n.op_type in ("LSTM", "GRU", "RNN"):
+            entries, nonzero = int(w.size), int(np.count_nonzero(w))
+            cost = 32 * entries if bits is None else entries * bits + 32 * scales
         else:
-            nz = geometry.blocks(m != 0).sum(axis=(1, 3))
-            real = geometry.blocks(np.ones(m.shape, bool)).sum(axis=(1, 3))
-            kept = nz > 0
-            scales = numpy_helper.to_array(inits[dq[name].input[1]]).size \
-                if dq[name].input[1] in inits else 1
-            cost = (int(nz.size) + 32 * scales
-                    + int(np.minimum(real * bits, nz * bits + real)[kept].sum()))
+            # Crossbar matrix (inputs x outputs) of the torch-layout weight: Conv and
+            # Gemm(transB) hold that layout, Gemm without transB and MatMul hold (in, out).
+            # A TinyADC Linear after Flatten of a map is tiled in the chip's row order.
+            trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i
+                                                  for a in n.attribute)
+            torch_w = w if (n.op_type == "Conv" or trans_b) else w.reshape(w.shape[0], -1).T
+            m = to_crossbar(torch_w, views.get(name))
+            entries, nonzero = int(m.size), int(np.count_nonzero(m))
+            if bits is None:
+                cost = 32 * entries
+            else:
+                nz = geometry.blocks(m != 0).sum(axis=(1, 3))
+                real = geometry.blocks(np.ones(m.shape, bool)).sum(axis=(1, 3))
+                cost = (int(nz.size) + 32 * scales
+                        + int(np.minimum(real * bits, nz * bits + real)[nz > 0].sum()))
         layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
                         "bits": bits or 32, "storage_bits": int(cost)}
         total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost
-    for n in g.node:   # recurrent layers' W and R (the compressor leaves them as they are)
-        if n.op_type not in ("LSTM", "GRU", "RNN"):
-            continue
-        for name in n.input[1:3]:
-            if name in dq and dq[name].input[0] in inits:
-                q = numpy_helper.to_array(inits[dq[name].input[0]])
-                bits = bits_meta.get(name) or _bits_of_levels(q)
-                scales = (numpy_helper.to_array(inits[dq[name].input[1]]).size
-                          if dq[name].input[1] in inits else 1)
-                entries, nonzero = int(q.size), int(np.count_nonzero(q))
-                cost = entries * bits + 32 * scales
-            elif name in inits:
-                w = numpy_helper.to_array(inits[name])
-                entries, nonzero, bits = int(w.size), int(np.count_nonzero(w)), 32
-                cost = 32 * entries
-            else:
-                continue
-            layers[name] = {"op": n.op_type, "weights": entries, "nonzero": nonzero,
-                            "bits": bits, "storage_bits": int(cost)}
-            total, nnz_total, stored = total + entries, nnz_total + nonzero, stored + cost
     if total == 0:
         raise CompressionError(f"{onnx_path}: no Conv/Gemm/MatMul/LSTM/GRU/RNN weight to "
                                f"count")

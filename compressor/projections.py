@@ -447,11 +447,18 @@ def scale_candidates(x: np.ndarray, qmin: int, qmax: int, pow2: bool,
     if pow2:
         hi = math.ceil(math.log2(2.0 * a)) + 1
         lo = math.floor(math.log2(no_clip if no_clip > 0 else a / qm)) - 8
-        best = _distances(x, 2.0 ** np.arange(lo, hi + 1, dtype=np.float64), qmin, qmax).min()
-        lo = int(_pow2_floor(x[None, :], np.array([lo]), np.array([best]), qmin, qmax)[0])
-        scales = 2.0 ** np.arange(lo, hi + 1, dtype=np.float64)
-        scales = scales[_f32(scales) > 0]   # stored as float32: none that underflow to 0
+
+        def powers(k0, k1):   # 2**k0 .. 2**(k1-1), none that underflow to 0 in float32
+            s = 2.0 ** np.arange(k0, k1, dtype=np.float64)
+            return s[_f32(s) > 0]
+        scales = powers(lo, hi + 1)
         d = _distances(x, scales, qmin, qmax)
+        floor = int(_pow2_floor(x[None, :], np.array([lo]), np.array([d.min()]), qmin,
+                                qmax)[0])
+        if floor < lo:   # finer powers can still win: judge them too (ascending order kept)
+            extra = powers(floor, lo)
+            scales, d = (np.concatenate([extra, scales]),
+                         np.concatenate([_distances(x, extra, qmin, qmax), d]))
         order = np.argsort(d, kind="stable")[:top]
         return [float(scales[i]) for i in order]
     # The no-clipping scale, finer ones that clip the tails, and a few coarser ones, ranked
@@ -588,14 +595,18 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
     if pow2:
         k_hi = np.ceil(np.log2(2.0 * a1)) + 1
         k_lo = np.floor(np.log2(no_clip)) - 8
-        span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
-        grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
-        best = _column_distances(x, _storable(grid, zero), qmin, qmax).min(axis=0)
-        floor = _pow2_floor(x, k_lo, best, qmin, qmax)
-        if (floor < k_lo).any():    # some column's optimum may clip further: widen its range
-            k_lo = floor
+
+        def powers(k_lo):   # each column's powers from k_lo up to k_hi, as stored
             span = np.arange(int((k_hi - k_lo).max()) + 1)[:, None]
-            grid = 2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :])
+            return _storable(2.0 ** np.minimum(k_lo[None, :] + span, k_hi[None, :]), zero)
+        # exact over the powers of two: every one judged on all of x
+        grid = powers(k_lo)
+        d = _column_distances(x, grid, qmin, qmax)
+        floor = _pow2_floor(x, k_lo, d.min(axis=0), qmin, qmax)
+        if (floor < k_lo).any():    # some column's optimum may clip further: widen its range
+            grid = powers(floor)
+            d = _column_distances(x, grid, qmin, qmax)
+        return _rank_columns(grid, d, top)
     else:
         parts = [no_clip[None, :] / np.geomspace(1.0, 4.0, 256)[:, None],
                  a1[None, :] / np.geomspace(1.0, qm, 32)[:, None],
@@ -608,8 +619,6 @@ def column_scales(m: np.ndarray, qmin: int, qmax: int, pow2: bool = False,
                                        for j, e in enumerate(extra)], axis=1))
         grid = _f32(np.concatenate(parts))
     grid = _storable(grid, zero)
-    if pow2:    # exact over the powers of two: every one judged on all of x
-        return _rank_columns(grid, _column_distances(x, grid, qmin, qmax), top)
     # ranked on a stride sample of each column (with its largest entry), as best_scale does
     if x.shape[1] > _COLUMN_SAMPLE:
         idx = np.linspace(0, x.shape[1] - 1, _COLUMN_SAMPLE).astype(np.int64)
