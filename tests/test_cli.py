@@ -399,3 +399,23 @@ def test_duplicate_yaml_keys_and_a_file_where_a_folder_belongs(tmp_path, capsys)
                                   "--preset", str(dup)]), "key 'weight_bits' given twice")
     _one_line_error(capsys, main(["compile", str(model), "-o", str(model / "p")]),
                     f"{model} is a file, where a folder is needed")
+
+
+def test_demo_runs_on_the_bundled_images_and_writes_its_outputs(tmp_path, capsys):
+    """Quick start's command 1 (``xbarsim run``, no model) on the first 8 images: the labels'
+    top-1 is onnxruntime's on those images, the chip agrees with it, and the report, trace
+    and plots land under --out."""
+    import models
+    from compiler.reference import run_onnxruntime
+    assert main(["run", "--limit", "8", "--out", str(tmp_path), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 bundled test images" in printed
+    report = json.loads((tmp_path / "report.json").read_text())
+    x, labels = models.load_demo_images(8)
+    ref = run_onnxruntime(models.pretrained_path("lenet5_fmnist"), {"input": x})
+    ort_top1 = float((next(iter(ref.values())).argmax(1) == labels).mean())
+    acc = report["accuracy"]
+    assert acc["ort_top1_vs_labels"] == ort_top1
+    assert acc["top1_agreement"] == 1.0 and acc["sim_top1_vs_labels"] == ort_top1
+    assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    assert (tmp_path / "plots" / "energy_breakdown.png").stat().st_size > 0

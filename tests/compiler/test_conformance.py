@@ -8,10 +8,11 @@ of the stored outputs.
 
 Cases that cannot run are listed in :data:`SKIP` with the reason (``pytest -rs`` prints
 them); :data:`PENDING` ones are expected failures until another piece lands. At the time of
-writing 54 of the 82 cases pass and 28 are skipped:
+writing 58 of the 82 cases pass and 24 are skipped:
 
-* 3-D (5-D tensor) convolution, pooling, batch norm, PReLU: Conv3d*, MaxPool3d*, AvgPool3d*,
-  BatchNorm3d*, PReLU_3d* — the compiler maps 1-D and 2-D feature maps only;
+* 3-D (5-D tensor) convolution and pooling: Conv3d*, MaxPool3d*, AvgPool3d* — the compiler
+  maps 1-D and 2-D feature maps only (per-element ops on 5-D tensors, BatchNorm3d* and
+  PReLU_3d*, run);
 * ConvTranspose2d*: no transposed convolution;
 * ops outside the supported set: Softsign (Abs, Div by an activation),
   GLU (Split, product of activations), PoissonNLLLoss (Exp, product of activations),
@@ -35,13 +36,11 @@ CASES_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-
 CFG = load_config("puma", ["adc.bits=none"])
 TOL = 1e-2
 
-_3D = "3-D (5-D tensor) op: only 1-D and 2-D feature maps are mapped"
+_3D = "3-D (5-D tensor) conv/pool: only 1-D and 2-D feature maps are mapped"
 SKIP = {
     "test_AvgPool3d": _3D,
     "test_AvgPool3d_stride": _3D,
     "test_AvgPool3d_stride1_pad0_gpu_input": _3D,
-    "test_BatchNorm3d_eval": _3D,
-    "test_BatchNorm3d_momentum_eval": _3D,
     "test_Conv3d": _3D,
     "test_Conv3d_dilated": _3D,
     "test_Conv3d_dilated_strided": _3D,
@@ -52,8 +51,6 @@ SKIP = {
     "test_MaxPool3d": _3D,
     "test_MaxPool3d_stride": _3D,
     "test_MaxPool3d_stride_padding": _3D,
-    "test_PReLU_3d": _3D,
-    "test_PReLU_3d_multiparam": _3D,
     "test_ConvTranspose2d": "ConvTranspose is not supported",
     "test_ConvTranspose2d_no_bias": "ConvTranspose is not supported",
     "test_Softsign": "Abs and Div by an activation are not supported",
