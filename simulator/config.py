@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import yaml
 
 from .crossbar import n_slices, row_groups
@@ -382,9 +383,10 @@ def from_dict(data: dict) -> MachineConfig:
             if unknown:
                 bad = sorted(unknown, key=str)[0]   # YAML keys need not be strings
                 raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
-            top[key] = cls(**{k: _numeric_string(v) for k, v in value.items()})
+            types = {f.name: f.type for f in fields(cls)}
+            top[key] = cls(**{k: _as_field(types[k], v) for k, v in value.items()})
         elif key in _SECTIONS:
-            top[key] = _numeric_string(value)
+            top[key] = _as_field(_SECTIONS[key], value)
         else:
             raise ConfigError(f"{key}: unknown key; allowed: {_allowed_keys(MachineConfig)}")
     return MachineConfig(**top)
@@ -436,12 +438,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
 _DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, field_type: str = "") -> Any:
+    """An override's text as its field's value: text fields take it as typed (a name
+    ``2024``, a mode ``ideal`` that the check then names); others (and an unknown type: "")
+    read none, numbers and true/false."""
     t = text.strip()
-    if t.lower() in ("none", "null", "ideal", "~"):
-        return None
     if not t:
         raise ConfigError("an empty value; give a number, true/false, a name, or none")
+    if field_type == "str":
+        return t
+    if t.lower() in ("none", "null", "ideal", "~"):
+        return None
     if _DECIMAL_INT.fullmatch(t):
         return int(t)     # decimal, as typed: YAML 1.1 would read 010 as 8 and 1:30 as 90
     try:
@@ -463,37 +470,54 @@ def _numeric_string(value: Any) -> Any:
     return value
 
 
+def _as_field(field_type: str, value: Any) -> Any:
+    """A value as a field of ``field_type`` holds it: numpy scalars (a sweep's ``np.arange``)
+    as Python ones, and YAML's dotless exponents as numbers in number fields only (a name
+    ``"2024"`` stays text)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return _numeric_string(value) if "float" in field_type else value
+
+
 def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> MachineConfig:
     """A new config with dotted-key overrides applied (``xbar.rows=256``)."""
-    items = overrides.items() if isinstance(overrides, dict) else []
-    if not isinstance(overrides, dict):
-        parsed = []
+    if isinstance(overrides, dict):
+        items = [(key, _field_type(key), value) for key, value in overrides.items()]
+    else:
+        items = []
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. adc.bits=6")
             key, text = item.split("=", 1)
+            key = key.strip()
+            field_type = _field_type(key)
             try:
-                parsed.append((key.strip(), _parse_value(text)))
+                items.append((key, field_type, _parse_value(text, field_type)))
             except ConfigError as e:
                 raise ConfigError(f"override {item!r}: {e}") from None
-        items = parsed
     data = cfg.to_dict()
-    for key, value in items:
-        parts = key.split(".")
-        if len(parts) == 1 and parts[0] in _SECTIONS and parts[0] not in _SECTION_CLASSES:
-            data[parts[0]] = value
-        elif len(parts) == 2 and parts[0] in _SECTION_CLASSES:
-            cls = _SECTION_CLASSES[parts[0]]
-            if parts[1] not in {f.name for f in fields(cls)}:
-                raise ConfigError(f"{key}: unknown key; allowed in {parts[0]}: "
-                                  f"{_allowed_keys(cls)}")
-            data[parts[0]][parts[1]] = value
-        else:
-            sections = ", ".join(_SECTION_CLASSES)
-            raise ConfigError(f"{key}: unknown key; use a top-level key "
-                              f"(weight_bits, input_bits, clock_ghz) or SECTION.KEY with "
-                              f"SECTION one of {sections}")
+    for key, _, value in items:
+        section, _, name = key.rpartition(".")
+        (data[section] if section else data)[name] = value
     return from_dict(data)
+
+
+def _field_type(key: str) -> str:
+    """The declared type of dotted ``key`` (``adc.bits`` -> ``"int | None"``); an unknown
+    key is an error naming what is allowed."""
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] in _SECTIONS and parts[0] not in _SECTION_CLASSES:
+        return _SECTIONS[parts[0]]
+    if len(parts) == 2 and parts[0] in _SECTION_CLASSES:
+        types = {f.name: f.type for f in fields(_SECTION_CLASSES[parts[0]])}
+        if parts[1] not in types:
+            raise ConfigError(f"{key}: unknown key; allowed in {parts[0]}: "
+                              f"{_allowed_keys(_SECTION_CLASSES[parts[0]])}")
+        return types[parts[1]]
+    sections = ", ".join(_SECTION_CLASSES)
+    raise ConfigError(f"{key}: unknown key; use a top-level key "
+                      f"(weight_bits, input_bits, clock_ghz) or SECTION.KEY with "
+                      f"SECTION one of {sections}")
 
 
 def config_hash(cfg: MachineConfig) -> str:

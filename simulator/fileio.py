@@ -12,8 +12,6 @@ import contextlib
 import errno
 import os
 import stat
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +30,11 @@ def read_npz(path: str | Path, error: type[Exception],
                         f"one, keyed by name)")
         with z:
             return {k: z[k] for k in z.files if keys is None or k in keys}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  zip and .npy parsing fail in many ways (bad zlib
+        # stream, unknown compression, encrypted member, a header that does not tokenize):
+        # each means the file is not a readable archive
         if isinstance(e, error):
             raise
         reason = str(e)

@@ -153,10 +153,13 @@ class Program:
         return keys
 
     def cores_used(self) -> set[tuple[int, int]]:
-        """(tile, core) of every core that holds an MVMU or runs code: what area is charged."""
+        """(tile, core) of every core that holds an MVMU or runs code: what area is charged.
+        A stream of only ``hlt``/``nop`` is no work (the compiler ends every core's stream
+        with ``hlt``, the idle ones' too)."""
         used = {(int(t), int(c)) for t, c, _ in self.mvmu_loc}
+        idle = [int(Op.HLT), int(Op.NOP)]
         used |= {divmod(k, self.config.tile.cores) for k, code in enumerate(self.core_code)
-                 if len(code)}
+                 if not np.isin(code["op"], idle).all()}
         return used
 
     @property

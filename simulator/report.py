@@ -48,8 +48,9 @@ class Report:
     memory: dict = field(default_factory=dict)
 
     @property
-    def throughput_per_s(self) -> float:
-        return 1.0 / self.latency_s if self.latency_s > 0 else float("inf")
+    def throughput_per_s(self) -> float | None:
+        """Inferences per second; None for a program that takes no time (JSON has no inf)."""
+        return 1.0 / self.latency_s if self.latency_s > 0 else None
 
     def to_dict(self) -> dict:
         return {
@@ -187,11 +188,12 @@ class Report:
         top = sorted(((k, v) for k, v in e.items() if k != "total"), key=lambda kv: -kv[1])[:3]
         active = self.config.get("xbar", {}).get("active_rows")
         reads = f", {active} rows per read" if active else ""
+        thr = self.throughput_per_s
         lines = [
             f"latency      {self.latency_s * 1e6:10.3f} us  ({self.latency_cycles} cycles)",
-            f"throughput   {self.throughput_per_s:10.1f} inferences/s",
+            f"throughput   {f'{thr:10.1f}' if thr else 'n/a (no time)':>10} inferences/s",
             f"energy       {e['total'] * 1e6:10.3f} uJ  (" + ", ".join(
-                f"{k} {v / e['total'] * 100:.0f}%" for k, v in top) + ")",
+                f"{k} {v / e['total'] * 100:.0f}%" for k, v in top if e["total"] > 0) + ")",
             f"area         {self.area_mm2['total']:10.3f} mm2",
             f"crossbars    {self.crossbars:10d}  ({self.mvmus} MVMUs, {self.cores} cores, "
             f"{self.tiles} tiles)",

@@ -98,6 +98,9 @@ def _mvmu_wait(reg, vec, xout0, gp0, rows, cols, nm, mvmu_free, core):
 
 @nb.njit(cache=True)
 def _wake_tile(tile, now, cores, n_core_agents, state, t_agent, heap, hsize):
+    """Blocked agents of ``tile`` retry, no earlier than ``now``: the waker's issue time, which
+    keeps shared operations in time order. When the retried access starts is then up to its
+    data's own times (``vtime``/``ftime``), not the waker's (possibly far later) start."""
     for k in range(cores + 1):
         a = tile * cores + k if k < cores else n_core_agents + tile
         if state[a] == 1:
@@ -121,13 +124,54 @@ def _trace(trace, tlen, cap, agent, start, end, op, layer):
     return tlen
 
 
+#: Future bookings a memory port or NoC link remembers. A request processed now may be
+#: ready long before one processed earlier (a store that waits for its MVM): it takes the
+#: earliest free gap, not the time after the last booking. Past this many live bookings the
+#: two earliest merge (their gap is given up: conservative, never an overlap).
+BOOKINGS = 32
+
+
 @nb.njit(cache=True)
-def _port(port_free, tile, nports):
-    best = 0
-    for p in range(1, nports):
-        if port_free[tile, p] < port_free[tile, best]:
-            best = p
-    return best
+def _earliest_gap(b_start, b_end, n_book, r, ready, dur, now):
+    """The earliest start >= ``ready`` of ``dur`` free cycles on resource ``r``. Bookings
+    that ended by ``now`` are dropped first: requests are processed in time order, so none
+    later is ready before ``now``."""
+    k = 0
+    for i in range(n_book[r]):
+        if b_end[r, i] > now:
+            b_start[r, k] = b_start[r, i]
+            b_end[r, k] = b_end[r, i]
+            k += 1
+    n_book[r] = k
+    s = ready
+    for i in range(k):   # bookings sorted by start, disjoint
+        if s + dur <= b_start[r, i]:
+            break
+        if b_end[r, i] > s:
+            s = b_end[r, i]
+    return s
+
+
+@nb.njit(cache=True)
+def _book(b_start, b_end, n_book, r, s, dur):
+    """Book [s, s + dur) on resource ``r`` (a gap :func:`_earliest_gap` found)."""
+    if dur <= 0:
+        return
+    k = n_book[r]
+    if k == b_start.shape[1]:    # full: merge the two earliest bookings
+        b_end[r, 0] = b_end[r, 1]
+        for i in range(1, k - 1):
+            b_start[r, i] = b_start[r, i + 1]
+            b_end[r, i] = b_end[r, i + 1]
+        k -= 1
+    i = k
+    while i > 0 and b_start[r, i - 1] > s:
+        b_start[r, i] = b_start[r, i - 1]
+        b_end[r, i] = b_end[r, i - 1]
+        i -= 1
+    b_start[r, i] = s
+    b_end[r, i] = s + dur
+    n_book[r] = k + 1
 
 
 @nb.njit(cache=True)
@@ -158,9 +202,14 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     wait_tile = np.zeros(n_agents, np.int64)
     wait_addr = np.zeros(n_agents, np.int64)
     mvmu_free = np.zeros((max(n_core_agents, 1), max(nm, 1)), np.int64)
-    port_free = np.zeros((n_tiles, nports), np.int64)
-    n_links = mesh_w * ((n_tiles - 1) // mesh_w + 1) * 4
-    link_free = np.zeros(max(n_links, 1), np.int64)
+    # memory ports (tile * nports + port) and NoC links (router * 4 + direction)
+    port_start = np.zeros((n_tiles * nports, BOOKINGS), np.int64)
+    port_end = np.zeros((n_tiles * nports, BOOKINGS), np.int64)
+    port_n = np.zeros(n_tiles * nports, np.int64)
+    n_links = max(mesh_w * ((n_tiles - 1) // mesh_w + 1) * 4, 1)
+    link_start = np.zeros((n_links, BOOKINGS), np.int64)
+    link_end = np.zeros((n_links, BOOKINGS), np.int64)
+    link_n = np.zeros(n_links, np.int64)
     ring_arr = np.zeros((n_tiles * n_tiles, recv_cap), np.int64)
     ring_vec = np.zeros((n_tiles * n_tiles, recv_cap), np.int64)
     ring_head = np.zeros(n_tiles * n_tiles, np.int64)
@@ -330,10 +379,14 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                                                   mvmu_free, core))
                 elif o == _OP_RECV:
                     ready = max(ready, ring_arr[pair, ring_head[pair] % recv_cap])
-                pt = _port(port_free, tile, nports)
-                start = max(ready, port_free[tile, pt])
                 acc = (v + port_words - 1) // port_words
-                port_free[tile, pt] = start + acc
+                pt = tile * nports
+                start = _earliest_gap(port_start, port_end, port_n, pt, ready, acc, t)
+                for q in range(tile * nports + 1, (tile + 1) * nports):
+                    s_q = _earliest_gap(port_start, port_end, port_n, q, ready, acc, t)
+                    if s_q < start:
+                        pt, start = q, s_q
+                _book(port_start, port_end, port_n, pt, start, acc)
                 fin = start + mem_lat + acc
                 counters[lay, C_EDRAM] += acc
                 if reading:
@@ -347,7 +400,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                                 ftime[i] = max(ftime[i], start + acc)
                                 freed = True
                     if freed:
-                        hsize = _wake_tile(tile, start, cores, n_core_agents, state, t_agent,
+                        hsize = _wake_tile(tile, t, cores, n_core_agents, state, t_agent,
                                            heap, hsize)
                 else:
                     counters[lay, C_WR] += v
@@ -355,7 +408,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         valid[i] = True
                         cnt[i] = count[p]
                         vtime[i] = fin
-                    hsize = _wake_tile(tile, start, cores, n_core_agents, state, t_agent,
+                    hsize = _wake_tile(tile, t, cores, n_core_agents, state, t_agent,
                                        heap, hsize)
                 if o == _OP_SEND:
                     dst_tile = peer[p]
@@ -371,8 +424,8 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         else:
                             d = 2 if y1 > y else 3
                         lk = (y * mesh_w + x) * 4 + d
-                        s = max(cur, link_free[lk])
-                        link_free[lk] = s + flits
+                        s = _earliest_gap(link_start, link_end, link_n, lk, cur, flits, t)
+                        _book(link_start, link_end, link_n, lk, s, flits)
                         cur = s + router_cycles + hop_cycles
                         hops += 1
                         if d == 0:

@@ -87,3 +87,41 @@ def test_yaml_file_preset(tmp_path):
     p.write_text("name: mine\nxbar: {rows: 64, cols: 64}\nadc: {bits: 5}\n")
     cfg = load_config(p)
     assert (cfg.name, cfg.xbar.rows, cfg.adc.bits) == ("mine", 64, 5)
+
+
+def test_a_name_that_looks_like_a_number_stays_text_through_round_trips(tmp_path):
+    """``name``/``source`` went through the YAML-exponent reading of number fields: a config
+    named "2024" was built, but saving and loading it, an override, or a quoted YAML name
+    failed with "must be text"."""
+    import dataclasses
+
+    from simulator import examples
+    from simulator.program import Program
+    cfg = dataclasses.replace(load_config("small"), name="2024", source="inf")
+    assert with_overrides(cfg, ["adc.bits=6"]).name == "2024"
+    assert with_overrides(cfg, ["name=1.5"]).name == "1.5"
+    prog = examples.single_mvm(cfg, examples.random_weights(cfg, 4, 4))
+    assert Program.load(prog.save(tmp_path / "p")).config == cfg
+    (tmp_path / "c.yaml").write_text('name: "2024"\nnoise: {program_sigma: 5e-2}\n')
+    assert load_config(str(tmp_path / "c.yaml")).name == "2024"
+
+
+def test_numpy_scalars_are_taken_as_numbers():
+    """A sweep script's np.int64/np.float32/np.bool_ values were refused as 'not an
+    integer'; they are stored as plain Python values."""
+    import numpy as np
+    cfg = with_overrides(load_config("small"), {"xbar.rows": np.int64(32),
+                                                "noise.program_sigma": np.float32(0.5),
+                                                "adc.adaptive": np.True_})
+    assert (cfg.xbar.rows, cfg.noise.program_sigma, cfg.adc.adaptive) == (32, 0.5, True)
+    assert type(cfg.xbar.rows) is int and type(cfg.adc.adaptive) is bool
+    with pytest.raises(ConfigError, match=r"xbar.rows = True: must be an integer"):
+        with_overrides(load_config("small"), {"xbar.rows": np.True_})
+
+
+def test_a_text_field_override_is_quoted_as_typed():
+    """``--set adc.mode=ideal`` said ``adc.mode = None``: 'ideal' reads as none only where a
+    field allows none."""
+    with pytest.raises(ConfigError, match=r"adc.mode = 'ideal': must be one of clip, scale"):
+        load_config("small", ["adc.mode=ideal"])
+    assert load_config("small", ["adc.bits=ideal"]).adc.bits is None

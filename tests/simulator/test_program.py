@@ -321,3 +321,40 @@ def test_register_offset_outside_the_registers_is_an_error_in_timing_runs_too(of
                      instr(Op.HLT)])
     with pytest.raises(SimulationError, match=f"pc 1: register {offset} .*leave the core's"):
         simulate(_two_mvmu_program(cfg, code), values=False)
+
+
+def _zip_with_unknown_compression(path):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", buf.getvalue())
+    data = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):   # local + central header
+        i = data.index(sig) + off
+        data[i:i + 2] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def _npy_with_unclosed_header(path):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4))
+    npy = bytearray(buf.getvalue())
+    i = npy.index(b"}")
+    npy[i:i + 1] = b"("
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", bytes(npy))
+
+
+@pytest.mark.parametrize("make", [_zip_with_unknown_compression, _npy_with_unclosed_header])
+def test_every_corrupt_npz_is_one_error_naming_the_file(tmp_path, make):
+    """An unknown zip compression method (NotImplementedError) or an .npy header that does
+    not tokenize (TokenError) escaped read_npz as a traceback."""
+    from simulator.fileio import read_npz
+    path = tmp_path / "bad.npz"
+    make(path)
+    with pytest.raises(ProgramError, match=r"bad.npz: not a readable .npz of arrays"):
+        read_npz(path, ProgramError)

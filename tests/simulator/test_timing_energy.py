@@ -1,5 +1,6 @@
 """MVM latency against the design's pipeline formula; energy = sum of counts x table."""
 import itertools
+import json
 import math
 
 import numpy as np
@@ -196,3 +197,109 @@ def test_edram_and_noc_energy_follow_the_bits_an_access_carries():
     assert wide["edram"] == 4 * base["edram"] and wide["noc"] == base["noc"] / 4
     narrow = energy_table(load_config("puma", ["input_bits=8"]))      # 8-bit words
     assert narrow["edram"] == base["edram"] / 2 and narrow["noc"] == base["noc"] / 2
+
+
+def _program(cfg, core_code, w, **kw):
+    """One tile; MVMU 0 of core 0 holds ``w``; the cores run ``core_code``."""
+    from simulator.program import Program, TensorPort
+    return Program(config=cfg, n_tiles=1,
+                   core_code=core_code + [ex.EMPTY] * (cfg.tile.cores - len(core_code)),
+                   tile_code=[ex.EMPTY], mvmu_loc=[(0, 0, 0)],
+                   mvmu_levels=ex._levels(cfg, w)[None], mvmu_layer=[0],
+                   inputs=[TensorPort("x", 0, 0, (16,), 1.0)],
+                   outputs=[TensorPort("y", 0, 16, (16,), 1.0)],
+                   layers=[{"name": "mvm", "op": "MatMul"}, {"name": "side", "op": "Load"}],
+                   **kw)
+
+
+def _mvm_then_store(lay):
+    from simulator.isa import assemble, instr
+    return assemble([instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=16, layer=0),
+                     instr(Op.MVM, mask=1, layer=0),
+                     instr(Op.STORE, src1=lay.xout_of(0), imm=16, vec=16, count=0, layer=0),
+                     instr(Op.HLT)])
+
+
+def _events(rep, agent):
+    return [(Op(e[3]).name, int(e[1]), int(e[2])) for e in rep.trace_events.tolist()
+            if e[0] == agent]
+
+
+def test_a_port_booked_for_a_later_store_leaves_its_earlier_gap_free():
+    """Core 0's store waits ~215 cycles for its MVM and books the tile's only port then;
+    core 1's five loads, processed after it but ready at cycle 4, used to queue behind that
+    booking (latency 235). They take the gap before it."""
+    from simulator.isa import RegisterLayout, assemble, instr
+    cfg = load_config("small", ["tile.mem_ports=1"])
+    lay = RegisterLayout.of(cfg)
+    w = ex.random_weights(cfg, 16, 16)
+    loads = assemble([instr(Op.NOP)] * 4 + [instr(Op.LOAD, dst=lay.gp, imm=100, vec=16,
+                                                  layer=1)] * 5 + [instr(Op.HLT)])
+    rep = simulate(_program(cfg, [_mvm_then_store(lay), loads], w,
+                            mem_init=[(0, 100, np.arange(16), 0)]), None, trace=True)
+    store = [e for e in _events(rep, 0) if e[0] == "STORE"][0]
+    assert [e[1] for e in _events(rep, 1)] == [4, 7, 10, 13, 16]    # back to back
+    assert store[1] >= 19 and rep.latency_cycles == store[2] + 1   # the store unchanged
+
+
+def test_a_blocked_load_is_not_delayed_by_an_unrelated_store_that_wakes_it():
+    """Core 1 waits for address 200, which core 2 stores at cycle n. Core 0's unrelated store
+    (issued early, starting at ~218 after its MVM) woke core 1 and moved its clock to 218, so
+    its load ran at 218 however early its data came."""
+    from simulator.isa import RegisterLayout, assemble, instr
+    cfg = load_config("small", ["tile.cores=3", "tile.mem_ports=4"])
+    lay = RegisterLayout.of(cfg)
+    w = ex.random_weights(cfg, 16, 16)
+    consumer = assemble([instr(Op.LOAD, dst=lay.gp, imm=200, vec=4, layer=1),
+                         instr(Op.HLT)])
+    for n in (3, 10):
+        producer = assemble([instr(Op.NOP)] * n + [
+            instr(Op.STORE, src1=lay.gp, imm=200, vec=4, count=1, layer=1), instr(Op.HLT)])
+        rep = simulate(_program(cfg, [_mvm_then_store(lay), consumer, producer], w), None,
+                       trace=True)
+        (_, s, f), = _events(rep, 2)
+        assert _events(rep, 1) == [("LOAD", f, f + f - s)]   # right after the store
+
+
+@pytest.mark.parametrize("flit_words, spacing", [(1, 16), (16, 3)])
+def test_two_messages_on_one_link_take_turns(flit_words, spacing):
+    """Two 16-word sends 3 cycles apart over one link: at one word a flit the second's 16
+    flits follow the first's (arrivals 16 apart); as one flit each, 3 apart, as sent."""
+    from simulator.isa import assemble, instr
+    from simulator.program import Program, TensorPort
+    cfg = load_config("small", [f"node.flit_words={flit_words}"])
+    send = assemble([instr(Op.SEND, imm=a, vec=16, peer=1, layer=0) for a in (0, 16)]
+                    + [instr(Op.HLT)])
+    recv = assemble([instr(Op.RECV, imm=a, vec=16, peer=0, count=0, layer=0) for a in (0, 16)]
+                    + [instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
+                   tile_code=[send, recv], mem_init=[(0, 0, np.arange(32), 0)],
+                   layers=[{"name": "x", "op": "Copy"}],
+                   outputs=[TensorPort("y", 1, 0, (32,), 1.0)])
+    rep = simulate(prog, None, trace=True)
+    sends = [s for op, s, _ in _events(rep, rep.agent_names.index("tile 0 control"))]
+    recvs = [s for op, s, _ in _events(rep, rep.agent_names.index("tile 1 control"))]
+    assert sends[1] - sends[0] == 3 and recvs[1] - recvs[0] == spacing
+
+
+def test_cores_that_only_halt_are_not_charged():
+    """The compiler ends every core's stream with hlt, idle cores' too; those counted as
+    used, charging their VFU and control area (3 of LeNet-5's 8 cores on puma)."""
+    cfg = load_config("small")
+    w = ex.random_weights(cfg, 16, 16)
+    rep = simulate(ex.single_mvm(cfg, w), values=False)
+    assert rep.cores == 1
+    one_core = rep.area_mm2["vfu"]
+    two = simulate(ex.two_core_exchange(cfg, w), values=False)
+    assert two.cores == 2 and two.area_mm2["vfu"] == pytest.approx(2 * one_core)
+
+
+def test_a_program_that_takes_no_time_reports_valid_json():
+    from simulator.program import Program
+    cfg = load_config("small")
+    prog = Program(config=cfg, n_tiles=1, core_code=[ex.EMPTY.copy()[:0]] * cfg.tile.cores,
+                   tile_code=[ex.EMPTY.copy()[:0]])
+    rep = simulate(prog, None)
+    assert rep.latency_cycles == 0 and rep.throughput_per_s is None
+    assert json.loads(rep.to_json())["throughput_per_s"] is None
+    assert "n/a" in rep.summary()
