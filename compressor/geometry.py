@@ -215,7 +215,7 @@ def to_crossbar(w, view: tuple[int, ...] | None = None):
         w = w.reshape(view)
     if w.ndim >= 3:
         w = _channel_last(w)
-    return w.reshape(w.shape[0], -1).T
+    return w.reshape(w.shape[0], math.prod(w.shape[1:])).T   # not -1: C_out may be 0
 
 
 def from_crossbar(m, shape: tuple[int, ...], view: tuple[int, ...] | None = None):

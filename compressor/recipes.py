@@ -231,6 +231,13 @@ class Recipe:
                                 f"convolution (groups={modules[n].groups}); structured "
                                 f"constraints ({c.structure}) are stated on groups=1 layers' "
                                 f"crossbars: give it a quantization-only rule or leave it out")
+                        weight = getattr(modules[n], "weight", None)
+                        if (c.structure is not None or c.quant is not None) \
+                                and weight is not None and weight.numel() == 0:
+                            raise CompressionError(
+                                f"recipe.layers[{i}].match={pat!r}: {n!r} has no weights "
+                                f"(shape {tuple(weight.shape)}): nothing to prune or "
+                                f"quantize; leave it out")
                         if c.structure is not None or c.quant is not None:
                             out[n] = c
         return out

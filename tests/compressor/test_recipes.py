@@ -242,3 +242,18 @@ def test_a_recipe_key_given_twice_is_refused(tmp_path):
     p.write_text("name: r\nretrain: {epochs: 2}\nretrain: {epochs: 5}\nlayers: []\n")
     with pytest.raises(CompressionError, match="key 'retrain' given twice"):
         load_recipe(p)
+
+
+def test_a_layer_without_weights_is_refused_by_name():
+    """``nn.Linear(12, 0)`` crashed the projections with numpy's reshape error."""
+    model = torch.nn.Sequential(torch.nn.Linear(20, 12), torch.nn.ReLU(),
+                                torch.nn.Linear(12, 0))
+    with pytest.raises(CompressionError, match=r"'2' has no weights \(shape \(0, 12\)\)"):
+        parse_recipe(GOOD).resolve(model)
+
+
+def test_an_empty_weight_reads_as_an_empty_crossbar():
+    import numpy as np
+
+    from compressor.geometry import to_crossbar
+    assert to_crossbar(np.zeros((0, 3, 2, 2))).shape == (12, 0)
