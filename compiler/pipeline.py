@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,11 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     say = _progress(progress)
     name = Path(model).stem if isinstance(model, (str, Path)) else (model.graph.name or "model")
     proto = load_model(model) if isinstance(model, (str, Path)) else model
+    mismatch = compressed_for_other_crossbars(proto, cfg)
+    if mismatch:
+        warnings.warn(f"{name}: compressed for other crossbars than this machine's "
+                      f"({mismatch}): its crossbar-aligned structures and TinyADC bounds "
+                      f"do not carry over", stacklevel=2)
     graph: Graph = frontend(proto, name)
     say(f"frontend: {len(graph.nodes)} nodes")
     absmax, _ = calibrate(graph, calibration)
@@ -66,6 +73,35 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     prog.mapping["cores"] = len(prog.cores_used())    # the report's count, code included
     say(f"generate: {prog.n_instructions} instructions")
     return (prog, lp, graph) if return_ir else prog
+
+
+#: Geometry fields (``compressor.CrossbarGeometry``) that a structured constraint's promise
+#: rests on, with the machine's field: which inputs share a crossbar column (and a read),
+#: and what one cell of one array holds.
+_STRUCTURAL = {"rows": "xbar.rows", "cols": "xbar.cols", "active_rows": "xbar.active_rows",
+               "cell_bits": "xbar.cell_bits", "mapping": "xbar.mapping"}
+
+
+def compressed_for_other_crossbars(proto: onnx.ModelProto, cfg: MachineConfig) -> str:
+    """``"xbar.rows 128 -> 64, ..."`` where a model the compressor exported with structured
+    layers (its ``xbarsim.compressor`` metadata) was laid out for crossbars other than
+    ``cfg``'s; "" otherwise (no metadata, quantization only, or the same crossbars)."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        geometry = json.loads(props["xbarsim.compressor"])["geometry"]
+        structured = any(json.loads(v).get("constraint", {}).get("sparsity")
+                         for k, v in props.items() if k.startswith("xbarsim.layer."))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return ""    # not the compressor's (or another version's) metadata: nothing to check
+    if not structured:
+        return ""
+    diffs = []
+    for field, key in _STRUCTURAL.items():
+        section, attr = key.split(".")
+        have = getattr(getattr(cfg, section), attr)
+        if geometry.get(field) != have:
+            diffs.append(f"{key} {geometry.get(field)} -> {have}")
+    return ", ".join(diffs)
 
 
 def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:

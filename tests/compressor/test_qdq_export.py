@@ -169,3 +169,24 @@ def test_an_opset_without_dequantize_linear_is_refused_in_one_line(result, tmp_p
                                                r"\(DequantizeLinear exists from opset 10"):
         export_qdq(res, tmp_path / "m.onnx", opset=opset)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_compiling_for_other_crossbars_warns_with_what_differs(result, tmp_path):
+    """The compiler never read the compressor's metadata: a model pruned for 16x16
+    crossbars compiled on a 32-row machine lost its block and TinyADC promises silently."""
+    import warnings
+
+    from compiler import compile_model
+    from simulator import load_config
+    res, x = result
+    path = export_qdq(res, tmp_path / "m.onnx")
+    calib = {"input": x[:4].reshape(4, 1, 28, 28)}
+    same = load_config("puma", ["weight_bits=16", "xbar.rows=16", "xbar.cols=16",
+                                 "xbar.cell_bits=2", "xbar.mapping=differential"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # the model's own crossbars: no warning
+        compile_model(path, same, calibration=calib)
+    other = load_config(same, ["xbar.rows=32", "xbar.active_rows=8"])
+    with pytest.warns(UserWarning, match=r"compressed for other crossbars than this machine's "
+                      r"\(xbar.rows 16 -> 32, xbar.active_rows None -> 8\)"):
+        compile_model(path, other, calibration=calib)
