@@ -23,10 +23,12 @@ How it is built:
   top-1 agreement) and, with labels, top-1 accuracy. A model whose input does not take the
   data's samples gets seeded standard-normal inputs instead (``data`` column: ``random``).
 - *Resume*: every finished point is written at once to ``RESULTS.points/KEY.json`` (atomic
-  rename), KEY a hash of the model file's bytes, the resolved config and the input batch. A
-  rerun loads what is there and computes only the rest. Failures that follow from the point
-  itself (a :class:`~simulator.errors.XbarsimError`: invalid config, model too big) are stored
-  as failed rows; anything else (a crashed worker, a bug) is reported but retried next run.
+  rename), KEY a hash of the model file's bytes, the resolved config, the input batch and
+  the code (:func:`code_fingerprint`). A rerun loads what is there and computes only the
+  rest; after a change to the simulator or the compiler, every point afresh. Failures that
+  follow from the point itself (a :class:`~simulator.errors.XbarsimError`: invalid config,
+  model too big) are stored as failed rows; anything else (a crashed worker, a bug) is
+  reported but retried next run. A local worker that dies takes only its own point with it.
 - *Executors*: ``local`` (concurrent.futures ProcessPoolExecutor, spawned workers),
   ``dask`` (dask.distributed: a cluster at ``address`` or a LocalCluster for the run) and
   ``ray`` (when installed). Workers run with BLAS/OpenMP pinned to one thread each.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -45,6 +48,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +60,8 @@ from simulator.errors import ConfigError, XbarsimError
 from simulator.fileio import atomic_write
 from simulator.cli import positive_int
 
-#: Bump when a stored point's meaning changes; old points are then recomputed.
+#: Bump when a stored point's layout changes; old points are then recomputed. (A change
+#: of the code that computes points changes every key by itself: see code_fingerprint.)
 POINT_FORMAT = 1
 EXECUTORS = ("local", "dask", "ray")
 DATA_SETS = ("demo", "fashion-mnist", "digits", "random")
@@ -117,14 +122,21 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
     if isinstance(grid, dict):
         for k, vs in grid.items():
             keys = tuple(k) if isinstance(k, (tuple, list)) else tuple(str(k).split("="))
-            vs = list(vs) if isinstance(vs, (list, tuple, range)) else [vs]
-            items.append((keys, vs))
+            if isinstance(vs, np.ndarray):
+                vs = vs.tolist()                     # Python scalars; a 0-d array: one value
+            if not isinstance(vs, Iterable) or isinstance(vs, (str, bytes)):
+                vs = [vs]
+            # numpy scalars as Python ones: the table, the stored points and their keys
+            items.append((keys, [v.item() if isinstance(v, np.generic) else v for v in vs]))
     else:
         for text in grid or ():
             parts = str(text).split("=")
             if len(parts) < 2 or not parts[-1].strip():
                 raise SweepError(f"grid {text!r}: expected KEY=V1,V2,... e.g. adc.bits=4,6,8")
-            vals = [_parse_value(v.strip()) for v in parts[-1].split(",")]
+            try:
+                vals = [_parse_value(v.strip()) for v in parts[-1].split(",")]
+            except ConfigError as e:
+                raise SweepError(f"grid {text!r}: {e}") from None
             items.append((tuple(parts[:-1]), vals))
     seen: set[str] = set()
     for keys, vals in items:
@@ -155,22 +167,19 @@ def split_point(pt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             {COMPILE_KEYS[k]: v for k, v in pt.items() if k in COMPILE_KEYS})
 
 
-def _check_keys(base: MachineConfig, axes: list[GridAxis]) -> None:
+def _check_keys(base: MachineConfig, keys: Iterable[str]) -> None:
     """An unknown key is a typo for the whole sweep (an error now); a bad value is one
     point's failure (a failed row later)."""
     flat = base.to_dict()
-    for ax in axes:
-        for key in ax.keys:
-            if key in COMPILE_KEYS:
-                continue
-            node: Any = flat
-            for part in key.split("."):
-                if not isinstance(node, dict) or part not in node:
-                    with_overrides(base, {key: 0})  # raises ConfigError naming the key
-                    raise ConfigError(f"{key}: unknown config key")
-                node = node[part]
-            if isinstance(node, dict):
-                raise ConfigError(f"{key}: a config section, not a key; use {key}.FIELD")
+    for key in keys:
+        node: Any = flat
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                with_overrides(base, {key: 0})  # raises ConfigError naming the key
+                raise ConfigError(f"{key}: unknown config key")
+            node = node[part]
+        if isinstance(node, dict):
+            raise ConfigError(f"{key}: a config section, not a key; use {key}.FIELD")
 
 
 def grid_points(axes: list[GridAxis]) -> list[dict[str, Any]]:
@@ -326,18 +335,32 @@ def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) 
     entry.data_sha = _sha_arrays(*inputs.values(), labels)
 
 
-def point_key(entry: ModelEntry, base: MachineConfig, overrides: dict) -> str:
-    """The hash a point is stored under: model bytes + resolved config (+ compile options
-    when given) + input batch."""
-    overrides, options = split_point(overrides)
-    try:
-        config: Any = with_overrides(base, overrides).to_dict()
-    except ConfigError:   # invalid point: still a stable key (base + the bad values)
-        config = {"base": base.to_dict(), "invalid": sorted(map(str, overrides.items()))}
-    spec = {"format": POINT_FORMAT, "model": entry.sha, "config": config,
-            "data": [entry.data_name, entry.data_sha]}
-    if options:                       # absent otherwise: older stored points keep their keys
-        spec["compile"] = options
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the code that computes a point: the sources (``*.py``) and presets
+    (``*.yaml``) of the simulator and compiler packages, by path within them, read once per
+    process. It is part of every point's key, so a rerun after a change to the cost model
+    or the compiler recomputes instead of mixing old numbers with new ones; each worker
+    computes it too and refuses a point of a sweep whose code differs from its own. (Model
+    files, exported zoo models included, are hashed by their bytes; models/ is not here.)"""
+    import compiler
+    import simulator
+    h = hashlib.sha256()
+    for pkg in (simulator, compiler):
+        root = Path(pkg.__file__).parent
+        files = {p.relative_to(root).as_posix(): p for pattern in ("*.py", "*.yaml")
+                 for p in root.rglob(pattern)}
+        for rel in sorted(files):
+            h.update(f"{pkg.__name__}/{rel}\0{_sha_file(files[rel])}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def point_key(entry: ModelEntry, config: dict, options: dict) -> str:
+    """The hash a point is stored under: model bytes + ``config`` (the resolved config; for
+    an invalid one, the preset and the overrides) + compile options + input batch + the
+    code (:func:`code_fingerprint`)."""
+    spec = {"format": POINT_FORMAT, "code": code_fingerprint(), "model": entry.sha,
+            "config": config, "compile": options, "data": [entry.data_name, entry.data_sha]}
     blob = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -368,6 +391,12 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
     _pin_threads()
     t0 = time.perf_counter()
     row: dict[str, Any] = {}
+    if task.get("code", code_fingerprint()) != code_fingerprint():
+        # a worker of a cluster started before an edit, or on another checkout: its numbers
+        # would be stored under the sweep's key, as if this code had computed them
+        return _crashed(RuntimeError(
+            f"the worker's code (fingerprint {code_fingerprint()}) differs from the sweep's "
+            f"({task['code']}); restart the workers"))
     try:
         cfg = load_config(task["preset"], task["overrides"])
         calib = None
@@ -436,31 +465,75 @@ def _pinned_env():
                 os.environ[v] = val
 
 
+#: In a local worker: one flag per job, set when the worker starts that job's point.
+_STARTED = None
+
+
+def _init_local_worker(started) -> None:
+    global _STARTED
+    _STARTED = started
+    _pin_threads()
+
+
+def _evaluate_local(fn, i: int, task: dict, data):
+    _STARTED[i] = 1     # a point started and never returned is one its worker died on
+    return fn(task, data)
+
+
 def _run_local(jobs, workers, points_dir):
+    """Yield ``(job index, result)`` from spawned worker processes. A worker that dies
+    (a crash in native code, killed for memory) breaks the pool and every point in it: the
+    points not yet started go to a fresh pool, and those that had started are run again,
+    each alone, to tell the one that killed its worker (a crashed row, not stored) from
+    those that died with it."""
+    todo = list(range(len(jobs)))
+    while todo:
+        started, todo = yield from _local_pool(jobs, todo, workers, points_dir)
+        for i in started:
+            if len(started) > 1:
+                again, _ = yield from _local_pool(jobs, [i], 1, points_dir)
+                if not again:
+                    continue
+            yield i, _crashed(BrokenProcessPool(
+                "its worker process died on this point (killed: out of memory? or a crash "
+                "in native code)"))
+
+
+def _local_pool(jobs, todo, workers, points_dir):
+    """Run ``jobs[todo]`` in one process pool, yielding ``(i, result)``; returns the indices
+    a dead worker left unfinished: (those started, those not)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-    # spawn, not fork: the parent already runs onnxruntime's and BLAS's threads
-    with _pinned_env(), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_pin_threads) as pool:
-        futs = {pool.submit(evaluate_point, task, data): i for i, (task, data) in
-                enumerate(jobs)}
+    ctx = mp.get_context("spawn")   # not fork: the parent runs onnxruntime's and BLAS's threads
+    started = ctx.RawArray("b", len(jobs))
+    broken, finished = [], 0
+    with _pinned_env(), ProcessPoolExecutor(workers, mp_context=ctx,
+                                            initializer=_init_local_worker,
+                                            initargs=(started,)) as pool:
+        futs = {pool.submit(_evaluate_local, evaluate_point, i, *jobs[i]): i for i in todo}
         try:
             for f in as_completed(futs):
                 try:
                     res = f.result()
-                except BrokenProcessPool as e:
-                    raise SweepError(
-                        f"a worker process died ({e}); the points finished so far are kept "
-                        f"in {points_dir}/ and a rerun resumes from them. (Out of memory? "
-                        f"Fewer --workers. From a script: its code must sit under "
-                        f"if __name__ == '__main__':)") from e
+                except BrokenProcessPool:
+                    broken.append(futs[f])
+                    continue
                 except Exception as e:  # noqa: BLE001 -- e.g. the task failed to pickle
                     res = _crashed(e)
+                finished += 1
                 yield futs[f], res
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    # the pool's processes are gone now: the flags are final
+    broken.sort()
+    if broken and not finished and not any(started[i] for i in broken):
+        # no progress at all (a fresh pool would die the same way)
+        raise SweepError(
+            f"a worker process died before it ran a point; the points finished so far "
+            f"are kept in {points_dir}/ and a rerun resumes from them. (Out of memory? Fewer "
+            f"--workers. From a script: its code must sit under if __name__ == '__main__':)")
+    return [i for i in broken if started[i]], [i for i in broken if not started[i]]
 
 
 def _run_dask(jobs, workers, address, processes):
@@ -573,8 +646,11 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     ``local`` / ``dask`` / ``ray``; ``workers`` per executor (default: CPU count);
     ``address``: an existing Dask scheduler or Ray cluster. ``retry_failed``: recompute
     stored failed points. ``dask_processes``: False runs a LocalCluster's workers as threads.
-    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts, and
-    ``unstored``: failed points that were accidents (a crashed worker), retried next run.
+    ``overrides`` resolve with each point's values: a combination that is invalid makes that
+    point a failed row (and a SweepError when no point is valid).
+    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts,
+    ``unstored``: failed points that were accidents (a crashed worker), retried next run,
+    and ``grid``: the grid's keys.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -597,10 +673,31 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         models = split_models(str(models))
     if not models:
         raise SweepError("no models to sweep")
-    base = load_config(preset, overrides)
+    base = load_config(preset)
+    fixed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) \
+        else list(overrides)
+    bad = [o for o in fixed if "=" not in o]
+    if bad:
+        raise SweepError(f"override {bad[0]!r}: expected KEY=VALUE, e.g. adc.bits=6")
     axes = parse_grid(grid)
-    _check_keys(base, axes)
-    points = grid_points(axes) or [{}]
+    _check_keys(base, [o.split("=", 1)[0].strip() for o in fixed]
+                + [k for ax in axes for k in ax.keys if k not in COMPILE_KEYS])
+    # The fixed overrides resolve together with each point's values, not before them:
+    # --set xbar.active_rows=200 is valid beside --grid xbar.rows=256, not beside the
+    # preset's 128 rows. A point whose config is invalid is a failed row.
+    cases = []   # (point values, overrides, compile options, config or its ConfigError)
+    for pt in grid_points(axes) or [{}]:
+        config_pt, options = split_point(pt)
+        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in config_pt.items()]
+        try:
+            cfg: MachineConfig | ConfigError = with_overrides(base, ov)
+        except ConfigError as err:
+            cfg = err
+        cases.append((pt, ov, options, cfg))
+    if all(isinstance(c[3], ConfigError) for c in cases):
+        pt, _, _, err = cases[0]
+        raise SweepError(f"no point of the sweep has a valid config; the first "
+                         f"({_point_text(pt)}): {_one_line(err)}" if pt else _one_line(err))
     paths = results_paths(out)
     batch = load_data(data, samples)
 
@@ -613,12 +710,14 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     _unique_labels(entries)
 
     preset_arg = preset if isinstance(preset, MachineConfig) else str(preset)
-    fixed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) \
-        else list(overrides)
-    slots = []   # (entry, point values, key) in table order
+    slots = []   # (entry, case, key) in table order
     for e in entries:
-        for pt in points:
-            slots.append((e, pt, point_key(e, base, pt)))
+        for case in cases:
+            _, ov, options, cfg = case
+            # an invalid config still gets a stable key: the preset and the bad values
+            config = ({"base": base.to_dict(), "invalid": ov} if isinstance(cfg, ConfigError)
+                      else cfg.to_dict())
+            slots.append((e, case, point_key(e, config, options)))
 
     paths["points"].mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
@@ -630,22 +729,19 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     cached = len({k for _, _, k in slots if k in done})
 
     jobs, job_keys = [], []
-    for e, pt, key in slots:
+    for e, (_, ov, options, cfg), key in slots:
         if key in done or key in job_keys:
             continue
-        config_pt, options = split_point(pt)
-        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in config_pt.items()]
-        try:
-            with_overrides(base, config_pt)
-        except ConfigError as err:   # invalid point: a failed row, no worker needed
-            row = {"status": "failed", "error": _one_line(err), "wall_s": 0.0}
+        if isinstance(cfg, ConfigError):   # invalid point: a failed row, no worker needed
+            row = {"status": "failed", "error": _one_line(cfg), "wall_s": 0.0}
             _write_point(paths["points"], key, {
                 "format": POINT_FORMAT, "key": key, "model": e.label,
                 "model_path": str(e.path), "overrides": ov, "row": row})
             done[key] = row
             continue
         jobs.append(({"key": key, "model_path": str(e.path), "preset": preset_arg,
-                      "overrides": ov, "compile": options, "label": e.label}, e.data))
+                      "overrides": ov, "compile": options, "label": e.label,
+                      "code": code_fingerprint()}, e.data))
         job_keys.append(key)
 
     nworkers = max(1, min(workers or os.cpu_count() or 1, max(len(jobs), 1)))
@@ -678,7 +774,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         bar.close()
 
     rows = []
-    for e, pt, key in slots:
+    for e, (pt, *_), key in slots:
         r = done.get(key) or failed_now.get(key) or {"status": "failed",
                                                      "error": "not computed"}
         row = {"model": e.label, "data": e.data_name, "samples":
@@ -696,10 +792,16 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         df[c] = pd.to_numeric(df[c], errors="coerce")
         if c in INT_COLUMNS:
             df[c] = df[c].round().astype("Int64")   # counts stay integers beside failed rows
+    grid_keys = list(cases[0][0])
+    for c in grid_keys:
+        # an integer axis with a none value (adc.bits=none,4) stays integers, not 4.0
+        vals = [pt[c] for pt, *_ in cases if pt[c] is not None]
+        if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[c] = df[c].astype("Int64")
     write_table(df, paths)
     n_failed = int((df["status"] != "ok").sum())
     df.attrs.update(computed=len(job_keys), cached=cached, failed=n_failed,
-                    unstored=len(failed_now))
+                    unstored=len(failed_now), grid=grid_keys)
     return df
 
 
@@ -727,6 +829,11 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
+def _point_text(pt: dict) -> str:
+    """A point's grid values as the command line gives them: ``xbar.rows=64 adc.bits=none``."""
+    return " ".join(f"{k}={'none' if v is None else v}" for k, v in pt.items())
+
+
 def _mixed_columns(df) -> list[str]:
     return [c for c in df.columns if df[c].dtype == object
             and len({type(v) for v in df[c] if not _missing(v)}) > 1]
@@ -750,6 +857,7 @@ def read_table(path: str | os.PathLike):
 # --------------------------------------------------------------------------- CLI
 
 def cmd_sweep(args) -> int:
+    import pandas as pd
     t0 = time.perf_counter()
     df = run_sweep(args.models, args.grid, args.output, preset=args.preset,
                    overrides=args.overrides, data=args.data, samples=args.samples,
@@ -761,7 +869,9 @@ def cmd_sweep(args) -> int:
           f"{a['computed']}, reused {a['cached']} from {paths['points']}/ "
           f"({time.perf_counter() - t0:.1f} s)")
     for _, r in df[df["status"] != "ok"].head(5).iterrows():
-        print(f"  failed: {r['model']} {r['point']}: {r['error']}")
+        where = _point_text({k: None if pd.isna(r[k]) else r[k] for k in a["grid"]})
+        print(f"  failed: {r['model']}{' ' + where if where else ''}: {r['error']} "
+              f"[point {r['point']}]")
     print(f"results  -> {paths['csv']}" + (f", {paths['parquet']}"
                                           if paths["parquet"].exists() else ""))
     if a["unstored"]:

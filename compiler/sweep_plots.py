@@ -25,6 +25,9 @@ HEAT = (("energy_j", "energy per inference (µJ)", 1e6),
         ("latency_s", "latency per inference (µs)", 1e6),
         ("area_mm2", "area (mm²)", 1.0))
 PREFERRED_AXES = ("xbar.rows", "adc.bits")
+#: What none (a missing value) means for the config keys that take it; "none" elsewhere.
+NONE_LABELS = {"adc.bits": "ideal", "xbar.active_rows": "all", "node.mesh_cols": "square",
+               "noise.on_off_ratio": "inf"}
 
 
 def grid_columns(df) -> list[str]:
@@ -38,16 +41,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text)).strip("_") or "model"
 
 
-def _fmt(v) -> str:
+def _fmt(v, col: str = "") -> str:
+    """A grid value as a label; none is named by what it means for ``col``."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "ideal"
+        return NONE_LABELS.get(col, "none")
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
 
 
 def _order(values) -> list:
-    """Distinct values, numbers ascending, ideal (NaN/None) last."""
+    """Distinct values, numbers ascending, none (NaN/None) last."""
     vals = list(dict.fromkeys(values))
     nums = sorted(v for v in vals if isinstance(v, (int, float, np.number)) and not (
         isinstance(v, float) and math.isnan(v)))
@@ -109,8 +113,8 @@ def plot_heatmaps(df, grid, out: Path, plt) -> list[Path]:
                 j = [_key(v) for v in xs].index(_key(r[xcol]))
                 grid_vals[i, j] = r[metric] * scale
             im = ax.imshow(grid_vals, cmap="viridis", aspect="auto", origin="lower")
-            ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
-            ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+            ax.set_xticks(range(len(xs)), [_fmt(v, xcol) for v in xs])
+            ax.set_yticks(range(len(ys)), [_fmt(v, ycol) for v in ys])
             ax.set_xlabel(_axis_label(xcol))
             ax.set_ylabel(_axis_label(ycol))
             ax.set_title(label)
@@ -123,9 +127,9 @@ def plot_heatmaps(df, grid, out: Path, plt) -> list[Path]:
                     if np.isfinite(v):
                         ax.text(j, i, _num(v), ha="center", va="center", fontsize=8,
                                 color="white" if v < mid else "black")
-        title = str(gkey[0]) + "".join(f", {c}={_fmt(v)}" for c, v in zip(others, gkey[1:]))
+        title = str(gkey[0]) + "".join(f", {c}={_fmt(v, c)}" for c, v in zip(others, gkey[1:]))
         fig.suptitle(f"{title}: cost per inference")
-        p = out / f"heatmap_{_slug('_'.join(map(_fmt, gkey)))}.png"
+        p = out / f"heatmap_{_slug('_'.join(map(_fmt, gkey, group_cols)))}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
         written.append(p)
@@ -168,7 +172,7 @@ def plot_accuracy_vs_adc(df, grid, out: Path, plt) -> list[Path]:
     for gkey, g in d.groupby(["model"] + series, dropna=False, sort=False):
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
         name = _name(gkey[0], g["_acc_kind"].iloc[0]) + "".join(
-            f", {c}={_fmt(v)}" for c, v in zip(series, gkey[1:]))
+            f", {c}={_fmt(v, c)}" for c, v in zip(series, gkey[1:]))
         g = g.assign(_x=[xpos[_key(v)] for v in g["adc.bits"]]).sort_values("_x")
         a1.plot(g["_x"], g["_acc"] * 100, marker="o", label=name)
         if "rel_err" in g and g["rel_err"].notna().any():
@@ -181,7 +185,7 @@ def plot_accuracy_vs_adc(df, grid, out: Path, plt) -> list[Path]:
                             (0, g["accuracy_onnx"].iloc[0] * 100), fontsize=8,
                             color="gray", va="bottom")
     for ax in (a1, a2):
-        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+        ax.set_xticks(range(len(xs)), [_fmt(v, "adc.bits") for v in xs])
         ax.set_xlabel(_axis_label("adc.bits"))
         ax.grid(alpha=0.3)
     a1.set_ylabel(ACC_LABEL)
@@ -206,7 +210,7 @@ def plot_energy_breakdown(df, grid, out: Path, plt) -> list[Path]:
     written = []
     cmap = plt.get_cmap("tab10")
     for model, g in df.groupby("model", sort=False):
-        labels = ["\n".join(f"{_short(c)}={_fmt(r[c])}" for c in shown) or "default"
+        labels = ["\n".join(f"{_short(c)}={_fmt(r[c], c)}" for c in shown) or "default"
                   for _, r in g.iterrows()]
         fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(g) + 2.5), 5),
                                constrained_layout=True)
@@ -262,7 +266,7 @@ def plot_pareto(df, grid, out: Path, plt) -> list[Path]:
                 label="Pareto front" + (" (*)" if kind == "agreement" else ""))
         for i in front:
             ax.annotate(", ".join([str(d.at[i, "model"])] + [
-                f"{_short(c)}={_fmt(d.at[i, c])}" for c in shown]),
+                f"{_short(c)}={_fmt(d.at[i, c], c)}" for c in shown]),
                 (e[i], a[i]), fontsize=7, xytext=(4, -10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("energy per inference (µJ, log scale)")
@@ -282,12 +286,16 @@ def plot_results(results, out_dir: str | Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
     df = results if not isinstance(results, (str, Path)) else read_table(results)
     missing = [c for c in ("model", "status", "energy_j") if c not in df]
     if missing:
         raise SweepError(f"results table lacks column(s) {', '.join(missing)}; is it from "
                          f"xbarsim sweep?")
     grid = grid_columns(df)
+    # integer axes with a none value (Int64 from run_sweep or Parquet) as the CSV reads
+    # them: floats with NaN, the one missing value the plots know
+    df = df.astype({c: float for c in grid if isinstance(df[c].dtype, pd.Int64Dtype)})
     ok = df[df["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise SweepError("no successful points in the table: nothing to plot")

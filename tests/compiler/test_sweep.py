@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import compiler.sweep as sw
 from compiler.sweep import WALL_COLUMNS, SweepError, grid_points, parse_grid, run_sweep
 from simulator.cli import main
 
@@ -306,3 +307,115 @@ def test_model_lists_keep_commas_inside_zoo_options():
         "lenet5_fmnist", " mlp:hidden=(64,32)", "vgg8:width=0.25"]
     assert _parse_model_spec("mlp:hidden=(64,32)") == ("mlp", {"hidden": (64, 32)})
     assert _parse_model_spec("gru:bidirectional=true") == ("gru", {"bidirectional": True})
+
+
+@pytest.fixture
+def inline(monkeypatch):
+    """The local executor evaluating points in this process: no worker start-up, for tests
+    of the sweep's bookkeeping (and monkeypatches reach the points)."""
+    monkeypatch.setattr(sw, "_run_local", lambda jobs, workers, points_dir: (
+        (i, sw.evaluate_point(task, data)) for i, (task, data) in enumerate(jobs)))
+
+
+def test_stored_points_are_recomputed_after_a_code_change(model_files, tmp_path, inline,
+                                                          monkeypatch):
+    """A point's key holds a fingerprint of the simulator's and compiler's sources: after
+    a change to the cost model a rerun into the same RESULTS.points/ recomputes."""
+    fp = sw.code_fingerprint()
+    assert len(fp) == 16 and sw.code_fingerprint() is fp            # once per process
+    out = tmp_path / "r.csv"
+
+    def sweep():
+        df = run_sweep([model_files[0]], ["adc.bits=6"], out, workers=1, progress=False)
+        return df.attrs["computed"], df.attrs["cached"]
+    assert sweep() == (1, 0)
+    assert sweep() == (0, 1)                                       # same code: reused
+    monkeypatch.setattr(sw, "code_fingerprint", lambda: "edited-simulator")
+    assert sweep() == (1, 0)                                       # other code: recomputed
+    assert len(list((tmp_path / "r.points").glob("*.json"))) == 2
+    # a worker whose code differs from the sweep's refuses the point (not stored)
+    res = sw.evaluate_point({"code": fp, "model_path": model_files[0], "preset": "puma",
+                             "overrides": []})
+    assert not res["store"] and "differs from the sweep's" in res["row"]["error"]
+
+
+_evaluate_point = sw.evaluate_point
+
+
+def _die_on_adc5(task, data):
+    """evaluate_point in a worker that dies on adc.bits=5 (a segfault, an OOM kill)."""
+    if "adc.bits=5" in task["overrides"]:
+        os._exit(1)
+    return _evaluate_point(task, data)
+
+
+def test_a_worker_that_dies_takes_only_its_own_point(model_files, tmp_path, capsys,
+                                                    monkeypatch):
+    # picklable by reference: the spawned workers import this module and run it
+    monkeypatch.setattr(sw, "evaluate_point", _die_on_adc5)
+    out = tmp_path / "r.csv"
+    argv = ["sweep", "--models", str(model_files[0]), "--grid", "adc.bits=4,5,6",
+            "--workers", "2", "-q", "-o", str(out)]
+    assert main(argv) == 1
+    std = capsys.readouterr()
+    assert "1 point(s) crashed and are not in the table" in std.err
+    df = pd.read_csv(out)                                          # the table is written
+    assert list(df["status"]) == ["ok", "failed", "ok"]
+    assert "worker process died on this point" in df["error"][1]
+    assert "failed: mlp adc.bits=5: worker failed" in std.out
+    assert len(list((tmp_path / "r.points").glob("*.json"))) == 2   # not the crashed one
+    assert main(argv) == 1                                         # retried, not reused
+    assert "computed 1, reused 2" in capsys.readouterr().out
+
+
+def test_set_overrides_resolve_with_each_point(model_files, tmp_path, inline):
+    # --set xbar.active_rows=200 is valid beside 256 rows, not beside 128 (nor the preset's)
+    df = run_sweep([model_files[0]], ["xbar.rows=xbar.cols=128,256"], tmp_path / "r.csv",
+                   overrides=["xbar.active_rows=200"], workers=1, progress=False)
+    assert list(df["status"]) == ["failed", "ok"]
+    assert "xbar.active_rows = 200: must be <= xbar.rows = 128" in df["error"][0]
+    with pytest.raises(SweepError, match=r"no point of the sweep has a valid config; the "
+                                         r"first \(xbar.rows=64 xbar.cols=64\): xbar.active"):
+        run_sweep([model_files[0]], ["xbar.rows=xbar.cols=64,128"], tmp_path / "r2.csv",
+                  overrides=["xbar.active_rows=200"], workers=1, progress=False)
+    with pytest.raises(Exception, match="xbar.active_rowz: unknown key"):   # typos: up front
+        run_sweep([model_files[0]], ["adc.bits=4,6"], tmp_path / "r3.csv",
+                  overrides=["xbar.active_rowz=200"], workers=1, progress=False)
+    assert not (tmp_path / "r2.csv").exists() and not (tmp_path / "r3.csv").exists()
+
+
+def test_dict_grids_take_numpy_arrays_and_scalars():
+    pts = grid_points(parse_grid({"adc.bits": np.arange(4, 6),
+                                  "xbar.rows": [np.int64(64)], "noise.seed": np.int32(3)}))
+    assert pts == [{"adc.bits": 4, "xbar.rows": 64, "noise.seed": 3},
+                   {"adc.bits": 5, "xbar.rows": 64, "noise.seed": 3}]
+    assert all(type(v) is int for p in pts for v in p.values())     # Python, not numpy
+    assert grid_points(parse_grid({"adc.mode": "clip"})) == [{"adc.mode": "clip"}]
+
+
+def test_none_is_labelled_by_its_key_and_int_axes_stay_ints(model_files, tmp_path, inline):
+    from compiler.sweep_plots import _fmt, plot_results
+    assert [_fmt(None, k) for k in ("adc.bits", "xbar.active_rows", "node.mesh_cols",
+                                    "noise.on_off_ratio", "compile.replicate")] == [
+        "ideal", "all", "square", "inf", "none"]
+    assert _fmt(float("nan"), "xbar.active_rows") == "all" and _fmt(32.0, "xbar.rows") == "32"
+    out = tmp_path / "r.csv"
+    df = run_sweep([model_files[0]], ["xbar.active_rows=none,32"], out, workers=1,
+                   progress=False)
+    assert str(df["xbar.active_rows"].dtype) == "Int64"
+    assert [line.split(",")[3] for line in out.read_text().splitlines()[1:]] == ["", "32"]
+    assert list(pd.read_parquet(out.with_suffix(".parquet"))["xbar.active_rows"].fillna(0)) \
+        == [0, 32]
+    assert [p.name for p in plot_results(df, tmp_path / "plots")] == [
+        "energy_breakdown_mlp.png"]                          # an Int64 axis plots as well
+
+
+def test_errors_name_the_grid_text_and_failures_their_grid_values(model_files, tmp_path,
+                                                                 capsys, inline):
+    with pytest.raises(SweepError, match=r"^grid 'adc.bits=4,,6': an empty value; give a"):
+        parse_grid(["adc.bits=4,,6"])
+    assert main(["sweep", "--models", str(model_files[0]), "--grid", "adc.bits=0,6",
+                 "--grid", "xbar.active_rows=none", "-q", "-o", str(tmp_path / "r.csv")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"failed: mlp adc.bits=0 xbar.active_rows=none: adc.bits = 0: must be .*"
+                     r" \[point [0-9a-f]{24}\]", out), out
