@@ -9,6 +9,7 @@ is fixed to 1: a program computes one sample; the simulator runs a batch of them
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from onnx import helper, numpy_helper, shape_inference, version_converter
 from simulator.errors import first_line
 
 from .errors import ModelFormatError, UnsupportedOpError
-from .ir import node_attrs, quantized_elem_type
+from .ir import node_attrs
 
 OPSET = 17
 MIN_OPSET = 7   # the oldest opset onnxruntime runs every op of
@@ -60,15 +61,15 @@ class Graph:
         """An equivalent ONNX model (constants as initializers); with ``extra_outputs``
         every intermediate tensor is an output too (for calibration)."""
         inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items()
-                 if any(k in n.input for n in self.nodes)]
+                 if k in self.outputs or any(k in n.input for n in self.nodes)]
         ins = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s))
                for n, s in self.inputs]
         outs = list(self.outputs)
         if extra_outputs:
             outs += [o for n in self.nodes for o in n.output if o and o not in outs]
-        elem = {o: _out_elem(n, self.consts) for n in self.nodes for o in n.output}
-        out_vi = [helper.make_tensor_value_info(o, elem.get(o, onnx.TensorProto.FLOAT), None)
-                  for o in outs]
+        # Untyped: onnxruntime infers each output's type (a Dropout mask is bool, ArgMax
+        # int64, QuantizeLinear's its zero point's), where a declared float one is an error.
+        out_vi = [helper.make_empty_tensor_value_info(o) for o in outs]
         g = helper.make_graph(self.nodes, self.name, ins, out_vi, inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = 8
@@ -159,10 +160,19 @@ def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
+        elem = vi.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            # the simulator feeds float32 samples, quantized to the machine's input words
+            raise UnsupportedOpError(f"graph input {vi.name!r} holds "
+                                     f"{onnx.TensorProto.DataType.Name(elem)} values; only "
+                                     f"float32 graph inputs are supported")
         dims = vi.type.tensor_type.shape.dim
         if len(dims) == 0:
             raise UnsupportedOpError(f"graph input {vi.name!r} has no shape; the compiler "
                                      f"needs static shapes")
+        if len(dims) == 1:
+            raise UnsupportedOpError(f"graph input {vi.name!r} has one axis; the compiler "
+                                     f"needs the batch axis first, (N, ...), and sets N to 1")
         dims[0].Clear()
         dims[0].dim_value = 1
         for k, d in enumerate(dims[1:], 1):
@@ -196,6 +206,12 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
         opset = MIN_OPSET
     inputs = _fix_batch(model)
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # Passes and layers key nodes by name: refuse duplicates, name unnamed nodes uniquely.
+    names = Counter(n.name for n in model.graph.node if n.name)
+    dup = next((k for k, c in names.items() if c > 1), None)
+    if dup is not None:
+        raise ModelFormatError(f"node name {dup!r} is given to {names[dup]} nodes; node names "
+                               f"must be unique")
     nodes = []
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx"):
@@ -203,8 +219,11 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                                      f"from a custom domain is not supported")
         if not n.name:
             n.name = f"{n.op_type}_{n.output[0]}"
+            while names[n.name]:
+                n.name += "_"
+            names[n.name] += 1
         nodes.append(n)
-    graph_outputs = [o.name for o in model.graph.output]
+    graph_outputs = list(dict.fromkeys(o.name for o in model.graph.output))  # once each
     qweights: dict[str, tuple] = {}
     # Shapes first (needed to fold Shape of activations), then fold to a fixed point.
     shapes: dict[str, tuple] = {}
@@ -220,9 +239,12 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                 consts[n.output[0]] = s[start:end] if "start" in a or "end" in a else s
                 changed = True
                 continue
-            if n.op_type == "Dropout" or n.op_type == "Identity":
-                remaining.append(n)
-                continue
+            if n.op_type in ("Dropout", "Identity"):
+                if n.input[0] not in consts or dropout_training(n, consts):
+                    remaining.append(n)   # an alias (or a random drop, which lowering refuses)
+                    continue
+                if n.input[0] in qweights:   # W2 = Identity(W) keeps W's QDQ integers
+                    qweights[n.output[0]] = qweights[n.input[0]]
             if all((not i) or i in consts for i in n.input) and (
                     n.op_type in FOLDABLE_ALWAYS or n.input):
                 if n.op_type == "DequantizeLinear":
@@ -255,6 +277,20 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
 # Ops whose constant inputs become crossbar weights or their biases. Other ops may hold
 # infinities on purpose (a Clip bound, a -inf padding value), so only these are checked.
 _WEIGHT_OPS = frozenset({"Conv", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
+
+
+def dropout_training(node, consts) -> bool:
+    """A Dropout that drops at random: training_mode (opset 12+) true or not constant."""
+    if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+        return False
+    mode = consts.get(node.input[2])
+    return mode is None or bool(np.asarray(mode).reshape(-1)[0])
+
+
+def batchnorm_training(node) -> bool:
+    """A BatchNormalization in training mode: it normalises with the batch's statistics, not
+    the running ones (training_mode=1, or running-statistics outputs before opset 14)."""
+    return bool(node_attrs(node).get("training_mode", 0)) or any(node.output[1:])
 
 
 def _check_weights_finite(nodes, consts) -> None:
@@ -291,7 +327,11 @@ def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
     ins = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s)) for n, s in inputs]
     ins += [helper.make_tensor_value_info(k, _elem(v), list(np.shape(v)))
             for k, v in consts.items() if k in used and np.size(v) > 4096]
-    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs]
+    # Outputs that are graph inputs or constants are declared already (as UNDEFINED they
+    # would fail inference, blaming another tensor).
+    produced = {o for n in nodes for o in n.output}
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+            for o in outputs if o in produced]
     g = helper.make_graph(nodes, "g", ins, outs, inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
@@ -309,13 +349,8 @@ def _infer(nodes, consts, inputs, outputs, opset) -> dict[str, tuple]:
     return shapes
 
 
-def _out_elem(node, consts) -> int:
-    """ONNX element type of a node's outputs where it is not float: QuantizeLinear's
-    (``ir.quantized_elem_type``)."""
-    if node.op_type != "QuantizeLinear":
-        return onnx.TensorProto.FLOAT
-    zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    return quantized_elem_type(node, zp)
+# ONNX's 4-bit integers, which numpy (ml_dtypes) does not count as np.integer
+_INT4 = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 
 
 def _dequantize_weight(n, consts, qweights) -> np.ndarray:
@@ -335,7 +370,7 @@ def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     per_axis = s.ndim == 1 and s.size > 1
     if per_axis:
         shape[axis] = s.size
-    if np.issubdtype(q.dtype, np.integer):
+    if np.issubdtype(q.dtype, np.integer) or _elem(q) in _INT4:
         qi = integer_levels(q, zp, axis)
         s = s.astype(np.float64).reshape(-1 if per_axis else ())
         qweights[n.output[0]] = (qi, s, axis if per_axis else None)
@@ -390,6 +425,7 @@ def _fold_batchnorm(g: Graph) -> None:
         conv = producers.get(bn.input[0])
         if (conv is None or conv.op_type != "Conv" or len(g.consumers(bn.input[0])) != 1
                 or bn.input[0] in g.outputs        # the conv output itself is wanted
+                or batchnorm_training(bn)          # batch statistics: lowering refuses it
                 or conv.input[1] not in g.consts or not _const_bias(g, conv)
                 or any(i not in g.consts for i in bn.input[1:5])):
             continue
@@ -489,6 +525,7 @@ def _fold_affine_into_conv(g: Graph) -> None:
                                    [node.output[0]], name=conv.name)
             new.attribute.extend(conv.attribute)
             g.nodes = [new if n is conv else n for n in g.nodes if n is not node]
-            g.qweights.pop(conv.input[1], None)
+            if not g.consumers(conv.input[1]):     # another conv may share the QDQ weight
+                g.qweights.pop(conv.input[1], None)
             changed = True
             break

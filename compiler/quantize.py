@@ -32,6 +32,12 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
         if tuple(np.shape(data[n])[1:]) != tuple(s[1:]):
             raise CompilerError(f"calibration input {n!r} has shape {np.shape(data[n])}; "
                                 f"expected (N, {', '.join(map(str, s[1:]))})")
+        _check_calibration_values(n, np.asarray(data[n]))
+    sizes = {n: len(data[n]) for n, _ in graph.inputs}
+    if len(set(sizes.values())) > 1:
+        raise CompilerError(f"calibration inputs hold different numbers of samples ("
+                            f"{', '.join(f'{k!r}: {v}' for k, v in sizes.items())}); each "
+                            f"input needs the same N")
     model = graph.to_onnx(extra_outputs=True)
     try:
         # every tensor is a graph output, so little fuses; kept as calibrated so far
@@ -43,7 +49,7 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
     absmax = {n: 0.0 for n in names}
     for n, _ in graph.inputs:
         absmax[n] = float(np.abs(data[n]).max())
-    batch = len(next(iter(data.values())))
+    batch = next(iter(sizes.values()), 1)
     outs = {o: [] for o in graph.outputs}
     for b in range(batch):
         feeds = {n: np.asarray(data[n][b:b + 1], np.float32) for n, _ in graph.inputs}
@@ -59,6 +65,21 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
     return absmax, {k: np.concatenate(v) for k, v in outs.items()}
 
 
+def _check_calibration_values(name: str, x: np.ndarray) -> None:
+    """Samples that can set an input's fixed-point scale: at least one, all finite, not all
+    zero (a zero range gives a scale of ~1e-12, so real inputs saturate)."""
+    if len(x) == 0:
+        raise CompilerError(f"calibration input {name!r} holds no samples (shape {x.shape}); "
+                            f"give at least one")
+    bad = int(np.size(x) - np.isfinite(x).sum())
+    if bad:
+        raise CompilerError(f"calibration input {name!r} holds {bad} NaN/inf values; "
+                            f"calibration data must be finite")
+    if not np.any(x):
+        raise CompilerError(f"calibration input {name!r} is all zeros, which sets no range "
+                            f"for its fixed-point scale; give representative samples")
+
+
 def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
                     mapping: str = "differential") -> tuple[np.ndarray, np.ndarray]:
     """Float matrix (K, N) -> integers (K, N) and per-column scales (N,). QDQ integers are
@@ -70,17 +91,15 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
         q = np.asarray(q, np.int64)
         lo, hi = weight_range(bits, mapping)
         if q.min(initial=0) >= lo and q.max(initial=0) <= hi:
-            return q, np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)).copy()
+            s = np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],))
+            return np.where(s == 0, 0, q), _fill_zero_scales(s)   # scale 0: a zero column
     w = np.asarray(w)
     if not np.issubdtype(w.dtype, np.floating):
         w = w.astype(np.float64)
     if w.size == 0:
         return np.zeros(w.shape, np.int64), np.ones(w.shape[1])
     top = np.maximum(w.max(axis=0), -w.min(axis=0)).astype(np.float64)   # |w| max, no copy
-    # An all-zero column's scale only scales its bias; give it the layer's largest scale so
-    # its requantization multiplier stays in the range of the others (they share a shift).
-    fill = top.max() / lim if top.max() > 0 else 1.0
-    scale = np.where(top > 0, top / lim, fill)
+    scale = _fill_zero_scales(top / lim)
     # rint(w / scale) in float64, a block of rows at a time (no full-size float64 temporaries).
     q = np.empty(w.shape, np.int64)
     step = max(1, (1 << 21) // max(w.shape[1], 1))
@@ -88,3 +107,10 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
         blk = np.asarray(w[r0:r0 + step], np.float64) / scale
         q[r0:r0 + step] = np.rint(blk, out=blk)
     return q, scale
+
+
+def _fill_zero_scales(scale: np.ndarray) -> np.ndarray:
+    """An all-zero column's scale only scales its bias; give it the layer's largest scale so
+    its requantization multiplier stays in the range of the others (they share a shift)."""
+    top = float(np.abs(scale).max(initial=0.0))
+    return np.where(scale != 0, scale, top if top > 0 else 1.0)

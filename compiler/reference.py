@@ -44,7 +44,7 @@ def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
     # The graph as written: onnxruntime 1.32's fused int8 kernels (QLinearConv, table
     # sigmoid) were 5 % (L2) off the QDQ graph's own semantics on a conv-conv-sigmoid model.
     sess = onnxruntime_session(data)
-    names = [o.name for o in sess.get_outputs()]
+    names = list(dict.fromkeys(o.name for o in sess.get_outputs()))   # a name listed twice
     batch = len(next(iter(inputs.values())))
     outs = {n: [] for n in names}
     for b in range(batch):

@@ -3,14 +3,15 @@
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..frontend import batchnorm_training
 from ..ir import node_attrs
 from .elementwise import add_affine
 
 
 def lower_batchnorm(node, ctx):
-    if any(o for o in node.output[1:]):
-        raise UnsupportedOpError("BatchNormalization in training mode (running statistics "
-                                 "outputs) is not supported")
+    if batchnorm_training(node):
+        raise UnsupportedOpError("BatchNormalization in training mode (training_mode=1 or "
+                                 "running statistics outputs) is not supported")
     consts = [ctx.const(i) for i in node.input[1:5]]
     if any(c is None for c in consts):
         raise UnsupportedOpError("BatchNormalization parameters must be constants")

@@ -60,17 +60,17 @@ def lower_quantize(node, ctx):
     dq = ctx.sole_consumer(node.output[0], ("DequantizeLinear",))
     if dq is not None and _qparams(dq, ctx) == (s, z, qmin, qmax):
         # Q -> DQ: the identity at scale s, saturated to what q can hold.
+        # The output word holds q - z itself: clamping to a narrower word would clip silently.
+        _check_fits(ctx, qmin - z, qmax - z,
+                    f"QuantizeLinear -> DequantizeLinear {dq.name!r}: q - zero_point in")
         ctx.skip.add(dq.name)
         out = _out(ctx, dq.output[0], t_in, s)
         if qmin - z >= 0:
             ctx.nonneg.add(out.name)
         ctx.add(ClampLayer(node.name, "QuantizeLinear", [t_in.name], out.name,
-                           node=node.name, mult=m, shift=sh, lo=max(qmin - z, _lowest(ctx)),
-                           hi=min(qmax - z, -_lowest(ctx) - 1)))
+                           node=node.name, mult=m, shift=sh, lo=qmin - z, hi=qmax - z))
         return
-    if qmin < _lowest(ctx) or qmax > -_lowest(ctx) - 1:
-        raise UnsupportedOpError(f"QuantizeLinear to [{qmin}, {qmax}] does not fit "
-                                 f"{ctx.bits}-bit words")
+    _check_fits(ctx, qmin, qmax, "QuantizeLinear to")
     out = _out(ctx, node.output[0], t_in, 1.0)
     ctx.add(ClampLayer(node.name, "QuantizeLinear", [t_in.name], out.name, node=node.name,
                        mult=m, add=z << sh, shift=sh, lo=qmin, hi=qmax))
@@ -92,3 +92,11 @@ def lower_dequantize(node, ctx):
 
 def _lowest(ctx) -> int:
     return -(1 << (ctx.bits - 1))
+
+
+def _check_fits(ctx, lo: int, hi: int, what: str) -> None:
+    """Refuse integers [lo, hi] that the machine's signed words cannot hold."""
+    if lo < _lowest(ctx) or hi > -_lowest(ctx) - 1:
+        raise UnsupportedOpError(f"{what} [{lo}, {hi}] does not fit {ctx.bits}-bit words "
+                                 f"[{_lowest(ctx)}, {-_lowest(ctx) - 1}]; a larger input_bits "
+                                 f"holds it")

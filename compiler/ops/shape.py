@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..frontend import dropout_training
 from ..ir import Layer
 from .view_copy import geometry, lower_map_view_copy
 
@@ -67,8 +68,7 @@ def lower_reshape(node, ctx):
 def lower_identity(node, ctx):
     """Dropout (inference) and Identity."""
     if node.op_type == "Dropout":
-        mode = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else False
-        if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+        if dropout_training(node, ctx.graph.consts):
             raise UnsupportedOpError("Dropout with training_mode true (or computed) drops at "
                                      "random; only inference (training_mode false) is "
                                      "supported")

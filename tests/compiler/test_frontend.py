@@ -134,3 +134,29 @@ def test_calibration_data_of_the_wrong_shape_or_name_is_one_line():
         compile_model(model, cfg, calibration={"input": x[:, 0]})
     with pytest.raises(CompilerError, match="lacks input 'input'"):
         compile_model(model, cfg, calibration={"x": x})
+
+
+def _two_input_model():
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["a"]), helper.make_node("Add", ["a", "z"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+              helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("x,z,message", [
+    (np.full((2, 8), np.nan), np.ones((2, 4)), "input 'x' holds 16 NaN/inf values"),
+    (np.ones((2, 8)), np.full((2, 4), -np.inf), "input 'z' holds 8 NaN/inf values"),
+    (np.zeros((0, 8)), np.zeros((0, 4)), r"input 'x' holds no samples \(shape \(0, 8\)\)"),
+    (np.ones((2, 8)), np.zeros((2, 4)), "input 'z' is all zeros"),
+    (np.ones((3, 8)), np.ones((2, 4)), "different numbers of samples \\('x': 3, 'z': 2\\)")])
+def test_calibration_data_that_sets_no_range_is_one_line(x, z, message):
+    """NaN/inf read as "no calibration range for tensor 'x'", an empty batch raised numpy's
+    ValueError, unequal batches calibrated on the first input's length, and all-zero data
+    gave an input scale of 6e-13."""
+    from compiler.errors import CompilerError
+    with pytest.raises(CompilerError, match=message):
+        compile_model(_two_input_model(), load_config("puma"),
+                      calibration={"x": x.astype(np.float32), "z": z.astype(np.float32)})

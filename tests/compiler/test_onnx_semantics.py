@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import UnsupportedOpError, compile_model
+from compiler import CompilerError, ModelFormatError, UnsupportedOpError, compile_model
 from compiler.reference import run_integer_reference, run_onnxruntime
 from simulator import load_config, simulate
 
@@ -14,16 +14,24 @@ CFG = load_config("puma", ["adc.bits=none"])
 RNG = np.random.default_rng(99)
 
 
-def _model(nodes, inits, in_shape, outputs, opset=17):
+def _model(nodes, inits, in_shape, outputs, opset=17, inputs=None):
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))]
     g = helper.make_graph(
-        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
-        [], [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+        nodes, "t", inputs, [],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8 if opset < 21 else 10
     known = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+    known.update({vi.name: vi for vi in inputs})   # outputs may be inputs or initializers
+    known.update({k: helper.make_tensor_value_info(k, _elem(v), np.shape(v))
+                  for k, v in inits.items()})
     m.graph.output.extend([known[o] for o in outputs])
     onnx.checker.check_model(m)
     return m
+
+
+def _elem(v):
+    return helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)
 
 
 def _check(model, shape, tol=1e-2):
@@ -349,3 +357,173 @@ def test_constant_concat_operand_is_named_as_such():
                {"k": _w(1, 2, 3, 5)}, (1, 4, 3, 5), ["y"])
     with pytest.raises(UnsupportedOpError, match="a constant operand \\('k'\\)"):
         compile_model(m, CFG)
+
+
+# ---- found by the review of the ONNX import and quantization path -------------------------
+
+def test_batchnorm_in_training_mode_is_not_folded_into_the_conv():
+    """Training-mode BN normalises with the batch's statistics: folding it with the running
+    ones was silently wrong (relative error 1.3)."""
+    shape = [1, 3, 6, 6]
+    bn = {k: (RNG.random(4) + 0.5).astype(np.float32) for k in ("sc", "b", "mu", "var")}
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("BatchNormalization", ["c", "sc", "b", "mu", "var"],
+                                 ["y", "rm", "rv"], training_mode=1)],
+               {"w": _w(4, 3, 3, 3), **bn}, shape, ["y"], opset=15)
+    with pytest.raises(UnsupportedOpError, match="BatchNormalization in training mode"):
+        compile_model(m, CFG, calibration={"x": _w(2, 3, 6, 6)})
+
+
+@pytest.mark.parametrize("dtype,zp", [(np.uint8, 0), (np.int8, -128), (np.int8, 0)])
+def test_qdq_pair_wider_than_the_input_word_is_refused(dtype, zp):
+    """uint8 (or int8 with zero point -128) levels 0..255 on 8-bit words were clipped at 127
+    without a word (relative error 0.38); a lone QuantizeLinear was refused. int8 fits."""
+    cfg8 = load_config("puma", ["adc.bits=none", "input_bits=8"])
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["g"]),
+                helper.make_node("Relu", ["g"], ["r"]),
+                helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+               {"w": _w(16, 8), "s": np.float32(0.01), "zp": np.array(zp, dtype)},
+               (1, 16), ["y"])
+    x = _w(4, 16)
+    if zp == 0 and dtype == np.int8:
+        out = simulate(compile_model(m, cfg8, calibration={"x": x}), {"x": x}).outputs["y"]
+        want = run_onnxruntime(m, {"x": x})["y"]
+        assert np.linalg.norm(out - want) / np.linalg.norm(want) < 0.05
+        return
+    with pytest.raises(UnsupportedOpError, match=r"DequantizeLinear 'DequantizeLinear_y': "
+                                                 r"q - zero_point in \[0, 255\] does not fit "
+                                                 r"8-bit words \[-128, 127\]"):
+        compile_model(m, cfg8, calibration={"x": x})
+
+
+def test_qdq_weight_column_with_scale_zero_outputs_its_bias():
+    """A per-channel scale of exactly 0 made that column's bias integer INT64_MIN."""
+    q = RNG.integers(-100, 100, (8, 5)).astype(np.int8)
+    s = (RNG.random(5) * 0.02 + 0.005).astype(np.float32)
+    s[2] = 0.0
+    m = _model([helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=1),
+                helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+               {"q": q, "s": s, "b": _w(5)}, (1, 8), ["y"])
+    lp = _check(m, (1, 8), tol=1e-3)
+    assert (lp.layers[0].weight[:, 2] == 0).all() and (lp.layers[0].w_scale > 0).all()
+
+
+@pytest.mark.parametrize("dt", [TensorProto.INT4, TensorProto.UINT4])
+def test_int4_qdq_weights_keep_their_integers(dt):
+    """ml_dtypes' int4/uint4 are no np.integer: they were requantized to 16 bits."""
+    vals = RNG.integers(-8, 8, (8, 5)) if dt == TensorProto.INT4 else RNG.integers(0, 16, (8, 5))
+    zp = RNG.integers(-2, 2, 5) + (0 if dt == TensorProto.INT4 else 8)
+    int4 = helper.tensor_dtype_to_np_dtype(dt)
+    m = _model([helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["w"], axis=1),
+                helper.make_node("MatMul", ["x", "w"], ["y"])],
+               {"q": vals.astype(int4), "zp": zp.astype(int4),
+                "s": (RNG.random(5) * 0.05 + 0.01).astype(np.float32)}, (1, 8), ["y"],
+               opset=21)
+    lp = _check(m, (1, 8), tol=1e-3)
+    np.testing.assert_array_equal(lp.layers[0].weight, vals - zp)
+
+
+def test_qdq_weight_shared_by_two_convs_keeps_its_integers_for_both():
+    """conv1 absorbing a Mul dropped the shared weight's integers: conv2 requantized its
+    float weight to 16 bits."""
+    q = RNG.integers(-50, 50, (3, 3, 3, 3)).astype(np.int8)
+    m = _model([helper.make_node("DequantizeLinear", ["q", "s"], ["w"]),
+                helper.make_node("Conv", ["x", "w"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+                helper.make_node("Mul", ["c1", "k"], ["m1"]),
+                helper.make_node("Conv", ["m1", "w"], ["y"], pads=[1, 1, 1, 1], name="conv2")],
+               {"q": q, "s": np.float32(0.02), "k": (RNG.random((1, 3, 1, 1)) + 0.5)
+                .astype(np.float32)}, (1, 3, 5, 5), ["y"])
+    lp = _check(m, (1, 3, 5, 5))
+    np.testing.assert_array_equal(lp.layers[-1].weight,
+                                  np.transpose(q, (2, 3, 1, 0)).reshape(-1, 3))
+
+
+def test_identity_of_a_weight_is_that_weight():
+    """W2 = Identity(W) -> MatMul was refused ("a constant operand"); a QDQ weight keeps its
+    integers through it."""
+    q = RNG.integers(-100, 100, (8, 4)).astype(np.int8)
+    m = _model([helper.make_node("DequantizeLinear", ["q", "s"], ["w"]),
+                helper.make_node("Identity", ["w"], ["w2"]),
+                helper.make_node("Dropout", ["w2"], ["w3"]),
+                helper.make_node("MatMul", ["x", "w3"], ["y"])],
+               {"q": q, "s": np.float32(0.01)}, (1, 8), ["y"], opset=13)
+    lp = _check(m, (1, 8))
+    np.testing.assert_array_equal(lp.layers[0].weight, q)
+
+
+def test_non_float_intermediate_tensors_calibrate():
+    """Calibration declared every tensor float: a Dropout mask (bool) failed onnxruntime."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["a"]),
+                helper.make_node("Dropout", ["a"], ["y", "mask"])],
+               {"w": _w(8, 4)}, (1, 8), ["y"], opset=13)
+    _check(m, (1, 8))
+
+
+@pytest.mark.parametrize("node,message", [
+    (helper.make_node("ArgMax", ["x"], ["y"], axis=1), "op ArgMax is not supported"),
+    (helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2]),
+     "MaxPool's Indices output is not supported")])
+def test_unsupported_int64_outputs_get_the_compilers_message(node, message):
+    """... not onnxruntime's type error from calibration."""
+    m = _model([node], {}, (1, 2, 4, 4), ["y"])
+    with pytest.raises(UnsupportedOpError, match=message):
+        compile_model(m, CFG, calibration={"x": _w(2, 2, 4, 4)})
+
+
+def test_graph_output_that_is_the_graph_input_and_one_listed_twice():
+    """Declared UNDEFINED for shape inference, an input among the outputs broke it (blaming
+    'y'); onnxruntime's reference appended a twice-listed output twice per sample."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"w": _w(8, 4)}, (1, 8),
+               ["y", "x", "y"])
+    lp = _check(m, (1, 8))
+    assert lp.outputs == ["y", "x"]
+
+
+@pytest.mark.parametrize("const_node", [True, False])
+def test_graph_output_that_is_a_constant_is_refused_naming_it(const_node):
+    """A Constant node's output got onnxruntime's error during calibration."""
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"])]
+    inits = {"w": _w(8, 4)}
+    if const_node:
+        nodes.append(helper.make_node("Constant", [], ["k"],
+                                      value=numpy_helper.from_array(_w(1, 4))))
+    else:
+        inits["k"] = _w(1, 4)
+    m = _model(nodes, inits, (1, 8), ["y", "k"])
+    with pytest.raises(CompilerError, match="graph output 'k' is a constant"):
+        compile_model(m, CFG, calibration={"x": _w(2, 8)})
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT64, TensorProto.INT8])
+def test_integer_graph_input_is_refused_naming_it(dtype):
+    m = _model([helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT),
+                helper.make_node("Gemm", ["c", "w"], ["y"])], {"w": _w(8, 4)}, None, ["y"],
+               inputs=[helper.make_tensor_value_info("x", dtype, [1, 8])])
+    with pytest.raises(UnsupportedOpError, match="graph input 'x' holds INT"):
+        compile_model(m, CFG)
+
+
+def test_graph_input_without_a_batch_axis_is_refused():
+    """Its only axis was overwritten with 1."""
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (8,), ["y"])
+    with pytest.raises(UnsupportedOpError, match="graph input 'x' has one axis"):
+        compile_model(m, CFG)
+
+
+def test_duplicate_node_names_are_refused():
+    """Batch-norm folding and fusion key nodes by name: two nodes named 'c' mangled the
+    graph."""
+    bn = {k: (RNG.random(4) + 0.5).astype(np.float32) for k in ("sc", "b", "mu", "var")}
+    m = _model([helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1], name="c"),
+                helper.make_node("BatchNormalization", ["a", "sc", "b", "mu", "var"], ["n"]),
+                helper.make_node("Conv", ["n", "w2"], ["y"], pads=[1, 1, 1, 1], name="c")],
+               {"w": _w(4, 3, 3, 3), "w2": _w(2, 4, 3, 3), **bn}, (1, 3, 6, 6), ["y"])
+    with pytest.raises(ModelFormatError, match="node name 'c' is given to 2 nodes"):
+        compile_model(m, CFG)
+
+
+def test_unnamed_node_is_not_named_like_a_named_one():
+    m = _model([helper.make_node("Relu", ["x"], ["r"], name="Gemm_y"),
+                helper.make_node("Gemm", ["r", "w"], ["y"])], {"w": _w(8, 4)}, (1, 8), ["y"])
+    _check(m, (1, 8))
