@@ -29,6 +29,10 @@ def _inputs_for(graph, args, rng) -> dict[str, np.ndarray]:
         if missing:
             raise RunError(f"{args.input} lacks input {missing[0]!r}; the model's inputs are "
                            f"{', '.join(names)}")
+        unknown = sorted(set(data) - set(names))
+        if unknown:   # as `simulate` refuses it: a misnamed array is a mistake, not extra
+            raise RunError(f"{args.input}: unknown input {unknown[0]!r}; the model's inputs "
+                           f"are {', '.join(names)}")
         from simulator.functional import check_input
         out = {}
         for n, s in graph.inputs:

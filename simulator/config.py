@@ -437,6 +437,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 _DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
 
+# Integers in a preset or recipe file as typed, in decimal, as ``--set`` reads them: YAML 1.1
+# reads ``010`` as 8 and ``2:18`` as 138 (those forms are then text, and a number field
+# refuses them by name).
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
+                                      list("-+0123456789"))
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int",
+                                lambda loader, node: int(loader.construct_scalar(node), 10))
+
 
 def _parse_value(text: str, field_type: str = "") -> Any:
     """An override's text as its field's value: text fields take it as typed (a name

@@ -423,8 +423,10 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
     for port in prog.inputs:
         x = np.asarray(inputs[port.name])
         if x.shape[1:] != tuple(port.shape) or len(x) != batch:
+            same_n = f" (N = {batch}, as the other inputs)" if len(prog.inputs) > 1 else ""
             raise SimulationError(f"input {port.name!r} has shape {x.shape}; expected "
-                                  f"({batch}, {', '.join(map(str, port.shape))})")
+                                  f"(N, {', '.join(map(str, port.shape))}){same_n}: a batch "
+                                  f"axis first")
         q = quantize_input(x.reshape(batch, -1), port.scale, prog.config.input_bits)
         a = port.addresses()
         eng.mem[port.tile][:, a] = q

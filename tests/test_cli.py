@@ -419,3 +419,19 @@ def test_demo_runs_on_the_bundled_images_and_writes_its_outputs(tmp_path, capsys
     assert acc["top1_agreement"] == 1.0 and acc["sim_top1_vs_labels"] == ort_top1
     assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert (tmp_path / "plots" / "energy_breakdown.png").stat().st_size > 0
+
+
+def test_run_and_simulate_refuse_a_misnamed_input_array_alike(compiled, tmp_path, capsys):
+    """``run`` ignored an array the model has no input for, where ``simulate`` refused it;
+    and ``simulate`` called an input without a batch axis 'expected (4, 64)'."""
+    prog, _ = compiled
+    model = _mlp_model(tmp_path / "m2.onnx")
+    x = np.zeros((2, 64), np.float32)
+    np.savez(tmp_path / "extra.npz", input=x, other=x)
+    for argv in (["run", str(model), "--input"], ["simulate", str(prog), "--input"]):
+        _one_line_error(capsys, main(argv + [str(tmp_path / "extra.npz")]),
+                        "unknown input 'other'")
+    np.savez(tmp_path / "nobatch.npz", input=np.ones(64, np.float32))
+    _one_line_error(capsys, main(["simulate", str(prog), "--input",
+                                  str(tmp_path / "nobatch.npz")]),
+                    "has shape (64,); expected (N, 64): a batch axis first")

@@ -125,3 +125,13 @@ def test_a_text_field_override_is_quoted_as_typed():
     with pytest.raises(ConfigError, match=r"adc.mode = 'ideal': must be one of clip, scale"):
         load_config("small", ["adc.mode=ideal"])
     assert load_config("small", ["adc.bits=ideal"]).adc.bits is None
+
+
+def test_a_preset_file_reads_integers_as_typed(tmp_path):
+    """``010`` in a preset file was octal 8 (YAML 1.1), while ``--set`` reads it as ten."""
+    p = tmp_path / "p.yaml"
+    p.write_text("node: {tiles: 010}\n")
+    assert load_config(str(p)).node.tiles == 10
+    p.write_text("node: {tiles: 2:18}\n")            # base 60 (138) to YAML 1.1
+    with pytest.raises(ConfigError, match=r"node.tiles = '2:18': must be an integer"):
+        load_config(str(p))
