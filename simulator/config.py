@@ -445,8 +445,18 @@ UniqueKeyLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
                                       list("-+0123456789"))
-UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int",
-                                lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def _decimal_int(loader, node):
+    text = loader.construct_scalar(node)
+    try:
+        return int(text, 10)
+    except ValueError:   # an explicit !!int 0x10: name the place, as YAML errors do
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} is not a decimal integer", node.start_mark) from None
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _decimal_int)
 
 
 def _parse_value(text: str, field_type: str = "") -> Any:

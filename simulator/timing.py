@@ -127,7 +127,8 @@ def _trace(trace, tlen, cap, agent, start, end, op, layer):
 #: Future bookings a memory port or NoC link remembers. A request processed now may be
 #: ready long before one processed earlier (a store that waits for its MVM): it takes the
 #: earliest free gap, not the time after the last booking. Past this many live bookings the
-#: two earliest merge (their gap is given up: conservative, never an overlap).
+#: two earliest merge into one span covering both (their gap is given up: conservative; the
+#: list may then hold a booking inside a span, which the gap search steps over).
 BOOKINGS = 32
 
 
@@ -144,7 +145,7 @@ def _earliest_gap(b_start, b_end, n_book, r, ready, dur, now):
             k += 1
     n_book[r] = k
     s = ready
-    for i in range(k):   # bookings sorted by start, disjoint
+    for i in range(k):   # bookings sorted by start (a merged span may hold others)
         if s + dur <= b_start[r, i]:
             break
         if b_end[r, i] > s:
@@ -158,8 +159,8 @@ def _book(b_start, b_end, n_book, r, s, dur):
     if dur <= 0:
         return
     k = n_book[r]
-    if k == b_start.shape[1]:    # full: merge the two earliest bookings
-        b_end[r, 0] = b_end[r, 1]
+    if k == b_start.shape[1]:    # full: merge the two earliest bookings (max: one may
+        b_end[r, 0] = max(b_end[r, 0], b_end[r, 1])   # lie inside the other, booked in a gap)
         for i in range(1, k - 1):
             b_start[r, i] = b_start[r, i + 1]
             b_end[r, i] = b_end[r, i + 1]
@@ -395,9 +396,11 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     for i in range(base + addr, base + addr + v):
                         if cnt[i] != 0:
                             cnt[i] -= 1
+                            # free once its last read (in time, not in processing order:
+                            # a read processed later may take an earlier port gap) is done
+                            ftime[i] = max(ftime[i], start + acc)
                             if cnt[i] == 0:
                                 valid[i] = False
-                                ftime[i] = max(ftime[i], start + acc)
                                 freed = True
                     if freed:
                         hsize = _wake_tile(tile, t, cores, n_core_agents, state, t_agent,

@@ -303,3 +303,46 @@ def test_a_program_that_takes_no_time_reports_valid_json():
     assert rep.latency_cycles == 0 and rep.throughput_per_s is None
     assert json.loads(rep.to_json())["throughput_per_s"] is None
     assert "n/a" in rep.summary()
+
+
+def test_a_word_is_overwritten_only_after_its_last_reader_in_time():
+    """A word read twice: core 0's read waits for its MVMU (cycle ~218), core 1's, processed
+    later, takes an earlier port gap and was the last count decrement, so the word counted
+    as free from cycle ~7 and core 2's store overwrote it before core 0 read it."""
+    from simulator.isa import RegisterLayout, assemble, instr
+    cfg = load_config("small", ["tile.mem_ports=1", "tile.cores=3"])
+    lay = RegisterLayout.of(cfg)
+    w = ex.random_weights(cfg, 16, 16)
+    reader0 = assemble([instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=16, layer=0),
+                        instr(Op.MVM, mask=1, layer=0),
+                        instr(Op.LOAD, dst=lay.xin_of(0), imm=100, vec=16, layer=1),
+                        instr(Op.HLT)])
+    reader1 = assemble([instr(Op.NOP)] * 4 + [instr(Op.LOAD, dst=lay.gp, imm=100, vec=16,
+                                                    layer=1), instr(Op.HLT)])
+    writer = assemble([instr(Op.NOP)] * 6 + [instr(Op.STORE, src1=lay.gp, imm=100, vec=16,
+                                                   count=0, layer=1), instr(Op.HLT)])
+    rep = simulate(_program(cfg, [reader0, reader1, writer], w,
+                            mem_init=[(0, 100, np.arange(16), 2)]), None, trace=True)
+    last_read = [e for e in _events(rep, 0) if e[0] == "LOAD"][-1]
+    first_read = [e for e in _events(rep, 1) if e[0] == "LOAD"][0]
+    (_, store, _), = [e for e in _events(rep, 2) if e[0] == "STORE"]
+    assert first_read[1] < 20 < last_read[1]          # core 1 did take the early gap
+    assert store >= last_read[1] + 1                    # after the last read's port access
+
+
+def test_a_full_booking_list_merges_without_losing_a_booking():
+    """When 32 bookings were live, the two earliest merged to the second's end, which a
+    booking placed inside a merged span could shorten: a real booking was then dropped and
+    its cycles double-booked."""
+    from simulator.timing import BOOKINGS, _book, _earliest_gap
+    gap, book = _earliest_gap.py_func, _book.py_func
+    start = np.zeros((1, BOOKINGS), np.int64)
+    end = np.zeros((1, BOOKINGS), np.int64)
+    n = np.zeros(1, np.int64)
+    for i in range(BOOKINGS):                  # [100, 110), [200, 210), ...
+        book(start, end, n, 0, 100 * i + 100, 10)
+    for ready in (120, 10_000):                # into a gap, then far ahead: two merges
+        book(start, end, n, 0, gap(start, end, n, 0, ready, 5, 0), 5)
+    assert gap(start, end, n, 0, 200, 5, 0) >= 210     # [200, 210) is still booked
+    live = sorted(zip(start[0, :n[0]].tolist(), end[0, :n[0]].tolist()))
+    assert all(s < e for s, e in live) and n[0] <= BOOKINGS
