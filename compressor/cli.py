@@ -440,10 +440,15 @@ def _report(res, path: Path, test=None) -> dict:
         occ = occupancy(to_crossbar(w, lr.view), res.recipe.geometry)
         layers[name] = {"constraint": lr.constraint.describe(), "scale": scale_json(lr.scale),
                         **occ, **({} if lr.view is None else {"crossbar_view": list(lr.view)})}
-        print(f"  {name:24s} density {occ['density']:6.1%}  crossbars "
+        print(f"  {name:24s} density {occ['density']:6.1%}  grid blocks "
               f"{occ['blocks_nonzero']:4d}/{occ['blocks_total']:<4d}  max nonzeros/column "
               f"segment {occ['max_nonzeros_per_segment']}"
               + ("  (rows in the chip's (h, w, c) order)" if lr.view is not None else ""))
+    if res.layers:
+        # the chip packs a strip's kept rows, so its crossbars (the hardware loop's count)
+        # and, for the packed TinyADC structures, its bit lines differ from this grid's
+        print("  (counted on the fixed crossbar grid, before the compiler packs kept rows: "
+              "the hardware loop counts the chip's crossbars)")
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
             "output_scale": res.output_scale,
             "history": res.history, "selected_epoch": res.selected_epoch,
