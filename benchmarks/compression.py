@@ -2,7 +2,7 @@
 VGG-style CNN, dense vs block-pruned + quantized (ADMM and the magnitude baseline), TinyADC,
 integer-only (power-of-two) scales, and accuracy under programming variation.
 
-    python benchmarks/compression.py            # 42-47 min cold on a 2-core EPYC, minutes warm
+    python benchmarks/compression.py            # 42-56 min cold on a 2-core EPYC, minutes warm
     python benchmarks/compression.py --context --extra-seeds 1   # + context runs
     python benchmarks/compression.py --quick    # plumbing check on small subsets
     python benchmarks/compression.py --extra-seeds 2 --name compression_3seeds  # context
