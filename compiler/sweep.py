@@ -688,7 +688,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     cases = []   # (point values, overrides, compile options, config or its ConfigError)
     for pt in grid_points(axes) or [{}]:
         config_pt, options = split_point(pt)
-        ov = fixed + [f"{k}={'none' if v is None else v}" for k, v in config_pt.items()]
+        ov = fixed + _overrides_of(config_pt)
         try:
             cfg: MachineConfig | ConfigError = with_overrides(base, ov)
         except ConfigError as err:
@@ -829,9 +829,14 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
+def _overrides_of(pt: dict) -> list[str]:
+    """A point's values as ``KEY=VALUE`` overrides, as the command line gives them."""
+    return [f"{k}={'none' if v is None else v}" for k, v in pt.items()]
+
+
 def _point_text(pt: dict) -> str:
-    """A point's grid values as the command line gives them: ``xbar.rows=64 adc.bits=none``."""
-    return " ".join(f"{k}={'none' if v is None else v}" for k, v in pt.items())
+    """A point's grid values in one line: ``xbar.rows=64 adc.bits=none``."""
+    return " ".join(_overrides_of(pt))
 
 
 def _mixed_columns(df) -> list[str]:

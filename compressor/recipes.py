@@ -220,26 +220,26 @@ class Recipe:
                         f"recipe.layers[{i}].match={pat!r}: {what}; compressible layers: "
                         f"{', '.join(layers) or 'none'}")
                 for n in hits:
-                    if n not in taken:
-                        taken.add(n)
-                        c = rule.constraint
-                        if c.structure is not None and getattr(modules[n], "groups", 1) > 1:
-                            # the compiler lays a grouped conv out block-diagonally over
-                            # all input channels; geometry reads the (C_in/groups) weight
-                            raise CompressionError(
-                                f"recipe.layers[{i}].match={pat!r}: {n!r} is a grouped "
-                                f"convolution (groups={modules[n].groups}); structured "
-                                f"constraints ({c.structure}) are stated on groups=1 layers' "
-                                f"crossbars: give it a quantization-only rule or leave it out")
-                        weight = getattr(modules[n], "weight", None)
-                        if (c.structure is not None or c.quant is not None) \
-                                and weight is not None and weight.numel() == 0:
-                            raise CompressionError(
-                                f"recipe.layers[{i}].match={pat!r}: {n!r} has no weights "
-                                f"(shape {tuple(weight.shape)}): nothing to prune or "
-                                f"quantize; leave it out")
-                        if c.structure is not None or c.quant is not None:
-                            out[n] = c
+                    if n in taken:
+                        continue
+                    taken.add(n)
+                    c = rule.constraint
+                    if c.structure is None and c.quant is None:
+                        continue       # a rule that leaves the layer as it is
+                    if c.structure is not None and getattr(modules[n], "groups", 1) > 1:
+                        # the compiler lays a grouped conv out block-diagonally over
+                        # all input channels; geometry reads the (C_in/groups) weight
+                        raise CompressionError(
+                            f"recipe.layers[{i}].match={pat!r}: {n!r} is a grouped "
+                            f"convolution (groups={modules[n].groups}); structured "
+                            f"constraints ({c.structure}) are stated on groups=1 layers' "
+                            f"crossbars: give it a quantization-only rule or leave it out")
+                    if modules[n].weight.numel() == 0:
+                        raise CompressionError(
+                            f"recipe.layers[{i}].match={pat!r}: {n!r} has no weights "
+                            f"(shape {tuple(modules[n].weight.shape)}): nothing to prune "
+                            f"or quantize; leave it out")
+                    out[n] = c
         return out
 
     def to_dict(self) -> dict:

@@ -363,6 +363,11 @@ _SECTION_CLASSES = {
 }
 
 
+#: Each section's field types (``{"adc": {"bits": "int | None", ...}, ...}``).
+_FIELD_TYPES = {section: {f.name: f.type for f in fields(cls)}
+                for section, cls in _SECTION_CLASSES.items()}
+
+
 def _allowed_keys(cls) -> str:
     return ", ".join(f.name for f in fields(cls))
 
@@ -379,11 +384,11 @@ def from_dict(data: dict) -> MachineConfig:
                 value = {}
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: must be a mapping with keys {_allowed_keys(cls)}")
-            unknown = set(value) - {f.name for f in fields(cls)}
+            types = _FIELD_TYPES[key]
+            unknown = set(value) - set(types)
             if unknown:
                 bad = sorted(unknown, key=str)[0]   # YAML keys need not be strings
                 raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
-            types = {f.name: f.type for f in fields(cls)}
             top[key] = cls(**{k: _as_field(types[k], v) for k, v in value.items()})
         elif key in _SECTIONS:
             top[key] = _as_field(_SECTIONS[key], value)
@@ -530,7 +535,7 @@ def _field_type(key: str) -> str:
     if len(parts) == 1 and parts[0] in _SECTIONS and parts[0] not in _SECTION_CLASSES:
         return _SECTIONS[parts[0]]
     if len(parts) == 2 and parts[0] in _SECTION_CLASSES:
-        types = {f.name: f.type for f in fields(_SECTION_CLASSES[parts[0]])}
+        types = _FIELD_TYPES[parts[0]]
         if parts[1] not in types:
             raise ConfigError(f"{key}: unknown key; allowed in {parts[0]}: "
                               f"{_allowed_keys(_SECTION_CLASSES[parts[0]])}")
