@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,15 +175,15 @@ def cmd_compile(args) -> int:
 def cmd_simulate(args) -> int:
     from .program import Program
     from .simulate import simulate
-    if args.outputs and not args.input:
-        raise UserError("--outputs needs --input: without inputs simulate runs timing only "
-                        "and computes no output values")
     _check_output_args(args)
     folder = Path(args.program)
     check_output_files(args, {args.input: "--input file",
                               folder / "manifest.json": "program's manifest",
                               folder / "program.npz": "program's arrays"})
     prog = Program.load(args.program)
+    if args.outputs and not args.input and prog.inputs:
+        raise UserError("--outputs needs --input: without inputs simulate runs timing only "
+                        "and computes no output values")
     inputs = _load_npz(args.input) if args.input else None
     rep = simulate(prog, inputs, trace=bool(args.trace))
     print(rep.summary())
@@ -265,9 +266,15 @@ def _register_optional(module: str, sub) -> None:
     mod.register(sub)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    # a user reads what to do, not which line of ours raised it
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    fmt, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         return int(args.func(args) or 0)
     except XbarsimError as e:
@@ -282,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"out of memory ({e}); ask for a smaller batch or model")
     except KeyboardInterrupt:
         return _fail("interrupted")
+    finally:
+        warnings.formatwarning = fmt
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
     """Transcendental VFU functions on fixed point with ``frac`` fraction bits (evaluated in
     float64 and rounded to nearest: the model of a lookup/interpolation unit)."""
     x = a.astype(np.float64) / (1 << frac)
-    y = {Fn.SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), Fn.TANH: np.tanh,
-         Fn.EXP: lambda v: np.exp(np.minimum(v, 40.0)), Fn.LOG: _log}[fn](x)
-    # saturate where the result leaves int64 (EXP of a large argument, LOG(0) at many
-    # fraction bits), as a fixed-point unit does, instead of wrapping to INT64_MIN
-    return np.clip(np.rint(y * (1 << frac)), -2.0 ** 63, _INT64_TOP).astype(np.int64)
+    with np.errstate(over="ignore"):     # an infinite EXP saturates below, as intended
+        y = {Fn.SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), Fn.TANH: np.tanh,
+             Fn.EXP: lambda v: np.exp(np.minimum(v, 709.0)), Fn.LOG: _log}[fn](x)
+        # saturate where the result leaves int64 (EXP of a large argument, LOG(0) at many
+        # fraction bits), as a fixed-point unit does, instead of wrapping to INT64_MIN
+        return np.clip(np.rint(y * (1 << frac)), -2.0 ** 63, _INT64_TOP).astype(np.int64)
 
 
 _INT64_TOP = np.nextafter(2.0 ** 63, 0.0)   # the largest float64 below 2**63
@@ -55,11 +56,13 @@ def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
     if fn == Fn.MUL:
         return a * b
     if fn == Fn.SHR:
-        b = np.asarray(b, np.int64)
-        half = np.where(b > 0, np.left_shift(1, np.maximum(b - 1, 0)), 0)
-        return (a + half) >> b
+        # (a + 2**(b-1)) >> b without the sum (which overflows near 2**63): the floor plus
+        # the last bit shifted out. Counts beyond 0..63 act as 0 and 63 (numpy, like x86,
+        # would take them mod 64: a shift by 64 turned +1000 into -1).
+        b = np.clip(np.asarray(b, np.int64), 0, 63)
+        return (a >> b) + np.where(b > 0, (a >> np.maximum(b - 1, 0)) & 1, 0)
     if fn == Fn.SHL:
-        return a << np.asarray(b, np.int64)
+        return a << np.clip(np.asarray(b, np.int64), 0, 63)
     if fn == Fn.MAX:
         return np.maximum(a, b)
     if fn == Fn.MIN:
@@ -84,7 +87,7 @@ def prepared_mvmus(prog: Program, exact_shortcut: bool = True
                    ) -> dict[tuple[int, int, int], MVMUModel]:
     """The MVMU models of a program, built once per program (their matrices, ADC ranges and
     lossless checks do not change between runs) and cached on it."""
-    cache = prog.__dict__.setdefault("_mvmu_models", {})
+    cache = prog.derived("mvmu_models")
     if exact_shortcut not in cache:
         cfg = prog.config
         models = {}
@@ -186,12 +189,12 @@ class ValueEngine:
 
     def _code(self, a: int) -> list[tuple]:
         """Agent ``a``'s stream as plain tuples (decoded once; numpy rows are slow)."""
-        dec = self.prog.__dict__.setdefault("_decoded", {})
-        if a not in dec:
-            code = (self.prog.core_code[a] if a < self.n_core_agents
-                    else self.prog.tile_code[a - self.n_core_agents])
-            dec[a] = code.tolist()
-        return dec[a]
+        dec = self.prog.derived("decoded")
+        code = (self.prog.core_code[a] if a < self.n_core_agents
+                else self.prog.tile_code[a - self.n_core_agents])
+        if a not in dec or dec[a][0] is not code:    # a stream replaced in the list
+            dec[a] = (code, code.tolist())
+        return dec[a][1]
 
     def _run_agent(self, a: int) -> bool:
         """Run agent ``a`` until it blocks or halts; True if it executed anything.
@@ -346,7 +349,7 @@ class ValueEngine:
     def _fused(self, tile: int, core: int, mask: int):
         """(first, end, stacked W (k, R, C)) for a contiguous mask of lossless MVMUs,
         cached on the program; None when any of them needs the bit-serial path."""
-        cache = self.prog.__dict__.setdefault("_fused_mvm", {})
+        cache = self.prog.derived("fused_mvm")
         key = (tile, core, mask, self.exact_shortcut)
         if key not in cache:
             ms = [m for m in range(self.cfg.core.mvmus) if mask >> m & 1]

@@ -74,7 +74,7 @@ class Fn(IntEnum):
     SUB = 1
     MUL = 2
     SHR = 3      # arithmetic shift right by b, rounding half up: (a + 2**(b-1)) >> b
-    SHL = 4
+    SHL = 4      # (both take b below 0 as 0 and above 63 as 63)
     MAX = 5
     MIN = 6
     RELU = 7     # unary
@@ -112,6 +112,8 @@ INSTR_DTYPE = np.dtype([
 
 # Words per persistent count: a word stored with count 0 stays valid forever.
 PERSISTENT = 0
+#: The largest consumer count: the instruction's field and the engine's word counts are int32.
+MAX_COUNT = int(np.iinfo(np.int32).max)
 
 
 def instr(op: Op, *, fn: int = 0, dst: int = 0, src1: int = 0, src2: int = 0, vec: int = 1,

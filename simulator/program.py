@@ -17,8 +17,8 @@ import numpy as np
 from .config import MAX_ADC_BITS, MachineConfig, from_dict
 from .errors import ProgramError, XbarsimError
 from .fileio import atomic_write, read_npz
-from .isa import (CORE_OPS, INSTR_DTYPE, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS, Fn, Op,
-                  RegisterLayout)
+from .isa import (CORE_OPS, INSTR_DTYPE, MAX_COUNT, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS,
+                  Fn, Op, RegisterLayout)
 
 FORMAT_VERSION = 1
 
@@ -124,6 +124,22 @@ class Program:
         self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
         self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
         validate(self)
+        # What the simulator derives (crossbar models, decoded streams) is cached per
+        # program: an edit in place would leave it stale, so the arrays it reads are
+        # read-only. Assign a new array (or use dataclasses.replace, which validates).
+        for arr in (self.mvmu_loc, self.mvmu_levels, self.mvmu_rows_used,
+                    self.mvmu_cols_used, self.mvmu_adc_bits, self.mvmu_layer,
+                    *self.core_code, *self.tile_code):
+            arr.flags.writeable = False
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        self.__dict__.pop("_derived", None)      # any field changed: derive again
+
+    def derived(self, what: str) -> dict:
+        """A cache the simulator keeps on this program (``what``: which), emptied whenever a
+        field is assigned."""
+        return self.__dict__.setdefault("_derived", {}).setdefault(what, {})
 
     # ---- derived views -------------------------------------------------------------------
     @property
@@ -389,10 +405,23 @@ def validate(prog: Program) -> None:
         _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles, set(), n_layers)
     for t, addr, vals, cnt in prog.mem_init:
-        if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]
-                and cnt >= 0):
+        if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]):
             raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "
                                f"outside the program's tile memory ({tiles} tiles)")
+        if not 0 <= cnt <= MAX_COUNT:
+            raise ProgramError(f"memory image segment at tile {t} addr {addr}: consumer "
+                               f"count {cnt} outside 0..{MAX_COUNT}")
+    # an input has a copy per tile that reads it; an output is read back from one place
+    names = [p.name for p in prog.outputs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ProgramError(f"output tensor {dup!r} is listed twice; output names must be "
+                           f"unique")
+    copies = [(p.name, p.tile) for p in prog.inputs]
+    dup = next((c for c in copies if copies.count(c) > 1), None)
+    if dup is not None:
+        raise ProgramError(f"input tensor {dup[0]!r} is listed twice for tile {dup[1]}; "
+                           f"an input has at most one copy per tile")
     for port in prog.inputs + prog.outputs:
         _validate_port(port)
         addrs = port.addresses()
@@ -405,13 +434,15 @@ def validate(prog: Program) -> None:
 def _validate_port(port: TensorPort) -> None:
     """A port's description must address each of its elements once, inside its buffer."""
     what = f"tensor {port.name!r}"
+    if not (isinstance(port.name, str) and port.name):
+        raise ProgramError(f"{what}: its name must be a non-empty string")
     if not (port.shape and all(isinstance(d, (int, np.integer)) and d >= 1
                                for d in port.shape)):
         raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers")
     if not (np.isfinite(port.scale) and port.scale > 0):
         raise ProgramError(f"{what}: scale {port.scale} must be finite and positive")
-    if port.count < 0:
-        raise ProgramError(f"{what}: consumer count {port.count} must be >= 0")
+    if not 0 <= port.count <= MAX_COUNT:
+        raise ProgramError(f"{what}: consumer count {port.count} outside 0..{MAX_COUNT}")
     if port.map_layout is not None:
         H, W, C, pt, pl, Wp = port.map_layout
         if min(H, W, C) < 1 or pt < 0 or pl < 0 or Wp < W + pl or H * W * C != port.size:

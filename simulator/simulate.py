@@ -13,7 +13,7 @@ from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report
 from .timing import (BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK, N_COUNTERS, OK,
-                     RUNAWAY, W_RECV, W_SEND_FULL, WAIT_NAMES, run_timing)
+                     RUNAWAY, UNRECEIVED, W_RECV, W_SEND_FULL, WAIT_NAMES, run_timing)
 
 DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
 
@@ -132,7 +132,11 @@ def _raise_for_status(prog, status, info, streams):
         more = f" (+{len(stuck) - 6} more)" if len(stuck) > 6 else ""
         raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",
                             stuck)
-    a, pc = int(info[0]), int(info[1]) - 0
+    if status == UNRECEIVED:
+        raise SimulationError(f"tile {int(info[0])} sent {int(info[2])} message(s) to tile "
+                              f"{int(info[1])} that no recv consumed; every send needs a "
+                              f"matching recv on the receiving tile")
+    a, pc = int(info[0]), int(info[1])
     start = sum(len(s) for s in streams[:a])
     where = f"{agent_name(prog, a)} pc {pc - start}"
     if status == RUNAWAY:

@@ -29,7 +29,7 @@ COUNTER_NAMES = ("crossbar_reads", "dac_conversions", "adc_conversions", "shift_
                  "mvm_ops", "mem_words_read", "mem_words_written", "packets")
 
 # Status codes.
-OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER = 0, 1, 2, 3, 4, 5
+OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, UNRECEIVED = 0, 1, 2, 3, 4, 5, 6
 # Wait kinds (for deadlock reports).
 W_NONE, W_LOAD, W_STORE, W_SEND_FULL, W_RECV = 0, 1, 2, 3, 4
 WAIT_NAMES = {W_NONE: "?", W_LOAD: "load (words not valid)",
@@ -483,4 +483,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     info[5 * k + 4] = wait_addr[b]
                     k += 1
             return DEADLOCK, end_time, info, tlen
+    for pair in range(n_tiles * n_tiles):
+        if ring_tail[pair] != ring_head[pair]:
+            # every agent halted with messages left in a receive buffer: a send without
+            # its recv, which a compiled program never has (its data went nowhere)
+            info[0] = pair // n_tiles
+            info[1] = pair % n_tiles
+            info[2] = ring_tail[pair] - ring_head[pair]
+            return UNRECEIVED, end_time, info, tlen
     return OK, end_time, info, tlen

@@ -76,6 +76,22 @@ def test_compile_simulate_run_flow(tmp_path):
     assert (tmp_path / "plots" / "energy_breakdown.png").exists()
 
 
+def test_warnings_print_as_one_line_that_says_warning(tmp_path):
+    """Not Python's 'file:line: UserWarning' with the source line under it."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "b4",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "b4.onnx")
+    r = subprocess.run([sys.executable, "-m", "simulator.cli", "compile",
+                        str(tmp_path / "b4.onnx"), "-o", str(tmp_path / "p"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["warning: graph input 'x' has a static batch of 4; the "
+                                     "program computes one sample (N set to 1) and the "
+                                     "simulator runs a batch of any size"]
+
+
 def test_malformed_onnx(tmp_path, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07this is not a protobuf\xff\xff")
@@ -235,6 +251,23 @@ def test_outputs_need_inputs_and_output_folders_are_made(compiled, capsys, tmp_p
     assert set(np.load(outs)) == {"logits"}
     _one_line_error(capsys, main(["compile", str(inp.with_name("m.onnx")), "-o", ""]),
                     "empty path")
+
+
+def test_a_program_without_inputs_writes_its_outputs(tmp_path):
+    """Its values need no --input, and simulate computes them; --outputs was refused."""
+    from simulator import Program, load_config
+    from simulator import examples as ex
+    from simulator.isa import Op, RegisterLayout, assemble, instr
+    from simulator.program import TensorPort
+    cfg = load_config("small")
+    gp = RegisterLayout.of(cfg).gp
+    code = assemble([instr(Op.SET, dst=gp, imm=7, vec=4),
+                     instr(Op.STORE, src1=gp, imm=0, vec=4, count=0), instr(Op.HLT)])
+    Program(config=cfg, n_tiles=1, core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1),
+            tile_code=[ex.EMPTY], outputs=[TensorPort("y", 0, 0, (4,), 0.5)]
+            ).save(tmp_path / "p")
+    assert main(["simulate", str(tmp_path / "p"), "--outputs", str(tmp_path / "o.npz")]) == 0
+    assert np.load(tmp_path / "o.npz")["y"].tolist() == [[3.5] * 4]
 
 
 def test_counts_below_one_are_refused_not_rewritten(capsys):

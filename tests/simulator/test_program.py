@@ -222,6 +222,25 @@ def test_recv_deadlock_names_the_sender_and_the_receivers_address():
     assert (s["tile"], s["peer"], s["addr"]) == (0, 1, 40)
 
 
+def test_a_message_nobody_receives_is_an_error():
+    """Every agent halts, yet tile 0's two messages sit in tile 1's buffer: the data went
+    nowhere, which a compiled program never does; it used to pass silently."""
+    cfg = load_config("small")
+    send = assemble([instr(Op.SEND, imm=0, vec=4, peer=1)] * 2 + [instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
+                   tile_code=[send, ex.EMPTY], mem_init=[(0, 0, np.arange(4), 0)])
+    with pytest.raises(SimulationError, match="tile 0 sent 2 message.s. to tile 1 that no "
+                                              "recv consumed"):
+        simulate(prog, values=False)
+
+
+def test_a_memory_image_count_beyond_int32_is_refused():
+    cfg = load_config("small")
+    with pytest.raises(ProgramError, match="consumer count 4294967297 outside 0..2147483647"):
+        Program(config=cfg, n_tiles=1, core_code=[ex.EMPTY] * cfg.tile.cores,
+                tile_code=[ex.EMPTY], mem_init=[(0, 0, np.arange(4), 2 ** 32 + 1)])
+
+
 @pytest.mark.parametrize("ra,rr,field,reg", [(-3, -1, "ra", -3), (-5, 3, "ra", -5),
                                              (0, 99, "rr", 99)])
 def test_bad_integer_register_names_its_field(ra, rr, field, reg):
@@ -242,6 +261,23 @@ def test_transcendental_vfu_results_saturate_instead_of_wrapping():
     assert y[0, 0] == round(np.exp(30.0) * 2 ** frac)
     assert (y[0, 1:] == np.iinfo(np.int64).max - 1023).all()    # the largest float64 < 2**63
     assert alu(Fn.LOG, np.array([[0]], np.int64), 0, 24)[0, 0] == np.iinfo(np.int64).min
+    # at 0 fraction bits e**41..43 fit int64: they were cut to e**40 (1e3 above: saturate)
+    y = alu(Fn.EXP, np.array([[40, 41, 43, 1000]], np.int64), 0, 0)
+    assert list(y[0, :3]) == [round(np.exp(v)) for v in (40.0, 41.0, 43.0)]
+    assert y[0, 3] == np.iinfo(np.int64).max - 1023
+    with np.errstate(all="raise"):         # saturating is the result, not a warning
+        assert alu(Fn.EXP, np.array([[1000 << 16]], np.int64), 0, 16)[0, 0] == y[0, 3]
+
+
+def test_register_shift_counts_round_half_up_and_stay_in_range():
+    """A register count is checked by no validator: beyond 0..63 it acts as 0 or 63 (numpy
+    took it mod 64, so 1000 >> 64 gave -1), and rounding never overflows near 2**63."""
+    from simulator.functional import alu
+    a = np.array([[1000, 1000, 1000, -1000, 2 ** 62 + 2 ** 61, 5, -5, 6]], np.int64)
+    b = np.array([[-1, 64, 70, 65, 62, 1, 1, 2]], np.int64)
+    assert alu(Fn.SHR, a, b, 0).tolist() == [[1000, 0, 0, 0, 2, 3, -2, 2]]
+    assert alu(Fn.SHL, np.array([[3, 3]], np.int64), np.array([[-2, 1]]), 0).tolist() == \
+        [[3, 6]]
 
 
 def _edit_arrays(fn):
@@ -286,6 +322,14 @@ def _edit_manifest(fn):
      r"shape \[1, '16'\] must be positive integers"),
     (_edit_manifest(lambda m: m["layers"][0].update(name=3)),
      "objects with a string name and op"),
+    # these crashed in the simulator (a join of names, an int32 count array)
+    (_edit_manifest(lambda m: m["outputs"][0].update(name=7)),
+     "tensor 7: its name must be a non-empty string"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(count=2 ** 40)),
+     "consumer count 1099511627776 outside 0..2147483647"),
+    # two outputs named alike: the second silently replaced the first
+    (_edit_manifest(lambda m: m["outputs"].append(dict(m["outputs"][0]))),
+     "output tensor 'y' is listed twice; output names must be unique"),
 ])
 def test_malformed_program_files_are_refused_at_load(tmp_path, edit, match):
     """What a hand-edited or cut program file says must hold before anything runs: each of
@@ -358,3 +402,23 @@ def test_every_corrupt_npz_is_one_error_naming_the_file(tmp_path, make):
     make(path)
     with pytest.raises(ProgramError, match=r"bad.npz: not a readable .npz of arrays"):
         read_npz(path, ProgramError)
+
+
+def test_a_program_changed_after_a_run_is_simulated_as_changed():
+    """The crossbar models are cached on the program: an in-place edit of its ADC bits gave
+    the new ADC energy with the old 8-bit values. Arrays are read-only now; an assigned
+    field (a new array, a new config) empties the cache."""
+    import dataclasses
+    cfg = load_config("small")
+    w = ex.random_weights(cfg, 16, 16, seed=2)
+    x = np.random.default_rng(0).integers(-128, 128, (2, 16))
+    p = ex.single_mvm(cfg, w)
+    before = simulate(p, {"x": x}).outputs["y:int"]
+    with pytest.raises(ValueError, match="read-only"):
+        p.mvmu_adc_bits[:] = 2
+    p.mvmu_adc_bits = np.full(len(p.mvmu_loc), 2, np.int32)
+    want = simulate(ex.single_mvm(cfg, w, adc_bits=2), {"x": x}).outputs["y:int"]
+    assert not np.array_equal(want, before)
+    np.testing.assert_array_equal(simulate(p, {"x": x}).outputs["y:int"], want)
+    noisy = dataclasses.replace(p, config=load_config("small", ["noise.program_sigma=0.3"]))
+    assert not np.array_equal(simulate(noisy, {"x": x}).outputs["y:int"], want)
