@@ -136,12 +136,15 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
         st = prog.storage(L.output)
         for tile in cg.producer_tiles(i) | cg.readers.get(st, set()):
             cg.buffer(L.output, tile)
-        if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
-            L.generate_code(cg, i, core_em, tile_em, lay)
-        elif L.kind == "mvm":
-            _mvm_code(cg, i, L, core_em, tile_em, lay)
-        else:
-            _vfu_code(cg, i, L, core_em, tile_em)
+        try:
+            if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
+                L.generate_code(cg, i, core_em, tile_em, lay)
+            elif L.kind == "mvm":
+                _mvm_code(cg, i, L, core_em, tile_em, lay)
+            else:
+                _vfu_code(cg, i, L, core_em, tile_em)
+        except CompilerError as e:   # out of registers: say which layer asked for them
+            raise CompilerError(f"layer {L.name!r} ({L.op}): {e}") from e
 
     ports_out = []
     for o in prog.outputs:
@@ -249,7 +252,12 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
         resident = (em.gp_next - em.gp_base + widest + sum(2 * s.n for s in owned)
                     <= em.gp_size)
         consts, const_addr = {}, {}
-        shared = None if resident or not owned else em.gp(2 * widest)
+        # Re-loaded constants share one window of both; where even that does not fit
+        # beside the accumulators and tmp (wide crossbars, many strips on one core), bias
+        # and multipliers are loaded one after the other into tmp, free after the reduction.
+        split = not resident and bool(owned) and (
+            em.gp_next - em.gp_base + 3 * widest > em.gp_size)
+        shared = None if resident or split or not owned else em.gp(2 * widest)
         for s in owned:
             addr = cg.tilemem(tile).alloc(2 * s.n)
             cg.tilemem(tile).init.append((tile, addr, np.concatenate(
@@ -273,14 +281,21 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
             for st in owned:                         # reduce, requantize, store outputs
                 s, n = st.index, st.n
                 emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i)
-                if resident:
-                    r = consts[s]
+                if split:
+                    for k, fn in enumerate((Fn.ADD, Fn.MUL)):
+                        em.emit(Op.LOAD, dst=tmp, imm=const_addr[s] + k * n, vec=n, layer=i)
+                        em.emit(Op.ALU, fn=fn, dst=acc[s], src1=acc[s], src2=tmp, vec=n,
+                                layer=i)
                 else:
-                    r = shared
-                    em.emit(Op.LOAD, dst=r, imm=const_addr[s], vec=2 * n, layer=i)
-                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n, layer=i)
-                em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s], src2=r + n, vec=n,
-                        layer=i)
+                    if resident:
+                        r = consts[s]
+                    else:
+                        r = shared
+                        em.emit(Op.LOAD, dst=r, imm=const_addr[s], vec=2 * n, layer=i)
+                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n,
+                            layer=i)
+                    em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s], src2=r + n, vec=n,
+                            layer=i)
                 _emit_requant_tail(em, acc[s], n, L, i)
                 em.emit(Op.STORE, src1=acc[s], imm=st.c0, ra=pout.ireg, vec=n, count=0,
                         layer=i)
@@ -379,7 +394,8 @@ def _vfu_code(cg: Codegen, i: int, L, core_em, tile_em) -> None:
             ptr["__region"] = tag
             L.emit_body(em, ptr, const_addr, tensors, i)
         off, strides = ptr_specs[L.output]
-        _phase(cg, i, L.output, dims, off, strides, {tile: L.chunks(tensors)}, tile_em, [])
+        _phase(cg, i, L.output, dims, off, strides, {tile: L.chunks(tensors, tag)}, tile_em,
+               [])
 
 
 class _StorageView(dict):

@@ -9,6 +9,7 @@ is fixed to 1: a program computes one sample; the simulator runs a batch of them
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,10 @@ def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
         if len(dims) == 1:
             raise UnsupportedOpError(f"graph input {vi.name!r} has one axis; the compiler "
                                      f"needs the batch axis first, (N, ...), and sets N to 1")
+        if dims[0].HasField("dim_value") and dims[0].dim_value > 1:
+            warnings.warn(f"graph input {vi.name!r} has a static batch of {dims[0].dim_value}; "
+                          f"the program computes one sample (N set to 1) and the simulator "
+                          f"runs a batch of any size", stacklevel=2)
         dims[0].Clear()
         dims[0].dim_value = 1
         for k, d in enumerate(dims[1:], 1):

@@ -88,6 +88,8 @@ class LowerContext:
         else:
             t = TensorInfo(name, "vec", shape, scale, F=int(np.prod(shape)), **kw)
         self.prog.tensors[name] = t
+        if kw.get("alias_of") in self.nonneg:    # the same words: Identity, Reshape, Flatten
+            self.nonneg.add(name)
         return t
 
     def require_pad(self, name: str, pads: tuple, value: int = 0) -> None:

@@ -58,8 +58,10 @@ class VFULayer(Layer):
         dims, ptrs = self.iteration(tensors)
         return [(dims, ptrs, None)]
 
-    def chunks(self, tensors) -> list[tuple[int, int]]:
-        """Output words stored per iteration, as (offset from the out pointer, length)."""
+    def chunks(self, tensors, tag=None) -> list[tuple[int, int]]:
+        """Output words stored per iteration, as (offset from the out pointer, length);
+        ``tag``: a region's (see :meth:`regions`), for layers whose regions store different
+        words of the same pixels."""
         out = tensors[self.output]
         return chunk_list(out.C if out.kind == "map" else out.F)
 

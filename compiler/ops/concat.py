@@ -31,21 +31,40 @@ class ConcatLayer(VFULayer):
 
     rescale: list = field(default_factory=list)     # (mult, shift) per input
     bits: int = 16
+    int_registers: int = 16                         # the core's: pointers per loop nest
 
     def _offsets(self, tensors):
         sizes = [_words(tensors[n]) for n in self.inputs]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist(), sizes
 
-    def chunks(self, tensors):
+    def regions(self, tensors):
+        """One loop nest holds a pointer per input, one for the output and two registers
+        per loop level: more inputs than the core's integer registers allow (a DenseNet
+        block concatenates every earlier map) are copied in several nests, a group of
+        inputs (the tag: their index range) each."""
+        dims, ptrs = self.iteration(tensors)
+        group = max(1, self.int_registers - 2 * len(dims) - 1)
+        if len(set(self.inputs)) <= group:
+            return [(dims, ptrs, None)]
+        return [(dims, {self.output: ptrs[self.output],
+                        **{n: ptrs[n] for n in self.inputs[k0:k0 + group]}},
+                 (k0, min(k0 + group, len(self.inputs))))
+                for k0 in range(0, len(self.inputs), group)]
+
+    def _inputs_of(self, tag) -> range:
+        return range(len(self.inputs)) if tag is None else range(*tag)
+
+    def chunks(self, tensors, tag=None):
         offs, sizes = self._offsets(tensors)
-        return [(offs[k] + c0, min(CHUNK, n - c0)) for k, n in enumerate(sizes)
-                for c0 in range(0, n, CHUNK)]
+        return [(offs[k] + c0, min(CHUNK, sizes[k] - c0)) for k in self._inputs_of(tag)
+                for c0 in range(0, sizes[k], CHUNK)]
 
     def emit_body(self, em, ptr, const_addr, tensors, layer):
         offs, sizes = self._offsets(tensors)
         em.reset_gp()
         r = em.gp(CHUNK)
-        for k, name in enumerate(self.inputs):
+        for k in self._inputs_of(ptr["__region"]):
+            name = self.inputs[k]
             mult, shift = self.rescale[k]
             for c0 in range(0, sizes[k], CHUNK):
                 n = min(CHUNK, sizes[k] - c0)
@@ -108,4 +127,5 @@ def lower_concat(node, ctx):
     if all(t.name in ctx.nonneg for t in ts):
         ctx.nonneg.add(out.name)
     ctx.add(ConcatLayer(node.name, "Concat", [t.name for t in ts], out.name, node=node.name,
-                        rescale=rescale, bits=ctx.bits))
+                        rescale=rescale, bits=ctx.bits,
+                        int_registers=ctx.cfg.core.int_registers))

@@ -137,7 +137,7 @@ class GlobalAvgPoolLayer(VFULayer):
         out = tensors[self.output]
         return [], {self.output: out_pointer(out) if out.kind == "map" else (0, [])}
 
-    def chunks(self, tensors):
+    def chunks(self, tensors, tag=None):
         return chunk_list(tensors[self.inputs[0]].C)
 
     def emit_body(self, em, ptr, const_addr, tensors, layer):

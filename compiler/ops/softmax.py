@@ -66,7 +66,7 @@ class SoftmaxLayer(VFULayer):
     def _K(self) -> int:
         return min(self.N, self.blk * max(1, CHUNK // self.blk))
 
-    def chunks(self, tensors=None):
+    def chunks(self, tensors=None, tag=None):
         K = self._K()
         return [(o, min(K, self.N - o)) for o in range(0, self.N, K)]
 

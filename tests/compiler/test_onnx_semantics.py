@@ -511,6 +511,14 @@ def test_graph_input_without_a_batch_axis_is_refused():
         compile_model(m, CFG)
 
 
+def test_a_static_batch_other_than_one_is_named_when_reset():
+    """An export at batch 4 compiles to a one-sample program; it used to say nothing."""
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (4, 8), ["y"])
+    with pytest.warns(UserWarning, match="graph input 'x' has a static batch of 4"):
+        prog = compile_model(m, CFG, calibration={"x": _w(4, 8)})
+    assert prog.inputs[0].shape == (8,)      # one sample: the batch axis is the run's
+
+
 def test_duplicate_node_names_are_refused():
     """Batch-norm folding and fusion key nodes by name: two nodes named 'c' mangled the
     graph."""
@@ -527,3 +535,97 @@ def test_unnamed_node_is_not_named_like_a_named_one():
     m = _model([helper.make_node("Relu", ["x"], ["r"], name="Gemm_y"),
                 helper.make_node("Gemm", ["r", "w"], ["y"])], {"w": _w(8, 4)}, (1, 8), ["y"])
     _check(m, (1, 8))
+
+
+@pytest.mark.parametrize("gamma", [1e-3, 1e-5])
+def test_a_channel_scaled_far_below_the_rest_keeps_its_bias(gamma):
+    """A batch-norm channel with a tiny gamma folds into tiny weights and a bias of beta.
+    The columns share one requantization shift, so that column's multiplier was 5 or 0 and
+    the chip gave 0.456 or 0.000 for onnxruntime's 0.5."""
+    c = 3
+    bn = {"g": np.array([1.0, gamma, 0.8], np.float32),
+          "b": np.array([0.1, 0.5, -0.2], np.float32),
+          "m": np.zeros(c, np.float32), "v": np.ones(c, np.float32)}
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"])],
+               {"w": _w(c, 2, 3, 3), **bn}, (1, 2, 4, 4), ["y"])
+    x = RNG.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    rep = simulate(compile_model(m, CFG, calibration={"x": x}), {"x": x})
+    np.testing.assert_allclose(rep.outputs["y"][:, 1], run_onnxruntime(m, {"x": x})["y"][:, 1],
+                               rtol=5e-3)
+    _check(m, (1, 2, 4, 4), tol=2e-3)
+
+
+@pytest.mark.parametrize("qdq", [True, False])
+def test_a_column_scaled_far_below_the_rest_is_requantized_coarser(qdq):
+    """That column's integers move to the floored scale (fewer levels, the same values to
+    within its step), each nonzero staying nonzero: the compiler packs the rows that hold
+    one, so an emptied row would move later rows into other crossbars (past a TinyADC
+    bound). The other columns keep theirs."""
+    from compiler.quantize import SCALE_RANGE, quantize_weight
+    q = RNG.integers(-127, 128, (64, 3))
+    q[::4, 1] = RNG.choice([-3, -1, 1, 2], 16)          # small enough to round to 0
+    q[::7, 1] = 0
+    s = np.array([1e-2, 1e-5, 5e-3])
+    qi, si = quantize_weight(q * s, 8, (q, s) if qdq else None)
+    if qdq:
+        np.testing.assert_array_equal(qi[:, [0, 2]], q[:, [0, 2]])
+        assert (si[[0, 2]] == s[[0, 2]]).all()
+    assert si[1] == si.max() / SCALE_RANGE
+    np.testing.assert_array_equal(np.sign(qi[:, 1]), np.sign(q[:, 1]))
+    big = np.abs(q[:, 1] * s[1]) >= si[1] / 2
+    assert big.sum() > 30 and (~big & (q[:, 1] != 0)).sum() >= 10
+    assert np.abs(qi[big, 1] * si[1] - q[big, 1] * s[1]).max() <= si[1] / 2 + 1e-12
+
+
+@pytest.mark.parametrize("mid", ["Identity", "Dropout"])
+def test_an_identity_after_relu_keeps_it_non_negative(mid):
+    """MaxPool (border -inf, or 0 for a ReLU output) and a padded Conv (border 0) read the
+    same tensor; through an Identity the ReLU's sign was forgotten and the graph refused."""
+    m = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node(mid, ["r"], ["i"]),
+                helper.make_node("MaxPool", ["i"], ["p"], kernel_shape=[3, 3],
+                                 pads=[1, 1, 1, 1]),
+                helper.make_node("Conv", ["i", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Add", ["p", "c"], ["y"])], {"w": _w(2, 2, 3, 3)},
+               (1, 2, 5, 5), ["y"])
+    _check(m, (1, 2, 5, 5), tol=1e-3)
+
+
+def test_wide_crossbars_reload_bias_and_multipliers_through_tmp():
+    """200 -> 1536 on 256 x 256 crossbars: six 256-wide strips' accumulators, tmp and a
+    shared 512-word window for re-loaded constants needed 2304 of puma's 2048 registers."""
+    cfg = load_config("puma", ["adc.bits=none", "xbar.rows=256", "xbar.cols=256"])
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"w": _w(200, 1536)}, (1, 200),
+               ["y"])
+    x = RNG.standard_normal((2, 200)).astype(np.float32)
+    prog, lp, _ = compile_model(m, cfg, calibration={"x": x}, return_ir=True)
+    rep = simulate(prog, {"x": x})
+    np.testing.assert_array_equal(rep.outputs["y:int"],
+                                  run_integer_reference(lp, {"x": x})["y:int"])
+    want = run_onnxruntime(m, {"x": x})["y"]
+    assert np.linalg.norm(rep.outputs["y"] - want) / np.linalg.norm(want) < 1e-3
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3, 3), (1, 5)])
+def test_a_concat_of_more_inputs_than_integer_registers(shape):
+    """A DenseNet block concatenates every earlier map in one node: 25 inputs need 25
+    pointers, and the core has 16 integer registers (12 maps were refused). Each input is
+    scaled differently, so every group rescales on the way."""
+    k = 25
+    nodes = [helper.make_node("Mul", ["x", f"k{i}"], [f"r{i}"]) for i in range(k)]
+    inits = {f"k{i}": np.array(0.5 + i, np.float32) for i in range(k)}
+    nodes.append(helper.make_node("Concat", [f"r{i}" for i in range(k)] + ["r3"], ["y"],
+                                  axis=1))
+    _check(_model(nodes, inits, shape, ["y"]), shape, tol=1e-3)
+
+
+def test_running_out_of_registers_names_the_layer():
+    """A Sum reads all its inputs in one loop nest: 12 maps need more than 16 integer
+    registers; the error said only which core."""
+    nodes = [helper.make_node("Mul", ["x", f"k{i}"], [f"r{i}"]) for i in range(12)]
+    nodes.append(helper.make_node("Sum", [f"r{i}" for i in range(12)], ["y"], name="many"))
+    m = _model(nodes, {f"k{i}": np.array(0.5 + i, np.float32) for i in range(12)},
+               (1, 2, 3, 3), ["y"])
+    with pytest.raises(CompilerError, match=r"layer 'many' \(Sum\): tile \d+ core \d+: out of "
+                                            r"integer registers \(16; raise core.int_reg"):
+        compile_model(m, CFG)
