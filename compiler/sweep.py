@@ -574,9 +574,11 @@ def _run_ray(jobs, workers, address):
     except ImportError as e:
         raise SweepError("--executor ray: ray is not installed (pip install 'ray[default]'); "
                          "use --executor local or --executor dask") from e
-    with _pinned_env():
-        ray.init(address=address or None, num_cpus=None if address else workers,
-                 ignore_reinit_error=True, log_to_driver=False)
+    ours = not ray.is_initialized()     # a session the caller started stays theirs
+    if ours:
+        with _pinned_env():
+            ray.init(address=address or None, num_cpus=None if address else workers,
+                     log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=1)(evaluate_point)
         refs_of_data: dict[int, Any] = {}
@@ -595,7 +597,8 @@ def _run_ray(jobs, workers, address):
                 except Exception as e:  # noqa: BLE001 -- a worker died
                     yield i, _crashed(e)
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
 
 
 def _crashed(e: BaseException) -> dict:
@@ -648,7 +651,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     stored failed points. ``dask_processes``: False runs a LocalCluster's workers as threads.
     ``overrides`` resolve with each point's values: a combination that is invalid makes that
     point a failed row (and a SweepError when no point is valid).
-    The table's ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts,
+    The table names the ``preset`` (its name) and, where given, the ``overrides`` (``set``,
+    space separated) in each row. Its ``attrs`` hold ``computed``, ``cached`` and ``failed`` counts,
     ``unstored``: failed points that were accidents (a crashed worker), retried next run,
     and ``grid``: the grid's keys.
     """
@@ -777,8 +781,10 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     for e, (pt, *_), key in slots:
         r = done.get(key) or failed_now.get(key) or {"status": "failed",
                                                      "error": "not computed"}
-        row = {"model": e.label, "data": e.data_name, "samples":
-               len(next(iter(e.data["inputs"].values()))) if e.data else None}
+        row = {"model": e.label, "data": e.data_name, "preset": base.name}
+        if fixed:     # what every point started from besides the preset, as given
+            row["set"] = " ".join(fixed)
+        row["samples"] = len(next(iter(e.data["inputs"].values()))) if e.data else None
         row.update(pt)
         row.update({c: r.get(c) for c in METRIC_COLUMNS})
         row.update({k: v for k, v in r.items() if k not in row and k not in WALL_COLUMNS

@@ -80,7 +80,9 @@ def _no_wall(df):
 def test_local_sweep_table(local_run):
     df, out = local_run
     assert len(df) == N_POINTS and (df["status"] == "ok").all(), df[["status", "error"]]
-    assert list(df.columns[:5]) == ["model", "data", "samples", "xbar.rows", "adc.bits"]
+    assert list(df.columns[:6]) == ["model", "data", "preset", "samples", "xbar.rows",
+                                    "adc.bits"]
+    assert (df["preset"] == "puma").all()
     assert list(df["model"].unique()) == ["mlp", "cnn"]
     # grid order whatever order the points finished in
     assert list(df["xbar.rows"][:9]) == [32] * 3 + [64] * 3 + [128] * 3
@@ -109,10 +111,21 @@ def test_dask_gives_the_same_table(local_run, model_files, tmp_path):
 
 
 def test_ray_gives_the_same_table(local_run, model_files, tmp_path):
-    # ray is optional (pip install 'ray[default]'); a local one is started for the run
-    pytest.importorskip("ray", reason="ray is not installed: the Ray executor is untested here")
+    # ray is optional (pip install 'ray[default]'); a local one is started for the run and
+    # shut down after it, while a session the caller started is used and left running
+    ray = pytest.importorskip("ray", reason="ray is not installed: the Ray executor is "
+                                            "untested here")
     df = run_sweep(model_files, GRID, tmp_path / "res.csv", data="random", samples=SAMPLES,
                    executor="ray", workers=2, progress=False)
+    pd.testing.assert_frame_equal(_no_wall(df), _no_wall(local_run[0]))
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        df = run_sweep(model_files, GRID, tmp_path / "res2.csv", data="random",
+                       samples=SAMPLES, executor="ray", workers=2, progress=False)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
     pd.testing.assert_frame_equal(_no_wall(df), _no_wall(local_run[0]))
 
 
@@ -374,6 +387,7 @@ def test_set_overrides_resolve_with_each_point(model_files, tmp_path, inline):
                    overrides=["xbar.active_rows=200"], workers=1, progress=False)
     assert list(df["status"]) == ["failed", "ok"]
     assert "xbar.active_rows = 200: must be <= xbar.rows = 128" in df["error"][0]
+    assert list(df["set"]) == ["xbar.active_rows=200"] * 2      # the table says so
     with pytest.raises(SweepError, match=r"no point of the sweep has a valid config; the "
                                          r"first \(xbar.rows=64 xbar.cols=64\): xbar.active"):
         run_sweep([model_files[0]], ["xbar.rows=xbar.cols=64,128"], tmp_path / "r2.csv",
@@ -403,7 +417,8 @@ def test_none_is_labelled_by_its_key_and_int_axes_stay_ints(model_files, tmp_pat
     df = run_sweep([model_files[0]], ["xbar.active_rows=none,32"], out, workers=1,
                    progress=False)
     assert str(df["xbar.active_rows"].dtype) == "Int64"
-    assert [line.split(",")[3] for line in out.read_text().splitlines()[1:]] == ["", "32"]
+    col = out.read_text().splitlines()[0].split(",").index("xbar.active_rows")
+    assert [line.split(",")[col] for line in out.read_text().splitlines()[1:]] == ["", "32"]
     assert list(pd.read_parquet(out.with_suffix(".parquet"))["xbar.active_rows"].fillna(0)) \
         == [0, 32]
     assert [p.name for p in plot_results(df, tmp_path / "plots")] == [
