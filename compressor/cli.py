@@ -87,6 +87,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from simulator.errors import ConfigError
 
     from .errors import CompressionError
+    checkpoints = _checkpoint_times(args)     # to name only what this run saves
     try:
         return _compress(args)
     except (CompressionError, ModelError, ConfigError) as e:
@@ -96,16 +97,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        try:
-            saved = [c for c in (_ckpt(p) for _, p in _outputs(args)) if c.is_file()]
-        except ValueError:  # interrupted before the output path was checked
-            saved = []
+        saved = [c for c, t in _checkpoint_times(args).items()
+                 if t is not None and t != checkpoints.get(c)]
         again = ("the command again without --no-resume" if args.no_resume
                  else "the same command again")
         print(f"interrupted; progress is checkpointed in {', '.join(map(str, saved))}: run "
               f"{again} to resume" if saved else
               "interrupted before anything was checkpointed", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _checkpoint_times(args) -> dict:
+    """``{checkpoint path: its modification time, None where absent}`` of the run's
+    checkpoints."""
+    try:
+        paths = [_ckpt(p) for _, p in _outputs(args)]
+    except ValueError:  # no usable output path: nothing is checkpointed
+        return {}
+    return {c: c.stat().st_mtime_ns if c.is_file() else None for c in paths}
 
 
 def _compress(args) -> int:
@@ -202,9 +211,10 @@ def _warn_if_untrained(accuracy: float, labels, model: str) -> None:
     classes = int(labels.max()) + 1 if len(labels) else 1
     if classes > 1 and accuracy < 1.5 / classes:
         print(f"warning: the dense {model!r} scores {accuracy:.1%} before compression, about "
-              f"chance for {classes} classes: it is untrained. Train it first (--pretrain N, "
-              f"or a recipe's pretrain epochs) or start from trained weights (a .pt, or a "
-              f"shipped pretrained model such as lenet5_fmnist)", file=sys.stderr)
+              f"chance for {classes} classes: untrained, or trained on other data. Train it "
+              f"on this data first (--pretrain N, or a recipe's pretrain epochs) or start "
+              f"from weights trained on it (a .pt, or the shipped lenet5_fmnist for "
+              f"fashion-mnist)", file=sys.stderr)
 
 
 def _dense_after_pretrain(res, start):
@@ -302,6 +312,10 @@ def _check_paths(args) -> None:
         raise CompressionError(f"-o {args.output}: .ckpt is the run's checkpoint "
                                f"({_ckpt(out).name}); name the ONNX file .onnx")
     runs = _outputs(args)
+    for _, p in runs:
+        if _ckpt(p).is_dir():
+            raise CompressionError(f"{_ckpt(p)}: a folder is there, where the run keeps its "
+                                   f"checkpoint; choose another -o")
     files = {p.resolve(): f"{m} output" for m, p in runs}
     files.update({_ckpt(p).resolve(): f"{m} checkpoint" for m, p in runs})
     model = Path(args.model)
@@ -310,11 +324,15 @@ def _check_paths(args) -> None:
                # xbarsim train's checkpoint beside its .pt: resuming it is worth keeping
                model.with_suffix(".ckpt").resolve(): "input model's training checkpoint"}
               if model.suffix == ".pt" else {})
-    recipe, data = Path(args.recipe), Path(args.data)
+    from models.data import data_files
+    from models import demo
+    if args.model in demo.PRETRAINED and not args.arch:
+        inputs.update({(demo.PRETRAINED_DIR / f"{args.model}.{k}").resolve():
+                       "shipped pretrained model" for k in ("pt", "onnx", "json")})
+    recipe = Path(args.recipe)
     if recipe.is_file():
         inputs[recipe.resolve()] = "recipe file"
-    if data.is_file():
-        inputs[data.resolve()] = "data file"
+    inputs.update({p.resolve(): "data file" for p in data_files(args.data)})
     for p in files:
         if p in inputs:
             raise CompressionError(f"{p}: is the {inputs[p]}; the output would overwrite "
@@ -342,6 +360,10 @@ def _load_model(args, train, test):
     from .errors import CompressionError
     name = args.model
     if name in PRETRAINED and not args.arch:
+        if args.opt:
+            raise CompressionError(f"--opt {' '.join(args.opt)}: {name} is a shipped trained "
+                                   f"model with fixed options; --opt applies to zoo names "
+                                   f"and state dicts")
         return load_pretrained(name)
     path = Path(name)
     arch, options = args.arch, _parse_options(args.opt)

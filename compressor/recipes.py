@@ -193,10 +193,11 @@ class Recipe:
         """Every training stage that runs at all runs ``n`` epochs (ADMM: per round; ``keep:
         average`` averages at most all ``n``)."""
         _check_int(n, "epochs", 1)
+        average = (min(n, self.retrain.average_epochs) if self.retrain.keep == "average"
+                   else self.retrain.average_epochs)
         return replace(self, admm=replace(self.admm, epochs_per_round=n),
-                       retrain=replace(self.retrain, epochs=n, average_epochs=min(
-                           n, self.retrain.average_epochs) if self.retrain.keep == "average"
-                           else self.retrain.average_epochs),
+                       retrain=replace(self.retrain, epochs=n if self.retrain.epochs else 0,
+                                       average_epochs=average),
                        pretrain=replace(self.pretrain,
                                         epochs=n if self.pretrain.epochs else 0))
 
@@ -363,10 +364,14 @@ def parse_recipe(data, default_name: str = "recipe") -> Recipe:
         raise CompressionError(f"recipe.layers={raw_layers!r}: must be a non-empty list of "
                                f"rules (match: + sparsity: and/or quant:)")
     rules = tuple(_rule(r, f"recipe.layers[{i}]", geometry) for i, r in enumerate(raw_layers))
-    name = top.get("name", default_name)
+    name, description = top.get("name", default_name), top.get("description", "")
+    for key, v in (("name", name), ("description", description)):
+        # text (a number reads as its digits); it goes into the fingerprint and the metadata
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise CompressionError(f"recipe.{key}={v!r}: must be text")
     return Recipe(name=str(name), layers=rules, geometry=geometry, admm=admm,
                   retrain=stages["retrain"], pretrain=stages["pretrain"], distill=distill,
-                  batch_size=batch_size, seed=seed, description=str(top.get("description", "")))
+                  batch_size=batch_size, seed=seed, description=str(description))
 
 
 def _rule(raw, where: str, geom: CrossbarGeometry) -> LayerRule:

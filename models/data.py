@@ -222,6 +222,24 @@ def load(spec: str | os.PathLike, split: str = "train",
                     f"or train/test .npz files, or an .npz file")
 
 
+def data_files(spec: str | os.PathLike) -> list[Path]:
+    """Every file :func:`load` may read for ``spec`` (whether or not it exists): what an
+    output path must not overwrite."""
+    name = str(spec)
+    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        path = FASHION_MNIST_DIR
+    elif name.lower() == "digits":
+        return []
+    else:
+        path = Path(spec)
+    if path.suffix == ".npz" or not path.is_dir():
+        return [path]
+    stems = [f"{prefix}-{kind}-ubyte" for prefix in _IDX_PREFIX.values()
+             for kind in ("images-idx3", "labels-idx1")]
+    return ([path / f"{split}.npz" for split in _IDX_PREFIX]
+            + [path / n for stem in stems for n in (stem, f"{stem}.gz")])
+
+
 #: Classes of the built-in data sets, whatever subset ``limit`` takes.
 BUILTIN_CLASSES = {"fashion-mnist": 10, "fashion_mnist": 10, "fmnist": 10, "digits": 10}
 

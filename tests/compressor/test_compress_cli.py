@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -155,6 +156,9 @@ def test_opset_without_per_channel_dequantize_is_refused_before_training(recipe,
     (["mlp", "--recipe", "{recipe}", "--replicate", "0"], "--replicate=0: must be >= 1"),
     (["mlp", "--recipe", "{bad}"], "recipe.layers[0].sparsity.keep=2: must be a fraction in (0, 1]"),
     (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
+    # ignored before: a shipped trained model has its options
+    (["lenet5_fmnist", "--recipe", "{recipe}", "--opt", "width=2"],
+     "--opt width=2: lenet5_fmnist is a shipped trained model with fixed options"),
     (["mlp", "--recipe", "{recipe}", "--preset", "small", "--set", "xbar.rows=0"], "xbar.rows"),
     (["mlp", "--recipe", "{tiny}", "--preset", "small"],
      "--preset small: on these crossbars recipe.layers[0].sparsity.n=32: nonzeros per column "
@@ -252,7 +256,7 @@ def test_an_untrained_model_is_named_before_its_numbers_are_read(tmp_path, recip
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
                      "--limit", 200, "--pretrain", 0, "--epochs", 1, "-q", "--no-hw")
     assert rc == 0, err
-    assert "warning: the dense 'mlp' scores" in err and "it is untrained" in err
+    assert "warning: the dense 'mlp' scores" in err and "untrained, or trained on other" in err
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
                      tmp_path / "b.onnx", "--limit", 200, "-q", "--no-hw")
     assert rc == 0 and "untrained" not in err
@@ -345,3 +349,46 @@ def test_outputs_never_overwrite_the_recipe_or_the_data(tmp_path, recipe, capsys
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", *out,
                      flag, recipe, "--epochs", 1, "--limit", 100, "-q", "--no-hw")
     assert rc == 2 and "recipe file" in err and recipe.read_text() == before
+
+
+def test_outputs_never_overwrite_a_data_folders_files_or_the_shipped_model(tmp_path, recipe,
+                                                                          capsys, monkeypatch):
+    """-o naming test.npz in the --data folder replaced it after training; -o naming the
+    shipped lenet5_fmnist.pt replaced it with ONNX bytes; a folder named like the
+    checkpoint failed only at the first save."""
+    from models import demo
+    data = tmp_path / "d"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        np.savez(data / f"{split}.npz", x=rng.random((20, 1, 8, 8), np.float32),
+                 y=rng.integers(0, 10, 20))
+    before = (data / "test.npz").read_bytes()
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", data, "-o",
+                     data / "test.npz", "-q")
+    assert rc == 2 and "test.npz: is the data file" in err
+    assert (data / "test.npz").read_bytes() == before
+    shipped = tmp_path / "pre"
+    shipped.mkdir()
+    monkeypatch.setattr(demo, "PRETRAINED_DIR", shipped)
+    rc, _, err = run(capsys, "lenet5_fmnist", "--recipe", recipe, "-o",
+                     shipped / "lenet5_fmnist.pt", "-q")
+    assert rc == 2 and "lenet5_fmnist.pt: is the shipped pretrained model" in err
+    (tmp_path / "x.ckpt").mkdir()
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "-o", tmp_path / "x.onnx", "-q")
+    assert rc == 2 and "x.ckpt: a folder is there" in err
+
+
+def test_an_interrupt_names_only_checkpoints_this_run_wrote(tmp_path, recipe, capsys,
+                                                            monkeypatch):
+    """A checkpoint left by another run was named as this run's progress, and following
+    the advice then met 'from another recipe'."""
+    import models.data
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(models.data, "load_splits", interrupt)
+    (tmp_path / "x.ckpt").write_bytes(b"another run's checkpoint")
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "-o", tmp_path / "x.onnx",
+                     "--no-resume", "-q")
+    assert rc != 0 and err.strip() == "interrupted before anything was checkpointed"

@@ -66,6 +66,10 @@ def test_good_recipe_round_trips_and_first_rule_wins():
     layers = r2.resolve(tiny_model())
     assert list(layers) == ["2"] and layers["2"].quant.bits == 8  # "0" left dense
     assert r.with_epochs(3).admm.epochs_per_round == 3 and r.with_epochs(3).retrain.epochs == 3
+    # --epochs shortens the stages that run; it does not start one the recipe switched off
+    off = parse_recipe({**GOOD, "retrain": {"epochs": 0}})
+    assert off.with_epochs(3).retrain.epochs == 0
+    assert parse_recipe({**GOOD, "name": 2024}).name == "2024"
 
 
 def test_ramp_rounds_round_trips_and_its_default_keeps_old_fingerprints():
@@ -100,6 +104,9 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
 
 
 @pytest.mark.parametrize("path,value,match", [
+    # these became the text "None" / "['a']" in the fingerprint and the ONNX metadata
+    (("name",), None, r"recipe.name=None: must be text"),
+    (("description",), {"a": 1}, r"recipe.description=\{'a': 1\}: must be text"),
     (("layers", 0, "sparsity", "keep"), 0.0, r"recipe.layers\[0\].sparsity.keep=0.0: must be a fraction in \(0, 1\]"),
     (("layers", 0, "sparsity", "keep"), 1.2, r"sparsity.keep=1.2"),
     (("layers", 0, "sparsity", "keep"), "half", r"sparsity.keep='half'"),
