@@ -71,6 +71,7 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
                                          if pl.bands else ""))
     prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
     prog.mapping["cores"] = len(prog.cores_used())    # the report's count, code included
+    prog.mapping["tiles"] = len(prog.tiles_used())    # placement may skip tiles
     say(f"generate: {prog.n_instructions} instructions")
     return (prog, lp, graph) if return_ir else prog
 

@@ -167,8 +167,8 @@ def cmd_compile(args) -> int:
     prog.save(args.output)
     m = prog.mapping
     print(f"compiled {args.model} -> {args.output}: {m.get('crossbars', '?')} crossbars, "
-          f"{m.get('cores', '?')} cores, {prog.n_tiles} tiles, {prog.n_instructions} "
-          f"instructions")
+          f"{m.get('cores', '?')} cores, {m.get('tiles', prog.n_tiles)} tiles, "
+          f"{prog.n_instructions} instructions")
     return 0
 
 

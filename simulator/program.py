@@ -178,6 +178,33 @@ class Program:
                  if not np.isin(code["op"], idle).all()}
         return used
 
+    def tiles_used(self, routes: bool = False) -> set[int]:
+        """Tiles the program uses (their eDRAM is charged): one with a working core or
+        control unit, memory it preloads, or a tensor the host writes or reads. Placement
+        fills tiles in snake order over the mesh, so tiles below the highest index used may
+        hold nothing. ``routes``: also the tiles whose router only passes a message on its
+        XY route (their routers are charged)."""
+        idle = [int(Op.HLT), int(Op.NOP)]
+        used = {t for t, _ in self.cores_used()}
+        used |= {t for t, code in enumerate(self.tile_code)
+                 if not np.isin(code["op"], idle).all()}
+        used |= {int(t) for t, *_ in self.mem_init}
+        used |= {p.tile for p in self.inputs + self.outputs}
+        if not routes:
+            return used
+        width = self.config.node.mesh_width
+        for src, code in enumerate(self.tile_code):
+            for dst in np.unique(code["peer"][code["op"] == int(Op.SEND)]).tolist():
+                x, y = src % width, src // width      # XY routing, as the NoC model's
+                x1, y1 = dst % width, dst // width
+                while (x, y) != (x1, y1):
+                    if x != x1:
+                        x += 1 if x1 > x else -1
+                    else:
+                        y += 1 if y1 > y else -1
+                    used.add(y * width + x)
+        return used
+
     @property
     def n_instructions(self) -> int:
         return sum(len(c) for c in self.core_code) + sum(len(c) for c in self.tile_code)

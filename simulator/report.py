@@ -257,7 +257,8 @@ def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
 
 
 def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
-    """Area (mm^2) of the hardware the program uses, and the number of cores used.
+    """Area (mm^2) of the hardware the program uses, and the number of cores used: the
+    eDRAM of the tiles used, the routers of those and of the tiles messages pass through.
     ``part_area``: :func:`mvmu_costs`' areas, where the caller has them."""
     cfg = prog.config
     cores_used = prog.cores_used()
@@ -268,8 +269,8 @@ def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
     area |= {
         "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
         "core_other": len(cores_used) * (T["core_regs_area_mm2"] + T["core_control_area_mm2"]),
-        "edram": prog.n_tiles * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
-        "router": prog.n_tiles * T["router_area_mm2"],
+        "edram": len(prog.tiles_used()) * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
+        "router": len(prog.tiles_used(routes=True)) * T["router_area_mm2"],
     }
     area["total"] = float(sum(area.values()))
     return area, len(cores_used)
@@ -304,7 +305,8 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     part_area, adc_leak_mw, bits = mvmu_costs(prog)
     # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's),
     # in proportion to its capacity as its area is
-    leak_mw = float(adc_leak_mw.sum()) + (prog.n_tiles * costs.TABLE["edram_leak_mw"]
+    tiles_used = len(prog.tiles_used())
+    leak_mw = float(adc_leak_mw.sum()) + (tiles_used * costs.TABLE["edram_leak_mw"]
                                            * cfg.tile.edram_kb / 64)
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
@@ -348,7 +350,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     return Report(
         latency_cycles=latency, latency_s=latency_ns * 1e-9, energy_j=total, area_mm2=area,
         crossbars=n_mvmu * cfg.arrays * cfg.slices, mvmus=n_mvmu, cores=cores_used,
-        tiles=prog.n_tiles, mvm_ops=int(count_tot[C_MVM]),
+        tiles=tiles_used, mvm_ops=int(count_tot[C_MVM]),
         adc_conversions=int(count_tot[C_ADC]), instructions=prog.n_instructions,
         instructions_executed=int(count_tot[C_INSTR]), layers=layers,
         counters={n: int(v) for n, v in zip(COUNTER_NAMES, count_tot)} | {

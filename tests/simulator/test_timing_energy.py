@@ -282,6 +282,56 @@ def test_two_messages_on_one_link_take_turns(flit_words, spacing):
     assert sends[1] - sends[0] == 3 and recvs[1] - recvs[0] == spacing
 
 
+def test_tiles_placement_skips_are_not_charged():
+    """On a 2 x 2 mesh placement fills tiles 0, 1, 3 (snake order), leaving tile 2 empty
+    below the highest index; its eDRAM, router and eDRAM leakage were charged."""
+    from onnx import TensorProto, helper, numpy_helper
+    from compiler import compile_model
+    from simulator import costs
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i, (k, n) in enumerate(((20, 40), (40, 10))):
+        inits += [numpy_helper.from_array(rng.standard_normal((n, k)).astype(np.float32)
+                                          * 0.1, f"w{i}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}"], [f"h{i}"], transB=1))
+        prev = f"h{i}"
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 20])], [helper.make_tensor_value_info(
+            prev, TensorProto.FLOAT, [1, 10])], inits)
+    cfg = load_config("small")
+    prog = compile_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]),
+                         cfg)
+    used = prog.tiles_used()
+    assert prog.n_tiles == 4 and used == {0, 1, 3} and prog.tiles_used(routes=True) == used
+    rep = simulate(prog, values=False)
+    T = costs.TABLE
+    assert rep.tiles == 3 == prog.mapping["tiles"]
+    assert rep.area_mm2["edram"] == pytest.approx(3 * T["edram_area_mm2"]
+                                                  * cfg.tile.edram_kb / 64)
+    assert rep.area_mm2["router"] == pytest.approx(3 * T["router_area_mm2"])
+
+
+def test_a_router_a_message_passes_through_is_charged_and_its_edram_is_not():
+    """Tile 0 sends to tile 3 on a 2 x 2 mesh: XY routing passes tile 1's router."""
+    from simulator.isa import assemble, instr
+    from simulator.program import Program, TensorPort
+    cfg = load_config("small")
+    send = assemble([instr(Op.SEND, imm=0, vec=16, peer=3, layer=0), instr(Op.HLT)])
+    recv = assemble([instr(Op.RECV, imm=0, vec=16, peer=0, count=0, layer=0), instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=4, core_code=[ex.EMPTY] * (4 * cfg.tile.cores),
+                   tile_code=[send, ex.EMPTY, ex.EMPTY, recv],
+                   mem_init=[(0, 0, np.arange(16), 0)], layers=[{"name": "x", "op": "Copy"}],
+                   outputs=[TensorPort("y", 3, 0, (16,), 1.0)])
+    assert prog.tiles_used() == {0, 3} and prog.tiles_used(routes=True) == {0, 1, 3}
+    from simulator import costs
+    rep = simulate(prog, None)
+    T = costs.TABLE
+    assert rep.area_mm2["router"] == pytest.approx(3 * T["router_area_mm2"])
+    assert rep.area_mm2["edram"] == pytest.approx(2 * T["edram_area_mm2"]
+                                                  * cfg.tile.edram_kb / 64)
+    assert rep.tiles == 2 and rep.outputs["y:int"][0].tolist() == list(range(16))
+
+
 def test_cores_that_only_halt_are_not_charged():
     """The compiler ends every core's stream with hlt, idle cores' too; those counted as
     used, charging their VFU and control area (3 of LeNet-5's 8 cores on puma)."""
