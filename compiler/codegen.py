@@ -282,20 +282,21 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
                 s, n = st.index, st.n
                 emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i)
                 if split:
-                    for k, fn in enumerate((Fn.ADD, Fn.MUL)):
-                        em.emit(Op.LOAD, dst=tmp, imm=const_addr[s] + k * n, vec=n, layer=i)
-                        em.emit(Op.ALU, fn=fn, dst=acc[s], src1=acc[s], src2=tmp, vec=n,
-                                layer=i)
+                    r = tmp
+                    em.emit(Op.LOAD, dst=tmp, imm=const_addr[s], vec=n, layer=i)
+                elif resident:
+                    r = consts[s]
                 else:
-                    if resident:
-                        r = consts[s]
-                    else:
-                        r = shared
-                        em.emit(Op.LOAD, dst=r, imm=const_addr[s], vec=2 * n, layer=i)
-                    em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n,
-                            layer=i)
-                    em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s], src2=r + n, vec=n,
-                            layer=i)
+                    r = shared
+                    em.emit(Op.LOAD, dst=r, imm=const_addr[s], vec=2 * n, layer=i)
+                em.emit(Op.ALU, fn=Fn.ADD, dst=acc[s], src1=acc[s], src2=r, vec=n, layer=i)
+                if L.pre_shift:
+                    em.emit(Op.ALUI, fn=Fn.SHR, dst=acc[s], src1=acc[s], imm=L.pre_shift,
+                            vec=n, layer=i)
+                if split:
+                    em.emit(Op.LOAD, dst=tmp, imm=const_addr[s] + n, vec=n, layer=i)
+                em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s],
+                        src2=tmp if split else r + n, vec=n, layer=i)
                 _emit_requant_tail(em, acc[s], n, L, i)
                 em.emit(Op.STORE, src1=acc[s], imm=st.c0, ra=pout.ireg, vec=n, count=0,
                         layer=i)

@@ -113,13 +113,16 @@ class MVMLayer(Layer):
     ``weight``: integer matrix (K, N); row k is input word ``rows_offset[k]`` relative to the
     pixel's base address (conv) or memory word k (fc); column n is output channel n.
     Requantization: acc -> clip((acc * mult[n] + 2**(shift-1)) >> shift, out_bits), then
-    ``act`` (None | "relu"), then ``lo``/``hi`` bounds (fused Clip)."""
+    ``act`` (None | "relu"), then ``lo``/``hi`` bounds (fused Clip). With wide words, where
+    ``acc * mult`` could leave int64, ``acc`` is first shifted right (rounding) by
+    ``pre_shift`` and ``shift`` is what remains."""
 
     weight: np.ndarray = None
     bias: np.ndarray = None         # (N,) int64 at scale in_scale * w_scale
     mult: np.ndarray = None         # (N,) int64
     shift: int = 0
     out_bits: int = 16
+    pre_shift: int = 0
     act: str | None = None
     lo: int | None = None
     hi: int | None = None
@@ -155,6 +158,8 @@ class MVMLayer(Layer):
         return (y * t_in.Wp + x) * t_in.C
 
     def requant(self, acc: np.ndarray) -> np.ndarray:
+        if self.pre_shift:
+            acc = (acc + (1 << (self.pre_shift - 1))) >> self.pre_shift
         return requantize(acc, self.mult, self.shift, self.out_bits, self.act, self.lo, self.hi)
 
     def reference(self, ins, tensors):

@@ -37,11 +37,19 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
     mult, shift = multiplier(s_x * w_scale / s_y)
+    # |acc + bias| * mult must fit int64 (the VFU multiplies before it shifts): with wide
+    # words it may not, and the product wrapped to the other sign. Shift the sum first by
+    # what is missing; at 24-bit words that rounds below 1e-5 of an output step.
+    top = np.abs(w_int).sum(axis=0) * 2.0 ** (ctx.bits - 1) + np.abs(bias_int)
+    need = float(np.max(top * mult, initial=0.0))
+    pre_shift = min(shift, max(0, int(np.ceil(np.log2(need))) - 62)) if need > 0 else 0
+    shift -= pre_shift
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
     if clipped_nonneg(lo, hi, act == "relu"):
         ctx.nonneg.add(out_name)
     layer = MVMLayer(node.name, node.op_type, [t_in.name], t_out.name, node=node.name,
                      weight=w_int, bias=bias_int, mult=mult, shift=shift,
-                     out_bits=ctx.bits, act=act, lo=lo, hi=hi, w_scale=w_scale, **geometry)
+                     out_bits=ctx.bits, pre_shift=pre_shift, act=act, lo=lo, hi=hi,
+                     w_scale=w_scale, **geometry)
     return ctx.add(layer)

@@ -517,6 +517,9 @@ def test_a_static_batch_other_than_one_is_named_when_reset():
     with pytest.warns(UserWarning, match="graph input 'x' has a static batch of 4"):
         prog = compile_model(m, CFG, calibration={"x": _w(4, 8)})
     assert prog.inputs[0].shape == (8,)      # one sample: the batch axis is the run's
+    # the reference runs it a sample at a time too (onnxruntime refused a batch of 1)
+    x = _w(3, 8)
+    np.testing.assert_array_equal(run_onnxruntime(m, {"x": x})["y"], np.maximum(x, 0))
 
 
 def test_duplicate_node_names_are_refused():
@@ -629,3 +632,23 @@ def test_running_out_of_registers_names_the_layer():
     with pytest.raises(CompilerError, match=r"layer 'many' \(Sum\): tile \d+ core \d+: out of "
                                             r"integer registers \(16; raise core.int_reg"):
         compile_model(m, CFG)
+
+
+def test_wide_words_saturate_instead_of_wrapping():
+    """At 24-bit words (acc + bias) * mult passed 2**63 for an output 4x past its calibrated
+    range, and the chip gave -24.6 for +168.6. The sum is now shifted first where needed."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((256, 4)) * 0.4).astype(np.float32)
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"w": w}, (1, 256), ["y"])
+    cfg = load_config("small", ["adc.bits=none", "input_bits=24", "weight_bits=24",
+                                "xbar.rows=64", "xbar.cell_bits=8", "node.tiles=64"])
+    cal = rng.standard_normal((4, 256)).astype(np.float32)
+    x = np.stack([np.sign(w[:, 0]) * 2, -np.sign(w[:, 1]) * 2, cal[0]]).astype(np.float32)
+    prog, lp, _ = compile_model(m, cfg, calibration={"x": cal}, return_ir=True)
+    assert lp.layers[0].pre_shift > 0
+    rep = simulate(prog, {"x": x})
+    np.testing.assert_array_equal(rep.outputs["y:int"],
+                                  run_integer_reference(lp, {"x": x})["y:int"])
+    want = run_onnxruntime(m, {"x": x})["y"]
+    top = lp.tensors["y"].scale * (2 ** 23 - 1)
+    np.testing.assert_allclose(rep.outputs["y"], np.clip(want, -top, top), atol=top * 1e-5)
