@@ -167,6 +167,16 @@ def split_point(pt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             {COMPILE_KEYS[k]: v for k, v in pt.items() if k in COMPILE_KEYS})
 
 
+def _check_compile_options(options: dict) -> None:
+    """A point's compile options are valid, or a ConfigError (that point fails, and a
+    sweep where no point is valid stops, as with config values)."""
+    rep = options.get("replicate", 1)
+    if isinstance(rep, bool) or not isinstance(rep, int) or rep < 1:
+        shown = "none" if rep is None else repr(rep)
+        raise ConfigError(f"compile.replicate = {shown}: must be an integer >= 1 (the "
+                          f"weight copies per layer)")
+
+
 def _check_keys(base: MachineConfig, keys: Iterable[str]) -> None:
     """An unknown key is a typo for the whole sweep (an error now); a bad value is one
     point's failure (a failed row later)."""
@@ -684,8 +694,11 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     if bad:
         raise SweepError(f"override {bad[0]!r}: expected KEY=VALUE, e.g. adc.bits=6")
     axes = parse_grid(grid)
-    _check_keys(base, [o.split("=", 1)[0].strip() for o in fixed]
-                + [k for ax in axes for k in ax.keys if k not in COMPILE_KEYS])
+    set_keys = [o.split("=", 1)[0].strip() for o in fixed]
+    both = sorted(set(set_keys) & {k for ax in axes for k in ax.keys})
+    if both:   # the grid's value would win while the table's set column said otherwise
+        raise SweepError(f"{both[0]}: given to both --set and --grid; give it in one place")
+    _check_keys(base, set_keys + [k for ax in axes for k in ax.keys if k not in COMPILE_KEYS])
     # The fixed overrides resolve together with each point's values, not before them:
     # --set xbar.active_rows=200 is valid beside --grid xbar.rows=256, not beside the
     # preset's 128 rows. A point whose config is invalid is a failed row.
@@ -695,6 +708,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         ov = fixed + _overrides_of(config_pt)
         try:
             cfg: MachineConfig | ConfigError = with_overrides(base, ov)
+            _check_compile_options(options)
         except ConfigError as err:
             cfg = err
         cases.append((pt, ov, options, cfg))

@@ -247,6 +247,13 @@ def test_compile_options_are_grid_keys(model_files, tmp_path):
     assert three["mvmus"] > one["mvmus"] and three["latency_s"] < one["latency_s"]
     assert one["rel_err"] == three["rel_err"]                      # same integers
     assert len({p.stem for p in (tmp_path / "r.points").glob("*.json")}) == 3
+    # checked before compiling, like a config value: no valid point stops the sweep
+    with pytest.raises(SweepError, match=r"compile.replicate = none: must be an integer"):
+        run_sweep([cnn], ["compile.replicate=none,0"], tmp_path / "r2.csv", workers=1,
+                  progress=False)
+    with pytest.raises(SweepError, match="adc.bits: given to both --set and --grid"):
+        run_sweep([cnn], ["adc.bits=4,8"], tmp_path / "r3.csv", overrides=["adc.bits=6"],
+                  workers=1, progress=False)
 
 
 def test_output_names_with_dots_keep_their_own_tables(model_files, tmp_path):
