@@ -182,7 +182,10 @@ def build(name: str, *, seed: int | None = None, **kw) -> nn.Module:
                 torch.manual_seed(seed)
                 model = ZOO[name].builder(**opt)
     except (ValueError, TypeError, RuntimeError) as e:  # a wrong type or size of an option
-        raise ModelError(f"cannot build {name!r} with {kw}: {e}") from e
+        text = [k for k, v in kw.items() if isinstance(v, str)]
+        hint = (f" ({', '.join(text)}: read as text; --opt values are Python literals, "
+                f"e.g. hidden=(32, 32))" if text else "")
+        raise ModelError(f"cannot build {name!r} with {kw}: {e}{hint}") from e
     model.sample_shape = input_shape(name, **kw)[1:]
     model.zoo_name = name
     return model.eval()

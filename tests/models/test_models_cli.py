@@ -89,6 +89,8 @@ def test_torch_max_opset_matches_the_pinned_torch():
     (["export", "lstm", "--opt", "seq_len=3.7", "-o", "{t}/x.onnx"],
      "option seq_len takes an integer, got 3.7"),              # silently 3 before
     (["export", "vgg8", "--opset", "8", "-o", "{t}/x.onnx"], "must be an integer in 9..23"),
+    (["export", "mlp", "--opt", "hidden=(32,)*12", "-o", "{t}/x.onnx"],   # torch's words only
+     "hidden: read as text; --opt values are Python literals"),
     (["train", "mlp", "--data", "digits", "--seed", "-1", "--out", "{t}/r"],
      "must be an integer in 0.."),
     (["train", "mlp", "--data", "digits", "--limit", "1", "--out", "{t}/r"],
