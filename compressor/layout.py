@@ -134,11 +134,13 @@ def _flattened_map(node, modules) -> tuple[int, ...] | None:
 
 def _is_map(node, modules, rank: int) -> bool:
     """Whether fx ``node`` is a feature map the compiler stores channel-last: computed by a
-    convolution or pooling through ops that keep maps, or (4-D) the model's input. A 3-D
-    input is not taken for a map: a sequence ``(N, T, F)`` is stored as it is."""
+    convolution or pooling through ops that keep maps, or the model's input, whose 4-D
+    ``(N, C, H, W)`` and 3-D ``(N, C, L)`` forms the compiler stores as maps alike
+    (``compiler.lower.LowerContext.new_tensor``): a sequence ``(N, T, F)`` too, as ``(F,
+    T)``."""
     while isinstance(node, torch.fx.Node):
         if node.op == "placeholder":
-            return rank == 4
+            return rank in (3, 4)
         if node.op == "call_module" and isinstance(modules[node.target], _MAP_MAKING_MODULES) \
                 or node.op == "call_function" and node.target in _MAP_MAKING_FUNCTIONS:
             return True

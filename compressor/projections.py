@@ -19,8 +19,10 @@ Structured sparsity (``STRUCTURES``), each "keep the best groups":
                   data-alignment hardware is needed.
 ``aligned_cols``  crossbar-aligned: whole column-blocks (``cols`` outputs across all inputs).
 ``tinyadc``       TinyADC (Yuan et al., DATE 2021): at most ``n`` nonzeros in every column
-                  segment, so the bit line sum needs ``ceil(log2(n·levels))`` ADC bits instead
-                  of ``log2(rows·levels)``. Keeps the ``n`` largest ``|w|`` of each segment.
+                  segment, so the bit line sum needs ``ceil(log2(n·c·d + 1))`` ADC bits
+                  (``c = 2**cell_bits - 1``, ``d = 2**dac_bits - 1``: a cell's top level and
+                  a DAC step's top input) instead of ``ceil(log2(rows·c·d + 1))``. Keeps the
+                  ``n`` largest ``|w|`` of each segment.
                   With ``geometry.active_rows`` (a chip that reads that many rows at once) a
                   segment is one read's rows of a crossbar column, and a column holds ``n``
                   per read. The segments are the fixed grid's: where the compiler drops a

@@ -113,7 +113,7 @@ def _flatten_forms():
     ]
 
 
-def _compiled_rows(model, monkeypatch):
+def _compiled_rows(model, monkeypatch, sample=None):
     """``{Gemm node: its weight's rows in the compiler's order}`` (logical input indices)."""
     import io
     import warnings
@@ -131,7 +131,8 @@ def _compiled_rows(model, monkeypatch):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False,
+        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8) if sample is None
+                                         else sample,), buf, dynamo=False,
                           input_names=["input"], output_names=["logits"])
     compile_model(onnx.load_from_string(buf.getvalue()), "puma")
     return seen
@@ -154,6 +155,16 @@ def test_the_view_gives_the_compilers_row_order(i, monkeypatch):
     assert chip and all(np.array_equal(r, rows) for r in chip.values())
 
 
+def test_a_sequence_input_is_read_in_the_compilers_order(monkeypatch):
+    """Flatten -> Linear on a (N, 4, 16) input: the compiler stores it channel-last."""
+    from compressor.layout import crossbar_views
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    view = crossbar_views(model, ["1"], torch.zeros(1, 4, 16))["1"]
+    rows = to_crossbar(np.arange(64)[None, :], (1, *view[1:]))[:, 0]
+    chip = _compiled_rows(model, monkeypatch, torch.zeros(1, 4, 16))
+    assert chip and all(np.array_equal(r, rows) for r in chip.values())
+
+
 def test_no_view_where_both_orders_agree_or_nothing_is_known():
     from compressor.layout import crossbar_views
     pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -161,8 +172,10 @@ def test_no_view_where_both_orders_agree_or_nothing_is_known():
     assert crossbar_views(pooled, ["3", "5"], torch.zeros(1, 1, 8, 8)) == {}   # 1 x 1 map
     assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
                           torch.zeros(1, 1, 8, 8)) == {}     # an image of 1 channel
+    # a 3-D input is a map to the compiler, stored channel-last ((L, C) words), so it
+    # takes the view; it was read in torch's order and TinyADC's bound broke on the chip
     assert crossbar_views(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ["1"],
-                          torch.zeros(1, 4, 16)) == {}       # a (T, F) sequence, not a map
+                          torch.zeros(1, 4, 16)) == {"1": (10, 4, 16)}
     model, fc, _ = _flatten_forms()[8]
     assert crossbar_views(model, [fc], None) == {}           # no sample: no shapes
 
