@@ -64,7 +64,7 @@ def measure(name, model, shape, values=True, input_name="input"):
            "mvm_per_s": rep.mvm_ops / (t2 - t1), "blas_bound_s": bound,
            "simulate_again_s": t_again, "values_again_s": rep2.values_wall_s,
            "values_over_bound": rep2.values_wall_s / bound if bound else None,
-           "mvmus": len(prog.mvmu_loc), "tiles": prog.n_tiles,
+           "mvmus": len(prog.mvmu_loc), "tiles": rep.tiles,
            "instructions": prog.n_instructions, "latency_us": rep.latency_s * 1e6,
            "energy_uj": rep.energy_j["total"] * 1e6,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
