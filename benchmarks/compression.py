@@ -886,8 +886,11 @@ def area_floor(r) -> float:
     """The least area the compressed model could have on this machine: the MVMUs it keeps
     with their peripherals, on one tile (eDRAM + router), with no core (VFU, registers,
     control) at all -- a bound on any placement, not a design."""
+    from simulator.costs import TABLE
     a = r["area_breakdown_mm2"]
-    return sum(a[k] for k in MVMU_AREA) + (a["edram"] + a["router"]) / r["tiles"]
+    # one tile's eDRAM and one router (the report's routers also count tiles that only
+    # pass a message on)
+    return sum(a[k] for k in MVMU_AREA) + a["edram"] / r["tiles"] + TABLE["router_area_mm2"]
 
 
 def breakdown(d, c) -> str:
