@@ -163,7 +163,8 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
     from simulator import costs
     rng = np.random.default_rng(4)
     sparse = np.zeros((256, 128))
-    for c in range(128):                            # 2 nonzeros per column segment: 3 bits
+    for c in range(128):   # 2 nonzeros per 128-row segment (3 per crossbar column at most
+        #                    once the compiler packs the kept rows: 4 bits, fewer than dense)
         for seg in (0, 128):
             sparse[seg + rng.choice(128, 2, replace=False), c] = rng.standard_normal(2)
     dense = rng.standard_normal((128, 10)) * 0.1
@@ -187,6 +188,11 @@ def test_each_layers_area_and_leakage_are_its_own_mvmus_and_add_up(tmp_path):
                 for i in np.flatnonzero(prog.mvmu_layer == k))
             for k, L in enumerate(rep.layers) if L["crossbars"]]
     assert [L["adc_bits"] for L in mvm] == need and need[0] < need[1]
+    # the area at those widths, from ISAAC's table restated: an 8-bit ADC is 0.0012 mm^2,
+    # halving per bit less, 8 per MVMU
+    bits = np.asarray(prog.mvmu_adc_bits)
+    assert rep.area_mm2["adc"] == pytest.approx(8 * 0.0012 * np.sum(2.0 ** (bits - 8)),
+                                                rel=1e-12)
     assert all(L["adc_bits"] is None for L in rep.layers if not L["crossbars"])
     ns = rep.latency_cycles * cfg.cycle_ns
     edram_leak = (rep.tiles * costs.TABLE["edram_leak_mw"] * cfg.tile.edram_kb / 64

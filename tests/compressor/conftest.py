@@ -34,6 +34,8 @@ def resumed(monkeypatch):
     from compressor import pipeline
     original = pipeline._Run._record
 
+    order = ("pretrain", "admm", "retrain")
+
     def go(run, stage, step):
         def interrupted(self, st, opt, **info):
             original(self, st, opt, **info)
@@ -42,6 +44,17 @@ def resumed(monkeypatch):
         monkeypatch.setattr(pipeline._Run, "_record", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run()
+        redone = []
+
+        def watched(self, st, opt, **info):
+            original(self, st, opt, **info)
+            redone.append((st, self.step))
+        monkeypatch.setattr(pipeline._Run, "_record", watched)
+        out = run()
         monkeypatch.setattr(pipeline._Run, "_record", original)
-        return run()
+        # it went on from the checkpoint: a run that started over trains the same weights
+        # (everything is seeded), so equal results alone would not show a resume
+        assert not any(order.index(st) < order.index(stage)
+                       or st == stage and s <= step for st, s in redone), redone[:3]
+        return out
     return go

@@ -225,6 +225,11 @@ def test_proximal_penalty_is_applied_after_each_adam_step_and_leaves_the_default
     assert calls == ["grad"] * 4
     assert "penalty" not in default.fingerprint()
     assert parse_recipe(default.to_dict()) == default
+    # the option is part of what a checkpoint must match, and survives a round trip
+    prox = parse_recipe({**base, "admm": {**base["admm"], "penalty": "proximal"}})
+    assert '"penalty": "proximal"' in prox.fingerprint()
+    assert prox.fingerprint() != default.fingerprint()
+    assert parse_recipe(prox.to_dict()) == prox
     with pytest.raises(Exception, match=r"recipe.admm.penalty='adamw': must be gradient or "
                                         r"proximal"):
         parse_recipe({**base, "admm": {"penalty": "adamw"}})
