@@ -48,6 +48,7 @@ def zoo_model(name):
     return path, {x_name: x}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_zoo_graph_compiles_and_runs(name):
     ops, check_values = MODELS[name]
@@ -64,6 +65,7 @@ def test_zoo_graph_compiles_and_runs(name):
             np.testing.assert_array_equal(out[o + ":int"], ref[o + ":int"])
 
 
+@pytest.mark.slow
 def test_shufflenet_channel_shuffles_move_no_data():
     """Every shuffle feeds a depthwise Conv, so all are aliases (weight rows permuted)."""
     path, feeds = zoo_model("shufflenet")
