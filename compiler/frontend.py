@@ -155,6 +155,21 @@ def _static_shape(vi) -> tuple | None:
     return tuple(dims)
 
 
+def _check_initial_state_batch(nodes, consts: dict) -> None:
+    """A recurrent node's constant initial state is ``(directions, batch, hidden)``; torch
+    builds a zero state at the export batch, which no longer fits once the batch is 1."""
+    for n in nodes:
+        if n.op_type not in ("LSTM", "GRU", "RNN"):
+            continue
+        for k, what in ((5, "initial_h"), (6, "initial_c")):
+            v = consts.get(n.input[k]) if len(n.input) > k and n.input[k] else None
+            if v is not None and v.ndim == 3 and v.shape[1] != 1:
+                raise UnsupportedOpError(
+                    f"{n.op_type} node {n.name or n.output[0]!r}: its constant {what} holds "
+                    f"a batch of {v.shape[1]} (the batch it was exported at), and the program "
+                    f"computes one sample; export at batch 1 or with a dynamic batch")
+
+
 def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
     inits = {i.name for i in model.graph.initializer}
     out = []
@@ -181,6 +196,9 @@ def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
         dims[0].Clear()
         dims[0].dim_value = 1
         for k, d in enumerate(dims[1:], 1):
+            if d.HasField("dim_value") and d.dim_value == 0:
+                raise UnsupportedOpError(f"graph input {vi.name!r} dimension {k} has size 0; "
+                                         f"the compiler needs non-empty inputs")
             if not d.HasField("dim_value") or d.dim_value <= 0:
                 raise UnsupportedOpError(f"graph input {vi.name!r} dimension {k} is not static "
                                          f"({d.dim_param or '?'}); export with fixed shapes")
@@ -270,6 +288,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
         if not changed:
             break
     _check_weights_finite(nodes, consts)
+    _check_initial_state_batch(nodes, consts)
     g = Graph(nodes=nodes, consts=consts, shapes=shapes, inputs=inputs, outputs=graph_outputs,
               qweights=qweights, opset=opset, name=name)
     _recognise_qdq(g)

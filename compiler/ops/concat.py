@@ -112,7 +112,12 @@ def lower_concat(node, ctx):
         perm = None
     else:
         if axis == 0:
-            raise UnsupportedOpError("Concat along the batch axis is not supported")
+            # the compiler's tensors have batch 1, so an axis-0 Concat stacks samples, or
+            # (torch's h_n of a stacked RNN) layers or directions
+            raise UnsupportedOpError(
+                "Concat along axis 0 is not supported (the batch axis, or a recurrent "
+                "state's layers/directions axis: for h_n of a stacked RNN classify from the "
+                "last step of its output sequence instead)")
         perm = vector_concat_perm(out_shape, axis, ts)
     s_y = ctx.scale_for(node.output[0])
     rescale = []

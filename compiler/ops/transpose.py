@@ -51,8 +51,12 @@ def lower_transpose(node, ctx):
         src = np.arange(int(np.prod(shape))).reshape(shape).transpose(perm).reshape(-1)
         inv = np.empty_like(src)
         inv[src] = np.arange(len(src))
+        order = inv[_memory_logical(ctx, t)]
+        # NCHW -> NHWC of a map (or (1, C, L) -> (1, L, C)) is its channel-last memory as
+        # stored: no order to record, so ops that need plain order take it
+        identity = np.array_equal(order, np.arange(len(order)))
         o = ctx.new_tensor(node.output[0], out_shape, t.scale, alias_of=t.name,
-                           perm=inv[_memory_logical(ctx, t)], as_map=False)
+                           perm=None if identity else order, as_map=False)
     if t.name in ctx.nonneg:
         ctx.nonneg.add(o.name)
     ctx.add(AliasLayer(node.name, "Transpose", [t.name], o.name, node=node.name))

@@ -509,6 +509,9 @@ def test_graph_input_without_a_batch_axis_is_refused():
     m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (8,), ["y"])
     with pytest.raises(UnsupportedOpError, match="graph input 'x' has one axis"):
         compile_model(m, CFG)
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (1, 3, 0, 5), ["y"])
+    with pytest.raises(UnsupportedOpError, match="dimension 2 has size 0"):   # not 'static'
+        compile_model(m, CFG)
 
 
 def test_a_static_batch_other_than_one_is_named_when_reset():
@@ -652,3 +655,13 @@ def test_wide_words_saturate_instead_of_wrapping():
     want = run_onnxruntime(m, {"x": x})["y"]
     top = lp.tensors["y"].scale * (2 ** 23 - 1)
     np.testing.assert_allclose(rep.outputs["y"], np.clip(want, -top, top), atol=top * 1e-5)
+
+
+def test_a_transpose_to_the_stored_order_records_no_permutation():
+    """NCHW -> NHWC of a map is its channel-last memory as stored; an identity order was
+    recorded anyway, and a Softmax over the last axis after it was refused."""
+    m = _model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                helper.make_node("Softmax", ["t"], ["y"], axis=-1)], {}, (1, 3, 4, 5), ["y"],
+               opset=13)
+    lp = _check(m, (1, 3, 4, 5), tol=1e-3)
+    assert lp.tensors["t"].perm is None

@@ -99,7 +99,7 @@ def test_program_size_does_not_grow_with_the_sequence(zoo_seq):
     assert n4 == n16
 
 
-def _torch_rnn(cell="lstm", T=7, I=12, H=20, bidirectional=False):
+def _torch_rnn(cell="lstm", T=7, I=12, H=20, bidirectional=False, batch=1):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -112,14 +112,19 @@ def _torch_rnn(cell="lstm", T=7, I=12, H=20, bidirectional=False):
             h = h[0] if cell == "lstm" else h
             return out, h.transpose(0, 1)            # (directions, B, H) -> batch first
 
+    return _exported(Net, (batch, T, I), ["y", "h"])
+
+
+def _exported(net_class, shape, outputs):
+    """A seeded ``net_class()`` exported at opset 17 with input ``x``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = Net().eval()
+        net = net_class().eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(1, T, I),), buf, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y", "h"])
+        torch.onnx.export(net, (torch.rand(*shape),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=outputs)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -387,3 +392,29 @@ def test_bidirectional_states_and_formats_are_per_direction(op, T):
         lp = compile_model(model, cfg, calibration={"x": x}, return_ir=True)[1]
         fx = [la.fmt.fx for la in lp.layers if la.op == "GRU"]
         assert fx[0] != fx[1], fx
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_an_initial_state_built_at_another_batch_is_refused_by_name(cell):
+    """torch builds the zero initial state at the export batch: exported at batch 2 it no
+    longer fits one sample, and onnxruntime failed during calibration with its own log."""
+    model = _torch_rnn(cell, batch=2)
+    with pytest.warns(UserWarning, match="static batch of 2"), \
+            pytest.raises(UnsupportedOpError, match=rf"{cell.upper()} node .*: its constant "
+                                                    r"initial_h holds a batch of 2"):
+        compile_model(model, load_config("puma"))
+
+
+def test_h_n_of_a_stacked_rnn_is_refused_naming_its_axis():
+    """torch concatenates the two layers' Y_h on axis 0; it was refused as 'the batch
+    axis', which the model's batch is not."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(12, 20, num_layers=2, batch_first=True)
+            self.fc = torch.nn.Linear(20, 4)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[1][-1])
+    with pytest.raises(UnsupportedOpError, match="layers/directions axis"):
+        compile_model(_exported(Net, (1, 5, 12), ["y"]), load_config("puma"))
