@@ -151,7 +151,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     """Train zoo model ``model_name`` with Adam and return its test accuracy (0..1).
 
     ``data``: a spec for ``models.data.load`` ("fashion-mnist", "digits", a folder, an
-    .npz) or ``((x_train, y_train), (x_test, y_test))`` arrays. The model is fitted to the
+    .npz) or ``((x_train, y_train), (x_test, y_test))`` arrays, read by the loaders' rules
+    (uint8 pixels / 255, floats in [0, 1], ``(N, H, W)`` given a channel axis, labels class
+    indices). The model is fitted to the
     data's sample shape and class count; ``model_kwargs`` adds builder options. The learning
     rate of epoch e (from 0) is ``lr * lr_decay**e``. ``limit`` caps the number of training
     and of test examples. With ``resume``, a checkpoint in ``out_dir`` from the same run
@@ -172,9 +174,11 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
     if isinstance(data, (str, os.PathLike)):
         (xtr, ytr), (xte, yte) = datasets.load_splits(data, limit)
-    else:
-        (xtr, ytr), (xte, yte) = ((np.asarray(a[0], np.float32)[:limit],
-                                   np.asarray(a[1], np.int64)[:limit]) for a in data)
+    else:   # the loaders' rules: uint8 pixels / 255, floats in [0, 1], class indices
+        (xtr, ytr), (xte, yte) = (
+            (datasets._as_images(np.asarray(a[0]), f"{split} images")[:limit],
+             datasets._as_labels(np.asarray(a[1]), f"{split} labels")[:limit])
+            for a, split in zip(data, ("train", "test")))
     if len(xtr) == 0 or len(xte) == 0:
         raise ModelError(f"data set {_describe(data)} has an empty train or test split")
     if len(xtr) < 2:

@@ -122,3 +122,17 @@ def test_accuracy_difference_interval_is_a_paired_bootstrap():
     assert (lo2, hi2) == pytest.approx((lo, hi), abs=1e-9)
     with pytest.raises(ValueError, match="equal-length"):
         accuracy_difference_interval([(a, b[:10])])
+
+
+def test_arrays_are_read_by_the_loaders_rules(tmp_path):
+    """uint8 arrays trained on 0..255 while the record (and every other path) said / 255;
+    (N, H, W) images and (N, 1) labels crashed in torch."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 1, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 3, 40)
+    raw = train("mlp", ((x, y), (x, y)), 1, out_dir=tmp_path / "a", progress=False)
+    scaled = x[:, 0].astype(np.float32) / 255               # and no channel axis
+    assert train("mlp", ((scaled, y), (scaled, y)), 1, out_dir=tmp_path / "b",
+                 progress=False) == raw
+    with pytest.raises(ModelError, match=r"train labels: labels must be one class index"):
+        train("mlp", ((x, y[:, None]), (x, y)), 1, out_dir=tmp_path / "c", progress=False)
