@@ -12,8 +12,9 @@ from .functional import run_values
 from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report
-from .timing import (BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK, N_COUNTERS, OK,
-                     RUNAWAY, UNRECEIVED, W_RECV, W_SEND_FULL, WAIT_NAMES, run_timing)
+from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK,
+                     N_COUNTERS, OK, RUNAWAY, UNRECEIVED, W_RECV, W_SEND_FULL, WAIT_NAMES,
+                     run_timing)
 
 DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
 
@@ -47,6 +48,10 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     """Timing + counts of one inference. Raises DeadlockError / SimulationError."""
     cfg = prog.config
     streams = list(prog.core_code) + list(prog.tile_code)
+    if len(streams) >= 1 << AGENT_BITS:   # an agent's index shares a 64-bit key with time
+        raise SimulationError(f"{len(streams)} agents (cores and tile control units): the "
+                              f"timing engine runs fewer than {1 << AGENT_BITS}; use fewer "
+                              f"tiles or cores per tile")
     flat = np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
     starts = np.concatenate([[0], np.cumsum([len(s) for s in streams])]).astype(np.int64)
     lay = prog.layout
@@ -140,7 +145,8 @@ def _raise_for_status(prog, status, info, streams):
     start = sum(len(s) for s in streams[:a])
     where = f"{agent_name(prog, a)} pc {pc - start}"
     if status == RUNAWAY:
-        raise SimulationError(f"program exceeded its instruction budget (runaway loop?) at "
+        raise SimulationError(f"program exceeded its instruction budget (a runaway loop? "
+                              f"an instruction retried after blocking counts again) at "
                               f"{where}")
     if status == BAD_ADDRESS:
         raise SimulationError(f"{where}: memory address {int(info[2])} outside the tile's "

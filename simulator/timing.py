@@ -127,8 +127,10 @@ def _trace(trace, tlen, cap, agent, start, end, op, layer):
 #: Future bookings a memory port or NoC link remembers. A request processed now may be
 #: ready long before one processed earlier (a store that waits for its MVM): it takes the
 #: earliest free gap, not the time after the last booking. Past this many live bookings the
-#: two earliest merge into one span covering both (their gap is given up: conservative; the
-#: list may then hold a booking inside a span, which the gap search steps over).
+#: two neighbours with the smallest gap between them merge into one span covering both (that
+#: gap is given up: conservative, and the least; merging the two earliest gave up exactly the
+#: near gaps the next requests need). The list may then hold a booking inside a span, which
+#: the gap search steps over.
 BOOKINGS = 32
 
 
@@ -159,9 +161,14 @@ def _book(b_start, b_end, n_book, r, s, dur):
     if dur <= 0:
         return
     k = n_book[r]
-    if k == b_start.shape[1]:    # full: merge the two earliest bookings (max: one may
-        b_end[r, 0] = max(b_end[r, 0], b_end[r, 1])   # lie inside the other, booked in a gap)
-        for i in range(1, k - 1):
+    if k == b_start.shape[1]:    # full: merge the neighbours the least free time parts
+        j = 0
+        for i in range(1, k - 1):   # ties to the later pair: near gaps stay free
+            if b_start[r, i + 1] - b_end[r, i] <= b_start[r, j + 1] - b_end[r, j]:
+                j = i
+        # max: one may lie inside the other, booked in a gap
+        b_end[r, j] = max(b_end[r, j], b_end[r, j + 1])
+        for i in range(j + 1, k - 1):
             b_start[r, i] = b_start[r, i + 1]
             b_end[r, i] = b_end[r, i + 1]
         k -= 1

@@ -422,3 +422,16 @@ def test_a_program_changed_after_a_run_is_simulated_as_changed():
     np.testing.assert_array_equal(simulate(p, {"x": x}).outputs["y:int"], want)
     noisy = dataclasses.replace(p, config=load_config("small", ["noise.program_sigma=0.3"]))
     assert not np.array_equal(simulate(noisy, {"x": x}).outputs["y:int"], want)
+
+
+def test_more_agents_than_the_engine_keys_is_refused(monkeypatch):
+    """An agent's index shares the heap key with time (20 bits); 2**20 agents (a config of
+    4096 cores x 256 tiles validates) were decoded as others and reported as a deadlock.
+    Here the limit is lowered to 2 bits, as building a million streams is slow."""
+    import sys
+    monkeypatch.setattr(sys.modules["simulator.simulate"], "AGENT_BITS", 2)
+    cfg = load_config("small")
+    prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
+                   tile_code=[ex.EMPTY] * 2)
+    with pytest.raises(SimulationError, match="6 agents .* the timing engine runs fewer than 4"):
+        simulate(prog, values=False)
