@@ -125,7 +125,9 @@ def register(subparsers) -> None:
     e.add_argument("-o", "--output", required=True, help="ONNX file to write")
     e.add_argument("--opset", type=int_in(9, TORCH_MAX_OPSET), default=17,
                    help=f"ONNX opset, 9..{TORCH_MAX_OPSET} (default: 17; below 9 torch "
-                        f"writes BatchNorm and recurrent graphs onnxruntime cannot run)")
+                        f"writes BatchNorm and recurrent graphs onnxruntime cannot run; "
+                        f"below 11 it reads a recurrent model's last step with Slice, "
+                        f"which the compiler does not lower)")
     e.add_argument("--batch", type=positive_int, default=1,
                    help="static batch size (default: 1)")
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
