@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sweep import ENERGY_PARTS, METRIC_COLUMNS, SweepError, read_table
+from .sweep import ENERGY_PARTS, METRIC_COLUMNS, SweepError, _missing, read_table
 
 HEAT = (("energy_j", "energy per inference (µJ)", 1e6),
         ("latency_s", "latency per inference (µs)", 1e6),
@@ -137,6 +137,19 @@ def plot_heatmaps(df, grid, out: Path, plt) -> list[Path]:
 
 
 ACC_LABEL = "top-1 accuracy vs labels (%)\n[* = agreement with onnxruntime: no labels]"
+
+
+def numeric_axes(ok, grid):
+    """``ok`` (successful rows) with each grid column that holds only numbers as numbers:
+    an axis is stored as text when one of its values is not a number (adc.bits=4,...,x:
+    that point failed), and as text 10 sorts before 4."""
+    import pandas as pd
+    for c in grid:
+        if not pd.api.types.is_numeric_dtype(ok[c]):
+            as_num = pd.to_numeric(ok[c], errors="coerce")
+            if as_num.notna().sum() == ok[c].map(lambda v: not _missing(v)).sum():
+                ok = ok.assign(**{c: as_num})
+    return ok
 
 
 def with_accuracy(df):
@@ -262,8 +275,9 @@ def plot_pareto(df, grid, out: Path, plt) -> list[Path]:
         if len(idx) < 2:
             continue
         front = idx[pareto_front(e[idx], a[idx])]
-        ax.step(e[front], a[front], where="post", color="black", lw=1.2, ls=style,
-                label="Pareto front" + (" (*)" if kind == "agreement" else ""))
+        if len(front) > 1:      # one point that dominates the rest draws no line
+            ax.step(e[front], a[front], where="post", color="black", lw=1.2, ls=style,
+                    label="Pareto front" + (" (*)" if kind == "agreement" else ""))
         for i in front:
             ax.annotate(", ".join([str(d.at[i, "model"])] + [
                 f"{_short(c)}={_fmt(d.at[i, c], c)}" for c in shown]),
@@ -299,6 +313,7 @@ def plot_results(results, out_dir: str | Path) -> list[Path]:
     ok = df[df["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise SweepError("no successful points in the table: nothing to plot")
+    ok = numeric_axes(ok, grid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

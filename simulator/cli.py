@@ -135,8 +135,9 @@ def _write_outputs(report, args) -> None:
     if getattr(args, "trace", None):
         n = report.save_trace(args.trace)
         cut = report.trace_truncated
+        kept = len(report.trace_events)      # n also counts the per-agent name records
         print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)"
-              + (f"; cut at its {n}-event cap, the run went on past it" if cut else ""))
+              + (f"; cut at its {kept}-event cap, the run went on past it" if cut else ""))
     if getattr(args, "outputs", None) and report.outputs:
         from .fileio import atomic_write
         with atomic_write(args.outputs, ".npz") as tmp:

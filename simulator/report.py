@@ -133,11 +133,12 @@ class Report:
             us = self.cycle_ns / 1000
             lat = [L["latency_cycles"] * us for L in self.layers][::-1]
             start = [L.get("start_cycle", 0) * us for L in self.layers][::-1]
-            # on the inference's timeline: a layer's span runs from its first event (often
-            # a load that waits for its producer) to its last, so pipelined layers overlap
+            # on the inference's timeline: a layer's span runs from its first data event
+            # (a load of its producer's words, once valid; an MVM) to its last, so pipelined
+            # layers overlap; loop set-up and loads of persistent constants do not count
             ax.barh(names, lat, left=start, color="tab:orange")
             ax.set_xlabel("time in the inference (us)")
-            ax.set_title("Per-layer busy span, first to last event")
+            ax.set_title("Per-layer busy span, first to last data event")
             out.append(_save(plt, fig, folder / "layer_latency.png"))
             out.append(self._plot_layer_costs(plt, folder))
         return out
@@ -161,13 +162,14 @@ class Report:
         ax_e.legend(fontsize=7, loc="lower right")
         ax_a.barh(names, [L["area_mm2"] for L in layers], color="dimgray")
         ax_a.set_xlabel("area of its own MVMUs (mm2)")
-        fig.suptitle(f"Per layer (all layers: {self.energy_j['total'] * per_j:.3f} {unit}, "
-                     f"{self.area_mm2['total']:.3f} mm2 with the shared parts)")
+        fig.suptitle(f"Per layer (chip: {self.energy_j['total'] * per_j:.3f} {unit}, "
+                     f"{self.area_mm2['total']:.3f} mm2, with the eDRAM leakage and the "
+                     f"shared parts no layer owns)")
         return _save(plt, fig, folder / "layer_costs.png")
 
     def layers_table(self) -> str:
         """The per-layer figures as a fixed-width text table (layers with any activity):
-        crossbars, widest ADC, busy span (first to last event), energy with the share that is
+        crossbars, widest ADC, busy span (first to last data event), energy with the share that is
         leakage, and area."""
         rows = [L for L in self.layers if L["crossbars"] or L["energy_j"]["total"] > 0]
         width = max((len(L["name"]) for L in rows), default=5)

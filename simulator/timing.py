@@ -260,6 +260,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 return RUNAWAY, end_time, info, tlen
             t = t_agent[a]
             lay = layer[p] + 1
+            spans = True      # False: this instruction does not start its layer's span
             start = t
             fin = t + 1
             nxt = p + 1
@@ -400,6 +401,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 if reading:
                     counters[lay, C_RD] += v
                     freed = False
+                    # reading only persistent words (weights' constants, loaded once at the
+                    # start) is not when the layer's data work begins
+                    spans = False
+                    for i in range(base + addr, base + addr + v):
+                        if cnt[i] != 0:
+                            spans = True
                     for i in range(base + addr, base + addr + v):
                         if cnt[i] != 0:
                             cnt[i] -= 1
@@ -462,8 +469,11 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                                        heap, hsize)
                 tlen = _trace(trace, tlen, trace_cap, a, start, fin, o, lay - 1)
             counters[lay, C_INSTR] += 1
-            if lay > 0 and o != _OP_MVM:
-                if layer_span[lay, 0] < 0 or start < layer_span[lay, 0]:
+            # a layer's span: its data work (MVMs have their own), not the integer loop
+            # set-up a core runs at cycle 0, long before its first input exists
+            if lay > 0 and o != _OP_MVM and o != _OP_ISET and o != _OP_IADD \
+                    and o != _OP_JMP and o != _OP_BEQ and o != _OP_BNE and o != _OP_NOP:
+                if spans and (layer_span[lay, 0] < 0 or start < layer_span[lay, 0]):
                     layer_span[lay, 0] = start
                 layer_span[lay, 1] = max(layer_span[lay, 1], fin)
             if o == _OP_ALU or o == _OP_ALUI or o == _OP_SET or o == _OP_COPY:

@@ -441,3 +441,13 @@ def test_errors_name_the_grid_text_and_failures_their_grid_values(model_files, t
     out = capsys.readouterr().out
     assert re.search(r"failed: mlp adc.bits=0 xbar.active_rows=none: adc.bits = 0: must be .*"
                      r" \[point [0-9a-f]{24}\]", out), out
+
+
+def test_an_axis_stored_as_text_for_a_failed_value_plots_in_number_order():
+    """adc.bits=4,10,x: the x point failed, the column was text, and 10 plotted before 4."""
+    from compiler.sweep_plots import _order, numeric_axes
+    df = pd.DataFrame({"model": ["m"] * 3, "adc.bits": ["10", "4", "x"],
+                       "status": ["ok", "ok", "failed"]})
+    ok = numeric_axes(df[df["status"] == "ok"], ["adc.bits"])
+    assert _order(ok["adc.bits"]) == [4, 10]
+    assert not pd.api.types.is_numeric_dtype(numeric_axes(df, ["adc.bits"])["adc.bits"])
