@@ -175,21 +175,30 @@ def _num(v: float) -> str:
 
 
 def plot_accuracy_vs_adc(df, grid, out: Path, plt) -> list[Path]:
-    d = with_accuracy(df)
-    if d is None or "adc.bits" not in grid or d["adc.bits"].nunique(dropna=False) < 2:
+    if "adc.bits" not in grid or df["adc.bits"].nunique(dropna=False) < 2:
         return []
-    series = [c for c in _shown(d, grid) if c != "adc.bits"]
-    xs = _order(d["adc.bits"])
+    # accuracy where a model has it; the output error of every model (one whose output is
+    # not a class vector has only that)
+    d = with_accuracy(df)
+    errs = df[df["rel_err"].notna()] if "rel_err" in df else df.iloc[:0]
+    if d is None and errs.empty:
+        return []
+    series = [c for c in _shown(df, grid) if c != "adc.bits"]
+    xs = _order(df["adc.bits"])
     xpos = {_key(v): i for i, v in enumerate(xs)}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
-    for gkey, g in d.groupby(["model"] + series, dropna=False, sort=False):
-        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
-        name = _name(gkey[0], g["_acc_kind"].iloc[0]) + "".join(
-            f", {c}={_fmt(v, c)}" for c, v in zip(series, gkey[1:]))
-        g = g.assign(_x=[xpos[_key(v)] for v in g["adc.bits"]]).sort_values("_x")
-        a1.plot(g["_x"], g["_acc"] * 100, marker="o", label=name)
-        if "rel_err" in g and g["rel_err"].notna().any():
-            a2.plot(g["_x"], g["rel_err"].clip(lower=1e-9), marker="o", label=name)
+    for rows, ax, col in ((d, a1, "_acc"), (errs, a2, "rel_err")):
+        if rows is None or rows.empty:
+            continue
+        for gkey, g in rows.groupby(["model"] + series, dropna=False, sort=False):
+            gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+            kind = g["_acc_kind"].iloc[0] if "_acc_kind" in g else "labels"
+            name = _name(gkey[0], kind) + "".join(
+                f", {c}={_fmt(v, c)}" for c, v in zip(series, gkey[1:]))
+            g = g.assign(_x=[xpos[_key(v)] for v in g["adc.bits"]]).sort_values("_x")
+            y = g[col] * 100 if col == "_acc" else g[col].clip(lower=1e-9)
+            ax.plot(g["_x"], y, marker="o", label=name)
+    d = d if d is not None else df.iloc[:0]
     if "accuracy_onnx" in d:
         for model, g in d.groupby("model", sort=False):
             if g["accuracy_onnx"].notna().any():
@@ -207,7 +216,9 @@ def plot_accuracy_vs_adc(df, grid, out: Path, plt) -> list[Path]:
     a2.set_yscale("log")
     a2.set_ylabel("relative L2 error of outputs vs onnxruntime")
     a2.set_title("output error vs ADC resolution")
-    a1.legend(fontsize=8)
+    for ax in (a1, a2):   # each its own: a model without accuracy is only on the right
+        if ax.lines:
+            ax.legend(fontsize=7)
     p = out / "accuracy_vs_adc_bits.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)

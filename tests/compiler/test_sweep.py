@@ -451,3 +451,31 @@ def test_an_axis_stored_as_text_for_a_failed_value_plots_in_number_order():
     ok = numeric_axes(df[df["status"] == "ok"], ["adc.bits"])
     assert _order(ok["adc.bits"]) == [4, 10]
     assert not pd.api.types.is_numeric_dtype(numeric_axes(df, ["adc.bits"])["adc.bits"])
+
+
+def test_the_error_panel_shows_models_without_accuracy(tmp_path):
+    """A model whose output is not a class vector has rel_err but no top-1 figure: it was
+    dropped from the error panel, and with no accuracy anywhere the figure was not drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compiler.sweep_plots import plot_accuracy_vs_adc
+    df = pd.DataFrame({"model": ["m"] * 3, "adc.bits": [4, 6, 8], "status": ["ok"] * 3,
+                       "energy_j": [1e-6] * 3, "rel_err": [0.3, 0.05, 0.001],
+                       "top1_agreement": [np.nan] * 3})
+    drawn = []
+    real = plt.subplots
+
+    def spy(*a, **k):
+        fig, axes = real(*a, **k)
+        drawn.append(axes)
+        return fig, axes
+    plt.subplots = spy
+    try:
+        paths = plot_accuracy_vs_adc(df, ["adc.bits"], tmp_path, plt)
+    finally:
+        plt.subplots = real
+    assert [p.name for p in paths] == ["accuracy_vs_adc_bits.png"]
+    (a1, a2), = drawn
+    assert not a1.lines and list(a2.lines[0].get_ydata()) == [0.3, 0.05, 0.001]
