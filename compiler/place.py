@@ -16,6 +16,7 @@ the rest of the model no longer fits the node (placement then retries with fewer
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from .errors import CompilerError, ModelTooBigError
@@ -55,6 +56,14 @@ def wanted_copies(prog: LayerProgram, replicate: int) -> dict[int, int]:
     """Copies per convolution: ``replicate`` for the one with most output pixels, fewer
     in proportion for the others, never more than its output rows."""
     convs = {i: L for i, L in enumerate(prog.layers) if _replicable(L)}
+    if replicate > 1:
+        flat = [L.name for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv
+                and L.Ho == 1]
+        if flat:   # copies split a layer's output rows; these have one
+            warnings.warn(f"replicate = {replicate}: {', '.join(flat[:3])}"
+                          f"{' and others' if len(flat) > 3 else ''} not copied (a "
+                          f"convolution with one output row, e.g. 1-D: copies split output "
+                          f"rows)", stacklevel=3)
     if replicate <= 1 or not convs:
         return {}
     top = max(L.Ho * L.Wo for L in convs.values())

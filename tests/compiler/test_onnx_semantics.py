@@ -665,3 +665,13 @@ def test_a_transpose_to_the_stored_order_records_no_permutation():
                opset=13)
     lp = _check(m, (1, 3, 4, 5), tol=1e-3)
     assert lp.tensors["t"].perm is None
+
+
+def test_a_1d_convolution_says_replicate_does_not_copy_it():
+    """Copies split a layer's output rows; a 1-D convolution has one, so replicate left it
+    alone without a word (latency unchanged at replicate=4)."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1], name="c1d")],
+               {"w": _w(8, 4, 3)}, (1, 4, 32), ["y"])
+    with pytest.warns(UserWarning, match=r"replicate = 4: c1d not copied \(a convolution "
+                                         r"with one output row"):
+        compile_model(m, CFG, replicate=4)
