@@ -56,14 +56,6 @@ def wanted_copies(prog: LayerProgram, replicate: int) -> dict[int, int]:
     """Copies per convolution: ``replicate`` for the one with most output pixels, fewer
     in proportion for the others, never more than its output rows."""
     convs = {i: L for i, L in enumerate(prog.layers) if _replicable(L)}
-    if replicate > 1:
-        flat = [L.name for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv
-                and L.Ho == 1]
-        if flat:   # copies split a layer's output rows; these have one
-            warnings.warn(f"replicate = {replicate}: {', '.join(flat[:3])}"
-                          f"{' and others' if len(flat) > 3 else ''} not copied (a "
-                          f"convolution with one output row, e.g. 1-D: copies split output "
-                          f"rows)", stacklevel=3)
     if replicate <= 1 or not convs:
         return {}
     top = max(L.Ho * L.Wo for L in convs.values())
@@ -82,6 +74,13 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     node are given up (fewer copies are tried, halving, down to none)."""
     if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 1:
         raise CompilerError(f"replicate = {replicate!r}: must be an integer >= 1")
+    flat = [L.name for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv
+            and L.Ho == 1]
+    if replicate > 1 and flat:   # copies split a layer's output rows; these have one
+        warnings.warn(f"replicate = {replicate}: {', '.join(flat[:3])}"
+                      f"{' and others' if len(flat) > 3 else ''} not copied (a convolution "
+                      f"with one output row, e.g. 1-D: copies split output rows)",
+                      stacklevel=3)
     while True:
         try:
             return _place(prog, strips, cfg, replicate)

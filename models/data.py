@@ -24,6 +24,15 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 NORMALISATION = "x = pixel / 255 (float32 in [0, 1]); no mean or std shift"
 _MISSING_HINT = "apt-get install dataset-fashion-mnist, or pass a folder of IDX files"
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
+#: The names ``load`` takes for Fashion-MNIST.
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
+
+
+def _idx_stems(prefix: str) -> tuple[str, str]:
+    """A split's image and label file names (before any ``.gz``)."""
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                0x0E: ">f8"}
 
@@ -80,8 +89,7 @@ def load_idx_pair(folder: str | os.PathLike, split: str = "train",
     if not folder.is_dir():
         raise DataError(f"missing data folder {folder} ({_MISSING_HINT})")
     prefix = _IDX_PREFIX[split]
-    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    images, labels = (read_idx(_idx_file(folder, stem)) for stem in _idx_stems(prefix))
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(f"{folder}: expected 3-d images and 1-d labels, got "
                         f"{images.shape} and {labels.shape}")
@@ -203,7 +211,7 @@ def load(spec: str | os.PathLike, split: str = "train",
     if split not in _IDX_PREFIX:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     name = str(spec)
-    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+    if name.lower() in FASHION_MNIST_NAMES:
         return load_fashion_mnist(split=split, limit=limit)
     if name.lower() == "digits":
         return load_digits(split, limit=limit)
@@ -226,7 +234,7 @@ def data_files(spec: str | os.PathLike) -> list[Path]:
     """Every file :func:`load` may read for ``spec`` (whether or not it exists): what an
     output path must not overwrite."""
     name = str(spec)
-    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+    if name.lower() in FASHION_MNIST_NAMES:
         path = FASHION_MNIST_DIR
     elif name.lower() == "digits":
         return []
@@ -234,14 +242,13 @@ def data_files(spec: str | os.PathLike) -> list[Path]:
         path = Path(spec)
     if path.suffix == ".npz" or not path.is_dir():
         return [path]
-    stems = [f"{prefix}-{kind}-ubyte" for prefix in _IDX_PREFIX.values()
-             for kind in ("images-idx3", "labels-idx1")]
+    stems = [stem for prefix in _IDX_PREFIX.values() for stem in _idx_stems(prefix)]
     return ([path / f"{split}.npz" for split in _IDX_PREFIX]
             + [path / n for stem in stems for n in (stem, f"{stem}.gz")])
 
 
 #: Classes of the built-in data sets, whatever subset ``limit`` takes.
-BUILTIN_CLASSES = {"fashion-mnist": 10, "fashion_mnist": 10, "fmnist": 10, "digits": 10}
+BUILTIN_CLASSES = {**dict.fromkeys(FASHION_MNIST_NAMES, 10), "digits": 10}
 
 
 def num_classes(spec, *labels: np.ndarray) -> int:

@@ -173,9 +173,8 @@ class Program:
         A stream of only ``hlt``/``nop`` is no work (the compiler ends every core's stream
         with ``hlt``, the idle ones' too)."""
         used = {(int(t), int(c)) for t, c, _ in self.mvmu_loc}
-        idle = [int(Op.HLT), int(Op.NOP)]
         used |= {divmod(k, self.config.tile.cores) for k, code in enumerate(self.core_code)
-                 if not np.isin(code["op"], idle).all()}
+                 if _works(code)}
         return used
 
     def tiles_used(self, routes: bool = False) -> set[int]:
@@ -184,10 +183,8 @@ class Program:
         fills tiles in snake order over the mesh, so tiles below the highest index used may
         hold nothing. ``routes``: also the tiles whose router only passes a message on its
         XY route (their routers are charged)."""
-        idle = [int(Op.HLT), int(Op.NOP)]
         used = {t for t, _ in self.cores_used()}
-        used |= {t for t, code in enumerate(self.tile_code)
-                 if not np.isin(code["op"], idle).all()}
+        used |= {t for t, code in enumerate(self.tile_code) if _works(code)}
         used |= {int(t) for t, *_ in self.mem_init}
         used |= {p.tile for p in self.inputs + self.outputs}
         if not routes:
@@ -364,6 +361,15 @@ def _starts(chunks) -> np.ndarray:
 
 def _split(flat: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
     return [flat[s:e].copy() for s, e in zip(starts[:-1], starts[1:])]
+
+
+_IDLE_OPS = [int(Op.HLT), int(Op.NOP)]
+
+
+def _works(code: np.ndarray) -> bool:
+    """Whether a stream does anything: the compiler ends every stream with ``hlt``, the
+    idle ones' too."""
+    return not np.isin(code["op"], _IDLE_OPS).all()
 
 
 def validate(prog: Program) -> None:
