@@ -67,7 +67,7 @@ def main():
         t0 = time.perf_counter()
         onnx = cache / f"{mname}_{variant}.onnx"
         cfg = (preset, overrides + [f"adc.model={adc_model}"])
-        hw = evaluate_hardware(onnx, cfg, x, y, calibration=cal)
+        hw = evaluate_hardware(onnx, cfg, x, y, calibration=cal, vfu_cores=C.VFU_CORES)
         # values do not depend on the cost model: check losslessness under the first only
         check = check and adc_model == adc_models[0]
         lossless = adc_lossless_check(onnx, cfg, x[:50], calibration=cal) if check else None

@@ -56,10 +56,10 @@ def main():
                        progress=False)
         dense = evaluate_hardware(export(model, out_dir / f"dense_{width}.onnx", 19,
                                          dynamic_batch=True),
-                                  "puma", x, y, calibration=cal)
+                                  "puma", x, y, calibration=cal, vfu_cores=C.VFU_CORES)
         comp = evaluate_hardware(export_qdq(res, out_dir / f"blocks_{width}.onnx"),
                                  ("puma", C.compressed_machine(C.BLOCK_BITS)),
-                                 x, y, calibration=cal)
+                                 x, y, calibration=cal, vfu_cores=C.VFU_CORES)
         row = {"width": width, "weights": dense["weights"], "compression": comp["compression"]}
         for k in ("crossbars", "cores", "tiles", "energy_uj", "area_mm2"):
             row[k] = {"dense": dense[k], "blocks": comp[k],

@@ -107,6 +107,11 @@ BLOCK_BITS = 3
 GEOM128 = {"rows": 128, "cols": 128, "cell_bits": 2, "weight_bits": BLOCK_BITS,
            "mapping": "differential"}
 GEOM32 = {**GEOM128, "rows": 32, "cols": 32}
+# The chip's placement for every row: pools share the MVM layers' cores, the compact
+# placement (fewest cores and tiles) that an area comparison calls for and that every table
+# before stop 31 used. The compiler's default since then, own cores, runs these models
+# ~22 % faster on more cores and tiles (--vfu-cores own; README).
+VFU_CORES = "shared"
 
 
 def compressed_machine(bits: int) -> list[str]:
@@ -396,14 +401,16 @@ def run_variant(name, model, rec, method, train, val, ckpt: Path, log):
     return res
 
 
-def measure(name, onnx_path, cfg, test, sim, cal, log, lossless: bool = False) -> dict:
-    """Test accuracy (onnxruntime, all test images) + the hardware figures."""
+def measure(name, onnx_path, cfg, test, sim, cal, log, vfu_cores: str,
+            lossless: bool = False) -> dict:
+    """Test accuracy (onnxruntime, all test images) + the hardware figures, compiled with
+    VFU layers on ``vfu_cores`` (:mod:`compiler.place`)."""
     from compressor.hardware import adc_lossless_check, evaluate_hardware, onnx_logits
     t0 = time.perf_counter()
     xt, yt = test
     correct = onnx_logits(onnx_path, xt).argmax(1) == yt
     acc = float(np.mean(correct))
-    hw = evaluate_hardware(onnx_path, cfg, *sim, calibration=cal)
+    hw = evaluate_hardware(onnx_path, cfg, *sim, calibration=cal, vfu_cores=vfu_cores)
     out = {"name": name, "onnx": str(onnx_path.relative_to(RESULTS.parent.parent)),
            "test_accuracy": acc, "test_images": int(len(xt)), **hw,
            "_correct": correct}   # per test image, for the verdicts' intervals; not written
@@ -420,7 +427,8 @@ def measure(name, onnx_path, cfg, test, sim, cal, log, lossless: bool = False) -
 FOLD = "pow2 fold"   # a variant derived from a trained one by compressor.fold, no training
 
 
-def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log) -> dict:
+def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log,
+             vfu_cores: str) -> dict:
     """The row of ``source``'s compressed model with every layer's scale folded to a power of
     two (``pow2: fold``, :mod:`compressor.fold`): the same levels, masks and crossbars, exact
     up to float rounding, so it takes no training of its own."""
@@ -439,7 +447,7 @@ def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log) ->
         f"{val_acc['final']:.4f} ({time.perf_counter() - t0:.1f} s)")
     timing = {"compress_s": time.perf_counter() - t0, "compress_cached": False}
     t0 = time.perf_counter()
-    row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log)
+    row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, vfu_cores)
     timing["measure_s"] = time.perf_counter() - t0
     rec = folded.recipe.to_dict()
     for rule in rec["layers"]:
@@ -469,6 +477,11 @@ def main():
                          "64 at once, the ADMM/magnitude pairs below the highest "
                          "compression point (x2) and power-of-two scales projected in ADMM "
                          "(pow2: true, every seed)")
+    ap.add_argument("--vfu-cores", choices=("own", "shared"), default=VFU_CORES,
+                    help="VFU layers (pools) on cores of their own or sharing the MVM "
+                         f"layers' (default: {VFU_CORES}, the compact placement: the fewest "
+                         "cores and tiles, which an area study compares; own is the "
+                         "compiler's default, faster and larger)")
     ap.add_argument("--name", default=None, metavar="NAME",
                     help="results as benchmarks/results/NAME.json/.csv and plots/"
                          "NAME_pareto.png (default: compression, or compression_quick)")
@@ -532,7 +545,8 @@ def main():
         dcfg, ccfg = spec["dense_cfg"], spec["comp_cfg"]
         tcfg = (dcfg[0], dcfg[1] + compressed_machine(TINY_BITS) + ["adc.adaptive=true"])
         rows.append({"model": mname, "variant": "dense", "method": "-", "machine": dcfg,
-                     **measure(f"{mname} dense", dense_path, dcfg, test, sim, cal, log)})
+                     **measure(f"{mname} dense", dense_path, dcfg, test, sim, cal, log,
+                               args.vfu_cores)})
         variants = [
             ("admm_blocks", "admm", spec["blocks"], ccfg, False),
             ("magnitude_blocks", "magnitude", spec["blocks"], ccfg, False),
@@ -584,7 +598,7 @@ def main():
         for vname, method, rules, cfg, lossless, *cands in variants:
             if method == FOLD:   # no training: the named run's levels at power-of-two scales
                 rows.append(fold_row(mname, vname, rules, results[rules], cfg, val, cache,
-                                     test, sim, cal, log))
+                                     test, sim, cal, log, args.vfu_cores))
                 continue
             cands = (cands[0] if cands else None) or {"shared": schedule}
             tried = {}
@@ -620,7 +634,8 @@ def main():
             path = export_qdq(res, cache / f"{mname}_{vname}.onnx", verify=test[0][:64])
             runs[(mname, vname)] = path
             t0 = time.perf_counter()
-            row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, lossless)
+            row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, args.vfu_cores,
+                          lossless)
             timing["measure_s"] = time.perf_counter() - t0
             extra = {} if len(tried) == 1 else {
                 "schedule": label,

@@ -1,8 +1,10 @@
-"""Weight replication for pipeline balance (``compile_model(..., replicate=N)``, ``xbarsim
-compile/run --replicate N``): latency, energy, area and MVMUs of LeNet-5 (the shipped
-model), VGG-8, VGG-16 and ResNet-18 (32x32, seeded weights) on ``puma`` with 1, 2, 4 and 8
-copies allowed per convolution. Each point also checks that the simulated integers equal
-those without copies (batch 2, values on).
+"""Placement for pipeline balance: weight replication (``compile_model(..., replicate=N)``,
+``xbarsim compile/run --replicate N``) and cores for VFU layers (``vfu_cores``, ``--vfu-cores
+own|shared``). Latency, energy, area, cores and MVMUs of LeNet-5 (the shipped model), VGG-8,
+VGG-16 and ResNet-18 (32x32, seeded weights) on ``puma`` with 1, 2, 4 and 8 copies allowed
+per convolution, pools and other VFU layers on cores of their own (the default) and, without
+copies, on the MVM layers' cores (``shared``). Each point also checks that the simulated
+integers equal those of the first point (batch 2, values on).
 
     python benchmarks/replication.py
     -> benchmarks/results/replication.json, benchmarks/results/plots/replication.png
@@ -19,6 +21,8 @@ from compiler import compile_model
 from simulator import load_config, simulate
 
 COPIES = (1, 2, 4, 8)
+# (vfu_cores, copies): every copy count with own cores, and the compact placement alone
+POINTS = [("own", n) for n in COPIES] + [("shared", 1)]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,23 +43,26 @@ def main():
         for name, path, shape in models_to_run(Path(d)):
             x = np.random.default_rng(0).random((2,) + tuple(shape[1:])).astype(np.float32)
             base = None
-            for n in COPIES:
+            for vfu, n in POINTS:
                 t = time.perf_counter()
-                prog = compile_model(path, cfg, calibration={"input": x}, replicate=n)
+                prog = compile_model(path, cfg, calibration={"input": x}, replicate=n,
+                                     vfu_cores=vfu)
                 rep = simulate(prog, {"input": x})
                 out = rep.outputs["logits:int"]
                 base = out if base is None else base
-                row = {"model": name, "replicate": n,
+                row = {"model": name, "replicate": n, "vfu_cores": prog.mapping["vfu_cores"],
                        "copies": [L["copies"] for L in prog.mapping["layers"]],
                        "latency_us": rep.latency_s * 1e6, "energy_uj": rep.energy_j["total"] * 1e6,
                        "leakage_uj": rep.energy_j["leakage"] * 1e6,
                        "area_mm2": rep.area_mm2["total"], "mvmus": rep.mvmus,
-                       "tiles": rep.tiles, "same_integers": bool(np.array_equal(out, base)),
+                       "cores": rep.cores, "tiles": rep.tiles,
+                       "same_integers": bool(np.array_equal(out, base)),
                        "wall_s": time.perf_counter() - t}
                 rows.append(row)
-                print(f"{name:14s} replicate {n}: {row['latency_us']:9.1f} us "
-                      f"{row['energy_uj']:9.1f} uJ {row['area_mm2']:6.3f} mm2 "
-                      f"{row['mvmus']:5d} MVMUs  copies {row['copies'][:6]}  "
+                print(f"{name:14s} {row['vfu_cores']:6s} replicate {n}: "
+                      f"{row['latency_us']:9.1f} us {row['energy_uj']:9.1f} uJ "
+                      f"{row['area_mm2']:6.3f} mm2 {row['mvmus']:5d} MVMUs {row['cores']:4d} "
+                      f"cores {row['tiles']:3d} tiles  copies {row['copies'][:6]}  "
                       f"same integers {row['same_integers']}")
     plot(rows)
     write("replication", {"machine": machine(), "preset": "puma", "rows": rows,
@@ -67,12 +74,17 @@ def plot(rows):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        rs = [r for r in rows if r["model"] == name]
+    for k, name in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        rs = [r for r in rows if r["model"] == name and r["vfu_cores"] == "own"]
+        shared = [r for r in rows if r["model"] == name and r["vfu_cores"] == "shared"]
         n = [r["replicate"] for r in rs]
         for ax, key in zip(axes, ("latency_us", "energy_uj", "area_mm2")):
             base = rs[0][key]
-            ax.plot(n, [r[key] / base for r in rs], "o-", label=name)
+            line, = ax.plot(n, [r[key] / base for r in rs], "o-", label=name)
+            ax.plot([r["replicate"] for r in shared], [r[key] / base for r in shared], "x",
+                    ms=9, color=line.get_color(),
+                    label="VFU layers on shared cores" if k == 0 and key == "latency_us"
+                    else None)
     for ax, title in zip(axes, ("latency", "energy / inference", "area")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(COPIES, [str(c) for c in COPIES])
@@ -81,7 +93,8 @@ def plot(rows):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Weight replication on the puma machine (batch of one inference)")
+    fig.suptitle("Weight replication on the puma machine (batch of one inference; "
+                 "x: VFU layers sharing the MVM layers' cores)")
     fig.tight_layout()
     out = RESULTS / "plots" / "replication.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,13 +41,15 @@ def _progress(enabled: bool):
 def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str | None = None,
                   *, calibration: dict[str, np.ndarray] | None = None,
                   progress: bool = False, return_ir: bool = False, headroom: float = 2.0,
-                  replicate: int = 1):
+                  replicate: int = 1, vfu_cores: str = "own"):
     """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a config or preset
     name). ``calibration``: inputs (batch first, keyed by graph input name) that set the
     activation ranges; default: a few seeded standard-normal samples. ``headroom``: range
     kept above the calibrated |max| of each activation (2 = one bit). ``replicate``: up to
     this many copies of the convolutions' crossbars, each computing a band of output rows
-    (pipeline balance; 1 = none; see :mod:`compiler.place`).
+    (pipeline balance; 1 = none; see :mod:`compiler.place`). ``vfu_cores``: "own" gives
+    pooling, residual adds and other VFU layers a core of their own (faster), "shared"
+    packs them onto the MVM layers' cores (fewer cores and tiles; see :mod:`compiler.place`).
     Returns the Program, or (Program, LayerProgram, Graph) with ``return_ir``."""
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
@@ -66,7 +68,7 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     say(f"lower: {len(lp.layers)} layers")
     strips = partition(lp, cfg)
     say(f"partition: {sum(len(s.blocks) for ss in strips.values() for s in ss)} MVMUs")
-    pl = place(lp, strips, cfg, replicate)
+    pl = place(lp, strips, cfg, replicate, vfu_cores)
     say(f"place: {pl.n_tiles} tiles" + (f", {len(pl.all_blocks())} MVMUs with copies"
                                          if pl.bands else ""))
     prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
@@ -130,7 +132,8 @@ def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
         })
     n_mvmu = sum(L["mvmus"] for L in layers)
     return {"layers": layers, "mvmus": n_mvmu, "crossbars": n_mvmu * xb,
-            "tiles": pl.n_tiles, "utilization": used_cells / total_cells if total_cells else 0.0}
+            "tiles": pl.n_tiles, "utilization": used_cells / total_cells if total_cells else 0.0,
+            "vfu_cores": pl.vfu_cores}
 
 
 def save(prog: Program, folder: str | Path) -> Path:

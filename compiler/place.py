@@ -4,7 +4,13 @@ Greedy and in layer order, over the tiles in snake order across the mesh so cons
 layers sit on neighbouring tiles (short NoC paths). Each MVM layer starts on a fresh core
 (layers then pipeline instead of sharing an in-order core); a column strip's blocks stay in
 one tile when they fit, so its partial sums meet in tile memory rather than on the NoC.
-VFU layers go to an idle core of the tile that holds their input. A model that needs more
+VFU layers (pooling, residual adds, activations not fused into an MVM layer) go to the least
+busy core of a tile that holds an input. With ``vfu_cores="own"`` (the default) the MVM
+layers after them skip that core, so a VFU layer has a core of its own: a pool that shared
+the next convolution's core would hold it for the pool's whole pixel loop (LeNet-5 on puma:
+11 % slower). Own cores cost cores, and sometimes a tile: ``"shared"`` packs MVM layers
+onto every core (the fewest cores and tiles, the least area), and is also what "own" falls
+back to, with a warning, when own cores would not fit the node. A model that needs more
 MVMUs than the node has is refused with the numbers.
 
 Weight replication (``replicate=N``, for pipeline balance as ISAAC does): a convolution gets
@@ -43,6 +49,7 @@ class Placement:
     # layer -> [(first output row, rows, strips)], one per copy; copy 0's strips are
     # ``strips[layer]``. Absent: one copy computing every row.
     bands: dict[int, list] = field(default_factory=dict)
+    vfu_cores: str = "own"                 # the policy placement could keep (VFU_CORES)
 
     def copies(self, i: int) -> list[list[Strip]]:
         """The strips of every copy of MVM layer i."""
@@ -68,12 +75,24 @@ def _replicable(L) -> bool:
             and not hasattr(L, "generate_code"))
 
 
+VFU_CORES = ("own", "shared")
+"""Where VFU layers run: on a core of their own, or sharing MVM layers' cores."""
+
+
+def check_vfu_cores(vfu_cores) -> None:
+    if vfu_cores not in VFU_CORES:
+        raise CompilerError(f"vfu_cores = {vfu_cores!r}: must be one of "
+                            f"{', '.join(VFU_CORES)}")
+
+
 def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
-          replicate: int = 1) -> Placement:
+          replicate: int = 1, vfu_cores: str = "own") -> Placement:
     """Place every layer; with ``replicate`` > 1, copies that would push the model past the
-    node are given up (fewer copies are tried, halving, down to none)."""
+    node are given up (fewer copies are tried, halving, down to none); ``vfu_cores`` (see
+    the module docstring) falls back from "own" to "shared" before copies are given up."""
     if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 1:
         raise CompilerError(f"replicate = {replicate!r}: must be an integer >= 1")
+    check_vfu_cores(vfu_cores)
     flat = [L.name for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv
             and L.Ho == 1]
     if replicate > 1 and flat:   # copies split a layer's output rows; these have one
@@ -81,17 +100,28 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                       f"{' and others' if len(flat) > 3 else ''} not copied (a convolution "
                       f"with one output row, e.g. 1-D: copies split output rows)",
                       stacklevel=3)
+    tries = (True, False) if vfu_cores == "own" else (False,)
     while True:
-        try:
-            return _place(prog, strips, cfg, replicate)
-        except ModelTooBigError:
-            if replicate == 1:
-                raise
-            replicate //= 2
+        for own_cores in tries:
+            try:
+                pl = _place(prog, strips, cfg, replicate, own_cores)
+            except ModelTooBigError:
+                if replicate == 1 and not own_cores:
+                    raise
+                continue
+            if not own_cores and vfu_cores == "own" and pl.vfu_core:
+                warnings.warn(f"vfu_cores = own: VFU layers share cores with MVM layers; "
+                              f"cores of their own do not fit the node's {cfg.node.tiles} "
+                              f"tiles", stacklevel=3)
+            pl.vfu_cores = "own" if own_cores else "shared"
+            return pl
+        replicate //= 2
 
 
 def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
-           replicate: int) -> Placement:
+           replicate: int, own_cores: bool = True) -> Placement:
+    """One placement attempt. ``own_cores``: MVM layers skip cores that VFU layers took
+    (else they may share them)."""
     for ss in strips.values():
         for s in ss:
             s.owner = None                 # a retry starts from scratch
@@ -115,17 +145,27 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
         c, m = divmod(rest, M)
         return order[t], c, m
 
+    def vfu_taken(s) -> bool:      # slot s starts a core that a VFU layer runs on
+        t, rest = divmod(s, per_tile)
+        return (own_cores and s % M == 0 and t < len(order)
+                and (order[t], rest // M) in core_busy)
+
     for i, L in enumerate(prog.layers):
         if L.kind == "mvm":
             if slot % M:
                 slot += M - slot % M                     # fresh core per layer
+            while vfu_taken(slot):
+                slot += M
             tiles = set()
             for s in strips[i]:
                 nb = len(s.blocks)
-                room = per_tile - slot % per_tile
+                to_end = per_tile - slot % per_tile
+                room = sum(not vfu_taken(k - k % M) for k in range(slot, slot + to_end))
                 if 0 < nb <= per_tile and nb > room:
-                    slot += room                         # keep the strip in one tile
+                    slot += to_end                       # keep the strip in one tile
                 for b in s.blocks:
+                    while vfu_taken(slot):
+                        slot += M
                     b.loc = loc(slot)
                     slot += 1
                     tiles.add(b.loc[0])
@@ -134,7 +174,7 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
             # Strips with no weights at all (bias only) reduce on the layer's first core.
             first = next((s.owner for s in strips[i] if s.owner), None)
             if first is None:
-                t, c, _ = loc(slot)
+                t, c, _ = loc(slot)   # slot starts a free core: the layer placed nothing
                 first = (t, c)
                 slot += M
             for s in strips[i]:
@@ -143,13 +183,16 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                     tiles.add(first[0])
             pl.layer_tiles[i] = tiles
             if want.get(i, 1) > 1 and len(tiles) == 1 and not overflow:
-                slot = _replicate(pl, i, L, want[i], slot, M, per_tile, loc)
+                slot = _replicate(pl, i, L, want[i], slot, M, per_tile, loc, vfu_taken)
         elif L.kind == "vfu":
-            home = _home_tile(prog, pl, L.inputs[0] if L.inputs else None, order)
+            # The least busy core of a tile holding an input (another tile would add a
+            # transfer, which the tile control units make in layer order).
+            homes = list(dict.fromkeys(_home_tile(prog, pl, x, order)
+                                       for x in (L.inputs or [None])))
             used_cores = {b.loc[:2] for b in pl.all_blocks() if b.loc is not None}
-            cand = [(core_busy.get((home, c), 0) + (1 if (home, c) in used_cores else 0), c)
-                    for c in range(cores)]
-            _, c = min(cand)
+            _, k, c = min((core_busy.get((t, c), 0) + ((t, c) in used_cores), k, c)
+                          for k, t in enumerate(homes) for c in range(cores))
+            home = homes[k]
             pl.vfu_core[i] = (home, c)
             core_busy[(home, c)] = core_busy.get((home, c), 0) + 1
             pl.layer_tiles[i] = {home}
@@ -170,15 +213,16 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
 
 
 def _replicate(pl: Placement, i: int, L, copies: int, slot: int, M: int, per_tile: int,
-               loc) -> int:
+               loc, vfu_taken) -> int:
     """Add up to ``copies - 1`` copies of layer i's crossbars on fresh cores after ``slot``
-    in the same tile (as many as fit); split the output rows into bands. Returns the next
-    free slot."""
+    in the same tile (as many as fit before the tile's end or a core a VFU layer took);
+    split the output rows into bands. Returns the next free slot."""
     strips = pl.strips[i]
     nb = sum(len(s.blocks) for s in strips)
     per_copy = max(1, -(-nb // M)) * M               # whole cores, so copies never share
     slot += -slot % M
     room = (per_tile - slot % per_tile) % per_tile if slot % per_tile else 0
+    room = next((k for k in range(0, room, M) if vfu_taken(slot + k)), room)
     copies = min(copies, 1 + room // per_copy)
     if copies <= 1:
         return slot

@@ -85,7 +85,7 @@ def run_model(args) -> dict:
     calib = {k: v[:32] for k, v in inputs.items()}
     t1 = time.perf_counter()
     prog = compile_model(model_path, cfg, calibration=calib, progress=not args.quiet,
-                         replicate=args.replicate)
+                         replicate=args.replicate, vfu_cores=args.vfu_cores)
     t2 = time.perf_counter()
     ref = run_onnxruntime(model_path, inputs)
     rep = simulate(prog, inputs, trace=bool(args.trace), reference=ref)

@@ -17,8 +17,9 @@ How it is built:
 - *Grid*: ``KEY=V1,V2`` per config key; ``K1=K2=V1,V2`` sets both keys to each value
   (``xbar.rows=xbar.cols=64,128`` for square crossbars). Points are the product, models
   outermost, in the order given; the table keeps that order whatever order points finish in.
-- *Compile options*: ``compile.replicate`` (weight copies, :mod:`compiler.place`) is a grid
-  key like a config key, passed to ``compile_model``.
+- *Compile options*: ``compile.replicate`` (weight copies) and ``compile.vfu_cores`` (own or
+  shared cores for VFU layers; both :mod:`compiler.place`) are grid keys like config keys,
+  passed to ``compile_model``.
 - *Data* (optional): a batch whose outputs are compared with onnxruntime (relative error,
   top-1 agreement) and, with labels, top-1 accuracy. A model whose input does not take the
   data's samples gets seeded standard-normal inputs instead (``data`` column: ``random``).
@@ -59,6 +60,8 @@ from simulator.config import MachineConfig, load_config, with_overrides
 from simulator.errors import ConfigError, XbarsimError
 from simulator.fileio import atomic_write
 from simulator.cli import positive_int
+
+from .place import VFU_CORES
 
 #: Bump when a stored point's layout changes; old points are then recomputed. (A change
 #: of the code that computes points changes every key by itself: see code_fingerprint.)
@@ -158,7 +161,7 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
 
 # Grid keys that are compiler options rather than machine config: key -> compile_model
 # keyword. They go to the table like config keys and into the point's hash.
-COMPILE_KEYS = {"compile.replicate": "replicate"}
+COMPILE_KEYS = {"compile.replicate": "replicate", "compile.vfu_cores": "vfu_cores"}
 
 
 def split_point(pt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -175,6 +178,10 @@ def _check_compile_options(options: dict) -> None:
         shown = "none" if rep is None else repr(rep)
         raise ConfigError(f"compile.replicate = {shown}: must be an integer >= 1 (the "
                           f"weight copies per layer)")
+    vfu = options.get("vfu_cores", "own")
+    if vfu not in VFU_CORES:
+        raise ConfigError(f"compile.vfu_cores = {vfu!r}: must be one of "
+                          f"{', '.join(VFU_CORES)}")
 
 
 def _check_keys(base: MachineConfig, keys: Iterable[str]) -> None:
@@ -924,7 +931,8 @@ def register(sub) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key and its values, e.g. --grid adc.bits=4,6,8; "
                         "K1=K2=V1,V2 sets both keys (xbar.rows=xbar.cols=64,128); "
-                        "compile.replicate=1,4 sweeps weight replication; repeat for more "
+                        "compile.replicate=1,4 sweeps weight replication, "
+                        "compile.vfu_cores=own,shared the VFU layers' cores; repeat for more "
                         "axes")
     p.add_argument("-o", "--output", required=True, metavar="RESULTS.csv",
                    help="results table (CSV; a .parquet beside it); points are kept in "

@@ -165,11 +165,13 @@ class RescaleLayer(ElementwiseLayer):
 
 @dataclass
 class WeightedSumLayer(ElementwiseLayer):
-    """y = clip((sum_i x_i * mult_i) >> shift): Add, Sub, Sum of tensors at their scales."""
+    """y = clip((sum_i x_i * mult_i) >> shift): Add, Sub, Sum of tensors at their scales;
+    ``relu``: then max(y, 0) (a following Relu fused)."""
 
     mults: list = field(default_factory=list)
     shift: int = 0
     bits: int = 16
+    relu: bool = False
 
     def compute(self, em, dst, srcs, n, c0, const_regs, layer):
         for r, m in zip(srcs, self.mults):
@@ -177,10 +179,13 @@ class WeightedSumLayer(ElementwiseLayer):
         for r in srcs[1:]:
             em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=r, vec=n, layer=layer)
         emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+        if self.relu:
+            em.emit(Op.ALU, fn=Fn.RELU, dst=dst, src1=dst, vec=n, layer=layer)
 
     def compute_ref(self, xs, c0, n, consts):
         acc = sum(x * int(m) for x, m in zip(xs, self.mults))
-        return rescale_ref(acc, 1, self.shift, self.bits)
+        y = rescale_ref(acc, 1, self.shift, self.bits)
+        return np.maximum(y, 0) if self.relu else y
 
 
 @dataclass

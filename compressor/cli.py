@@ -77,6 +77,10 @@ def register(subparsers) -> None:
     p.add_argument("--replicate", type=int, default=1, metavar="N",
                    help="the hardware loop compiles dense and compressed alike with up to N "
                         "copies of each convolution's crossbars (default: 1, none)")
+    p.add_argument("--vfu-cores", choices=("own", "shared"), default="own",
+                   help="the hardware loop gives pooling and other VFU layers a core of their "
+                        "own (faster) or packs them onto the MVM layers' cores (less area) "
+                        "(default: own)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
 
@@ -244,8 +248,10 @@ def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
         dense_path = export(dense_model, Path(tmp) / "dense.onnx", args.opset,
                             dynamic_batch=True)
         dense = evaluate_hardware(dense_path, dense_cfg, x, y, calibration=cal,
-                                  geometry=recipe.geometry, replicate=n)
-    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal, replicate=n)
+                                  geometry=recipe.geometry, replicate=n,
+                                  vfu_cores=args.vfu_cores)
+    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal, replicate=n,
+                                          vfu_cores=args.vfu_cores)
                 for method, path in runs}
     compare(dense, variants)
     return {"machine": cfg, "dense_machine": dense_cfg, "dense": dense, **variants}

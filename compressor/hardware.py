@@ -64,7 +64,8 @@ METRICS = (
 def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
                       y: np.ndarray | None = None, *, overrides: Iterable[str] = (),
                       calibration: np.ndarray | None = None,
-                      geometry: CrossbarGeometry | None = None, replicate: int = 1) -> dict:
+                      geometry: CrossbarGeometry | None = None, replicate: int = 1,
+                      vfu_cores: str = "own") -> dict:
     """Compile ``model`` for a machine, simulate ``x``, and measure it.
 
     ``model``: an ONNX path, or a :class:`compressor.pipeline.CompressionResult` (exported
@@ -75,7 +76,8 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     the activation ranges (default: ``x[:64]``; pass training images to keep test images
     out of every choice). ``geometry``: the tiling :func:`storage_bits` counts in (default:
     the QDQ metadata's, else the machine's crossbars). ``replicate``: the compiler's weight
-    copies for pipeline balance (``compile_model(..., replicate=N)``).
+    copies for pipeline balance (``compile_model(..., replicate=N)``). ``vfu_cores``: "own"
+    or "shared" cores for pooling and other VFU layers (:mod:`compiler.place`).
 
     Returns a JSON-ready dict: ``accuracy_sim``, ``accuracy_onnx``, ``agreement`` (fraction
     of images where chip and onnxruntime pick the same class), ``weights``,
@@ -107,7 +109,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         store = storage_bits(path, geom)
         inp, outp = _io_names(path)
         prog = compile_model(path, machine, calibration={inp: cal},
-                             replicate=int(replicate))
+                             replicate=int(replicate), vfu_cores=vfu_cores)
         rep = simulate(prog, {inp: x})
         logits = rep.outputs[outp].reshape(len(x), -1)
         ort = onnx_logits(path, x)
@@ -117,6 +119,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         "config": label,
         # copies placement actually made (it gives some up when they would not fit)
         "replicate": max((L["copies"] for L in prog.mapping["layers"]), default=1),
+        "vfu_cores": prog.mapping["vfu_cores"],
         "agreement": float(np.mean(logits.argmax(1) == ort.argmax(1))),
         **store,
         "crossbars": int(rep.crossbars), "mvmus": int(rep.mvmus), "tiles": int(rep.tiles),

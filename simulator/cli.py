@@ -52,6 +52,10 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicate", type=positive_int, default=1, metavar="N",
                    help="up to N copies of each convolution's crossbars, in proportion to "
                         "its output pixels, each computing a band of rows [1: none]")
+    p.add_argument("--vfu-cores", choices=("own", "shared"), default="own",
+                   help="pooling, residual adds and other VFU layers on a core of their own "
+                        "(faster) or sharing the MVM layers' cores (fewer cores and tiles, "
+                        "less area) [own]")
 
 
 TORCH_MAX_OPSET = 23
@@ -164,7 +168,8 @@ def cmd_compile(args) -> int:
     from .config import load_config
     _check_output_args(args)
     cfg = load_config(args.preset, args.overrides)
-    prog = compile_model(args.model, cfg, progress=not args.quiet, replicate=args.replicate)
+    prog = compile_model(args.model, cfg, progress=not args.quiet, replicate=args.replicate,
+                         vfu_cores=args.vfu_cores)
     prog.save(args.output)
     m = prog.mapping
     print(f"compiled {args.model} -> {args.output}: {m.get('crossbars', '?')} crossbars, "

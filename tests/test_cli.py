@@ -406,6 +406,20 @@ def test_demo_options_and_set_values_mean_what_they_say(argv, needle, tmp_path, 
         _one_line_error(capsys, rc, needle)
 
 
+def test_vfu_cores_option_reaches_the_program(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx")
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q",
+                 "--vfu-cores", "shared"]) == 0
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["mapping"]["vfu_cores"] == "shared"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(model), "--random", "2", "--vfu-cores", "spread"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "--vfu-cores: invalid choice: 'spread' (choose from 'own', 'shared')" in err
+
+
 def test_preset_yaml_reads_exponents_as_numbers(tmp_path):
     from simulator.config import load_config
     p = tmp_path / "sig.yaml"

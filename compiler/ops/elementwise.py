@@ -31,20 +31,27 @@ def lower_add(node, ctx):
             raise UnsupportedOpError(
                 f"operands {ts[0].name!r} ({ts[0].kind}) and {t.name!r} ({t.kind}) are "
                 f"stored in different memory orders; both must be feature maps or vectors")
-    s_y = ctx.scale_for(node.output[0])
+    # A ReLU that alone reads the sum runs in the same loop (as after a convolution): a
+    # residual block's Add + ReLU is one VFU layer, one pass over the map, one core.
+    relu = ctx.sole_consumer(node.output[0], ("Relu",))
+    out_name = node.output[0] if relu is None else relu.output[0]
+    s_y = ctx.scale_for(out_name)
     signs = [1.0] * len(ts)
     if node.op_type == "Sub":
         signs[1] = -1.0
     mults, shift = multiplier(np.array([sg * t.scale / s_y for sg, t in zip(signs, ts)]))
-    out = ctx.new_tensor(node.output[0], shape, s_y, perm=ts[0].perm,
+    out = ctx.new_tensor(out_name, shape, s_y, perm=ts[0].perm,
                          as_map=ts[0].kind == "map")
+    if relu is not None:
+        ctx.skip.add(relu.name)
+        ctx.nonneg.add(out_name)
     for t in ts[1:]:
         if (t.perm is None) != (ts[0].perm is None) or (
                 t.perm is not None and not np.array_equal(t.perm, ts[0].perm)):
             raise UnsupportedOpError("operands stored in different memory orders")
     ctx.add(WeightedSumLayer(node.name, node.op_type, [t.name for t in ts], out.name,
                              node=node.name, mults=[int(m) for m in mults], shift=shift,
-                             bits=ctx.bits))
+                             bits=ctx.bits, relu=relu is not None))
 
 
 def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:

@@ -83,6 +83,25 @@ def test_prelu(slope_shape):
     check(_model(nodes, inits, (1, 3, 8, 8), ["y"]), _img())
 
 
+@pytest.mark.parametrize("sum_is_output", [False, True])
+def test_relu_after_add_runs_in_the_add_layer(sum_is_output):
+    # A residual block's Add -> Relu is one VFU layer (one pass, one core), as a Relu after
+    # a Conv is; not when the sum is also a graph output (its value must stay).
+    nodes, inits = _conv("c1")
+    n2, i2 = _conv("c2")
+    nodes += n2
+    inits.update(i2)
+    nodes += [helper.make_node("Add", ["c1", "c2"], ["s"]),
+              helper.make_node("Relu", ["s"], ["y"]),
+              helper.make_node("MaxPool", ["y"], ["p"], kernel_shape=[3, 3], pads=[1] * 4)]
+    outputs = ["p", "s"] if sum_is_output else ["p"]
+    lp = check(_model(nodes, inits, (1, 3, 8, 8), outputs), _img())
+    ops = [L.op for L in lp.layers]
+    assert ("Relu" in ops) == sum_is_output, ops
+    add = next(L for L in lp.layers if L.op == "Add")
+    assert add.relu != sum_is_output
+
+
 @pytest.mark.parametrize("lo,hi", [(-0.5, 0.7), (0.0, None), (None, 0.2)])
 def test_clip_standalone(lo, hi):
     # Add -> Clip: the Clip cannot fuse into an MVM layer.

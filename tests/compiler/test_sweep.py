@@ -256,6 +256,29 @@ def test_compile_options_are_grid_keys(model_files, tmp_path):
                   workers=1, progress=False)
 
 
+def test_vfu_cores_is_a_grid_key(tmp_path):
+    # own cores for the pool: the conv after it no longer waits for the pool's loop
+    rng = np.random.default_rng(2)
+    arr = {"cw": rng.standard_normal((8, 1, 3, 3)) / 3, "cb": rng.standard_normal(8) * 0.1,
+           "dw": rng.standard_normal((8, 8, 3, 3)) / 8, "db": rng.standard_normal(8) * 0.1,
+           "fw": rng.standard_normal((72, 10)) / 9, "fb": np.zeros(10)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arr.items()]
+    nodes = [helper.make_node("Conv", ["input", "cw", "cb"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "dw", "db"], ["d"], kernel_shape=[3, 3]),
+             helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"])]
+    model = str(_save(nodes, inits, [1, 1, 12, 12], "pooled", tmp_path / "pooled.onnx"))
+    df = run_sweep([model], ["compile.vfu_cores=own,shared,spread"], tmp_path / "r.csv",
+                   data="random", samples=2, workers=1, progress=False)
+    assert list(df["status"]) == ["ok", "ok", "failed"], df[["status", "error"]]
+    assert "compile.vfu_cores = 'spread': must be one of own, shared" in df["error"].iloc[2]
+    own, shared = df.iloc[0], df.iloc[1]
+    assert own["cores"] == shared["cores"] + 1 and own["latency_s"] < shared["latency_s"]
+    assert own["rel_err"] == shared["rel_err"]                     # same integers
+
+
 def test_output_names_with_dots_keep_their_own_tables(model_files, tmp_path):
     from compiler.sweep import results_paths
     assert results_paths(tmp_path / "s.adc.csv")["csv"] == tmp_path / "s.adc.csv"

@@ -95,6 +95,20 @@ def test_hardware_loop_with_weight_copies_keeps_outputs_and_cuts_latency(blocks,
     assert four["storage_bits"] == one["storage_bits"]   # copies are hardware, not storage
 
 
+def test_hardware_loop_places_pools_as_asked(blocks, digits):
+    """``vfu_cores`` reaches the compiler: LeNet-5's pools on cores of their own finish
+    sooner than on the MVM layers' cores, with the same logits and more cores."""
+    _, comp_path = blocks
+    (xtr, _), (xte, yte) = digits
+    own = evaluate_hardware(comp_path, MACHINE, xte[:8], yte[:8], calibration=xtr[:32])
+    shared = evaluate_hardware(comp_path, MACHINE, xte[:8], yte[:8], calibration=xtr[:32],
+                               vfu_cores="shared")
+    assert (own["vfu_cores"], shared["vfu_cores"]) == ("own", "shared")
+    assert own["agreement"] == shared["agreement"] and own["mvmus"] == shared["mvmus"]
+    assert own["cores"] == shared["cores"] + 2
+    assert own["latency_us"] < 0.95 * shared["latency_us"]
+
+
 @pytest.fixture(scope="module")
 def three_bit(digits, tmp_path_factory):
     """Every layer on 3-bit levels (|q| <= 3: one 2-bit cell per differential array)."""
