@@ -50,7 +50,9 @@ def main():
                 rep = simulate(prog, {"input": x})
                 out = rep.outputs["logits:int"]
                 base = out if base is None else base
-                row = {"model": name, "replicate": n, "vfu_cores": prog.mapping["vfu_cores"],
+                row = {"model": name, "replicate": n, "vfu_cores_asked": vfu,
+                       "vfu_cores": prog.mapping["vfu_cores"],
+                       "vfu_layers_sharing": prog.mapping["vfu_layers_sharing"],
                        "copies": [L["copies"] for L in prog.mapping["layers"]],
                        "latency_us": rep.latency_s * 1e6, "energy_uj": rep.energy_j["total"] * 1e6,
                        "leakage_uj": rep.energy_j["leakage"] * 1e6,
@@ -75,8 +77,8 @@ def plot(rows):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for k, name in enumerate(dict.fromkeys(r["model"] for r in rows)):
-        rs = [r for r in rows if r["model"] == name and r["vfu_cores"] == "own"]
-        shared = [r for r in rows if r["model"] == name and r["vfu_cores"] == "shared"]
+        rs = [r for r in rows if r["model"] == name and r["vfu_cores_asked"] == "own"]
+        shared = [r for r in rows if r["model"] == name and r["vfu_cores_asked"] == "shared"]
         n = [r["replicate"] for r in rs]
         for ax, key in zip(axes, ("latency_us", "energy_uj", "area_mm2")):
             base = rs[0][key]

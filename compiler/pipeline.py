@@ -133,7 +133,8 @@ def mapping_summary(lp: LayerProgram, strips, pl, cfg) -> dict:
     n_mvmu = sum(L["mvmus"] for L in layers)
     return {"layers": layers, "mvmus": n_mvmu, "crossbars": n_mvmu * xb,
             "tiles": pl.n_tiles, "utilization": used_cells / total_cells if total_cells else 0.0,
-            "vfu_cores": pl.vfu_cores}
+            "vfu_cores": pl.vfu_cores,
+            "vfu_layers_sharing": len(pl.vfu_sharing) if pl.vfu_cores == "own" else None}
 
 
 def save(prog: Program, folder: str | Path) -> Path:

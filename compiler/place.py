@@ -5,13 +5,16 @@ layers sit on neighbouring tiles (short NoC paths). Each MVM layer starts on a f
 (layers then pipeline instead of sharing an in-order core); a column strip's blocks stay in
 one tile when they fit, so its partial sums meet in tile memory rather than on the NoC.
 VFU layers (pooling, residual adds, activations not fused into an MVM layer) go to the least
-busy core of a tile that holds an input. With ``vfu_cores="own"`` (the default) the MVM
-layers after them skip that core, so a VFU layer has a core of its own: a pool that shared
-the next convolution's core would hold it for the pool's whole pixel loop (LeNet-5 on puma:
-11 % slower). Own cores cost cores, and sometimes a tile: ``"shared"`` packs MVM layers
-onto every core (the fewest cores and tiles, the least area), and is also what "own" falls
-back to, with a warning, when own cores would not fit the node. A model that needs more
-MVMUs than the node has is refused with the numbers.
+busy core of the tile that holds their first input. With ``vfu_cores="own"`` (the default)
+the MVM layers after them skip that core, so a VFU layer has a core of its own: a pool that
+shared the next convolution's core would hold it for the pool's whole pixel loop (LeNet-5
+on puma: 11 % slower). Where that tile has no idle core left (copies or earlier layers
+filled it) a VFU layer still shares one: a core on another tile would add a transfer, and
+tile control units make transfers one layer after another, which measured slower; the
+mapping counts these (``vfu_layers_sharing``). Own cores cost cores, and sometimes a tile:
+``"shared"`` packs MVM layers onto every core (the fewest cores and tiles, the least area),
+and is also what "own" falls back to, with a warning, when own cores would not fit the
+node. A model that needs more MVMUs than the node has is refused with the numbers.
 
 Weight replication (``replicate=N``, for pipeline balance as ISAAC does): a convolution gets
 up to N copies of its crossbars, in proportion to its output pixels relative to the
@@ -50,6 +53,7 @@ class Placement:
     # ``strips[layer]``. Absent: one copy computing every row.
     bands: dict[int, list] = field(default_factory=dict)
     vfu_cores: str = "own"                 # the policy placement could keep (VFU_CORES)
+    vfu_sharing: list = field(default_factory=list)  # "own", yet no idle core: VFU layers
 
     def copies(self, i: int) -> list[list[Strip]]:
         """The strips of every copy of MVM layer i."""
@@ -110,10 +114,10 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                     raise
                 continue
             if not own_cores and vfu_cores == "own" and pl.vfu_core:
+                copies = f" with up to {replicate} copies" if replicate > 1 else ""
                 warnings.warn(f"vfu_cores = own: VFU layers share cores with MVM layers; "
-                              f"cores of their own do not fit the node's {cfg.node.tiles} "
-                              f"tiles", stacklevel=3)
-            pl.vfu_cores = "own" if own_cores else "shared"
+                              f"with cores of their own the model{copies} does not fit the "
+                              f"node's {cfg.node.tiles} tiles", stacklevel=3)
             return pl
         replicate //= 2
 
@@ -129,7 +133,7 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     per_tile = M * cores
     order = snake_order(cfg.node.tiles, cfg.node.mesh_width)
     needed = sum(len(s.blocks) for ss in strips.values() for s in ss)
-    pl = Placement(strips)
+    pl = Placement(strips, vfu_cores="own" if own_cores else "shared")
     want = wanted_copies(prog, replicate)
     slot = 0                       # next free MVMU slot, in (tile order, core, mvmu) order
     core_busy: dict[tuple, int] = {}   # (tile, core) -> VFU layers placed there
@@ -185,14 +189,16 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
             if want.get(i, 1) > 1 and len(tiles) == 1 and not overflow:
                 slot = _replicate(pl, i, L, want[i], slot, M, per_tile, loc, vfu_taken)
         elif L.kind == "vfu":
-            # The least busy core of a tile holding an input (another tile would add a
-            # transfer, which the tile control units make in layer order).
-            homes = list(dict.fromkeys(_home_tile(prog, pl, x, order)
-                                       for x in (L.inputs or [None])))
+            # The least busy core of the tile that writes its first input (another tile
+            # would add a transfer, which the tile control units make in layer order;
+            # measured, the tiles of all inputs placed ResNet-18 10 % slower).
+            home = _home_tile(prog, pl, L.inputs[0] if L.inputs else None, order)
             used_cores = {b.loc[:2] for b in pl.all_blocks() if b.loc is not None}
-            _, k, c = min((core_busy.get((t, c), 0) + ((t, c) in used_cores), k, c)
-                          for k, t in enumerate(homes) for c in range(cores))
-            home = homes[k]
+            used_cores |= {s.owner for ss in pl.strips.values() for s in ss if s.owner}
+            _, c = min((core_busy.get((home, c), 0) + ((home, c) in used_cores), c)
+                       for c in range(cores))
+            if own_cores and (home, c) in used_cores | set(core_busy):
+                pl.vfu_sharing.append(i)      # no idle core where its inputs are
             pl.vfu_core[i] = (home, c)
             core_busy[(home, c)] = core_busy.get((home, c), 0) + 1
             pl.layer_tiles[i] = {home}

@@ -429,6 +429,8 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
                                       "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
                                       "adc_conversions", "instructions")})
         row["utilization"] = prog.mapping.get("utilization")
+        # the placement kept ("own" falls back to "shared" when the node is too small)
+        row["vfu_cores"] = prog.mapping.get("vfu_cores")
         # the widest ADC on the chip (with adc.adaptive: what its weights need); none if ideal
         row["adc_bits"] = max((L["adc_bits"] for L in d["layers"] if L["adc_bits"]),
                               default=None)

@@ -50,7 +50,9 @@ METRICS = (
     ("compression", "compression (32-bit dense / stored)", False),
     ("crossbars", "crossbars", True),
     ("mvmus", "MVMUs (crossbar blocks)", True),
+    ("cores", "cores", True),
     ("tiles", "tiles", True),
+    ("vfu_cores", "VFU layers' cores (placement)", None),
     ("energy_uj", "energy / inference (uJ)", True),
     ("area_mm2", "area (mm^2)", True),
     ("latency_us", "latency (us)", True),
@@ -520,6 +522,8 @@ def _is_mapping_of_dicts(d) -> bool:
 def _fmt(key, v):
     if v is None:
         return ""
+    if isinstance(v, str):
+        return v
     if key.startswith("accuracy"):
         return f"{100 * v:.2f} %"
     if key in ("energy_uj", "latency_us", "area_mm2"):

@@ -406,12 +406,22 @@ def test_demo_options_and_set_values_mean_what_they_say(argv, needle, tmp_path, 
         _one_line_error(capsys, rc, needle)
 
 
-def test_vfu_cores_option_reaches_the_program(tmp_path, capsys):
+def test_vfu_cores_option_reaches_the_program(tmp_path, capsys, monkeypatch):
     model = _mlp_model(tmp_path / "m.onnx")
     assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q",
                  "--vfu-cores", "shared"]) == 0
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert manifest["mapping"]["vfu_cores"] == "shared"
+    import compiler.run
+    asked = []
+    real = compiler.run.compile_model
+
+    def spy(*a, **kw):
+        asked.append(kw.get("vfu_cores"))
+        return real(*a, **kw)
+    monkeypatch.setattr(compiler.run, "compile_model", spy)
+    assert main(["run", str(model), "--random", "2", "-q", "--vfu-cores", "shared"]) == 0
+    assert asked == ["shared"]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["run", str(model), "--random", "2", "--vfu-cores", "spread"])

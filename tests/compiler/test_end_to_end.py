@@ -190,13 +190,42 @@ def test_vfu_layers_get_a_core_of_their_own(exported):
         strips = partition(lp, cfg)
         pl = place(lp, strips, cfg) if own else _place(lp, strips, cfg, 1, own_cores=False)
         mvm_cores = {b.loc[:2] for b in pl.all_blocks()}
-        assert len(pl.vfu_core) == 2
+        assert len(pl.vfu_core) == 2 and pl.vfu_cores == ("own" if own else "shared")
         assert bool(set(pl.vfu_core.values()) & mvm_cores) != own, (own, pl.vfu_core)
+        assert pl.vfu_sharing == []
         reports.append(simulate(generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg)),
                                 {"input": x}))
     np.testing.assert_array_equal(reports[0].outputs["logits:int"],
                                   reports[1].outputs["logits:int"])
     assert reports[0].latency_cycles < 0.9 * reports[1].latency_cycles
+
+
+def test_a_pool_does_not_take_a_bias_only_layers_core(tmp_path):
+    # a conv whose weights are all zero holds no crossbar but reduces its bias on a core;
+    # the pool after it used to see that core as idle and share it
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(10)
+    w = {"w0": rng.standard_normal((4, 1, 3, 3)), "w1": np.zeros((4, 4, 3, 3)),
+         "b1": rng.standard_normal(4), "w2": rng.standard_normal((4, 4, 3, 3))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], pads=[1] * 4),
+             helper.make_node("Conv", ["c0", "w1", "b1"], ["c1"], pads=[1] * 4),
+             helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w2"], ["logits"], pads=[1] * 4)]
+    g = helper.make_graph(nodes, "bias_only", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 1, 8, 8])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "b.onnx")
+    xs = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    prog, lp, _ = compile_model(tmp_path / "b.onnx", load_config("puma", ["adc.bits=none"]),
+                                calibration={"input": xs}, return_ir=True)
+    assert prog.mapping["vfu_layers_sharing"] == 0
+    assert len(prog.cores_used()) == 4                       # 3 convs + the pool
+    np.testing.assert_array_equal(simulate(prog, {"input": xs}).outputs["logits:int"],
+                                  run_integer_reference(lp, {"input": xs})["logits:int"])
 
 
 def test_vfu_layers_share_cores_when_the_node_is_full(tmp_path):

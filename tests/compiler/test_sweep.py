@@ -275,6 +275,7 @@ def test_vfu_cores_is_a_grid_key(tmp_path):
     assert list(df["status"]) == ["ok", "ok", "failed"], df[["status", "error"]]
     assert "compile.vfu_cores = 'spread': must be one of own, shared" in df["error"].iloc[2]
     own, shared = df.iloc[0], df.iloc[1]
+    assert (own["vfu_cores"], shared["vfu_cores"]) == ("own", "shared")   # the kept placement
     assert own["cores"] == shared["cores"] + 1 and own["latency_s"] < shared["latency_s"]
     assert own["rel_err"] == shared["rel_err"]                     # same integers
 
