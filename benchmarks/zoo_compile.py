@@ -65,6 +65,8 @@ def measure_one(name: str, overrides: list[str]) -> dict:
             "peak_rss_gb": round(_peak_rss_gb(), 2),
             "mvmus": int(m["mvmus"]), "crossbars": int(m["crossbars"]),
             "tiles": int(m["tiles"]), "cores": int(m["cores"]),
+            # the placement kept: own cores for VFU layers, or shared where those do not fit
+            "vfu_cores": m["vfu_cores"],
             "utilization": round(float(m["utilization"]), 4),
             "instructions": int(prog.n_instructions),
             "instructions_executed": int(rep.instructions_executed),
@@ -97,7 +99,7 @@ def main(argv):
         print(f"{name:14s} compile {r['compile_s']:6.1f} s  simulate {r['simulate_s']:5.1f} s "
               f"(warm {r['simulate_warm_s']:4.1f})  peak RSS {r['peak_rss_gb']:4.2f} GB  "
               f"MVMUs {r['mvmus']:5d}  tiles {r['tiles']:3d}/{r['node_tiles']}  "
-              f"instructions {r['instructions']}", flush=True)
+              f"VFU cores {r['vfu_cores']}  instructions {r['instructions']}", flush=True)
     checks = {}
     for r in rows:
         for k, lim in GOALS.get(r["model"], {}).items():
