@@ -83,22 +83,32 @@ def _check_calibration_values(name: str, x: np.ndarray) -> None:
 def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
                     mapping: str = "differential") -> tuple[np.ndarray, np.ndarray]:
     """Float matrix (K, N) -> integers (K, N) and per-column scales (N,). QDQ integers are
-    kept when the mapping stores them (offset mapping also holds ``-2**(bits-1)``); floats
-    are quantized symmetrically, which every mapping stores."""
+    kept, column by column, where the mapping stores them (offset mapping also holds
+    ``-2**(bits-1)``, which a negative batch-norm factor folded into a channel can turn into
+    an unstorable ``+2**(bits-1)``); floats are quantized symmetrically, which every mapping
+    stores."""
     lim = (1 << (bits - 1)) - 1
-    if qdq is not None:
-        q, s = qdq
-        q = np.asarray(q, np.int64)
-        lo, hi = weight_range(bits, mapping)
-        if q.min(initial=0) >= lo and q.max(initial=0) <= hi:
-            s = np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],))
-            q = np.where(s == 0, 0, q)                              # scale 0: a zero column
-            return _floor_columns(q, _fill_zero_scales(s))
     w = np.asarray(w)
     if not np.issubdtype(w.dtype, np.floating):
         w = w.astype(np.float64)
     if w.size == 0:
         return np.zeros(w.shape, np.int64), np.ones(w.shape[1])
+    if qdq is not None:
+        q, s = qdq
+        q = np.array(q, np.int64)
+        lo, hi = weight_range(bits, mapping)
+        fits = (q >= lo).all(axis=0) & (q <= hi).all(axis=0)
+        if fits.any():
+            s = np.array(np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)))
+            q = np.where(s == 0, 0, q)                              # scale 0: a zero column
+            if not fits.all():        # only those columns go back to floats
+                q[:, ~fits], s[~fits] = _symmetric(w[:, ~fits], lim)
+            return _floor_columns(q, _fill_zero_scales(s))
+    return _floor_columns(*_symmetric(w, lim))
+
+
+def _symmetric(w: np.ndarray, lim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column symmetric integers in ``[-lim, lim]`` and their scales."""
     top = np.maximum(w.max(axis=0), -w.min(axis=0)).astype(np.float64)   # |w| max, no copy
     scale = _fill_zero_scales(top / lim)
     # rint(w / scale) in float64, a block of rows at a time (no full-size float64 temporaries).
@@ -107,7 +117,7 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
     for r0 in range(0, w.shape[0], step):
         blk = np.asarray(w[r0:r0 + step], np.float64) / scale
         q[r0:r0 + step] = np.rint(blk, out=blk)
-    return _floor_columns(q, scale)
+    return q, scale
 
 
 #: A column's weight scale is at least 1/SCALE_RANGE of the layer's largest. The columns'
@@ -124,8 +134,16 @@ def _floor_columns(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.nda
     """``(q, scale)`` with each column's scale at least the largest / SCALE_RANGE; the
     integers of a column so raised shrink to the new scale, each nonzero staying nonzero
     (at least +-1): the compiler packs rows that hold a nonzero, so a row emptied here would
-    shift every later row into another crossbar, past a TinyADC bound per crossbar."""
-    floored = np.maximum(scale, float(scale.max(initial=0.0)) / SCALE_RANGE)
+    shift every later row into another crossbar, past a TinyADC bound per crossbar.
+
+    "The largest" is over columns holding a nonzero integer, and an all-zero column gets
+    that scale (it only scales its bias): a pruned channel followed by batch-norm folds a
+    variance of ~0 into a scale hundreds of times the others', which would otherwise coarsen
+    every live column (and set the shared requantization shift)."""
+    live = np.any(q != 0, axis=0)
+    ref = float(scale[live].max(initial=0.0)) if live.any() else float(scale.max(initial=0.0))
+    scale = np.where(live, scale, ref if ref > 0 else 1.0)
+    floored = np.maximum(scale, ref / SCALE_RANGE)
     small = floored != scale
     if small.any():
         q = q.copy()

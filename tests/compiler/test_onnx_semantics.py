@@ -584,6 +584,35 @@ def test_a_column_scaled_far_below_the_rest_is_requantized_coarser(qdq):
     assert np.abs(qi[big, 1] * si[1] - q[big, 1] * s[1]).max() <= si[1] / 2 + 1e-12
 
 
+def test_a_pruned_channel_with_a_huge_folded_scale_leaves_the_others_alone():
+    """A channel pruned to zero, then batch-norm: its running variance decays to ~0 and the
+    fold gives it a scale ~300x the others'. The floor used to be taken from that scale,
+    re-rounding every live column's QDQ integers to a third of their levels."""
+    from compiler.quantize import quantize_weight
+    q = RNG.integers(-127, 128, (27, 4))
+    q[:, 2] = 0
+    s = np.array([1e-2, 8e-3, 3.0, 1.2e-2])              # column 2: all zero, 300x the rest
+    qi, si = quantize_weight(q * s, 8, (q, s))
+    np.testing.assert_array_equal(qi, q)
+    np.testing.assert_array_equal(si[[0, 1, 3]], s[[0, 1, 3]])
+    assert si[2] == s[[0, 1, 3]].max()                  # only scales its bias
+
+
+def test_an_unstorable_qdq_column_goes_back_to_floats_alone():
+    """Offset mapping stores -128..127 at 8 bits; a negative batch-norm factor folded into a
+    channel turns its -128 into +128. That column is re-quantized from its floats; the
+    others keep their QDQ integers (the whole layer used to fall back)."""
+    from compiler.quantize import quantize_weight
+    q = RNG.integers(-128, 128, (27, 3))
+    q[5, 1] = 128
+    s = np.array([1e-2, 8e-3, 1.2e-2])
+    qi, si = quantize_weight(q * s, 8, (q, s), mapping="offset")
+    np.testing.assert_array_equal(qi[:, [0, 2]], q[:, [0, 2]])
+    np.testing.assert_array_equal(si[[0, 2]], s[[0, 2]])
+    assert np.abs(qi[:, 1]).max() == 127
+    np.testing.assert_allclose(qi[:, 1] * si[1], q[:, 1] * s[1], atol=si[1] / 2 + 1e-12)
+
+
 @pytest.mark.parametrize("mid", ["Identity", "Dropout"])
 def test_an_identity_after_relu_keeps_it_non_negative(mid):
     """MaxPool (border -inf, or 0 for a ReLU output) and a padded Conv (border 0) read the
