@@ -270,7 +270,8 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
                 consts[s.index] = r
         tmp = em.gp(widest)
         in_base = cg.buffer(L.inputs[0], tile) + L.base_offset(t_in, row0, 0)
-        out_base = cg.buffer(L.output, tile) + out_off
+        # a core that owns no strip only sends partial sums: no output buffer on its tile
+        out_base = cg.buffer(L.output, tile) + out_off if owned else 0
         with em.loop_nest(dims, [(in_base, in_strides), (out_base, out_strides)], i) as (
                 pin, pout):
             for b in blocks:
@@ -434,7 +435,9 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
             ops.sort(key=lambda o: order[o[0]])
     for tile, ops in sorted(plan.items()):
         em = tile_em[tile]
-        base = cg.buffer(out_name, tile) + out_off
+        # a tile that only moves partial sums holds no copy of the output
+        moves_output = any(kind in ("send", "recv") for kind, *_ in ops)
+        base = cg.buffer(out_name, tile) + out_off if moves_output else 0
         with em.loop_nest(dims, [(base, out_strides)], i) as (p,):
             for kind, peer, a, n in ops:
                 if kind == "send_p":

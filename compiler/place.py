@@ -128,7 +128,9 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     (else they may share them)."""
     for ss in strips.values():
         for s in ss:
-            s.owner = None                 # a retry starts from scratch
+            s.owner = None                 # a retry starts from scratch: no core taken
+            for b in s.blocks:
+                b.loc = None
     M, cores = cfg.core.mvmus, cfg.tile.cores
     per_tile = M * cores
     order = snake_order(cfg.node.tiles, cfg.node.mesh_width)

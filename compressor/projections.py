@@ -515,6 +515,8 @@ def exact_scale(x: np.ndarray, qmin: int, qmax: int, start: float | None = None)
     cap = np.where(x > 0, qmax, -qmin).astype(np.int64)
     moving = (a > 0) & (cap > 0)
     a, cap = a[moving], cap[moving]
+    if not a.size:        # no weight can take a nonzero level: every scale is as good
+        return start
     total = float(x @ x)
     # the window: f(s) >= the cost of weights below s/2 (rounded to 0), rising with s, and
     # >= the clipping cost sum (a - s*cap)+^2, falling with s
@@ -537,8 +539,9 @@ def exact_scale(x: np.ndarray, qmin: int, qmax: int, start: float | None = None)
         hi *= 2
     hi *= 2
     # breakpoints a/(k + 1/2) inside (lo, hi): k from ceil(a/hi - 1/2) to floor(a/lo - 1/2)
-    k0 = np.clip(np.ceil(a / hi - 0.5), 0, cap).astype(np.int64)
-    k1 = np.clip(np.floor(a / lo - 0.5), -1, cap - 1).astype(np.int64)
+    with np.errstate(divide="ignore", over="ignore"):   # lo can reach 0: all levels in
+        k0 = np.clip(np.ceil(a / hi - 0.5), 0, cap).astype(np.int64)
+        k1 = np.clip(np.floor(a / lo - 0.5), -1, cap - 1).astype(np.int64)
     count = np.maximum(k1 - k0 + 1, 0)
     n_events = int(count.sum())
     if n_events > EXACT_SCALE_MAX_EVENTS:

@@ -135,11 +135,23 @@ def test_copies_follow_output_pixels_and_the_room_in_the_tile(exported):
         compile_model(path, cfg, calibration={"input": x}, replicate=0)
 
 
+def _save_graph(path, nodes, inits, in_shape, out_shape):
+    """An opset-17 model from ``nodes`` reading ``input`` and writing ``logits``, saved."""
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, list(in_shape))], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, list(out_shape))], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
 def _eight_convs(path, rng, add_after: int | None = None):
     """Eight 1x1 convs (3 -> 8 -> ... -> 8 channels on a 6x6 map), optionally an Add of a
     conv's output with itself (a VFU layer) after conv ``add_after``."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     nodes, inits, x = [], [], "input"
     for k in range(8):
         cin = 3 if k == 0 else 8
@@ -151,13 +163,7 @@ def _eight_convs(path, rng, add_after: int | None = None):
         if k == add_after:
             nodes.append(helper.make_node("Add", [x, x], ["twice"]))
             x = "twice"
-    g = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [1, 3, 6, 6])], [helper.make_tensor_value_info(
-            "logits", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, path)
-    return path
+    return _save_graph(path, nodes, inits, (1, 3, 6, 6), (1, 8, 6, 6))
 
 
 def test_copies_never_make_a_model_that_fits_too_big(tmp_path):
@@ -203,8 +209,7 @@ def test_vfu_layers_get_a_core_of_their_own(exported):
 def test_a_pool_does_not_take_a_bias_only_layers_core(tmp_path):
     # a conv whose weights are all zero holds no crossbar but reduces its bias on a core;
     # the pool after it used to see that core as idle and share it
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     rng = np.random.default_rng(10)
     w = {"w0": rng.standard_normal((4, 1, 3, 3)), "w1": np.zeros((4, 4, 3, 3)),
          "b1": rng.standard_normal(4), "w2": rng.standard_normal((4, 4, 3, 3))}
@@ -213,17 +218,60 @@ def test_a_pool_does_not_take_a_bias_only_layers_core(tmp_path):
              helper.make_node("Conv", ["c0", "w1", "b1"], ["c1"], pads=[1] * 4),
              helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Conv", ["p", "w2"], ["logits"], pads=[1] * 4)]
-    g = helper.make_graph(nodes, "bias_only", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [1, 1, 8, 8])], [helper.make_tensor_value_info(
-            "logits", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "b.onnx")
+    _save_graph(tmp_path / "b.onnx", nodes, inits, (1, 1, 8, 8), (1, 4, 4, 4))
     xs = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
     prog, lp, _ = compile_model(tmp_path / "b.onnx", load_config("puma", ["adc.bits=none"]),
                                 calibration={"input": xs}, return_ir=True)
     assert prog.mapping["vfu_layers_sharing"] == 0
     assert len(prog.cores_used()) == 4                       # 3 convs + the pool
+    np.testing.assert_array_equal(simulate(prog, {"input": xs}).outputs["logits:int"],
+                                  run_integer_reference(lp, {"input": xs})["logits:int"])
+
+
+def test_a_placement_retry_forgets_the_failed_attempt(tmp_path):
+    # own cores do not fit the small machine here, so placement falls back to shared; the
+    # retry saw the failed attempt's crossbar locations as taken cores and put the VFU
+    # layers elsewhere than compiling with shared directly does (3 cycles apart)
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(13)
+    inits = [numpy_helper.from_array(rng.standard_normal(sh).astype(np.float32) / 4, k)
+             for k, sh in (("w4", (6, 18, 3, 3)), ("w6", (7, 6, 1, 1)))]
+    nodes = [helper.make_node("Relu", ["input"], ["t1"]),
+             helper.make_node("Relu", ["t1"], ["t2"]),
+             helper.make_node("Sigmoid", ["t2"], ["t3"]),
+             helper.make_node("Conv", ["t3", "w4"], ["t4"], pads=[1] * 4),
+             helper.make_node("Relu", ["t4"], ["t5"]),
+             helper.make_node("Conv", ["t5", "w6"], ["logits"])]
+    _save_graph(tmp_path / "retry.onnx", nodes, inits, (1, 18, 8, 8), (1, 7, 8, 8))
+    xs = rng.standard_normal((2, 18, 8, 8)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none", "node.tiles=4"])
+    with pytest.warns(UserWarning, match="vfu_cores = own"):
+        own = compile_model(tmp_path / "retry.onnx", cfg, calibration={"input": xs},
+                            replicate=4)
+    shared = compile_model(tmp_path / "retry.onnx", cfg, calibration={"input": xs},
+                           replicate=4, vfu_cores="shared")
+    assert own.mapping["vfu_cores"] == "shared"
+    for a, b in zip(own.core_code, shared.core_code):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_tile_that_only_sends_partial_sums_holds_no_output_buffer(tmp_path):
+    # a 1x1 conv over 100 channels spans two tiles of the small machine; the second only
+    # sends partial sums, yet got a 4096-word copy of the output nothing read or wrote
+    # (counted in the eDRAM figures: 280 of a vgg8's tiles "over eDRAM" instead of 66)
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(12)
+    w = numpy_helper.from_array((rng.standard_normal((16, 100, 1, 1)) / 10).astype(
+        np.float32), "w")
+    _save_graph(tmp_path / "wide.onnx", [helper.make_node("Conv", ["input", "w"], ["logits"])],
+                [w], (1, 100, 16, 16), (1, 16, 16, 16))
+    xs = rng.standard_normal((2, 100, 16, 16)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none", "node.tiles=16"])
+    prog, lp, _ = compile_model(tmp_path / "wide.onnx", cfg, calibration={"input": xs},
+                                return_ir=True)
+    x_words, y_words = lp.tensors["input"].words, lp.tensors["logits"].words
+    assert sorted(prog.mem_words.tolist())[0] < x_words + y_words    # the sending tile
+    assert sorted(prog.mem_words.tolist())[-1] >= x_words + y_words  # the owner
     np.testing.assert_array_equal(simulate(prog, {"input": xs}).outputs["logits:int"],
                                   run_integer_reference(lp, {"input": xs})["logits:int"])
 

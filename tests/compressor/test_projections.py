@@ -510,6 +510,25 @@ def test_exact_free_scale_is_never_farther_than_a_dense_scan():
         assert d <= _dense_min(x, qmin, qmax) * (1 + 1e-9), (x, qmin, qmax)
 
 
+@pytest.mark.parametrize("qmin,qmax", [(-1, 0), (-2, 1), (-4, 3)])
+def test_exact_scale_with_no_level_on_one_side_is_quiet_and_exact(qmin, qmax):
+    """1-bit offset levels {-1, 0}: a positive weight cannot move off 0. The search window's
+    lower end then halved down to 0 and was divided by (a RuntimeWarning per layer), e.g.
+    for [-0.785, 0.749, 1.635, 0.273]; with no weight able to move, any scale will do."""
+    import warnings
+    rng = np.random.default_rng(11)
+    cases = [np.array([-0.7847803553442784, 0.7487457707345911, 1.6347830429585775,
+                       0.27276877584472176])]
+    cases += [s * np.abs(rng.standard_normal(n)) for s in (1, -1) for n in (1, 3, 7)]
+    cases += [rng.standard_normal(n) for n in (2, 4, 6)]
+    for x in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            s = P.exact_scale(x, qmin, qmax)
+        d = P._distances(x, np.array([s]), qmin, qmax)[0]
+        assert d <= _dense_min(x, qmin, qmax) * (1 + 1e-9), (x, qmin, qmax)
+
+
 def test_exact_scale_through_projections_and_recipes():
     """``exact_scale`` reaches every free-scale path (single, per channel, with a
     structure), never lands farther than the search, keeps old fingerprints when off, and
