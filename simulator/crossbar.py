@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from .errors import SimulationError
+
 
 def step_plan(input_bits: int, dac_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per input step: bit offset, width and signed weight. The sign step comes first."""
@@ -150,7 +152,8 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
                           bits)
         drop = need - bits
         top = ((1 << need) - 1) >> drop << drop
-        return ((np.minimum(v.astype(np.int64), top) >> drop) << drop).astype(v.dtype,
+        # saturate before the cast: an analog sum past 2**63 would wrap to a negative code
+        return ((np.minimum(v, top).astype(np.int64) >> drop) << drop).astype(v.dtype,
                                                                           copy=False)
     raise ValueError(f"unknown ADC mode {mode!r}; allowed: clip, scale")
 
@@ -269,6 +272,12 @@ class MVMUModel:
                                 codes.astype(np.float64, copy=False), 1)
         y = np.tensordot(per_step.reshape(b, self.n_arr, self.cols),
                          self.arr_slice_w.astype(np.float64), axes=([1], [0]))
+        if self.analog and not np.abs(y).max(initial=0.0) < 2.0 ** 62:
+            # analog sums (noise, an ideal ADC) can exceed any integer word
+            raise SimulationError(
+                f"an MVM output reached {np.abs(y).max():.3g}, past what int64 holds: "
+                f"the noise settings (program_sigma, read_sigma) are too large for this "
+                f"ADC (an ideal ADC does not saturate)")
         y = np.rint(y).astype(np.int64)
         if self.mapping == "offset":
             y = y - (1 << (self.weight_bits - 1)) * x.sum(axis=1, keepdims=True)

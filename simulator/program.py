@@ -413,6 +413,18 @@ def validate(prog: Program) -> None:
         raise ProgramError(f"a cell level {int(prog.mvmu_levels.max())} exceeds the "
                            f"{cfg.xbar.cell_bits}-bit cells' top level "
                            f"{(1 << cfg.xbar.cell_bits) - 1}")
+    # Where the cells hold more bits than the weights need, the most significant slice of
+    # each array holds only the rest: a larger level decodes past the weight range (and
+    # past what the exact float64 sums are sized for).
+    stored = cfg.weight_bits - (cfg.xbar.mapping == "differential")
+    top_bits = stored - (cfg.slices - 1) * cfg.xbar.cell_bits
+    if prog.mvmu_levels.size and top_bits < cfg.xbar.cell_bits:
+        top = prog.mvmu_levels[:, cfg.slices - 1::cfg.slices]
+        if top.max() >= (1 << top_bits):
+            raise ProgramError(
+                f"a most significant cell level {int(top.max())} decodes past the "
+                f"{cfg.weight_bits}-bit {cfg.xbar.mapping} weight range (that slice holds "
+                f"{top_bits} of the weight's bits: levels 0..{(1 << top_bits) - 1})")
     seen = set()
     for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
         if not (0 <= t < tiles and 0 <= c < cores and 0 <= m < cfg.core.mvmus):

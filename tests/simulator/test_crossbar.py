@@ -266,6 +266,9 @@ def test_scale_mode_adc_saturates_at_the_top_of_its_span():
     # spans at least what 4 bits hold at one level per code: top 15
     np.testing.assert_array_equal(got, [[15, 240, 15, 0]])
     np.testing.assert_array_equal(adc_convert(v, 4, "clip"), [[15, 15, 15, 7]])
+    # past 2**63 too: it cast before it saturated, and the sum wrapped to a negative code
+    huge = np.array([[1e30, 3e19, 1e300, 7.0]])
+    np.testing.assert_array_equal(adc_convert(huge, 4, "scale", col_max), [[15, 240, 15, 0]])
 
 
 def test_scale_mode_codes_stay_in_range_with_stuck_on_cells():

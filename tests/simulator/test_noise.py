@@ -37,6 +37,27 @@ def test_each_effect_perturbs_and_is_seeded(operands, knob):
     assert not np.array_equal(a, c)
 
 
+def test_noise_past_any_integer_word_is_an_error_not_garbage(operands):
+    """Lognormal variation of 300 gave inf conductances and every output INT64_MIN; sigmas
+    are now at most 10, and an ideal ADC (which never saturates) fed sums past int64 stops
+    with a message instead of wrapping."""
+    from simulator.errors import ConfigError, SimulationError
+    x, w = operands
+    for knob in ("noise.program_sigma=300", "noise.read_sigma=1e30"):
+        with pytest.raises(ConfigError, match=r"must be a number >= 0.0 and <= 10.0"):
+            load_config("small", [knob])
+    from simulator.crossbar import MVMUModel, encode_levels
+    levels = encode_levels(w, 8, 2, "differential")
+    g = levels.astype(np.float64)
+    g[0, 0, 0] = 1e30                                   # one cell far past any level
+    kw = dict(conductance=g, weight_bits=8, input_bits=8, cell_bits=2, dac_bits=1,
+              mapping="differential")
+    with pytest.raises(SimulationError, match="past what int64 holds"):
+        MVMUModel(levels, adc_bits=None, adc_mode="clip", **kw).mvm(x)
+    y = MVMUModel(levels, adc_bits=8, adc_mode="scale", **kw).mvm(x)
+    assert np.abs(y).max() < 1 << 40                    # an 8-bit ADC saturates
+
+
 def test_error_grows_with_variation(operands):
     x, w = operands
     exact = x @ w

@@ -435,3 +435,22 @@ def test_more_agents_than_the_engine_keys_is_refused(monkeypatch):
                    tile_code=[ex.EMPTY] * 2)
     with pytest.raises(SimulationError, match="6 agents .* the timing engine runs fewer than 4"):
         simulate(prog, values=False)
+
+
+@pytest.mark.parametrize("mapping,wb,top", [("offset", 25, 2), ("differential", 8, 2)])
+def test_a_top_slice_level_past_the_weight_range_is_refused(mapping, wb, top):
+    """25-bit offset weights on 8-bit cells take 4 slices, the top one holding 1 bit; a
+    hand-built program with 255 there decoded to 2**32 - 1 and lost exactness (float64
+    sums sized for 25-bit weights). Differential 8-bit on 2-bit cells: 7 magnitude bits in
+    4 slices, the top one holding 1 bit."""
+    from simulator import examples as ex
+    cfg = load_config("small", [f"weight_bits={wb}", "xbar.cell_bits=8" if wb == 25 else
+                                "xbar.cell_bits=2", f"xbar.mapping={mapping}"])
+    p = ex.single_mvm(cfg, np.zeros((16, 16), np.int64))
+    lv = np.array(p.mvmu_levels)                          # a writable copy
+    lv[0, cfg.slices - 1, 0, 0] = top - 1                 # the largest level that fits
+    Program(**{**{k: getattr(p, k) for k in p.__dataclass_fields__}, "mvmu_levels": lv})
+    lv = np.array(lv)                                     # the program froze the first
+    lv[0, cfg.slices - 1, 0, 0] = top
+    with pytest.raises(ProgramError, match="decodes past the"):
+        Program(**{**{k: getattr(p, k) for k in p.__dataclass_fields__}, "mvmu_levels": lv})
