@@ -200,6 +200,14 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
     return _as_images(x[:limit], str(path)), _as_labels(y[:limit], str(path))
 
 
+def check_limit(limit) -> None:
+    """``limit`` is None (everything) or a count >= 1: a slice ``[:limit]`` with 0 or a
+    negative number would silently drop examples from the end instead."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise DataError(f"limit = {limit!r}: must be an integer >= 1 (or None: all)")
+
+
 def load(spec: str | os.PathLike, split: str = "train",
          limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load one split of a data set named by ``spec``.
@@ -210,6 +218,7 @@ def load(spec: str | os.PathLike, split: str = "train",
     """
     if split not in _IDX_PREFIX:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    check_limit(limit)
     name = str(spec)
     if name.lower() in FASHION_MNIST_NAMES:
         return load_fashion_mnist(split=split, limit=limit)

@@ -31,8 +31,8 @@ NAME = "lenet5_fmnist"
 def make_subset(folder: Path | None, out: Path) -> np.ndarray:
     """Draw ``SUBSET_SIZE`` test images (sorted indices) with ``SUBSET_SEED``; save as uint8."""
     folder = datasets.FASHION_MNIST_DIR if folder is None else folder
-    images = datasets.read_idx(folder / "t10k-images-idx3-ubyte.gz")
-    labels = datasets.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    images, labels = (datasets.read_idx(datasets._idx_file(folder, stem))
+                      for stem in datasets._idx_stems("t10k"))
     index = np.sort(np.random.default_rng(SUBSET_SEED).choice(len(images), SUBSET_SIZE,
                                                                replace=False))
     np.savez_compressed(out, x=images[index], y=labels[index], index=index.astype(np.int32))

@@ -78,6 +78,32 @@ def run_onnxruntime(path: str | os.PathLike, x: np.ndarray, threads: int = 2) ->
     return sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
 
 
+def _check_training_options(name: str, kw: dict, weights: Path) -> None:
+    """Weights that ``xbarsim train`` wrote sit beside ``NAME.json``, which records the
+    builder options they were trained with. Options that set no weight's shape (the input
+    size of a ResNet or VGG, a recurrent model's sequence length) load into any build, so
+    a re-export without them went out at the default input size; refuse that."""
+    import json
+
+    from models.zoo import _options
+    record = weights.with_suffix(".json")
+    try:
+        trained = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return                                       # not written by train: nothing to check
+    if not isinstance(trained, dict) or trained.get("model") != name:
+        return
+    def norm(v):
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+    given = _options(name, kw)
+    differ = {k: v for k, v in (trained.get("model_kwargs") or {}).items()
+              if k in given and norm(given[k]) != norm(v)}
+    if differ:
+        opts = " ".join(f"--opt {k}={v}" for k, v in differ.items())
+        raise ModelError(f"--weights {weights} was trained with other options ({record}): "
+                         f"add {opts}")
+
+
 def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
            *, batch: int = 1, dynamic_batch: bool = False,
            input_shape: tuple[int, ...] | None = None, weights: str | os.PathLike | None = None,
@@ -103,6 +129,8 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         raise ModelError("module has no sample_shape; pass input_shape=(C, H, W) or similar")
     if batch < 1:
         raise ModelError(f"batch must be >= 1, got {batch}")
+    if weights is not None and isinstance(name_or_module, str):
+        _check_training_options(name_or_module, kw, Path(weights))
     if weights is not None:
         state = load_dict(weights, ModelError, "weights")
         try:

@@ -172,9 +172,13 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
         raise ModelError(f"weight_decay = {weight_decay}: must be a finite number >= 0")
     # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
+    datasets.check_limit(limit)
     if isinstance(data, (str, os.PathLike)):
         (xtr, ytr), (xte, yte) = datasets.load_splits(data, limit)
     else:   # the loaders' rules: uint8 pixels / 255, floats in [0, 1], class indices
+        for (x, y), split in zip(data, ("train", "test")):
+            if len(x) != len(y):
+                raise ModelError(f"{split} split: {len(x)} images but {len(y)} labels")
         (xtr, ytr), (xte, yte) = (
             (datasets._as_images(np.asarray(a[0]), f"{split} images")[:limit],
              datasets._as_labels(np.asarray(a[1]), f"{split} labels")[:limit])

@@ -9,6 +9,7 @@ Each built module carries ``sample_shape`` (its input shape without the batch di
 which ``models.export`` uses when it is handed a module instead of a name.
 """
 import inspect
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,12 @@ from models.nets import MLP, LeNet5, SequenceClassifier
 def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128),
         num_classes: int = 10) -> nn.Module:
     """Multi-layer perceptron with configurable hidden sizes (ReLU between layers)."""
-    return MLP(in_features, tuple(hidden), num_classes)
+    bad = [h for h in hidden if isinstance(h, bool) or not isinstance(h, numbers.Integral)
+           or h < 1]
+    if bad:
+        raise ModelError(f"model 'mlp' option hidden takes layer sizes >= 1, got "
+                         f"{tuple(hidden)!r}")
+    return MLP(in_features, tuple(int(h) for h in hidden), num_classes)
 
 
 def puma_mlp(in_features: int = 1024, num_classes: int = 10) -> nn.Module:
@@ -130,7 +136,7 @@ def _options(name: str, kw: dict) -> dict:
             opts[k] = str(v).lower() in ("true", "1")
         elif (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
               and (isinstance(v, bool) or not isinstance(v, numbers.Real)
-                   or isinstance(p.default, int) and v != int(v))):
+                   or not math.isfinite(v) or isinstance(p.default, int) and v != int(v))):
             kind = "an integer" if isinstance(p.default, int) else "a number"
             raise ModelError(f"model {name!r} option {k} takes {kind}, got {v!r}")
         elif isinstance(p.default, (int, float)) and not isinstance(p.default, bool) \

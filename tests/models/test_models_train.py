@@ -78,6 +78,15 @@ def test_train_errors(tmp_path):
     with pytest.raises(ModelError, match=r"does not take the data's samples of shape"):
         train("lenet5", "digits", 1, limit=64, out_dir=tmp_path,
               model_kwargs={"in_channels": 3}, progress=False)
+    # arrays whose labels do not pair with the images (64 images, 80 labels trained on the
+    # first 64); a limit below 1 (-5 dropped the last 5 examples)
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(ModelError, match="train split: 64 images but 80 labels"):
+        train("mlp", ((x, np.zeros(80, int)), (x[:16], np.zeros(16, int))), 1,
+              out_dir=tmp_path, progress=False)
+    for limit in (0, -5):
+        with pytest.raises(ModelError, match=f"limit = {limit}: must be an integer >= 1"):
+            train("lenet5", "digits", 1, limit=limit, out_dir=tmp_path, progress=False)
     assert not list(tmp_path.glob("*.pt"))
 
 

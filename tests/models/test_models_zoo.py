@@ -107,3 +107,32 @@ def test_flag_options_take_true_or_false():
     assert build("rnn", bidirectional=1, seed=0).fc.in_features == 128
     with pytest.raises(ModelError, match="option bidirectional takes True or False, got 'yes'"):
         build("rnn", bidirectional="yes")
+
+
+def test_reexport_needs_the_options_the_weights_were_trained_with(tmp_path):
+    """A ResNet's weights load into a build at any input size: re-exported without
+    ``image_size=28`` they went out at 32x32. ``train`` records the options beside them."""
+    import json
+    opts = {"in_channels": 1, "image_size": 28, "width": 0.125}
+    torch.save(build("resnet18", seed=0, **opts).state_dict(), tmp_path / "resnet18.pt")
+    (tmp_path / "resnet18.json").write_text(json.dumps(
+        {"model": "resnet18", "model_kwargs": {**opts, "num_classes": 10}}))
+    with pytest.raises(ModelError, match=r"trained with other options .* add --opt "
+                                         r"image_size=28"):
+        export("resnet18", tmp_path / "r.onnx", weights=tmp_path / "resnet18.pt",
+               in_channels=1, width=0.125)
+    export("resnet18", tmp_path / "r.onnx", weights=tmp_path / "resnet18.pt", **opts)
+    dims = onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 28, 28]
+
+
+@pytest.mark.parametrize("name,opts,needle", [
+    ("mlp", {"hidden": (0,)}, "hidden takes layer sizes >= 1"),
+    ("vgg8", {"width": float("inf")}, "width takes a number, got inf"),
+    ("vgg8", {"image_size": float("nan")}, "image_size takes an integer, got nan"),
+])
+def test_degenerate_options_are_named(name, opts, needle):
+    # hidden=(0,) exported a graph the compiler then refused without naming the option;
+    # width=1e999 (inf) crashed with an OverflowError traceback
+    with pytest.raises(ModelError, match=needle):
+        build(name, **opts)
