@@ -9,6 +9,7 @@ inside ``to_tensor_dataset``, so the compiler and simulator can load data withou
 """
 import gzip
 import math
+import numbers
 import os
 import zlib
 from pathlib import Path
@@ -203,8 +204,8 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
 def check_limit(limit) -> None:
     """``limit`` is None (everything) or a count >= 1: a slice ``[:limit]`` with 0 or a
     negative number would silently drop examples from the end instead."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 1):
+    if limit is not None and (isinstance(limit, bool)
+                              or not isinstance(limit, numbers.Integral) or limit < 1):
         raise DataError(f"limit = {limit!r}: must be an integer >= 1 (or None: all)")
 
 

@@ -95,9 +95,14 @@ def _check_training_options(name: str, kw: dict, weights: Path) -> None:
         return
     def norm(v):
         return tuple(v) if isinstance(v, (list, tuple)) else v
+    recorded = trained.get("model_kwargs") or {}
+    try:        # both through the builder's rules ("false" and False are one flag)
+        want = _options(name, {k: norm(v) for k, v in recorded.items()})
+    except ModelError:
+        return                                       # a record of another version
     given = _options(name, kw)
-    differ = {k: v for k, v in (trained.get("model_kwargs") or {}).items()
-              if k in given and norm(given[k]) != norm(v)}
+    differ = {k: recorded[k] for k in recorded
+              if k in given and norm(given[k]) != norm(want[k])}
     if differ:
         opts = " ".join(f"--opt {k}={v}" for k, v in differ.items())
         raise ModelError(f"--weights {weights} was trained with other options ({record}): "

@@ -136,7 +136,8 @@ def _options(name: str, kw: dict) -> dict:
             opts[k] = str(v).lower() in ("true", "1")
         elif (isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
               and (isinstance(v, bool) or not isinstance(v, numbers.Real)
-                   or not math.isfinite(v) or isinstance(p.default, int) and v != int(v))):
+                   or not isinstance(v, numbers.Integral) and not math.isfinite(v)
+                   or isinstance(p.default, int) and v != int(v))):
             kind = "an integer" if isinstance(p.default, int) else "a number"
             raise ModelError(f"model {name!r} option {k} takes {kind}, got {v!r}")
         elif isinstance(p.default, (int, float)) and not isinstance(p.default, bool) \

@@ -223,9 +223,9 @@ class NodeConfig:
         return self.mesh_cols or math.ceil(math.sqrt(self.tiles))
 
 
-#: Largest noise std (1000 %): e**(10 z) stays finite for any normal draw z, where 300 gave
-#: inf conductances and NaN outputs.
-MAX_SIGMA = 10.0
+#: Largest lognormal programming variation: e**(10 z) stays finite for any normal draw z,
+#: where 300 gave inf conductances and NaN outputs (a level-0 cell times inf).
+MAX_LOGNORMAL_SIGMA = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,13 +233,12 @@ class NoiseConfig:
     """Device non-idealities, each off by default, each with its own seeded random stream."""
 
     program_sigma: float = 0.0
-    """Relative conductance programming variation (std of the multiplicative factor), at
-    most ``MAX_SIGMA`` (beyond it a lognormal factor overflows float64)."""
+    """Relative conductance programming variation (std of the multiplicative factor); for
+    ``lognormal`` at most ``MAX_LOGNORMAL_SIGMA`` (beyond it the factor overflows float64)."""
     program_dist: str = "normal"
     """Variation distribution: ``normal`` (g * (1 + s*N)) or ``lognormal`` (g * exp(s*N))."""
     read_sigma: float = 0.0
-    """Output-referred read noise: std of a column sum is read_sigma * ||x|| * top level;
-    at most ``MAX_SIGMA``."""
+    """Output-referred read noise: std of a column sum is read_sigma * ||x|| * top level."""
     stuck_on: float = 0.0
     """Fraction of cells stuck at the top conductance level."""
     stuck_off: float = 0.0
@@ -251,9 +250,13 @@ class NoiseConfig:
     """Seed; each non-ideality draws from its own stream spawned from it."""
 
     def __post_init__(self):
-        _check_float("noise", "program_sigma", self.program_sigma, 0.0, MAX_SIGMA)
+        _check_float("noise", "program_sigma", self.program_sigma, 0.0)
         _check_choice("noise", "program_dist", self.program_dist, VARIATION_KINDS)
-        _check_float("noise", "read_sigma", self.read_sigma, 0.0, MAX_SIGMA)
+        if self.program_dist == "lognormal" and self.program_sigma > MAX_LOGNORMAL_SIGMA:
+            raise ConfigError(f"noise.program_sigma = {self.program_sigma!r}: must be <= "
+                              f"{MAX_LOGNORMAL_SIGMA} with program_dist lognormal (e**(sigma*z) "
+                              f"overflows beyond it)")
+        _check_float("noise", "read_sigma", self.read_sigma, 0.0)
         _check_float("noise", "stuck_on", self.stuck_on, 0.0, 1.0)
         _check_float("noise", "stuck_off", self.stuck_off, 0.0, 1.0)
         if self.stuck_on + self.stuck_off > 1.0:

@@ -87,6 +87,8 @@ def test_train_errors(tmp_path):
     for limit in (0, -5):
         with pytest.raises(ModelError, match=f"limit = {limit}: must be an integer >= 1"):
             train("lenet5", "digits", 1, limit=limit, out_dir=tmp_path, progress=False)
+    from models.data import load
+    assert len(load("digits", "test", limit=np.int64(5))[0]) == 5     # numpy counts too
     assert not list(tmp_path.glob("*.pt"))
 
 

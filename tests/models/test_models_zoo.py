@@ -124,12 +124,21 @@ def test_reexport_needs_the_options_the_weights_were_trained_with(tmp_path):
     export("resnet18", tmp_path / "r.onnx", weights=tmp_path / "resnet18.pt", **opts)
     dims = onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 1, 28, 28]
+    # flags as the CLI records them ("false") match the same flag given as text or a bool
+    vgg = {"in_channels": 1, "image_size": 28, "width": 0.125}
+    torch.save(build("vgg8", seed=0, batch_norm=False, **vgg).state_dict(), tmp_path / "vgg8.pt")
+    (tmp_path / "vgg8.json").write_text(json.dumps(
+        {"model": "vgg8", "model_kwargs": {**vgg, "batch_norm": "false"}}))
+    for flag in ("false", False):
+        export("vgg8", tmp_path / "v.onnx", weights=tmp_path / "vgg8.pt", batch_norm=flag,
+               **vgg)
 
 
 @pytest.mark.parametrize("name,opts,needle", [
     ("mlp", {"hidden": (0,)}, "hidden takes layer sizes >= 1"),
     ("vgg8", {"width": float("inf")}, "width takes a number, got inf"),
     ("vgg8", {"image_size": float("nan")}, "image_size takes an integer, got nan"),
+    ("vgg8", {"width": 10 ** 400}, "cannot build .vgg8."),
 ])
 def test_degenerate_options_are_named(name, opts, needle):
     # hidden=(0,) exported a graph the compiler then refused without naming the option;

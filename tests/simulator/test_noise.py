@@ -38,14 +38,16 @@ def test_each_effect_perturbs_and_is_seeded(operands, knob):
 
 
 def test_noise_past_any_integer_word_is_an_error_not_garbage(operands):
-    """Lognormal variation of 300 gave inf conductances and every output INT64_MIN; sigmas
-    are now at most 10, and an ideal ADC (which never saturates) fed sums past int64 stops
-    with a message instead of wrapping."""
+    """Lognormal variation of 300 gave inf conductances and every output INT64_MIN; its
+    sigma is now at most 10, and an ideal ADC (which never saturates) fed sums past int64
+    stops with a message instead of wrapping."""
     from simulator.errors import ConfigError, SimulationError
     x, w = operands
-    for knob in ("noise.program_sigma=300", "noise.read_sigma=1e30"):
-        with pytest.raises(ConfigError, match=r"must be a number >= 0.0 and <= 10.0"):
-            load_config("small", [knob])
+    with pytest.raises(ConfigError, match=r"must be <= 10.0 with program_dist lognormal"):
+        load_config("small", ["noise.program_dist=lognormal", "noise.program_sigma=300"])
+    load_config("small", ["noise.program_sigma=300"])      # normal: no overflow
+    with pytest.raises(SimulationError, match="past what int64 holds"):
+        _run(["noise.read_sigma=1e30"], x, w)
     from simulator.crossbar import MVMUModel, encode_levels
     levels = encode_levels(w, 8, 2, "differential")
     g = levels.astype(np.float64)
