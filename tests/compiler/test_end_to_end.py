@@ -198,7 +198,8 @@ def test_vfu_layers_get_a_core_of_their_own(exported):
         mvm_cores = {b.loc[:2] for b in pl.all_blocks()}
         assert len(pl.vfu_core) == 2 and pl.vfu_cores == ("own" if own else "shared")
         assert bool(set(pl.vfu_core.values()) & mvm_cores) != own, (own, pl.vfu_core)
-        assert pl.vfu_sharing == []
+        if own:
+            assert pl.vfu_sharing == []           # both pools found an idle core
         reports.append(simulate(generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg)),
                                 {"input": x}))
     np.testing.assert_array_equal(reports[0].outputs["logits:int"],
