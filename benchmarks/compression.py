@@ -477,7 +477,8 @@ def main():
                          "64 at once, the ADMM/magnitude pairs below the highest "
                          "compression point (x2) and power-of-two scales projected in ADMM "
                          "(pow2: true, every seed)")
-    ap.add_argument("--vfu-cores", choices=("own", "shared"), default=VFU_CORES,
+    from compiler.place import VFU_CORES as PLACEMENTS
+    ap.add_argument("--vfu-cores", choices=PLACEMENTS, default=VFU_CORES,
                     help="VFU layers (pools) on cores of their own or sharing the MVM "
                          f"layers' (default: {VFU_CORES}, the compact placement: the fewest "
                          "cores and tiles, which an area study compares; own is the "

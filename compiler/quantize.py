@@ -98,12 +98,11 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
         q = np.array(q, np.int64)
         lo, hi = weight_range(bits, mapping)
         fits = (q >= lo).all(axis=0) & (q <= hi).all(axis=0)
-        if fits.any():
-            s = np.array(np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)))
-            q = np.where(s == 0, 0, q)                              # scale 0: a zero column
-            if not fits.all():        # only those columns go back to floats
-                q[:, ~fits], s[~fits] = _symmetric(w[:, ~fits], lim)
-            return _floor_columns(q, _fill_zero_scales(s))
+        s = np.array(np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)))
+        q = np.where(s == 0, 0, q)                                  # scale 0: a zero column
+        if not fits.all():            # only those columns go back to floats
+            q[:, ~fits], s[~fits] = _symmetric(w[:, ~fits], lim)
+        return _floor_columns(q, _fill_zero_scales(s))
     return _floor_columns(*_symmetric(w, lim))
 
 

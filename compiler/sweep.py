@@ -61,7 +61,8 @@ from simulator.errors import ConfigError, XbarsimError
 from simulator.fileio import atomic_write
 from simulator.cli import positive_int
 
-from .place import VFU_CORES
+from .errors import CompilerError
+from .place import check_vfu_cores
 
 #: Bump when a stored point's layout changes; old points are then recomputed. (A change
 #: of the code that computes points changes every key by itself: see code_fingerprint.)
@@ -178,10 +179,10 @@ def _check_compile_options(options: dict) -> None:
         shown = "none" if rep is None else repr(rep)
         raise ConfigError(f"compile.replicate = {shown}: must be an integer >= 1 (the "
                           f"weight copies per layer)")
-    vfu = options.get("vfu_cores", "own")
-    if vfu not in VFU_CORES:
-        raise ConfigError(f"compile.vfu_cores = {vfu!r}: must be one of "
-                          f"{', '.join(VFU_CORES)}")
+    try:
+        check_vfu_cores(options.get("vfu_cores", "own"))
+    except CompilerError as e:        # a point's config error, named by its grid key
+        raise ConfigError(f"compile.{e}") from None
 
 
 def _check_keys(base: MachineConfig, keys: Iterable[str]) -> None:

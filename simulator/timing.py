@@ -407,8 +407,6 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     for i in range(base + addr, base + addr + v):
                         if cnt[i] != 0:
                             spans = True
-                    for i in range(base + addr, base + addr + v):
-                        if cnt[i] != 0:
                             cnt[i] -= 1
                             # free once its last read (in time, not in processing order:
                             # a read processed later may take an earlier port gap) is done
