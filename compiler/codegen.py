@@ -6,9 +6,15 @@ uses them; partial-sum slots carry consumer count 1 so a producer cannot overwri
 before it was read (PUMA-style flow control, no barriers).
 
 Cores: each layer is one loop nest over its output pixels (program size grows with layers
-and crossbars, not pixels). Tile control units: one loop nest per layer ("phase"), same
-order on every tile, moving partial sums and output chunks between tiles with send/recv;
-per iteration all sends come before all receives, so phases cannot deadlock.
+and crossbars, not pixels). Tile control units: one loop nest per layer ("phase") moving
+partial sums and output chunks between tiles with send/recv; per iteration all sends come
+before all receives, so phases cannot deadlock. Layer i's phase runs on control stream
+``i mod tile.control_streams`` of each tile it touches, in FIFO ``i mod control_streams``:
+the same stream and FIFO on every tile, so both ends of a FIFO take its phases in layer
+order, while layers on different streams move their data side by side (with one stream,
+a layer's transfers would wait for every earlier layer's on that tile, which serializes
+the layer pipeline across tiles). Still deadlock-free: the earliest unfinished layer's
+phases are at the head of their streams, and its inputs are all delivered.
 """
 from __future__ import annotations
 
@@ -78,6 +84,27 @@ class Codegen:
         return {self.pl.vfu_core[i][0]}
 
 
+class ControlStreams:
+    """The tiles' control streams, made when a layer first moves data through a tile."""
+
+    def __init__(self, cfg):
+        self.n_int, self.k = cfg.core.int_registers, cfg.tile.control_streams
+        self.em: dict[tuple[int, int], Emitter] = {}
+
+    def __call__(self, tile: int, layer: int) -> tuple[Emitter, int]:
+        """(the emitter of ``layer``'s phase on ``tile``, its FIFO)."""
+        fifo = layer % self.k
+        key = (tile, fifo)
+        if key not in self.em:
+            self.em[key] = Emitter(self.n_int, where=f"tile {tile} control stream {fifo}")
+        return self.em[key], fifo
+
+    def assemble(self) -> tuple[list, list]:
+        """(streams, the tile of each), in tile then stream order."""
+        keys = sorted(self.em)
+        return [self.em[k].assemble() for k in keys], [t for t, _ in keys]
+
+
 def _border_segments(t: TensorInfo):
     """(offset, values) runs covering a padded map's border."""
     C, Wp = t.C, t.Wp
@@ -103,7 +130,7 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
     n_int = cfg.core.int_registers
     core_em = {(t, c): Emitter(n_int, lay.gp, cfg.core.registers, f"tile {t} core {c}")
                for t in range(n_tiles) for c in range(cores)}
-    tile_em = {t: Emitter(n_int, where=f"tile {t} control") for t in range(n_tiles)}
+    tile_em = ControlStreams(cfg)
 
     # Who reads each storage tensor where (buffers must exist before code refers to them).
     for i, L in enumerate(prog.layers):
@@ -152,7 +179,7 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
         ports_out.append(_port(prog.tensors[o], o, home, cg.buffer(o, home)))
 
     core_code = [core_em[(t, c)].assemble() for t in range(n_tiles) for c in range(cores)]
-    tile_code = [tile_em[t].assemble() for t in range(n_tiles)]
+    tile_code, control_tiles = tile_em.assemble()
     blocks = pl.all_blocks()
     mem_words = np.array([max(cg.tilemem(t).words, 1) for t in range(n_tiles)], np.int64)
     init = [seg for t in range(n_tiles) for seg in cg.tilemem(t).init]
@@ -166,6 +193,7 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
     mapping["edram_overflow_tiles"] = int((mem_words > cfg.edram_words).sum())
     return Program(
         config=cfg, n_tiles=n_tiles, core_code=core_code, tile_code=tile_code,
+        control_tiles=control_tiles,
         mvmu_loc=[b.loc for b in blocks], mvmu_levels=levels,
         mvmu_rows_used=[max(len(b.rows), 1) for b in blocks],
         mvmu_cols_used=[b.cols for b in blocks], mvmu_adc_bits=[b.adc_bits for b in blocks],
@@ -434,20 +462,21 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
         for ops in plan.values():
             ops.sort(key=lambda o: order[o[0]])
     for tile, ops in sorted(plan.items()):
-        em = tile_em[tile]
+        em, fifo = tile_em(tile, i)
         # a tile that only moves partial sums holds no copy of the output
         moves_output = any(kind in ("send", "recv") for kind, *_ in ops)
         base = cg.buffer(out_name, tile) + out_off if moves_output else 0
         with em.loop_nest(dims, [(base, out_strides)], i) as (p,):
             for kind, peer, a, n in ops:
                 if kind == "send_p":
-                    em.emit(Op.SEND, imm=a, vec=n, peer=peer, layer=i)
+                    em.emit(Op.SEND, dst=fifo, imm=a, vec=n, peer=peer, layer=i)
                 elif kind == "recv_p":
-                    em.emit(Op.RECV, imm=a, vec=n, peer=peer, count=1, layer=i)
+                    em.emit(Op.RECV, dst=fifo, imm=a, vec=n, peer=peer, count=1, layer=i)
                 elif kind == "send":
-                    em.emit(Op.SEND, imm=a, ra=p.ireg, vec=n, peer=peer, layer=i)
+                    em.emit(Op.SEND, dst=fifo, imm=a, ra=p.ireg, vec=n, peer=peer, layer=i)
                 else:
-                    em.emit(Op.RECV, imm=a, ra=p.ireg, vec=n, peer=peer, count=0, layer=i)
+                    em.emit(Op.RECV, dst=fifo, imm=a, ra=p.ireg, vec=n, peer=peer, count=0,
+                            layer=i)
 
 
 def _may_deadlock(plan: dict, recv_buffer: int) -> bool:

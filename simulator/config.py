@@ -184,7 +184,13 @@ class TileConfig:
     mem_latency: int = 2
     """Cycles from a port accepting a request to its first data (PUMA eDRAM: 2 ns)."""
     recv_buffer: int = 64
-    """Messages a tile can hold per sender before the sender stalls."""
+    """Messages a tile can hold per sender and FIFO before the sender stalls."""
+    control_streams: int = 8
+    """Contexts of the tile's control unit, each running its own stream of sends and
+    receives with its own FIFO in every receive buffer. The compiler gives layer ``i``'s
+    transfers to stream ``i mod control_streams`` (on every tile alike, so both ends of a
+    FIFO see its messages in one order); 1 is a single in-order control unit, where one
+    layer's transfers wait for every earlier layer's on that tile."""
 
     def __post_init__(self):
         _check_int("tile", "cores", self.cores, 1, 4096)
@@ -193,6 +199,7 @@ class TileConfig:
         _check_int("tile", "port_words", self.port_words, 1, 65536)
         _check_int("tile", "mem_latency", self.mem_latency, 0, 1 << 20)
         _check_int("tile", "recv_buffer", self.recv_buffer, 1, 1 << 20)
+        _check_int("tile", "control_streams", self.control_streams, 1, 1024)
 
 
 @dataclass(frozen=True, slots=True)

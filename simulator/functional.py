@@ -122,12 +122,13 @@ class ValueEngine:
         self.valid = [np.zeros(w, bool) for w in sizes]
         self.regs = [np.zeros((batch, self.lay.size), np.int64)
                      for _ in range(self.n_core_agents)]
-        n_agents = self.n_core_agents + prog.n_tiles
+        n_agents = prog.n_agents
+        self.tile_of = [prog.agent_tile(a) for a in range(n_agents)]
         self.iregs = np.zeros((n_agents, cfg.core.int_registers), np.int64)
         self.pc = np.zeros(n_agents, np.int64)
         self.halted = np.zeros(n_agents, bool)
         self.waiting: list[dict | None] = [None] * n_agents
-        self.queues: dict[tuple[int, int], deque] = {}
+        self.queues: dict[tuple[int, int, int], deque] = {}   # (src, dst, FIFO)
         self.version = [0] * prog.n_tiles   # bumped when a tile's words or queues change
         self.budget = max_instructions
         self.executed = 0
@@ -170,8 +171,7 @@ class ValueEngine:
         """Round-robin over the agents, each until it blocks. An agent blocked on its tile
         is not retried until that tile's memory or message queues changed (``version``)."""
         n_agents = len(self.pc)
-        tile_of = [a // self.cores if a < self.n_core_agents else a - self.n_core_agents
-                   for a in range(n_agents)]
+        tile_of = self.tile_of
         seen = [-1] * n_agents
         version = self.version
         while not self.halted.all():
@@ -204,7 +204,7 @@ class ValueEngine:
         code = self._code(a)
         n = len(code)
         ireg = self.iregs[a]
-        tile = a // self.cores if a < self.n_core_agents else a - self.n_core_agents
+        tile = self.tile_of[a]
         regs = self.regs[a] if a < self.n_core_agents else None
         valid, count, mem = self.valid[tile], self.count[tile], self.mem[tile]
         words = len(count)
@@ -250,7 +250,7 @@ class ValueEngine:
                         valid[addr:addr + vec] = True
                         self.version[tile] += 1
                     elif op == _SEND:
-                        q = self.queues.setdefault((tile, peer), deque())
+                        q = self.queues.setdefault((tile, peer, dst), deque())
                         readable = bool(valid[addr:addr + vec].all())
                         if len(q) >= self.cfg.tile.recv_buffer or not readable:
                             why = "send (receive buffer full)" if readable else "send"
@@ -260,7 +260,7 @@ class ValueEngine:
                         q.append(self._read(tile, addr, vec))
                         self.version[peer] += 1
                     else:
-                        q = self.queues.setdefault((peer, tile), deque())
+                        q = self.queues.setdefault((peer, tile, dst), deque())
                         if not q or valid[addr:addr + vec].any():
                             self.waiting[a] = {"wait": "recv", "tile": tile, "addr": addr,
                                                "vec": vec, "from_tile": peer}
@@ -268,7 +268,7 @@ class ValueEngine:
                         if q[0].shape[1] != vec:
                             raise SimulationError(
                                 f"{self._name(a)} pc {pc}: recv of {vec} words got a message "
-                                f"of {q[0].shape[1]} from tile {peer}")
+                                f"of {q[0].shape[1]} from tile {peer} (FIFO {dst})")
                         self._write(tile, addr, q.popleft(), cnt)
                         self.version[peer] += 1
                 elif op == _ALU:
@@ -315,10 +315,7 @@ class ValueEngine:
             self.executed += executed
 
     def _name(self, a: int) -> str:
-        if a < self.n_core_agents:
-            t, c = divmod(a, self.cores)
-            return f"tile {t} core {c}"
-        return f"tile {a - self.n_core_agents} control"
+        return self.prog.agent_name(a)
 
     def _check_reg(self, a, reg, vec):
         if reg < 0 or reg + vec > self.lay.size:

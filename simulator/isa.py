@@ -1,7 +1,8 @@
 """The instruction set: one definition, used by the compiler to emit and the simulator to run.
 
 PUMA-style (Ankit et al., ASPLOS 2019). Each core runs one in-order stream of
-:data:`INSTR_DTYPE` rows; each tile runs one stream of tile instructions (send/receive).
+:data:`INSTR_DTYPE` rows; each tile's control unit runs one or more streams of tile
+instructions (send/receive), at most ``tile.control_streams``, side by side.
 
 Core data registers are one flat word-addressed space per core::
 
@@ -36,9 +37,10 @@ iset       ireg[dst] <- imm
 iadd       ireg[dst] <- ireg[src1] + imm
 jmp        pc <- imm
 beq / bne  if ireg[src1] ==/!= ireg[src2]: pc <- imm
-send       (tile) read mem[imm (+ra) : +vec] like a load and send it to tile ``peer``
-recv       (tile) take the next message from tile ``peer`` and write it to mem[imm (+ra) :
-           +vec] like a store with consumer count ``count``
+send       (tile) read mem[imm (+ra) : +vec] like a load and send it to FIFO ``dst`` of
+           tile ``peer``'s receive buffer (one FIFO per sender and FIFO number)
+recv       (tile) take the next message from tile ``peer`` in FIFO ``dst`` and write it to
+           mem[imm (+ra) : +vec] like a store with consumer count ``count``
 =========  ==================================================================================
 """
 from __future__ import annotations
@@ -97,7 +99,7 @@ TILE_OPS = frozenset({Op.NOP, Op.HLT, Op.SEND, Op.RECV, Op.ISET, Op.IADD, Op.JMP
 INSTR_DTYPE = np.dtype([
     ("op", np.uint8),     # Op
     ("fn", np.uint8),     # Fn for alu/alui
-    ("dst", np.int32),    # destination register (or integer register)
+    ("dst", np.int32),    # destination register (or integer register; FIFO for send/recv)
     ("src1", np.int32),   # first source register (or integer register)
     ("src2", np.int32),   # second source register (or integer register)
     ("vec", np.int32),    # vector width, words

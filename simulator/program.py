@@ -82,7 +82,7 @@ class Program:
     core_code: list[np.ndarray]
     """Instruction stream per core, index ``tile * tile.cores + core``."""
     tile_code: list[np.ndarray]
-    """Tile control stream (send/recv) per tile."""
+    """Tile control streams (send/recv); stream ``s`` runs on tile ``control_tiles[s]``."""
     mvmu_loc: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
     """(n, 3): tile, core, MVMU index of each programmed MVMU."""
     mvmu_levels: np.ndarray | None = None
@@ -103,6 +103,9 @@ class Program:
     mem_words: np.ndarray | None = None
     """Words of tile memory each tile's program uses (default: the eDRAM's size). May
     exceed ``tile.edram_kb``; the report then flags the overflow."""
+    control_tiles: np.ndarray | None = None
+    """The tile of each control stream (default: one stream per tile, stream t on tile t).
+    A tile runs at most ``tile.control_streams`` of them side by side."""
 
     def __post_init__(self):
         self.mvmu_loc = np.asarray(self.mvmu_loc, np.int32).reshape(-1, 3)
@@ -123,13 +126,16 @@ class Program:
         self.mem_words = np.asarray(self.mem_words, np.int64).reshape(-1)
         self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
         self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
+        if self.control_tiles is None:
+            self.control_tiles = np.arange(self.n_tiles, dtype=np.int64)
+        self.control_tiles = np.asarray(self.control_tiles, np.int64).reshape(-1)
         validate(self)
         # What the simulator derives (crossbar models, decoded streams) is cached per
         # program: an edit in place would leave it stale, so the arrays it reads are
         # read-only. Assign a new array (or use dataclasses.replace, which validates).
         for arr in (self.mvmu_loc, self.mvmu_levels, self.mvmu_rows_used,
                     self.mvmu_cols_used, self.mvmu_adc_bits, self.mvmu_layer,
-                    *self.core_code, *self.tile_code):
+                    self.control_tiles, *self.core_code, *self.tile_code):
             arr.flags.writeable = False
 
     def __setattr__(self, name, value):
@@ -145,6 +151,30 @@ class Program:
     @property
     def layout(self) -> RegisterLayout:
         return RegisterLayout.of(self.config)
+
+    @property
+    def n_agents(self) -> int:
+        """Instruction streams: every tile's cores, then the control streams."""
+        return len(self.core_code) + len(self.tile_code)
+
+    def agent_tile(self, a: int) -> int:
+        """The tile of agent ``a`` (index into ``core_code + tile_code``)."""
+        cores = self.config.tile.cores
+        n_core = len(self.core_code)
+        return a // cores if a < n_core else int(self.control_tiles[a - n_core])
+
+    def agent_name(self, a: int) -> str:
+        """``tile 3 core 2``, ``tile 3 control`` (its only stream) or ``tile 3 control 1``
+        (its second)."""
+        cores = self.config.tile.cores
+        n_core = len(self.core_code)
+        t = self.agent_tile(a)
+        if a < n_core:
+            return f"tile {t} core {a % cores}"
+        mine = np.flatnonzero(self.control_tiles == t)
+        if len(mine) == 1:
+            return f"tile {t} control"
+        return f"tile {t} control {int(np.searchsorted(mine, a - n_core))}"
 
     def mvmu_index(self) -> dict[tuple[int, int, int], int]:
         return {tuple(int(v) for v in loc): i for i, loc in enumerate(self.mvmu_loc)}
@@ -184,13 +214,14 @@ class Program:
         hold nothing. ``routes``: also the tiles whose router only passes a message on its
         XY route (their routers are charged)."""
         used = {t for t, _ in self.cores_used()}
-        used |= {t for t, code in enumerate(self.tile_code) if _works(code)}
+        used |= {int(t) for t, code in zip(self.control_tiles, self.tile_code)
+                 if _works(code)}
         used |= {int(t) for t, *_ in self.mem_init}
         used |= {p.tile for p in self.inputs + self.outputs}
         if not routes:
             return used
         width = self.config.node.mesh_width
-        for src, code in enumerate(self.tile_code):
+        for src, code in zip(self.control_tiles.tolist(), self.tile_code):
             for dst in np.unique(code["peer"][code["op"] == int(Op.SEND)]).tolist():
                 x, y = src % width, src // width      # XY routing, as the NoC model's
                 x1, y1 = dst % width, dst // width
@@ -217,6 +248,7 @@ class Program:
         arrays = {
             "core_code": _concat(self.core_code), "core_start": _starts(self.core_code),
             "tile_code": _concat(self.tile_code), "tile_start": _starts(self.tile_code),
+            "control_tiles": self.control_tiles,
             "mvmu_loc": self.mvmu_loc, "mvmu_levels": self.mvmu_levels,
             "mvmu_rows_used": self.mvmu_rows_used, "mvmu_cols_used": self.mvmu_cols_used,
             "mvmu_adc_bits": self.mvmu_adc_bits, "mvmu_layer": self.mvmu_layer,
@@ -275,7 +307,7 @@ class Program:
         if a["mvmu_levels"].dtype != np.uint8:
             raise ProgramError(f"{apath}: mvmu_levels has dtype {a['mvmu_levels'].dtype}; "
                                f"cell levels are uint8")
-        for k in required[2:]:
+        for k in required[2:] + ("control_tiles",) * ("control_tiles" in a):
             if k not in ("tile_code", "mvmu_levels") and not (
                     np.issubdtype(a[k].dtype, np.integer) and a[k].ndim == (2 if k ==
                                                                            "mvmu_loc" else 1)):
@@ -328,6 +360,7 @@ class Program:
             config=cfg, n_tiles=int(manifest["n_tiles"]),
             core_code=_split(a["core_code"], a["core_start"]),
             tile_code=_split(a["tile_code"], a["tile_start"]),
+            control_tiles=a.get("control_tiles"),   # older files: one stream per tile
             mvmu_loc=a["mvmu_loc"], mvmu_levels=a["mvmu_levels"],
             mvmu_rows_used=a.get("mvmu_rows_used", np.zeros(0)),
             mvmu_cols_used=a.get("mvmu_cols_used", np.zeros(0)),
@@ -382,8 +415,17 @@ def validate(prog: Program) -> None:
     if len(prog.core_code) != tiles * cores:
         raise ProgramError(f"program has {len(prog.core_code)} core streams; expected "
                            f"{tiles} tiles x {cores} cores = {tiles * cores}")
-    if len(prog.tile_code) != tiles:
-        raise ProgramError(f"program has {len(prog.tile_code)} tile streams for {tiles} tiles")
+    ctl = prog.control_tiles
+    if len(ctl) != len(prog.tile_code):
+        raise ProgramError(f"control_tiles names a tile for {len(ctl)} control streams; the "
+                           f"program has {len(prog.tile_code)}")
+    if len(ctl) and not ((ctl >= 0) & (ctl < tiles)).all():
+        raise ProgramError(f"a control stream's tile is outside 0..{tiles - 1}")
+    per_tile = np.bincount(ctl, minlength=tiles)
+    if len(ctl) and per_tile.max() > cfg.tile.control_streams:
+        t = int(per_tile.argmax())
+        raise ProgramError(f"tile {t} runs {int(per_tile[t])} control streams; its control "
+                           f"unit runs {cfg.tile.control_streams} (tile.control_streams)")
     lay = RegisterLayout.of(cfg)
     if len(prog.mem_words) != tiles or (prog.mem_words < 1).any() \
             or (prog.mem_words > MAX_MEM_WORDS).any():
@@ -446,8 +488,9 @@ def validate(prog: Program) -> None:
         _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles,
                          {m for (tt, cc, m) in seen if tt == t and cc == c}, n_layers)
-    for t, code in enumerate(prog.tile_code):
-        _validate_stream(code, f"tile {t} control", TILE_OPS, cfg, lay,
+    for s, code in enumerate(prog.tile_code):
+        t = int(ctl[s])
+        _validate_stream(code, prog.agent_name(len(prog.core_code) + s), TILE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles, set(), n_layers)
     for t, addr, vals, cnt in prog.mem_init:
         if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]):
@@ -582,3 +625,6 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
             raise ProgramError(f"{here}: branch target {imm} outside 0..{n - 1}")
         if op in (Op.SEND, Op.RECV) and not 0 <= peer < tiles:
             raise ProgramError(f"{here}: peer tile {peer} outside 0..{tiles - 1}")
+        if op in (Op.SEND, Op.RECV) and not 0 <= dst < cfg.tile.control_streams:
+            raise ProgramError(f"{here}: FIFO {dst} outside 0..{cfg.tile.control_streams - 1} "
+                               f"(one per control stream, tile.control_streams)")

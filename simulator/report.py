@@ -347,8 +347,6 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     accuracy = None
     if outputs is not None and reference is not None:
         accuracy = error_metrics(outputs, reference)
-    from .simulate import agent_name
-    n_agents = prog.n_tiles * (cfg.tile.cores + 1)
     return Report(
         latency_cycles=latency, latency_s=latency_ns * 1e-9, energy_j=total, area_mm2=area,
         crossbars=n_mvmu * cfg.arrays * cfg.slices, mvmus=n_mvmu, cores=cores_used,
@@ -359,7 +357,8 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
             "adc_conversions_by_bits": {str(b): int(v) for b, v in enumerate(by_bits.sum(0))
                                         if v}},
         config=cfg.to_dict(), adc_model=cfg.adc.model, outputs=outputs, accuracy=accuracy,
-        trace_events=timing["trace"], agent_names=[agent_name(prog, a) for a in range(n_agents)],
+        trace_events=timing["trace"],
+        agent_names=[prog.agent_name(a) for a in range(prog.n_agents)],
         cycle_ns=cfg.cycle_ns,
         memory={"words_per_tile_max": int(prog.mem_words.max()),
                 "edram_words_per_tile": cfg.edram_words,

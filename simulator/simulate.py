@@ -43,17 +43,41 @@ def mvmu_tables(prog: Program):
     return lat, stats, bits
 
 
+def channels(prog: Program, flat: np.ndarray, starts: np.ndarray):
+    """Each send/recv's channel (sending tile, receiving tile, FIFO): (index per instruction,
+    -1 elsewhere; the channels' (src, dst, fifo) rows). Both ends of a channel see its
+    messages in order; different channels never wait for each other."""
+    tiles = np.array([prog.agent_tile(a) for a in range(prog.n_agents)], np.int64)
+    tile_of = np.repeat(tiles, np.diff(starts))
+    op = flat["op"].astype(np.int64)
+    peer = flat["peer"].astype(np.int64)
+    fifo = flat["dst"].astype(np.int64)
+    is_send, is_recv = op == int(Op.SEND), op == int(Op.RECV)
+    moves = is_send | is_recv
+    keys = np.stack([np.where(is_send, tile_of, peer), np.where(is_send, peer, tile_of),
+                     fifo], 1)[moves]
+    rows, idx = np.unique(keys, axis=0, return_inverse=True)
+    chan = np.full(len(flat), -1, np.int64)
+    chan[moves] = idx.reshape(-1)
+    return chan, rows.reshape(-1, 3), tiles
+
+
 def run_timing_engine(prog: Program, trace_cap: int = 0,
                       max_instructions: int = DEFAULT_MAX_INSTRUCTIONS):
     """Timing + counts of one inference. Raises DeadlockError / SimulationError."""
     cfg = prog.config
     streams = list(prog.core_code) + list(prog.tile_code)
     if len(streams) >= 1 << AGENT_BITS:   # an agent's index shares a 64-bit key with time
-        raise SimulationError(f"{len(streams)} agents (cores and tile control units): the "
+        raise SimulationError(f"{len(streams)} agents (cores and tile control streams): the "
                               f"timing engine runs fewer than {1 << AGENT_BITS}; use fewer "
                               f"tiles or cores per tile")
     flat = np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
     starts = np.concatenate([[0], np.cumsum([len(s) for s in streams])]).astype(np.int64)
+    chan, chan_rows, agent_tiles = channels(prog, flat, starts)
+    ctrl_order = np.argsort(prog.control_tiles, kind="stable")
+    ctrl_agent = (len(prog.core_code) + ctrl_order).astype(np.int64)
+    ctrl_start = np.searchsorted(prog.control_tiles[ctrl_order],
+                                 np.arange(prog.n_tiles + 1)).astype(np.int64)
     lay = prog.layout
     tile_words = prog.mem_words.astype(np.int64)
     tile_base = np.concatenate([[0], np.cumsum(tile_words)[:-1]]).astype(np.int64)
@@ -93,29 +117,17 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     f = {k: np.ascontiguousarray(flat[k]).astype(np.int64) for k in INSTR_DTYPE.names}
     status, end, info, tlen = run_timing(
         f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
-        f["count"], f["ra"], f["rr"], f["peer"], f["layer"], starts, prog.n_tiles,
-        cfg.tile.cores, params, tile_base, tile_words, lat, stats, bits, valid, cnt, vtime,
-        ftime, counters, adc_by_bits, span, trace, trace_cap, transc, unary)
-    _raise_for_status(prog, status, info, streams)
+        f["count"], f["ra"], f["rr"], f["peer"], f["layer"], chan, starts, agent_tiles,
+        ctrl_start, ctrl_agent, np.ascontiguousarray(chan_rows[:, 0]),
+        np.ascontiguousarray(chan_rows[:, 1]), prog.n_tiles, cfg.tile.cores, params,
+        tile_base, tile_words, lat, stats, bits, valid, cnt, vtime, ftime, counters,
+        adc_by_bits, span, trace, trace_cap, transc, unary)
+    _raise_for_status(prog, status, info, streams, chan_rows)
     return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
             "trace": trace[:tlen].copy(), "mvm_latency": lat}
 
 
-def agent_tile(prog: Program, a: int) -> int:
-    """The tile of agent ``a``: the cores of every tile first, then each tile's control."""
-    cores = prog.config.tile.cores
-    n_core = prog.n_tiles * cores
-    return a // cores if a < n_core else a - n_core
-
-
-def agent_name(prog: Program, a: int) -> str:
-    cores = prog.config.tile.cores
-    if a < prog.n_tiles * cores:
-        return f"tile {agent_tile(prog, a)} core {a % cores}"
-    return f"tile {agent_tile(prog, a)} control"
-
-
-def _raise_for_status(prog, status, info, streams):
+def _raise_for_status(prog, status, info, streams, chan_rows):
     if status == OK:
         return
     if status == DEADLOCK:
@@ -123,11 +135,11 @@ def _raise_for_status(prog, status, info, streams):
         for k in range(len(info) // 5):
             a, pc, kind, tile, addr = (int(v) for v in info[5 * k:5 * k + 5])
             op = Op(int(streams[a][pc]["op"])).name.lower() if pc < len(streams[a]) else "end"
-            s = {"agent": agent_name(prog, a), "pc": pc, "instruction": op,
+            s = {"agent": prog.agent_name(a), "pc": pc, "instruction": op,
                  "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr}
             if kind in (W_SEND_FULL, W_RECV):
                 # the engine records the other end; the address is in the agent's own tile
-                s.update(tile=agent_tile(prog, a), peer=tile)
+                s.update(tile=prog.agent_tile(a), peer=tile)
             stuck.append(s)
         desc = "; ".join(
             f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "
@@ -138,12 +150,13 @@ def _raise_for_status(prog, status, info, streams):
         raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",
                             stuck)
     if status == UNRECEIVED:
+        fifo = int(chan_rows[int(info[3]), 2])
         raise SimulationError(f"tile {int(info[0])} sent {int(info[2])} message(s) to tile "
-                              f"{int(info[1])} that no recv consumed; every send needs a "
-                              f"matching recv on the receiving tile")
+                              f"{int(info[1])} (FIFO {fifo}) that no recv consumed; every "
+                              f"send needs a matching recv on the receiving tile")
     a, pc = int(info[0]), int(info[1])
     start = sum(len(s) for s in streams[:a])
-    where = f"{agent_name(prog, a)} pc {pc - start}"
+    where = f"{prog.agent_name(a)} pc {pc - start}"
     if status == RUNAWAY:
         raise SimulationError(f"program exceeded its instruction budget (a runaway loop? "
                               f"an instruction retried after blocking counts again) at "

@@ -4,15 +4,16 @@ Timing does not depend on data values, so this engine carries no values: only pr
 counters, integer registers (loop counters, addresses), the valid/count state of tile
 memory words, message queues, and the times at which each resource becomes free.
 
-Agents are the cores (index ``tile * cores + core``) and one control unit per tile (send /
-receive). A heap orders agents by their next issue time; an agent runs instructions that
-touch only its own state (integer ops, branches, VFU, mvm) without going through the heap,
-and yields before one that touches shared state (tile memory, NoC) unless it is the
-earliest agent. Contention: an MVMU is busy until its MVM completes; a core's VFU runs one
-op at a time; each tile-memory port serves one request per cycle; each directed NoC link
-carries one flit per cycle; a receive buffer holds ``tile.recv_buffer`` messages per
-sender. A load waits for valid words, a store for free ones; when nothing can move and some
-agent has not halted, the run ends as a deadlock naming the stuck agents and addresses.
+Agents are the cores (index ``tile * cores + core``) and the tiles' control streams
+(send / receive; one or more per tile, after the cores). A heap orders agents by their next
+issue time; an agent runs instructions that touch only its own state (integer ops,
+branches, VFU, mvm) without going through the heap, and yields before one that touches
+shared state (tile memory, NoC) unless it is the earliest agent. Contention: an MVMU is busy
+until its MVM completes; a core's VFU runs one op at a time; each tile-memory port serves
+one request per cycle; each directed NoC link carries one flit per cycle; a receive buffer
+holds ``tile.recv_buffer`` messages per channel (sending tile, receiving tile, FIFO). A load
+waits for valid words, a store for free ones; when nothing can move and some agent has not
+halted, the run ends as a deadlock naming the stuck agents and addresses.
 """
 from __future__ import annotations
 
@@ -97,12 +98,13 @@ def _mvmu_wait(reg, vec, xout0, gp0, rows, cols, nm, mvmu_free, core):
 
 
 @nb.njit(cache=True)
-def _wake_tile(tile, now, cores, n_core_agents, state, t_agent, heap, hsize):
+def _wake_tile(tile, now, cores, ctrl_start, ctrl_agent, state, t_agent, heap, hsize):
     """Blocked agents of ``tile`` retry, no earlier than ``now``: the waker's issue time, which
     keeps shared operations in time order. When the retried access starts is then up to its
     data's own times (``vtime``/``ftime``), not the waker's (possibly far later) start."""
-    for k in range(cores + 1):
-        a = tile * cores + k if k < cores else n_core_agents + tile
+    n_ctrl = ctrl_start[tile + 1] - ctrl_start[tile]
+    for k in range(cores + n_ctrl):
+        a = tile * cores + k if k < cores else ctrl_agent[ctrl_start[tile] + k - cores]
         if state[a] == 1:
             state[a] = 0
             if t_agent[a] < now:
@@ -183,11 +185,16 @@ def _book(b_start, b_end, n_book, r, s, dur):
 
 
 @nb.njit(cache=True)
-def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer,
-               agent_start, n_tiles, cores, params, tile_base, tile_words, mvm_lat, mvm_stats,
-               mvm_bits, valid, cnt, vtime, ftime, counters, adc_by_bits, layer_span,
-               trace, trace_cap, fn_transcendental, fn_unary):
+def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer, chan,
+               agent_start, agent_tile, ctrl_start, ctrl_agent, chan_src, chan_dst, n_tiles,
+               cores, params, tile_base, tile_words, mvm_lat, mvm_stats, mvm_bits, valid, cnt,
+               vtime, ftime, counters, adc_by_bits, layer_span, trace, trace_cap,
+               fn_transcendental, fn_unary):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
+
+    chan[p]: the channel (index into chan_src/chan_dst) a send/recv moves through.
+    agent_tile[a]: each agent's tile; ctrl_agent[ctrl_start[t]:ctrl_start[t + 1]]: tile t's
+    control streams (agents).
 
     params: [nm, xout0, gp0, rows, cols, lanes, nports, port_words, mem_lat, recv_cap,
              mesh_w, hop_cycles, router_cycles, flit_words, max_instr, n_regs, n_int]
@@ -199,7 +206,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     flit_words, max_instr, n_regs, n_int = params[13], params[14], params[15], params[16]
 
     n_core_agents = n_tiles * cores
-    n_agents = n_core_agents + n_tiles
+    n_agents = len(agent_start) - 1
     pc = np.zeros(n_agents, np.int64)
     for a in range(n_agents):
         pc[a] = agent_start[a]
@@ -218,10 +225,11 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     link_start = np.zeros((n_links, BOOKINGS), np.int64)
     link_end = np.zeros((n_links, BOOKINGS), np.int64)
     link_n = np.zeros(n_links, np.int64)
-    ring_arr = np.zeros((n_tiles * n_tiles, recv_cap), np.int64)
-    ring_vec = np.zeros((n_tiles * n_tiles, recv_cap), np.int64)
-    ring_head = np.zeros(n_tiles * n_tiles, np.int64)
-    ring_tail = np.zeros(n_tiles * n_tiles, np.int64)
+    n_chan = len(chan_src)
+    ring_arr = np.zeros((max(n_chan, 1), recv_cap), np.int64)
+    ring_vec = np.zeros((max(n_chan, 1), recv_cap), np.int64)
+    ring_head = np.zeros(max(n_chan, 1), np.int64)
+    ring_tail = np.zeros(max(n_chan, 1), np.int64)
     heap = np.zeros(n_agents + 8, np.int64)
     hsize = 0
     for a in range(n_agents):
@@ -240,7 +248,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
             continue  # stale entry
         end = agent_start[a + 1]
         is_core = a < n_core_agents
-        tile = a // cores if is_core else a - n_core_agents
+        tile = agent_tile[a]
         core = a if is_core else 0
         while True:
             p = pc[a]
@@ -336,7 +344,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     return BAD_ADDRESS, end_time, info, tlen
                 pair = 0
                 if o == _OP_SEND:
-                    pair = tile * n_tiles + peer[p]
+                    pair = chan[p]
                     if ring_tail[pair] - ring_head[pair] >= recv_cap:
                         state[a] = 1
                         wait_kind[a] = W_SEND_FULL
@@ -344,7 +352,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         wait_addr[a] = addr
                         break
                 if o == _OP_RECV:
-                    pair = peer[p] * n_tiles + tile
+                    pair = chan[p]
                     if ring_tail[pair] == ring_head[pair]:
                         state[a] = 1
                         wait_kind[a] = W_RECV
@@ -415,16 +423,16 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                                 valid[i] = False
                                 freed = True
                     if freed:
-                        hsize = _wake_tile(tile, t, cores, n_core_agents, state, t_agent,
-                                           heap, hsize)
+                        hsize = _wake_tile(tile, t, cores, ctrl_start, ctrl_agent, state,
+                                           t_agent, heap, hsize)
                 else:
                     counters[lay, C_WR] += v
                     for i in range(base + addr, base + addr + v):
                         valid[i] = True
                         cnt[i] = count[p]
                         vtime[i] = fin
-                    hsize = _wake_tile(tile, t, cores, n_core_agents, state, t_agent,
-                                       heap, hsize)
+                    hsize = _wake_tile(tile, t, cores, ctrl_start, ctrl_agent, state,
+                                       t_agent, heap, hsize)
                 if o == _OP_SEND:
                     dst_tile = peer[p]
                     flits = (v + flit_words - 1) // flit_words
@@ -459,12 +467,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     counters[lay, C_NOC] += flits * hops
                     counters[lay, C_PKT] += 1
                     end_time = max(end_time, arrival)
-                    hsize = _wake_tile(dst_tile, t, cores, n_core_agents, state, t_agent,
-                                       heap, hsize)
+                    hsize = _wake_tile(dst_tile, t, cores, ctrl_start, ctrl_agent, state,
+                                       t_agent, heap, hsize)
                 elif o == _OP_RECV:
                     ring_head[pair] += 1
-                    hsize = _wake_tile(peer[p], t, cores, n_core_agents, state, t_agent,
-                                       heap, hsize)
+                    hsize = _wake_tile(peer[p], t, cores, ctrl_start, ctrl_agent, state,
+                                       t_agent, heap, hsize)
                 tlen = _trace(trace, tlen, trace_cap, a, start, fin, o, lay - 1)
             counters[lay, C_INSTR] += 1
             # a layer's span: its data work (MVMs have their own), not the integer loop
@@ -498,12 +506,13 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     info[5 * k + 4] = wait_addr[b]
                     k += 1
             return DEADLOCK, end_time, info, tlen
-    for pair in range(n_tiles * n_tiles):
+    for pair in range(n_chan):
         if ring_tail[pair] != ring_head[pair]:
             # every agent halted with messages left in a receive buffer: a send without
             # its recv, which a compiled program never has (its data went nowhere)
-            info[0] = pair // n_tiles
-            info[1] = pair % n_tiles
+            info[0] = chan_src[pair]
+            info[1] = chan_dst[pair]
             info[2] = ring_tail[pair] - ring_head[pair]
+            info[3] = pair
             return UNRECEIVED, end_time, info, tlen
     return OK, end_time, info, tlen

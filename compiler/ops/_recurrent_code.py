@@ -164,11 +164,12 @@ def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, 
         for src, dst, _sa, da, n, cnt, via in stage:
             plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
     for tile, ops in sorted(plan.items()):
-        em = tile_em[tile]
+        em, fifo = tile_em(tile, i)
         with em.loop_nest([L.steps], [L.time_walk(y_buf[tile], L.hidden)], i) as (p,):
             for _, kind, peer, a, n, cnt, via in ops:
                 ra = p.ireg if via else -1
                 if kind == "send":
-                    em.emit(Op.SEND, imm=a, ra=ra, vec=n, peer=peer, layer=i)
+                    em.emit(Op.SEND, dst=fifo, imm=a, ra=ra, vec=n, peer=peer, layer=i)
                 else:
-                    em.emit(Op.RECV, imm=a, ra=ra, vec=n, peer=peer, count=cnt, layer=i)
+                    em.emit(Op.RECV, dst=fifo, imm=a, ra=ra, vec=n, peer=peer, count=cnt,
+                            layer=i)

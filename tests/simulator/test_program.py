@@ -229,7 +229,7 @@ def test_a_message_nobody_receives_is_an_error():
     send = assemble([instr(Op.SEND, imm=0, vec=4, peer=1)] * 2 + [instr(Op.HLT)])
     prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
                    tile_code=[send, ex.EMPTY], mem_init=[(0, 0, np.arange(4), 0)])
-    with pytest.raises(SimulationError, match="tile 0 sent 2 message.s. to tile 1 that no "
+    with pytest.raises(SimulationError, match="tile 0 sent 2 message.s. to tile 1 .FIFO 0. that no "
                                               "recv consumed"):
         simulate(prog, values=False)
 

@@ -1,0 +1,160 @@
+"""Tile control units with several streams (``tile.control_streams``): each stream runs its
+own sends and receives, each FIFO of a receive buffer is its own channel, so one layer's
+transfers do not wait behind another's. Hand-built programs for the semantics; a compiled
+multi-tile ResNet for what it buys."""
+import numpy as np
+import pytest
+
+from simulator import examples as ex
+from simulator import load_config, simulate
+from simulator.errors import DeadlockError, ProgramError
+from simulator.functional import run_values
+from simulator.isa import Op, RegisterLayout, assemble, instr
+from simulator.program import Program, TensorPort
+
+LATE = 400   # cycles before tile 0's core stores the first message's words
+
+
+def _two_messages(cfg, streams: int) -> Program:
+    """Tile 0 sends two 4-word messages to tile 1: A (FIFO 0) from words its core stores
+    after ``LATE`` cycles, B (FIFO 1) from preloaded words. ``streams`` = 2: each message
+    has a stream of its own on both tiles; 1: both on one stream per tile, A first."""
+    lay = RegisterLayout.of(cfg)
+    core = assemble([instr(Op.SET, dst=lay.gp, imm=7, vec=4, layer=0)]
+                    + [instr(Op.NOP)] * LATE
+                    + [instr(Op.STORE, src1=lay.gp, imm=0, vec=4, count=1, layer=0),
+                       instr(Op.HLT)])
+    send = {f: instr(Op.SEND, dst=f, imm=4 * f, vec=4, peer=1, layer=f) for f in (0, 1)}
+    recv = {f: instr(Op.RECV, dst=f, imm=4 * f, vec=4, peer=0, count=0, layer=f)
+            for f in (0, 1)}
+    if streams == 2:
+        tile_code = [assemble([send[0], instr(Op.HLT)]), assemble([send[1], instr(Op.HLT)]),
+                     assemble([recv[0], instr(Op.HLT)]), assemble([recv[1], instr(Op.HLT)])]
+        control_tiles = [0, 0, 1, 1]
+    else:
+        tile_code = [assemble([send[0], send[1], instr(Op.HLT)]),
+                     assemble([recv[0], recv[1], instr(Op.HLT)])]
+        control_tiles = [0, 1]
+    cores = [core] + [ex.EMPTY] * (2 * cfg.tile.cores - 1)
+    return Program(config=cfg, n_tiles=2, core_code=cores, tile_code=tile_code,
+                   control_tiles=control_tiles, mem_init=[(0, 4, np.arange(4) + 10, 0)],
+                   layers=[{"name": "a", "op": "Copy"}, {"name": "b", "op": "Copy"}],
+                   outputs=[TensorPort("a", 1, 0, (4,), 1.0), TensorPort("b", 1, 4, (4,), 1.0)])
+
+
+def _recv_end(rep, fifo_layer: int) -> int:
+    ends = [e for _, _, e, op, lay in rep.trace_events.tolist()
+            if op == int(Op.RECV) and lay == fifo_layer]
+    assert len(ends) == 1
+    return ends[0]
+
+
+def test_a_second_stream_does_not_wait_behind_the_first():
+    cfg = load_config("small", ["tile.control_streams=2"])
+    own = simulate(_two_messages(cfg, 2), None, trace=True)
+    one = simulate(_two_messages(cfg, 1), None, trace=True)
+    for rep in (own, one):      # both deliver both messages, value for value
+        np.testing.assert_array_equal(rep.outputs["a:int"], [[7] * 4])
+        np.testing.assert_array_equal(rep.outputs["b:int"], [[10, 11, 12, 13]])
+    assert _recv_end(own, 1) < LATE < _recv_end(one, 1)   # B: at once vs after A
+    assert _recv_end(own, 0) > LATE and _recv_end(one, 0) > LATE
+
+
+def test_agents_are_named_by_tile_and_stream():
+    cfg = load_config("small", ["tile.control_streams=2"])
+    prog = _two_messages(cfg, 2)
+    n = len(prog.core_code)
+    assert [prog.agent_name(n + s) for s in range(4)] == [
+        "tile 0 control 0", "tile 0 control 1", "tile 1 control 0", "tile 1 control 1"]
+    assert prog.agent_tile(n + 3) == 1
+    assert _two_messages(cfg, 1).agent_name(n) == "tile 0 control"
+
+
+def test_a_recv_takes_messages_of_its_own_fifo_only():
+    cfg = load_config("small", ["tile.control_streams=2"])
+    send = assemble([instr(Op.SEND, dst=0, imm=0, vec=4, peer=1), instr(Op.HLT)])
+    recv = assemble([instr(Op.RECV, dst=1, imm=0, vec=4, peer=0, count=0), instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
+                   tile_code=[send, recv], mem_init=[(0, 0, np.arange(4), 0)])
+    with pytest.raises(DeadlockError, match=r"tile 1 control pc 0 \(recv\) waits: recv"):
+        simulate(prog, None, values=False)
+    with pytest.raises(DeadlockError, match="tile 1 control pc 0 waits to recv"):
+        run_values(prog, None)
+
+
+def test_the_receive_buffer_holds_recv_buffer_messages_per_fifo():
+    """recv_buffer = 1: a second message in FIFO 0 waits for the first's recv; one in FIFO 1
+    does not."""
+    cfg = load_config("small", ["tile.control_streams=2", "tile.recv_buffer=1"])
+    lay = RegisterLayout.of(cfg)
+
+    def run(fifos):
+        send = assemble([instr(Op.SEND, dst=f, imm=0, vec=4, peer=1, layer=0) for f in fifos]
+                        + [instr(Op.HLT)])
+        # the receiver's stream starts late: it waits for a word its core stores
+        core = assemble([instr(Op.NOP)] * LATE + [
+            instr(Op.STORE, src1=lay.gp, imm=8, vec=1, count=1, layer=0), instr(Op.HLT)])
+        recv = [assemble([instr(Op.SEND, dst=0, imm=8, vec=1, peer=0, layer=0)]
+                         + [instr(Op.RECV, dst=f, imm=4 * k, vec=4, peer=0, count=0, layer=0)
+                            for k, f in enumerate(fifos)] + [instr(Op.HLT)])]
+        drain = assemble([instr(Op.RECV, dst=0, imm=8, vec=1, peer=1, count=0, layer=0),
+                          instr(Op.HLT)])
+        cores = [ex.EMPTY] * (2 * cfg.tile.cores)
+        cores[cfg.tile.cores] = core
+        prog = Program(config=cfg, n_tiles=2, core_code=cores,
+                       tile_code=[send, drain] + recv, control_tiles=[0, 0, 1],
+                       mem_init=[(0, 0, np.arange(4), 0)], layers=[{"name": "m", "op": "Copy"}])
+        rep = simulate(prog, None, trace=True)
+        n = len(prog.core_code)
+        return [s for a, s, _, op, _ in rep.trace_events.tolist()
+                if a == n and op == int(Op.SEND)]
+
+    same, apart = run([0, 0]), run([0, 1])
+    assert same[1] > LATE > apart[1]
+
+
+def test_programs_that_misuse_streams_are_refused():
+    cfg = load_config("small", ["tile.control_streams=2"])
+    cores = [ex.EMPTY] * (2 * cfg.tile.cores)
+    hlt = ex.EMPTY
+
+    def prog(tile_code, control_tiles, c=cfg):
+        return Program(config=c, n_tiles=2, core_code=cores, tile_code=tile_code,
+                       control_tiles=control_tiles)
+
+    with pytest.raises(ProgramError, match="names a tile for 1 control streams; the program "
+                                           "has 2"):
+        prog([hlt, hlt], [0])
+    with pytest.raises(ProgramError, match="control stream's tile is outside 0..1"):
+        prog([hlt], [2])
+    with pytest.raises(ProgramError, match=r"tile 1 runs 3 control streams; its control unit "
+                                           r"runs 2 \(tile.control_streams\)"):
+        prog([hlt] * 3, [1, 1, 1])
+    bad = assemble([instr(Op.SEND, dst=2, imm=0, vec=1, peer=1), instr(Op.HLT)])
+    with pytest.raises(ProgramError, match=r"tile 0 control pc 0 \(send\): FIFO 2 outside "
+                                           r"0..1"):
+        prog([bad, hlt], [0, 1])
+
+
+def test_control_streams_survive_save_and_load(tmp_path):
+    cfg = load_config("small", ["tile.control_streams=2"])
+    prog = _two_messages(cfg, 2)
+    back = Program.load(prog.save(tmp_path / "p"))
+    assert back.control_tiles.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(simulate(back, None).outputs["b:int"], [[10, 11, 12, 13]])
+
+
+def test_a_program_file_without_control_tiles_has_one_stream_per_tile(tmp_path):
+    """Files written before control streams existed load as one stream per tile."""
+    folder = ex.two_tile_exchange(load_config("small"), ex.random_weights(
+        load_config("small"), 16, 16)).save(tmp_path / "p")
+    with np.load(folder / "program.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "control_tiles"}
+    np.savez_compressed(folder / "program.npz", **arrays)
+    assert Program.load(folder).control_tiles.tolist() == [0, 1]
+
+
+def test_the_config_bounds_control_streams():
+    from simulator.errors import ConfigError
+    with pytest.raises(ConfigError, match="control_streams"):
+        load_config("small", ["tile.control_streams=0"])
