@@ -96,7 +96,7 @@ class ControlStreams:
         fifo = layer % self.k
         key = (tile, fifo)
         if key not in self.em:
-            self.em[key] = Emitter(self.n_int, where=f"tile {tile} control stream {fifo}")
+            self.em[key] = Emitter(self.n_int, where=f"tile {tile} control (FIFO {fifo})")
         return self.em[key], fifo
 
     def assemble(self) -> tuple[list, list]:

@@ -20,7 +20,10 @@ from .fileio import atomic_write, read_npz
 from .isa import (CORE_OPS, INSTR_DTYPE, MAX_COUNT, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS,
                   Fn, Op, RegisterLayout)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :meth:`Program.load` reads: 1 had one control stream per tile (no
+#: ``control_tiles``; an older reader would run version 2's streams on the wrong tiles).
+READS_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -127,8 +130,17 @@ class Program:
         self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
         self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
         if self.control_tiles is None:
+            if len(self.tile_code) != self.n_tiles:
+                raise ProgramError(f"program has {len(self.tile_code)} control streams for "
+                                   f"{self.n_tiles} tiles; with other than one per tile, "
+                                   f"give control_tiles (the tile of each)")
             self.control_tiles = np.arange(self.n_tiles, dtype=np.int64)
-        self.control_tiles = np.asarray(self.control_tiles, np.int64).reshape(-1)
+        ctl = np.asarray(self.control_tiles)
+        if ctl.size and (ctl.ndim != 1 or not np.issubdtype(ctl.dtype, np.integer)
+                         or np.abs(ctl).max() > 1 << 62):
+            raise ProgramError(f"control_tiles must be a 1-D list of tile indices (got "
+                               f"{ctl.dtype}, {ctl.ndim}-D)")
+        self.control_tiles = ctl.astype(np.int64).reshape(-1)
         validate(self)
         # What the simulator derives (crossbar models, decoded streams) is cached per
         # program: an edit in place would leave it stale, so the arrays it reads are
@@ -292,9 +304,10 @@ class Program:
             raise ProgramError(f"{mpath}: not valid JSON ({e})") from e
         if not isinstance(manifest, dict) or manifest.get("format") != "xbarsim-program":
             raise ProgramError(f"{mpath}: not an xbarsim program manifest")
-        if manifest.get("version") != FORMAT_VERSION:
+        if manifest.get("version") not in READS_VERSIONS:
             raise ProgramError(f"{mpath}: format version {manifest.get('version')!r}, "
-                               f"this xbarsim reads version {FORMAT_VERSION}")
+                               f"this xbarsim reads versions "
+                               f"{', '.join(map(str, READS_VERSIONS))}")
         a = read_npz(apath, ProgramError)
         required = ("core_code", "core_start", "tile_code", "tile_start", "mvmu_loc",
                     "mvmu_levels", "mvmu_rows_used", "mvmu_cols_used", "mvmu_adc_bits",
@@ -488,10 +501,27 @@ def validate(prog: Program) -> None:
         _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles,
                          {m for (tt, cc, m) in seen if tt == t and cc == c}, n_layers)
+    ends: dict[tuple, int] = {}     # (send/recv, src, dst, FIFO) -> the stream at that end
     for s, code in enumerate(prog.tile_code):
         t = int(ctl[s])
-        _validate_stream(code, prog.agent_name(len(prog.core_code) + s), TILE_OPS, cfg, lay,
-                         int(prog.mem_words[t]), tiles, set(), n_layers)
+        where = prog.agent_name(len(prog.core_code) + s)
+        _validate_stream(code, where, TILE_OPS, cfg, lay, int(prog.mem_words[t]), tiles,
+                         set(), n_layers)
+        # Each end of a channel is one stream: two streams taking one channel's messages
+        # would take them in an order that depends on timing (the engines could disagree).
+        for pc, (op, fifo, peer) in enumerate(zip(code["op"].tolist(), code["dst"].tolist(),
+                                                  code["peer"].tolist())):
+            if op not in (Op.SEND, Op.RECV):
+                continue
+            src, dst = (t, peer) if op == Op.SEND else (peer, t)
+            other = ends.setdefault((op, src, dst, fifo), s)
+            if other != s:
+                raise ProgramError(
+                    f"{where} pc {pc} ({Op(op).name.lower()}): "
+                    f"{prog.agent_name(len(prog.core_code) + other)} already "
+                    f"{'sends' if op == Op.SEND else 'receives'} tile {src} -> tile {dst} "
+                    f"FIFO {fifo}; one stream at each end of a channel (give the other "
+                    f"stream another FIFO)")
     for t, addr, vals, cnt in prog.mem_init:
         if not (0 <= t < tiles and 0 <= addr and addr + len(vals) <= prog.mem_words[t]):
             raise ProgramError(f"memory image segment at tile {t} addr {addr} (+{len(vals)}) "

@@ -70,7 +70,7 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     if len(streams) >= 1 << AGENT_BITS:   # an agent's index shares a 64-bit key with time
         raise SimulationError(f"{len(streams)} agents (cores and tile control streams): the "
                               f"timing engine runs fewer than {1 << AGENT_BITS}; use fewer "
-                              f"tiles or cores per tile")
+                              f"tiles, cores per tile or tile.control_streams")
     flat = np.concatenate(streams) if streams else np.zeros(0, INSTR_DTYPE)
     starts = np.concatenate([[0], np.cumsum([len(s) for s in streams])]).astype(np.int64)
     chan, chan_rows, agent_tiles = channels(prog, flat, starts)
@@ -139,12 +139,12 @@ def _raise_for_status(prog, status, info, streams, chan_rows):
                  "wait": WAIT_NAMES[kind], "tile": tile, "addr": addr}
             if kind in (W_SEND_FULL, W_RECV):
                 # the engine records the other end; the address is in the agent's own tile
-                s.update(tile=prog.agent_tile(a), peer=tile)
+                s.update(tile=prog.agent_tile(a), peer=tile, fifo=int(streams[a][pc]["dst"]))
             stuck.append(s)
         desc = "; ".join(
             f"{s['agent']} pc {s['pc']} ({s['instruction']}) waits: {s['wait']}, "
-            + (f"{'to' if s['instruction'] == 'send' else 'from'} tile {s['peer']}, "
-               if "peer" in s else "") + f"tile {s['tile']} addr {s['addr']}"
+            + (f"{'to' if s['instruction'] == 'send' else 'from'} tile {s['peer']} FIFO "
+               f"{s['fifo']}, " if "peer" in s else "") + f"tile {s['tile']} addr {s['addr']}"
             for s in stuck[:6])
         more = f" (+{len(stuck) - 6} more)" if len(stuck) > 6 else ""
         raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",

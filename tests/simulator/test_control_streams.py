@@ -76,7 +76,8 @@ def test_a_recv_takes_messages_of_its_own_fifo_only():
     recv = assemble([instr(Op.RECV, dst=1, imm=0, vec=4, peer=0, count=0), instr(Op.HLT)])
     prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
                    tile_code=[send, recv], mem_init=[(0, 0, np.arange(4), 0)])
-    with pytest.raises(DeadlockError, match=r"tile 1 control pc 0 \(recv\) waits: recv"):
+    with pytest.raises(DeadlockError, match=r"tile 1 control pc 0 \(recv\) waits: recv "
+                                            r"\(no message\), from tile 0 FIFO 1"):
         simulate(prog, None, values=False)
     with pytest.raises(DeadlockError, match="tile 1 control pc 0 waits to recv"):
         run_values(prog, None)
@@ -130,10 +131,35 @@ def test_programs_that_misuse_streams_are_refused():
     with pytest.raises(ProgramError, match=r"tile 1 runs 3 control streams; its control unit "
                                            r"runs 2 \(tile.control_streams\)"):
         prog([hlt] * 3, [1, 1, 1])
-    bad = assemble([instr(Op.SEND, dst=2, imm=0, vec=1, peer=1), instr(Op.HLT)])
-    with pytest.raises(ProgramError, match=r"tile 0 control pc 0 \(send\): FIFO 2 outside "
-                                           r"0..1"):
-        prog([bad, hlt], [0, 1])
+    for fifo in (2, -1):
+        bad = assemble([instr(Op.SEND, dst=fifo, imm=0, vec=1, peer=1), instr(Op.HLT)])
+        with pytest.raises(ProgramError, match=rf"tile 0 control pc 0 \(send\): FIFO {fifo} "
+                                               r"outside 0..1"):
+            prog([bad, hlt], [0, 1])
+    with pytest.raises(ProgramError, match="control_tiles must be a 1-D list of tile indices"):
+        prog([hlt, hlt], [0.0, 1.0])
+    with pytest.raises(ProgramError, match="control stream's tile is outside"):
+        prog([hlt, hlt], [0, -1])
+    with pytest.raises(ProgramError, match="3 control streams for 2 tiles; with other than one "
+                                           "per tile, give control_tiles"):
+        prog([hlt] * 3, None)
+
+
+def test_one_stream_at_each_end_of_a_channel():
+    """Two streams taking one channel's messages would take them in an order that depends on
+    timing (the timing and value engines could hand them out differently): refused."""
+    cfg = load_config("small", ["tile.control_streams=2"])
+    cores = [ex.EMPTY] * (2 * cfg.tile.cores)
+    send = assemble([instr(Op.SEND, dst=0, imm=0, vec=4, peer=1)] * 2 + [instr(Op.HLT)])
+    recv = assemble([instr(Op.RECV, dst=0, imm=0, vec=4, peer=0, count=0), instr(Op.HLT)])
+    with pytest.raises(ProgramError, match=r"tile 1 control 1 pc 0 \(recv\): tile 1 control 0 "
+                                           r"already receives tile 0 -> tile 1 FIFO 0"):
+        Program(config=cfg, n_tiles=2, core_code=cores, tile_code=[send, recv, recv],
+                control_tiles=[0, 1, 1], mem_init=[(0, 0, np.arange(4), 0)])
+    one = assemble([instr(Op.SEND, dst=0, imm=0, vec=4, peer=1), instr(Op.HLT)])
+    with pytest.raises(ProgramError, match="already sends tile 0 -> tile 1 FIFO 0"):
+        Program(config=cfg, n_tiles=2, core_code=cores, tile_code=[one, one, recv],
+                control_tiles=[0, 0, 1], mem_init=[(0, 0, np.arange(4), 0)])
 
 
 def test_control_streams_survive_save_and_load(tmp_path):
@@ -144,14 +170,37 @@ def test_control_streams_survive_save_and_load(tmp_path):
     np.testing.assert_array_equal(simulate(back, None).outputs["b:int"], [[10, 11, 12, 13]])
 
 
-def test_a_program_file_without_control_tiles_has_one_stream_per_tile(tmp_path):
-    """Files written before control streams existed load as one stream per tile."""
-    folder = ex.two_tile_exchange(load_config("small"), ex.random_weights(
-        load_config("small"), 16, 16)).save(tmp_path / "p")
+def _rewrite(folder, version=None, **arrays):
+    """Replace (None: drop) arrays of a saved program, and its format version."""
+    import json
     with np.load(folder / "program.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "control_tiles"}
-    np.savez_compressed(folder / "program.npz", **arrays)
+        old = {k: z[k] for k in z.files}
+    for k, v in arrays.items():
+        old.pop(k) if v is None else old.__setitem__(k, v)
+    np.savez_compressed(folder / "program.npz", **old)
+    if version is not None:
+        m = json.loads((folder / "manifest.json").read_text())
+        m["version"] = version
+        (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_version_1_file_has_one_stream_per_tile(tmp_path):
+    """Files written before control streams existed (format 1) load as one stream per
+    tile; a malformed control_tiles array is refused by name."""
+    prog = ex.two_tile_exchange(load_config("small"), ex.random_weights(
+        load_config("small"), 16, 16))
+    folder = prog.save(tmp_path / "p")
+    _rewrite(folder, version=1, control_tiles=None)
     assert Program.load(folder).control_tiles.tolist() == [0, 1]
+    _rewrite(folder, control_tiles=np.array([0.0, 1.0]))
+    with pytest.raises(ProgramError, match="control_tiles must be a 1-D integer array"):
+        Program.load(folder)
+    _rewrite(folder, control_tiles=np.zeros((1, 2), np.int64))
+    with pytest.raises(ProgramError, match="control_tiles must be a 1-D integer array"):
+        Program.load(folder)
+    _rewrite(folder, version=3, control_tiles=np.array([0, 1]))
+    with pytest.raises(ProgramError, match="format version 3, this xbarsim reads versions 1, 2"):
+        Program.load(folder)
 
 
 def test_the_config_bounds_control_streams():

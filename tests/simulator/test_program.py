@@ -217,7 +217,7 @@ def test_recv_deadlock_names_the_sender_and_the_receivers_address():
                    tile_code=[recv, ex.EMPTY])
     with pytest.raises(DeadlockError) as e:
         simulate(prog, values=False)
-    assert "tile 0 control" in str(e.value) and "from tile 1, tile 0 addr 40" in str(e.value)
+    assert "tile 0 control" in str(e.value) and "from tile 1 FIFO 0, tile 0 addr 40" in str(e.value)
     s = e.value.stuck[0]
     assert (s["tile"], s["peer"], s["addr"]) == (0, 1, 40)
 
