@@ -9,9 +9,11 @@ busy core of the tile that holds their first input. With ``vfu_cores="own"`` (th
 the MVM layers after them skip that core, so a VFU layer has a core of its own: a pool that
 shared the next convolution's core would hold it for the pool's whole pixel loop (LeNet-5
 on puma: 11 % slower). Where that tile has no idle core left (copies or earlier layers
-filled it) a VFU layer still shares one: a core on another tile would add a transfer, and
-tile control units make transfers one layer after another, which measured slower; the
-mapping counts these (``vfu_layers_sharing``). Own cores cost cores, and sometimes a tile:
+filled it) a VFU layer takes the next fresh core, on the next tile if need be: the
+transfer that adds costs less than a shared core (measured with 8 control streams:
+ResNet-18 3-4 % faster than sharing, VGG-8 with 8 copies 4 %; with one control stream per
+tile it had measured slower). Only when the model already overflows the node does one
+share (``vfu_layers_sharing`` in the mapping). Own cores cost cores, and sometimes a tile:
 ``"shared"`` packs MVM layers onto every core (the fewest cores and tiles, the least area),
 and is also what "own" falls back to, with a warning, when own cores would not fit the
 node. A model that needs more MVMUs than the node has is refused with the numbers.
@@ -191,16 +193,22 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
             if want.get(i, 1) > 1 and len(tiles) == 1 and not overflow:
                 slot = _replicate(pl, i, L, want[i], slot, M, per_tile, loc, vfu_taken)
         elif L.kind == "vfu":
-            # The least busy core of the tile that writes its first input (another tile
-            # would add a transfer, which the tile control units make in layer order;
-            # measured, the tiles of all inputs placed ResNet-18 10 % slower).
+            # The least busy core of the tile that writes its first input (measured, the
+            # tiles of all inputs placed ResNet-18 10 % slower when tiles had one control
+            # stream); with own cores and none idle there, the next fresh core.
             home = _home_tile(prog, pl, L.inputs[0] if L.inputs else None, order)
             used_cores = {b.loc[:2] for b in pl.all_blocks() if b.loc is not None}
             used_cores |= {s.owner for ss in pl.strips.values() for s in ss if s.owner}
             _, c = min((core_busy.get((home, c), 0) + ((home, c) in used_cores), c)
                        for c in range(cores))
             if own_cores and (home, c) in used_cores | set(core_busy):
-                pl.vfu_sharing.append(i)      # no idle core where its inputs are
+                if overflow:
+                    pl.vfu_sharing.append(i)  # no idle core where its inputs are, nor after
+                else:                         # the next fresh core, maybe on the next tile
+                    slot += -slot % M
+                    while vfu_taken(slot):
+                        slot += M
+                    home, c, _ = loc(slot)
             pl.vfu_core[i] = (home, c)
             core_busy[(home, c)] = core_busy.get((home, c), 0) + 1
             pl.layer_tiles[i] = {home}

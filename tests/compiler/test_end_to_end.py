@@ -254,6 +254,31 @@ def test_a_pool_does_not_take_a_bias_only_layers_core(tmp_path):
                                   run_integer_reference(lp, {"input": xs})["logits:int"])
 
 
+def test_a_pool_with_no_idle_core_on_its_tile_takes_the_next_fresh_core(tmp_path):
+    # small: 2 cores a tile. The two convs fill tile 0, so the pool cannot have a core of
+    # its own there: it takes the next fresh core (tile 1), and the last conv the one after
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(11)
+    w = {"w0": rng.standard_normal((4, 1, 3, 3)), "w1": rng.standard_normal((4, 4, 1, 1)),
+         "w2": rng.standard_normal((4, 4, 1, 1))}          # one 16 x 16 crossbar each
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], pads=[1] * 4),
+             helper.make_node("Conv", ["c0", "w1"], ["c1"]),
+             helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w2"], ["logits"])]
+    _save_graph(tmp_path / "f.onnx", nodes, inits, (1, 1, 8, 8), (1, 4, 4, 4))
+    xs = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none"])
+    prog, lp, _ = compile_model(tmp_path / "f.onnx", cfg, calibration={"input": xs},
+                                return_ir=True)
+    assert prog.mapping["vfu_layers_sharing"] == 0
+    mvm_cores = sorted({(int(t), int(c)) for t, c, _ in prog.mvmu_loc})
+    assert mvm_cores == [(0, 0), (0, 1), (1, 1)]
+    assert sorted(prog.cores_used()) == [(0, 0), (0, 1), (1, 0), (1, 1)]   # the pool: (1, 0)
+    np.testing.assert_array_equal(simulate(prog, {"input": xs}).outputs["logits:int"],
+                                  run_integer_reference(lp, {"input": xs})["logits:int"])
+
+
 def test_a_placement_retry_forgets_the_failed_attempt(tmp_path):
     # own cores do not fit the small machine here, so placement falls back to shared; the
     # retry saw the failed attempt's crossbar locations as taken cores and put the VFU
