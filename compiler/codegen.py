@@ -456,7 +456,7 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
             for off, n in chs:
                 plan.setdefault(src, []).append(("send", dst, off, n))
                 plan.setdefault(dst, []).append(("recv", src, off, n))
-    if not _may_deadlock(plan, cg.cfg.tile.recv_buffer):
+    if not may_deadlock(plan, cg.cfg.tile.recv_buffer):
         # every tile sends before it receives: transfers overlap (the usual case)
         order = {"send_p": 0, "recv_p": 1, "send": 2, "recv": 3}
         for ops in plan.values():
@@ -479,7 +479,7 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
                             layer=i)
 
 
-def _may_deadlock(plan: dict, recv_buffer: int) -> bool:
+def may_deadlock(plan: dict, recv_buffer: int) -> bool:
     """Whether sends-before-receives could deadlock: some directed tile pair carries more
     messages per iteration than a receive buffer holds (the sender then waits for the
     receiver) and the tiles' sends form a cycle (each waits on the next). Then every tile

@@ -176,17 +176,29 @@ class Program:
         return a // cores if a < n_core else int(self.control_tiles[a - n_core])
 
     def agent_name(self, a: int) -> str:
-        """``tile 3 core 2``, ``tile 3 control`` (its only stream) or ``tile 3 control 1``
-        (its second)."""
+        """``tile 3 core 2``; a control stream by its FIFO, ``tile 3 control 5`` (the FIFO
+        its sends and receives use, the same on every tile: one layer's transfers carry one
+        name), ``tile 3 control`` when it is the tile's only stream, on FIFO 0 or none, and
+        ``tile 3 control #1`` (its place among the tile's streams) otherwise."""
         cores = self.config.tile.cores
         n_core = len(self.core_code)
         t = self.agent_tile(a)
         if a < n_core:
             return f"tile {t} core {a % cores}"
-        mine = np.flatnonzero(self.control_tiles == t)
-        if len(mine) == 1:
+        mine = np.flatnonzero(self.control_tiles == t).tolist()
+        fifos = [self._stream_fifo(s) for s in mine]
+        f = fifos[mine.index(a - n_core)]
+        if len(mine) == 1 and f in (0, None):
             return f"tile {t} control"
-        return f"tile {t} control {int(np.searchsorted(mine, a - n_core))}"
+        if f is not None and fifos.count(f) == 1:
+            return f"tile {t} control {f}"
+        return f"tile {t} control #{mine.index(a - n_core)}"
+
+    def _stream_fifo(self, s: int) -> int | None:
+        """The one FIFO control stream ``s`` sends and receives on (None: none, or several)."""
+        code = self.tile_code[s]
+        f = np.unique(code["dst"][np.isin(code["op"], [int(Op.SEND), int(Op.RECV)])])
+        return int(f[0]) if len(f) == 1 else None
 
     def mvmu_index(self) -> dict[tuple[int, int, int], int]:
         return {tuple(int(v) for v in loc): i for i, loc in enumerate(self.mvmu_loc)}

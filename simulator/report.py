@@ -159,7 +159,8 @@ class Report:
             ax_e.barh(names, v, left=left, label=k)
             left += v
         ax_e.set_xlabel(f"energy per inference ({unit})")
-        ax_e.legend(fontsize=7, loc="lower right")
+        if comps:       # no energy at all (an empty program): nothing to label
+            ax_e.legend(fontsize=7, loc="lower right")
         ax_a.barh(names, [L["area_mm2"] for L in layers], color="dimgray")
         ax_a.set_xlabel("area of its own MVMUs (mm2)")
         fig.suptitle(f"Per layer (chip: {self.energy_j['total'] * per_j:.3f} {unit}, "

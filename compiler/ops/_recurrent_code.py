@@ -17,7 +17,8 @@ Roles (any core may hold several):
 Tile control units move, per step and in this order, partial sums between tiles, gate
 activations to the home tile, and h_t from the home tile to every other tile holding Y
 (block tiles and downstream readers). Each stage only waits on earlier ones, so the
-recurrence cannot deadlock.
+recurrence cannot deadlock while no cycle of tiles carries more messages per step than a
+receive buffer holds (checked at compile time).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import numpy as np
 from simulator.isa import PERSISTENT, Fn, Op
 
 from ..codegen import (alloc_partial_slots, blocks_by_core, emit_block_partials,
-                       emit_reduce_partials)
+                       emit_reduce_partials, may_deadlock)
+from ..errors import CompilerError
 from ..vfu import chunk_list
 from .recurrent import H_SPACE
 
@@ -59,11 +61,13 @@ def generate_recurrent(cg, i: int, L, core_em, tile_em, lay) -> None:
     strips = cg.pl.strips[i]
     home = strips[0].owner
     by_core = blocks_by_core(strips)                   # home included: it owns strips[0]
-    block_tiles = {b.loc[0] for s in strips for b in s.blocks}
-    holders = (cg.readers.get(prog.storage(L.output), set()) | block_tiles
-               | {s.owner[0] for s in strips})
+    # Y (and h_t each step) goes where it is read: tiles whose blocks take h_{t-1}, the
+    # home tile that writes it, and the layers downstream; not to tiles of x rows only.
+    h_tiles = {b.loc[0] for s in strips for b in s.blocks
+               if any(off >= H_SPACE for off, _, _ in b.segments)}
+    holders = cg.readers.get(prog.storage(L.output), set()) | h_tiles | {home[0]}
     y_buf = {t: cg.buffer(L.output, t) for t in sorted(holders)}
-    h0 = {t: _const(cg, t, L.h0) for t in sorted(block_tiles)}
+    h0 = {t: _const(cg, t, L.h0) for t in sorted(h_tiles)}
     s0 = _const(cg, home[0], L.s0)
     # Counted slots: partial sums (strip, core) -> owner, gates (strip) -> home.
     slot, rslot, gslot, rgslot = {}, {}, {}, {}
@@ -163,9 +167,19 @@ def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, 
             plan.setdefault(src, []).append((0, "send", dst, sa, n, cnt, via))
         for src, dst, _sa, da, n, cnt, via in stage:
             plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
+    # Stages keep sends before receives per tile; that cannot deadlock while no cycle of
+    # tiles sends more per step than a receive buffer holds (placement keeps partial sums
+    # flowing one way today; a change that broke it should fail here, not hang).
+    if may_deadlock({t: [(k, peer, a, n) for _, k, peer, a, n, *_ in ops]
+                     for t, ops in plan.items()}, cg.cfg.tile.recv_buffer):
+        raise CompilerError(f"its per-step transfers between tiles form a cycle carrying "
+                            f"more messages per tile pair than tile.recv_buffer = "
+                            f"{cg.cfg.tile.recv_buffer} holds, which could deadlock; raise "
+                            f"tile.recv_buffer")
     for tile, ops in sorted(plan.items()):
         em, fifo = tile_em(tile, i)
-        with em.loop_nest([L.steps], [L.time_walk(y_buf[tile], L.hidden)], i) as (p,):
+        # a tile that only moves partial sums or gates holds no Y: its pointer goes unused
+        with em.loop_nest([L.steps], [L.time_walk(y_buf.get(tile, 0), L.hidden)], i) as (p,):
             for _, kind, peer, a, n, cnt, via in ops:
                 ra = p.ireg if via else -1
                 if kind == "send":

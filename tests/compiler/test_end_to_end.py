@@ -90,9 +90,8 @@ def test_multi_tile_and_cross_tile_partial_sums_are_exact(exported):
                          ids=["lenet5", "vgg8", "resnet18"])
 def test_weight_replication_is_exact_and_faster(exported, name, kw, gain):
     # Copies of a convolution's crossbars each compute a band of output rows: the same
-    # integers, more crossbars, less latency (measured: 0.38, 0.61, 0.90 of it; ResNet
-    # gains least: its residual blocks spill across more tiles, whose control units move
-    # one layer's data after another).
+    # integers, more crossbars, less latency (measured: 0.38, 0.61, 0.92 of it; ResNet
+    # gains least: its copies push the residual blocks across more tiles).
     path, shape = exported(name, kw)
     x = np.random.default_rng(4).random((2,) + tuple(shape[1:])).astype(np.float32)
     cfg = load_config("puma", ["adc.bits=none"])

@@ -156,6 +156,25 @@ def test_strips_across_cores_and_tiles_are_exact(cell, bidirectional):
         1 + bidirectional)
 
 
+def test_h_goes_only_to_tiles_that_read_it():
+    # 40 x rows + 12 h rows on 16-row crossbars, a block per tile: the blocks of rows 0-31
+    # read x alone, so of the 12 tiles only the 6 holding h rows (40-51) need h_{t-1}, and
+    # the tile of the copy that reads Y for h_n; h_t was sent to all 11 besides the home
+    # tile, and that one
+    from simulator.isa import Op
+    model = _torch_rnn("lstm", T=4, I=40, H=12)
+    x = np.random.default_rng(5).standard_normal((2, 4, 40)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none", "weight_bits=16", "input_bits=16",
+                                "node.tiles=64", "core.mvmus=1", "tile.cores=1"])
+    prog, _ = _check(model, {"x": x}, cfg, ["y", "h"])
+    lstm = next(k for k, la in enumerate(prog.layers) if la["op"] == "LSTM")
+    assert len(next(la for la in prog.mapping["layers"] if la["op"] == "LSTM")["tiles"]) == 12
+    h_receivers = {int(t) for t, code in zip(prog.control_tiles, prog.tile_code)
+                   if ((code["op"] == int(Op.RECV)) & (code["count"] == 0)
+                       & (code["layer"] == lstm)).any()}
+    assert len(h_receivers) == 7, h_receivers
+
+
 def _hand_lstm(H=8, I=6, T=5, attrs=None, P=None, seq=None, outputs=("yb", "yh"),
                time_major_input=False, two=False, h0=None, c0=None):
     """Batch-first graph input -> Transpose -> LSTM with initial states (no bias) ->

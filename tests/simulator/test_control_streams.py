@@ -67,7 +67,20 @@ def test_agents_are_named_by_tile_and_stream():
     assert [prog.agent_name(n + s) for s in range(4)] == [
         "tile 0 control 0", "tile 0 control 1", "tile 1 control 0", "tile 1 control 1"]
     assert prog.agent_tile(n + 3) == 1
-    assert _two_messages(cfg, 1).agent_name(n) == "tile 0 control"
+    assert _two_messages(cfg, 1).agent_name(n) == "tile 0 control"    # FIFOs 0 and 1
+    # by FIFO: one layer's streams carry one name on every tile; a tile's only stream on
+    # FIFO 0 (or moving nothing) is its control unit; two on one FIFO go by place
+    cfg8 = load_config("small", ["tile.control_streams=8"])
+
+    def on(fifo, peer):
+        return assemble([instr(Op.SEND, dst=fifo, imm=0, vec=1, peer=peer), instr(Op.HLT)])
+    prog = Program(config=cfg8, n_tiles=3, core_code=[ex.EMPTY] * (3 * cfg8.tile.cores),
+                   tile_code=[on(5, 1), on(6, 1), on(6, 0), on(0, 0), ex.EMPTY, on(2, 0),
+                              on(2, 1)], control_tiles=[0, 0, 1, 1, 1, 2, 2])
+    m = len(prog.core_code)
+    assert [prog.agent_name(m + s) for s in range(7)] == [
+        "tile 0 control 5", "tile 0 control 6", "tile 1 control 6", "tile 1 control 0",
+        "tile 1 control #2", "tile 2 control #0", "tile 2 control #1"]
 
 
 def test_a_recv_takes_messages_of_its_own_fifo_only():
@@ -76,10 +89,10 @@ def test_a_recv_takes_messages_of_its_own_fifo_only():
     recv = assemble([instr(Op.RECV, dst=1, imm=0, vec=4, peer=0, count=0), instr(Op.HLT)])
     prog = Program(config=cfg, n_tiles=2, core_code=[ex.EMPTY] * (2 * cfg.tile.cores),
                    tile_code=[send, recv], mem_init=[(0, 0, np.arange(4), 0)])
-    with pytest.raises(DeadlockError, match=r"tile 1 control pc 0 \(recv\) waits: recv "
+    with pytest.raises(DeadlockError, match=r"tile 1 control 1 pc 0 \(recv\) waits: recv "
                                             r"\(no message\), from tile 0 FIFO 1"):
         simulate(prog, None, values=False)
-    with pytest.raises(DeadlockError, match="tile 1 control pc 0 waits to recv"):
+    with pytest.raises(DeadlockError, match="tile 1 control 1 pc 0 waits to recv"):
         run_values(prog, None)
 
 
@@ -133,8 +146,8 @@ def test_programs_that_misuse_streams_are_refused():
         prog([hlt] * 3, [1, 1, 1])
     for fifo in (2, -1):
         bad = assemble([instr(Op.SEND, dst=fifo, imm=0, vec=1, peer=1), instr(Op.HLT)])
-        with pytest.raises(ProgramError, match=rf"tile 0 control pc 0 \(send\): FIFO {fifo} "
-                                               r"outside 0..1"):
+        with pytest.raises(ProgramError, match=rf"tile 0 control {fifo} pc 0 \(send\): FIFO "
+                                               rf"{fifo} outside 0..1"):
             prog([bad, hlt], [0, 1])
     with pytest.raises(ProgramError, match="control_tiles must be a 1-D list of tile indices"):
         prog([hlt, hlt], [0.0, 1.0])
@@ -152,8 +165,8 @@ def test_one_stream_at_each_end_of_a_channel():
     cores = [ex.EMPTY] * (2 * cfg.tile.cores)
     send = assemble([instr(Op.SEND, dst=0, imm=0, vec=4, peer=1)] * 2 + [instr(Op.HLT)])
     recv = assemble([instr(Op.RECV, dst=0, imm=0, vec=4, peer=0, count=0), instr(Op.HLT)])
-    with pytest.raises(ProgramError, match=r"tile 1 control 1 pc 0 \(recv\): tile 1 control 0 "
-                                           r"already receives tile 0 -> tile 1 FIFO 0"):
+    with pytest.raises(ProgramError, match=r"tile 1 control #1 pc 0 \(recv\): tile 1 control "
+                                           r"#0 already receives tile 0 -> tile 1 FIFO 0"):
         Program(config=cfg, n_tiles=2, core_code=cores, tile_code=[send, recv, recv],
                 control_tiles=[0, 1, 1], mem_init=[(0, 0, np.arange(4), 0)])
     one = assemble([instr(Op.SEND, dst=0, imm=0, vec=4, peer=1), instr(Op.HLT)])
