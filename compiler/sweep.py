@@ -632,6 +632,9 @@ def results_paths(out: str | os.PathLike) -> dict[str, Path]:
     """Where a sweep writing ``out`` keeps its files: ``csv``, ``parquet``, ``points`` (one
     JSON per finished point) and ``models`` (exported zoo models)."""
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise SweepError(f"-o {str(out)!r}: name the results table, e.g. -o sweep.csv "
+                         f"(its .parquet and .points/ go beside it)")
     stem = out.with_suffix("") if out.suffix in (".csv", ".parquet") else out
     # with_name, not with_suffix: "sweep.adc" must give sweep.adc.csv, not sweep.csv
     return {"csv": stem.with_name(stem.name + ".csv"),
@@ -894,11 +897,16 @@ def read_table(path: str | os.PathLike):
 def cmd_sweep(args) -> int:
     import pandas as pd
     t0 = time.perf_counter()
-    df = run_sweep(args.models, args.grid, args.output, preset=args.preset,
-                   overrides=args.overrides, data=args.data, samples=args.samples,
-                   executor=args.executor, workers=args.workers, address=args.address,
-                   progress=not args.quiet, retry_failed=args.retry_failed)
     paths = results_paths(args.output)
+    try:
+        df = run_sweep(args.models, args.grid, args.output, preset=args.preset,
+                       overrides=args.overrides, data=args.data, samples=args.samples,
+                       executor=args.executor, workers=args.workers, address=args.address,
+                       progress=not args.quiet, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:       # as compress and train: say how to go on, exit 130
+        print(f"interrupted: finished points are kept in {paths['points']}/; rerun the "
+              f"same command to resume", file=sys.stderr)
+        return 130
     a = df.attrs
     print(f"{len(df)} points: {len(df) - a['failed']} ok, {a['failed']} failed; computed "
           f"{a['computed']}, reused {a['cached']} from {paths['points']}/ "
@@ -913,6 +921,9 @@ def cmd_sweep(args) -> int:
         # a point's own failure (invalid config) is a result; a crash leaves the table short
         print(f"error: {a['unstored']} point(s) crashed and are not in the table; rerun "
               f"the same command to retry them", file=sys.stderr)
+        return 1
+    if len(df) and a["failed"] == len(df):
+        print(f"error: all {len(df)} points failed (the reasons above)", file=sys.stderr)
         return 1
     return 0
 

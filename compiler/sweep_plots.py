@@ -77,10 +77,12 @@ def _shown(df, grid) -> list[str]:
 
 
 def _heat_axes(df, grid: list[str]) -> tuple[str, str] | None:
-    varying = [c for c in grid if df[c].nunique(dropna=False) > 1]
+    varying = _shown(df, grid)          # xbar.cols mirroring xbar.rows is not an axis
     if all(c in varying for c in PREFERRED_AXES):
         return PREFERRED_AXES
-    numeric = [c for c in varying if np.issubdtype(df[c].dtype, np.number)]
+    from pandas.api.types import is_numeric_dtype
+    # pandas >= 3 reads text columns as StringDtype, which numpy's issubdtype rejects
+    numeric = [c for c in varying if is_numeric_dtype(df[c])]
     return (numeric[0], numeric[1]) if len(numeric) >= 2 else None
 
 

@@ -467,6 +467,19 @@ def test_errors_name_the_grid_text_and_failures_their_grid_values(model_files, t
                      r" \[point [0-9a-f]{24}\]", out), out
 
 
+def test_a_sweep_whose_points_all_fail_exits_nonzero_and_an_unnamed_output_is_refused(
+        model_files, tmp_path, capsys, inline):
+    # every point too big for a one-core node: each fails on its own (not a bad config)
+    assert main(["sweep", "--models", str(model_files[0]), "--set", "node.tiles=1", "--set",
+                 "tile.cores=1", "--set", "core.mvmus=1", "--grid", "xbar.rows=xbar.cols=4,8",
+                 "-q", "-o", str(tmp_path / "r.csv")]) == 1
+    assert "error: all 2 points failed" in capsys.readouterr().err
+    for out in ("", ".", str(tmp_path) + "/.."):
+        assert main(["sweep", "--models", str(model_files[0]), "--grid", "adc.bits=6", "-q",
+                     "-o", out]) == 2
+        assert "name the results table, e.g. -o sweep.csv" in capsys.readouterr().err
+
+
 def test_an_axis_stored_as_text_for_a_failed_value_plots_in_number_order():
     """adc.bits=4,10,x: the x point failed, the column was text, and 10 plotted before 4."""
     from compiler.sweep_plots import _order, numeric_axes
@@ -503,3 +516,26 @@ def test_the_error_panel_shows_models_without_accuracy(tmp_path):
     assert [p.name for p in paths] == ["accuracy_vs_adc_bits.png"]
     (a1, a2), = drawn
     assert not a1.lines and list(a2.lines[0].get_ydata()) == [0.3, 0.05, 0.001]
+
+
+def test_heatmap_axes_skip_text_columns_and_mirrored_crossbar_columns():
+    """pandas >= 3 reads a text axis (adc.mode, compile.vfu_cores) as StringDtype, which
+    numpy's issubdtype refused with a traceback; and xbar.cols mirroring xbar.rows (the
+    README's ``xbar.rows=xbar.cols=`` grid) made rows x cols the heatmap, a diagonal."""
+    from compiler.sweep_plots import _heat_axes
+    df = pd.DataFrame({"xbar.rows": [64, 64, 128, 128], "xbar.cols": [64, 64, 128, 128],
+                       "tile.control_streams": [1, 8, 1, 8],
+                       "adc.mode": pd.array(["clip", "scale"] * 2, dtype="string")})
+    grid = ["xbar.rows", "xbar.cols", "tile.control_streams", "adc.mode"]
+    assert _heat_axes(df, grid) == ("xbar.rows", "tile.control_streams")
+    assert _heat_axes(df, ["adc.mode", "xbar.rows"]) is None
+
+
+def test_an_interrupted_sweep_says_how_to_resume(model_files, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sw, "run_sweep", interrupted)
+    assert main(["sweep", "--models", str(model_files[0]), "--grid", "adc.bits=6", "-q",
+                 "-o", str(tmp_path / "r.csv")]) == 130
+    assert re.search(r"interrupted: finished points are kept in .*r\.points/; rerun the same "
+                     r"command to resume", capsys.readouterr().err)
