@@ -414,7 +414,8 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
         # would be stored under the sweep's key, as if this code had computed them
         return _crashed(RuntimeError(
             f"the worker's code (fingerprint {code_fingerprint()}) differs from the sweep's "
-            f"({task['code']}); restart the workers"))
+            f"({task['code']}): the source was edited during the sweep, or a cluster's "
+            f"workers run another checkout; rerun the sweep (restart the workers)"))
     try:
         cfg = load_config(task["preset"], task["overrides"])
         calib = None
@@ -760,6 +761,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     cached = len({k for _, _, k in slots if k in done})
 
     jobs, job_keys = [], []
+    invalid = 0
     for e, (_, ov, options, cfg), key in slots:
         if key in done or key in job_keys:
             continue
@@ -769,6 +771,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
                 "format": POINT_FORMAT, "key": key, "model": e.label,
                 "model_path": str(e.path), "overrides": ov, "row": row})
             done[key] = row
+            invalid += 1
             continue
         jobs.append(({"key": key, "model_path": str(e.path), "preset": preset_arg,
                       "overrides": ov, "compile": options, "label": e.label,
@@ -777,7 +780,9 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
 
     nworkers = max(1, min(workers or os.cpu_count() or 1, max(len(jobs), 1)))
     failed_now: dict[str, dict] = {}
-    bar = tqdm(total=len(job_keys) + cached, initial=cached, desc="sweep", unit="pt",
+    # every point counts: computed by a worker, found invalid here, or reused
+    bar = tqdm(total=len(job_keys) + invalid + cached, initial=cached + invalid, desc="sweep",
+               unit="pt",
                disable=not progress, file=sys.stderr)
     try:
         if jobs:
@@ -833,7 +838,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
             df[c] = df[c].astype("Int64")
     write_table(df, paths)
     n_failed = int((df["status"] != "ok").sum())
-    df.attrs.update(computed=len(job_keys), cached=cached, failed=n_failed,
+    df.attrs.update(computed=len(job_keys) + invalid, cached=cached, failed=n_failed,
                     unstored=len(failed_now), grid=grid_keys)
     return df
 

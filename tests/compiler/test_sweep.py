@@ -465,6 +465,7 @@ def test_errors_name_the_grid_text_and_failures_their_grid_values(model_files, t
     out = capsys.readouterr().out
     assert re.search(r"failed: mlp adc.bits=0 xbar.active_rows=none: adc.bits = 0: must be .*"
                      r" \[point [0-9a-f]{24}\]", out), out
+    assert "2 points: 1 ok, 1 failed; computed 2, reused 0" in out   # the invalid one too
 
 
 def test_a_sweep_whose_points_all_fail_exits_nonzero_and_an_unnamed_output_is_refused(
