@@ -170,8 +170,8 @@ class Report:
 
     def layers_table(self) -> str:
         """The per-layer figures as a fixed-width text table (layers with any activity):
-        crossbars, widest ADC, busy span (first to last data event), energy with the share that is
-        leakage, and area."""
+        crossbars, widest ADC (``id.17``: ideal, charged as 17 bits), busy span (first to last
+        data event), energy with the share that is leakage, and area."""
         rows = [L for L in self.layers if L["crossbars"] or L["energy_j"]["total"] > 0]
         width = max((len(L["name"]) for L in rows), default=5)
         us = self.cycle_ns / 1000.0
@@ -179,7 +179,8 @@ class Report:
                  f"{'span us':>10s} {'energy uJ':>10s} {'leakage':>8s} {'area mm2':>9s}"]
         for L in rows:
             e = L["energy_j"]
-            bits = "-" if L["adc_bits"] is None else str(L["adc_bits"])
+            bits = (str(L["adc_bits"]) if L["adc_bits"] is not None else "-"
+                    if not L.get("adc_bits_charged") else f"id.{L['adc_bits_charged']}")
             lines.append(f"{L['name']:{width}s}  {L['op'][:14]:14s} {L['crossbars']:9d} "
                          f"{bits:>8s} {L['latency_cycles'] * us:10.3f} "
                          f"{e['total'] * 1e6:10.4f} {e['leakage'] / max(e['total'], 1e-300):8.0%} "
@@ -325,6 +326,10 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     bits_per_layer = np.zeros(max(len(prog.layers), int(of_layer.max(initial=-1)) + 1),
                               np.int64)
     np.maximum.at(bits_per_layer, of_layer[mine], bits[mine])
+    # ...and the width its ADCs are charged at (an ideal ADC: the worst-case lossless width)
+    charged_per_layer = np.zeros_like(bits_per_layer)
+    np.maximum.at(charged_per_layer, of_layer[mine], np.array(
+        [costs.cost_bits(cfg, int(b) or None) for b in bits[mine]], np.int64))
     area_per_layer = by_layer(sum(part_area.values()))
     leak_per_layer = by_layer(adc_leak_mw) * latency_ns * 1e-12
     layers = []
@@ -342,6 +347,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
             "crossbars": int(mvmus_per_layer[i]) * cfg.arrays * cfg.slices,
             "area_mm2": float(area_per_layer[i]),
             "adc_bits": int(bits_per_layer[i]) or None,
+            "adc_bits_charged": int(charged_per_layer[i]) or None,
             "energy_j": e,
         })
     count_tot = counters.sum(0)

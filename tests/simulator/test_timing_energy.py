@@ -183,6 +183,9 @@ def test_an_ideal_adc_wider_than_32_bits_is_charged_at_its_width():
     assert rep.adc_conversions > 0
     assert rep.energy_j["adc"] == pytest.approx(
         rep.adc_conversions * adc_cost("sar", 36).energy_pj * 1e-12, rel=1e-12)
+    # the per-layer table says which width an ideal ADC was charged at
+    assert rep.layers[0]["adc_bits"] is None and rep.layers[0]["adc_bits_charged"] == 36
+    assert " id.36 " in rep.layers_table().splitlines()[1]
 
 
 def test_edram_and_noc_energy_follow_the_bits_an_access_carries():
