@@ -11,9 +11,10 @@ shared the next convolution's core would hold it for the pool's whole pixel loop
 on puma: 11 % slower). Where that tile has no idle core left (copies or earlier layers
 filled it) a VFU layer takes the next fresh core, on the next tile if need be: the
 transfer that adds costs less than a shared core (measured with 8 control streams:
-ResNet-18 3-4 % faster than sharing, VGG-8 with 8 copies 4 %; with one control stream per
-tile it had measured slower). Only when the model already overflows the node does one
-share (``vfu_layers_sharing`` in the mapping). Own cores cost cores, and sometimes a tile:
+ResNet-18 3-4.5 % faster than sharing, VGG-8 with 8 copies 4.5 %; with one control stream
+per tile it had measured slower). Where those fresh cores would not fit the node, such VFU
+layers share a core by their input instead (``vfu_layers_sharing`` in the mapping), and
+only where even that does not fit do all share. Own cores cost cores, and sometimes a tile:
 ``"shared"`` packs MVM layers onto every core (the fewest cores and tiles, the least area),
 and is also what "own" falls back to, with a warning, when own cores would not fit the
 node. A model that needs more MVMUs than the node has is refused with the numbers.
@@ -106,11 +107,14 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                       f"{' and others' if len(flat) > 3 else ''} not copied (a convolution "
                       f"with one output row, e.g. 1-D: copies split output rows)",
                       stacklevel=3)
-    tries = (True, False) if vfu_cores == "own" else (False,)
+    # (own cores, fresh cores where the input's tile has none idle): own cores, taking
+    # fresh ones; then sharing a core by the input where none is idle; then shared
+    tries = ((True, True), (True, False), (False, False)) if vfu_cores == "own" else (
+        (False, False),)
     while True:
-        for own_cores in tries:
+        for own_cores, fresh in tries:
             try:
-                pl = _place(prog, strips, cfg, replicate, own_cores)
+                pl = _place(prog, strips, cfg, replicate, own_cores, fresh)
             except ModelTooBigError:
                 if replicate == 1 and not own_cores:
                     raise
@@ -125,9 +129,10 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
 
 
 def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
-           replicate: int, own_cores: bool = True) -> Placement:
+           replicate: int, own_cores: bool = True, fresh: bool = True) -> Placement:
     """One placement attempt. ``own_cores``: MVM layers skip cores that VFU layers took
-    (else they may share them)."""
+    (else they may share them). ``fresh``: a VFU layer with no idle core on its input's
+    tile takes the next fresh core (else it shares one there)."""
     for ss in strips.values():
         for s in ss:
             s.owner = None                 # a retry starts from scratch: no core taken
@@ -202,13 +207,13 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
             _, c = min((core_busy.get((home, c), 0) + ((home, c) in used_cores), c)
                        for c in range(cores))
             if own_cores and (home, c) in used_cores | set(core_busy):
-                if overflow:
-                    pl.vfu_sharing.append(i)  # no idle core where its inputs are, nor after
-                else:                         # the next fresh core, maybe on the next tile
+                if fresh:                     # the next fresh core, maybe on the next tile
                     slot += -slot % M
                     while vfu_taken(slot):
                         slot += M
                     home, c, _ = loc(slot)
+                else:
+                    pl.vfu_sharing.append(i)  # no idle core where its inputs are
             pl.vfu_core[i] = (home, c)
             core_busy[(home, c)] = core_busy.get((home, c), 0) + 1
             pl.layer_tiles[i] = {home}

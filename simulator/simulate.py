@@ -46,7 +46,8 @@ def mvmu_tables(prog: Program):
 def channels(prog: Program, flat: np.ndarray, starts: np.ndarray):
     """Each send/recv's channel (sending tile, receiving tile, FIFO): (index per instruction,
     -1 elsewhere; the channels' (src, dst, fifo) rows). Both ends of a channel see its
-    messages in order; different channels never wait for each other."""
+    messages in order, and a full or empty channel holds up no other channel's messages
+    (channels still share control streams, NoC links and memory ports)."""
     tiles = np.array([prog.agent_tile(a) for a in range(prog.n_agents)], np.int64)
     tile_of = np.repeat(tiles, np.diff(starts))
     op = flat["op"].astype(np.int64)

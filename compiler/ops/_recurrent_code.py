@@ -167,15 +167,20 @@ def _tile_code(cg, i, L, strips, home_tile, holders, y_buf, slot, rslot, gslot, 
             plan.setdefault(src, []).append((0, "send", dst, sa, n, cnt, via))
         for src, dst, _sa, da, n, cnt, via in stage:
             plan.setdefault(dst, []).append((1, "recv", src, da, n, cnt, via))
-    # Stages keep sends before receives per tile; that cannot deadlock while no cycle of
-    # tiles sends more per step than a receive buffer holds (placement keeps partial sums
-    # flowing one way today; a change that broke it should fail here, not hang).
-    if may_deadlock({t: [(k, peer, a, n) for _, k, peer, a, n, *_ in ops]
-                     for t, ops in plan.items()}, cg.cfg.tile.recv_buffer):
-        raise CompilerError(f"its per-step transfers between tiles form a cycle carrying "
-                            f"more messages per tile pair than tile.recv_buffer = "
-                            f"{cg.cfg.tile.recv_buffer} holds, which could deadlock; raise "
-                            f"tile.recv_buffer")
+    # Each stage has every tile send before it receives, and starts once the earlier ones
+    # are done; a stage cannot deadlock while no cycle of its tiles sends more per step
+    # than a receive buffer holds (placement keeps partial sums flowing one way today; a
+    # change that broke it should fail here, not hang).
+    for k, stage in enumerate(stages):
+        sends = {}
+        for src, dst, *_ in stage:
+            sends.setdefault(src, []).append(("send", dst, 0, 0))
+        if may_deadlock(sends, cg.cfg.tile.recv_buffer):
+            raise CompilerError(
+                f"its per-step {('partial sums', 'gate activations', 'h_t copies')[k]} "
+                f"between tiles form a cycle carrying more messages per tile pair than "
+                f"tile.recv_buffer = {cg.cfg.tile.recv_buffer} holds, which could deadlock; "
+                f"raise tile.recv_buffer")
     for tile, ops in sorted(plan.items()):
         em, fifo = tile_em(tile, i)
         # a tile that only moves partial sums or gates holds no Y: its pointer goes unused

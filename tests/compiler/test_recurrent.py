@@ -437,3 +437,15 @@ def test_h_n_of_a_stacked_rnn_is_refused_naming_its_axis():
             return self.fc(self.rnn(x)[1][-1])
     with pytest.raises(UnsupportedOpError, match="layers/directions axis"):
         compile_model(_exported(Net, (1, 5, 12), ["y"]), load_config("puma"))
+
+
+def test_stages_in_opposite_directions_with_a_one_message_buffer():
+    # partial sums flow one way between tiles and h_t copies the other: a cycle only across
+    # stages, which run one after the other, so no deadlock (a check merging the stages
+    # refused this program)
+    model = _torch_rnn("lstm", T=3, I=8, H=129)
+    x = np.random.default_rng(6).standard_normal((1, 3, 8)).astype(np.float32)
+    cfg = load_config("puma", ["adc.bits=none", "tile.cores=1", "core.mvmus=1",
+                               "tile.recv_buffer=1"])
+    prog, _ = _check(model, {"x": x}, cfg, ["y", "h"])
+    assert prog.n_tiles > 1
