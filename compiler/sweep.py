@@ -697,6 +697,9 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
                          f" use --executor local")
     if workers is not None and workers < 1:
         raise SweepError(f"workers = {workers}: must be >= 1")
+    if address and executor == "local":
+        raise SweepError(f"--address {address}: a cluster address needs --executor dask or "
+                         f"ray (the local executor starts its own workers)")
     if isinstance(models, (str, os.PathLike)):
         models = split_models(str(models))
     if not models:
@@ -709,6 +712,10 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         raise SweepError(f"override {bad[0]!r}: expected KEY=VALUE, e.g. adc.bits=6")
     axes = parse_grid(grid)
     set_keys = [o.split("=", 1)[0].strip() for o in fixed]
+    fixed_compile = [k for k in set_keys if k in COMPILE_KEYS]
+    if fixed_compile:     # compile options are grid values (one value is an axis too)
+        raise SweepError(f"--set {fixed_compile[0]}: a compile option; give it as --grid "
+                         f"{fixed_compile[0]}=VALUE (one value fixes it for every point)")
     both = sorted(set(set_keys) & {k for ax in axes for k in ax.keys})
     if both:   # the grid's value would win while the table's set column said otherwise
         raise SweepError(f"{both[0]}: given to both --set and --grid; give it in one place")

@@ -540,3 +540,14 @@ def test_an_interrupted_sweep_says_how_to_resume(model_files, tmp_path, capsys, 
                  "-o", str(tmp_path / "r.csv")]) == 130
     assert re.search(r"interrupted: finished points are kept in .*r\.points/; rerun the same "
                      r"command to resume", capsys.readouterr().err)
+
+
+def test_flags_that_would_be_ignored_or_misread_are_refused(model_files, tmp_path):
+    with pytest.raises(SweepError, match="--address tcp://x:1: a cluster address needs "
+                                         "--executor dask or ray"):
+        run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv", address="tcp://x:1",
+                  progress=False)
+    with pytest.raises(SweepError, match=r"--set compile.replicate: a compile option; give it "
+                                         r"as --grid compile.replicate=VALUE"):
+        run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv",
+                  overrides=["compile.replicate=2"], progress=False)
