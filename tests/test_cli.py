@@ -492,3 +492,15 @@ def test_run_and_simulate_refuse_a_misnamed_input_array_alike(compiled, tmp_path
     _one_line_error(capsys, main(["simulate", str(prog), "--input",
                                   str(tmp_path / "nobatch.npz")]),
                     "has shape (64,); expected (N, 64): a batch axis first")
+
+
+def test_the_cli_starts_without_importing_onnx_or_torch():
+    """Every sub-command's parser is built at start; the compiler's ONNX stack (about a
+    second) and torch load only when a command needs them (`presets` took 2.7 s)."""
+    code = ("import sys; from simulator.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('onnx', 'torch', 'compiler.pipeline') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
