@@ -13,7 +13,7 @@ How it is built:
 
 - *Models*: ONNX files, shipped pretrained models (``lenet5_fmnist``) or zoo names with
   builder options (``vgg8:width=0.25``); zoo models are exported once (torch, seed 0) into
-  ``RESULTS.models/`` next to the results.
+  ``RESULTS.models/`` next to the results, and again after ``models/`` or torch changes.
 - *Grid*: ``KEY=V1,V2`` per config key; ``K1=K2=V1,V2`` sets both keys to each value
   (``xbar.rows=xbar.cols=64,128`` for square crossbars). Points are the product, models
   outermost, in the order given; the table keeps that order whatever order points finish in.
@@ -285,7 +285,7 @@ def resolve_model(spec: str | os.PathLike, cache: Path) -> tuple[str, Path]:
                          f"({', '.join(PRETRAINED)}) or a zoo name "
                          f"({', '.join(models.MODEL_NAMES)})")
     label = name + "".join(f"-{k}={v}" for k, v in sorted(kw.items()))
-    path = cache / f"{label}.onnx"
+    path = cache / f"{label}.{export_fingerprint()}.onnx"
     if not path.is_file():
         try:
             export = models.export
@@ -371,6 +371,26 @@ def code_fingerprint() -> str:
         for rel in sorted(files):
             h.update(f"{pkg.__name__}/{rel}\0{_sha_file(files[rel])}\0".encode())
     return h.hexdigest()[:16]
+
+
+@functools.cache
+def export_fingerprint() -> str:
+    """A hash of what a zoo export depends on: the ``models`` package's sources and the
+    installed torch. Part of an exported model's file name in ``RESULTS.models/``, so an
+    edited model definition or another torch exports afresh instead of reusing a stale
+    graph (the points then follow the new file's bytes)."""
+    import importlib.metadata
+
+    import models
+    root = Path(models.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(f"{p.relative_to(root).as_posix()}\0{_sha_file(p)}\0".encode())
+    try:
+        h.update(importlib.metadata.version("torch").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return h.hexdigest()[:10]
 
 
 def point_key(entry: ModelEntry, config: dict, options: dict) -> str:

@@ -551,3 +551,22 @@ def test_flags_that_would_be_ignored_or_misread_are_refused(model_files, tmp_pat
                                          r"as --grid compile.replicate=VALUE"):
         run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv",
                   overrides=["compile.replicate=2"], progress=False)
+
+
+def test_a_zoo_export_is_redone_when_the_model_code_or_torch_changes(tmp_path, monkeypatch):
+    """Exports cached in RESULTS.models/ were keyed by name and options alone: an edited
+    model definition or another torch kept sweeping the stale graph."""
+    import models
+    calls = []
+
+    def fake_export(name, path, **kw):
+        calls.append(name)
+        Path(path).write_bytes(b"onnx")
+    monkeypatch.setattr(models, "export", fake_export)
+    assert len(sw.export_fingerprint()) == 10
+    _, a = sw.resolve_model("vgg8:width=0.25", tmp_path)
+    _, again = sw.resolve_model("vgg8:width=0.25", tmp_path)
+    assert again == a and calls == ["vgg8"]                         # reused
+    monkeypatch.setattr(sw, "export_fingerprint", lambda: "edited")
+    _, b = sw.resolve_model("vgg8:width=0.25", tmp_path)
+    assert b != a and b.name == "vgg8-width=0.25.edited.onnx" and calls == ["vgg8"] * 2
