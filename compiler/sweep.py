@@ -258,9 +258,15 @@ def _unique_labels(entries: list[ModelEntry]) -> None:
     labelled with their folder, as the table and the plots group rows by label; the same
     model given twice is refused."""
     labels = [e.label for e in entries]
-    for e in entries:
-        if labels.count(e.label) > 1 and e.path.suffix == ".onnx":
-            e.label = f"{e.path.parent.name}/{e.path.stem}"
+    clash = [e for e in entries if labels.count(e.label) > 1 and e.path.suffix == ".onnx"]
+    paths = {e.path.resolve() for e in clash}
+    for depth in range(1, max((len(p.parts) for p in paths), default=1)):
+        # as few folders as tell them apart: a/out/m.onnx and b/out/m.onnx -> a/out/m
+        tails = {p: "/".join(p.with_suffix("").parts[-depth - 1:]) for p in paths}
+        if len(set(tails.values())) == len(paths):
+            for e in clash:
+                e.label = tails[e.path.resolve()]
+            break
     labels = [e.label for e in entries]
     twice = sorted(x for x in set(labels) if labels.count(x) > 1)
     if twice:

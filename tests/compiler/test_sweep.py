@@ -316,6 +316,12 @@ def test_files_of_one_name_in_two_folders_get_distinct_labels(model_files, tmp_p
     df = run_sweep([tmp_path / "dense" / "net.onnx", tmp_path / "pruned" / "net.onnx"],
                    ["adc.bits=6"], tmp_path / "r.csv", workers=1, progress=False)
     assert list(df["model"]) == ["dense/net", "pruned/net"]
+    for d in ("a/out", "b/out"):       # the folders differ one level up: as many as needed
+        (tmp_path / d).mkdir(parents=True)
+        shutil.copy(model_files[0], tmp_path / d / "net.onnx")
+    df = run_sweep([tmp_path / "a/out/net.onnx", tmp_path / "b/out/net.onnx"],
+                   ["adc.bits=6"], tmp_path / "r3.csv", workers=1, progress=False)
+    assert list(df["model"]) == ["a/out/net", "b/out/net"]
     with pytest.raises(SweepError, match="is given twice"):
         run_sweep([model_files[0], model_files[0]], ["adc.bits=6"], tmp_path / "r2.csv",
                   workers=1, progress=False)
