@@ -155,11 +155,16 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     shortcut skips the ADC exactly where its bits are lossless, which is every crossbar at
     its adaptive bits, so with it the comparison could not fail.
 
-    Adaptive bits are lossless for any weights, so that comparison tests the ADC path, not a
-    model's column bound. ``uniform``: also simulate one ADC width for every crossbar, the
-    widest adaptive one (``adc.bits=adc_bits_max``: the chip TinyADC's bound promises), and
-    compare it with the ideal ADC (``equal_uniform``); a crossbar whose sums need more bits
-    than that would clip there.
+    Adaptive bits are each crossbar's exact need, computed from its own cells, so they are
+    lossless for any input: the comparison tests the ADC path, not a model's column bound.
+    ``uniform``: also simulate one ADC width for every crossbar, the widest adaptive one
+    (``adc.bits=adc_bits_max``), against the ideal ADC (``equal_uniform``): that a chip
+    with one ADC width, the model's widest need, is lossless too. It holds by the same
+    construction (no crossbar needs more than the widest), so it checks the uniform-ADC
+    path, not TinyADC's promise from its ``n``; one bit less is what can clip.
+
+    Noise (``noise.*``) is switched off on both sides: an analog error through a clipping
+    ADC would otherwise read as a lossy ADC.
 
     Returns ``{"equal": bool, "adc_bits_max", "adc_bits_mean", "adc_bits_hist": {bits:
     crossbar blocks}, "max_abs_diff"}`` (and ``"equal_uniform"`` with ``uniform``).
@@ -177,15 +182,16 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
         inp, outp = _io_names(path)
         for name, ov in (("adaptive", ["adc.adaptive=true"]), ("ideal", ["adc.bits=none",
                                                                          "adc.adaptive=false"])):
-            prog = compile_model(path, load_config(machine, ov), calibration={inp: cal})
+            prog = compile_model(path, load_config(machine, ov + NOISELESS),
+                                 calibration={inp: cal})
             outs[name] = simulate(prog, {inp: x}, exact_shortcut=name == "ideal"
                                   ).outputs[outp + ":int"]
             if name == "adaptive":
                 bits = np.asarray(prog.mvmu_adc_bits, np.int64)
         if uniform and bits.size:
             prog = compile_model(path, load_config(machine, [
-                f"adc.bits={int(bits.max())}", "adc.adaptive=false", "adc.mode=clip"]),
-                calibration={inp: cal})
+                f"adc.bits={int(bits.max())}", "adc.adaptive=false", "adc.mode=clip",
+                *NOISELESS]), calibration={inp: cal})
             outs["uniform"] = simulate(prog, {inp: x}, exact_shortcut=False
                                        ).outputs[outp + ":int"]
     a, b = outs["adaptive"], outs["ideal"]
@@ -197,6 +203,11 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
             "adc_bits_max": int(bits.max()) if bits.size else 0,
             "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,
             "adc_bits_hist": {int(v): int(c) for v, c in zip(values, counts)}}
+
+
+#: Overrides that switch every device non-ideality off (the lossless check compares ADCs).
+NOISELESS = ["noise.program_sigma=0", "noise.read_sigma=0", "noise.stuck_on=0",
+             "noise.stuck_off=0", "noise.on_off_ratio=none"]
 
 
 def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,

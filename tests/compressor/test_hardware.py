@@ -149,7 +149,11 @@ def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
                                uniform=True)
     assert check["equal"] and check["max_abs_diff"] == 0
     # one ADC width for every crossbar, the widest the model's crossbars need: lossless too
+    # (by construction: it shows the uniform-ADC path, not TinyADC's n; one bit less below)
     assert check["equal_uniform"]
+    # a noisy machine is checked without its noise (an analog error would read as lossy)
+    noisy = (MACHINE[0], MACHINE[1] + ["noise.program_sigma=0.3", "noise.read_sigma=0.05"])
+    assert adc_lossless_check(comp_path, noisy, xte[:4], calibration=xtr[:32])["equal"]
     dense = adc_lossless_check(dense_path, MACHINE, xte[:4], calibration=xtr[:32])
     # the dense model's widest crossbar, on every crossbar of the TinyADC model: lossless;
     # one bit below the TinyADC model's widest: it clips (the check can fail)
