@@ -340,7 +340,12 @@ class _Run:
         bs = self.recipe.batch_size
         batches = (torch.from_numpy(self.x[i:i + bs]) for i in range(0, len(self.x), bs)
                    if len(self.x[i:i + bs]) > 1)
-        with torch.no_grad():
+        # update_bn runs the model in train mode, Dropout included: a stream of its own
+        # (stage 3 after pretrain 0, ADMM 1, retrain 2), as each epoch has, so a resumed run
+        # gets the same statistics and the caller's torch state is left as it was
+        rng = np.random.default_rng((self.recipe.seed, 3, 0, 0))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(int(rng.integers(1 << 62)))
             torch.optim.swa_utils.update_bn(batches, self.model)
 
     # -- plumbing -------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class Recipe:
         modules = dict(model.named_modules())
         layers = [n for n, m in modules.items() if type(m).__name__ in COMPRESSIBLE]
         out: dict[str, Constraint] = {}
-        taken: set[str] = set()
+        taken: dict[str, int] = {}       # layer -> the rule that took it (first match wins)
         for i, rule in enumerate(self.layers):
             for pat in rule.patterns:
                 hits = [n for n in layers if fnmatch.fnmatchcase(n, pat)]
@@ -220,10 +220,15 @@ class Recipe:
                     raise CompressionError(
                         f"recipe.layers[{i}].match={pat!r}: {what}; compressible layers: "
                         f"{', '.join(layers) or 'none'}")
+                if all(taken.get(n, i) != i for n in hits):   # a rule that can never apply
+                    raise CompressionError(
+                        f"recipe.layers[{i}].match={pat!r}: every layer it matches "
+                        f"({', '.join(hits)}) is taken by recipe.layers[{taken[hits[0]]}] "
+                        f"(the first matching rule wins); put the narrower rule first")
                 for n in hits:
                     if n in taken:
                         continue
-                    taken.add(n)
+                    taken[n] = i
                     c = rule.constraint
                     if c.structure is None and c.quant is None:
                         continue       # a rule that leaves the layer as it is

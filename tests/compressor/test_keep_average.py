@@ -80,6 +80,23 @@ def test_batchnorm_statistics_are_re_estimated_for_the_mean_weights(digits):
     torch.testing.assert_close(bn.running_var, batch_vars.mean(0), rtol=1e-4, atol=1e-5)
 
 
+def test_the_statistics_with_dropout_do_not_depend_on_the_callers_random_state(digits):
+    """update_bn runs Dropout in train mode: it drew from the caller's torch stream, so the
+    statistics changed with the caller's seed (and the caller's state moved)."""
+    rules = [{"match": "1", "quant": {"bits": 3}}]
+    means = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5),
+                              nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+        torch.manual_seed(caller_seed)
+        before = torch.random.get_rng_state()
+        compress(model, recipe(rules=rules, batch_size=80), *digits, progress=False)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        means.append(model[3].running_mean.clone())
+    assert torch.equal(means[0], means[1])
+
+
 def test_average_epochs_must_fit_the_retraining():
     with pytest.raises(CompressionError, match=r"recipe\.retrain\.average_epochs=5: must be at "
                                                r"most recipe\.retrain\.epochs=3"):

@@ -65,6 +65,12 @@ def test_good_recipe_round_trips_and_first_rule_wins():
     r2 = parse_recipe({**GOOD, "layers": [{"match": "0"}, {"match": "*", "quant": {}}]})
     layers = r2.resolve(tiny_model())
     assert list(layers) == ["2"] and layers["2"].quant.bits == 8  # "0" left dense
+    # a rule every layer of which an earlier rule took never applies: refused, not ignored
+    dead = parse_recipe({**GOOD, "layers": [{"match": "*", "quant": {}},
+                                            {"match": "0", "quant": {"bits": 4}}]})
+    with pytest.raises(CompressionError, match=r"recipe.layers\[1\].match='0': every layer it "
+                                               r"matches \(0\) is taken by recipe.layers\[0\]"):
+        dead.resolve(tiny_model())
     assert r.with_epochs(3).admm.epochs_per_round == 3 and r.with_epochs(3).retrain.epochs == 3
     # --epochs shortens the stages that run; it does not start one the recipe switched off
     off = parse_recipe({**GOOD, "retrain": {"epochs": 0}})
