@@ -163,12 +163,15 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
         return (own_cores and s % M == 0 and t < len(order)
                 and (order[t], rest // M) in core_busy)
 
+    def fresh_core(s) -> int:      # the first slot at or after s that starts a free core
+        s += -s % M
+        while vfu_taken(s):
+            s += M
+        return s
+
     for i, L in enumerate(prog.layers):
         if L.kind == "mvm":
-            if slot % M:
-                slot += M - slot % M                     # fresh core per layer
-            while vfu_taken(slot):
-                slot += M
+            slot = fresh_core(slot)                      # fresh core per layer
             tiles = set()
             for s in strips[i]:
                 nb = len(s.blocks)
@@ -208,9 +211,7 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                        for c in range(cores))
             if own_cores and (home, c) in used_cores | set(core_busy):
                 if fresh:                     # the next fresh core, maybe on the next tile
-                    slot += -slot % M
-                    while vfu_taken(slot):
-                        slot += M
+                    slot = fresh_core(slot)
                     home, c, _ = loc(slot)
                 else:
                     pl.vfu_sharing.append(i)  # no idle core where its inputs are

@@ -371,12 +371,17 @@ def code_fingerprint() -> str:
     import simulator
     h = hashlib.sha256()
     for pkg in (simulator, compiler):
-        root = Path(pkg.__file__).parent
-        files = {p.relative_to(root).as_posix(): p for pattern in ("*.py", "*.yaml")
-                 for p in root.rglob(pattern)}
-        for rel in sorted(files):
-            h.update(f"{pkg.__name__}/{rel}\0{_sha_file(files[rel])}\0".encode())
+        _hash_package(h, pkg, ("*.py", "*.yaml"))
     return h.hexdigest()[:16]
+
+
+def _hash_package(h, pkg, patterns) -> None:
+    """Feed ``h`` the files of package ``pkg`` matching ``patterns``, by path within it."""
+    root = Path(pkg.__file__).parent
+    files = {p.relative_to(root).as_posix(): p for pattern in patterns
+             for p in root.rglob(pattern)}
+    for rel in sorted(files):
+        h.update(f"{pkg.__name__}/{rel}\0{_sha_file(files[rel])}\0".encode())
 
 
 @functools.cache
@@ -388,10 +393,8 @@ def export_fingerprint() -> str:
     import importlib.metadata
 
     import models
-    root = Path(models.__file__).parent
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(f"{p.relative_to(root).as_posix()}\0{_sha_file(p)}\0".encode())
+    _hash_package(h, models, ("*.py",))
     try:
         h.update(importlib.metadata.version("torch").encode())
     except importlib.metadata.PackageNotFoundError:

@@ -37,6 +37,7 @@ error before that epoch is checkpointed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -151,6 +152,15 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
         run.load()
     result = run.go()
     return fold_pow2_scales(result, fold) if fold else result
+
+
+@contextlib.contextmanager
+def _torch_stream(rng: np.random.Generator):
+    """Torch's random ops (Dropout) draw from a stream seeded by ``rng``, a stage's own key:
+    a resumed run repeats them, and the caller's torch state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(1 << 62)))
+        yield
 
 
 def _loss(distill):
@@ -341,11 +351,9 @@ class _Run:
         batches = (torch.from_numpy(self.x[i:i + bs]) for i in range(0, len(self.x), bs)
                    if len(self.x[i:i + bs]) > 1)
         # update_bn runs the model in train mode, Dropout included: a stream of its own
-        # (stage 3 after pretrain 0, ADMM 1, retrain 2), as each epoch has, so a resumed run
-        # gets the same statistics and the caller's torch state is left as it was
+        # (stage 3 after pretrain 0, ADMM 1, retrain 2), as each epoch has
         rng = np.random.default_rng((self.recipe.seed, 3, 0, 0))
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(int(rng.integers(1 << 62)))
+        with _torch_stream(rng), torch.no_grad():
             torch.optim.swa_utils.update_bn(batches, self.model)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -376,10 +384,7 @@ class _Run:
         self.model.train()
         rng = np.random.default_rng((self.recipe.seed, stage_id, rnd, epoch))
         order = rng.permutation(len(self.x))
-        with torch.random.fork_rng(devices=[]):
-            # Dropout and other random ops draw from a stream of this epoch's own, so a
-            # resumed run repeats them (and the caller's torch state is left as it was)
-            torch.manual_seed(int(rng.integers(1 << 62)))
+        with _torch_stream(rng):
             return self._steps(opt, order, desc, penalty_grad, after_step)
 
     def _steps(self, opt, order, desc, penalty_grad, after_step) -> float:

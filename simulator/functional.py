@@ -123,7 +123,7 @@ class ValueEngine:
         self.regs = [np.zeros((batch, self.lay.size), np.int64)
                      for _ in range(self.n_core_agents)]
         n_agents = prog.n_agents
-        self.tile_of = [prog.agent_tile(a) for a in range(n_agents)]
+        self.tile_of = prog.agent_tiles().tolist()
         self.iregs = np.zeros((n_agents, cfg.core.int_registers), np.int64)
         self.pc = np.zeros(n_agents, np.int64)
         self.halted = np.zeros(n_agents, bool)

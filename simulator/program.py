@@ -169,30 +169,39 @@ class Program:
         """Instruction streams: every tile's cores, then the control streams."""
         return len(self.core_code) + len(self.tile_code)
 
+    def agent_tiles(self) -> np.ndarray:
+        """The tile of every agent (index into ``core_code + tile_code``)."""
+        return np.concatenate([np.repeat(np.arange(self.n_tiles, dtype=np.int64),
+                                         self.config.tile.cores), self.control_tiles])
+
     def agent_tile(self, a: int) -> int:
-        """The tile of agent ``a`` (index into ``core_code + tile_code``)."""
-        cores = self.config.tile.cores
-        n_core = len(self.core_code)
-        return a // cores if a < n_core else int(self.control_tiles[a - n_core])
+        return int(self.agent_tiles()[a])
 
     def agent_name(self, a: int) -> str:
         """``tile 3 core 2``; a control stream by its FIFO, ``tile 3 control 5`` (the FIFO
         its sends and receives use, the same on every tile: one layer's transfers carry one
         name), ``tile 3 control`` when it is the tile's only stream, on FIFO 0 or none, and
         ``tile 3 control #1`` (its place among the tile's streams) otherwise."""
+        names = self.derived("agent_names")      # named once per program
+        if not names:
+            names.update(enumerate(self._agent_names()))
+        return names[a]
+
+    def _agent_names(self) -> list[str]:
         cores = self.config.tile.cores
-        n_core = len(self.core_code)
-        t = self.agent_tile(a)
-        if a < n_core:
-            return f"tile {t} core {a % cores}"
-        mine = np.flatnonzero(self.control_tiles == t).tolist()
-        fifos = [self._stream_fifo(s) for s in mine]
-        f = fifos[mine.index(a - n_core)]
-        if len(mine) == 1 and f in (0, None):
-            return f"tile {t} control"
-        if f is not None and fifos.count(f) == 1:
-            return f"tile {t} control {f}"
-        return f"tile {t} control #{mine.index(a - n_core)}"
+        out = [f"tile {t} core {c}" for t in range(self.n_tiles) for c in range(cores)]
+        fifos = [self._stream_fifo(s) for s in range(len(self.tile_code))]
+        for s, t in enumerate(self.control_tiles.tolist()):
+            mine = np.flatnonzero(self.control_tiles == t).tolist()
+            theirs = [fifos[m] for m in mine]
+            f = fifos[s]
+            if len(mine) == 1 and f in (0, None):
+                out.append(f"tile {t} control")
+            elif f is not None and theirs.count(f) == 1:
+                out.append(f"tile {t} control {f}")
+            else:
+                out.append(f"tile {t} control #{mine.index(s)}")
+        return out
 
     def _stream_fifo(self, s: int) -> int | None:
         """The one FIFO control stream ``s`` sends and receives on (None: none, or several)."""

@@ -48,7 +48,7 @@ def channels(prog: Program, flat: np.ndarray, starts: np.ndarray):
     -1 elsewhere; the channels' (src, dst, fifo) rows). Both ends of a channel see its
     messages in order, and a full or empty channel holds up no other channel's messages
     (channels still share control streams, NoC links and memory ports)."""
-    tiles = np.array([prog.agent_tile(a) for a in range(prog.n_agents)], np.int64)
+    tiles = prog.agent_tiles()
     tile_of = np.repeat(tiles, np.diff(starts))
     op = flat["op"].astype(np.int64)
     peer = flat["peer"].astype(np.int64)
@@ -119,8 +119,7 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
     status, end, info, tlen = run_timing(
         f["op"], f["fn"], f["dst"], f["src1"], f["src2"], f["vec"], f["imm"], f["mask"],
         f["count"], f["ra"], f["rr"], f["peer"], f["layer"], chan, starts, agent_tiles,
-        ctrl_start, ctrl_agent, np.ascontiguousarray(chan_rows[:, 0]),
-        np.ascontiguousarray(chan_rows[:, 1]), prog.n_tiles, cfg.tile.cores, params,
+        ctrl_start, ctrl_agent, len(chan_rows), prog.n_tiles, cfg.tile.cores, params,
         tile_base, tile_words, lat, stats, bits, valid, cnt, vtime, ftime, counters,
         adc_by_bits, span, trace, trace_cap, transc, unary)
     _raise_for_status(prog, status, info, streams, chan_rows)
@@ -151,10 +150,10 @@ def _raise_for_status(prog, status, info, streams, chan_rows):
         raise DeadlockError(f"deadlock: {len(stuck)} agent(s) can never proceed: {desc}{more}",
                             stuck)
     if status == UNRECEIVED:
-        fifo = int(chan_rows[int(info[3]), 2])
-        raise SimulationError(f"tile {int(info[0])} sent {int(info[2])} message(s) to tile "
-                              f"{int(info[1])} (FIFO {fifo}) that no recv consumed; every "
-                              f"send needs a matching recv on the receiving tile")
+        src, dst, fifo = (int(v) for v in chan_rows[int(info[0])])
+        raise SimulationError(f"tile {src} sent {int(info[1])} message(s) to tile {dst} "
+                              f"(FIFO {fifo}) that no recv consumed; every send needs a "
+                              f"matching recv on the receiving tile")
     a, pc = int(info[0]), int(info[1])
     start = sum(len(s) for s in streams[:a])
     where = f"{prog.agent_name(a)} pc {pc - start}"

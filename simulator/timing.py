@@ -186,13 +186,13 @@ def _book(b_start, b_end, n_book, r, s, dur):
 
 @nb.njit(cache=True)
 def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer, chan,
-               agent_start, agent_tile, ctrl_start, ctrl_agent, chan_src, chan_dst, n_tiles,
+               agent_start, agent_tile, ctrl_start, ctrl_agent, n_chan, n_tiles,
                cores, params, tile_base, tile_words, mvm_lat, mvm_stats, mvm_bits, valid, cnt,
                vtime, ftime, counters, adc_by_bits, layer_span, trace, trace_cap,
                fn_transcendental, fn_unary):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len).
 
-    chan[p]: the channel (index into chan_src/chan_dst) a send/recv moves through.
+    chan[p]: the channel (0..n_chan-1) a send/recv moves through.
     agent_tile[a]: each agent's tile; ctrl_agent[ctrl_start[t]:ctrl_start[t + 1]]: tile t's
     control streams (agents).
 
@@ -225,7 +225,6 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     link_start = np.zeros((n_links, BOOKINGS), np.int64)
     link_end = np.zeros((n_links, BOOKINGS), np.int64)
     link_n = np.zeros(n_links, np.int64)
-    n_chan = len(chan_src)
     ring_arr = np.zeros((max(n_chan, 1), recv_cap), np.int64)
     ring_vec = np.zeros((max(n_chan, 1), recv_cap), np.int64)
     ring_head = np.zeros(max(n_chan, 1), np.int64)
@@ -510,9 +509,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
         if ring_tail[pair] != ring_head[pair]:
             # every agent halted with messages left in a receive buffer: a send without
             # its recv, which a compiled program never has (its data went nowhere)
-            info[0] = chan_src[pair]
-            info[1] = chan_dst[pair]
-            info[2] = ring_tail[pair] - ring_head[pair]
-            info[3] = pair
+            info[0] = pair
+            info[1] = ring_tail[pair] - ring_head[pair]
             return UNRECEIVED, end_time, info, tlen
     return OK, end_time, info, tlen
