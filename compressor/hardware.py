@@ -147,7 +147,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
 def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                        overrides: Iterable[str] = (),
                        calibration: np.ndarray | None = None,
-                       uniform: bool = False) -> dict:
+                       uniform: bool = False, promised: bool = False) -> dict:
     """Simulate ``x`` with each crossbar's lossless ADC bits (``adc.adaptive=true``) and with
     an ideal ADC (``adc.bits=none``) on the same machine; their integer logits
     (``logits:int``) must be equal, which is what "lossless by construction" means. The
@@ -163,11 +163,21 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     construction (no crossbar needs more than the widest), so it checks the uniform-ADC
     path, not TinyADC's promise from its ``n``; one bit less is what can clip.
 
+    ``promised``: test TinyADC's promise itself. Each crossbar of a layer with a column
+    bound (:data:`compressor.projections.PER_SEGMENT`) gets the ADC width its ``n`` alone
+    promises (:func:`promised_adc_bits`, from the metadata, not from the cells); the other
+    crossbars keep their adaptive bits. ``promise_kept``: no such crossbar needs more than
+    its layer's promise (a static count over every column of the compiled chip: the
+    compiler's packing of kept rows is what can break it, as with plain ``tinyadc``);
+    ``equal_promised``: that chip's integer logits equal the ideal ADC's.
+
     Noise (``noise.*``) is switched off on both sides: an analog error through a clipping
     ADC would otherwise read as a lossy ADC.
 
     Returns ``{"equal": bool, "adc_bits_max", "adc_bits_mean", "adc_bits_hist": {bits:
-    crossbar blocks}, "max_abs_diff"}`` (and ``"equal_uniform"`` with ``uniform``).
+    crossbar blocks}, "max_abs_diff"}`` (and ``"equal_uniform"`` with ``uniform``;
+    ``"adc_bits_promised"`` ({layer: bits}), ``"promise_kept"``, ``"crossbars_over_promise"``
+    and ``"equal_promised"`` with ``promised``).
     """
     from compiler import compile_model
     from simulator import load_config, simulate
@@ -188,21 +198,115 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                                   ).outputs[outp + ":int"]
             if name == "adaptive":
                 bits = np.asarray(prog.mvmu_adc_bits, np.int64)
+                adaptive_prog = prog
         if uniform and bits.size:
             prog = compile_model(path, load_config(machine, [
                 f"adc.bits={int(bits.max())}", "adc.adaptive=false", "adc.mode=clip",
                 *NOISELESS]), calibration={inp: cal})
             outs["uniform"] = simulate(prog, {inp: x}, exact_shortcut=False
                                        ).outputs[outp + ":int"]
+        if promised:
+            layer_bits = promised_adc_bits(path, machine)
+            prog, over = _at_promised_bits(adaptive_prog, layer_bits)
+            outs["promised"] = simulate(prog, {inp: x}, exact_shortcut=False
+                                        ).outputs[outp + ":int"]
     a, b = outs["adaptive"], outs["ideal"]
     values, counts = np.unique(bits, return_counts=True)
     extra = {} if "uniform" not in outs else {
         "equal_uniform": bool(np.array_equal(outs["uniform"], b))}
+    if "promised" in outs:
+        extra.update(adc_bits_promised=layer_bits, promise_kept=not over,
+                     crossbars_over_promise=over,
+                     equal_promised=bool(np.array_equal(outs["promised"], b)))
     return {"equal": bool(np.array_equal(a, b)), **extra,
             "max_abs_diff": int(np.abs(a.astype(np.int64) - b).max(initial=0)),
             "adc_bits_max": int(bits.max()) if bits.size else 0,
             "adc_bits_mean": float(bits.mean()) if bits.size else 0.0,
             "adc_bits_hist": {int(v): int(c) for v, c in zip(values, counts)}}
+
+
+def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
+    """``{layer: ADC bits}`` that TinyADC's column bound promises on ``cfg``'s crossbars,
+    for each layer of the compressed ONNX ``model`` with a
+    :data:`compressor.projections.PER_SEGMENT` structure (keyed by the Conv/Gemm node's
+    name, as the compiler names its layers).
+
+    Derived from the metadata alone, not from any cell: at most ``n`` nonzero weights per bit
+    line of one read, in each array of a differential crossbar, each conducting at most the
+    largest cell level a weight in the layer's ``levels`` can take (``min(max |q|,
+    2**cell_bits - 1)``), times the widest input digit (``2**step_bits - 1``), through the
+    simulator's own lossless-bits formula. The promise needs the crossbars it was made for:
+    a differential mapping (offset stores a zero weight as a conducting cell), the
+    geometry's rows, and reads that each lie within one of the geometry's reads; anything
+    else is a one-line error saying which.
+    """
+    from simulator.crossbar import lossless_adc_bits
+
+    from .projections import PER_SEGMENT
+
+    machine, label = _machine(cfg, ())
+    with _as_onnx(model) as path:
+        proto = onnx.load(str(path), load_external_data=False)
+        geom = _geometry_of(path)
+    layers = []
+    for p in proto.metadata_props:
+        if not p.key.startswith("xbarsim.layer."):
+            continue
+        where = f"metadata {p.key}"
+        meta = _meta_json(p.value, where)
+        sparsity = (meta.get("constraint") or {}).get("sparsity") or {}
+        if sparsity.get("structure") in PER_SEGMENT:
+            layers.append((where, meta, sparsity))
+    if not layers:
+        return {}
+    if geom is None:
+        raise CompressionError(f"{layers[0][0]}: a TinyADC bound without the model's "
+                               f"xbarsim.compressor geometry")
+    x = machine.xbar
+    read, geom_read = x.active_rows or x.rows, geom.active_rows or geom.rows
+    if x.mapping != "differential":
+        raise CompressionError(f"{label}: xbar.mapping={x.mapping}; TinyADC's column bound "
+                               f"holds on differential crossbars only (offset stores a zero "
+                               f"weight as a conducting cell)")
+    if x.rows != geom.rows or geom_read % read:
+        raise CompressionError(
+            f"{label}: crossbars of {x.rows} rows read {read} at a time; the model's TinyADC "
+            f"bound is stated for {geom.rows} rows read {geom_read} at a time (compile on "
+            f"xbar.rows={geom.rows} with xbar.active_rows dividing {geom_read})")
+    by_weight = {n.input[1]: n.name or f"{n.op_type}_{n.output[0]}"
+                 for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
+                 and len(n.input) > 1}
+    out = {}
+    for where, meta, sparsity in layers:
+        init = _meta_field(meta, "initializer", where)
+        lo, hi = (int(v) for v in _meta_field(meta, "levels", where))
+        n = int(_meta_field(sparsity, "n", where))
+        if init not in by_weight:
+            raise CompressionError(f"{where}: no Conv/Gemm/MatMul reads {init!r}")
+        top = min(max(-lo, hi), (1 << x.cell_bits) - 1)    # largest cell level of a weight
+        worst = np.full((1, min(n, read), 1), top, np.int64)  # n of them on one bit line
+        out[by_weight[init]] = lossless_adc_bits(worst, machine.step_bits)
+    return out
+
+
+def _at_promised_bits(prog, layer_bits: dict[str, int]):
+    """``prog`` with the crossbars of ``layer_bits``'s layers at those ADC widths (copies
+    included), and ``{layer: crossbar blocks that need more}`` (their adaptive bits, each
+    block's exact need, are above the promise)."""
+    names = {L["name"]: i for i, L in enumerate(prog.layers)}
+    missing = sorted(set(layer_bits) - set(names))
+    if missing:
+        raise CompressionError(f"layer {missing[0]!r}: has a TinyADC bound in the metadata but "
+                               f"the compiled program has no such layer")
+    bits = np.array(prog.mvmu_adc_bits, np.int32)
+    over = {}
+    for name, b in layer_bits.items():
+        mine = prog.mvmu_layer == names[name]
+        if int((bits[mine] > b).sum()):
+            over[name] = int((bits[mine] > b).sum())
+        bits[mine] = b
+    prog.mvmu_adc_bits = bits
+    return prog, over
 
 
 #: Overrides that switch every device non-ideality off (the lossless check compares ADCs).

@@ -181,7 +181,12 @@ def test_tinyadc_lowers_adc_bits_and_stays_lossless(tinyadc, digits):
     assert quarter["latency_us"] > full["latency_us"]
 
 
-def _qdq_matmul(q, path):
+def _qdq_matmul(q, path, structure=None, n=None, geometry=None):
+    """``input @ (q · 0.05)`` as QDQ ONNX; with ``structure``, the compressor's metadata for
+    a column bound of ``n`` on ``geometry``'s crossbars (what :func:`promised_adc_bits`
+    reads)."""
+    import json
+
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     g = helper.make_graph(
@@ -191,7 +196,15 @@ def _qdq_matmul(q, path):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, q.shape[1]])],
         [numpy_helper.from_array(q.astype(np.int8), "wq"),
          numpy_helper.from_array(np.float32(0.05), "ws")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), path)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    if structure is not None:
+        lim = int(np.abs(q).max())
+        onnx.helper.set_model_props(model, {
+            "xbarsim.compressor": json.dumps({"format": 1, "geometry": geometry}),
+            "xbarsim.layer.w": json.dumps({
+                "initializer": "w", "op": "MatMul", "levels": [-lim, lim],
+                "constraint": {"sparsity": {"structure": structure, "n": n}}})})
+    onnx.save(model, path)
     return path
 
 
@@ -253,23 +266,57 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
     m = rng.normal(size=(512, 6))                 # 512 inputs x 6 outputs: one column strip
     g = CrossbarGeometry(rows=128, cols=128, weight_bits=8)
     x = rng.normal(size=(8, 512)).astype(np.float32)
+    # and one input at the largest value on every row: every input bit drives every row,
+    # the widest column sum the cells allow
+    x = np.vstack([x, np.full((1, 512), np.abs(x).max(), np.float32)])
     bits = {}
     nnz = {}
+    promise = {}
     for structure in ("tinyadc", "tinyadc_packed", "tinyadc_packed_signed"):
         p, scale, _ = project_matrix(m, g, structure, 8, (3, "differential", None, False))
         nnz[structure] = np.count_nonzero(p)
         q = np.rint(p / scale).astype(np.int64)   # 3-bit levels: one 2-bit slice
-        path = _qdq_matmul(q, tmp_path / f"{structure}.onnx")
+        path = _qdq_matmul(q, tmp_path / f"{structure}.onnx", structure, 8, g.to_dict())
         check = adc_lossless_check(path, ("puma", ["weight_bits=8", "xbar.mapping=differential"]),
-                                   x)
+                                   x, promised=True)
         assert check["equal"]
         bits[structure] = check["adc_bits_max"]
+        promise[structure] = check
     assert bits["tinyadc_packed"] == 5            # <= 8 rows x level 3 = 24: 5 bits
     assert bits["tinyadc"] > bits["tinyadc_packed"]  # up to 32 per packed crossbar: 7 bits
+    # what n promises, from the metadata alone: 8 x level 3 = 24, 5 bits. The packed
+    # structures keep it on the compiled chip; plain tinyadc's packed crossbars break it, and
+    # the chip at the promised width then clips (the check can fail, and does here)
+    for structure, kept in (("tinyadc", False), ("tinyadc_packed", True),
+                            ("tinyadc_packed_signed", True)):
+        check = promise[structure]
+        assert check["adc_bits_promised"] == {"MatMul_logits": 5}
+        assert check["promise_kept"] is kept and check["equal_promised"] is kept
+        assert bool(check["crossbars_over_promise"]) is not kept
     # per sign: each differential array's bit line holds <= 8, so the same 5 bits with
     # (nearly) twice the weights
     assert bits["tinyadc_packed_signed"] == 5
     assert nnz["tinyadc_packed_signed"] > 1.5 * nnz["tinyadc_packed"]
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    (["xbar.mapping=offset"], r"differential crossbars only"),
+    (["xbar.rows=64", "xbar.mapping=differential"], r"crossbars of 64 rows read 64 .* stated "
+                                                    r"for 128 rows read 128"),
+    (["xbar.active_rows=48", "xbar.mapping=differential"], r"read 48 at a time"),
+])
+def test_promised_adc_bits_refuse_crossbars_the_bound_was_not_made_for(tmp_path, overrides,
+                                                                       msg):
+    from compressor.hardware import promised_adc_bits
+    q = np.zeros((128, 4), np.int64)
+    q[:8] = 3
+    path = _qdq_matmul(q, tmp_path / "m.onnx", "tinyadc_packed", 8,
+                       CrossbarGeometry(rows=128, cols=128, weight_bits=8).to_dict())
+    assert promised_adc_bits(path, ("puma", ["weight_bits=8", "xbar.mapping=differential",
+                                             "xbar.active_rows=32"])) == {"MatMul_logits": 5}
+    with pytest.raises(CompressionError, match=msg) as e:
+        promised_adc_bits(path, ("puma", ["weight_bits=8", *overrides]))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("zero_point", [None, 128])
