@@ -148,14 +148,14 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                        overrides: Iterable[str] = (),
                        calibration: np.ndarray | None = None,
                        uniform: bool = False, promised: bool = False) -> dict:
-    """Simulate ``x`` with each crossbar's lossless ADC bits (``adc.adaptive=true``) and with
+    """Simulate ``x`` with each MVMU's lossless ADC bits (``adc.adaptive=true``) and with
     an ideal ADC (``adc.bits=none``) on the same machine; their integer logits
     (``logits:int``) must be equal, which is what "lossless by construction" means. The
     adaptive side runs the bit-serial ADC path (``exact_shortcut=False``): the simulator's
     shortcut skips the ADC exactly where its bits are lossless, which is every crossbar at
     its adaptive bits, so with it the comparison could not fail.
 
-    Adaptive bits are each crossbar's exact need, computed from its own cells, so they are
+    Adaptive bits are each MVMU's exact need, computed from its own cells, so they are
     lossless for any input: the comparison tests the ADC path, not a model's column bound.
     ``uniform``: also simulate one ADC width for every crossbar, the widest adaptive one
     (``adc.bits=adc_bits_max``), against the ideal ADC (``equal_uniform``): that a chip
@@ -163,13 +163,14 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     construction (no crossbar needs more than the widest), so it checks the uniform-ADC
     path, not TinyADC's promise from its ``n``; one bit less is what can clip.
 
-    ``promised``: test TinyADC's promise itself. Each crossbar of a layer with a column
+    ``promised``: test TinyADC's promise itself. Each MVMU of a layer with a column
     bound (:data:`compressor.projections.PER_SEGMENT`) gets the ADC width its ``n`` alone
     promises (:func:`promised_adc_bits`, from the metadata, not from the cells); the other
-    crossbars keep their adaptive bits. ``promise_kept``: no such crossbar needs more than
-    its layer's promise (a static count over every column of the compiled chip: the
-    compiler's packing of kept rows is what can break it, as with plain ``tinyadc``);
-    ``equal_promised``: that chip's integer logits equal the ideal ADC's.
+    MVMUs keep their adaptive bits. ``promise_kept``: no such MVMU needs more than its
+    layer's promise (a static count over every column of the compiled chip:
+    ``crossbars_over_promise``, MVMUs per layer; the compiler's packing of kept rows is
+    what can break it, as with plain ``tinyadc``); ``equal_promised``: that chip's integer
+    logits equal the ideal ADC's.
 
     Noise (``noise.*``) is switched off on both sides: an analog error through a clipping
     ADC would otherwise read as a lossy ADC.
@@ -290,9 +291,9 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
 
 
 def _at_promised_bits(prog, layer_bits: dict[str, int]):
-    """``prog`` with the crossbars of ``layer_bits``'s layers at those ADC widths (copies
-    included), and ``{layer: crossbar blocks that need more}`` (their adaptive bits, each
-    block's exact need, are above the promise)."""
+    """``prog`` (compiled with ``adc.adaptive``) with the MVMUs of ``layer_bits``'s layers
+    at those ADC widths (copies included), and ``{layer: MVMUs that need more}`` (their
+    adaptive bits, each MVMU's exact need, are above the promise)."""
     names = {L["name"]: i for i, L in enumerate(prog.layers)}
     missing = sorted(set(layer_bits) - set(names))
     if missing:

@@ -137,8 +137,9 @@ class AdcConfig:
     """Out-of-range behaviour: ``clip`` (saturate at the top code) or ``scale`` (keep the
     column's top bits: drop LSBs so the column's full range fits)."""
     adaptive: bool = False
-    """Use per crossbar the bits its weights need to be lossless (TinyADC / ISAAC formula)
-    instead of ``bits``."""
+    """Use per MVMU the bits its weights need to be lossless (TinyADC / ISAAC formula)
+    instead of ``bits``: the widest need of its crossbars (arrays and slices), which share
+    its ``per_mvmu`` ADCs."""
 
     def __post_init__(self):
         _check_int("adc", "bits", self.bits, 1, MAX_ADC_BITS, none="ideal")

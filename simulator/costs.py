@@ -44,10 +44,10 @@ TABLE = {
     # Vector functional unit: 1.707 mW per lane (PUMA alu_pow_dyn = 2.4*32/45), 1 ns per op.
     "vfu_pj_per_elem": 1.707,
     "vfu_area_mm2_per_lane": 0.00567 * 32 / 45,
-    # MVMU input/output registers (PUMA xbar_inMem/outMem, 128 entries) and core register
-    # file (PUMA dataMem 2048), area only.
-    "mvmu_regs_area_mm2": 0.00078 * 2,
-    "core_regs_area_mm2": 0.00392,
+    # MVMU input register (one entry per row) and output register (one per column): PUMA
+    # xbar_inMem/outMem, 0.00078 mm^2 each at 128 entries; area only. The core register
+    # file's area is register_file_area_mm2 (PUMA dataMem_area_dict).
+    "mvmu_reg_area_mm2_128": 0.00078,
     "core_control_area_mm2": 0.00145 * 2.25,
     # Tile eDRAM, 64 KB: 2 ns, 17.2 pJ per 256-bit access (8.6 mW over 2 cycles),
     # 0.086 mm^2, 0.46 mW leakage.
@@ -121,6 +121,22 @@ def adc_cost(model: str, bits: int) -> AdcCost:
 
 def crossbar_area_mm2(rows: int, cols: int) -> float:
     return TABLE["crossbar_area_mm2_128"] * rows * cols / (128 * 128)
+
+
+#: PUMA's data memory (a core's register file) area by entries (dataMem_area_dict), mm^2.
+REGISTER_FILE_AREA_MM2 = {256: 0.00056, 512: 0.00108, 1024: 0.00192, 2048: 0.00392}
+
+
+def register_file_area_mm2(entries: int) -> float:
+    """A core register file of ``entries`` words: PUMA's table, linear between its sizes
+    and in proportion to the nearest size outside them."""
+    sizes = sorted(REGISTER_FILE_AREA_MM2)
+    lo, hi = sizes[0], sizes[-1]
+    if entries <= lo:
+        return REGISTER_FILE_AREA_MM2[lo] * entries / lo
+    if entries >= hi:
+        return REGISTER_FILE_AREA_MM2[hi] * entries / hi
+    return float(np.interp(entries, sizes, [REGISTER_FILE_AREA_MM2[k] for k in sizes]))
 
 
 def mvm_cycles(cfg, cols_used: int, adc_bits: int | None, rows_used: int | None = None) -> int:

@@ -255,7 +255,8 @@ def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         "dac": one * (xbars * cfg.xbar.rows * T["dac_area_mm2"]),
         "sample_hold": one * (xbars * cfg.xbar.cols * T["snh_area_mm2"]),
         "shift_add": one * (cfg.adc.per_mvmu * T["shift_add_area_mm2"]),
-        "mvmu_registers": one * (T["mvmu_regs_area_mm2"] * cfg.xbar.rows / 128),
+        "mvmu_registers": one * (T["mvmu_reg_area_mm2_128"]
+                                 * (cfg.xbar.rows + cfg.xbar.cols) / 128),
     }
     return area, adc_leak * cfg.adc.per_mvmu, bits
 
@@ -272,7 +273,8 @@ def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
     area = {k: float(v.sum()) for k, v in part_area.items()}
     area |= {
         "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
-        "core_other": len(cores_used) * (T["core_regs_area_mm2"] + T["core_control_area_mm2"]),
+        "core_other": len(cores_used) * (costs.register_file_area_mm2(cfg.core.registers)
+                                         + T["core_control_area_mm2"]),
         "edram": len(prog.tiles_used()) * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
         "router": len(prog.tiles_used(routes=True)) * T["router_area_mm2"],
     }

@@ -124,6 +124,27 @@ def test_adc_leakage_and_area_follow_each_mvmus_bits():
     a4 = simulate(ex.single_mvm(isaac, w, adc_bits=4), values=False).area_mm2["adc"]
     assert a4 == pytest.approx(isaac.adc.per_mvmu * 0.0012 / 16)
 
+def test_register_areas_follow_their_sizes():
+    """An MVMU's input register has an entry per row and its output register one per
+    column (PUMA xbar_inMem/outMem: 0.00078 mm^2 at 128 entries each); a core's register
+    file follows PUMA's dataMem table (0.00108 mm^2 at 512 words, 0.00392 at 2048)."""
+    def area(overrides, rows=128, cols=128):
+        cfg = load_config("puma", overrides)
+        w = ex.random_weights(cfg, rows, cols)
+        return simulate(ex.single_mvm(cfg, w), values=False).area_mm2
+
+    base = area([])
+    assert base["mvmu_registers"] == pytest.approx(2 * 0.00078)
+    wide = area(["xbar.cols=256"], cols=256)
+    tall = area(["xbar.rows=256"], rows=256)
+    assert wide["mvmu_registers"] == pytest.approx(3 * 0.00078)
+    assert tall["mvmu_registers"] == pytest.approx(3 * 0.00078)
+    small = area(["core.registers=512"])
+    assert base["core_other"] - small["core_other"] == pytest.approx(0.00392 - 0.00108)
+    assert area(["core.registers=768"])["core_other"] - small["core_other"] == pytest.approx(
+        (0.00192 - 0.00108) / 2)
+
+
 def test_two_cores_exchange_through_tile_memory():
     cfg = load_config("small")
     w = ex.random_weights(cfg, 16, 16, seed=2)
