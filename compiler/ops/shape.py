@@ -29,8 +29,9 @@ def _alias(node, ctx, out_shape):
         C, H, W = src.C, src.H, src.W
         hwc = np.arange(C * H * W).reshape(C, H, W).transpose(1, 2, 0).reshape(-1)
         ctx.flattened.add(src.name)
+        # one pixel or one channel: (H, W, C) is the logical order, no permutation
         t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,
-                           perm=hwc if not (H == 1 and W == 1) else None)
+                           perm=None if H * W == 1 or C == 1 else hwc)
     elif src.kind == "map" and geometry(out_shape) is not None:
         return lower_map_view_copy(node, ctx, src, out_shape)   # e.g. (1, C, L, 1)
     elif src.kind == "vec" and (len(out_shape) <= 2 or np.prod(out_shape[2:]) == 1

@@ -145,9 +145,12 @@ def _segment(ctx, t, a: int, b: int):
     ``t``, where ``flat`` says the segment spans rows so the map must stay unpadded."""
     shape = t.shape
     if a < 1:
-        raise UnsupportedOpError("softmax over the batch axis is not supported")
+        raise UnsupportedOpError(f"softmax over axis 0 of {t.name!r} {tuple(shape)} (the "
+                                 f"batch axis, or what a reshape made of it) is not "
+                                 f"supported; allowed: axes 1 and later")
     if t.kind == "vec":
-        outer = int(np.prod(shape[1:a]))
+        # axis 0 counts: a batch of 1, or rows a reshape made of one sample's words
+        outer = int(np.prod(shape[:a]))
         N, blk = int(np.prod(shape[a:])), int(np.prod(shape[b:]))
         if t.perm is not None and (outer > 1 or blk > 1):
             raise UnsupportedOpError("softmax over part of a flattened feature map")

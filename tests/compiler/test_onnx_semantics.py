@@ -243,6 +243,51 @@ def test_softmax_over_an_axis_of_size_one(op, shape, axis):
                   opset=13), shape)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset,axis", [(13, -1), (11, 1)])
+def test_softmax_over_rows_a_reshape_made(op, opset, axis):
+    """(1, 12) reshaped to (3, 4): three softmaxes of 4. Axis 0 was taken for the batch, so
+    the program computed one row and left the others unwritten."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["g"]),
+                helper.make_node("Reshape", ["g", "s1"], ["r"]),
+                helper.make_node(op, ["r"], ["sm"], axis=axis),
+                helper.make_node("Reshape", ["sm", "s2"], ["y"])],
+               {"w": _w(8, 12), "s1": np.array([3, 4], np.int64),
+                "s2": np.array([1, 12], np.int64)}, (1, 8), ["y"], opset=opset)
+    _check(m, (1, 8))
+
+
+def test_softmax_over_rows_of_a_flattened_map_is_refused():
+    """Flatten(axis=2) of a map: (C, H*W) rows whose words are stored (H, W, C)."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Flatten", ["c"], ["f"], axis=2),
+                helper.make_node("LogSoftmax", ["f"], ["y"], axis=-1)],
+               {"w": _w(4, 3, 3, 3)}, (1, 3, 4, 5), ["y"])
+    with pytest.raises(UnsupportedOpError, match="part of a flattened feature map"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 5)})
+
+
+def test_softmax_over_axis_zero_names_the_tensor():
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], axis=0)], {}, (1, 8), ["y"],
+               opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"axis 0 of 'x'.*allowed: axes 1"):
+        compile_model(m, CFG, calibration={"x": _w(2, 8)})
+
+
+def test_flattened_one_channel_map_keeps_the_logical_order():
+    """A one-channel map flattened is in logical order already: it adds to a Gemm output
+    and takes a softmax over its reshaped rows (both were refused as another order)."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Flatten", ["c"], ["f"]),
+                helper.make_node("Gemm", ["f", "w2"], ["g"]),
+                helper.make_node("Add", ["f", "g"], ["a"]),
+                helper.make_node("Reshape", ["a", "s"], ["r"]),
+                helper.make_node("Softmax", ["r"], ["y"], axis=-1)],
+               {"w": _w(1, 2, 3, 3), "w2": _w(20, 20, scale=0.2),
+                "s": np.array([1, 4, 5], np.int64)}, (1, 2, 4, 5), ["y"], opset=13)
+    _check(m, (1, 2, 4, 5))
+
+
 def test_log_softmax_refuses_an_input_step_it_cannot_scale():
     """Logits of ~1e12 (step ~1e8): Softmax caps its fixed-point factor harmlessly, but
     LogSoftmax returns the differences themselves, which the cap scaled wrong."""
