@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.config import MAX_ADC_BITS
-from simulator.crossbar import encode_levels, lossless_adc_bits
+from simulator.crossbar import adaptive_adc_bits, encode_levels
 
 from .errors import CompilerError
 from .ir import LayerProgram, MVMLayer
@@ -71,9 +71,10 @@ def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[
         w[:len(rows), :n] = W[rows, c0:c0 + n]
         levels[k] = encode_levels(w, cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
         # only the driven rows and the converted columns count: under offset mapping the
-        # rest hold the bias level, which no ADC ever sees
-        bits = (lossless_adc_bits(levels[k][:, :len(rows), :n], cfg.step_bits,
-                                  cfg.xbar.active_rows) if cfg.adc.adaptive else -1)
+        # rest hold the bias level, which no ADC ever sees. With a finite on/off ratio every
+        # driven cell also conducts G_off: the ADC must hold those nominal currents too
+        bits = adaptive_adc_bits(levels[k][:, :len(rows), :n], cfg) if cfg.adc.adaptive \
+            else -1
         if bits > MAX_ADC_BITS:
             raise CompilerError(
                 f"layer {layer.name!r}: adc.adaptive needs a {bits}-bit ADC to convert its "

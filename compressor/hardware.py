@@ -623,11 +623,10 @@ def _bits_of_levels(q: np.ndarray) -> int:
 
 def _lossless_bits(prog) -> np.ndarray:
     """Lossless ADC bits of every crossbar block of ``prog`` (what ``adc.adaptive`` picks)."""
-    from simulator.crossbar import lossless_adc_bits
+    from simulator.crossbar import adaptive_adc_bits
 
-    dac, active = prog.config.step_bits, prog.config.xbar.active_rows
     used = zip(prog.mvmu_levels, prog.mvmu_rows_used, prog.mvmu_cols_used)
-    return np.array([lossless_adc_bits(lv[:, :r, :c], dac, active) for lv, r, c in used],
+    return np.array([adaptive_adc_bits(lv[:, :r, :c], prog.config) for lv, r, c in used],
                     np.int64)
 
 

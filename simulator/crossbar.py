@@ -128,9 +128,23 @@ def column_max_sums(levels: np.ndarray, step_bits: int,
 def lossless_adc_bits(levels: np.ndarray, step_bits: int,
                       active_rows: int | None = None) -> int:
     """ADC bits that convert every column of these crossbars without loss:
-    ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1."""
-    m = int(column_max_sums(levels, step_bits, active_rows).max(initial=0))
+    ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1.
+    Float levels (nominal conductances) give analog sums, which the ADC rounds to the
+    nearest code: the bits then hold the largest sum rounded, so it never clips."""
+    m = column_max_sums(levels, step_bits, active_rows).max(initial=0)
+    m = int(np.floor(m + 0.5)) if isinstance(m, (float, np.floating)) else int(m)
     return max(1, math.ceil(math.log2(m + 1)))
+
+
+def adaptive_adc_bits(levels: np.ndarray, cfg) -> int:
+    """The bits ``adc.adaptive`` gives an MVMU whose driven rows and converted columns hold
+    ``levels`` (arrays*slices, rows, cols) on ``cfg``'s machine: lossless for its nominal
+    currents, the integer levels plus, with a finite ``noise.on_off_ratio``, the G_off every
+    driven cell conducts (sized on the levels alone, an ADC in ``clip`` mode clipped it)."""
+    from .noise import nominal_conductances
+    nominal = nominal_conductances(levels, cfg)
+    return lossless_adc_bits(levels if nominal is None else nominal, cfg.step_bits,
+                             cfg.xbar.active_rows)
 
 
 def adc_convert(v: np.ndarray, bits: int | None, mode: str,

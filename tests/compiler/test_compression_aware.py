@@ -261,6 +261,32 @@ def test_adaptive_bits_count_only_what_an_adc_converts():
                                   simulate(ideal, {"input": x}).outputs["logits:int"])
 
 
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_adaptive_bits_hold_the_off_state_current(mapping):
+    """With a finite on/off ratio every driven cell conducts G_off on top of its level; an
+    adaptive ADC sized on the integer levels alone clipped it. Sized on the nominal
+    currents, a clipping adaptive ADC gives the ideal ADC's integers on the same chip."""
+    rng = np.random.default_rng(7)
+    w = np.zeros((128, 16))
+    for c in range(16):                              # sparse columns: G_off dominates
+        w[rng.choice(128, 6, replace=False), c] = rng.standard_normal(6)
+    x = np.abs(rng.standard_normal((4, 128))).astype(np.float32)
+    base = [f"xbar.mapping={mapping}", "weight_bits=8", "noise.on_off_ratio=10",
+            "adc.mode=clip"]
+    prog = compile_model(mlp([w]), load_config("puma", base + ["adc.adaptive=true"]),
+                         calibration={"input": x})
+    exact = compile_model(mlp([w]), load_config("puma", base[:2] + ["adc.adaptive=true"]),
+                          calibration={"input": x})
+    # offset's zero weights already hold the bias level, so G_off may not add a bit there
+    more = prog.mvmu_adc_bits.max() - exact.mvmu_adc_bits.max()
+    assert more > 0 if mapping == "differential" else more >= 0
+    ideal = compile_model(mlp([w]), load_config("puma", base + ["adc.bits=none"]),
+                          calibration={"input": x})
+    np.testing.assert_array_equal(
+        simulate(prog, {"input": x}).outputs["logits:int"],
+        simulate(ideal, {"input": x}).outputs["logits:int"])
+
+
 def test_adaptive_adc_wider_than_any_adc_is_refused_at_compile_time():
     """16-bit DAC steps on 8-bit cells, 512 rows at the top level: 33 lossless bits. The
     compiler names the layer and the knobs instead of emitting a program the validator
