@@ -172,8 +172,9 @@ def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
                         f"{y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise DataError(f"{where}: labels have dtype {y.dtype}; need integer class indices")
+    # compared as Python numbers: 2**31 overflows a float16 label array's own type
     if y.size and (not np.isfinite(y).all() or (y != np.round(y)).any() or y.min() < 0
-                   or y.max() >= 2 ** 31):   # also what int64 holds (uint64 2**64-1 wrapped)
+                   or float(y.max()) >= 2 ** 31):   # what int64 holds (uint64 2**64-1 wrapped)
         raise DataError(f"{where}: labels must be integer class indices in 0..2**31-1")
     return y.astype(np.int64)
 

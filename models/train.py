@@ -203,9 +203,15 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     start, history, elapsed = 0, [], 0.0
     if resume and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, config)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, history, elapsed = ckpt["epoch"], list(ckpt["history"]), ckpt["seconds"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start, history = int(ckpt["epoch"]), list(ckpt["history"])
+            elapsed = float(ckpt["seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            # a damaged or hand-edited checkpoint: name it, not the line that tripped
+            raise ModelError(f"checkpoint {ckpt_path}: damaged ({type(e).__name__}: "
+                             f"{first_line(e)}); start over with --no-resume") from e
     resumed_from = start
 
     n_batches = math.ceil(len(xtr) / batch_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import MAX_ADC_BITS, MachineConfig, from_dict
-from .errors import ProgramError, XbarsimError
+from .errors import ConfigError, ProgramError, XbarsimError, first_line
 from .fileio import atomic_write, read_npz
 from .isa import (CORE_OPS, INSTR_DTYPE, MAX_COUNT, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS,
                   Fn, Op, RegisterLayout)
@@ -70,10 +70,37 @@ class TensorPort:
     @classmethod
     def from_dict(cls, d: dict) -> "TensorPort":
         ml, perm = d.get("map_layout"), d.get("perm")
-        return cls(d["name"], int(d["tile"]), int(d["addr"]), tuple(d["shape"]),
-                   float(d["scale"]), int(d.get("count", 0)),
-                   None if ml is None else tuple(int(v) for v in ml),
+        where = f"tensor {d.get('name')!r}"
+        return cls(d["name"], _json_int(d["tile"], f"{where} tile"),
+                   _json_int(d["addr"], f"{where} addr"), tuple(d["shape"]),
+                   float(d["scale"]), _json_int(d.get("count", 0), f"{where} count"),
+                   None if ml is None else tuple(_json_int(v, f"{where} map_layout")
+                                                 for v in ml),
                    None if perm is None else tuple(perm))
+
+
+def _json_int(v, what: str) -> int:
+    """An integer read from a manifest: a JSON number with no fraction (1.9 tiles or a
+    ``true`` would otherwise be truncated or counted as 1)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ProgramError(f"{what}: {v!r} is not an integer")
+    return int(v)
+
+
+def _int_array(value, what: str, dtype=np.int32) -> np.ndarray:
+    """``value`` as a ``dtype`` array, refused where an entry would wrap (2**32 + 3 ADC bits
+    read as 3) or is not an integer."""
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return arr.astype(dtype)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ProgramError(f"{what} must hold integers (got {arr.dtype})")
+    info = np.iinfo(dtype)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < info.min or hi > info.max:
+        raise ProgramError(f"{what}: {lo if lo < info.min else hi} is outside the "
+                           f"{np.dtype(dtype).name} range of the format")
+    return arr.astype(dtype)
 
 
 @dataclass
@@ -111,7 +138,7 @@ class Program:
     A tile runs at most ``tile.control_streams`` of them side by side."""
 
     def __post_init__(self):
-        self.mvmu_loc = np.asarray(self.mvmu_loc, np.int32).reshape(-1, 3)
+        self.mvmu_loc = _int_array(self.mvmu_loc, "mvmu_loc").reshape(-1, 3)
         n = len(self.mvmu_loc)
         cfg = self.config
         if self.mvmu_levels is None:
@@ -120,13 +147,13 @@ class Program:
         for name, default in (("mvmu_rows_used", cfg.xbar.rows),
                               ("mvmu_cols_used", cfg.xbar.cols),
                               ("mvmu_adc_bits", -1), ("mvmu_layer", -1)):
-            arr = np.asarray(getattr(self, name), np.int32)
+            arr = _int_array(getattr(self, name), name)
             if arr.size == 0 and n:
                 arr = np.full(n, default, np.int32)
             setattr(self, name, arr)
         if self.mem_words is None:
             self.mem_words = np.full(self.n_tiles, cfg.edram_words, np.int64)
-        self.mem_words = np.asarray(self.mem_words, np.int64).reshape(-1)
+        self.mem_words = _int_array(self.mem_words, "mem_words", np.int64).reshape(-1)
         self.core_code = [np.asarray(c, INSTR_DTYPE) for c in self.core_code]
         self.tile_code = [np.asarray(c, INSTR_DTYPE) for c in self.tile_code]
         if self.control_tiles is None:
@@ -321,11 +348,12 @@ class Program:
                                    f"make one with `xbarsim compile MODEL.onnx -o {folder}`")
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ProgramError(f"{mpath}: not valid JSON ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ProgramError(f"{mpath}: not valid JSON ({first_line(e)})") from e
         if not isinstance(manifest, dict) or manifest.get("format") != "xbarsim-program":
             raise ProgramError(f"{mpath}: not an xbarsim program manifest")
-        if manifest.get("version") not in READS_VERSIONS:
+        version = manifest.get("version")
+        if isinstance(version, bool) or version not in READS_VERSIONS:
             raise ProgramError(f"{mpath}: format version {manifest.get('version')!r}, "
                                f"this xbarsim reads versions "
                                f"{', '.join(map(str, READS_VERSIONS))}")
@@ -341,12 +369,15 @@ class Program:
         if a["mvmu_levels"].dtype != np.uint8:
             raise ProgramError(f"{apath}: mvmu_levels has dtype {a['mvmu_levels'].dtype}; "
                                f"cell levels are uint8")
-        for k in required[2:] + ("control_tiles",) * ("control_tiles" in a):
-            if k not in ("tile_code", "mvmu_levels") and not (
+        for k in required + ("control_tiles",) * ("control_tiles" in a):
+            if k not in ("core_code", "tile_code", "mvmu_levels") and not (
                     np.issubdtype(a[k].dtype, np.integer) and a[k].ndim == (2 if k ==
                                                                            "mvmu_loc" else 1)):
                 raise ProgramError(f"{apath}: {k} must be a {'2' if k == 'mvmu_loc' else '1'}"
                                    f"-D integer array (got {a[k].dtype}, {a[k].ndim}-D)")
+            if a[k].dtype == np.uint64 and a[k].size and a[k].max() > np.iinfo(np.int64).max:
+                raise ProgramError(f"{apath}: {k} holds {int(a[k].max())}, past the int64 "
+                                   f"the machine's words are")
         n_seg = len(a["init_start"]) - 1
         if not (n_seg >= 0 and a["init_start"][0] == 0
                 and a["init_start"][-1] == len(a["init_values"])
@@ -369,8 +400,10 @@ class Program:
         malformed = (KeyError, TypeError, ValueError, IndexError, AttributeError)
         try:
             parts = cls._parts(manifest, a)
-        except XbarsimError:
-            raise
+        except ConfigError as e:   # name the file the machine came from
+            raise ProgramError(f"{mpath}: config: {e}") from e
+        except XbarsimError as e:
+            raise ProgramError(f"{mpath}: {e}") from e
         except malformed as e:
             # a hand-edited or truncated manifest: name the file, not the Python error site
             raise ProgramError(f"{mpath}: malformed ({type(e).__name__}: {e}); recompile "
@@ -391,7 +424,7 @@ class Program:
                 zip(a["init_tile"], a["init_addr"], a["init_count"], a["init_start"][:-1],
                     a["init_start"][1:])]
         return dict(
-            config=cfg, n_tiles=int(manifest["n_tiles"]),
+            config=cfg, n_tiles=_json_int(manifest["n_tiles"], "n_tiles"),
             core_code=_split(a["core_code"], a["core_start"]),
             tile_code=_split(a["tile_code"], a["tile_start"]),
             control_tiles=a.get("control_tiles"),   # older files: one stream per tile
@@ -401,8 +434,9 @@ class Program:
             mvmu_adc_bits=a.get("mvmu_adc_bits", np.zeros(0)),
             mvmu_layer=a.get("mvmu_layer", np.zeros(0)),
             mem_init=init, mem_words=a.get("mem_words"),
-            inputs=[TensorPort.from_dict(d) for d in manifest.get("inputs", [])],
-            outputs=[TensorPort.from_dict(d) for d in manifest.get("outputs", [])],
+            # every version wrote both: a missing list would load a program with no ports
+            inputs=[TensorPort.from_dict(d) for d in manifest["inputs"]],
+            outputs=[TensorPort.from_dict(d) for d in manifest["outputs"]],
             layers=manifest.get("layers", []), mapping=manifest.get("mapping", {}),
         )
 
@@ -563,6 +597,11 @@ def validate(prog: Program) -> None:
                            f"an input has at most one copy per tile")
     for port in prog.inputs + prog.outputs:
         _validate_port(port)
+        if not (0 <= port.tile < tiles and 0 <= port.addr
+                and port.addr + port.size <= prog.mem_words[port.tile]):
+            # before listing the addresses: a huge shape or address would be allocated first
+            raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
+                               f"(+{port.size}) outside the tile's memory")
         addrs = port.addresses()
         if not (0 <= port.tile < tiles and 0 <= port.addr and (
                 addrs.size == 0 or addrs.max() < prog.mem_words[port.tile])):
@@ -575,16 +614,19 @@ def _validate_port(port: TensorPort) -> None:
     what = f"tensor {port.name!r}"
     if not (isinstance(port.name, str) and port.name):
         raise ProgramError(f"{what}: its name must be a non-empty string")
-    if not (port.shape and all(isinstance(d, (int, np.integer)) and d >= 1
-                               for d in port.shape)):
-        raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers")
+    if not (port.shape and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               and 1 <= d <= MAX_MEM_WORDS for d in port.shape)
+            and port.size <= MAX_MEM_WORDS):
+        raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers of "
+                           f"at most {MAX_MEM_WORDS} elements in all")
     if not (np.isfinite(port.scale) and port.scale > 0):
         raise ProgramError(f"{what}: scale {port.scale} must be finite and positive")
     if not 0 <= port.count <= MAX_COUNT:
         raise ProgramError(f"{what}: consumer count {port.count} outside 0..{MAX_COUNT}")
     if port.map_layout is not None:
         H, W, C, pt, pl, Wp = port.map_layout
-        if min(H, W, C) < 1 or pt < 0 or pl < 0 or Wp < W + pl or H * W * C != port.size:
+        if min(H, W, C) < 1 or pt < 0 or pl < 0 or Wp < W + pl or H * W * C != port.size \
+                or (H + pt) * Wp * C > MAX_MEM_WORDS:
             raise ProgramError(f"{what}: map layout {list(port.map_layout)} (H, W, C, pad "
                                f"top, pad left, padded width) does not fit its shape "
                                f"{list(port.shape)}")

@@ -221,3 +221,15 @@ def test_class_count_of_a_limited_builtin_set_is_the_sets():
     assert num_classes("digits", few) == num_classes("Fashion-MNIST", few) == 10
     assert num_classes("my_data.npz", few, np.array([2])) == 7   # other data: its labels
     assert num_classes("digits", np.array([12])) == 13            # never fewer than seen
+
+
+def test_float16_labels_load_without_an_overflow_warning(tmp_path):
+    """Integral float16 labels are valid; checking them against 2**31 in their own type
+    overflowed and printed a RuntimeWarning."""
+    import warnings
+    np.savez(tmp_path / "f16.npz", x=np.zeros((4, 8, 8), np.uint8),
+             y=np.array([0, 1, 2, 3], np.float16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, y = data.load_npz(tmp_path / "f16.npz")
+    assert y.tolist() == [0, 1, 2, 3] and y.dtype == np.int64

@@ -48,6 +48,24 @@ def test_resume_continues_the_same_run(tmp_path):
     train("lenet5", "digits", 1, out_dir=tmp_path / "b", resume=False, **{**quick, "seed": 2})
 
 
+@pytest.mark.parametrize("damage,match", [
+    (lambda c: c.pop("optimizer"), "KeyError: 'optimizer'"),
+    (lambda c: c.pop("history"), "KeyError: 'history'"),
+    (lambda c: c["model"].update({k: v[:1] for k, v in list(c["model"].items())[:1]}),
+     "RuntimeError: Error"),
+])
+def test_a_damaged_checkpoint_is_one_error_naming_it(tmp_path, damage, match):
+    """It passed the same-run check, then the resume crashed with a traceback."""
+    quick = {"limit": 64, "batch_size": 32, "progress": False, "seed": 1}
+    train("mlp", "digits", 1, out_dir=tmp_path, **quick)
+    ckpt = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "mlp.ckpt")
+    with pytest.raises(ModelError, match=f"checkpoint .*mlp.ckpt: damaged \\({match}") as e:
+        train("mlp", "digits", 2, out_dir=tmp_path, **quick)
+    assert "\n" not in str(e.value)
+
+
 def test_train_on_arrays_and_other_models(tmp_path):
     # two classes a brightness offset apart: 57.5 % is the majority class, which an
     # untrained (or never-stepped) model scores (pixels in [0, 1], as the loaders require)

@@ -330,6 +330,32 @@ def _edit_manifest(fn):
     # two outputs named alike: the second silently replaced the first
     (_edit_manifest(lambda m: m["outputs"].append(dict(m["outputs"][0]))),
      "output tensor 'y' is listed twice; output names must be unique"),
+    # found by review (stop 33): each loaded wrong, or crashed with a traceback
+    (_edit_manifest(lambda m: m.pop("outputs")), r"manifest.json: malformed .*'outputs'"),
+    (_edit_manifest(lambda m: m.pop("inputs")), r"manifest.json: malformed .*'inputs'"),
+    (_edit_arrays(lambda a: a.update(mvmu_adc_bits=a["mvmu_adc_bits"].astype(np.int64)
+                                     + 2 ** 32)),
+     "mvmu_adc_bits: 42949672.. is outside the int32 range"),     # read as its low bits
+    (_edit_arrays(lambda a: a.update(
+        init_start=np.array([0, 1]), init_tile=np.zeros(1, int), init_addr=np.zeros(1, int),
+        init_count=np.zeros(1, int), init_values=np.array([2 ** 64 - 1], np.uint64))),
+     "init_values holds 18446744073709551615, past the int64"),   # wrapped to -1
+    (_edit_arrays(lambda a: a.update(core_start=a["core_start"] + 0.0)),
+     "core_start must be a 1-D integer array"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(addr=10 ** 20)),
+     r"tensor 'y' at tile 0 addr 100000000000000000000 \(\+16\) outside the tile's memory"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(shape=[10 ** 10])),
+     r"shape \[10000000000\] must be positive integers of at most"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(shape=[True, 16])),
+     r"shape \[True, 16\] must be positive integers"),
+    (_edit_manifest(lambda m: m.update(n_tiles=1.9)), "n_tiles: 1.9 is not an integer"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(count=0.7)),
+     "tensor 'y' count: 0.7 is not an integer"),
+    (_edit_manifest(lambda m: m.update(version=True)), "format version True"),
+    (_edit_manifest(lambda m: m["config"]["xbar"].update(rowz=4)),
+     r"manifest.json: config: xbar.rowz: unknown key"),
+    (lambda folder: (folder / "manifest.json").write_text("[" * 10 ** 5 + "]" * 10 ** 5),
+     "manifest.json: not valid JSON"),                               # RecursionError
 ])
 def test_malformed_program_files_are_refused_at_load(tmp_path, edit, match):
     """What a hand-edited or cut program file says must hold before anything runs: each of
