@@ -102,7 +102,8 @@ def run_model(args) -> dict:
     print(rep.summary())
     e_img = rep.energy_j["total"]
     print(f"per image    {rep.latency_s * 1e6:10.3f} us latency, {e_img * 1e6:.3f} uJ "
-          f"(one inference; the batch of {batch} is {batch} inferences)")
+          f"(one inference" + (f"; the batch of {batch} is {batch} inferences)" if batch > 1
+                                else ")"))
     # one graph output: its figures at the top level; several: one entry per output
     per_output = {k: v for k, v in acc.items() if isinstance(v, dict)} or (
         {"": acc} if "max_abs_err" in acc else {})

@@ -949,7 +949,8 @@ def cmd_sweep(args) -> int:
               f"same command to resume", file=sys.stderr)
         return 130
     a = df.attrs
-    print(f"{len(df)} points: {len(df) - a['failed']} ok, {a['failed']} failed; computed "
+    print(f"{len(df)} point{'s' * (len(df) != 1)}: {len(df) - a['failed']} ok, "
+          f"{a['failed']} failed; computed "
           f"{a['computed']}, reused {a['cached']} from {paths['points']}/ "
           f"({time.perf_counter() - t0:.1f} s)")
     for _, r in df[df["status"] != "ok"].head(5).iterrows():

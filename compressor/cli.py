@@ -402,8 +402,9 @@ def _load_model(args, train, test):
                **options}
     model = zoo.build(arch, seed=0, **options)
     if path.suffix == ".pt":
-        from models.checkpoints import load_dict
+        from models.checkpoints import check_finite, load_dict
         state = load_dict(path, CompressionError, "state dict")
+        check_finite(state, path, CompressionError, "state dict")
         mismatch = _state_mismatch(model.state_dict(), state)
         if mismatch:
             raise CompressionError(f"cannot load {name} into {arch}: {mismatch}")

@@ -18,7 +18,7 @@ after ``pretrain`` also matches the dense model's softened outputs (knowledge di
 the dense logits of every training image computed once when compression starts.
 
 With ``retrain.keep: best`` the run ends on the retraining epoch whose model scored highest
-on the evaluation set (``test`` below, which should then be a validation split, not the test
+on the evaluation set (``val`` below, which should then be a validation split, not the test
 set); every retraining epoch is feasible (masked and quantized), so any of them can be kept.
 ``CompressionResult.selected_epoch`` says which. With ``retrain.keep: average`` it ends on
 the mean of the last ``average_epochs`` epochs' weights (stochastic weight averaging; a
@@ -131,11 +131,11 @@ class CompressionResult:
 
 
 def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
-             test: tuple[np.ndarray, np.ndarray], *, method: str = "admm",
+             val: tuple[np.ndarray, np.ndarray], *, method: str = "admm",
              checkpoint: str | os.PathLike | None = None, resume: bool = True,
              progress: bool = True) -> CompressionResult:
-    """Compress ``model`` in place by ``recipe``; ``train``/``test`` are ``(x, y)`` arrays
-    (float32 inputs, int64 labels). ``test`` is the set every epoch is scored on, and
+    """Compress ``model`` in place by ``recipe``; ``train``/``val`` are ``(x, y)`` arrays
+    (float32 inputs, int64 labels). ``val`` is the set every epoch is scored on, and
     ``retrain.keep: best`` selects on it: give a validation split, not the test images the
     results are reported on. Validates the recipe against the model before training.
     """
@@ -147,7 +147,7 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     fold = [n for n, c in layers.items() if c.quant is not None and c.quant.pow2 == "fold"]
     if fold:
         check_foldable(model, fold)     # before any training
-    run = _Run(model, recipe, layers, method, train, test, checkpoint, progress)
+    run = _Run(model, recipe, layers, method, train, val, checkpoint, progress)
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         run.load()
     result = run.go()

@@ -35,3 +35,11 @@ def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file
     if not isinstance(obj, dict):
         raise error(f"{what} {path} holds a {type(obj).__name__}, not a dictionary of tensors")
     return obj
+
+
+def check_finite(state: dict, path, error: type[Exception], what: str = "weights") -> None:
+    """Refuse a state dict with a NaN or infinite entry, naming the first such tensor: the
+    model would export, compress or train on it and fail later, or quietly compute NaN."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise error(f"{what} {path}: {name} holds NaN or infinite values")

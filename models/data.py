@@ -237,8 +237,11 @@ def load(spec: str | os.PathLike, split: str = "train",
                         f"data needs both")
     if path.is_dir():
         return load_idx_pair(path, split, limit)
-    raise DataError(f"unknown data set {name!r}: use fashion-mnist, digits, a folder of IDX "
-                    f"or train/test .npz files, or an .npz file")
+    # a path-like name is a folder or file the user meant: say it is not there
+    what = (f"{name!r}: no such file or folder" if os.sep in str(name) or "." in str(name)
+            else f"unknown data set {name!r}")
+    raise DataError(f"{what}; use fashion-mnist, digits, a folder of IDX or train/test .npz "
+                    f"files, or an .npz file")
 
 
 def data_files(spec: str | os.PathLike) -> list[Path]:

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.checkpoints import load_dict
+from models.checkpoints import check_finite, load_dict
 from models.errors import ModelError
 from models.zoo import build
 from simulator.errors import first_line
@@ -138,6 +138,7 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         _check_training_options(name_or_module, kw, Path(weights))
     if weights is not None:
         state = load_dict(weights, ModelError, "weights")
+        check_finite(state, weights, ModelError)
         try:
             model.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as e:

@@ -13,6 +13,7 @@ already written is removed. The compiler, models and compressor are imported laz
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from .errors import XbarsimError
 from .fileio import check_writable_folder
 
 EXIT_USER_ERROR = 2
+#: Ctrl-C (128 + SIGINT), as the shells and every xbarsim command; a closed pipe (128 + SIGPIPE)
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 class UserError(XbarsimError):
@@ -285,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except XbarsimError as e:
         return _fail(str(e))
+    except BrokenPipeError:   # `xbarsim run ... | head`: the reader left; nothing to say
+        try:   # and nothing more to write: Python's flush at exit would complain again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
     except OSError as e:      # missing file, a file where a folder belongs, disk full...
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except ValueError as e:   # errors of models/compressor (DataError, CompressionError...)
@@ -293,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except MemoryError as e:  # e.g. --random 100000000000: numpy names the size
         return _fail(f"out of memory ({e}); ask for a smaller batch or model")
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+    except KeyboardInterrupt:   # as sweep, compress and train
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
     finally:
         warnings.formatwarning = fmt
 

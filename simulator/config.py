@@ -439,7 +439,10 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from e
-        cfg = from_dict(data or {})
+        try:
+            cfg = from_dict(data or {})
+        except ConfigError as e:   # name the file the bad key or value is in
+            raise ConfigError(f"{path}: {e}") from e
     return with_overrides(cfg, overrides)
 
 

@@ -504,3 +504,18 @@ def test_the_cli_starts_without_importing_onnx_or_torch():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+@pytest.mark.parametrize("raised,code,stderr", [(KeyboardInterrupt, 130, "error: interrupted"),
+                                                (BrokenPipeError, 141, "")])
+def test_ctrl_c_and_a_closed_pipe_exit_as_the_shell_expects(monkeypatch, capsys, raised, code,
+                                                            stderr):
+    """Ctrl-C exits 130 as sweep, compress and train do (run exited 2); `xbarsim run | head`
+    leaving early is no error ("[Errno 32] Broken pipe" was printed)."""
+    from simulator import cli, config
+
+    def boom(*a, **k):
+        raise raised()
+    monkeypatch.setattr(config, "preset_names", boom)
+    assert cli.main(["presets"]) == code
+    assert capsys.readouterr().err.strip() == stderr

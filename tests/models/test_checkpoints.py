@@ -32,3 +32,17 @@ def test_each_unusable_file_gets_its_own_one_line_reason(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"w": torch.ones(3)}, good)
     assert torch.equal(load_dict(good, Refused)["w"], torch.ones(3))
+
+
+def test_export_of_nan_weights_is_refused_naming_the_tensor(tmp_path):
+    """They exported without complaint; compile refused them only later."""
+    from models import build
+    from models.errors import ModelError
+    from models.onnx_export import export
+    state = build("mlp", seed=0).state_dict()
+    name = next(iter(state))
+    state[name][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ModelError, match=f"weights .*nan.pt: {name} holds NaN or infinite"):
+        export("mlp", tmp_path / "m.onnx", weights=tmp_path / "nan.pt")
+    assert not (tmp_path / "m.onnx").exists()

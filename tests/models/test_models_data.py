@@ -147,8 +147,10 @@ def test_splits_of_different_image_sizes_are_refused(tmp_path):
         data.load_splits(tmp_path)
 
 def test_unknown_spec_and_split(tmp_path):
-    with pytest.raises(DataError, match="unknown data set"):
+    with pytest.raises(DataError, match="nothing-here': no such file or folder; use"):
         data.load(tmp_path / "nothing-here")
+    with pytest.raises(DataError, match="unknown data set 'mnist'; use fashion-mnist"):
+        data.load("mnist")
     with pytest.raises(DataError, match="split"):
         data.load("digits", "validation")
 

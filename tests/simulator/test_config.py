@@ -80,6 +80,9 @@ def test_unknown_preset_lists_the_available_ones(tmp_path):
     bad.write_text("xbar: {rows: [1, 2}\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("adcx: {bits: 4}\n")     # the key's error named no file
+    with pytest.raises(ConfigError, match=r"bad.yaml: adcx: unknown key"):
+        load_config(bad)
 
 
 def test_yaml_file_preset(tmp_path):
