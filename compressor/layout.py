@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from simulator.errors import first_line
 
-from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes, through_elementwise
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes
 from .projections import PER_SEGMENT
 
 #: Structures whose promise depends on which inputs share a crossbar in the chip's order:
@@ -87,8 +87,14 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
         if node.op != "call_module" or node.target not in names \
                 or not isinstance(modules[node.target], nn.Linear):
             continue
-        shape = _flattened_map(through_elementwise(node.args[0] if node.args else None,
-                                                    modules), modules)
+        try:
+            shape = _flattened_map(_through_same_order(node.args[0] if node.args else None,
+                                                       modules), modules)
+        except _OrderUnknown as e:
+            warnings.warn(f"{node.target}: its inputs pass {e} before the flatten; neither "
+                          f"torch's order nor the channel-last one is the chip's, so it is "
+                          f"constrained in torch's order", stacklevel=2)
+            continue
         # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
         if shape is not None and shape[0] > 1 and math.prod(shape[1:]) > 1 \
                 and math.prod(shape) == modules[node.target].in_features:
@@ -137,7 +143,8 @@ def _is_map(node, modules, rank: int) -> bool:
     convolution or pooling through ops that keep maps, or the model's input, whose 4-D
     ``(N, C, H, W)`` and 3-D ``(N, C, L)`` forms the compiler stores as maps alike
     (``compiler.lower.LowerContext.new_tensor``): a sequence ``(N, T, F)`` too, as ``(F,
-    T)``."""
+    T)``. Every op that keeps its input's shape and order keeps a map a map there
+    (PReLU, ``x * 0.5``, SiLU...: the compiler lowers them in place), not only a list."""
     while isinstance(node, torch.fx.Node):
         if node.op == "placeholder":
             return rank in (3, 4)
@@ -148,8 +155,97 @@ def _is_map(node, modules, rank: int) -> bool:
                  and isinstance(modules[node.target], _MAP_KEEPING_MODULES)
                  or node.op == "call_function" and node.target in _MAP_KEEPING_FUNCTIONS
                  or node.op == "call_method" and node.target in ("relu", "contiguous", "add"))
-        if not keeps or not node.args:
+        if keeps and node.args:
+            first = node.args[0]
+            node = first[0] if isinstance(first, (list, tuple)) and first else first
+            continue
+        if _reorders(node):
+            perm = _permutation(node, rank)
+            if perm in ((0, 2, 3, 1), (0, 2, 1)):
+                return False      # to channel-last: the compiler's words, in torch's order
+            raise _OrderUnknown(f"a {node.target if isinstance(node.target, str) else ''}"
+                                f"{getattr(node.target, '__name__', '')} "
+                                f"{'' if perm is None else list(perm)}".rstrip())
+        nxt = _same_order_source(node, modules)
+        if nxt is None:
             return False
-        first = node.args[0]
-        node = first[0] if isinstance(first, (list, tuple)) and first else first
+        node = nxt
     return False
+
+
+class _OrderUnknown(Exception):
+    """A map reaches the flatten through a reordering the view cannot state."""
+
+
+def _reorders(node) -> bool:
+    return node.op in ("call_function", "call_method") and _name(node) in _REORDERING
+
+
+def _name(node) -> str:
+    t = node.target
+    return (t if isinstance(t, str) else getattr(t, "__name__", "")).lower().lstrip("_")
+
+
+def _permutation(node, rank: int) -> tuple[int, ...] | None:
+    """The axis order a ``permute`` or ``transpose`` node gives a ``rank``-D tensor (None:
+    another reordering, or arguments that are not plain integers)."""
+    args = [a for a in node.args[1:]]
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = list(args[0])
+    if not all(isinstance(a, int) for a in args):
+        return None
+    args = [a % rank for a in args]
+    if _name(node) == "permute" and sorted(args) == list(range(rank)):
+        return tuple(args)
+    if _name(node) in ("transpose", "swapaxes", "swapdims") and len(args) == 2:
+        perm = list(range(rank))
+        perm[args[0]], perm[args[1]] = perm[args[1]], perm[args[0]]
+        return tuple(perm)
+    return None
+
+
+#: Ops that keep a tensor's shape but not its words' order, or mix positions: a map read
+#: through them is not the map the compiler stored.
+_REORDERING = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "flip",
+               "fliplr", "flipud", "roll", "rot90", "t", "matmul", "bmm", "mm", "einsum",
+               "linear", "conv_transpose2d", "conv_transpose1d", "unfold", "fold"}
+
+
+def _same_order_source(node, modules):
+    """The fx node ``node`` computes its output from element for element in the same
+    order and shape (an activation, a scaling, a normalisation: what the compiler lowers in
+    place), or None: a shape change, a reordering (:data:`_REORDERING`), a module that mixes
+    positions (a Linear, a convolution, an attention), or no such input."""
+    if node.op == "call_module":
+        if not isinstance(modules[node.target], PER_NEURON_MODULES + _SAME_ORDER_MODULES):
+            return None
+    elif node.op in ("call_function", "call_method"):
+        if _reorders(node):
+            return None
+    else:
+        return None
+    out = node.meta.get("tensor_meta")
+    for a in node.args:
+        meta = a.meta.get("tensor_meta") if isinstance(a, torch.fx.Node) else None
+        if meta is not None and out is not None and hasattr(meta, "shape") \
+                and hasattr(out, "shape") and tuple(meta.shape) == tuple(out.shape):
+            return a
+    return None
+
+
+#: Modules that act on every element alike, beyond the per-neuron ones connectivity knows.
+_SAME_ORDER_MODULES = (nn.PReLU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
+                       nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold,
+                       nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Softmax2d,
+                       nn.AlphaDropout, nn.Dropout1d, nn.Dropout2d, nn.BatchNorm2d)
+
+
+def _through_same_order(node, modules):
+    """``node`` followed back through ops that keep their input's shape and order
+    (:func:`_same_order_source`), to the first that does not (a flatten, say)."""
+    while isinstance(node, torch.fx.Node):
+        nxt = _same_order_source(node, modules)
+        if nxt is None:
+            return node
+        node = nxt
+    return node

@@ -63,9 +63,12 @@ Quantization: the set ``{s·q : q integer, qmin <= q <= qmax}`` with ``(qmin, qm
 nearest, clip). Without a given scale, ``s`` is searched to minimise the distance (see
 :func:`best_scale`): that search is not guaranteed globally optimal for a free real scale, but
 it is exact over power-of-two scales (``pow2=True``) and it recovers the scale of a point that
-already lies on a lattice (so projections are idempotent). ``exact_scale`` (a recipe's
-``quant.exact_scale``) finds the free scale exactly instead (:func:`exact_scale`: the nearest
-point of the whole set ``{s·q}`` over float32 scales), at seconds per million weights; off
+already lies on a lattice (so projections are idempotent, up to float rounding: a float32
+weight ``float32(q·s)`` is off the lattice by its rounding, and a re-projection may move it
+by an ulp; for levels above 256 only some lattices are tried, :func:`best_scale`).
+``exact_scale`` (a recipe's ``quant.exact_scale``) finds the free scale exactly instead
+(:func:`exact_scale`: the nearest point of the whole set ``{s·q}`` over float32 scales, up to
+float64 rounding), at seconds per million weights; off
 by default, as the benchmark's runs were made with the search (it came within 4e-6 of the
 exact distance on 4 M Gaussian weights at 3 bits).
 
@@ -158,7 +161,9 @@ def project_structured(w, geom: CrossbarGeometry, structure: str, amount: float)
 
 def project_levels(w, bits: int, mapping: str = "differential", scale=None,
                    pow2: bool = False, per_channel: bool = False, exact_scale: bool = False):
-    """Nearest point of ``{s·q}``, ``q`` a ``bits``-bit level under ``mapping``.
+    """Nearest point of ``{s·q}``, ``q`` a ``bits``-bit level under ``mapping``, for a given
+    ``scale`` or over powers of two; with a free searched scale, the point of the scale the
+    search finds (not guaranteed nearest: module docstring).
 
     ``scale`` (weight units per level) is searched when None (:func:`best_scale`); with
     ``pow2`` the search is restricted to ``2**k`` (integer-only hardware: a shift, no
@@ -172,7 +177,8 @@ def project_levels(w, bits: int, mapping: str = "differential", scale=None,
 
 def project_conductance(w, geom: CrossbarGeometry, scale=None, pow2: bool = False,
                         per_channel: bool = False):
-    """Nearest point whose levels the geometry's cells can store (``geom.levels``)."""
+    """Nearest point whose levels the geometry's cells can store (``geom.levels``), for a
+    given ``scale`` or over powers of two (a free scale is searched: :func:`project_levels`)."""
     return project_levels(w, geom.weight_bits, geom.mapping, scale, pow2, per_channel)
 
 
@@ -180,7 +186,9 @@ def project_sparse_quantized(w, geom: CrossbarGeometry, structure: str, amount: 
                              bits: int, mapping: str = "differential",
                              scale=None, pow2: bool = False, per_channel: bool = False):
     """Nearest point that is both ``structure``-sparse and on the ``bits``-bit level set
-    (``per_channel``: a scale per output channel)."""
+    (``per_channel``: a scale per output channel), for a given ``scale`` or over powers of
+    two; with a free scale, the best of a search (it was 2.9x the least squared distance on
+    one 3×2 case a review found: module docstring)."""
     return _apply(w, geom, structure, amount, (bits, mapping, scale, pow2, per_channel))
 
 
@@ -426,8 +434,10 @@ def best_scale(x: np.ndarray, qmin: int, qmax: int, pow2: bool = False) -> float
     finer ones down to a quarter of it (clipping the tails) and 32 coarser ones are ranked
     on a 16384-entry stride sample of ``x``; (2) if ``x`` already lies on a lattice, its
     scale ``max|x| / m`` (``m`` its largest level) is found exactly, so projections are
-    idempotent: every ``m`` up to 256, and above that the multiples of the denominators of
-    ``x``'s ratios to ``max|x|`` (:func:`_lattice_levels`); (3) the best two ranked are
+    idempotent: every ``m`` up to 256, and above that the first 64 multiples of the
+    denominators of ``x``'s ratios to ``max|x|`` (:func:`_lattice_levels`; a lattice whose
+    largest level lies beyond them, e.g. 1275 where the ratios give 17, is not recovered and
+    the point moves to another lattice within float rounding); (3) the best two ranked are
     refined by Lloyd iterations (``s = <x,q>/<q,q>``) on all of ``x``. Measured within 1 %
     of a 4000-point dense search for Gaussian weights of 2..8 bits
     (``tests/compressor/test_projections.py``). Returns 1.0 for an ``x`` that is all zero in
@@ -494,7 +504,10 @@ EXACT_SCALE_MAX_EVENTS = 1 << 25
 
 
 def exact_scale(x: np.ndarray, qmin: int, qmax: int, start: float | None = None) -> float:
-    """The float32 scale ``s`` minimising ``‖x − s·clip(round(x/s), qmin, qmax)‖`` exactly.
+    """The float32 scale ``s`` minimising ``‖x − s·clip(round(x/s), qmin, qmax)‖``, exactly
+    up to float64 rounding of the interval sums (about eps·‖x‖²): where many lattices fit
+    ``x`` to within that, as for a point on a lattice whose levels share a factor, it may
+    return one of them rather than the least.
 
     As ``s`` falls, weight ``x_i`` moves from level ``k`` to ``k + 1`` (towards its side's
     cap) where ``|x_i| / s = k + ½``; between two such breakpoints the levels are fixed and

@@ -110,6 +110,12 @@ def _flatten_forms():
         # after a permute the compiler stores the words as they are: torch's order holds
         (Net(lambda x: x.permute(0, 2, 3, 1).flatten(1)), "fc", None),
         (nn.Sequential(*conv(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)), "6", view),
+        # ops outside any list that keep shape and order: the compiler lowers them in place,
+        # so the map stays a map (found by review: no view, and TinyADC's bound broke)
+        (Net(nn.Sequential(nn.PReLU(), nn.Flatten())), "fc", view),
+        (Net(lambda x: torch.flatten(x * 0.5, 1)), "fc", view),
+        (Net(lambda x: x.sigmoid().flatten(1)), "fc", view),
+        (Net(lambda x: torch.flatten(nn.functional.hardtanh(x), 1)), "fc", view),
     ]
 
 
@@ -138,7 +144,7 @@ def _compiled_rows(model, monkeypatch, sample=None):
     return seen
 
 
-@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("i", range(len(_flatten_forms())))
 def test_the_view_gives_the_compilers_row_order(i, monkeypatch):
     """For each form, the crossbar rows the compressor constrains are the Gemm rows the
     compiler lays out; the shape pass moves no batch-norm statistics."""
@@ -153,6 +159,23 @@ def test_the_view_gives_the_compilers_row_order(i, monkeypatch):
     rows = to_crossbar(np.arange(64)[None, :], None if view is None else (1, *view[1:]))[:, 0]
     chip = _compiled_rows(model, monkeypatch)
     assert chip and all(np.array_equal(r, rows) for r in chip.values())
+
+
+def test_a_transposed_map_is_said_to_be_read_in_neither_order():
+    """A transpose of a square map's H and W keeps its shape, not its order: the compiler
+    keeps the words and records the permutation, so the chip's rows are neither torch's
+    nor the channel-last view's. Said, not silently constrained in a wrong order."""
+    from compressor.layout import crossbar_views
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.conv(x).transpose(2, 3), 1))
+    with pytest.warns(UserWarning, match=r"fc: its inputs pass a transpose \[0, 1, 3, 2\]"):
+        assert crossbar_views(Net(), ["fc"], torch.zeros(1, 1, 4, 4)) == {}
 
 
 def test_a_sequence_input_is_read_in_the_compilers_order(monkeypatch):
