@@ -45,7 +45,9 @@ import itertools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -523,6 +525,23 @@ def _init_local_worker(started) -> None:
     global _STARTED
     _STARTED = started
     _pin_threads()
+    # spawned with Ctrl-C ignored (_spawned_deaf); from here on it stops the worker at once
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _spawned_deaf():
+    """Processes started inside begin with Ctrl-C ignored: one that lands while a worker
+    is still importing would print a traceback there (Python installs its handler only
+    where SIGINT is not ignored). The parent's Ctrl-C is off only while it submits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _evaluate_local(fn, i: int, task: dict, data):
@@ -560,7 +579,8 @@ def _local_pool(jobs, todo, workers, points_dir):
     with _pinned_env(), ProcessPoolExecutor(workers, mp_context=ctx,
                                             initializer=_init_local_worker,
                                             initargs=(started,)) as pool:
-        futs = {pool.submit(_evaluate_local, evaluate_point, i, *jobs[i]): i for i in todo}
+        with _spawned_deaf():   # submit spawns the workers
+            futs = {pool.submit(_evaluate_local, evaluate_point, i, *jobs[i]): i for i in todo}
         try:
             for f in as_completed(futs):
                 try:

@@ -576,3 +576,31 @@ def test_a_zoo_export_is_redone_when_the_model_code_or_torch_changes(tmp_path, m
     monkeypatch.setattr(sw, "export_fingerprint", lambda: "edited")
     _, b = sw.resolve_model("vgg8:width=0.25", tmp_path)
     assert b != a and b.name == "vgg8-width=0.25.edited.onnx" and calls == ["vgg8"] * 2
+
+
+def _report_sigint(q):
+    import signal
+    q.put(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    from compiler.sweep import _init_local_worker
+    _init_local_worker(None)
+    q.put(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
+def test_workers_start_deaf_to_ctrl_c_until_their_initializer():
+    """A Ctrl-C landing while a spawned worker still imports printed a traceback there
+    (found by review); workers now begin with SIGINT ignored, and their initializer gives
+    it back, so a later Ctrl-C still stops them at once. The parent's handler is kept."""
+    import multiprocessing as mp
+    import signal
+
+    from compiler.sweep import _spawned_deaf
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    before = signal.getsignal(signal.SIGINT)
+    with _spawned_deaf():
+        p = ctx.Process(target=_report_sigint, args=(q,))
+        p.start()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert q.get(timeout=60) is True and q.get(timeout=60) is True
+    p.join(60)
+    assert p.exitcode == 0
