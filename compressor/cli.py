@@ -97,6 +97,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     except (CompressionError, ModelError, ConfigError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:   # the reader of stdout left: xbarsim's main says nothing
+        raise
     except OSError as e:  # an unwritable output, a full disk
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USER_ERROR

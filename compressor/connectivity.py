@@ -115,12 +115,6 @@ def _elementwise(node, modules) -> bool:
             and len(node.args) == 2 and isinstance(node.args[1], Number))
 
 
-def through_elementwise(node, modules):
-    """The fx node ``node`` is computed from through elementwise ops, whatever else reads
-    them (``node`` itself when it is none of them)."""
-    return _walk(node, modules, dims=())[0]
-
-
 def _walk(src, modules: dict, dims: tuple[int, ...]):
     """``(node, seen)``: the fx node ``src`` is computed from through elementwise ops and ops
     on maps of the spatial dimensionalities ``dims`` (``src`` itself when it is none of

@@ -241,7 +241,7 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     geometry's rows, and reads that each lie within one of the geometry's reads; anything
     else is a one-line error saying which.
     """
-    from simulator.crossbar import lossless_adc_bits
+    from simulator.crossbar import lossless_adc_bits, weight_range
 
     from .projections import PER_SEGMENT
 
@@ -280,7 +280,9 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     out = {}
     for where, meta, sparsity in layers:
         init = _meta_field(meta, "initializer", where)
-        lo, hi = (int(v) for v in _meta_field(meta, "levels", where))
+        # a bound without quantization: the compiler's own levels, any the machine stores
+        lo, hi = (int(v) for v in meta["levels"]) if meta.get("levels") else weight_range(
+            machine.weight_bits, x.mapping)
         n = int(_meta_field(sparsity, "n", where))
         if init not in by_weight:
             raise CompressionError(f"{where}: no Conv/Gemm/MatMul reads {init!r}")

@@ -55,7 +55,8 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
                    ) -> dict[str, tuple[int, ...]]:
     """``{name: (out, C, H, W)}`` for each ``nn.Linear`` among ``names`` whose input is a
     feature map flattened from dimension 1 (``C > 1`` channels of more than one pixel),
-    through elementwise ops: an ``(N, C, H, W)`` map, or a 1-D convolution's ``(N, C, L)``
+    through ops that keep its shape and order: an ``(N, C, H, W)`` map, or a 1-D
+    convolution's ``(N, C, L)``
     (view ``(out, C, L)``; the compiler stores it ``(1, L, C)``). ``sample``: one input
     batch for the shapes. ``{}`` without a sample; ``{}`` where torch.fx cannot trace the
     model (the weights are then read in torch's order), with a warning if it has

@@ -1,7 +1,7 @@
 """The compression run: pretrain → ADMM → hard projection → masked retraining → snap.
 
 >>> from compressor import compress, load_recipe
->>> result = compress(model, load_recipe("lenet5_block"), (x_train, y_train), (x_test, y_test),
+>>> result = compress(model, load_recipe("lenet5_block"), (x_train, y_train), (x_val, y_val),
 ...                   checkpoint="runs/lenet5.ckpt")
 >>> result.accuracy          # {"dense": ..., "projected": ..., "final": ...}
 
@@ -203,10 +203,10 @@ def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
 class _Run:
     """One compression run's state; ``stage``/``step`` say what is done (for resume)."""
 
-    def __init__(self, model, recipe, layers, method, train, test, checkpoint, progress):
+    def __init__(self, model, recipe, layers, method, train, val, checkpoint, progress):
         self.model, self.recipe, self.layers, self.method = model, recipe, layers, method
         self.x, self.y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
-        self.xt, self.yt = np.asarray(test[0], np.float32), np.asarray(test[1], np.int64)
+        self.xt, self.yt = np.asarray(val[0], np.float32), np.asarray(val[1], np.int64)
         if len(self.x) < 2:
             raise CompressionError(f"training set holds {len(self.x)} image(s); at least 2 "
                                    f"are needed (a batch of one cannot train BatchNorm)")

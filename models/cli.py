@@ -58,6 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     model_kwargs=_parse_options(args.opt), lr_decay=args.lr_decay)
     except ModelError as e:
         return _error(e)
+    except BrokenPipeError:   # the reader of stdout left: xbarsim's main says nothing
+        raise
     except OSError as e:  # an output folder that cannot be written, a full disk
         return _error(f"{e.strerror or e}: {e.filename or ''}")
     except KeyboardInterrupt:
@@ -81,6 +83,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                       verify=args.verify, seed=args.seed, **_parse_options(args.opt))
     except ModelError as e:
         return _error(e)
+    except BrokenPipeError:   # the reader of stdout left: xbarsim's main says nothing
+        raise
     except OSError as e:  # an output folder that cannot be written, a full disk
         return _error(f"{e.strerror or e}: {e.filename or ''}")
     print(f"wrote {path}" + ("; onnxruntime matches PyTorch on a sample (--verify)"

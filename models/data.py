@@ -237,9 +237,13 @@ def load(spec: str | os.PathLike, split: str = "train",
                         f"data needs both")
     if path.is_dir():
         return load_idx_pair(path, split, limit)
-    # a path-like name is a folder or file the user meant: say it is not there
-    what = (f"{name!r}: no such file or folder" if os.sep in str(name) or "." in str(name)
-            else f"unknown data set {name!r}")
+    # a path-like name is a folder or file the user meant: say what is wrong with it
+    if path.exists():
+        what = f"{name!r}: not a data set"
+    elif os.sep in str(name) or "." in str(name):
+        what = f"{name!r}: no such file or folder"
+    else:
+        what = f"unknown data set {name!r}"
     raise DataError(f"{what}; use fashion-mnist, digits, a folder of IDX or train/test .npz "
                     f"files, or an .npz file")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class TensorPort:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        # Python integers: an int64 product of a huge shape wraps (to 0, or below)
+        return math.prod(int(d) for d in self.shape)
 
     def addresses(self) -> np.ndarray:
         """Tile-memory address of each logical element (C order)."""
@@ -410,8 +412,8 @@ class Program:
                                f"with `xbarsim compile`") from e
         try:
             return cls(**parts)   # validate() checks the parts against the machine
-        except XbarsimError:
-            raise
+        except XbarsimError as e:   # name the folder the inconsistent program came from
+            raise ProgramError(f"{folder}: {e}") from e
         except malformed as e:   # arrays of the wrong rank or type that validate() trips on
             raise ProgramError(f"{folder}: inconsistent program ({type(e).__name__}: {e}); "
                                f"recompile with `xbarsim compile`") from e

@@ -519,3 +519,8 @@ def test_ctrl_c_and_a_closed_pipe_exit_as_the_shell_expects(monkeypatch, capsys,
     monkeypatch.setattr(config, "preset_names", boom)
     assert cli.main(["presets"]) == code
     assert capsys.readouterr().err.strip() == stderr
+    if raised is BrokenPipeError:   # train and compress caught it as an unwritable output
+        import models.train
+        monkeypatch.setattr(models.train, "train", boom)
+        assert cli.main(["train", "mlp", "--data", "digits", "--quiet"]) == code
+        assert capsys.readouterr().err.strip() == stderr

@@ -319,6 +319,33 @@ def test_promised_adc_bits_refuse_crossbars_the_bound_was_not_made_for(tmp_path,
     assert "\n" not in str(e.value)
 
 
+def test_promised_bits_of_a_bound_without_quantization(tmp_path):
+    """A TinyADC bound on float weights (no ``quant``: no ``levels`` in the metadata): the
+    compiler quantizes them to any level the machine stores, so the promise takes the
+    top cell level (8-bit differential on 2-bit cells: level 3; 8 x 3 = 24, 5 bits)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compressor.hardware import promised_adc_bits
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 128])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((128, 4), np.float32), "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.helper.set_model_props(model, {
+        "xbarsim.compressor": json.dumps({"format": 1, "geometry": CrossbarGeometry(
+            rows=128, cols=128, weight_bits=8).to_dict()}),
+        "xbarsim.layer.w": json.dumps({"initializer": "w", "op": "MatMul", "dtype": "float",
+                                       "constraint": {"sparsity": {"structure":
+                                                                   "tinyadc_packed", "n": 8}}})})
+    onnx.save(model, tmp_path / "f.onnx")
+    assert promised_adc_bits(tmp_path / "f.onnx", ("puma", [
+        "weight_bits=8", "xbar.mapping=differential"])) == {"MatMul_logits": 5}
+
+
 @pytest.mark.parametrize("zero_point", [None, 128])
 def test_storage_formula_counts_blocks_and_masks(tmp_path, zero_point):
     """The same levels stored as int8, or as another tool's uint8 with zero point 128

@@ -151,6 +151,9 @@ def test_unknown_spec_and_split(tmp_path):
         data.load(tmp_path / "nothing-here")
     with pytest.raises(DataError, match="unknown data set 'mnist'; use fashion-mnist"):
         data.load("mnist")
+    (tmp_path / "d.csv").write_text("1,2\n")       # there, but not a data set
+    with pytest.raises(DataError, match="d.csv': not a data set; use"):
+        data.load(tmp_path / "d.csv")
     with pytest.raises(DataError, match="split"):
         data.load("digits", "validation")
 

@@ -346,6 +346,8 @@ def _edit_manifest(fn):
      r"tensor 'y' at tile 0 addr 100000000000000000000 \(\+16\) outside the tile's memory"),
     (_edit_manifest(lambda m: m["outputs"][0].update(shape=[10 ** 10])),
      r"shape \[10000000000\] must be positive integers of at most"),
+    (_edit_manifest(lambda m: m["outputs"][0].update(shape=[65536] * 4)),   # int64 size 0
+     r"shape \[65536, 65536, 65536, 65536\] must be positive integers of at most"),
     (_edit_manifest(lambda m: m["outputs"][0].update(shape=[True, 16])),
      r"shape \[True, 16\] must be positive integers"),
     (_edit_manifest(lambda m: m.update(n_tiles=1.9)), "n_tiles: 1.9 is not an integer"),
@@ -361,8 +363,9 @@ def test_malformed_program_files_are_refused_at_load(tmp_path, edit, match):
     """What a hand-edited or cut program file says must hold before anything runs: each of
     these loaded and then ran wrong, or crashed deep in the simulator."""
     with pytest.raises(ProgramError, match=match) as e:
-        Program.load(_corrupt(tmp_path, edit))
-    assert "\n" not in str(e.value)
+        folder = _corrupt(tmp_path, edit)
+        Program.load(folder)
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(folder))
 
 
 @pytest.mark.parametrize("fn,op,imm,match", [
