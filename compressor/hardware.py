@@ -60,6 +60,8 @@ METRICS = (
     ("adc_bits_max", "lossless ADC bits, max", True),
     ("adc_bits_mean", "lossless ADC bits, mean", True),
     ("adc_bits_worst_case", "ADC bits lossless for any weights", None),
+    ("adc_bits_promised", "ADC bits TinyADC's N promises", None),
+    ("tinyadc_promise", "TinyADC's promise on the chip", None),
 )
 
 
@@ -90,7 +92,11 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     ``adc.adaptive`` would give them), ``adc_bits_worst_case`` (what an ADC of this machine
     needs to be lossless for any weights, the width TinyADC's bound is measured against),
     ``adc_bits_config`` (the ADC the machine has;
-    ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides).
+    ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides). A model
+    with TinyADC bounds adds ``adc_bits_promised`` (the widest :func:`promised_adc_bits`)
+    and ``tinyadc_promise``: ``"kept"`` where no MVMU of a bounded layer needs more than its
+    layer's promise, else how many do (``"n/a: ..."`` on crossbars the bound was not made
+    for). A static count over the compiled cells; :func:`adc_lossless_check` simulates it.
     """
     from compiler import compile_model
     from simulator import simulate
@@ -115,7 +121,8 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         rep = simulate(prog, {inp: x})
         logits = rep.outputs[outp].reshape(len(x), -1)
         ort = onnx_logits(path, x)
-    bits = _lossless_bits(prog)
+        bits = _lossless_bits(prog)
+        promise = _promise_on_chip(path, machine, prog, bits)
     out = {
         "images": int(len(x)),
         "config": label,
@@ -138,10 +145,25 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         "adc_bits_config": ("adaptive" if machine.adc.adaptive else
                             "ideal" if machine.adc.bits is None else int(machine.adc.bits)),
     }
+    out.update(promise)
     if y is not None:
         out["accuracy_sim"] = float(np.mean(logits.argmax(1) == y))
         out["accuracy_onnx"] = float(np.mean(ort.argmax(1) == y))
     return out
+
+
+def _promise_on_chip(path, machine, prog, need: np.ndarray) -> dict:
+    """``evaluate_hardware``'s TinyADC entries: ``{}`` without a bound in the model."""
+    try:
+        layer_bits = promised_adc_bits(path, machine)
+    except CompressionError as e:     # not the crossbars the bound was stated for
+        return {"tinyadc_promise": f"n/a: {str(e).split(';')[0].split(': ', 1)[-1]}"}
+    if not layer_bits:
+        return {}
+    over = _over_promise(prog, need, layer_bits)
+    return {"adc_bits_promised": max(layer_bits.values()),
+            "tinyadc_promise": "kept" if not over else
+            f"{sum(over.values())} MVMUs need more"}
 
 
 def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
@@ -296,20 +318,30 @@ def _at_promised_bits(prog, layer_bits: dict[str, int]):
     """``prog`` (compiled with ``adc.adaptive``) with the MVMUs of ``layer_bits``'s layers
     at those ADC widths (copies included), and ``{layer: MVMUs that need more}`` (their
     adaptive bits, each MVMU's exact need, are above the promise)."""
+    over = _over_promise(prog, prog.mvmu_adc_bits, layer_bits)
+    bits = np.array(prog.mvmu_adc_bits, np.int32)
+    for mine, b in _layer_mvmus(prog, layer_bits):
+        bits[mine] = b
+    prog.mvmu_adc_bits = bits
+    return prog, over
+
+
+def _layer_mvmus(prog, layer_bits: dict[str, int]):
+    """``(mask of the layer's MVMUs, its promised bits)`` for each layer of ``layer_bits``."""
     names = {L["name"]: i for i, L in enumerate(prog.layers)}
     missing = sorted(set(layer_bits) - set(names))
     if missing:
         raise CompressionError(f"layer {missing[0]!r}: has a TinyADC bound in the metadata but "
                                f"the compiled program has no such layer")
-    bits = np.array(prog.mvmu_adc_bits, np.int32)
-    over = {}
-    for name, b in layer_bits.items():
-        mine = prog.mvmu_layer == names[name]
-        if int((bits[mine] > b).sum()):
-            over[name] = int((bits[mine] > b).sum())
-        bits[mine] = b
-    prog.mvmu_adc_bits = bits
-    return prog, over
+    return [(prog.mvmu_layer == names[name], b) for name, b in layer_bits.items()]
+
+
+def _over_promise(prog, need, layer_bits: dict[str, int]) -> dict[str, int]:
+    """``{layer: MVMUs whose lossless need is above the layer's promise}`` (where any)."""
+    need = np.asarray(need)
+    counts = {name: int((need[mine] > b).sum())
+              for name, (mine, b) in zip(layer_bits, _layer_mvmus(prog, layer_bits))}
+    return {k: v for k, v in counts.items() if v}
 
 
 #: Overrides that switch every device non-ideality off (the lossless check compares ADCs).

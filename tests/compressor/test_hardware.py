@@ -293,6 +293,16 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
         assert check["adc_bits_promised"] == {"MatMul_logits": 5}
         assert check["promise_kept"] is kept and check["equal_promised"] is kept
         assert bool(check["crossbars_over_promise"]) is not kept
+        # the hardware loop's table says the same, from the compiled cells alone
+        hw = evaluate_hardware(tmp_path / f"{structure}.onnx", ("puma", [
+            "weight_bits=8", "xbar.mapping=differential"]), x)
+        assert hw["adc_bits_promised"] == 5
+        assert (hw["tinyadc_promise"] == "kept") is kept
+        assert kept or hw["tinyadc_promise"] == (
+            f"{sum(check['crossbars_over_promise'].values())} MVMUs need more")
+    off = evaluate_hardware(tmp_path / "tinyadc_packed.onnx", ("puma", ["weight_bits=8"]), x)
+    assert off["tinyadc_promise"] == "n/a: xbar.mapping=offset"    # puma's offset mapping
+    assert "adc_bits_promised" not in off
     # per sign: each differential array's bit line holds <= 8, so the same 5 bits with
     # (nearly) twice the weights
     assert bits["tinyadc_packed_signed"] == 5
