@@ -226,6 +226,9 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     link_end = np.zeros((n_links, BOOKINGS), np.int64)
     link_n = np.zeros(n_links, np.int64)
     ring_arr = np.zeros((max(n_chan, 1), recv_cap), np.int64)
+    # when each slot's last message left the buffer (its recv's write done): a send into
+    # it waits for that, not for the recv being processed, which can be long before
+    ring_free = np.zeros((max(n_chan, 1), recv_cap), np.int64)
     ring_vec = np.zeros((max(n_chan, 1), recv_cap), np.int64)
     ring_head = np.zeros(max(n_chan, 1), np.int64)
     ring_tail = np.zeros(max(n_chan, 1), np.int64)
@@ -395,6 +398,8 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                                                   mvmu_free, core))
                 elif o == _OP_RECV:
                     ready = max(ready, ring_arr[pair, ring_head[pair] % recv_cap])
+                elif o == _OP_SEND:   # the sender stalls until its buffer slot is free
+                    ready = max(ready, ring_free[pair, ring_tail[pair] % recv_cap])
                 acc = (v + port_words - 1) // port_words
                 pt = tile * nports
                 start = _earliest_gap(port_start, port_end, port_n, pt, ready, acc, t)
@@ -469,6 +474,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     hsize = _wake_tile(dst_tile, t, cores, ctrl_start, ctrl_agent, state,
                                        t_agent, heap, hsize)
                 elif o == _OP_RECV:
+                    ring_free[pair, ring_head[pair] % recv_cap] = fin
                     ring_head[pair] += 1
                     hsize = _wake_tile(peer[p], t, cores, ctrl_start, ctrl_agent, state,
                                        t_agent, heap, hsize)

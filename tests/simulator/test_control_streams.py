@@ -220,3 +220,39 @@ def test_the_config_bounds_control_streams():
     from simulator.errors import ConfigError
     with pytest.raises(ConfigError, match="control_streams"):
         load_config("small", ["tile.control_streams=0"])
+
+
+def test_a_full_receive_buffer_frees_when_its_recv_runs_not_when_it_is_issued():
+    """recv_buffer = 1, and tile 1's recv of A is issued at once but runs only at cycle
+    ~220 (its destination word is freed by a load after an MVM). A stays in the buffer until
+    then, so the sender's B (and C after it, to tile 2) waits; the engine let B in as soon as
+    the recv was processed, two messages in a one-message buffer (found by review)."""
+    cfg = load_config("small", ["tile.recv_buffer=1"])
+    lay = RegisterLayout.of(cfg)
+    w = ex.random_weights(cfg, 16, 16)
+    core1 = assemble([instr(Op.LOAD, dst=lay.xin_of(0), imm=100, vec=16, layer=0),
+                      instr(Op.MVM, mask=1, layer=0),
+                      # frees word 50 once the MVMU is done with its input register
+                      instr(Op.LOAD, dst=lay.xin_of(0), imm=50, vec=1, layer=0),
+                      instr(Op.HLT)])
+    send = assemble([instr(Op.SEND, dst=0, imm=k, vec=1, peer=peer, layer=0)
+                     for k, peer in enumerate((1, 1, 2))] + [instr(Op.HLT)])
+    recv1 = assemble([instr(Op.RECV, dst=0, imm=50 + k, vec=1, peer=0, count=0, layer=0)
+                      for k in range(2)] + [instr(Op.HLT)])
+    recv2 = assemble([instr(Op.RECV, dst=0, imm=0, vec=1, peer=0, count=0, layer=0),
+                      instr(Op.HLT)])
+    cores = [ex.EMPTY] * (3 * cfg.tile.cores)
+    cores[cfg.tile.cores] = core1
+    prog = Program(config=cfg, n_tiles=3, core_code=cores, tile_code=[send, recv1, recv2],
+                   mvmu_loc=[(1, 0, 0)], mvmu_levels=ex._levels(cfg, w)[None],
+                   mem_init=[(0, 0, np.array([1, 2, 3]), 0), (1, 100, np.arange(16), 0),
+                             (1, 50, np.array([9]), 1)],
+                   layers=[{"name": "l", "op": "Copy"}])
+    rep = simulate(prog, None, trace=True)
+    n = len(prog.core_code)
+    sends = [(s, e) for a, s, e, op, _ in rep.trace_events.tolist()
+             if a == n and op == int(Op.SEND)]
+    recv_a = min((s, e) for a, s, e, op, _ in rep.trace_events.tolist()
+                 if a == n + 1 and op == int(Op.RECV))
+    assert recv_a[0] > 200                      # it waited for the word it writes
+    assert sends[1][0] >= recv_a[1] and sends[2][0] > sends[1][0]
