@@ -106,11 +106,18 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(base))
     except Exception as e:
         raise ModelFormatError(f"{path}: cannot read external data ({e})") from e
+    check_model(model, str(path))
+    return model
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """ONNX's checker, as a one-line error: a file's and an in-memory model's alike (a
+    duplicate initializer name passed unchecked from memory, and the compiler took the
+    last where onnxruntime takes the first)."""
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise ModelFormatError(f"{path}: invalid ONNX model: {first_line(e)}") from e
-    return model
+        raise ModelFormatError(f"{where}: invalid ONNX model: {first_line(e)}") from e
 
 
 def _all_tensors(model):
@@ -280,7 +287,8 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                     raise ModelFormatError(f"node {n.name!r} ({n.op_type}): constant folding "
                                            f"failed: {first_line(e)}") from e
                 for o, v in zip(n.output, vals):
-                    consts[o] = np.asarray(v)
+                    if o:   # "" is an omitted optional output, not a tensor
+                        consts[o] = np.asarray(v)
                 changed = True
                 continue
             remaining.append(n)
@@ -397,8 +405,15 @@ def _dequantize_weight(n, consts, qweights) -> np.ndarray:
     if np.issubdtype(q.dtype, np.integer) or _elem(q) in _INT4:
         qi = integer_levels(q, zp, axis)
         s = s.astype(np.float64).reshape(-1 if per_axis else ())
+        value = qi.astype(np.float32) * s.astype(np.float32).reshape(shape)
+        if (s < 0).any():
+            # the mapping takes positive scales: a negative one's sign goes into the levels
+            # (q * -s = -q * s), which a symmetric level set holds as well
+            sign = np.where(s < 0, -1, 1).astype(np.int64)
+            qi = qi * (sign.reshape(shape) if per_axis else sign)
+            s = np.abs(s)
         qweights[n.output[0]] = (qi, s, axis if per_axis else None)
-        return qi.astype(np.float32) * s.astype(np.float32).reshape(shape)
+        return value
     z = np.zeros((), np.int64) if zp is None else np.asarray(zp, np.int64).reshape(
         shape if np.size(zp) > 1 else ())
     return (q.astype(np.float32) - z.astype(np.float32)) * s.astype(np.float32).reshape(shape)
@@ -422,7 +437,18 @@ def _recognise_qdq(g: Graph) -> None:
     for n in g.nodes:
         if n.op_type == "QuantizeLinear":
             sc = g.consts.get(n.input[1])
-            if sc is not None and np.size(sc) == 1:
+            if sc is not None and not (np.isfinite(sc).all() and (np.asarray(sc) > 0).all()):
+                raise UnsupportedOpError(f"node {n.name!r} (QuantizeLinear): scale "
+                                         f"{np.asarray(sc).ravel()[:4].tolist()} on an "
+                                         f"activation; allowed: finite and positive")
+            zp = g.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            readers = g.consumers(n.output[0])
+            paired = len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
+            # A lone Q with a zero point needs its input up to (qmax - zp)·s: at scale s
+            # that can overflow the input's word (q stopped at 27 of 127 on 8-bit words),
+            # so there the calibrated scale stays and the Q rescales
+            if sc is not None and np.size(sc) == 1 and (
+                    paired or zp is None or not np.any(np.asarray(zp))):
                 g.act_scales[n.input[0]] = float(np.asarray(sc).reshape(()))
         keep.append(n)
     g.nodes = keep

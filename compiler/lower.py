@@ -7,6 +7,8 @@ bookkeeping.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .errors import CompilerError, LoweringError, UnsupportedOpError
@@ -26,6 +28,7 @@ class LowerContext:
         self.skip: set[str] = set()       # nodes fused into an earlier layer
         self.flattened: set[str] = set()  # map tensors viewed as vectors (must stay unpadded)
         self.nonneg: set[str] = set()     # tensors known to be >= 0 (ReLU outputs)
+        self.zero_warned: set[str] = set()  # tensors said to be zero on every sample
         self._consumers: dict[str, list] = {}
         for n in graph.nodes:
             for i in n.input:
@@ -67,6 +70,13 @@ class LowerContext:
         v = self.absmax_.get(name)
         if v is None or not np.isfinite(v):
             raise CompilerError(f"no calibration range for tensor {name!r}")
+        if v == 0 and name not in self.zero_warned:
+            # every sample left it zero (a ReLU of all-negative inputs, say): its scale is a
+            # floor, and any real input saturates it
+            self.zero_warned.add(name)
+            warnings.warn(f"tensor {name!r} is zero on every calibration sample, so its "
+                          f"range is a guess (1e-8): inputs that make it nonzero saturate "
+                          f"it; calibrate with samples that exercise it", stacklevel=2)
         return max(float(v), 1e-8)
 
     def scale_for(self, name: str) -> float:

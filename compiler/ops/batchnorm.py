@@ -17,6 +17,13 @@ def lower_batchnorm(node, ctx):
         raise UnsupportedOpError("BatchNormalization parameters must be constants")
     gamma, beta, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)
     a = node_attrs(node)
+    t = ctx.tensor(node.input[0])
+    channels = t.shape[1] if len(t.shape) > 1 else 1
+    if any(v.size != channels for v in (gamma, beta, mean, var)):
+        # opset < 9 spatial=0: a statistic per element, not per channel
+        raise UnsupportedOpError(
+            f"BatchNormalization with {gamma.size} statistics for {channels} channels "
+            f"(spatial=0, one per element) is not supported; allowed: one per channel")
     k = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
     b = beta - mean * k
     t_in = ctx.tensor(node.input[0])

@@ -749,3 +749,83 @@ def test_a_1d_convolution_says_replicate_does_not_copy_it():
     with pytest.warns(UserWarning, match=r"replicate = 4: c1d not copied \(a convolution "
                                          r"with one output row"):
         compile_model(m, CFG, replicate=4)
+
+
+# ---- found by the frontend review (stop 33) ------------------------------------------------
+
+@pytest.mark.parametrize("scale", [np.float32(-0.01), np.float32([-0.01, 0.02, -0.005, 0.01])])
+def test_a_negative_weight_scale_moves_its_sign_into_the_levels(scale):
+    """A DequantizeLinear weight scale may be negative: the chip gave zeros (per tensor) or
+    flipped signs (per channel)."""
+    q = RNG.integers(-127, 127, (4, 3, 3, 3)).astype(np.int8)
+    m = _model([helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=0),
+                helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+               {"q": q, "s": scale}, (1, 3, 4, 4), ["y"])
+    _check(m, (1, 3, 4, 4))
+
+
+def test_a_lone_quantize_with_a_zero_point_reaches_its_top_level():
+    """Conv -> QuantizeLinear(int8, zero point -100) on 8-bit words: the Conv output was
+    held at Q's scale, where (127 + 100)·s does not fit, so q stopped at 27 of 127."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("QuantizeLinear", ["c", "s", "z"], ["y"])],
+               {"w": _w(4, 3, 3, 3), "s": np.float32(0.02), "z": np.int8(-100)},
+               (1, 3, 4, 4), ["y"])
+    x = RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    cfg = load_config("small", ["adc.bits=none"])
+    got = simulate(compile_model(m, cfg, calibration={"x": x}), {"x": x}).outputs["y"]
+    want = run_onnxruntime(m, {"x": x})["y"].astype(np.float64)
+    assert want.max() > 60 and abs(got.max() - want.max()) <= 2   # it stopped at 27
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.03
+
+
+def test_an_in_memory_model_is_checked_as_a_file_is():
+    """Two initializers named 'w': refused from a file, but a ModelProto compiled with the
+    last one while onnxruntime took the first."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+               {"w": _w(4, 3, 3, 3)}, (1, 3, 4, 4), ["y"])
+    m.graph.initializer.append(numpy_helper.from_array(_w(4, 3, 3, 3), "w"))
+    with pytest.raises(ModelFormatError, match="invalid ONNX model: w initializer name is "
+                                               "not unique"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+def test_batchnorm_with_statistics_per_element_is_refused_by_name():
+    """Opset 7 spatial=0: the message named a (48, 1, 1) constant the model does not have."""
+    p = {k: (RNG.random((3, 4, 4)) + 0.5).astype(np.float32) for k in "gbmv"}
+    m = _model([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"],
+                                 spatial=0)], p, (1, 3, 4, 4), ["y"], opset=7)
+    with pytest.raises(UnsupportedOpError, match="48 statistics for 3 channels .*spatial=0"):
+        compile_model(m, CFG, calibration={"x": _w(1, 3, 4, 4)})
+
+
+def test_an_omitted_optional_output_of_a_folded_node_is_no_tensor():
+    """Dropout(w) -> (w, '') folded, and a Clip with an omitted min: the '' output became an
+    initializer named '' and calibration failed in onnxruntime."""
+    m = _model([helper.make_node("Dropout", ["w0"], ["w", ""]),
+                helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Clip", ["c", "", "hi"], ["y"])],
+               {"w0": _w(4, 3, 3, 3), "hi": np.float32(0.5)}, (1, 3, 4, 4), ["y"])
+    _check(m, (1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("scale", [-0.05, 0.0])
+def test_an_activation_quantize_scale_must_be_positive(scale):
+    m = _model([helper.make_node("Relu", ["x"], ["r"]),
+                helper.make_node("QuantizeLinear", ["r", "s"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+               {"s": np.float32(scale)}, (1, 8), ["y"])
+    with pytest.raises(UnsupportedOpError, match=r"\(QuantizeLinear\): scale .* allowed: "
+                                                 r"finite and positive"):
+        compile_model(m, CFG, calibration={"x": _w(2, 8)})
+
+
+def test_a_tensor_zero_on_every_calibration_sample_is_warned_about():
+    """Relu of all-negative calibration samples: its range was a silent 1e-8 floor, and
+    real inputs saturated to ~2e-8 everywhere."""
+    m = _model([helper.make_node("Relu", ["x"], ["r"]),
+                helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1])],
+               {"w": _w(4, 3, 3, 3)}, (1, 3, 4, 4), ["y"])
+    cal = -np.abs(RNG.standard_normal((4, 3, 4, 4))).astype(np.float32)
+    with pytest.warns(UserWarning, match="zero on every calibration sample"):
+        compile_model(m, CFG, calibration={"x": cal})
