@@ -106,18 +106,11 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(base))
     except Exception as e:
         raise ModelFormatError(f"{path}: cannot read external data ({e})") from e
-    check_model(model, str(path))
-    return model
-
-
-def check_model(model: onnx.ModelProto, where: str = "model") -> None:
-    """ONNX's checker, as a one-line error: a file's and an in-memory model's alike (a
-    duplicate initializer name passed unchecked from memory, and the compiler took the
-    last where onnxruntime takes the first)."""
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise ModelFormatError(f"{where}: invalid ONNX model: {first_line(e)}") from e
+        raise ModelFormatError(f"{path}: invalid ONNX model: {first_line(e)}") from e
+    return model
 
 
 def _all_tensors(model):
@@ -235,6 +228,13 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                                    f"{MIN_OPSET}: {first_line(e)}") from e
         opset = MIN_OPSET
     inputs = _fix_batch(model)
+    # a file went through ONNX's checker; an in-memory model did not: a name given to two
+    # initializers (the last one won here, the first in onnxruntime) is refused for both
+    names = Counter(i.name for i in model.graph.initializer)
+    dup = next((k for k, c in names.items() if c > 1), None)
+    if dup is not None:
+        raise ModelFormatError(f"initializer name {dup!r} is given to {names[dup]} "
+                               f"initializers; initializer names must be unique")
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     # Passes and layers key nodes by name: refuse duplicates, name unnamed nodes uniquely.
     names = Counter(n.name for n in model.graph.node if n.name)

@@ -21,7 +21,7 @@ from simulator.config import MachineConfig, load_config
 from simulator.program import Program
 
 from .codegen import generate
-from .frontend import Graph, check_model, frontend, load_model
+from .frontend import Graph, frontend, load_model
 from .ir import LayerProgram
 from .lower import lower
 from .partition import partition
@@ -54,11 +54,7 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
     name = Path(model).stem if isinstance(model, (str, Path)) else (model.graph.name or "model")
-    if isinstance(model, (str, Path)):
-        proto = load_model(model)
-    else:
-        proto = model
-        check_model(proto)
+    proto = load_model(model) if isinstance(model, (str, Path)) else model
     mismatch = compressed_for_other_crossbars(proto, cfg)
     if mismatch:
         warnings.warn(f"{name}: compressed for other crossbars than this machine's "
