@@ -245,7 +245,9 @@ def _replicate(pl: Placement, i: int, L, copies: int, slot: int, M: int, per_til
     slot += -slot % M
     room = (per_tile - slot % per_tile) % per_tile if slot % per_tile else 0
     room = next((k for k in range(0, room, M) if vfu_taken(slot + k)), room)
-    copies = min(copies, 1 + room // per_copy)
+    # a layer with no crossbar (all-zero weights: its bias alone) computes nothing a copy
+    # could share: a copy would only take a core
+    copies = min(copies, 1 + room // per_copy) if nb else 1
     if copies <= 1:
         return slot
     sets = [strips]

@@ -251,6 +251,13 @@ def test_a_pool_does_not_take_a_bias_only_layers_core(tmp_path):
     assert len(prog.cores_used()) == 4                       # 3 convs + the pool
     np.testing.assert_array_equal(simulate(prog, {"input": xs}).outputs["logits:int"],
                                   run_integer_reference(lp, {"input": xs})["logits:int"])
+    # copies of it would share no crossbar, only take cores (found by review)
+    rep = compile_model(tmp_path / "b.onnx", load_config("puma", ["adc.bits=none"]),
+                        calibration={"input": xs}, replicate=8)
+    copies = {L["layer"]: L["copies"] for L in rep.mapping["layers"]}
+    assert copies[lp.layers[1].name] == 1 and max(copies.values()) > 1
+    np.testing.assert_array_equal(simulate(rep, {"input": xs}).outputs["logits:int"],
+                                  simulate(prog, {"input": xs}).outputs["logits:int"])
 
 
 def test_a_pool_with_no_idle_core_on_its_tile_takes_the_next_fresh_core(tmp_path):
