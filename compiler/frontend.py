@@ -442,13 +442,11 @@ def _recognise_qdq(g: Graph) -> None:
                                          f"{np.asarray(sc).ravel()[:4].tolist()} on an "
                                          f"activation; allowed: finite and positive")
             zp = g.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-            readers = g.consumers(n.output[0])
-            paired = len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
             # A lone Q with a zero point needs its input up to (qmax - zp)·s: at scale s
             # that can overflow the input's word (q stopped at 27 of 127 on 8-bit words),
             # so there the calibrated scale stays and the Q rescales
             if sc is not None and np.size(sc) == 1 and (
-                    paired or zp is None or not np.any(np.asarray(zp))):
+                    zp is None or not np.any(np.asarray(zp)) or _feeds_only_dq(g, n)):
                 g.act_scales[n.input[0]] = float(np.asarray(sc).reshape(()))
         keep.append(n)
     g.nodes = keep
@@ -462,6 +460,11 @@ def _recognise_qdq(g: Graph) -> None:
         out_axis = {"Conv": 0, "Gemm": 0 if trans_b else 1, "MatMul": 1}.get(n.op_type)
         if axis is not None and axis != out_axis:
             del g.qweights[n.input[1]]
+
+
+def _feeds_only_dq(g: Graph, q) -> bool:
+    readers = g.consumers(q.output[0])
+    return len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
 
 
 def _fold_batchnorm(g: Graph) -> None:

@@ -156,11 +156,11 @@ def _promise_on_chip(path, machine, prog, need: np.ndarray) -> dict:
     """``evaluate_hardware``'s TinyADC entries: ``{}`` without a bound in the model."""
     try:
         layer_bits = promised_adc_bits(path, machine)
-    except CompressionError as e:     # not the crossbars the bound was stated for
-        return {"tinyadc_promise": f"n/a: {str(e).split(';')[0].split(': ', 1)[-1]}"}
+    except _NotMadeFor as e:          # not the crossbars the bound was stated for
+        return {"tinyadc_promise": f"n/a: {e.reason}"}
     if not layer_bits:
         return {}
-    over = _over_promise(prog, need, layer_bits)
+    over = _over_promise(_layer_mvmus(prog, layer_bits), need)
     return {"adc_bits_promised": max(layer_bits.values()),
             "tinyadc_promise": "kept" if not over else
             f"{sum(over.values())} MVMUs need more"}
@@ -270,32 +270,27 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     machine, label = _machine(cfg, ())
     with _as_onnx(model) as path:
         proto = onnx.load(str(path), load_external_data=False)
-        geom = _geometry_of(path)
-    layers = []
-    for p in proto.metadata_props:
-        if not p.key.startswith("xbarsim.layer."):
-            continue
-        where = f"metadata {p.key}"
-        meta = _meta_json(p.value, where)
-        sparsity = (meta.get("constraint") or {}).get("sparsity") or {}
-        if sparsity.get("structure") in PER_SEGMENT:
-            layers.append((where, meta, sparsity))
+    layers = [(where, meta, sparsity) for where, meta in _layer_metas(proto)
+              for sparsity in [(meta.get("constraint") or {}).get("sparsity") or {}]
+              if sparsity.get("structure") in PER_SEGMENT]
     if not layers:
         return {}
+    geom = _geometry_of(proto, str(path))
     if geom is None:
         raise CompressionError(f"{layers[0][0]}: a TinyADC bound without the model's "
                                f"xbarsim.compressor geometry")
     x = machine.xbar
     read, geom_read = x.active_rows or x.rows, geom.active_rows or geom.rows
     if x.mapping != "differential":
-        raise CompressionError(f"{label}: xbar.mapping={x.mapping}; TinyADC's column bound "
-                               f"holds on differential crossbars only (offset stores a zero "
-                               f"weight as a conducting cell)")
+        raise _NotMadeFor(label, f"xbar.mapping={x.mapping}",
+                          "TinyADC's column bound holds on differential crossbars only "
+                          "(offset stores a zero weight as a conducting cell)")
     if x.rows != geom.rows or geom_read % read:
-        raise CompressionError(
-            f"{label}: crossbars of {x.rows} rows read {read} at a time; the model's TinyADC "
-            f"bound is stated for {geom.rows} rows read {geom_read} at a time (compile on "
-            f"xbar.rows={geom.rows} with xbar.active_rows dividing {geom_read})")
+        raise _NotMadeFor(
+            label, f"crossbars of {x.rows} rows read {read} at a time",
+            f"the model's TinyADC bound is stated for {geom.rows} rows read {geom_read} at a "
+            f"time (compile on xbar.rows={geom.rows} with xbar.active_rows dividing "
+            f"{geom_read})")
     by_weight = {n.input[1]: n.name or f"{n.op_type}_{n.output[0]}"
                  for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
                  and len(n.input) > 1}
@@ -318,29 +313,39 @@ def _at_promised_bits(prog, layer_bits: dict[str, int]):
     """``prog`` (compiled with ``adc.adaptive``) with the MVMUs of ``layer_bits``'s layers
     at those ADC widths (copies included), and ``{layer: MVMUs that need more}`` (their
     adaptive bits, each MVMU's exact need, are above the promise)."""
-    over = _over_promise(prog, prog.mvmu_adc_bits, layer_bits)
+    layers = _layer_mvmus(prog, layer_bits)
+    over = _over_promise(layers, prog.mvmu_adc_bits)
     bits = np.array(prog.mvmu_adc_bits, np.int32)
-    for mine, b in _layer_mvmus(prog, layer_bits):
+    for _, mine, b in layers:
         bits[mine] = b
     prog.mvmu_adc_bits = bits
     return prog, over
 
 
-def _layer_mvmus(prog, layer_bits: dict[str, int]):
-    """``(mask of the layer's MVMUs, its promised bits)`` for each layer of ``layer_bits``."""
+class _NotMadeFor(CompressionError):
+    """A machine whose crossbars a model's TinyADC bound was not stated for (``reason``:
+    what differs, in a few words)."""
+
+    def __init__(self, label: str, reason: str, detail: str):
+        super().__init__(f"{label}: {reason}; {detail}")
+        self.reason = reason
+
+
+def _layer_mvmus(prog, layer_bits: dict[str, int]) -> list[tuple[str, np.ndarray, int]]:
+    """``(layer, mask of its MVMUs, its promised bits)`` for each layer of ``layer_bits``."""
     names = {L["name"]: i for i, L in enumerate(prog.layers)}
     missing = sorted(set(layer_bits) - set(names))
     if missing:
         raise CompressionError(f"layer {missing[0]!r}: has a TinyADC bound in the metadata but "
                                f"the compiled program has no such layer")
-    return [(prog.mvmu_layer == names[name], b) for name, b in layer_bits.items()]
+    return [(name, prog.mvmu_layer == names[name], b) for name, b in layer_bits.items()]
 
 
-def _over_promise(prog, need, layer_bits: dict[str, int]) -> dict[str, int]:
-    """``{layer: MVMUs whose lossless need is above the layer's promise}`` (where any)."""
+def _over_promise(layers, need) -> dict[str, int]:
+    """``{layer: MVMUs whose lossless need is above the layer's promise}`` (where any), for
+    :func:`_layer_mvmus`' ``layers``."""
     need = np.asarray(need)
-    counts = {name: int((need[mine] > b).sum())
-              for name, (mine, b) in zip(layer_bits, _layer_mvmus(prog, layer_bits))}
+    counts = {name: int((need[mine] > b).sum()) for name, mine, b in layers}
     return {k: v for k, v in counts.items() if v}
 
 
@@ -599,9 +604,12 @@ def _fit_input(path, x) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _geometry_of(path) -> CrossbarGeometry | None:
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
-             .metadata_props}
+def _geometry_of(model, path=None) -> CrossbarGeometry | None:
+    """The compressor's crossbar geometry of ``model`` (an ONNX path, or a loaded proto and
+    the ``path`` to name), or None."""
+    if not isinstance(model, onnx.ModelProto):
+        model, path = onnx.load(str(model), load_external_data=False), model
+    props = {p.key: p.value for p in model.metadata_props}
     meta = props.get("xbarsim.compressor")
     if not meta:
         return None
@@ -616,20 +624,25 @@ def _layer_meta(proto) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
     """``({weight initializer: bits}, {weight initializer: crossbar view})`` from the
     compressor's per-layer metadata; a malformed entry is a one-line error naming it."""
     bits, views = {}, {}
+    for where, meta in _layer_metas(proto):
+        init = _meta_field(meta, "initializer", where)
+        try:
+            if meta.get("bits"):
+                bits[init] = int(meta["bits"])
+            if meta.get("crossbar_view"):
+                views[init] = tuple(int(d) for d in meta["crossbar_view"])
+        except (TypeError, ValueError) as e:
+            raise CompressionError(f"{where}: bits must be an integer and crossbar_view "
+                                   f"a list of integers ({e})") from e
+    return bits, views
+
+
+def _layer_metas(proto):
+    """``(where, metadata)`` of each compressed layer's ``xbarsim.layer.*`` entry, parsed."""
     for p in proto.metadata_props:
         if p.key.startswith("xbarsim.layer."):
             where = f"metadata {p.key}"
-            meta = _meta_json(p.value, where)
-            init = _meta_field(meta, "initializer", where)
-            try:
-                if meta.get("bits"):
-                    bits[init] = int(meta["bits"])
-                if meta.get("crossbar_view"):
-                    views[init] = tuple(int(d) for d in meta["crossbar_view"])
-            except (TypeError, ValueError) as e:
-                raise CompressionError(f"{where}: bits must be an integer and crossbar_view "
-                                       f"a list of integers ({e})") from e
-    return bits, views
+            yield where, _meta_json(p.value, where)
 
 
 def _meta_json(text: str, where: str) -> dict:

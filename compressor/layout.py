@@ -218,7 +218,7 @@ def _same_order_source(node, modules):
     place), or None: a shape change, a reordering (:data:`_REORDERING`), a module that mixes
     positions (a Linear, a convolution, an attention), or no such input."""
     if node.op == "call_module":
-        if not isinstance(modules[node.target], PER_NEURON_MODULES + _SAME_ORDER_MODULES):
+        if not isinstance(modules[node.target], _MAP_KEEPING_MODULES + _SAME_ORDER_MODULES):
             return None
     elif node.op in ("call_function", "call_method"):
         if _reorders(node):
@@ -234,11 +234,12 @@ def _same_order_source(node, modules):
     return None
 
 
-#: Modules that act on every element alike, beyond the per-neuron ones connectivity knows.
+#: Modules that keep a tensor's order, beyond those that keep a map a map (a padding there
+#: changes the shape, which the caller's shape check refuses).
 _SAME_ORDER_MODULES = (nn.PReLU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
                        nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold,
                        nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Softmax2d,
-                       nn.AlphaDropout, nn.Dropout1d, nn.Dropout2d, nn.BatchNorm2d)
+                       nn.AlphaDropout)
 
 
 def _through_same_order(node, modules):

@@ -51,6 +51,14 @@ class TensorPort:
         # Python integers: an int64 product of a huge shape wraps (to 0, or below)
         return math.prod(int(d) for d in self.shape)
 
+    def end(self) -> int:
+        """One past the last tile-memory word the tensor occupies (its padded buffer's
+        last element with a map layout)."""
+        if self.map_layout is not None:
+            H, W, C, pt, pl, Wp = self.map_layout
+            return self.addr + ((H - 1 + pt) * Wp + W - 1 + pl) * C + C
+        return self.addr + self.size
+
     def addresses(self) -> np.ndarray:
         """Tile-memory address of each logical element (C order)."""
         if self.map_layout is not None:
@@ -599,14 +607,10 @@ def validate(prog: Program) -> None:
                            f"an input has at most one copy per tile")
     for port in prog.inputs + prog.outputs:
         _validate_port(port)
+        # the end computed, not the addresses listed: a huge shape or address would be
+        # allocated before the check
         if not (0 <= port.tile < tiles and 0 <= port.addr
-                and port.addr + port.size <= prog.mem_words[port.tile]):
-            # before listing the addresses: a huge shape or address would be allocated first
-            raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
-                               f"(+{port.size}) outside the tile's memory")
-        addrs = port.addresses()
-        if not (0 <= port.tile < tiles and 0 <= port.addr and (
-                addrs.size == 0 or addrs.max() < prog.mem_words[port.tile])):
+                and port.end() <= prog.mem_words[port.tile]):
             raise ProgramError(f"tensor {port.name!r} at tile {port.tile} addr {port.addr} "
                                f"(+{port.size}) outside the tile's memory")
 
