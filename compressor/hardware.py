@@ -368,6 +368,7 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
     """
     from compiler import compile_model
     from simulator import load_config, simulate
+    from simulator.config import ConfigError, NoiseConfig
 
     machine, _ = _machine(cfg, overrides)
     if x is None or y is None or len(x) == 0:
@@ -376,13 +377,21 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
     y = np.asarray(y).reshape(-1)
     if len(y) != len(x):
         raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
-    seeds = list(seeds)
+    # all checked before anything is simulated: a late refusal would waste the runs before it
+    sigmas, seeds = _sequence("sigmas", sigmas), _sequence("seeds", seeds)
     if not seeds:
         raise CompressionError("seeds: need at least one device seed")
-    for sigma in sigmas:   # all checked before anything is simulated
+    for seed in seeds:     # a fractional seed would be truncated into another seed's run
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise CompressionError(f"seed={seed!r}: must be an integer >= 0")
+    for sigma in sigmas:
         if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) \
                 or not math.isfinite(sigma) or sigma < 0:
             raise CompressionError(f"sigma={sigma!r}: must be a finite number >= 0")
+        try:               # the machine's own limits (lognormal's cap)
+            NoiseConfig(program_sigma=float(sigma), program_dist=machine.noise.program_dist)
+        except ConfigError as e:
+            raise CompressionError(f"sigma={sigma!r}: {e}") from None
     records = []
     nz = machine.noise
     # with no other seeded effect (read noise, stuck cells) sigma 0 is one deterministic run
@@ -403,6 +412,12 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
                             "accuracy_min": min(accs), "accuracy_max": max(accs),
                             "per_seed": accs})
     return records
+
+
+def _sequence(name: str, values) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise CompressionError(f"{name}={values!r}: give a sequence of numbers, e.g. (0, 1)")
+    return list(values)
 
 
 def compare(dense: dict, compressed: dict, *, names: Sequence[str] | None = None,

@@ -26,14 +26,18 @@ def conductances(levels: np.ndarray, cfg, mvmu) -> np.ndarray | None:
     g = levels.astype(np.float64)
     top = (1 << cfg.xbar.cell_bits) - 1
     if nz.stuck_on or nz.stuck_off:
+        # Stuck-off cells from the bottom of one uniform draw, stuck-on from its top: each
+        # set grows nested in its own rate and stays put when the other rate changes.
         u = _rng(cfg, _STUCK, mvmu).random(levels.shape)
+        g[u >= 1.0 - nz.stuck_on] = top
         g[u < nz.stuck_off] = 0.0
-        g[(u >= nz.stuck_off) & (u < nz.stuck_off + nz.stuck_on)] = top
     g = _on_off(g, cfg)
     if nz.program_sigma:
         z = _rng(cfg, _VARIATION, mvmu).standard_normal(levels.shape)
         if nz.program_dist == "normal":
-            g = g * np.maximum(1.0 + nz.program_sigma * z, 0.0)
+            # where g is 0 the factor may overflow to inf (a huge sigma): 0 stays 0, not NaN
+            g = np.multiply(g, np.maximum(1.0 + nz.program_sigma * z, 0.0),
+                            out=np.zeros_like(g), where=g != 0.0)
         else:
             g = g * np.exp(nz.program_sigma * z)
     return g

@@ -419,10 +419,17 @@ def test_variation_sweep_draws_other_devices_per_seed_and_checks_its_inputs(
     seen.clear()
     for kwargs, msg in (({"y": yte[:5]}, "5 labels for 6 images"),
                         ({"seeds": ()}, "need at least one device seed"),
-                        ({"sigmas": (0.1, -1.0)}, r"sigma=-1.0: must be a finite number")):
+                        ({"sigmas": (0.1, -1.0)}, r"sigma=-1.0: must be a finite number"),
+                        ({"seeds": (1.2, 1.7)}, r"seed=1.2: must be an integer >= 0"),
+                        ({"seeds": (0, -1)}, r"seed=-1: must be an integer >= 0"),
+                        ({"seeds": 0}, r"seeds=0: give a sequence"),
+                        ({"sigmas": 0.1}, r"sigmas=0.1: give a sequence")):
         args = {"y": yte[:6], **kwargs}
         with pytest.raises(CompressionError, match=msg):
             accuracy_under_variation(comp_path, MACHINE, xte[:6], **args)
+    with pytest.raises(CompressionError, match=r"sigma=20.0: .*lognormal"):
+        accuracy_under_variation(comp_path, MACHINE, xte[:6], yte[:6], sigmas=(0.1, 20.0),
+                                 overrides=["noise.program_dist=lognormal"])
     assert not seen                                     # refused before simulating
     rec = accuracy_under_variation(comp_path, MACHINE, xte[:6], yte[:6],
                                    sigmas=(np.float32(0.0),), calibration=xtr[:32])

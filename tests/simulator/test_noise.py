@@ -79,6 +79,28 @@ def test_streams_are_independent():
     assert (~same).any()
 
 
+def test_stuck_sets_are_nested_in_their_own_rate():
+    # Turning stuck-off cells on (or raising them) must leave the stuck-on set alone, and the
+    # reverse: each fault map grows only with its own rate.
+    levels = np.zeros((2, 64, 64), np.uint8)          # small: 2-bit cells, top level 3
+
+    def stuck(on, off):
+        g = conductances(levels + 1, load_config(
+            "small", [f"noise.stuck_on={on}", f"noise.stuck_off={off}"]), (1, 0))
+        return g == 3, g == 0
+
+    on_alone, _ = stuck(0.02, 0.0)
+    on_with_off, off_with_on = stuck(0.02, 0.02)
+    _, off_alone = stuck(0.0, 0.02)
+    assert on_alone.sum() > 0 and off_alone.sum() > 0
+    np.testing.assert_array_equal(on_alone, on_with_off)
+    np.testing.assert_array_equal(off_alone, off_with_on)
+    more_on, _ = stuck(0.05, 0.02)
+    assert (more_on >= on_alone).all() and more_on.sum() > on_alone.sum()
+    full_on, full_off = stuck(0.5, 0.5)               # rates summing to 1 cover every cell
+    assert (full_on ^ full_off).all()
+
+
 def _rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
@@ -101,7 +123,10 @@ def test_finite_on_off_ratio(mapping):
 
     assert err(1e7) == 0.0
     assert 0.0 < err(30) < err(10)
-    assert err(10) == err(10)                                       # no randomness
+    c0, c1 = (load_config("puma", base + ["noise.on_off_ratio=10", f"noise.seed={k}"])
+              for k in (0, 1))
+    assert (simulate(ex.single_mvm(c0, w), {"x": x}).outputs["y:int"]   # no randomness
+            == simulate(ex.single_mvm(c1, w), {"x": x}).outputs["y:int"]).all()
     np.testing.assert_array_equal(simulate(prog, {"x": x}).outputs["y:int"], x @ w)
     levels = np.arange(4, dtype=np.uint8).reshape(1, 1, 4)          # 2-bit cells, top 3
     g = conductances(levels, load_config("small", ["noise.on_off_ratio=4"]), 0)
@@ -129,3 +154,13 @@ def test_scale_adc_spans_g_off_so_differential_pairs_cancel(adc):
     tol = 0 if adc == "adc.bits=16" else 0.05 * abs(ideal[0, 0])
     np.testing.assert_allclose(got, ideal, atol=tol)
     assert abs(ideal[0, 0] - 0.9 * 15 * R / 16 * 16) < 0.1 * 240   # the gain 1 - 1/R only
+
+
+def test_huge_normal_sigma_leaves_empty_cells_empty():
+    # 1 + sigma*z overflows to inf at sigma ~1e308; a level-0 cell must stay 0, not NaN
+    # (NaN made the simulator blame int64 for what was a 0 * inf).
+    levels = np.zeros((1, 8, 8), np.uint8)
+    levels[0, 0, 0] = 1
+    with np.errstate(over="ignore"):
+        g = conductances(levels, load_config("small", ["noise.program_sigma=1e308"]), 0)
+    assert not np.isnan(g).any() and (g[levels == 0] == 0).all()
