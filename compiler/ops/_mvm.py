@@ -25,6 +25,18 @@ def fuse_activation(node, ctx, out_name):
     return nxt.output[0], None, bounds
 
 
+def split_shift(w_int: np.ndarray, bias_int: np.ndarray, mult: np.ndarray, shift: int,
+                in_bits: int) -> tuple[int, int]:
+    """``(pre_shift, shift)``: |acc + bias| * mult must fit int64 (the VFU multiplies before
+    it shifts); with wide words it may not, and the product wrapped to the other sign. The
+    sum is shifted first by what is missing; at 24-bit words that rounds below 1e-5 of an
+    output step. ``in_bits``: the widest signed input word a row reads."""
+    top = np.abs(w_int).sum(axis=0) * 2.0 ** (in_bits - 1) + np.abs(bias_int)
+    need = float(np.max(top * mult, initial=0.0))
+    pre_shift = min(shift, max(0, int(np.ceil(np.log2(need))) - 62)) if need > 0 else 0
+    return pre_shift, shift - pre_shift
+
+
 def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
                   out_shape, qdq=None, **geometry) -> MVMLayer:
     """Append ``y = act(requant(x @ w_rows + bias))`` with w_rows (K, N) float in the input
@@ -37,13 +49,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
     mult, shift = multiplier(s_x * w_scale / s_y)
-    # |acc + bias| * mult must fit int64 (the VFU multiplies before it shifts): with wide
-    # words it may not, and the product wrapped to the other sign. Shift the sum first by
-    # what is missing; at 24-bit words that rounds below 1e-5 of an output step.
-    top = np.abs(w_int).sum(axis=0) * 2.0 ** (ctx.bits - 1) + np.abs(bias_int)
-    need = float(np.max(top * mult, initial=0.0))
-    pre_shift = min(shift, max(0, int(np.ceil(np.log2(need))) - 62)) if need > 0 else 0
-    shift -= pre_shift
+    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
     if clipped_nonneg(lo, hi, act == "relu"):

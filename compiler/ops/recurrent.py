@@ -30,6 +30,7 @@ from simulator.isa import Fn, Op
 from ..errors import UnsupportedOpError
 from ..ir import MVMLayer, multiplier, node_attrs, padded, requantize
 from ..quantize import quantize_weight
+from ._mvm import split_shift
 from .concat import ConcatLayer, vector_concat_perm
 from .gather import add_copy, buffer_positions
 
@@ -104,7 +105,10 @@ class RecurrentLayer(MVMLayer):
     def gates_ref(self, acc: np.ndarray) -> np.ndarray:
         """Accumulators -> gate activations at ``f`` bits. Twin of
         :func:`._recurrent_code.emit_gates`."""
-        z = requantize(acc + self.bias, self.mult, self.shift, self.fmt.bits)
+        z = acc + self.bias
+        if self.pre_shift:
+            z = (z + (1 << (self.pre_shift - 1))) >> self.pre_shift
+        z = requantize(z, self.mult, self.shift, self.fmt.bits)
         for fn, lo, hi in self.activation_spans():
             z[:, lo:hi] = alu(fn, z[:, lo:hi], None, self.fmt.f)
         return z
@@ -222,9 +226,27 @@ def _batch_axis_source(ctx, tensor: str) -> str | None:
         if t in ctx.prog.inputs:
             return t
         n = producer.get(t)
-        if n is not None and n.op_type in _AXIS0_KEEPING:
+        if n is not None and (n.op_type in _AXIS0_KEEPING or _keeps_axis0(ctx, n)):
             stack += [i for i in n.input if i]
     return None
+
+
+def _keeps_axis0(ctx, n) -> bool:
+    """A shape op that leaves its input's first axis first: Unsqueeze or Squeeze on other
+    axes (torch's unbatched ``nn.LSTM`` export unsqueezes a (seq, features) input at 1),
+    or a Reshape whose target copies dimension 0 (a 0 there)."""
+    if n.op_type in ("Unsqueeze", "Squeeze"):
+        axes = node_attrs(n).get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = ctx.const(n.input[1])
+        if axes is None:                     # Squeeze of every 1-axis: the batch's too
+            return False
+        rank = len(ctx.shape(n.output[0] if n.op_type == "Unsqueeze" else n.input[0]))
+        return all(int(a) % rank != 0 for a in np.atleast_1d(axes))
+    if n.op_type == "Reshape" and not node_attrs(n).get("allowzero", 0):
+        target = ctx.const(n.input[1])
+        return target is not None and len(target) > 0 and int(target[0]) == 0
+    return False
 
 
 def weights(ctx, node, gates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -292,6 +314,7 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     bias_int = np.rint(bias / s_acc).astype(np.int64)
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
     mult, shift = multiplier(s_acc * 2.0 ** frac)
+    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, max(ctx.bits, fmt.bits))
     lim = 1 << (fmt.bits - 1)
     if np.abs(h0).max(initial=0) > 1:
         raise UnsupportedOpError(
@@ -302,7 +325,8 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     name, y_name = _direction_names(node, d)
     ctx.new_tensor(y_name, (T, 1, 1, H), s_h, as_map=False)
     ctx.add(cls(name, op, [node.input[0]], y_name, node=node.name, weight=w_int,
-                bias=bias_int, mult=mult, shift=shift, out_bits=fmt.bits, w_scale=s_acc,
+                bias=bias_int, mult=mult, shift=shift, pre_shift=pre_shift,
+                out_bits=fmt.bits, w_scale=s_acc,
                 steps=T, hidden=H, x_pos=pos[0].copy(), x_step=step, fmt=fmt, h0=h0_int,
                 s0=s0_int, reverse=directions(node)[d]))
 

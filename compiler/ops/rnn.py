@@ -4,8 +4,10 @@
     a = [x_t ; h_{t-1}] @ Wcat + b          crossbars: I + H rows, H columns
     h = tanh(a)                             VFU: a at ``f`` bits, tanh at ``bits - 1``
 
-The pre-activation saturates at +-2**TANH_INT_BITS (tanh(4) = 1 - 6.7e-4, below half of
-h's last bit), one integer bit fewer than the LSTM's and GRU's sigmoid gates need. tanh is
+The pre-activation saturates at +-2**TANH_INT_BITS, one integer bit fewer than the LSTM's
+and GRU's sigmoid gates need: a saturated h reads tanh(4) = 1 - 6.7e-4 (below half of h's
+last bit only up to 9 fraction bits; at 16-bit words it is about 22 of h's 2**-15 steps,
+the largest error this cell makes). tanh is
 evaluated at h's precision (a shifted up: a wide VFU intermediate), so h keeps ``bits - 1``
 fraction bits rather than the pre-activation's ``f``.
 """

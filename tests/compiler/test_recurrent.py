@@ -449,3 +449,38 @@ def test_stages_in_opposite_directions_with_a_one_message_buffer():
                                "tile.recv_buffer=1"])
     prog, _ = _check(model, {"x": x}, cfg, ["y", "h"])
     assert prog.n_tiles > 1
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_wide_words_do_not_wrap_the_gate_product(op):
+    # 24-bit words, 128 inputs all at full scale: (acc + bias) * mult passed 2**63 and
+    # wrapped to the other sign (h came out near 0 or negative where onnxruntime saturates
+    # at +1). The sum is now shifted first by what int64 lacks, as MVM layers do.
+    I, H, T = 128, 8, 3
+    m = _hand_lstm(H=H, I=I, T=T) if op == "LSTM" else _hand_cell(op, H=H, I=I, T=T)
+    for init in m.graph.initializer:
+        if init.name in ("W", "R"):
+            init.CopyFrom(numpy_helper.from_array(
+                np.full(numpy_helper.to_array(init).shape, 0.05, np.float32), init.name))
+    x = np.ones((1, T, I), np.float32)
+    cfg = load_config("puma", ["adc.bits=none", "input_bits=24", "weight_bits=22"])
+    _check(m, {"x": x}, cfg, ["yb", "yh"])
+
+
+def test_unbatched_torch_lstm_is_refused_not_cut_to_one_step():
+    # torch exports nn.LSTM on an unbatched (seq, features) input as Unsqueeze(axes=[1]) ->
+    # LSTM: the graph input's first axis (taken as the batch) is the sequence. The walk
+    # stopped at the Unsqueeze, so the LSTM ran 1 step and returned 6 wrong rows.
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = torch.nn.LSTM(4, 5), torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[1][0])
+
+    m = _exported(Net, (6, 4), ["out"])
+    assert "Unsqueeze" in [n.op_type for n in m.graph.node]
+    x = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    with pytest.raises(UnsupportedOpError, match="reads graph input 'x' time-major"):
+        compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
