@@ -107,9 +107,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
                  if t is not None and t != checkpoints.get(c)]
         again = ("the command again without --no-resume" if args.no_resume
                  else "the same command again")
+        # a checkpoint from before this run is not named as its progress (it may be another
+        # recipe's), but is said to be untouched where it would be resumed from
+        earlier = [c for c, t in checkpoints.items() if t is not None and c not in saved]
         print(f"interrupted; progress is checkpointed in {', '.join(map(str, saved))}: run "
               f"{again} to resume" if saved else
-              "interrupted before anything was checkpointed", file=sys.stderr)
+              "interrupted before anything was checkpointed" + (
+                  f"; {', '.join(map(str, earlier))}, there before this run, is untouched"
+                  if earlier and not args.no_resume else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -64,7 +64,7 @@ from .geometry import from_crossbar, to_crossbar
 from .layout import layer_views
 from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
-from .recipes import Recipe
+from .recipes import Recipe, same_result
 
 METHODS = ("admm", "magnitude")
 # Checkpoints record how their projections were made: 2 = chained Linear layers projected
@@ -547,7 +547,8 @@ class _Run:
     def load(self) -> None:
         p = self.ckpt_path
         ck = load_dict(p, CompressionError, "checkpoint")
-        if ck.get("fingerprint") != self.recipe.fingerprint() or ck.get("method") != self.method:
+        if not same_result(ck.get("fingerprint"), self.recipe.fingerprint()) \
+                or ck.get("method") != self.method:
             raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
                                    f"or choose another path")
         if ck.get("origin", self.origin) != self.origin:   # absent: written before it was kept

@@ -272,8 +272,25 @@ class Recipe:
         return d
 
     def fingerprint(self) -> str:
-        """Canonical JSON of everything that shapes the result (checkpoints compare it)."""
+        """Canonical JSON of the whole recipe, its name and description included (checkpoints
+        store it; :func:`same_result` compares two)."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+#: Recipe fields that label a run and shape nothing in it.
+_LABELS = ("name", "description")
+
+
+def same_result(fingerprint_a: str | None, fingerprint_b: str | None) -> bool:
+    """Whether two :meth:`Recipe.fingerprint` strings shape the same result: equal but for
+    the labels (a recipe renamed, copied to another file or re-described still resumes)."""
+    def shaping(fp):
+        try:
+            d = json.loads(fp)
+        except (TypeError, ValueError):
+            return fp
+        return {k: v for k, v in d.items() if k not in _LABELS} if isinstance(d, dict) else d
+    return fingerprint_a is not None and shaping(fingerprint_a) == shaping(fingerprint_b)
 
 
 def load_recipe(path_or_name: str | Path) -> Recipe:
@@ -289,6 +306,9 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CompressionError(f"recipe {p}: not valid YAML ({first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise CompressionError(f"recipe {p}: {'empty' if data is None else 'not a mapping'}; "
+                               f"a recipe maps fields (name, geometry, layers, ...) to values")
     return parse_recipe(data, default_name=p.stem)
 
 
@@ -436,8 +456,10 @@ def _check_positive(v, where: str, low: float = 0.0, inclusive: bool = False) ->
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
         v >= low if inclusive else v > low)
     if not ok:
-        hint = (" (YAML reads 1e-3 as text: write 1.0e-3)"
-                if isinstance(v, str) and _is_number(v) else "")
+        hint = ""
+        if isinstance(v, str) and _is_number(v):   # a number YAML kept as text: say why
+            hint = (" (YAML reads 1e-3 as text: write 1.0e-3)" if "e" in v.lower()
+                    else " (a number, not text: drop the quotes)")
         raise CompressionError(f"{where}={v!r}: must be a finite number "
                                f"{'>=' if inclusive else '>'} {low:g}{hint}")
 

@@ -392,3 +392,8 @@ def test_an_interrupt_names_only_checkpoints_this_run_wrote(tmp_path, recipe, ca
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "-o", tmp_path / "x.onnx",
                      "--no-resume", "-q")
     assert rc != 0 and err.strip() == "interrupted before anything was checkpointed"
+    # resuming, the earlier checkpoint is kept: the message says so rather than "nothing"
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "-o", tmp_path / "x.onnx", "-q")
+    assert rc != 0 and err.strip() == (f"interrupted before anything was checkpointed; "
+                                       f"{tmp_path / 'x.ckpt'}, there before this run, is "
+                                       f"untouched")

@@ -71,6 +71,16 @@ def test_finished_checkpoint_returns_without_training(data, straight, monkeypatc
     assert res.accuracy == ref.accuracy
 
 
+def test_renamed_or_redescribed_recipe_still_resumes(data, straight, monkeypatch):
+    # name and description label a run and shape nothing: a recipe copied to another file
+    # (which names it) or re-described must not throw its checkpoint away
+    ref, path = straight
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained again"))
+    relabelled = parse_recipe({**RECIPE, "name": "copy", "description": "same run, new words"})
+    res = compress(mlp(), relabelled, *data, checkpoint=path, progress=False)
+    assert res.accuracy == ref.accuracy
+
+
 def test_checkpoint_of_another_recipe_is_refused(data, straight):
     _, path = straight
     other = parse_recipe({**RECIPE, "seed": 1})

@@ -157,6 +157,7 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     (("admm",), {"lr": float("inf")}, r"recipe.admm.lr=inf: must be a finite number > 0"),
     (("retrain",), {"lr": float("nan")}, r"recipe.retrain.lr=nan: must be a finite number"),
     (("retrain",), {"lr": "1e-3"}, r"recipe.retrain.lr='1e-3': .*write 1.0e-3"),
+    (("distill",), {"temperature": "4"}, r"temperature='4': .*> 0 \(a number, not text: drop"),
     (("distill",), {"temperature": float("inf")}, r"recipe.distill.temperature=inf"),
     (("layers", 0, "sparsity"), {"keep": 0.1},
      r"recipe.layers\[0\].sparsity.structure=None: must be one of rows, "),
@@ -191,7 +192,10 @@ def test_load_recipe_errors(tmp_path):
     with pytest.raises(CompressionError, match="not valid YAML"):
         load_recipe(bad)
     bad.write_text("- 1\n")
-    with pytest.raises(CompressionError, match="recipe=.*must be a mapping"):
+    with pytest.raises(CompressionError, match=r"recipe .*bad.yaml: not a mapping; a recipe maps"):
+        load_recipe(bad)
+    bad.write_text("# nothing yet\n")          # was "recipe=None: must be a mapping"
+    with pytest.raises(CompressionError, match=r"recipe .*bad.yaml: empty; a recipe maps"):
         load_recipe(bad)
     assert (RECIPE_DIR / "lenet5_block.yaml").is_file()
 
