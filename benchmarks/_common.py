@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def mlp_onnx(sizes, seed=0, relu=True):
-    """An ONNX MLP (MatMul + bias Add [+ Relu]) with seeded random weights."""
+    """An ONNX MLP (Gemm with bias [+ Relu]) with seeded random weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)

@@ -330,17 +330,39 @@ def vgg_fmnist(fc_width: int = VGG_FC_WIDTH):
     return m.eval()
 
 
+DENSE_EPOCHS = 15
+
+
+def dense_cache_path(cache: Path, epochs: int) -> Path:
+    """Where the dense VGG-style model trained ``epochs`` epochs is cached: the default's
+    file keeps the name it always had (so its cache stays valid), other epochs their own."""
+    suffix = "" if epochs == DENSE_EPOCHS else f"_e{epochs}"
+    return cache / f"vgg_fmnist_fc{VGG_FC_WIDTH}{suffix}.pt"
+
+
+def cached_dense_info(path: Path, epochs: int) -> dict | None:
+    """The training info of the dense model cached at ``path`` if it was trained ``epochs``
+    epochs, else None (nothing cached there, or another number of epochs)."""
+    if not path.is_file():
+        return None
+    info = json.loads(path.with_suffix(".json").read_text())
+    return info if info.get("epochs") == epochs else None
+
+
 def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
-    """Adam, lr 1e-3 decaying 0.85 per epoch, batch 128, seeded order; cached at ``path``."""
+    """Adam, lr 1e-3 decaying 0.85 per epoch, batch 128, seeded order; cached at ``path``
+    (a cached model of another number of epochs is trained again)."""
     import torch
     from torch import nn
 
     from models.train import evaluate
-    if path.is_file():
+    info = cached_dense_info(path, epochs)
+    if info is not None:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        info = json.loads(path.with_suffix(".json").read_text())
         log(f"dense {path.stem}: cached ({info['train_seconds']:.0f} s when trained)")
         return info
+    if path.is_file():
+        log(f"dense {path.stem}: cached with other epochs than the {epochs} asked; retraining")
     x, y = train
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     t0 = time.perf_counter()
@@ -401,6 +423,55 @@ def run_variant(name, model, rec, method, train, val, ckpt: Path, log):
     return res
 
 
+def finished_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds a finished compression run: ``compress`` checkpoints after every
+    stage and resumes an unfinished one, which still trains."""
+    if not ckpt.is_file():
+        return False
+    import torch
+    try:   # mmap: the stage is read, not the weights
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:   # unreadable: not finished; compress refuses it with the reason
+        return False
+    return isinstance(ck, dict) and ck.get("stage") == "done"
+
+
+def timed_run(name, model, rec, method, train, val, ckpt: Path, log):
+    """``run_variant`` and its timing: ``compress_cached`` only for a finished checkpoint.
+    What the run cost when trained is kept beside its checkpoint, so a warm run still
+    accounts for the training its rows rest on; a resumed run's cost is this run's time
+    alone, marked ``partial`` (what the interrupted run spent before is not known)."""
+    cached = finished_checkpoint(ckpt)
+    resumed = not cached and ckpt.is_file()
+    t0 = time.perf_counter()
+    res = run_variant(name, model, rec, method, train, val, ckpt, log)
+    timing = {"compress_s": time.perf_counter() - t0, "compress_cached": cached}
+    cost = ckpt.with_suffix(".seconds.json")
+    if not cached:
+        known = {"compress_s": timing["compress_s"], **({"partial": True} if resumed else {})}
+        cost.write_text(json.dumps(known))
+    elif cost.is_file():
+        known = json.loads(cost.read_text())
+        timing["compress_s_when_trained"] = known["compress_s"]
+    else:
+        known = {}
+    if known.get("partial"):
+        timing["compress_s_partial"] = True
+    return res, timing
+
+
+LOSSLESS_IMAGES = 200   # the chip images the TinyADC lossless check runs (fewer: --sim-images)
+
+
+def lossless_images(row) -> int:
+    """How many images ``row``'s lossless check ran (0: none); a row written before the
+    count was kept ran the first ``LOSSLESS_IMAGES`` of its chip images."""
+    check = row.get("lossless_check")
+    if not check:
+        return 0
+    return check.get("images", min(LOSSLESS_IMAGES, row["images"]))
+
+
 def measure(name, onnx_path, cfg, test, sim, cal, log, vfu_cores: str,
             lossless: bool = False) -> dict:
     """Test accuracy (onnxruntime, all test images) + the hardware figures, compiled with
@@ -415,8 +486,10 @@ def measure(name, onnx_path, cfg, test, sim, cal, log, vfu_cores: str,
            "test_accuracy": acc, "test_images": int(len(xt)), **hw,
            "_correct": correct}   # per test image, for the verdicts' intervals; not written
     if lossless:
-        out["lossless_check"] = adc_lossless_check(onnx_path, cfg, sim[0][:200],
-                                                   calibration=cal, promised=True)
+        checked = sim[0][:LOSSLESS_IMAGES]
+        out["lossless_check"] = {**adc_lossless_check(onnx_path, cfg, checked, calibration=cal,
+                                                      promised=True),
+                                 "images": len(checked)}
     log(f"{name}: test {acc:.4f} | chip {hw['accuracy_sim']:.4f} on {hw['images']} | "
         f"x{hw['compression']:.1f} storage | {hw['crossbars']} crossbars | "
         f"{hw['energy_uj']:.1f} uJ | {hw['area_mm2']:.3f} mm2 | ADC bits max "
@@ -445,7 +518,7 @@ def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log,
     log(f"{mname} {vname}: {source} folded to power-of-two scales (output scale "
         f"{folded.output_scale:.4f}, max |logit difference| {err:.2g}); val "
         f"{val_acc['final']:.4f} ({time.perf_counter() - t0:.1f} s)")
-    timing = {"compress_s": time.perf_counter() - t0, "compress_cached": False}
+    timing = {"fold_s": time.perf_counter() - t0}   # no compression run: not in the cache counts
     t0 = time.perf_counter()
     row = measure(f"{mname} {vname}", path, cfg, test, sim, cal, log, vfu_cores)
     timing["measure_s"] = time.perf_counter() - t0
@@ -461,23 +534,24 @@ def fold_row(mname, vname, source, res, cfg, val, cache, test, sim, cal, log,
 
 # -- the benchmark --------------------------------------------------------------------------
 
-def main():
+def arg_parser() -> argparse.ArgumentParser:
+    from compiler.place import VFU_CORES as PLACEMENTS
+    from simulator.cli import int_in, positive_int
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small subsets, plumbing only")
     ap.add_argument("--fresh", action="store_true", help="ignore the cache")
-    ap.add_argument("--sim-images", type=int, default=500)
-    ap.add_argument("--sweep-images", type=int, default=200,
+    ap.add_argument("--sim-images", type=positive_int, default=500)
+    ap.add_argument("--sweep-images", type=positive_int, default=200,
                     help="test images per point of the variation sweep")
-    ap.add_argument("--compress-images", type=int, default=30000,
+    ap.add_argument("--compress-images", type=positive_int, default=30000,
                     help="training images per compression epoch")
-    ap.add_argument("--dense-epochs", type=int, default=15)
+    ap.add_argument("--dense-epochs", type=positive_int, default=DENSE_EPOCHS)
     ap.add_argument("--context", action="store_true",
                     help="also run the context points: TinyADC with n=42 (one ADC bit less "
                          "instead of two), TinyADC per read of 64 rows on a chip that reads "
                          "64 at once, the ADMM/magnitude pairs below the highest "
                          "compression point (x2) and power-of-two scales projected in ADMM "
                          "(pow2: true, every seed)")
-    from compiler.place import VFU_CORES as PLACEMENTS
     ap.add_argument("--vfu-cores", choices=PLACEMENTS, default=VFU_CORES,
                     help="VFU layers (pools) on cores of their own or sharing the MVM "
                          f"layers' (default: {VFU_CORES}, the compact placement: the fewest "
@@ -486,10 +560,16 @@ def main():
     ap.add_argument("--name", default=None, metavar="NAME",
                     help="results as benchmarks/results/NAME.json/.csv and plots/"
                          "NAME_pareto.png (default: compression, or compression_quick)")
-    ap.add_argument("--extra-seeds", type=int, default=0, metavar="K",
+    # each seed retrains every compared variant (an hour or more cold): 99 is no real bound
+    ap.add_argument("--extra-seeds", type=int_in(0, 99), default=0, metavar="K",
                     help="also run every variant a target compares (ADMM blocks, "
                          "power-of-two scales, TinyADC, the highest point's ADMM/magnitude "
                          "pair) with data-order seeds 1..K; the verdicts take the mean")
+    return ap
+
+
+def main():
+    ap = arg_parser()
     args = ap.parse_args()
     if args.name is not None and not re.fullmatch(r"[\w.-]+", args.name):
         ap.error(f"--name {args.name!r}: a file name (letters, digits, _ . -), no folders")
@@ -522,11 +602,12 @@ def main():
     # -- dense models
     lenet = load_pretrained("lenet5_fmnist")
     vgg = vgg_fmnist()
-    vgg_path = cache / f"vgg_fmnist_fc{VGG_FC_WIDTH}.pt"
-    dense_cached = vgg_path.is_file()
+    dense_epochs = 1 if args.quick else args.dense_epochs
+    # --quick: 1 epoch, in a cache of its own under the plain name, as always
+    vgg_path = dense_cache_path(cache, DENSE_EPOCHS if args.quick else dense_epochs)
+    dense_cached = cached_dense_info(vgg_path, dense_epochs) is not None
     dense_info = {"lenet5": {"source": "shipped pretrained lenet5_fmnist"},
-                  "vgg_fmnist": train_dense(vgg, train, val, 1 if args.quick else
-                                            args.dense_epochs, vgg_path, log)}
+                  "vgg_fmnist": train_dense(vgg, train, val, dense_epochs, vgg_path, log)}
     models = {
         "lenet5": {"model": lenet, "geom": GEOM32, "blocks": LENET_BLOCKS, "tiny": LENET_TINY,
                    "dense_cfg": ("puma", ["xbar.rows=32", "xbar.cols=32"])},
@@ -609,20 +690,9 @@ def main():
                              sched)
                 model = copy.deepcopy(dense_model)
                 ckpt = checkpoint_path(cache, f"{mname}_{vname}", rec, method, model)
-                cached = ckpt.is_file()
-                t0 = time.perf_counter()
-                res = run_variant(f"{mname} {vname}" + (f" [{label}]" if len(cands) > 1
-                                                        else ""),
-                                  model, rec, method, ctrain, val, ckpt, log)
-                timing = {"compress_s": time.perf_counter() - t0, "compress_cached": cached}
-                # what the run cost when it was trained, kept beside its checkpoint, so a
-                # warm run still accounts for the training its rows rest on
-                cost = ckpt.with_suffix(".seconds.json")
-                if not cached:
-                    cost.write_text(json.dumps({"compress_s": timing["compress_s"]}))
-                elif cost.is_file():
-                    timing["compress_s_when_trained"] = json.loads(cost.read_text())[
-                        "compress_s"]
+                res, timing = timed_run(f"{mname} {vname}" + (f" [{label}]" if len(cands) > 1
+                                                              else ""),
+                                        model, rec, method, ctrain, val, ckpt, log)
                 tried[label] = (res, rec, timing)
             # the choice: best validation accuracy, ties to the earlier candidate (never test)
             label = max(tried, key=lambda k: (tried[k][0].accuracy["final"],
@@ -690,18 +760,8 @@ def main():
     wall = time.perf_counter() - t_start
     correct = {(r["model"], r["variant"]): r.pop("_correct") for r in rows if "_correct" in r}
     summary = targets(rows, sweep, correct)
-    ctimes = [t for r in rows if "timing" in r for t in
-              ([v for v in r["schedule_selection"].values()] if "schedule_selection" in r
-               else [r["timing"]])]
-    trained = [t.get("compress_s_when_trained") if t["compress_cached"] else t["compress_s"]
-               for t in ctimes]
-    cached = {"compression_runs": len(ctimes),
-              "from_cache": sum(t["compress_cached"] for t in ctimes),
-              "dense_vgg_from_cache": dense_cached,
-              # training behind these rows, cached or not (None: a run cached before
-              # its cost was recorded)
-              "training_s_when_trained": None if None in trained else
-              sum(trained) + dense_info["vgg_fmnist"].get("train_seconds", 0.0)}
+    cached = cache_summary(rows, dense_cached,
+                           dense_info["vgg_fmnist"].get("train_seconds", 0.0))
     out = {"machine": machine(), "wall_s": wall, "quick": args.quick, "options": vars(args),
            "wall_note": "wall_s of this run; compression runs taken from the cache do not "
                         "count (see 'cache'); a cold run trains them all",
@@ -733,6 +793,23 @@ def main():
 
 
 # -- reporting ------------------------------------------------------------------------------
+
+def cache_summary(rows, dense_cached: bool, dense_train_s: float) -> dict:
+    """How many compression runs (every schedule candidate) came from the cache, and the
+    training behind the rows, cached or not. Fold rows train nothing: not counted."""
+    ctimes = [t for r in rows if "timing" in r and FOLD not in r["method"] for t in
+              (r["schedule_selection"].values() if "schedule_selection" in r
+               else [r["timing"]])]
+    trained = [t.get("compress_s_when_trained") if t["compress_cached"] else t["compress_s"]
+               for t in ctimes]
+    return {"compression_runs": len(ctimes),
+            "from_cache": sum(t["compress_cached"] for t in ctimes),
+            "dense_vgg_from_cache": dense_cached,
+            # None: a run cached before its cost was recorded
+            "training_s_when_trained": None if None in trained else sum(trained) + dense_train_s,
+            # a lower bound where a run resumed an interrupted one (its earlier part unknown)
+            "training_s_partial": any(t.get("compress_s_partial") for t in ctimes)}
+
 
 def _find(rows, model, variant):
     return next((r for r in rows if r["model"] == model and r["variant"] == variant), None)
@@ -772,10 +849,12 @@ def _interval(ci) -> str:
 def targets(rows, sweep, correct=None) -> list[dict]:
     """Issue 5's "Must show" items, each with the measured numbers. With ``--extra-seeds``
     an accuracy verdict takes the mean over the data-order seeds (hardware figures are seed
-    0's: the same recipe gives the same crossbars, and energy within 0.1 %); differences
-    are paired by seed. ``correct`` ((model, variant) -> per-test-image correctness) adds
-    each accuracy difference's paired-bootstrap interval (``ci95_pp``); the verdicts stay on
-    the point estimates, as the rule fixed before the runs says."""
+    0's: a block recipe gives the same crossbars whatever the seed, and energy within
+    0.1 %; TinyADC's packed crossbars move a little with the weights, LeNet-5's 252 vs 248,
+    energy within 1 %); differences are paired by seed. ``correct`` ((model, variant) ->
+    per-test-image correctness) adds each accuracy difference's paired-bootstrap interval
+    (``ci95_pp``); the verdicts stay on the point estimates, as the rule fixed before the
+    runs says."""
     correct = correct or {}
 
     def interval(As, Bs):
@@ -851,7 +930,7 @@ def targets(rows, sweep, correct=None) -> list[dict]:
                                 f"adaptive == ideal ADC outputs: {equal}; at the "
                                 f"{promised_bits} bits n promises (bounded layers): "
                                 f"kept on every crossbar and == ideal: {promise_ok}; on "
-                                f"{200 if ts[0].get('lossless_check') else 0} images"
+                                f"{lossless_images(ts[0])} images"
                                 + (f" x {len(ts)} seeds" if len(ts) > 1 else "")})
         ps = replicates(rows, m, "admm_blocks_pow2")
         gaps = [100 * (p["test_accuracy"] - f["test_accuracy"]) for p, f in zip(ps, cs)]

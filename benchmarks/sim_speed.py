@@ -12,6 +12,7 @@ import glob
 import os
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -67,15 +68,23 @@ def measure(name, model, shape, values=True, input_name="input"):
            "mvmus": len(prog.mvmu_loc), "tiles": rep.tiles,
            "instructions": prog.n_instructions, "latency_us": rep.latency_s * 1e6,
            "energy_uj": rep.energy_j["total"] * 1e6,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           # the process's peak so far (ru_maxrss), earlier models' rows included
+           "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"{name:10s} compile {row['compile_s']:6.2f} s  simulate {row['simulate_s']:6.2f} s "
           f"(timing {row['timing_s']:.2f}, values {row['values_s']:.2f}; again "
           f"{row['simulate_again_s']:.2f})  "
           f"{row['mvm_per_s']:9.0f} MVM/s  "
           + (f"values/BLAS-bound {row['values_over_bound']:.2f}x  " if bound else "")
           + f"latency {row['latency_us']:.1f} us  energy {row['energy_uj']:.1f} uJ  "
-          f"RSS {row['peak_rss_mb']:.0f} MB")
+          f"process peak RSS {row['process_peak_rss_mb']:.0f} MB")
     return row
+
+
+def export_zoo(name: str, folder: Path) -> Path:
+    """``models``' ``name`` exported afresh (seed 0) to ``folder``: a file left from before
+    would measure the model as it was then."""
+    import models
+    return models.export(name, folder / f"{name}.onnx", seed=0)
 
 
 def main():
@@ -88,10 +97,7 @@ def main():
     run_timing_engine(compile_model(mlp_onnx([8, 8]), "puma"))   # warm numba's cache
     rows = [measure("puma_mlp", mlp_onnx([1024, 1024, 2048, 1024, 10]), (1, 1024))]
     for name in ("vgg8", "vgg16", "resnet18"):
-        path = tmp / f"{name}.onnx"
-        if not path.exists():
-            models.export(name, path, seed=0)
-        rows.append(measure(name, path, models.input_shape(name)))
+        rows.append(measure(name, export_zoo(name, tmp), models.input_shape(name)))
     if not args.skip_resnet50:
         import onnx
         light = os.path.dirname(onnx.__file__) + "/backend/test/data/light/"

@@ -75,6 +75,23 @@ def measure_one(name: str, overrides: list[str]) -> dict:
             "dynamic_energy_mj": (rep.energy_j["total"] - rep.energy_j.get("leakage", 0.0)) * 1e3}
 
 
+def child_row(out: subprocess.CompletedProcess) -> tuple[dict | None, str]:
+    """A ``--one`` child's row and, without one, why: its row is the last stdout line that
+    is a JSON object (output may follow it); a failure's reason is stderr's last line, else
+    its exit status (a killed child can leave both streams empty)."""
+    if out.returncode == 0:
+        for line in reversed(out.stdout.splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                return row, ""
+        return None, "exit status 0 but no result row on stdout"
+    lines = out.stderr.strip().splitlines()
+    return None, lines[-1] if lines else f"exit status {out.returncode}, no error output"
+
+
 def main(argv):
     if argv[:1] == ["--one"]:
         print(json.dumps(measure_one(argv[1], argv[2:])))
@@ -86,12 +103,12 @@ def main(argv):
         while True:        # the preset first; then the smallest node the placement fits on
             out = subprocess.run([sys.executable, __file__, "--one", name, *overrides],
                                  capture_output=True, text=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+            r, err = child_row(out)
             if r is None or "tiles_needed" not in r or overrides:
                 break
             overrides = [f"node.tiles={r['tiles_needed']}"]
         if r is None or "tiles_needed" in r:
-            err = out.stderr.strip().splitlines()[-1] if r is None else "does not fit"
+            err = err if r is None else "does not fit"
             rows.append({"model": name, "error": err})
             print(f"{name:14s} FAILED: {err}", flush=True)
             continue
