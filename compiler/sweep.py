@@ -60,7 +60,7 @@ import numpy as np
 
 from simulator.config import MachineConfig, load_config, with_overrides
 from simulator.errors import ConfigError, XbarsimError
-from simulator.fileio import atomic_write
+from simulator.fileio import atomic_write, check_writable_folder
 from simulator.cli import positive_int
 
 from .errors import CompilerError
@@ -139,8 +139,9 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
             parts = str(text).split("=")
             if len(parts) < 2 or not parts[-1].strip():
                 raise SweepError(f"grid {text!r}: expected KEY=V1,V2,... e.g. adc.bits=4,6,8")
+            value_type = _value_type(tuple(k.strip() for k in parts[:-1]))
             try:
-                vals = [_parse_value(v.strip()) for v in parts[-1].split(",")]
+                vals = [_parse_value(v, value_type) for v in parts[-1].split(",")]
             except ConfigError as e:
                 raise SweepError(f"grid {text!r}: {e}") from None
             items.append((tuple(parts[:-1]), vals))
@@ -165,6 +166,20 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
 # Grid keys that are compiler options rather than machine config: key -> compile_model
 # keyword. They go to the table like config keys and into the point's hash.
 COMPILE_KEYS = {"compile.replicate": "replicate", "compile.vfu_cores": "vfu_cores"}
+
+
+def _value_type(keys: tuple[str, ...]) -> str:
+    """The declared type a grid axis' text values are read as, as --set reads them
+    (adc.model=ideal is the name, not none): "" (untyped) for compile options, unknown keys
+    (refused later, by name) and keys of different types."""
+    from simulator.config import _field_type
+    types = set()
+    for key in keys:
+        try:
+            types.add("" if key in COMPILE_KEYS else _field_type(key))
+        except ConfigError:
+            types.add("")
+    return types.pop() if len(types) == 1 else ""
 
 
 def split_point(pt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -192,6 +207,8 @@ def _check_keys(base: MachineConfig, keys: Iterable[str]) -> None:
     point's failure (a failed row later)."""
     flat = base.to_dict()
     for key in keys:
+        if key.partition(".")[0] == "compile":   # not a config section: name the options
+            raise ConfigError(f"{key}: unknown compile option; use {', '.join(COMPILE_KEYS)}")
         node: Any = flat
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -258,7 +275,14 @@ def _parse_model_spec(spec: str) -> tuple[str, dict]:
 def _unique_labels(entries: list[ModelEntry]) -> None:
     """Files of one name in different folders (dense/lenet5.onnx, pruned/lenet5.onnx) are
     labelled with their folder, as the table and the plots group rows by label; the same
-    model given twice is refused."""
+    model given twice is refused, also under two names (a zoo model's options in another
+    order, one file by two paths)."""
+    first: dict[Path, ModelEntry] = {}
+    for e in entries:
+        other = first.setdefault(e.path.resolve(), e)
+        if other is not e and other.label != e.label:
+            raise SweepError(f"models {other.label!r} and {e.label!r} are the same model "
+                             f"({e.path.name}); list it once")
     labels = [e.label for e in entries]
     clash = [e for e in entries if labels.count(e.label) > 1 and e.path.suffix == ".onnx"]
     paths = {e.path.resolve() for e in clash}
@@ -323,15 +347,25 @@ def _input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def load_data(spec: str | os.PathLike | None, samples: int) -> tuple[np.ndarray, Any] | None:
     """(images, labels) of a data set (test split) or None for ``random``/no data."""
-    if spec is None or str(spec) == "random":
+    if spec is None:
         return None
-    if samples < 1:
+    if samples < 1:      # random inputs too: a batch of none is no batch
         raise SweepError(f"samples = {samples}: must be >= 1")
+    if str(spec) == "random":
+        return None
     if str(spec) == "demo":
         import models
         return models.load_demo_images(samples)
     from models.data import load
-    return load(spec, "test", limit=samples)
+    from models.errors import DataError
+    try:
+        return load(spec, "test", limit=samples)
+    except DataError as e:
+        msg = str(e)
+        if "; use fashion-mnist" not in msg:   # a data set that is there but unreadable
+            raise
+        # an unknown name: the data sets load() lists, and the two the sweep adds
+        raise SweepError(msg.replace("; use ", "; use demo, random, ", 1)) from None
 
 
 def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) -> None:
@@ -693,6 +727,28 @@ def results_paths(out: str | os.PathLike) -> dict[str, Path]:
             "models": stem.with_name(stem.name + ".models")}
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, a container's or a batch job's CPU
+    set), not every CPU of the machine: the default worker count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _check_results_paths(paths: dict[str, Path], out) -> None:
+    """The results can be written where ``-o`` says: refused now, not after every point."""
+    flag = f"-o {out}"
+    for kind in ("csv", "parquet"):
+        if paths[kind].is_dir():
+            raise SweepError(f"{flag}: {paths[kind]} is a folder; name a results file to "
+                             f"write, e.g. -o sweep.csv")
+    for kind in ("points", "models"):
+        if paths[kind].exists() and not paths[kind].is_dir():
+            raise SweepError(f"{flag}: {paths[kind]} is a file, where the sweep keeps its "
+                             f"{kind} folder; choose another name or move the file")
+    check_writable_folder(paths["csv"].parent, flag, SweepError)
+
+
 def _write_point(folder: Path, key: str, record: dict) -> None:
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(record, indent=1, default=str))
@@ -787,6 +843,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         raise SweepError(f"no point of the sweep has a valid config; the first "
                          f"({_point_text(pt)}): {_one_line(err)}" if pt else _one_line(err))
     paths = results_paths(out)
+    _check_results_paths(paths, out)
     batch = load_data(data, samples)
 
     entries: list[ModelEntry] = []
@@ -834,7 +891,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
                       "code": code_fingerprint()}, e.data))
         job_keys.append(key)
 
-    nworkers = max(1, min(workers or os.cpu_count() or 1, max(len(jobs), 1)))
+    nworkers = max(1, min(workers or _usable_cpus(), max(len(jobs), 1)))
     failed_now: dict[str, dict] = {}
     # every point counts: computed by a worker, found invalid here, or reused
     bar = tqdm(total=len(job_keys) + invalid + cached, initial=cached + invalid, desc="sweep",
@@ -949,6 +1006,9 @@ def read_table(path: str | os.PathLike):
         raise SweepError(f"results file {str(path)!r} does not exist")
     try:
         return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except ImportError as e:      # no Parquet engine (pyarrow): the sweep wrote a CSV too
+        raise SweepError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow); or "
+                         f"give the .csv beside it") from e
     except (ValueError, OSError) as e:
         raise SweepError(f"{path}: not a readable results table ({e})") from e
 

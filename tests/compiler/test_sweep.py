@@ -604,3 +604,103 @@ def test_workers_start_deaf_to_ctrl_c_until_their_initializer():
     assert q.get(timeout=60) is True and q.get(timeout=60) is True
     p.join(60)
     assert p.exitcode == 0
+
+
+@pytest.fixture
+def no_points(monkeypatch):
+    """The local executor failing the test: for requests refused before any point runs."""
+    def computed(jobs, workers, points_dir):
+        raise AssertionError(f"{len(jobs)} point(s) computed before the refusal")
+        yield
+    monkeypatch.setattr(sw, "_run_local", computed)
+
+
+def test_a_results_path_that_cannot_be_written_is_refused_before_any_point(
+        model_files, tmp_path, no_points):
+    """-o naming a folder was found by write_table, after every point was computed."""
+    (tmp_path / "r.csv").mkdir()
+    with pytest.raises(SweepError, match=r"r\.csv is a folder; name a results file"):
+        run_sweep([model_files[0]], ["adc.bits=4,6"], tmp_path / "r.csv", progress=False)
+    (tmp_path / "s.points").write_text("not a folder")
+    with pytest.raises(SweepError, match=r"s\.points is a file, where the sweep keeps its "
+                                         r"points folder"):
+        run_sweep([model_files[0]], ["adc.bits=4,6"], tmp_path / "s.csv", progress=False)
+    if Path("/proc/self").is_dir():   # root writes anywhere chmod forbids, not in /proc
+        with pytest.raises(SweepError, match=r"^-o /proc/r\.csv: cannot write files in /proc"):
+            run_sweep([model_files[0]], ["adc.bits=4,6"], "/proc/r.csv", progress=False)
+
+
+def test_random_data_needs_a_sample_too(model_files, tmp_path, no_points):
+    for n in (0, -3):     # was a numpy error from the random batch of n inputs
+        with pytest.raises(SweepError, match=rf"^samples = {n}: must be >= 1"):
+            run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv", data="random",
+                      samples=n, progress=False)
+
+
+def test_grid_values_are_read_as_their_field_reads_them():
+    """--grid read every value untyped: adc.model=ideal (a model's name) became none."""
+    assert parse_grid(["adc.model=ideal,puma"])[0].values == ("ideal", "puma")
+    assert parse_grid(["xbar.mapping=none"])[0].values == ("none",)
+    # typed keys as before: none and numbers; compile options and unknown keys untyped
+    assert parse_grid(["adc.bits=none,4"])[0].values == (None, 4)
+    assert parse_grid(["compile.replicate=1,none"])[0].values == (1, None)
+    assert parse_grid(["adc.bitz=4"])[0].values == (4,)
+    assert parse_grid(["xbar.rows=xbar.cols=64"])[0].values == (64,)
+
+
+def test_a_compile_option_typo_names_the_compile_options(model_files, tmp_path, no_points):
+    from simulator.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"^compile\.replicat: unknown compile option; use "
+                                          r"compile\.replicate, compile\.vfu_cores$"):
+        run_sweep([model_files[0]], ["compile.replicat=1,2"], tmp_path / "r.csv",
+                  progress=False)
+
+
+def test_a_parquet_table_without_pyarrow_says_what_to_do(tmp_path, monkeypatch, capsys):
+    def no_engine(*a, **k):    # what pandas raises without pyarrow or fastparquet
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow'.")
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    table = tmp_path / "r.parquet"
+    table.write_bytes(b"PAR1")
+    assert main(["plot", str(table), "-o", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"r\.parquet: reading Parquet needs pyarrow \(pip install pyarrow\); or "
+                     r"give the \.csv beside it", err), err
+
+
+def test_default_workers_are_the_cpus_this_process_may_use(model_files, tmp_path,
+                                                           monkeypatch):
+    """os.cpu_count() counts the machine's CPUs, not those taskset or a job's cgroup give."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    seen = []
+
+    def record(jobs, workers, points_dir):
+        seen.append(workers)
+        return ((i, sw.evaluate_point(task, data)) for i, (task, data) in enumerate(jobs))
+    monkeypatch.setattr(sw, "_run_local", record)
+    # 3 points: the affinity gives 2, cpu_count 3, a constant 1
+    run_sweep([model_files[0]], ["adc.bits=4,5,6"], tmp_path / "r.csv", progress=False)
+    assert seen == [2]
+
+
+def test_one_zoo_model_under_two_option_orders_is_given_twice(model_files, tmp_path,
+                                                              monkeypatch, no_points):
+    """Its two labels hid that both resolve to one exported file: every point twice."""
+    import shutil
+
+    import models
+    monkeypatch.setattr(models, "export",
+                        lambda name, path, **kw: shutil.copy(model_files[0], path))
+    with pytest.raises(SweepError, match=r"models 'mlp:hidden=\(32,\):bias=True' and "
+                                         r"'mlp:bias=True:hidden=\(32,\)' are the same model"):
+        run_sweep(["mlp:hidden=(32,):bias=True", "mlp:bias=True:hidden=(32,)"],
+                  ["adc.bits=6"], tmp_path / "r.csv", progress=False)
+
+
+def test_an_unknown_data_set_lists_the_sweeps_own_too():
+    with pytest.raises(SweepError, match=r"^unknown data set 'nope'; use demo, random, "
+                                         r"fashion-mnist, digits"):
+        sw.load_data("nope", 4)
