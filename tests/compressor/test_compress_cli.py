@@ -237,10 +237,9 @@ def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):
     scale = json.loads((tmp_path / "s.json").read_text())["admm"]["output_scale"]
     assert scale != 1.0 and f"logits times {scale:.6g}" in stdout
     from onnx import numpy_helper
-    for t in onnx.load(out).graph.initializer:
-        if t.name.endswith("_scale"):
-            s = float(numpy_helper.to_array(t))
-            assert 2.0 ** round(math.log2(s)) == s
+    scales = [float(numpy_helper.to_array(t)) for t in onnx.load(out).graph.initializer
+              if t.name.endswith("_scale")]
+    assert len(scales) == 2 and all(2.0 ** round(math.log2(s)) == s for s in scales)
     # the zoo's LSTM classifier: torch.fx cannot trace its loop over time steps
     p.write_text(RECIPE.replace("[layers.1, layers.3]", "'*'")
                  .replace("quant: {bits: 6}", "quant: {bits: 6, pow2: fold}"))

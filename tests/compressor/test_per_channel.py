@@ -96,11 +96,12 @@ def test_joint_free_channel_scales_feasible_idempotent_and_no_worse_than_one(sha
         again = P.project_sparse_quantized(p, g, structure, amount, 4, pow2=pow2,
                                            per_channel=True)
         assert np.array_equal(again, p)
-        if structure in PER_SEG or structure in P.PACKED:
-            # the columns are independent: each gets its best candidate, and one shared
-            # scale is a candidate of none, so compare the layer loosely
-            one = P.project_sparse_quantized(w, g, structure, amount, 4, pow2=pow2)
-            assert dist(p, w) <= dist(one, w) * 1.01
+        one = P.project_sparse_quantized(w, g, structure, amount, 4, pow2=pow2)
+        # per segment or packed, the columns are independent: each gets its best
+        # candidate, and one shared scale is a candidate of none, so compare loosely;
+        # otherwise one shared scale is among the choices: never closer
+        slack = 1.01 if structure in PER_SEG or structure in P.PACKED else 1 + 1e-12
+        assert dist(p, w) <= dist(one, w) * slack
 
 
 def test_given_scales_of_the_wrong_shape_or_sign_are_refused():
