@@ -76,11 +76,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         _check_model(args.model)
         try:
             from models.onnx_export import export
+            from models.zoo import _options
         except ImportError as e:
             raise ModelError(f"{_NO_TORCH} ({e})") from e
+        options = _parse_options(args.opt)
+        # builder options only: export's own parameters (path, batch, seed, atol...) share
+        # its keyword arguments and would clash with the command's or silently change them
+        _options(args.model, options)
         path = export(args.model, args.output, args.opset, batch=args.batch,
                       dynamic_batch=args.dynamic_batch, weights=args.weights,
-                      verify=args.verify, seed=args.seed, **_parse_options(args.opt))
+                      verify=args.verify, seed=args.seed, **options)
     except ModelError as e:
         return _error(e)
     except BrokenPipeError:   # the reader of stdout left: xbarsim's main says nothing

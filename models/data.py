@@ -86,6 +86,7 @@ def load_idx_pair(folder: str | os.PathLike, split: str = "train",
     """Load ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` from an MNIST-style folder."""
     if split not in _IDX_PREFIX:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    check_limit(limit)
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"missing data folder {folder} ({_MISSING_HINT})")
@@ -116,7 +117,8 @@ def load_fashion_mnist(folder: str | os.PathLike | None = None, split: str = "tr
 def digits_to_28(images: np.ndarray) -> np.ndarray:
     """Place 8x8 digit images in a 28x28 frame: each pixel becomes 3x3 (24x24), padded by 2.
 
-    The same layout as MNIST's centred digit box, so 28x28 models (LeNet-5) take them as is.
+    The frame is MNIST's size, so 28x28 models (LeNet-5) take them as is; the digit is
+    larger than MNIST's (a 20x20 box with a 4-pixel margin).
     """
     big = images.repeat(3, axis=-1).repeat(3, axis=-2)
     pad = [(0, 0)] * (big.ndim - 2) + [(2, 2), (2, 2)]
@@ -136,6 +138,7 @@ def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.2
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     if size not in (8, 28):
         raise DataError(f"digits size must be 8 or 28, got {size}")
+    check_limit(limit)
     bunch = sk_digits()
     images = normalise(bunch.images, 16.0)
     if size == 28:
@@ -185,6 +188,7 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
 
     Images may be uint8 (scaled by 1/255) or float in [0, 1], shaped (N,H,W) or (N,C,H,W).
     """
+    check_limit(limit)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing data file {path}")
@@ -281,10 +285,15 @@ def num_classes(spec, *labels: np.ndarray) -> int:
 def load_splits(spec: str | os.PathLike, limit: int | None = None):
     """``((x_train, y_train), (x_test, y_test))`` for ``spec`` (see ``load``)."""
     train, test = load(spec, "train", limit), load(spec, "test", limit)
-    if train[0].shape[1:] != test[0].shape[1:]:
-        raise DataError(f"{spec}: training images are {train[0].shape[1:]} but test images "
-                        f"{test[0].shape[1:]}; both splits need the same image size")
+    check_same_image_size(train[0], test[0], str(spec))
     return train, test
+
+
+def check_same_image_size(x_train: np.ndarray, x_test: np.ndarray, where: str) -> None:
+    """Refuse splits whose images differ in size: a model fits only one."""
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{where}: training images are {x_train.shape[1:]} but test images "
+                        f"{x_test.shape[1:]}; both splits need the same image size")
 
 
 def to_tensor_dataset(x: np.ndarray, y: np.ndarray):

@@ -1,6 +1,6 @@
 """Rebuild the files shipped in ``models/pretrained/`` and ``models/data/``.
 
-    python -m models.make_pretrained            # ~2 minutes on 2 CPU cores
+    python -m models.make_pretrained            # ~3.5 minutes on 2 CPU cores
 
 Trains LeNet-5 on the Fashion-MNIST training set with the recipe below (Adam, 15 epochs),
 copies its state dict and ONNX export to ``models/pretrained/lenet5_fmnist.{pt,onnx}``,

@@ -10,6 +10,7 @@ named ``logits``; the batch dimension is 1 unless asked otherwise.
 """
 import io
 import os
+import shlex
 import warnings
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def _check_training_options(name: str, kw: dict, weights: Path) -> None:
     differ = {k: recorded[k] for k in recorded
               if k in given and norm(given[k]) != norm(want[k])}
     if differ:
-        opts = " ".join(f"--opt {k}={v}" for k, v in differ.items())
+        # quoted: a list prints with spaces and brackets, which the shell would split or glob
+        opts = " ".join(f"--opt {shlex.quote(f'{k}={v}')}" for k, v in differ.items())
         raise ModelError(f"--weights {weights} was trained with other options ({record}): "
                          f"add {opts}")
 

@@ -12,8 +12,10 @@ Files in ``out_dir`` (``NAME`` = model name): ``NAME.ckpt`` (model + optimizer +
 rewritten after every epoch), ``NAME.pt`` (final state dict), ``NAME.onnx`` (opset 17,
 batch 1), ``NAME.json`` (accuracy, recipe, timings).
 """
+import hashlib
 import json
 import math
+import operator
 import os
 import time
 from pathlib import Path
@@ -27,15 +29,15 @@ from models import data as datasets
 from models.checkpoints import load_dict
 from models.errors import ModelError
 from models.onnx_export import DEFAULT_OPSET, export
-from models.zoo import ZOO, build, options_for_data
+from models.zoo import ZOO, _options, build, options_for_data
 from simulator.errors import first_line
 from simulator.fileio import atomic_write
 
 #: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
 TORCH_THREADS = 2
 # Checkpoint fields that must match for a resume to continue the same run.
-_RESUME_KEYS = ("model", "model_kwargs", "data", "seed", "lr", "lr_decay", "weight_decay",
-                "batch_size", "limit")
+_RESUME_KEYS = ("model", "model_kwargs", "data", "data_sha256", "seed", "lr", "lr_decay",
+                "weight_decay", "batch_size", "limit")
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
@@ -81,6 +83,16 @@ def _describe(data) -> str:
         return str(data)
     (xtr, _), (xte, _) = data
     return f"arrays train{tuple(xtr.shape)} test{tuple(xte.shape)}"
+
+
+def _arrays_digest(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' dtypes, shapes and bytes: in-memory data has no name, and
+    other data of the same shapes must not resume a run."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).data)
+    return digest.hexdigest()
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -161,10 +173,15 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     """
     if model_name not in ZOO:
         raise ModelError(f"unknown model {model_name!r}; choose from: {', '.join(ZOO)}")
+    # before the data loads; and "seed" or "name" would clash with build()'s own arguments
+    _options(model_name, model_kwargs or {})
     # batch_size 1 would train one example an epoch: a ragged batch of one is dropped
-    if epochs < 0 or batch_size < 2 or not lr > 0 or not math.isfinite(lr):  # NaN: refused
-        raise ModelError(f"need epochs >= 0, batch_size >= 2, lr > 0; got {epochs}, "
-                         f"{batch_size}, {lr}")
+    for name, value, ok, allowed in (
+            ("epochs", epochs, epochs >= 0, "an integer >= 0"),
+            ("batch_size", batch_size, batch_size >= 2, "an integer >= 2"),
+            ("lr", lr, lr > 0 and math.isfinite(lr), "a finite number > 0")):  # NaN: refused
+        if not ok:
+            raise ModelError(f"{name} = {value}: must be {allowed}")
     if not 0 < lr_decay <= 1:   # NaN fails too; < 0 would ascend the loss every other epoch
         raise ModelError(f"lr_decay = {lr_decay}: must be in (0, 1] (the learning rate's "
                          f"factor per epoch)")
@@ -173,6 +190,11 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
     datasets.check_limit(limit)
+    # numpy numbers pass the checks above, but json.dumps and torch.load(weights_only=True)
+    # refuse them in the record and the checkpoint: keep plain Python numbers
+    epochs, batch_size, seed = (operator.index(n) for n in (epochs, batch_size, seed))
+    lr, lr_decay, weight_decay = float(lr), float(lr_decay), float(weight_decay)
+    limit = None if limit is None else int(limit)
     if isinstance(data, (str, os.PathLike)):
         (xtr, ytr), (xte, yte) = datasets.load_splits(data, limit)
     else:   # the loaders' rules: uint8 pixels / 255, floats in [0, 1], class indices
@@ -183,6 +205,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
             (datasets._as_images(np.asarray(a[0]), f"{split} images")[:limit],
              datasets._as_labels(np.asarray(a[1]), f"{split} labels")[:limit])
             for a, split in zip(data, ("train", "test")))
+        datasets.check_same_image_size(xtr, xte, "data arrays")
     if len(xtr) == 0 or len(xte) == 0:
         raise ModelError(f"data set {_describe(data)} has an empty train or test split")
     if len(xtr) < 2:
@@ -190,7 +213,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                          f"are needed (a batch of one cannot train BatchNorm)")
     options = {**options_for_data(model_name, xtr.shape[1:]),
                "num_classes": datasets.num_classes(data, ytr, yte), **(model_kwargs or {})}
+    named = isinstance(data, (str, os.PathLike))
     config = {"model": model_name, "model_kwargs": options, "data": _describe(data),
+              "data_sha256": None if named else _arrays_digest(xtr, ytr, xte, yte),
               "seed": seed, "lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
               "batch_size": batch_size, "limit": limit}
 

@@ -72,7 +72,7 @@ def test_bad_numbers_and_weight_files_are_one_line_errors(tmp_path, capsys):
     assert run(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--weights",
                 str(tmp_path / "t.pt")]) == 2
     assert "t.pt holds a Tensor, not a dictionary" in capsys.readouterr().err
-    with pytest.raises(ModelError, match="lr > 0"):
+    with pytest.raises(ModelError, match=r"^lr = nan: must be a finite number > 0$"):
         train("mlp", "digits", lr=float("nan"), out_dir=tmp_path)
 
 
@@ -120,3 +120,22 @@ def test_export_never_overwrites_its_weights(tmp_path, capsys):
     rc = main(["export", "mlp", "--weights", str(w), "-o", str(w)])
     assert rc == 2 and "is the --weights file" in capsys.readouterr().err
     assert w.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "seed=3"],        # TypeError before
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "batch=2"],
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "path={t}/y.onnx"],
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "name=x"],
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "atol=1"],        # silently taken
+    ["export", "lenet5", "-o", "{t}/x.onnx", "--opt", "input_shape=(1,8,8)"],
+    ["train", "lenet5", "--data", "digits", "--out", "{t}/r", "--opt", "seed=3"],
+    ["train", "lenet5", "--data", "digits", "--out", "{t}/r", "--opt", "name=x"],
+])
+def test_opt_names_of_the_commands_own_parameters_are_refused(argv, tmp_path, capsys):
+    pytest.importorskip("torch")
+    key = argv[-1].partition("=")[0]
+    assert run([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model 'lenet5' has no option {key}; it takes: ")
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())

@@ -238,3 +238,19 @@ def test_float16_labels_load_without_an_overflow_warning(tmp_path):
         warnings.simplefilter("error")
         _, y = data.load_npz(tmp_path / "f16.npz")
     assert y.tolist() == [0, 1, 2, 3] and y.dtype == np.int64
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_every_public_loader_refuses_a_limit_below_one(tmp_path, limit):
+    """Each loader sliced ``[:limit]``: 0 gave no images, -1 silently dropped the last."""
+    from models.demo import load_demo_images
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 4, 4), np.uint8), y=[0, 1, 2])
+    make_folder(tmp_path / "idx", split="train")
+    loaders = [lambda: data.load_npz(tmp_path / "d.npz", limit),
+               lambda: data.load_digits(limit=limit),
+               lambda: data.load_idx_pair(tmp_path / "idx", "train", limit),
+               lambda: data.load_fashion_mnist(tmp_path / "idx", "train", limit),
+               lambda: load_demo_images(limit)]
+    for load in loaders:
+        with pytest.raises(DataError, match=f"limit = {limit}: must be an integer >= 1"):
+            load()

@@ -82,10 +82,13 @@ def test_train_on_arrays_and_other_models(tmp_path):
 def test_train_errors(tmp_path):
     with pytest.raises(ModelError, match="unknown model"):
         train("nonet", "digits", 1, out_dir=tmp_path)
-    with pytest.raises(ModelError, match="epochs"):
+    # each names its culprit (one shared message matched whichever check fired)
+    with pytest.raises(ModelError, match=r"^lr = 0: must be a finite number > 0$"):
         train("lenet5", "digits", 1, lr=0, out_dir=tmp_path)
-    with pytest.raises(ModelError, match="batch_size >= 2"):
+    with pytest.raises(ModelError, match=r"^batch_size = 1: must be an integer >= 2$"):
         train("lenet5", "digits", 1, batch_size=1, out_dir=tmp_path)
+    with pytest.raises(ModelError, match=r"^epochs = -1: must be an integer >= 0$"):
+        train("lenet5", "digits", -1, out_dir=tmp_path)
     for decay in (float("nan"), -0.5, 0.0, 1.5):
         with pytest.raises(ModelError, match=r"lr_decay = .*: must be in \(0, 1\]"):
             train("lenet5", "digits", 1, lr_decay=decay, out_dir=tmp_path)
@@ -165,3 +168,54 @@ def test_arrays_are_read_by_the_loaders_rules(tmp_path):
                  progress=False) == raw
     with pytest.raises(ModelError, match=r"train labels: labels must be one class index"):
         train("mlp", ((x, y[:, None]), (x, y)), 1, out_dir=tmp_path / "c", progress=False)
+
+
+def _two_class_arrays(n=40, side=8):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    x = (0.5 * rng.random((n, 1, side, side)) + 0.5 * y[:, None, None, None])
+    return x.astype(np.float32), y
+
+
+def test_other_arrays_of_the_same_shapes_do_not_resume(tmp_path):
+    """Arrays were told apart by their shapes only: a second task of the same shapes in the
+    same folder resumed the first one's checkpoint and reported its model."""
+    x, y = _two_class_arrays()
+    quick = {"batch_size": 8, "out_dir": tmp_path, "progress": False}
+    train("mlp", ((x, y), (x, y)), 1, **quick)
+    with pytest.raises(ModelError, match=r"is from another run \(data_sha256="):
+        train("mlp", ((x, 1 - y), (x, 1 - y)), 1, **quick)
+    train("mlp", ((x.copy(), y), (x, y)), 2, **quick)       # the same data does resume
+    record = json.loads((tmp_path / "mlp.json").read_text())
+    assert record["resumed_from_epoch"] == 1 and len(record["data_sha256"]) == 64
+
+
+def test_numpy_numbers_write_the_record_and_a_loadable_checkpoint(tmp_path):
+    """np.int64 limit or seed crashed at the JSON write, after training, and left a
+    checkpoint torch.load(weights_only=True) refused."""
+    numbers = {"limit": np.int64(60), "seed": np.int64(1), "batch_size": np.int64(16),
+               "lr": np.float64(1e-3), "lr_decay": np.float32(0.5),
+               "weight_decay": np.float64(0.0)}
+    train("mlp", "digits", np.int64(1), out_dir=tmp_path, progress=False, **numbers)
+    record = json.loads((tmp_path / "mlp.json").read_text())
+    assert record["limit"] == 60 and record["seed"] == 1 and record["lr_decay"] == 0.5
+    assert torch.load(tmp_path / "mlp.ckpt", weights_only=True)["config"]["seed"] == 1
+    train("mlp", "digits", 2, out_dir=tmp_path, progress=False, **numbers)
+    assert json.loads((tmp_path / "mlp.json").read_text())["resumed_from_epoch"] == 1
+
+
+def test_array_splits_of_different_image_sizes_are_refused_before_training(tmp_path):
+    """They trained a whole epoch, then the test split crashed in torch."""
+    x, y = _two_class_arrays()
+    x_test, _ = _two_class_arrays(side=10)
+    with pytest.raises(ModelError, match=r"data arrays: training images are \(1, 8, 8\) but "
+                                         r"test images \(1, 10, 10\)"):
+        train("mlp", ((x, y), (x_test, y)), 1, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option", ["seed", "name"])
+def test_model_options_named_like_build_arguments_are_refused(tmp_path, option):
+    """They reached build(name, seed=..., **options) and crashed with a TypeError."""
+    with pytest.raises(ModelError, match=f"model 'mlp' has no option {option}; it takes: "):
+        train("mlp", "digits", 1, out_dir=tmp_path, model_kwargs={option: 3})

@@ -145,3 +145,16 @@ def test_degenerate_options_are_named(name, opts, needle):
     # width=1e999 (inf) crashed with an OverflowError traceback
     with pytest.raises(ModelError, match=needle):
         build(name, **opts)
+
+
+def test_reexport_hint_can_be_pasted_into_a_shell(tmp_path):
+    """A recorded list printed as ``--opt hidden=[32, 16]``: the shell splits it in two."""
+    import json
+    import shlex
+    torch.save(build("mlp", seed=0, hidden=(32, 16)).state_dict(), tmp_path / "mlp.pt")
+    (tmp_path / "mlp.json").write_text(json.dumps(
+        {"model": "mlp", "model_kwargs": {"hidden": [32, 16], "num_classes": 10}}))
+    with pytest.raises(ModelError, match="add --opt ") as e:
+        export("mlp", tmp_path / "m.onnx", weights=tmp_path / "mlp.pt")
+    hint = shlex.split(str(e.value).partition("add ")[2])
+    assert hint == ["--opt", "hidden=[32, 16]"]
