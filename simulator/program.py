@@ -620,11 +620,13 @@ def _validate_port(port: TensorPort) -> None:
     what = f"tensor {port.name!r}"
     if not (isinstance(port.name, str) and port.name):
         raise ProgramError(f"{what}: its name must be a non-empty string")
-    if not (port.shape and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
-                               and 1 <= d <= MAX_MEM_WORDS for d in port.shape)
+    # shape () is one word per sample: a model ending in Linear(k, 1) and view(-1)
+    if not (isinstance(port.shape, (tuple, list))
+            and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                    and 1 <= d <= MAX_MEM_WORDS for d in port.shape)
             and port.size <= MAX_MEM_WORDS):
-        raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers of "
-                           f"at most {MAX_MEM_WORDS} elements in all")
+        raise ProgramError(f"{what}: shape {list(port.shape)} must be positive integers ([] "
+                           f"for one value) of at most {MAX_MEM_WORDS} elements in all")
     if not (np.isfinite(port.scale) and port.scale > 0):
         raise ProgramError(f"{what}: scale {port.scale} must be finite and positive")
     if not 0 <= port.count <= MAX_COUNT:

@@ -45,6 +45,11 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     w_int, w_scale = quantize_weight(w_rows, ctx.wbits, qdq, ctx.cfg.xbar.mapping)
     s_x = t_in.scale
     s_y = ctx.scale_for(out_name)
+    if not w_int.any():
+        # no live weight (a fully pruned layer): its scale only scales the bias, and the
+        # quantizer's fallback of 1 rounded that to the input's step (a bias of 0.5 was
+        # lost at |x| ~ 3e4); at the output's step it is exact to that step
+        w_scale = np.full(w_int.shape[1], s_y / s_x)
     n = w_int.shape[1]
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)

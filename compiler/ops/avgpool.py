@@ -15,10 +15,10 @@ import numpy as np
 
 from simulator.isa import Fn
 
-from ..errors import UnsupportedOpError
 from ..ir import multiplier, node_attrs
 from ..vfu import emit_rescale, out_pointer, rescale_ref
 from .pool import GlobalAvgPoolLayer, WindowPoolLayer, pool_geometry
+from .view_copy import require_map
 
 
 @dataclass
@@ -69,8 +69,7 @@ def _runs(v):
 
 def lower_average_pool(node, ctx):
     t = ctx.tensor(node.input[0])
-    if t.kind != "map":
-        raise UnsupportedOpError("AveragePool input is not a feature map")
+    require_map("AveragePool", t)
     out_shape = ctx.shape(node.output[0])
     a = node_attrs(node)
     ks, st, dil, pads, (Ho, Wo), border = pool_geometry(a, t, out_shape)

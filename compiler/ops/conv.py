@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import explicit_pads, node_attrs
 from ._mvm import add_mvm_layer
+from .view_copy import require_map
 
 
 def lower_conv(node, ctx):
@@ -20,8 +21,7 @@ def lower_conv(node, ctx):
     if w.ndim not in (3, 4):
         raise UnsupportedOpError(f"only 1-D and 2-D convolutions are supported "
                                  f"(weight rank {w.ndim})")
-    if t_in.kind != "map":
-        raise UnsupportedOpError(f"Conv input {t_in.name!r} is not a feature map")
+    require_map("Conv", t_in)
     if ctx.prog.tensors[ctx.prog.storage(t_in.name)].kind != "map":
         # a vector viewed as a 1x1 map (Reshape to (1, F, 1, 1)): its words are not laid
         # out as a padded map, which the convolution's windows walk

@@ -10,6 +10,7 @@ from simulator.isa import Fn, Op
 from ..errors import UnsupportedOpError
 from ..ir import explicit_pads, multiplier, node_attrs, padded
 from ..vfu import VFULayer, chunk_list, emit_rescale, out_pointer, rescale_ref
+from .view_copy import require_map
 
 
 @dataclass
@@ -112,8 +113,7 @@ def lower_maxpool(node, ctx):
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedOpError("MaxPool's Indices output is not supported")
     t = ctx.tensor(node.input[0])
-    if t.kind != "map":
-        raise UnsupportedOpError("MaxPool input is not a feature map")
+    require_map("MaxPool", t)
     out_shape = ctx.shape(node.output[0])
     ks, strides, dil, _, _, border = pool_geometry(a, t, out_shape)
     lowest = -(1 << (ctx.bits - 1))
@@ -162,8 +162,7 @@ class GlobalAvgPoolLayer(VFULayer):
 
 def lower_global_average_pool(node, ctx):
     t = ctx.tensor(node.input[0])
-    if t.kind != "map":
-        raise UnsupportedOpError("GlobalAveragePool input is not a feature map")
+    require_map("GlobalAveragePool", t)
     s_y = ctx.scale_for(node.output[0])
     m, shift = multiplier(t.scale / (t.H * t.W * s_y))
     ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s_y)

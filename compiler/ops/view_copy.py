@@ -13,6 +13,15 @@ from ..errors import UnsupportedOpError
 from ..vfu import VFULayer, out_pointer
 
 
+def require_map(op: str, t) -> None:
+    """Refuse a vector where ``op`` needs a feature map, saying how it became one."""
+    if t.kind != "map":
+        raise UnsupportedOpError(
+            f"{op} input {t.name!r} {tuple(t.shape)} is a vector here (a Transpose, Reshape or "
+            f"Flatten before it made it one); {op} takes (1, C, H, W) or (1, C, L) feature "
+            f"maps, which only a Transpose or Reshape keeping their order passes on")
+
+
 def geometry(shape: tuple) -> tuple[int, int, int] | None:
     """(C, H, W) of a 3-D (1, C, L) or 4-D (1, C, H, W) map shape, else None."""
     if len(shape) == 4 and shape[0] == 1:

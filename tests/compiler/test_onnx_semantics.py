@@ -829,3 +829,39 @@ def test_a_tensor_zero_on_every_calibration_sample_is_warned_about():
     cal = -np.abs(RNG.standard_normal((4, 3, 4, 4))).astype(np.float32)
     with pytest.warns(UserWarning, match="zero on every calibration sample"):
         compile_model(m, CFG, calibration={"x": cal})
+
+
+def test_output_of_one_value_per_sample():
+    """Linear(k, 1) then view(-1) (a regressor, a binary score): the output is the batch axis
+    alone. Its port shape () failed the program's validation with an internal error."""
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["a"]),
+                helper.make_node("Reshape", ["a", "s"], ["y"])],
+               {"w": _w(8, 1), "s": np.array([-1], np.int64)}, (1, 8), ["y"])
+    _check(m, (1, 8))
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    assert simulate(compile_model(m, CFG, calibration={"x": x}), {"x": x}).outputs["y"].shape \
+        == (3,)
+
+
+def test_a_layer_with_no_live_weight_keeps_its_bias_at_the_output_step():
+    """All weights zero (a fully pruned layer): the bias was rounded to the input's step,
+    so with inputs near 3e4 the 0.5 and -1 biases came out 0."""
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+               {"w": np.zeros((3, 2, 1, 1), np.float32),
+                "b": np.array([0.5, -1, 2], np.float32)}, (1, 2, 3, 3), ["y"])
+    x = (RNG.standard_normal((1, 2, 3, 3)) * 1e4).astype(np.float32)
+    y = simulate(compile_model(m, CFG, calibration={"x": x}), {"x": x}).outputs["y"]
+    np.testing.assert_allclose(y[0, :, 0, 0], [0.5, -1, 2], atol=1e-3)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "Conv"])
+def test_a_map_turned_vector_is_refused_saying_how(op):
+    # was "MaxPool input is not a feature map": no tensor, no reason, nothing allowed
+    attrs = {"kernel_shape": [2, 2]} if op == "MaxPool" else {}
+    ins, inits = (["t"], {}) if op == "MaxPool" else (["t", "w"], {"w": _w(2, 2, 1, 1)})
+    m = _model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+                helper.make_node(op, ins, ["y"], **attrs)], inits, (1, 2, 3, 4), ["y"])
+    with pytest.raises(UnsupportedOpError, match=rf"{op} input 't' \(1, 2, 4, 3\) is a vector "
+                                                 rf"here \(a Transpose, .*{op} takes"):
+        compile_model(m, CFG, calibration={"x": RNG.standard_normal((1, 2, 3, 4))
+                                           .astype(np.float32)})
