@@ -26,7 +26,8 @@ setup(
     extras_require={
         # The CPU wheel of torch 2.13.0 lies on this disk; a range admitting a newer
         # release would pull a multi-GB CUDA build.
-        "torch": ["torch>=2.2,<2.14"],
+        # scikit-learn: the digits data set training and compressing are tried on
+        "torch": ["torch>=2.2,<2.14", "scikit-learn>=1.3"],
         "scale": ["dask[distributed]>=2024.1", "pyarrow>=14"],
         "ray": ["ray[default]>=2.9"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "ruff>=0.4"],

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +23,7 @@ from simulator.config import MachineConfig, load_config
 from simulator.program import Program
 
 from .codegen import generate
+from .errors import CompilerError
 from .frontend import Graph, frontend, load_model
 from .ir import LayerProgram
 from .lower import lower
@@ -51,6 +54,11 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     pooling, residual adds and other VFU layers a core of their own (faster), "shared"
     packs them onto the MVM layers' cores (fewer cores and tiles; see :mod:`compiler.place`).
     Returns the Program, or (Program, LayerProgram, Graph) with ``return_ir``."""
+    if isinstance(headroom, bool) or not isinstance(headroom, numbers.Real) \
+            or not math.isfinite(headroom) or headroom <= 0:
+        # 0 or NaN divided every scale and was blamed on the calibration inputs
+        raise CompilerError(f"headroom = {headroom!r}: must be a finite number > 0 (the range "
+                            f"kept above each calibrated |max|; 2 = one bit, below 1 clips)")
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
     name = Path(model).stem if isinstance(model, (str, Path)) else (model.graph.name or "model")

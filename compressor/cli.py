@@ -8,8 +8,10 @@
 MODEL is a zoo name (fresh weights; the recipe's ``pretrain`` stage, or ``--pretrain N``,
 trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state dict ``.pt``
 (its architecture from ``--arch`` or from the ``NAME.json`` that ``xbarsim train`` writes next
-to it). ``--preset``/``--set`` put the recipe on a machine's crossbars (as ``xbarsim compile``
-takes them), so the freed crossbars are the ones that machine has. The run is checkpointed
+to it). ``--preset`` puts the recipe on that machine's crossbars (as ``xbarsim compile``
+takes them), so the freed crossbars are the ones that machine has; ``--set`` changes the
+machine's keys, or alone the recipe's crossbars (puma with its size, levels and mapping)
+where it says and nothing else. The run is checkpointed
 next to the output (``OUT.ckpt``); the same command again resumes it. After compressing,
 the dense and the compressed models are compiled and simulated and printed side by side
 (``--no-hw`` skips it; :mod:`compressor.hardware`): with ``--preset``/``--set`` both on that
@@ -59,8 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--preset", help="take the crossbar geometry from this machine preset "
                                      "(puma, isaac, small) or YAML file instead of the recipe's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the machine (--preset, default puma), e.g. "
-                        "xbar.rows=64")
+                   help="override a key of the machine: of --preset, or else of puma on the "
+                        "recipe's crossbars (its size, levels and mapping), e.g. xbar.rows=64")
     p.add_argument("--baseline", action="store_true",
                    help="also run magnitude pruning with the same structure and budget, "
                         "written to OUT-magnitude.onnx")
@@ -140,7 +142,7 @@ def _compress(args) -> int:
     if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
     if args.preset or args.overrides:
-        recipe = _with_machine(recipe, args.preset or "puma", args.overrides)
+        recipe = _with_machine(recipe, *_hw_machine(args, recipe), _machine_flags(args))
     if args.pretrain is not None:
         from dataclasses import replace
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, epochs=args.pretrain))
@@ -270,9 +272,17 @@ def _hw_machine(args, recipe, dense: bool = False):
     (weight bits, cells, mapping) for the compressed models and as shipped for the dense
     one (a dense model on a few-bit machine would be quantized there, hiding what the
     levels save)."""
-    if args.preset or args.overrides:
-        return (args.preset or "puma", list(args.overrides))
+    if args.preset:
+        return (args.preset, list(args.overrides))
     g = recipe.geometry
+    if args.overrides:
+        # --set alone changes the recipe's crossbars where it says, not into puma's: a key
+        # such as adc.adaptive=true left the recipe pruning 128x128 16-bit offset crossbars
+        return ("puma", [f"xbar.{k}={getattr(g, k)}" for k in ("rows", "cols", "cell_bits",
+                                                                "mapping", "g_min_us",
+                                                                "g_max_us")]
+                + [f"xbar.active_rows={'none' if g.active_rows is None else g.active_rows}",
+                   f"weight_bits={g.weight_bits}"] + list(args.overrides))
     size = [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}"] + (
         [] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"])
     if dense:
@@ -281,9 +291,15 @@ def _hw_machine(args, recipe, dense: bool = False):
                             f"weight_bits={g.weight_bits}"])
 
 
-def _with_machine(recipe, preset: str, overrides: list[str]):
+def _machine_flags(args) -> str:
+    """The machine flags as given, for errors."""
+    return " ".join(([f"--preset {args.preset}"] if args.preset else [])
+                    + [f"--set {o}" for o in args.overrides])
+
+
+def _with_machine(recipe, preset: str, overrides: list[str], given: str):
     """``recipe`` on the crossbars of a machine config, re-validated (e.g. TinyADC's ``n``
-    against the machine's rows)."""
+    against the machine's rows); ``given``: the flags that chose the machine."""
     from simulator.config import load_config
 
     from .errors import CompressionError
@@ -297,7 +313,6 @@ def _with_machine(recipe, preset: str, overrides: list[str]):
     try:
         return parse_recipe(data)
     except CompressionError as e:   # the machine's crossbars, not the recipe file, changed
-        given = " ".join([f"--preset {preset}"] + [f"--set {o}" for o in overrides])
         raise CompressionError(f"{given}: on these crossbars {e}") from e
 
 

@@ -446,7 +446,7 @@ def compare(dense: dict, compressed: dict, *, names: Sequence[str] | None = None
     table = pd.DataFrame(rows).set_index("metric")
     if show:
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(table.to_string())
+            print(table.rename_axis(None).to_string())   # no line of its own for "metric"
     return table
 
 

@@ -132,7 +132,11 @@ def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.2
     ``size`` 28 (default) upsamples to 28x28 with ``digits_to_28``; 8 keeps them 8x8. The
     train/test split is a fixed permutation from ``seed`` (test = ``test_fraction``).
     """
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError as e:
+        raise DataError("the digits data set comes with scikit-learn: pip install "
+                        "scikit-learn (or 'xbarsim[torch]')") from e
 
     if split not in _IDX_PREFIX:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")

@@ -865,3 +865,11 @@ def test_a_map_turned_vector_is_refused_saying_how(op):
                                                  rf"here \(a Transpose, .*{op} takes"):
         compile_model(m, CFG, calibration={"x": RNG.standard_normal((1, 2, 3, 4))
                                            .astype(np.float32)})
+
+
+@pytest.mark.parametrize("headroom", [0, -2.0, float("nan"), float("inf"), True])
+def test_headroom_is_checked_by_name(headroom):
+    # 0 and NaN were blamed on "the calibration inputs", -2 on a negative tensor scale
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (1, 8), ["y"])
+    with pytest.raises(CompilerError, match=r"^headroom = .*: must be a finite number > 0"):
+        compile_model(m, CFG, headroom=headroom)

@@ -82,6 +82,21 @@ def test_compress_writes_qdq_onnx_baseline_and_summary(tmp_path, recipe, capsys)
     assert rc == 0 and stdout2.splitlines()[0] == stdout.splitlines()[0]
 
 
+def test_set_alone_changes_only_what_it_says(tmp_path, recipe, capsys):
+    """--set without --preset swapped the recipe's 64x32 8-bit crossbars for puma's 128x128
+    16-bit offset ones, whatever key it set (adc.adaptive here)."""
+    for sets, rows in ((["adc.adaptive=true"], 64), (["xbar.rows=16"], 16)):
+        out = tmp_path / f"m{rows}.onnx"
+        rc, stdout, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o", out,
+                              "--limit", 100, "--epochs", 1, "-q", "--no-hw",
+                              *[a for kv in sets for a in ("--set", kv)])
+        assert rc == 0, err
+        geom = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}[
+            "xbarsim.compressor"])["geometry"]
+        assert (geom["rows"], geom["cols"], geom["weight_bits"], geom["mapping"]) == \
+            (rows, 32, 8, "differential")
+
+
 def test_preset_puts_the_recipe_on_the_machine_crossbars(tmp_path, recipe, capsys):
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
                      tmp_path / "m.onnx", "--limit", 100, "--epochs", 1, "--preset", "small",

@@ -61,7 +61,7 @@ def tinyadc(digits, tmp_path_factory):
                                  "quant": {"bits": 8}}), digits, tmp_path_factory)
 
 
-def test_compressed_model_costs_fewer_crossbars_and_less_energy(blocks, digits):
+def test_compressed_model_costs_fewer_crossbars_and_less_energy(blocks, digits, capsys):
     dense_path, comp_path = blocks
     (xtr, _), (xte, yte) = digits
     x, y = xte[:24], yte[:24]
@@ -75,6 +75,10 @@ def test_compressed_model_costs_fewer_crossbars_and_less_energy(blocks, digits):
     for r in (dense, comp):  # the chip agrees with onnxruntime on (nearly) every image
         assert r["agreement"] >= 0.9 and 0 <= r["accuracy_sim"] <= 1
     table = compare(dense, {"admm": comp}, show=False)
+    capsys.readouterr()
+    compare(dense, {"admm": comp})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("accuracy")   # no "metric" line under the head
     assert table.loc["crossbars", "admm vs dense"].endswith("%")
     assert table.loc["crossbars", "admm vs dense"].startswith("-")
 

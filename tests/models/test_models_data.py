@@ -254,3 +254,10 @@ def test_every_public_loader_refuses_a_limit_below_one(tmp_path, limit):
     for load in loaders:
         with pytest.raises(DataError, match=f"limit = {limit}: must be an integer >= 1"):
             load()
+
+
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
+    # only the [test]/[all] extras installed it; a bare import failed with a traceback
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DataError, match=r"digits data set comes with scikit-learn: pip install"):
+        data.load("digits", "test")
