@@ -7,6 +7,8 @@ integers keep their integers and scales when they fit.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from simulator.crossbar import weight_range
@@ -81,12 +83,14 @@ def _check_calibration_values(name: str, x: np.ndarray) -> None:
 
 
 def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
-                    mapping: str = "differential") -> tuple[np.ndarray, np.ndarray]:
+                    mapping: str = "differential", name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Float matrix (K, N) -> integers (K, N) and per-column scales (N,). QDQ integers are
     kept, column by column, where the mapping stores them (offset mapping also holds
     ``-2**(bits-1)``, which a negative batch-norm factor folded into a channel can turn into
     an unstorable ``+2**(bits-1)``); floats are quantized symmetrically, which every mapping
-    stores."""
+    stores. QDQ columns that are not kept as exported (re-quantized, or coarsened by the
+    scale floor) are warned about, naming layer ``name``: the chip then runs other weights
+    than the model file holds."""
     lim = (1 << (bits - 1)) - 1
     w = np.asarray(w)
     if not np.issubdtype(w.dtype, np.floating):
@@ -100,9 +104,24 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
         fits = (q >= lo).all(axis=0) & (q <= hi).all(axis=0)
         s = np.array(np.broadcast_to(np.asarray(s, np.float64), (q.shape[1],)))
         q = np.where(s == 0, 0, q)                                  # scale 0: a zero column
+        exported = q
         if not fits.all():            # only those columns go back to floats
+            q = q.copy()
             q[:, ~fits], s[~fits] = _symmetric(w[:, ~fits], lim)
-        return _floor_columns(q, _fill_zero_scales(s))
+            warnings.warn(
+                f"{name or 'a layer'}: {int((~fits).sum())} of {len(fits)} columns hold "
+                f"levels {int(exported.min())}..{int(exported.max())}, past the {lo}..{hi} "
+                f"that {bits}-bit weights store with {mapping} mapping: re-quantized from "
+                f"their float values, so the chip runs other weights than the file's",
+                stacklevel=2)
+        q2, s2 = _floor_columns(q, _fill_zero_scales(s))
+        coarse = fits & np.any(q2 != q, axis=0)
+        if coarse.any():
+            warnings.warn(
+                f"{name or 'a layer'}: {int(coarse.sum())} of {len(fits)} columns are scaled "
+                f"below 1/{SCALE_RANGE:g} of the layer's largest; their exported levels are "
+                f"coarsened to that floor (see compiler.quantize.SCALE_RANGE)", stacklevel=2)
+        return q2, s2
     return _floor_columns(*_symmetric(w, lim))
 
 

@@ -180,8 +180,9 @@ def _rewrite(graph: onnx.GraphProto, init: str, layer, opset: int,
         np_type = np.int16
     else:
         np_type = np.int32
-        meta["note"] = (f"{bits}-bit levels stored as int32: DequantizeLinear takes int16 only "
-                        f"from opset 21 (this model: {opset})")
+        meta["note"] = (f"{bits}-bit levels stored as int32: " + (
+            f"DequantizeLinear takes int16 only from opset 21 (this model: {opset})"
+            if bits <= 16 else "more bits than int16 holds"))
     meta["dtype"] = np.dtype(np_type).name
     del graph.initializer[found[0]]
     graph.initializer.extend([

@@ -105,11 +105,14 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     machine, label = _machine(cfg, overrides)
     if x is None or len(x) == 0:
         raise CompressionError("x: need at least one input image to simulate")
+    if geometry is not None and not isinstance(geometry, CrossbarGeometry):
+        raise CompressionError(f"geometry: a CrossbarGeometry (or None: the model's own), "
+                               f"not {type(geometry).__name__}")
     if y is not None:   # checked before any work
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x):
             raise CompressionError(f"y: {len(y)} labels for {len(x)} images")
-    with _as_onnx(model) as path:
+    with _as_onnx(model, x) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         # the storage count first: a malformed metadata entry fails before any simulation
@@ -117,7 +120,7 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
         store = storage_bits(path, geom)
         inp, outp = _io_names(path)
         prog = compile_model(path, machine, calibration={inp: cal},
-                             replicate=int(replicate), vfu_cores=vfu_cores)
+                             replicate=replicate, vfu_cores=vfu_cores)
         rep = simulate(prog, {inp: x})
         logits = rep.outputs[outp].reshape(len(x), -1)
         ort = onnx_logits(path, x)
@@ -205,14 +208,16 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     from compiler import compile_model
     from simulator import load_config, simulate
 
-    machine, _ = _machine(cfg, overrides)
+    machine, label = _machine(cfg, overrides)
     if x is None or len(x) == 0:
         raise CompressionError("x: need at least one input image to simulate")
     outs, bits = {}, None
-    with _as_onnx(model) as path:
+    with _as_onnx(model, x) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         inp, outp = _io_names(path)
+        # before any simulation: a machine the bound was not made for is refused at once
+        layer_bits = _promised_bits(path, machine, label) if promised else {}
         for name, ov in (("adaptive", ["adc.adaptive=true"]), ("ideal", ["adc.bits=none",
                                                                          "adc.adaptive=false"])):
             prog = compile_model(path, load_config(machine, ov + NOISELESS),
@@ -228,8 +233,7 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
                 *NOISELESS]), calibration={inp: cal})
             outs["uniform"] = simulate(prog, {inp: x}, exact_shortcut=False
                                        ).outputs[outp + ":int"]
-        if promised:
-            layer_bits = promised_adc_bits(path, machine)
+        if layer_bits:      # no bound: no promise to simulate (kept/equal stay None)
             prog, over = _at_promised_bits(adaptive_prog, layer_bits)
             outs["promised"] = simulate(prog, {inp: x}, exact_shortcut=False
                                         ).outputs[outp + ":int"]
@@ -241,6 +245,9 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
         extra.update(adc_bits_promised=layer_bits, promise_kept=not over,
                      crossbars_over_promise=over,
                      equal_promised=bool(np.array_equal(outs["promised"], b)))
+    elif promised:
+        extra.update(adc_bits_promised={}, promise_kept=None, crossbars_over_promise={},
+                     equal_promised=None)
     return {"equal": bool(np.array_equal(a, b)), **extra,
             "max_abs_diff": int(np.abs(a.astype(np.int64) - b).max(initial=0)),
             "adc_bits_max": int(bits.max()) if bits.size else 0,
@@ -263,13 +270,19 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     geometry's rows, and reads that each lie within one of the geometry's reads; anything
     else is a one-line error saying which.
     """
+    machine, label = _machine(cfg, ())
+    with _as_onnx(model) as path:
+        return _promised_bits(path, machine, label)
+
+
+def _promised_bits(path: Path, machine, label: str) -> dict[str, int]:
+    """:func:`promised_adc_bits` of an ONNX file on ``machine`` (``label``: how the caller
+    named it, overrides included, for the errors)."""
     from simulator.crossbar import lossless_adc_bits, weight_range
 
     from .projections import PER_SEGMENT
 
-    machine, label = _machine(cfg, ())
-    with _as_onnx(model) as path:
-        proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
     layers = [(where, meta, sparsity) for where, meta in _layer_metas(proto)
               for sparsity in [(meta.get("constraint") or {}).get("sparsity") or {}]
               if sparsity.get("structure") in PER_SEGMENT]
@@ -396,7 +409,7 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
     nz = machine.noise
     # with no other seeded effect (read noise, stuck cells) sigma 0 is one deterministic run
     seeded = bool(nz.read_sigma or nz.stuck_on or nz.stuck_off)
-    with _as_onnx(model) as path:
+    with _as_onnx(model, x) as path:
         x = _fit_input(path, x)
         cal = _fit_input(path, x[:64] if calibration is None else calibration)
         inp, outp = _io_names(path)
@@ -433,6 +446,10 @@ def compare(dense: dict, compressed: dict, *, names: Sequence[str] | None = None
 
     variants = compressed if _is_mapping_of_dicts(compressed) else {"compressed": compressed}
     if names is not None:
+        names = list(names)
+        if len(names) != len(variants):    # zip would drop the extra variants unsaid
+            raise CompressionError(f"names: {len(names)} for {len(variants)} compressed "
+                                   f"variants; give one per variant")
         variants = dict(zip(names, variants.values()))
     rows = []
     for key, label, lower in METRICS:
@@ -586,8 +603,11 @@ def _machine(cfg, overrides):
 class _as_onnx:
     """Context manager: the ONNX path of ``model`` (exporting a CompressionResult)."""
 
-    def __init__(self, model):
+    def __init__(self, model, x=None):
+        # x: the images the caller simulates; their sample shape exports a model that
+        # carries no sample_shape of its own
         self.model, self.tmp = model, None
+        self.input_shape = None if x is None else tuple(np.shape(x)[1:]) or None
 
     def __enter__(self) -> Path:
         if isinstance(self.model, (str, os.PathLike)):
@@ -600,7 +620,9 @@ class _as_onnx:
                                    f"{type(self.model).__name__}")
         from .export import export_qdq
         self.tmp = tempfile.TemporaryDirectory(prefix="xbarsim-hw-")
-        return export_qdq(self.model, Path(self.tmp.name) / "compressed.onnx")
+        return export_qdq(self.model, Path(self.tmp.name) / "compressed.onnx",
+                          input_shape=None if hasattr(self.model.model, "sample_shape")
+                          else self.input_shape)
 
     def __exit__(self, *exc) -> None:
         if self.tmp is not None:

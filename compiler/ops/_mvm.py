@@ -42,7 +42,8 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     """Append ``y = act(requant(x @ w_rows + bias))`` with w_rows (K, N) float in the input
     memory gather order (conv: (ky, kx, c); fc: memory word order)."""
     out_name, act, bounds = fuse_activation(node, ctx, node.output[0])
-    w_int, w_scale = quantize_weight(w_rows, ctx.wbits, qdq, ctx.cfg.xbar.mapping)
+    w_int, w_scale = quantize_weight(w_rows, ctx.wbits, qdq, ctx.cfg.xbar.mapping,
+                                     f"{node.op_type} {node.name!r}")
     s_x = t_in.scale
     s_y = ctx.scale_for(out_name)
     if not w_int.any():

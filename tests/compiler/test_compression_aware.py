@@ -1,5 +1,7 @@
 """Compression-aware mapping: zero blocks take no crossbar, pruned rows are compacted, and
 adaptive ADC bits follow the weights."""
+import warnings
+
 import numpy as np
 import pytest
 import onnx
@@ -129,10 +131,35 @@ def test_qdq_integers_are_kept_where_the_mapping_stores_them():
     x = rng.standard_normal((4, 20)).astype(np.float32)
     for mapping, kept in (("offset", True), ("differential", False)):
         cfg = load_config("small", ["weight_bits=8", f"xbar.mapping={mapping}"])
-        _, lp, _ = compile_model(model, cfg, calibration={"input": x}, return_ir=True)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _, lp, _ = compile_model(model, cfg, calibration={"input": x}, return_ir=True)
+        # re-quantizing was silent: the chip ran other weights than the file's
+        said = [str(w.message) for w in seen if "re-quantized" in str(w.message)]
+        assert (said == []) == kept
+        if not kept:
+            assert said[0].startswith("MatMul") and "2 of 12 columns hold levels -128..127, " \
+                "past the -127..127 that 8-bit weights store with differential" in said[0]
         (layer,) = [L for L in lp.layers if getattr(L, "weight", None) is not None]
         assert np.array_equal(layer.weight, q.astype(np.int64)) == kept
         assert layer.weight.min() >= (-128 if kept else -127)
+
+
+def test_qdq_levels_of_a_tiny_scale_column_are_said_to_be_coarsened():
+    rng = np.random.default_rng(1)
+    q = rng.integers(-127, 128, (20, 4)).astype(np.int8)
+    scale = np.array([1.0, 1.0, 1.0, 1e-3], np.float32)   # column 3 far below 1/64
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], axis=1),
+         helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 20])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "s")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((4, 20)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"1 of 4 columns are scaled below 1/64 of the "
+                                         r"layer's largest; their exported levels are coarsened"):
+        compile_model(model, load_config("small", ["weight_bits=8"]), calibration={"input": x})
 
 
 def test_layer_pruned_to_few_of_many_strips_fits_the_registers():

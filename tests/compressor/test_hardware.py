@@ -588,3 +588,54 @@ def test_storage_counts_weights_built_by_constant_nodes():
         pytest.skip("the onnx wheel carries no light model-zoo graphs")
     s = storage_bits(paths[0], CrossbarGeometry(rows=128, cols=128))
     assert s["weights"] > 1_000_000 and s["compression"] == 1.0
+
+
+def test_a_result_without_sample_shape_is_exported_at_the_images_shape(digits):
+    """A torch model of the user's own has no sample_shape: the hardware loop exported it
+    with an error naming input_shape, which it does not take; the images carry the shape.
+    Bad replicate and geometry arguments are refused rather than truncated or crashed on."""
+    from compiler import CompilerError
+    (xtr, ytr), (xte, yte) = digits
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16),
+                                    torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    rec = parse_recipe({"name": "own", "geometry": GEOM, "admm": {"rounds": 1},
+                        "retrain": {"epochs": 1},
+                        "layers": [{"match": "1", "sparsity": {"structure": "blocks",
+                                                               "keep": 0.5},
+                                    "quant": {"bits": 8}}]})
+    res = compress(model, rec, (xtr[:100], ytr[:100]), (xte[:50], yte[:50]), progress=False)
+    assert not hasattr(res.model, "sample_shape")
+    hw = evaluate_hardware(res, MACHINE, xte[:4], yte[:4], calibration=xtr[:16])
+    assert hw["images"] == 4 and hw["crossbars"] > 0
+    with pytest.raises(CompressionError, match="geometry: a CrossbarGeometry .*not dict"):
+        evaluate_hardware(res, MACHINE, xte[:4], geometry={"rows": 16})
+    with pytest.raises(CompilerError, match="replicate"):      # was truncated to 2
+        evaluate_hardware(res, MACHINE, xte[:4], replicate=2.7)
+
+
+def test_promised_check_refuses_a_foreign_machine_before_simulating(tinyadc, blocks, digits,
+                                                                    monkeypatch):
+    """The machine check ran after two full simulations, and named the machine without its
+    overrides; a model with no bound reported a promise kept that it never made."""
+    import simulator
+    (xtr, _), (xte, _) = digits
+    _, tiny_path = tinyadc
+    _, blocks_path = blocks
+    seen, real = [], simulator.simulate
+    monkeypatch.setattr(simulator, "simulate", lambda *a, **k: seen.append(1) or real(*a, **k))
+    with pytest.raises(CompressionError, match=r"^puma xbar.rows=16 .* xbar.rows=32: crossbars of 32 rows"):
+        adc_lossless_check(tiny_path, ("puma", list(MACHINE[1]) + ["xbar.rows=32"]), xte[:2],
+                           calibration=xtr[:16], promised=True)
+    assert not seen
+    rec = adc_lossless_check(blocks_path, MACHINE, xte[:2], calibration=xtr[:16],
+                             promised=True)
+    assert rec["adc_bits_promised"] == {} and rec["promise_kept"] is None \
+        and rec["equal_promised"] is None and len(seen) == 2       # no third simulation
+
+
+def test_compare_refuses_names_that_do_not_match_the_variants(blocks):
+    with pytest.raises(CompressionError, match="names: 1 for 2 compressed variants"):
+        compare({"crossbars": 4}, {"a": {"crossbars": 2}, "b": {"crossbars": 1}},
+                names=["admm"], show=False)
