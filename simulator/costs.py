@@ -41,7 +41,9 @@ TABLE = {
     "shift_add_area_mm2": 6e-5,
     # Sample-and-hold, per column (PUMA snh_area = 0.00004 / 8 / 128).
     "snh_area_mm2": 0.00004 / 8 / 128,
-    # Vector functional unit: 1.707 mW per lane (PUMA alu_pow_dyn = 2.4*32/45), 1 ns per op.
+    # Vector functional unit: 1.707 mW per lane (PUMA alu_pow_dyn = 2.4*32/45), 1 ns per op,
+    # for every element op alike (PUMA's hw_stats charges adds/copies 0.265 pJ, multiplies
+    # 0.565, divides 1.08): an upper bound, a fraction of a percent of CNNs' energy.
     "vfu_pj_per_elem": 1.707,
     "vfu_area_mm2_per_lane": 0.00567 * 32 / 45,
     # MVMU input register (one entry per row) and output register (one per column): PUMA

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import costs
+from .errors import SimulationError
 from .fileio import atomic_write
 from .isa import Op
 from .program import jsonable
@@ -49,7 +50,9 @@ class Report:
 
     @property
     def throughput_per_s(self) -> float | None:
-        """Inferences per second; None for a program that takes no time (JSON has no inf)."""
+        """Inferences per second, one at a time (1 / latency: the next inference starts when
+        this one ends; layer pipelining across inferences is not simulated); None for a
+        program that takes no time (JSON has no inf)."""
         return 1.0 / self.latency_s if self.latency_s > 0 else None
 
     def to_dict(self) -> dict:
@@ -91,9 +94,11 @@ class Report:
     def save_trace(self, path: str | Path) -> int:
         """Chrome / Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing).
         Returns the number of events written."""
+        if self.trace_events is None:
+            raise SimulationError("no trace recorded: simulate(..., trace=True) records one")
         events = []
         names = {}
-        ev = self.trace_events if self.trace_events is not None else np.zeros((0, 5), np.int64)
+        ev = self.trace_events
         lnames = [L["name"] for L in self.layers]
         us = self.cycle_ns / 1000.0
         for a, start, end, op, layer in ev.tolist():

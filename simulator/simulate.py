@@ -181,8 +181,13 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
     inputs are given (or the program has none), compute its outputs bit-exactly for the
     whole batch of ``inputs``. ``reference``: expected outputs to report the error against.
     """
+    if trace and (isinstance(trace_cap, bool) or not isinstance(trace_cap, (int, np.integer))
+                  or trace_cap < 1):
+        raise SimulationError(f"trace_cap = {trace_cap!r}: must be an integer >= 1 (the most "
+                              f"trace events kept)")
     t0 = time.perf_counter()
-    timing = run_timing_engine(prog, trace_cap if trace else 0)
+    # one event past the cap tells a cut trace from one that just fills it
+    timing = run_timing_engine(prog, int(trace_cap) + 1 if trace else 0)
     t1 = time.perf_counter()
     outputs = None
     if values and (inputs is not None or not prog.inputs):
@@ -191,7 +196,11 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
         pass  # timing and energy only: they do not depend on the values
     t2 = time.perf_counter()
     rep = build_report(prog, timing, outputs, reference)
-    rep.trace_truncated = bool(trace) and len(timing["trace"]) >= trace_cap
+    if trace:
+        rep.trace_truncated = len(rep.trace_events) > trace_cap
+        rep.trace_events = rep.trace_events[:trace_cap]
+    else:
+        rep.trace_events = None     # none recorded: save_trace says so instead of writing []
     rep.sim_wall_s = time.perf_counter() - t0
     rep.timing_wall_s = t1 - t0
     rep.values_wall_s = t2 - t1

@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from simulator.cli import main
+from simulator.errors import SimulationError
 
 
 def _mlp_model(path, k=64, n=10, op="MatMul"):
@@ -444,8 +445,20 @@ def test_truncated_trace_is_said_so(tmp_path):
     cfg = load_config("small")
     prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
     x = np.zeros((1, 16), np.int64)
-    assert not simulate(prog, {"x": x}, trace=True).trace_truncated
-    assert simulate(prog, {"x": x}, trace=True, trace_cap=3).trace_truncated
+    full = simulate(prog, {"x": x}, trace=True)
+    assert not full.trace_truncated
+    # exactly as many events as the cap: nothing was cut (it said so, and the CLI printed
+    # "the run went on past it")
+    n = len(full.trace_events)
+    exact = simulate(prog, {"x": x}, trace=True, trace_cap=n)
+    assert not exact.trace_truncated and len(exact.trace_events) == n
+    cut = simulate(prog, {"x": x}, trace=True, trace_cap=n - 1)
+    assert cut.trace_truncated and len(cut.trace_events) == n - 1
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(SimulationError, match=r"trace_cap = .*: must be an integer >= 1"):
+            simulate(prog, {"x": x}, trace=True, trace_cap=bad)
+    with pytest.raises(SimulationError, match=r"no trace recorded: simulate\(\.\.\., trace="):
+        simulate(prog, {"x": x}).save_trace(tmp_path / "t.json")   # wrote an empty trace
 
 
 def test_duplicate_yaml_keys_and_a_file_where_a_folder_belongs(tmp_path, capsys):
