@@ -252,6 +252,14 @@ def explicit_pads(a: dict, kernel, sizes) -> dict:
 MAX_SHIFT = 62
 
 
+def mvm_multiplier_bits(word_bits: int) -> int:
+    """Precision of an MVM layer's requantization multipliers: 15 bits up to 16-bit words,
+    then one below the word (15 bits put a ~3e-5 gain error on every column, so 24-bit
+    words were no more accurate than 16-bit ones). Their product with the accumulator is
+    kept inside int64 by :func:`compiler.ops._mvm.split_shift`."""
+    return max(15, word_bits - 1)
+
+
 def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:
     """Integer multipliers and one shared right shift with mult * 2**-shift ~= real.
     The largest multiplier gets ``bits`` bits of precision."""

@@ -3,7 +3,7 @@ Clip, pick requantization constants, append the MVMLayer."""
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier
+from ..ir import MVMLayer, multiplier, mvm_multiplier_bits
 from ..quantize import quantize_weight
 from .clip import clip_bounds, clipped_nonneg, integer_bounds
 
@@ -54,7 +54,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     n = w_int.shape[1]
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
-    mult, shift = multiplier(s_x * w_scale / s_y)
+    mult, shift = multiplier(s_x * w_scale / s_y, mvm_multiplier_bits(ctx.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)

@@ -28,7 +28,7 @@ from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, node_attrs, padded, requantize
+from ..ir import MVMLayer, multiplier, mvm_multiplier_bits, node_attrs, padded, requantize
 from ..quantize import quantize_weight
 from ._mvm import split_shift
 from .concat import ConcatLayer, vector_concat_perm
@@ -313,7 +313,7 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     w_int, s_acc = quantize_weight(wcat, ctx.wbits)           # acc real = acc_int * s_acc[n]
     bias_int = np.rint(bias / s_acc).astype(np.int64)
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
-    mult, shift = multiplier(s_acc * 2.0 ** frac)
+    mult, shift = multiplier(s_acc * 2.0 ** frac, mvm_multiplier_bits(fmt.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, max(ctx.bits, fmt.bits))
     lim = 1 << (fmt.bits - 1)
     if np.abs(h0).max(initial=0) > 1:
