@@ -157,21 +157,29 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
             base = cg.buffer(name, tile)
             ports_in.append(_port(t, name, tile, base))
 
+    worst: dict[str, tuple] = {}    # register kind -> (needed, the core's, layer, where)
     for i, L in enumerate(prog.layers):
         if L.kind == "alias":
             continue
         st = prog.storage(L.output)
         for tile in cg.producer_tiles(i) | cg.readers.get(st, set()):
             cg.buffer(L.output, tile)
-        try:
-            if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
-                L.generate_code(cg, i, core_em, tile_em, lay)
-            elif L.kind == "mvm":
-                _mvm_code(cg, i, L, core_em, tile_em, lay)
-            else:
-                _vfu_code(cg, i, L, core_em, tile_em)
-        except CompilerError as e:   # out of registers: say which layer asked for them
-            raise CompilerError(f"layer {L.name!r} ({L.op}): {e}") from e
+        if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
+            L.generate_code(cg, i, core_em, tile_em, lay)
+        elif L.kind == "mvm":
+            _mvm_code(cg, i, L, core_em, tile_em, lay)
+        else:
+            _vfu_code(cg, i, L, core_em, tile_em)
+        for em in (*core_em.values(), *tile_em.em.values()):
+            for kind, (need, have) in em.shortfall().items():
+                if need > worst.get(kind, (0,))[0]:
+                    worst[kind] = (need, have, L, em.where)
+    if worst:   # the most any layer needs, so one change of the config is enough
+        raise CompilerError("; ".join(
+            f"layer {L.name!r} ({L.op}): {where}: needs {need} "
+            f"{'general' if kind == 'registers' else 'integer'} registers, the core has "
+            f"{have} (raise core.{kind} to at least {need})"
+            for kind, (need, have, L, where) in sorted(worst.items())))
 
     ports_out = []
     for o in prog.outputs:

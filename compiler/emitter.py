@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from simulator.isa import Op, assemble, instr
 
-from .errors import CompilerError
 
 
 @dataclass
@@ -33,6 +32,11 @@ class Emitter:
         self.gp_base, self.gp_size = gp_base, gp_size
         self.gp_next = gp_base
         self.where = where
+        # Allocation past the core's registers is counted, not refused, so that code
+        # generation can finish and say what the whole model needs (refused then, before
+        # any program is assembled: :meth:`shortfall`), not the first overflow's size.
+        self.int_made = n_int
+        self.int_peak = self.gp_peak = 0
 
     # ---- raw emission --------------------------------------------------------------
     def emit(self, op: Op, **kw) -> int:
@@ -54,10 +58,12 @@ class Emitter:
 
     # ---- registers -------------------------------------------------------------------
     def int_reg(self) -> int:
-        if not self.free_int:
-            raise CompilerError(f"{self.where}: out of integer registers "
-                                f"({self.n_int}; raise core.int_registers)")
-        return self.free_int.pop()
+        if not self.free_int:            # over budget: a number past the core's, counted
+            self.free_int.append(self.int_made)
+            self.int_made += 1
+        r = self.free_int.pop()
+        self.int_peak = max(self.int_peak, self.int_made - len(self.free_int))
+        return r
 
     def release_int(self, *regs: int) -> None:
         self.free_int.extend(regs)
@@ -68,11 +74,19 @@ class Emitter:
     def gp(self, n: int) -> int:
         """Allocate ``n`` general registers (bump allocation, per layer)."""
         r = self.gp_next
-        if r + n > self.gp_base + self.gp_size:
-            raise CompilerError(f"{self.where}: needs {r + n - self.gp_base} general registers, "
-                                f"the core has {self.gp_size} (raise core.registers)")
         self.gp_next += n
+        self.gp_peak = max(self.gp_peak, self.gp_next - self.gp_base)
         return r
+
+    def shortfall(self) -> dict[str, tuple[int, int]]:
+        """``{"registers" | "int_registers": (needed, the core's)}`` where the code emitted
+        so far needs more than the core has (names as in ``core.*``)."""
+        out = {}
+        if self.gp_peak > self.gp_size:
+            out["registers"] = (self.gp_peak, self.gp_size)
+        if self.int_peak > self.n_int:
+            out["int_registers"] = (self.int_peak, self.n_int)
+        return out
 
     # ---- loops -------------------------------------------------------------------------
     @contextmanager

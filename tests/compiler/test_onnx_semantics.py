@@ -1,6 +1,8 @@
 """ONNX semantics that were once computed wrong without an error (found by review): each
 graph either compiles and matches onnxruntime (and the simulator its integer reference bit
 for bit), or is refused with a one-line error that names what is allowed."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -706,9 +708,26 @@ def test_running_out_of_registers_names_the_layer():
     nodes.append(helper.make_node("Sum", [f"r{i}" for i in range(12)], ["y"], name="many"))
     m = _model(nodes, {f"k{i}": np.array(0.5 + i, np.float32) for i in range(12)},
                (1, 2, 3, 3), ["y"])
-    with pytest.raises(CompilerError, match=r"layer 'many' \(Sum\): tile \d+ core \d+: out of "
-                                            r"integer registers \(16; raise core.int_reg"):
+    with pytest.raises(CompilerError, match=r"layer 'many' \(Sum\): tile \d+ core \d+: needs "
+                                            r"(\d+) integer registers, the core has 16 \(raise "
+                                            r"core.int_registers to at least \1\)") as e:
         compile_model(m, CFG)
+    # the number said is what the model needs: it was the first overflow's, one at a time
+    need = int(re.search(r"needs (\d+)", str(e.value)).group(1))
+    compile_model(m, load_config("puma", ["adc.bits=none", f"core.int_registers={need}"]))
+
+
+def test_running_out_of_general_registers_says_what_the_model_needs():
+    # 16 registers: the first overflow said 32, then at 32 the same layer said 48
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"]),
+             helper.make_node("MatMul", ["h", "w1"], ["y"])]
+    m = _model(nodes, {"w0": _w(70, 60), "w1": _w(60, 5)}, (1, 70), ["y"])
+    base = ["core.mvmus=6", "node.tiles=64"]
+    with pytest.raises(CompilerError, match=r"needs (\d+) general registers, the core has 16 "
+                                            r"\(raise core.registers to at least \1\)$") as e:
+        compile_model(m, load_config("small", base + ["core.registers=16"]))
+    need = int(re.search(r"needs (\d+)", str(e.value)).group(1))
+    compile_model(m, load_config("small", base + [f"core.registers={need}"]))
 
 
 def test_wide_words_saturate_instead_of_wrapping():

@@ -231,7 +231,7 @@ def test_a_recipe_moved_onto_a_machine_takes_its_defaults_not_the_files():
                       "layers": [{"match": "fc", "quant": {}},
                                  {"match": "conv", "quant": {"bits": 3}}]})
     assert r.layers[0].constraint.quant.bits == 8
-    moved = _with_machine(r, "puma", ["weight_bits=4"])       # puma maps offset
+    moved = _with_machine(r, "puma", ["weight_bits=4"], "--preset puma")   # offset
     q0, q1 = (rule.constraint.quant for rule in moved.layers)
     assert (q0.bits, q0.mapping) == (4, "offset")
     assert (q1.bits, q1.mapping) == (3, "offset")
