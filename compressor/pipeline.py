@@ -141,6 +141,10 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     """
     if method not in METHODS:
         raise CompressionError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+    if not isinstance(recipe, Recipe):
+        raise CompressionError(f"recipe: a Recipe (compressor.load_recipe(path or shipped "
+                               f"name)), not {type(recipe).__name__}")
+    _check_data(model, train, val)     # the CLI's checks, for callers of the API too
     layers = recipe.resolve(model)
     if not layers:
         raise CompressionError(f"recipe {recipe.name!r} constrains no layer of this model")
@@ -152,6 +156,32 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
         run.load()
     result = run.go()
     return fold_pow2_scales(result, fold) if fold else result
+
+
+def _check_data(model: nn.Module, train, val) -> None:
+    """Refuse, before any training, data that would fail inside an epoch (an IndexError, a
+    torch shape error) or train on silently changed labels (floats truncated)."""
+    from models.errors import ModelError
+    from models.train import check_fits
+    labels = []
+    for what, split in (("train", train), ("val", val)):
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise CompressionError(f"{what}: an (images, labels) pair of arrays")
+        x, y = np.asarray(split[0]), np.asarray(split[1]).reshape(-1)
+        if len(x) != len(y):
+            raise CompressionError(f"{what}: {len(x)} images but {len(y)} labels")
+        if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.bool_):
+            raise CompressionError(f"{what}: labels must be class indices (integers >= 0), "
+                                   f"not {y.dtype}")
+        bad = ~np.isfinite(y) | (y != np.rint(y)) | (y < 0) if y.size else np.zeros(0, bool)
+        if bad.any():
+            raise CompressionError(f"{what}: labels must be class indices (integers >= 0); "
+                                   f"label {int(np.argmax(bad))} is {y[np.argmax(bad)].item()!r}")
+        labels.append(y.astype(np.int64))
+    try:
+        check_fits(model, np.asarray(train[0], np.float32), np.concatenate(labels), "model")
+    except ModelError as e:
+        raise CompressionError(str(e)) from None
 
 
 @contextlib.contextmanager

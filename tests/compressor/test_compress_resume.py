@@ -219,3 +219,24 @@ def test_rho_capped_without_overflow():
     from compressor.recipes import AdmmSpec
     spec = AdmmSpec(rounds=400, rho=0.05, rho_growth=10.0, rho_max=100.0)
     assert spec.rho_at(320) == 100.0 and spec.rho_at(0) == 0.05
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda x, y: (x, y[:-1]), r"train: 600 images but 599 labels"),          # IndexError
+    (lambda x, y: (x, y + 100), r"labels need 110 classes"),                   # torch target
+    (lambda x, y: (x[:, :, :4], y), r"does not take the data's samples"),      # torch shapes
+    (lambda x, y: (x, y + 0.5), r"train: labels must be class indices .* label 0 is 0.5"),
+    (lambda x, y: (x, -y - 1), r"label 0 is -1"),
+])
+def test_bad_data_is_refused_before_training(data, monkeypatch, change, match):
+    """The CLI checked this; the API trained into an IndexError or a torch error mid-epoch,
+    or truncated float labels silently."""
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained"))
+    (x, y), val = data
+    with pytest.raises(CompressionError, match=match):
+        compress(mlp(), parse_recipe(RECIPE), change(x, y), val, progress=False)
+
+
+def test_a_recipe_name_is_refused_naming_load_recipe(data):
+    with pytest.raises(CompressionError, match=r"recipe: a Recipe \(compressor.load_recipe"):
+        compress(mlp(), "lenet5_block", *data, progress=False)
