@@ -164,12 +164,15 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
         st = prog.storage(L.output)
         for tile in cg.producer_tiles(i) | cg.readers.get(st, set()):
             cg.buffer(L.output, tile)
-        if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
-            L.generate_code(cg, i, core_em, tile_em, lay)
-        elif L.kind == "mvm":
-            _mvm_code(cg, i, L, core_em, tile_em, lay)
-        else:
-            _vfu_code(cg, i, L, core_em, tile_em)
+        try:
+            if hasattr(L, "generate_code"):     # a layer with its own code generator (LSTM)
+                L.generate_code(cg, i, core_em, tile_em, lay)
+            elif L.kind == "mvm":
+                _mvm_code(cg, i, L, core_em, tile_em, lay)
+            else:
+                _vfu_code(cg, i, L, core_em, tile_em)
+        except CompilerError as e:   # say which layer it was
+            raise CompilerError(f"layer {L.name!r} ({L.op}): {e}") from e
         for em in (*core_em.values(), *tile_em.em.values()):
             for kind, (need, have) in em.shortfall().items():
                 if need > worst.get(kind, (0,))[0]:

@@ -14,10 +14,11 @@ machine's keys, or alone the recipe's crossbars (puma with its size, levels and 
 where it says and nothing else. The run is checkpointed
 next to the output (``OUT.ckpt``); the same command again resumes it. After compressing,
 the dense and the compressed models are compiled and simulated and printed side by side
-(``--no-hw`` skips it; :mod:`compressor.hardware`): with ``--preset``/``--set`` both on that
-machine; else the dense model on puma as shipped (its 16-bit weights and mapping) and the
-compressed ones on puma with the recipe's levels (weight bits, cells, mapping), both on the
-recipe's crossbar size, as ``benchmarks/compression.py`` compares them.
+(``--no-hw`` skips it; :mod:`compressor.hardware`): with ``--preset`` both on that
+machine; else (``--set``'s keys on top of each) the dense model on puma as shipped (its
+16-bit weights and mapping) and the compressed ones on puma with the recipe's levels
+(weight bits, cells, mapping), both on the recipe's crossbar size, as
+``benchmarks/compression.py`` compares them.
 ``simulator/cli.py`` calls :func:`register`; importing this module does not import torch.
 User errors print one line ``error: ...`` on stderr and return 2.
 """
@@ -267,14 +268,18 @@ def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
 
 
 def _hw_machine(args, recipe, dense: bool = False):
-    """``(preset, overrides)`` the hardware loop uses: ``--preset``/``--set`` when given
-    (for both sides); else puma on the recipe's crossbar size, with the recipe's levels
+    """``(preset, overrides)`` the hardware loop uses: ``--preset`` (and its ``--set``s) when
+    given, for both sides; else puma on the recipe's crossbar size, with the recipe's levels
     (weight bits, cells, mapping) for the compressed models and as shipped for the dense
     one (a dense model on a few-bit machine would be quantized there, hiding what the
-    levels save)."""
+    levels save), ``--set``'s keys on top of each."""
     if args.preset:
         return (args.preset, list(args.overrides))
     g = recipe.geometry
+    size = [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}"] + (
+        [] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"])
+    if dense:   # as shipped, whatever --set changes besides (an ADC key moved its weights)
+        return ("puma", size + list(args.overrides))
     if args.overrides:
         # --set alone changes the recipe's crossbars where it says, not into puma's: a key
         # such as adc.adaptive=true left the recipe pruning 128x128 16-bit offset crossbars
@@ -283,10 +288,6 @@ def _hw_machine(args, recipe, dense: bool = False):
                                                                 "g_max_us")]
                 + [f"xbar.active_rows={'none' if g.active_rows is None else g.active_rows}",
                    f"weight_bits={g.weight_bits}"] + list(args.overrides))
-    size = [f"xbar.rows={g.rows}", f"xbar.cols={g.cols}"] + (
-        [] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"])
-    if dense:
-        return ("puma", size)
     return ("puma", size + [f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
                             f"weight_bits={g.weight_bits}"])
 

@@ -203,7 +203,8 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
     Returns ``{"equal": bool, "adc_bits_max", "adc_bits_mean", "adc_bits_hist": {bits:
     crossbar blocks}, "max_abs_diff"}`` (and ``"equal_uniform"`` with ``uniform``;
     ``"adc_bits_promised"`` ({layer: bits}), ``"promise_kept"``, ``"crossbars_over_promise"``
-    and ``"equal_promised"`` with ``promised``).
+    and ``"equal_promised"`` with ``promised``; for a model with no TinyADC bound those are
+    ``{}``, None, ``{}`` and None: no promise, nothing simulated for it).
     """
     from compiler import compile_model
     from simulator import load_config, simulate

@@ -15,6 +15,7 @@ batch 1), ``NAME.json`` (accuracy, recipe, timings).
 import hashlib
 import json
 import math
+import numbers
 import operator
 import os
 import time
@@ -176,12 +177,19 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     # before the data loads; and "seed" or "name" would clash with build()'s own arguments
     _options(model_name, model_kwargs or {})
     # batch_size 1 would train one example an epoch: a ragged batch of one is dropped
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    def real(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
     for name, value, ok, allowed in (
-            ("epochs", epochs, epochs >= 0, "an integer >= 0"),
-            ("batch_size", batch_size, batch_size >= 2, "an integer >= 2"),
-            ("lr", lr, lr > 0 and math.isfinite(lr), "a finite number > 0")):  # NaN: refused
-        if not ok:
-            raise ModelError(f"{name} = {value}: must be {allowed}")
+            ("epochs", epochs, lambda v: integer(v) and v >= 0, "an integer >= 0"),
+            ("batch_size", batch_size, lambda v: integer(v) and v >= 2, "an integer >= 2"),
+            ("seed", seed, lambda v: integer(v) and v >= 0, "an integer >= 0"),
+            ("lr", lr, lambda v: real(v) and v > 0, "a finite number > 0")):  # NaN: refused
+        if not ok(value):
+            raise ModelError(f"{name} = {value!r}: must be {allowed}")
     if not 0 < lr_decay <= 1:   # NaN fails too; < 0 would ascend the loss every other epoch
         raise ModelError(f"lr_decay = {lr_decay}: must be in (0, 1] (the learning rate's "
                          f"factor per epoch)")

@@ -484,3 +484,14 @@ def test_unbatched_torch_lstm_is_refused_not_cut_to_one_step():
     x = np.random.default_rng(0).random((6, 4)).astype(np.float32)
     with pytest.raises(UnsupportedOpError, match="reads graph input 'x' time-major"):
         compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
+
+
+def test_a_code_generation_refusal_names_its_layer(monkeypatch):
+    # the safety net against a cycle of partial sums (placement never builds one today)
+    # said "its per-step partial sums ..." with no layer once register errors moved out
+    import compiler.ops._recurrent_code as rc
+    monkeypatch.setattr(rc, "may_deadlock", lambda plan, buf: True)
+    x = np.random.default_rng(1).standard_normal((1, 5, 6)).astype(np.float32)
+    cfg = load_config("small", ["core.mvmus=1", "tile.cores=1", "node.tiles=64"])
+    with pytest.raises(CompilerError, match=r"^layer '.*' \(LSTM\): its per-step "):
+        compile_model(_hand_lstm(H=12), cfg, calibration={"x": x})

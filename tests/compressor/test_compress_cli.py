@@ -97,6 +97,20 @@ def test_set_alone_changes_only_what_it_says(tmp_path, recipe, capsys):
             (rows, 32, 8, "differential")
 
 
+def test_set_alone_leaves_the_dense_side_as_shipped(recipe):
+    # an ADC key moved the dense baseline onto the recipe's 8-bit differential levels,
+    # shifting every "vs dense" row
+    import argparse
+
+    from compressor.cli import _hw_machine
+    from compressor.recipes import load_recipe
+    args = argparse.Namespace(preset=None, overrides=["adc.adaptive=true"])
+    rec = load_recipe(recipe)
+    assert _hw_machine(args, rec, dense=True) == (
+        "puma", ["xbar.rows=64", "xbar.cols=32", "adc.adaptive=true"])
+    assert "weight_bits=8" in _hw_machine(args, rec)[1]
+
+
 def test_preset_puts_the_recipe_on_the_machine_crossbars(tmp_path, recipe, capsys):
     rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
                      tmp_path / "m.onnx", "--limit", 100, "--epochs", 1, "--preset", "small",

@@ -89,6 +89,11 @@ def test_train_errors(tmp_path):
         train("lenet5", "digits", 1, batch_size=1, out_dir=tmp_path)
     with pytest.raises(ModelError, match=r"^epochs = -1: must be an integer >= 0$"):
         train("lenet5", "digits", -1, out_dir=tmp_path)
+    for kw, msg in (({"epochs": 1.5}, r"^epochs = 1.5: must be an integer"),   # TypeErrors
+                    ({"batch_size": 64.0}, r"^batch_size = 64.0: must be an integer"),
+                    ({"seed": None}, r"^seed = None: must be an integer >= 0$")):
+        with pytest.raises(ModelError, match=msg):
+            train("lenet5", "digits", **{"epochs": 1, **kw}, out_dir=tmp_path)
     for decay in (float("nan"), -0.5, 0.0, 1.5):
         with pytest.raises(ModelError, match=r"lr_decay = .*: must be in \(0, 1\]"):
             train("lenet5", "digits", 1, lr_decay=decay, out_dir=tmp_path)
