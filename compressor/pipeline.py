@@ -178,10 +178,13 @@ def _check_data(model: nn.Module, train, val) -> None:
             raise CompressionError(f"{what}: labels must be class indices (integers >= 0); "
                                    f"label {int(np.argmax(bad))} is {y[np.argmax(bad)].item()!r}")
         labels.append(y.astype(np.int64))
+    was_training = model.training    # check_fits runs it in eval mode: give it back as it was
     try:
         check_fits(model, np.asarray(train[0], np.float32), np.concatenate(labels), "model")
     except ModelError as e:
         raise CompressionError(str(e)) from None
+    finally:
+        model.train(was_training)
 
 
 @contextlib.contextmanager
