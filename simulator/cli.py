@@ -13,6 +13,7 @@ already written is removed. The compiler, models and compressor are imported laz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -102,6 +103,10 @@ def _check_output_args(args) -> None:
     if getattr(args, "output", None) is not None:     # compile's program folder
         if not str(args.output).strip():
             raise UserError("-o/--output: empty path; name the program folder to write")
+        out = Path(args.output)
+        if out.exists() and not out.is_dir():   # Program.save refuses it, after compiling
+            raise UserError(f"-o {args.output}: a file is there; a program is saved as a "
+                            f"folder: name a new or existing folder")
         # its parent must take files: found now, not after compiling
         check_writable_folder(Path(args.output).resolve().parent, f"-o {args.output}",
                               UserError)
@@ -111,47 +116,74 @@ def _check_output_args(args) -> None:
 def check_output_files(args, inputs: dict) -> None:
     """Before any work: each of ``--json``/``--trace``/``--outputs`` (and ``--plots``' folder)
     must name a file in a folder that takes files, no two the same, none an input
-    (``inputs``: path -> what it is); so a finished simulation is never lost to a bad path
-    and never overwrites what it read."""
+    (``inputs``: path -> what it is) nor the plots folder or a plot in it; so a finished
+    simulation is never lost to a bad path and never overwrites what it read or wrote."""
     taken = {Path(p).resolve(): what for p, what in inputs.items() if p}
-    for key in ("json", "trace", "outputs", "plots"):
+
+    def take(path: Path, what: str, flag: str) -> None:
+        target = path.resolve()
+        if target in taken:
+            raise UserError(f"{flag}: is also the {taken[target]}; choose another path")
+        taken[target] = what
+
+    plots = getattr(args, "plots", None)
+    if plots:   # the folder and the PNGs it will get, whichever flag comes first
+        from .report import PLOT_FILES
+        take(Path(plots), "--plots folder", f"--plots {plots}")
+        for name in PLOT_FILES:
+            take(Path(plots) / name, f"--plots folder's {name}", f"--plots {plots}")
+    for key in ("json", "trace", "outputs"):
         value = getattr(args, key, None)
         if not value:
             continue
         flag, path = f"--{key} {value}", Path(value)
-        if key == "plots":
-            check_writable_folder(path, flag, UserError)
-            continue
+        take(path, f"--{key} file", flag)
         if path.is_dir():
             raise UserError(f"{flag}: a folder is there; name a file to write")
-        target = path.resolve()
-        if target in taken:
-            raise UserError(f"{flag}: is also the {taken[target]}; choose another path")
-        taken[target] = f"--{key} file"
         if not path.parent.is_dir() and path.parent.exists():
             raise UserError(f"{flag}: {path.parent} is a file, not a folder")
         check_writable_folder(path.parent, flag, UserError)
+    if plots:   # made last: nothing is created for a request refused above
+        check_writable_folder(Path(plots), f"--plots {plots}", UserError)
+
+
+@contextlib.contextmanager
+def _naming_failures(flag: str, path):
+    """An OS error writing an output (a full disk, /dev/full) names its flag and path."""
+    try:
+        yield
+    except BrokenPipeError:   # a reader that left: main's quiet exit, not a failed write
+        raise
+    except OSError as e:
+        raise UserError(f"{flag} {path}: {e.strerror or e}") from e
 
 
 def _write_outputs(report, args) -> None:
     if getattr(args, "layers", False):
         print(report.layers_table())
     if getattr(args, "json", None):
-        report.to_json(args.json)
+        with _naming_failures("--json", args.json):
+            report.to_json(args.json)
         print(f"report   -> {args.json}")
     if getattr(args, "trace", None):
-        n = report.save_trace(args.trace)
+        with _naming_failures("--trace", args.trace):
+            n = report.save_trace(args.trace)
         cut = report.trace_truncated
         kept = len(report.trace_events)      # n also counts the per-agent name records
         print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)"
               + (f"; cut at its {kept}-event cap, the run went on past it" if cut else ""))
     if getattr(args, "outputs", None) and report.outputs:
         from .fileio import atomic_write
-        with atomic_write(args.outputs, ".npz") as tmp:
-            np.savez(tmp, **{k: v for k, v in report.outputs.items() if not k.endswith(":int")})
+        arrays = {k: v for k, v in report.outputs.items() if not k.endswith(":int")}
+        # through an open file: np.savez adds no ".npz" to the name (a FIFO, /dev/stdout)
+        with (_naming_failures("--outputs", args.outputs), atomic_write(args.outputs) as tmp,
+              open(tmp, "wb") as f):
+            np.savez(f, **arrays)
         print(f"outputs  -> {args.outputs}")
     if getattr(args, "plots", None):
-        for p in report.plot(args.plots):
+        with _naming_failures("--plots", args.plots):
+            written = report.plot(args.plots)
+        for p in written:
             print(f"plot     -> {p}")
 
 

@@ -46,7 +46,8 @@ def read_npz(path: str | Path, error: type[Exception],
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds,
-    delete it if not. ``suffix`` keeps an extension a writer insists on (``np.savez``).
+    delete it if not. ``suffix`` keeps an extension a writer insists on (``np.savez`` given
+    a path; given an open file it adds none, which a FIFO or device target needs).
 
     A symlink is followed (its target is replaced, the link stays); a target that exists
     and is not a regular file (``/dev/stdout``, a FIFO, ``/dev/null``) is written directly,
@@ -55,11 +56,11 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; expected a file name",
                                 str(path))
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        yield path
-        return
     tmp = None
     try:
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            yield path
+            return
         tmp = _create_temp(path, suffix)
         yield tmp
         os.replace(tmp, path)

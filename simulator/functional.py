@@ -12,6 +12,7 @@ synchronisation (valid/count words, messages); the timing engine
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -399,16 +400,17 @@ def check_input(name: str, x, error: type[Exception] = SimulationError) -> np.nd
     return x
 
 
-def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
-               batch: int | None = None, exact_shortcut: bool = True) -> dict[str, np.ndarray]:
-    """Run ``prog`` on real-valued inputs (one array per program input, batch first).
-    ``exact_shortcut=False`` forces every MVM through the bit-serial ADC path even where
-    the ADC provably cannot lose information (same results, slower; for benchmarking).
-
-    Returns the outputs as real values (integer words times each output's scale) plus,
-    under ``name + ':int'``, the raw integers."""
-    inputs = inputs or {}
+def check_inputs(prog: Program, inputs: Mapping[str, np.ndarray] | None,
+                 batch: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """``inputs`` (None: none) as checked arrays, one per program input, each
+    (batch, *its shape), and the batch (the first input's length unless given; 1 with no
+    inputs); else SimulationError naming the culprit and what is expected."""
     names = [p.name for p in prog.inputs]
+    if inputs is None:
+        inputs = {}
+    elif not isinstance(inputs, Mapping):
+        raise SimulationError(f"inputs: got {type(inputs).__name__}; expected a dict of arrays "
+                              f"by input name ({', '.join(names) or 'none'}), batch first")
     unknown = set(inputs) - set(names)
     if unknown:
         raise SimulationError(f"unknown input {sorted(unknown)[0]!r}; the program's inputs are "
@@ -419,14 +421,28 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
     inputs = {k: check_input(k, v) for k, v in inputs.items()}
     if batch is None:
         batch = len(next(iter(inputs.values()))) if inputs else 1
-    eng = ValueEngine(prog, batch, exact_shortcut=exact_shortcut)
     for port in prog.inputs:
-        x = np.asarray(inputs[port.name])
+        x = inputs[port.name]
         if x.shape[1:] != tuple(port.shape) or len(x) != batch:
             same_n = f" (N = {batch}, as the other inputs)" if len(prog.inputs) > 1 else ""
             raise SimulationError(f"input {port.name!r} has shape {x.shape}; expected "
                                   f"(N, {', '.join(map(str, port.shape))}){same_n}: a batch "
                                   f"axis first")
+    return inputs, batch
+
+
+def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
+               batch: int | None = None, exact_shortcut: bool = True) -> dict[str, np.ndarray]:
+    """Run ``prog`` on real-valued inputs (one array per program input, batch first).
+    ``exact_shortcut=False`` forces every MVM through the bit-serial ADC path even where
+    the ADC provably cannot lose information (same results, slower; for benchmarking).
+
+    Returns the outputs as real values (integer words times each output's scale) plus,
+    under ``name + ':int'``, the raw integers."""
+    inputs, batch = check_inputs(prog, inputs, batch)
+    eng = ValueEngine(prog, batch, exact_shortcut=exact_shortcut)
+    for port in prog.inputs:
+        x = inputs[port.name]
         q = quantize_input(x.reshape(batch, -1), port.scale, prog.config.input_bits)
         a = port.addresses()
         eng.mem[port.tile][:, a] = q

@@ -4,6 +4,7 @@ trace and plots. Every energy figure is counts x the cost table, so it can be au
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from .isa import Op
 from .program import jsonable
 from .timing import (C_ADC, C_DAC, C_EDRAM, C_INSTR, C_MVM, C_NOC, C_SHADD, C_VFU, C_XBAR,
                      COUNTER_NAMES)
+
+#: the PNGs :meth:`Report.plot` writes (the CLI keeps other outputs off them)
+PLOT_FILES = ENERGY_PLOT, LATENCY_PLOT, COSTS_PLOT = (
+    "energy_breakdown.png", "layer_latency.png", "layer_costs.png")
 
 
 @dataclass
@@ -131,7 +136,7 @@ class Report:
         ax.set_xlabel("energy per inference (nJ)")
         ax.set_title(f"Energy breakdown: {self.energy_j['total'] * 1e9:.1f} nJ total "
                      f"(ADC model: {self.adc_model})")
-        out.append(_save(plt, fig, folder / "energy_breakdown.png"))
+        out.append(_save(plt, fig, folder / ENERGY_PLOT))
         if self.layers:
             fig, ax = plt.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
             names = [L["name"] for L in self.layers][::-1]
@@ -144,7 +149,7 @@ class Report:
             ax.barh(names, lat, left=start, color="tab:orange")
             ax.set_xlabel("time in the inference (us)")
             ax.set_title("Per-layer busy span, first to last data event")
-            out.append(_save(plt, fig, folder / "layer_latency.png"))
+            out.append(_save(plt, fig, folder / LATENCY_PLOT))
             out.append(self._plot_layer_costs(plt, folder))
         return out
 
@@ -171,7 +176,7 @@ class Report:
         fig.suptitle(f"Per layer (chip: {self.energy_j['total'] * per_j:.3f} {unit}, "
                      f"{self.area_mm2['total']:.3f} mm2, with the eDRAM leakage and the "
                      f"shared parts no layer owns)")
-        return _save(plt, fig, folder / "layer_costs.png")
+        return _save(plt, fig, folder / COSTS_PLOT)
 
     def layers_table(self) -> str:
         """The per-layer figures as a fixed-width text table (layers with any activity):
@@ -285,6 +290,26 @@ def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
     }
     area["total"] = float(sum(area.values()))
     return area, len(cores_used)
+
+
+def check_reference(prog, reference, batch: int) -> None:
+    """Refuse, before simulating, a ``reference`` that cannot be compared with the outputs:
+    it must be a dict of real arrays by output name, each (batch, *that output's shape)."""
+    shapes = {p.name: (batch, *p.shape) for p in prog.outputs}
+    if not isinstance(reference, Mapping):
+        raise SimulationError(f"reference: got {type(reference).__name__}; expected a dict of "
+                              f"arrays by output name ({', '.join(shapes) or 'none'})")
+    for name, ref in reference.items():
+        if name not in shapes:
+            raise SimulationError(f"reference {name!r}: not an output; the program's outputs "
+                                  f"are {', '.join(shapes) or 'none'}")
+        r = np.asarray(ref)
+        if r.shape != shapes[name]:
+            raise SimulationError(f"reference {name!r} has shape {r.shape}; expected "
+                                  f"{shapes[name]} (the batch, then the output's shape)")
+        if not (np.issubdtype(r.dtype, np.integer) or np.issubdtype(r.dtype, np.floating)):
+            raise SimulationError(f"reference {name!r} has dtype {r.dtype}; expected real "
+                                  f"numbers")
 
 
 def error_metrics(outputs: dict, reference: dict) -> dict:

@@ -2,16 +2,17 @@
 the cost tables for energy and area; returns a :class:`~simulator.report.Report`."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
 from . import costs
 from .errors import DeadlockError, SimulationError
-from .functional import run_values
+from .functional import check_inputs, run_values
 from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
-from .report import Report, build_report
+from .report import Report, build_report, check_reference
 from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK,
                      N_COUNTERS, OK, RUNAWAY, UNRECEIVED, W_RECV, W_SEND_FULL, WAIT_NAMES,
                      run_timing)
@@ -181,6 +182,19 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
     inputs are given (or the program has none), compute its outputs bit-exactly for the
     whole batch of ``inputs``. ``reference``: expected outputs to report the error against.
     """
+    # the arguments are checked before the timing engine runs, not after it
+    if not isinstance(prog, Program):
+        hint = (" (a program folder: load it with Program.load)"
+                if isinstance(prog, (str, os.PathLike)) else "")
+        raise SimulationError(f"prog: got {type(prog).__name__}{hint}; expected a Program")
+    computes_outputs = values and (inputs is not None or not prog.inputs)
+    if inputs is not None or computes_outputs:
+        inputs, batch = check_inputs(prog, inputs)
+    if reference is not None:
+        if not computes_outputs:
+            raise SimulationError("reference: no outputs to compare it with; simulate computes "
+                                  "them with values=True and the program's inputs")
+        check_reference(prog, reference, batch)
     if trace and (isinstance(trace_cap, bool) or not isinstance(trace_cap, (int, np.integer))
                   or trace_cap < 1):
         raise SimulationError(f"trace_cap = {trace_cap!r}: must be an integer >= 1 (the most "
@@ -190,10 +204,8 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
     timing = run_timing_engine(prog, int(trace_cap) + 1 if trace else 0)
     t1 = time.perf_counter()
     outputs = None
-    if values and (inputs is not None or not prog.inputs):
+    if computes_outputs:   # else timing and energy only: they do not depend on the values
         outputs = run_values(prog, inputs, exact_shortcut=exact_shortcut)
-    elif values and prog.inputs and inputs is None:
-        pass  # timing and energy only: they do not depend on the values
     t2 = time.perf_counter()
     rep = build_report(prog, timing, outputs, reference)
     if trace:

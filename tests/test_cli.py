@@ -537,3 +537,52 @@ def test_ctrl_c_and_a_closed_pipe_exit_as_the_shell_expects(monkeypatch, capsys,
         monkeypatch.setattr(models.train, "train", boom)
         assert cli.main(["train", "mlp", "--data", "digits", "--quiet"]) == code
         assert capsys.readouterr().err.strip() == stderr
+
+
+def test_plots_and_their_files_are_outputs_taken_before_the_work(tmp_path, capsys,
+                                                                  monkeypatch):
+    """--json on a plot's name was overwritten by the plot (exit 0); --json on the plots
+    folder failed only after simulating, without naming --json."""
+    import compiler.run
+    monkeypatch.setattr(compiler.run, "compile_model", lambda *a, **k: pytest.fail("compiled"))
+    model, pl = str(_mlp_model(tmp_path / "m.onnx")), tmp_path / "pl"
+    for json_path, needle in [(pl / "energy_breakdown.png",
+                               "is also the --plots folder's energy_breakdown.png"),
+                              (pl, f"--json {pl}: is also the --plots folder")]:
+        rc = main(["run", model, "--plots", str(pl), "--json", str(json_path)])
+        _one_line_error(capsys, rc, needle)
+    assert not pl.exists()                                # nothing made for a refused run
+    rc = main(["run", "--out", str(tmp_path / "demo"), "--json",
+               str(tmp_path / "demo" / "plots" / "layer_costs.png")])
+    _one_line_error(capsys, rc, "is also the --plots folder's layer_costs.png")
+
+
+def test_outputs_to_a_fifo_keep_its_name_and_write_errors_name_the_flag(compiled, tmp_path,
+                                                                         capsys):
+    """np.savez added .npz to a FIFO's (or device's) name; a full disk's error named no
+    file or flag."""
+    import os
+    prog, inp = compiled
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)      # a reader, so the writer opens
+    try:
+        assert main(["simulate", str(prog), "--input", str(inp), "--outputs", str(fifo)]) == 0
+        (tmp_path / "got.npz").write_bytes(os.read(fd, 1 << 16))
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "pipe.npz").exists()
+    assert np.load(tmp_path / "got.npz")["logits"].shape == (2, 10)
+    if os.path.exists("/dev/full"):
+        _one_line_error(capsys, main(["simulate", str(prog), "--json", "/dev/full"]),
+                        "--json /dev/full: No space left on device")
+
+
+def test_compile_to_an_existing_file_is_refused_before_compiling(tmp_path, capsys,
+                                                                 monkeypatch):
+    import compiler
+    monkeypatch.setattr(compiler, "compile_model", lambda *a, **k: pytest.fail("compiled"))
+    (tmp_path / "afile").write_text("keep")
+    _one_line_error(capsys, main(["compile", "m.onnx", "-o", str(tmp_path / "afile")]),
+                    "a file is there; a program is saved as a folder")
+    assert (tmp_path / "afile").read_text() == "keep"

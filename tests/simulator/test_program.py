@@ -483,3 +483,37 @@ def test_a_top_slice_level_past_the_weight_range_is_refused(mapping, wb, top):
     lv[0, cfg.slices - 1, 0, 0] = top
     with pytest.raises(ProgramError, match="decodes past the"):
         Program(**{**{k: getattr(p, k) for k in p.__dataclass_fields__}, "mvmu_levels": lv})
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("prog_dir",), {}, r"prog: got str \(a program folder: load it with Program.load\)"),
+    ((None,), {}, "prog: got NoneType; expected a Program"),
+    # `inputs or {}` asked numpy for an array's truth value
+    (("P", np.zeros((2, 16))), {}, r"inputs: got ndarray; expected a dict .* \(x\)"),
+    # a wrong size raised numpy's reshape error after the whole simulation
+    (("P", "X"), {"reference": {"y": np.zeros((3, 16))}},
+     r"reference 'y' has shape \(3, 16\); expected \(2, 16\)"),
+    # the same size in another shape was silently reshaped
+    (("P", "X"), {"reference": {"y": np.zeros((16, 2))}}, r"has shape \(16, 2\)"),
+    # a name that is no output was silently ignored
+    (("P", "X"), {"reference": {"z": np.zeros((2, 16))}}, "'z': not an output; .* are y"),
+    (("P", "X"), {"reference": [np.zeros((2, 16))]}, "reference: got list; expected a dict"),
+    (("P",), {"reference": {"y": np.zeros((2, 16))}}, "reference: no outputs to compare"),
+])
+def test_simulate_refuses_bad_arguments_before_running(monkeypatch, args, kwargs, match):
+    import sys
+    monkeypatch.setattr(sys.modules["simulator.simulate"], "run_timing_engine",
+                        lambda *a, **k: pytest.fail("simulated"))
+    cfg = load_config("small")
+    prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
+    x = {"x": np.ones((2, 16))}
+    args = [{"P": prog, "X": x}.get(a, a) if isinstance(a, str) else a for a in args]
+    with pytest.raises(SimulationError, match=match):
+        simulate(*args, **kwargs)
+
+
+def test_a_reference_of_the_outputs_shape_is_compared():
+    cfg = load_config("small")
+    prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
+    rep = simulate(prog, {"x": np.ones((2, 16))}, reference={"y": np.zeros((2, 16))})
+    assert rep.accuracy["rel_err"] > 0 and "top1_agreement" in rep.accuracy
