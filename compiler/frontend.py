@@ -109,7 +109,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise ModelFormatError(f"{path}: invalid ONNX model: {first_line(e)}") from e
+        # the checker names the node on its second line
+        raise ModelFormatError(f"{path}: invalid ONNX model: {' '.join(str(e).split())}"
+                               ) from e
     return model
 
 
@@ -189,6 +191,10 @@ def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
         if len(dims) == 1:
             raise UnsupportedOpError(f"graph input {vi.name!r} has one axis; the compiler "
                                      f"needs the batch axis first, (N, ...), and sets N to 1")
+        if dims[0].HasField("dim_value") and dims[0].dim_value == 0:
+            raise UnsupportedOpError(f"graph input {vi.name!r} has a static batch of 0; the "
+                                     f"program computes one sample: export at batch 1 or "
+                                     f"with a dynamic batch")
         if dims[0].HasField("dim_value") and dims[0].dim_value > 1:
             warnings.warn(f"graph input {vi.name!r} has a static batch of {dims[0].dim_value}; "
                           f"the program computes one sample (N set to 1) and the simulator "
@@ -323,6 +329,20 @@ def batchnorm_training(node) -> bool:
     """A BatchNormalization in training mode: it normalises with the batch's statistics, not
     the running ones (training_mode=1, or running-statistics outputs before opset 14)."""
     return bool(node_attrs(node).get("training_mode", 0)) or any(node.output[1:])
+
+
+def batchnorm_factor(node, gamma: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """gamma / sqrt(var + epsilon) of a BatchNormalization, refusing a variance that makes
+    it NaN or inf (numpy warned, and the error blamed the next layer's scale)."""
+    eps = float(node_attrs(node).get("epsilon", 1e-5))
+    denom = np.asarray(var, np.float64) + eps
+    bad = ~(np.isfinite(denom) & (denom > 0))
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        raise ModelFormatError(f"node {node.name!r} (BatchNormalization): variance "
+                               f"{float(np.ravel(var)[c]):g} at index {c} (epsilon {eps:g}); "
+                               f"allowed: variance + epsilon finite and > 0")
+    return gamma / np.sqrt(denom)
 
 
 def _check_weights_finite(nodes, consts) -> None:
@@ -485,8 +505,7 @@ def _fold_batchnorm(g: Graph) -> None:
         scale, b, mean, var = (np.asarray(g.consts[i], np.float64) for i in bn.input[1:5])
         if scale.size != np.shape(g.consts[conv.input[1]])[0]:
             continue                               # not per channel (opset < 9 spatial=0)
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        k = scale / np.sqrt(var + eps)
+        k = batchnorm_factor(bn, scale, var)
         w = np.asarray(g.consts[conv.input[1]], np.float64)
         has_bias = len(conv.input) > 2 and conv.input[2]
         bias = np.asarray(g.consts[conv.input[2]], np.float64) if has_bias else 0.0

@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from simulator.errors import first_line
 from simulator.functional import quantize_input
 
+from .errors import CompilerError
 from .frontend import Graph
 from .ir import LayerProgram
 
 
 def onnxruntime_session(model: str | Path | bytes, threads: int = 1, fuse: bool = False):
     """An onnxruntime CPU session of ``model`` (a path or serialized bytes) with ``threads``
-    intra-op threads, one inter-op thread and only errors logged. Basic graph optimizations
+    intra-op threads, one inter-op thread and nothing logged. Basic graph optimizations
     only, so the graph runs as written: onnxruntime's extended ones (``fuse``, its default)
     turn Q/DQ pairs, and a weight's DequantizeLinear into a MatMul, into its own integer
     kernels, which quantize activations and round differently (0.4 % of the logits on a
@@ -24,7 +26,9 @@ def onnxruntime_session(model: str | Path | bytes, threads: int = 1, fuse: bool 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    # fatal only: at ERROR onnxruntime prints its own coloured lines before our one-line
+    # error (a run's logging follows the session's)
+    so.log_severity_level = 4
     if not fuse:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
@@ -34,6 +38,8 @@ def onnxruntime_session(model: str | Path | bytes, threads: int = 1, fuse: bool 
 def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
                     inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float outputs of onnxruntime, one sample at a time (models have batch 1)."""
+    label = (str(model) if isinstance(model, (str, Path)) else
+             model.name if isinstance(model, Graph) else model.graph.name)
     if isinstance(model, Graph):
         model = model.to_onnx()
     if isinstance(model, onnx.ModelProto) and model.ir_version > 10:
@@ -41,20 +47,24 @@ def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
         model = onnx.ModelProto.FromString(model.SerializeToString())
         model.ir_version = 10
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    batch = len(next(iter(inputs.values())))
     # The graph as written: onnxruntime 1.32's fused int8 kernels (QLinearConv, table
     # sigmoid) were 5 % (L2) off the QDQ graph's own semantics on a conv-conv-sigmoid model.
-    sess = onnxruntime_session(data)
-    if any(isinstance(i.shape[0], int) and i.shape[0] > 1 for i in sess.get_inputs()
-           if i.shape):
-        # exported at a static batch (the compiler sets it to 1): feed it one sample
-        sess = onnxruntime_session(_any_batch(data).SerializeToString())
-    names = list(dict.fromkeys(o.name for o in sess.get_outputs()))   # a name listed twice
-    batch = len(next(iter(inputs.values())))
-    outs = {n: [] for n in names}
-    for b in range(batch):
-        res = sess.run(names, {k: np.asarray(v[b:b + 1], np.float32) for k, v in inputs.items()})
-        for n, v in zip(names, res):
-            outs[n].append(v)
+    try:
+        sess = onnxruntime_session(data)
+        if any(isinstance(i.shape[0], int) and i.shape[0] != 1 for i in sess.get_inputs()
+               if i.shape):
+            # exported at a static batch (the compiler sets it to 1): feed it one sample
+            sess = onnxruntime_session(_any_batch(data).SerializeToString())
+        names = list(dict.fromkeys(o.name for o in sess.get_outputs()))  # a name listed twice
+        outs = {n: [] for n in names}
+        for b in range(batch):
+            res = sess.run(names, {k: np.asarray(v[b:b + 1], np.float32)
+                                   for k, v in inputs.items()})
+            for n, v in zip(names, res):
+                outs[n].append(v)
+    except Exception as e:   # onnxruntime's errors (bad attributes, shapes) span lines
+        raise CompilerError(f"onnxruntime failed on model {label!r}: {first_line(e)}") from e
     return {n: np.concatenate(v) for n, v in outs.items()}
 
 

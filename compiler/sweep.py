@@ -738,6 +738,14 @@ def _usable_cpus() -> int:
 def _check_results_paths(paths: dict[str, Path], out) -> None:
     """The results can be written where ``-o`` says: refused now, not after every point."""
     flag = f"-o {out}"
+    out = Path(out)
+    if out.is_dir():   # its table would go beside it, as FOLDER.csv
+        raise SweepError(f"{flag}: {out} is a folder; name a results file to write, "
+                         f"e.g. -o {out / 'sweep.csv'}")
+    if out.is_file() and out.suffix not in ("", ".csv", ".parquet"):
+        # a model or another file given by mistake: its table would go beside it
+        raise SweepError(f"{flag}: {out} is an existing file, not a results table; name a "
+                         f"results file (.csv or .parquet), e.g. -o sweep.csv")
     for kind in ("csv", "parquet"):
         if paths[kind].is_dir():
             raise SweepError(f"{flag}: {paths[kind]} is a folder; name a results file to "
@@ -760,7 +768,11 @@ def _read_point(path: Path) -> dict | None:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None   # unreadable: recompute it
-    return rec if rec.get("format") == POINT_FORMAT else None
+    # a damaged file (a list, null, no row): recompute it, so a rerun heals the folder
+    if not (isinstance(rec, dict) and rec.get("format") == POINT_FORMAT
+            and isinstance(rec.get("row"), dict)):
+        return None
+    return rec
 
 
 def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[str] | None,

@@ -3,8 +3,7 @@
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..frontend import batchnorm_training
-from ..ir import node_attrs
+from ..frontend import batchnorm_factor, batchnorm_training
 from .elementwise import add_affine
 
 
@@ -16,7 +15,6 @@ def lower_batchnorm(node, ctx):
     if any(c is None for c in consts):
         raise UnsupportedOpError("BatchNormalization parameters must be constants")
     gamma, beta, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)
-    a = node_attrs(node)
     t = ctx.tensor(node.input[0])
     channels = t.shape[1] if len(t.shape) > 1 else 1
     if any(v.size != channels for v in (gamma, beta, mean, var)):
@@ -24,7 +22,7 @@ def lower_batchnorm(node, ctx):
         raise UnsupportedOpError(
             f"BatchNormalization with {gamma.size} statistics for {channels} channels "
             f"(spatial=0, one per element) is not supported; allowed: one per channel")
-    k = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    k = batchnorm_factor(node, gamma, var)
     b = beta - mean * k
     t_in = ctx.tensor(node.input[0])
     # One value per channel (axis 1), laid out to broadcast against the logical shape.

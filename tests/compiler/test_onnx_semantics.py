@@ -916,3 +916,59 @@ def test_wide_words_buy_precision_in_mvm_layers():
         return np.linalg.norm(rep.outputs["y"] - want) / np.linalg.norm(want)
 
     assert err(24) < 2e-6 < err(16)
+
+
+def test_a_static_batch_of_zero_is_refused_and_its_reference_runs():
+    """A (0, 8) input compiled, and onnxruntime's reference then failed with a 21-line
+    traceback (a batch of 0 was never re-batched to feed one sample)."""
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], {}, (0, 8), ["y"])
+    with pytest.raises(UnsupportedOpError, match="graph input 'x' has a static batch of 0"):
+        compile_model(m, CFG)
+    x = _w(2, 8)
+    np.testing.assert_array_equal(run_onnxruntime(m, {"x": x})["y"], np.maximum(x, 0))
+
+
+def test_onnxruntime_failing_on_a_model_is_one_line_without_its_log(capfd):
+    """An 11x11 kernel on an 8x8 input: the reference raised onnxruntime's own exception, and
+    calibration's one-line error came after onnxruntime's coloured ERROR log line."""
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"])], {"w": _w(2, 1, 11, 11)},
+               (1, 1, 8, 8), [])
+    m.graph.output.append(helper.make_empty_tensor_value_info("y"))
+    with pytest.raises(CompilerError, match=r"^onnxruntime failed on model 't': .*Conv"):
+        run_onnxruntime(m, {"x": _w(1, 1, 8, 8)})
+    with pytest.raises(CompilerError, match="onnxruntime failed on the model during calib"):
+        compile_model(m, CFG)
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("var", [-5.0, float("nan")])
+@pytest.mark.parametrize("after", ["Conv", "Relu"])      # folded into the conv, or lowered
+def test_a_batchnorm_variance_that_is_not_positive_is_refused_by_name(var, after):
+    """var = -5 gave numpy warnings and then an error blaming the conv's rescaling factor
+    and the calibration inputs."""
+    bn = {"g": np.ones(3, np.float32), "b": np.zeros(3, np.float32),
+          "m": np.zeros(3, np.float32), "v": np.array([1, var, 1], np.float32)}
+    first = (helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]) if after == "Conv"
+             else helper.make_node("Relu", ["x"], ["a"]))
+    m = _model([first, helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["y"],
+                                        name="bn")],
+               {"w": _w(3, 3, 3, 3), **bn}, (1, 3, 4, 4), ["y"])
+    with pytest.raises(ModelFormatError, match=rf"^node 'bn' \(BatchNormalization\): variance "
+                                               rf"{var:g} at index 1 .*allowed: variance \+ "
+                                               rf"epsilon finite and > 0$"):
+        compile_model(m, CFG, calibration={"x": _w(2, 3, 4, 4)})
+
+
+def test_a_checker_error_keeps_the_node_it_names(tmp_path):
+    """The checker names the node on its second line, which the one-line error cut off."""
+    from compiler.frontend import load_model
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "fc1.weight"], ["y"], name="fc1")],
+                          "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    with pytest.raises(ModelFormatError, match=r"input 'fc1.weight' of node: name: fc1 "
+                                               r"OpType: MatMul is not output") as e:
+        load_model(tmp_path / "m.onnx")
+    assert "\n" not in str(e.value)

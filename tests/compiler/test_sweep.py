@@ -699,3 +699,30 @@ def test_an_unknown_data_set_lists_the_sweeps_own_too():
     with pytest.raises(SweepError, match=r"^unknown data set 'nope'; use demo, random, "
                                          r"fashion-mnist, digits"):
         sw.load_data("nope", 4)
+
+
+def test_an_existing_folder_or_other_file_is_no_results_path(model_files, tmp_path, no_points):
+    """-o FOLDER wrote FOLDER.csv beside it, and -o model.onnx model.onnx.csv."""
+    with pytest.raises(SweepError, match=r"is a folder; name a results file to write, e\.g\. "
+                                         r"-o .*sweep\.csv$"):
+        run_sweep([model_files[0]], ["adc.bits=6"], tmp_path, progress=False)
+    with pytest.raises(SweepError, match=r"mlp\.onnx is an existing file, not a results "
+                                         r"table; name a results file"):
+        run_sweep([model_files[0]], ["adc.bits=6"], model_files[0], progress=False)
+    assert not list(tmp_path.parent.glob(tmp_path.name + ".*"))
+    assert not list(Path(model_files[0]).parent.glob("mlp.onnx.*"))
+
+
+@pytest.mark.parametrize("text", ['[1, 2]', 'null', '{"format": %d}', '{"format": %d, "row": "x"}'])
+def test_a_damaged_point_file_is_recomputed(model_files, tmp_path, monkeypatch, text):
+    """A point file holding valid JSON of another shape crashed every rerun."""
+    monkeypatch.setattr(sw, "_run_local", lambda jobs, workers, points_dir: (
+        (i, sw.evaluate_point(task, data)) for i, (task, data) in enumerate(jobs)))
+    out = tmp_path / "r.csv"
+    run_sweep([model_files[0]], ["adc.bits=6"], out, progress=False)
+    (point,) = tmp_path.joinpath("r.points").glob("*.json")
+    point.write_text(text.replace("%d", str(sw.POINT_FORMAT)))
+    df = run_sweep([model_files[0]], ["adc.bits=6"], out, progress=False)
+    assert (df.attrs["computed"], df.attrs["cached"]) == (1, 0)
+    assert list(df["status"]) == ["ok"]
+    assert sw._read_point(point)["row"]["status"] == "ok"     # healed
