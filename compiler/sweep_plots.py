@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.fileio import check_writable_folder
+
 from .sweep import ENERGY_PARTS, METRIC_COLUMNS, SweepError, _missing, read_table
 
 HEAT = (("energy_j", "energy per inference (µJ)", 1e6),
@@ -328,7 +330,7 @@ def plot_results(results, out_dir: str | Path) -> list[Path]:
         raise SweepError("no successful points in the table: nothing to plot")
     ok = numeric_axes(ok, grid)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out, f"-o {out}", SweepError)   # a file there: said, not EEXIST
     written = []
     for fn in (plot_heatmaps, plot_accuracy_vs_adc, plot_energy_breakdown, plot_pareto):
         written += fn(ok, grid, out, plt)

@@ -23,7 +23,7 @@ from models.checkpoints import check_finite, load_dict
 from models.errors import ModelError
 from models.zoo import build
 from simulator.errors import first_line
-from simulator.fileio import atomic_write
+from simulator.fileio import atomic_write, check_writable_folder
 
 #: Opset used unless the caller names another.
 DEFAULT_OPSET = 17
@@ -165,7 +165,9 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
                                         "xbarsim.opset": str(opset)})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ModelError(f"-o {path}: a folder is there; name the .onnx file to write")
+    check_writable_folder(path.parent, f"-o {path}", ModelError)   # a file on the way: said
     with atomic_write(path) as tmp:
         onnx.save(proto, tmp)
 

@@ -32,7 +32,7 @@ from models.errors import ModelError
 from models.onnx_export import DEFAULT_OPSET, export
 from models.zoo import ZOO, _options, build, options_for_data
 from simulator.errors import first_line
-from simulator.fileio import atomic_write
+from simulator.fileio import atomic_write, check_writable_folder
 
 #: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
 TORCH_THREADS = 2
@@ -198,6 +198,8 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
     datasets.check_limit(limit)
+    # before the data loads and anything trains: a file there said only "File exists"
+    check_writable_folder(out_dir, f"out_dir {out_dir}", ModelError)
     # numpy numbers pass the checks above, but json.dumps and torch.load(weights_only=True)
     # refuse them in the record and the checkpoint: keep plain Python numbers
     epochs, batch_size, seed = (operator.index(n) for n in (epochs, batch_size, seed))
@@ -231,7 +233,6 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     check_fits(model, xtr, np.concatenate([ytr, yte]), f"{model_name} {options}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{model_name}.ckpt"
     start, history, elapsed = 0, [], 0.0
     if resume and ckpt_path.is_file():

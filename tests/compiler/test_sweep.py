@@ -190,6 +190,9 @@ def test_invalid_point_is_a_failed_row(tmp_path, capsys):
 
 
 def test_plot_writes_pngs(local_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")     # said only "File exists"
+    assert main(["plot", str(local_run[1]), "-o", str(tmp_path / "afile")]) == 2
+    assert "afile is a file, where a folder is needed" in capsys.readouterr().err
     rc = main(["plot", str(local_run[1]), "-o", str(tmp_path / "plots")])
     assert rc == 0
     names = {p.name for p in (tmp_path / "plots").glob("*.png")}

@@ -139,3 +139,17 @@ def test_opt_names_of_the_commands_own_parameters_are_refused(argv, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith(f"error: model 'lenet5' has no option {key}; it takes: ")
     assert err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_file_where_a_folder_goes_is_named(tmp_path, capsys):
+    # both said only "error: File exists: .../afile"
+    pytest.importorskip("torch")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert run(["train", "mlp", "--data", "digits", "--epochs", "1", "--out", str(afile),
+                "--quiet"]) == 2
+    assert f"{afile} is a file, where a folder is needed" in capsys.readouterr().err
+    assert run(["export", "mlp", "-o", str(afile / "m.onnx")]) == 2
+    assert f"{afile} is a file, where a folder is needed" in capsys.readouterr().err
+    assert run(["export", "mlp", "-o", str(tmp_path)]) == 2
+    assert "a folder is there; name the .onnx file" in capsys.readouterr().err
