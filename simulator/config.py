@@ -533,10 +533,10 @@ def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> Machi
     else:
         items = []
         for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. adc.bits=6")
-            key, text = item.split("=", 1)
+            key, eq, text = item.partition("=")
             key = key.strip()
+            if not eq or not key:      # "=5" said ": unknown key"
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. adc.bits=6")
             field_type = _field_type(key)
             try:
                 items.append((key, field_type, _parse_value(text, field_type)))
@@ -562,8 +562,8 @@ def _field_type(key: str) -> str:
                               f"{_allowed_keys(_SECTION_CLASSES[parts[0]])}")
         return types[parts[1]]
     sections = ", ".join(_SECTION_CLASSES)
-    raise ConfigError(f"{key}: unknown key; use a top-level key "
-                      f"(weight_bits, input_bits, clock_ghz) or SECTION.KEY with "
+    top = ", ".join(k for k in _SECTIONS if k not in _SECTION_CLASSES)   # name, source too
+    raise ConfigError(f"{key}: unknown key; use a top-level key ({top}) or SECTION.KEY with "
                       f"SECTION one of {sections}")
 
 
