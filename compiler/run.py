@@ -74,8 +74,10 @@ def run_model(args) -> dict:
         args.json = args.json or str(out_dir / "report.json")
         args.trace = args.trace or str(out_dir / "trace.json")
         args.plots = args.plots or str(out_dir / "plots")
+        capped = (f" (all there are; --limit {args.limit} asked for more)"
+                  if args.limit is not None and args.limit > len(x) else "")
         print(f"xbarsim demo: LeNet-5 (Fashion-MNIST) on the '{args.preset}' machine, "
-              f"{len(x)} bundled test images")
+              f"{len(x)} bundled test images{capped}")
     else:
         model_path = args.model
         graph = frontend(load_model(model_path))

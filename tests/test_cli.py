@@ -586,3 +586,13 @@ def test_compile_to_an_existing_file_is_refused_before_compiling(tmp_path, capsy
     _one_line_error(capsys, main(["compile", "m.onnx", "-o", str(tmp_path / "afile")]),
                     "a file is there; a program is saved as a folder")
     assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_demo_says_when_limit_asks_for_more_images_than_there_are(tmp_path, capsys,
+                                                                  monkeypatch):
+    import models
+    real = models.load_demo_images
+    monkeypatch.setattr(models, "load_demo_images", lambda n=None: real(3))  # 3 "bundled"
+    assert main(["run", "--limit", "5", "--out", str(tmp_path), "-q"]) == 0
+    assert "3 bundled test images (all there are; --limit 5 asked for more)" in \
+        capsys.readouterr().out
