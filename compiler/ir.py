@@ -5,7 +5,7 @@ After lowering, a model is a list of :class:`Layer` in topological order over na
 memory layout:
 
 * ``map``: a feature map (H, W, C) stored channel-last with a padded border; word
-  (y, x, c) lives at ``((y + pad_top) * Wp + x + pad_left) * cstride + coff + c``;
+  (y, x, c) lives at ``((y + pad_top) * Wp + x + pad_left) * C + c``;
 * ``vec``: F words in a row; ``perm[i]`` is the logical (C-order) index of memory word i
   (None = identity). Flattening a map gives a vec whose perm records the (H, W, C) order, so
   a following Gemm permutes its weight rows instead of moving data.

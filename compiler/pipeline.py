@@ -77,8 +77,10 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
     strips = partition(lp, cfg)
     say(f"partition: {sum(len(s.blocks) for ss in strips.values() for s in ss)} MVMUs")
     pl = place(lp, strips, cfg, replicate, vfu_cores)
-    say(f"place: {pl.n_tiles} tiles" + (f", {len(pl.all_blocks())} MVMUs with copies"
-                                         if pl.bands else ""))
+    # tiles in use (ids follow the mesh's snake order, so the largest id + 1 can be more)
+    tiles = len(set().union(*pl.layer_tiles.values()))
+    say(f"place: {tiles} tiles" + (f", {len(pl.all_blocks())} MVMUs with copies"
+                                   if pl.bands else ""))
     prog = generate(lp, pl, cfg, mapping_summary(lp, strips, pl, cfg))
     prog.mapping["cores"] = len(prog.cores_used())    # the report's count, code included
     prog.mapping["tiles"] = len(prog.tiles_used())    # placement may skip tiles

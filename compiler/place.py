@@ -28,6 +28,7 @@ the rest of the model no longer fits the node (placement then retries with fewer
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -95,14 +96,22 @@ def check_vfu_cores(vfu_cores) -> None:
 def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
           replicate: int = 1, vfu_cores: str = "own") -> Placement:
     """Place every layer; with ``replicate`` > 1, copies that would push the model past the
-    node are given up (fewer copies are tried, halving, down to none); ``vfu_cores`` (see
-    the module docstring) falls back from "own" to "shared" before copies are given up."""
-    if isinstance(replicate, bool) or not isinstance(replicate, int) or replicate < 1:
-        raise CompilerError(f"replicate = {replicate!r}: must be an integer >= 1")
+    node are given up (one fewer at a time, down to none, with a warning saying what was
+    kept); ``vfu_cores`` (see the module docstring) falls back from "own" to "shared"
+    before copies are given up."""
+    if isinstance(replicate, bool) or not isinstance(replicate, numbers.Integral) \
+            or replicate < 1:
+        raise CompilerError(f"replicate = {replicate!r}: must be a whole number >= 1")
+    replicate = asked = int(replicate)
     check_vfu_cores(vfu_cores)
-    flat = [L.name for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv
-            and L.Ho == 1]
-    if replicate > 1 and flat:   # copies split a layer's output rows; these have one
+    # copies split a layer's output rows: a convolution with one gets none, said where it
+    # would otherwise have had some (not a classifier whose kernel spans its whole input)
+    unrowed = {i: L for i, L in enumerate(prog.layers) if isinstance(L, MVMLayer)
+               and L.is_conv and L.Ho == 1}
+    pixels = [L.Ho * L.Wo for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv]
+    flat = [L.name for L in unrowed.values()
+            if pixels and round(replicate * L.Wo / max(pixels)) > 1]
+    if replicate > 1 and flat:
         warnings.warn(f"replicate = {replicate}: {', '.join(flat[:3])}"
                       f"{' and others' if len(flat) > 3 else ''} not copied (a convolution "
                       f"with one output row, e.g. 1-D: copies split output rows)",
@@ -124,8 +133,12 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
                 warnings.warn(f"vfu_cores = own: VFU layers share cores with MVM layers; "
                               f"with cores of their own the model{copies} does not fit the "
                               f"node's {cfg.node.tiles} tiles", stacklevel=3)
+            if replicate < asked:
+                warnings.warn(f"replicate = {asked}: " + (
+                    f"up to {replicate} copies" if replicate > 1 else "no copies")
+                    + f" fit the node's {cfg.node.tiles} tiles", stacklevel=3)
             return pl
-        replicate //= 2
+        replicate -= 1   # halving skipped counts that fit (3 gave 1 where 2 fit)
 
 
 def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,

@@ -2,6 +2,7 @@
 graph either compiles and matches onnxruntime (and the simulator its integer reference bit
 for bit), or is refused with a one-line error that names what is allowed."""
 import re
+import warnings
 
 import numpy as np
 import onnx
@@ -768,6 +769,36 @@ def test_a_1d_convolution_says_replicate_does_not_copy_it():
     with pytest.warns(UserWarning, match=r"replicate = 4: c1d not copied \(a convolution "
                                          r"with one output row"):
         compile_model(m, CFG, replicate=4)
+
+
+def _three_convs():
+    return _model([helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1] * 4),
+                   helper.make_node("Conv", ["a", "wb"], ["b"], strides=[2, 2]),
+                   helper.make_node("Conv", ["b", "wc"], ["y"], strides=[2, 2])],
+                  {"wa": _w(4, 1, 3, 3), "wb": _w(4, 4, 1, 1), "wc": _w(4, 4, 1, 1)},
+                  (1, 1, 8, 8), ["y"])
+
+
+def test_copies_that_do_not_fit_are_given_up_one_at_a_time_and_said():
+    """Halving took replicate=3 straight to 1 copy where 2 fit (replicate=4 got them), so a
+    sweep over replicate dipped at 3, silently."""
+    cfg = load_config("small", ["node.tiles=1", "tile.cores=4", "core.mvmus=1"])
+    x = RNG.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"replicate = 3: up to 2 copies fit the node's 1 "):
+        prog = compile_model(_three_convs(), cfg, calibration={"x": x}, replicate=3)
+    assert [L["copies"] for L in prog.mapping["layers"] if L["op"] == "Conv"] == [2, 1, 1]
+    for rep in (np.int64(2), 2):      # a numpy integer was "not an integer >= 1"
+        compile_model(_three_convs(), cfg, calibration={"x": x}, replicate=rep)
+
+
+def test_a_classifier_conv_with_one_output_pixel_is_not_warned_about():
+    # its kernel spans the input: the policy gives it 1 copy anyway, rows or not
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4),
+                helper.make_node("Conv", ["a", "w2"], ["y"], name="head")],
+               {"w1": _w(4, 1, 3, 3), "w2": _w(10, 4, 8, 8)}, (1, 1, 8, 8), ["y"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_model(m, CFG, replicate=2)
 
 
 # ---- found by the frontend review (stop 33) ------------------------------------------------
