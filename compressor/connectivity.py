@@ -47,12 +47,16 @@ PER_NEURON_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.leaky_relu
 # per-neuron ops above act on channels alike.
 _MAP_MODULES = {
     2: (nn.BatchNorm2d, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-        nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad2d),
+        nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+        nn.ReplicationPad2d, nn.CircularPad2d),
     1: (nn.BatchNorm1d, nn.Dropout1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
-        nn.AdaptiveMaxPool1d, nn.ConstantPad1d)}
+        nn.AdaptiveMaxPool1d, nn.ConstantPad1d, nn.ZeroPad1d, nn.ReflectionPad1d,
+        nn.ReplicationPad1d, nn.CircularPad1d)}
 _MAP_FUNCTIONS = {
-    2: {nn.functional.max_pool2d, nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d},
-    1: {nn.functional.max_pool1d, nn.functional.avg_pool1d}}
+    2: {nn.functional.max_pool2d, nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d,
+        nn.functional.adaptive_max_pool2d, nn.functional.pad},
+    1: {nn.functional.max_pool1d, nn.functional.avg_pool1d, nn.functional.adaptive_avg_pool1d,
+        nn.functional.adaptive_max_pool1d, nn.functional.pad}}
 _PER_NEURON_METHODS = ("relu", "tanh", "sigmoid", "contiguous")
 _CONVS = {nn.Conv2d: 2, nn.Conv1d: 1}
 

@@ -92,9 +92,9 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
             shape = _flattened_map(_through_same_order(node.args[0] if node.args else None,
                                                        modules), modules)
         except _OrderUnknown as e:
-            warnings.warn(f"{node.target}: its inputs pass {e} before the flatten; neither "
-                          f"torch's order nor the channel-last one is the chip's, so it is "
-                          f"constrained in torch's order", stacklevel=2)
+            warnings.warn(f"{node.target}: its inputs pass {e} before the flatten; the "
+                          f"chip's order of its rows is not derived, so it is constrained in "
+                          f"torch's order", stacklevel=2)
             continue
         # one channel or one pixel: (c, h, w) and (h, w, c) are the same order
         if shape is not None and shape[0] > 1 and math.prod(shape[1:]) > 1 \
@@ -107,8 +107,11 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
 # from is args[0] (the first tensor of a cat).
 _MAP_KEEPING_MODULES = PER_NEURON_MODULES + (
     nn.BatchNorm2d, nn.BatchNorm1d, nn.Dropout1d, nn.Dropout2d, nn.ZeroPad2d, nn.ConstantPad2d,
-    nn.ConstantPad1d, nn.LocalResponseNorm)
-_MAP_KEEPING_FUNCTIONS = PER_NEURON_FUNCTIONS | {operator.add, torch.add, torch.cat}
+    nn.ConstantPad1d, nn.ZeroPad1d, nn.ReflectionPad1d, nn.ReflectionPad2d,
+    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.CircularPad1d, nn.CircularPad2d,
+    nn.LocalResponseNorm)
+_MAP_KEEPING_FUNCTIONS = PER_NEURON_FUNCTIONS | {operator.add, torch.add, torch.cat,
+                                                 nn.functional.pad}
 # Ops whose output is a map of their own (2-D, or 1-D when the tensor is 3-D).
 _MAP_MAKING_MODULES = (nn.Conv2d, nn.Conv1d, nn.MaxPool2d, nn.MaxPool1d, nn.AvgPool2d,
                        nn.AvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d,
@@ -116,7 +119,8 @@ _MAP_MAKING_MODULES = (nn.Conv2d, nn.Conv1d, nn.MaxPool2d, nn.MaxPool1d, nn.AvgP
 _MAP_MAKING_FUNCTIONS = {nn.functional.conv2d, nn.functional.conv1d, nn.functional.max_pool2d,
                          nn.functional.max_pool1d, nn.functional.avg_pool2d,
                          nn.functional.avg_pool1d, nn.functional.adaptive_avg_pool2d,
-                         nn.functional.adaptive_avg_pool1d, torch.max_pool2d, torch.avg_pool1d,
+                         nn.functional.adaptive_avg_pool1d, nn.functional.adaptive_max_pool2d,
+                         nn.functional.adaptive_max_pool1d, torch.max_pool2d, torch.avg_pool1d,
                          torch.max_pool1d, torch.conv2d, torch.conv1d}
 
 
@@ -169,6 +173,14 @@ def _is_map(node, modules, rank: int) -> bool:
                                 f"{'' if perm is None else list(perm)}".rstrip())
         nxt = _same_order_source(node, modules)
         if nxt is None:
+            out = node.meta.get("tensor_meta")
+            if node.op in ("call_module", "call_function", "call_method") \
+                    and len(getattr(out, "shape", ())) in (3, 4):
+                # a map-shaped op the walk does not know (a new padding or pooling): the
+                # chip may well store it channel-last; say so rather than assume torch's
+                what = (type(modules[node.target]).__name__ if node.op == "call_module"
+                        else _name(node))
+                raise _OrderUnknown(f"a {what}, an op whose output order is not known here")
             return False
         node = nxt
     return False

@@ -261,3 +261,47 @@ def test_only_ordered_structures_take_the_view():
                                     (None, None, None)]:
         c = Constraint(structure, amount, QuantSpec(bits=3))
         assert layer_views(model, {fc: c}, x).get(fc) == view, structure
+
+
+@pytest.mark.parametrize("route,n", [
+    (lambda x: nn.functional.adaptive_max_pool2d(x, (4, 4)), 64),
+    (lambda x: nn.functional.pad(nn.functional.max_pool2d(x, 2), (1, 1, 1, 1)), 144),
+    (nn.Sequential(nn.MaxPool2d(2), nn.ReflectionPad2d(1)), 144),
+    (nn.Sequential(nn.MaxPool2d(2), nn.ReplicationPad2d(1)), 144),
+], ids=["adaptive_max_pool2d", "F.pad", "ReflectionPad2d", "ReplicationPad2d"])
+def test_paddings_and_adaptive_max_pool_keep_the_chips_order(route, n, monkeypatch):
+    """These ops were on no list: the Linear after them got no view, was constrained in
+    torch's order, and TinyADC's bound broke on the compiled crossbars (5 per column for
+    n = 2), with no warning."""
+    from compressor.layout import crossbar_views
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.route, self.fc = nn.Conv2d(1, 4, 3, padding=1), route, \
+                nn.Linear(n, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.route(torch.relu(self.conv(x))), 1))
+    model = Net()
+    view = crossbar_views(model, ["fc"], torch.randn(1, 1, 8, 8)).get("fc")
+    side = int((n // 4) ** 0.5)
+    assert view == (10, 4, side, side)
+    rows = to_crossbar(np.arange(n)[None, :], (1, *view[1:]))[:, 0]
+    chip = _compiled_rows(model, monkeypatch)
+    assert chip and all(np.array_equal(r, rows) for r in chip.values())
+
+
+def test_an_unknown_map_op_before_the_flatten_is_said():
+    from compressor.layout import crossbar_views
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 4 * 4, 10)
+
+        def forward(self, x):          # a strided slice: a shape change the walk cannot read
+            return self.fc(torch.flatten(self.conv(x)[:, :, ::2, ::2], 1))
+    with pytest.warns(UserWarning, match=r"fc: its inputs pass a getitem, an op whose output "
+                                         r"order is not known here"):
+        assert crossbar_views(Net(), ["fc"], torch.zeros(1, 1, 8, 8)) == {}
