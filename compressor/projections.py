@@ -186,9 +186,12 @@ def project_sparse_quantized(w, geom: CrossbarGeometry, structure: str, amount: 
                              bits: int, mapping: str = "differential",
                              scale=None, pow2: bool = False, per_channel: bool = False):
     """Nearest point that is both ``structure``-sparse and on the ``bits``-bit level set
-    (``per_channel``: a scale per output channel), for a given ``scale`` or over powers of
-    two; with a free scale, the best of a search (it was 2.9x the least squared distance on
-    one 3×2 case a review found: module docstring)."""
+    (``per_channel``: a scale per output channel), for a given ``scale``; with a free scale,
+    the best of a search (it was 2.9x the least squared distance on one 3×2 case a review
+    found: module docstring), and with ``pow2`` the best of the four powers of two ranked on
+    the support magnitude pruning keeps, each judged by the exact joint distance (a review
+    found a 16×4 case where a power outside those four was 3 % closer; random and
+    heavy-tailed weights matched brute force in ~3000 cases)."""
     return _apply(w, geom, structure, amount, (bits, mapping, scale, pow2, per_channel))
 
 
