@@ -120,12 +120,20 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     # fresh ones; then sharing a core by the input where none is idle; then shared
     tries = ((True, True), (True, False), (False, False)) if vfu_cores == "own" else (
         (False, False),)
+    own_need = None     # node.tiles that VFU layers on cores of their own need
     while True:
         for own_cores, fresh in tries:
             try:
                 pl = _place(prog, strips, cfg, replicate, own_cores, fresh)
-            except ModelTooBigError:
+            except ModelTooBigError as e:
+                if replicate == 1 and own_cores and fresh:
+                    own_need = e.tiles_needed
                 if replicate == 1 and not own_cores:
+                    if vfu_cores == "own" and own_need and own_need > (e.tiles_needed or 0):
+                        # the shared placement's need fits only by dropping the policy asked
+                        raise ModelTooBigError(f"{e} ({own_need} for VFU layers on cores of "
+                                               f"their own, as vfu_cores = own asks)",
+                                               tiles_needed=e.tiles_needed) from None
                     raise
                 continue
             if not own_cores and vfu_cores == "own" and pl.vfu_core:

@@ -791,6 +791,30 @@ def test_copies_that_do_not_fit_are_given_up_one_at_a_time_and_said():
         compile_model(_three_convs(), cfg, calibration={"x": x}, replicate=rep)
 
 
+def test_too_big_under_own_cores_says_what_own_cores_need():
+    """The suggested node.tiles was the shared placement's: it compiled only by dropping
+    vfu_cores = own (with a warning); the own-core need is said too, and fits unwarned."""
+    m = _model([helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1] * 4),
+                helper.make_node("Relu", ["c0"], ["r0"]),
+                helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[2, 2],
+                                 strides=[2, 2]),
+                helper.make_node("Conv", ["p0", "w1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+                helper.make_node("Conv", ["p0", "ws"], ["s1"], strides=[2, 2]),
+                helper.make_node("Add", ["c1", "s1"], ["a1"]),
+                helper.make_node("Flatten", ["a1"], ["f"]),
+                helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)],
+               {"w0": _w(8, 3, 3, 3), "w1": _w(12, 8, 3, 3), "ws": _w(12, 8, 1, 1),
+                "w2": _w(10, 108)}, (1, 3, 12, 12), ["y"])
+    base = ["tile.cores=3", "core.mvmus=1"]
+    with pytest.raises(CompilerError, match=r"node.tiles=(\d+) or more, .*\((\d+) for VFU "
+                                            r"layers on cores of their own") as e:
+        compile_model(m, load_config("small", base + ["node.tiles=2"]))
+    own = int(re.search(r"\((\d+) for VFU", str(e.value)).group(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_model(m, load_config("small", base + [f"node.tiles={own}"]))
+
+
 def test_a_classifier_conv_with_one_output_pixel_is_not_warned_about():
     # its kernel spans the input: the policy gives it 1 copy anyway, rows or not
     m = _model([helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4),
