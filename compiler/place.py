@@ -74,8 +74,13 @@ def wanted_copies(prog: LayerProgram, replicate: int) -> dict[int, int]:
     if replicate <= 1 or not convs:
         return {}
     top = max(L.Ho * L.Wo for L in convs.values())
-    return {i: max(1, min(replicate, L.Ho, round(replicate * L.Ho * L.Wo / top)))
+    return {i: max(1, min(replicate, L.Ho, _share(replicate, L, top)))
             for i, L in convs.items()}
+
+
+def _share(replicate: int, L, top: int) -> int:
+    """The copies ``L`` gets for its output pixels, before its rows or a tile limit it."""
+    return round(replicate * L.Ho * L.Wo / top)
 
 
 def _replicable(L) -> bool:
@@ -106,11 +111,9 @@ def place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     check_vfu_cores(vfu_cores)
     # copies split a layer's output rows: a convolution with one gets none, said where it
     # would otherwise have had some (not a classifier whose kernel spans its whole input)
-    unrowed = {i: L for i, L in enumerate(prog.layers) if isinstance(L, MVMLayer)
-               and L.is_conv and L.Ho == 1}
-    pixels = [L.Ho * L.Wo for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv]
-    flat = [L.name for L in unrowed.values()
-            if pixels and round(replicate * L.Wo / max(pixels)) > 1]
+    convs = [L for L in prog.layers if isinstance(L, MVMLayer) and L.is_conv]
+    top = max((L.Ho * L.Wo for L in convs), default=1)
+    flat = [L.name for L in convs if L.Ho == 1 and _share(replicate, L, top) > 1]
     if replicate > 1 and flat:
         warnings.warn(f"replicate = {replicate}: {', '.join(flat[:3])}"
                       f"{' and others' if len(flat) > 3 else ''} not copied (a convolution "

@@ -280,16 +280,14 @@ def _hw_machine(args, recipe, dense: bool = False):
         [] if g.active_rows is None else [f"xbar.active_rows={g.active_rows}"])
     if dense:   # as shipped, whatever --set changes besides (an ADC key moved its weights)
         return ("puma", size + list(args.overrides))
+    levels = size + [f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
+                     f"weight_bits={g.weight_bits}"]
     if args.overrides:
-        # --set alone changes the recipe's crossbars where it says, not into puma's: a key
-        # such as adc.adaptive=true left the recipe pruning 128x128 16-bit offset crossbars
-        return ("puma", [f"xbar.{k}={getattr(g, k)}" for k in ("rows", "cols", "cell_bits",
-                                                                "mapping", "g_min_us",
-                                                                "g_max_us")]
-                + [f"xbar.active_rows={'none' if g.active_rows is None else g.active_rows}",
-                   f"weight_bits={g.weight_bits}"] + list(args.overrides))
-    return ("puma", size + [f"xbar.cell_bits={g.cell_bits}", f"xbar.mapping={g.mapping}",
-                            f"weight_bits={g.weight_bits}"])
+        # --set alone changes the recipe's crossbars where it says, not into puma's (a key
+        # such as adc.adaptive=true left the recipe pruning 128x128 16-bit offset crossbars);
+        # training reads this machine too, so the conductance range is the recipe's as well
+        levels += [f"xbar.g_min_us={g.g_min_us}", f"xbar.g_max_us={g.g_max_us}"]
+    return ("puma", levels + list(args.overrides))
 
 
 def _machine_flags(args) -> str:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import numbers
-import operator
 import os
 import time
 from pathlib import Path
@@ -177,19 +176,13 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     # before the data loads; and "seed" or "name" would clash with build()'s own arguments
     _options(model_name, model_kwargs or {})
     # batch_size 1 would train one example an epoch: a ragged batch of one is dropped
-    def integer(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-    def real(v):
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-    for name, value, ok, allowed in (
-            ("epochs", epochs, lambda v: integer(v) and v >= 0, "an integer >= 0"),
-            ("batch_size", batch_size, lambda v: integer(v) and v >= 2, "an integer >= 2"),
-            ("seed", seed, lambda v: integer(v) and v >= 0, "an integer >= 0"),
-            ("lr", lr, lambda v: real(v) and v > 0, "a finite number > 0")):  # NaN: refused
-        if not ok(value):
-            raise ModelError(f"{name} = {value!r}: must be {allowed}")
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 2),
+                             ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ModelError(f"{name} = {value!r}: must be an integer >= {low}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
+            or lr <= 0:  # NaN: refused
+        raise ModelError(f"lr = {lr!r}: must be a finite number > 0")
     if not 0 < lr_decay <= 1:   # NaN fails too; < 0 would ascend the loss every other epoch
         raise ModelError(f"lr_decay = {lr_decay}: must be in (0, 1] (the learning rate's "
                          f"factor per epoch)")
@@ -202,7 +195,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     check_writable_folder(out_dir, f"out_dir {out_dir}", ModelError)
     # numpy numbers pass the checks above, but json.dumps and torch.load(weights_only=True)
     # refuse them in the record and the checkpoint: keep plain Python numbers
-    epochs, batch_size, seed = (operator.index(n) for n in (epochs, batch_size, seed))
+    epochs, batch_size, seed = int(epochs), int(batch_size), int(seed)
     lr, lr_decay, weight_decay = float(lr), float(lr_decay), float(weight_decay)
     limit = None if limit is None else int(limit)
     if isinstance(data, (str, os.PathLike)):

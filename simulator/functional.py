@@ -439,7 +439,12 @@ def run_values(prog: Program, inputs: dict[str, np.ndarray] | None = None,
 
     Returns the outputs as real values (integer words times each output's scale) plus,
     under ``name + ':int'``, the raw integers."""
-    inputs, batch = check_inputs(prog, inputs, batch)
+    return run_checked_values(prog, *check_inputs(prog, inputs, batch), exact_shortcut)
+
+
+def run_checked_values(prog: Program, inputs: dict[str, np.ndarray], batch: int,
+                       exact_shortcut: bool = True) -> dict[str, np.ndarray]:
+    """:func:`run_values` on inputs :func:`check_inputs` has checked (not again)."""
     eng = ValueEngine(prog, batch, exact_shortcut=exact_shortcut)
     for port in prog.inputs:
         x = inputs[port.name]

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import costs
 from .errors import DeadlockError, SimulationError
-from .functional import check_inputs, run_values
+from .functional import check_inputs, run_checked_values
 from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report, check_reference
@@ -205,7 +205,7 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
     t1 = time.perf_counter()
     outputs = None
     if computes_outputs:   # else timing and energy only: they do not depend on the values
-        outputs = run_values(prog, inputs, exact_shortcut=exact_shortcut)
+        outputs = run_checked_values(prog, inputs, batch, exact_shortcut)
     t2 = time.perf_counter()
     rep = build_report(prog, timing, outputs, reference)
     if trace:

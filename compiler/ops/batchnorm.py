@@ -15,8 +15,8 @@ def lower_batchnorm(node, ctx):
     if any(c is None for c in consts):
         raise UnsupportedOpError("BatchNormalization parameters must be constants")
     gamma, beta, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)
-    t = ctx.tensor(node.input[0])
-    channels = t.shape[1] if len(t.shape) > 1 else 1
+    t_in = ctx.tensor(node.input[0])
+    channels = t_in.shape[1] if len(t_in.shape) > 1 else 1
     if any(v.size != channels for v in (gamma, beta, mean, var)):
         # opset < 9 spatial=0: a statistic per element, not per channel
         raise UnsupportedOpError(
@@ -24,7 +24,6 @@ def lower_batchnorm(node, ctx):
             f"(spatial=0, one per element) is not supported; allowed: one per channel")
     k = batchnorm_factor(node, gamma, var)
     b = beta - mean * k
-    t_in = ctx.tensor(node.input[0])
     # One value per channel (axis 1), laid out to broadcast against the logical shape.
     shape = (k.size,) + (1,) * (len(t_in.shape) - 2)
     add_affine(node, ctx, t_in, k.reshape(shape), b.reshape(shape))

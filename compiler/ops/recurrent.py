@@ -28,7 +28,7 @@ from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, mvm_multiplier_bits, node_attrs, padded, requantize
+from ..ir import MVMLayer, multiplier, mvm_multiplier_bits, node_attrs, padded
 from ..quantize import quantize_weight
 from ._mvm import split_shift
 from .concat import ConcatLayer, vector_concat_perm
@@ -105,10 +105,7 @@ class RecurrentLayer(MVMLayer):
     def gates_ref(self, acc: np.ndarray) -> np.ndarray:
         """Accumulators -> gate activations at ``f`` bits. Twin of
         :func:`._recurrent_code.emit_gates`."""
-        z = acc + self.bias
-        if self.pre_shift:
-            z = (z + (1 << (self.pre_shift - 1))) >> self.pre_shift
-        z = requantize(z, self.mult, self.shift, self.fmt.bits)
+        z = self.requant(acc + self.bias)     # pre-shift, multiply, shift, clip to fmt.bits
         for fn, lo, hi in self.activation_spans():
             z[:, lo:hi] = alu(fn, z[:, lo:hi], None, self.fmt.f)
         return z
