@@ -19,7 +19,7 @@ compiles and simulates:
   that reads R/2 rows at once (the same ADC bits, up to twice the weights per column).
 
     python benchmarks/compression.py          # first: trains and caches the models
-    python benchmarks/active_rows.py [--images 1000] [--adc-models puma,isaac]  # ~4 min
+    python benchmarks/active_rows.py [--images 1000] [--adc-models puma,isaac]  # about 5-10 min
 
 Writes ``benchmarks/results/active_rows.json`` and ``benchmarks/results/plots/
 active_rows.png``, and prints a markdown table. Accuracy is the chip's on the first
@@ -38,15 +38,42 @@ from _common import RESULTS, machine, write
 FRACTIONS = (1, 2, 4, 8, 16)          # rows per read: R / fraction
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1000,
+def adc_model_list(text: str) -> list[str]:
+    """``--adc-models``: distinct ADC cost models, each one ``adc.model`` accepts, checked
+    before the minutes of work that would otherwise end in its error."""
+    from simulator import load_config
+    from simulator.errors import ConfigError
+    names = [m.strip() for m in text.split(",")]
+    for m in names:
+        if not m:
+            raise argparse.ArgumentTypeError(f"{text!r}: an empty name; give ADC models "
+                                             f"separated by commas, e.g. puma,isaac")
+        try:
+            load_config("puma", [f"adc.model={m}"])
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r}: {', '.join(twice)} given more than "
+                                         f"once; give each ADC model once")
+    return names
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    from simulator.cli import positive_int
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=positive_int, default=1000,
                     help="test images on the chip [1000]")
-    ap.add_argument("--adc-models", default="puma,isaac",
+    ap.add_argument("--adc-models", type=adc_model_list, default="puma,isaac",
                     help="ADC cost models to cost every point with, comma separated "
                          "[puma,isaac]: PUMA's is linear in bits, ISAAC's doubles per bit")
-    args = ap.parse_args()
-    adc_models = args.adc_models.split(",")
+    return ap
+
+
+def main():
+    args = arg_parser().parse_args()
+    adc_models = args.adc_models
 
     import compression as C
     from compressor.hardware import adc_lossless_check, evaluate_hardware

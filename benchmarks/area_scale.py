@@ -1,16 +1,17 @@
 """Why whole-chip area falls less than crossbars: the same kept crossbar blocks as the
 compression benchmark's VGG-style block variant (35 blocks, 3-bit levels), in models whose
 classifier is 1024, 1536 or 2048 (the benchmark's model) wide. Hardware only: the weights
-are seeded random ones, block-pruned and quantized with the compressor's exact projection
-(one ADMM round, no retraining), so no accuracy is claimed -- this measures what a chip
-pays for a model of that size and for the blocks kept, on the machines of
-``compression.py``.
+are seeded random ones, block-pruned and quantized by the compressor's joint projection
+(its scale found by a search; one ADMM round, no retraining), so no accuracy is claimed --
+this measures what a chip pays for a model of that size and for the blocks kept, on the
+machines of ``compression.py``.
 
     python benchmarks/area_scale.py          # about 15 s on 2 cores
     -> benchmarks/results/area_scale.json, a markdown table on stdout
 """
 import _common  # noqa: F401  (pins threads first)
 
+import argparse
 import copy
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ def rules_for(width: int):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     import torch
 
     import compression as C

@@ -33,23 +33,31 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from compiler.sweep import results_paths, run_sweep, write_table  # noqa: E402
+from compiler.sweep import _usable_cpus, results_paths, run_sweep, write_table  # noqa: E402
 from compiler.sweep_plots import plot_results  # noqa: E402
+from simulator.cli import positive_int  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = RESULTS / ".sweep"
 GRID = ["xbar.rows=xbar.cols=64,128,256", "adc.bits=4,5,6,7,8"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
+def arg_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=positive_int,
+                    help="parallel workers [the CPUs this process may run on]")
     ap.add_argument("--lenet-samples", type=int, default=300,
                     help="shipped Fashion-MNIST test images for LeNet-5 [300, all]")
     ap.add_argument("--samples", type=int, default=16,
                     help="random inputs for VGG-8 / ResNet-18 [16]")
     ap.add_argument("--executor", default="local")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = arg_parser().parse_args()
+    workers = args.workers or _usable_cpus()   # run_sweep's default, recorded as used
 
     t0 = time.perf_counter()
     parts = []
@@ -78,7 +86,7 @@ def main() -> None:
                          "median": round(float(table["wall_s"].median()), 2),
                          "max": round(float(table["wall_s"].max()), 1)},
         "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
-                    "workers": args.workers, "executor": args.executor,
+                    "workers": workers, "executor": args.executor,
                     "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")},
         "note": "a point reused from .sweep/ counts its original wall_s in point_wall_s; "
                 "wall_s is this run's. VGG-8/ResNet-18 have random weights: their top-1 "
@@ -100,7 +108,7 @@ def main() -> None:
         print(show[cols].to_string(index=False))
     print(f"\n{len(table)} points ({summary['failed']} failed), wall {wall:.1f} s "
           f"(sum of point wall times {summary['point_wall_s']['sum']} s) with "
-          f"{args.workers} workers; -> {out}, {len(plots)} plots in {RESULTS / 'plots'}")
+          f"{workers} workers; -> {out}, {len(plots)} plots in {RESULTS / 'plots'}")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,64 @@ def test_zoo_child_row_survives_empty_and_trailing_output():
     assert zoo.child_row(_done(0, '{"model": "a"}\nbye\n')) == ({"model": "a"}, "")
     assert zoo.child_row(_done(0, "", "a warning")) == (
         None, "exit status 0 but no result row on stdout")
+
+
+# -- active_rows.py: options checked before minutes of work ---------------------------------
+
+@pytest.mark.parametrize("value, message", [
+    ("puma,isacc", "adc.model = 'isacc': must be one of puma, isaac"),
+    ("puma, puma", "'puma, puma': puma given more than once"),
+    ("puma,", "'puma,': an empty name")])
+def test_active_rows_refuses_bad_adc_models(capsys, value, message):
+    with pytest.raises(SystemExit):
+        _load("active_rows").arg_parser().parse_args(["--adc-models", value])
+    assert f"argument --adc-models: {message}" in capsys.readouterr().err
+
+
+def test_active_rows_options():
+    ap = _load("active_rows").arg_parser()
+    args = ap.parse_args(["--adc-models", " isaac , puma", "--images", "7"])
+    assert (args.adc_models, args.images) == (["isaac", "puma"], 7)
+    assert ap.parse_args([]).adc_models == ["puma", "isaac"]
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--images", "-5"])
+
+
+# -- puma_mlp.py: the bit-serial rows check the bit-serial path -----------------------------
+
+def test_puma_mlp_bit_exact_runs_the_path_asked(monkeypatch):
+    from compiler import compile_model
+    from simulator import load_config
+    puma_mlp = _load("puma_mlp")
+    model = _load("_common").mlp_onnx([8, 8, 4])
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    prog, lp, _ = compile_model(model, load_config("puma", ["adc.bits=none"]),
+                                calibration={"input": x}, return_ir=True)
+    asked, simulate = [], puma_mlp.simulate
+
+    def spy(*a, exact_shortcut=True, **kw):
+        asked.append(exact_shortcut)
+        return simulate(*a, exact_shortcut=exact_shortcut, **kw)
+    monkeypatch.setattr(puma_mlp, "simulate", spy)
+    assert puma_mlp.bit_exact(prog, lp, x, False) and puma_mlp.bit_exact(prog, lp, x, True)
+    assert asked == [False, True]
+
+
+# -- xbar_adc_sweep.py -----------------------------------------------------------------------
+
+def test_xbar_adc_sweep_workers_default_is_run_sweeps():
+    assert _load("xbar_adc_sweep").arg_parser().parse_args([]).workers is None
+
+
+# -- --help prints and runs nothing ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["puma_mlp", "seed_tables", "area_scale"])
+def test_help_and_unknown_options_run_nothing(name):
+    result = BENCH / "results" / f"{name}.json"
+    before = result.stat().st_mtime_ns
+    script = [sys.executable, str(BENCH / f"{name}.py")]
+    shown = subprocess.run(script + ["--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage:")
+    refused = subprocess.run(script + ["--bogus"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unrecognized arguments: --bogus" in refused.stderr
+    assert result.stat().st_mtime_ns == before
