@@ -25,8 +25,6 @@ exact while every column sum stays below 2**24); only the ADC needs per-step sum
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .errors import SimulationError
@@ -125,15 +123,23 @@ def column_max_sums(levels: np.ndarray, step_bits: int,
         [lv[:, r0:r1].sum(axis=1) for r0, r1 in row_groups(lv.shape[1], active_rows)])
 
 
+def code_bits(max_sum) -> np.ndarray:
+    """Bits that hold every code up to ``max_sum`` (a scalar or per column):
+    ceil(log2(code + 1)). An analog (float) sum is rounded to the nearest code first, as
+    the ADC input is (half up: never below ``column_sums``' rounding, so never clipped);
+    whole sums are unchanged. :func:`lossless_adc_bits` and the ``scale`` ADC's span both
+    use it, so adaptive bits and the span agree."""
+    code = np.floor(np.asarray(max_sum, dtype=np.float64) + 0.5)
+    return np.ceil(np.log2(code + 1)).astype(np.int64)
+
+
 def lossless_adc_bits(levels: np.ndarray, step_bits: int,
                       active_rows: int | None = None) -> int:
     """ADC bits that convert every column of these crossbars without loss:
     ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1.
     Float levels (nominal conductances) give analog sums, which the ADC rounds to the
     nearest code: the bits then hold the largest sum rounded, so it never clips."""
-    m = column_max_sums(levels, step_bits, active_rows).max(initial=0)
-    m = int(np.floor(m + 0.5)) if isinstance(m, (float, np.floating)) else int(m)
-    return max(1, math.ceil(math.log2(m + 1)))
+    return max(1, int(code_bits(column_max_sums(levels, step_bits, active_rows).max(initial=0))))
 
 
 def adaptive_adc_bits(levels: np.ndarray, cfg) -> int:
@@ -152,18 +158,18 @@ def adc_convert(v: np.ndarray, bits: int | None, mode: str,
     """ADC on column sums ``v`` (..., n_columns). ``bits`` None = ideal.
 
     ``clip``: saturate at 2**bits - 1. ``scale``: each column's ADC spans that column's
-    largest possible (nominal) sum ``col_max``, but never less than ``2**bits - 1`` (its
-    LSB is at most one level: a column with little or no weight converts like a clipping
-    ADC, so a stuck-on cell or noise there still shows); keep the top ``bits`` bits (drop,
-    i.e. truncate, the LSBs the range does not fit) and saturate at the top of the span
-    (only an analog sum, with noise or stuck cells, can exceed it)."""
+    largest possible (nominal) sum ``col_max`` rounded to a code (:func:`code_bits`), but
+    never less than ``2**bits - 1`` (its LSB is at most one level: a column with little or
+    no weight converts like a clipping ADC, so a stuck-on cell or noise there still
+    shows); keep the top ``bits`` bits (drop, i.e. truncate, the LSBs the range does not
+    fit) and saturate at the top of the span (only an analog sum, with noise or stuck
+    cells, can exceed it)."""
     if bits is None:
         return v
     if mode == "clip":
         return np.minimum(v, (1 << bits) - 1)
     if mode == "scale":
-        need = np.maximum(np.ceil(np.log2(col_max.astype(np.float64) + 1)).astype(np.int64),
-                          bits)
+        need = np.maximum(code_bits(col_max), bits)
         drop = need - bits
         top = ((1 << need) - 1) >> drop << drop
         # saturate before the cast: an analog sum past 2**63 would wrap to a negative code

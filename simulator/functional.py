@@ -46,6 +46,7 @@ def _fixed_point(fn, a: np.ndarray, frac: int) -> np.ndarray:
 
 
 _INT64_TOP = np.nextafter(2.0 ** 63, 0.0)   # the largest float64 below 2**63
+_INT64_HALF, _INT64_MASK = 1 << 63, (1 << 64) - 1
 
 
 def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
@@ -79,7 +80,8 @@ def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
         b = np.broadcast_to(np.asarray(b, np.int64), a.shape)
         out = np.zeros_like(a)
         nz = b != 0
-        out[nz] = np.floor_divide(a[nz], b[nz])
+        with np.errstate(over="ignore"):    # INT64_MIN // -1 wraps to INT64_MIN (isa.py)
+            out[nz] = np.floor_divide(a[nz], b[nz])
         return out
     raise SimulationError(f"unknown ALU function {fn}")
 
@@ -278,7 +280,9 @@ class ValueEngine:
                 elif op == _ALUI:
                     regs[:, dst:dst + vec] = alu(fn, regs[:, src1:src1 + vec], imm, imm)
                 elif op == _IADD:
-                    ireg[dst] = ireg[src1] + imm
+                    # wraps modulo 2**64 (isa.py), as the timing engine's int64 does; in
+                    # Python ints, so numpy has no overflow to warn of
+                    ireg[dst] = ((int(ireg[src1]) + imm + _INT64_HALF) & _INT64_MASK) - _INT64_HALF
                 elif op == _BNE:
                     if ireg[src1] != ireg[src2]:
                         nxt = imm

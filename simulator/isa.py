@@ -30,11 +30,11 @@ store      mem[imm (+ra) : +vec] <- reg[src1 (+rr) : +vec], words get consumer c
 copy       reg[dst : +vec] <- reg[src1 : +vec]
 set        reg[dst : +vec] <- imm
 alu        reg[dst : +vec] <- fn(reg[src1 : +vec], reg[src2 : +vec]); unary fns ignore src2;
-           ``imm`` is the fraction bits for sigmoid/tanh/exp and the bit width for clip
+           ``imm`` is the fraction bits for sigmoid/tanh/exp/log and the bit width for clip
 alui       reg[dst : +vec] <- fn(reg[src1 : +vec], imm)
 mvm        every MVMU m with bit m of ``mask`` set: out_m <- crossbar_m(in_m), bit-serial
 iset       ireg[dst] <- imm
-iadd       ireg[dst] <- ireg[src1] + imm
+iadd       ireg[dst] <- ireg[src1] + imm (wraps, as the word arithmetic below)
 jmp        pc <- imm
 beq / bne  if ireg[src1] ==/!= ireg[src2]: pc <- imm
 send       (tile) read mem[imm (+ra) : +vec] like a load and send it to FIFO ``dst`` of
@@ -42,6 +42,10 @@ send       (tile) read mem[imm (+ra) : +vec] like a load and send it to FIFO ``d
 recv       (tile) take the next message from tile ``peer`` in FIFO ``dst`` and write it to
            mem[imm (+ra) : +vec] like a store with consumer count ``count``
 =========  ==================================================================================
+
+Word arithmetic (add, sub, mul, shl, div, iadd) wraps modulo 2**64, two's complement:
+INT64_MAX + 1 is INT64_MIN, and INT64_MIN // -1 is INT64_MIN. Only the fixed-point
+functions (sigmoid, tanh, exp, log) and clip saturate.
 """
 from __future__ import annotations
 
@@ -85,11 +89,14 @@ class Fn(IntEnum):
     TANH = 10    # unary, fixed point
     EXP = 11     # unary, fixed point
     DIV = 12     # floor division (division by zero yields 0)
-    LOG = 13     # unary, fixed point: ln(a / 2**imm) * 2**imm (a <= 0 gives the lowest value)
+    LOG = 13     # unary, fixed point: ln(a / 2**imm) * 2**imm; a <= 0 gives -2**(40 + imm),
+    #              saturated at INT64_MIN (from imm = 23 on)
 
 
 UNARY_FNS = frozenset({Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG})
 TRANSCENDENTAL_FNS = frozenset({Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG})
+#: The ALU functions whose ``alu`` form reads ``imm`` (fraction bits, clip width).
+IMM_FNS = TRANSCENDENTAL_FNS | {Fn.CLIP}
 
 CORE_OPS = frozenset({Op.NOP, Op.HLT, Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU, Op.ALUI,
                       Op.MVM, Op.ISET, Op.IADD, Op.JMP, Op.BEQ, Op.BNE})
@@ -111,6 +118,26 @@ INSTR_DTYPE = np.dtype([
     ("peer", np.int32),   # other tile for send/recv
     ("layer", np.int32),  # layer index for per-layer accounting (-1 none)
 ])
+
+#: The fields each opcode reads (the table above), in listing order. ``ra``/``rr`` are
+#: -1 when unused; an alu/alui function may leave out src2 (unary) or imm (see
+#: :data:`IMM_FNS`).
+OPERANDS: dict[Op, tuple[str, ...]] = {
+    Op.NOP: (), Op.HLT: (),
+    Op.LOAD: ("dst", "vec", "imm", "ra", "rr"),
+    Op.STORE: ("src1", "vec", "imm", "count", "ra", "rr"),
+    Op.COPY: ("dst", "src1", "vec"),
+    Op.SET: ("dst", "vec", "imm"),
+    Op.ALU: ("dst", "src1", "src2", "vec", "imm"),
+    Op.ALUI: ("dst", "src1", "vec", "imm"),
+    Op.MVM: ("mask",),
+    Op.ISET: ("dst", "imm"),
+    Op.IADD: ("dst", "src1", "imm"),
+    Op.JMP: ("imm",),
+    Op.BEQ: ("src1", "src2", "imm"), Op.BNE: ("src1", "src2", "imm"),
+    Op.SEND: ("dst", "peer", "vec", "imm", "ra"),
+    Op.RECV: ("dst", "peer", "vec", "imm", "count", "ra"),
+}
 
 # Words per persistent count: a word stored with count 0 stays valid forever.
 PERSISTENT = 0
@@ -157,10 +184,17 @@ def disassemble(code: np.ndarray) -> list[str]:
     for pc, r in enumerate(code):
         op = Op(int(r["op"]))
         name = op.name.lower()
+        fields = OPERANDS[op]
         if op in (Op.ALU, Op.ALUI):
-            name += "." + Fn(int(r["fn"])).name.lower()
-        fields = [f"{k}={int(r[k])}" for k in ("dst", "src1", "src2", "vec", "imm", "mask",
-                                                "count", "ra", "rr", "peer")
-                  if int(r[k]) not in (0, -1) or (k == "imm" and op == Op.JMP)]
-        out.append(f"{pc:5d}  {name:<12s} " + " ".join(fields))
+            fn = Fn(int(r["fn"]))
+            name += "." + fn.name.lower()
+            # every value of a field an opcode reads is meaningful (0 is a register, -1 an
+            # immediate); only what this function ignores is left out
+            unary = fn in UNARY_FNS
+            unused = {"src2"} if unary else set()
+            if fn not in IMM_FNS and (op == Op.ALU or unary):    # alui's imm is operand b
+                unused.add("imm")
+            fields = [k for k in fields if k not in unused]
+        shown = [f"{k}={int(r[k])}" for k in fields if k not in ("ra", "rr") or r[k] != -1]
+        out.append(f"{pc:5d}  {name:<12s} {' '.join(shown)}".rstrip())
     return out

@@ -321,3 +321,20 @@ def test_inputs_outside_the_register_width_wrap_on_every_path(shortcut):
                   cell_bits=2, dac_bits=1, mapping="differential", adc_bits=None,
                   adc_mode="clip", exact_shortcut=shortcut)
     np.testing.assert_array_equal(m.mvm(np.array([[200, 1]])), [[-56 + 2]])
+
+
+@pytest.mark.parametrize("mode", ["clip", "scale"])
+def test_adaptive_bits_hold_nominal_currents_with_a_finite_on_off_ratio(mode):
+    """G_off makes the nominal column maximum fractional (five 3s and a 0 at ratio 10:
+    15.3); the ADC input is rounded to a code first (15), so 4 bits are lossless in both
+    modes. The scale ADC sized its span on 15.3 (5 bits) and dropped a bit: 12, not 13."""
+    from simulator.crossbar import adaptive_adc_bits
+    cfg = load_config("small", ["noise.on_off_ratio=10", f"adc.mode={mode}"])
+    w = np.zeros((6, 1), np.int64)
+    w[:5, 0] = 3
+    bits = adaptive_adc_bits(ex.single_mvm(cfg, w).mvmu_levels[0][:, :6, :1], cfg)
+    assert bits == 4
+    x = np.ones((1, 6))
+    got = simulate(ex.single_mvm(cfg, w, adc_bits=bits), {"x": x}).outputs["y:int"]
+    ideal = simulate(ex.single_mvm(cfg, w, adc_bits=0), {"x": x}).outputs["y:int"]
+    np.testing.assert_array_equal(got, ideal)

@@ -280,6 +280,53 @@ def test_register_shift_counts_round_half_up_and_stay_in_range():
         [[3, 6]]
 
 
+def test_word_arithmetic_wraps_without_a_warning():
+    """Integer division and iadd wrap modulo 2**64 as the ISA states, with no numpy
+    overflow warning (there were: floor_divide, scalar add), and both engines agree."""
+    import warnings
+    from simulator.functional import alu
+    lo = np.iinfo(np.int64).min
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert alu(Fn.DIV, np.array([[lo, 7, -7]]), np.array([[-1, 0, 2]]), 0).tolist() == \
+            [[lo, 0, -4]]
+        cfg = load_config("small")
+        lay = ex.RegisterLayout.of(cfg)
+        # 2**62 + 2**62 is INT64_MIN: the branch skips a load that waits forever
+        code = assemble([instr(Op.ISET, dst=0, imm=2 ** 62),
+                         instr(Op.IADD, dst=0, src1=0, imm=2 ** 62),
+                         instr(Op.ISET, dst=1, imm=lo),
+                         instr(Op.BEQ, src1=0, src2=1, imm=5),
+                         instr(Op.LOAD, dst=lay.gp, imm=100),
+                         instr(Op.HLT)])
+        prog = Program(config=cfg, n_tiles=1, tile_code=[ex.EMPTY],
+                       core_code=[code] + [ex.EMPTY] * (cfg.tile.cores - 1))
+        simulate(prog)
+        simulate(prog, values=False)
+
+
+def test_disassemble_lists_every_field_an_opcode_reads():
+    """0 is a register, address and branch target and -1 an immediate: they were left out
+    (``iset dst=0 imm=-1`` listed as ``iset vec=1 count=1``); unused fields are not listed."""
+    from simulator.isa import disassemble
+    code = assemble([instr(Op.ISET, dst=0, imm=-1), instr(Op.BEQ, src1=0, src2=1, imm=0),
+                     instr(Op.ALU, fn=Fn.RELU, dst=5, src1=0, vec=4),
+                     instr(Op.ALU, fn=Fn.CLIP, dst=0, src1=0, imm=8),
+                     instr(Op.ALUI, fn=Fn.SHR, dst=1, src1=2, imm=0),
+                     instr(Op.LOAD, dst=0, imm=0, ra=2), instr(Op.STORE, src1=4, count=0),
+                     instr(Op.MVM, mask=3), instr(Op.HLT)])
+    assert [line.split(None, 1)[1] for line in disassemble(code)] == [
+        "iset         dst=0 imm=-1",
+        "beq          src1=0 src2=1 imm=0",
+        "alu.relu     dst=5 src1=0 vec=4",
+        "alu.clip     dst=0 src1=0 vec=1 imm=8",
+        "alui.shr     dst=1 src1=2 vec=1 imm=0",
+        "load         dst=0 vec=1 imm=0 ra=2",
+        "store        src1=4 vec=1 imm=0 count=0",
+        "mvm          mask=3",
+        "hlt"]
+
+
 def _edit_arrays(fn):
     def edit(folder):
         with np.load(folder / "program.npz") as z:
