@@ -17,6 +17,11 @@ Tile memory words carry a valid bit and a consumer count (PUMA's producer/consum
 ``store`` waits until its words are free, writes them and sets their count (0 = persistent:
 valid until the end, never consumed); ``load`` waits until its words are valid and, for
 counted words, decrements the count, freeing a word when it reaches zero.
+A word has one producer at a time, in an order the program fixes: two agents whose stores
+(or receives) to a word both wait for it to be freed race, and which lands first is
+undefined (the timing engine takes them in time order, the value engine agent by agent, so
+reported times and values may disagree). The compiler never emits such a race; validation
+refuses its message-channel equivalent (two streams at one end of a channel).
 
 Semantics of each opcode (``ra``/``rr`` are integer-register indices, -1 = none; an
 address with ``ra`` is ``imm + ireg[ra]``, a register operand with ``rr`` is

@@ -148,12 +148,22 @@ class Program:
     A tile runs at most ``tile.control_streams`` of them side by side."""
 
     def __post_init__(self):
-        self.mvmu_loc = _int_array(self.mvmu_loc, "mvmu_loc").reshape(-1, 3)
+        loc = _int_array(self.mvmu_loc, "mvmu_loc")
+        if loc.size and (loc.ndim != 2 or loc.shape[1] != 3):
+            raise ProgramError(f"mvmu_loc must be (n, 3) rows of tile, core, MVMU (got shape "
+                               f"{loc.shape})")
+        self.mvmu_loc = loc.reshape(-1, 3)
         n = len(self.mvmu_loc)
         cfg = self.config
         if self.mvmu_levels is None:
             self.mvmu_levels = np.zeros((n, cfg.arrays * cfg.slices, cfg.xbar.rows,
                                          cfg.xbar.cols), np.uint8)
+        self.mvmu_levels = np.asarray(self.mvmu_levels)
+        levels_dtype = self.mvmu_levels.dtype
+        # a fraction would be dropped when the crossbars are programmed
+        if not np.issubdtype(levels_dtype, np.integer):
+            raise ProgramError(f"mvmu_levels must hold integer cell levels (got "
+                               f"{levels_dtype})")
         for name, default in (("mvmu_rows_used", cfg.xbar.rows),
                               ("mvmu_cols_used", cfg.xbar.cols),
                               ("mvmu_adc_bits", -1), ("mvmu_layer", -1)):
@@ -179,6 +189,9 @@ class Program:
                                f"{ctl.dtype}, {ctl.ndim}-D)")
         self.control_tiles = ctl.astype(np.int64).reshape(-1)
         validate(self)
+        # in range now (cells hold at most 8 bits): stored as the format saves them, so a
+        # program built with int64 levels loads back from its own folder
+        self.mvmu_levels = self.mvmu_levels.astype(np.uint8, copy=False)
         # What the simulator derives (crossbar models, decoded streams) is cached per
         # program: an edit in place would leave it stale, so the arrays it reads are
         # read-only. Assign a new array (or use dataclasses.replace, which validates).

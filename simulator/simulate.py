@@ -14,8 +14,8 @@ from .isa import INSTR_DTYPE, TRANSCENDENTAL_FNS, UNARY_FNS, Op
 from .program import Program
 from .report import Report, build_report, check_reference
 from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, DEADLOCK,
-                     N_COUNTERS, OK, RUNAWAY, UNRECEIVED, W_RECV, W_SEND_FULL, WAIT_NAMES,
-                     run_timing)
+                     N_COUNTERS, OK, RUNAWAY, TIME_LIMIT, TIME_LIMIT_BITS, UNRECEIVED, W_RECV,
+                     W_SEND_FULL, WAIT_NAMES, run_timing)
 
 DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
 
@@ -171,6 +171,9 @@ def _raise_for_status(prog, status, info, streams, chan_rows):
     if status == BAD_MESSAGE:
         raise SimulationError(f"{where}: recv width differs from the message's "
                               f"{int(info[2])} words")
+    if status == TIME_LIMIT:
+        raise SimulationError(f"{where}: simulated time passed 2**{TIME_LIMIT_BITS} cycles "
+                              f"(the timing engine's limit)")
     raise SimulationError(f"timing engine failed with status {status}")
 
 

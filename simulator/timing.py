@@ -30,7 +30,7 @@ COUNTER_NAMES = ("crossbar_reads", "dac_conversions", "adc_conversions", "shift_
                  "mvm_ops", "mem_words_read", "mem_words_written", "packets")
 
 # Status codes.
-OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, UNRECEIVED = 0, 1, 2, 3, 4, 5, 6
+OK, DEADLOCK, RUNAWAY, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTER, UNRECEIVED, TIME_LIMIT = range(8)
 # Wait kinds (for deadlock reports).
 W_NONE, W_LOAD, W_STORE, W_SEND_FULL, W_RECV = 0, 1, 2, 3, 4
 WAIT_NAMES = {W_NONE: "?", W_LOAD: "load (words not valid)",
@@ -43,6 +43,9 @@ _OP_ALU, _OP_ALUI, _OP_MVM = int(Op.ALU), int(Op.ALUI), int(Op.MVM)
 _OP_ISET, _OP_IADD, _OP_JMP, _OP_BEQ, _OP_BNE = (int(Op.ISET), int(Op.IADD), int(Op.JMP),
                                                  int(Op.BEQ), int(Op.BNE))
 _SHIFT = 20  # heap key = time << _SHIFT | agent
+#: Simulated cycles a heap key holds: an agent at a later time is not queued (its key would
+#: wrap negative, read as stale, and the run end as a false deadlock).
+TIME_LIMIT_BITS = 63 - _SHIFT
 
 
 @nb.njit(cache=True)
@@ -184,13 +187,27 @@ def _book(b_start, b_end, n_book, r, s, dur):
     n_book[r] = k + 1
 
 
+#: Receive-buffer slots per channel allocated at the start (more as messages need them).
+RING_SLOTS = 16
+
+
+@nb.njit(cache=True)
+def _grown(ring, slots):
+    """``ring`` (a row per channel) widened to ``slots``, each message in its slot."""
+    out = np.zeros((ring.shape[0], slots), np.int64)
+    out[:, :ring.shape[1]] = ring
+    return out
+
+
 @nb.njit(cache=True)
 def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, layer, chan,
                agent_start, agent_tile, ctrl_start, ctrl_agent, n_chan, n_tiles,
                cores, params, tile_base, tile_words, mvm_lat, mvm_stats, mvm_bits, valid, cnt,
                vtime, ftime, counters, adc_by_bits, layer_span, trace, trace_cap,
                fn_transcendental, fn_unary):
-    """Run all agents to completion. Returns (status, end_time, info array, trace_len).
+    """Run all agents to completion. Returns (status, end_time, info array, trace_len);
+    info names the culprit of a failed run, and holds the receive-buffer slots allocated
+    per channel after a successful one.
 
     chan[p]: the channel (0..n_chan-1) a send/recv moves through.
     agent_tile[a]: each agent's tile; ctrl_agent[ctrl_start[t]:ctrl_start[t + 1]]: tile t's
@@ -225,11 +242,15 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     link_start = np.zeros((n_links, BOOKINGS), np.int64)
     link_end = np.zeros((n_links, BOOKINGS), np.int64)
     link_n = np.zeros(n_links, np.int64)
-    ring_arr = np.zeros((max(n_chan, 1), recv_cap), np.int64)
+    # Each channel's buffer is a ring of recv_cap slots, allocated as messages need them
+    # (recv_cap may be set huge to mean unbounded): while it holds fewer, no channel has
+    # sent more messages than it holds, so message k is in slot k as in the full ring.
+    ring_len = min(recv_cap, RING_SLOTS)
+    ring_arr = np.zeros((max(n_chan, 1), ring_len), np.int64)
     # when each slot's last message left the buffer (its recv's write done): a send into
     # it waits for that, not for the recv being processed, which can be long before
-    ring_free = np.zeros((max(n_chan, 1), recv_cap), np.int64)
-    ring_vec = np.zeros((max(n_chan, 1), recv_cap), np.int64)
+    ring_free = np.zeros((max(n_chan, 1), ring_len), np.int64)
+    ring_vec = np.zeros((max(n_chan, 1), ring_len), np.int64)
     ring_head = np.zeros(max(n_chan, 1), np.int64)
     ring_tail = np.zeros(max(n_chan, 1), np.int64)
     heap = np.zeros(n_agents + 8, np.int64)
@@ -260,6 +281,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                 break
             o = op[p]
             shared = o == _OP_LOAD or o == _OP_STORE or o == _OP_SEND or o == _OP_RECV
+            # only agents at shared instructions are queued: the one waking others too, and
+            # those it wakes were checked here when they blocked
+            if shared and t_agent[a] >> TIME_LIMIT_BITS:
+                info[0] = a
+                info[1] = p
+                return TIME_LIMIT, end_time, info, tlen
             if shared and hsize > 0 and (heap[0] >> _SHIFT) < t_agent[a]:
                 hsize = _heap_push(heap, hsize, (t_agent[a] << _SHIFT) | a)
                 break  # someone else acts earlier on shared state
@@ -353,6 +380,11 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         wait_tile[a] = peer[p]
                         wait_addr[a] = addr
                         break
+                    if ring_tail[pair] == ring_len and ring_len < recv_cap:
+                        ring_len = min(2 * ring_len, recv_cap)
+                        ring_arr = _grown(ring_arr, ring_len)
+                        ring_free = _grown(ring_free, ring_len)
+                        ring_vec = _grown(ring_vec, ring_len)
                 if o == _OP_RECV:
                     pair = chan[p]
                     if ring_tail[pair] == ring_head[pair]:
@@ -361,10 +393,10 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         wait_tile[a] = peer[p]
                         wait_addr[a] = addr
                         break
-                    if ring_vec[pair, ring_head[pair] % recv_cap] != v:
+                    if ring_vec[pair, ring_head[pair] % ring_len] != v:
                         info[0] = a
                         info[1] = p
-                        info[2] = ring_vec[pair, ring_head[pair] % recv_cap]
+                        info[2] = ring_vec[pair, ring_head[pair] % ring_len]
                         return BAD_MESSAGE, end_time, info, tlen
                 reading = o == _OP_LOAD or o == _OP_SEND
                 ok = True
@@ -397,9 +429,9 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     ready = max(ready, _mvmu_wait(reg, v, xout0, gp0, rows, cols, nm,
                                                   mvmu_free, core))
                 elif o == _OP_RECV:
-                    ready = max(ready, ring_arr[pair, ring_head[pair] % recv_cap])
+                    ready = max(ready, ring_arr[pair, ring_head[pair] % ring_len])
                 elif o == _OP_SEND:   # the sender stalls until its buffer slot is free
-                    ready = max(ready, ring_free[pair, ring_tail[pair] % recv_cap])
+                    ready = max(ready, ring_free[pair, ring_tail[pair] % ring_len])
                 acc = (v + port_words - 1) // port_words
                 pt = tile * nports
                 start = _earliest_gap(port_start, port_end, port_n, pt, ready, acc, t)
@@ -464,7 +496,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                         else:
                             y -= 1
                     arrival = cur + flits if hops > 0 else fin
-                    slot = ring_tail[pair] % recv_cap
+                    slot = ring_tail[pair] % ring_len
                     ring_arr[pair, slot] = arrival
                     ring_vec[pair, slot] = v
                     ring_tail[pair] += 1
@@ -474,7 +506,7 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                     hsize = _wake_tile(dst_tile, t, cores, ctrl_start, ctrl_agent, state,
                                        t_agent, heap, hsize)
                 elif o == _OP_RECV:
-                    ring_free[pair, ring_head[pair] % recv_cap] = fin
+                    ring_free[pair, ring_head[pair] % ring_len] = fin
                     ring_head[pair] += 1
                     hsize = _wake_tile(peer[p], t, cores, ctrl_start, ctrl_agent, state,
                                        t_agent, heap, hsize)
@@ -518,4 +550,5 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
             info[0] = pair
             info[1] = ring_tail[pair] - ring_head[pair]
             return UNRECEIVED, end_time, info, tlen
+    info[0] = ring_len
     return OK, end_time, info, tlen

@@ -564,3 +564,38 @@ def test_a_reference_of_the_outputs_shape_is_compared():
     prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
     rep = simulate(prog, {"x": np.ones((2, 16))}, reference={"y": np.zeros((2, 16))})
     assert rep.accuracy["rel_err"] > 0 and "top1_agreement" in rep.accuracy
+
+
+
+def _single_mvm_with(**fields):
+    """The single-MVM example rebuilt with ``fields`` replaced."""
+    cfg = load_config("small")
+    p = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16))
+    parts = dict(config=cfg, n_tiles=1, core_code=p.core_code, tile_code=p.tile_code,
+                 mvmu_loc=p.mvmu_loc, mvmu_levels=p.mvmu_levels, inputs=p.inputs,
+                 outputs=p.outputs, layers=p.layers)
+    return Program(**{**parts, **fields})
+
+
+def test_int64_cell_levels_are_stored_as_uint8_and_load_back(tmp_path):
+    """Levels built as int64 validated and saved, then their own folder was refused (the
+    format reads uint8 only)."""
+    p = _single_mvm_with()
+    wide = _single_mvm_with(mvmu_levels=p.mvmu_levels.astype(np.int64))
+    assert wide.mvmu_levels.dtype == np.uint8
+    _equal(p, Program.load(wide.save(tmp_path / "p")))
+
+
+def test_fractional_cell_levels_are_refused():
+    """Float levels ran with their fraction dropped."""
+    levels = _single_mvm_with().mvmu_levels + 0.5
+    with pytest.raises(ProgramError, match=r"mvmu_levels must hold integer cell levels "
+                                           r"\(got float64\)"):
+        _single_mvm_with(mvmu_levels=levels)
+
+
+def test_mvmu_loc_rows_of_other_than_three_are_refused():
+    """(tile, core) rows failed inside numpy's reshape."""
+    with pytest.raises(ProgramError, match=r"mvmu_loc must be \(n, 3\) rows of tile, core, "
+                                           r"MVMU \(got shape \(1, 2\)\)"):
+        _single_mvm_with(mvmu_loc=[(0, 0)])

@@ -454,3 +454,24 @@ def test_a_full_booking_list_gives_up_its_smallest_gap():
     book(start, end, n, 0, gap(start, end, n, 0, 10_000, 5, 0), 5)   # full: one merge
     assert gap(start, end, n, 0, 110, 50, 0) == 110     # the early gap is still free
     assert gap(start, end, n, 0, last - 2, 1, 0) >= last + 8   # the 2 cycles went
+
+
+def test_simulated_time_past_the_engines_limit_is_an_error_not_a_deadlock():
+    """A heap key is time << 20 | agent: past 2**43 cycles it wrapped negative, was taken
+    for a stale entry, and the run ended as a deadlock waiting on nothing ("waits: ?").
+    Here 2**17 VFU ops of 2**26 cycles each pass it."""
+    from simulator import Program, SimulationError
+    from simulator.isa import Fn, RegisterLayout, assemble, instr
+    cfg = load_config("small", [f"core.registers={1 << 26}", "core.vfu_lanes=1"])
+    gp = RegisterLayout.of(cfg).gp
+    code = assemble([instr(Op.ISET, dst=0, imm=0), instr(Op.ISET, dst=1, imm=1 << 17),
+                     instr(Op.ALU, fn=Fn.ADD, dst=gp, src1=gp, src2=gp, vec=1 << 26, layer=0),
+                     instr(Op.LOAD, dst=gp, imm=0, vec=1, layer=0),
+                     instr(Op.IADD, dst=0, src1=0, imm=1), instr(Op.BNE, src1=0, src2=1, imm=2),
+                     instr(Op.HLT)])
+    prog = Program(config=cfg, n_tiles=1, core_code=[code] * cfg.tile.cores,
+                   tile_code=[ex.EMPTY], layers=[{"name": "l", "op": "Add"}],
+                   mem_init=[(0, 0, np.zeros(1, np.int64), 0)])
+    with pytest.raises(SimulationError, match=r"^tile 0 core \d pc 3: simulated time passed "
+                                              r"2\*\*43 cycles \(the timing engine's limit\)$"):
+        simulate(prog, values=False)
