@@ -22,10 +22,14 @@ from onnx import helper, numpy_helper, shape_inference, version_converter
 from simulator.errors import first_line
 
 from .errors import ModelFormatError, UnsupportedOpError
-from .ir import node_attrs
+from .ir import node_attrs, quantized_elem_type
 
 OPSET = 17
 MIN_OPSET = 7   # the oldest opset onnxruntime runs every op of
+
+#: How every warning about a QDQ weight whose exported integers do not reach the crossbars
+#: ends, so one phrase finds them all.
+OTHER_WEIGHTS = "the chip runs other weights than the file's"
 
 
 @dataclass
@@ -106,12 +110,62 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(base))
     except Exception as e:
         raise ModelFormatError(f"{path}: cannot read external data ({e})") from e
+    return check_model(model, str(path))
+
+
+def check_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """``model`` if ONNX's checker passes it, else a one-line error naming ``label``."""
+    _check_unique_initializers(model)    # before the checker, which says less
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         # the checker names the node on its second line
-        raise ModelFormatError(f"{path}: invalid ONNX model: {' '.join(str(e).split())}"
+        raise ModelFormatError(f"{label}: invalid ONNX model: {' '.join(str(e).split())}"
                                ) from e
+    return model
+
+
+def _check_unique_initializers(model: onnx.ModelProto) -> None:
+    """A name given to two initializers: the last one won in the frontend, the first in
+    onnxruntime."""
+    names = Counter(i.name for i in model.graph.initializer)
+    dup = next((k for k, c in names.items() if c > 1), None)
+    if dup is not None:
+        raise ModelFormatError(f"initializer name {dup!r} is given to {names[dup]} "
+                               f"initializers; initializer names must be unique")
+
+
+def _check_single_assignment(model: onnx.ModelProto) -> None:
+    """A node writing a name that an initializer or graph input already holds (the
+    checker's rule, which a model given in memory skipped): it was folded against the
+    initializer and explained wrongly later."""
+    held = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+    for n in model.graph.node:
+        clash = next((o for o in n.output if o in held), None)
+        if clash is not None:
+            raise ModelFormatError(f"node {n.name or n.op_type!r} ({n.op_type}) writes "
+                                   f"{clash!r}, which an initializer or graph input already "
+                                   f"holds; every tensor name must be written once")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+
+
+def upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` converted to MIN_OPSET if its default-domain opset is older, else itself:
+    onnxruntime (calibration, references) implements no older versions of
+    BatchNormalization, Gemm, Add, Mul, PRelu, AveragePool...; opset 7 keeps Softmax's old
+    semantics."""
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        model = version_converter.convert_version(model, MIN_OPSET)
+        _legacy_prelu(model)
+    except Exception as e:
+        raise ModelFormatError(f"cannot upgrade the model from opset {opset} to "
+                               f"{MIN_OPSET}: {first_line(e)}") from e
     return model
 
 
@@ -219,28 +273,67 @@ FOLDABLE_ALWAYS = {"Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze"
                    "QuantizeLinear", "Tile", "Min", "Max", "Size", "Reciprocal"}
 
 
+def _subgraphs(node):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _outer_names(graph) -> set[str]:
+    """Tensors a (sub)graph reads without defining them, nested subgraphs included."""
+    local = ({i.name for i in graph.input} | {i.name for i in graph.initializer}
+             | {o for n in graph.node for o in n.output})
+    reads = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
+    reads |= {x for n in graph.node for sub in _subgraphs(n) for x in _outer_names(sub)}
+    return reads - local
+
+
+def _reads_outer_scope(node) -> bool:
+    """An If/Loop/Scan whose branches read tensors of the enclosing graph (activations) that
+    its listed inputs, the condition or trip count, do not name: it cannot be folded."""
+    return any(_outer_names(sub) for sub in _subgraphs(node))
+
+
+# Folded ops that only move a constant's elements, so a QDQ weight keeps its integers
+_ALIASES = ("Identity", "Dropout")
+_RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+def _carry_qweight(node, consts, qweights) -> bool:
+    """Record folded ``node``'s output as a QDQ weight when it only moves the elements of
+    one (its first input): an alias, a Transpose (permuting the integers and the scale's
+    axis), or a reshape that keeps a per-axis scale's axis as one axis. False if not."""
+    if node.input[0] not in qweights or node.op_type not in (*_ALIASES, "Transpose",
+                                                             *_RESHAPES):
+        return False
+    q, s, axis = qweights[node.input[0]]
+    out = np.shape(consts[node.output[0]])
+    if node.op_type == "Transpose":
+        perm = list(node_attrs(node).get("perm") or range(q.ndim - 1, -1, -1))
+        q = q.transpose(perm)
+        axis = None if axis is None else perm.index(axis)
+    elif node.op_type in _RESHAPES:
+        if axis is not None:   # the axis whose leading elements and size stay the same
+            lead = int(np.prod(q.shape[:axis]))
+            axis = next((j for j in range(len(out)) if out[j] == q.shape[axis]
+                         and int(np.prod(out[:j])) == lead), None)
+            if axis is None:
+                return False
+        q = q.reshape(out)
+    qweights[node.output[0]] = (q, s, axis)
+    return True
+
+
 def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     """Static-shaped, constant-folded, BN-folded graph."""
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never mutate the caller's
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-    if opset < MIN_OPSET:
-        # onnxruntime (calibration) implements no older versions of BatchNormalization,
-        # Gemm, Add, Mul, PRelu, AveragePool...; opset 7 keeps Softmax's old semantics.
-        try:
-            model = version_converter.convert_version(model, MIN_OPSET)
-            _legacy_prelu(model)
-        except Exception as e:
-            raise ModelFormatError(f"cannot upgrade the model from opset {opset} to "
-                                   f"{MIN_OPSET}: {first_line(e)}") from e
-        opset = MIN_OPSET
+    model = upgrade_old_opset(model)
+    opset = default_opset(model)
     inputs = _fix_batch(model)
-    # a file went through ONNX's checker; an in-memory model did not: a name given to two
-    # initializers (the last one won here, the first in onnxruntime) is refused for both
-    names = Counter(i.name for i in model.graph.initializer)
-    dup = next((k for k, c in names.items() if c > 1), None)
-    if dup is not None:
-        raise ModelFormatError(f"initializer name {dup!r} is given to {names[dup]} "
-                               f"initializers; initializer names must be unique")
+    _check_unique_initializers(model)   # a model given here directly skipped the checker
+    _check_single_assignment(model)
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     # Passes and layers key nodes by name: refuse duplicates, name unnamed nodes uniquely.
     names = Counter(n.name for n in model.graph.node if n.name)
@@ -251,8 +344,11 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     nodes = []
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"node {n.name or n.output[0]!r}: op {n.domain}.{n.op_type} "
-                                     f"from a custom domain is not supported")
+            qdq = n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            raise UnsupportedOpError(
+                f"node {n.name or n.output[0]!r}: op {n.domain}.{n.op_type} from a custom "
+                f"domain is not supported; allowed: the standard ai.onnx domain"
+                + (" (its QuantizeLinear at opset 21 holds int4 and int16)" if qdq else ""))
         if not n.name:
             n.name = f"{n.op_type}_{n.output[0]}"
             while names[n.name]:
@@ -261,6 +357,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
         nodes.append(n)
     graph_outputs = list(dict.fromkeys(o.name for o in model.graph.output))  # once each
     qweights: dict[str, tuple] = {}
+    lost: dict[str, str] = {}   # folded from a QDQ weight without its integers -> by which node
     # Shapes first (needed to fold Shape of activations), then fold to a fixed point.
     shapes: dict[str, tuple] = {}
     for _ in range(8):
@@ -275,14 +372,12 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                 consts[n.output[0]] = s[start:end] if "start" in a or "end" in a else s
                 changed = True
                 continue
-            if n.op_type in ("Dropout", "Identity"):
-                if n.input[0] not in consts or dropout_training(n, consts):
-                    remaining.append(n)   # an alias (or a random drop, which lowering refuses)
-                    continue
-                if n.input[0] in qweights:   # W2 = Identity(W) keeps W's QDQ integers
-                    qweights[n.output[0]] = qweights[n.input[0]]
+            if n.op_type in ("Dropout", "Identity") and (
+                    n.input[0] not in consts or dropout_training(n, consts)):
+                remaining.append(n)   # an alias (or a random drop, which lowering refuses)
+                continue
             if all((not i) or i in consts for i in n.input) and (
-                    n.op_type in FOLDABLE_ALWAYS or n.input):
+                    n.op_type in FOLDABLE_ALWAYS or n.input) and not _reads_outer_scope(n):
                 if n.op_type == "DequantizeLinear":
                     consts[n.output[0]] = _dequantize_weight(n, consts, qweights)
                     changed = True
@@ -295,6 +390,11 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                 for o, v in zip(n.output, vals):
                     if o:   # "" is an omitted optional output, not a tensor
                         consts[o] = np.asarray(v)
+                src = next((i for i in n.input if i in qweights or i in lost), None)
+                if src is not None and not _carry_qweight(n, consts, qweights):
+                    for o in n.output:
+                        if o and consts[o].dtype.kind == "f":   # not Shape of the weight
+                            lost[o] = lost.get(src, f"node {n.name!r} ({n.op_type})")
                 changed = True
                 continue
             remaining.append(n)
@@ -305,7 +405,9 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     _check_initial_state_batch(nodes, consts)
     g = Graph(nodes=nodes, consts=consts, shapes=shapes, inputs=inputs, outputs=graph_outputs,
               qweights=qweights, opset=opset, name=name)
+    _drop_same_type_casts(g)
     _recognise_qdq(g)
+    _drop_unmappable_qweights(g, lost)
     _fold_batchnorm(g)
     _fold_affine_into_conv(g)
     g.shapes = _infer(g.nodes, g.consts, g.inputs, g.outputs, opset)
@@ -461,6 +563,12 @@ def _recognise_qdq(g: Graph) -> None:
                 raise UnsupportedOpError(f"node {n.name!r} (QuantizeLinear): scale "
                                          f"{np.asarray(sc).ravel()[:4].tolist()} on an "
                                          f"activation; allowed: finite and positive")
+            qtype = _quantized_type(n, g.consts)
+            if qtype is not None and qtype not in _ACTIVATION_QTYPES:
+                raise UnsupportedOpError(
+                    f"node {n.name!r} (QuantizeLinear): "
+                    f"{onnx.TensorProto.DataType.Name(qtype).lower()} activations are not "
+                    f"supported; allowed: 8- and 16-bit integer types")
             zp = g.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
             # A lone Q with a zero point needs its input up to (qmax - zp)·s: at scale s
             # that can overflow the input's word (q stopped at 27 of 127 on 8-bit words),
@@ -470,16 +578,65 @@ def _recognise_qdq(g: Graph) -> None:
                 g.act_scales[n.input[0]] = float(np.asarray(sc).reshape(()))
         keep.append(n)
     g.nodes = keep
-    # Conv/Gemm/MatMul read a QDQ weight's scale per output column: drop per-axis weights
-    # quantized along another axis (they fall back to quantizing the float weight).
+
+
+def _drop_unmappable_qweights(g: Graph, lost: dict[str, str]) -> None:
+    """Conv/Gemm/MatMul read a QDQ weight's scale per output column: drop per-axis weights
+    quantized along another axis (they fall back to quantizing the float weight), and warn
+    where a layer's weight is such a one, or was folded from one by a node whose integers
+    the frontend does not follow (``lost``: tensor -> that node)."""
     for n in g.nodes:
-        if len(n.input) < 2 or n.input[1] not in g.qweights:
+        if len(n.input) < 2:
             continue
-        axis = g.qweights[n.input[1]][2]
+        w = n.input[1]
         trans_b = any(a.name == "transB" and a.i for a in n.attribute)
         out_axis = {"Conv": 0, "Gemm": 0 if trans_b else 1, "MatMul": 1}.get(n.op_type)
-        if axis is not None and axis != out_axis:
-            del g.qweights[n.input[1]]
+        why = None
+        if w in g.qweights:
+            axis = g.qweights[w][2]
+            if axis is not None and axis != out_axis:
+                del g.qweights[w]
+                why = f"is scaled per index of axis {axis}, not per output column"
+        elif w in lost:
+            why = f"passes through {lost[w]}, whose integers the compiler does not follow"
+        if why and out_axis is not None:
+            warnings.warn(f"node {n.name!r} ({n.op_type}): its QDQ weight {w!r} {why}: "
+                          f"quantized from its float values, so {OTHER_WEIGHTS}",
+                          stacklevel=3)
+
+
+# QuantizeLinear output types the machine holds as activations (onnxruntime cannot return
+# int4 ones to calibration, and the words hold 8 or 16 bits)
+_ACTIVATION_QTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                      onnx.TensorProto.UINT16)
+
+
+def _quantized_type(q, consts) -> int | None:
+    """A QuantizeLinear's output element type; None where its zero point is computed."""
+    has_zp = len(q.input) > 2 and bool(q.input[2])
+    if has_zp and q.input[2] not in consts:
+        return None
+    return quantized_elem_type(q, consts[q.input[2]] if has_zp else None)
+
+
+def _drop_same_type_casts(g: Graph) -> None:
+    """A Cast of a QuantizeLinear's output to the type it has already is the identity
+    (torch's eager-mode quantized export puts Cast(to=UINT8) between each Q and its DQ): its
+    readers read the Q's output, so a Q -> DQ pair stays one; as a graph output it becomes
+    an Identity. A Cast that changes the type stays (lowering refuses it)."""
+    producers = {o: n for n in g.nodes for o in n.output}
+    keep = []
+    for n in g.nodes:
+        q = producers.get(n.input[0]) if n.op_type == "Cast" else None
+        if (q is None or q.op_type != "QuantizeLinear"
+                or node_attrs(n).get("to") != _quantized_type(q, g.consts)):
+            keep.append(n)
+        elif n.output[0] in g.outputs:
+            keep.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+        else:
+            for reader in g.consumers(n.output[0]):
+                reader.input[:] = [n.input[0] if i == n.output[0] else i for i in reader.input]
+    g.nodes = keep
 
 
 def _feeds_only_dq(g: Graph, q) -> bool:

@@ -252,12 +252,16 @@ def explicit_pads(a: dict, kernel, sizes) -> dict:
 MAX_SHIFT = 62
 
 
-def mvm_multiplier_bits(word_bits: int) -> int:
-    """Precision of an MVM layer's requantization multipliers: 15 bits up to 16-bit words,
-    then one below the word (15 bits put a ~3e-5 gain error on every column, so 24-bit
-    words were no more accurate than 16-bit ones). Their product with the accumulator is
-    kept inside int64 by :func:`compiler.ops._mvm.split_shift`."""
-    return max(15, word_bits - 1)
+def rescale_multiplier_bits(word_bits: int, terms: int = 1) -> int:
+    """Precision of the multipliers that move values of ``word_bits``-bit words to another
+    scale: 15 bits up to 16-bit words, then one below the word (15 bits put a ~3e-5 gain
+    error on every rescale, so 24-bit words were no more accurate than 16-bit ones). A VFU
+    rescale multiplies a sum of up to ``terms`` words before it shifts: fewer bits where
+    that product could leave int64 (at 16-bit words, only past 2**32 terms). An MVM's
+    product with its accumulator is kept inside int64 by
+    :func:`compiler.ops._mvm.split_shift` instead."""
+    room = 63 - word_bits - int(np.ceil(np.log2(max(terms, 1))))
+    return min(max(15, word_bits - 1), room)
 
 
 def multiplier(real: np.ndarray | float, bits: int = 15) -> tuple[np.ndarray, int]:

@@ -29,6 +29,9 @@ class LowerContext:
         self.flattened: set[str] = set()  # map tensors viewed as vectors (must stay unpadded)
         self.nonneg: set[str] = set()     # tensors known to be >= 0 (ReLU outputs)
         self.zero_warned: set[str] = set()  # tensors said to be zero on every sample
+        self.node = None                  # the node being lowered
+        # per stored map, the nodes that read a border beyond it: (node, border value)
+        self.border_readers: dict[str, list[tuple]] = {}
         self._consumers: dict[str, list] = {}
         for n in graph.nodes:
             for i in n.input:
@@ -110,14 +113,25 @@ class LowerContext:
         t = self.tensor(self.prog.storage(name))
         if t.kind != "map":
             raise UnsupportedOpError(f"padding a non-spatial tensor {name!r}")
+        readers = self.border_readers.setdefault(t.name, [])
+        readers.append((self.node, value))
         if any(t.pad) and t.pad_value != value:
             if name in self.nonneg and min(value, t.pad_value) <= 0:
                 value = 0  # max-pooling a ReLU output: a zero border is as good as -inf
             else:
-                raise UnsupportedOpError(f"tensor {name!r} is read with two different "
-                                         f"border values ({t.pad_value} and {value})")
+                raise UnsupportedOpError(
+                    f"tensor {name!r} is read with a border of "
+                    f"{self._border_text(t.pad_value, t.scale)} by "
+                    f"{_nodes_text(n for n, v in readers if v == t.pad_value)} and of "
+                    f"{self._border_text(value, t.scale)} by {_nodes_text([self.node])}; one "
+                    f"border per tensor is supported: pad one reader's input with an "
+                    f"explicit Pad node instead")
         t.pad = tuple(max(a, b) for a, b in zip(t.pad, pads))
         t.pad_value = value
+
+    def _border_text(self, value: int, scale: float) -> str:
+        """A border's integer as the real value it stands for (a max-pool's lowest: -inf)."""
+        return "-inf" if value == -(1 << (self.bits - 1)) else f"{value * scale:g}"
 
     def add(self, layer: Layer) -> Layer:
         self.prog.layers.append(layer)
@@ -139,10 +153,12 @@ def lower(graph: Graph, absmax: dict[str, float], cfg, headroom: float = 2.0) ->
             raise UnsupportedOpError(
                 f"node {node.name!r}: op {node.op_type} is not supported; supported ops: "
                 f"{', '.join(supported_ops())}")
+        ctx.node = node
         try:
             fn(node, ctx)
         except CompilerError as e:
-            if node.name in str(e):
+            # already prefixed (a bare name such as "1" is in most messages)
+            if str(e).startswith(f"node {node.name!r}"):
                 raise
             raise type(e)(f"node {node.name!r} ({node.op_type}): {e}") from e
         except Exception as e:
@@ -162,14 +178,23 @@ def lower(graph: Graph, absmax: dict[str, float], cfg, headroom: float = 2.0) ->
     return ctx.prog
 
 
+def _nodes_text(nodes) -> str:
+    return ", ".join(f"{n.op_type} {n.name!r}" for n in nodes) or "no node"
+
+
 def _finalize(ctx: LowerContext) -> None:
     """Aliases share their storage's border; a map viewed as a vector must have none."""
     prog = ctx.prog
     for name in ctx.flattened:
         st = prog.tensors[prog.storage(name)]
         if any(st.pad):
-            raise UnsupportedOpError(f"tensor {name!r} is both flattened and read with a "
-                                     f"padded border; not supported")
+            padded = [n for n, _ in ctx.border_readers.get(st.name, [])]
+            vector = [n for n in ctx.consumers(name) if n not in padded]
+            raise UnsupportedOpError(
+                f"tensor {name!r} is flattened (read as a vector) by {_nodes_text(vector)} "
+                f"and read with a padded border by {_nodes_text(padded)}; a flattened map is "
+                f"stored without a border: pad the input of {_nodes_text(padded[:1])} with "
+                f"an explicit Pad node instead")
     for t in prog.tensors.values():
         if t.alias_of is not None and t.kind == "map":
             st = prog.tensors[prog.storage(t.name)]

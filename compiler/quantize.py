@@ -1,7 +1,9 @@
 """Fixed-point choices: calibration ranges, weight quantization, requantization constants.
 
-Activations: symmetric, one scale per tensor, from the largest |value| seen on calibration
-inputs (onnxruntime on the frontend graph) mapped to the top code of ``input_bits``.
+Activations: symmetric, one scale per tensor: ``headroom`` (2 by default, one bit spare)
+times the largest |value| seen on calibration inputs (onnxruntime on the frontend graph)
+maps to the top code of ``input_bits`` (:meth:`compiler.lower.LowerContext.scale_for`); a
+scale the model's own Q/DQ nodes set wins.
 Weights: symmetric per output channel over ``weight_bits``; weights that arrive as QDQ
 integers keep their integers and scales when they fit.
 """
@@ -15,7 +17,7 @@ from simulator.crossbar import weight_range
 from simulator.errors import first_line
 
 from .errors import CompilerError
-from .frontend import Graph
+from .frontend import OTHER_WEIGHTS, Graph
 
 
 def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 4,
@@ -112,7 +114,7 @@ def quantize_weight(w: np.ndarray, bits: int, qdq: tuple | None = None,
                 f"{name or 'a layer'}: {int((~fits).sum())} of {len(fits)} columns hold "
                 f"levels {int(exported.min())}..{int(exported.max())}, past the {lo}..{hi} "
                 f"that {bits}-bit weights store with {mapping} mapping: re-quantized from "
-                f"their float values, so the chip runs other weights than the file's",
+                f"their float values, so {OTHER_WEIGHTS}",
                 stacklevel=2)
         q2, s2 = _floor_columns(q, _fill_zero_scales(s))
         coarse = fits & np.any(q2 != q, axis=0)
@@ -149,10 +151,8 @@ SCALE_RANGE = 64.0
 
 
 def _floor_columns(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(q, scale)`` with each column's scale at least the largest / SCALE_RANGE; the
-    integers of a column so raised shrink to the new scale, each nonzero staying nonzero
-    (at least +-1): the compiler packs rows that hold a nonzero, so a row emptied here would
-    shift every later row into another crossbar, past a TinyADC bound per crossbar.
+    """``(q, scale)`` with each column's scale at least the largest / SCALE_RANGE (see
+    :func:`coarsen_columns`).
 
     "The largest" is over columns holding a nonzero integer, and an all-zero column gets
     that scale (it only scales its bias): a pruned channel followed by batch-norm folds a
@@ -161,14 +161,22 @@ def _floor_columns(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.nda
     live = np.any(q != 0, axis=0)
     ref = float(scale[live].max(initial=0.0)) if live.any() else float(scale.max(initial=0.0))
     scale = np.where(live, scale, ref if ref > 0 else 1.0)
-    floored = np.maximum(scale, ref / SCALE_RANGE)
-    small = floored != scale
+    return coarsen_columns(q, scale, np.maximum(scale, ref / SCALE_RANGE))
+
+
+def coarsen_columns(q: np.ndarray, scale: np.ndarray, coarser: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale)`` re-expressed at per-column scales ``coarser`` (each >= ``scale``): the
+    integers of a raised column shrink to it, each nonzero staying nonzero (at least +-1):
+    the compiler packs rows that hold a nonzero, so a row emptied here would shift every
+    later row into another crossbar, past a TinyADC bound per crossbar."""
+    small = coarser != scale
     if small.any():
         q = q.copy()
         part = q[:, small]
-        coarse = np.abs(np.rint(part * (scale[small] / floored[small]))).astype(np.int64)
+        coarse = np.abs(np.rint(part * (scale[small] / coarser[small]))).astype(np.int64)
         q[:, small] = np.sign(part) * np.maximum(coarse, part != 0)
-    return q, floored
+    return q, coarser
 
 
 def _fill_zero_scales(scale: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from simulator.errors import first_line
 from simulator.functional import quantize_input
 
 from .errors import CompilerError
-from .frontend import Graph
+from .frontend import MIN_OPSET, Graph, default_opset, load_model, upgrade_old_opset
 from .ir import LayerProgram
 
 
@@ -42,6 +42,12 @@ def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
              model.name if isinstance(model, Graph) else model.graph.name)
     if isinstance(model, Graph):
         model = model.to_onnx()
+    if isinstance(model, (str, Path)) and default_opset(
+            onnx.load(str(model), load_external_data=False)) < MIN_OPSET:
+        model = load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        # as the compiler does: onnxruntime runs no ops older than MIN_OPSET
+        model = upgrade_old_opset(model)
     if isinstance(model, onnx.ModelProto) and model.ir_version > 10:
         # onnx's helper stamps its newest IR version; onnxruntime may lag behind it.
         model = onnx.ModelProto.FromString(model.SerializeToString())

@@ -2,9 +2,9 @@
 Clip, pick requantization constants, append the MVMLayer."""
 import numpy as np
 
-from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, mvm_multiplier_bits
-from ..quantize import quantize_weight
+from ..errors import CompilerError, UnsupportedOpError
+from ..ir import MVMLayer, multiplier, rescale_multiplier_bits
+from ..quantize import coarsen_columns, quantize_weight
 from .clip import clip_bounds, clipped_nonneg, integer_bounds
 
 
@@ -25,13 +25,44 @@ def fuse_activation(node, ctx, out_name):
     return nxt.output[0], None, bounds
 
 
+def accumulator_bound(w_int: np.ndarray, in_bits: int) -> np.ndarray:
+    """Per column, the largest |x @ w_int| over signed ``in_bits``-bit inputs (float)."""
+    return np.abs(w_int).sum(axis=0) * 2.0 ** (in_bits - 1)
+
+
+#: |acc + bias| a layer's columns are kept within: the VFU adds them in int64, before
+#: split_shift's pre-shift (whose rounding adds up to 2**61 more).
+ACC_LIMIT = 2.0 ** 62
+
+
+def fit_bias(w_int: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, in_scale: float,
+             in_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(w_int, w_scale, bias_int)`` with the real ``bias`` at the accumulator's step
+    ``in_scale * w_scale``. A bias large against |x|max * |w|max passed int64 there (the
+    cast gave INT64_MIN and the bias was lost); such a column's weight step is coarsened by
+    a power of two until |acc + bias| fits ACC_LIMIT. The weight bits it drops lie far below
+    the bias, which sets the output's range, so below the output's step."""
+    steps = bias / (in_scale * w_scale)               # float: checked before the int64 cast
+    if not np.isfinite(steps).all():
+        raise CompilerError(f"its bias (up to {float(np.abs(bias).max()):.3g}) is no finite "
+                            f"number of accumulator steps (down to "
+                            f"{float(np.min(in_scale * w_scale)):.3g}); give finite biases "
+                            f"and calibrate the input's range")
+    top = accumulator_bound(w_int, in_bits) + np.abs(steps)
+    if (top > ACC_LIMIT).any():
+        k = np.maximum(0.0, np.ceil(np.log2(np.maximum(top, 1.0) / ACC_LIMIT)))
+        w_int, w_scale = coarsen_columns(w_int, w_scale, w_scale * 2.0 ** k)
+        steps = bias / (in_scale * w_scale)
+    return w_int, w_scale, np.rint(steps).astype(np.int64)
+
+
 def split_shift(w_int: np.ndarray, bias_int: np.ndarray, mult: np.ndarray, shift: int,
                 in_bits: int) -> tuple[int, int]:
     """``(pre_shift, shift)``: |acc + bias| * mult must fit int64 (the VFU multiplies before
     it shifts); with wide words it may not, and the product wrapped to the other sign. The
     sum is shifted first by what is missing; at 24-bit words that rounds below 1e-5 of an
     output step. ``in_bits``: the widest signed input word a row reads."""
-    top = np.abs(w_int).sum(axis=0) * 2.0 ** (in_bits - 1) + np.abs(bias_int)
+    top = accumulator_bound(w_int, in_bits) + np.abs(bias_int)
     need = float(np.max(top * mult, initial=0.0))
     pre_shift = min(shift, max(0, int(np.ceil(np.log2(need))) - 62)) if need > 0 else 0
     return pre_shift, shift - pre_shift
@@ -53,8 +84,8 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
         w_scale = np.full(w_int.shape[1], s_y / s_x)
     n = w_int.shape[1]
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
-    bias_int = np.rint(b / (s_x * w_scale)).astype(np.int64)
-    mult, shift = multiplier(s_x * w_scale / s_y, mvm_multiplier_bits(ctx.bits))
+    w_int, w_scale, bias_int = fit_bias(w_int, w_scale, b, s_x, ctx.bits)
+    mult, shift = multiplier(s_x * w_scale / s_y, rescale_multiplier_bits(ctx.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)

@@ -15,10 +15,9 @@ import numpy as np
 
 from simulator.isa import Fn
 
-from ..ir import multiplier, node_attrs
+from ..ir import multiplier, node_attrs, rescale_multiplier_bits
 from ..vfu import emit_rescale, out_pointer, rescale_ref
-from .pool import GlobalAvgPoolLayer, WindowPoolLayer, pool_geometry
-from .view_copy import require_map
+from .pool import GlobalAvgPoolLayer, WindowPoolLayer, pool_geometry, require_pool_map
 
 
 @dataclass
@@ -69,7 +68,7 @@ def _runs(v):
 
 def lower_average_pool(node, ctx):
     t = ctx.tensor(node.input[0])
-    require_map("AveragePool", t)
+    require_pool_map("AveragePool", t)
     out_shape = ctx.shape(node.output[0])
     a = node_attrs(node)
     ks, st, dil, pads, (Ho, Wo), border = pool_geometry(a, t, out_shape)
@@ -86,14 +85,16 @@ def lower_average_pool(node, ctx):
     if whole:
         # One window over the whole map: a global average pool (a loop, not an unrolled
         # window), with the divisor the attributes give.
-        m, shift = multiplier(t.scale / (int(rows[0]) * int(cols[0]) * s_y))
+        m, shift = multiplier(t.scale / (int(rows[0]) * int(cols[0]) * s_y),
+                              rescale_multiplier_bits(ctx.bits, t.H * t.W))
         ctx.add(GlobalAvgPoolLayer(node.name, node.op_type, [t.name], node.output[0],
                                    node=node.name, mult=int(m[0]), shift=shift, bits=ctx.bits))
         return
     ctx.require_pad(t.name, border, 0)
     rects = [(y0, ny, x0, nx, r * c) for y0, ny, r in _runs(rows) for x0, nx, c in _runs(cols)]
     div = np.array([d for *_, d in rects], np.float64)
-    mults, shift = multiplier(np.where(div > 0, t.scale / (np.maximum(div, 1) * s_y), 0.0))
+    mults, shift = multiplier(np.where(div > 0, t.scale / (np.maximum(div, 1) * s_y), 0.0),
+                              rescale_multiplier_bits(ctx.bits, ks[0] * ks[1]))
     ctx.add(AvgPoolLayer(node.name, node.op_type, [t.name], node.output[0], node=node.name,
                          kh=ks[0], kw=ks[1], stride=tuple(st), dilation=tuple(dil),
                          pool_pad=border, shift=shift, bits=ctx.bits,

@@ -15,7 +15,7 @@ from onnx import helper
 from simulator.isa import Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, rescale_multiplier_bits
 from ..vfu import CHUNK, VFULayer, emit_rescale, rescale_ref
 
 
@@ -125,7 +125,7 @@ def lower_concat(node, ctx):
         if t.scale == s_y:
             rescale.append((0, 0))
         else:
-            m, sh = multiplier(t.scale / s_y)
+            m, sh = multiplier(t.scale / s_y, rescale_multiplier_bits(ctx.bits))
             rescale.append((int(m[0]), sh))
     out = ctx.new_tensor(node.output[0], out_shape, s_y, perm=perm,
                          as_map=kinds == {"map"})

@@ -3,7 +3,7 @@ Add / Sub / Mul / Div with a constant (a per-channel affine map on the VFU)."""
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier
+from ..ir import multiplier, rescale_multiplier_bits
 from ..vfu import AffineLayer, WeightedSumLayer
 
 
@@ -39,7 +39,8 @@ def lower_add(node, ctx):
     signs = [1.0] * len(ts)
     if node.op_type == "Sub":
         signs[1] = -1.0
-    mults, shift = multiplier(np.array([sg * t.scale / s_y for sg, t in zip(signs, ts)]))
+    mults, shift = multiplier(np.array([sg * t.scale / s_y for sg, t in zip(signs, ts)]),
+                              rescale_multiplier_bits(ctx.bits, len(ts)))
     out = ctx.new_tensor(out_name, shape, s_y, perm=ts[0].perm,
                          as_map=ts[0].kind == "map")
     if relu is not None:
@@ -75,6 +76,14 @@ def per_channel(ctx, t, c: np.ndarray) -> np.ndarray:
         raise UnsupportedOpError(f"constant of shape {c.shape} is not per-channel for "
                                  f"{t.shape} (one value, or C values along axis 1: "
                                  f"(C, 1, ...) or (1, C, 1, ...) with the map's rank)")
+    try:
+        fits = np.broadcast_shapes(c.shape, tuple(t.shape)) == tuple(t.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise UnsupportedOpError(f"constant of shape {c.shape} does not broadcast to "
+                                 f"{tuple(t.shape)}, the tensor it meets; the result must keep "
+                                 f"that shape (each constant axis 1 or the tensor's)")
     full = np.broadcast_to(c, t.shape).reshape(-1)
     return full[t.perm] if t.perm is not None else full.copy()
 
@@ -85,7 +94,7 @@ def add_affine(node, ctx, t_in, k, b, out_name=None):
     kv = per_channel(ctx, t_in, k)
     bv = per_channel(ctx, t_in, b)
     s_y = ctx.scale_for(out_name)
-    M, shift = multiplier(kv * t_in.scale / s_y)
+    M, shift = multiplier(kv * t_in.scale / s_y, rescale_multiplier_bits(ctx.bits))
     # The constant rides at the multiplier's shift; a tiny factor (a large shift) must not
     # push it past int64: cap the shift there (that factor then rounds to fewer bits).
     top = float(np.abs(bv / s_y).max(initial=0.0))

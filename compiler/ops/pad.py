@@ -14,7 +14,7 @@ import numpy as np
 from simulator.isa import Op
 
 from ..errors import UnsupportedOpError
-from ..ir import multiplier, node_attrs
+from ..ir import multiplier, node_attrs, rescale_multiplier_bits
 from ..vfu import VFULayer, emit_rescale, out_pointer, rescale_ref
 
 MODES = ("constant", "edge", "reflect", "wrap")
@@ -172,7 +172,7 @@ def lower_pad(node, ctx):
         s_y, mult, shift = t.scale, 0, 0             # copy exactly at the input's scale
     else:
         s_y = ctx.scale_for(node.output[0])
-        m, shift = multiplier(t.scale / s_y)
+        m, shift = multiplier(t.scale / s_y, rescale_multiplier_bits(ctx.bits))
         mult = int(m[0])
     out = ctx.new_tensor(node.output[0], out_shape, s_y)
     if t.name in ctx.nonneg and value >= 0:

@@ -8,7 +8,7 @@ import numpy as np
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import explicit_pads, multiplier, node_attrs, padded
+from ..ir import explicit_pads, multiplier, node_attrs, padded, rescale_multiplier_bits
 from ..vfu import VFULayer, chunk_list, emit_rescale, out_pointer, rescale_ref
 from .view_copy import require_map
 
@@ -76,6 +76,16 @@ class MaxPoolLayer(WindowPoolLayer):
         return self.windows_ref(ins, tensors).max(axis=2).reshape(ins[0].shape[0], -1)
 
 
+def require_pool_map(op: str, t) -> None:
+    """Refuse an input ``op`` cannot pool: more than two spatial axes (a 5-D input is stored
+    as a vector, which :func:`require_map` would blame on a Transpose or Reshape), or a
+    vector."""
+    if len(t.shape) > 4:
+        raise UnsupportedOpError(f"{op}: only 1-D and 2-D pooling is supported (input rank "
+                                 f"{len(t.shape)})")
+    require_map(op, t)
+
+
 def pool_geometry(a, t, out_shape):
     """From a pool's attributes ``a``: kernel, strides, dilations, explicit pads and output
     size as 2-D (a 1-D pool is a 1 x L map), plus the bottom/right border ceil-mode windows
@@ -113,7 +123,7 @@ def lower_maxpool(node, ctx):
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedOpError("MaxPool's Indices output is not supported")
     t = ctx.tensor(node.input[0])
-    require_map("MaxPool", t)
+    require_pool_map("MaxPool", t)
     out_shape = ctx.shape(node.output[0])
     ks, strides, dil, _, _, border = pool_geometry(a, t, out_shape)
     lowest = -(1 << (ctx.bits - 1))
@@ -162,9 +172,10 @@ class GlobalAvgPoolLayer(VFULayer):
 
 def lower_global_average_pool(node, ctx):
     t = ctx.tensor(node.input[0])
-    require_map("GlobalAveragePool", t)
+    require_pool_map("GlobalAveragePool", t)
     s_y = ctx.scale_for(node.output[0])
-    m, shift = multiplier(t.scale / (t.H * t.W * s_y))
+    m, shift = multiplier(t.scale / (t.H * t.W * s_y),
+                          rescale_multiplier_bits(ctx.bits, t.H * t.W))
     ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s_y)
     ctx.add(GlobalAvgPoolLayer(node.name, node.op_type, [t.name], node.output[0],
                                node=node.name, mult=int(m[0]), shift=shift, bits=ctx.bits))

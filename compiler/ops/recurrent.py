@@ -28,9 +28,9 @@ from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, mvm_multiplier_bits, node_attrs, padded
+from ..ir import MVMLayer, multiplier, node_attrs, padded, rescale_multiplier_bits
 from ..quantize import quantize_weight
-from ._mvm import split_shift
+from ._mvm import fit_bias, split_shift
 from .concat import ConcatLayer, vector_concat_perm
 from .gather import add_copy, buffer_positions
 
@@ -308,10 +308,11 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     s_x, s_h = ctx.tensor(node.input[0]).scale, 2.0 ** -fmt.fh
     wcat = np.vstack([wx * s_x, wh * s_h])                   # (I + H, G*H), per unit integer
     w_int, s_acc = quantize_weight(wcat, ctx.wbits)           # acc real = acc_int * s_acc[n]
-    bias_int = np.rint(bias / s_acc).astype(np.int64)
+    in_bits = max(ctx.bits, fmt.bits)                        # x words and h words
+    w_int, s_acc, bias_int = fit_bias(w_int, s_acc, bias, 1.0, in_bits)
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
-    mult, shift = multiplier(s_acc * 2.0 ** frac, mvm_multiplier_bits(fmt.bits))
-    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, max(ctx.bits, fmt.bits))
+    mult, shift = multiplier(s_acc * 2.0 ** frac, rescale_multiplier_bits(fmt.bits))
+    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, in_bits)
     lim = 1 << (fmt.bits - 1)
     if np.abs(h0).max(initial=0) > 1:
         raise UnsupportedOpError(

@@ -1,7 +1,10 @@
 """Frontend folding: batch norm and per-channel Mul/Add after a Conv disappear into the
 conv's weights (QDQ weights keep their integers), ConstantOfShape weights fold, and results
 still match onnxruntime."""
+import json
+
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -160,3 +163,65 @@ def test_calibration_data_that_sets_no_range_is_one_line(x, z, message):
     with pytest.raises(CompilerError, match=message):
         compile_model(_two_input_model(), load_config("puma"),
                       calibration={"x": x.astype(np.float32), "z": z.astype(np.float32)})
+
+
+def _conv_prelu_opset6(path):
+    """x -> Conv -> PRelu with a per-channel slope at opset 6, which onnxruntime cannot run
+    ("Could not find an implementation for PRelu(6)")."""
+    rng = np.random.default_rng(7)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("PRelu", ["c", "slope"], ["y"])], "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array([0.1, 0.5, -0.3], np.float32), "slope")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_run_on_a_model_older_than_opset_7_compares_with_onnxruntime(tmp_path):
+    """The compiler upgraded it; `xbarsim run` gave onnxruntime the original file."""
+    from simulator.cli import main
+    model = _conv_prelu_opset6(tmp_path / "old.onnx")
+    assert main(["run", str(model), "--random", "3", "--json", str(tmp_path / "r.json"),
+                 "-q"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"]["rel_err"] < 1e-2
+
+
+def test_if_reading_activations_is_refused_as_unsupported_not_as_a_failed_fold():
+    """Its only listed input, the condition, is constant, but its branches read y."""
+    from compiler.errors import UnsupportedOpError
+    then_g = helper.make_graph([helper.make_node("Relu", ["y"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["y"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]),
+         helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then_g,
+                          else_branch=else_g)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), "w"),
+         numpy_helper.from_array(np.array(True), "cond")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    assert [n.op_type for n in frontend(m).nodes] == ["MatMul", "If"]
+    with pytest.raises(UnsupportedOpError, match="If"):
+        compile_model(m, "puma")
+
+
+def test_a_node_writing_an_initializers_name_is_refused_as_such():
+    """A model in memory skips the checker: a node writing an initializer's name was
+    explained as "graph output 'z' is a constant or was never produced"."""
+    from compiler.errors import ModelFormatError
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["w2"]), helper.make_node("Relu", ["w2"], ["z"])],
+        "twice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), n) for n in ("w", "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelFormatError, match=r"node 'MatMul' \(MatMul\) writes 'w2', which an initializer"):
+        compile_model(m, "puma")

@@ -1027,3 +1027,55 @@ def test_a_checker_error_keeps_the_node_it_names(tmp_path):
                                                r"OpType: MatMul is not output") as e:
         load_model(tmp_path / "m.onnx")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["1", "a"])
+def test_a_short_node_name_still_prefixes_the_error(name):
+    # "1" is in "transA=1", "a" in "Concat of feature maps along axis 2": the prefix was left off
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"], transA=1, name=name)],
+               {"w": _w(1, 3)}, (1, 1), ["y"])
+    with pytest.raises(UnsupportedOpError, match=rf"^node '{name}' \(Gemm\): Gemm with transA"):
+        compile_model(m, CFG)
+    m = _model([helper.make_node("Concat", ["x", "x"], ["y"], axis=2, name=name)], {},
+               (1, 4, 3, 3), ["y"])
+    with pytest.raises(UnsupportedOpError, match=rf"^node '{name}' \(Concat\): Concat of"):
+        compile_model(m, CFG)
+
+
+def test_a_map_read_flat_and_padded_names_its_readers():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              name="pool")]
+    m = _model(nodes, {}, (1, 2, 4, 4), ["y", "f"])
+    with pytest.raises(UnsupportedOpError, match=r"^tensor 'r' is flattened \(read as a vector\) "
+                                                 r"by Flatten 'flat' and read with a padded "
+                                                 r"border by MaxPool 'pool'; .*: pad the input "
+                                                 r"of MaxPool 'pool' with an explicit Pad node"):
+        compile_model(m, CFG)
+
+
+def test_two_border_values_name_their_readers_and_real_values():
+    # said "(-32768 and 0)": the integer codes, and no reader
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              name="pool"),
+             helper.make_node("Conv", ["c", "w2"], ["z"], pads=[1, 1, 1, 1], name="conv1")]
+    m = _model(nodes, {"w": _w(2, 2, 1, 1), "w2": _w(2, 2, 3, 3)}, (1, 2, 4, 4), ["y", "z"])
+    with pytest.raises(UnsupportedOpError, match=r"tensor 'c' is read with a border of -inf by "
+                                                 r"MaxPool 'pool' and of 0 by Conv 'conv1'; one "
+                                                 r"border per tensor is supported: pad one "
+                                                 r"reader's input with an explicit Pad node"):
+        compile_model(m, CFG)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (4, 1)])
+def test_a_constant_that_would_enlarge_a_vector_is_refused(shape):
+    # numpy's "operands could not be broadcast" came out as "lowering failed"
+    for op in ("Add", "Mul"):
+        m = _model([helper.make_node(op, ["x", "k"], ["y"], name="ew")],
+                   {"k": np.ones(shape, np.float32)}, (1, 4), ["y"])
+        with pytest.raises(UnsupportedOpError, match=rf"^node 'ew' \({op}\): constant of shape "
+                                                     rf"\({shape[0]}, .*does not broadcast to "
+                                                     r"\(1, 4\), the tensor it meets"):
+            compile_model(m, CFG)

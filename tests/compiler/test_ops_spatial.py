@@ -3,6 +3,7 @@ MaxPool dilations, Squeeze/Unsqueeze): each a small ONNX graph compiled for the 
 machine with ideal ADCs and simulated; the simulator must match the integer reference bit
 for bit and onnxruntime to 1e-2 relative L2."""
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -332,3 +333,16 @@ def test_squeeze_unsqueeze_views():
                     helper.make_node("Unsqueeze", ["f", "ax2"], ["u"])],
                    [("x", [1, 8, 1, 1])], ["u", "s"], inits, opset=13)
     run_and_compare(m, [("x", [1, 8, 1, 1])])
+
+
+@pytest.mark.parametrize("op, attrs", [("MaxPool", {"kernel_shape": [2, 2, 2]}),
+                                       ("AveragePool", {"kernel_shape": [2, 2, 2]}),
+                                       ("GlobalAveragePool", {})])
+def test_3d_pooling_is_refused_as_such(op, attrs):
+    # a 5-D input is stored as a vector: it was blamed on "a Transpose, Reshape or Flatten"
+    m = onnx.shape_inference.infer_shapes(make_model(
+        [helper.make_node(op, ["x"], ["y"], name="p3", **attrs)], [("x", [1, 2, 3, 4, 4])],
+        ["y"]))
+    with pytest.raises(UnsupportedOpError, match=rf"^node 'p3' \({op}\): {op}: only 1-D and "
+                                                 r"2-D pooling is supported \(input rank 5\)$"):
+        compile_model(m, CFG)

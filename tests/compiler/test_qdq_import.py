@@ -1,0 +1,175 @@
+"""QDQ models as other tools write them: a weight's integers reach the crossbars through
+Transpose and Reshape, the fallbacks that lose them warn, torch's same-type Casts between
+Q and DQ are the identity, and what is not supported (int4 activations, onnxruntime's
+contrib Q/DQ) is refused in one line naming the node."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import compile_model
+from compiler.errors import UnsupportedOpError
+from compiler.frontend import OTHER_WEIGHTS, frontend
+from compiler.reference import run_onnxruntime
+from simulator import load_config, simulate
+
+Q_INT = np.random.default_rng(0).integers(-60, 61, (4, 8)).astype(np.int8)   # (out, in)
+
+
+def _model(nodes, inits, x_shape, y_shape, opset=17, x="x", y="y"):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(x, TensorProto.FLOAT,
+                                                                     x_shape)],
+                          [helper.make_tensor_value_info(y, TensorProto.FLOAT, y_shape)],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8 if opset < 21 else 10
+    return m
+
+
+def _dq_fc(via: str, scale: np.ndarray, axis: int = 0, w=Q_INT):
+    """x (1, 8) -> y (1, 4) by DequantizeLinear(w) transposed by ``via``."""
+    dq = helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=axis)
+    if via == "Transpose":
+        fc = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+              helper.make_node("MatMul", ["x", "wt"], ["y"], name="fc")]
+    else:
+        fc = [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")]
+    return _model([dq] + fc, {"wq": w, "ws": scale}, [1, 8], [1, 4])
+
+
+def _compile_quietly(model, x):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*" + re.escape(OTHER_WEIGHTS))
+        return compile_model(model, load_config("puma", ["weight_bits=8", "adc.bits=none"]),
+                             calibration={"x": x}, return_ir=True)
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.01),
+                                   np.array([0.01, 0.02, 0.005, 0.03], np.float32)])
+def test_transposed_qdq_weight_maps_the_files_integers(scale):
+    """DQ -> Transpose -> MatMul (torch's Linear without bias) was folded in float and
+    re-quantized per column without a word (4-bit: 8 % off); now it maps the file's
+    integers, as DQ -> Gemm(transB) does, a per-row scale becoming per column."""
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    for via in ("Transpose", "Gemm"):
+        model = _dq_fc(via, scale)
+        prog, lp, _ = _compile_quietly(model, x)
+        np.testing.assert_array_equal(lp.layers[0].weight, Q_INT.T.astype(np.int64))
+        out = simulate(prog, {"x": x}).outputs["y"]
+        ort = run_onnxruntime(model, {"x": x})["y"]
+        assert np.abs(out - ort).max() < 1e-2 * np.abs(ort).max()
+
+
+def test_reshaped_per_channel_qdq_weight_keeps_its_integers_and_axis():
+    q = np.random.default_rng(2).integers(-9, 10, (4, 27)).astype(np.int8)
+    shape = np.array([4, 3, 3, 3], np.int64)
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0),
+             helper.make_node("Reshape", ["w", "shape"], ["w4"]),
+             helper.make_node("Conv", ["x", "w4"], ["y"], name="conv")]
+    g = frontend(_model(nodes, {"wq": q, "ws": np.full(4, 0.1, np.float32), "shape": shape},
+                        [1, 3, 5, 5], [1, 4, 3, 3]))
+    wq, _, axis = g.qweights["w4"]
+    np.testing.assert_array_equal(wq, q.reshape(4, 3, 3, 3))
+    assert axis == 0
+
+
+@pytest.mark.parametrize("case,why", [
+    ("scaled", "passes through node 'double' (Mul), whose integers"),
+    ("per-row", "is scaled per index of axis 0, not per output column")])
+def test_qdq_weight_falling_back_to_float_warns(case, why):
+    """A weight the frontend cannot keep the integers of is quantized from its floats: that
+    is said, naming the layer, not done silently."""
+    if case == "scaled":
+        nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+                 helper.make_node("Mul", ["w", "two"], ["w2"], name="double"),
+                 helper.make_node("MatMul", ["x", "w2"], ["y"], name="fc")]
+        inits = {"wq": Q_INT.T, "ws": np.float32(0.01), "two": np.float32(2)}
+    else:   # MatMul's weight is (in, out): axis 0 scales its rows
+        nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w2"], axis=0),
+                 helper.make_node("MatMul", ["x", "w2"], ["y"], name="fc")]
+        inits = {"wq": Q_INT.T, "ws": np.linspace(0.01, 0.02, 8).astype(np.float32)}
+    with pytest.warns(UserWarning, match=re.escape(f"node 'fc' (MatMul): its QDQ weight "
+                                                   f"'w2' {why}") + ".*" + OTHER_WEIGHTS):
+        g = frontend(_model(nodes, inits, [1, 8], [1, 4]))
+    assert "w2" not in g.qweights
+
+
+def _q_cast_dq(to: int):
+    """x -> MatMul -> QuantizeLinear (uint8 zero point) -> Cast(to UINT8) -> DQ, as torch's
+    eager-mode quantized export writes it; to another type, the Cast is the output."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["q"])]
+    if to == TensorProto.UINT8:
+        nodes += [helper.make_node("Cast", ["q"], ["qc"], to=to, name="cast"),
+                  helper.make_node("DequantizeLinear", ["qc", "s", "z"], ["y"])]
+    else:
+        nodes += [helper.make_node("Cast", ["q"], ["y"], to=to, name="cast")]
+    w = np.random.default_rng(3).standard_normal((8, 4)).astype(np.float32)
+    return _model(nodes, {"w": w, "s": np.float32(0.05), "z": np.uint8(128)}, [1, 8], [1, 4])
+
+
+def test_cast_to_the_quantized_type_between_q_and_dq_is_the_identity():
+    model = _q_cast_dq(TensorProto.UINT8)
+    assert [n.op_type for n in frontend(model).nodes] == [
+        "MatMul", "QuantizeLinear", "DequantizeLinear"]
+    x = np.random.default_rng(4).standard_normal((3, 8)).astype(np.float32)
+    prog = compile_model(model, "puma", calibration={"x": x})
+    out = simulate(prog, {"x": x}).outputs["y"]
+    ort = run_onnxruntime(model, {"x": x})["y"]
+    assert np.abs(out - ort).max() <= 0.05 + 1e-6      # within one quantization step
+
+
+def test_cast_that_changes_the_type_stays_refused():
+    with pytest.raises(UnsupportedOpError, match="Cast"):
+        compile_model(_q_cast_dq(TensorProto.FLOAT), "puma")
+
+
+def _int4_model(activations: bool):
+    if activations:   # x -> Q(int4) -> DQ -> y
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q4"),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+        inits = {"s": np.float32(0.1)}
+        y_shape = [1, 8]
+    else:             # x -> MatMul(DequantizeLinear(int4 weight)) -> y
+        nodes = [helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
+                 helper.make_node("MatMul", ["x", "w"], ["y"])]
+        inits = {"s": np.float32(0.1)}
+        y_shape = [1, 4]
+    m = _model(nodes, inits, [1, 8], y_shape, opset=21)
+    m.graph.initializer.append(helper.make_tensor("z", TensorProto.INT4, [], [0]))
+    if not activations:
+        levels = np.random.default_rng(5).integers(-8, 8, (8, 4))
+        m.graph.initializer.append(helper.make_tensor("wq", TensorProto.INT4, [8, 4],
+                                                      levels.ravel().tolist()))
+    return m, None if activations else levels
+
+
+def test_int4_activations_are_refused_naming_the_node():
+    """onnxruntime cannot hand int4 tensors to calibration ("No corresponding Numpy type
+    for Tensor Type. Int4x2", naming no node)."""
+    with pytest.raises(UnsupportedOpError, match=re.escape(
+            "node 'q4' (QuantizeLinear): int4 activations are not supported; allowed: 8- "
+            "and 16-bit integer types")):
+        frontend(_int4_model(activations=True)[0])
+
+
+def test_int4_weights_map_their_integers():
+    model, levels = _int4_model(activations=False)
+    x = np.random.default_rng(6).standard_normal((3, 8)).astype(np.float32)
+    _, lp, _ = _compile_quietly(model, x)
+    np.testing.assert_array_equal(lp.layers[0].weight, levels)
+
+
+def test_contrib_qdq_is_refused_saying_what_is_allowed():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q",
+                              domain="com.microsoft"),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["y"], domain="com.microsoft")]
+    m = _model(nodes, {"s": np.float32(0.1)}, [1, 8], [1, 8])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(UnsupportedOpError, match=re.escape(
+            "op com.microsoft.QuantizeLinear from a custom domain is not supported; allowed: "
+            "the standard ai.onnx domain (its QuantizeLinear at opset 21 holds int4 and "
+            "int16)")):
+        frontend(m)
