@@ -51,9 +51,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
-from simulator.errors import first_line
+from simulator.config import read_yaml
 
 from .constraints import Constraint, QuantSpec
 from .errors import CompressionError
@@ -301,11 +299,7 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     if not p.is_file():
         raise CompressionError(f"recipe {str(path_or_name)!r}: no such file or shipped recipe; "
                                f"shipped: {', '.join(shipped_recipes())}")
-    try:
-        from simulator.config import UniqueKeyLoader   # a key given twice is refused
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CompressionError(f"recipe {p}: not valid YAML ({first_line(e)})") from e
+    data = read_yaml(p, CompressionError, label="recipe ")   # as presets: no key twice
     if not isinstance(data, dict):
         raise CompressionError(f"recipe {p}: {'empty' if data is None else 'not a mapping'}; "
                                f"a recipe maps fields (name, geometry, layers, ...) to values")
@@ -457,9 +451,8 @@ def _check_positive(v, where: str, low: float = 0.0, inclusive: bool = False) ->
         v >= low if inclusive else v > low)
     if not ok:
         hint = ""
-        if isinstance(v, str) and _is_number(v):   # a number YAML kept as text: say why
-            hint = (" (YAML reads 1e-3 as text: write 1.0e-3)" if "e" in v.lower()
-                    else " (a number, not text: drop the quotes)")
+        if isinstance(v, str) and _is_number(v):   # a quoted number: say why
+            hint = " (a number, not text: drop the quotes)"
         raise CompressionError(f"{where}={v!r}: must be a finite number "
                                f"{'>=' if inclusive else '>'} {low:g}{hint}")
 

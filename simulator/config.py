@@ -34,6 +34,14 @@ MAX_ADC_BITS = 32
 EXACT_SUM_BITS = 54
 
 
+def _quoted_number_hint(value: Any) -> str:
+    """Why a number given as text (``"6"`` in a file, ``'6'`` in ``--set``) is refused: as
+    in recipes, a number field takes numbers only."""
+    if isinstance(value, str) and (_YAML_INT.fullmatch(value) or _YAML_FLOAT.fullmatch(value)):
+        return " (a number, not text: drop the quotes)"
+    return ""
+
+
 def _check_int(section: str, name: str, value: Any, lo: int, hi: int | None = None,
                none: str | None = None) -> None:
     """``none``: what ``None`` means where it is allowed (``"ideal"``); None: not allowed."""
@@ -45,7 +53,7 @@ def _check_int(section: str, name: str, value: Any, lo: int, hi: int | None = No
         allowed += f", or none for {none}"
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
             hi is not None and value > hi):
-        raise ConfigError(f"{key} = {value!r}: must be {allowed}")
+        raise ConfigError(f"{key} = {value!r}: must be {allowed}{_quoted_number_hint(value)}")
 
 
 def _check_float(section: str, name: str, value: Any, lo: float, hi: float | None = None,
@@ -58,7 +66,8 @@ def _check_float(section: str, name: str, value: Any, lo: float, hi: float | Non
         ok = value <= hi
     if not ok:
         rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-        raise ConfigError(f"{key} = {value!r}: must be a number {rng}")
+        raise ConfigError(f"{key} = {value!r}: must be a number {rng}"
+                          f"{_quoted_number_hint(value)}")
 
 
 def _check_choice(section: str, name: str, value: Any, choices: Iterable[str]) -> None:
@@ -306,6 +315,10 @@ class MachineConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def __post_init__(self):
+        for section, cls in _SECTION_CLASSES.items():   # built directly, not by from_dict
+            if not isinstance(getattr(self, section), cls):
+                raise ConfigError(f"{section} = {getattr(self, section)!r}: must be of type "
+                                  f"{cls.__name__} (from_dict builds one from a mapping)")
         _check_int("", "weight_bits", self.weight_bits, 2, 32)   # a sign and a value bit
         _check_int("", "input_bits", self.input_bits, 2, 32)
         _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
@@ -407,9 +420,9 @@ def from_dict(data: dict) -> MachineConfig:
             if unknown:
                 bad = sorted(unknown, key=str)[0]   # YAML keys need not be strings
                 raise ConfigError(f"{key}.{bad}: unknown key; allowed: {_allowed_keys(cls)}")
-            top[key] = cls(**{k: _as_field(types[k], v) for k, v in value.items()})
+            top[key] = cls(**{k: _python_scalar(v) for k, v in value.items()})
         elif key in _SECTIONS:
-            top[key] = _as_field(_SECTIONS[key], value)
+            top[key] = _python_scalar(value)
         else:
             raise ConfigError(f"{key}: unknown key; allowed: {_allowed_keys(MachineConfig)}")
     return MachineConfig(**top)
@@ -426,24 +439,55 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
     if isinstance(preset, MachineConfig):
         cfg = preset
     else:
-        preset = "puma" if preset is None else preset
-        path = Path(preset)
-        if path.suffix not in (".yaml", ".yml"):
-            path = PRESET_DIR / f"{preset}.yaml"
-            if not path.exists():
-                raise ConfigError(f"preset {str(preset)!r} not found; available: "
-                                  f"{', '.join(preset_names())} (or a path to a .yaml file)")
-        elif not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        path = _preset_path("puma" if preset is None else preset)
+        data = read_yaml(path, ConfigError)
+        if data is None:   # as recipes: an empty file is more likely a mistake than "defaults"
+            raise ConfigError(f"{path}: empty; a preset maps keys (name, xbar, adc, ...) to "
+                              f"values")
         try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from e
-        try:
-            cfg = from_dict(data or {})
+            cfg = from_dict(data)
         except ConfigError as e:   # name the file the bad key or value is in
             raise ConfigError(f"{path}: {e}") from e
     return with_overrides(cfg, overrides)
+
+
+def _preset_path(preset: str | Path) -> Path:
+    """The file ``preset`` names: a shipped preset by name, or a path ending in .yaml or
+    .yml (any case)."""
+    path = Path(preset)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        shipped = PRESET_DIR / f"{preset}.yaml"
+        if shipped.is_file():
+            return shipped
+        what = ("is a file, but a preset file's name must end in .yaml or .yml" if path.is_file()
+                else "not found")
+        raise ConfigError(f"preset {str(preset)!r} {what}; available: "
+                          f"{', '.join(preset_names())} (or a path to a .yaml file)")
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; expected a .yaml file")
+    if not path.exists():
+        hint = (f"; did you mean the shipped preset {path.stem!r}?"
+                if path.stem in preset_names() else "")
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
+    return path
+
+
+def read_yaml(path: Path, error: type[Exception], label: str = "") -> Any:
+    """The data of the YAML file at ``path`` (preset or recipe), read with
+    :class:`UniqueKeyLoader`; if it is not valid YAML, ``error`` in one line naming
+    ``label``, the file, the line and column, and what is wrong there."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where, problem = "", first_line(e)
+        if isinstance(e, yaml.MarkedYAMLError):
+            # PyYAML's message starts with the context ("while parsing a block mapping"):
+            # the problem and its place come after it
+            problem = e.problem or e.context or problem
+            mark = e.problem_mark or e.context_mark
+            if mark is not None:
+                where = f" line {mark.line + 1}, column {mark.column + 1}"
+        raise error(f"{label}{path}{where}: not valid YAML ({problem})") from e
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -454,23 +498,35 @@ class UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                given_twice = key in seen
+            except TypeError:   # a list or mapping as key: super() refuses it, with its place
+                continue
+            if given_twice:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
 
-_DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
+_YAML_INT = re.compile(r"[-+]?[0-9]+")
+_YAML_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 
-# Integers in a preset or recipe file as typed, in decimal, as ``--set`` reads them: YAML 1.1
-# reads ``010`` as 8 and ``2:18`` as 138 (those forms are then text, and a number field
-# refuses them by name).
+# Numbers in a preset or recipe file as typed, in decimal, as ``--set`` reads them: YAML 1.1
+# reads ``010`` as 8, ``2:18`` as 138 and ``1:30.5`` as 90.5 (those forms are then text, and
+# a number field refuses them by name), and ``1e-3`` (no dot) as text (a number here).
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
+# int before float: a resolver list is tried in order
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                      re.compile(f"^(?:{_YAML_INT.pattern})$"),
                                       list("-+0123456789"))
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                      re.compile(f"^(?:{_YAML_FLOAT.pattern})$"),
+                                      list("-+0123456789."))
 
 
 def _decimal_int(loader, node):
@@ -488,7 +544,7 @@ UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _decimal_int)
 def _parse_value(text: str, field_type: str = "") -> Any:
     """An override's text as its field's value: text fields take it as typed (a name
     ``2024``, a mode ``ideal`` that the check then names); others (and an unknown type: "")
-    read none, numbers and true/false."""
+    read none, numbers and true/false as a preset file does (quoted ``'5'`` is text)."""
     t = text.strip()
     if not t:
         raise ConfigError("an empty value; give a number, true/false, a name, or none")
@@ -496,34 +552,15 @@ def _parse_value(text: str, field_type: str = "") -> Any:
         return t
     if t.lower() in ("none", "null", "ideal", "~"):
         return None
-    if _DECIMAL_INT.fullmatch(t):
-        return int(t)     # decimal, as typed: YAML 1.1 would read 010 as 8 and 1:30 as 90
     try:
-        value = yaml.safe_load(t)
+        return yaml.load(t, Loader=UniqueKeyLoader)
     except yaml.YAMLError:
         return t
-    if isinstance(value, int) and not isinstance(value, bool):
-        return t          # a YAML 1.1 integer form that is no decimal (1:30, 0x1F): a string
-    return _numeric_string(value)
 
 
-def _numeric_string(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` and ``5e-2`` (no dot) as strings: numbers here."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _as_field(field_type: str, value: Any) -> Any:
-    """A value as a field of ``field_type`` holds it: numpy scalars (a sweep's ``np.arange``)
-    as Python ones, and YAML's dotless exponents as numbers in number fields only (a name
-    ``"2024"`` stays text)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return _numeric_string(value) if "float" in field_type else value
+def _python_scalar(value: Any) -> Any:
+    """Numpy scalars (a sweep's ``np.arange``) as the Python ones a field holds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> MachineConfig:
@@ -565,10 +602,3 @@ def _field_type(key: str) -> str:
     top = ", ".join(k for k in _SECTIONS if k not in _SECTION_CLASSES)   # name, source too
     raise ConfigError(f"{key}: unknown key; use a top-level key ({top}) or SECTION.KEY with "
                       f"SECTION one of {sections}")
-
-
-def config_hash(cfg: MachineConfig) -> str:
-    """A stable short hash of the resolved config (for caching sweep points)."""
-    import hashlib
-    import json
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -2,7 +2,8 @@
 
 * :func:`single_mvm` — one MVM on one MVMU: load, mvm, store.
 * :func:`two_core_exchange` — core 0 computes, hands its result to core 1 through tile
-  memory (valid/count sync); core 1 applies ReLU and stores the output.
+  memory (valid/count sync); core 1 applies ReLU and a rounding shift (``shr``) and stores
+  the output.
 * :func:`two_tile_exchange` — the same across two tiles with send/receive over the NoC.
 * :func:`deadlock` — a load of a word nobody stores.
 """
@@ -12,6 +13,7 @@ import numpy as np
 
 from .config import MachineConfig, load_config
 from .crossbar import encode_levels, weight_range
+from .errors import ProgramError
 from .isa import Fn, Op, RegisterLayout, assemble, instr
 from .program import Program, TensorPort
 
@@ -53,8 +55,8 @@ def single_mvm(cfg: MachineConfig, w: np.ndarray, adc_bits: int = -1) -> Program
 
 def _producer_consumer(lay, rows, cols, mid, out, shift):
     """Core code of the exchange examples: the producer computes y = in @ w and stores it
-    with consumer count 1 at ``mid``; the consumer waits for it, applies relu >> shift and
-    stores the result at ``out``."""
+    with consumer count 1 at ``mid``; the consumer waits for it, applies relu and a rounding
+    shift right by ``shift`` (``shr``: half up) and stores the result at ``out``."""
     producer = assemble([
         instr(Op.LOAD, dst=lay.xin_of(0), imm=0, vec=rows, layer=0),
         instr(Op.MVM, mask=1, layer=0),
@@ -73,7 +75,8 @@ def _producer_consumer(lay, rows, cols, mid, out, shift):
 
 def two_core_exchange(cfg: MachineConfig, w: np.ndarray, shift: int = 0) -> Program:
     """Core 0: y = in @ w, stored with consumer count 1. Core 1: loads y (waiting for it),
-    computes relu(y) >> shift, stores the output."""
+    computes relu(y) shifted right by ``shift``, rounding half up (``shr``), stores the
+    output."""
     rows, cols = w.shape
     lay = RegisterLayout.of(cfg)
     mid, out = rows, rows + cols
@@ -91,7 +94,10 @@ def two_core_exchange(cfg: MachineConfig, w: np.ndarray, shift: int = 0) -> Prog
 def two_tile_exchange(cfg: MachineConfig, w: np.ndarray, dst_tile: int = 1,
                       shift: int = 0) -> Program:
     """Tile 0 core 0: y = in @ w; tile 0's control unit sends y to tile ``dst_tile``, whose
-    control unit receives it; a core there applies relu >> shift and stores the output."""
+    control unit receives it; a core there applies relu and a rounding shift (``shr``) and
+    stores the output."""
+    if dst_tile < 1:   # tile 0 would wait on a message to itself: a deadlock, not an example
+        raise ProgramError(f"dst_tile = {dst_tile}: must be >= 1 (tile 0 is the producer)")
     rows, cols = w.shape
     lay = RegisterLayout.of(cfg)
     mid, out = rows, rows + cols

@@ -1,7 +1,8 @@
 """Reading and writing user files safely: one place for both rules.
 
 * :func:`read_npz` reads an ``.npz`` without pickle and turns every way the file can be bad
-  (truncated, corrupt, not a zip, a bare ``.npy``, object arrays) into one error naming it.
+  (truncated, corrupt, not a zip, a bare ``.npy``, object arrays, a member that is no array
+  or whose header claims more data than it holds) into one error naming it.
 * :func:`atomic_write` writes to a temporary file beside the target and renames it over the
   target only when the writer finished: a full disk, a file-size limit or a crash leaves the
   previous file (or none), never a truncated one that looks valid.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import stat
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -29,7 +32,12 @@ def read_npz(path: str | Path, error: type[Exception],
             raise error(f"{path}: a single .npy array, not an .npz archive (np.savez writes "
                         f"one, keyed by name)")
         with z:
-            return {k: z[k] for k in z.files if keys is None or k in keys}
+            arrays = {}
+            for k in z.files:
+                if keys is None or k in keys:
+                    _check_member(z.zip, k, path, error)
+                    arrays[k] = z[k]
+            return arrays
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001  zip and .npy parsing fail in many ways (bad zlib
@@ -41,6 +49,31 @@ def read_npz(path: str | Path, error: type[Exception],
         if "pickled" in reason:  # numpy's message for anything that is not .npy/.npz
             reason = "not an .npy/.npz file, or it holds object arrays (refused: no pickle)"
         raise error(f"{path}: not a readable .npz of arrays ({reason})") from e
+
+
+def _check_member(archive: zipfile.ZipFile, key: str, path: str | Path,
+                  error: type[Exception]) -> None:
+    """Refuse member ``key`` unless it is an .npy array whose header asks for no more bytes
+    than it holds: numpy returns other members as raw bytes, and allocates what a header
+    claims (a corrupt 2**47 elements: "out of memory") before it reads."""
+    name = key if key in archive.namelist() else f"{key}.npy"   # NpzFile's lookup order
+    with archive.open(name) as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise error(f"{path}: member {key!r} is not an .npy array")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return  # numpy reads (or refuses) the rarer versions itself
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+        if dtype.hasobject:
+            return  # pickled: refused by numpy with allow_pickle=False
+        claimed = math.prod(shape) * dtype.itemsize
+        held = archive.getinfo(name).file_size - f.tell()
+        if claimed > held:
+            raise error(f"{path}: member {key!r} claims {claimed} bytes of array data "
+                        f"(shape {shape}, {dtype}) but holds {held}; the file is corrupt")
 
 
 @contextlib.contextmanager

@@ -596,3 +596,43 @@ def test_demo_says_when_limit_asks_for_more_images_than_there_are(tmp_path, caps
     assert main(["run", "--limit", "5", "--out", str(tmp_path), "-q"]) == 0
     assert "3 bundled test images (all there are; --limit 5 asked for more)" in \
         capsys.readouterr().out
+
+
+def test_npz_members_that_are_no_arrays_or_claim_too_much_are_named(tmp_path, capsys):
+    """numpy hands a zip member that is no .npy over as bytes ("'bytes' object has no
+    attribute 'dtype'"; an input "is a scalar"), and allocates the size a header claims
+    before reading: a corrupt header's 2**47 elements were "out of memory", naming no file."""
+    import io
+    import zipfile
+
+    from simulator import examples, load_config
+
+    def npy(array):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return buf.getvalue()
+
+    cfg = load_config("small")
+    program = examples.single_mvm(cfg, examples.random_weights(cfg, 8, 4))
+    bad = program.save(tmp_path / "bad")
+    arrays = dict(np.load(bad / "program.npz"))
+    with zipfile.ZipFile(bad / "program.npz", "w") as z:
+        for k, v in arrays.items():
+            z.writestr(f"{k}.npy", b"not an array" if k == "mvmu_levels" else npy(v))
+    _one_line_error(capsys, main(["simulate", str(bad)]),
+                    "program.npz: member 'mvmu_levels' is not an .npy array")
+    good = program.save(tmp_path / "good")
+    with zipfile.ZipFile(tmp_path / "text.npz", "w") as z:
+        z.writestr("x.npy", b"hello")
+    _one_line_error(capsys, main(["simulate", str(good), "--input", str(tmp_path / "text.npz")]),
+                    "text.npz: member 'x' is not an .npy array")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False,
+                                                  "shape": (2**47,)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + bytes(64))
+    _one_line_error(capsys, main(["simulate", str(good), "--input", str(tmp_path / "huge.npz")]),
+                    f"huge.npz: member 'x' claims {2**50} bytes of array data (shape "
+                    f"({2**47},), int64) but holds 64; the file is corrupt")
+    np.savez_compressed(tmp_path / "fine.npz", x=np.ones((2, 8)))  # compressed: sizes as stored
+    assert main(["simulate", str(good), "--input", str(tmp_path / "fine.npz")]) == 0

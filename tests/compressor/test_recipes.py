@@ -156,7 +156,8 @@ def test_keep_best_round_trips_and_last_keeps_old_fingerprints():
     # non-finite or mistyped numbers are refused before training, not found after it
     (("admm",), {"lr": float("inf")}, r"recipe.admm.lr=inf: must be a finite number > 0"),
     (("retrain",), {"lr": float("nan")}, r"recipe.retrain.lr=nan: must be a finite number"),
-    (("retrain",), {"lr": "1e-3"}, r"recipe.retrain.lr='1e-3': .*write 1.0e-3"),
+    # quoted: a recipe file's unquoted 1e-3 is a number (test_recipe_yaml_reads_numbers_as_typed)
+    (("retrain",), {"lr": "1e-3"}, r"recipe.retrain.lr='1e-3': .*\(a number, not text: drop"),
     (("distill",), {"temperature": "4"}, r"temperature='4': .*> 0 \(a number, not text: drop"),
     (("distill",), {"temperature": float("inf")}, r"recipe.distill.temperature=inf"),
     (("layers", 0, "sparsity"), {"keep": 0.1},
@@ -274,3 +275,30 @@ def test_an_empty_weight_reads_as_an_empty_crossbar():
 
     from compressor.geometry import to_crossbar
     assert to_crossbar(np.zeros((0, 3, 2, 2))).shape == (12, 0)
+
+
+@pytest.mark.parametrize("text,needle", [
+    # a list as key raised TypeError ("unhashable type") past the YAML error handling
+    ("name: r\n? [a, b]\n: 1\n", "line 2, column 3: not valid YAML (found unhashable key)"),
+    # PyYAML's first line is its context ("while parsing a block mapping"): what and where
+    # came after it
+    ("retrain:\n  epochs: 2\n bad\n",
+     "line 3, column 2: not valid YAML (expected <block end>, but found '<scalar>')"),
+    ("name: r\nname: s\n", "line 2, column 1: not valid YAML (key 'name' given twice)"),
+])
+def test_recipe_yaml_errors_name_the_line_and_the_problem(tmp_path, text, needle):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(CompressionError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"recipe {p} {needle}"
+
+
+def test_recipe_yaml_reads_numbers_as_typed(tmp_path):
+    """YAML 1.1 read ``lr: 1e-3`` (no dot) as text, refused, and ``1:30.5`` as 90.5."""
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nretrain: {lr: 1e-3}\nlayers: [{match: x, quant: {bits: 4}}]\n")
+    assert load_recipe(p).retrain.lr == 1e-3
+    p.write_text("name: r\nretrain: {lr: 1:30.5}\nlayers: [{match: x, quant: {bits: 4}}]\n")
+    with pytest.raises(CompressionError, match=r"recipe.retrain.lr='1:30.5': must be a finite"):
+        load_recipe(p)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from simulator import ConfigError, load_config, preset_names
@@ -139,3 +141,98 @@ def test_a_preset_file_reads_integers_as_typed(tmp_path):
     p.write_text("node: {tiles: 2:18}\n")            # base 60 (138) to YAML 1.1
     with pytest.raises(ConfigError, match=r"node.tiles = '2:18': must be an integer"):
         load_config(str(p))
+
+
+@pytest.mark.parametrize("text,needle", [
+    # a list as key raised TypeError ("unhashable type") past the YAML error handling
+    ("? [a, b]\n: 1\n", "line 1, column 3: not valid YAML (found unhashable key)"),
+    ("adc: {? [a]: 1}\n", "line 1, column 9: not valid YAML (found unhashable key)"),
+    # PyYAML's first line is its context ("while parsing a block mapping"): what and where
+    # came after it
+    ("adc:\n  bits: 6\n bad\n",
+     "line 3, column 2: not valid YAML (expected <block end>, but found '<scalar>')"),
+    ("adc:\n  bits: 6\n  bits: 7\n", "line 3, column 3: not valid YAML (key 'bits' given twice)"),
+])
+def test_yaml_errors_name_the_line_and_the_problem(tmp_path, text, needle):
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p} {needle}"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[]\n", "config must be a mapping of keys to values, got list"),   # these three loaded
+    ("false\n", "config must be a mapping of keys to values, got bool"),  # the defaults
+    ("0\n", "config must be a mapping of keys to values, got int"),
+    ("", "empty; a preset maps keys"), ("# nothing yet\n", "empty; a preset maps keys"),
+])
+def test_a_preset_file_that_is_no_mapping_is_refused(tmp_path, text, needle):
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{p}: {needle}"):
+        load_config(p)
+
+
+def test_numbers_are_read_as_typed_and_quoted_numbers_are_text(tmp_path):
+    """YAML 1.1 read ``1:30.5`` as 90.5 (base 60), silently; a quoted number was taken in a
+    float field but refused in an integer one, and ``--set adc.bits='5'`` said ``5.0``."""
+    p = tmp_path / "p.yaml"
+    for text, needle in [("clock_ghz: 1:30.5\n", "clock_ghz = '1:30.5': must be a number"),
+                         ('clock_ghz: "2"\n', "clock_ghz = '2': must be a number > 0.0 (a "
+                                              "number, not text: drop the quotes)"),
+                         ('adc: {bits: "6"}\n', "adc.bits = '6': must be an integer >= 1 and "
+                                                "<= 32, or none for ideal (a number, not text")]:
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert str(e.value).startswith(f"{p}: {needle}")
+    for override, needle in [("clock_ghz=1:30.0", "clock_ghz = '1:30.0': must be a number"),
+                             ("adc.bits='5'", "adc.bits = '5': must be an integer"),
+                             ("noise.program_sigma='0.1'", "= '0.1': must be a number >= 0.0 "
+                                                           "(a number, not text")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            load_config("small", [override])
+    p.write_text("clock_ghz: 2.5e0\nnoise: {program_sigma: 1e-2, read_sigma: .5}\n")
+    cfg = load_config(p)
+    assert (cfg.clock_ghz, cfg.noise.program_sigma, cfg.noise.read_sigma) == (2.5, 0.01, 0.5)
+    assert load_config("small", ["noise.program_sigma=5E-2"]).noise.program_sigma == 0.05
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(noise=None), "noise = None: must be of type NoiseConfig"),
+    (dict(core=5), "core = 5: must be of type CoreConfig"),
+    (dict(xbar={"rows": 5}), "xbar = {'rows': 5}: must be of type XbarConfig"),   # AttributeError
+])
+def test_a_config_built_directly_checks_its_sections(change, needle):
+    import dataclasses
+
+    from simulator.config import MachineConfig
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        MachineConfig(**change)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        dataclasses.replace(load_config("small"), **change)
+
+
+def test_preset_paths_say_what_is_wrong_with_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.YAML").write_text("adc: {bits: 5}\n")     # "preset not found"
+    assert load_config("m.YAML").adc.bits == 5
+    (tmp_path / "mine.conf").write_text("adc: {bits: 5}\n")
+    with pytest.raises(ConfigError, match=r"^preset 'mine.conf' is a file, but a preset file's "
+                                          r"name must end in .yaml or .yml; available: isaac"):
+        load_config("mine.conf")
+    with pytest.raises(ConfigError, match=r"^config file 'small.yaml' does not exist; did you "
+                                          r"mean the shipped preset 'small'\?$"):
+        load_config("small.yaml")
+    (tmp_path / "x.yaml").mkdir()                             # IsADirectoryError
+    with pytest.raises(ConfigError, match=r"^config file 'x.yaml' is a folder; expected a "):
+        load_config("x.yaml")
+
+
+def test_two_tile_exchange_refuses_tile_0_as_its_destination():
+    """Tile 0 sending to itself deadlocked in the simulation."""
+    from simulator import ProgramError, examples
+    cfg = load_config("small")
+    with pytest.raises(ProgramError, match=r"^dst_tile = 0: must be >= 1 \(tile 0 is the "):
+        examples.two_tile_exchange(cfg, examples.random_weights(cfg, 4, 4), dst_tile=0)
