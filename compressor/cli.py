@@ -150,14 +150,13 @@ def _compress(args) -> int:
     _check_paths(args)                 # before any data is loaded or anything trained
 
     import numpy as np
-    import torch
 
     from models.data import load_splits
-    from models.train import TORCH_THREADS, check_fits, predict_logits
+    from models.train import check_fits, limit_torch_threads, predict_logits
 
     from .export import export_qdq
     from .pipeline import compress
-    torch.set_num_threads(TORCH_THREADS)
+    limit_torch_threads()
     train, test = load_splits(args.data, args.limit)
     model = _load_model(args, train, test)
     # the data must fit the model before any training starts

@@ -40,6 +40,12 @@ _RESUME_KEYS = ("model", "model_kwargs", "data", "data_sha256", "seed", "lr", "l
                 "weight_decay", "batch_size", "limit")
 
 
+def limit_torch_threads() -> None:
+    """Cap torch at ``TORCH_THREADS`` threads; a caller that asked for fewer (a busy
+    machine, ``OMP_NUM_THREADS=1``) keeps its setting."""
+    torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
+
+
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
     """Logits of ``model`` (put in eval mode) on images ``x``, batched, without gradients."""
     model.eval()
@@ -188,8 +194,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                          f"factor per epoch)")
     if not 0 <= weight_decay < math.inf:
         raise ModelError(f"weight_decay = {weight_decay}: must be a finite number >= 0")
-    # At most 2 threads; a caller that asked for fewer (a busy machine) keeps its setting.
-    torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
+    limit_torch_threads()
     datasets.check_limit(limit)
     # before the data loads and anything trains: a file there said only "File exists"
     check_writable_folder(out_dir, f"out_dir {out_dir}", ModelError)

@@ -425,3 +425,20 @@ def test_an_interrupt_names_only_checkpoints_this_run_wrote(tmp_path, recipe, ca
     assert rc != 0 and err.strip() == (f"interrupted before anything was checkpointed; "
                                        f"{tmp_path / 'x.ckpt'}, there before this run, is "
                                        f"untouched")
+
+
+def test_compress_keeps_a_lower_torch_thread_count(tmp_path, recipe, capsys, monkeypatch):
+    """compress raised torch to 2 threads in an OMP_NUM_THREADS=1 process; training keeps a
+    caller's lower setting (a busy machine), and so does compress now."""
+    import models.data
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(models.data, "load_splits", interrupt)  # right after the threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(capsys, "mlp", "--recipe", recipe, "-o", tmp_path / "x.onnx", "-q")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -258,6 +258,31 @@ def test_every_public_loader_refuses_a_limit_below_one(tmp_path, limit):
 
 def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
     # only the [test]/[all] extras installed it; a bare import failed with a traceback
+    monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(DataError, match=r"digits data set comes with scikit-learn: pip install"):
         data.load("digits", "test")
+
+
+def test_digits_are_read_without_importing_scikit_learn():
+    """Importing scikit-learn to read its one small CSV took seconds of every digits run."""
+    code = ("import sys, models.data; models.data.load_digits(); "
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_digits_read_from_the_csv_equal_scikit_learns_bit_for_bit(monkeypatch):
+    """The trained numbers depend on the exact arrays, their dtype and strides included."""
+    sk_datasets = pytest.importorskip("sklearn.datasets")
+    images, target = data._read_digits()
+    bunch = sk_datasets.load_digits()
+    for ours, theirs in ((images, bunch.images), (target, bunch.target)):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
+    fast = [data.load_digits(split, size) for split in ("train", "test") for size in (8, 28)]
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)  # no CSV found
+    slow = [data.load_digits(split, size) for split in ("train", "test") for size in (8, 28)]
+    for ours, theirs in zip(sum(fast, ()), sum(slow, ())):
+        assert (ours.dtype, ours.shape, ours.strides) == (theirs.dtype, theirs.shape,
+                                                          theirs.strides)
+        assert ours.tobytes() == theirs.tobytes()
