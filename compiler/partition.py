@@ -43,13 +43,12 @@ class Strip:
 
 def runs(offsets: np.ndarray) -> list[tuple[int, int, int]]:
     """Contiguous runs of memory offsets: (offset, position, length)."""
-    out = []
-    start = 0
-    for i in range(1, len(offsets) + 1):
-        if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
-            out.append((int(offsets[start]), start, i - start))
-            start = i
-    return out
+    offsets = np.asarray(offsets, np.int64)
+    if not len(offsets):
+        return []
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(offsets) != 1) + 1])
+    lengths = np.diff(starts, append=len(offsets))
+    return list(zip(offsets[starts].tolist(), starts.tolist(), lengths.tolist()))
 
 
 def partition_layer(idx: int, layer: MVMLayer, prog: LayerProgram, cfg) -> list[Strip]:

@@ -118,9 +118,10 @@ def column_max_sums(levels: np.ndarray, step_bits: int,
     (``2**step_bits - 1``; ``SimConfig.step_bits``) times the sum of the levels a read drives.
     One read (the first axis) unless ``active_rows`` splits the rows. Float levels (nominal
     conductances) give float sums."""
-    lv = levels if np.issubdtype(levels.dtype, np.floating) else levels.astype(np.int64)
+    dtype = None if np.issubdtype(levels.dtype, np.floating) else np.int64
     return ((1 << step_bits) - 1) * np.stack(
-        [lv[:, r0:r1].sum(axis=1) for r0, r1 in row_groups(lv.shape[1], active_rows)])
+        [levels[:, r0:r1].sum(axis=1, dtype=dtype)
+         for r0, r1 in row_groups(levels.shape[1], active_rows)])
 
 
 def code_bits(max_sum) -> np.ndarray:
@@ -139,7 +140,12 @@ def lossless_adc_bits(levels: np.ndarray, step_bits: int,
     ceil(log2(max column sum + 1)) over every read (ISAAC; the basis of TinyADC). At least 1.
     Float levels (nominal conductances) give analog sums, which the ADC rounds to the
     nearest code: the bits then hold the largest sum rounded, so it never clips."""
-    return max(1, int(code_bits(column_max_sums(levels, step_bits, active_rows).max(initial=0))))
+    return _lossless_bits(column_max_sums(levels, step_bits, active_rows))
+
+
+def _lossless_bits(col_max: np.ndarray) -> int:
+    """:func:`lossless_adc_bits` of crossbars whose :func:`column_max_sums` are ``col_max``."""
+    return max(1, int(code_bits(col_max.max(initial=0))))
 
 
 def adaptive_adc_bits(levels: np.ndarray, cfg) -> int:
@@ -214,7 +220,7 @@ class MVMUModel:
         self.cell_bits, self.dac_bits, self.mapping = cell_bits, dac_bits, mapping
         self.adc_bits, self.adc_mode = adc_bits, adc_mode
         self.read_sigma, self.read_rng = read_sigma, read_rng
-        self.shifts, self.widths, self.step_w = step_plan(input_bits, dac_bits)
+        self.shifts, self.widths, step_w = step_plan(input_bits, dac_bits)
         self.analog = conductance is not None or read_sigma > 0
         g = conductance if conductance is not None else levels
         # Reads per input step (``active_rows`` word lines each); each read's column sums
@@ -233,14 +239,22 @@ class MVMUModel:
         # least the lossless bits) and no analog effect is on, every conversion is the
         # identity and the MVM is exactly x @ W: one float64 product (exact, |sum| < 2**53)
         # instead of one per input step and slice.
+        # (col_max holds the levels' sums unless a nominal span was given)
         self.lossless = exact_shortcut and not self.analog and (
-            adc_bits is None or lossless_adc_bits(levels, step_bits, active_rows) <= adc_bits)
-        if self.lossless:
-            self.wmat = decode_levels(levels, weight_bits, cell_bits, mapping).astype(np.float64)
+            adc_bits is None or (_lossless_bits(col_max) if nominal is None else
+                                 lossless_adc_bits(levels, step_bits, active_rows)) <= adc_bits)
         sign = np.array([1, -1][: self.arrays], np.int64)
         slice_w = 1 << (cell_bits * np.arange(self.slices, dtype=np.int64))
-        # Combined digital weight of each (array, slice) output.
-        self.arr_slice_w = (sign[:, None] * slice_w[None, :]).reshape(-1)
+        # Combined digital weight of each (array, slice) output, and of each input step, in
+        # the float64 the shift-and-add runs in (exact: powers of two).
+        self.arr_slice_w = (sign[:, None] * slice_w[None, :]).reshape(-1).astype(np.float64)
+        self.step_w = step_w.astype(np.float64)
+        if self.lossless:
+            # decode_levels in one float64 product (exact: whole numbers below 2**53)
+            self.wmat = (self.arr_slice_w @ levels.reshape(self.n_arr, -1)).reshape(
+                self.rows, self.cols)
+            if mapping == "offset":
+                self.wmat -= 1 << (weight_bits - 1)
         self.top_level = (1 << cell_bits) - 1
 
     def digits(self, x: np.ndarray) -> np.ndarray:
@@ -288,10 +302,8 @@ class MVMUModel:
             codes = codes.reshape(s, b, len(self.groups), -1).sum(2, dtype=np.float64)
         # Shift-and-add over steps (signed step weights) and over arrays/slices; float64
         # is exact here (|sum| < 2**53).
-        per_step = np.tensordot(self.step_w.astype(np.float64),
-                                codes.astype(np.float64, copy=False), 1)
-        y = np.tensordot(per_step.reshape(b, self.n_arr, self.cols),
-                         self.arr_slice_w.astype(np.float64), axes=([1], [0]))
+        per_step = self.step_w @ codes.reshape(s, -1).astype(np.float64, copy=False)
+        y = self.arr_slice_w @ per_step.reshape(b, self.n_arr, self.cols)
         if self.analog and not np.abs(y).max(initial=0.0) < 2.0 ** 62:
             # analog sums (noise, an ideal ADC) can exceed any integer word
             raise SimulationError(

@@ -559,6 +559,7 @@ def validate(prog: Program) -> None:
                 f"{cfg.weight_bits}-bit {cfg.xbar.mapping} weight range (that slice holds "
                 f"{top_bits} of the weight's bits: levels 0..{(1 << top_bits) - 1})")
     seen = set()
+    programmed: dict[tuple[int, int], set[int]] = {}    # (tile, core) -> its MVMUs
     for i, (t, c, m) in enumerate(prog.mvmu_loc.tolist()):
         if not (0 <= t < tiles and 0 <= c < cores and 0 <= m < cfg.core.mvmus):
             raise ProgramError(f"MVMU {i} placed at tile {t} core {c} mvmu {m}: outside the "
@@ -566,6 +567,7 @@ def validate(prog: Program) -> None:
         if (t, c, m) in seen:
             raise ProgramError(f"two MVMUs placed at tile {t} core {c} mvmu {m}")
         seen.add((t, c, m))
+        programmed.setdefault((t, c), set()).add(m)
         if not (1 <= prog.mvmu_rows_used[i] <= cfg.xbar.rows
                 and 1 <= prog.mvmu_cols_used[i] <= cfg.xbar.cols):
             raise ProgramError(f"MVMU {i}: rows/cols used {prog.mvmu_rows_used[i]}/"
@@ -578,7 +580,7 @@ def validate(prog: Program) -> None:
         t, c = divmod(k, cores)
         _validate_stream(code, f"tile {t} core {c}", CORE_OPS, cfg, lay,
                          int(prog.mem_words[t]), tiles,
-                         {m for (tt, cc, m) in seen if tt == t and cc == c}, n_layers)
+                         programmed.get((t, c), set()), n_layers)
     ends: dict[tuple, int] = {}     # (send/recv, src, dst, FIFO) -> the stream at that end
     for s, code in enumerate(prog.tile_code):
         t = int(ctl[s])
@@ -682,29 +684,32 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
         raise ProgramError(f"{where} pc {pc}: opcode {int(ops[pc])} not allowed here; allowed: "
                            f"{', '.join(Op(o).name.lower() for o in sorted(allowed))}")
     nint = cfg.core.int_registers
-    for pc, r in enumerate(code.tolist()):
+
+    def here() -> str:   # the instruction's label, built only on error (it cost a third)
+        return f"{where} pc {pc} ({Op(op).name.lower()})"
+
+    for pc, r in enumerate(code.tolist()):   # noqa: B007 (here() reads pc)
         op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, _ = r
-        here = f"{where} pc {pc} ({Op(op).name.lower()})"
         if op in (Op.LOAD, Op.STORE, Op.COPY, Op.SET, Op.ALU, Op.ALUI, Op.SEND, Op.RECV):
             if vec < 1:
-                raise ProgramError(f"{here}: vector width {vec} must be >= 1")
+                raise ProgramError(f"{here()}: vector width {vec} must be >= 1")
         for field_name, reg in (("ra", ra), ("rr", rr)):
             if reg >= nint or reg < -1:
-                raise ProgramError(f"{here}: {field_name} = integer register {reg} outside "
+                raise ProgramError(f"{here()}: {field_name} = integer register {reg} outside "
                                    f"0..{nint - 1} (or -1, none)")
         if op in (Op.LOAD, Op.STORE, Op.SEND, Op.RECV):
             if imm < 0 or (ra == -1 and imm + vec > words):
-                raise ProgramError(f"{here}: memory address {imm} (+{vec}) outside the tile's "
+                raise ProgramError(f"{here()}: memory address {imm} (+{vec}) outside the tile's "
                                    f"{words} words")
         if op in (Op.STORE, Op.RECV) and count < 0:
-            raise ProgramError(f"{here}: consumer count {count} must be >= 0")
+            raise ProgramError(f"{here()}: consumer count {count} must be >= 0")
         if op in (Op.ALU, Op.ALUI):
             if fn not in Fn._value2member_map_:
-                raise ProgramError(f"{here}: unknown ALU function {fn}; allowed: "
+                raise ProgramError(f"{here()}: unknown ALU function {fn}; allowed: "
                                    f"{', '.join(f.name.lower() for f in Fn)}")
             lo, hi = _IMM_RANGE.get((op == Op.ALUI, Fn(fn)), (None, None))
             if lo is not None and not lo <= imm <= hi:
-                raise ProgramError(f"{here}: {Fn(fn).name.lower()} immediate {imm} outside "
+                raise ProgramError(f"{here()}: {Fn(fn).name.lower()} immediate {imm} outside "
                                    f"{lo}..{hi}")
         regs = []
         if op == Op.LOAD:
@@ -719,26 +724,26 @@ def _validate_stream(code, where, allowed, cfg, lay, words, tiles, mvmus, n_laye
             regs = [dst, src1] + ([] if Fn(fn) in UNARY_FNS else [src2])
         for reg in regs:
             if reg < 0 or (rr == -1 or op not in (Op.LOAD, Op.STORE)) and reg + vec > lay.size:
-                raise ProgramError(f"{here}: register {reg} (+{vec}) outside the core's "
+                raise ProgramError(f"{here()}: register {reg} (+{vec}) outside the core's "
                                    f"{lay.size} registers")
         if op == Op.MVM:
             used = {b for b in range(64) if mask >> b & 1}
             if not used:
-                raise ProgramError(f"{here}: empty MVMU mask")
+                raise ProgramError(f"{here()}: empty MVMU mask")
             missing = sorted(used - mvmus)
             if missing:
-                raise ProgramError(f"{here}: MVMU {missing[0]} is not programmed on this core "
+                raise ProgramError(f"{here()}: MVMU {missing[0]} is not programmed on this core "
                                    f"(programmed: {sorted(mvmus) or 'none'})")
         if op in (Op.ISET, Op.IADD) and not 0 <= dst < nint:
-            raise ProgramError(f"{here}: integer register {dst} outside 0..{nint - 1}")
+            raise ProgramError(f"{here()}: integer register {dst} outside 0..{nint - 1}")
         if op in (Op.IADD, Op.BEQ, Op.BNE) and not 0 <= src1 < nint:
-            raise ProgramError(f"{here}: integer register {src1} outside 0..{nint - 1}")
+            raise ProgramError(f"{here()}: integer register {src1} outside 0..{nint - 1}")
         if op in (Op.BEQ, Op.BNE) and not 0 <= src2 < nint:
-            raise ProgramError(f"{here}: integer register {src2} outside 0..{nint - 1}")
+            raise ProgramError(f"{here()}: integer register {src2} outside 0..{nint - 1}")
         if op in (Op.JMP, Op.BEQ, Op.BNE) and not 0 <= imm < n:
-            raise ProgramError(f"{here}: branch target {imm} outside 0..{n - 1}")
+            raise ProgramError(f"{here()}: branch target {imm} outside 0..{n - 1}")
         if op in (Op.SEND, Op.RECV) and not 0 <= peer < tiles:
-            raise ProgramError(f"{here}: peer tile {peer} outside 0..{tiles - 1}")
+            raise ProgramError(f"{here()}: peer tile {peer} outside 0..{tiles - 1}")
         if op in (Op.SEND, Op.RECV) and not 0 <= dst < cfg.tile.control_streams:
-            raise ProgramError(f"{here}: FIFO {dst} outside 0..{cfg.tile.control_streams - 1} "
+            raise ProgramError(f"{here()}: FIFO {dst} outside 0..{cfg.tile.control_streams - 1} "
                                f"(one per control stream, tile.control_streams)")

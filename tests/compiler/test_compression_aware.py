@@ -371,3 +371,10 @@ def test_qdq_integers_of_1d_and_grouped_convolutions_are_kept(wshape, xshape, gr
     np.testing.assert_array_equal(np.sort(layer.weight[layer.weight != 0]),
                                   np.sort(q[q != 0].astype(np.int64)))
     np.testing.assert_allclose(layer.w_scale, 0.05, rtol=1e-7)
+
+
+def test_memory_runs_split_at_every_gap():
+    from compiler.partition import runs
+    assert runs(np.array([], np.int64)) == []
+    assert runs(np.array([7])) == [(7, 0, 1)]
+    assert runs(np.array([3, 4, 5, 9, 10, 2, 1])) == [(3, 0, 3), (9, 3, 2), (2, 5, 1), (1, 6, 1)]

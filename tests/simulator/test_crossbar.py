@@ -338,3 +338,20 @@ def test_adaptive_bits_hold_nominal_currents_with_a_finite_on_off_ratio(mode):
     got = simulate(ex.single_mvm(cfg, w, adc_bits=bits), {"x": x}).outputs["y:int"]
     ideal = simulate(ex.single_mvm(cfg, w, adc_bits=0), {"x": x}).outputs["y:int"]
     np.testing.assert_array_equal(got, ideal)
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_the_shortcut_is_decided_on_the_levels_with_or_without_a_nominal_span(mapping):
+    """A nominal span sizes the scale ADC only: whether the exact shortcut is taken depends
+    on the levels either way, and its matrix decodes them."""
+    from simulator.crossbar import MVMUModel
+    w = np.random.default_rng(4).integers(-127, 128, (16, 6))
+    levels = encode_levels(w, 8, 2, mapping)
+    bits = lossless_adc_bits(levels, 1)
+    kw = dict(weight_bits=8, input_bits=8, cell_bits=2, dac_bits=1, mapping=mapping,
+              adc_mode="scale")
+    for nominal in (None, levels * 4.0):
+        m = MVMUModel(levels, adc_bits=bits, nominal=nominal, **kw)
+        assert m.lossless
+        np.testing.assert_array_equal(m.wmat, decode_levels(levels, 8, 2, mapping))
+        assert not MVMUModel(levels, adc_bits=bits - 1, nominal=nominal, **kw).lossless

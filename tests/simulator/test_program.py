@@ -599,3 +599,16 @@ def test_mvmu_loc_rows_of_other_than_three_are_refused():
     with pytest.raises(ProgramError, match=r"mvmu_loc must be \(n, 3\) rows of tile, core, "
                                            r"MVMU \(got shape \(1, 2\)\)"):
         _single_mvm_with(mvmu_loc=[(0, 0)])
+
+
+def test_an_mvmu_counts_only_on_its_own_core(tmp_path):
+    """Validation groups the MVMUs by (tile, core): one moved to core 1 no longer serves
+    core 0's mvm, and the error names the instruction."""
+    def edit(folder):
+        with np.load(folder / "program.npz") as z:
+            a = {k: z[k] for k in z.files}
+        a["mvmu_loc"][0] = (0, 1, 0)
+        np.savez(folder / "program.npz", **a)
+    with pytest.raises(ProgramError, match=r": tile 0 core 0 pc 1 \(mvm\): MVMU 0 is not "
+                                           r"programmed on this core \(programmed: none\)$"):
+        Program.load(_corrupt(tmp_path, edit))
