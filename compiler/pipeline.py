@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +47,10 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
                   *, calibration: dict[str, np.ndarray] | None = None,
                   progress: bool = False, return_ir: bool = False, headroom: float = 2.0,
                   replicate: int = 1, vfu_cores: str = "own"):
-    """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a config or preset
-    name). ``calibration``: inputs (batch first, keyed by graph input name) that set the
-    activation ranges; default: a few seeded standard-normal samples. ``headroom``: range
+    """Compile an ONNX model (path or ModelProto) for machine ``cfg`` (a MachineConfig, a
+    preset name or a .yaml path; None: puma). ``calibration``: inputs (a dict of arrays,
+    batch first, keyed by graph input name) that set the activation ranges; default (None):
+    a few seeded standard-normal samples. ``headroom``: range
     kept above the calibrated |max| of each activation (2 = one bit). ``replicate``: up to
     this many copies of the convolutions' crossbars, each computing a band of output rows
     (pipeline balance; 1 = none; see :mod:`compiler.place`). ``vfu_cores``: "own" gives
@@ -59,10 +62,18 @@ def compile_model(model: str | Path | onnx.ModelProto, cfg: MachineConfig | str 
         # 0 or NaN divided every scale and was blamed on the calibration inputs
         raise CompilerError(f"headroom = {headroom!r}: must be a finite number > 0 (the range "
                             f"kept above each calibrated |max|; 2 = one bit, below 1 clips)")
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise CompilerError(f"model: a path to an .onnx file or an onnx.ModelProto, got "
+                            f"{type(model).__name__}")
+    if calibration is not None and not isinstance(calibration, Mapping):
+        raise CompilerError(f"calibration: a dict of graph input name -> inputs (batch "
+                            f"first), or None for seeded random inputs; got "
+                            f"{type(calibration).__name__}")
     cfg = load_config(cfg) if not isinstance(cfg, MachineConfig) else cfg
     say = _progress(progress)
-    name = Path(model).stem if isinstance(model, (str, Path)) else (model.graph.name or "model")
-    proto = load_model(model) if isinstance(model, (str, Path)) else model
+    is_path = not isinstance(model, onnx.ModelProto)
+    name = Path(model).stem if is_path else (model.graph.name or "model")
+    proto = load_model(model) if is_path else model
     mismatch = compressed_for_other_crossbars(proto, cfg)
     if mismatch:
         warnings.warn(f"{name}: compressed for other crossbars than this machine's "

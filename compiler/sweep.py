@@ -58,7 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from simulator.config import MachineConfig, load_config, with_overrides
+from simulator.config import (MachineConfig, load_config, one_string_refused,
+                              with_overrides)
 from simulator.errors import ConfigError, XbarsimError
 from simulator.fileio import atomic_write, check_writable_folder
 from simulator.cli import positive_int
@@ -125,6 +126,8 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
     from simulator.config import _parse_value
     axes: list[GridAxis] = []
     items: list[tuple[tuple[str, ...], list]] = []
+    if isinstance(grid, str):
+        raise SweepError(one_string_refused("grid", grid, "KEY=V1,V2,..."))
     if isinstance(grid, dict):
         for k, vs in grid.items():
             keys = tuple(k) if isinstance(k, (tuple, list)) else tuple(str(k).split("="))
@@ -132,8 +135,15 @@ def parse_grid(grid: dict | Sequence[str] | None) -> list[GridAxis]:
                 vs = vs.tolist()                     # Python scalars; a 0-d array: one value
             if not isinstance(vs, Iterable) or isinstance(vs, (str, bytes)):
                 vs = [vs]
-            # numpy scalars as Python ones: the table, the stored points and their keys
-            items.append((keys, [v.item() if isinstance(v, np.generic) else v for v in vs]))
+            # text as the CLI strings' ("none" is none); numpy scalars as Python ones: the
+            # table, the stored points and their keys
+            value_type = _value_type(tuple(str(k).strip() for k in keys))
+            try:
+                vals = [_parse_value(v, value_type) if isinstance(v, str)
+                        else v.item() if isinstance(v, np.generic) else v for v in vs]
+            except ConfigError as e:
+                raise SweepError(f"grid {'='.join(map(str, keys))}: {e}") from None
+            items.append((keys, vals))
     else:
         for text in grid or ():
             parts = str(text).split("=")
@@ -822,8 +832,10 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     if not models:
         raise SweepError("no models to sweep")
     base = load_config(preset)
+    if isinstance(overrides, str):
+        raise SweepError(one_string_refused("overrides", overrides, "KEY=VALUE"))
     fixed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) \
-        else list(overrides)
+        else list(overrides or ())
     bad = [o for o in fixed if "=" not in o]
     if bad:
         raise SweepError(f"override {bad[0]!r}: expected KEY=VALUE, e.g. adc.bits=6")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.fileio import check_writable_folder
+from simulator.report import BareFigures
 
 from .sweep import ENERGY_PARTS, METRIC_COLUMNS, SweepError, _missing, read_table
 
@@ -236,7 +237,8 @@ def plot_energy_breakdown(df, grid, out: Path, plt) -> list[Path]:
         return []
     shown = _shown(df, grid)
     written = []
-    cmap = plt.get_cmap("tab10")
+    from matplotlib import colormaps
+    cmap = colormaps["tab10"]
     for model, g in df.groupby("model", sort=False):
         labels = ["\n".join(f"{_short(c)}={_fmt(r[c], c)}" for c in shown) or "default"
                   for _, r in g.iterrows()]
@@ -312,9 +314,6 @@ def plot_pareto(df, grid, out: Path, plt) -> list[Path]:
 def plot_results(results, out_dir: str | Path) -> list[Path]:
     """Write every plot the table supports into ``out_dir``; returns the PNG paths.
     ``results``: a DataFrame or the path of a CSV/Parquet table."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
     df = results if not isinstance(results, (str, Path)) else read_table(results)
     missing = [c for c in ("model", "status", "energy_j") if c not in df]
@@ -333,5 +332,5 @@ def plot_results(results, out_dir: str | Path) -> list[Path]:
     check_writable_folder(out, f"-o {out}", SweepError)   # a file there: said, not EEXIST
     written = []
     for fn in (plot_heatmaps, plot_accuracy_vs_adc, plot_energy_breakdown, plot_pareto):
-        written += fn(ok, grid, out, plt)
+        written += fn(ok, grid, out, BareFigures)
     return written

@@ -158,6 +158,11 @@ def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.2
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     if size not in (8, 28):
         raise DataError(f"digits size must be 8 or 28, got {size}")
+    # outside (0, 1) one split is empty, or (negative) train and test swap places
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) \
+            or not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction = {test_fraction!r}: must be a number > 0 and < 1 "
+                        f"(the share of the images held out for testing)")
     check_limit(limit)
     raw, target = _read_digits()
     images = normalise(raw, 16.0)
@@ -226,12 +231,13 @@ def load_npz(path: str | os.PathLike, limit: int | None = None,
     return _as_images(x[:limit], str(path)), _as_labels(y[:limit], str(path))
 
 
-def check_limit(limit) -> None:
-    """``limit`` is None (everything) or a count >= 1: a slice ``[:limit]`` with 0 or a
-    negative number would silently drop examples from the end instead."""
+def check_limit(limit, name: str = "limit") -> None:
+    """``limit`` (the caller's argument ``name``) is None (everything) or a count >= 1: a
+    slice ``[:limit]`` with 0 or a negative number would silently drop examples from the end
+    instead."""
     if limit is not None and (isinstance(limit, bool)
                               or not isinstance(limit, numbers.Integral) or limit < 1):
-        raise DataError(f"limit = {limit!r}: must be an integer >= 1 (or None: all)")
+        raise DataError(f"{name} = {limit!r}: must be an integer >= 1 (or None: all)")
 
 
 def load(spec: str | os.PathLike, split: str = "train",

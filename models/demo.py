@@ -47,10 +47,13 @@ def load_demo_images(n: int | None = None,
                      path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The shipped Fashion-MNIST test subset: float32 ``(N, 1, 28, 28)`` in [0, 1], int64 labels.
 
-    ``n`` keeps the first n images. Normalisation is ``models.data.NORMALISATION``.
+    ``n`` keeps the first n images (None: all). ``path``: another ``.npz`` of the same form
+    (``x`` images, ``y`` labels) to read instead. Normalisation is
+    ``models.data.NORMALISATION``.
     """
-    from models.data import load_npz
+    from models.data import check_limit, load_npz
 
+    check_limit(n, "n")     # here, so the error names this function's argument
     return load_npz(DEMO_IMAGES if path is None else path, limit=n)
 
 

@@ -9,6 +9,7 @@ named ``logits``; the batch dimension is 1 unless asked otherwise.
 >>> export("lenet5", "lenet5.onnx", weights="lenet5.pt", verify=True)
 """
 import io
+import numbers
 import os
 import shlex
 import warnings
@@ -134,8 +135,8 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     shape = tuple(input_shape or getattr(model, "sample_shape", ()))
     if not shape:
         raise ModelError("module has no sample_shape; pass input_shape=(C, H, W) or similar")
-    if batch < 1:
-        raise ModelError(f"batch must be >= 1, got {batch}")
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ModelError(f"batch = {batch!r}: must be an integer >= 1")
     if weights is not None and isinstance(name_or_module, str):
         _check_training_options(name_or_module, kw, Path(weights))
     if weights is not None:
@@ -170,13 +171,13 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     check_writable_folder(path.parent, f"-o {path}", ModelError)   # a file on the way: said
     with atomic_write(path) as tmp:
         onnx.save(proto, tmp)
-
-    if verify:
-        with torch.no_grad():
-            expected = model.eval()(sample).numpy()
-        model.train(was_training)
-        got = run_onnxruntime(path, sample.numpy())
-        err = float(np.max(np.abs(got - expected)))
-        if err > atol:
-            raise ModelError(f"onnxruntime differs from PyTorch by {err:.3g} > {atol} ({path})")
+        if verify:   # before the file takes its name: a failed check leaves the old one
+            with torch.no_grad():
+                expected = model.eval()(sample).numpy()
+            model.train(was_training)
+            got = run_onnxruntime(tmp, sample.numpy())
+            err = float(np.max(np.abs(got - expected)))
+            if err > atol:
+                raise ModelError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} > "
+                                 f"atol={atol}; nothing was written")
     return path

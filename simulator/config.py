@@ -9,8 +9,10 @@ Resolution convention: ``bits: int | None`` where ``None`` means ideal (never "0
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -433,11 +435,16 @@ def preset_names() -> list[str]:
 
 
 def load_config(preset: str | Path | MachineConfig | None = "puma",
-                overrides: Iterable[str] = ()) -> MachineConfig:
+                overrides: Iterable[str] | dict | None = ()) -> MachineConfig:
     """Load a preset by name (``puma``, ``isaac``, ``small``) or a YAML file, then apply
-    ``KEY=VALUE`` overrides such as ``adc.bits=6`` or ``adc.bits=none``."""
+    ``KEY=VALUE`` overrides such as ``adc.bits=6`` or ``adc.bits=none`` (see
+    :func:`with_overrides`)."""
     if isinstance(preset, MachineConfig):
         cfg = preset
+    elif not isinstance(preset, (str, os.PathLike, type(None))):
+        hint = "; from_dict builds a config from a mapping" if isinstance(preset, dict) else ""
+        raise ConfigError(f"preset: a preset name, a .yaml path, a MachineConfig or None "
+                          f"(puma), got {type(preset).__name__}{hint}")
     else:
         path = _preset_path("puma" if preset is None else preset)
         data = read_yaml(path, ConfigError)
@@ -563,13 +570,37 @@ def _python_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def with_overrides(cfg: MachineConfig, overrides: Iterable[str] | dict) -> MachineConfig:
-    """A new config with dotted-key overrides applied (``xbar.rows=256``)."""
+def one_string_refused(what: str, text: str, form: str) -> str:
+    """The error for a list argument given as one string, which iterating would take
+    character by character (``override 'a': expected KEY=VALUE``)."""
+    return f"{what}: a list of {form} strings, got the string {text!r}; wrap it in a list"
+
+
+def with_overrides(cfg: MachineConfig,
+                   overrides: Iterable[str] | dict | None) -> MachineConfig:
+    """A new config with dotted-key overrides applied: ``KEY=VALUE`` strings
+    (``["xbar.rows=256"]``) or a dict (``{"xbar.rows": 256}``, whose text values are read as
+    the strings' are: ``"none"`` is none); None: none."""
+    if isinstance(overrides, str):
+        raise ConfigError(one_string_refused("overrides", overrides, "KEY=VALUE"))
     if isinstance(overrides, dict):
-        items = [(key, _field_type(key), value) for key, value in overrides.items()]
+        items = []
+        for key, value in overrides.items():
+            field_type = _field_type(key)
+            try:
+                items.append((key, field_type, _parse_value(value, field_type)
+                              if isinstance(value, str) else value))
+            except ConfigError as e:
+                raise ConfigError(f"override {key}={value!r}: {e}") from None
+    elif not isinstance(overrides, collections.abc.Iterable | None):
+        raise ConfigError(f"overrides: a list of KEY=VALUE strings or a dict, got "
+                          f"{type(overrides).__name__}")
     else:
         items = []
-        for item in overrides:
+        for item in overrides or ():
+            if not isinstance(item, str):
+                raise ConfigError(f"override {item!r}: expected a KEY=VALUE string, e.g. "
+                                  f"adc.bits=6")
             key, eq, text = item.partition("=")
             key = key.strip()
             if not eq or not key:      # "=5" said ": unknown key"

@@ -123,22 +123,19 @@ class Report:
     def plot(self, folder: str | Path) -> list[Path]:
         """Energy breakdown, per-layer latency and per-layer energy/area plots (PNG) into
         ``folder``."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         out = []
         comps = {k: v for k, v in self.energy_j.items() if k != "total" and v > 0}
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = BareFigures.subplots(figsize=(6, 3.5))
         ks = sorted(comps, key=comps.get, reverse=True)
         ax.barh(ks[::-1], [comps[k] * 1e9 for k in ks[::-1]], color="tab:blue")
         ax.set_xlabel("energy per inference (nJ)")
         ax.set_title(f"Energy breakdown: {self.energy_j['total'] * 1e9:.1f} nJ total "
                      f"(ADC model: {self.adc_model})")
-        out.append(_save(plt, fig, folder / ENERGY_PLOT))
+        out.append(_save(fig, folder / ENERGY_PLOT))
         if self.layers:
-            fig, ax = plt.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
+            fig, ax = BareFigures.subplots(figsize=(7, 0.3 * len(self.layers) + 1.5))
             names = [L["name"] for L in self.layers][::-1]
             us = self.cycle_ns / 1000
             lat = [L["latency_cycles"] * us for L in self.layers][::-1]
@@ -149,18 +146,18 @@ class Report:
             ax.barh(names, lat, left=start, color="tab:orange")
             ax.set_xlabel("time in the inference (us)")
             ax.set_title("Per-layer busy span, first to last data event")
-            out.append(_save(plt, fig, folder / LATENCY_PLOT))
-            out.append(self._plot_layer_costs(plt, folder))
+            out.append(_save(fig, folder / LATENCY_PLOT))
+            out.append(self._plot_layer_costs(folder))
         return out
 
-    def _plot_layer_costs(self, plt, folder: Path) -> Path:
+    def _plot_layer_costs(self, folder: Path) -> Path:
         """Energy (by component) and area of each layer, side by side."""
         layers = self.layers[::-1]
         names = [L["name"] for L in layers]
         comps = [k for k in ("crossbar", "adc", "dac", "shift_add", "vfu", "edram", "noc",
                              "leakage") if any(L["energy_j"].get(k, 0) > 0 for L in layers)]
-        fig, (ax_e, ax_a) = plt.subplots(1, 2, sharey=True,
-                                         figsize=(10, 0.3 * len(layers) + 1.8))
+        fig, (ax_e, ax_a) = BareFigures.subplots(1, 2, sharey=True,
+                                                 figsize=(10, 0.3 * len(layers) + 1.8))
         top = max((L["energy_j"]["total"] for L in layers), default=0.0)
         unit, per_j = ("uJ", 1e6) if top >= 1e-6 else ("nJ", 1e9)
         left = np.zeros(len(layers))
@@ -176,7 +173,7 @@ class Report:
         fig.suptitle(f"Per layer (chip: {self.energy_j['total'] * per_j:.3f} {unit}, "
                      f"{self.area_mm2['total']:.3f} mm2, with the eDRAM leakage and the "
                      f"shared parts no layer owns)")
-        return _save(plt, fig, folder / COSTS_PLOT)
+        return _save(fig, folder / COSTS_PLOT)
 
     def layers_table(self) -> str:
         """The per-layer figures as a fixed-width text table (layers with any activity):
@@ -220,10 +217,28 @@ class Report:
         return "\n".join(lines)
 
 
-def _save(plt, fig, path: Path) -> Path:
+class BareFigures:
+    """The part of pyplot the plots use (``subplots``, ``close``) on figures that pyplot never
+    sees, drawn by Agg: library code must not switch the caller's backend
+    (``matplotlib.use("Agg")`` turned a notebook's inline figures off) nor leave figures open
+    in pyplot."""
+
+    @staticmethod
+    def subplots(nrows=1, ncols=1, *, figsize=None, constrained_layout=None, **grid):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=figsize, constrained_layout=constrained_layout)
+        FigureCanvasAgg(fig)
+        return fig, fig.subplots(nrows, ncols, **grid)
+
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to do: no registry holds the figure, the last reference going frees it."""
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

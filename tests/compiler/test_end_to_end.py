@@ -391,3 +391,41 @@ def test_copies_leave_other_mvmus_noise_draws_alone(exported):
     assert set(g1) < set(g4)
     for k, g in g1.items():
         np.testing.assert_array_equal(g4[k], g)
+
+
+def _identity_matmul(path):
+    from onnx import helper, numpy_helper
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    return _save_graph(path, [helper.make_node("MatMul", ["input", "w"], ["logits"])], [w],
+                       (1, 4), (1, 4))
+
+
+def test_arguments_of_the_wrong_kind_are_one_line_compiler_errors(tmp_path):
+    """A model given as 5 or bytes was an AttributeError, calibration as a list numpy's
+    "truth value of an array is ambiguous"."""
+    from compiler import CompilerError
+    for model, kind in ((5, "int"), (b"onnx", "bytes")):
+        with pytest.raises(CompilerError, match=f"^model: a path to an .onnx file or an "
+                                                f"onnx.ModelProto, got {kind}$"):
+            compile_model(model, "small")
+    path = _identity_matmul(tmp_path / "mm.onnx")
+    with pytest.raises(CompilerError, match=r"^calibration: a dict of graph input name -> "
+                                            r"inputs .*; got list$"):
+        compile_model(path, "small", calibration=[np.ones((2, 4), np.float32)])
+
+
+def test_report_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Report.plot called matplotlib.use("Agg"): a notebook's inline figures went off for
+    the rest of the session."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    path = _identity_matmul(tmp_path / "mm.onnx")
+    report = simulate(compile_model(path, "small"))
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert [p.name for p in report.plot(tmp_path / "plots")] == [
+            "energy_breakdown.png", "layer_latency.png", "layer_costs.png"]
+        assert matplotlib.get_backend() == "svg" and not plt.get_fignums()   # none left open
+    finally:
+        matplotlib.use(before)

@@ -729,3 +729,39 @@ def test_a_damaged_point_file_is_recomputed(model_files, tmp_path, monkeypatch, 
     assert (df.attrs["computed"], df.attrs["cached"]) == (1, 0)
     assert list(df["status"]) == ["ok"]
     assert sw._read_point(point)["row"]["status"] == "ok"     # healed
+
+
+def test_one_string_for_a_list_is_refused_and_dict_text_is_read_as_the_cli_reads_it(tmp_path):
+    """A string was iterated per character ("override 'a': expected KEY=VALUE"), and a
+    dict's "none" stayed text, so every point of that value failed."""
+    with pytest.raises(SweepError, match=r"^grid: a list of KEY=V1,V2,\.\.\. strings, got the "
+                                         r"string 'adc.bits=4,6'; wrap it in a list$"):
+        parse_grid("adc.bits=4,6")
+    with pytest.raises(SweepError, match=r"^overrides: a list of KEY=VALUE strings, got the "
+                                         r"string 'adc.bits=6'; wrap it in a list$"):
+        run_sweep([tmp_path / "m.onnx"], ["xbar.rows=64"], tmp_path / "r.csv",
+                  overrides="adc.bits=6", progress=False)
+    assert parse_grid({"adc.bits": ["none", 6], "adc.mode": "scale"}) == \
+        parse_grid(["adc.bits=none,6", "adc.mode=scale"])
+    with pytest.raises(SweepError, match=r"^grid adc.bits: an empty value"):
+        parse_grid({"adc.bits": ["", 6]})
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """plot_results called matplotlib.use("Agg"): a notebook's inline figures went off for
+    the rest of the session."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from compiler.sweep_plots import plot_results
+    df = pd.DataFrame({"model": ["m", "m"], "samples": [1, 1], "adc.bits": [4, 6],
+                       "latency_s": [1e-6, 1e-6], "energy_j": [1e-6, 2e-6],
+                       "energy_adc_j": [1e-6, 2e-6], "area_mm2": [1.0, 1.0],
+                       "status": ["ok", "ok"]})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert plot_results(df, tmp_path) == [tmp_path / "energy_breakdown_m.png"]
+        assert matplotlib.get_backend() == "svg" and not plt.get_fignums()   # none left open
+    finally:
+        matplotlib.use(before)

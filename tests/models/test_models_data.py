@@ -246,14 +246,21 @@ def test_every_public_loader_refuses_a_limit_below_one(tmp_path, limit):
     from models.demo import load_demo_images
     np.savez(tmp_path / "d.npz", x=np.zeros((3, 4, 4), np.uint8), y=[0, 1, 2])
     make_folder(tmp_path / "idx", split="train")
-    loaders = [lambda: data.load_npz(tmp_path / "d.npz", limit),
-               lambda: data.load_digits(limit=limit),
-               lambda: data.load_idx_pair(tmp_path / "idx", "train", limit),
-               lambda: data.load_fashion_mnist(tmp_path / "idx", "train", limit),
-               lambda: load_demo_images(limit)]
-    for load in loaders:
-        with pytest.raises(DataError, match=f"limit = {limit}: must be an integer >= 1"):
+    loaders = [(lambda: data.load_npz(tmp_path / "d.npz", limit), "limit"),
+               (lambda: data.load_digits(limit=limit), "limit"),
+               (lambda: data.load_idx_pair(tmp_path / "idx", "train", limit), "limit"),
+               (lambda: data.load_fashion_mnist(tmp_path / "idx", "train", limit), "limit"),
+               (lambda: load_demo_images(limit), "n")]    # named as its own argument
+    for load, name in loaders:
+        with pytest.raises(DataError, match=f"^{name} = {limit}: must be an integer >= 1"):
             load()
+
+
+@pytest.mark.parametrize("fraction", [-0.2, 0, 1, 1.5, True, "0.2"])
+def test_a_digits_test_fraction_outside_zero_to_one_is_refused(fraction):
+    """-0.2 swapped the splits, 0 left the test split empty and 1.5 the train split."""
+    with pytest.raises(DataError, match=r"^test_fraction = .*: must be a number > 0 and < 1"):
+        data.load_digits("test", size=8, test_fraction=fraction)
 
 
 def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):

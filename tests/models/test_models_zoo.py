@@ -68,6 +68,26 @@ def test_export_module_and_verify(tmp_path):
     assert (tmp_path / "a.onnx").is_file()
 
 
+def test_a_failed_verify_leaves_the_earlier_file(tmp_path, monkeypatch):
+    """The file was written first and checked after: a failed check left the unverified
+    model in place of the earlier good one."""
+    from models import onnx_export
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    (tmp_path / "a.onnx").write_bytes(b"earlier")
+    monkeypatch.setattr(onnx_export, "run_onnxruntime", lambda path, x: np.full((1, 3), 1e3))
+    with pytest.raises(ModelError, match=r"differs from PyTorch by .*; nothing was written"):
+        export(net, tmp_path / "a.onnx", input_shape=(3, 4), verify=True)
+    assert (tmp_path / "a.onnx").read_bytes() == b"earlier"
+    assert [f.name for f in tmp_path.iterdir()] == ["a.onnx"]      # no temporary left
+
+
+@pytest.mark.parametrize("batch", [1.5, "2", 0, True])
+def test_a_batch_that_is_no_count_is_a_model_error(tmp_path, batch):
+    # 1.5 and "2" reached torch.rand: a TypeError traceback
+    with pytest.raises(ModelError, match=r"^batch = .*: must be an integer >= 1"):
+        export("mlp", tmp_path / "m.onnx", batch=batch)
+
+
 def test_registry_and_errors():
     assert tuple(ZOO) == models.MODEL_NAMES
     assert input_shape("puma_mlp") == (1, 1024)

@@ -236,3 +236,28 @@ def test_two_tile_exchange_refuses_tile_0_as_its_destination():
     cfg = load_config("small")
     with pytest.raises(ProgramError, match=r"^dst_tile = 0: must be >= 1 \(tile 0 is the "):
         examples.two_tile_exchange(cfg, examples.random_weights(cfg, 4, 4), dst_tile=0)
+
+
+@pytest.mark.parametrize("preset, overrides, needle", [
+    # one string was iterated per character: "override 'a': expected KEY=VALUE"
+    ("puma", "adc.bits=6", "overrides: a list of KEY=VALUE strings, got the string "
+                           "'adc.bits=6'; wrap it in a list"),
+    ("puma", [5], "override 5: expected a KEY=VALUE string"),              # AttributeError
+    ("puma", 5, "overrides: a list of KEY=VALUE strings or a dict, got int"),  # TypeError
+    ({"adc": {"bits": 6}}, (), "preset: a preset name, a .yaml path, a MachineConfig or None "
+                              "(puma), got dict; from_dict builds"),           # TypeError
+    (5, (), "preset: a preset name, a .yaml path, a MachineConfig or None (puma), got int"),
+    ("puma", {"adc.bits": ""}, "override adc.bits='': an empty value"),
+])
+def test_arguments_of_the_wrong_kind_are_one_line_config_errors(preset, overrides, needle):
+    with pytest.raises(ConfigError, match="^" + re.escape(needle)):
+        load_config(preset, overrides)
+
+
+def test_dict_overrides_read_text_as_the_key_value_form_does():
+    """{"adc.bits": "none"} said "adc.bits = 'none': must be an integer ..., or none for
+    ideal"; None overrides (as the default () does) mean none."""
+    assert load_config("puma", {"adc.bits": "none"}).adc.bits is None
+    assert load_config("puma", {"adc.bits": "6", "adc.mode": "scale"}).adc == \
+        load_config("puma", ["adc.bits=6", "adc.mode=scale"]).adc
+    assert load_config("puma", None) == load_config("puma")
