@@ -266,6 +266,9 @@ def _fix_batch(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
     return out
 
 
+# Ops that draw random numbers: refused, never folded (onnx's evaluator draws unseeded).
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+              "Bernoulli", "Multinomial"}
 FOLDABLE_ALWAYS = {"Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeeze",
                    "Concat", "Reshape", "Cast", "Range", "Slice", "Mul", "Add", "Sub", "Div",
                    "Transpose", "Identity", "Expand", "Sqrt", "Pow", "Neg", "Floor", "Ceil",
@@ -352,6 +355,11 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
                 f"node {n.name or n.output[0]!r}: op {n.domain}.{n.op_type} from a custom "
                 f"domain is not supported; allowed: the standard ai.onnx domain"
                 + (" (its QuantizeLinear at opset 21 holds int4 and int16)" if qdq else ""))
+        if n.op_type in RANDOM_OPS:   # folded, each compile drew other constants
+            raise UnsupportedOpError(
+                f"node {n.name or n.output[0]!r}: op {n.op_type} draws random numbers; the "
+                f"chip computes a fixed function: export in eval mode or replace the draw "
+                f"with a constant initializer")
         if not n.name:
             n.name = f"{n.op_type}_{n.output[0]}"
             while names[n.name]:

@@ -177,7 +177,9 @@ def _compress(args) -> int:
                        resume=not args.no_resume, progress=not args.quiet)
         if dense_model is None:  # the weights compression started from (after pretrain)
             dense_model = _dense_after_pretrain(res, start)
-            _warn_if_untrained(res.accuracy["dense"], train[1], args.model)
+            from models.data import num_classes   # a --limit subset may lack some
+            _warn_if_untrained(res.accuracy["dense"], num_classes(args.data, train[1], test[1]),
+                               args.model)
         export_qdq(res, path, opset=args.opset, verify=test[0][:64])
         summary[method] = _report(res, path, None if val is test else test)
         results[method] = res
@@ -218,10 +220,9 @@ def _compress(args) -> int:
     return EXIT_OK
 
 
-def _warn_if_untrained(accuracy: float, labels, model: str) -> None:
-    """Say so when the model compression starts from scores about chance: nothing it
-    reports then measures compression (a zoo name has fresh weights)."""
-    classes = int(labels.max()) + 1 if len(labels) else 1
+def _warn_if_untrained(accuracy: float, classes: int, model: str) -> None:
+    """Say so when the model compression starts from scores about chance for ``classes``
+    classes: nothing it reports then measures compression (a zoo name has fresh weights)."""
     if classes > 1 and accuracy < 1.5 / classes:
         print(f"warning: the dense {model!r} scores {accuracy:.1%} before compression, about "
               f"chance for {classes} classes: untrained, or trained on other data. Train it "
@@ -393,6 +394,7 @@ def _load_model(args, train, test):
         return load_pretrained(name)
     path = Path(name)
     arch, options = args.arch, _parse_options(args.opt)
+    from_record = False   # arch and options read from xbarsim train's record
     if path.suffix == ".pt":
         if not path.is_file():
             raise CompressionError(f"{name}: no such state dict file")
@@ -402,12 +404,16 @@ def _load_model(args, train, test):
                 info = json.loads(record.read_text(encoding="utf-8"))
                 arch = info.get("model")
                 options = {**info.get("model_kwargs", {}), **options}
+                from_record = True
             except (ValueError, AttributeError, TypeError) as e:  # not the record we wrote
                 raise CompressionError(f"{record}: not the JSON record xbarsim train writes "
                                        f"beside a state dict ({e}); pass --arch") from e
         if arch is None:
             raise CompressionError(f"{name}: a state dict needs --arch (one of "
                                    f"{', '.join(zoo.ZOO)}); no {record.name} beside it")
+    elif name in PRETRAINED:   # with --arch (without it, loaded above)
+        raise CompressionError(f"--arch {arch}: only for a .pt state dict; {name} is a shipped "
+                               f"model (its own architecture)")
     elif name in zoo.ZOO:
         if arch is not None and arch != name:
             raise CompressionError(f"--arch {arch}: only for a .pt state dict; {name!r} is a "
@@ -417,10 +423,17 @@ def _load_model(args, train, test):
         raise CompressionError(f"model {name!r}: not a zoo name ({', '.join(zoo.ZOO)}), a "
                                f"pretrained name ({', '.join(PRETRAINED)}) or a .pt file")
     from models.data import num_classes
+    from models.errors import ModelError
     classes = num_classes(args.data, train[1], test[1])
-    options = {**zoo.options_for_data(arch, train[0].shape[1:]), "num_classes": classes,
-               **options}
-    model = zoo.build(arch, seed=0, **options)
+    try:
+        options = {**zoo.options_for_data(arch, train[0].shape[1:]), "num_classes": classes,
+                   **options}
+        model = zoo.build(arch, seed=0, **options)
+    except ModelError as e:
+        if not from_record:
+            raise
+        # the architecture or options came from the record beside the .pt: name it
+        raise CompressionError(f"{path.with_suffix('.json')}: {e}") from e
     if path.suffix == ".pt":
         from models.checkpoints import check_finite, load_dict
         state = load_dict(path, CompressionError, "state dict")
@@ -436,12 +449,24 @@ def _load_model(args, train, test):
     return model
 
 
+def _a_type(value) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _state_mismatch(expected: dict, state: dict) -> str:
     """What keeps ``state`` from loading into a model whose state dict is ``expected`` (the
-    first few missing, unexpected and mis-shaped entries), or '' if nothing does."""
+    first few entries that are not tensors, else missing, unexpected and mis-shaped ones),
+    or '' if nothing does."""
+    import torch
+
     def few(names):
         names = sorted(names)
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    not_tensors = [f"{k} is {_a_type(v)}, not a tensor" for k, v in sorted(state.items())
+                   if not isinstance(v, torch.Tensor)]
+    if not_tensors:   # torch's own error names it only on its second line
+        return few(not_tensors)
     missing = set(expected) - set(state)
     unexpected = set(state) - set(expected)
     shaped = [f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
@@ -469,6 +494,8 @@ def _hold_out(train, fraction: float = 0.1):
 def _report(res, path: Path, test=None) -> dict:
     """Print a per-layer table and return the JSON summary of one run; ``test``: the test
     split, when the run's accuracies were tracked on a held-out part of the training data."""
+    import torch
+
     from models.train import evaluate
 
     from .export import scale_json
@@ -501,4 +528,6 @@ def _report(res, path: Path, test=None) -> dict:
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
             "output_scale": res.output_scale,
             "history": res.history, "selected_epoch": res.selected_epoch,
+            # results are bitwise those of another run at the same count (and CPU, torch)
+            "torch_threads": torch.get_num_threads(),
             **({} if test_acc is None else {"test_accuracy": test_acc})}

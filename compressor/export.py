@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +44,8 @@ from onnx import helper, numpy_helper
 # its own initializer again, so every compressed weight is found by name.
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, run_onnxruntime
 from models.onnx_export import _inline_identity_initializers as _inline_identities
+from simulator.cli import TORCH_MAX_OPSET
+from simulator.errors import first_line
 from simulator.fileio import atomic_write
 
 from .errors import CompressionError
@@ -60,22 +63,35 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     ``sample_shape``. ``verify``: a batch of inputs to run through onnxruntime and PyTorch;
     a difference above ``atol`` raises :class:`CompressionError`. Returns the path.
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 10:
-        raise CompressionError(f"opset={opset!r}: must be an integer >= 10 (DequantizeLinear "
-                               f"exists from opset 10; 13 for per-channel scales)")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 10 <= opset <= TORCH_MAX_OPSET:
+        raise CompressionError(f"opset={opset!r}: must be an integer from 10 to "
+                               f"{TORCH_MAX_OPSET} (DequantizeLinear exists from opset 10; 13 "
+                               f"for per-channel scales; {TORCH_MAX_OPSET}: torch's newest)")
+    from .pipeline import CompressionResult
+    if not isinstance(result, CompressionResult):
+        raise CompressionError(f"result: what compressor.compress returns, not "
+                               f"{type(result).__name__}")
     model = result.model.eval()
     shape = tuple(input_shape or getattr(model, "sample_shape", ()) or ())
     if not shape:
         raise CompressionError("input_shape: needed, the model has no sample_shape "
                                "(e.g. (1, 28, 28))")
+    if verify is not None and (np.ndim(verify) < 1
+                               or np.size(verify) != len(verify) * math.prod(shape)):
+        raise CompressionError(f"verify: an array of samples of shape {shape} (or of "
+                               f"{math.prod(shape)} values each), not shape {np.shape(verify)}")
     sample = torch.zeros((1, *shape))
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
-        torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
-                          training=torch.onnx.TrainingMode.PRESERVE,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
+            torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
+                              training=torch.onnx.TrainingMode.PRESERVE,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except (RuntimeError, ValueError, TypeError) as e:   # the tracer: a wrong input_shape
+        raise CompressionError(f"cannot export the model with input {tuple(sample.shape)}: "
+                               f"{first_line(e)}") from e
     proto = onnx.load_from_string(buf.getvalue())
     _inline_identities(proto.graph)
     geom = result.recipe.geometry

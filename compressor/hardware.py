@@ -83,16 +83,20 @@ def evaluate_hardware(model, cfg="puma", x: np.ndarray | None = None,
     copies for pipeline balance (``compile_model(..., replicate=N)``). ``vfu_cores``: "own"
     or "shared" cores for pooling and other VFU layers (:mod:`compiler.place`).
 
-    Returns a JSON-ready dict: ``accuracy_sim``, ``accuracy_onnx``, ``agreement`` (fraction
-    of images where chip and onnxruntime pick the same class), ``weights``,
-    ``nonzero_weights``, ``storage_bits``, ``compression``, ``crossbars``, ``mvmus``,
+    Returns a JSON-ready dict: ``agreement`` (fraction of images where chip and onnxruntime
+    pick the same class), ``replicate`` (the copies placement made of the most copied layer;
+    it gives some up where they do not fit), ``vfu_cores`` (the VFU layers' placement),
+    ``weights``, ``nonzero_weights``, ``storage_bits``, ``dense_bits`` (32 bits a weight),
+    ``compression``, ``layers`` (per weight initializer, :func:`storage_bits`'s counts),
+    ``crossbars``, ``mvmus``,
     ``tiles``, ``cores``, ``energy_uj`` (one inference), ``energy_breakdown_uj``,
     ``area_mm2``, ``area_breakdown_mm2``, ``latency_us``, ``adc_conversions``,
     ``adc_bits_max`` / ``adc_bits_mean`` (lossless bits over crossbar blocks, as
     ``adc.adaptive`` would give them), ``adc_bits_worst_case`` (what an ADC of this machine
     needs to be lossless for any weights, the width TinyADC's bound is measured against),
     ``adc_bits_config`` (the ADC the machine has;
-    ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides). A model
+    ``"adaptive"`` or ``"ideal"`` where so), ``images``, ``config`` (its overrides); with
+    ``y``, also ``accuracy_sim`` and ``accuracy_onnx`` (chip and onnxruntime). A model
     with TinyADC bounds adds ``adc_bits_promised`` (the widest :func:`promised_adc_bits`)
     and ``tinyadc_promise``: ``"kept"`` where no MVMU of a bounded layer needs more than its
     layer's promise, else how many do (``"n/a: ..."`` on crossbars the bound was not made
@@ -591,7 +595,10 @@ def _io_names(path) -> tuple[str, str]:
 def _machine(cfg, overrides):
     """``(MachineConfig, label)`` from a config, a preset/path, or ``(preset, overrides)``."""
     from simulator import MachineConfig, load_config
+    from simulator.config import one_string_refused
 
+    if isinstance(overrides, str):   # list() would read it character by character
+        raise CompressionError(one_string_refused("overrides", overrides, "KEY=VALUE"))
     extra = list(overrides)
     if isinstance(cfg, tuple):
         cfg, first = cfg

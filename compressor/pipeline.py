@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import warnings
@@ -50,10 +51,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.checkpoints import load_dict
-from models.train import evaluate, predict_logits  # top-1 accuracy (0..1), eval mode
+from models.checkpoints import load_dict, save_atomic
+# evaluate: top-1 accuracy (0..1), eval mode
+from models.train import evaluate, predict_logits, warn_if_threads_changed
 from simulator.errors import first_line
-from simulator.fileio import atomic_write
+from simulator.fileio import check_writable_folder
 
 from .admm import ADMM
 from .connectivity import feeding_layers, project_layers
@@ -64,12 +66,14 @@ from .geometry import from_crossbar, to_crossbar
 from .layout import layer_views
 from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
-from .recipes import Recipe, same_result
+from .recipes import _LABELS, Recipe, same_result
 
 METHODS = ("admm", "magnitude")
+STAGES = ("pretrain", "admm", "retrain", "done")   # a run's stages, in order (checkpoints)
 # Checkpoints record how their projections were made: 2 = chained Linear layers projected
 # connected (compressor.connectivity); a version-1 checkpoint is refused, not resumed.
 PROJECTION_VERSION = 2
+_UNSET = object()   # a recipe key one fingerprint has and the other does not
 
 
 @dataclass
@@ -99,8 +103,9 @@ class CompressionResult:
     method: str
     layers: dict[str, LayerResult]
     accuracy: dict[str, float]
-    """Test accuracy (0..1): ``dense`` (start), ``projected`` (after hard projection, before
-    retraining) and ``final``."""
+    """Accuracy (0..1) on :func:`compress`'s ``val`` set (a validation split, or the test
+    split if that is what was given): ``dense`` (start), ``projected`` (after hard
+    projection, before retraining) and ``final``."""
     history: list[dict] = field(default_factory=list)
     """One record per epoch/round: stage, indices, loss, ρ, residuals, accuracy."""
     dense_state: dict | None = None
@@ -138,9 +143,14 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     (float32 inputs, int64 labels). ``val`` is the set every epoch is scored on, and
     ``retrain.keep: best`` selects on it: give a validation split, not the test images the
     results are reported on. Validates the recipe against the model before training.
+    Results are bitwise reproducible at the same torch thread count (the checkpoint records
+    it; resuming at another one warns), CPU and torch version.
     """
     if method not in METHODS:
         raise CompressionError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+    if not isinstance(model, nn.Module):
+        raise CompressionError(f"model: a torch.nn.Module (e.g. models.build(...)), not "
+                               f"{type(model).__name__}")
     if not isinstance(recipe, Recipe):
         raise CompressionError(f"recipe: a Recipe (compressor.load_recipe(path or shipped "
                                f"name)), not {type(recipe).__name__}")
@@ -151,11 +161,21 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     fold = [n for n, c in layers.items() if c.quant is not None and c.quant.pow2 == "fold"]
     if fold:
         check_foldable(model, fold)     # before any training
+    if checkpoint is not None:   # the first save, after pretraining, would fail on it
+        _check_checkpoint_path(Path(checkpoint))
     run = _Run(model, recipe, layers, method, train, val, checkpoint, progress)
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         run.load()
     result = run.go()
     return fold_pow2_scales(result, fold) if fold else result
+
+
+def _check_checkpoint_path(path: Path) -> None:
+    """Refuse a checkpoint path that is a folder, or whose folder cannot take files."""
+    if path.is_dir():
+        raise CompressionError(f"checkpoint {path}: a folder is there; name the file to keep "
+                               f"the run's checkpoint in, e.g. runs/model.ckpt")
+    check_writable_folder(path.parent, f"checkpoint {path}", CompressionError)
 
 
 def _check_data(model: nn.Module, train, val) -> None:
@@ -167,7 +187,10 @@ def _check_data(model: nn.Module, train, val) -> None:
     for what, split in (("train", train), ("val", val)):
         if not isinstance(split, (tuple, list)) or len(split) != 2:
             raise CompressionError(f"{what}: an (images, labels) pair of arrays")
-        x, y = np.asarray(split[0]), np.asarray(split[1]).reshape(-1)
+        x, y = np.asarray(split[0]), np.asarray(split[1])
+        if y.ndim != 1:   # an (N, 1) column compared with (N,) predictions broadcast to N x N
+            raise CompressionError(f"{what}: labels must be a 1-D array of class indices, not "
+                                   f"shape {y.shape}")
         if len(x) != len(y):
             raise CompressionError(f"{what}: {len(x)} images but {len(y)} labels")
         if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.bool_):
@@ -225,6 +248,31 @@ def _origin_digest(model: nn.Module, *arrays: tuple[np.ndarray, ...]) -> str:
             h.update(f"{a.dtype}|{a.shape}".encode())
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _recipe_difference(saved, current: str) -> str:
+    """The first recipe setting in which two fingerprints (:meth:`Recipe.fingerprint`, the
+    recipe as JSON) differ, e.g. ``admm.epochs_per_round: checkpoint 1, this run 2``."""
+    try:
+        a, b = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):
+        return "its recipe is not recorded in a form to compare"
+
+    def first(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                x, y = a.get(k, _UNSET), b.get(k, _UNSET)
+                if x != y and not (key == "" and k in _LABELS):
+                    return first(x, y, f"{key}.{k}" if key else k)
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return next(first(x, y, f"{key}[{i}]") for i, (x, y) in enumerate(zip(a, b))
+                        if x != y)
+        return key, a, b
+
+    def show(v):
+        return "not set (its default)" if v is _UNSET else json.dumps(v)
+    key, a, b = first(a, b, "")
+    return f"{key or 'the recipe'}: checkpoint {show(a)}, this run {show(b)}"
 
 
 def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
@@ -559,6 +607,7 @@ class _Run:
         state = {
             "fingerprint": self.recipe.fingerprint(), "method": self.method,
             "projection": PROJECTION_VERSION, "retrain_numerics": RETRAIN_NUMERICS,
+            "torch_threads": torch.get_num_threads(),
             "views": {n: list(v) for n, v in self.views.items()},
             "feeds": dict(self.feeds),
             "origin": self.origin,
@@ -574,15 +623,17 @@ class _Run:
                        for n, f in self.frozen.items()},
         }
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.ckpt_path) as tmp:  # never leave a half-written checkpoint
-            torch.save(state, tmp)
+        save_atomic(state, self.ckpt_path)   # never a half-written checkpoint
 
     def load(self) -> None:
         p = self.ckpt_path
         ck = load_dict(p, CompressionError, "checkpoint")
-        if not same_result(ck.get("fingerprint"), self.recipe.fingerprint()) \
-                or ck.get("method") != self.method:
-            raise CompressionError(f"checkpoint {p}: from another recipe or method; delete it "
+        if ck.get("method") != self.method:
+            raise CompressionError(f"checkpoint {p}: of method {ck.get('method')!r}, this run's "
+                                   f"is {self.method!r}; delete it or choose another path")
+        if not same_result(ck.get("fingerprint"), self.recipe.fingerprint()):
+            diff = _recipe_difference(ck.get("fingerprint"), self.recipe.fingerprint())
+            raise CompressionError(f"checkpoint {p}: from another recipe ({diff}); delete it "
                                    f"or choose another path")
         if ck.get("origin", self.origin) != self.origin:   # absent: written before it was kept
             raise CompressionError(f"checkpoint {p}: from a run that started from another "
@@ -605,11 +656,22 @@ class _Run:
             raise CompressionError(f"checkpoint {p}: written before chained layers were "
                                    f"projected connected (compressor.connectivity); its masks "
                                    f"may read dead neurons: delete it to rerun")
-        self.frozen = {n: Frozen(f["mask"].numpy(),
-                                 f["scale"].numpy() if torch.is_tensor(f["scale"])
-                                 else f["scale"], f["qmin"], f["qmax"],
-                                 f["sign"].numpy() if "sign" in f else None)
-                       for n, f in ck["frozen"].items()}
+        try:   # a damaged or hand-edited checkpoint: one line now, not a traceback mid-run
+            self._check_state(ck)
+            self.frozen = {n: Frozen(f["mask"].numpy(),
+                                     f["scale"].numpy() if torch.is_tensor(f["scale"])
+                                     else f["scale"], f["qmin"], f["qmax"],
+                                     f["sign"].numpy() if "sign" in f else None)
+                           for n, f in ck["frozen"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CompressionError(f"checkpoint {p}: damaged ({type(e).__name__}: "
+                                   f"{first_line(e)}); delete it or rerun with --no-resume "
+                                   f"(resume=False)") from e
+        misfit = self._misfit(ck)
+        if misfit:
+            raise CompressionError(f"checkpoint {p}: does not fit this model ({misfit}); "
+                                   f"delete it or do not resume")
+        warn_if_threads_changed(p, ck.get("torch_threads"))   # absent: not recorded then
         if ck["stage"] == "retrain":  # parametrized module names
             numerics = ck.get("retrain_numerics", 1)
             if numerics != RETRAIN_NUMERICS:
@@ -631,3 +693,51 @@ class _Run:
         self.teacher = ck.get("teacher")
         self.best_state = ck.get("best_state")
         self.mean_state = ck.get("mean_state")
+
+    def _check_state(self, ck: dict) -> None:
+        """Refuse (ValueError) a checkpoint whose run state would fail only once
+        training is under way: an unknown stage, missing entries, entries of the wrong kind
+        (:meth:`_misfit` compares the shapes)."""
+        missing = [k for k in ("stage", "step", "model", "optimizer", "admm", "history",
+                               "accuracy", "frozen") if k not in ck]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if ck["stage"] not in STAGES:
+            raise ValueError(f"stage {ck['stage']!r} is none of {', '.join(STAGES)}")
+        if isinstance(ck["step"], bool) or not isinstance(ck["step"], int) or ck["step"] < 0:
+            raise ValueError(f"step {ck['step']!r} is not an integer >= 0")
+        if not isinstance(ck["accuracy"], dict) or not all(
+                isinstance(h, dict) and "stage" in h and "accuracy" in h for h in ck["history"]):
+            raise ValueError("accuracy or history is not the records a run writes")
+        if ck["optimizer"] is not None and not {"state", "param_groups"} <= set(ck["optimizer"]):
+            raise ValueError("optimizer is not an optimizer's state dict")
+        frozen = ck["frozen"].values()
+        tensors = [f["mask"] for f in frozen] + [f["sign"] for f in frozen if "sign" in f]
+        if ck["admm"] is not None:
+            if not isinstance(ck["admm"]["rho"], (int, float)):
+                raise ValueError(f"ADMM rho {ck['admm']['rho']!r} is not a number")
+            tensors += [t for k in ("Z", "U", "keep") for t in (ck["admm"].get(k) or {}).values()]
+        if not all(torch.is_tensor(t) for t in tensors):
+            raise ValueError("a mask or ADMM state holds something other than tensors")
+
+    def _misfit(self, ck: dict) -> str:
+        """How a checkpoint's masks and ADMM state (checked by :meth:`_check_state`) do not
+        fit the constrained layers' weights ('' if they do): another model's, or damaged."""
+        modules = dict(self.model.named_modules())
+        shapes = {n: tuple(modules[n].weight.shape) for n in self.layers}
+        parts = []
+        if ck["frozen"]:
+            parts.append(("frozen mask", {n: f["mask"] for n, f in ck["frozen"].items()}, True))
+            parts.append(("frozen sign", {n: f["sign"] for n, f in ck["frozen"].items()
+                                          if "sign" in f}, False))   # signed structures only
+        if ck["admm"] is not None:
+            parts += [(f"ADMM {k}", ck["admm"][k], True) for k in ("Z", "U", "keep")
+                      if k != "keep" or ck["admm"].get(k)]   # keep: absent in older ones
+        for what, tensors, every in parts:
+            names = set(tensors)
+            if names - set(shapes) or every and names != set(shapes):
+                return f"{what} for layers {sorted(names)}, this run constrains {sorted(shapes)}"
+            for n, t in tensors.items():
+                if tuple(t.shape) != shapes[n]:
+                    return f"{what} of {n} is {tuple(t.shape)}, its weight is {shapes[n]}"
+        return ""

@@ -48,6 +48,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -293,6 +294,9 @@ def same_result(fingerprint_a: str | None, fingerprint_b: str | None) -> bool:
 
 def load_recipe(path_or_name: str | Path) -> Recipe:
     """Read and validate a recipe file, or a shipped recipe by name (``lenet5_block``)."""
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise CompressionError(f"recipe: a file path or shipped recipe name, not "
+                               f"{type(path_or_name).__name__} {path_or_name!r}")
     p = Path(path_or_name)
     if not p.is_file() and (RECIPE_DIR / f"{p}.yaml").is_file():
         p = RECIPE_DIR / f"{p}.yaml"

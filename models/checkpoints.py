@@ -8,6 +8,15 @@ import os
 import torch
 
 from simulator.errors import first_line
+from simulator.fileio import atomic_write
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path``, never leaving a half-written file. Through an open
+    file: torch names the archive's root folder after a path it is given (the temporary
+    file's random name), so the same object saved twice gave different bytes."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file") -> dict:
@@ -31,6 +40,9 @@ def load_dict(path: str | os.PathLike, error: type[Exception], what: str = "file
         reason = first_line(e)
         if "weights_only" in reason or "weights only" in reason.lower():   # torch 2.6+ words
             reason = "it holds objects other than tensors and plain containers (refused)"
+        elif head.startswith(b"PK"):
+            # a cut archive reads as "[Errno 22] Invalid argument" or miniz's long advice
+            reason = f"damaged or truncated ({reason.split('. ')[0]})"
         raise error(f"cannot read {what} {path}: {reason}") from e
     if not isinstance(obj, dict):
         raise error(f"{what} {path} holds a {type(obj).__name__}, not a dictionary of tensors")

@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import data as datasets
-from models.checkpoints import load_dict
+from models.checkpoints import load_dict, save_atomic
 from models.errors import ModelError
 from models.onnx_export import DEFAULT_OPSET, export
 from models.zoo import ZOO, _options, build, options_for_data
@@ -44,6 +45,17 @@ def limit_torch_threads() -> None:
     """Cap torch at ``TORCH_THREADS`` threads; a caller that asked for fewer (a busy
     machine, ``OMP_NUM_THREADS=1``) keeps its setting."""
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
+
+
+def warn_if_threads_changed(path, saved) -> None:
+    """A run resumed at another torch thread count goes on validly, but its sums split
+    across threads in another order: say that its weights will not be bitwise those of an
+    uninterrupted run. ``saved``: the count the checkpoint recorded (None: not recorded)."""
+    now = torch.get_num_threads()
+    if saved is not None and saved != now:
+        warnings.warn(f"checkpoint {path}: the run began with {saved} torch thread(s) and goes "
+                      f"on with {now} (sums added in another order): the weights will not be "
+                      f"bitwise those of an uninterrupted run", stacklevel=3)
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
@@ -99,11 +111,6 @@ def _arrays_digest(*arrays: np.ndarray) -> str:
         digest.update(f"{a.dtype.str}{a.shape}".encode())
         digest.update(np.ascontiguousarray(a).data)
     return digest.hexdigest()
-
-
-def _save_atomic(obj, path: Path) -> None:
-    with atomic_write(path) as tmp:  # a crash mid-save never leaves a half-written file
-        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path, config: dict) -> dict:
@@ -176,6 +183,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     rate of epoch e (from 0) is ``lr * lr_decay**e``. ``limit`` caps the number of training
     and of test examples. With ``resume``, a checkpoint in ``out_dir`` from the same run
     continues where it stopped (asking for more epochs than it has extends it).
+
+    Results are bitwise reproducible at the same torch thread count (recorded as
+    ``torch_threads``; resuming at another one warns), CPU and torch version.
     """
     if model_name not in ZOO:
         raise ModelError(f"unknown model {model_name!r}; choose from: {', '.join(ZOO)}")
@@ -225,7 +235,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     config = {"model": model_name, "model_kwargs": options, "data": _describe(data),
               "data_sha256": None if named else _arrays_digest(xtr, ytr, xte, yte),
               "seed": seed, "lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
-              "batch_size": batch_size, "limit": limit}
+              "batch_size": batch_size, "limit": limit,
+              # not a resume key: another count resumes with a warning, not a refusal
+              "torch_threads": torch.get_num_threads()}
 
     model = build(model_name, seed=seed, **options)
     check_fits(model, xtr, np.concatenate([ytr, yte]), f"{model_name} {options}")
@@ -235,6 +247,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     start, history, elapsed = 0, [], 0.0
     if resume and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, config)
+        warn_if_threads_changed(ckpt_path, ckpt["config"].get("torch_threads"))
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -261,12 +274,12 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
         if progress:
             tqdm.write(f"{model_name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, "
                        f"test accuracy {acc:.4f}")
-        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "epoch": epoch + 1, "history": history, "seconds": elapsed,
                       "config": config}, ckpt_path)
 
     acc = evaluate(model, xte, yte)
-    _save_atomic(model.state_dict(), out / f"{model_name}.pt")
+    save_atomic(model.state_dict(), out / f"{model_name}.pt")
     export(model, out / f"{model_name}.onnx", opset)
     record = {**config, "epochs": max(epochs, start), "test_accuracy": acc,
               "test_examples": len(xte), "train_examples": len(xtr),

@@ -225,3 +225,25 @@ def test_a_node_writing_an_initializers_name_is_refused_as_such():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelFormatError, match=r"node 'MatMul' \(MatMul\) writes 'w2', which an initializer"):
         compile_model(m, "puma")
+
+
+@pytest.mark.parametrize("op", ["RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                                "RandomNormal"])
+def test_random_draws_are_refused_not_folded(op):
+    """Folded by onnx's unseeded evaluator, a draw on a constant gave each compile other
+    biases; the chip computes a fixed function."""
+    from compiler.errors import UnsupportedOpError
+    draw = (helper.make_node(op, [], ["r"], shape=[4]) if op == "RandomNormal" else
+            helper.make_node(op, ["b"], ["r"]))
+    g = helper.make_graph(
+        [draw, helper.make_node("Gemm", ["x", "w", "r"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), "w"),
+         numpy_helper.from_array(np.full(4, 0.5, np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with pytest.raises(UnsupportedOpError, match=rf"node 'r': op {op} draws random "
+                                                 r"numbers; .*export in eval mode") as e:
+        frontend(m)
+    assert "\n" not in str(e.value)

@@ -164,6 +164,8 @@ def test_keep_best_selects_on_held_out_training_images_not_the_test_split(tmp_pa
     retrain = [h["accuracy"] for h in s["history"] if h["stage"] == "retrain"]
     assert len(retrain) == 3 and s["accuracy"]["final"] == max(retrain)
     assert 1 <= s["selected_epoch"] <= 3 and 0 < s["test_accuracy"] <= 1
+    import torch   # the results are bitwise reproducible at this count (and CPU, torch)
+    assert s["torch_threads"] == torch.get_num_threads()
     # 40 held-out images score in steps of 1/40; the test split (400 images) does not
     assert all(round(a * 40, 6).is_integer() for a in retrain)
 
@@ -182,6 +184,10 @@ def test_opset_without_per_channel_dequantize_is_refused_before_training(recipe,
     (["lenet5", "--recipe", "{recipe}"], "recipe.layers[0].match='layers.1': matches no layer"),
     (["mlp", "--recipe", "{recipe}", "--epochs", "0"], "--epochs=0: must be >= 1"),
     (["mlp", "--arch", "lenet5", "--recipe", "{recipe}"], "--arch lenet5: only for a .pt"),
+    # was "not a zoo name ..., a pretrained name (lenet5_fmnist)"
+    (["lenet5_fmnist", "--arch", "lenet5", "--recipe", "{recipe}"],
+     "--arch lenet5: only for a .pt state dict; lenet5_fmnist is a shipped model (its own "
+     "architecture)"),
     (["mlp", "--recipe", "{recipe}", "--replicate", "0"], "--replicate=0: must be >= 1"),
     (["mlp", "--recipe", "{bad}"], "recipe.layers[0].sparsity.keep=2: must be a fraction in (0, 1]"),
     (["mlp", "--recipe", "{recipe}", "--data", "{tmp}/nodata"], "nodata"),
@@ -275,6 +281,40 @@ def test_pow2_fold_recipe_through_the_cli(tmp_path, capsys):
     rc, _, err = run(capsys, "lstm", "--recipe", p, "--data", "digits", "-o", out, "-q",
                      "--no-hw")
     assert rc == 2 and err.startswith("error: pow2 fold:") and len(err.splitlines()) == 1
+
+
+def test_state_dict_and_record_errors_name_their_culprit(tmp_path, recipe, capsys):
+    """torch named a non-tensor entry only on its dropped second line; an error from the
+    record's model or options did not say they came from the record."""
+    from models import build
+    pt = tmp_path / "w.pt"
+    torch.save({**build("mlp", seed=3).state_dict(), "layers.1.weight": 3}, pt)
+    args = ("--recipe", recipe, "--data", "digits", "-o", tmp_path / "a.onnx", "--limit", 100,
+            "-q")
+    rc, _, err = run(capsys, pt, "--arch", "mlp", *args)
+    assert rc == 2 and err.count("\n") == 1
+    assert "cannot load " in err and "layers.1.weight is an int, not a tensor" in err
+    for record, message in (({"model": "nosuch"}, "unknown model 'nosuch'"),
+                            ({"model": "mlp", "model_kwargs": {"bogus": 1}}, "bogus")):
+        pt.with_suffix(".json").write_text(json.dumps(record))
+        rc, _, err = run(capsys, pt, *args)
+        assert rc == 2 and err.count("\n") == 1
+        assert "w.json: " in err and message in err, err
+
+
+def test_the_untrained_warning_counts_the_data_sets_classes(tmp_path, recipe, capsys,
+                                                             monkeypatch):
+    """8 digits hold labels up to 6 only: chance is still 1 in 10."""
+    from compressor import cli
+    seen = []
+    warn = cli._warn_if_untrained
+    monkeypatch.setattr(cli, "_warn_if_untrained", lambda a, c, m: (seen.append(c),
+                                                                     warn(a, c, m)))
+    rc, _, err = run(capsys, "mlp", "--recipe", recipe, "--data", "digits", "-o",
+                     tmp_path / "m.onnx", "--limit", 8, "--pretrain", 0, "--epochs", 1, "-q",
+                     "--no-hw")
+    assert rc == 0, err
+    assert seen == [10]
 
 
 def test_an_untrained_model_is_named_before_its_numbers_are_read(tmp_path, recipe, capsys):

@@ -84,9 +84,21 @@ def test_renamed_or_redescribed_recipe_still_resumes(data, straight, monkeypatch
 def test_checkpoint_of_another_recipe_is_refused(data, straight):
     _, path = straight
     other = parse_recipe({**RECIPE, "seed": 1})
-    with pytest.raises(CompressionError, match="from another recipe or method"):
+    with pytest.raises(CompressionError, match=r"from another recipe \(seed: checkpoint 0, "
+                                               r"this run 1\)"):
         compress(mlp(), other, *data, checkpoint=path, progress=False)
-    with pytest.raises(CompressionError, match="from another recipe or method"):
+    # the setting --epochs or --set changed is named, however deep
+    longer = parse_recipe({**RECIPE, "admm": {**RECIPE["admm"], "epochs_per_round": 2}})
+    with pytest.raises(CompressionError, match=r"\(admm.epochs_per_round: checkpoint 1, this "
+                                               r"run 2\); delete it or choose another path"):
+        compress(mlp(), longer, *data, checkpoint=path, progress=False)
+    looser = {**RECIPE, "layers": [RECIPE["layers"][0],
+                                   {**RECIPE["layers"][1], "sparsity": {"structure": "rows",
+                                                                        "keep": 0.25}}]}
+    with pytest.raises(CompressionError, match=r"\(layers\[1\].sparsity.keep: checkpoint 0.5, "
+                                               r"this run 0.25\)"):
+        compress(mlp(), parse_recipe(looser), *data, checkpoint=path, progress=False)
+    with pytest.raises(CompressionError, match=r"of method 'admm', this run's is 'magnitude'"):
         compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, method="magnitude",
                  progress=False)
 
@@ -227,6 +239,8 @@ def test_rho_capped_without_overflow():
     (lambda x, y: (x[:, :, :4], y), r"does not take the data's samples"),      # torch shapes
     (lambda x, y: (x, y + 0.5), r"train: labels must be class indices .* label 0 is 0.5"),
     (lambda x, y: (x, -y - 1), r"label 0 is -1"),
+    # (N, 1) labels: val accuracy was scored N x N (938 %), training crashed in torch
+    (lambda x, y: (x, y[:, None]), r"train: labels must be a 1-D array .* shape \(600, 1\)"),
 ])
 def test_bad_data_is_refused_before_training(data, monkeypatch, change, match):
     """The CLI checked this; the API trained into an IndexError or a torch error mid-epoch,
@@ -237,6 +251,99 @@ def test_bad_data_is_refused_before_training(data, monkeypatch, change, match):
         compress(mlp(), parse_recipe(RECIPE), change(x, y), val, progress=False)
 
 
+def test_column_labels_of_the_evaluation_set_are_refused(data, monkeypatch):
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained"))
+    train, (x, y) = data
+    with pytest.raises(CompressionError, match=r"val: labels must be a 1-D array of class "
+                                               r"indices, not shape \(297, 1\)"):
+        compress(mlp(), parse_recipe(RECIPE), train, (x, y[:, None]), progress=False)
+
+
+def test_an_unwritable_checkpoint_path_is_refused_before_training(data, tmp_path,
+                                                                  monkeypatch):
+    """It failed at the first save, after pretraining, with a bare IsADirectoryError or
+    FileExistsError."""
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "afile").write_text("x")
+    for path, match in ((tmp_path, r"checkpoint .*: a folder is there; name the file"),
+                        (tmp_path / "afile" / "run.ckpt", r"checkpoint .*run.ckpt: .*afile is "
+                                                          r"a file, where a folder is needed")):
+        with pytest.raises(CompressionError, match=match):
+            compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+
+
+@pytest.mark.parametrize("model", ["mlp", None])
+def test_a_model_that_is_not_a_module_is_one_line(data, model):
+    """It was an AttributeError ('str' object has no attribute 'training')."""
+    with pytest.raises(CompressionError, match=rf"model: a torch.nn.Module .*, not "
+                                               rf"{type(model).__name__}"):
+        compress(model, parse_recipe(RECIPE), *data, progress=False)
+
+
 def test_a_recipe_name_is_refused_naming_load_recipe(data):
     with pytest.raises(CompressionError, match=r"recipe: a Recipe \(compressor.load_recipe"):
         compress(mlp(), "lenet5_block", *data, progress=False)
+
+
+def _damaged(path, tmp_path, change):
+    ck = torch.load(path, weights_only=True)
+    change(ck)
+    torch.save(ck, tmp_path / "damaged.ckpt")
+    return tmp_path / "damaged.ckpt"
+
+
+def _admm_stage(ck):
+    """The finished checkpoint turned into one mid-ADMM, its Z of the first layer mis-shaped."""
+    w = {n: ck["model"][f"{n}.weight"] for n in ("1", "3")}
+    ck.update(stage="admm", step=1, frozen={}, optimizer=None, admm={
+        "rho": 1.0, "Z": {"1": torch.zeros(3, 3), "3": w["3"].clone()},
+        "U": {n: torch.zeros_like(t) for n, t in w.items()}})
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda ck: ck.pop("history"), r"ValueError: missing history"),
+    (lambda ck: ck.update(stage="finetune"), r"stage 'finetune' is none of pretrain, admm"),
+    (lambda ck: ck["frozen"]["3"].pop("qmax"), r"KeyError: 'qmax'"),
+])
+def test_damaged_checkpoint_is_one_line_before_training(data, straight, tmp_path, monkeypatch,
+                                                        change, match):
+    """A checkpoint of this run with entries missing or mis-shaped was a KeyError traceback,
+    or (a Z of the wrong shape) a torch error once ADMM had begun."""
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained"))
+    path = _damaged(straight[1], tmp_path, change)
+    with pytest.raises(CompressionError, match=r"damaged.ckpt: damaged \(.*" + match) as e:
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    assert "\n" not in str(e.value) and str(e.value).endswith("rerun with --no-resume "
+                                                              "(resume=False)")
+
+
+@pytest.mark.parametrize("change,match", [
+    (_admm_stage, r"ADMM Z of 1 is \(3, 3\), its weight is \(32, 64\)"),
+    (lambda ck: ck["frozen"]["3"].update(mask=torch.ones(2, 2, dtype=torch.bool)),
+     r"frozen mask of 3 is \(2, 2\)"),
+    (lambda ck: ck["frozen"].pop("3"), r"frozen mask for layers \['1'\], this run constrains"),
+])
+def test_misshaped_checkpoint_state_is_one_line_before_training(data, straight, tmp_path,
+                                                                monkeypatch, change, match):
+    """A Z of the wrong shape failed in torch only once ADMM had begun."""
+    monkeypatch.setattr(pipeline._Run, "_epoch", lambda *a, **k: pytest.fail("trained"))
+    path = _damaged(straight[1], tmp_path, change)
+    with pytest.raises(CompressionError, match=r"damaged.ckpt: does not fit this model \("
+                                               + match) as e:
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_resuming_at_another_thread_count_warns(data, straight, tmp_path):
+    """The thread count changes the order of torch's sums: the run goes on, not bitwise."""
+    import warnings
+    now = torch.get_num_threads()
+    assert torch.load(straight[1], weights_only=True)["torch_threads"] == now
+    path = _damaged(straight[1], tmp_path, lambda ck: ck.update(torch_threads=now + 3))
+    with pytest.warns(UserWarning, match=rf"began with {now + 3} torch thread\(s\) and goes "
+                                         rf"on with {now} .* not be bitwise"):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    path = _damaged(straight[1], tmp_path, lambda ck: ck.pop("torch_threads"))
+    with warnings.catch_warnings():     # not recorded (older checkpoints): silent
+        warnings.simplefilter("error")
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)

@@ -470,6 +470,10 @@ def test_evaluate_hardware_rejects_what_it_cannot_run(tmp_path):
         evaluate_hardware(tmp_path / "none.onnx", MACHINE, np.zeros((1, 1, 28, 28)))
     with pytest.raises(CompressionError, match="CompressionResult"):
         evaluate_hardware(object(), MACHINE, np.zeros((1, 1, 28, 28)))
+    # one string was read character by character ("override 'x': expected KEY=VALUE")
+    with pytest.raises(CompressionError, match=r"overrides: a list of KEY=VALUE strings, got "
+                                               r"the string 'xbar.rows=16'; wrap it in a list"):
+        evaluate_hardware(tmp_path / "none.onnx", "puma", overrides="xbar.rows=16")
 
 
 def test_packed_tinyadc_on_one_bit_cells_bounds_every_slice_by_n(tmp_path):

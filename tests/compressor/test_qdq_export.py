@@ -162,12 +162,28 @@ def test_a_linear_written_as_matmul_exports_through_it(digits, kind, per_channel
     assert layers[meta["initializer"]]["bits"] == 4
 
 
-@pytest.mark.parametrize("opset", [9, "19", True])
+@pytest.mark.parametrize("opset", [9, "19", True, 25])   # 25: torch's RuntimeError
 def test_an_opset_without_dequantize_linear_is_refused_in_one_line(result, tmp_path, opset):
+    from simulator.cli import TORCH_MAX_OPSET
     res, _ = result
-    with pytest.raises(CompressionError, match=rf"opset={opset!r}: must be an integer >= 10 "
-                                               r"\(DequantizeLinear exists from opset 10"):
+    with pytest.raises(CompressionError, match=rf"opset={opset!r}: must be an integer from 10 "
+                                               rf"to {TORCH_MAX_OPSET} \(DequantizeLinear"):
         export_qdq(res, tmp_path / "m.onnx", opset=opset)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_wrong_arguments_are_one_line_errors(result, tmp_path, capfd):
+    """A verify batch of the wrong size was numpy's 'cannot reshape', a wrong input_shape
+    torch's error, a model instead of the result an AttributeError."""
+    res, x = result
+    for kw, match in (
+            ({"verify": x[:4, :, :10]}, r"verify: an array of samples of shape \(1, 28, 28\) "
+                                        r"\(or of 784 values each\), not shape \(4, 1, 10, 28\)"),
+            ({"input_shape": (1, 8, 8)}, r"cannot export the model with input \(1, 1, 8, 8\): "),
+            ({"result": res.model}, r"result: what compressor.compress returns, not VGG")):
+        with pytest.raises(CompressionError, match=match) as e:
+            export_qdq(kw.pop("result", res), tmp_path / "m.onnx", **kw)
+        assert "\n" not in str(e.value)
     assert not (tmp_path / "m.onnx").exists()
 
 

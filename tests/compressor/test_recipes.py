@@ -302,3 +302,11 @@ def test_recipe_yaml_reads_numbers_as_typed(tmp_path):
     p.write_text("name: r\nretrain: {lr: 1:30.5}\nlayers: [{match: x, quant: {bits: 4}}]\n")
     with pytest.raises(CompressionError, match=r"recipe.retrain.lr='1:30.5': must be a finite"):
         load_recipe(p)
+
+
+@pytest.mark.parametrize("arg", [5, None, ["lenet5_block"]])
+def test_load_recipe_of_something_not_a_path_is_one_line(arg):
+    """load_recipe(5) was a TypeError from pathlib."""
+    with pytest.raises(CompressionError, match=r"recipe: a file path or shipped recipe name, "
+                                               rf"not {type(arg).__name__}"):
+        load_recipe(arg)

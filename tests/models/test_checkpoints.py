@@ -3,7 +3,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.checkpoints import load_dict  # noqa: E402
+from models.checkpoints import load_dict, save_atomic  # noqa: E402
 
 
 class Refused(Exception):
@@ -46,3 +46,23 @@ def test_export_of_nan_weights_is_refused_naming_the_tensor(tmp_path):
     with pytest.raises(ModelError, match=f"weights .*nan.pt: {name} holds NaN or infinite"):
         export("mlp", tmp_path / "m.onnx", weights=tmp_path / "nan.pt")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_same_object_saves_to_the_same_bytes(tmp_path):
+    """torch named the archive's root folder after the random temporary file."""
+    state = {"w": torch.arange(6.0), "step": 3}
+    save_atomic(state, tmp_path / "a.pt")
+    save_atomic(state, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(load_dict(tmp_path / "a.pt", Refused)["w"], state["w"])
+
+
+@pytest.mark.parametrize("keep", [10, 200, -20])
+def test_a_truncated_file_is_said_to_be_damaged(tmp_path, keep):
+    """It read "[Errno 22] Invalid argument" or miniz's paragraph of advice."""
+    save_atomic({"w": torch.ones(1000)}, tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "w.pt").write_bytes(data[:keep])
+    with pytest.raises(Refused, match=r"cannot read weights .*w.pt: damaged or truncated "
+                                      r"\([^.]*\)$"):
+        load_dict(tmp_path / "w.pt", Refused, "weights")

@@ -224,3 +224,27 @@ def test_model_options_named_like_build_arguments_are_refused(tmp_path, option):
     """They reached build(name, seed=..., **options) and crashed with a TypeError."""
     with pytest.raises(ModelError, match=f"model 'mlp' has no option {option}; it takes: "):
         train("mlp", "digits", 1, out_dir=tmp_path, model_kwargs={option: 3})
+
+
+def test_the_thread_count_is_recorded_and_a_change_on_resume_warns(tmp_path):
+    """Results depend on torch's thread count (sums split across threads): a resume at
+    another count goes on, but says it is not bitwise the uninterrupted run."""
+    import warnings
+    quick = {"limit": 64, "batch_size": 32, "progress": False}
+    train("mlp", "digits", 1, out_dir=tmp_path, **quick)
+    now = torch.get_num_threads()
+    assert json.loads((tmp_path / "mlp.json").read_text())["torch_threads"] == now
+    ckpt = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
+    assert ckpt["config"]["torch_threads"] == now
+    ckpt["config"]["torch_threads"] = now + 3
+    torch.save(ckpt, tmp_path / "mlp.ckpt")
+    with pytest.warns(UserWarning, match=rf"mlp.ckpt: the run began with {now + 3} torch "
+                                         rf"thread\(s\) and goes on with {now} .* not be "
+                                         r"bitwise those of an uninterrupted run"):
+        train("mlp", "digits", 2, out_dir=tmp_path, **quick)
+    ckpt = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
+    del ckpt["config"]["torch_threads"]     # a checkpoint from before it was recorded
+    torch.save(ckpt, tmp_path / "mlp.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train("mlp", "digits", 3, out_dir=tmp_path, **quick)
