@@ -633,7 +633,7 @@ def _quantized_type(q, consts) -> int | None:
 def _drop_same_type_casts(g: Graph) -> None:
     """A Cast of a QuantizeLinear's output to the type it has already is the identity
     (torch's eager-mode quantized export puts Cast(to=UINT8) between each Q and its DQ): its
-    readers read the Q's output, so a Q -> DQ pair stays one; as a graph output it becomes
+    readers read the Q's output, so a Q -> DQ pair stays one; as a graph output it is also
     an Identity. A Cast that changes the type stays (lowering refuses it)."""
     producers = {o: n for n in g.nodes for o in n.output}
     keep = []
@@ -642,11 +642,12 @@ def _drop_same_type_casts(g: Graph) -> None:
         if (q is None or q.op_type != "QuantizeLinear"
                 or node_attrs(n).get("to") != _quantized_type(q, g.consts)):
             keep.append(n)
-        elif n.output[0] in g.outputs:
-            keep.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
         else:
             for reader in g.consumers(n.output[0]):
                 reader.input[:] = [n.input[0] if i == n.output[0] else i for i in reader.input]
+            if n.output[0] in g.outputs:
+                keep.append(helper.make_node("Identity", [n.input[0]], [n.output[0]],
+                                             name=n.name))
     g.nodes = keep
 
 

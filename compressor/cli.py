@@ -402,12 +402,18 @@ def _load_model(args, train, test):
         if arch is None and record.is_file():  # written by xbarsim train
             try:
                 info = json.loads(record.read_text(encoding="utf-8"))
-                arch = info.get("model")
-                options = {**info.get("model_kwargs", {}), **options}
-                from_record = True
-            except (ValueError, AttributeError, TypeError) as e:  # not the record we wrote
+                arch, kwargs = info.get("model"), info.get("model_kwargs", {})
+            except (ValueError, AttributeError) as e:  # not JSON, or not an object
                 raise CompressionError(f"{record}: not the JSON record xbarsim train writes "
                                        f"beside a state dict ({e}); pass --arch") from e
+            bad = ("no 'model'" if "model" not in info else
+                   f"model {arch!r}" if not isinstance(arch, str) else
+                   f"model_kwargs {kwargs!r}" if not isinstance(kwargs, dict) else None)
+            if bad:
+                raise CompressionError(f"{record}: not the JSON record xbarsim train writes "
+                                       f"('model' a zoo name, 'model_kwargs' an object; it "
+                                       f"has {bad}); pass --arch")
+            options, from_record = {**kwargs, **options}, True
         if arch is None:
             raise CompressionError(f"{name}: a state dict needs --arch (one of "
                                    f"{', '.join(zoo.ZOO)}); no {record.name} beside it")
@@ -432,8 +438,11 @@ def _load_model(args, train, test):
     except ModelError as e:
         if not from_record:
             raise
-        # the architecture or options came from the record beside the .pt: name it
-        raise CompressionError(f"{path.with_suffix('.json')}: {e}") from e
+        # the architecture or options came from the record beside the .pt: name it; without
+        # --opt, not zoo's hint about --opt's Python literals but the builder's own error
+        why = e if args.opt or e.__cause__ is None else (
+            f"model {arch!r} with {options} does not build: {first_line(e.__cause__)}")
+        raise CompressionError(f"{path.with_suffix('.json')}: {why}") from e
     if path.suffix == ".pt":
         from models.checkpoints import check_finite, load_dict
         state = load_dict(path, CompressionError, "state dict")
@@ -451,7 +460,7 @@ def _load_model(args, train, test):
 
 def _a_type(value) -> str:
     name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _state_mismatch(expected: dict, state: dict) -> str:
@@ -528,6 +537,7 @@ def _report(res, path: Path, test=None) -> dict:
     return {"output": str(path), "recipe": res.recipe.name, "accuracy": acc, "layers": layers,
             "output_scale": res.output_scale,
             "history": res.history, "selected_epoch": res.selected_epoch,
-            # results are bitwise those of another run at the same count (and CPU, torch)
+            # the count at the end only (a resume at another count warned): results are
+            # bitwise those of another run at the same count throughout (and CPU, torch)
             "torch_threads": torch.get_num_threads(),
             **({} if test_acc is None else {"test_accuracy": test_acc})}

@@ -76,10 +76,8 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     if not shape:
         raise CompressionError("input_shape: needed, the model has no sample_shape "
                                "(e.g. (1, 28, 28))")
-    if verify is not None and (np.ndim(verify) < 1
-                               or np.size(verify) != len(verify) * math.prod(shape)):
-        raise CompressionError(f"verify: an array of samples of shape {shape} (or of "
-                               f"{math.prod(shape)} values each), not shape {np.shape(verify)}")
+    if verify is not None:
+        verify = _as_samples(verify, shape)
     sample = torch.zeros((1, *shape))
     buf = io.BytesIO()
     try:
@@ -127,6 +125,24 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
                 raise CompressionError(f"{path}: onnxruntime differs from PyTorch by "
                                        f"{err:.3g} > atol={atol}; nothing was written")
     return path
+
+
+def _as_samples(verify, shape: tuple[int, ...]) -> np.ndarray:
+    """``verify`` as a float32 array of at least one sample of ``shape`` (or of as many
+    values); a torch tensor may require grad or live on a GPU."""
+    if isinstance(verify, torch.Tensor):
+        verify = verify.detach().cpu().numpy()
+    wanted = (f"verify: an array of samples of shape {shape} (or of {math.prod(shape)} "
+              f"values each)")
+    try:
+        verify = np.asarray(verify, np.float32)
+    except (TypeError, ValueError) as e:   # ragged lists, strings
+        raise CompressionError(f"{wanted}, not {type(verify).__name__}: {first_line(e)}") from e
+    if verify.ndim < 1 or verify.size != len(verify) * math.prod(shape):
+        raise CompressionError(f"{wanted}, not shape {verify.shape}")
+    if not len(verify):
+        raise CompressionError(f"{wanted}: at least one sample, not shape {verify.shape}")
+    return verify
 
 
 def max_difference(path: str | os.PathLike, model: torch.nn.Module, x: np.ndarray) -> float:

@@ -671,7 +671,9 @@ class _Run:
         if misfit:
             raise CompressionError(f"checkpoint {p}: does not fit this model ({misfit}); "
                                    f"delete it or do not resume")
-        warn_if_threads_changed(p, ck.get("torch_threads"))   # absent: not recorded then
+        if ck["stage"] != "done":   # a finished run trains nothing more
+            # absent: not recorded then; stacklevel 4: compress's caller
+            warn_if_threads_changed(p, ck.get("torch_threads"), stacklevel=4)
         if ck["stage"] == "retrain":  # parametrized module names
             numerics = ck.get("retrain_numerics", 1)
             if numerics != RETRAIN_NUMERICS:
@@ -713,10 +715,17 @@ class _Run:
             raise ValueError("optimizer is not an optimizer's state dict")
         frozen = ck["frozen"].values()
         tensors = [f["mask"] for f in frozen] + [f["sign"] for f in frozen if "sign" in f]
-        if ck["admm"] is not None:
-            if not isinstance(ck["admm"]["rho"], (int, float)):
-                raise ValueError(f"ADMM rho {ck['admm']['rho']!r} is not a number")
-            tensors += [t for k in ("Z", "U", "keep") for t in (ck["admm"].get(k) or {}).values()]
+        admm = ck["admm"]
+        if admm is not None:   # mid-ADMM: ADMM.state_dict() (keep: absent in older ones)
+            missing = [k for k in ("rho", "Z", "U") if k not in admm]
+            if missing:
+                raise ValueError(f"ADMM state lacks {', '.join(missing)}")
+            if isinstance(admm["rho"], bool) or not isinstance(admm["rho"], (int, float)):
+                raise ValueError(f"ADMM rho {admm['rho']!r} is not a number")
+            per_layer = [admm[k] for k in ("Z", "U", "keep") if admm.get(k) is not None]
+            if not all(isinstance(d, dict) for d in per_layer):
+                raise ValueError("ADMM Z, U or keep is not a dict of layer: tensor")
+            tensors += [t for d in per_layer for t in d.values()]
         if not all(torch.is_tensor(t) for t in tensors):
             raise ValueError("a mask or ADMM state holds something other than tensors")
 

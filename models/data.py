@@ -170,6 +170,10 @@ def load_digits(split: str = "train", size: int = 28, test_fraction: float = 0.2
         images = digits_to_28(images)
     order = np.random.default_rng(seed).permutation(len(images))
     n_test = round(len(images) * test_fraction)
+    if n_test in (0, len(images)):   # inside (0, 1) but it rounds to an empty split
+        raise DataError(f"test_fraction = {test_fraction!r}: holds out {n_test} of the "
+                        f"{len(images)} images, so the {'test' if n_test == 0 else 'train'} "
+                        f"split is empty; allowed: at least one image in each split")
     idx = order[:n_test] if split == "test" else order[n_test:]
     idx = idx[:limit]
     return images[idx][:, None].astype(np.float32), target[idx].astype(np.int64)

@@ -47,15 +47,17 @@ def limit_torch_threads() -> None:
     torch.set_num_threads(min(torch.get_num_threads(), TORCH_THREADS))
 
 
-def warn_if_threads_changed(path, saved) -> None:
+def warn_if_threads_changed(path, saved, *, stacklevel: int) -> None:
     """A run resumed at another torch thread count goes on validly, but its sums split
     across threads in another order: say that its weights will not be bitwise those of an
-    uninterrupted run. ``saved``: the count the checkpoint recorded (None: not recorded)."""
+    uninterrupted run. Call it only where training remains. ``saved``: the count the
+    checkpoint recorded (None: not recorded); ``stacklevel``: warnings.warn's, counted from
+    here (3: the caller's caller)."""
     now = torch.get_num_threads()
     if saved is not None and saved != now:
         warnings.warn(f"checkpoint {path}: the run began with {saved} torch thread(s) and goes "
                       f"on with {now} (sums added in another order): the weights will not be "
-                      f"bitwise those of an uninterrupted run", stacklevel=3)
+                      f"bitwise those of an uninterrupted run", stacklevel=stacklevel)
 
 
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
@@ -247,7 +249,6 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
     start, history, elapsed = 0, [], 0.0
     if resume and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, config)
-        warn_if_threads_changed(ckpt_path, ckpt["config"].get("torch_threads"))
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -257,6 +258,9 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
             # a damaged or hand-edited checkpoint: name it, not the line that tripped
             raise ModelError(f"checkpoint {ckpt_path}: damaged ({type(e).__name__}: "
                              f"{first_line(e)}); start over with --no-resume") from e
+        if start < epochs:   # a finished run only evaluates and exports: bitwise the same
+            warn_if_threads_changed(ckpt_path, ckpt["config"].get("torch_threads"),
+                                    stacklevel=3)
     resumed_from = start
 
     n_batches = math.ceil(len(xtr) / batch_size)

@@ -187,7 +187,8 @@ def _book(b_start, b_end, n_book, r, s, dur):
     n_book[r] = k + 1
 
 
-#: Receive-buffer slots per channel allocated at the start (more as messages need them).
+#: Receive-buffer slots per channel allocated at the start; all channels' rings double
+#: together while the busiest channel has sent as many messages as they hold.
 RING_SLOTS = 16
 
 
@@ -207,7 +208,8 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
                fn_transcendental, fn_unary):
     """Run all agents to completion. Returns (status, end_time, info array, trace_len);
     info names the culprit of a failed run, and holds the receive-buffer slots allocated
-    per channel after a successful one.
+    per channel after a successful one: up to the most messages any one channel sends in
+    the run (rounded up to RING_SLOTS times a power of two), at most tile.recv_buffer.
 
     chan[p]: the channel (0..n_chan-1) a send/recv moves through.
     agent_tile[a]: each agent's tile; ctrl_agent[ctrl_start[t]:ctrl_start[t + 1]]: tile t's
@@ -242,9 +244,12 @@ def run_timing(op, fn, dst, src1, src2, vec, imm, mask, count, ra, rr, peer, lay
     link_start = np.zeros((n_links, BOOKINGS), np.int64)
     link_end = np.zeros((n_links, BOOKINGS), np.int64)
     link_n = np.zeros(n_links, np.int64)
-    # Each channel's buffer is a ring of recv_cap slots, allocated as messages need them
-    # (recv_cap may be set huge to mean unbounded): while it holds fewer, no channel has
-    # sent more messages than it holds, so message k is in slot k as in the full ring.
+    # Each channel's buffer is a ring of recv_cap slots (recv_cap may be set huge to mean
+    # unbounded). Only ring_len of them are allocated, shared by all channels, doubled when
+    # any channel has sent ring_len messages in all (received or not): so up to the most
+    # messages any one channel sends in the run, at most recv_cap. Below recv_cap, no
+    # channel has sent more messages than the ring holds, so message k is in slot k as in
+    # the full ring and the times are those of the full ring.
     ring_len = min(recv_cap, RING_SLOTS)
     ring_arr = np.zeros((max(n_chan, 1), ring_len), np.int64)
     # when each slot's last message left the buffer (its recv's write done): a send into

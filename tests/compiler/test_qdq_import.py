@@ -121,6 +121,20 @@ def test_cast_to_the_quantized_type_between_q_and_dq_is_the_identity():
     assert np.abs(out - ort).max() <= 0.05 + 1e-6      # within one quantization step
 
 
+def test_a_same_type_cast_that_is_also_a_graph_output_still_leaves_q_and_dq_a_pair():
+    """The Cast's output as a graph output became an Identity, but its DQ kept reading the
+    Identity's output rather than the Q's, so the pair was not one."""
+    model = _q_cast_dq(TensorProto.UINT8)
+    model.graph.output.append(helper.make_tensor_value_info("qc", TensorProto.UINT8, [1, 4]))
+    nodes = {n.op_type: n for n in frontend(model).nodes}
+    assert list(nodes["DequantizeLinear"].input[:1]) == ["q"]
+    assert (list(nodes["Identity"].input), list(nodes["Identity"].output)) == (["q"], ["qc"])
+    x = np.random.default_rng(4).standard_normal((3, 8)).astype(np.float32)
+    out = simulate(compile_model(model, "puma", calibration={"x": x}), {"x": x}).outputs
+    ort = run_onnxruntime(model, {"x": x})
+    assert np.array_equal(out["qc"], ort["qc"]) and np.abs(out["y"] - ort["y"]).max() <= 0.05
+
+
 def test_cast_that_changes_the_type_stays_refused():
     with pytest.raises(UnsupportedOpError, match="Cast"):
         compile_model(_q_cast_dq(TensorProto.FLOAT), "puma")

@@ -295,11 +295,28 @@ def test_state_dict_and_record_errors_name_their_culprit(tmp_path, recipe, capsy
     assert rc == 2 and err.count("\n") == 1
     assert "cannot load " in err and "layers.1.weight is an int, not a tensor" in err
     for record, message in (({"model": "nosuch"}, "unknown model 'nosuch'"),
-                            ({"model": "mlp", "model_kwargs": {"bogus": 1}}, "bogus")):
+                            ({"model": "mlp", "model_kwargs": {"bogus": 1}}, "bogus"),
+                            # a TypeError (unhashable list); "no w.json beside it"
+                            ({"model": ["mlp"]}, "not the JSON record xbarsim train writes "
+                                                 "('model' a zoo name, 'model_kwargs' an "
+                                                 "object; it has model ['mlp']); pass --arch"),
+                            ({"foo": 1}, "it has no 'model'); pass --arch"),
+                            ({"model": "mlp", "model_kwargs": [1]}, "it has model_kwargs [1]"),
+                            # no --opt was given: its Python-literals hint would mislead
+                            ({"model": "mlp", "model_kwargs": {"hidden": "x"}},
+                             "does not build: model 'mlp' option hidden takes layer sizes")):
         pt.with_suffix(".json").write_text(json.dumps(record))
         rc, _, err = run(capsys, pt, *args)
         assert rc == 2 and err.count("\n") == 1
-        assert "w.json: " in err and message in err, err
+        assert "w.json: " in err and message in err and "--opt" not in err, err
+
+
+def test_a_type_takes_an_before_a_capital_vowel():
+    from collections import OrderedDict
+
+    from compressor.cli import _a_type
+    assert (_a_type(OrderedDict()), _a_type(1), _a_type([])) == (
+        "an OrderedDict", "an int", "a list")
 
 
 def test_the_untrained_warning_counts_the_data_sets_classes(tmp_path, recipe, capsys,

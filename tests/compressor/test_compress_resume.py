@@ -304,6 +304,9 @@ def _admm_stage(ck):
     (lambda ck: ck.pop("history"), r"ValueError: missing history"),
     (lambda ck: ck.update(stage="finetune"), r"stage 'finetune' is none of pretrain, admm"),
     (lambda ck: ck["frozen"]["3"].pop("qmax"), r"KeyError: 'qmax'"),
+    (lambda ck: (_admm_stage(ck), ck["admm"].pop("Z")), r"ValueError: ADMM state lacks Z"),
+    (lambda ck: (_admm_stage(ck), ck["admm"].update(U=[1])),
+     r"ValueError: ADMM Z, U or keep is not a dict"),
 ])
 def test_damaged_checkpoint_is_one_line_before_training(data, straight, tmp_path, monkeypatch,
                                                         change, match):
@@ -334,16 +337,32 @@ def test_misshaped_checkpoint_state_is_one_line_before_training(data, straight, 
     assert "\n" not in str(e.value)
 
 
-def test_resuming_at_another_thread_count_warns(data, straight, tmp_path):
-    """The thread count changes the order of torch's sums: the run goes on, not bitwise."""
+def test_resuming_at_another_thread_count_warns(data, straight, tmp_path, monkeypatch):
+    """The thread count changes the order of torch's sums: a run with training left goes on,
+    not bitwise, and says so at compress's caller; a finished one trains nothing: silent."""
     import warnings
     now = torch.get_num_threads()
     assert torch.load(straight[1], weights_only=True)["torch_threads"] == now
-    path = _damaged(straight[1], tmp_path, lambda ck: ck.update(torch_threads=now + 3))
+    record = pipeline._Run._record
+
+    def interrupted(self, stage, opt, **info):
+        record(self, stage, opt, **info)
+        if stage == "retrain":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline._Run, "_record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=tmp_path / "run.ckpt",
+                 progress=False)
+    monkeypatch.setattr(pipeline._Run, "_record", record)
+
+    path = _damaged(tmp_path / "run.ckpt", tmp_path, lambda ck: ck.update(torch_threads=now + 3))
     with pytest.warns(UserWarning, match=rf"began with {now + 3} torch thread\(s\) and goes "
-                                         rf"on with {now} .* not be bitwise"):
+                                         rf"on with {now} .* not be bitwise") as caught:
         compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
-    path = _damaged(straight[1], tmp_path, lambda ck: ck.pop("torch_threads"))
-    with warnings.catch_warnings():     # not recorded (older checkpoints): silent
-        warnings.simplefilter("error")
-        compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)
+    assert [w.filename for w in caught] == [__file__]
+    for ckpt, change in ((tmp_path / "run.ckpt", lambda ck: ck.pop("torch_threads")),
+                         (straight[1], lambda ck: ck.update(torch_threads=now + 3))):
+        path = _damaged(ckpt, tmp_path, change)   # not recorded (older ones); finished
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compress(mlp(), parse_recipe(RECIPE), *data, checkpoint=path, progress=False)

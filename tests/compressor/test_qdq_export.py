@@ -179,12 +179,23 @@ def test_wrong_arguments_are_one_line_errors(result, tmp_path, capfd):
     for kw, match in (
             ({"verify": x[:4, :, :10]}, r"verify: an array of samples of shape \(1, 28, 28\) "
                                         r"\(or of 784 values each\), not shape \(4, 1, 10, 28\)"),
+            ({"verify": x[:0]}, r"verify: .* values each\): at least one sample, not shape "
+                                r"\(0, 1, 28, 28\)"),
             ({"input_shape": (1, 8, 8)}, r"cannot export the model with input \(1, 1, 8, 8\): "),
             ({"result": res.model}, r"result: what compressor.compress returns, not VGG")):
         with pytest.raises(CompressionError, match=match) as e:
             export_qdq(kw.pop("result", res), tmp_path / "m.onnx", **kw)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_torch_tensor_verify_batch_is_taken(result, tmp_path):
+    """np.size of a torch tensor is its .size method: a valid batch was refused as not
+    being of its own shape."""
+    res, x = result
+    batch = torch.from_numpy(x[:3]).requires_grad_()
+    for verify in (batch, batch.reshape(3, 784)):
+        assert export_qdq(res, tmp_path / "m.onnx", verify=verify, atol=1e-5).exists()
 
 
 def test_compiling_for_other_crossbars_warns_with_what_differs(result, tmp_path):

@@ -263,6 +263,15 @@ def test_a_digits_test_fraction_outside_zero_to_one_is_refused(fraction):
         data.load_digits("test", size=8, test_fraction=fraction)
 
 
+@pytest.mark.parametrize("fraction,empty", [(0.0002, r"holds out 0 of the 1797 images, so "
+                                                     r"the test split is empty"),
+                                            (0.9998, r"holds out 1797 of the 1797 images, "
+                                                     r"so the train split is empty")])
+def test_a_digits_test_fraction_that_rounds_to_an_empty_split_is_refused(fraction, empty):
+    with pytest.raises(DataError, match=rf"^test_fraction = {fraction}: {empty}; allowed: "):
+        data.load_digits("train", size=8, test_fraction=fraction)
+
+
 def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
     # only the [test]/[all] extras installed it; a bare import failed with a traceback
     monkeypatch.setitem(sys.modules, "sklearn", None)

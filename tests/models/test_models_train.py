@@ -238,10 +238,14 @@ def test_the_thread_count_is_recorded_and_a_change_on_resume_warns(tmp_path):
     assert ckpt["config"]["torch_threads"] == now
     ckpt["config"]["torch_threads"] = now + 3
     torch.save(ckpt, tmp_path / "mlp.ckpt")
+    with warnings.catch_warnings():     # finished: it only evaluates and exports, silent
+        warnings.simplefilter("error")
+        train("mlp", "digits", 1, out_dir=tmp_path, **quick)
     with pytest.warns(UserWarning, match=rf"mlp.ckpt: the run began with {now + 3} torch "
                                          rf"thread\(s\) and goes on with {now} .* not be "
-                                         r"bitwise those of an uninterrupted run"):
+                                         r"bitwise those of an uninterrupted run") as caught:
         train("mlp", "digits", 2, out_dir=tmp_path, **quick)
+    assert [w.filename for w in caught] == [__file__]      # where train was called
     ckpt = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
     del ckpt["config"]["torch_threads"]     # a checkpoint from before it was recorded
     torch.save(ckpt, tmp_path / "mlp.ckpt")

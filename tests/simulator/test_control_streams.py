@@ -278,10 +278,13 @@ def _stream_to_a_slow_reader(cfg, n):
                    mem_init=[(0, 0, np.arange(1), 0)], layers=[{"name": "l", "op": "Copy"}])
 
 
-def test_a_huge_receive_buffer_allocates_only_the_slots_its_messages_use(monkeypatch):
+def test_a_huge_receive_buffer_allocates_only_as_many_slots_as_the_busiest_channel_sends(
+        monkeypatch):
     """recv_buffer at its 2**20 maximum (read as unbounded) allocated 2**20 slots per
-    channel up front: GBs for a model with hundreds of channels. Slots are allocated as
-    messages arrive, with times identical to a buffer just large enough."""
+    channel up front: GBs for a model with hundreds of channels. Every channel gets slots
+    up to the most messages any one channel sends in the run (a power-of-two multiple of
+    RING_SLOTS), at most tile.recv_buffer, with times identical to a buffer just large
+    enough."""
     import sys
 
     from simulator.timing import run_timing
@@ -301,4 +304,4 @@ def test_a_huge_receive_buffer_allocates_only_the_slots_its_messages_use(monkeyp
 
     huge, enough, small = run(1 << 20), run(n), run(4)
     assert huge == enough and small[0] > enough[0]   # a buffer that fills does cost time
-    assert slots == [64, n, 4]                       # 16 doubled while messages came
+    assert slots == [64, n, 4]       # n = 40 messages on the busiest channel: 16 doubled to 64
