@@ -5,6 +5,7 @@
                      [--trace TRACE.json]
     xbarsim run [MODEL.onnx] [--preset ...] [--set ...] [--input IN.npz | --random N]
                 [--outputs OUT.npz] [--json REPORT.json] [--trace TRACE.json] [--plots DIR]
+    xbarsim listing PROGRAM_DIR [--tile T [--core C]] [-o FILE]
     xbarsim presets
 
 Every user mistake ends with one line ``error: ...`` on stderr and exit code 2; nothing
@@ -113,8 +114,13 @@ def _check_output_args(args) -> None:
     check_output_files(args, {})
 
 
+#: The options that name an output file: argparse dest -> the option a message names.
+OUTPUT_FILE_OPTIONS = {"json": "--json", "trace": "--trace", "outputs": "--outputs",
+                       "listing_file": "-o"}
+
+
 def check_output_files(args, inputs: dict) -> None:
-    """Before any work: each of ``--json``/``--trace``/``--outputs`` (and ``--plots``' folder)
+    """Before any work: each of :data:`OUTPUT_FILE_OPTIONS` (and ``--plots``' folder)
     must name a file in a folder that takes files, no two the same, none an input
     (``inputs``: path -> what it is) nor the plots folder or a plot in it; so a finished
     simulation is never lost to a bad path and never overwrites what it read or wrote."""
@@ -132,12 +138,12 @@ def check_output_files(args, inputs: dict) -> None:
         take(Path(plots), "--plots folder", f"--plots {plots}")
         for name in PLOT_FILES:
             take(Path(plots) / name, f"--plots folder's {name}", f"--plots {plots}")
-    for key in ("json", "trace", "outputs"):
+    for key, option in OUTPUT_FILE_OPTIONS.items():
         value = getattr(args, key, None)
         if not value:
             continue
-        flag, path = f"--{key} {value}", Path(value)
-        take(path, f"--{key} file", flag)
+        flag, path = f"{option} {value}", Path(value)
+        take(path, f"{option} file", flag)
         if path.is_dir():
             raise UserError(f"{flag}: a folder is there; name a file to write")
         if not path.parent.is_dir() and path.parent.exists():
@@ -232,6 +238,26 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_listing(args) -> int:
+    from .fileio import atomic_write
+    from .program import Program
+    if args.listing_file is not None and not args.listing_file.strip():
+        raise UserError("-o/--output: empty path; name the file to write (or leave -o out "
+                        "for stdout)")
+    folder = Path(args.program)
+    check_output_files(args, {folder / "manifest.json": "program's manifest",
+                              folder / "program.npz": "program's arrays"})
+    prog = Program.load(folder)
+    text = prog.listing(args.tile, args.core)
+    if args.listing_file is None:
+        sys.stdout.write(text)
+        return 0
+    with _naming_failures("-o", args.listing_file), atomic_write(args.listing_file) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(f"listing  -> {args.listing_file}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from compiler.run import run_model
     run_model(args)
@@ -272,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("listing", help="print a compiled program's instruction streams as "
+                                       "assembly, per core and control stream")
+    p.add_argument("program", help="program folder (from xbarsim compile)")
+    p.add_argument("--tile", type=int, metavar="T", help="only tile T's streams")
+    p.add_argument("--core", type=int, metavar="C", help="only core C of --tile's tile")
+    p.add_argument("-o", "--output", dest="listing_file", metavar="FILE",
+                   help="write the listing to FILE [stdout]")
+    p.set_defaults(func=cmd_listing)
 
     p = sub.add_parser("run", help="compile + simulate + compare with onnxruntime "
                                    "(no model: the bundled LeNet-5 demo)")

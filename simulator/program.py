@@ -19,7 +19,7 @@ from .config import MAX_ADC_BITS, MachineConfig, from_dict
 from .errors import ConfigError, ProgramError, XbarsimError, first_line
 from .fileio import atomic_write, read_npz
 from .isa import (CORE_OPS, INSTR_DTYPE, MAX_COUNT, TILE_OPS, TRANSCENDENTAL_FNS, UNARY_FNS,
-                  Fn, Op, RegisterLayout)
+                  Fn, Op, RegisterLayout, disassemble)
 
 FORMAT_VERSION = 2
 #: Versions :meth:`Program.load` reads: 1 had one control stream per tile (no
@@ -320,6 +320,53 @@ class Program:
     def n_instructions(self) -> int:
         return sum(len(c) for c in self.core_code) + sum(len(c) for c in self.tile_code)
 
+    def listing(self, tile: int | None = None, core: int | None = None) -> str:
+        """The program as text, as PUMA's compiler writes per-core assembly: tile by tile,
+        each core's stream and then the tile's control streams, each under a header
+        (``# tile 0 core 1: 12 instructions, MVMUs 0-3, layers fc1, relu1``) and listed by
+        :func:`~simulator.isa.disassemble`, an instruction of a layer ending ``# NAME``.
+        ``tile``: only that tile's streams; ``core`` (with ``tile``): only that core's."""
+        cores = self.config.tile.cores
+        if core is not None and tile is None:
+            raise ProgramError(f"core {core}: name its tile too (core indices are per tile)")
+        if tile is not None and not 0 <= tile < self.n_tiles:
+            raise ProgramError(f"tile {tile}: the program has {_indices('tile', self.n_tiles)}")
+        if core is not None and not 0 <= core < cores:
+            raise ProgramError(f"core {core}: tile {tile} has {_indices('core', cores)} "
+                               f"(tile.cores)")
+        agents = []     # indices into core_code + tile_code, as agent_name takes them
+        for t in range(self.n_tiles) if tile is None else [tile]:
+            agents += [t * cores + c for c in (range(cores) if core is None else [core])]
+            if core is None:
+                agents += (len(self.core_code) + np.flatnonzero(self.control_tiles == t)).tolist()
+        # an object array so that a stream's layer indices pick its names at once; the
+        # extra last entry is what index -1 (no layer) picks
+        names = np.array([x["name"] for x in self.layers] + [""], dtype=object)
+        mvmus: dict[tuple[int, int], list[int]] = {}
+        for t, c, m in self.mvmu_loc.tolist():
+            mvmus.setdefault((t, c), []).append(m)
+        streams = self.core_code + self.tile_code
+        blocks = []
+        for a in agents:
+            code = streams[a]
+            n = len(code)
+            about = [f"{n} instruction{'s' * (n != 1)}"]
+            if a < len(self.core_code):
+                held = sorted(mvmus.get(divmod(a, cores), []))
+                if held:
+                    about.append(f"MVMU{'s' * (len(held) > 1)} {_ranges(held)}")
+            layer_ids, first = np.unique(code["layer"], return_index=True)
+            used = [names[i] for i in layer_ids[np.argsort(first)] if i >= 0]  # stream order
+            if used:
+                about.append(f"layer{'s' * (len(used) > 1)} {', '.join(used)}")
+            lines = disassemble(code)
+            width = max(map(len, lines), default=0)
+            blocks.append("\n".join(
+                [f"# {self.agent_name(a)}: {', '.join(about)}"]
+                + [f"{line:<{width}s}  # {name}" if name else line
+                   for line, name in zip(lines, names[code["layer"]].tolist())]))
+        return "\n\n".join(blocks) + "\n"
+
     # ---- persistence ------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``program.npz`` + ``manifest.json`` into ``folder`` (created)."""
@@ -494,6 +541,22 @@ def _works(code: np.ndarray) -> bool:
     """Whether a stream does anything: the compiler ends every stream with ``hlt``, the
     idle ones' too."""
     return not np.isin(code["op"], _IDLE_OPS).all()
+
+
+def _indices(what: str, n: int) -> str:
+    """``tile 0``, ``tiles 0-2``: the indices of ``n`` things."""
+    return f"{what}{'s' * (n > 1)} {_ranges(list(range(n)))}"
+
+
+def _ranges(values: list[int]) -> str:
+    """Sorted integers as runs: ``0-3,6``."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def validate(prog: Program) -> None:

@@ -636,3 +636,31 @@ def test_npz_members_that_are_no_arrays_or_claim_too_much_are_named(tmp_path, ca
                     f"({2**47},), int64) but holds 64; the file is corrupt")
     np.savez_compressed(tmp_path / "fine.npz", x=np.ones((2, 8)))  # compressed: sizes as stored
     assert main(["simulate", str(good), "--input", str(tmp_path / "fine.npz")]) == 0
+
+
+def test_listing_prints_every_stream_filters_and_writes_a_file(compiled, capsys, tmp_path):
+    """``xbarsim listing``: Program.listing on stdout or in -o's file; a tile or core the
+    program lacks, or --core without --tile, is one line and exit 2."""
+    from simulator import Program
+    prog, _ = compiled
+    program = Program.load(prog)
+    assert main(["listing", str(prog)]) == 0
+    out = capsys.readouterr().out
+    assert out == program.listing()
+    lines = out.splitlines()
+    assert sum(ln.startswith("# tile ") for ln in lines) == program.n_agents
+    assert sum(bool(ln) and not ln.startswith("#") for ln in lines) == program.n_instructions
+    assert main(["listing", str(prog), "--tile", "0", "--core", "1"]) == 0
+    assert capsys.readouterr().out.startswith("# tile 0 core 1: ")
+    _one_line_error(capsys, main(["listing", str(prog), "--tile", "1"]),
+                    "tile 1: the program has tile 0")
+    _one_line_error(capsys, main(["listing", str(prog), "--tile", "0", "--core", "99"]),
+                    "core 99: tile 0 has cores 0-")
+    _one_line_error(capsys, main(["listing", str(prog), "--core", "0"]),
+                    "core 0: name its tile too")
+    _one_line_error(capsys, main(["listing", str(prog), "-o", str(prog / "manifest.json")]),
+                    "is also the program's manifest")
+    out_file = tmp_path / "new" / "prog.lst"           # its folder is made
+    assert main(["listing", str(prog), "--tile", "0", "-o", str(out_file)]) == 0
+    assert capsys.readouterr().out == f"listing  -> {out_file}\n"
+    assert out_file.read_text() == program.listing(tile=0)

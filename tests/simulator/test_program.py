@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -325,6 +326,41 @@ def test_disassemble_lists_every_field_an_opcode_reads():
         "store        src1=4 vec=1 imm=0 count=0",
         "mvm          mask=3",
         "hlt"]
+
+
+def test_listing_has_a_header_per_stream_and_a_line_per_instruction():
+    """``xbarsim listing``'s text: every stream of every tile (cores, then the tile's control
+    streams), each instruction once, annotated with its layer's name."""
+    cfg = load_config("small")                  # 2 cores per tile
+    p = ex.two_tile_exchange(cfg, ex.random_weights(cfg, 16, 16), dst_tile=2)
+    text = p.listing()
+    headers = [ln for ln in text.splitlines() if ln.startswith("# ")]
+    assert headers == [f"# {p.agent_name(a)}: " + about for a, about in [
+        (0, "4 instructions, MVMU 0, layer mvm"), (1, "1 instruction"),
+        (6, "2 instructions, layer mvm"),                       # tile 0 control
+        (2, "1 instruction"), (3, "1 instruction"), (7, "1 instruction"),
+        (4, "5 instructions, layer relu_shift"), (5, "1 instruction"),
+        (8, "2 instructions, layer relu_shift")]]
+    body = [ln for ln in text.splitlines() if ln and not ln.startswith("# ")]
+    assert len(body) == p.n_instructions
+    assert body[0].split() == ["0", "load", "dst=0", "vec=16", "imm=0", "#", "mvm"]
+    assert body[3].split() == ["3", "hlt"]                      # no layer: no annotation
+    assert p.listing(tile=2, core=0) == "\n".join(text.split("\n\n")[6:7]) + "\n"
+    assert [ln for ln in p.listing(tile=2).splitlines() if ln.startswith("# ")] == \
+        headers[6:]
+
+
+@pytest.mark.parametrize("tile,core,needle", [
+    (3, None, "tile 3: the program has tiles 0-2"),
+    (-1, None, "tile -1: the program has tiles 0-2"),
+    (0, 2, "core 2: tile 0 has cores 0-1 (tile.cores)"),
+    (None, 0, "core 0: name its tile too"),
+])
+def test_listing_refuses_a_tile_or_core_the_program_lacks(tile, core, needle):
+    cfg = load_config("small")
+    p = ex.two_tile_exchange(cfg, ex.random_weights(cfg, 16, 16), dst_tile=2)
+    with pytest.raises(ProgramError, match=re.escape(needle)):
+        p.listing(tile, core)
 
 
 def _edit_arrays(fn):
