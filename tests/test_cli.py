@@ -366,6 +366,7 @@ def test_output_paths_are_checked_before_the_simulation(compiled, capsys, tmp_pa
                                                         monkeypatch):
     """A folder where a file belongs, or an output that is an input or another output,
     was found only after simulating (losing the outputs after it) or silently overwrote."""
+    import compiler.run  # noqa: F401  (imported here first, it would bind the patch below)
     sim = sys.modules["simulator.simulate"]
     prog, x = compiled
     inp = x                                   # the fixture's input file
