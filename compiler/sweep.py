@@ -797,7 +797,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     ``grid``: see :func:`parse_grid`. ``preset`` + ``overrides``: the machine every point
     starts from. ``data``: ``demo``, ``fashion-mnist``, ``digits``, ``random``, a data file
     or folder, or None (timing/energy/area only); ``samples`` its batch size. ``executor``:
-    ``local`` / ``dask`` / ``ray``; ``workers`` per executor (default: CPU count);
+    ``local`` / ``dask`` / ``ray``; ``workers`` per executor (default: the CPUs this
+    process may use);
     ``address``: an existing Dask scheduler or Ray cluster. ``retry_failed``: recompute
     stored failed points. ``dask_processes``: False runs a LocalCluster's workers as threads.
     ``overrides`` resolve with each point's values: a combination that is invalid makes that
@@ -1105,7 +1106,7 @@ def register(sub) -> None:
                    help="local processes, a Dask cluster or a Ray cluster [local]")
     p.add_argument("--address", help="scheduler address of an existing Dask/Ray cluster "
                                      "(default: start a local one)")
-    p.add_argument("--workers", type=int, help="parallel workers [CPU count]")
+    p.add_argument("--workers", type=int, help="parallel workers [the CPUs this process may use]")
     p.add_argument("--data", metavar="SET",
                    help="inputs for accuracy: demo, fashion-mnist, digits, random, or an "
                         ".npz / folder (default: none, timing/energy/area only)")

@@ -327,6 +327,9 @@ class Program:
         :func:`~simulator.isa.disassemble`, an instruction of a layer ending ``# NAME``.
         ``tile``: only that tile's streams; ``core`` (with ``tile``): only that core's."""
         cores = self.config.tile.cores
+        for name, v in (("tile", tile), ("core", core)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise ProgramError(f"{name} = {v!r}: an index (an integer) or None")
         if core is not None and tile is None:
             raise ProgramError(f"core {core}: name its tile too (core indices are per tile)")
         if tile is not None and not 0 <= tile < self.n_tiles:

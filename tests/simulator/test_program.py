@@ -355,6 +355,9 @@ def test_listing_has_a_header_per_stream_and_a_line_per_instruction():
     (-1, None, "tile -1: the program has tiles 0-2"),
     (0, 2, "core 2: tile 0 has cores 0-1 (tile.cores)"),
     (None, 0, "core 0: name its tile too"),
+    (0.0, None, "tile = 0.0: an index (an integer) or None"),
+    (True, None, "tile = True: an index (an integer) or None"),
+    (0, "1", "core = '1': an index (an integer) or None"),
 ])
 def test_listing_refuses_a_tile_or_core_the_program_lacks(tile, core, needle):
     cfg = load_config("small")
