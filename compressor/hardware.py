@@ -272,8 +272,9 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     2**cell_bits - 1)``), times the widest input digit (``2**step_bits - 1``), through the
     simulator's own lossless-bits formula. The promise needs the crossbars it was made for:
     a differential mapping (offset stores a zero weight as a conducting cell), the
-    geometry's rows, and reads that each lie within one of the geometry's reads; anything
-    else is a one-line error saying which.
+    geometry's rows, reads that each lie within one of the geometry's reads, and for the
+    packed structures the geometry's columns (their rows are packed per column strip, as
+    the compiler packs them); anything else is a one-line error saying which.
     """
     machine, label = _machine(cfg, ())
     with _as_onnx(model) as path:
@@ -285,7 +286,7 @@ def _promised_bits(path: Path, machine, label: str) -> dict[str, int]:
     named it, overrides included, for the errors)."""
     from simulator.crossbar import lossless_adc_bits, weight_range
 
-    from .projections import PER_SEGMENT
+    from .projections import PACKED, PER_SEGMENT
 
     proto = onnx.load(str(path), load_external_data=False)
     layers = [(where, meta, sparsity) for where, meta in _layer_metas(proto)
@@ -309,6 +310,13 @@ def _promised_bits(path: Path, machine, label: str) -> dict[str, int]:
             f"the model's TinyADC bound is stated for {geom.rows} rows read {geom_read} at a "
             f"time (compile on xbar.rows={geom.rows} with xbar.active_rows dividing "
             f"{geom_read})")
+    packed = sorted({s["structure"] for _, _, s in layers} & set(PACKED))
+    if packed and x.cols != geom.cols:
+        raise _NotMadeFor(
+            label, f"crossbars of {x.cols} columns",
+            f"{packed[0]} packs kept rows per {geom.cols}-column strip, as the compiler does on "
+            f"crossbars that wide; other strips shift its packing windows (compile on "
+            f"xbar.cols={geom.cols})")
     by_weight = {n.input[1]: n.name or f"{n.op_type}_{n.output[0]}"
                  for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
                  and len(n.input) > 1}

@@ -318,6 +318,9 @@ def test_packed_tinyadc_holds_on_the_compilers_packed_crossbars(tmp_path):
     (["xbar.rows=64", "xbar.mapping=differential"], r"crossbars of 64 rows read 64 .* stated "
                                                     r"for 128 rows read 128"),
     (["xbar.active_rows=48", "xbar.mapping=differential"], r"read 48 at a time"),
+    # packed per 128-column strip: wider strips shift the packing windows (2n on a bit line)
+    (["xbar.cols=256", "xbar.mapping=differential"], r"crossbars of 256 columns.*"
+                                                     r"per 128-column strip"),
 ])
 def test_promised_adc_bits_refuse_crossbars_the_bound_was_not_made_for(tmp_path, overrides,
                                                                        msg):
