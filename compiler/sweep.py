@@ -637,7 +637,16 @@ def _local_pool(jobs, todo, workers, points_dir):
                 finished += 1
                 yield futs[f], res
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Ctrl-C (or an error storing a row): stop the workers now instead of letting
+            # them finish their point and the one queued behind it (the parent stores each
+            # finished row, so nothing kept is lost), and wait for the pool with further
+            # Ctrl-C ignored: a wait cut short left the pool to the interpreter's exit, where
+            # multiprocessing closed the task queue before the workers' stop message was
+            # sent, and the exit hung for ever (a second Ctrl-C, or `timeout -s INT`).
+            with _spawned_deaf():
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()    # Python 3.14: pool.terminate_workers()
+                pool.shutdown(wait=True, cancel_futures=True)
             raise
     # the pool's processes are gone now: the flags are final
     broken.sort()

@@ -765,3 +765,21 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg" and not plt.get_fignums()   # none left open
     finally:
         matplotlib.use(before)
+
+
+def test_a_stopped_sweep_stops_its_workers_before_it_returns(model_files, tmp_path,
+                                                             monkeypatch):
+    """A Ctrl-C (here: an error storing the first row) left the workers finishing their
+    points to the interpreter's exit, where a second Ctrl-C hung the exit for ever."""
+    import multiprocessing as mp
+    written = []
+
+    def stop_after_first(folder, key, record):
+        written.append(key)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sw, "_write_point", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep([model_files[1]], ["adc.bits=4,5,6,7,8", "xbar.rows=xbar.cols=16,32"],
+                  tmp_path / "r.csv", data="random", samples=SAMPLES, workers=1,
+                  progress=False)
+    assert len(written) == 1 and mp.active_children() == []
