@@ -355,6 +355,7 @@ def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
     import torch
     from torch import nn
 
+    from models.checkpoints import save_atomic
     from models.train import evaluate
     info = cached_dense_info(path, epochs)
     if info is not None:
@@ -386,7 +387,7 @@ def train_dense(model, train, val, epochs: int, path: Path, log) -> dict:
     info = {"epochs": epochs, "val_history": history,
             "train_seconds": time.perf_counter() - t0}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_atomic(model.state_dict(), path)   # an interrupted save leaves no truncated cache
     path.with_suffix(".json").write_text(json.dumps(info))
     return info
 

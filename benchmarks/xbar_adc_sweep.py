@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from compiler.sweep import _usable_cpus, results_paths, run_sweep, write_table  # noqa: E402
+from compiler.sweep import usable_cpus, results_paths, run_sweep, write_table  # noqa: E402
 from compiler.sweep_plots import plot_results  # noqa: E402
 from simulator.cli import positive_int  # noqa: E402
 
@@ -57,7 +57,7 @@ def arg_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = arg_parser().parse_args()
-    workers = args.workers or _usable_cpus()   # run_sweep's default, recorded as used
+    workers = args.workers or usable_cpus()   # run_sweep's default, recorded as used
 
     t0 = time.perf_counter()
     parts = []

@@ -746,7 +746,7 @@ def results_paths(out: str | os.PathLike) -> dict[str, Path]:
             "models": stem.with_name(stem.name + ".models")}
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may run on (taskset, a container's or a batch job's CPU
     set), not every CPU of the machine: the default worker count."""
     if hasattr(os, "sched_getaffinity"):
@@ -925,7 +925,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
                       "code": code_fingerprint()}, e.data))
         job_keys.append(key)
 
-    nworkers = max(1, min(workers or _usable_cpus(), max(len(jobs), 1)))
+    nworkers = max(1, min(workers or usable_cpus(), max(len(jobs), 1)))
     failed_now: dict[str, dict] = {}
     # every point counts: computed by a worker, found invalid here, or reused
     bar = tqdm(total=len(job_keys) + invalid + cached, initial=cached + invalid, desc="sweep",

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import warnings
@@ -66,14 +65,13 @@ from .geometry import from_crossbar, to_crossbar
 from .layout import layer_views
 from .masking import RETRAIN_NUMERICS, Frozen, install, learned_scales, levels, snap
 from .projections import PACKED, SIGNED, keep_mask
-from .recipes import _LABELS, Recipe, same_result
+from .recipes import Recipe, recipe_difference, same_result
 
 METHODS = ("admm", "magnitude")
 STAGES = ("pretrain", "admm", "retrain", "done")   # a run's stages, in order (checkpoints)
 # Checkpoints record how their projections were made: 2 = chained Linear layers projected
 # connected (compressor.connectivity); a version-1 checkpoint is refused, not resumed.
 PROJECTION_VERSION = 2
-_UNSET = object()   # a recipe key one fingerprint has and the other does not
 
 
 @dataclass
@@ -248,31 +246,6 @@ def _origin_digest(model: nn.Module, *arrays: tuple[np.ndarray, ...]) -> str:
             h.update(f"{a.dtype}|{a.shape}".encode())
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
-
-
-def _recipe_difference(saved, current: str) -> str:
-    """The first recipe setting in which two fingerprints (:meth:`Recipe.fingerprint`, the
-    recipe as JSON) differ, e.g. ``admm.epochs_per_round: checkpoint 1, this run 2``."""
-    try:
-        a, b = json.loads(saved), json.loads(current)
-    except (TypeError, ValueError):
-        return "its recipe is not recorded in a form to compare"
-
-    def first(a, b, key):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                x, y = a.get(k, _UNSET), b.get(k, _UNSET)
-                if x != y and not (key == "" and k in _LABELS):
-                    return first(x, y, f"{key}.{k}" if key else k)
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            return next(first(x, y, f"{key}[{i}]") for i, (x, y) in enumerate(zip(a, b))
-                        if x != y)
-        return key, a, b
-
-    def show(v):
-        return "not set (its default)" if v is _UNSET else json.dumps(v)
-    key, a, b = first(a, b, "")
-    return f"{key or 'the recipe'}: checkpoint {show(a)}, this run {show(b)}"
 
 
 def _set_lr(opt: torch.optim.Optimizer, spec, epoch: int) -> None:
@@ -632,7 +605,7 @@ class _Run:
             raise CompressionError(f"checkpoint {p}: of method {ck.get('method')!r}, this run's "
                                    f"is {self.method!r}; delete it or choose another path")
         if not same_result(ck.get("fingerprint"), self.recipe.fingerprint()):
-            diff = _recipe_difference(ck.get("fingerprint"), self.recipe.fingerprint())
+            diff = recipe_difference(ck.get("fingerprint"), self.recipe.fingerprint())
             raise CompressionError(f"checkpoint {p}: from another recipe ({diff}); delete it "
                                    f"or choose another path")
         if ck.get("origin", self.origin) != self.origin:   # absent: written before it was kept

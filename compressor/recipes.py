@@ -280,16 +280,48 @@ class Recipe:
 _LABELS = ("name", "description")
 
 
+def _shaping(recipe):
+    """A decoded fingerprint without its labels: what shapes the result."""
+    return ({k: v for k, v in recipe.items() if k not in _LABELS} if isinstance(recipe, dict)
+            else recipe)
+
+
 def same_result(fingerprint_a: str | None, fingerprint_b: str | None) -> bool:
     """Whether two :meth:`Recipe.fingerprint` strings shape the same result: equal but for
     the labels (a recipe renamed, copied to another file or re-described still resumes)."""
     def shaping(fp):
         try:
-            d = json.loads(fp)
+            return _shaping(json.loads(fp))
         except (TypeError, ValueError):
             return fp
-        return {k: v for k, v in d.items() if k not in _LABELS} if isinstance(d, dict) else d
     return fingerprint_a is not None and shaping(fingerprint_a) == shaping(fingerprint_b)
+
+
+_UNSET = object()   # a recipe key one fingerprint has and the other does not
+
+
+def recipe_difference(saved: str | None, current: str) -> str:
+    """The first setting in which two fingerprints that are not :func:`same_result` differ,
+    e.g. ``admm.epochs_per_round: checkpoint 1, this run 2``."""
+    try:
+        a, b = _shaping(json.loads(saved)), _shaping(json.loads(current))
+    except (TypeError, ValueError):
+        return "its recipe is not recorded in a form to compare"
+
+    def first(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            k = next(k for k in sorted(set(a) | set(b), key=str)
+                     if a.get(k, _UNSET) != b.get(k, _UNSET))
+            return first(a.get(k, _UNSET), b.get(k, _UNSET), f"{key}.{k}" if key else k)
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return next(first(x, y, f"{key}[{i}]") for i, (x, y) in enumerate(zip(a, b))
+                        if x != y)
+        return key, a, b
+
+    def show(v):
+        return "not set (its default)" if v is _UNSET else json.dumps(v)
+    key, a, b = first(a, b, "")
+    return f"{key or 'the recipe'}: checkpoint {show(a)}, this run {show(b)}"
 
 
 def load_recipe(path_or_name: str | Path) -> Recipe:
