@@ -455,15 +455,15 @@ def _phase(cg: Codegen, i: int, out_name: str, dims, out_off, out_strides, chunk
            tile_em, partials: list) -> None:
     """Layer i's transfers on the tile control units: per iteration of the layer's loop
     nest, partial sums (src tile, dst tile, src addr, dst addr, n) and output chunks from
-    each producing tile to every other tile holding a copy of the output."""
-    st = cg.prog.storage(out_name)
-    holders = cg.readers.get(st, set()) | set(chunks)
+    each producing tile to every other tile that reads the output (a producer that does
+    not read it keeps only its own chunks: nothing there reads the others')."""
+    readers = cg.readers.get(cg.prog.storage(out_name), set())
     plan: dict[int, list] = {}
     for src, dst, sa, da, n in partials:
         plan.setdefault(src, []).append(("send_p", dst, sa, n))
         plan.setdefault(dst, []).append(("recv_p", src, da, n))
     for src, chs in chunks.items():
-        for dst in sorted(holders - {src}):
+        for dst in sorted(readers - {src}):
             for off, n in chs:
                 plan.setdefault(src, []).append(("send", dst, off, n))
                 plan.setdefault(dst, []).append(("recv", src, off, n))

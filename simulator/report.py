@@ -52,6 +52,9 @@ class Report:
     agent_names: list = field(default_factory=list, repr=False)
     cycle_ns: float = 1.0
     memory: dict = field(default_factory=dict)
+    utilization: float | None = None
+    """Share of the placed crossbars' cells that hold weights (the compiler's mapping);
+    None for a program built without one."""
 
     @property
     def throughput_per_s(self) -> float | None:
@@ -66,7 +69,7 @@ class Report:
             "throughput_per_s": self.throughput_per_s,
             "energy_j": self.energy_j, "area_mm2": self.area_mm2,
             "crossbars": self.crossbars, "mvmus": self.mvmus, "cores": self.cores,
-            "tiles": self.tiles, "mvm_ops": self.mvm_ops,
+            "tiles": self.tiles, "utilization": self.utilization, "mvm_ops": self.mvm_ops,
             "adc_conversions": self.adc_conversions, "instructions": self.instructions,
             "instructions_executed": self.instructions_executed, "adc_model": self.adc_model,
             "layers": self.layers, "counters": self.counters, "accuracy": self.accuracy,
@@ -413,7 +416,7 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
         config=cfg.to_dict(), adc_model=cfg.adc.model, outputs=outputs, accuracy=accuracy,
         trace_events=timing["trace"],
         agent_names=[prog.agent_name(a) for a in range(prog.n_agents)],
-        cycle_ns=cfg.cycle_ns,
+        cycle_ns=cfg.cycle_ns, utilization=(prog.mapping or {}).get("utilization"),
         memory={"words_per_tile_max": int(prog.mem_words.max()),
                 "edram_words_per_tile": cfg.edram_words,
                 "tiles_over_edram": int((prog.mem_words > cfg.edram_words).sum())})
