@@ -53,6 +53,9 @@ def run_onnxruntime(model: str | Path | onnx.ModelProto | Graph,
         model = onnx.ModelProto.FromString(model.SerializeToString())
         model.ir_version = 10
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if not inputs:
+        raise CompilerError(f"{label}: no inputs given; onnxruntime runs a batch of "
+                            f"inputs, one array per graph input")
     batch = len(next(iter(inputs.values())))
     # The graph as written: onnxruntime 1.32's fused int8 kernels (QLinearConv, table
     # sigmoid) were 5 % (L2) off the QDQ graph's own semantics on a conv-conv-sigmoid model.

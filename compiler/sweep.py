@@ -382,11 +382,15 @@ def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) 
     from .reference import run_onnxruntime
     if data_name is None:
         return
-    shape = next(iter(entry.input_shapes.values()))[1:] if entry.input_shapes else None
+    if not entry.input_shapes:   # nothing to feed: each point reports what compiling says
+        return
+    shape = next(iter(entry.input_shapes.values()))[1:]
+    sample = tuple(batch[0].shape[1:]) if batch is not None else None
     if len(entry.input_shapes) == 1 and batch is not None and (
-            tuple(batch[0].shape[1:]) == shape
-            or (len(shape) == 1 and int(np.prod(batch[0].shape[1:])) == shape[0])):
-        # images go to a vector model (an MLP) flattened, as its training flattened them
+            sample == shape or sample == (1,) + shape
+            or (len(shape) == 1 and int(np.prod(sample)) == shape[0])):
+        # images go to a vector model (an MLP) flattened, and to a sequence model (rows of
+        # pixels, LSTM/GRU) without their one channel, as their training fed them
         x = np.asarray(batch[0], np.float32).reshape((len(batch[0]),) + shape)
         inputs = {next(iter(entry.input_shapes)): x}
         labels, name = np.asarray(batch[1]), data_name
@@ -396,9 +400,9 @@ def _attach_data(entry: ModelEntry, batch, data_name: str | None, samples: int) 
                   for n, s in entry.input_shapes.items()}
         labels, name = None, "random"
         if data_name != "random":
-            print(f"note: {entry.label} takes inputs {list(entry.input_shapes.values())}, not "
-                  f"{data_name} samples {tuple(batch[0].shape[1:])}; it gets {samples} random "
-                  f"inputs", file=sys.stderr)
+            takes = ", ".join(str(s[1:]) for s in entry.input_shapes.values())
+            print(f"note: {entry.label} takes samples {takes}, not {data_name} samples "
+                  f"{sample}; it gets {samples} random inputs", file=sys.stderr)
     entry.data_name = name
     entry.data = {"inputs": inputs, "labels": labels,
                   "reference": run_onnxruntime(entry.path, inputs)}
@@ -491,6 +495,11 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
             f"the worker's code (fingerprint {code_fingerprint()}) differs from the sweep's "
             f"({task['code']}): the source was edited during the sweep, or a cluster's "
             f"workers run another checkout; rerun the sweep (restart the workers)"))
+    elsewhere = _files_missing_here(task)
+    if elsewhere:   # the worker's setup, not the point: not stored, retried by a rerun
+        return _crashed(FileNotFoundError(
+            f"{elsewhere} does not exist on this worker (a cluster's workers need the "
+            f"sweep's files at the same paths, e.g. on a shared file system)"))
     try:
         cfg = load_config(task["preset"], task["overrides"])
         calib = None
@@ -724,6 +733,17 @@ def _run_ray(jobs, workers, address):
             ray.shutdown()
 
 
+def _files_missing_here(task: dict) -> str | None:
+    """The task's model or preset file, if it is not where the task says on this machine."""
+    preset = task["preset"]
+    if not Path(task["model_path"]).is_file():
+        return f"model file {task['model_path']}"
+    if isinstance(preset, str) and Path(preset).suffix.lower() in (".yaml", ".yml") \
+            and not Path(preset).is_file():
+        return f"preset file {preset}"
+    return None
+
+
 def _crashed(e: BaseException) -> dict:
     return {"row": {"status": "failed", "error": f"worker failed: {_one_line(e)}",
                     "wall_s": float("nan")}, "store": False}
@@ -889,6 +909,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     _unique_labels(entries)
 
     preset_arg = preset if isinstance(preset, MachineConfig) else str(preset)
+    if isinstance(preset_arg, str) and Path(preset_arg).suffix.lower() in (".yaml", ".yml"):
+        preset_arg = str(Path(preset_arg).resolve())   # a cluster's workers run elsewhere
     slots = []   # (entry, case, key) in table order
     for e in entries:
         for case in cases:
@@ -920,7 +942,8 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
             done[key] = row
             invalid += 1
             continue
-        jobs.append(({"key": key, "model_path": str(e.path), "preset": preset_arg,
+        jobs.append(({"key": key, "model_path": str(Path(e.path).resolve()),
+                      "preset": preset_arg,
                       "overrides": ov, "compile": options, "label": e.label,
                       "code": code_fingerprint()}, e.data))
         job_keys.append(key)

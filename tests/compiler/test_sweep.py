@@ -783,3 +783,63 @@ def test_a_stopped_sweep_stops_its_workers_before_it_returns(model_files, tmp_pa
                   tmp_path / "r.csv", data="random", samples=SAMPLES, workers=1,
                   progress=False)
     assert len(written) == 1 and mp.active_children() == []
+
+
+def test_cluster_workers_elsewhere_get_absolute_paths_and_missing_files_are_not_stored(
+        model_files, tmp_path, monkeypatch):
+    # a Dask/Ray worker runs in another folder: a relative model or preset path named no
+    # file there, and each point was stored as failed, reused by every later run
+    import shutil
+    shutil.copy(model_files[0], tmp_path / "mlp.onnx")
+    shutil.copy(ROOT / "simulator" / "presets" / "small.yaml", tmp_path / "my.yaml")
+    seen = []
+    monkeypatch.setattr(sw, "_run_local", lambda jobs, workers, points_dir: (
+        (i, seen.append(task) or sw.evaluate_point(task, data))
+        for i, (task, data) in enumerate(jobs)))
+    monkeypatch.chdir(tmp_path)
+    df = run_sweep(["mlp.onnx"], ["adc.bits=6"], "r.csv", preset="my.yaml", workers=1,
+                   progress=False)
+    assert list(df["status"]) == ["ok"]
+    assert Path(seen[0]["model_path"]).is_absolute() and Path(seen[0]["preset"]).is_absolute()
+    monkeypatch.chdir(tmp_path.parent)      # a worker elsewhere, with the old relative paths
+    for task, what in (({**seen[0], "model_path": "mlp.onnx"}, "model file mlp.onnx"),
+                       ({**seen[0], "preset": "my.yaml"}, "preset file my.yaml")):
+        res = sw.evaluate_point(task)
+        assert not res["store"] and f"{what} does not exist on this worker" in \
+            res["row"]["error"]
+
+
+def test_data_for_a_model_without_inputs_is_skipped_not_a_traceback(tmp_path, inline):
+    # its only "input" is an initializer; --data crashed in onnxruntime's reference run
+    w = numpy_helper.from_array(np.ones((1, 10), np.float32), "input")
+    g = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "noin", [],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+                          [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "noin.onnx")
+    df = run_sweep([str(tmp_path / "noin.onnx")], ["adc.bits=6"], tmp_path / "r.csv",
+                   data="demo", samples=4, workers=1, progress=False)
+    assert list(df["status"]) == ["failed"] and "constant" in df["error"][0]
+    from compiler.errors import CompilerError
+    from compiler.reference import run_onnxruntime
+    with pytest.raises(CompilerError, match="no inputs given"):
+        run_onnxruntime(tmp_path / "noin.onnx", {})
+
+
+def test_sequence_models_read_the_images_without_their_channel_axis(tmp_path, capsys,
+                                                                   monkeypatch):
+    # an LSTM over 28 rows of 28 pixels takes (N, 28, 28); the data are (N, 1, 28, 28):
+    # it got random inputs and no accuracy, and a note printing both shapes alike
+    import compiler.reference as ref
+    seen = {}
+    monkeypatch.setattr(ref, "run_onnxruntime", lambda path, inputs: seen.update(inputs) or {})
+    images = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    batch = (images, np.array([1, 2, 3]))
+    lstm = sw.ModelEntry("lstm", tmp_path / "x.onnx", "sha", {"input": (1, 28, 28)})
+    sw._attach_data(lstm, batch, "demo", 3)
+    assert lstm.data_name == "demo" and seen["input"].shape == (3, 28, 28)
+    np.testing.assert_array_equal(seen["input"], images[:, 0])
+    cnn = sw.ModelEntry("cnn", tmp_path / "x.onnx", "sha", {"input": (1, 3, 32, 32)})
+    sw._attach_data(cnn, batch, "demo", 3)
+    assert cnn.data_name == "random"
+    assert "takes samples (3, 32, 32), not demo samples (1, 28, 28)" in capsys.readouterr().err
