@@ -140,8 +140,9 @@ class AdcConfig:
     bits: int | None = 8
     """Resolution in bits; ``None`` = ideal (every column sum converted exactly)."""
     model: str = "puma"
-    """Cost model: ``puma`` (linear in bits), ``isaac`` (table), ``survey`` (Murmann survey
-    fit, as Accelergy) or ``sar`` (NeuroSim SAR)."""
+    """Cost model: ``puma`` (linear in bits, with leakage), ``isaac`` (ISAAC's 8-bit point
+    scaled by 2**(b-8) in energy and area), ``survey`` (Murmann survey fit, as Accelergy)
+    or ``sar`` (NeuroSim SAR); see ``simulator.costs.adc_cost``."""
     per_mvmu: int = 8
     """ADCs per MVMU, time-shared across all its columns and slices."""
     mode: str = "clip"

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .crossbar import top_weight_level
+
 # Components that count accesses; the order is the column order of every counter table.
 COMPONENTS = ("crossbar", "dac", "adc", "shift_add", "vfu", "edram", "noc", "leakage")
 
@@ -163,10 +165,12 @@ def mvm_cycles(cfg, cols_used: int, adc_bits: int | None, rows_used: int | None 
 
 
 def worst_case_adc_bits(cfg) -> int:
-    """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell of a read at its
-    top level, every DAC step at full scale); an ideal ADC is costed as this wide."""
+    """ADC bits lossless for any weights on ``cfg``'s crossbars (every cell of a read at the
+    top level a weight can give it, every DAC step at full scale); an ideal ADC is costed
+    as this wide."""
     rows = cfg.xbar.active_rows or cfg.xbar.rows
-    worst = rows * ((1 << cfg.step_bits) - 1) * ((1 << cfg.xbar.cell_bits) - 1)
+    top = top_weight_level(cfg.weight_bits, cfg.xbar.cell_bits, cfg.xbar.mapping)
+    worst = rows * ((1 << cfg.step_bits) - 1) * top
     return max(1, math.ceil(math.log2(worst + 1)))
 
 

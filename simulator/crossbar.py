@@ -56,11 +56,22 @@ def weight_range(weight_bits: int, mapping: str) -> tuple[int, int]:
     return (-(half - 1) if mapping == "differential" else -half), half - 1
 
 
+def stored_bits(weight_bits: int, mapping: str) -> int:
+    """Bits of a weight each array holds: a differential array the magnitude
+    (``weight_bits - 1``), offset all ``weight_bits``."""
+    return weight_bits - 1 if mapping == "differential" else weight_bits
+
+
 def n_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
-    """Crossbars per array one weight spans: the bits each array holds (a differential
-    array the magnitude, ``weight_bits - 1``; offset all ``weight_bits``) over the cell's."""
-    stored = weight_bits - 1 if mapping == "differential" else weight_bits
-    return max(1, -(-stored // cell_bits))
+    """Crossbars per array one weight spans: its ``stored_bits`` over the cell's."""
+    return max(1, -(-stored_bits(weight_bits, mapping) // cell_bits))
+
+
+def top_weight_level(weight_bits: int, cell_bits: int, mapping: str) -> int:
+    """The largest level any weight puts in a cell: the cell's top level, or less where a
+    weight holds fewer bits than a cell (a 4-bit differential weight's magnitude on 4-bit
+    cells reaches 7, not 15)."""
+    return (1 << min(cell_bits, stored_bits(weight_bits, mapping))) - 1
 
 
 def encode_levels(weights: np.ndarray, weight_bits: int, cell_bits: int,

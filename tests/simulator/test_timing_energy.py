@@ -184,6 +184,11 @@ def test_link_contention_serialises_flits():
     (["xbar.cell_bits=1"], 8),                      # 128 rows x level 1: 0..128
     (["xbar.rows=32", "xbar.cols=32"], 7),          # 32 x 3 = 96
     (["dac.bits=2"], 11),                           # 128 x 3 x 3 = 1152
+    # a weight narrower than a cell never fills it: a 4-bit differential weight's magnitude
+    # reaches level 7 of a 4-bit cell's 15 (128 x 7 = 896: 10 bits, not 11)
+    (["weight_bits=4", "xbar.cell_bits=4", "xbar.mapping=differential"], 10),
+    (["weight_bits=2", "xbar.cell_bits=2", "xbar.mapping=differential"], 8),   # 0..1
+    (["weight_bits=4", "xbar.cell_bits=4"], 11),    # puma's offset mapping fills the cell
 ])
 def test_worst_case_adc_bits_is_the_largest_possible_column_sum(overrides, bits):
     from simulator.costs import worst_case_adc_bits
@@ -192,9 +197,10 @@ def test_worst_case_adc_bits_is_the_largest_possible_column_sum(overrides, bits)
 
 def test_an_ideal_adc_wider_than_32_bits_is_charged_at_its_width():
     """An ideal ADC is costed at the worst-case lossless width, here 12 + 16 + 8 = 36 bits
-    (log2 rows + the widest 16-bit input step, below the 17-bit inputs' sign + cell bits):
+    (log2 rows + the widest 16-bit input step, below the 17-bit inputs' sign + cell bits,
+    which a 9-bit differential weight's 8-bit magnitude fills):
     its conversions are charged that width's energy (the per-width table grows to fit)."""
-    cfg = load_config("small", ["xbar.rows=4096", "xbar.cols=4", "weight_bits=8",
+    cfg = load_config("small", ["xbar.rows=4096", "xbar.cols=4", "weight_bits=9",
                                 "input_bits=17", "dac.bits=16", "xbar.cell_bits=8",
                                 "adc.bits=none", "adc.model=sar"])
     from simulator.costs import adc_cost, worst_case_adc_bits
