@@ -152,7 +152,9 @@ def reshapes(node, modules) -> bool:
 def is_flatten(node, modules) -> bool:
     """Whether fx ``node`` flattens its input from dimension 1 to the end, by its arguments:
     ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)``,
-    ``torch.reshape(x, (N, -1))``."""
+    ``torch.reshape(x, (N, -1))``, and the classic ``x.view(-1, C*H*W)`` (a width other
+    than the map's folds pixels into the batch: the consumer then reads each channel once,
+    which :func:`rows_of_channels` maps alike)."""
     if not reshapes(node, modules):
         return False
     if node.op == "call_module":
@@ -165,7 +167,7 @@ def is_flatten(node, modules) -> bool:
         return start == 1 and end == -1
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = list(args[0])
-    return len(args) == 2 and args[1] == -1
+    return len(args) == 2 and (args[1] == -1 or args[0] == -1 and isinstance(args[1], int))
 
 
 def rows_of_channels(live: np.ndarray, shape: tuple[int, ...],

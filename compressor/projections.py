@@ -68,7 +68,9 @@ weight ``float32(q·s)`` is off the lattice by its rounding, and a re-projection
 by an ulp; for levels above 256 only some lattices are tried, :func:`best_scale`).
 ``exact_scale`` (a recipe's ``quant.exact_scale``) finds the free scale exactly instead
 (:func:`exact_scale`: the nearest point of the whole set ``{s·q}`` over float32 scales, up to
-float64 rounding), at seconds per million weights; off
+float64 rounding; joined with a group structure it is one more candidate, exact there only
+where magnitude pruning's support is the joint one, as for the ``tinyadc`` structures),
+at seconds per million weights; off
 by default, as the benchmark's runs were made with the search (it came within 4e-6 of the
 exact distance on 4 M Gaussian weights at 3 bits).
 
@@ -92,6 +94,7 @@ can differ from the magnitude-ranked one (a weight that rounds to 0 gains nothin
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 import numba
@@ -420,7 +423,7 @@ def _packed_keep(score: np.ndarray, geom: CrossbarGeometry, n: int,
 
 def keep_count(keep: float, n_groups: int) -> int:
     """Groups kept out of ``n_groups`` for the fraction ``keep``: ``round(keep·n)``, >= 1."""
-    if not (isinstance(keep, (int, float)) and 0.0 < keep <= 1.0):
+    if isinstance(keep, bool) or not (isinstance(keep, numbers.Real) and 0.0 < keep <= 1.0):
         raise CompressionError(f"keep={keep!r}: must be a fraction in (0, 1]")
     return max(1, min(n_groups, math.floor(keep * n_groups + 0.5)))
 
@@ -801,6 +804,9 @@ def _apply(w, geom, structure, amount, quant):
 def as_float64(w):
     """``(float64 numpy copy of w, inverse)``; the inverse turns a float64 array back into
     the type, dtype and device of ``w`` (numpy array or torch tensor)."""
+    if getattr(w, "ndim", np.ndim(w)) < 1:
+        raise CompressionError("a 0-d weight (one number): a projection needs a weight "
+                               "array, a layer's (C_out, C_in[, kh, kw]) or a vector")
     if hasattr(w, "detach"):  # a torch tensor; torch itself is not imported here
         src = w
         if not (w.is_floating_point() and w.element_size() >= 4):
@@ -823,8 +829,24 @@ def _joint(m, geom, structure, amount, s, qmin, qmax, live_rows=None):
     """Exact joint projection at scale ``s`` (a float, or one per column)."""
     qv = _snap(m, s, qmin, qmax)
     gain = m * m - (m - qv) ** 2  # >= 0: level 0 is always available
+    if structure in ("tinyadc", "tinyadc_signed"):
+        gain = _ties_by_magnitude(gain, m)
     keep = keep_mask(gain, geom, structure, amount, sign=m, live_rows=live_rows)
     return qv * keep, (s if np.ndim(s) else float(s)), keep
+
+
+def _ties_by_magnitude(gain, m):
+    """``gain`` with its zeros (entries that round to level 0) ranked by |m|, below every
+    positive gain. Any n of them are as near, but the mask is what retraining leaves free:
+    ranked by position, a weak column kept its first rows (|w| = 0.001) and froze its
+    largest weights at 0. Only for structures that rank single entries (a group's sum of
+    such scores could pass a positive gain); the packed ones never keep a zero."""
+    zero = gain <= 0
+    mag = np.abs(m)
+    if not zero.any() or not mag.max():
+        return gain
+    floor = gain[~zero].min() if not zero.all() else 1.0
+    return np.where(zero, 0.5 * floor * mag / mag.max(), gain)
 
 
 def _snap(m, s, qmin, qmax):

@@ -232,6 +232,8 @@ def test_a_convolution_feeds_a_linear_only_through_a_flatten_from_dimension_1():
     for route, coupled in [(lambda x: x.flatten(1), True),
                            (lambda x: x.view(x.size(0), -1), True),
                            (lambda x: torch.reshape(x, (x.size(0), -1)), True),
+                           (lambda x: x.view(-1, 16), True),        # LeNet's classic form
+                           (lambda x: torch.reshape(x, (-1, 16)), True),
                            (lambda x: nn.functional.max_pool2d(x, 1).flatten(1), True),
                            (lambda x: x.flatten(2), False),        # (N, C, H*W): pixels
                            (lambda x: x, False)]:                  # over the last dimension

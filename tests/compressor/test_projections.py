@@ -573,3 +573,33 @@ def test_a_wide_lattice_whose_small_levels_the_sample_misses_is_recovered(bits, 
     np.testing.assert_array_equal(P.project_levels(x, bits), x)
     cols = np.stack([x, x[::-1]], axis=1)
     np.testing.assert_array_equal(P.project_levels(cols.T, bits, per_channel=True), cols.T)
+
+
+@pytest.mark.parametrize("structure, kept", [
+    ("tinyadc", [False, False, True, True]),
+    ("tinyadc_signed", [False, True, True, True]),    # 2 of each sign: .2, .002 and -.25
+])
+def test_joint_tinyadc_fills_its_mask_with_the_largest_weights_that_round_to_zero(structure,
+                                                                                  kept):
+    # column 1 rounds to level 0 everywhere at the layer's scale: any 2 of its entries are
+    # as near, but masked retraining keeps the mask free; ranked by position it froze
+    # rows 2 and 3 (|w| 0.2, 0.25) at 0 and left rows 0 and 1 (|w| 0.001, 0.002) free
+    from compressor import projections as P
+    g = CrossbarGeometry(rows=4, cols=4)
+    m = np.array([[3.0, 0.001], [2.0, 0.002], [1.0, 0.2], [0.5, -0.25]])
+    out, s, keep = P.project_matrix(m, g, structure, 2, (3, "differential", None, False))
+    assert keep[:, 1].tolist() == kept
+    assert not out[:, 1].any()
+    again = P.project_matrix(out, g, structure, 2, (3, "differential", None, False))
+    np.testing.assert_array_equal(again[0], out)
+
+
+def test_a_number_for_a_weight_is_refused_and_numpy_fractions_are_read_as_numbers():
+    with pytest.raises(CompressionError, match="0-d weight"):
+        P.project_levels(np.float32(0.3), 4)
+    g = CrossbarGeometry(rows=4, cols=4)
+    w = np.arange(32, dtype=np.float64).reshape(8, 4)
+    np.testing.assert_array_equal(P.project_matrix(w, g, "rows", np.float32(0.5), None)[0],
+                                  P.project_matrix(w, g, "rows", 0.5, None)[0])
+    with pytest.raises(CompressionError, match="fraction"):
+        P.keep_count(True, 4)
