@@ -853,10 +853,14 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
         raise SweepError(f"--executor {executor}: {needs} is not installed (pip install {pip});"
                          f" use --executor local")
     if workers is not None and workers < 1:
-        raise SweepError(f"workers = {workers}: must be >= 1")
+        raise SweepError(f"--workers {workers}: must be >= 1")
     if address and executor == "local":
         raise SweepError(f"--address {address}: a cluster address needs --executor dask or "
                          f"ray (the local executor starts its own workers)")
+    if address and workers is not None:
+        raise SweepError(f"--workers {workers} with --address {address}: an existing "
+                         f"cluster runs as many points at once as it has workers; drop "
+                         f"--workers (it sizes the cluster a sweep starts itself)")
     if isinstance(models, (str, os.PathLike)):
         models = split_models(str(models))
     if not models:
@@ -1029,8 +1033,13 @@ def write_table(df, paths: dict[str, Path]) -> None:
                 df.assign(**{c: df[c].map(lambda v: v if _missing(v) else str(v))
                              for c in mixed}).to_parquet(tmp, index=False)
     except ImportError:
-        print("note: pyarrow is not installed; no Parquet file written "
-              "(pip install pyarrow)", file=sys.stderr)
+        # an earlier run's Parquet would stay beside a newer CSV, named as this run's
+        # results; the table is the CSV and the points, so the stale copy goes
+        stale = paths["parquet"].is_file()
+        paths["parquet"].unlink(missing_ok=True)
+        print("note: pyarrow is not installed; no Parquet file written"
+              + (f" (an earlier run's {paths['parquet'].name} removed: it no longer matched)"
+                 if stale else "") + " (pip install pyarrow)", file=sys.stderr)
 
 
 def _missing(v) -> bool:
@@ -1138,7 +1147,9 @@ def register(sub) -> None:
                    help="local processes, a Dask cluster or a Ray cluster [local]")
     p.add_argument("--address", help="scheduler address of an existing Dask/Ray cluster "
                                      "(default: start a local one)")
-    p.add_argument("--workers", type=int, help="parallel workers [the CPUs this process may use]")
+    p.add_argument("--workers", type=int,
+                   help="parallel workers, local or of the cluster the sweep starts (not with "
+                        "--address) [the CPUs this process may use]")
     p.add_argument("--data", metavar="SET",
                    help="inputs for accuracy: demo, fashion-mnist, digits, random, or an "
                         ".npz / folder (default: none, timing/energy/area only)")

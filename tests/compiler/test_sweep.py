@@ -551,6 +551,10 @@ def test_flags_that_would_be_ignored_or_misread_are_refused(model_files, tmp_pat
                                          "--executor dask or ray"):
         run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv", address="tcp://x:1",
                   progress=False)
+    with pytest.raises(SweepError, match="--workers 2 with --address tcp://x:1: an existing "
+                                         "cluster"):
+        run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv", address="tcp://x:1",
+                  executor="dask", workers=2, progress=False)
     with pytest.raises(SweepError, match=r"--set compile.replicate: a compile option; give it "
                                          r"as --grid compile.replicate=VALUE"):
         run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / "r.csv",
@@ -843,3 +847,16 @@ def test_sequence_models_read_the_images_without_their_channel_axis(tmp_path, ca
     sw._attach_data(cnn, batch, "demo", 3)
     assert cnn.data_name == "random"
     assert "takes samples (3, 32, 32), not demo samples (1, 28, 28)" in capsys.readouterr().err
+
+
+def test_without_pyarrow_an_earlier_parquet_is_not_left_as_this_runs_table(tmp_path,
+                                                                          monkeypatch, capsys):
+    paths = sw.results_paths(tmp_path / "r.csv")
+    paths["parquet"].write_bytes(b"PAR1 an earlier run's table")
+
+    def no_engine(*a, **k):
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow'.")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_engine)
+    sw.write_table(pd.DataFrame({"a": [1]}), paths)
+    assert paths["csv"].is_file() and not paths["parquet"].exists()
+    assert "r.parquet removed" in capsys.readouterr().err
