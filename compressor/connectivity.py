@@ -66,19 +66,23 @@ def _dims(conv: nn.Module) -> int:
     return next(d for t, d in _CONVS.items() if isinstance(conv, t))
 
 
-def feeding_layers(model: nn.Module, names) -> dict[str, str]:
+def feeding_layers(model: nn.Module, names, sample=None) -> dict[str, str]:
     """``{consumer: producer}`` among the layers ``names`` (``Linear`` and convolutions): a
     ``Linear`` fed by a ``Linear`` through per-neuron ops, or by a convolution through ops on
     its map (of its dimensionality) then a flatten from dimension 1, then per-neuron ops; a
     convolution fed by one of the same dimensionality through ops on the map (module doc).
     A module called more than once is not coupled. ``{}`` where torch.fx cannot trace the
-    model (the layers are then projected independently)."""
+    model (the layers are then projected independently). ``sample`` (one input batch): the
+    shapes that tell ``x.view(-1, C*H*W)``, a flatten, from a view that reads pixels."""
     names = set(names)
     modules = dict(model.named_modules())
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        traced = torch.fx.symbolic_trace(model)
     except Exception:   # control flow on data, e.g. recurrent models: no coupling
         return {}
+    graph = traced.graph
+    if sample is not None:
+        _record_shapes(traced, model, sample)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     uses = Counter(n.target for n in calls)
     feeds = {}
@@ -149,12 +153,31 @@ def reshapes(node, modules) -> bool:
             or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
 
 
+def _record_shapes(traced, model: nn.Module, sample) -> None:
+    """Each fx node's output shape in ``node.meta`` (torch.fx's ShapeProp) for one
+    ``sample``, run in eval mode (a batch of one through BatchNorm); none where it fails."""
+    from torch.fx.passes.shape_prop import ShapeProp
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(traced).propagate(sample)
+    except Exception:   # noqa: BLE001 -- shapes are a refinement: without them, no coupling
+        pass
+    finally:
+        model.train(was)
+
+
+def _shape(node):
+    meta = getattr(node, "meta", {}).get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
 def is_flatten(node, modules) -> bool:
     """Whether fx ``node`` flattens its input from dimension 1 to the end, by its arguments:
     ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(N, -1)``,
-    ``torch.reshape(x, (N, -1))``, and the classic ``x.view(-1, C*H*W)`` (a width other
-    than the map's folds pixels into the batch: the consumer then reads each channel once,
-    which :func:`rows_of_channels` maps alike)."""
+    ``torch.reshape(x, (N, -1))``; and by the shapes ``feeding_layers`` recorded, the classic
+    ``x.view(-1, C*H*W)`` (``-1, W`` on a map would read pixels: no flatten)."""
     if not reshapes(node, modules):
         return False
     if node.op == "call_module":
@@ -167,7 +190,11 @@ def is_flatten(node, modules) -> bool:
         return start == 1 and end == -1
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = list(args[0])
-    return len(args) == 2 and (args[1] == -1 or args[0] == -1 and isinstance(args[1], int))
+    if len(args) == 2 and args[0] == -1 and isinstance(args[1], int):
+        shape_in, shape_out = _shape(node.args[0]), _shape(node)
+        return (shape_in is not None and shape_out is not None
+                and shape_out == (shape_in[0], math.prod(shape_in[1:])))
+    return len(args) == 2 and args[1] == -1
 
 
 def rows_of_channels(live: np.ndarray, shape: tuple[int, ...],

@@ -272,7 +272,7 @@ class _Run:
                        _origin_digest(model, (self.x, self.y), (self.xt, self.yt)))
         self.progress = progress
         # {consumer: producer} of chained layers: their projections stay connected
-        self.feeds = feeding_layers(model, layers)
+        self.feeds = feeding_layers(model, layers, torch.from_numpy(self.x[:1]))
         # {name: (out, C, H, W)}: TinyADC (and aligned_rows) Linear layers after Flatten of a
         # map read it as the chip's crossbars do, (h, w, c)
         self.views = layer_views(model, layers, torch.from_numpy(self.x[:1]))

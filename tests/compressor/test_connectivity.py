@@ -232,8 +232,7 @@ def test_a_convolution_feeds_a_linear_only_through_a_flatten_from_dimension_1():
     for route, coupled in [(lambda x: x.flatten(1), True),
                            (lambda x: x.view(x.size(0), -1), True),
                            (lambda x: torch.reshape(x, (x.size(0), -1)), True),
-                           (lambda x: x.view(-1, 16), True),        # LeNet's classic form
-                           (lambda x: torch.reshape(x, (-1, 16)), True),
+                           (lambda x: x.view(-1, 16), False),    # no shapes: unknown
                            (lambda x: nn.functional.max_pool2d(x, 1).flatten(1), True),
                            (lambda x: x.flatten(2), False),        # (N, C, H*W): pixels
                            (lambda x: x, False)]:                  # over the last dimension
@@ -259,3 +258,24 @@ def test_no_coupling_where_rows_are_not_the_producers_outputs():
     assert feeding_layers(Twice(), ["a", "b"]) == {}
     same = nn.Sequential(nn.Conv1d(1, 4, 3), nn.MaxPool1d(2), nn.Conv1d(4, 2, 1))
     assert feeding_layers(same, ["0", "2"]) == {"2": "0"}
+
+
+def test_view_minus_one_couples_only_where_the_shapes_say_it_flattens_the_map():
+    # LeNet's classic x.view(-1, C*H*W) is a flatten; x.view(-1, W) on a map makes rows of
+    # one channel's pixels (a Linear over positions), which must not couple. fx has no
+    # shapes, so feeding_layers takes them from one sample
+    class Net(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv, self.fc, self.width = nn.Conv2d(1, 4, 3, padding=1), \
+                nn.Linear(width, 3), width
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).view(-1, self.width))
+    assert feeding_layers(Net(64), ["conv", "fc"], torch.zeros(1, 1, 4, 4)) == {"fc": "conv"}
+    assert feeding_layers(Net(4), ["conv", "fc"], torch.zeros(1, 1, 4, 4)) == {}
+    assert feeding_layers(Net(64), ["conv", "fc"]) == {}
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                       nn.Flatten(), nn.Linear(64, 3))
+    assert feeding_layers(bn, ["0", "4"], torch.zeros(1, 1, 4, 4)) == {"4": "0"}
+    assert bn.training        # shapes taken in eval mode, the mode restored
