@@ -172,20 +172,23 @@ def _place(prog: LayerProgram, strips: dict[int, list[Strip]], cfg,
     core_busy: dict[tuple, int] = {}   # (tile, core) -> VFU layers placed there
     overflow = 0                   # tiles the slots need when more than the node has
 
+    def tile_at(t: int) -> int:
+        # Past the node, tiles of their own (ids below 0): placing goes on as on a node that
+        # big (slots do not depend on the mesh), to report the exact need. Folded onto tile
+        # 0, later VFU layers took its idle cores and the need came out one tile short.
+        return order[t] if t < len(order) else -1 - t
+
     def loc(s):
         nonlocal overflow
         t, rest = divmod(s, per_tile)
         if t >= len(order):
-            # Keep placing (slots do not depend on the mesh) to report the exact need.
             overflow = max(overflow, t + 1)
-            t = 0
         c, m = divmod(rest, M)
-        return order[t], c, m
+        return tile_at(t), c, m
 
     def vfu_taken(s) -> bool:      # slot s starts a core that a VFU layer runs on
         t, rest = divmod(s, per_tile)
-        return (own_cores and s % M == 0 and t < len(order)
-                and (order[t], rest // M) in core_busy)
+        return own_cores and s % M == 0 and (tile_at(t), rest // M) in core_busy
 
     def fresh_core(s) -> int:      # the first slot at or after s that starts a free core
         s += -s % M

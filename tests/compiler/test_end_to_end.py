@@ -464,3 +464,27 @@ def test_the_report_gives_the_share_of_cells_holding_weights(tmp_path):
     rep = simulate(prog, values=False)
     assert 0 < rep.utilization <= 1 and rep.utilization == prog.mapping["utilization"]
     assert json.loads(rep.to_json())["utilization"] == rep.utilization
+
+
+def test_the_tiles_a_too_big_error_asks_for_are_exactly_enough_for_own_cores():
+    # past the node, placement folded the extra slots onto tile 0, where later VFU layers
+    # found idle cores they would not have had: the count came out one tile short (67 of
+    # 68 for LeNet-5 on the small machine), and with that many tiles the pools lost their
+    # own cores
+    import re
+    import warnings
+
+    from compiler import ModelTooBigError
+    x = models.load_demo_images(8)[0].astype(np.float32)
+    path = str(models.pretrained_path("lenet5_fmnist"))
+    with pytest.raises(ModelTooBigError) as e:
+        compile_model(path, load_config("small", ["node.tiles=3"]), calibration={"input": x})
+    own = int(re.search(r"\((\d+) for VFU layers on cores of their own", str(e.value))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prog = compile_model(path, load_config("small", [f"node.tiles={own}"]),
+                             calibration={"input": x})
+    assert prog.mapping["vfu_cores"] == "own" and prog.mapping["vfu_layers_sharing"] == 0
+    short = compile_model(path, load_config("small", [f"node.tiles={own - 1}"]),
+                          calibration={"input": x}).mapping
+    assert short["vfu_cores"] == "shared" or short["vfu_layers_sharing"] > 0
