@@ -665,3 +665,15 @@ def test_listing_prints_every_stream_filters_and_writes_a_file(compiled, capsys,
     assert main(["listing", str(prog), "--tile", "0", "-o", str(out_file)]) == 0
     assert capsys.readouterr().out == f"listing  -> {out_file}\n"
     assert out_file.read_text() == program.listing(tile=0)
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_too(monkeypatch, capsys):
+    # the optional commands (train, compress, sweep) import their modules while the parser
+    # is built: a Ctrl-C there printed a KeyboardInterrupt traceback
+    from simulator import cli
+
+    def interrupted(module, sub):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_register_optional", interrupted)
+    assert cli.main(["presets"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
