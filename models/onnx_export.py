@@ -8,7 +8,9 @@ named ``logits``; the batch dimension is 1 unless asked otherwise.
 >>> export("lenet5", "lenet5.onnx")                                  # random weights
 >>> export("lenet5", "lenet5.onnx", weights="lenet5.pt", verify=True)
 """
+import inspect
 import io
+import math
 import numbers
 import os
 import shlex
@@ -23,6 +25,7 @@ from torch import nn
 from models.checkpoints import check_finite, load_dict
 from models.errors import ModelError
 from models.zoo import build
+from simulator.cli import TORCH_MAX_OPSET
 from simulator.errors import first_line
 from simulator.fileio import atomic_write, check_writable_folder
 
@@ -41,9 +44,12 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # nn.LSTM's shape checks
-        torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
+        # the TorchScript exporter; torch before 2.5 has no dynamo switch and uses it anyway
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(
+            torch.onnx.export).parameters else {}
+        torch.onnx.export(model, (sample,), buf, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=axes, do_constant_folding=True)
+                          dynamic_axes=axes, do_constant_folding=True, **legacy)
     return buf.getvalue()
 
 
@@ -132,7 +138,19 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         model, name = name_or_module, getattr(name_or_module, "zoo_name", "")
     else:
         raise ModelError(f"export takes a zoo name or a torch module, got {type(name_or_module)}")
-    shape = tuple(input_shape or getattr(model, "sample_shape", ()))
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) \
+            or not 9 <= opset <= TORCH_MAX_OPSET:
+        raise ModelError(f"opset = {opset!r}: must be an integer in 9..{TORCH_MAX_OPSET} "
+                         f"(below 9 torch writes graphs onnxruntime cannot run)")
+    if not (isinstance(atol, numbers.Real) and math.isfinite(atol) and atol >= 0):
+        raise ModelError(f"atol = {atol!r}: must be a finite number >= 0")
+    shape = input_shape if input_shape is not None else getattr(model, "sample_shape", ())
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__") or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+            for d in shape):
+        raise ModelError(f"input_shape = {shape!r}: must be a tuple of sizes >= 1, one "
+                         f"sample's shape without the batch, e.g. (1, 28, 28)")
+    shape = tuple(int(d) for d in shape)
     if not shape:
         raise ModelError("module has no sample_shape; pass input_shape=(C, H, W) or similar")
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
@@ -141,6 +159,10 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         _check_training_options(name_or_module, kw, Path(weights))
     if weights is not None:
         state = load_dict(weights, ModelError, "weights")
+        if {"model", "optimizer", "epoch"} <= set(state):
+            raise ModelError(f"--weights {weights}: an xbarsim train checkpoint (weights, "
+                             f"optimizer, epoch); pass the .pt beside it, which holds the "
+                             f"weights alone")
         check_finite(state, weights, ModelError)
         try:
             model.load_state_dict(state)

@@ -71,8 +71,10 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1000) -> t
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on images ``x`` and labels ``y``."""
+    if len(x) == 0:
+        raise ModelError("no images to evaluate: an accuracy needs at least one")
     pred = predict_logits(model, x, batch_size).argmax(1).numpy()
-    return int((pred == y).sum()) / max(1, len(x))
+    return int((pred == y).sum()) / len(x)
 
 
 def accuracy_difference_interval(pairs, n_boot: int = 2000, seed: int = 0,
@@ -258,6 +260,10 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
             # a damaged or hand-edited checkpoint: name it, not the line that tripped
             raise ModelError(f"checkpoint {ckpt_path}: damaged ({type(e).__name__}: "
                              f"{first_line(e)}); start over with --no-resume") from e
+        if start > epochs:   # it would hand back the longer-trained model as this one
+            raise ModelError(f"checkpoint {ckpt_path} holds {start} epochs, more than the "
+                             f"{epochs} asked for; ask for {start} or more (a finished run "
+                             f"exports as it is), or start over with --no-resume")
         if start < epochs:   # a finished run only evaluates and exports: bitwise the same
             warn_if_threads_changed(ckpt_path, ckpt["config"].get("torch_threads"),
                                     stacklevel=3)

@@ -26,6 +26,9 @@ from models.nets import MLP, LeNet5, SequenceClassifier
 def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128),
         num_classes: int = 10) -> nn.Module:
     """Multi-layer perceptron with configurable hidden sizes (ReLU between layers)."""
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise ModelError(f"model 'mlp' option hidden takes a tuple of layer sizes, e.g. "
+                         f"hidden=(64,) (note the comma) or hidden=(64,32); got {hidden!r}")
     bad = [h for h in hidden if isinstance(h, bool) or not isinstance(h, numbers.Integral)
            or h < 1]
     if bad:

@@ -44,6 +44,9 @@ def test_resume_continues_the_same_run(tmp_path):
     assert ckpt["epoch"] == 3 and {"model", "optimizer", "history"} <= set(ckpt)
     with pytest.raises(ModelError, match="seed=1 \\(now 2\\)"):
         train("lenet5", "digits", 4, out_dir=tmp_path / "b", **{**quick, "seed": 2})
+    # fewer epochs than the checkpoint holds handed back the 3-epoch model as a 2-epoch one
+    with pytest.raises(ModelError, match="holds 3 epochs, more than the 2 asked for"):
+        train("lenet5", "digits", 2, out_dir=tmp_path / "b", **quick)
     # resume=False starts afresh in the same folder
     train("lenet5", "digits", 1, out_dir=tmp_path / "b", resume=False, **{**quick, "seed": 2})
 
@@ -252,3 +255,11 @@ def test_the_thread_count_is_recorded_and_a_change_on_resume_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train("mlp", "digits", 3, out_dir=tmp_path, **quick)
+
+
+def test_an_accuracy_of_no_images_is_refused():
+    from models import build
+    from models.train import evaluate
+    with pytest.raises(ModelError, match="no images to evaluate"):
+        evaluate(build("mlp", hidden=(4,)), np.zeros((0, 1, 28, 28), np.float32),
+                 np.zeros(0, np.int64))

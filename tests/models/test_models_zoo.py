@@ -1,4 +1,6 @@
 """Every zoo model builds, exports to ONNX, passes the checker and matches onnxruntime."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -178,3 +180,30 @@ def test_reexport_hint_can_be_pasted_into_a_shell(tmp_path):
         export("mlp", tmp_path / "m.onnx", weights=tmp_path / "mlp.pt")
     hint = shlex.split(str(e.value).partition("add ")[2])
     assert hint == ["--opt", "hidden=[32, 16]"]
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"opset": 7}, "opset = 7: must be an integer in 9.."),
+    ({"opset": "17"}, "opset = '17'"),
+    ({"input_shape": "abc"}, "input_shape = 'abc': must be a tuple of sizes >= 1"),
+    ({"input_shape": (1, 0, 28)}, "input_shape = (1, 0, 28)"),
+    ({"atol": float("nan"), "verify": True}, "atol = nan: must be a finite number >= 0"),
+])
+def test_export_arguments_are_checked_as_the_cli_checks_them(tmp_path, kw, needle):
+    # opset 7 failed in onnx's checker or wrote a file onnxruntime refuses; atol=nan passed
+    # every check
+    with pytest.raises(ModelError, match=re.escape(needle)):
+        export("lenet5", tmp_path / "m.onnx", **kw)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_training_checkpoint_as_weights_says_to_pass_the_pt(tmp_path):
+    torch.save({"model": build("mlp", hidden=(4,)).state_dict(), "optimizer": {},
+                "epoch": 1}, tmp_path / "mlp.ckpt")
+    with pytest.raises(ModelError, match="an xbarsim train checkpoint"):
+        export("mlp", tmp_path / "m.onnx", weights=tmp_path / "mlp.ckpt", hidden=(4,))
+
+
+def test_one_number_for_the_mlps_hidden_sizes_names_the_comma():
+    with pytest.raises(ModelError, match=r"hidden=\(64,\) \(note the comma\)"):
+        build("mlp", hidden=64)
