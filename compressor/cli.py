@@ -3,7 +3,7 @@
     xbarsim compress lenet5_fmnist --recipe lenet5_block --data fashion-mnist -o lenet5_c.onnx
     xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o mlp.onnx --epochs 1 --baseline
     xbarsim compress runs/lenet5/lenet5.pt --recipe my.yaml --data ./my_idx_folder -o out.onnx
-    xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o m.onnx --preset small
+    xbarsim compress mlp --recipe mlp_aligned_pow2 --data digits -o m.onnx --preset isaac
 
 MODEL is a zoo name (fresh weights; the recipe's ``pretrain`` stage, or ``--pretrain N``,
 trains them first), a shipped pretrained name (``lenet5_fmnist``), or a state dict ``.pt``
@@ -251,20 +251,30 @@ def _hardware(args, recipe, dense_model, runs, train, test) -> dict:
     x, y = test[0][:args.hw_images], test[1][:args.hw_images]
     cal = train[0][:64]
     n = args.replicate
-    print(f"hardware loop: dense on {dense_cfg[0]} {' '.join(dense_cfg[1])}, compressed on "
-          f"{cfg[0]} {' '.join(cfg[1])} ({len(x)} test images simulated"
+    print(f"hardware loop: dense on {' '.join([dense_cfg[0], *dense_cfg[1]])}, compressed on "
+          f"{' '.join([cfg[0], *cfg[1]])} ({len(x)} test images simulated"
           + (f", up to {n} copies of each convolution)" if n > 1 else ")"))
     with tempfile.TemporaryDirectory(prefix="xbarsim-dense-") as tmp:
         dense_path = export(dense_model, Path(tmp) / "dense.onnx", args.opset,
                             dynamic_batch=True)
-        dense = evaluate_hardware(dense_path, dense_cfg, x, y, calibration=cal,
-                                  geometry=recipe.geometry, replicate=n,
-                                  vfu_cores=args.vfu_cores)
-    variants = {method: evaluate_hardware(path, cfg, x, y, calibration=cal, replicate=n,
-                                          vfu_cores=args.vfu_cores)
+        dense = _side("dense model", evaluate_hardware, dense_path, dense_cfg, x, y,
+                      calibration=cal, geometry=recipe.geometry, replicate=n,
+                      vfu_cores=args.vfu_cores)
+    variants = {method: _side(f"compressed model ({method})", evaluate_hardware, path, cfg, x,
+                              y, calibration=cal, replicate=n, vfu_cores=args.vfu_cores)
                 for method, path in runs}
     compare(dense, variants)
     return {"machine": cfg, "dense_machine": dense_cfg, "dense": dense, **variants}
+
+
+def _side(which: str, evaluate, *a, **k):
+    """``evaluate(*a, **k)``, its compiler or simulator error saying which side failed."""
+    from compiler.errors import CompilerError
+    from simulator.errors import XbarsimError
+    try:
+        return evaluate(*a, **k)
+    except (CompilerError, XbarsimError) as e:
+        raise XbarsimError(f"{which}: {e}") from e
 
 
 def _hw_machine(args, recipe, dense: bool = False):

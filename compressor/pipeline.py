@@ -156,6 +156,7 @@ def compress(model: nn.Module, recipe: Recipe, train: tuple[np.ndarray, np.ndarr
     layers = recipe.resolve(model)
     if not layers:
         raise CompressionError(f"recipe {recipe.name!r} constrains no layer of this model")
+    _warn_pruning_nothing(model, layers, recipe.geometry)
     fold = [n for n, c in layers.items() if c.quant is not None and c.quant.pow2 == "fold"]
     if fold:
         check_foldable(model, fold)     # before any training
@@ -232,6 +233,27 @@ def _loss(distill):
                                     reduction="batchmean", log_target=True)
         return (1 - a) * ce(out, y) + a * t * t * soft
     return mixed
+
+
+def _warn_pruning_nothing(model: nn.Module, layers: dict, geom) -> None:
+    """Warn, before training, of each layer whose sparsity rule keeps every group of its
+    crossbars (keep 0.3 of one block rounds to 1 of 1; TinyADC n at or above its rows per
+    read): it trains and reports as constrained, and stays dense."""
+    from .geometry import to_crossbar
+    from .projections import keep_mask
+    modules = dict(model.named_modules())
+    for name, c in layers.items():
+        if c.structure is None:
+            continue
+        shape = to_crossbar(modules[name].weight.detach()).shape
+        if keep_mask(np.ones(tuple(shape)), geom, c.structure, c.amount).all():
+            what = (f"n = {c.amount} per column segment" if isinstance(c.amount, int)
+                    and not isinstance(c.amount, bool) and c.structure.startswith("tinyadc")
+                    else f"keep = {c.amount}")
+            warnings.warn(f"{name}: {c.structure} with {what} prunes nothing on its "
+                          f"{shape[0]} x {shape[1]} crossbar matrix ({geom.rows} x "
+                          f"{geom.cols} crossbars): every group is kept, the layer stays dense",
+                          stacklevel=3)
 
 
 def _origin_digest(model: nn.Module, *arrays: tuple[np.ndarray, ...]) -> str:

@@ -118,7 +118,7 @@ def test_preset_puts_the_recipe_on_the_machine_crossbars(tmp_path, recipe, capsy
     assert rc == 0, err
     # 392 crossbar blocks do not fit the small machine: the hardware loop says so and the
     # compression still succeeds.
-    assert "hardware loop skipped" in err and err.count("\n") == 1
+    assert "hardware loop skipped: dense model: " in err and err.count("\n") == 1
     summary = json.loads((tmp_path / "s.json").read_text())
     assert "MVMU" in summary["hardware"]["error"]
     occ = summary["admm"]["layers"]["layers.1"]
@@ -304,7 +304,7 @@ def test_state_dict_and_record_errors_name_their_culprit(tmp_path, recipe, capsy
                             ({"model": "mlp", "model_kwargs": [1]}, "it has model_kwargs [1]"),
                             # no --opt was given: its Python-literals hint would mislead
                             ({"model": "mlp", "model_kwargs": {"hidden": "x"}},
-                             "does not build: model 'mlp' option hidden takes layer sizes")):
+                             "does not build: model 'mlp' option hidden takes a tuple of layer sizes")):
         pt.with_suffix(".json").write_text(json.dumps(record))
         rc, _, err = run(capsys, pt, *args)
         assert rc == 2 and err.count("\n") == 1

@@ -1,6 +1,8 @@
 """The hardware loop: a compressed model costs fewer crossbars and less energy on the
 simulated chip than its dense start, TinyADC's lowered ADC is lossless bit for bit, the
 storage formula counts what it says, and a bad recipe fails before any training."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -646,3 +648,25 @@ def test_compare_refuses_names_that_do_not_match_the_variants(blocks):
     with pytest.raises(CompressionError, match="names: 1 for 2 compressed variants"):
         compare({"crossbars": 4}, {"a": {"crossbars": 2}, "b": {"crossbars": 1}},
                 names=["admm"], show=False)
+
+
+@pytest.mark.parametrize("rule,needle", [
+    ({"match": "features.0", "sparsity": {"structure": "blocks", "keep": 0.3}},
+     "features.0: blocks with keep = 0.3 prunes nothing on its 25 x 6 crossbar matrix"),
+    ({"match": "features.0", "sparsity": {"structure": "tinyadc", "n": 64}},
+     "features.0: tinyadc with n = 64 per column segment prunes nothing"),
+])
+def test_a_sparsity_rule_that_prunes_nothing_is_said_before_training(rule, needle, digits,
+                                                                     monkeypatch):
+    # keep 0.3 of a layer's one crossbar block rounds to 1 of 1: the run trained, reported
+    # the layer as block-pruned and left it dense, without a word
+    from compressor import pipeline
+    from models import build
+
+    def no_training(*a, **k):
+        raise KeyboardInterrupt   # stop right after the checks
+    monkeypatch.setattr(pipeline._Run, "_epoch", no_training)
+    recipe = parse_recipe({"name": "noop", "geometry": {**GEOM, "rows": 64, "cols": 64},
+                           **SCHEDULE, "layers": [rule]})
+    with pytest.warns(UserWarning, match=re.escape(needle)), pytest.raises(KeyboardInterrupt):
+        compress(build("lenet5", seed=0), recipe, *digits, progress=False)
