@@ -260,7 +260,7 @@ def adc_lossless_check(model, cfg="puma", x: np.ndarray | None = None, *,
             "adc_bits_hist": {int(v): int(c) for v, c in zip(values, counts)}}
 
 
-def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
+def promised_adc_bits(model, cfg="puma", input_shape=None) -> dict[str, int]:
     """``{layer: ADC bits}`` that TinyADC's column bound promises on ``cfg``'s crossbars,
     for each layer of the compressed ONNX ``model`` with a
     :data:`compressor.projections.PER_SEGMENT` structure (keyed by the Conv/Gemm node's
@@ -275,9 +275,11 @@ def promised_adc_bits(model, cfg="puma") -> dict[str, int]:
     geometry's rows, reads that each lie within one of the geometry's reads, and for the
     packed structures the geometry's columns (their rows are packed per column strip, as
     the compiler packs them); anything else is a one-line error saying which.
+    ``input_shape``: one sample's shape, to export a CompressionResult whose model carries
+    no ``sample_shape``.
     """
     machine, label = _machine(cfg, ())
-    with _as_onnx(model) as path:
+    with _as_onnx(model, None if input_shape is None else np.empty((1, *input_shape))) as path:
         return _promised_bits(path, machine, label)
 
 

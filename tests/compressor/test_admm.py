@@ -377,3 +377,20 @@ def test_admm_beats_magnitude_pruning_with_the_same_budget(lenet_runs):
     # retraining the gap narrows (measured: 0.940 vs 0.920 final, 0.922 vs 0.717 projected).
     assert admm.accuracy["projected"] > mag.accuracy["projected"] + 0.1
     assert admm.accuracy["final"] >= mag.accuracy["final"] - 0.01
+
+
+def test_tinyadcs_promise_of_a_model_without_sample_shape_takes_the_input_shape(digits):
+    # promised_adc_bits exported the result with no input shape and had no way to take one
+    from compressor.hardware import promised_adc_bits
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 10))
+    recipe = parse_recipe({"name": "t", "geometry": {"rows": 16, "cols": 16, "weight_bits": 8},
+                           "admm": {"rounds": 1}, "retrain": {"epochs": 1},
+                           "layers": [{"match": "1", "sparsity": {"structure": "tinyadc_packed",
+                                                                  "n": 4}}]})
+    res = compress(net, recipe, *digits, progress=False)
+    cfg = ("puma", ["xbar.rows=16", "xbar.cols=16", "weight_bits=8",
+                    "xbar.mapping=differential"])
+    bits = promised_adc_bits(res, cfg, input_shape=(1, 28, 28))
+    assert list(bits.values()) == [4]     # 4 weights of cell level <= 3 per bit line: 12
