@@ -24,6 +24,7 @@ every pixel (:func:`rows_of_channels`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections import Counter
@@ -77,12 +78,13 @@ def feeding_layers(model: nn.Module, names, sample=None) -> dict[str, str]:
     names = set(names)
     modules = dict(model.named_modules())
     try:
-        traced = torch.fx.symbolic_trace(model)
+        with evaluating(model):
+            traced = torch.fx.symbolic_trace(model)
+            if sample is not None:
+                _record_shapes(traced, sample)
     except Exception:   # control flow on data, e.g. recurrent models: no coupling
         return {}
     graph = traced.graph
-    if sample is not None:
-        _record_shapes(traced, model, sample)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     uses = Counter(n.target for n in calls)
     feeds = {}
@@ -153,19 +155,30 @@ def reshapes(node, modules) -> bool:
             or node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
 
 
-def _record_shapes(traced, model: nn.Module, sample) -> None:
-    """Each fx node's output shape in ``node.meta`` (torch.fx's ShapeProp) for one
-    ``sample``, run in eval mode (a batch of one through BatchNorm); none where it fails."""
-    from torch.fx.passes.shape_prop import ShapeProp
-    was = model.training
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """``model`` in eval mode inside, each module's own mode restored after. Trace inside it
+    too: a functional ``batch_norm`` or ``dropout`` reads ``self.training`` when traced, and a
+    pass over the traced graph must neither move running statistics nor draw random numbers."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
-        model.eval()
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _record_shapes(traced, sample) -> None:
+    """Each fx node's output shape in ``node.meta`` (torch.fx's ShapeProp) for one
+    ``sample``, through a graph traced in eval mode (a batch of one through BatchNorm);
+    none where it fails."""
+    from torch.fx.passes.shape_prop import ShapeProp
+    try:
         with torch.no_grad():
             ShapeProp(traced).propagate(sample)
     except Exception:   # noqa: BLE001 -- shapes are a refinement: without them, no coupling
         pass
-    finally:
-        model.train(was)
 
 
 def _shape(node):

@@ -42,7 +42,7 @@ from onnx import helper, numpy_helper
 
 # The exporter de-duplicates equal tensors behind Identity nodes; models' helper gives each
 # its own initializer again, so every compressed weight is found by name.
-from models.onnx_export import INPUT_NAME, OUTPUT_NAME, run_onnxruntime
+from models.onnx_export import INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_EXPORTER, run_onnxruntime
 from models.onnx_export import _inline_identity_initializers as _inline_identities
 from simulator.cli import TORCH_MAX_OPSET
 from simulator.errors import first_line
@@ -83,10 +83,11 @@ def export_qdq(result, path: str | os.PathLike, *, input_shape: tuple[int, ...] 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
-            torch.onnx.export(model, (sample,), buf, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (sample,), buf, opset_version=opset,
                               training=torch.onnx.TrainingMode.PRESERVE,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              **TORCHSCRIPT_EXPORTER)
     except (RuntimeError, ValueError, TypeError) as e:   # the tracer: a wrong input_shape
         raise CompressionError(f"cannot export the model with input {tuple(sample.shape)}: "
                                f"{first_line(e)}") from e

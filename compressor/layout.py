@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from simulator.errors import first_line
 
-from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, reshapes
+from .connectivity import PER_NEURON_FUNCTIONS, PER_NEURON_MODULES, evaluating, reshapes
 from .projections import PER_SEGMENT
 
 #: Structures whose promise depends on which inputs share a crossbar in the chip's order:
@@ -66,15 +66,9 @@ def crossbar_views(model: nn.Module, names, sample: torch.Tensor | None
     if sample is None or not any(isinstance(modules.get(n), nn.Linear) for n in names):
         return {}
     try:
-        gm = torch.fx.symbolic_trace(model)
-        was_training = [m.training for m in model.modules()]
-        model.eval()      # no batch-norm statistics move, no dropout
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(sample)
-        finally:
-            for m, t in zip(model.modules(), was_training):
-                m.training = t
+        with evaluating(model), torch.no_grad():   # no batch-norm statistics move, no dropout
+            gm = torch.fx.symbolic_trace(model)
+            ShapeProp(gm).propagate(sample)
     except Exception as e:   # untraceable (data-dependent control flow) or an odd sample
         if not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()):
             return {}        # no feature map to flatten (a recurrent model, say): no doubt

@@ -240,15 +240,16 @@ def _warn_pruning_nothing(model: nn.Module, layers: dict, geom) -> None:
     crossbars (keep 0.3 of one block rounds to 1 of 1; TinyADC n at or above its rows per
     read): it trains and reports as constrained, and stays dense."""
     from .geometry import to_crossbar
-    from .projections import keep_mask
+    from .projections import PER_SEGMENT, keep_mask
     modules = dict(model.named_modules())
     for name, c in layers.items():
-        if c.structure is None:
-            continue
-        shape = to_crossbar(modules[name].weight.detach()).shape
-        if keep_mask(np.ones(tuple(shape)), geom, c.structure, c.amount).all():
-            what = (f"n = {c.amount} per column segment" if isinstance(c.amount, int)
-                    and not isinstance(c.amount, bool) and c.structure.startswith("tinyadc")
+        per_segment = c.structure in PER_SEGMENT
+        if c.structure is None or (not per_segment and c.amount >= 1):
+            continue       # keep: 1 asks for every group (a recipe's "this one stays")
+        shape = tuple(to_crossbar(modules[name].weight.detach()).shape)
+        ones = np.ones(shape)       # all of one sign: the most a signed structure keeps
+        if keep_mask(ones, geom, c.structure, c.amount, sign=ones).all():
+            what = (f"n = {c.amount} per column segment" if per_segment
                     else f"keep = {c.amount}")
             warnings.warn(f"{name}: {c.structure} with {what} prunes nothing on its "
                           f"{shape[0]} x {shape[1]} crossbar matrix ({geom.rows} x "

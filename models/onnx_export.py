@@ -35,6 +35,20 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+#: ``torch.onnx.export``'s switch to the TorchScript exporter, where it has one (an older
+#: torch has no ``dynamo`` keyword and uses that exporter anyway).
+TORCHSCRIPT_EXPORTER = ({"dynamo": False} if "dynamo" in inspect.signature(
+    torch.onnx.export).parameters else {})
+
+
+def check_opset(opset, error=ModelError) -> None:
+    """``opset`` is an integer the exporter writes and onnxruntime runs: 9..TORCH_MAX_OPSET."""
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) \
+            or not 9 <= opset <= TORCH_MAX_OPSET:
+        raise error(f"opset = {opset!r}: must be an integer in 9..{TORCH_MAX_OPSET} "
+                    f"(below 9 torch writes graphs onnxruntime cannot run)")
+
+
 def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -44,12 +58,9 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # nn.LSTM's shape checks
-        # the TorchScript exporter; torch before 2.5 has no dynamo switch and uses it anyway
-        legacy = {"dynamo": False} if "dynamo" in inspect.signature(
-            torch.onnx.export).parameters else {}
         torch.onnx.export(model, (sample,), buf, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=axes, do_constant_folding=True, **legacy)
+                          dynamic_axes=axes, do_constant_folding=True, **TORCHSCRIPT_EXPORTER)
     return buf.getvalue()
 
 
@@ -138,10 +149,7 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
         model, name = name_or_module, getattr(name_or_module, "zoo_name", "")
     else:
         raise ModelError(f"export takes a zoo name or a torch module, got {type(name_or_module)}")
-    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) \
-            or not 9 <= opset <= TORCH_MAX_OPSET:
-        raise ModelError(f"opset = {opset!r}: must be an integer in 9..{TORCH_MAX_OPSET} "
-                         f"(below 9 torch writes graphs onnxruntime cannot run)")
+    check_opset(opset)
     if not (isinstance(atol, numbers.Real) and math.isfinite(atol) and atol >= 0):
         raise ModelError(f"atol = {atol!r}: must be a finite number >= 0")
     shape = input_shape if input_shape is not None else getattr(model, "sample_shape", ())

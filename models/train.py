@@ -29,7 +29,7 @@ from tqdm import tqdm
 from models import data as datasets
 from models.checkpoints import load_dict, save_atomic
 from models.errors import ModelError
-from models.onnx_export import DEFAULT_OPSET, export
+from models.onnx_export import DEFAULT_OPSET, check_opset, export
 from models.zoo import ZOO, _options, build, options_for_data
 from simulator.errors import first_line
 from simulator.fileio import atomic_write, check_writable_folder
@@ -208,6 +208,7 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                          f"factor per epoch)")
     if not 0 <= weight_decay < math.inf:
         raise ModelError(f"weight_decay = {weight_decay}: must be a finite number >= 0")
+    check_opset(opset)   # before training, not at the export after it
     limit_torch_threads()
     datasets.check_limit(limit)
     # before the data loads and anything trains: a file there said only "File exists"

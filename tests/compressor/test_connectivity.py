@@ -279,3 +279,26 @@ def test_view_minus_one_couples_only_where_the_shapes_say_it_flattens_the_map():
                        nn.Flatten(), nn.Linear(64, 3))
     assert feeding_layers(bn, ["0", "4"], torch.zeros(1, 1, 4, 4)) == {"4": "0"}
     assert bn.training        # shapes taken in eval mode, the mode restored
+
+
+def test_finding_the_chain_moves_no_statistics_and_draws_no_random_numbers():
+    # traced in train mode, a functional batch_norm/dropout ran as in training during the
+    # shapes pass: running statistics moved and the caller's generator advanced
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(64, 3)
+            self.register_buffer("mean", torch.zeros(4))
+            self.register_buffer("var", torch.ones(4))
+
+        def forward(self, x):
+            h = nn.functional.batch_norm(self.conv(x), self.mean, self.var,
+                                         training=self.training)
+            h = nn.functional.dropout(h, 0.5, training=self.training)
+            return self.fc(h.view(-1, 64))
+    net = Net()
+    sample = torch.rand(1, 1, 4, 4)
+    state = torch.get_rng_state()
+    feeding_layers(net, ["conv", "fc"], sample)     # its shapes taken from one sample
+    assert torch.equal(net.mean, torch.zeros(4)) and torch.equal(net.var, torch.ones(4))
+    assert torch.equal(torch.get_rng_state(), state) and net.training

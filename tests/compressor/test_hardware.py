@@ -670,3 +670,27 @@ def test_a_sparsity_rule_that_prunes_nothing_is_said_before_training(rule, needl
                            **SCHEDULE, "layers": [rule]})
     with pytest.warns(UserWarning, match=re.escape(needle)), pytest.raises(KeyboardInterrupt):
         compress(build("lenet5", seed=0), recipe, *digits, progress=False)
+
+
+def test_keep_one_is_asked_for_and_not_warned_of(digits, monkeypatch):
+    # the benchmark keeps some convolutions whole on purpose (keep: 1.0)
+    import warnings
+
+    from compressor import pipeline
+    from models import build
+
+    def no_training(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline._Run, "_epoch", no_training)
+    recipe = parse_recipe({"name": "whole", "geometry": {**GEOM, "rows": 64, "cols": 64},
+                           **SCHEDULE, "layers": [{"match": "features.0", "sparsity": {
+                               "structure": "blocks", "keep": 1.0}}]})
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("error")
+        compress(build("lenet5", seed=0), recipe, *digits, progress=False)
+
+
+def test_promised_adc_bits_names_a_bad_input_shape():
+    from compressor.hardware import promised_adc_bits
+    with pytest.raises(CompressionError, match="input_shape = 784: one sample's shape"):
+        promised_adc_bits("x.onnx", input_shape=784)

@@ -263,3 +263,9 @@ def test_an_accuracy_of_no_images_is_refused():
     with pytest.raises(ModelError, match="no images to evaluate"):
         evaluate(build("mlp", hidden=(4,)), np.zeros((0, 1, 28, 28), np.float32),
                  np.zeros(0, np.int64))
+
+
+def test_an_opset_the_export_refuses_is_refused_before_training(tmp_path):
+    with pytest.raises(ModelError, match="opset = 8: must be an integer in 9"):
+        train("mlp", "digits", 1, out_dir=tmp_path, limit=64, progress=False, opset=8)
+    assert not list(tmp_path.iterdir())
