@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from simulator.config import (MachineConfig, load_config, one_string_refused,
-                              with_overrides)
+from simulator.config import (MachineConfig, load_config, names_preset_file,
+                              one_string_refused, with_overrides)
 from simulator.errors import ConfigError, XbarsimError
 from simulator.fileio import atomic_write, check_writable_folder
 from simulator.cli import positive_int
@@ -738,8 +738,7 @@ def _files_missing_here(task: dict) -> str | None:
     preset = task["preset"]
     if not Path(task["model_path"]).is_file():
         return f"model file {task['model_path']}"
-    if isinstance(preset, str) and Path(preset).suffix.lower() in (".yaml", ".yml") \
-            and not Path(preset).is_file():
+    if names_preset_file(preset) and not Path(preset).is_file():
         return f"preset file {preset}"
     return None
 
@@ -913,7 +912,7 @@ def run_sweep(models: Sequence[str | os.PathLike] | str, grid: dict | Sequence[s
     _unique_labels(entries)
 
     preset_arg = preset if isinstance(preset, MachineConfig) else str(preset)
-    if isinstance(preset_arg, str) and Path(preset_arg).suffix.lower() in (".yaml", ".yml"):
+    if names_preset_file(preset_arg):
         preset_arg = str(Path(preset_arg).resolve())   # a cluster's workers run elsewhere
     slots = []   # (entry, case, key) in table order
     for e in entries:

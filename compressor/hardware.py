@@ -279,9 +279,8 @@ def promised_adc_bits(model, cfg="puma", input_shape=None) -> dict[str, int]:
     no ``sample_shape``.
     """
     machine, label = _machine(cfg, ())
-    if input_shape is not None and (isinstance(input_shape, (str, bytes)) or not hasattr(
-            input_shape, "__iter__") or not all(isinstance(d, numbers.Integral) and d >= 1
-                                                 for d in input_shape)):
+    from models.onnx_export import is_sample_shape
+    if input_shape is not None and not is_sample_shape(input_shape):
         raise CompressionError(f"input_shape = {input_shape!r}: one sample's shape, a tuple of "
                                f"sizes >= 1 without the batch, e.g. (1, 28, 28)")
     with _as_onnx(model, None if input_shape is None else np.empty((1, *input_shape))) as path:

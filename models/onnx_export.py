@@ -49,6 +49,12 @@ def check_opset(opset, error=ModelError) -> None:
                     f"(below 9 torch writes graphs onnxruntime cannot run)")
 
 
+def is_sample_shape(shape) -> bool:
+    """Whether ``shape`` is one sample's shape: a sequence of integer sizes >= 1."""
+    return not isinstance(shape, (str, bytes)) and hasattr(shape, "__iter__") and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape)
+
+
 def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int, dynamic_batch: bool) -> bytes:
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -153,9 +159,7 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     if not (isinstance(atol, numbers.Real) and math.isfinite(atol) and atol >= 0):
         raise ModelError(f"atol = {atol!r}: must be a finite number >= 0")
     shape = input_shape if input_shape is not None else getattr(model, "sample_shape", ())
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__") or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
-            for d in shape):
+    if not is_sample_shape(shape):
         raise ModelError(f"input_shape = {shape!r}: must be a tuple of sizes >= 1, one "
                          f"sample's shape without the batch, e.g. (1, 28, 28)")
     shape = tuple(int(d) for d in shape)

@@ -459,11 +459,17 @@ def load_config(preset: str | Path | MachineConfig | None = "puma",
     return with_overrides(cfg, overrides)
 
 
+def names_preset_file(preset) -> bool:
+    """Whether ``preset`` is a path to a preset file (ending in .yaml or .yml, any case)
+    rather than a shipped preset's name."""
+    return isinstance(preset, (str, Path)) and Path(preset).suffix.lower() in (".yaml", ".yml")
+
+
 def _preset_path(preset: str | Path) -> Path:
     """The file ``preset`` names: a shipped preset by name, or a path ending in .yaml or
     .yml (any case)."""
     path = Path(preset)
-    if path.suffix.lower() not in (".yaml", ".yml"):
+    if not names_preset_file(preset):
         shipped = PRESET_DIR / f"{preset}.yaml"
         if shipped.is_file():
             return shipped
