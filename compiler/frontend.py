@@ -148,6 +148,25 @@ def _check_single_assignment(model: onnx.ModelProto) -> None:
                                    f"holds; every tensor name must be written once")
 
 
+def _densify_sparse_initializers(model: onnx.ModelProto) -> None:
+    """Move ``graph.sparse_initializer`` (a pruned weight may be stored so) into dense
+    initializers: the passes read constants from ``graph.initializer`` alone."""
+    for sp in model.graph.sparse_initializer:
+        name, dims = sp.values.name, tuple(sp.dims)
+        try:
+            values = numpy_helper.to_array(sp.values).reshape(-1)
+            idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+            if idx.ndim == 2:     # (NNZ, rank) coordinates; else linear indices
+                idx = np.ravel_multi_index(tuple(idx.T), dims)
+            dense = np.zeros(int(np.prod(dims)), values.dtype)
+            dense[idx.reshape(-1)] = values
+        except (ValueError, IndexError) as e:
+            raise ModelFormatError(f"sparse initializer {name!r} of shape {dims}: "
+                                   f"{first_line(e)}") from e
+        model.graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), name))
+    del model.graph.sparse_initializer[:]
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
@@ -160,6 +179,7 @@ def upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset >= MIN_OPSET:
         return model
+    model = _legacy_broadcast_axis(model)
     try:
         model = version_converter.convert_version(model, MIN_OPSET)
         _legacy_prelu(model)
@@ -335,6 +355,7 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     model = copy
+    _densify_sparse_initializers(model)
     model = upgrade_old_opset(model)
     opset = default_opset(model)
     inputs = _fix_batch(model)
@@ -467,6 +488,60 @@ def _check_weights_finite(nodes, consts) -> None:
             if v is not None and v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise ModelFormatError(f"node {n.name!r} ({n.op_type}): weight {i!r} holds "
                                        f"{int((~np.isfinite(v)).sum())} NaN/inf values")
+
+
+LEGACY_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal",
+                        "Greater", "Less")
+
+
+def _legacy_broadcast_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before opset 7, ``broadcast=1, axis=a`` lines B up with A's axes a.. (a per-channel
+    (C,) scale on NCHW at axis 1); the version converter pads B with trailing unit dims as
+    if B were aligned to A's end, so (C,) became (C,1,1,1). A constant B gets its unit
+    dims here, where the converter then agrees; a copy of the model, the caller's untouched."""
+    rank = _old_ranks(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    out = None
+    for k, n in enumerate(model.graph.node):
+        a = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+        if n.op_type not in LEGACY_BROADCAST_OPS or not a.get("broadcast") or len(n.input) < 2:
+            continue
+        ra, rb = rank.get(n.input[0]), rank.get(n.input[1])
+        pad = None if ra is None or rb is None else ra - a.get("axis", ra - rb) - rb
+        if not pad or pad < 0:
+            continue    # B already ends at A's end (or a malformed axis, left to the checker)
+        if n.input[1] not in inits:
+            raise ModelFormatError(
+                f"node {n.name or n.op_type!r} ({n.op_type}): opset-{default_opset(model)} "
+                f"broadcast of {n.input[1]!r} along axis {a['axis']} needs it constant (an "
+                f"initializer), so that it can be upgraded to opset {MIN_OPSET}")
+        if out is None:
+            out = onnx.ModelProto()
+            out.CopyFrom(model)
+        b = numpy_helper.to_array(inits[n.input[1]])
+        name = f"{n.input[1]}__axis{a['axis']}"
+        if name not in {i.name for i in out.graph.initializer}:
+            out.graph.initializer.append(numpy_helper.from_array(
+                b.reshape(b.shape + (1,) * pad), name))
+            if any(i.name == n.input[1] for i in out.graph.input):   # IR < 4 lists them
+                out.graph.input.append(helper.make_tensor_value_info(
+                    name, inits[n.input[1]].data_type, list(b.shape) + [1] * pad))
+        out.graph.node[k].input[1] = name
+    return model if out is None else out
+
+
+def _old_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's rank that shape inference finds in the (old-opset) model."""
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:   # the converter reports what is wrong with the model
+        inferred = model
+    vis = (list(model.graph.input) + list(inferred.graph.value_info)
+           + list(model.graph.output))
+    rank = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in vis
+            if vi.type.tensor_type.HasField("shape")}
+    rank.update({i.name: len(i.dims) for i in model.graph.initializer})
+    return rank
 
 
 def _legacy_prelu(model: onnx.ModelProto) -> None:

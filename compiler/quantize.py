@@ -29,10 +29,15 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
         rng = np.random.default_rng(seed)
         data = {n: rng.standard_normal((n_random,) + tuple(s[1:])).astype(np.float32)
                 for n, s in graph.inputs}
+    names = [n for n, _ in graph.inputs]
+    unknown = sorted(set(data) - set(names))
+    if unknown and all(n in data for n in names):   # a key meant for another model
+        raise CompilerError(f"calibration data has unknown input {unknown[0]!r}; the model's "
+                            f"inputs are {', '.join(names)}")
     for n, s in graph.inputs:
         if n not in data:
             raise CompilerError(f"calibration data lacks input {n!r}; the model's inputs are "
-                                f"{', '.join(n_ for n_, _ in graph.inputs)}")
+                                f"{', '.join(names)}")
         if tuple(np.shape(data[n])[1:]) != tuple(s[1:]):
             raise CompilerError(f"calibration input {n!r} has shape {np.shape(data[n])}; "
                                 f"expected (N, {', '.join(map(str, s[1:]))})")

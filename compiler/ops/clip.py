@@ -1,5 +1,7 @@
 """Clip on its own (not fused into the MVM before it): bounds become integers at the input's
-scale, so the output keeps that scale. Also the scalar affine map the QDQ ops reuse."""
+scale, so the output keeps that scale, unless a bound lies past what that scale's words hold
+(Clip(x, 20, 30) on |x| < 3): then the output takes its calibrated scale and the input is
+rescaled to it. Also the scalar affine map the QDQ ops reuse."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +11,7 @@ from simulator.isa import Fn, Op
 from ..errors import UnsupportedOpError
 from ..ir import node_attrs
 from ..vfu import ElementwiseLayer
-from ._fixed import emit_mul_shift, mul_shift_ref
+from ._fixed import emit_mul_shift, mul_shift_ref, ratio
 
 
 @dataclass
@@ -77,11 +79,22 @@ def clipped_nonneg(lo: int | None, hi: int | None, nonneg_input: bool) -> bool:
 
 def lower_clip(node, ctx):
     t_in = ctx.tensor(node.input[0])
-    ilo, ihi = integer_bounds(*clip_bounds(ctx, node), t_in.scale, ctx.bits)
-    s = t_in.scale
+    bounds = clip_bounds(ctx, node)
+    s, mult, shift = t_in.scale, 1, 0
+    ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
+    lim = 1 << (ctx.bits - 1)
+    if any(b is not None and not -lim <= b < lim for b in (ilo, ihi)):
+        # a bound the input's words cannot hold (kept as is, it made a word past the
+        # machine's): the output's calibrated scale holds it; missing bounds become the
+        # word's, so a rescaled input past the calibration saturates like any stored word
+        s = ctx.scale_for(node.output[0])
+        mult, shift = ratio(t_in.scale / s)
+        ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
+        ilo = -lim if ilo is None else max(ilo, -lim)
+        ihi = lim - 1 if ihi is None else min(ihi, lim - 1)
     out = ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s, perm=t_in.perm,
                          as_map=t_in.kind == "map")
     if clipped_nonneg(ilo, ihi, t_in.name in ctx.nonneg):
         ctx.nonneg.add(out.name)
     ctx.add(ClampLayer(node.name, "Clip", [t_in.name], out.name, node=node.name,
-                       lo=ilo, hi=ihi))
+                       mult=mult, shift=shift, lo=ilo, hi=ihi))

@@ -57,7 +57,11 @@ def lower_gemm(node, ctx):
     if qdq is not None:
         q, s, _ = qdq
         q = q.T if a.get("transB", 0) else q
-        qdq = (q, s) if float(a.get("alpha", 1.0)) == 1.0 else None
+        alpha = float(a.get("alpha", 1.0))
+        # alpha folds into the file's integers as _scale_qweight folds a per-channel scale:
+        # |alpha| into the scale, its sign into the integers (re-quantizing the float
+        # product had run other weights than the file's, unsaid)
+        qdq = (q * int(np.sign(alpha)), np.asarray(s, np.float64) * (abs(alpha) or 1.0))
     _fc(node, ctx, t_in, w, bias, qdq)
 
 

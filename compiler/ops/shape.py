@@ -50,8 +50,10 @@ def _alias(node, ctx, out_shape):
             t = ctx.new_tensor(node.output[0], out_shape, src.scale, alias_of=src.name,
                                perm=src.perm, as_map=False)
     else:
-        raise UnsupportedOpError(f"reshape of a {src.kind} {src.shape} to {out_shape} is not "
-                                 f"supported (only views that keep the memory order)")
+        raise UnsupportedOpError(
+            f"reshape of a {src.kind} {src.shape} to {out_shape} is not supported; allowed: a "
+            f"map to a vector or to a map of the same channels and pixels, a vector to a "
+            f"vector or to a one-pixel map (1, F, 1, 1) or (1, F, 1)")
     ctx.add(AliasLayer(node.name, node.op_type, [src.name], t.name, node=node.name))
 
 

@@ -17,9 +17,10 @@ def require_map(op: str, t) -> None:
     """Refuse a vector where ``op`` needs a feature map, saying how it became one."""
     if t.kind != "map":
         raise UnsupportedOpError(
-            f"{op} input {t.name!r} {tuple(t.shape)} is a vector here (a Transpose, Reshape or "
-            f"Flatten before it made it one); {op} takes (1, C, H, W) or (1, C, L) feature "
-            f"maps, which only a Transpose or Reshape keeping their order passes on")
+            f"{op} input {t.name!r} {tuple(t.shape)} is a vector here (a Transpose, Reshape, "
+            f"Flatten, Gather or fully connected layer before it made it one); {op} takes "
+            f"(1, C, H, W) or (1, C, L) feature maps, and a vector becomes one only as a "
+            f"one-pixel map (1, F, 1, 1) or (1, F, 1)")
 
 
 def geometry(shape: tuple) -> tuple[int, int, int] | None:

@@ -137,6 +137,8 @@ def test_calibration_data_of_the_wrong_shape_or_name_is_one_line():
         compile_model(model, cfg, calibration={"input": x[:, 0]})
     with pytest.raises(CompilerError, match="lacks input 'input'"):
         compile_model(model, cfg, calibration={"x": x})
+    with pytest.raises(CompilerError, match="unknown input 'x'; the model's inputs are input"):
+        compile_model(model, cfg, calibration={"input": x, "x": x})   # was ignored
 
 
 def _two_input_model():
@@ -189,6 +191,80 @@ def test_run_on_a_model_older_than_opset_7_compares_with_onnxruntime(tmp_path):
     assert main(["run", str(model), "--random", "3", "--json", str(tmp_path / "r.json"),
                  "-q"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["accuracy"]["rel_err"] < 1e-2
+
+
+def _old_per_channel_affine(k_const: bool = True):
+    """opset 6: Conv -> Mul(k) -> Add(b), k and b (C,) with broadcast=1, axis=1 (batch norm
+    as Caffe2-era exports wrote it); the version converter padded k to (C,1,1,1)."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.4).astype(np.float32)
+    k = (rng.random(4) + 0.5).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])]
+    if k_const:
+        inits.append(numpy_helper.from_array(k, "k"))
+    else:
+        inputs.append(helper.make_tensor_value_info("k", TensorProto.FLOAT, [4]))
+    # IR 3, as those files are: every initializer is also a graph input
+    inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims))
+               for i in inits]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Mul", ["c", "k"], ["m"], broadcast=1, axis=1),
+         helper.make_node("Add", ["m", "b"], ["y"], broadcast=1, axis=1)], "old", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    m.ir_version = 3
+    return m, w, k, b
+
+
+def test_opset6_broadcast_along_axis_1_is_per_channel():
+    """It was refused ("constant of shape (4, 1, 1, 1) is not per-channel"), a shape the file
+    does not hold."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    m, w, k, b = _old_per_channel_affine()
+    before = m.SerializeToString()
+    x = np.random.default_rng(4).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
+    got = simulate(prog, {"x": x}).outputs["y"]
+    win = sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+    want = (np.einsum("bchwij,ocij->bohw", win, w) * k.reshape(1, 4, 1, 1)
+            + b.reshape(1, 4, 1, 1))
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+    assert m.SerializeToString() == before     # the caller's model is not changed
+
+
+def test_opset6_broadcast_along_an_axis_of_a_graph_input_is_refused_by_name():
+    from compiler.errors import ModelFormatError
+    m, *_ = _old_per_channel_affine(k_const=False)
+    with pytest.raises(ModelFormatError, match="'k' along axis 1 needs it constant"):
+        compile_model(m, load_config("puma"))
+
+
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_weight_in_a_sparse_initializer_compiles(coordinates):
+    """graph.sparse_initializer (valid ONNX, a way to store a pruned weight) was not read:
+    calibration failed, blaming onnxruntime for an input it said was missing."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((8, 4)) * 0.4).astype(np.float32)
+    w[w < 0.2] = 0
+    idx = np.flatnonzero(w)
+    ind = np.stack(np.unravel_index(idx, w.shape), 1) if coordinates else idx
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "sparse",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    g.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(w.reshape(-1)[idx], "W"),
+        numpy_helper.from_array(ind.astype(np.int64), "W_idx"), list(w.shape)))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
+    got = simulate(prog, {"x": x}).outputs["y"]
+    np.testing.assert_allclose(got, x @ w, atol=2e-2 * np.abs(x @ w).max())
+    assert len(m.graph.sparse_initializer) == 1   # the caller's model is not changed
 
 
 def test_if_reading_activations_is_refused_as_unsupported_not_as_a_failed_fold():

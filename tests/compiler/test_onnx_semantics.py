@@ -393,6 +393,35 @@ def test_clip_to_a_negative_ceiling_is_not_taken_as_non_negative():
     _check(m, (1, 3, 5, 5))
 
 
+@pytest.mark.parametrize("lo, hi", [(20.0, 30.0), (None, -40.0), (25.0, None)])
+def test_clip_bound_past_the_input_words_takes_the_output_scale(lo, hi):
+    """Clip(x, 20, 30) on |x| < 4: at the input's scale the bound 20 is a word past 16 bits,
+    which the MatMul after it read as other values (silently wrong)."""
+    ins = ["x", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    inits = {k: np.float32(v) for k, v in (("lo", lo), ("hi", hi)) if v is not None}
+    m = _model([helper.make_node("Clip", ins, ["c"]),
+                helper.make_node("MatMul", ["c", "w"], ["y"])],
+               {**inits, "w": _w(6, 3)}, (1, 6), ["y"])
+    lp = _check(m, (1, 6))
+    lim = 1 << 15
+    clamp = lp.layers[0]
+    assert all(b is None or -lim <= b < lim for b in (clamp.lo, clamp.hi))
+
+
+@pytest.mark.parametrize("target, message", [
+    ((1, 1, 12), "a vector becomes one only as a one-pixel map"),
+    ((1, 1, 2, 6), "allowed: a map to a vector or to a map of the same channels")])
+def test_vector_reshaped_to_a_wide_map_is_refused_saying_what_is_allowed(target, message):
+    """The messages said only order-keeping reshapes pass, which this one is."""
+    k = (4, 1, 3) if len(target) == 3 else (4, 1, 1, 3)
+    m = _model([helper.make_node("Gemm", ["x", "g"], ["v"]),
+                helper.make_node("Reshape", ["v", "s"], ["r"]),
+                helper.make_node("Conv", ["r", "w"], ["y"])],
+               {"g": _w(6, 12), "s": np.array(target, np.int64), "w": _w(*k)}, (1, 6), ["y"])
+    with pytest.raises(UnsupportedOpError, match=message):
+        compile_model(m, CFG)
+
+
 def test_dropout_in_training_mode_is_refused():
     m = _model([helper.make_node("Dropout", ["x", "r", "t"], ["y"])],
                {"r": np.float32(0.5), "t": np.array(True)}, (1, 3, 4, 4), ["y"], opset=13)

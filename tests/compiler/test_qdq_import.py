@@ -62,6 +62,21 @@ def test_transposed_qdq_weight_maps_the_files_integers(scale):
         assert np.abs(out - ort).max() < 1e-2 * np.abs(ort).max()
 
 
+@pytest.mark.parametrize("alpha", [0.5, -2.0])
+def test_gemm_alpha_folds_into_the_qdq_weights_scale(alpha):
+    """Gemm(alpha != 1) re-quantized the float product, without the warning: other
+    integers than the file's (8-bit: levels up to 60 re-gridded to 127)."""
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    model = _dq_fc("Gemm", np.array([0.01, 0.02, 0.005, 0.03], np.float32))
+    model.graph.node[1].attribute.append(helper.make_attribute("alpha", alpha))
+    prog, lp, _ = _compile_quietly(model, x)
+    np.testing.assert_array_equal(lp.layers[0].weight,
+                                  int(np.sign(alpha)) * Q_INT.T.astype(np.int64))
+    out = simulate(prog, {"x": x}).outputs["y"]
+    ort = run_onnxruntime(model, {"x": x})["y"]
+    assert np.abs(out - ort).max() < 1e-2 * np.abs(ort).max()
+
+
 def test_reshaped_per_channel_qdq_weight_keeps_its_integers_and_axis():
     q = np.random.default_rng(2).integers(-9, 10, (4, 27)).astype(np.int8)
     shape = np.array([4, 3, 3, 3], np.int64)
