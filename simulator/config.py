@@ -324,7 +324,9 @@ class MachineConfig:
                                   f"{cls.__name__} (from_dict builds one from a mapping)")
         _check_int("", "weight_bits", self.weight_bits, 2, 32)   # a sign and a value bit
         _check_int("", "input_bits", self.input_bits, 2, 32)
-        _check_float("", "clock_ghz", self.clock_ghz, 0.0, lo_open=True)
+        # up to 1 THz, far past any ReRAM design: an MVM's cycle count (ns x GHz) stays far
+        # inside 64-bit integers (at 1e20 GHz it overflowed, a traceback)
+        _check_float("", "clock_ghz", self.clock_ghz, 0.0, 1000.0, lo_open=True)
         for key in ("name", "source"):
             if not isinstance(getattr(self, key), str):
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: must be text")

@@ -83,10 +83,12 @@ class TensorPort:
         where = f"tensor {d.get('name')!r}"
         return cls(d["name"], _json_int(d["tile"], f"{where} tile"),
                    _json_int(d["addr"], f"{where} addr"), tuple(d["shape"]),
-                   float(d["scale"]), _json_int(d.get("count", 0), f"{where} count"),
+                   _json_float(d["scale"], f"{where} scale"),
+                   _json_int(d.get("count", 0), f"{where} count"),
                    None if ml is None else tuple(_json_int(v, f"{where} map_layout")
                                                  for v in ml),
-                   None if perm is None else tuple(perm))
+                   None if perm is None else tuple(_json_int(v, f"{where} perm")
+                                                   for v in perm))
 
 
 def _json_int(v, what: str) -> int:
@@ -95,6 +97,13 @@ def _json_int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ProgramError(f"{what}: {v!r} is not an integer")
     return int(v)
+
+
+def _json_float(v, what: str) -> float:
+    """A real number read from a manifest (``true`` would otherwise read as 1.0)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProgramError(f"{what}: {v!r} is not a number")
+    return float(v)
 
 
 def _int_array(value, what: str, dtype=np.int32) -> np.ndarray:
@@ -401,11 +410,13 @@ class Program:
             "layers": self.layers, "mapping": self.mapping,
         }
         text = json.dumps(manifest, indent=1, default=jsonable)
-        # each file renamed into place only once complete; the manifest last, and it is
-        # removed first, so an interrupted save leaves no folder that loads as a program
-        (folder / "manifest.json").unlink(missing_ok=True)
+        # each file renamed into place only once complete; the old manifest goes only when
+        # the new archive is written (a failed save leaves the previous program loading),
+        # just before that archive replaces the old, so no folder pairs old and new; the
+        # manifest last
         with atomic_write(folder / "program.npz", ".npz") as tmp:
             np.savez_compressed(tmp, **arrays)
+            (folder / "manifest.json").unlink(missing_ok=True)
         with atomic_write(folder / "manifest.json") as tmp:
             tmp.write_text(text)
         return folder
@@ -510,8 +521,17 @@ class Program:
             # every version wrote both: a missing list would load a program with no ports
             inputs=[TensorPort.from_dict(d) for d in manifest["inputs"]],
             outputs=[TensorPort.from_dict(d) for d in manifest["outputs"]],
-            layers=manifest.get("layers", []), mapping=manifest.get("mapping", {}),
+            layers=_json_of(manifest, "layers", list), mapping=_json_of(manifest, "mapping", dict),
         )
+
+
+def _json_of(manifest: dict, key: str, kind: type):
+    """manifest[key] (a missing one: empty), refused unless of ``kind``: a report reads it."""
+    v = manifest.get(key, kind())
+    if not isinstance(v, kind):
+        raise ProgramError(f"{key}: {json.dumps(v)[:40]} is not a JSON "
+                           f"{'list' if kind is list else 'object'}")
+    return v
 
 
 def jsonable(o):
@@ -719,7 +739,9 @@ def _validate_port(port: TensorPort) -> None:
             raise ProgramError(f"{what}: map layout {list(port.map_layout)} (H, W, C, pad "
                                f"top, pad left, padded width) does not fit its shape "
                                f"{list(port.shape)}")
-    if port.perm is not None and sorted(port.perm) != list(range(port.size)):
+    if port.perm is not None and (
+            any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in port.perm)
+            or sorted(port.perm) != list(range(port.size))):   # True == 1 and 0.0 == 0
         raise ProgramError(f"{what}: perm is not a permutation of its {port.size} elements")
 
 

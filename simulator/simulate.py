@@ -17,7 +17,9 @@ from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTE
                      N_COUNTERS, OK, RUNAWAY, TIME_LIMIT, TIME_LIMIT_BITS, UNRECEIVED, W_RECV,
                      W_SEND_FULL, WAIT_NAMES, run_timing)
 
-DEFAULT_MAX_INSTRUCTIONS = 2_000_000_000
+# ~37x the most a compiled model here executes (DenseNet-121 at 224x224: 6.8 M); a runaway
+# loop that touches memory runs ~6 M instructions/s, so it is stopped in under a minute
+DEFAULT_MAX_INSTRUCTIONS = 250_000_000
 
 
 def mvmu_tables(prog: Program):
@@ -123,12 +125,12 @@ def run_timing_engine(prog: Program, trace_cap: int = 0,
         ctrl_start, ctrl_agent, len(chan_rows), prog.n_tiles, cfg.tile.cores, params,
         tile_base, tile_words, lat, stats, bits, valid, cnt, vtime, ftime, counters,
         adc_by_bits, span, trace, trace_cap, transc, unary)
-    _raise_for_status(prog, status, info, streams, chan_rows)
+    _raise_for_status(prog, status, info, streams, chan_rows, max_instructions)
     return {"end": int(end), "counters": counters, "adc_by_bits": adc_by_bits, "span": span,
             "trace": trace[:tlen].copy(), "mvm_latency": lat}
 
 
-def _raise_for_status(prog, status, info, streams, chan_rows):
+def _raise_for_status(prog, status, info, streams, chan_rows, max_instructions):
     if status == OK:
         return
     if status == DEADLOCK:
@@ -159,9 +161,10 @@ def _raise_for_status(prog, status, info, streams, chan_rows):
     start = sum(len(s) for s in streams[:a])
     where = f"{prog.agent_name(a)} pc {pc - start}"
     if status == RUNAWAY:
-        raise SimulationError(f"program exceeded its instruction budget (a runaway loop? "
-                              f"an instruction retried after blocking counts again) at "
-                              f"{where}")
+        raise SimulationError(f"program exceeded its budget of {max_instructions} executed "
+                              f"instructions (a runaway loop? an instruction retried after "
+                              f"blocking counts again) at {where}; a program that needs more: "
+                              f"simulate(..., max_instructions=N)")
     if status == BAD_ADDRESS:
         raise SimulationError(f"{where}: memory address {int(info[2])} outside the tile's "
                               f"memory")
@@ -180,10 +183,12 @@ def _raise_for_status(prog, status, info, streams, chan_rows):
 def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
              values: bool = True, trace: bool = False, trace_cap: int = 200_000,
              reference: dict[str, np.ndarray] | None = None,
-             exact_shortcut: bool = True) -> Report:
+             exact_shortcut: bool = True,
+             max_instructions: int = DEFAULT_MAX_INSTRUCTIONS) -> Report:
     """Simulate one inference of ``prog`` (timing, energy, area) and, when ``values`` and
     inputs are given (or the program has none), compute its outputs bit-exactly for the
     whole batch of ``inputs``. ``reference``: expected outputs to report the error against.
+    ``max_instructions``: the timing engine's budget, which stops a runaway loop.
     """
     # the arguments are checked before the timing engine runs, not after it
     if not isinstance(prog, Program):
@@ -204,7 +209,7 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
                               f"trace events kept)")
     t0 = time.perf_counter()
     # one event past the cap tells a cut trace from one that just fills it
-    timing = run_timing_engine(prog, int(trace_cap) + 1 if trace else 0)
+    timing = run_timing_engine(prog, int(trace_cap) + 1 if trace else 0, max_instructions)
     t1 = time.perf_counter()
     outputs = None
     if computes_outputs:   # else timing and energy only: they do not depend on the values

@@ -61,6 +61,7 @@ def test_active_rows_sets_the_reads_per_step():
     ("nosuch=1", "nosuch: unknown key; use a top-level key (name, source, weight_bits"),
     ("adc.bits", "expected KEY=VALUE"), ("=5", "override '=5': expected KEY=VALUE"),
     ("noise.stuck_on=1.5", "noise.stuck_on"), ("clock_ghz=0", "clock_ghz"),
+    ("clock_ghz=1e20", "clock_ghz = 1e+20: must be a number > 0.0 and <= 1000.0"),
     ("xbar.rows=abc", "xbar.rows = 'abc'"),
     ("xbar.active_rows=0", "xbar.active_rows = 0: must be an integer >= 1"),
     ("xbar.active_rows=129", "xbar.active_rows = 129: must be <= xbar.rows = 128, or none"),
@@ -179,8 +180,8 @@ def test_numbers_are_read_as_typed_and_quoted_numbers_are_text(tmp_path):
     float field but refused in an integer one, and ``--set adc.bits='5'`` said ``5.0``."""
     p = tmp_path / "p.yaml"
     for text, needle in [("clock_ghz: 1:30.5\n", "clock_ghz = '1:30.5': must be a number"),
-                         ('clock_ghz: "2"\n', "clock_ghz = '2': must be a number > 0.0 (a "
-                                              "number, not text: drop the quotes)"),
+                         ('clock_ghz: "2"\n', "clock_ghz = '2': must be a number > 0.0 and "
+                                              "<= 1000.0 (a number, not text: drop the quotes)"),
                          ('adc: {bits: "6"}\n', "adc.bits = '6': must be an integer >= 1 and "
                                                 "<= 32, or none for ideal (a number, not text")]:
         p.write_text(text)

@@ -39,11 +39,50 @@ def test_no_pickle_in_saved_program(tmp_path):
         assert all(z[k].dtype != object for k in z.files)
 
 
+def test_a_failed_resave_leaves_the_previous_program(tmp_path, monkeypatch):
+    """save() removed the old manifest before writing the archive: a full disk or a Ctrl-C
+    in the (slow) compression left a folder that no longer loaded."""
+    import errno
+    cfg = load_config("small")
+    old = ex.single_mvm(cfg, ex.random_weights(cfg, 4, 3))
+    old.save(tmp_path / "p")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ex.single_mvm(cfg, ex.random_weights(cfg, 8, 8, seed=1)).save(tmp_path / "p")
+    monkeypatch.undo()
+    _equal(old, Program.load(tmp_path / "p"))
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["manifest.json",
+                                                                  "program.npz"]
+
+
 def _corrupt(tmp_path, edit):
     cfg = load_config("small")
     folder = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 16)).save(tmp_path / "p")
     edit(folder)
     return folder
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("perm", [True, False] + list(range(2, 16)), "tensor 'y' perm: True is not an integer"),
+    ("perm", [1.0, 0.0] + list(range(2, 16)), "tensor 'y' perm: 1.0 is not an integer"),
+    ("scale", True, "tensor 'y' scale: True is not a number"),
+    ("mapping", [1], r"mapping: \[1\] is not a JSON object"),
+    ("layers", {"a": 1}, "layers: .* is not a JSON list")])
+def test_hand_edited_manifest_types_refused_at_load(tmp_path, field, value, message):
+    """A boolean perm passed as a permutation (True == 1) and swapped two outputs silently;
+    a float perm, or a list as the mapping, ended in a traceback."""
+    def edit(folder):
+        m = json.loads((folder / "manifest.json").read_text())
+        if field in ("perm", "scale"):
+            m["outputs"][0][field] = value
+        else:
+            m[field] = value
+        (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ProgramError, match=message):
+        Program.load(_corrupt(tmp_path, edit))
 
 
 def test_missing_mvmu_refused_at_load(tmp_path):
@@ -146,6 +185,10 @@ def test_runaway_loop_is_stopped():
                    core_code=[assemble([instr(Op.JMP, imm=0)]), ex.EMPTY])
     with pytest.raises(SimulationError, match="runaway"):
         run_timing_engine(prog, max_instructions=10_000)
+    # the budget is the caller's to raise (it was fixed at 2e9, 5 min for a loop on memory)
+    with pytest.raises(SimulationError, match="budget of 10000 executed instructions.*"
+                                              "simulate\\(..., max_instructions=N\\)"):
+        simulate(prog, max_instructions=10_000)
 
 
 def test_same_inputs_and_seed_give_identical_reports():
