@@ -480,14 +480,23 @@ def batchnorm_factor(node, gamma: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 
 def _check_weights_finite(nodes, consts) -> None:
+    """Refuse a NaN in any constant a node reads (an Add's or a batch norm's NaN calibrated
+    as 0 and ran as finite numbers), and inf in a weight; elsewhere inf may mean "no
+    bound" (Clip) or pad with the lowest value (Pad before a MaxPool)."""
     for n in nodes:
-        if n.op_type not in _WEIGHT_OPS:
-            continue
-        for i in n.input[1:]:
+        if n.op_type == "BatchNormalization" and len(n.input) == 5 and all(
+                i in consts for i in n.input[1:]):
+            batchnorm_factor(n, consts[n.input[1]], consts[n.input[4]])   # names a variance
+        for i in n.input[n.op_type in _WEIGHT_OPS:]:
             v = consts.get(i)
-            if v is not None and v.dtype.kind == "f" and not np.isfinite(v).all():
-                raise ModelFormatError(f"node {n.name!r} ({n.op_type}): weight {i!r} holds "
-                                       f"{int((~np.isfinite(v)).sum())} NaN/inf values")
+            if v is None or v.dtype.kind != "f":
+                continue
+            bad = ~np.isfinite(v) if n.op_type in _WEIGHT_OPS else np.isnan(v)
+            if bad.any():
+                what = "weight" if n.op_type in _WEIGHT_OPS else "constant"
+                kinds = "NaN/inf" if n.op_type in _WEIGHT_OPS else "NaN"
+                raise ModelFormatError(f"node {n.name!r} ({n.op_type}): {what} {i!r} holds "
+                                       f"{int(bad.sum())} {kinds} values")
 
 
 LEGACY_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal",

@@ -68,7 +68,14 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
             raise CompilerError(f"onnxruntime failed on the model during calibration: "
                                 f"{first_line(e)}") from e
         for n, v in zip(names, res):
-            absmax[n] = max(absmax[n], float(np.abs(v).max()) if v.size else 0.0)
+            top = float(np.abs(v).max()) if v.size else 0.0
+            if np.isnan(top):   # max(0.0, nan) is 0.0: it calibrated as all zeros (an
+                # inf is left to the lowering, which names what holds it: Pad's -inf)
+                node = next((nd for nd in graph.nodes if n in nd.output), None)
+                by = f" (node {node.name!r}, {node.op_type})" if node is not None else ""
+                raise CompilerError(f"calibration: tensor {n!r}{by} is NaN on sample "
+                                    f"{b}; fixed-point words hold numbers only")
+            absmax[n] = max(absmax[n], top)
             if n in outs:
                 outs[n].append(v)
     return absmax, {k: np.concatenate(v) for k, v in outs.items()}

@@ -1,6 +1,7 @@
 """Clip on its own (not fused into the MVM before it): bounds become integers at the input's
 scale, so the output keeps that scale, unless a bound lies past what that scale's words hold
-(Clip(x, 20, 30) on |x| < 3): then the output takes its calibrated scale and the input is
+(Clip(x, 20, 30) on |x| < 3) or the output's calibrated range is under half the input's
+(Clip(x, 0, 1) on |x| ~ 1e4): then the output takes its calibrated scale and the input is
 rescaled to it. Also the scalar affine map the QDQ ops reuse."""
 from dataclasses import dataclass
 
@@ -83,11 +84,13 @@ def lower_clip(node, ctx):
     s, mult, shift = t_in.scale, 1, 0
     ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
     lim = 1 << (ctx.bits - 1)
-    if any(b is not None and not -lim <= b < lim for b in (ilo, ihi)):
+    s_out = ctx.scale_for(node.output[0])
+    if any(b is not None and not -lim <= b < lim for b in (ilo, ihi)) or 0 < s_out < s / 2:
         # a bound the input's words cannot hold (kept as is, it made a word past the
-        # machine's): the output's calibrated scale holds it; missing bounds become the
+        # machine's), or a window a few input steps wide (Clip(x, 0, 1) at a step of 1.8
+        # gave 0 everywhere): the output's calibrated scale. Missing bounds become the
         # word's, so a rescaled input past the calibration saturates like any stored word
-        s = ctx.scale_for(node.output[0])
+        s = s_out
         mult, shift = ratio(t_in.scale / s)
         ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
         ilo = -lim if ilo is None else max(ilo, -lim)

@@ -408,6 +408,42 @@ def test_clip_bound_past_the_input_words_takes_the_output_scale(lo, hi):
     assert all(b is None or -lim <= b < lim for b in (clamp.lo, clamp.hi))
 
 
+def test_clip_window_a_few_input_steps_wide_takes_the_output_scale():
+    """Clip(x, 0, 1) on |x| ~ 1e4 (a step of ~0.6): at the input's scale the bound 1 rounded
+    to 1 step and the output to 0 or 0.6; the output's own scale resolves [0, 1]."""
+    m = _model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+               {"lo": np.float32(0.0), "hi": np.float32(1.0)}, (1, 8), ["y"])
+    x = {"x": (RNG.standard_normal((4, 8)) * 1e4).astype(np.float32)}
+    prog, lp, _ = compile_model(m, CFG, calibration=x, return_ir=True)
+    got = simulate(prog, x).outputs["y"]
+    np.testing.assert_allclose(got, run_onnxruntime(m, x)["y"], atol=1e-3)
+    assert lp.tensors["y"].scale < 1e-3
+
+
+@pytest.mark.parametrize("op, inits, message", [
+    ("Add", {"c": np.float32(np.nan)}, "node 'n' \\(Add\\): constant 'c' holds 1 NaN values"),
+    ("BatchNormalization", {"g": np.ones(3, np.float32), "b": np.array([0, np.nan, 0], np.float32),
+                            "m": np.zeros(3, np.float32), "v": np.ones(3, np.float32)},
+     "constant 'b' holds 1 NaN values")])
+def test_nan_in_a_constant_that_is_not_a_weight_is_refused(op, inits, message):
+    """Only Conv/Gemm/MatMul weights were checked: an Add's NaN calibrated as 0 and the
+    simulator printed finite numbers where onnxruntime gives NaN."""
+    m = _model([helper.make_node(op, ["x"] + list(inits), ["y"], name="n")], inits,
+               (1, 3, 4, 4), ["y"])
+    with pytest.raises(ModelFormatError, match=message):
+        compile_model(m, CFG)
+
+
+def test_a_tensor_that_calibrates_to_nan_is_named():
+    """0 / 0: max(0.0, nan) is 0.0, so it calibrated as all zeros, unsaid."""
+    m = _model([helper.make_node("Mul", ["x", "z"], ["p"]),
+                helper.make_node("Div", ["p", "z"], ["y"], name="div")],
+               {"z": np.float32(0.0)}, (1, 3, 4, 4), ["y"])
+    with pytest.raises(CompilerError, match="calibration: tensor 'y' \\(node 'div', Div\\) "
+                                            "is NaN on sample 0"):
+        compile_model(m, CFG)
+
+
 @pytest.mark.parametrize("target, message", [
     ((1, 1, 12), "a vector becomes one only as a one-pixel map"),
     ((1, 1, 2, 6), "allowed: a map to a vector or to a map of the same channels")])
