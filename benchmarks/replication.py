@@ -65,6 +65,9 @@ def main():
                        "leakage_uj": rep.energy_j["leakage"] * 1e6,
                        "area_mm2": rep.area_mm2["total"], "mvmus": rep.mvmus,
                        "cores": rep.cores, "tiles": rep.tiles,
+                       # maps that outgrow tile.edram_kb are costed as if they fit
+                       "words_per_tile_max": rep.memory["words_per_tile_max"],
+                       "tiles_over_edram": rep.memory["tiles_over_edram"],
                        "same_integers": bool(np.array_equal(out, base)),
                        "wall_s": time.perf_counter() - t}
                 rows.append(row)

@@ -70,6 +70,9 @@ def measure_one(name: str, overrides: list[str]) -> dict:
             "utilization": round(float(m["utilization"]), 4),
             "instructions": int(prog.n_instructions),
             "instructions_executed": int(rep.instructions_executed),
+            # maps that outgrow tile.edram_kb are costed as if they fit
+            "words_per_tile_max": rep.memory["words_per_tile_max"],
+            "tiles_over_edram": rep.memory["tiles_over_edram"],
             "latency_ms": rep.latency_s * 1e3,
             "energy_mj": rep.energy_j["total"] * 1e3,
             "dynamic_energy_mj": (rep.energy_j["total"] - rep.energy_j.get("leakage", 0.0)) * 1e3}

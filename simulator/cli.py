@@ -216,6 +216,10 @@ def cmd_compile(args) -> int:
     print(f"compiled {args.model} -> {args.output}: {m.get('crossbars', '?')} crossbars, "
           f"{m.get('cores', '?')} cores, {m.get('tiles', prog.n_tiles)} tiles, "
           f"{prog.n_instructions} instructions")
+    over = m.get("edram_overflow_tiles", 0)
+    if over:   # costs stay tile.edram_kb's: say it where the user looks
+        print(f"note: {over} tile(s) need more than the {m['edram_words']}-word eDRAM (up to "
+              f"{m['mem_words_max']} words); costs model tile.edram_kb as if it fit")
     return 0
 
 

@@ -36,6 +36,15 @@ def _one_line_error(capsys, rc, needle):
     return err
 
 
+def test_compile_says_when_a_tile_needs_more_than_its_edram(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx", k=600)
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q"]) == 0
+    assert "eDRAM" not in capsys.readouterr().out
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q", "--set",
+                 "tile.edram_kb=1"]) == 0
+    assert "note: 1 tile(s) need more than the 512-word eDRAM" in capsys.readouterr().out
+
+
 def test_compile_simulate_run_flow(tmp_path):
     model = _mlp_model(tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)

@@ -254,6 +254,17 @@ def test_compile_options_are_grid_keys(model_files, tmp_path):
                   workers=1, progress=False)
 
 
+def test_a_tile_memory_too_small_is_a_column(tmp_path):
+    """An eDRAM too small for a tile's maps was costed as if it fit with every row "ok" and
+    nothing in the table to say so."""
+    lenet = Path(__file__).parents[2] / "models" / "pretrained" / "lenet5_fmnist.onnx"
+    df = run_sweep([lenet], ["tile.edram_kb=1,64"], tmp_path / "r.csv", workers=1,
+                   progress=False)
+    small, big = df.iloc[0], df.iloc[1]
+    assert small["tiles_over_edram"] >= 1 and big["tiles_over_edram"] == 0
+    assert small["words_per_tile_max"] == big["words_per_tile_max"] > 512
+
+
 def test_vfu_cores_is_a_grid_key(tmp_path):
     # own cores for the pool: the conv after it no longer waits for the pool's loop
     rng = np.random.default_rng(2)
