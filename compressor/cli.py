@@ -152,10 +152,14 @@ def _compress(args) -> int:
     import numpy as np
 
     from models.data import load_splits
-    from models.train import check_fits, limit_torch_threads, predict_logits
+    try:
+        from models.train import check_fits, limit_torch_threads, predict_logits
 
-    from .export import export_qdq
-    from .pipeline import compress
+        from .export import export_qdq
+        from .pipeline import compress
+    except ImportError as e:   # an install without the [torch] extra
+        from models.errors import NO_TORCH
+        raise CompressionError(f"{NO_TORCH} ({e})") from e
     limit_torch_threads()
     train, test = load_splits(args.data, args.limit)
     model = _load_model(args, train, test)

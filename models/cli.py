@@ -13,11 +13,10 @@ import ast
 import sys
 
 from models import MODEL_NAMES
-from models.errors import ModelError
+from models.errors import NO_TORCH, ModelError
 from simulator.cli import TORCH_MAX_OPSET, int_in, positive_int
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-_NO_TORCH = "this command needs torch: pip install 'xbarsim[torch]'"
 
 
 def _error(message: str) -> int:
@@ -51,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             from models.train import train
         except ImportError as e:
-            raise ModelError(f"{_NO_TORCH} ({e})") from e
+            raise ModelError(f"{NO_TORCH} ({e})") from e
         acc = train(args.model, args.data, epochs=args.epochs, lr=args.lr,
                     batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
                     resume=not args.no_resume, limit=args.limit, progress=not args.quiet,
@@ -78,7 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             from models.onnx_export import export
             from models.zoo import _options
         except ImportError as e:
-            raise ModelError(f"{_NO_TORCH} ({e})") from e
+            raise ModelError(f"{NO_TORCH} ({e})") from e
         options = _parse_options(args.opt)
         # builder options only: export's own parameters (path, batch, seed, atol...) share
         # its keyword arguments and would clash with the command's or silently change them

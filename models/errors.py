@@ -5,6 +5,9 @@ from ``ValueError`` so callers that already catch bad-argument errors keep worki
 Messages are one line and carry the offending value.
 """
 
+#: What a command that trains or exports says where torch is not installed.
+NO_TORCH = "this command needs torch: pip install 'xbarsim[torch]'"
+
 
 class ModelError(ValueError):
     """A user-visible problem with a model name, option, checkpoint or export."""

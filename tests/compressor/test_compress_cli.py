@@ -499,3 +499,26 @@ def test_compress_keeps_a_lower_torch_thread_count(tmp_path, recipe, capsys, mon
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", [["export", "lenet5", "-o", "m.onnx"],
+                                     ["compress", "lenet5_fmnist", "--recipe", "lenet5_block",
+                                      "--data", "digits", "-o", "c.onnx"]])
+def test_commands_that_need_torch_say_so_without_it(tmp_path, command):
+    """Installed without the [torch] extra, compress ended in a ModuleNotFoundError
+    traceback (export already said what to install)."""
+    import os
+    import subprocess
+    import sys
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", "
+                                   "name='torch')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{stub}{os.pathsep}{root}"}
+    r = subprocess.run([sys.executable, "-m", "simulator.cli"] + command, cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: this command needs torch: pip install 'xbarsim[torch]' (No module named "
+        "'torch')"]
