@@ -61,7 +61,7 @@ import numpy as np
 from simulator.config import (MachineConfig, load_config, names_preset_file,
                               one_string_refused, with_overrides)
 from simulator.errors import ConfigError, XbarsimError
-from simulator.fileio import atomic_write, check_writable_folder
+from simulator.fileio import atomic_write, check_writable_folder, names_a_folder
 from simulator.cli import positive_int
 
 from .errors import CompilerError
@@ -756,11 +756,12 @@ def _crashed(e: BaseException) -> dict:
 def results_paths(out: str | os.PathLike) -> dict[str, Path]:
     """Where a sweep writing ``out`` keeps its files: ``csv``, ``parquet``, ``points`` (one
     JSON per finished point) and ``models`` (exported zoo models)."""
-    out = Path(out)
-    if out.name in ("", ".", ".."):
-        raise SweepError(f"-o {str(out)!r}: name the results table, e.g. -o sweep.csv "
+    if names_a_folder(out) or Path(out).name in ("", ".", ".."):
+        raise SweepError(f"-o {os.fspath(out)!r}: name the results table, e.g. -o sweep.csv "
                          f"(its .parquet and .points/ go beside it)")
-    stem = out.with_suffix("") if out.suffix in (".csv", ".parquet") else out
+    out = Path(out)
+    # results.CSV is the table too (its .parquet beside it, not results.CSV.csv)
+    stem = out.with_suffix("") if out.suffix.lower() in (".csv", ".parquet") else out
     # with_name, not with_suffix: "sweep.adc" must give sweep.adc.csv, not sweep.csv
     return {"csv": stem.with_name(stem.name + ".csv"),
             "parquet": stem.with_name(stem.name + ".parquet"),
@@ -783,7 +784,7 @@ def _check_results_paths(paths: dict[str, Path], out) -> None:
     if out.is_dir():   # its table would go beside it, as FOLDER.csv
         raise SweepError(f"{flag}: {out} is a folder; name a results file to write, "
                          f"e.g. -o {out / 'sweep.csv'}")
-    if out.is_file() and out.suffix not in ("", ".csv", ".parquet"):
+    if out.is_file() and out.suffix.lower() not in ("", ".csv", ".parquet"):
         # a model or another file given by mistake: its table would go beside it
         raise SweepError(f"{flag}: {out} is an existing file, not a results table; name a "
                          f"results file (.csv or .parquet), e.g. -o sweep.csv")
@@ -1073,7 +1074,7 @@ def read_table(path: str | os.PathLike):
     if not p.is_file():
         raise SweepError(f"results file {str(path)!r} does not exist")
     try:
-        return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+        return pd.read_parquet(p) if p.suffix.lower() == ".parquet" else pd.read_csv(p)
     except ImportError as e:      # no Parquet engine (pyarrow): the sweep wrote a CSV too
         raise SweepError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow); or "
                          f"give the .csv beside it") from e

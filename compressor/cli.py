@@ -344,8 +344,9 @@ def _check_paths(args) -> None:
     only at the end: no file name, a folder, the checkpoint's own name, a ``--json`` that is
     one of the run's files; and make the folders they go in (which fails now if it can)."""
     from .errors import CompressionError
+    from simulator.fileio import check_writable_folder, names_a_folder
     out = Path(args.output)
-    if not out.name or out.name in (".", "..") or out.is_dir():
+    if not out.name or out.name in (".", "..") or out.is_dir() or names_a_folder(args.output):
         raise CompressionError(f"-o {args.output!r}: must name a file to write, e.g. "
                                f"out/model.onnx")
     if out.suffix == ".ckpt":
@@ -381,13 +382,12 @@ def _check_paths(args) -> None:
     folders = [out.parent]
     if args.json:
         j = Path(args.json)
-        if not j.name or j.name in (".", "..") or j.is_dir():
+        if not j.name or j.name in (".", "..") or j.is_dir() or names_a_folder(args.json):
             raise CompressionError(f"--json {args.json!r}: must name a file to write")
         if j.resolve() in files:
             raise CompressionError(f"--json {args.json}: is also the run's "
                                    f"{files[j.resolve()]}; choose another path")
         folders.append(j.parent)
-    from simulator.fileio import check_writable_folder
     for folder, flag in zip(folders, (f"-o {args.output}", f"--json {args.json}")):
         check_writable_folder(folder, flag, CompressionError)
 

@@ -27,7 +27,7 @@ from models.errors import ModelError
 from models.zoo import build
 from simulator.cli import TORCH_MAX_OPSET
 from simulator.errors import first_line
-from simulator.fileio import atomic_write, check_writable_folder
+from simulator.fileio import atomic_write, check_writable_folder, names_a_folder
 
 #: Opset used unless the caller names another.
 DEFAULT_OPSET = 17
@@ -199,9 +199,9 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
     onnx.helper.set_model_props(proto, {"xbarsim.model": name or type(model).__name__,
                                         "xbarsim.opset": str(opset)})
     onnx.checker.check_model(proto, full_check=True)
+    if Path(path).is_dir() or names_a_folder(path):
+        raise ModelError(f"-o {os.fspath(path)}: names a folder; name the .onnx file to write")
     path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"-o {path}: a folder is there; name the .onnx file to write")
     check_writable_folder(path.parent, f"-o {path}", ModelError)   # a file on the way: said
     with atomic_write(path) as tmp:
         onnx.save(proto, tmp)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XbarsimError
-from .fileio import check_writable_folder
+from .fileio import check_writable_folder, names_a_folder
 
 EXIT_USER_ERROR = 2
 #: Ctrl-C (128 + SIGINT), as the shells and every xbarsim command; a closed pipe (128 + SIGPIPE)
@@ -144,7 +144,7 @@ def check_output_files(args, inputs: dict) -> None:
             continue
         flag, path = f"{option} {value}", Path(value)
         take(path, f"{option} file", flag)
-        if path.is_dir():
+        if path.is_dir() or names_a_folder(value):
             raise UserError(f"{flag}: a folder is there; name a file to write")
         if not path.parent.is_dir() and path.parent.exists():
             raise UserError(f"{flag}: {path.parent} is a file, not a folder")

@@ -126,6 +126,13 @@ def _create_temp(path: Path, suffix: str) -> Path:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
+def names_a_folder(value: str | os.PathLike) -> bool:
+    """An output file argument written as a folder, ``out/``: ``Path`` drops the slash, and
+    a file named ``out`` was written."""
+    text = os.fspath(value)
+    return text.endswith(os.sep) or bool(os.altsep and text.endswith(os.altsep))
+
+
 def check_writable_folder(folder: str | Path, flag: str, error: type[Exception]) -> None:
     """Make ``folder`` and refuse it in one line (``error``, naming ``flag``) if it takes no
     files (read-only, /proc): found before the work whose results would go there."""

@@ -45,6 +45,24 @@ def test_compile_says_when_a_tile_needs_more_than_its_edram(tmp_path, capsys):
     assert "note: 1 tile(s) need more than the 512-word eDRAM" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["simulate", "{prog}", "--json", "{d}/out/"], "--json {d}/out/: a folder"),
+    (["listing", "{prog}", "-o", "{d}/out/"], "-o {d}/out/: a folder"),
+    (["export", "lenet5", "-o", "{d}/out/"], "-o {d}/out/: names a folder"),
+    (["compress", "lenet5_fmnist", "--recipe", "lenet5_block", "--data", "digits", "-o",
+      "{d}/out/"], "-o '{d}/out/': must name a file"),
+    (["sweep", "--models", "{model}", "--grid", "adc.bits=6", "-o", "{d}/out/"],
+     "-o '{d}/out/': name the results table")])
+def test_an_output_file_written_as_a_folder_is_refused(tmp_path, capsys, argv, needle):
+    """`-o out/` wrote a plain file named out (Path drops the slash), exit 0."""
+    model = _mlp_model(tmp_path / "m.onnx")
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q"]) == 0
+    capsys.readouterr()
+    fill = {"prog": str(tmp_path / "p"), "d": str(tmp_path), "model": str(model)}
+    _one_line_error(capsys, main([a.format(**fill) for a in argv]), needle.format(**fill))
+    assert not (tmp_path / "out").exists()
+
+
 def test_compile_simulate_run_flow(tmp_path):
     model = _mlp_model(tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)

@@ -293,6 +293,8 @@ def test_output_names_with_dots_keep_their_own_tables(model_files, tmp_path):
     from compiler.sweep import results_paths
     assert results_paths(tmp_path / "s.adc.csv")["csv"] == tmp_path / "s.adc.csv"
     assert results_paths(tmp_path / "s.adc")["parquet"] == tmp_path / "s.adc.parquet"
+    # an upper-case suffix names the table too (it gave results.CSV.csv)
+    assert results_paths(tmp_path / "r.CSV")["csv"] == tmp_path / "r.csv"
     for name in ("s.x.csv", "s.y.csv"):
         run_sweep([model_files[0]], ["adc.bits=6"], tmp_path / name, workers=1,
                   progress=False)
