@@ -10,11 +10,12 @@ the MVM layers after them skip that core, so a VFU layer has a core of its own: 
 shared the next convolution's core would hold it for the pool's whole pixel loop (LeNet-5
 on puma: 11 % slower). Where that tile has no idle core left (copies or earlier layers
 filled it) a VFU layer takes the next fresh core, on the next tile if need be: the
-transfer that adds costs less than a shared core (measured with 8 control streams:
-ResNet-18 3-4.5 % faster than sharing, VGG-8 with 8 copies 4.5 %; with one control stream
-per tile it had measured slower). Where those fresh cores would not fit the node, such VFU
-layers share a core by their input instead (``vfu_layers_sharing`` in the mapping), and
-only where even that does not fit do all share. Own cores cost cores, and sometimes a tile:
+transfer that adds costs less than a shared core (with 8 control streams ResNet-18 is
+2.8-4.5 % faster than sharing, VGG-8 with 8 copies 4.8 %: benchmarks/vfu_fresh_cores.py;
+with one control stream per tile it had measured slower). Where those fresh cores would
+not fit the node, such VFU layers share a core by their input instead
+(``vfu_layers_sharing`` in the mapping), and only where even that does not fit do all
+share. Own cores cost cores, and sometimes a tile:
 ``"shared"`` packs MVM layers onto every core (the fewest cores and tiles, the least area),
 and is also what "own" falls back to, with a warning, when own cores would not fit the
 node. A model that needs more MVMUs than the node has is refused with the numbers.
