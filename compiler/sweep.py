@@ -1088,9 +1088,13 @@ def cmd_sweep(args) -> int:
     import pandas as pd
     t0 = time.perf_counter()
     paths = results_paths(args.output)
+    if args.samples is not None and args.data is None:   # it was ignored, unsaid
+        raise SweepError(f"--samples {args.samples}: needs --data (without data a point "
+                         f"measures timing, energy and area only)")
     try:
         df = run_sweep(args.models, args.grid, args.output, preset=args.preset,
-                       overrides=args.overrides, data=args.data, samples=args.samples,
+                       overrides=args.overrides, data=args.data,
+                       samples=64 if args.samples is None else args.samples,
                        executor=args.executor, workers=args.workers, address=args.address,
                        progress=not args.quiet, retry_failed=args.retry_failed)
     except KeyboardInterrupt:       # as compress and train: say how to go on, exit 130
@@ -1156,8 +1160,8 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="SET",
                    help="inputs for accuracy: demo, fashion-mnist, digits, random, or an "
                         ".npz / folder (default: none, timing/energy/area only)")
-    p.add_argument("--samples", type=positive_int, default=64, metavar="N",
-                   help="data samples per point [64]")
+    p.add_argument("--samples", type=positive_int, metavar="N",
+                   help="data samples per point, with --data [64]")
     p.add_argument("--retry-failed", action="store_true",
                    help="recompute stored failed points")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -200,7 +200,8 @@ def export(name_or_module: str | nn.Module, path: str | os.PathLike, opset: int 
                                         "xbarsim.opset": str(opset)})
     onnx.checker.check_model(proto, full_check=True)
     if Path(path).is_dir() or names_a_folder(path):
-        raise ModelError(f"-o {os.fspath(path)}: names a folder; name the .onnx file to write")
+        there = "a folder is there" if Path(path).is_dir() else "names a folder"
+        raise ModelError(f"-o {os.fspath(path)}: {there}; name the .onnx file to write")
     path = Path(path)
     check_writable_folder(path.parent, f"-o {path}", ModelError)   # a file on the way: said
     with atomic_write(path) as tmp:

@@ -521,17 +521,8 @@ class Program:
             # every version wrote both: a missing list would load a program with no ports
             inputs=[TensorPort.from_dict(d) for d in manifest["inputs"]],
             outputs=[TensorPort.from_dict(d) for d in manifest["outputs"]],
-            layers=_json_of(manifest, "layers", list), mapping=_json_of(manifest, "mapping", dict),
+            layers=manifest.get("layers", []), mapping=manifest.get("mapping", {}),
         )
-
-
-def _json_of(manifest: dict, key: str, kind: type):
-    """manifest[key] (a missing one: empty), refused unless of ``kind``: a report reads it."""
-    v = manifest.get(key, kind())
-    if not isinstance(v, kind):
-        raise ProgramError(f"{key}: {json.dumps(v)[:40]} is not a JSON "
-                           f"{'list' if kind is list else 'object'}")
-    return v
 
 
 def jsonable(o):
@@ -613,6 +604,9 @@ def validate(prog: Program) -> None:
             and isinstance(x.get("op"), str) for x in prog.layers):
         raise ProgramError("layers must be a list of layer records (objects with a string "
                            "name and op)")
+    if not isinstance(prog.mapping, dict):   # the report reads its keys
+        raise ProgramError(f"mapping must be an object (a dict of the compiler's figures), "
+                           f"not {type(prog.mapping).__name__}")
     n_layers = len(prog.layers)
     n = len(prog.mvmu_loc)
     if n and not ((prog.mvmu_layer >= -1) & (prog.mvmu_layer < n_layers)).all():

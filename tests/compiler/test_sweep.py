@@ -219,7 +219,9 @@ def test_grid_parsing_and_user_errors(tmp_path, capsys, monkeypatch):
     for argv, needle in (
             (["--grid", "adc.bitz=4,6"], "adc.bitz: unknown key"),
             (["--grid", "adc.bits=4", "--executor", "ray"], "ray"),
-            (["--models", "nosuchmodel"], "not an ONNX file")):
+            (["--models", "nosuchmodel"], "not an ONNX file"),
+            # ignored without data, unsaid
+            (["--grid", "adc.bits=4", "--samples", "5"], "--samples 5: needs --data")):
         # ray installed or not, its absence must read as one line: hide it
         monkeypatch.setitem(sys.modules, "ray", None)
         args = ["sweep", "--models", "lenet5_fmnist", "-o", str(tmp_path / "r.csv"), *argv]

@@ -69,8 +69,7 @@ def _corrupt(tmp_path, edit):
     ("perm", [True, False] + list(range(2, 16)), "tensor 'y' perm: True is not an integer"),
     ("perm", [1.0, 0.0] + list(range(2, 16)), "tensor 'y' perm: 1.0 is not an integer"),
     ("scale", True, "tensor 'y' scale: True is not a number"),
-    ("mapping", [1], r"mapping: \[1\] is not a JSON object"),
-    ("layers", {"a": 1}, "layers: .* is not a JSON list")])
+    ("mapping", [1], "mapping must be an object .*, not list")])
 def test_hand_edited_manifest_types_refused_at_load(tmp_path, field, value, message):
     """A boolean perm passed as a permutation (True == 1) and swapped two outputs silently;
     a float perm, or a list as the mapping, ended in a traceback."""
