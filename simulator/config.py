@@ -253,8 +253,10 @@ class NoiseConfig:
     """Device non-idealities, each off by default, each with its own seeded random stream."""
 
     program_sigma: float = 0.0
-    """Relative conductance programming variation (std of the multiplicative factor); for
-    ``lognormal`` at most ``MAX_LOGNORMAL_SIGMA`` (beyond it the factor overflows float64)."""
+    """Conductance programming variation: for ``normal`` the std of the multiplicative
+    factor (mean 1); for ``lognormal`` the std of its logarithm (the factor exp(s*N) has
+    mean exp(s**2/2) > 1, a gain as well as a spread), at most ``MAX_LOGNORMAL_SIGMA``
+    (beyond it the factor overflows float64)."""
     program_dist: str = "normal"
     """Variation distribution: ``normal`` (g * (1 + s*N)) or ``lognormal`` (g * exp(s*N))."""
     read_sigma: float = 0.0
