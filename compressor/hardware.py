@@ -394,9 +394,10 @@ def accuracy_under_variation(model, cfg="puma", x: np.ndarray | None = None,
     """Simulated top-1 accuracy under conductance programming variation.
 
     For each ``sigma`` (the simulator's ``noise.program_sigma``: with the default normal
-    distribution, the relative std of the programmed conductance) and each ``seed`` (``noise.seed``: which devices deviate how)
-    the model is simulated on ``x``. Returns one record per sigma: ``sigma``,
-    ``accuracy`` (mean over seeds), ``accuracy_min``/``accuracy_max``, ``per_seed``.
+    distribution, the relative std of the programmed conductance) and each ``seed``
+    (``noise.seed``: which devices deviate how) the model is simulated on ``x``. Returns
+    one record per sigma: ``sigma``, ``accuracy`` (mean over seeds),
+    ``accuracy_min``/``accuracy_max``, ``per_seed``.
     """
     from compiler import compile_model
     from simulator import load_config, simulate
