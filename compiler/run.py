@@ -90,7 +90,8 @@ def run_model(args) -> dict:
                          replicate=args.replicate, vfu_cores=args.vfu_cores)
     t2 = time.perf_counter()
     ref = run_onnxruntime(model_path, inputs)
-    rep = simulate(prog, inputs, trace=bool(args.trace), reference=ref)
+    rep = simulate(prog, inputs, trace=bool(args.trace), trace_cap=args.trace_cap,
+                   reference=ref)
     t3 = time.perf_counter()
     batch = len(next(iter(inputs.values())))
     out_name = prog.outputs[0].name
@@ -113,8 +114,11 @@ def run_model(args) -> dict:
         line = (f"accuracy     {name + ': ' if name else ''}max |err| "
                 f"{a.get('max_abs_err', float('nan')):.3g}, relative error "
                 f"{a.get('rel_err', float('nan')):.2e} vs onnxruntime")
-        if "top1_agreement" in a:
+        if a.get("top1_agreement") is not None:
             line += f", top-1 agreement {a['top1_agreement'] * 100:.1f}%"
+        if a.get("reference_nonfinite"):
+            line += (f" ({a['reference_nonfinite']} onnxruntime value(s) past float32 left "
+                     f"out)")
         print(line)
     if labels is not None:
         print(f"top-1        simulated chip {acc['sim_top1_vs_labels'] * 100:.1f}%, "

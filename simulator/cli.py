@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XbarsimError
-from .fileio import check_writable_folder, names_a_folder
+from .fileio import check_writable_folder, is_special_file, names_a_folder
+from .simulate import DEFAULT_TRACE_CAP
 
 EXIT_USER_ERROR = 2
 #: Ctrl-C (128 + SIGINT), as the shells and every xbarsim command; a closed pipe (128 + SIGPIPE)
@@ -146,6 +147,8 @@ def check_output_files(args, inputs: dict) -> None:
         take(path, f"{option} file", flag)
         if path.is_dir() or names_a_folder(value):
             raise UserError(f"{flag}: a folder is there; name a file to write")
+        if is_special_file(path):   # /dev/stdout, a pipe: written in place, no temp file
+            continue
         if not path.parent.is_dir() and path.parent.exists():
             raise UserError(f"{flag}: {path.parent} is a file, not a folder")
         check_writable_folder(path.parent, flag, UserError)
@@ -177,7 +180,8 @@ def _write_outputs(report, args) -> None:
         cut = report.trace_truncated
         kept = len(report.trace_events)      # n also counts the per-agent name records
         print(f"trace    -> {args.trace} ({n} events; open in ui.perfetto.dev)"
-              + (f"; cut at its {kept}-event cap, the run went on past it" if cut else ""))
+              + (f"; cut at its {kept}-event cap, the run went on past it (--trace-cap "
+                 f"raises it)" if cut else ""))
     if getattr(args, "outputs", None) and report.outputs:
         from .fileio import atomic_write
         arrays = {k: v for k, v in report.outputs.items() if not k.endswith(":int")}
@@ -236,7 +240,7 @@ def cmd_simulate(args) -> int:
         raise UserError("--outputs needs --input: without inputs simulate runs timing only "
                         "and computes no output values")
     inputs = _load_npz(args.input) if args.input else None
-    rep = simulate(prog, inputs, trace=bool(args.trace))
+    rep = simulate(prog, inputs, trace=bool(args.trace), trace_cap=args.trace_cap)
     print(rep.summary())
     _write_outputs(rep, args)
     return 0
@@ -300,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", help="write the simulated outputs to this .npz")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
+    p.add_argument("--trace-cap", type=positive_int, default=DEFAULT_TRACE_CAP, metavar="N",
+                   help=f"most trace events kept; a longer run's trace is cut there and "
+                        f"says so [{DEFAULT_TRACE_CAP}]")
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.set_defaults(func=cmd_simulate)
 
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", help="write the simulated outputs to this .npz")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--trace", help="write a Chrome/Perfetto timeline trace")
+    p.add_argument("--trace-cap", type=positive_int, default=DEFAULT_TRACE_CAP, metavar="N",
+                   help=f"most trace events kept; a longer run's trace is cut there and "
+                        f"says so [{DEFAULT_TRACE_CAP}]")
     p.add_argument("--plots", help="write plots (PNG) into this folder")
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.add_argument("--out", help="demo: folder for report, trace and plots [xbarsim-out]")

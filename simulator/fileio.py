@@ -85,26 +85,49 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     A symlink is followed (its target is replaced, the link stays); a target that exists
     and is not a regular file (``/dev/stdout``, a FIFO, ``/dev/null``) is written directly,
     as ``open`` would."""
+    if is_special_file(path):
+        # before realpath: /dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], a path
+        # that does not exist, and the temp file beside it failed
+        with _naming_target(Path(path), None):
+            yield Path(path)
+        return
     path = Path(os.path.realpath(path))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; expected a file name",
                                 str(path))
     tmp = None
     try:
-        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-            yield path
-            return
-        tmp = _create_temp(path, suffix)
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None or (tmp is not None and e.filename == str(tmp)):
-            # a failed write() names no file, a failed temp file names its own: name the target
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
+        with _naming_target(path, lambda: tmp):
+            tmp = _create_temp(path, suffix)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def is_special_file(path: str | os.PathLike) -> bool:
+    """``path`` is there and is neither a regular file nor a folder (``/dev/stdout``, a
+    pipe, a FIFO, ``/dev/null``): written in place, as ``open`` would. ``os.stat`` follows
+    /proc's links to the pipe or socket they stand for."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _naming_target(path: Path, temp):
+    """An OSError while writing names the target: a failed write() names no file, a failed
+    temp file (``temp()``) its own."""
+    try:
+        yield
+    except OSError as e:
+        tmp = temp() if temp is not None else None
+        if e.filename is None or (tmp is not None and e.filename == str(tmp)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def _create_temp(path: Path, suffix: str) -> Path:

@@ -73,7 +73,7 @@ class Report:
             "adc_conversions": self.adc_conversions, "instructions": self.instructions,
             "instructions_executed": self.instructions_executed, "adc_model": self.adc_model,
             "layers": self.layers, "counters": self.counters, "accuracy": self.accuracy,
-            "memory": self.memory,
+            "memory": self.memory, "trace_truncated": self.trace_truncated,
             "sim_wall_s": self.sim_wall_s, "timing_wall_s": self.timing_wall_s,
             "values_wall_s": self.values_wall_s, "config": self.config,
         }
@@ -97,7 +97,8 @@ class Report:
         return pd.DataFrame(rows)
 
     def to_csv(self, path: str | Path) -> None:
-        self.layers_frame().to_csv(path, index=False)
+        with atomic_write(path) as tmp:     # as every output: the old file or the new one
+            self.layers_frame().to_csv(tmp, index=False)
 
     def save_trace(self, path: str | Path) -> int:
         """Chrome / Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing).
@@ -119,8 +120,16 @@ class Report:
         for a, n in names.items():
             events.append({"name": "thread_name", "ph": "M", "pid": int(n.split()[1]),
                            "tid": a, "args": {"name": n}})
+        trace = {"traceEvents": events, "displayTimeUnit": "ns",
+                 "metadata": {"truncated": self.trace_truncated, "events_kept": len(ev),
+                              "latency_us": self.latency_s * 1e6}}
+        if self.trace_truncated:   # else the timeline just looks idle after the cut
+            last = max((e["ts"] + e["dur"] for e in events if e["ph"] == "X"), default=0.0)
+            events.append({"name": f"trace cut at its {len(ev)}-event cap (the run ends at "
+                                   f"{self.latency_s * 1e6:.1f} us)", "ph": "i", "s": "g",
+                           "ts": last, "pid": 0, "tid": 0})
         with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
+            tmp.write_text(json.dumps(trace))
         return len(events)
 
     def plot(self, folder: str | Path) -> list[Path]:
@@ -338,11 +347,19 @@ def error_metrics(outputs: dict, reference: dict) -> dict:
             continue
         y = np.asarray(outputs[name], np.float64)
         r = np.asarray(ref, np.float64).reshape(y.shape)
-        err = y - r
+        # a reference past float32 (onnxruntime on an input beyond the calibration) is
+        # compared where it is finite and counted: inf and NaN made the JSON invalid
+        finite = np.isfinite(r)
+        err = np.where(finite, y - r, 0.0)
         d = {"max_abs_err": float(np.abs(err).max(initial=0.0)),
-             "rel_err": float(np.linalg.norm(err) / max(np.linalg.norm(r), 1e-30))}
+             "rel_err": float(np.linalg.norm(err)
+                              / max(np.linalg.norm(np.where(finite, r, 0.0)), 1e-30))}
+        if not finite.all():
+            d["reference_nonfinite"] = int((~finite).sum())
         if y.ndim == 2 and y.shape[1] > 1:
-            d["top1_agreement"] = float((y.argmax(1) == r.argmax(1)).mean())
+            rows = finite.all(1)
+            d["top1_agreement"] = (float((y[rows].argmax(1) == r[rows].argmax(1)).mean())
+                                   if rows.any() else None)
         res[name] = d
     if len(res) == 1:
         return next(iter(res.values()))

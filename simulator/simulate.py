@@ -20,6 +20,7 @@ from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTE
 # ~37x the most a compiled model here executes (DenseNet-121 at 224x224: 6.8 M); a runaway
 # loop that touches memory runs ~6 M instructions/s, so it is stopped in under a minute
 DEFAULT_MAX_INSTRUCTIONS = 250_000_000
+DEFAULT_TRACE_CAP = 200_000   # trace events kept: ~40 MB of trace JSON
 
 
 def mvmu_tables(prog: Program):
@@ -181,7 +182,7 @@ def _raise_for_status(prog, status, info, streams, chan_rows, max_instructions):
 
 
 def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
-             values: bool = True, trace: bool = False, trace_cap: int = 200_000,
+             values: bool = True, trace: bool = False, trace_cap: int = DEFAULT_TRACE_CAP,
              reference: dict[str, np.ndarray] | None = None,
              exact_shortcut: bool = True,
              max_instructions: int = DEFAULT_MAX_INSTRUCTIONS) -> Report:

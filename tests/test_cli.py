@@ -356,6 +356,21 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
             tmp.write_text("x")
 
 
+def test_outputs_to_dev_stdout_on_a_pipe(tmp_path):
+    """/dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], which does not exist: the
+    report was lost after the whole simulation (error: No such file or directory)."""
+    model = _mlp_model(tmp_path / "m.onnx")
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q"]) == 0
+    exe = [sys.executable, "-m", "simulator.cli"]
+    r = subprocess.run(exe + ["simulate", str(tmp_path / "p"), "--json", "/dev/stdout"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])["latency_s"] > 0
+    r = subprocess.run(exe + ["listing", str(tmp_path / "p"), "-o", "/dev/stdout"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "tile 0 core 0" in r.stdout, r.stderr
+
+
 def test_preset_yaml_edge_cases(tmp_path, capsys):
     bad = tmp_path / "mixed.yaml"
     bad.write_text("xbar: {rows: 128, 1: 2}\n")          # a non-string key sorted with str ones
@@ -467,6 +482,24 @@ def test_preset_yaml_reads_exponents_as_numbers(tmp_path):
     assert cfg.noise.program_sigma == 0.05 and cfg.clock_ghz == 1.0
 
 
+def test_a_reference_past_float32_keeps_the_report_valid_json():
+    """onnxruntime's reference overflowed to inf on an input past the calibration: the
+    report held Infinity and NaN, which strict JSON parsers refuse."""
+    from simulator import load_config, simulate
+    from simulator import examples as ex
+    cfg = load_config("small")
+    prog = ex.single_mvm(cfg, ex.random_weights(cfg, 16, 4))
+    x = np.ones((3, 16), np.int64)
+    exact = simulate(prog, {"x": x}).outputs[prog.outputs[0].name]
+    ref = exact.astype(np.float64).copy()
+    ref[2, 1] = np.inf
+    rep = simulate(prog, {"x": x}, reference={prog.outputs[0].name: ref})
+    acc = json.loads(rep.to_json(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    acc = acc["accuracy"]
+    assert acc["max_abs_err"] == 0 and acc["rel_err"] == 0 and acc["reference_nonfinite"] == 1
+    assert acc["top1_agreement"] == 1.0    # over the two rows that are finite
+
+
 def test_truncated_trace_is_said_so(tmp_path):
     from simulator import load_config, simulate
     from simulator import examples as ex
@@ -487,6 +520,24 @@ def test_truncated_trace_is_said_so(tmp_path):
             simulate(prog, {"x": x}, trace=True, trace_cap=bad)
     with pytest.raises(SimulationError, match=r"no trace recorded: simulate\(\.\.\., trace="):
         simulate(prog, {"x": x}).save_trace(tmp_path / "t.json")   # wrote an empty trace
+    # the file and the JSON report say it too (the timeline just looked idle after the cut)
+    cut.save_trace(tmp_path / "cut.json")
+    trace = json.loads((tmp_path / "cut.json").read_text())
+    assert trace["metadata"]["truncated"] and trace["metadata"]["events_kept"] == n - 1
+    assert any(e["ph"] == "i" and "cap" in e["name"] for e in trace["traceEvents"])
+    assert json.loads(cut.to_json())["trace_truncated"]
+    full.save_trace(tmp_path / "full.json")
+    trace = json.loads((tmp_path / "full.json").read_text())
+    assert not trace["metadata"]["truncated"]
+    assert not any(e["ph"] == "i" for e in trace["traceEvents"])
+    # and the CLI can raise the cap
+    prog.save(tmp_path / "p")
+    np.savez(tmp_path / "x.npz", x=x)
+    out = subprocess.run([sys.executable, "-m", "simulator.cli", "simulate", str(tmp_path / "p"),
+                          "--input", str(tmp_path / "x.npz"), "--trace",
+                          str(tmp_path / "t2.json"), "--trace-cap", str(n - 1)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and f"cut at its {n - 1}-event cap" in out.stdout, out.stderr
 
 
 def test_duplicate_yaml_keys_and_a_file_where_a_folder_belongs(tmp_path, capsys):
