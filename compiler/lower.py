@@ -71,8 +71,11 @@ class LowerContext:
 
     def absmax(self, name: str) -> float:
         v = self.absmax_.get(name)
-        if v is None or not np.isfinite(v):
+        if v is None:
             raise CompilerError(f"no calibration range for tensor {name!r}")
+        if not np.isfinite(v):   # float32 overflow in onnxruntime: no word holds it
+            raise CompilerError(f"tensor {name!r} overflows float32 (inf) on the calibration "
+                                f"inputs; calibrate with inputs in the range the model takes")
         if v == 0 and name not in self.zero_warned:
             # every sample left it zero (a ReLU of all-negative inputs, say): its scale is a
             # floor, and any real input saturates it

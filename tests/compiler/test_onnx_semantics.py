@@ -444,6 +444,15 @@ def test_a_tensor_that_calibrates_to_nan_is_named():
         compile_model(m, CFG)
 
 
+def test_a_tensor_that_overflows_float32_in_calibration_is_named_as_such():
+    """It said "no calibration range for tensor 'y'", naming no overflow."""
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+               {"w": np.full((4, 2), 3.0, np.float32)}, (1, 4), ["y"])
+    with pytest.raises(CompilerError, match="tensor 'y' overflows float32 \\(inf\\) on the "
+                                            "calibration inputs"):
+        compile_model(m, CFG, calibration={"x": np.full((2, 4), 3e38, np.float32)})
+
+
 @pytest.mark.parametrize("target, message", [
     ((1, 1, 12), "a vector becomes one only as a one-pixel map"),
     ((1, 1, 2, 6), "allowed: a map to a vector or to a map of the same channels")])
