@@ -202,3 +202,29 @@ def test_contrib_qdq_is_refused_saying_what_is_allowed():
             "the standard ai.onnx domain (its QuantizeLinear at opset 21 holds int4 and "
             "int16)")):
         frontend(m)
+
+
+def test_the_onnxruntime_reference_keeps_a_float_weight_between_q_and_dq_in_float():
+    """onnxruntime at its basic level int8-quantized a float Conv weight read between Q/DQ
+    pairs (a layer quantize_static left in float): the reference was another model than the
+    file's, 0.05 off, and `xbarsim run` blamed the chip for it."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(0)
+    inits = {"W": (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32),
+             "b": (rng.standard_normal(4) * 0.3).astype(np.float32),
+             "s": np.float32(0.02), "s2": np.float32(0.05), "z": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "W", "b"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("QuantizeLinear", ["c", "s2", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"])]
+    m = _model(nodes, inits, [1, 3, 6, 6], [1, 4, 4, 4])
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    as_written = np.concatenate([plain.run(["y"], {"x": x[i:i + 1]})[0] for i in range(4)])
+    np.testing.assert_array_equal(run_onnxruntime(m, {"x": x})["y"], as_written)
+    prog, _, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
+                               return_ir=True)
+    assert np.abs(simulate(prog, {"x": x}).outputs["y"] - as_written).max() < 1e-5
