@@ -694,6 +694,14 @@ def _drop_unmappable_qweights(g: Graph, lost: dict[str, str]) -> None:
                 why = f"is scaled per index of axis {axis}, not per output column"
         elif w in lost:
             why = f"passes through {lost[w]}, whose integers the compiler does not follow"
+        if n.op_type in ("LSTM", "GRU", "RNN"):
+            qdq = [i for i in n.input[1:3] if i in g.qweights or i in lost]
+            if qdq:   # W and R are quantized jointly, over [x; h] rows: other integers
+                warnings.warn(f"node {n.name!r} ({n.op_type}): its QDQ weights "
+                              f"{', '.join(map(repr, qdq))} are quantized with the "
+                              f"recurrence's [x; h] rows from their float values, so "
+                              f"{OTHER_WEIGHTS}", stacklevel=3)
+            continue
         if why and out_axis is not None:
             warnings.warn(f"node {n.name!r} ({n.op_type}): its QDQ weight {w!r} {why}: "
                           f"quantized from its float values, so {OTHER_WEIGHTS}",

@@ -228,3 +228,24 @@ def test_the_onnxruntime_reference_keeps_a_float_weight_between_q_and_dq_in_floa
     prog, _, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
                                return_ir=True)
     assert np.abs(simulate(prog, {"x": x}).outputs["y"] - as_written).max() < 1e-5
+
+
+def test_qdq_weights_of_a_recurrent_op_warn_that_they_are_requantized():
+    """LSTM's W and R are quantized jointly over [x; h] rows, so a QDQ file's integers cannot
+    reach the crossbars; unlike Conv/Gemm/MatMul nothing said so."""
+    rng = np.random.default_rng(0)
+    T, I, H = 4, 6, 5
+    inits = {"Wq": rng.integers(-127, 128, (1, 4 * H, I)).astype(np.int8),
+             "Rq": rng.integers(-127, 128, (1, 4 * H, H)).astype(np.int8),
+             "sw": np.float32(0.01), "sr": np.float32(0.01)}
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "sw"], ["W"]),
+             helper.make_node("DequantizeLinear", ["Rq", "sr"], ["R"]),
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "W", "R"], ["Y", "Yh"], hidden_size=H,
+                              name="lstm"),
+             helper.make_node("Transpose", ["Yh"], ["y"], perm=[1, 0, 2])]
+    m = _model(nodes, inits, [1, T, I], [1, 1, H])
+    x = rng.standard_normal((3, T, I)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"node 'lstm' \(LSTM\): its QDQ weights 'W', 'R' .*"
+                                         + re.escape(OTHER_WEIGHTS)):
+        compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
