@@ -402,7 +402,8 @@ def emit_reduce_partials(em, core, st, mine, acc, tmp, slot, rslot, i) -> None:
 
 def _emit_requant_tail(em, r, n, L: MVMLayer, i) -> None:
     if L.shift:
-        em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.shift, vec=n, layer=i)
+        em.emit(Op.ALUI, fn=Fn.SHRE if L.round_even else Fn.SHR, dst=r, src1=r, imm=L.shift,
+                vec=n, layer=i)
     em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=L.out_bits, vec=n, layer=i)
     if L.act == "relu":
         em.emit(Op.ALU, fn=Fn.RELU, dst=r, src1=r, vec=n, layer=i)

@@ -99,6 +99,9 @@ class Layer:
     inputs: list[str]
     output: str
     node: str = ""                  # the ONNX node it came from
+    # its output lies on a QuantizeLinear's grid (the Q's scale, or the Q itself): its last
+    # rounding is half to even, as ONNX's Q rounds (half up made exact ties one step off)
+    round_even: bool = False
 
     kind = "vfu"
 
@@ -160,7 +163,8 @@ class MVMLayer(Layer):
     def requant(self, acc: np.ndarray) -> np.ndarray:
         if self.pre_shift:
             acc = (acc + (1 << (self.pre_shift - 1))) >> self.pre_shift
-        return requantize(acc, self.mult, self.shift, self.out_bits, self.act, self.lo, self.hi)
+        return requantize(acc, self.mult, self.shift, self.out_bits, self.act, self.lo, self.hi,
+                          self.round_even)
 
     def reference(self, ins, tensors):
         t_in = tensors[self.inputs[0]]
@@ -179,11 +183,20 @@ class MVMLayer(Layer):
         return self.requant(acc + self.bias).reshape(B, -1)
 
 
-def requantize(acc, mult, shift, bits, act=None, lo=None, hi=None):
+def round_shift(y, shift: int, even: bool = False):
+    """y >> shift rounded as the VFU's shr (half up) or, with ``even``, shre (half to even)."""
+    if shift <= 0:
+        return y
+    if even:
+        from simulator.functional import alu
+        from simulator.isa import Fn
+        return alu(Fn.SHRE, np.asarray(y, np.int64), shift, 0)
+    return (y + (1 << (shift - 1))) >> shift
+
+
+def requantize(acc, mult, shift, bits, act=None, lo=None, hi=None, even=False):
     """The VFU's requantization sequence, in numpy: mul, rounding shift, clip, activation."""
-    y = acc * mult
-    if shift > 0:
-        y = (y + (1 << (shift - 1))) >> shift
+    y = round_shift(acc * mult, shift, even)
     lim = 1 << (bits - 1)
     y = np.clip(y, -lim, lim - 1)
     if act == "relu":

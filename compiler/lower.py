@@ -137,6 +137,9 @@ class LowerContext:
         return "-inf" if value == -(1 << (self.bits - 1)) else f"{value * scale:g}"
 
     def add(self, layer: Layer) -> Layer:
+        # the layer that lands on a QuantizeLinear's grid does the Q's rounding: half to even
+        layer.round_even = (layer.op == "QuantizeLinear"
+                            or layer.output in self.graph.act_scales)
         self.prog.layers.append(layer)
         return layer
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from simulator.isa import Fn, Op
 
-from .ir import Layer, TensorInfo
+from .ir import Layer, TensorInfo, round_shift
 
 CHUNK = 128   # words a VFU layer processes per load/compute/store step
 
@@ -122,19 +122,21 @@ class ElementwiseLayer(VFULayer):
 
 # ---- the VFU arithmetic, one definition shared by compute and compute_ref ---------------
 
-def emit_rescale(em, r: int, n: int, mult: int, shift: int, bits: int, layer: int) -> None:
-    """r <- clip((r * mult) >>r shift, bits): move a value to another scale."""
+def emit_rescale(em, r: int, n: int, mult: int, shift: int, bits: int, layer: int,
+                 even: bool = False) -> None:
+    """r <- clip((r * mult) >>r shift, bits): move a value to another scale; ``even``: the
+    shift rounds half to even (a layer's output on a QuantizeLinear's grid)."""
     if mult != 1:
         em.emit(Op.ALUI, fn=Fn.MUL, dst=r, src1=r, imm=mult, vec=n, layer=layer)
     if shift:
-        em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=shift, vec=n, layer=layer)
+        em.emit(Op.ALUI, fn=Fn.SHRE if even else Fn.SHR, dst=r, src1=r, imm=shift, vec=n,
+                layer=layer)
     em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=bits, vec=n, layer=layer)
 
 
-def rescale_ref(x: np.ndarray, mult: int, shift: int, bits: int) -> np.ndarray:
-    y = x * mult
-    if shift:
-        y = (y + (1 << (shift - 1))) >> shift
+def rescale_ref(x: np.ndarray, mult: int, shift: int, bits: int,
+                even: bool = False) -> np.ndarray:
+    y = round_shift(x * mult, shift, even)
     lim = 1 << (bits - 1)
     return np.clip(y, -lim, lim - 1)
 
@@ -157,10 +159,10 @@ class RescaleLayer(ElementwiseLayer):
     bits: int = 16
 
     def compute(self, em, dst, srcs, n, c0, const_regs, layer):
-        emit_rescale(em, dst, n, self.mult, self.shift, self.bits, layer)
+        emit_rescale(em, dst, n, self.mult, self.shift, self.bits, layer, self.round_even)
 
     def compute_ref(self, xs, c0, n, consts):
-        return rescale_ref(xs[0], self.mult, self.shift, self.bits)
+        return rescale_ref(xs[0], self.mult, self.shift, self.bits, self.round_even)
 
 
 @dataclass
@@ -178,13 +180,13 @@ class WeightedSumLayer(ElementwiseLayer):
             em.emit(Op.ALUI, fn=Fn.MUL, dst=r, src1=r, imm=int(m), vec=n, layer=layer)
         for r in srcs[1:]:
             em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=r, vec=n, layer=layer)
-        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer, self.round_even)
         if self.relu:
             em.emit(Op.ALU, fn=Fn.RELU, dst=dst, src1=dst, vec=n, layer=layer)
 
     def compute_ref(self, xs, c0, n, consts):
         acc = sum(x * int(m) for x, m in zip(xs, self.mults))
-        y = rescale_ref(acc, 1, self.shift, self.bits)
+        y = rescale_ref(acc, 1, self.shift, self.bits, self.round_even)
         return np.maximum(y, 0) if self.relu else y
 
 
@@ -205,7 +207,8 @@ class AffineLayer(ElementwiseLayer):
         em.emit(Op.ALU, fn=Fn.MUL, dst=dst, src1=srcs[0], src2=const_regs["M"], vec=n,
                 layer=layer)
         em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=const_regs["B"], vec=n, layer=layer)
-        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer, self.round_even)
 
     def compute_ref(self, xs, c0, n, consts):
-        return rescale_ref(xs[0] * consts["M"] + consts["B"], 1, self.shift, self.bits)
+        return rescale_ref(xs[0] * consts["M"] + consts["B"], 1, self.shift, self.bits,
+                           self.round_even)

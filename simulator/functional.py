@@ -69,6 +69,15 @@ def alu(fn: int, a: np.ndarray, b, imm: int) -> np.ndarray:
         # would take them mod 64: a shift by 64 turned +1000 into -1).
         b = _clamp(np.asarray(b, np.int64), 0, 63)
         return (a >> b) + np.where(b > 0, (a >> np.maximum(b - 1, 0)) & 1, 0)
+    if fn == Fn.SHRE:
+        # the floor, plus one where the bits shifted out exceed half, or equal it and the
+        # floor is odd
+        b = _clamp(np.asarray(b, np.int64), 0, 63)
+        floor = a >> b
+        half = np.where(b > 0, (a >> np.maximum(b - 1, 0)) & 1, 0)
+        below = a & ((np.int64(1) << np.maximum(b - 1, 0)) - 1)   # the bits under the half
+        tie_to_even = (half == 1) & (below == 0) & ((floor & 1) == 0)
+        return floor + np.where(tie_to_even, 0, half)
     if fn == Fn.SHL:
         return a << _clamp(np.asarray(b, np.int64), 0, 63)
     if fn == Fn.MAX:

@@ -96,6 +96,8 @@ class Fn(IntEnum):
     DIV = 12     # floor division (division by zero yields 0)
     LOG = 13     # unary, fixed point: ln(a / 2**imm) * 2**imm; a <= 0 gives -2**(40 + imm),
     #              saturated at INT64_MIN (from imm = 23 on)
+    SHRE = 14    # arithmetic shift right by b, rounding half to even (ONNX QuantizeLinear's
+    #              rounding; the compiler uses it where a layer's output is a Q's grid)
 
 
 UNARY_FNS = frozenset({Fn.RELU, Fn.CLIP, Fn.SIGMOID, Fn.TANH, Fn.EXP, Fn.LOG})

@@ -743,7 +743,7 @@ def _validate_port(port: TensorPort) -> None:
 #: unit's fraction bits, an immediate shift count.
 _IMM_RANGE = {**{(i, Fn.CLIP): (1, 63) for i in (False, True)},
               **{(i, f): (0, 62) for i in (False, True) for f in TRANSCENDENTAL_FNS},
-              (True, Fn.SHR): (0, 63), (True, Fn.SHL): (0, 63)}
+              (True, Fn.SHR): (0, 63), (True, Fn.SHRE): (0, 63), (True, Fn.SHL): (0, 63)}
 #: Largest tile memory a program may declare, in words (addresses fit the ISA's int32 fields
 #: with room for a vector).
 MAX_MEM_WORDS = 1 << 30

@@ -18,17 +18,20 @@ def ratio(real: float, bits: int = MULT_BITS) -> tuple[int, int]:
     return int(m[0]), shift
 
 
-def emit_mul_shift(em, r: int, n: int, mult: int, shift: int, layer: int) -> None:
-    """r <- (r * mult) >>r shift, no saturation (an intermediate, not a stored word)."""
+def emit_mul_shift(em, r: int, n: int, mult: int, shift: int, layer: int,
+                   even: bool = False) -> None:
+    """r <- (r * mult) >>r shift, no saturation (an intermediate, not a stored word);
+    ``even``: rounding half to even."""
     if mult != 1:
         em.emit(Op.ALUI, fn=Fn.MUL, dst=r, src1=r, imm=mult, vec=n, layer=layer)
     if shift:
-        em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=shift, vec=n, layer=layer)
+        em.emit(Op.ALUI, fn=Fn.SHRE if even else Fn.SHR, dst=r, src1=r, imm=shift, vec=n,
+                layer=layer)
 
 
-def mul_shift_ref(x: np.ndarray, mult: int, shift: int) -> np.ndarray:
+def mul_shift_ref(x: np.ndarray, mult: int, shift: int, even: bool = False) -> np.ndarray:
     y = x * mult if mult != 1 else x
-    return alu(Fn.SHR, y, shift, 0) if shift else y
+    return alu(Fn.SHRE if even else Fn.SHR, y, shift, 0) if shift else y
 
 
 def frac_bits(*scales: float, lo: int = 16, hi: int = 30) -> int:

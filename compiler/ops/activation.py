@@ -34,11 +34,11 @@ class TranscendentalLayer(ElementwiseLayer):
     def compute(self, em, dst, srcs, n, c0, const_regs, layer):
         emit_mul_shift(em, dst, n, self.m_in, self.sh_in, layer)
         em.emit(Op.ALU, fn=self.fn, dst=dst, src1=dst, imm=self.frac, vec=n, layer=layer)
-        emit_rescale(em, dst, n, self.m_out, self.sh_out, self.bits, layer)
+        emit_rescale(em, dst, n, self.m_out, self.sh_out, self.bits, layer, self.round_even)
 
     def compute_ref(self, xs, c0, n, consts):
         v = alu(self.fn, mul_shift_ref(xs[0], self.m_in, self.sh_in), None, self.frac)
-        return rescale_ref(v, self.m_out, self.sh_out, self.bits)
+        return rescale_ref(v, self.m_out, self.sh_out, self.bits, self.round_even)
 
 
 def _same_layout(ctx, node, t_in, scale):
@@ -86,12 +86,12 @@ class TwoSlopeLayer(ElementwiseLayer):
         em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=0, vec=n, layer=layer)
         em.emit(Op.ALUI, fn=Fn.MUL, dst=dst, src1=dst, imm=self.pos, vec=n, layer=layer)
         em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=t, vec=n, layer=layer)
-        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer)
+        emit_rescale(em, dst, n, 1, self.shift, self.bits, layer, self.round_even)
 
     def compute_ref(self, xs, c0, n, consts):
         neg = consts["neg"] if "neg" in consts else int(self.neg)
         acc = np.maximum(xs[0], 0) * self.pos + np.minimum(xs[0], 0) * neg
-        return rescale_ref(acc, 1, self.shift, self.bits)
+        return rescale_ref(acc, 1, self.shift, self.bits, self.round_even)
 
 
 def lower_leaky_relu(node, ctx):
@@ -151,7 +151,7 @@ class ExpBranchLayer(ElementwiseLayer):
         em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=0, vec=n, layer=layer)
         emit_mul_shift(em, dst, n, self.pos, self.shift, layer)
         em.emit(Op.ALU, fn=Fn.ADD, dst=dst, src1=dst, src2=u, vec=n, layer=layer)
-        emit_rescale(em, dst, n, 1, 0, self.bits, layer)
+        emit_rescale(em, dst, n, 1, 0, self.bits, layer, self.round_even)
 
     def compute_ref(self, xs, c0, n, consts):
         x, one = xs[0], 1 << self.frac
@@ -160,7 +160,7 @@ class ExpBranchLayer(ElementwiseLayer):
         u = alu(Fn.LOG, u + one, None, self.frac) if self.softplus else u - one
         y = (mul_shift_ref(np.maximum(x, 0), self.pos, self.shift)
              + mul_shift_ref(u, self.neg, self.neg_shift))
-        return rescale_ref(y, 1, 0, self.bits)
+        return rescale_ref(y, 1, 0, self.bits, self.round_even)
 
 
 def lower_exp_branch(node, ctx):

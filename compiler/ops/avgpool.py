@@ -37,7 +37,7 @@ class AvgPoolLayer(WindowPoolLayer):
 
     def finish(self, em, acc, n, ptr, layer):
         mult = int(self.rects[ptr["__region"]][4])
-        emit_rescale(em, acc, n, mult, self.shift, self.bits, layer)
+        emit_rescale(em, acc, n, mult, self.shift, self.bits, layer, self.round_even)
 
     def reference(self, ins, tensors):
         out = tensors[self.output]
@@ -45,7 +45,7 @@ class AvgPoolLayer(WindowPoolLayer):
         mult = np.zeros((out.H, out.W), np.int64)
         for oy0, ny, ox0, nx, m in self.rects:
             mult[oy0:oy0 + ny, ox0:ox0 + nx] = m
-        y = rescale_ref(sums, mult.reshape(1, -1, 1), self.shift, self.bits)
+        y = rescale_ref(sums, mult.reshape(1, -1, 1), self.shift, self.bits, self.round_even)
         return y.reshape(ins[0].shape[0], -1)
 
 

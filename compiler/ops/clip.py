@@ -31,14 +31,14 @@ class ClampLayer(ElementwiseLayer):
             em.emit(Op.ALUI, fn=Fn.MUL, dst=dst, src1=dst, imm=self.mult, vec=n, layer=layer)
         if self.add:
             em.emit(Op.ALUI, fn=Fn.ADD, dst=dst, src1=dst, imm=self.add, vec=n, layer=layer)
-        emit_mul_shift(em, dst, n, 1, self.shift, layer)
+        emit_mul_shift(em, dst, n, 1, self.shift, layer, self.round_even)
         if self.lo is not None:
             em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=self.lo, vec=n, layer=layer)
         if self.hi is not None:
             em.emit(Op.ALUI, fn=Fn.MIN, dst=dst, src1=dst, imm=self.hi, vec=n, layer=layer)
 
     def compute_ref(self, xs, c0, n, consts):
-        y = mul_shift_ref(xs[0] * self.mult + self.add, 1, self.shift)
+        y = mul_shift_ref(xs[0] * self.mult + self.add, 1, self.shift, self.round_even)
         if self.lo is not None:
             y = np.maximum(y, self.lo)
         if self.hi is not None:

@@ -70,7 +70,7 @@ class ConcatLayer(VFULayer):
                 n = min(CHUNK, sizes[k] - c0)
                 em.emit(Op.LOAD, dst=r, imm=c0, ra=ptr[name].ireg, vec=n, layer=layer)
                 if mult:
-                    emit_rescale(em, r, n, mult, shift, self.bits, layer)
+                    emit_rescale(em, r, n, mult, shift, self.bits, layer, self.round_even)
                 em.emit(Op.STORE, src1=r, imm=offs[k] + c0, ra=ptr[self.output].ireg, vec=n,
                         count=0, layer=layer)
 
@@ -79,7 +79,7 @@ class ConcatLayer(VFULayer):
         parts = []
         for x, name, (mult, shift) in zip(ins, self.inputs, self.rescale):
             x = x.reshape(B, -1, _words(tensors[name]))
-            parts.append(rescale_ref(x, mult, shift, self.bits) if mult else x)
+            parts.append(rescale_ref(x, mult, shift, self.bits, self.round_even) if mult else x)
         return np.concatenate(parts, axis=2).reshape(B, -1)
 
 

@@ -57,7 +57,7 @@ class PadLayer(VFULayer):
                 em.emit(Op.LOAD, dst=r, imm=c0, ra=ptr[self.inputs[0]].ireg, vec=n,
                         layer=layer)
                 if self.mult:
-                    emit_rescale(em, r, n, self.mult, self.shift, self.bits, layer)
+                    emit_rescale(em, r, n, self.mult, self.shift, self.bits, layer, self.round_even)
             else:
                 em.emit(Op.SET, dst=r, imm=self.value, vec=n, layer=layer)
             em.emit(Op.STORE, src1=r, imm=c0, ra=ptr[self.output].ireg, vec=n, count=0,
@@ -68,7 +68,7 @@ class PadLayer(VFULayer):
         B = ins[0].shape[0]
         x = ins[0].reshape(B, t.H, t.W, t.C)
         if self.mult:
-            x = rescale_ref(x, self.mult, self.shift, self.bits)
+            x = rescale_ref(x, self.mult, self.shift, self.bits, self.round_even)
         rows, cols = np.asarray(self.rows), np.asarray(self.cols)
         y = x[:, np.maximum(rows, 0)][:, :, np.maximum(cols, 0)]
         y[:, rows < 0] = self.value

@@ -160,14 +160,14 @@ class GlobalAvgPoolLayer(VFULayer):
                                             [t.Wp * t.C, t.C])], layer) as (p,):
                 em.emit(Op.LOAD, dst=tmp, imm=c0, ra=p.ireg, vec=n, layer=layer)
                 em.emit(Op.ALU, fn=Fn.ADD, dst=acc, src1=acc, src2=tmp, vec=n, layer=layer)
-            emit_rescale(em, acc, n, self.mult, self.shift, self.bits, layer)
+            emit_rescale(em, acc, n, self.mult, self.shift, self.bits, layer, self.round_even)
             em.emit(Op.STORE, src1=acc, imm=c0, ra=ptr[self.output].ireg, vec=n, count=0,
                     layer=layer)
 
     def reference(self, ins, tensors):
         t = tensors[self.inputs[0]]
         s = ins[0].reshape(ins[0].shape[0], t.H * t.W, t.C).sum(1)
-        return rescale_ref(s, self.mult, self.shift, self.bits)
+        return rescale_ref(s, self.mult, self.shift, self.bits, self.round_even)
 
 
 def lower_global_average_pool(node, ctx):

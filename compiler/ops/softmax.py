@@ -116,12 +116,12 @@ class SoftmaxLayer(VFULayer):
             self._exp_arg(em, t, mx, n, layer)
             if self.log:
                 em.emit(Op.ALU, fn=Fn.SUB, dst=t, src1=t, src2=s, vec=n, layer=layer)
-                emit_rescale(em, t, n, self.m_out, self.sh_out, self.bits, layer)
+                emit_rescale(em, t, n, self.m_out, self.sh_out, self.bits, layer, self.round_even)
             else:
                 em.emit(Op.ALU, fn=Fn.EXP, dst=t, src1=t, imm=self.frac, vec=n, layer=layer)
                 em.emit(Op.ALUI, fn=Fn.MUL, dst=t, src1=t, imm=self.A, vec=n, layer=layer)
                 em.emit(Op.ALU, fn=Fn.DIV, dst=t, src1=t, src2=s, vec=n, layer=layer)
-                emit_rescale(em, t, n, 1, self.g, self.bits, layer)
+                emit_rescale(em, t, n, 1, self.g, self.bits, layer, self.round_even)
             em.emit(Op.STORE, src1=t, imm=o, ra=pout, vec=n, count=0, layer=layer)
 
     # ---- integer semantics -------------------------------------------------------------
@@ -134,9 +134,9 @@ class SoftmaxLayer(VFULayer):
         S = np.broadcast_to(e.sum(axis=2, keepdims=True), e.shape)
         if self.log:
             y = rescale_ref(d - alu(Fn.LOG, S, None, self.frac), self.m_out, self.sh_out,
-                            self.bits)
+                            self.bits, self.round_even)
         else:
-            y = rescale_ref(alu(Fn.DIV, e * self.A, S, 0), 1, self.g, self.bits)
+            y = rescale_ref(alu(Fn.DIV, e * self.A, S, 0), 1, self.g, self.bits, self.round_even)
         return y.reshape(B, -1)
 
 

@@ -249,3 +249,25 @@ def test_qdq_weights_of_a_recurrent_op_warn_that_they_are_requantized():
     with pytest.warns(UserWarning, match=r"node 'lstm' \(LSTM\): its QDQ weights 'W', 'R' .*"
                                          + re.escape(OTHER_WEIGHTS)):
         compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x})
+
+
+def test_a_layer_landing_on_a_quantizelinear_grid_rounds_half_to_even():
+    """QuantizeLinear rounds half to even; the pool before a Q/DQ pair at its scale (as
+    quantize_static writes it) rounded exact ties up: 1 output in 6 one step off."""
+    s = 0.05
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["xd"]),
+             helper.make_node("AveragePool", ["xd"], ["p"], kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"])]
+    m = _model(nodes, {"s": np.float32(s), "z": np.uint8(128)}, [1, 2, 8, 8], [1, 2, 4, 4])
+    x = np.random.default_rng(0).standard_normal((8, 2, 8, 8)).astype(np.float32)
+    prog, lp, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
+                                return_ir=True)
+    assert next(L for L in lp.layers if L.op == "AveragePool").round_even
+    y = simulate(prog, {"x": x}).outputs["y:int"]
+    q = np.clip(np.round(x / s) + 128, 0, 255) - 128           # the input Q, exactly
+    mean = q.reshape(8, 2, 4, 2, 4, 2).mean(axis=(3, 5)).reshape(8, -1)
+    assert (mean % 1 == 0.5).mean() > 0.1                         # ties are common here
+    np.testing.assert_array_equal(y.reshape(8, -1), np.round(mean))   # numpy: half to even

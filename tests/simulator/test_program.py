@@ -312,6 +312,18 @@ def test_transcendental_vfu_results_saturate_instead_of_wrapping():
         assert alu(Fn.EXP, np.array([[1000 << 16]], np.int64), 0, 16)[0, 0] == y[0, 3]
 
 
+def test_shre_rounds_half_to_even_as_numpy_does():
+    from simulator.functional import alu
+    rng = np.random.default_rng(3)
+    a = rng.integers(-10 ** 6, 10 ** 6, (1, 20_000)).astype(np.int64)
+    b = rng.integers(0, 14, a.shape)
+    assert (alu(Fn.SHRE, a, b, 0) == np.round(a / 2.0 ** b)).all()
+    # ties both ways, and the ends of int64
+    a = np.array([[5, 7, -5, -7, 2 ** 62, -2 ** 63, 2 ** 63 - 1, 1000]], np.int64)
+    b = np.array([[1, 1, 1, 1, 63, 63, 63, 70]], np.int64)
+    assert alu(Fn.SHRE, a, b, 0).tolist() == [[2, 4, -2, -4, 0, -1, 1, 0]]
+
+
 def test_register_shift_counts_round_half_up_and_stay_in_range():
     """A register count is checked by no validator: beyond 0..63 it acts as 0 or 63 (numpy
     took it mod 64, so 1000 >> 64 gave -1), and rounding never overflows near 2**63."""
