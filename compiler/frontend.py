@@ -179,7 +179,11 @@ def upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset >= MIN_OPSET:
         return model
-    model = _legacy_broadcast_axis(model)
+    copy = onnx.ModelProto()        # the caller's model stays as it is
+    copy.CopyFrom(model)
+    model = copy
+    _densify_sparse_initializers(model)   # the converter knows no sparse initializers
+    _legacy_broadcast_axis(model)
     try:
         model = version_converter.convert_version(model, MIN_OPSET)
         _legacy_prelu(model)
@@ -503,14 +507,13 @@ LEGACY_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "
                         "Greater", "Less")
 
 
-def _legacy_broadcast_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+def _legacy_broadcast_axis(model: onnx.ModelProto) -> None:
     """Before opset 7, ``broadcast=1, axis=a`` lines B up with A's axes a.. (a per-channel
     (C,) scale on NCHW at axis 1); the version converter pads B with trailing unit dims as
     if B were aligned to A's end, so (C,) became (C,1,1,1). A constant B gets its unit
-    dims here, where the converter then agrees; a copy of the model, the caller's untouched."""
+    dims here (in ``model``, a copy), where the converter then agrees."""
     rank = _old_ranks(model)
     inits = {i.name: i for i in model.graph.initializer}
-    out = None
     for k, n in enumerate(model.graph.node):
         a = {at.name: helper.get_attribute_value(at) for at in n.attribute}
         if n.op_type not in LEGACY_BROADCAST_OPS or not a.get("broadcast") or len(n.input) < 2:
@@ -524,19 +527,16 @@ def _legacy_broadcast_axis(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"node {n.name or n.op_type!r} ({n.op_type}): opset-{default_opset(model)} "
                 f"broadcast of {n.input[1]!r} along axis {a['axis']} needs it constant (an "
                 f"initializer), so that it can be upgraded to opset {MIN_OPSET}")
-        if out is None:
-            out = onnx.ModelProto()
-            out.CopyFrom(model)
         b = numpy_helper.to_array(inits[n.input[1]])
-        name = f"{n.input[1]}__axis{a['axis']}"
-        if name not in {i.name for i in out.graph.initializer}:
-            out.graph.initializer.append(numpy_helper.from_array(
+        # one copy per padding: a B read along one axis of a 4-D and of a 3-D input
+        name = f"{n.input[1]}__axis{a['axis']}_pad{pad}"
+        if name not in {i.name for i in model.graph.initializer}:
+            model.graph.initializer.append(numpy_helper.from_array(
                 b.reshape(b.shape + (1,) * pad), name))
-            if any(i.name == n.input[1] for i in out.graph.input):   # IR < 4 lists them
-                out.graph.input.append(helper.make_tensor_value_info(
+            if any(i.name == n.input[1] for i in model.graph.input):   # IR < 4 lists them
+                model.graph.input.append(helper.make_tensor_value_info(
                     name, inits[n.input[1]].data_type, list(b.shape) + [1] * pad))
-        out.graph.node[k].input[1] = name
-    return model if out is None else out
+        model.graph.node[k].input[1] = name
 
 
 def _old_ranks(model: onnx.ModelProto) -> dict[str, int]:

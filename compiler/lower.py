@@ -74,8 +74,9 @@ class LowerContext:
         if v is None:
             raise CompilerError(f"no calibration range for tensor {name!r}")
         if not np.isfinite(v):   # float32 overflow in onnxruntime: no word holds it
-            raise CompilerError(f"tensor {name!r} overflows float32 (inf) on the calibration "
-                                f"inputs; calibrate with inputs in the range the model takes")
+            raise CompilerError(f"tensor {name!r} is infinite on the calibration inputs (a "
+                                f"float32 overflow, or an infinite constant it is computed "
+                                f"from); fixed-point words hold finite values only")
         if v == 0 and name not in self.zero_warned:
             # every sample left it zero (a ReLU of all-negative inputs, say): its scale is a
             # floor, and any real input saturates it

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XbarsimError
-from .fileio import check_writable_folder, is_special_file, names_a_folder
+from .fileio import check_writable_folder, is_special_file, names_a_folder, open_descriptor
 from .simulate import DEFAULT_TRACE_CAP
 
 EXIT_USER_ERROR = 2
@@ -147,8 +147,8 @@ def check_output_files(args, inputs: dict) -> None:
         take(path, f"{option} file", flag)
         if path.is_dir() or names_a_folder(value):
             raise UserError(f"{flag}: a folder is there; name a file to write")
-        if is_special_file(path):   # /dev/stdout, a pipe: written in place, no temp file
-            continue
+        if open_descriptor(value) is not None or is_special_file(path):
+            continue   # /dev/stdout, a pipe: written in place, no temp file beside it
         if not path.parent.is_dir() and path.parent.exists():
             raise UserError(f"{flag}: {path.parent} is a file, not a folder")
         check_writable_folder(path.parent, flag, UserError)

@@ -13,7 +13,11 @@ import contextlib
 import errno
 import math
 import os
+import re
+import shutil
 import stat
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -82,12 +86,29 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     delete it if not. ``suffix`` keeps an extension a writer insists on (``np.savez`` given
     a path; given an open file it adds none, which a FIFO or device target needs).
 
-    A symlink is followed (its target is replaced, the link stays); a target that exists
-    and is not a regular file (``/dev/stdout``, a FIFO, ``/dev/null``) is written directly,
-    as ``open`` would."""
+    A symlink is followed (its target is replaced, the link stays); ``/dev/stdout``,
+    ``/dev/stderr`` and ``/dev/fd/N`` are written through the descriptor the process holds
+    (at its position: ``>> log`` keeps what is there); another target that exists and is
+    not a regular file (a FIFO, ``/dev/null``) is written directly, as ``open`` would."""
+    fd = open_descriptor(path)
+    if fd is not None:
+        # a temp file, then its bytes through the descriptor: reopening /dev/stdout by name
+        # truncated a log it was redirected to, and realpath made a pipe's a path that does
+        # not exist
+        handle, name = tempfile.mkstemp(suffix=suffix)
+        os.close(handle)
+        tmp = Path(name)
+        try:
+            with _naming_target(Path(path), lambda: tmp):
+                yield tmp
+                for stream in (sys.stdout, sys.stderr):   # what was printed comes first
+                    stream.flush()
+                with open(tmp, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
     if is_special_file(path):
-        # before realpath: /dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], a path
-        # that does not exist, and the temp file beside it failed
         with _naming_target(Path(path), None):
             yield Path(path)
         return
@@ -104,6 +125,28 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+_FD_PATH = re.compile(r"/dev/fd/(\d+)|/proc/self/fd/(\d+)")
+
+
+def open_descriptor(path) -> int | None:
+    """The descriptor this process already holds that ``path`` names (``/dev/stdout``,
+    ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), if it is open; else None."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    text = os.fspath(path)
+    fd = {"/dev/stdout": 1, "/dev/stderr": 2}.get(text)
+    m = _FD_PATH.fullmatch(text)
+    if m:
+        fd = int(m.group(1) or m.group(2))
+    if fd is None:
+        return None
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None
+    return fd
 
 
 def is_special_file(path: str | os.PathLike) -> bool:
@@ -153,13 +196,14 @@ def names_a_folder(value: str | os.PathLike) -> bool:
     """An output file argument written as a folder, ``out/``: ``Path`` drops the slash, and
     a file named ``out`` was written."""
     text = os.fspath(value)
+    if os.path.basename(text) in (".", ".."):   # out/. and out/.. name folders too
+        return bool(text)
     return text.endswith(os.sep) or bool(os.altsep and text.endswith(os.altsep))
 
 
 def check_writable_folder(folder: str | Path, flag: str, error: type[Exception]) -> None:
     """Make ``folder`` and refuse it in one line (``error``, naming ``flag``) if it takes no
     files (read-only, /proc): found before the work whose results would go there."""
-    import tempfile
     folder = Path(folder)
     blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()),
                    None)

@@ -4,6 +4,7 @@ trace and plots. Every energy figure is counts x the cost table, so it can be au
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ class Report:
         text = json.dumps(self.to_dict(), indent=1, default=jsonable)
         if path is not None:
             with atomic_write(path) as tmp:
-                tmp.write_text(text)
+                tmp.write_text(text + "\n")   # a stream (/dev/stdout) gets its line end
         return text
 
     def layers_frame(self):
@@ -96,7 +97,11 @@ class Report:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def to_csv(self, path: str | Path) -> None:
+    def to_csv(self, path) -> None:
+        """The per-layer table as CSV into ``path`` (or an open text buffer, as pandas takes)."""
+        if not isinstance(path, (str, os.PathLike)):
+            self.layers_frame().to_csv(path, index=False)
+            return
         with atomic_write(path) as tmp:     # as every output: the old file or the new one
             self.layers_frame().to_csv(tmp, index=False)
 

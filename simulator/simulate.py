@@ -21,6 +21,7 @@ from .timing import (_SHIFT as AGENT_BITS, BAD_ADDRESS, BAD_MESSAGE, BAD_REGISTE
 # loop that touches memory runs ~6 M instructions/s, so it is stopped in under a minute
 DEFAULT_MAX_INSTRUCTIONS = 250_000_000
 DEFAULT_TRACE_CAP = 200_000   # trace events kept: ~40 MB of trace JSON
+MAX_TRACE_CAP = 50_000_000    # 2 GB of events in memory, ~10 GB of JSON
 
 
 def mvmu_tables(prog: Program):
@@ -205,9 +206,10 @@ def simulate(prog: Program, inputs: dict[str, np.ndarray] | None = None, *,
                                   "them with values=True and the program's inputs")
         check_reference(prog, reference, batch)
     if trace and (isinstance(trace_cap, bool) or not isinstance(trace_cap, (int, np.integer))
-                  or trace_cap < 1):
-        raise SimulationError(f"trace_cap = {trace_cap!r}: must be an integer >= 1 (the most "
-                              f"trace events kept)")
+                  or not 1 <= trace_cap <= MAX_TRACE_CAP):
+        # the events are held in memory, 40 bytes each, before any is written
+        raise SimulationError(f"trace_cap = {trace_cap!r}: must be an integer from 1 to "
+                              f"{MAX_TRACE_CAP} (the most trace events kept)")
     t0 = time.perf_counter()
     # one event past the cap tells a cut trace from one that just fills it
     timing = run_timing_engine(prog, int(trace_cap) + 1 if trace else 0, max_instructions)

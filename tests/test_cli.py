@@ -48,6 +48,7 @@ def test_compile_says_when_a_tile_needs_more_than_its_edram(tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["simulate", "{prog}", "--json", "{d}/out/"], "--json {d}/out/: a folder"),
     (["listing", "{prog}", "-o", "{d}/out/"], "-o {d}/out/: a folder"),
+    (["simulate", "{prog}", "--json", "{d}/out/."], "--json {d}/out/.: a folder"),
     (["export", "lenet5", "-o", "{d}/out/"], "-o {d}/out/: names a folder"),
     (["compress", "lenet5_fmnist", "--recipe", "lenet5_block", "--data", "digits", "-o",
       "{d}/out/"], "-o '{d}/out/': must name a file"),
@@ -369,6 +370,17 @@ def test_outputs_to_dev_stdout_on_a_pipe(tmp_path):
     r = subprocess.run(exe + ["listing", str(tmp_path / "p"), "-o", "/dev/stdout"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "tile 0 core 0" in r.stdout, r.stderr
+    # redirected to a file (>> log): written at its end, not over it (a rename had replaced
+    # the log: the earlier lines and the summary were gone)
+    log = tmp_path / "log.txt"
+    log.write_text("EARLIER LINE\n")
+    with open(log, "a") as f:
+        r = subprocess.run(exe + ["simulate", str(tmp_path / "p"), "--json", "/dev/stdout"],
+                           stdout=f, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    text = log.read_text()
+    assert text.startswith("EARLIER LINE\nlatency ")
+    assert text.endswith("}\nreport   -> /dev/stdout\n")
 
 
 def test_preset_yaml_edge_cases(tmp_path, capsys):
@@ -482,6 +494,18 @@ def test_preset_yaml_reads_exponents_as_numbers(tmp_path):
     assert cfg.noise.program_sigma == 0.05 and cfg.clock_ghz == 1.0
 
 
+def test_the_layer_table_goes_to_a_buffer_too():
+    """to_csv went through atomic_write, which took an open buffer for a path (TypeError)."""
+    import io
+    from simulator import load_config, simulate
+    from simulator import examples as ex
+    cfg = load_config("small")
+    rep = simulate(ex.single_mvm(cfg, ex.random_weights(cfg, 16, 4)))
+    buf = io.StringIO()
+    rep.to_csv(buf)
+    assert buf.getvalue().splitlines()[0].startswith("name,")
+
+
 def test_a_reference_past_float32_keeps_the_report_valid_json():
     """onnxruntime's reference overflowed to inf on an input past the calibration: the
     report held Infinity and NaN, which strict JSON parsers refuse."""
@@ -515,8 +539,8 @@ def test_truncated_trace_is_said_so(tmp_path):
     assert not exact.trace_truncated and len(exact.trace_events) == n
     cut = simulate(prog, {"x": x}, trace=True, trace_cap=n - 1)
     assert cut.trace_truncated and len(cut.trace_events) == n - 1
-    for bad in (0, -5, 2.5, True):
-        with pytest.raises(SimulationError, match=r"trace_cap = .*: must be an integer >= 1"):
+    for bad in (0, -5, 2.5, True, 10 ** 10):
+        with pytest.raises(SimulationError, match=r"trace_cap = .*: must be an integer from 1"):
             simulate(prog, {"x": x}, trace=True, trace_cap=bad)
     with pytest.raises(SimulationError, match=r"no trace recorded: simulate\(\.\.\., trace="):
         simulate(prog, {"x": x}).save_trace(tmp_path / "t.json")   # wrote an empty trace

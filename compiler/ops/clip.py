@@ -17,14 +17,16 @@ from ._fixed import emit_mul_shift, mul_shift_ref, ratio
 
 @dataclass
 class ClampLayer(ElementwiseLayer):
-    """y = min(max(((x * mult) + add) >>r shift, lo), hi): a scalar affine map then bounds
-    (None = no bound)."""
+    """y = min(max((((x * mult) + add) >>r shift) + add_after, lo), hi): a scalar affine map
+    then bounds (None = no bound). ``add_after``: a QuantizeLinear's zero point, added after
+    its rounding as ONNX does (added before, an odd one moved every tie half to even rounds)."""
 
     mult: int = 1
     add: int = 0
     shift: int = 0
     lo: int | None = None
     hi: int | None = None
+    add_after: int = 0
 
     def compute(self, em, dst, srcs, n, c0, const_regs, layer):
         if self.mult != 1:
@@ -32,6 +34,9 @@ class ClampLayer(ElementwiseLayer):
         if self.add:
             em.emit(Op.ALUI, fn=Fn.ADD, dst=dst, src1=dst, imm=self.add, vec=n, layer=layer)
         emit_mul_shift(em, dst, n, 1, self.shift, layer, self.round_even)
+        if self.add_after:
+            em.emit(Op.ALUI, fn=Fn.ADD, dst=dst, src1=dst, imm=self.add_after, vec=n,
+                    layer=layer)
         if self.lo is not None:
             em.emit(Op.ALUI, fn=Fn.MAX, dst=dst, src1=dst, imm=self.lo, vec=n, layer=layer)
         if self.hi is not None:
@@ -39,6 +44,7 @@ class ClampLayer(ElementwiseLayer):
 
     def compute_ref(self, xs, c0, n, consts):
         y = mul_shift_ref(xs[0] * self.mult + self.add, 1, self.shift, self.round_even)
+        y = y + self.add_after
         if self.lo is not None:
             y = np.maximum(y, self.lo)
         if self.hi is not None:
@@ -65,10 +71,17 @@ def clip_bounds(ctx, node) -> tuple[float | None, float | None]:
 
 def integer_bounds(lo, hi, scale: float, bits: int) -> tuple[int | None, int | None]:
     """Real bounds as integers at ``scale``; a bound beyond the ``bits``-bit range (say
-    FLT_MAX for "no bound") clips nothing and is dropped."""
+    FLT_MAX for "no bound") clips nothing and is dropped. A bound within float32's precision
+    of a step is that step: 6 / float32(6/255) is 254.999995, and flooring it lost the top
+    code (every output onnxruntime saturates at 6.0 came out one step lower)."""
     lim = 1 << (bits - 1)
-    ilo = None if lo is None or lo / scale < -lim else int(np.ceil(lo / scale - 1e-9))
-    ihi = None if hi is None or hi / scale > lim else int(np.floor(hi / scale + 1e-9))
+
+    def slack(v):   # float32's relative precision, at least the old absolute 1e-9
+        return max(abs(v) * 2e-7, 1e-9)
+    ilo = None if lo is None or lo / scale < -lim else int(
+        np.ceil(lo / scale - slack(lo / scale)))
+    ihi = None if hi is None or hi / scale > lim else int(
+        np.floor(hi / scale + slack(hi / scale)))
     return ilo, ihi
 
 

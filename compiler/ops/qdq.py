@@ -73,7 +73,7 @@ def lower_quantize(node, ctx):
     _check_fits(ctx, qmin, qmax, "QuantizeLinear to")
     out = _out(ctx, node.output[0], t_in, 1.0)
     ctx.add(ClampLayer(node.name, "QuantizeLinear", [t_in.name], out.name, node=node.name,
-                       mult=m, add=z << sh, shift=sh, lo=qmin, hi=qmax))
+                       mult=m, shift=sh, add_after=z, lo=qmin, hi=qmax))
 
 
 def lower_dequantize(node, ctx):

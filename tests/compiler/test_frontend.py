@@ -242,6 +242,30 @@ def test_opset6_broadcast_along_an_axis_of_a_graph_input_is_refused_by_name():
         compile_model(m, load_config("puma"))
 
 
+def test_opset6_one_constant_broadcast_onto_inputs_of_two_ranks():
+    """One reshaped copy per axis served both Mul nodes: the 3-D one got the 4-D one's
+    (4,1,1) and the model was refused."""
+    k = np.array([1., 2., 3., 4.], np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["a", "K"], ["y1"], broadcast=1, axis=1),
+         helper.make_node("Mul", ["b", "K"], ["y2"], broadcast=1, axis=1)], "t",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 5, 5]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 5]),
+         helper.make_tensor_value_info("K", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, 4, 5, 5]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 4, 5])],
+        [numpy_helper.from_array(k, "K")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    m.ir_version = 3
+    rng = np.random.default_rng(0)
+    x = {"a": rng.standard_normal((2, 4, 5, 5)).astype(np.float32),
+         "b": rng.standard_normal((2, 4, 5)).astype(np.float32)}
+    out = simulate(compile_model(m, load_config("puma", ["adc.bits=none"]), calibration=x),
+                   x).outputs
+    np.testing.assert_allclose(out["y1"], x["a"] * k[:, None, None], atol=2e-3)
+    np.testing.assert_allclose(out["y2"], x["b"] * k[:, None], atol=2e-3)
+
+
 @pytest.mark.parametrize("coordinates", [False, True])
 def test_weight_in_a_sparse_initializer_compiles(coordinates):
     """graph.sparse_initializer (valid ONNX, a way to store a pruned weight) was not read:

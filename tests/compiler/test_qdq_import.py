@@ -271,3 +271,45 @@ def test_a_layer_landing_on_a_quantizelinear_grid_rounds_half_to_even():
     mean = q.reshape(8, 2, 4, 2, 4, 2).mean(axis=(3, 5)).reshape(8, -1)
     assert (mean % 1 == 0.5).mean() > 0.1                         # ties are common here
     np.testing.assert_array_equal(y.reshape(8, -1), np.round(mean))   # numpy: half to even
+
+
+@pytest.mark.parametrize("zero_point", [3, 4])
+def test_a_lone_quantizelinear_adds_its_zero_point_after_rounding(zero_point):
+    """q = round_half_even(x / s) + zp: with the zero point added before the shift, an odd
+    one sent every exact tie to the odd neighbour."""
+    s1 = 0.05
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["xd", "s2", "z2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8])],
+                          [numpy_helper.from_array(np.float32(s1), "s1"),
+                           numpy_helper.from_array(np.int8(0), "z1"),
+                           numpy_helper.from_array(np.float32(2 * s1), "s2"),
+                           numpy_helper.from_array(np.uint8(zero_point), "z2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    k = np.arange(-8, 8)                            # x / s1: every odd k is a tie at 2 s1
+    x = {"x": (k * s1).astype(np.float32).reshape(2, 8)}
+    prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration=x)
+    y = simulate(prog, x).outputs["y"].astype(int).ravel()
+    np.testing.assert_array_equal(y, np.clip(np.round(k / 2).astype(int) + zero_point, 0, 255))
+
+
+def test_a_clip_bound_on_a_float32_grid_keeps_its_step():
+    """1 / float32(0.1) is 9.99999985: floored, Clip(0, 1) stopped at 0.9 on a 0.1 grid, two
+    output steps below onnxruntime's 1.0 on the 0.05 grid after it."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo", "hi"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "s2", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"])]
+    m = _model(nodes, {"s": np.float32(0.1), "s2": np.float32(0.05), "z": np.int8(0),
+                       "lo": np.float32(0.0), "hi": np.float32(1.0)}, [1, 64], [1, 64])
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32) * 2
+    prog, lp, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
+                                return_ir=True)
+    assert next(L for L in lp.layers if L.op == "Clip").hi == 10
+    y = simulate(prog, {"x": x}).outputs["y"]
+    np.testing.assert_allclose(y, run_onnxruntime(m, {"x": x})["y"], atol=1e-6)
