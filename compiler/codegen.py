@@ -201,7 +201,8 @@ def generate(prog: LayerProgram, pl: Placement, cfg, mapping: dict) -> Program:
         b.levels = levels[k]
     mapping["mem_words_max"] = int(mem_words.max())
     mapping["edram_words"] = cfg.edram_words
-    mapping["edram_overflow_tiles"] = int((mem_words > cfg.edram_words).sum())
+    mapping["edram_overflow_tiles"] = 0 if cfg.tile.edram_fit else int(
+        (mem_words > cfg.edram_words).sum())
     return Program(
         config=cfg, n_tiles=n_tiles, core_code=core_code, tile_code=tile_code,
         control_tiles=control_tiles,

@@ -190,6 +190,10 @@ class TileConfig:
     """Cores per tile."""
     edram_kb: int = 64
     """Shared memory size, KiB (words are ``input_bits`` wide, rounded up to bytes)."""
+    edram_fit: bool = False
+    """Size each tile's eDRAM to what its program keeps there (the next power of two KiB, at
+    least 1), not ``edram_kb``, for its area and leakage. The compiler keeps whole maps in
+    a tile's memory, so where they outgrow ``edram_kb`` that size is a lower bound."""
     mem_ports: int = 1
     """Memory ports; each serves one request per cycle."""
     port_words: int = 16
@@ -208,6 +212,8 @@ class TileConfig:
     def __post_init__(self):
         _check_int("tile", "cores", self.cores, 1, 4096)
         _check_int("tile", "edram_kb", self.edram_kb, 1, 1 << 24)
+        if not isinstance(self.edram_fit, bool):
+            raise ConfigError(f"tile.edram_fit = {self.edram_fit!r}: must be true or false")
         _check_int("tile", "mem_ports", self.mem_ports, 1, 64)
         _check_int("tile", "port_words", self.port_words, 1, 65536)
         _check_int("tile", "mem_latency", self.mem_latency, 0, 1 << 20)
@@ -389,6 +395,15 @@ class MachineConfig:
     @property
     def edram_words(self) -> int:
         return self.tile.edram_kb * 1024 // ((self.input_bits + 7) // 8)
+
+    def edram_kb_of(self, words_used) -> np.ndarray:
+        """Each tile's eDRAM size in KiB for the costs, given the words its program uses:
+        ``tile.edram_kb``, or with ``tile.edram_fit`` the next power of two that holds them."""
+        words = np.asarray(words_used, np.int64)
+        if not self.tile.edram_fit:
+            return np.full(words.shape, self.tile.edram_kb, np.int64)
+        kib = -(-words * ((self.input_bits + 7) // 8) // 1024)          # ceil
+        return np.maximum(1, 2 ** np.ceil(np.log2(np.maximum(kib, 1)))).astype(np.int64)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

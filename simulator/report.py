@@ -303,6 +303,13 @@ def mvmu_costs(prog) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     return area, adc_leak * cfg.adc.per_mvmu, bits
 
 
+def edram_kib_used(prog) -> int:
+    """KiB of eDRAM on the tiles the program uses (their area and leakage scale with it):
+    ``tile.edram_kb`` each, or with ``tile.edram_fit`` what each one's program keeps there."""
+    used = sorted(prog.tiles_used())
+    return int(prog.config.edram_kb_of(prog.mem_words[used]).sum()) if used else 0
+
+
 def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
     """Area (mm^2) of the hardware the program uses, and the number of cores used: the
     eDRAM of the tiles used, the routers of those and of the tiles messages pass through.
@@ -317,7 +324,7 @@ def area_by_component(prog, part_area: dict | None = None) -> tuple[dict, int]:
         "vfu": len(cores_used) * cfg.core.vfu_lanes * T["vfu_area_mm2_per_lane"],
         "core_other": len(cores_used) * (costs.register_file_area_mm2(cfg.core.registers)
                                          + T["core_control_area_mm2"]),
-        "edram": len(prog.tiles_used()) * T["edram_area_mm2"] * cfg.tile.edram_kb / 64,
+        "edram": edram_kib_used(prog) / 64 * T["edram_area_mm2"],
         "router": len(prog.tiles_used(routes=True)) * T["router_area_mm2"],
     }
     area["total"] = float(sum(area.values()))
@@ -382,8 +389,8 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's),
     # in proportion to its capacity as its area is
     tiles_used = len(prog.tiles_used())
-    leak_mw = float(adc_leak_mw.sum()) + (tiles_used * costs.TABLE["edram_leak_mw"]
-                                           * cfg.tile.edram_kb / 64)
+    leak_mw = float(adc_leak_mw.sum()) + (costs.TABLE["edram_leak_mw"]
+                                           * edram_kib_used(prog) / 64)
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
     area, cores_used = area_by_component(prog, part_area)
@@ -441,4 +448,6 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
         cycle_ns=cfg.cycle_ns, utilization=(prog.mapping or {}).get("utilization"),
         memory={"words_per_tile_max": int(prog.mem_words.max()),
                 "edram_words_per_tile": cfg.edram_words,
-                "tiles_over_edram": int((prog.mem_words > cfg.edram_words).sum())})
+                "tiles_over_edram": 0 if cfg.tile.edram_fit else int(
+                    (prog.mem_words > cfg.edram_words).sum()),
+                "edram_kib": edram_kib_used(prog)})

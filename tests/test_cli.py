@@ -43,6 +43,19 @@ def test_compile_says_when_a_tile_needs_more_than_its_edram(tmp_path, capsys):
     assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q", "--set",
                  "tile.edram_kb=1"]) == 0
     assert "note: 1 tile(s) need more than the 512-word eDRAM" in capsys.readouterr().out
+    # sized to fit: no note, and the area and leakage follow each tile's own need
+    assert main(["compile", str(model), "-o", str(tmp_path / "p"), "-q", "--set",
+                 "tile.edram_kb=1", "--set", "tile.edram_fit=true"]) == 0
+    assert "eDRAM" not in capsys.readouterr().out
+    from simulator import Program, simulate
+    from simulator.costs import TABLE
+    prog = Program.load(tmp_path / "p")
+    rep = simulate(prog, values=False)
+    words = int(prog.mem_words.max())
+    kib = 2 ** int(np.ceil(np.log2(np.ceil(words * 2 / 1024))))    # 16-bit words
+    assert rep.tiles == 1 and rep.memory["edram_kib"] == kib > 1
+    assert rep.memory["tiles_over_edram"] == 0
+    assert rep.area_mm2["edram"] == pytest.approx(TABLE["edram_area_mm2"] * kib / 64)
 
 
 @pytest.mark.parametrize("argv, needle", [

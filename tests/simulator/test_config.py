@@ -62,6 +62,7 @@ def test_active_rows_sets_the_reads_per_step():
     ("adc.bits", "expected KEY=VALUE"), ("=5", "override '=5': expected KEY=VALUE"),
     ("noise.stuck_on=1.5", "noise.stuck_on"), ("clock_ghz=0", "clock_ghz"),
     ("clock_ghz=1e20", "clock_ghz = 1e+20: must be a number > 0.0 and <= 1000.0"),
+    ("tile.edram_fit=2", "tile.edram_fit = 2: must be true or false"),
     ("xbar.rows=abc", "xbar.rows = 'abc'"),
     ("xbar.active_rows=0", "xbar.active_rows = 0: must be an integer >= 1"),
     ("xbar.active_rows=129", "xbar.active_rows = 129: must be <= xbar.rows = 128, or none"),
