@@ -184,9 +184,15 @@ def _as_images(x: np.ndarray, where: str) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"{where}: images must be (N,H,W) or (N,C,H,W), got shape {x.shape}")
+    if 0 in x.shape[1:]:   # else a model option the user never gave was blamed (in_features)
+        raise DataError(f"{where}: images have a zero-size dimension, shape {x.shape}")
     if x.dtype == np.uint8:
         return normalise(x)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+    if np.issubdtype(x.dtype, np.integer) and x.size and (x.min() < 0 or x.max() > 1):
+        # 0..255 in int64 was blamed as floats outside [0, 1]
+        raise DataError(f"{where}: integer images must be uint8 0..255 (got {x.dtype}, range "
+                        f"[{x.min()}, {x.max()}]), or 0/1, or floats in [0, 1]")
+    if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where}: images have dtype {x.dtype}; need uint8 or float")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():

@@ -37,7 +37,9 @@ from simulator.fileio import atomic_write, check_writable_folder
 #: Threads torch uses here (the target machines have 2 cores; more oversubscribes).
 TORCH_THREADS = 2
 # Checkpoint fields that must match for a resume to continue the same run.
-_RESUME_KEYS = ("model", "model_kwargs", "data", "data_sha256", "seed", "lr", "lr_decay",
+# the data by its contents, not its name: a file replaced between runs was resumed, and
+# ./d.npz against d.npz (or fmnist against fashion-mnist) refused
+_RESUME_KEYS = ("model", "model_kwargs", "data_sha256", "seed", "lr", "lr_decay",
                 "weight_decay", "batch_size", "limit")
 
 
@@ -236,9 +238,8 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
                          f"are needed (a batch of one cannot train BatchNorm)")
     options = {**options_for_data(model_name, xtr.shape[1:]),
                "num_classes": datasets.num_classes(data, ytr, yte), **(model_kwargs or {})}
-    named = isinstance(data, (str, os.PathLike))
     config = {"model": model_name, "model_kwargs": options, "data": _describe(data),
-              "data_sha256": None if named else _arrays_digest(xtr, ytr, xte, yte),
+              "data_sha256": _arrays_digest(xtr, ytr, xte, yte),
               "seed": seed, "lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
               "batch_size": batch_size, "limit": limit,
               # not a resume key: another count resumes with a warning, not a refusal
@@ -255,7 +256,10 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
-            start, history = int(ckpt["epoch"]), list(ckpt["history"])
+            start, history = ckpt["epoch"], list(ckpt["history"])
+            if isinstance(start, bool) or not isinstance(start, int) or not (
+                    0 <= start == len(history)):
+                raise ValueError(f"epoch {start!r} with {len(history)} epochs of history")
             elapsed = float(ckpt["seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             # a damaged or hand-edited checkpoint: name it, not the line that tripped
@@ -279,6 +283,11 @@ def train(model_name: str, data, epochs: int = 10, lr: float = 1e-3, batch_size:
         with tqdm(total=n_batches, desc=f"{model_name} epoch {epoch + 1}/{epochs}",
                   disable=not progress, leave=False) as bar:
             loss = _run_epoch(model, opt, xtr, ytr, batch_size, rng, bar)
+        if not (math.isfinite(loss) and all(torch.isfinite(p).all() for p in
+                                            model.parameters())):
+            # before its checkpoint: the last finished epoch stays the one to resume from
+            raise ModelError(f"training diverged in epoch {epoch + 1} (loss {loss:.4g}); try a "
+                             f"smaller --lr (it is {lr:g})")
         acc = evaluate(model, xte, yte)
         elapsed += time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "loss": loss, "test_accuracy": acc})

@@ -130,6 +130,10 @@ def test_npz_loaders(tmp_path):
     (np.zeros((2, 4, 4), np.uint8), np.array(["a", "b"]), "dtype <U1"),
     (np.full((2, 4, 4), np.nan, np.float32), np.array([0, 1]), "32 image values are NaN"),
     (np.zeros((2, 4, 4), np.uint8), np.array(3), "one entry per image"),
+    # a model option the user never gave was blamed; integer pixels as floats outside [0, 1]
+    (np.zeros((2, 0, 4), np.uint8), np.array([0, 1]), "zero-size dimension"),
+    (np.full((2, 4, 4), 255, np.int64), np.array([0, 1]),
+     r"integer images must be uint8 0..255 \(got int64, range \[255, 255\]\)"),
 ])
 def test_unusable_labels_and_images_are_named(tmp_path, x, y, match):
     np.savez(tmp_path / "d.npz", x=x, y=y)

@@ -269,3 +269,38 @@ def test_an_opset_the_export_refuses_is_refused_before_training(tmp_path):
     with pytest.raises(ModelError, match="opset = 8: must be an integer in 9"):
         train("mlp", "digits", 1, out_dir=tmp_path, limit=64, progress=False, opset=8)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_data_file_is_resumed_by_its_contents_not_its_name(tmp_path):
+    """A named data set was keyed by its spelling: a file replaced between runs resumed the
+    old checkpoint, and ./d.npz against d.npz was refused as another run."""
+    x, y = _two_class_arrays()
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    quick = {"batch_size": 8, "out_dir": tmp_path / "o", "progress": False}
+    train("mlp", str(tmp_path / "d.npz"), 1, **quick)
+    train("mlp", str(tmp_path / "." / "d.npz"), 2, **quick)       # the same contents resume
+    assert json.loads((tmp_path / "o" / "mlp.json").read_text())["resumed_from_epoch"] == 1
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=1 - y, x_test=x, y_test=1 - y)
+    with pytest.raises(ModelError, match=r"is from another run \(data_sha256="):
+        train("mlp", str(tmp_path / "d.npz"), 3, **quick)
+
+
+def test_a_diverged_run_stops_before_its_checkpoint(tmp_path):
+    """lr 1e8: it finished with exit 0, NaN weights, and a record that was not JSON."""
+    with pytest.raises(ModelError, match=r"training diverged in epoch 1 \(loss nan\); try a "
+                                         r"smaller --lr \(it is 1e\+08\)"):
+        train("lenet5", "digits", 2, lr=1e8, limit=100, batch_size=32, out_dir=tmp_path,
+              progress=False)
+    assert not (tmp_path / "lenet5.ckpt").exists() and not (tmp_path / "lenet5.pt").exists()
+
+
+@pytest.mark.parametrize("epoch", [-3, 1.7, True])
+def test_a_checkpoint_with_a_bad_epoch_is_named_damaged(tmp_path, epoch):
+    x, y = _two_class_arrays()
+    quick = {"batch_size": 8, "out_dir": tmp_path, "progress": False}
+    train("mlp", ((x, y), (x, y)), 1, **quick)
+    ckpt = torch.load(tmp_path / "mlp.ckpt", weights_only=True)
+    ckpt["epoch"] = epoch
+    torch.save(ckpt, tmp_path / "mlp.ckpt")
+    with pytest.raises(ModelError, match=r"mlp.ckpt: damaged .*--no-resume"):
+        train("mlp", ((x, y), (x, y)), 2, **quick)

@@ -207,3 +207,13 @@ def test_a_training_checkpoint_as_weights_says_to_pass_the_pt(tmp_path):
 def test_one_number_for_the_mlps_hidden_sizes_names_the_comma():
     with pytest.raises(ModelError, match=r"hidden=\(64,\) \(note the comma\)"):
         build("mlp", hidden=64)
+
+
+def test_weights_of_another_zoo_model_are_named_as_such(tmp_path):
+    """Refused with torch's whole key list (2 400 characters for vgg16), naming only the
+    model asked for."""
+    torch.save(build("mlp", hidden=(4,)).state_dict(), tmp_path / "mlp.pt")
+    (tmp_path / "mlp.json").write_text('{"model": "mlp", "model_kwargs": {"hidden": [4]}}')
+    with pytest.raises(ModelError, match=r"holds mlp weights \(mlp.json says so\), not "
+                                         r"lenet5's"):
+        export("lenet5", tmp_path / "m.onnx", weights=tmp_path / "mlp.pt")
