@@ -529,6 +529,23 @@ def test_exact_scale_with_no_level_on_one_side_is_quiet_and_exact(qmin, qmax):
         assert d <= _dense_min(x, qmin, qmax) * (1 + 1e-9), (x, qmin, qmax)
 
 
+def test_exact_scale_past_its_breakpoint_budget_sweeps_in_parts(monkeypatch):
+    """Past 2**25 breakpoints (a trained 1M-weight layer at 8 bits has ~90M) it was refused,
+    after pretraining; the window is now swept in parts, to the same scale."""
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        x = rng.standard_normal(300) * rng.uniform(0.01, 10)
+        qmin, qmax = (-127, 127) if trial % 2 else (-7, 7)
+        whole = P.exact_scale(x, qmin, qmax)
+        monkeypatch.setattr(P, "EXACT_SCALE_MAX_EVENTS", 50)
+        parts = P.exact_scale(x, qmin, qmax)
+        monkeypatch.undo()
+        assert parts == whole
+    monkeypatch.setattr(P, "EXACT_SCALE_MAX_EVENTS", 50)
+    with pytest.raises(CompressionError, match="too many equal weights"):
+        P.exact_scale(np.full(200, 0.3), -127, 127, start=0.5)   # 200 breakpoints at each scale
+
+
 def test_exact_scale_through_projections_and_recipes():
     """``exact_scale`` reaches every free-scale path (single, per channel, with a
     structure), never lands farther than the search, keeps old fingerprints when off, and
