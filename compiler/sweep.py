@@ -85,11 +85,12 @@ METRIC_COLUMNS = (
     + tuple(f"energy_{p}_j" for p in ENERGY_PARTS) + ("area_mm2",)
     + tuple(f"area_{p}_mm2" for p in AREA_PARTS)
     + ("crossbars", "mvmus", "cores", "tiles", "utilization", "mvm_ops", "adc_conversions",
-       "adc_bits", "instructions", "words_per_tile_max", "tiles_over_edram", "accuracy",
+       "adc_bits", "instructions", "words_per_tile_max", "tiles_over_edram", "edram_kib",
+       "accuracy",
        "accuracy_onnx", "top1_agreement", "rel_err", "max_abs_err"))
 INT_COLUMNS = ("latency_cycles", "crossbars", "mvmus", "cores", "tiles", "mvm_ops",
                "adc_conversions", "adc_bits", "instructions", "words_per_tile_max",
-               "tiles_over_edram")
+               "tiles_over_edram", "edram_kib")
 #: Wall-clock columns: the only ones that differ between two runs of the same sweep.
 WALL_COLUMNS = ("wall_s", "compile_s", "simulate_s")
 
@@ -517,7 +518,8 @@ def evaluate_point(task: dict, data: dict | None = None) -> dict:
                                       "adc_conversions", "instructions")})
         row["utilization"] = prog.mapping.get("utilization")
         # tiles whose maps outgrow tile.edram_kb are costed as if they fit: say how many
-        row.update({k: d["memory"][k] for k in ("words_per_tile_max", "tiles_over_edram")})
+        row.update({k: d["memory"][k] for k in ("words_per_tile_max", "tiles_over_edram",
+                                                "edram_kib")})
         # the placement kept ("own" falls back to "shared" when the node is too small)
         row["vfu_cores"] = prog.mapping.get("vfu_cores")
         # the widest ADC on the chip (with adc.adaptive: what its weights need); none if ideal

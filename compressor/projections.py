@@ -594,7 +594,9 @@ def _interval_optima(a, cap, total, lo, hi) -> tuple[np.ndarray, np.ndarray]:
         f = np.concatenate([h[1] for h in halves])
         best = np.argsort(f, kind="stable")[:4]
         return s_opt[best], f[best]
-    q0 = np.minimum(np.rint(a / hi), cap)       # levels just below hi
+    # the levels just below hi: k0, the first level whose breakpoint lies in the window
+    # (rint(a / hi) rounded a breakpoint exactly at hi up, then counted its event again)
+    q0 = k0.astype(np.float64)
     b0, c0 = float(a @ q0), float(q0 @ q0)
     owner = np.repeat(np.arange(len(a)), count)
     k = (np.arange(n_events) - np.repeat(np.cumsum(count) - count, count)) + k0[owner]

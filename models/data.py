@@ -192,8 +192,9 @@ def _as_images(x: np.ndarray, where: str) -> np.ndarray:
         # 0..255 in int64 was blamed as floats outside [0, 1]
         raise DataError(f"{where}: integer images must be uint8 0..255 (got {x.dtype}, range "
                         f"[{x.min()}, {x.max()}]), or 0/1, or floats in [0, 1]")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{where}: images have dtype {x.dtype}; need uint8 or float")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{where}: images have dtype {x.dtype}; need uint8, 0/1 integers or "
+                        f"floats")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: {int((~np.isfinite(x)).sum())} image values are NaN/inf")

@@ -124,6 +124,9 @@ def _load_checkpoint(path: Path, config: dict) -> dict:
     old = ckpt.get("config", {})
     if not isinstance(old, dict) or "model" not in ckpt:
         raise ModelError(f"checkpoint {path}: not a training checkpoint of xbarsim train")
+    if "data_sha256" in old and old["data_sha256"] is None and "data_sha256" in config:
+        raise ModelError(f"checkpoint {path} predates data digests (it knew its data set by "
+                         f"name only); start over (--no-resume; resume=False from Python)")
     differ = [k for k in _RESUME_KEYS if old.get(k) != config[k]]
     if differ:
         what = ", ".join(f"{k}={old.get(k)!r} (now {config[k]!r})" for k in differ)

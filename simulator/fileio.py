@@ -102,7 +102,8 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
             with _naming_target(Path(path), lambda: tmp):
                 yield tmp
                 for stream in (sys.stdout, sys.stderr):   # what was printed comes first
-                    stream.flush()
+                    if stream is not None:                # (None: closed, >&-)
+                        stream.flush()
                 with open(tmp, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
                     shutil.copyfileobj(src, dst)
         finally:
@@ -127,7 +128,7 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-_FD_PATH = re.compile(r"/dev/fd/(\d+)|/proc/self/fd/(\d+)")
+_FD_PATH = re.compile(r"/dev/fd/(\d+)|/proc/(?:self|(\d+))/fd/(\d+)")
 
 
 def open_descriptor(path) -> int | None:
@@ -138,8 +139,8 @@ def open_descriptor(path) -> int | None:
     text = os.fspath(path)
     fd = {"/dev/stdout": 1, "/dev/stderr": 2}.get(text)
     m = _FD_PATH.fullmatch(text)
-    if m:
-        fd = int(m.group(1) or m.group(2))
+    if m and (m.group(2) is None or int(m.group(2)) == os.getpid()):
+        fd = int(m.group(1) or m.group(3))
     if fd is None:
         return None
     try:

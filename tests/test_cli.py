@@ -394,6 +394,15 @@ def test_outputs_to_dev_stdout_on_a_pipe(tmp_path):
     text = log.read_text()
     assert text.startswith("EARLIER LINE\nlatency ")
     assert text.endswith("}\nreport   -> /dev/stdout\n")
+    # /proc/<its own pid>/fd/1 likewise; and with stdout closed (>&-), /dev/stderr
+    cmd = " ".join(exe + ["simulate", str(tmp_path / "p"), "--json"])
+    log.write_text("EARLIER LINE\n")
+    r = subprocess.run(["sh", "-c", f"exec {cmd} /proc/$$/fd/1 >> {log}"],
+                       stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0 and log.read_text().startswith("EARLIER LINE\nlatency "), r.stderr
+    r = subprocess.run(["sh", "-c", f"exec {cmd} /dev/stderr >&-"], stderr=subprocess.PIPE,
+                       text=True)
+    assert r.returncode == 0 and json.loads(r.stderr)["latency_s"] > 0, r.stderr
 
 
 def test_preset_yaml_edge_cases(tmp_path, capsys):

@@ -87,7 +87,8 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     w_int, w_scale, bias_int = fit_bias(w_int, w_scale, b, s_x, ctx.bits)
     mult, shift = multiplier(s_x * w_scale / s_y, rescale_multiplier_bits(ctx.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
-    lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits)
+    lo, hi = (None, None) if bounds is None else integer_bounds(
+        *bounds, s_y, ctx.bits, grid=out_name in ctx.graph.act_scales)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
     if clipped_nonneg(lo, hi, act == "relu"):
         ctx.nonneg.add(out_name)

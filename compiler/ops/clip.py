@@ -69,19 +69,25 @@ def clip_bounds(ctx, node) -> tuple[float | None, float | None]:
     return _bound(ctx, node, 1, "min"), _bound(ctx, node, 2, "max")
 
 
-def integer_bounds(lo, hi, scale: float, bits: int) -> tuple[int | None, int | None]:
+def integer_bounds(lo, hi, scale: float, bits: int,
+                   grid: bool = False) -> tuple[int | None, int | None]:
     """Real bounds as integers at ``scale``; a bound beyond the ``bits``-bit range (say
     FLT_MAX for "no bound") clips nothing and is dropped. A bound within float32's precision
     of a step is that step: 6 / float32(6/255) is 254.999995, and flooring it lost the top
-    code (every output onnxruntime saturates at 6.0 came out one step lower)."""
+    code (every output onnxruntime saturates at 6.0 came out one step lower). ``grid``: the
+    scale is a QuantizeLinear's, which rounds min(y, hi) / s, so the bound is round(hi / s)
+    as it computes it (float32, half to even): floor(10.6) lost the top code."""
     lim = 1 << (bits - 1)
 
     def slack(v):   # float32's relative precision, at least the old absolute 1e-9
         return max(abs(v) * 2e-7, 1e-9)
-    ilo = None if lo is None or lo / scale < -lim else int(
-        np.ceil(lo / scale - slack(lo / scale)))
-    ihi = None if hi is None or hi / scale > lim else int(
-        np.floor(hi / scale + slack(hi / scale)))
+
+    def on_grid(b):
+        return int(np.rint(np.float32(b) / np.float32(scale)))
+    ilo = None if lo is None or lo / scale < -lim else (
+        on_grid(lo) if grid else int(np.ceil(lo / scale - slack(lo / scale))))
+    ihi = None if hi is None or hi / scale > lim else (
+        on_grid(hi) if grid else int(np.floor(hi / scale + slack(hi / scale))))
     return ilo, ihi
 
 
@@ -98,14 +104,17 @@ def lower_clip(node, ctx):
     ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
     lim = 1 << (ctx.bits - 1)
     s_out = ctx.scale_for(node.output[0])
-    if any(b is not None and not -lim <= b < lim for b in (ilo, ihi)) or 0 < s_out < s / 2:
+    grid = node.output[0] in ctx.graph.act_scales     # a QuantizeLinear's scale follows
+    if (any(b is not None and not -lim <= b < lim for b in (ilo, ihi)) or 0 < s_out < s / 2
+            or grid):
         # a bound the input's words cannot hold (kept as is, it made a word past the
-        # machine's), or a window a few input steps wide (Clip(x, 0, 1) at a step of 1.8
-        # gave 0 everywhere): the output's calibrated scale. Missing bounds become the
-        # word's, so a rescaled input past the calibration saturates like any stored word
+        # machine's), a window a few input steps wide (Clip(x, 0, 1) at a step of 1.8
+        # gave 0 everywhere), or a Q's grid next: the output's (calibrated) scale. Missing
+        # bounds become the word's, so a rescaled input past the calibration saturates
+        # like any stored word
         s = s_out
         mult, shift = ratio(t_in.scale / s)
-        ilo, ihi = integer_bounds(*bounds, s, ctx.bits)
+        ilo, ihi = integer_bounds(*bounds, s, ctx.bits, grid)
         ilo = -lim if ilo is None else max(ilo, -lim)
         ihi = lim - 1 if ihi is None else min(ihi, lim - 1)
     out = ctx.new_tensor(node.output[0], ctx.shape(node.output[0]), s, perm=t_in.perm,

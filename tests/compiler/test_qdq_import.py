@@ -310,6 +310,24 @@ def test_a_clip_bound_on_a_float32_grid_keeps_its_step():
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32) * 2
     prog, lp, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
                                 return_ir=True)
-    assert next(L for L in lp.layers if L.op == "Clip").hi == 10
+    assert next(L for L in lp.layers if L.op == "Clip").hi == 20      # on the Q's 0.05 grid
+    y = simulate(prog, {"x": x}).outputs["y"]
+    np.testing.assert_allclose(y, run_onnxruntime(m, {"x": x})["y"], atol=1e-6)
+
+
+def test_a_clip_before_a_quantizelinear_bounds_at_the_qs_rounding():
+    """onnxruntime rounds min(y, 1) / s, so the top code is round(1 / s) = 11 for s = 1/10.6;
+    the fused clip floored it to 10 and half the outputs were one step low."""
+    s2 = np.float32(1 / 10.6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="fc"),
+             helper.make_node("Clip", ["m", "lo", "hi"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "s2", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"])]
+    m = _model(nodes, {"w": np.eye(8, dtype=np.float32), "s2": s2, "z": np.uint8(0),
+                       "lo": np.float32(0), "hi": np.float32(1)}, [1, 8], [1, 8])
+    x = np.linspace(-1, 3, 32, dtype=np.float32).reshape(4, 8)
+    prog, lp, _ = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration={"x": x},
+                                return_ir=True)
+    assert lp.layers[0].hi == 11
     y = simulate(prog, {"x": x}).outputs["y"]
     np.testing.assert_allclose(y, run_onnxruntime(m, {"x": x})["y"], atol=1e-6)

@@ -541,6 +541,18 @@ def test_exact_scale_past_its_breakpoint_budget_sweeps_in_parts(monkeypatch):
         parts = P.exact_scale(x, qmin, qmax)
         monkeypatch.undo()
         assert parts == whole
+    # weights whose breakpoints sit exactly on a split point (odd half-multiples of 2**m):
+    # rint(a / hi) put them one level up there, and a part's distances went negative
+    for _ in range(40):
+        x = rng.standard_normal(60) * 2
+        m, k = rng.integers(-3, 3, 30), 2 * rng.integers(0, 4, 30) + 1
+        x[:30] = np.sign(x[:30]) * (k + 0.5) * 2.0 ** m
+        whole = P.exact_scale(x, -8, 7, start=1.0)
+        monkeypatch.setattr(P, "EXACT_SCALE_MAX_EVENTS", int(rng.integers(60, 180)))
+        parts = P.exact_scale(x, -8, 7, start=1.0)
+        monkeypatch.undo()
+        d = P._distances(x, np.array([whole, parts]), -8, 7)
+        assert d[1] <= d[0] * (1 + 1e-12)
     monkeypatch.setattr(P, "EXACT_SCALE_MAX_EVENTS", 50)
     with pytest.raises(CompressionError, match="too many equal weights"):
         P.exact_scale(np.full(200, 0.3), -127, 127, start=0.5)   # 200 breakpoints at each scale

@@ -120,6 +120,12 @@ def test_npz_loaders(tmp_path):
         data.load_npz(tmp_path / "range.npz")
 
 
+def test_integer_images_of_zeros_and_ones_are_read(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.eye(4, dtype=np.int64)[None].repeat(2, 0),
+             y=np.array([0, 1]))
+    x, _ = data.load_npz(tmp_path / "d.npz")
+    assert x.dtype == np.float32 and x.max() == 1.0
+
 
 @pytest.mark.parametrize("x,y,match", [
     (np.zeros((2, 4, 4), np.uint8), np.array([0, -1]), "class indices in 0..2"),

@@ -304,3 +304,15 @@ def test_a_checkpoint_with_a_bad_epoch_is_named_damaged(tmp_path, epoch):
     torch.save(ckpt, tmp_path / "mlp.ckpt")
     with pytest.raises(ModelError, match=r"mlp.ckpt: damaged .*--no-resume"):
         train("mlp", ((x, y), (x, y)), 2, **quick)
+
+
+def test_a_checkpoint_from_before_data_digests_says_so(tmp_path):
+    x, y = _two_class_arrays()
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    quick = {"batch_size": 8, "out_dir": tmp_path / "o", "progress": False}
+    train("mlp", str(tmp_path / "d.npz"), 1, **quick)
+    ckpt = torch.load(tmp_path / "o" / "mlp.ckpt", weights_only=True)
+    ckpt["config"]["data_sha256"] = None     # what a named data set stored before
+    torch.save(ckpt, tmp_path / "o" / "mlp.ckpt")
+    with pytest.raises(ModelError, match="predates data digests"):
+        train("mlp", str(tmp_path / "d.npz"), 2, **quick)
