@@ -334,6 +334,9 @@ def _mvm_band_code(cg: Codegen, i: int, L: MVMLayer, strips, dims, row0: int, t_
                 if L.pre_shift:
                     em.emit(Op.ALUI, fn=Fn.SHR, dst=acc[s], src1=acc[s], imm=L.pre_shift,
                             vec=n, layer=i)
+                if L.pre_clip:
+                    em.emit(Op.ALU, fn=Fn.CLIP, dst=acc[s], src1=acc[s], imm=L.pre_clip,
+                            vec=n, layer=i)
                 if split:
                     em.emit(Op.LOAD, dst=tmp, imm=const_addr[s] + n, vec=n, layer=i)
                 em.emit(Op.ALU, fn=Fn.MUL, dst=acc[s], src1=acc[s],

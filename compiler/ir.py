@@ -126,6 +126,7 @@ class MVMLayer(Layer):
     shift: int = 0
     out_bits: int = 16
     pre_shift: int = 0
+    pre_clip: int | None = None     # bits the shifted sum saturates to before the multiply
     act: str | None = None
     lo: int | None = None
     hi: int | None = None
@@ -163,6 +164,9 @@ class MVMLayer(Layer):
     def requant(self, acc: np.ndarray) -> np.ndarray:
         if self.pre_shift:
             acc = (acc + (1 << (self.pre_shift - 1))) >> self.pre_shift
+        if self.pre_clip:
+            lim = 1 << (self.pre_clip - 1)
+            acc = np.clip(acc, -lim, lim - 1)
         return requantize(acc, self.mult, self.shift, self.out_bits, self.act, self.lo, self.hi,
                           self.round_even)
 

@@ -84,7 +84,9 @@ class LowerContext:
             warnings.warn(f"tensor {name!r} is zero on every calibration sample, so its "
                           f"range is a guess (1e-8): inputs that make it nonzero saturate "
                           f"it; calibrate with samples that exercise it", stacklevel=2)
-        return max(float(v), 1e-8)
+        # only a range of zero gets the guess: a real one below it (inputs ~1e-11) was
+        # floored too, and every output came out 0
+        return float(v) if v > 0 else 1e-8
 
     def scale_for(self, name: str) -> float:
         """Fixed-point step for a tensor: ``headroom`` x its calibrated |max| maps to the

@@ -57,7 +57,8 @@ def calibrate(graph: Graph, data: dict[str, np.ndarray] | None, n_random: int = 
     names = [o.name for o in sess.get_outputs()]
     absmax = {n: 0.0 for n in names}
     for n, _ in graph.inputs:
-        absmax[n] = float(np.abs(data[n]).max())
+        # in float64: abs(int8(-128)) is -128 in the array's own type
+        absmax[n] = float(np.abs(np.asarray(data[n], np.float64)).max())
     batch = next(iter(sizes.values()), 1)
     outs = {o: [] for o in graph.outputs}
     for b in range(batch):

@@ -68,6 +68,21 @@ def split_shift(w_int: np.ndarray, bias_int: np.ndarray, mult: np.ndarray, shift
     return pre_shift, shift - pre_shift
 
 
+def pre_clip_bits(mult: np.ndarray, w_int, bias_int, in_bits: int, pre_shift: int,
+                  shift: int) -> int | None:
+    """Where a shift cannot keep ``acc * mult`` inside int64 (no shift left: an output whose
+    calibrated range is tiny next to its inputs', zero on every calibration sample), the
+    bits the shifted accumulator is first saturated to, so the product saturates the output
+    instead of wrapping to the other sign; None where it fits."""
+    if shift > 0:     # split_shift had a shift to spend: the product fits already
+        return None
+    top = (accumulator_bound(w_int, in_bits) + np.abs(bias_int)) / 2.0 ** pre_shift
+    m = float(np.max(np.abs(mult), initial=0.0))
+    if m == 0 or float(np.max(top, initial=0.0)) * m < 2.0 ** 62:
+        return None
+    return max(2, 62 - int(np.ceil(np.log2(m))))   # |acc| < 2**(b-1): |acc * m| < 2**61
+
+
 def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
                   out_shape, qdq=None, **geometry) -> MVMLayer:
     """Append ``y = act(requant(x @ w_rows + bias))`` with w_rows (K, N) float in the input
@@ -87,6 +102,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     w_int, w_scale, bias_int = fit_bias(w_int, w_scale, b, s_x, ctx.bits)
     mult, shift = multiplier(s_x * w_scale / s_y, rescale_multiplier_bits(ctx.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
+    pre_clip = pre_clip_bits(mult, w_int, bias_int, ctx.bits, pre_shift, shift)
     lo, hi = (None, None) if bounds is None else integer_bounds(
         *bounds, s_y, ctx.bits, grid=out_name in ctx.graph.act_scales)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
@@ -94,6 +110,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
         ctx.nonneg.add(out_name)
     layer = MVMLayer(node.name, node.op_type, [t_in.name], t_out.name, node=node.name,
                      weight=w_int, bias=bias_int, mult=mult, shift=shift,
-                     out_bits=ctx.bits, pre_shift=pre_shift, act=act, lo=lo, hi=hi,
+                     out_bits=ctx.bits, pre_shift=pre_shift, pre_clip=pre_clip, act=act,
+                     lo=lo, hi=hi,
                      w_scale=w_scale, **geometry)
     return ctx.add(layer)

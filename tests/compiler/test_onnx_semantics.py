@@ -1153,3 +1153,39 @@ def test_a_constant_that_would_enlarge_a_vector_is_refused(shape):
                                                      rf"\({shape[0]}, .*does not broadcast to "
                                                      r"\(1, 4\), the tensor it meets"):
             compile_model(m, CFG)
+
+
+def test_an_output_zero_on_calibration_saturates_rather_than_wrapping():
+    """y = 1e4 (x0 + x1) is 0 on every calibration sample: its requantization multiplier
+    (3e11, no shift left) times the sum left int64 and the output wrapped to the other sign;
+    it now saturates, as the warning says."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])],
+               {"w": np.array([[1e4], [1e4]], np.float32)}, (1, 2), ["y"])
+    calib = {"x": np.array([[1e4, -1e4], [-5e3, 5e3]], np.float32)}
+    x = {"x": np.array([[1e4, 1e4], [1.0, 1.0], [-1e4, -1e4], [3e3, 0]], np.float32)}
+    with pytest.warns(UserWarning, match="zero on every calibration sample"):
+        prog, lp, _ = compile_model(m, CFG, calibration=calib, return_ir=True)
+    y = simulate(prog, x).outputs["y:int"].ravel()
+    np.testing.assert_array_equal(y, [32767, 32767, -32768, 32767])
+    np.testing.assert_array_equal(y, run_integer_reference(lp, x)["y:int"].ravel())
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tensor_range_below_1e8_keeps_its_precision(bits):
+    """Every range was floored at 1e-8: inputs ~1e-11 came out all zeros at 8 bits."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])], {"w": _w(6, 3)}, (1, 6), ["y"])
+    x = {"x": (RNG.standard_normal((4, 6)) * 1e-11).astype(np.float32)}
+    cfg = load_config("puma", ["adc.bits=none", f"input_bits={bits}", f"weight_bits={bits}"])
+    y = simulate(compile_model(m, cfg, calibration=x), x).outputs["y"]
+    want = run_onnxruntime(m, x)["y"]
+    assert np.linalg.norm(y - want) / np.linalg.norm(want) < 0.05
+
+
+def test_integer_calibration_data_counts_its_most_negative_value():
+    """abs(int8(-128)) is -128 in int8: the range came out 40, and -128 read as -80."""
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"])],
+               {"w": np.eye(4, dtype=np.float32)}, (1, 4), ["y"])
+    calib = {"x": np.array([[-128, 40, 0, 1], [-128, 20, 3, 2]], np.int8)}
+    prog = compile_model(m, CFG, calibration=calib)
+    x = {"x": calib["x"].astype(np.float32)}
+    np.testing.assert_allclose(simulate(prog, x).outputs["y"], x["x"], rtol=1e-3)
