@@ -331,3 +331,21 @@ def test_a_clip_before_a_quantizelinear_bounds_at_the_qs_rounding():
     assert lp.layers[0].hi == 11
     y = simulate(prog, {"x": x}).outputs["y"]
     np.testing.assert_allclose(y, run_onnxruntime(m, {"x": x})["y"], atol=1e-6)
+
+
+def test_a_matmul_onto_a_quantizelinear_grid_rounds_its_exact_value():
+    """y / s_y = 39 * 89 * 0.05 * 0.01 / s_y = 125.503 rounds to 126 (onnxruntime too); the
+    15-bit requantization multiplier's 3e-5 gain error gave 125."""
+    sx, sw, sy = np.float32(0.05), np.float32(0.01), np.float32(0.013828348368406296)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "z"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
+             helper.make_node("QuantizeLinear", ["mm", "sy", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "z"], ["y"])]
+    m = _model(nodes, {"sx": sx, "z": np.int8(0), "wq": np.array([[89]], np.int8), "sw": sw,
+                       "sy": sy}, [1, 1], [1, 1], opset=13)
+    x = {"x": np.array([[39 * 0.05]], np.float32)}
+    prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration=x)
+    assert round(float(simulate(prog, x).outputs["y"][0, 0] / sy)) == 126
+    assert round(float(run_onnxruntime(m, x)["y"][0, 0] / sy)) == 126
