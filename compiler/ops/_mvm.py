@@ -8,7 +8,7 @@ from ..quantize import coarsen_columns, quantize_weight
 from .clip import clip_bounds, clipped_nonneg, integer_bounds
 
 
-#: Requantization multiplier bits of an MVM layer whose output is a QuantizeLinear's grid.
+#: Most requantization multiplier bits of an MVM layer whose output is a QuantizeLinear's grid.
 QDQ_MULTIPLIER_BITS = 30
 
 
@@ -87,6 +87,20 @@ def pre_clip_bits(mult: np.ndarray, w_int, bias_int, in_bits: int, pre_shift: in
     return max(2, 62 - int(np.ceil(np.log2(m))))   # |acc| < 2**(b-1): |acc * m| < 2**61
 
 
+def _multiplier_bits(ctx, w_int, bias_int, grid: bool) -> int:
+    """Requantization multiplier precision: the word's (:func:`rescale_multiplier_bits`);
+    onto a QuantizeLinear's grid, as many bits (up to :data:`QDQ_MULTIPLIER_BITS`) as fit
+    int64 beside the accumulator with no pre-shift, since the Q rounds the exact product: 15
+    bits' 6e-5 gain error put outputs a step from onnxruntime's (125 for 125.503), and 30
+    with a pre-shift rounded the sum first (at 24-bit words, 7 outputs in 3072 off)."""
+    bits = rescale_multiplier_bits(ctx.bits)
+    if not grid:
+        return bits
+    top = float(np.max(accumulator_bound(w_int, ctx.bits) + np.abs(bias_int), initial=1.0))
+    room = 62 - int(np.ceil(np.log2(max(top, 1.0))))
+    return int(np.clip(room, bits, QDQ_MULTIPLIER_BITS))
+
+
 def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
                   out_shape, qdq=None, **geometry) -> MVMLayer:
     """Append ``y = act(requant(x @ w_rows + bias))`` with w_rows (K, N) float in the input
@@ -105,11 +119,7 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     w_int, w_scale, bias_int = fit_bias(w_int, w_scale, b, s_x, ctx.bits)
     grid = out_name in ctx.graph.act_scales
-    # onto a QuantizeLinear's grid: 30-bit multipliers (split_shift keeps the product in
-    # int64), as its exact float arithmetic; 15 bits put a 6e-5 gain error on every output
-    # and outputs one step from onnxruntime's. Elsewhere the word's precision, as before
-    mult, shift = multiplier(s_x * w_scale / s_y,
-                             QDQ_MULTIPLIER_BITS if grid else rescale_multiplier_bits(ctx.bits))
+    mult, shift = multiplier(s_x * w_scale / s_y, _multiplier_bits(ctx, w_int, bias_int, grid))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
     pre_clip = pre_clip_bits(mult, w_int, bias_int, ctx.bits, pre_shift, shift)
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits, grid)

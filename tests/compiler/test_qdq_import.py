@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler import compile_model
 from compiler.errors import UnsupportedOpError
 from compiler.frontend import OTHER_WEIGHTS, frontend
-from compiler.reference import run_onnxruntime
+from compiler.reference import run_integer_reference, run_onnxruntime
 from simulator import load_config, simulate
 
 Q_INT = np.random.default_rng(0).integers(-60, 61, (4, 8)).astype(np.int8)   # (out, in)
@@ -349,3 +349,27 @@ def test_a_matmul_onto_a_quantizelinear_grid_rounds_its_exact_value():
     prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration=x)
     assert round(float(simulate(prog, x).outputs["y"][0, 0] / sy)) == 126
     assert round(float(run_onnxruntime(m, x)["y"][0, 0] / sy)) == 126
+
+
+@pytest.mark.parametrize("bits", [16, 24])
+def test_qdq_requantization_takes_precision_without_a_pre_shift(bits):
+    """30-bit multipliers at 24-bit words needed a pre-shift of the sum, which rounded it
+    before the Q did (7 outputs in 3072 off onnxruntime): the multiplier takes the bits that
+    fit beside the accumulator, at least the word's."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "z"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
+             helper.make_node("QuantizeLinear", ["mm", "sy", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "z"], ["y"])]
+    m = _model(nodes, {"sx": np.float32(0.02), "z": np.int8(0), "sy": np.float32(0.37),
+                       "wq": rng.integers(-127, 128, (128, 8)).astype(np.int8),
+                       "sw": np.float32(0.003)}, [1, 128], [1, 8], opset=13)
+    x = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
+    cfg = load_config("puma", ["adc.bits=none", f"input_bits={bits}"])
+    prog, lp, _ = compile_model(m, cfg, calibration=x, return_ir=True)
+    L = next(L for L in lp.layers if L.op == "MatMul")
+    assert L.pre_shift == 0 and int(np.abs(L.mult).max()).bit_length() > 15
+    np.testing.assert_array_equal(simulate(prog, x).outputs["y:int"],
+                                  run_integer_reference(lp, x)["y:int"])
