@@ -41,6 +41,8 @@ def emit_gates(em, r: int, cst: int, c0: int, n: int, L, layer: int) -> None:
     em.emit(Op.ALU, fn=Fn.ADD, dst=r, src1=r, src2=cst, vec=n, layer=layer)
     if L.pre_shift:
         em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.pre_shift, vec=n, layer=layer)
+    if L.pre_clip:   # saturate rather than wrap where no shift is left (as an MVM layer)
+        em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=L.pre_clip, vec=n, layer=layer)
     em.emit(Op.ALU, fn=Fn.MUL, dst=r, src1=r, src2=cst + n, vec=n, layer=layer)
     em.emit(Op.ALUI, fn=Fn.SHR, dst=r, src1=r, imm=L.shift, vec=n, layer=layer)
     em.emit(Op.ALU, fn=Fn.CLIP, dst=r, src1=r, imm=fmt.bits, vec=n, layer=layer)

@@ -30,7 +30,7 @@ from simulator.isa import Fn, Op
 from ..errors import UnsupportedOpError
 from ..ir import MVMLayer, multiplier, node_attrs, padded, rescale_multiplier_bits
 from ..quantize import quantize_weight
-from ._mvm import fit_bias, split_shift
+from ._mvm import fit_bias, pre_clip_bits, split_shift
 from .concat import ConcatLayer, vector_concat_perm
 from .gather import add_copy, buffer_positions
 
@@ -313,6 +313,7 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
     mult, shift = multiplier(s_acc * 2.0 ** frac, rescale_multiplier_bits(fmt.bits))
     pre_shift, shift = split_shift(w_int, bias_int, mult, shift, in_bits)
+    pre_clip = pre_clip_bits(mult, w_int, bias_int, in_bits, pre_shift, shift)
     lim = 1 << (fmt.bits - 1)
     if np.abs(h0).max(initial=0) > 1:
         raise UnsupportedOpError(
@@ -323,7 +324,7 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     name, y_name = _direction_names(node, d)
     ctx.new_tensor(y_name, (T, 1, 1, H), s_h, as_map=False)
     ctx.add(cls(name, op, [node.input[0]], y_name, node=node.name, weight=w_int,
-                bias=bias_int, mult=mult, shift=shift, pre_shift=pre_shift,
+                bias=bias_int, mult=mult, shift=shift, pre_shift=pre_shift, pre_clip=pre_clip,
                 out_bits=fmt.bits, w_scale=s_acc,
                 steps=T, hidden=H, x_pos=pos[0].copy(), x_step=step, fmt=fmt, h0=h0_int,
                 s0=s0_int, reverse=directions(node)[d]))

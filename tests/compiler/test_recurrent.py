@@ -495,3 +495,28 @@ def test_a_code_generation_refusal_names_its_layer(monkeypatch):
     cfg = load_config("small", ["core.mvmus=1", "tile.cores=1", "node.tiles=64"])
     with pytest.raises(CompilerError, match=r"^layer '.*' \(LSTM\): its per-step "):
         compile_model(_hand_lstm(H=12), cfg, calibration={"x": x})
+
+
+def test_a_recurrent_sum_with_no_shift_left_saturates_rather_than_wrapping():
+    """W = +-3e15: the gates' multiplier (1.2e13, shift 0) times the sum left int64 and the
+    RNN's hidden state came out with the other sign."""
+    T, I, H = 3, 2, 2
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+         helper.make_node("RNN", ["xt", "W", "R"], ["Y", "Yh"], hidden_size=H)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, I])],
+        [helper.make_tensor_value_info("Yh", TensorProto.FLOAT, [1, 1, H])],
+        [numpy_helper.from_array(np.array([[[1, -1], [-1, 1]]], np.float32) * 3e15, "W"),
+         numpy_helper.from_array(np.zeros((1, H, H), np.float32), "R")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    calib = {"x": np.array([[[1.0, -1.0], [0.5, 0.2], [-1.0, 1.0]]], np.float32)}
+    x = {"x": np.array([[[1.0, -1.0], [0.9, -0.9], [-1.0, 1.0]]], np.float32)}
+    cfg = load_config("puma", ["adc.bits=none", "weight_bits=8"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog, lp, _ = compile_model(m, cfg, calibration=calib, return_ir=True)
+    y = simulate(prog, x).outputs["Yh"].ravel()
+    np.testing.assert_allclose(y, run_onnxruntime(m, x)["Yh"].ravel(), atol=2e-3)
+    np.testing.assert_array_equal(simulate(prog, x).outputs["Yh:int"],
+                                  run_integer_reference(lp, x)["Yh:int"])
