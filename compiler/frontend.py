@@ -359,8 +359,8 @@ def frontend(model: onnx.ModelProto, name: str = "model") -> Graph:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     model = copy
-    _densify_sparse_initializers(model)
-    model = upgrade_old_opset(model)
+    model = upgrade_old_opset(model)     # densifies an old model's sparse initializers
+    _densify_sparse_initializers(model)  # (a no-op then)
     opset = default_opset(model)
     inputs = _fix_batch(model)
     _check_unique_initializers(model)   # a model given here directly skipped the checker

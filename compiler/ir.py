@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator.functional import alu
+from simulator.isa import Fn
+
 from .errors import UnsupportedOpError
 
 
@@ -192,8 +195,6 @@ def round_shift(y, shift: int, even: bool = False):
     if shift <= 0:
         return y
     if even:
-        from simulator.functional import alu
-        from simulator.isa import Fn
         return alu(Fn.SHRE, np.asarray(y, np.int64), shift, 0)
     return (y + (1 << (shift - 1))) >> shift
 
@@ -276,7 +277,7 @@ def rescale_multiplier_bits(word_bits: int, terms: int = 1) -> int:
     rescale multiplies a sum of up to ``terms`` words before it shifts: fewer bits where
     that product could leave int64 (at 16-bit words, only past 2**32 terms). An MVM's
     product with its accumulator is kept inside int64 by
-    :func:`compiler.ops._mvm.split_shift` instead."""
+    :func:`compiler.ops._mvm.requant_constants` instead."""
     room = 63 - word_bits - int(np.ceil(np.log2(max(terms, 1))))
     return min(max(15, word_bits - 1), room)
 

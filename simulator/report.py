@@ -389,8 +389,8 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
     # the ADCs leak for the whole inference; so does each tile's eDRAM (not a layer's),
     # in proportion to its capacity as its area is
     tiles_used = len(prog.tiles_used())
-    leak_mw = float(adc_leak_mw.sum()) + (costs.TABLE["edram_leak_mw"]
-                                           * edram_kib_used(prog) / 64)
+    edram_kib = edram_kib_used(prog)
+    leak_mw = float(adc_leak_mw.sum()) + costs.TABLE["edram_leak_mw"] * edram_kib / 64
     total["leakage"] = leak_mw * latency_ns * 1e-12
     total["total"] = float(sum(total.values()))
     area, cores_used = area_by_component(prog, part_area)
@@ -450,4 +450,4 @@ def build_report(prog, timing: dict, outputs: dict | None, reference: dict | Non
                 "edram_words_per_tile": cfg.edram_words,
                 "tiles_over_edram": 0 if cfg.tile.edram_fit else int(
                     (prog.mem_words > cfg.edram_words).sum()),
-                "edram_kib": edram_kib_used(prog)})
+                "edram_kib": edram_kib})

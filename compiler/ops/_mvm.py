@@ -35,7 +35,7 @@ def accumulator_bound(w_int: np.ndarray, in_bits: int) -> np.ndarray:
 
 
 #: |acc + bias| a layer's columns are kept within: the VFU adds them in int64, before
-#: split_shift's pre-shift (whose rounding adds up to 2**61 more).
+#: requant_constants' pre-shift (whose rounding adds up to 2**61 more).
 ACC_LIMIT = 2.0 ** 62
 
 
@@ -60,44 +60,44 @@ def fit_bias(w_int: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, in_scale:
     return w_int, w_scale, np.rint(steps).astype(np.int64)
 
 
-def split_shift(w_int: np.ndarray, bias_int: np.ndarray, mult: np.ndarray, shift: int,
-                in_bits: int) -> tuple[int, int]:
-    """``(pre_shift, shift)``: |acc + bias| * mult must fit int64 (the VFU multiplies before
-    it shifts); with wide words it may not, and the product wrapped to the other sign. The
-    sum is shifted first by what is missing; at 24-bit words that rounds below 1e-5 of an
-    output step. ``in_bits``: the widest signed input word a row reads."""
-    top = accumulator_bound(w_int, in_bits) + np.abs(bias_int)
+def requant_constants(real, top: np.ndarray, bits: int
+                      ) -> tuple[np.ndarray, int, int, int | None]:
+    """``(mult, shift, pre_shift, pre_clip)`` of the requantization by ``real`` of sums
+    bounded per column by ``top`` (:func:`sum_bound`), with ``bits``-bit multipliers.
+
+    |acc + bias| * mult must fit int64 (the VFU multiplies before it shifts); with wide
+    words it may not, and the product wrapped to the other sign. The sum is shifted first by
+    what is missing (``pre_shift``); at 24-bit words that rounds below 1e-5 of an output
+    step. Where no shift is left to spend (an output whose calibrated range is tiny next to
+    its inputs', zero on every calibration sample), the shifted sum is first saturated to
+    ``pre_clip`` bits, so the product saturates the output instead of wrapping."""
+    mult, shift = multiplier(real, bits)
     need = float(np.max(top * mult, initial=0.0))
     pre_shift = min(shift, max(0, int(np.ceil(np.log2(need))) - 62)) if need > 0 else 0
-    return pre_shift, shift - pre_shift
-
-
-def pre_clip_bits(mult: np.ndarray, w_int, bias_int, in_bits: int, pre_shift: int,
-                  shift: int) -> int | None:
-    """Where a shift cannot keep ``acc * mult`` inside int64 (no shift left: an output whose
-    calibrated range is tiny next to its inputs', zero on every calibration sample), the
-    bits the shifted accumulator is first saturated to, so the product saturates the output
-    instead of wrapping to the other sign; None where it fits."""
-    if shift > 0:     # split_shift had a shift to spend: the product fits already
-        return None
-    top = (accumulator_bound(w_int, in_bits) + np.abs(bias_int)) / 2.0 ** pre_shift
+    shift -= pre_shift
     m = float(np.max(np.abs(mult), initial=0.0))
-    if m == 0 or float(np.max(top, initial=0.0)) * m < 2.0 ** 62:
-        return None
-    return max(2, 62 - int(np.ceil(np.log2(m))))   # |acc| < 2**(b-1): |acc * m| < 2**61
+    pre_clip = None
+    if shift == 0 and m > 0 and float(np.max(top, initial=0.0)) / 2.0 ** pre_shift * m \
+            >= 2.0 ** 62:
+        pre_clip = max(2, 62 - int(np.ceil(np.log2(m))))   # |acc| < 2**(b-1): < 2**61
+    return mult, shift, pre_shift, pre_clip
 
 
-def _multiplier_bits(ctx, w_int, bias_int, grid: bool) -> int:
+def sum_bound(w_int: np.ndarray, bias_int: np.ndarray, in_bits: int) -> np.ndarray:
+    """Per column, the largest |acc + bias| over signed ``in_bits``-bit inputs (float)."""
+    return accumulator_bound(w_int, in_bits) + np.abs(bias_int)
+
+
+def _multiplier_bits(ctx, top: np.ndarray, grid: bool) -> int:
     """Requantization multiplier precision: the word's (:func:`rescale_multiplier_bits`);
     onto a QuantizeLinear's grid, as many bits (up to :data:`QDQ_MULTIPLIER_BITS`) as fit
-    int64 beside the accumulator with no pre-shift, since the Q rounds the exact product: 15
-    bits' 6e-5 gain error put outputs a step from onnxruntime's (125 for 125.503), and 30
+    int64 beside the sums ``top`` with no pre-shift, since the Q rounds the exact product:
+    15 bits' 6e-5 gain error put outputs a step from onnxruntime's (125 for 125.503), and 30
     with a pre-shift rounded the sum first (at 24-bit words, 7 outputs in 3072 off)."""
     bits = rescale_multiplier_bits(ctx.bits)
     if not grid:
         return bits
-    top = float(np.max(accumulator_bound(w_int, ctx.bits) + np.abs(bias_int), initial=1.0))
-    room = 62 - int(np.ceil(np.log2(max(top, 1.0))))
+    room = 62 - int(np.ceil(np.log2(max(float(np.max(top, initial=1.0)), 1.0))))
     return int(np.clip(room, bits, QDQ_MULTIPLIER_BITS))
 
 
@@ -119,9 +119,9 @@ def add_mvm_layer(node, ctx, t_in, w_rows: np.ndarray, bias: np.ndarray | None,
     b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     w_int, w_scale, bias_int = fit_bias(w_int, w_scale, b, s_x, ctx.bits)
     grid = out_name in ctx.graph.act_scales
-    mult, shift = multiplier(s_x * w_scale / s_y, _multiplier_bits(ctx, w_int, bias_int, grid))
-    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, ctx.bits)
-    pre_clip = pre_clip_bits(mult, w_int, bias_int, ctx.bits, pre_shift, shift)
+    top = sum_bound(w_int, bias_int, ctx.bits)
+    mult, shift, pre_shift, pre_clip = requant_constants(
+        s_x * w_scale / s_y, top, _multiplier_bits(ctx, top, grid))
     lo, hi = (None, None) if bounds is None else integer_bounds(*bounds, s_y, ctx.bits, grid)
     t_out = ctx.new_tensor(out_name, out_shape, s_y)
     if clipped_nonneg(lo, hi, act == "relu"):

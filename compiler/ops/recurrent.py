@@ -28,9 +28,9 @@ from simulator.functional import alu
 from simulator.isa import Fn, Op
 
 from ..errors import UnsupportedOpError
-from ..ir import MVMLayer, multiplier, node_attrs, padded, rescale_multiplier_bits
+from ..ir import MVMLayer, node_attrs, padded, rescale_multiplier_bits
 from ..quantize import quantize_weight
-from ._mvm import fit_bias, pre_clip_bits, split_shift
+from ._mvm import fit_bias, requant_constants, sum_bound
 from .concat import ConcatLayer, vector_concat_perm
 from .gather import add_copy, buffer_positions
 
@@ -311,9 +311,9 @@ def add_recurrent_layer(ctx, node, d: int, cls, wx: np.ndarray, wh: np.ndarray,
     in_bits = max(ctx.bits, fmt.bits)                        # x words and h words
     w_int, s_acc, bias_int = fit_bias(w_int, s_acc, bias, 1.0, in_bits)
     frac = np.full(wcat.shape[1], fmt.f) if col_frac is None else col_frac
-    mult, shift = multiplier(s_acc * 2.0 ** frac, rescale_multiplier_bits(fmt.bits))
-    pre_shift, shift = split_shift(w_int, bias_int, mult, shift, in_bits)
-    pre_clip = pre_clip_bits(mult, w_int, bias_int, in_bits, pre_shift, shift)
+    mult, shift, pre_shift, pre_clip = requant_constants(
+        s_acc * 2.0 ** frac, sum_bound(w_int, bias_int, in_bits),
+        rescale_multiplier_bits(fmt.bits))
     lim = 1 << (fmt.bits - 1)
     if np.abs(h0).max(initial=0) > 1:
         raise UnsupportedOpError(

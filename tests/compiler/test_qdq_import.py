@@ -333,18 +333,23 @@ def test_a_clip_before_a_quantizelinear_bounds_at_the_qs_rounding():
     np.testing.assert_allclose(y, run_onnxruntime(m, {"x": x})["y"], atol=1e-6)
 
 
-def test_a_matmul_onto_a_quantizelinear_grid_rounds_its_exact_value():
-    """y / s_y = 39 * 89 * 0.05 * 0.01 / s_y = 125.503 rounds to 126 (onnxruntime too); the
-    15-bit requantization multiplier's 3e-5 gain error gave 125."""
-    sx, sw, sy = np.float32(0.05), np.float32(0.01), np.float32(0.013828348368406296)
+def _qdq_matmul(sx, wq, sw, sy):
+    """x -> Q/DQ(sx) -> MatMul by DQ(wq, sw) -> Q/DQ(sy), int8 with zero points of 0."""
     nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "sw", "z"], ["wd"]),
              helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
              helper.make_node("QuantizeLinear", ["mm", "sy", "z"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "sy", "z"], ["y"])]
-    m = _model(nodes, {"sx": sx, "z": np.int8(0), "wq": np.array([[89]], np.int8), "sw": sw,
-                       "sy": sy}, [1, 1], [1, 1], opset=13)
+    return _model(nodes, {"sx": sx, "z": np.int8(0), "wq": wq, "sw": sw, "sy": sy},
+                  [1, wq.shape[0]], [1, wq.shape[1]], opset=13)
+
+
+def test_a_matmul_onto_a_quantizelinear_grid_rounds_its_exact_value():
+    """y / s_y = 39 * 89 * 0.05 * 0.01 / s_y = 125.503 rounds to 126 (onnxruntime too); the
+    15-bit requantization multiplier's 3e-5 gain error gave 125."""
+    sx, sw, sy = np.float32(0.05), np.float32(0.01), np.float32(0.013828348368406296)
+    m = _qdq_matmul(sx, np.array([[89]], np.int8), sw, sy)
     x = {"x": np.array([[39 * 0.05]], np.float32)}
     prog = compile_model(m, load_config("puma", ["adc.bits=none"]), calibration=x)
     assert round(float(simulate(prog, x).outputs["y"][0, 0] / sy)) == 126
@@ -357,15 +362,8 @@ def test_qdq_requantization_takes_precision_without_a_pre_shift(bits):
     before the Q did (7 outputs in 3072 off onnxruntime): the multiplier takes the bits that
     fit beside the accumulator, at least the word's."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["wq", "sw", "z"], ["wd"]),
-             helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
-             helper.make_node("QuantizeLinear", ["mm", "sy", "z"], ["yq"]),
-             helper.make_node("DequantizeLinear", ["yq", "sy", "z"], ["y"])]
-    m = _model(nodes, {"sx": np.float32(0.02), "z": np.int8(0), "sy": np.float32(0.37),
-                       "wq": rng.integers(-127, 128, (128, 8)).astype(np.int8),
-                       "sw": np.float32(0.003)}, [1, 128], [1, 8], opset=13)
+    m = _qdq_matmul(np.float32(0.02), rng.integers(-127, 128, (128, 8)).astype(np.int8),
+                    np.float32(0.003), np.float32(0.37))
     x = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
     cfg = load_config("puma", ["adc.bits=none", f"input_bits={bits}"])
     prog, lp, _ = compile_model(m, cfg, calibration=x, return_ir=True)
